@@ -1,0 +1,136 @@
+//! The aTLS certificate: self-signed by its key, short-lived, evidence in the extension.
+
+use rcgen::{CertificateParams, CustomExtension, DnType, KeyPair, PublicKeyData as _};
+use rustls::pki_types::CertificateDer;
+use time::{Duration, OffsetDateTime};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::prelude::FromDer as _;
+
+use super::{EVIDENCE_OID, NONCE_LEN, binding};
+use crate::error::{AttestationError, RejectReason};
+use crate::evidence::Evidence;
+use crate::issuer::EvidenceIssuer;
+
+const CN: &str = "Concord aTLS";
+
+/// Issues evidence binding `key` to the peer's `nonce` and wraps it in a fresh certificate.
+pub(crate) fn make_certificate(
+    issuer: &dyn EvidenceIssuer,
+    key: &KeyPair,
+    nonce: &[u8; NONCE_LEN],
+) -> Result<CertificateDer<'static>, AttestationError> {
+    let evidence = issuer.issue(&binding(&key.subject_public_key_info(), nonce))?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, CN);
+    // Freshness comes from the nonce, not from these dates; they are short so that a leaked
+    // certificate is useless elsewhere too, with some slack for skewed clocks.
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::minutes(5);
+    params.not_after = now + Duration::hours(1);
+    params
+        .custom_extensions
+        .push(CustomExtension::from_oid_content(
+            EVIDENCE_OID,
+            evidence.to_bytes(),
+        ));
+    let cert = params
+        .self_signed(key)
+        .map_err(|e| AttestationError::Issuer(format!("making the aTLS certificate: {e}")))?;
+    Ok(cert.der().clone())
+}
+
+fn is_evidence_oid(oid: &x509_parser::der_parser::oid::Oid<'_>) -> bool {
+    oid.iter()
+        .is_some_and(|arcs| arcs.eq(EVIDENCE_OID.iter().copied()))
+}
+
+/// The evidence of an aTLS certificate and the certificate's SubjectPublicKeyInfo (DER).
+///
+/// A certificate without the extension is rejected ([`RejectReason::NoEvidence`]); one that does
+/// not parse, or carries the extension twice, is malformed.
+pub fn extract_evidence(cert_der: &[u8]) -> Result<(Evidence, Vec<u8>), AttestationError> {
+    let cert = match X509Certificate::from_der(cert_der) {
+        Ok(([], cert)) => cert,
+        Ok(_) => {
+            return Err(AttestationError::malformed(
+                "aTLS certificate: trailing bytes after the DER",
+            ));
+        }
+        Err(e) => {
+            return Err(AttestationError::malformed(format!(
+                "aTLS certificate: {e}"
+            )));
+        }
+    };
+    let mut found = cert
+        .extensions()
+        .iter()
+        .filter(|ext| is_evidence_oid(&ext.oid));
+    let extension = match (found.next(), found.next()) {
+        (Some(ext), None) => ext,
+        (None, _) => return Err(RejectReason::NoEvidence.into()),
+        (Some(_), Some(_)) => {
+            return Err(AttestationError::malformed(
+                "aTLS certificate: more than one evidence extension",
+            ));
+        }
+    };
+    let evidence = Evidence::from_bytes(extension.value)?;
+    Ok((evidence, cert.public_key().raw.to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::evidence::Platform;
+
+    #[derive(Debug)]
+    struct FixedIssuer;
+
+    impl EvidenceIssuer for FixedIssuer {
+        fn platform(&self) -> Platform {
+            Platform::Simulated
+        }
+        fn issue(&self, report_data: &[u8; 64]) -> Result<Evidence, AttestationError> {
+            Ok(Evidence {
+                platform: Platform::Simulated,
+                report: report_data.to_vec(),
+                certificates: vec![],
+            })
+        }
+    }
+
+    #[test]
+    fn certificate_carries_evidence_bound_to_its_key_and_the_nonce() {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let nonce = [3u8; NONCE_LEN];
+        let der = make_certificate(&FixedIssuer, &key, &nonce).unwrap();
+        let (evidence, spki) = extract_evidence(&der).unwrap();
+        assert_eq!(spki, key.subject_public_key_info());
+        assert_eq!(evidence.report, binding(&spki, &nonce).to_vec());
+
+        let (_, cert) = X509Certificate::from_der(&der).unwrap();
+        let ext = cert
+            .extensions()
+            .iter()
+            .find(|e| is_evidence_oid(&e.oid))
+            .unwrap();
+        assert!(!ext.critical);
+        assert_eq!(ext.oid.to_id_string(), "1.3.6.1.4.1.58270.1.1");
+    }
+
+    #[test]
+    fn certificate_without_evidence_is_rejected_and_garbage_is_malformed() {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let plain = CertificateParams::default().self_signed(&key).unwrap();
+        assert_eq!(
+            extract_evidence(plain.der()).unwrap_err(),
+            RejectReason::NoEvidence.into()
+        );
+        assert!(matches!(
+            extract_evidence(b"not a certificate"),
+            Err(AttestationError::Malformed { .. })
+        ));
+    }
+}

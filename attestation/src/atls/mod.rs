@@ -1,0 +1,110 @@
+//! aTLS: TLS 1.3 whose certificates carry attestation evidence bound to the peer's nonce.
+//!
+//! Owns the wire conventions (DESIGN.md, "Cryptographic formats"): evidence in a non-critical
+//! X.509 extension ([`EVIDENCE_OID`]) of a short-lived self-signed certificate, with
+//! `report_data = SHA-512(SPKI DER || nonce)` ([`binding`]); the client's nonce travels in an ALPN
+//! value `concord-atls-v1:<hex>` beside `h2`, the server's in the CertificateRequest's
+//! acceptable-CA names. It also owns the rustls verifiers and resolvers that implement them, the
+//! [`AtlsClient`] and the [`AtlsAcceptor`].
+//!
+//! It must never trust a certificate for its name, its issuer or its validity: only for the
+//! evidence it carries, bound to a nonce this side chose for this connection, and for the TLS 1.3
+//! handshake signature made with its key. It must never resume sessions (a resumed session would
+//! skip the evidence check) and never negotiate TLS 1.2. It does not decide what evidence is
+//! acceptable: an [`AcceptPolicy`] does.
+
+mod cert;
+mod client;
+mod nonce;
+mod peer;
+mod policy;
+mod server;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha512};
+
+pub use cert::extract_evidence;
+pub use client::{AtlsClient, ClientIdentity};
+pub use policy::{AcceptPolicy, StaticPolicy};
+pub use server::{AtlsAcceptor, ClientAuth};
+
+use crate::verify::VerifiedReport;
+
+/// OID of the certificate extension that carries `Evidence::to_bytes()`.
+///
+/// PROVISIONAL: an arc under a private enterprise number chosen for Concord during development;
+/// it must be confirmed (or replaced by a registered one) before the wire format is frozen.
+pub const EVIDENCE_OID: &[u64] = &[1, 3, 6, 1, 4, 1, 58270, 1, 1];
+
+/// The application protocol aTLS servers select: gRPC over HTTP/2.
+pub const ALPN_H2: &[u8] = b"h2";
+
+/// Length of the nonces each side chooses.
+pub const NONCE_LEN: usize = 32;
+
+/// How long [`AtlsAcceptor::accept`] and [`AtlsClient::connect`] wait for a handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The report data that binds a certificate key to the relying side's nonce:
+/// `SHA-512(SPKI DER of the certificate key || nonce)`.
+pub fn binding(spki_der: &[u8], nonce: &[u8; NONCE_LEN]) -> [u8; 64] {
+    let mut h = Sha512::new();
+    h.update(spki_der);
+    h.update(nonce);
+    h.finalize().into()
+}
+
+/// A peer whose evidence passed the policy and whose handshake signature was made with the
+/// attested certificate's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedPeer {
+    report: VerifiedReport,
+    spki_der: Vec<u8>,
+}
+
+impl VerifiedPeer {
+    /// The peer's verified report.
+    pub fn report(&self) -> &VerifiedReport {
+        &self.report
+    }
+
+    /// SubjectPublicKeyInfo (DER) of the peer's TLS key, which the evidence binds.
+    pub fn spki_der(&self) -> &[u8] {
+        &self.spki_der
+    }
+}
+
+/// The one crypto provider of the tree.
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The rustls signing key for an rcgen key pair.
+fn load_signing_key(
+    provider: &rustls::crypto::CryptoProvider,
+    key: &rcgen::KeyPair,
+) -> Result<Arc<dyn rustls::sign::SigningKey>, crate::AttestationError> {
+    let der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    provider
+        .key_provider
+        .load_private_key(der)
+        .map_err(|e| crate::AttestationError::Config(format!("unusable aTLS key: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binding_is_sha512_of_spki_then_nonce() {
+        let spki = b"spki";
+        let nonce = [7u8; NONCE_LEN];
+        let mut concatenated = spki.to_vec();
+        concatenated.extend_from_slice(&nonce);
+        let expected: [u8; 64] = Sha512::digest(&concatenated).into();
+        assert_eq!(binding(spki, &nonce), expected);
+        assert_ne!(binding(spki, &[8u8; NONCE_LEN]), expected);
+    }
+}

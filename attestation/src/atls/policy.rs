@@ -1,0 +1,46 @@
+//! The relying side's policy for aTLS peers.
+
+use std::time::SystemTime;
+
+use crate::error::AttestationError;
+use crate::evidence::Evidence;
+use crate::reference::ReferenceValues;
+use crate::verify::{VerifiedReport, Verifier};
+
+/// Decides whether a peer's evidence is acceptable. The coordinator implements it against its
+/// current manifest (reference values, and host data naming a policy with the required role).
+pub trait AcceptPolicy: Send + Sync + std::fmt::Debug {
+    /// Verifies `evidence`, which must bind `expected_report_data`.
+    fn verify(
+        &self,
+        evidence: &Evidence,
+        expected_report_data: &[u8; 64],
+    ) -> Result<VerifiedReport, AttestationError>;
+}
+
+/// A fixed policy: these reference values, these accepted host data, checked at the current time.
+#[derive(Debug, Clone)]
+pub struct StaticPolicy {
+    /// The verifier with the launch configuration.
+    pub verifier: Verifier,
+    /// The reference values evidence must satisfy.
+    pub reference: ReferenceValues,
+    /// The accepted `host_data` values (policy hashes).
+    pub host_data: Vec<[u8; 32]>,
+}
+
+impl AcceptPolicy for StaticPolicy {
+    fn verify(
+        &self,
+        evidence: &Evidence,
+        expected_report_data: &[u8; 64],
+    ) -> Result<VerifiedReport, AttestationError> {
+        self.verifier.verify(
+            evidence,
+            &self.reference,
+            expected_report_data,
+            &|h| self.host_data.contains(h),
+            SystemTime::now(),
+        )
+    }
+}

@@ -1,0 +1,207 @@
+//! The crate's error type: who is at fault when attestation does not succeed.
+//!
+//! Owns [`AttestationError`] and [`RejectReason`]. The split follows the question a caller has to
+//! answer: `Rejected` means the evidence was read and does not satisfy the policy (deny, and count it
+//! by [`RejectReason::metric_label`]); `Malformed` means it could not even be read; `Issuer` means this
+//! side could not produce evidence; `Config` means the local setup is wrong; `Handshake` means the TLS
+//! connection failed for a reason that is not the evidence. Messages never carry secret bytes.
+
+use std::fmt;
+
+/// Why attestation did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AttestationError {
+    /// The evidence was read and does not satisfy the policy.
+    #[error("attestation rejected: {0}")]
+    Rejected(RejectReason),
+    /// The evidence (or a part of it) cannot be parsed.
+    #[error("malformed attestation evidence: {what}")]
+    Malformed {
+        /// What could not be parsed, and why.
+        what: String,
+    },
+    /// This side cannot produce evidence (platform device, keys, randomness).
+    #[error("cannot produce attestation evidence: {0}")]
+    Issuer(String),
+    /// The local attestation configuration is unusable (trust anchors, key files, clock).
+    #[error("attestation configuration: {0}")]
+    Config(String),
+    /// The aTLS handshake failed for a reason other than the evidence: the peer closed the
+    /// connection, spoke something else than TLS 1.3, timed out, or refused our evidence.
+    #[error("aTLS handshake failed: {0}")]
+    Handshake(String),
+}
+
+impl AttestationError {
+    /// The reason, when the evidence was rejected by the policy.
+    pub fn reject_reason(&self) -> Option<&RejectReason> {
+        match self {
+            Self::Rejected(reason) => Some(reason),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn malformed(what: impl Into<String>) -> Self {
+        Self::Malformed { what: what.into() }
+    }
+}
+
+impl From<RejectReason> for AttestationError {
+    fn from(reason: RejectReason) -> Self {
+        Self::Rejected(reason)
+    }
+}
+
+/// Which certificate of an evidence chain a check is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CertRole {
+    /// The trust anchor: the simulated root, or AMD's ARK.
+    Root,
+    /// An intermediate: AMD's ASK or ASVK.
+    Intermediate,
+    /// The certificate of the key that signed the report: VCEK, VLEK or the simulated VCEK.
+    Signer,
+}
+
+impl fmt::Display for CertRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Root => "root",
+            Self::Intermediate => "intermediate",
+            Self::Signer => "signer",
+        })
+    }
+}
+
+/// The check that evidence failed. Each check has its own reason, so logs and metrics say which.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// The evidence is for a platform this verifier cannot check yet.
+    #[error("SNP verification is not implemented yet")]
+    PlatformNotSupported,
+    /// Simulated evidence, and the launch configuration trusts no simulated root.
+    #[error(
+        "simulated evidence, but this launch configuration trusts no simulated root \
+         (INSECURE simulated attestation is off)"
+    )]
+    SimulatedNotEnabled,
+    /// The simulated root is not the one the launch configuration names.
+    #[error("the simulated root certificate is not the one this launch configuration trusts")]
+    SimulatedRootNotTrusted,
+    /// The simulated root is trusted locally but no reference values entry names it.
+    #[error("the simulated root is not named in the reference values")]
+    SimulatedRootNotInReferenceValues,
+    /// A certificate was not issued by the next one in the chain (names differ).
+    #[error("the {role} certificate was not issued by the next certificate of the chain")]
+    CertificateChain {
+        /// The certificate whose issuer does not match.
+        role: CertRole,
+    },
+    /// A certificate signature does not verify, or uses another algorithm than expected.
+    #[error("the {role} certificate's signature does not verify")]
+    CertificateSignature {
+        /// The certificate whose signature failed.
+        role: CertRole,
+    },
+    /// A certificate is not valid yet at the time of check.
+    #[error("the {role} certificate is not valid yet at the time of check")]
+    CertificateNotYetValid {
+        /// The certificate concerned.
+        role: CertRole,
+    },
+    /// A certificate has expired at the time of check.
+    #[error("the {role} certificate has expired at the time of check")]
+    CertificateExpired {
+        /// The certificate concerned.
+        role: CertRole,
+    },
+    /// The report format version is outside 2..=5.
+    #[error("report version {0} is not supported (2 to 5 are)")]
+    UnsupportedVersion(u32),
+    /// The report's signature algorithm is not ECDSA P-384/SHA-384.
+    #[error("report signature algorithm {0} is not supported (1, ECDSA P-384 with SHA-384, is)")]
+    UnsupportedSignatureAlgorithm(u32),
+    /// The report signature does not verify with the signer certificate's key.
+    #[error("the report signature does not verify with the signer's key")]
+    ReportSignature,
+    /// The report was not produced at VMPL 0.
+    #[error("the report comes from VMPL {0}, not VMPL 0")]
+    Vmpl(u32),
+    /// The guest policy allows debugging and the reference values do not.
+    #[error("the guest policy allows debugging")]
+    DebugAllowed,
+    /// The guest policy allows a migration agent and the reference values do not.
+    #[error("the guest policy allows a migration agent")]
+    MigrationAgentAllowed,
+    /// The launch measurement is not in the trusted set.
+    #[error("measurement not trusted")]
+    MeasurementNotTrusted,
+    /// `host_data` (the policy hash) is not accepted: it names no policy the relying side knows.
+    #[error("host_data not accepted: it names no policy of the manifest")]
+    HostDataNotAccepted,
+    /// `report_data` is not the binding the relying side expects.
+    #[error("report_data does not match the expected binding (replayed or foreign evidence?)")]
+    ReportDataMismatch,
+    /// The aTLS peer certificate carries no evidence extension.
+    #[error("the peer's certificate carries no attestation evidence")]
+    NoEvidence,
+    /// The aTLS client offered no usable nonce in its ALPN list.
+    #[error("the client sent no aTLS nonce; connect with the concord CLI or initializer")]
+    MissingNonce,
+}
+
+impl RejectReason {
+    /// A stable, low-cardinality label for metrics (`attestation failures by reason`).
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::PlatformNotSupported => "platform_not_supported",
+            Self::SimulatedNotEnabled => "simulated_not_enabled",
+            Self::SimulatedRootNotTrusted => "simulated_root_not_trusted",
+            Self::SimulatedRootNotInReferenceValues => "simulated_root_not_in_reference_values",
+            Self::CertificateChain { .. } => "certificate_chain",
+            Self::CertificateSignature { .. } => "certificate_signature",
+            Self::CertificateNotYetValid { .. } => "certificate_not_yet_valid",
+            Self::CertificateExpired { .. } => "certificate_expired",
+            Self::UnsupportedVersion(_) => "unsupported_version",
+            Self::UnsupportedSignatureAlgorithm(_) => "unsupported_signature_algorithm",
+            Self::ReportSignature => "report_signature",
+            Self::Vmpl(_) => "vmpl",
+            Self::DebugAllowed => "debug_allowed",
+            Self::MigrationAgentAllowed => "migration_agent_allowed",
+            Self::MeasurementNotTrusted => "measurement_not_trusted",
+            Self::HostDataNotAccepted => "host_data_not_accepted",
+            Self::ReportDataMismatch => "report_data_mismatch",
+            Self::NoEvidence => "no_evidence",
+            Self::MissingNonce => "missing_nonce",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_the_check() {
+        let e = AttestationError::Rejected(RejectReason::ReportDataMismatch);
+        assert_eq!(
+            e.to_string(),
+            "attestation rejected: report_data does not match the expected binding \
+             (replayed or foreign evidence?)"
+        );
+        let e = AttestationError::Rejected(RejectReason::CertificateExpired {
+            role: CertRole::Signer,
+        });
+        assert_eq!(
+            e.to_string(),
+            "attestation rejected: the signer certificate has expired at the time of check"
+        );
+        assert_eq!(
+            e.reject_reason().map(RejectReason::metric_label),
+            Some("certificate_expired")
+        );
+    }
+}

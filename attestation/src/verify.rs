@@ -1,0 +1,208 @@
+//! Evidence verification: from received evidence to a [`VerifiedReport`], or a reason to deny.
+//!
+//! Owns the launch-time trust configuration ([`PlatformTrust`]), the [`Verifier`] that applies it
+//! and the reference values to evidence, and [`VerifiedReport`], which only this module can create.
+//! Everything fails closed: any parse error, unknown version, missing piece or mismatch denies. It
+//! must never accept simulated evidence unless both the launch configuration and the reference
+//! values name the simulated root, and it must never log secret bytes.
+
+use std::time::SystemTime;
+
+use sha2::{Digest, Sha256};
+
+use crate::chain;
+use crate::claims::{self, GuestRules};
+use crate::error::{AttestationError, CertRole, RejectReason};
+use crate::evidence::{Evidence, Platform};
+use crate::reference::ReferenceValues;
+use crate::report::{Report, Tcb};
+
+/// The trust anchors fixed at launch, outside any manifest.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlatformTrust {
+    /// SHA-256 of the simulated root certificate's DER. `Some` makes this process accept
+    /// simulated evidence (when the reference values name the same root): INSECURE, for machines
+    /// without SEV-SNP only.
+    pub insecure_simulated_root: Option<[u8; 32]>,
+}
+
+/// Checks evidence against reference values under a launch configuration.
+#[derive(Debug, Clone)]
+pub struct Verifier {
+    trust: PlatformTrust,
+}
+
+/// Claims of a report that passed every check. Only this crate creates one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedReport {
+    platform: Platform,
+    version: u32,
+    vmpl: u32,
+    policy: u64,
+    measurement: [u8; 48],
+    host_data: [u8; 32],
+    report_data: [u8; 64],
+    chip_id: [u8; 64],
+    reported_tcb: Tcb,
+}
+
+impl VerifiedReport {
+    fn from_report(platform: Platform, report: &Report) -> Self {
+        Self {
+            platform,
+            version: report.version(),
+            vmpl: report.vmpl(),
+            policy: report.policy(),
+            measurement: *report.measurement(),
+            host_data: *report.host_data(),
+            report_data: *report.report_data(),
+            chip_id: *report.chip_id(),
+            reported_tcb: Tcb::from_milan_genoa(report.reported_tcb()),
+        }
+    }
+
+    /// The platform that produced the evidence.
+    pub fn platform(&self) -> Platform {
+        self.platform
+    }
+    /// The report format version.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+    /// The VMPL (always 0 once verified).
+    pub fn vmpl(&self) -> u32 {
+        self.vmpl
+    }
+    /// The guest policy.
+    pub fn policy(&self) -> u64 {
+        self.policy
+    }
+    /// The launch measurement (one of the trusted ones).
+    pub fn measurement(&self) -> &[u8; 48] {
+        &self.measurement
+    }
+    /// HOST_DATA: the policy hash, accepted by the caller.
+    pub fn host_data(&self) -> &[u8; 32] {
+        &self.host_data
+    }
+    /// REPORT_DATA: equal to the binding the caller expected.
+    pub fn report_data(&self) -> &[u8; 64] {
+        &self.report_data
+    }
+    /// The chip identifier.
+    pub fn chip_id(&self) -> &[u8; 64] {
+        &self.chip_id
+    }
+    /// The reported TCB (Milan/Genoa layout).
+    pub fn reported_tcb(&self) -> Tcb {
+        self.reported_tcb
+    }
+}
+
+impl Verifier {
+    /// A verifier for this launch configuration. Warns loudly when simulated evidence is trusted.
+    pub fn new(trust: PlatformTrust) -> Self {
+        if let Some(root) = &trust.insecure_simulated_root {
+            tracing::warn!(
+                simulated_root = %hex::encode(root),
+                "INSECURE: simulated attestation is enabled; evidence from the simulated root is accepted"
+            );
+        }
+        Self { trust }
+    }
+
+    /// The launch configuration.
+    pub fn trust(&self) -> &PlatformTrust {
+        &self.trust
+    }
+
+    /// Verifies `evidence` against `reference`, requiring `report_data == expected_report_data`
+    /// and `accept_host_data(host_data)`, with certificate validity checked at `now`.
+    pub fn verify(
+        &self,
+        evidence: &Evidence,
+        reference: &ReferenceValues,
+        expected_report_data: &[u8; 64],
+        accept_host_data: &dyn Fn(&[u8; 32]) -> bool,
+        now: SystemTime,
+    ) -> Result<VerifiedReport, AttestationError> {
+        let result = match evidence.platform {
+            Platform::Simulated => self.verify_simulated(
+                evidence,
+                reference,
+                expected_report_data,
+                accept_host_data,
+                now,
+            ),
+            // Fail closed until the SNP chain (ARK/ASK/VCEK, TCB, chip ID) is implemented.
+            Platform::Snp => Err(RejectReason::PlatformNotSupported.into()),
+        };
+        if let Err(error) = &result {
+            tracing::debug!(platform = %evidence.platform, %error, "attestation evidence rejected");
+        }
+        result
+    }
+
+    fn verify_simulated(
+        &self,
+        evidence: &Evidence,
+        reference: &ReferenceValues,
+        expected_report_data: &[u8; 64],
+        accept_host_data: &dyn Fn(&[u8; 32]) -> bool,
+        now: SystemTime,
+    ) -> Result<VerifiedReport, AttestationError> {
+        let [signer_der, root_der] = evidence.certificates.as_slice() else {
+            return Err(AttestationError::malformed(format!(
+                "simulated evidence needs exactly 2 certificates (signer, root), got {}",
+                evidence.certificates.len()
+            )));
+        };
+
+        // The anchor: named by the launch configuration and by the reference values.
+        let Some(trusted_root) = self.trust.insecure_simulated_root else {
+            return Err(RejectReason::SimulatedNotEnabled.into());
+        };
+        let root_hash: [u8; 32] = Sha256::digest(root_der).into();
+        if root_hash != trusted_root {
+            return Err(RejectReason::SimulatedRootNotTrusted.into());
+        }
+        let entries: Vec<_> = reference
+            .simulated
+            .iter()
+            .filter(|e| e.root.as_bytes() == &root_hash)
+            .collect();
+        if entries.is_empty() {
+            return Err(RejectReason::SimulatedRootNotInReferenceValues.into());
+        }
+
+        // The chain: root self-signed, signer signed by the root, both valid now.
+        let root = chain::parse_cert(root_der, CertRole::Root)?;
+        let root_key = chain::p384_key(&root, CertRole::Root)?;
+        chain::check_issued_by(&root, CertRole::Root, &root, &root_key)?;
+        let signer = chain::parse_cert(signer_der, CertRole::Signer)?;
+        let signer_key = chain::p384_key(&signer, CertRole::Signer)?;
+        chain::check_issued_by(&signer, CertRole::Signer, &root, &root_key)?;
+        chain::check_validity(&root, CertRole::Root, now)?;
+        chain::check_validity(&signer, CertRole::Signer, now)?;
+
+        // The report, judged by the same checks as SNP reports.
+        let report = Report::parse(&evidence.report)?;
+        claims::check_format(&report)?;
+        claims::check_report_signature(&report, &signer_key)?;
+        // The simulated reference values have no switches: debug and migration agent stay off.
+        claims::check_guest(
+            &report,
+            GuestRules {
+                allow_debug: false,
+                allow_migration_agent: false,
+            },
+        )?;
+        claims::check_measurement(
+            &report,
+            entries.iter().flat_map(|e| &e.trusted_measurements),
+        )?;
+        claims::check_host_data(&report, accept_host_data)?;
+        claims::check_report_data(&report, expected_report_data)?;
+        Ok(VerifiedReport::from_report(Platform::Simulated, &report))
+    }
+}

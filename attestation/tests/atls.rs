@@ -1,0 +1,418 @@
+//! aTLS over real loopback TCP: mutual attestation, policy rejections on both sides, replayed
+//! certificates, clients without a nonce, and bytes that are not TLS.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use concord_attestation::atls::{
+    AtlsAcceptor, AtlsClient, ClientAuth, ClientIdentity, HANDSHAKE_TIMEOUT, VerifiedPeer,
+};
+use concord_attestation::testing::{HOST_DATA, MEASUREMENT, SimFixture, tls_key};
+use concord_attestation::{AttestationError, RejectReason};
+use rcgen::{KeyPair, PublicKeyData as _};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// The client workload's identity in these tests.
+const CLIENT_MEASUREMENT: [u8; 48] = [0x55; 48];
+const CLIENT_HOST_DATA: [u8; 32] = [0x66; 32];
+
+struct Served {
+    peer: Option<VerifiedPeer>,
+    peer_certificate: Option<CertificateDer<'static>>,
+}
+
+/// Accepts one connection with `acceptor`, echoes four bytes, and reports what it saw.
+async fn serve_once(
+    acceptor: AtlsAcceptor,
+) -> (SocketAddr, JoinHandle<Result<Served, AttestationError>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let (mut tls, peer) = acceptor.accept(tcp).await?;
+        let peer_certificate = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.clone().into_owned());
+        let mut buf = [0u8; 4];
+        if let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut buf)).await
+        {
+            tls.write_all(&buf).await.unwrap();
+            tls.flush().await.unwrap();
+        }
+        Ok(Served {
+            peer,
+            peer_certificate,
+        })
+    });
+    (addr, task)
+}
+
+fn server_name() -> ServerName<'static> {
+    ServerName::try_from("coordinator").unwrap()
+}
+
+/// Everything a test needs: one simulated root; a server attesting MEASUREMENT/HOST_DATA; a client
+/// attesting CLIENT_MEASUREMENT/CLIENT_HOST_DATA.
+struct Setup {
+    f: SimFixture,
+    server_key: Arc<KeyPair>,
+    client_key: Arc<KeyPair>,
+}
+
+impl Setup {
+    fn new() -> Self {
+        Self {
+            f: SimFixture::new(),
+            server_key: tls_key(),
+            client_key: tls_key(),
+        }
+    }
+
+    fn acceptor(&self, client_auth: ClientAuth) -> AtlsAcceptor {
+        AtlsAcceptor::new(self.f.issuer.clone(), self.server_key.clone(), client_auth).unwrap()
+    }
+
+    fn mutual_acceptor(&self) -> AtlsAcceptor {
+        let policy = self
+            .f
+            .policy_with(&[CLIENT_MEASUREMENT], &[CLIENT_HOST_DATA]);
+        self.acceptor(ClientAuth::Required(Arc::new(policy)))
+    }
+
+    fn identity(&self, measurement: [u8; 48]) -> ClientIdentity {
+        ClientIdentity {
+            issuer: self.f.issuer_for(measurement, CLIENT_HOST_DATA),
+            key: self.client_key.clone(),
+        }
+    }
+
+    fn client(&self, identity: Option<ClientIdentity>) -> AtlsClient {
+        AtlsClient::new(Arc::new(self.f.policy()), identity).unwrap()
+    }
+
+    fn mutual_client(&self) -> AtlsClient {
+        self.client(Some(self.identity(CLIENT_MEASUREMENT)))
+    }
+}
+
+async fn echo(tls: &mut (impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin)) {
+    tls.write_all(b"ping").await.unwrap();
+    tls.flush().await.unwrap();
+    let mut buf = [0u8; 4];
+    tls.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ping");
+}
+
+fn rejected(result: Result<impl std::fmt::Debug, AttestationError>) -> RejectReason {
+    match result {
+        Err(AttestationError::Rejected(reason)) => reason,
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn mutual_attestation_gives_both_sides_the_verified_peer() {
+    let s = Setup::new();
+    let (addr, server) = serve_once(s.mutual_acceptor()).await;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut tls, server_peer) = s.mutual_client().connect(tcp, server_name()).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    echo(&mut tls).await;
+
+    assert_eq!(server_peer.report().host_data(), &HOST_DATA);
+    assert_eq!(server_peer.report().measurement(), &MEASUREMENT);
+    assert_eq!(
+        server_peer.spki_der(),
+        s.server_key.subject_public_key_info()
+    );
+
+    let served = server.await.unwrap().unwrap();
+    let client_peer = served.peer.expect("client authentication was required");
+    assert_eq!(client_peer.report().host_data(), &CLIENT_HOST_DATA);
+    assert_eq!(client_peer.report().measurement(), &CLIENT_MEASUREMENT);
+    assert_eq!(
+        client_peer.spki_der(),
+        s.client_key.subject_public_key_info()
+    );
+}
+
+#[tokio::test]
+async fn handshake_config_publishes_the_verified_server() {
+    let s = Setup::new();
+    let (addr, server) = serve_once(s.acceptor(ClientAuth::None)).await;
+    let client = s.client(None);
+    let (config, cell) = client.handshake().unwrap();
+    assert!(cell.get().is_none());
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(server_name(), tcp)
+        .await
+        .unwrap();
+    echo(&mut tls).await;
+    let peer = cell.get().expect("set by the handshake");
+    assert_eq!(peer.report().host_data(), &HOST_DATA);
+    assert_eq!(peer.spki_der(), s.server_key.subject_public_key_info());
+    assert!(server.await.unwrap().unwrap().peer.is_none());
+}
+
+#[tokio::test]
+async fn an_attested_client_may_connect_to_a_server_that_does_not_ask() {
+    let s = Setup::new();
+    let (addr, server) = serve_once(s.acceptor(ClientAuth::None)).await;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut tls, _) = s.mutual_client().connect(tcp, server_name()).await.unwrap();
+    echo(&mut tls).await;
+    let served = server.await.unwrap().unwrap();
+    assert!(served.peer.is_none());
+    assert!(
+        served.peer_certificate.is_none(),
+        "no certificate was requested"
+    );
+}
+
+#[tokio::test]
+async fn server_rejects_a_client_with_an_untrusted_measurement() {
+    let s = Setup::new();
+    let (addr, server) = serve_once(s.mutual_acceptor()).await;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    // TLS 1.3: the client finishes before the server judges its certificate.
+    let _client = s
+        .client(Some(s.identity([0x77; 48])))
+        .connect(tcp, server_name())
+        .await;
+    let result = server.await.unwrap();
+    assert_eq!(
+        rejected(result.map(|_| ())),
+        RejectReason::MeasurementNotTrusted
+    );
+}
+
+#[tokio::test]
+async fn server_rejects_a_client_without_a_certificate() {
+    let s = Setup::new();
+    let (addr, server) = serve_once(s.mutual_acceptor()).await;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let _client = s.client(None).connect(tcp, server_name()).await;
+    let result = server.await.unwrap();
+    assert!(
+        matches!(result, Err(AttestationError::Handshake(_))),
+        "{:?}",
+        result.map(|_| ())
+    );
+}
+
+#[tokio::test]
+async fn client_rejects_a_server_its_policy_does_not_accept() {
+    let s = Setup::new();
+    // Measurement not trusted by the client's policy.
+    let (addr, _server) = serve_once(s.acceptor(ClientAuth::None)).await;
+    let policy = s.f.policy_with(&[[0x88; 48]], &[HOST_DATA]);
+    let client = AtlsClient::new(Arc::new(policy), None).unwrap();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(
+        rejected(client.connect(tcp, server_name()).await),
+        RejectReason::MeasurementNotTrusted
+    );
+    // Host data (policy hash) not accepted.
+    let (addr, _server) = serve_once(s.acceptor(ClientAuth::None)).await;
+    let policy = s.f.policy_with(&[MEASUREMENT], &[[0x99; 32]]);
+    let client = AtlsClient::new(Arc::new(policy), None).unwrap();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(
+        rejected(client.connect(tcp, server_name()).await),
+        RejectReason::HostDataNotAccepted
+    );
+    // A simulated root the client's launch configuration does not trust.
+    let (addr, _server) = serve_once(s.acceptor(ClientAuth::None)).await;
+    let client = AtlsClient::new(Arc::new(SimFixture::new().policy()), None).unwrap();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(
+        rejected(client.connect(tcp, server_name()).await),
+        RejectReason::SimulatedRootNotTrusted
+    );
+}
+
+fn ring() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn pkcs8(key: &KeyPair) -> PrivateKeyDer<'static> {
+    PrivateKeyDer::Pkcs8(key.serialize_der().into())
+}
+
+/// A plain rustls server that presents `cert` (an old aTLS certificate) with `key`.
+async fn replaying_server(cert: CertificateDer<'static>, key: &KeyPair) -> SocketAddr {
+    let mut config = rustls::ServerConfig::builder_with_provider(ring())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], pkcs8(key))
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let _ = acceptor.accept(tcp).await;
+    });
+    addr
+}
+
+#[tokio::test]
+async fn client_rejects_a_server_replaying_a_certificate_made_for_another_nonce() {
+    let s = Setup::new();
+    let client = s.client(None);
+    // A genuine handshake; the certificate it carried was bound to that connection's nonce.
+    let (addr, _server) = serve_once(s.acceptor(ClientAuth::None)).await;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (tls, _) = client.connect(tcp, server_name()).await.unwrap();
+    let old = tls.get_ref().1.peer_certificates().unwrap()[0]
+        .clone()
+        .into_owned();
+    drop(tls);
+
+    // Replayed by a server that even holds the key: the evidence is for another nonce.
+    let addr = replaying_server(old, &s.server_key).await;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(
+        rejected(client.connect(tcp, server_name()).await),
+        RejectReason::ReportDataMismatch
+    );
+}
+
+#[tokio::test]
+async fn client_rejects_a_server_whose_handshake_key_is_not_the_attested_one() {
+    let s = Setup::new();
+    let client = s.client(None);
+    let (addr, _server) = serve_once(s.acceptor(ClientAuth::None)).await;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (tls, _) = client.connect(tcp, server_name()).await.unwrap();
+    let old = tls.get_ref().1.peer_certificates().unwrap()[0]
+        .clone()
+        .into_owned();
+    drop(tls);
+
+    // The attested certificate, but the handshake signed by another key.
+    let other_key = tls_key();
+    let signer = rustls::crypto::ring::sign::any_supported_type(&pkcs8(&other_key)).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(ring())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SingleCertAndKey::from(CertifiedKey::new(
+            vec![old],
+            signer,
+        ))));
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let _ = acceptor.accept(tcp).await;
+    });
+    let (config, cell) = client.handshake().unwrap();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let result = tokio_rustls::TlsConnector::from(config)
+        .connect(server_name(), tcp)
+        .await;
+    assert!(result.is_err());
+    assert!(
+        cell.get().is_none(),
+        "no verified peer without a valid handshake signature"
+    );
+}
+
+#[tokio::test]
+async fn server_rejects_a_client_replaying_a_certificate_made_for_another_nonce() {
+    let s = Setup::new();
+    // A genuine mutual handshake; the server records the client's certificate.
+    let (addr, server) = serve_once(s.mutual_acceptor()).await;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut tls, _) = s.mutual_client().connect(tcp, server_name()).await.unwrap();
+    echo(&mut tls).await;
+    let old = server.await.unwrap().unwrap().peer_certificate.unwrap();
+
+    // A client that presents that certificate again (with the right key).
+    let (config, _) = s.client(None).handshake().unwrap();
+    let mut config = (*config).clone();
+    let signer = rustls::crypto::ring::sign::any_supported_type(&pkcs8(&s.client_key)).unwrap();
+    config.client_auth_cert_resolver =
+        Arc::new(SingleCertAndKey::from(CertifiedKey::new(vec![old], signer)));
+    let (addr, server) = serve_once(s.mutual_acceptor()).await;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let _client = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(server_name(), tcp)
+        .await;
+    let result = server.await.unwrap();
+    assert_eq!(
+        rejected(result.map(|_| ())),
+        RejectReason::ReportDataMismatch
+    );
+}
+
+#[tokio::test]
+async fn server_rejects_a_client_without_the_alpn_nonce() {
+    let s = Setup::new();
+    let (addr, server) = serve_once(s.acceptor(ClientAuth::None)).await;
+    // An aTLS client configuration with the nonce taken out of ALPN: a plain h2 client.
+    let (config, _) = s.client(None).handshake().unwrap();
+    let mut config = (*config).clone();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let client = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(server_name(), tcp)
+        .await;
+    assert!(client.is_err(), "the server closes the connection");
+    let err = server.await.unwrap().map(|_| ()).unwrap_err();
+    assert_eq!(err, AttestationError::Rejected(RejectReason::MissingNonce));
+    assert!(
+        err.to_string()
+            .contains("the client sent no aTLS nonce; connect with the concord CLI or initializer"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn bytes_that_are_not_tls_give_an_error_not_a_panic() {
+    let s = Setup::new();
+    for garbage in [
+        &b"GET / HTTP/1.1\r\nHost: coordinator\r\n\r\n"[..],
+        &[0x16, 0x03, 0x01, 0xff, 0xff, 0x01, 0x00, 0x00][..],
+        &[0u8; 1][..],
+        &[0xff; 4096][..],
+    ] {
+        let (addr, server) = serve_once(s.mutual_acceptor()).await;
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let _ = tcp.write_all(garbage).await;
+        let _ = tcp.shutdown().await;
+        let result = server.await.expect("the acceptor task must not panic");
+        assert!(
+            matches!(result, Err(AttestationError::Handshake(_))),
+            "{garbage:?}: {:?}",
+            result.map(|_| ())
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_client_times_out() {
+    let s = Setup::new();
+    let (addr, server) = serve_once(s.mutual_acceptor()).await;
+    let _tcp = TcpStream::connect(addr).await.unwrap();
+    let err = server.await.unwrap().map(|_| ()).unwrap_err();
+    assert!(
+        matches!(&err, AttestationError::Handshake(m) if m.contains(&format!("{} s", HANDSHAKE_TIMEOUT.as_secs()))),
+        "{err}"
+    );
+}

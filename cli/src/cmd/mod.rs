@@ -1,0 +1,9 @@
+//! One module per `concord` subcommand.
+
+pub mod attestation;
+pub mod demo;
+pub mod history;
+pub mod keygen;
+pub mod set;
+pub mod sign;
+pub mod verify;

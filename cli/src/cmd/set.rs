@@ -1,0 +1,161 @@
+//! `concord set`: set a manifest, signing the transition with the owner key (or an external signature).
+
+use std::path::PathBuf;
+
+use clap::Args;
+use concord_coordinator::Hash;
+use concord_coordinator::history::format;
+use concord_proto::v1 as pb;
+use ed25519_dalek::Signature;
+
+use crate::exit::{CliError, CliResult, read_file, write_file};
+use crate::keys;
+use crate::remote;
+
+#[derive(Debug, Args)]
+pub struct Set {
+    /// The manifest to set.
+    #[arg(short, long, default_value = "manifest.json")]
+    pub manifest: PathBuf,
+    /// Policy documents to store with it (each must hash to a policy of the manifest).
+    #[arg(short, long = "policy")]
+    pub policies: Vec<PathBuf>,
+    /// The coordinator's user API (host:port).
+    #[arg(
+        short,
+        long,
+        env = "CONCORD_COORDINATOR",
+        default_value = "127.0.0.1:1313"
+    )]
+    pub coordinator: String,
+    /// The workload owner key that authorizes the update (listed in the latest manifest).
+    #[arg(long, conflicts_with = "signature")]
+    pub owner_key: Option<PathBuf>,
+    /// An owner signature made elsewhere (`concord sign --prepare`): 128 hex characters or a file
+    /// holding the 64 raw bytes or their hex.
+    #[arg(long, requires_all = ["owner_public_key", "expect_latest"])]
+    pub signature: Option<String>,
+    /// The public key of the external signature (64 hex characters).
+    #[arg(long)]
+    pub owner_public_key: Option<String>,
+    /// Fail unless the latest transition is this one (compare-and-swap); default: the latest right now.
+    #[arg(long)]
+    pub expect_latest: Option<String>,
+    /// Where to write the seed shares returned for the first manifest.
+    #[arg(long, default_value = ".")]
+    pub shares_dir: PathBuf,
+    /// Accept a coordinator on the simulated platform (INSECURE).
+    #[arg(long)]
+    pub insecure_simulated_attestation: bool,
+}
+
+fn decode_signature(s: &str) -> CliResult<Signature> {
+    let bytes = match hex::decode(s.trim()) {
+        Ok(b) if b.len() == 64 => b,
+        _ => {
+            let raw = read_file(std::path::Path::new(s))?;
+            if raw.len() == 64 {
+                raw
+            } else {
+                hex::decode(String::from_utf8_lossy(&raw).trim()).map_err(|_| {
+                    CliError::usage(
+                        "--signature: not 128 hex characters, nor a file of 64 bytes or their hex",
+                    )
+                })?
+            }
+        }
+    };
+    let bytes = <[u8; 64]>::try_from(bytes.as_slice())
+        .map_err(|_| CliError::usage("--signature: an Ed25519 signature is 64 bytes"))?;
+    Ok(Signature::from_bytes(&bytes))
+}
+
+pub async fn run(args: Set) -> CliResult {
+    let bytes = read_file(&args.manifest)?;
+    let manifest = remote::read_manifest(&args.manifest)?;
+    let policies = args
+        .policies
+        .iter()
+        .map(|p| read_file(p))
+        .collect::<CliResult<Vec<_>>>()?;
+    let trust = remote::trust_for(&manifest, args.insecure_simulated_attestation)?;
+    let (mut client, _) = remote::user_api(&args.coordinator, &manifest, trust).await?;
+
+    let previous = match &args.expect_latest {
+        Some(h) => {
+            Hash::from_hex(h).map_err(|e| CliError::usage(format!("--expect-latest: {e}")))?
+        }
+        None => {
+            let latest = client
+                .get_manifests(pb::GetManifestsRequest {})
+                .await
+                .map_err(|s| remote::status_error("GetManifests", s))?
+                .into_inner()
+                .latest;
+            match latest {
+                Some(t) => Hash::from_slice(&t.hash).map_err(|e| {
+                    CliError::verification(format!("the coordinator sent a bad latest hash: {e}"))
+                })?,
+                None => Hash::ZERO,
+            }
+        }
+    };
+    let transition = format::transition_hash(&Hash::of(&bytes), &previous);
+    let (owner_key, owner_signature) = if previous == Hash::ZERO {
+        (Vec::new(), Vec::new())
+    } else if let Some(path) = &args.owner_key {
+        let key = keys::load_owner_key(path)?;
+        (
+            key.verifying_key().to_bytes().to_vec(),
+            format::sign_owner(&key, &transition).to_bytes().to_vec(),
+        )
+    } else if let (Some(sig), Some(public)) = (&args.signature, &args.owner_public_key) {
+        let public = hex::decode(public)
+            .ok()
+            .filter(|k| k.len() == 32)
+            .ok_or_else(|| CliError::usage("--owner-public-key: expected 64 hex characters"))?;
+        (public, decode_signature(sig)?.to_bytes().to_vec())
+    } else {
+        return Err(CliError::usage(format!(
+            "the coordinator already has a history (latest {previous}): an update must be authorized with --owner-key, or with --signature and --owner-public-key"
+        )));
+    };
+
+    let response = client
+        .set_manifest(pb::SetManifestRequest {
+            manifest: bytes,
+            policies,
+            expected_previous: previous.as_bytes().to_vec(),
+            owner_key,
+            owner_signature,
+        })
+        .await
+        .map_err(|s| remote::status_error("SetManifest", s))?
+        .into_inner();
+    let t = response
+        .transition
+        .ok_or_else(|| CliError::error("the coordinator answered without a transition"))?;
+    let hash = Hash::from_slice(&t.hash).unwrap_or_default();
+    if response.unchanged {
+        eprintln!("the manifest is already the latest one; nothing changed");
+    } else {
+        eprintln!("manifest set: transition {} ({})", t.index, hash);
+    }
+    for (i, share) in response.seed_shares.iter().enumerate() {
+        let doc = serde_json::json!({
+            "format": "concord-seed-share-v1",
+            "owner_public_key": hex::encode(&share.owner_public_key),
+            "encapsulated_key": hex::encode(&share.encapsulated_key),
+            "ciphertext": hex::encode(&share.ciphertext),
+        });
+        let path = args.shares_dir.join(format!("seed-share-{i}.json"));
+        write_file(&path, format!("{doc:#}\n").as_bytes(), true)?;
+        eprintln!(
+            "seed share {i} (encrypted to {}) written to {}: give it to its owner",
+            hex::encode(&share.owner_public_key),
+            path.display()
+        );
+    }
+    println!("{hash}");
+    Ok(())
+}

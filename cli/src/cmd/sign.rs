@@ -1,0 +1,79 @@
+//! `concord sign`: owner authorization with a key the CLI never sees.
+//!
+//! `--prepare` writes the exact bytes to sign ("concord/v1/set-manifest" || transition hash) for an
+//! external signer (an HSM, `openssl pkeyutl -sign -rawin`); without it, signs such a file with a local key.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use concord_coordinator::Hash;
+use concord_coordinator::history::format;
+
+use crate::exit::{CliError, CliResult, read_file, write_file};
+use crate::keys;
+
+#[derive(Debug, Args)]
+pub struct Sign {
+    /// Write the message to sign for the manifest and expected latest transition.
+    #[arg(long, requires_all = ["manifest", "expect_latest", "out"])]
+    prepare: bool,
+    /// The manifest to be set.
+    #[arg(short, long)]
+    manifest: Option<PathBuf>,
+    /// The latest transition hash the update replaces (from `concord verify` or `concord set` output).
+    #[arg(long)]
+    expect_latest: Option<String>,
+    /// Where to write the message (with --prepare).
+    #[arg(short, long)]
+    out: Option<PathBuf>,
+    /// Sign this message file with --owner-key instead.
+    #[arg(long, conflicts_with = "prepare", requires = "owner_key")]
+    message: Option<PathBuf>,
+    /// The owner's Ed25519 key (PKCS#8 PEM).
+    #[arg(long)]
+    owner_key: Option<PathBuf>,
+}
+
+pub fn run(args: Sign) -> CliResult {
+    if args.prepare {
+        let (Some(manifest), Some(latest), Some(out)) =
+            (args.manifest, args.expect_latest, args.out)
+        else {
+            return Err(CliError::usage(
+                "--prepare needs --manifest, --expect-latest and --out",
+            ));
+        };
+        let bytes = read_file(&manifest)?;
+        crate::remote::read_manifest(&manifest)?;
+        let previous = Hash::from_hex(&latest)
+            .map_err(|e| CliError::usage(format!("--expect-latest: {e}")))?;
+        let transition = format::transition_hash(&Hash::of(&bytes), &previous);
+        write_file(&out, &format::owner_message(&transition), false)?;
+        eprintln!(
+            "wrote the {} bytes to sign to {}; sign them with Ed25519 (e.g. `openssl pkeyutl -sign -rawin -inkey owner.pem -in {} -out sig.bin`), then `concord set --signature sig.bin --owner-public-key HEX --expect-latest {latest}`",
+            format::owner_message(&transition).len(),
+            out.display(),
+            out.display(),
+        );
+        println!("{transition}");
+        return Ok(());
+    }
+    let (Some(message), Some(key)) = (args.message, args.owner_key) else {
+        return Err(CliError::usage(
+            "give --prepare, or --message FILE with --owner-key FILE",
+        ));
+    };
+    let msg = read_file(&message)?;
+    if !msg.starts_with(format::SET_MANIFEST_LABEL)
+        || msg.len() != format::SET_MANIFEST_LABEL.len() + 32
+    {
+        return Err(CliError::error(format!(
+            "{} is not a message made by `concord sign --prepare`; refusing to sign arbitrary bytes with an owner key",
+            message.display()
+        )));
+    }
+    let key = keys::load_owner_key(&key)?;
+    use ed25519_dalek::Signer;
+    println!("{}", hex::encode(key.sign(&msg).to_bytes()));
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! `concord verify`: attest the coordinator against the expected manifest, fetch the history with a
+//! fresh nonce, audit it, and write the audit bundle and the CA certificates to a directory.
+
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use clap::Args;
+use concord_coordinator::Hash;
+use concord_coordinator::history::audit::{AuditOptions, AuditReport, audit};
+use concord_coordinator::pem;
+use concord_proto::v1 as pb;
+use rand::RngCore;
+
+use crate::exit::{CliError, CliResult, write_file};
+use crate::remote;
+
+#[derive(Debug, Args)]
+pub struct Verify {
+    /// The manifest you expect: the coordinator must match one of its coordinator policies.
+    #[arg(short, long, default_value = "manifest.json")]
+    pub manifest: PathBuf,
+    /// The coordinator's user API (host:port).
+    #[arg(
+        short,
+        long,
+        env = "CONCORD_COORDINATOR",
+        default_value = "127.0.0.1:1313"
+    )]
+    pub coordinator: String,
+    /// Where to write history.json and the PEM files.
+    #[arg(short, long, default_value = "verify")]
+    pub out: PathBuf,
+    /// A transition seen earlier: fail (exit 3) unless it is an ancestor of today's latest.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Accept a coordinator on the simulated platform (INSECURE).
+    #[arg(long)]
+    pub insecure_simulated_attestation: bool,
+}
+
+pub async fn run(args: Verify) -> CliResult<AuditReport> {
+    let expected = remote::read_manifest(&args.manifest)?;
+    let since = args
+        .since
+        .as_deref()
+        .map(Hash::from_hex)
+        .transpose()
+        .map_err(|e| CliError::usage(format!("--since: {e}")))?;
+    let trust = remote::trust_for(&expected, args.insecure_simulated_attestation)?;
+    let (mut client, _) = remote::user_api(&args.coordinator, &expected, trust.clone()).await?;
+
+    let mut nonce = [0u8; 32];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut nonce)
+        .map_err(|e| CliError::error(format!("the OS random generator failed: {e}")))?;
+    let bundle = client
+        .get_history(pb::GetHistoryRequest {
+            nonce: nonce.to_vec(),
+        })
+        .await
+        .map_err(|s| remote::status_error("GetHistory", s))?
+        .into_inner()
+        .bundle;
+    // Write what was received before judging it: an operator investigating a failure needs it.
+    write_file(&args.out.join("history.json"), &bundle, false)?;
+    let options = AuditOptions {
+        trust,
+        expected_nonce: Some(nonce),
+        since,
+        now: SystemTime::now(),
+    };
+    let report = audit(&bundle, &options).map_err(|e| CliError::verification(e.to_string()))?;
+
+    let latest = report.chain.latest_manifest();
+    write_file(&args.out.join("manifest.json"), latest.bytes(), false)?;
+    write_file(
+        &args.out.join("coordinator-root-ca.pem"),
+        pem::encode_certificate(&report.root_ca_der).as_bytes(),
+        false,
+    )?;
+    write_file(
+        &args.out.join("mesh-ca.pem"),
+        pem::encode_certificate(&report.mesh_ca_der).as_bytes(),
+        false,
+    )?;
+    eprintln!(
+        "verified: {} transitions, latest {}, coordinator evidence ({}) binds the signing key and the CAs",
+        report.chain.len(),
+        report.chain.latest_hash(),
+        report.report.platform().as_str(),
+    );
+    if latest.hash() != expected.hash() {
+        eprintln!(
+            "note: the latest manifest ({}) is not the one in {} ({}); see {}",
+            latest.hash(),
+            args.manifest.display(),
+            expected.hash(),
+            args.out.join("manifest.json").display()
+        );
+    }
+    eprintln!(
+        "wrote history.json, manifest.json, coordinator-root-ca.pem and mesh-ca.pem to {}",
+        args.out.display()
+    );
+    println!("{}", report.chain.latest_hash());
+    Ok(report)
+}

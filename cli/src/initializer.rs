@@ -1,0 +1,136 @@
+//! The `concord-initializer`: at pod start, attest to the mesh API, get the workload's certificate, the
+//! CA chain and its secret, and write them where Contrast's initializer does, so workloads written for
+//! Contrast work unchanged. Retries with backoff until it succeeds (or `--timeout` passes).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use concord_attestation::{AtlsClient, ClientIdentity};
+use concord_coordinator::launch::PlatformArgs;
+use concord_coordinator::transport::connect;
+use concord_proto::v1 as pb;
+use concord_proto::v1::mesh_api_client::MeshApiClient;
+
+use crate::exit::{CliError, CliResult, write_file};
+use crate::remote;
+
+/// Gets this workload's mesh certificate and secret from the coordinator.
+#[derive(Debug, Parser)]
+#[command(name = "concord-initializer", version)]
+pub struct InitializerArgs {
+    /// The coordinator's mesh API (host:port).
+    #[arg(
+        long,
+        env = "CONCORD_COORDINATOR",
+        default_value = "coordinator-ready:7777"
+    )]
+    pub coordinator: String,
+    /// The directory the files are written under (`tls-config/`, `secrets/`).
+    #[arg(long, env = "CONCORD_INITIALIZER_ROOT", default_value = "/contrast")]
+    pub root: PathBuf,
+    /// The manifest the coordinator must be verified against (its coordinator policies and reference values).
+    #[arg(long, env = "CONCORD_MANIFEST")]
+    pub manifest: PathBuf,
+    /// Give up after this many seconds (default: never).
+    #[arg(long, env = "CONCORD_INITIALIZER_TIMEOUT")]
+    pub timeout: Option<u64>,
+    #[command(flatten)]
+    pub platform: PlatformArgs,
+}
+
+/// The files, relative to the root, as Contrast's initializer lays them out.
+pub const KEY: &str = "tls-config/key.pem";
+pub const CERT_CHAIN: &str = "tls-config/certChain.pem";
+pub const MESH_CA: &str = "tls-config/mesh-ca.pem";
+pub const ROOT_CA: &str = "tls-config/coordinator-root-ca.pem";
+pub const WORKLOAD_SECRET: &str = "secrets/workload-secret-seed";
+
+pub async fn run(args: InitializerArgs) -> CliResult {
+    let launched = args.platform.launch().map_err(CliError::usage)?;
+    let manifest = remote::read_manifest(&args.manifest)?;
+    let trust = remote::trust_for(&manifest, args.platform.insecure_simulated_attestation)?;
+    let policy = Arc::new(remote::coordinator_policy(&manifest, trust)?);
+    let key = Arc::new(
+        rcgen::KeyPair::generate()
+            .map_err(|e| CliError::error(format!("cannot make a key: {e}")))?,
+    );
+    let identity = ClientIdentity {
+        issuer: launched.issuer.clone(),
+        key: key.clone(),
+    };
+    let client = Arc::new(
+        AtlsClient::new(policy, Some(identity))
+            .map_err(|e| CliError::error(format!("cannot set up aTLS: {e}")))?,
+    );
+
+    let start = Instant::now();
+    let mut delay = Duration::from_millis(200);
+    let mut attempt = 1u32;
+    let response = loop {
+        match attempt_once(&args.coordinator, client.clone()).await {
+            Ok(r) => break r,
+            Err(e) => {
+                if let Some(t) = args.timeout {
+                    if start.elapsed() + delay > Duration::from_secs(t) {
+                        return Err(CliError::error(format!(
+                            "gave up after {attempt} attempts in {:.1}s: {e}",
+                            start.elapsed().as_secs_f64()
+                        )));
+                    }
+                }
+                eprintln!(
+                    "attempt {attempt} failed: {e}; retrying in {:.1}s",
+                    delay.as_secs_f64()
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+                attempt += 1;
+            }
+        }
+    };
+    write_outputs(&args.root, &key.serialize_pem(), &response)?;
+    eprintln!(
+        "wrote the workload's key, certificate chain, mesh CA, root CA{} under {}",
+        if response.workload_secret.is_empty() {
+            ""
+        } else {
+            " and workload secret"
+        },
+        args.root.display()
+    );
+    Ok(())
+}
+
+async fn attempt_once(addr: &str, client: Arc<AtlsClient>) -> CliResult<pb::NewMeshCertResponse> {
+    let (channel, _) = connect(addr, client).await.map_err(remote::connect_error)?;
+    MeshApiClient::new(channel)
+        .new_mesh_cert(pb::NewMeshCertRequest {})
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|s| remote::status_error("NewMeshCert", s))
+}
+
+fn write_outputs(root: &Path, key_pem: &str, r: &pb::NewMeshCertResponse) -> CliResult {
+    write_secret(&root.join(KEY), key_pem.as_bytes())?;
+    write_file(&root.join(CERT_CHAIN), r.cert_chain.as_bytes(), false)?;
+    write_file(&root.join(MESH_CA), r.mesh_ca.as_bytes(), false)?;
+    write_file(&root.join(ROOT_CA), r.root_ca.as_bytes(), false)?;
+    if !r.workload_secret.is_empty() {
+        // Contrast writes the seed hex-encoded.
+        write_secret(
+            &root.join(WORKLOAD_SECRET),
+            hex::encode(&r.workload_secret).as_bytes(),
+        )?;
+    }
+    Ok(())
+}
+
+/// A secret file, readable by its owner only (0400).
+fn write_secret(path: &Path, bytes: &[u8]) -> CliResult {
+    write_file(path, bytes, true)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o400))
+        .map_err(|e| CliError::error(format!("cannot restrict {}: {e}", path.display())))
+}

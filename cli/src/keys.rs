@@ -1,0 +1,55 @@
+//! Key files. Workload owner keys: Ed25519 in PKCS#8 PEM, so `openssl pkeyutl` can sign with them too.
+//! Seed share owner keys: the X25519 secret in hex. Both are written with mode 0600.
+
+use std::path::Path;
+
+use concord_mesh_ca::ShareOwnerKeyPair;
+use ed25519_dalek::SigningKey;
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use rand::rngs::OsRng;
+
+use crate::exit::{CliError, CliResult, read_file, write_file};
+
+/// Makes a new workload owner key, writes it to `path`, returns it.
+pub fn new_owner_key(path: &Path) -> CliResult<SigningKey> {
+    let key = SigningKey::generate(&mut OsRng);
+    let pem = key
+        .to_pkcs8_pem(Default::default())
+        .map_err(|e| CliError::error(format!("cannot encode the owner key: {e}")))?;
+    write_file(path, pem.as_bytes(), true)?;
+    Ok(key)
+}
+
+pub fn load_owner_key(path: &Path) -> CliResult<SigningKey> {
+    let text = String::from_utf8(read_file(path)?)
+        .map_err(|_| CliError::error(format!("{} is not a PEM file", path.display())))?;
+    SigningKey::from_pkcs8_pem(&text).map_err(|e| {
+        CliError::error(format!(
+            "{} is not an Ed25519 private key in PKCS#8 PEM ({e}); make one with `concord keygen owner`",
+            path.display()
+        ))
+    })
+}
+
+pub fn new_share_owner_key(path: &Path) -> CliResult<ShareOwnerKeyPair> {
+    let key = ShareOwnerKeyPair::generate()
+        .map_err(|e| CliError::error(format!("cannot make a key: {e}")))?;
+    let mut text = hex::encode(key.secret_bytes().as_slice());
+    text.push('\n');
+    write_file(path, text.as_bytes(), true)?;
+    Ok(key)
+}
+
+pub fn load_share_owner_key(path: &Path) -> CliResult<ShareOwnerKeyPair> {
+    let text = String::from_utf8(read_file(path)?).unwrap_or_default();
+    let bytes = hex::decode(text.trim())
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+        .ok_or_else(|| {
+            CliError::error(format!(
+                "{} is not a seed share owner key (64 hex characters); make one with `concord keygen share-owner`",
+                path.display()
+            ))
+        })?;
+    Ok(ShareOwnerKeyPair::from_secret_bytes(bytes))
+}

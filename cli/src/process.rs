@@ -1,0 +1,195 @@
+//! Starting and stopping Concord's binaries as child processes on loopback: used by `concord demo` and
+//! by the integration tests, so both run the real binaries the same way.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::exit::{CliError, CliResult};
+
+/// A binary that sits next to the running one (`target/debug/` in development, `bin/` when installed).
+/// `CONCORD_BIN_DIR` overrides the directory.
+pub fn sibling_binary(name: &str) -> PathBuf {
+    if let Ok(dir) = std::env::var("CONCORD_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    // Test binaries live in target/debug/deps; the binaries one level up.
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join(name)
+}
+
+/// A free loopback address (the port is released for the child to take).
+pub fn free_addr() -> CliResult<SocketAddr> {
+    let l = TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| CliError::error(format!("cannot find a free port: {e}")))?;
+    l.local_addr().map_err(|e| CliError::error(e.to_string()))
+}
+
+/// The flags of the INSECURE simulated platform for one process.
+#[derive(Debug, Clone)]
+pub struct SimulatedFlags {
+    pub root_dir: PathBuf,
+    pub policy: PathBuf,
+    pub measurement_hex: String,
+}
+
+impl SimulatedFlags {
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "--platform".into(),
+            "simulated".into(),
+            "--insecure-simulated-attestation".into(),
+            "--simulated-root".into(),
+            self.root_dir.display().to_string(),
+            "--simulated-policy".into(),
+            self.policy.display().to_string(),
+            "--simulated-measurement".into(),
+            self.measurement_hex.clone(),
+        ]
+    }
+}
+
+/// A running `concord-coordinator`.
+#[derive(Debug)]
+pub struct CoordinatorProcess {
+    child: Child,
+    pub user_addr: SocketAddr,
+    pub mesh_addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl CoordinatorProcess {
+    /// Starts a coordinator with its data in `data_dir` and its log in `log`, on free loopback ports,
+    /// and waits until both APIs accept connections.
+    pub fn start(
+        data_dir: &Path,
+        log: &Path,
+        platform: &SimulatedFlags,
+    ) -> CliResult<CoordinatorProcess> {
+        let user_addr = free_addr()?;
+        let mesh_addr = free_addr()?;
+        Self::start_on(data_dir, log, platform, user_addr, mesh_addr)
+    }
+
+    /// As `start`, on the given addresses.
+    pub fn start_on(
+        data_dir: &Path,
+        log: &Path,
+        platform: &SimulatedFlags,
+        user_addr: SocketAddr,
+        mesh_addr: SocketAddr,
+    ) -> CliResult<CoordinatorProcess> {
+        if let Some(dir) = log.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| CliError::error(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|e| CliError::error(format!("cannot open {}: {e}", log.display())))?;
+        let err_file = log_file
+            .try_clone()
+            .map_err(|e| CliError::error(e.to_string()))?;
+        let bin = sibling_binary("concord-coordinator");
+        let child = Command::new(&bin)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--user-listen")
+            .arg(user_addr.to_string())
+            .arg("--mesh-listen")
+            .arg(mesh_addr.to_string())
+            .args(platform.args())
+            .stdin(Stdio::null())
+            .stdout(log_file)
+            .stderr(err_file)
+            .spawn()
+            .map_err(|e| {
+                CliError::error(format!(
+                    "cannot start {}: {e} (build it with `cargo build`)",
+                    bin.display()
+                ))
+            })?;
+        let mut p = CoordinatorProcess {
+            child,
+            user_addr,
+            mesh_addr,
+            data_dir: data_dir.to_path_buf(),
+            log: log.to_path_buf(),
+        };
+        p.wait_listening(Duration::from_secs(30))?;
+        Ok(p)
+    }
+
+    fn wait_listening(&mut self, timeout: Duration) -> CliResult {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let tail = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let tail: Vec<&str> = tail.lines().rev().take(5).collect();
+                return Err(CliError::error(format!(
+                    "the coordinator exited ({status}) before it served; its log ({}) ends with:\n{}",
+                    self.log.display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )));
+            }
+            let up =
+                |a: &SocketAddr| TcpStream::connect_timeout(a, Duration::from_millis(200)).is_ok();
+            if up(&self.user_addr) && up(&self.mesh_addr) {
+                return Ok(());
+            }
+            if start.elapsed() > timeout {
+                return Err(CliError::error(format!(
+                    "the coordinator did not listen within {timeout:?}; see {}",
+                    self.log.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGTERM, then SIGKILL if it does not stop within 5 s.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            if !self.is_running() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+    }
+
+    /// SIGKILL: a crash.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for CoordinatorProcess {
+    fn drop(&mut self) {
+        if self.is_running() {
+            self.kill();
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! The mesh API (port 7777): NewMeshCert for attested workloads, and the policy their evidence must meet.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use concord_attestation::{AcceptPolicy, AttestationError, Evidence, VerifiedReport};
+use concord_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+use tracing::{debug, info, warn};
+
+use super::replica::Replica;
+use super::status::to_status;
+use crate::error::CoordinatorError;
+use crate::hash::Hash;
+use crate::store::Store;
+use crate::transport::PeerInfo;
+
+/// Admits a workload whose evidence matches the reference values of the current manifest and whose
+/// `HOST_DATA` names one of its policies. Refuses everyone while the replica is not ready.
+#[derive(Debug)]
+pub struct MeshAcceptPolicy<S> {
+    replica: Arc<Replica<S>>,
+}
+
+impl<S: Store> MeshAcceptPolicy<S> {
+    pub fn new(replica: Arc<Replica<S>>) -> MeshAcceptPolicy<S> {
+        MeshAcceptPolicy { replica }
+    }
+}
+
+impl<S: Store> AcceptPolicy for MeshAcceptPolicy<S> {
+    fn verify(
+        &self,
+        evidence: &Evidence,
+        expected_report_data: &[u8; 64],
+    ) -> Result<VerifiedReport, AttestationError> {
+        let coordinator = self
+            .replica
+            .read()
+            .map_err(|e| AttestationError::Config(e.to_string()))?;
+        let Some(manifest) = coordinator.serving_manifest() else {
+            return Err(AttestationError::Config(
+                "this coordinator is not ready (no manifest, or recovering); retry later".into(),
+            ));
+        };
+        let result = self.replica.verifier.verify(
+            evidence,
+            manifest.reference_values(),
+            expected_report_data,
+            &|h| manifest.policy(&Hash(*h)).is_some(),
+            SystemTime::now(),
+        );
+        if let Err(e) = &result {
+            debug!(error = %e, "workload evidence rejected");
+        }
+        result
+    }
+}
+
+/// The mesh API service.
+#[derive(Debug)]
+pub struct MeshService<S> {
+    replica: Arc<Replica<S>>,
+}
+
+impl<S: Store> MeshService<S> {
+    pub fn new(replica: Arc<Replica<S>>) -> MeshService<S> {
+        MeshService { replica }
+    }
+}
+
+#[tonic::async_trait]
+impl<S: Store> pb::mesh_api_server::MeshApi for MeshService<S> {
+    async fn new_mesh_cert(
+        &self,
+        request: Request<pb::NewMeshCertRequest>,
+    ) -> Result<Response<pb::NewMeshCertResponse>, Status> {
+        let Some(peer) = request
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|p| p.verified.clone())
+        else {
+            return Err(to_status(&CoordinatorError::PermissionDenied(
+                "the mesh API needs an attested client certificate".into(),
+            )));
+        };
+        let issued = self
+            .replica
+            .read()
+            .and_then(|c| {
+                c.issue_mesh_cert(
+                    peer.report(),
+                    peer.spki_der(),
+                    time::OffsetDateTime::now_utc(),
+                )
+            })
+            .map_err(|e| {
+                let s = to_status(&e);
+                warn!(rpc = "NewMeshCert", code = ?s.code(), error = %e, "rejected");
+                s
+            })?;
+        info!(rpc = "NewMeshCert", workload = %issued.workload, policy = %hex::encode(peer.report().host_data()), "issued");
+        Ok(Response::new(pb::NewMeshCertResponse {
+            cert_chain: issued.cert_chain_pem,
+            mesh_ca: issued.mesh_ca_pem,
+            root_ca: issued.root_ca_pem,
+            workload_secret: issued.workload_secret,
+        }))
+    }
+}

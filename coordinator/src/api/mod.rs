@@ -1,0 +1,13 @@
+//! The gRPC services: thin shells that decode requests, call the core (`state`) and encode answers.
+//! Every error becomes a gRPC status in one place (`status`). Handlers log one line per request with
+//! its outcome and never a secret.
+
+mod mesh;
+pub mod replica;
+mod status;
+mod user;
+
+pub use mesh::{MeshAcceptPolicy, MeshService};
+pub use replica::Replica;
+pub use status::to_status;
+pub use user::UserService;

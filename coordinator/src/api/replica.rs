@@ -1,0 +1,50 @@
+//! `Replica`: what the services of one replica share: the core behind a lock, and its evidence issuer.
+
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use concord_attestation::{EvidenceIssuer, Verifier};
+
+use crate::error::CoordinatorError;
+use crate::state::Coordinator;
+use crate::store::Store;
+
+/// The shared state of one replica's services.
+#[derive(Debug)]
+pub struct Replica<S> {
+    coordinator: RwLock<Coordinator<S>>,
+    /// This replica's own evidence (for the audit bundle).
+    pub issuer: Arc<dyn EvidenceIssuer>,
+    /// How this replica verifies others' evidence (its launch configuration's trust).
+    pub verifier: Verifier,
+}
+
+impl<S: Store> Replica<S> {
+    pub fn new(
+        coordinator: Coordinator<S>,
+        issuer: Arc<dyn EvidenceIssuer>,
+        verifier: Verifier,
+    ) -> Replica<S> {
+        Replica {
+            coordinator: RwLock::new(coordinator),
+            issuer,
+            verifier,
+        }
+    }
+
+    /// Reads the core. A poisoned lock means a handler panicked mid-way: refuse rather than guess.
+    pub fn read(&self) -> Result<RwLockReadGuard<'_, Coordinator<S>>, CoordinatorError> {
+        self.coordinator.read().map_err(|_| {
+            CoordinatorError::Crypto(
+                "internal error: the state lock is poisoned; restart the replica".into(),
+            )
+        })
+    }
+
+    pub fn write(&self) -> Result<RwLockWriteGuard<'_, Coordinator<S>>, CoordinatorError> {
+        self.coordinator.write().map_err(|_| {
+            CoordinatorError::Crypto(
+                "internal error: the state lock is poisoned; restart the replica".into(),
+            )
+        })
+    }
+}

@@ -1,0 +1,185 @@
+//! The user API (port 1313): SetManifest, GetManifests, GetHistory.
+
+use std::sync::Arc;
+
+use concord_proto::v1 as pb;
+use ed25519_dalek::{Signature, VerifyingKey};
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+use super::replica::Replica;
+use super::status::to_status;
+use crate::error::CoordinatorError;
+use crate::hash::Hash;
+use crate::history::Transition;
+use crate::state::SetRequest;
+use crate::store::Store;
+
+/// The user API service.
+#[derive(Debug)]
+pub struct UserService<S> {
+    replica: Arc<Replica<S>>,
+}
+
+impl<S: Store> UserService<S> {
+    pub fn new(replica: Arc<Replica<S>>) -> UserService<S> {
+        UserService { replica }
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> Status {
+    to_status(&CoordinatorError::InvalidInput(msg.into()))
+}
+
+fn decode_set(req: pb::SetManifestRequest) -> Result<SetRequest, Status> {
+    let expected_previous = if req.expected_previous.is_empty() {
+        Hash::ZERO
+    } else {
+        Hash::from_slice(&req.expected_previous)
+            .map_err(|e| invalid(format!("expected_previous: {e}")))?
+    };
+    let owner = match (req.owner_key.is_empty(), req.owner_signature.is_empty()) {
+        (true, true) => None,
+        (false, false) => {
+            let key = <[u8; 32]>::try_from(req.owner_key.as_slice())
+                .ok()
+                .and_then(|k| VerifyingKey::from_bytes(&k).ok())
+                .ok_or_else(|| invalid("owner_key: not a 32-byte Ed25519 public key"))?;
+            let sig = <[u8; 64]>::try_from(req.owner_signature.as_slice())
+                .map_err(|_| invalid("owner_signature: an Ed25519 signature is 64 bytes"))?;
+            Some((key, Signature::from_bytes(&sig)))
+        }
+        _ => {
+            return Err(invalid(
+                "owner_key and owner_signature come together or not at all",
+            ));
+        }
+    };
+    Ok(SetRequest {
+        manifest: req.manifest,
+        policies: req.policies,
+        expected_previous,
+        owner,
+    })
+}
+
+pub(crate) fn transition_to_pb(t: &Transition) -> pb::Transition {
+    pb::Transition {
+        index: t.index,
+        manifest_hash: t.manifest_hash.as_bytes().to_vec(),
+        previous: t.previous.as_bytes().to_vec(),
+        hash: t.hash().as_bytes().to_vec(),
+        signature: t.signature.to_bytes().to_vec(),
+        owner_key: t
+            .owner
+            .as_ref()
+            .map(|o| o.key.as_bytes().to_vec())
+            .unwrap_or_default(),
+        owner_signature: t
+            .owner
+            .as_ref()
+            .map(|o| o.signature.to_bytes().to_vec())
+            .unwrap_or_default(),
+    }
+}
+
+#[tonic::async_trait]
+impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
+    async fn set_manifest(
+        &self,
+        request: Request<pb::SetManifestRequest>,
+    ) -> Result<Response<pb::SetManifestResponse>, Status> {
+        let req = decode_set(request.into_inner()).inspect_err(|s| {
+            warn!(rpc = "SetManifest", code = ?s.code(), error = s.message(), "rejected");
+        })?;
+        let replica = self.replica.clone();
+        // The store flushes to disk: keep that off the async workers.
+        let result = tokio::task::spawn_blocking(move || {
+            replica
+                .write()?
+                .set_manifest(req, time::OffsetDateTime::now_utc())
+        })
+        .await
+        .map_err(|e| Status::internal(format!("the SetManifest task failed: {e}")))?;
+        match result {
+            Ok(out) => {
+                info!(
+                    rpc = "SetManifest",
+                    index = out.transition.index,
+                    transition = %out.hash,
+                    manifest = %out.transition.manifest_hash,
+                    unchanged = out.unchanged,
+                    "ok"
+                );
+                Ok(Response::new(pb::SetManifestResponse {
+                    transition: Some(transition_to_pb(&out.transition)),
+                    seed_shares: out
+                        .seed_shares
+                        .iter()
+                        .map(|s| pb::EncryptedSeedShare {
+                            owner_public_key: s.owner_public_key.to_vec(),
+                            encapsulated_key: s.encapsulated_key.clone(),
+                            ciphertext: s.ciphertext.clone(),
+                        })
+                        .collect(),
+                    root_ca: out.root_ca_pem,
+                    mesh_ca: out.mesh_ca_pem,
+                    unchanged: out.unchanged,
+                }))
+            }
+            Err(e) => {
+                let status = to_status(&e);
+                warn!(rpc = "SetManifest", code = ?status.code(), error = %e, "rejected");
+                Err(status)
+            }
+        }
+    }
+
+    async fn get_manifests(
+        &self,
+        _request: Request<pb::GetManifestsRequest>,
+    ) -> Result<Response<pb::GetManifestsResponse>, Status> {
+        let view = self
+            .replica
+            .read()
+            .and_then(|c| c.manifests())
+            .map_err(|e| {
+                let s = to_status(&e);
+                warn!(rpc = "GetManifests", code = ?s.code(), error = %e, "rejected");
+                s
+            })?;
+        info!(rpc = "GetManifests", manifests = view.manifests.len(), "ok");
+        Ok(Response::new(pb::GetManifestsResponse {
+            manifests: view.manifests,
+            policies: view.policies,
+            root_ca: view.root_ca_pem,
+            mesh_ca: view.mesh_ca_pem,
+            latest: view.latest.map(|(t, _)| transition_to_pb(&t)),
+        }))
+    }
+
+    async fn get_history(
+        &self,
+        request: Request<pb::GetHistoryRequest>,
+    ) -> Result<Response<pb::GetHistoryResponse>, Status> {
+        let nonce = <[u8; 32]>::try_from(request.get_ref().nonce.as_slice())
+            .map_err(|_| invalid("nonce: 32 random bytes are required"))?;
+        let bundle = self
+            .replica
+            .read()
+            .and_then(|c| c.audit_bundle(&nonce, self.replica.issuer.as_ref()))
+            .map_err(|e| {
+                let s = to_status(&e);
+                warn!(rpc = "GetHistory", code = ?s.code(), error = %e, "rejected");
+                s
+            })?;
+        info!(
+            rpc = "GetHistory",
+            transitions = bundle.transitions.len(),
+            "ok"
+        );
+        Ok(Response::new(pb::GetHistoryResponse {
+            bundle: bundle.to_json(),
+        }))
+    }
+}

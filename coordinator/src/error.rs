@@ -1,0 +1,43 @@
+//! `CoordinatorError`: what a coordinator call can fail with, split by who is at fault.
+//! The mapping to gRPC codes lives in one place: `api::status`.
+
+use crate::hash::Hash;
+use crate::history::LedgerError;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CoordinatorError {
+    /// The caller sent something malformed or invalid; nothing was changed.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// The caller is not allowed to do this (missing or wrong owner signature, unknown workload).
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// Compare-and-swap failed: the history moved on since the caller looked.
+    #[error(
+        "previous transition mismatch: the request expects {expected} as the latest transition, but the latest is {latest}; fetch the latest history, re-sign and retry"
+    )]
+    PreviousMismatch { expected: Hash, latest: Hash },
+    /// The latest manifest has no owner keys: the history is closed.
+    #[error(
+        "the latest manifest lists no workload owner keys, so it is final: no update is accepted"
+    )]
+    FinalManifest,
+    /// This replica has history but not the secrets to serve it.
+    #[error(
+        "this coordinator is recovering: it has a history but not its secrets; recover it with the seed shares (or from a ready peer) first"
+    )]
+    Recovering,
+    /// Nothing has been set yet.
+    #[error("no manifest has been set yet; set one with `concord set`")]
+    NoManifest,
+    /// The local store failed or holds a history that does not verify.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// Making keys, certificates or shares failed (e.g. the OS random generator).
+    #[error("{0}")]
+    Crypto(String),
+    /// This replica could not produce its own evidence.
+    #[error("cannot produce attestation evidence: {0}")]
+    Evidence(String),
+}

@@ -1,0 +1,91 @@
+//! `Hash`: a SHA-256 digest, the name of every content-addressed thing in Concord.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sha2::{Digest, Sha256};
+
+/// A SHA-256 digest. Displays and serializes as lowercase hex.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Hash(pub [u8; 32]);
+
+impl Hash {
+    /// The `previous` of the first transition.
+    pub const ZERO: Hash = Hash([0; 32]);
+
+    /// SHA-256 of `bytes`.
+    pub fn of(bytes: &[u8]) -> Hash {
+        Hash(Sha256::digest(bytes).into())
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Parses 64 hex characters; the error says what was wrong.
+    pub fn from_hex(s: &str) -> Result<Hash, String> {
+        let bytes = hex::decode(s.trim()).map_err(|e| format!("{s:?} is not hex: {e}"))?;
+        Hash::from_slice(&bytes).map_err(|_| {
+            format!(
+                "{s:?} is {} bytes, a SHA-256 hash is 32 bytes (64 hex characters)",
+                bytes.len()
+            )
+        })
+    }
+
+    /// Takes exactly 32 bytes.
+    pub fn from_slice(bytes: &[u8]) -> Result<Hash, String> {
+        <[u8; 32]>::try_from(bytes)
+            .map(Hash)
+            .map_err(|_| format!("expected 32 bytes, got {}", bytes.len()))
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl fmt::Display for Hash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for Hash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Hash({})", self.to_hex())
+    }
+}
+
+impl Serialize for Hash {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for Hash {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Hash, D::Error> {
+        let s = String::deserialize(d)?;
+        Hash::from_hex(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha256_of_empty_is_the_known_value() {
+        assert_eq!(
+            Hash::of(b"").to_hex(),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+
+    #[test]
+    fn hex_parsing_names_the_length() {
+        let err = Hash::from_hex("abcd").unwrap_err();
+        assert!(err.contains("2 bytes"), "{err}");
+        assert!(Hash::from_hex("zz").is_err());
+    }
+}

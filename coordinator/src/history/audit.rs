@@ -1,0 +1,329 @@
+//! The audit bundle (`concord-history-v1`, DESIGN.md) and its offline audit.
+//!
+//! `AuditBundle` is the exact JSON document `concord verify --out` writes as `history.json`; `audit` checks
+//! it with nothing but the file and the relying party's trust settings: every hash link, signature, owner
+//! authorization and manifest hash, the evidence and its binding to the latest transition and signing key,
+//! and optionally that a transition seen before is an ancestor of the latest (rollback and fork detection).
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use concord_attestation::{Evidence, Platform, PlatformTrust, VerifiedReport, Verifier};
+use ed25519_dalek::VerifyingKey;
+use serde::{Deserialize, Serialize};
+
+use super::{Transition, VerifiedChain, format, verify_chain};
+use crate::hash::Hash;
+use crate::pem;
+
+pub const FORMAT: &str = "concord-history-v1";
+
+/// `history.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditBundle {
+    pub format: String,
+    pub signing_key: String,
+    pub transitions: Vec<BundleTransition>,
+    pub policies: BTreeMap<String, String>,
+    pub root_ca: String,
+    pub mesh_ca: String,
+    pub evidence: BundleEvidence,
+}
+
+/// One transition of the bundle.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleTransition {
+    pub index: u64,
+    pub manifest_hash: String,
+    pub previous: String,
+    pub hash: String,
+    pub signature: String,
+    pub owner_key: Option<String>,
+    pub owner_signature: Option<String>,
+    /// base64 of the manifest bytes.
+    pub manifest: String,
+}
+
+/// The coordinator's evidence over the bundle.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleEvidence {
+    pub platform: String,
+    /// base64.
+    pub report: String,
+    /// hex.
+    pub nonce: String,
+    /// base64 DER, signer first (optional: an SNP verifier may fetch the VCEK instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificates: Option<Vec<String>>,
+}
+
+impl BundleEvidence {
+    pub fn new(evidence: &Evidence, nonce: &[u8; 32]) -> BundleEvidence {
+        BundleEvidence {
+            platform: evidence.platform.as_str().to_string(),
+            report: STANDARD.encode(&evidence.report),
+            nonce: hex::encode(nonce),
+            certificates: Some(
+                evidence
+                    .certificates
+                    .iter()
+                    .map(|c| STANDARD.encode(c))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+impl AuditBundle {
+    /// The bundle of a verified chain.
+    pub fn new(
+        chain: &VerifiedChain,
+        policies: &BTreeMap<Hash, Vec<u8>>,
+        root_ca_der: &[u8],
+        mesh_ca_der: &[u8],
+        evidence: BundleEvidence,
+    ) -> AuditBundle {
+        let transitions = chain
+            .transitions()
+            .iter()
+            .zip(chain.manifests())
+            .map(|(t, m)| BundleTransition {
+                index: t.index,
+                manifest_hash: t.manifest_hash.to_hex(),
+                previous: t.previous.to_hex(),
+                hash: t.hash().to_hex(),
+                signature: hex::encode(t.signature.to_bytes()),
+                owner_key: t.owner.as_ref().map(|o| hex::encode(o.key.as_bytes())),
+                owner_signature: t
+                    .owner
+                    .as_ref()
+                    .map(|o| hex::encode(o.signature.to_bytes())),
+                manifest: STANDARD.encode(m.bytes()),
+            })
+            .collect();
+        AuditBundle {
+            format: FORMAT.to_string(),
+            signing_key: hex::encode(chain.signing_key().as_bytes()),
+            transitions,
+            policies: policies
+                .iter()
+                .map(|(h, doc)| (h.to_hex(), STANDARD.encode(doc)))
+                .collect(),
+            root_ca: pem::encode_certificate(root_ca_der),
+            mesh_ca: pem::encode_certificate(mesh_ca_der),
+            evidence,
+        }
+    }
+
+    /// Pretty JSON, as written to `history.json`.
+    pub fn to_json(&self) -> Vec<u8> {
+        // A struct of strings, integers and maps of strings always serializes.
+        let mut out = serde_json::to_vec_pretty(self).unwrap_or_default();
+        out.push(b'\n');
+        out
+    }
+}
+
+/// What the relying party brings to an audit.
+#[derive(Debug, Clone)]
+pub struct AuditOptions {
+    /// Which platforms and roots the auditor trusts (the simulated one only when asked for, loudly).
+    pub trust: PlatformTrust,
+    /// The nonce the auditor sent, when it fetched the bundle itself.
+    pub expected_nonce: Option<[u8; 32]>,
+    /// A transition seen earlier that must be an ancestor of (or equal to) the latest.
+    pub since: Option<Hash>,
+    /// The time of check for certificate validity.
+    pub now: SystemTime,
+}
+
+/// A clean audit.
+#[derive(Debug, Clone)]
+pub struct AuditReport {
+    pub chain: VerifiedChain,
+    pub report: VerifiedReport,
+    pub root_ca_der: Vec<u8>,
+    pub mesh_ca_der: Vec<u8>,
+}
+
+/// Why a bundle does not audit. Every variant is a verification failure (exit code 3).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditError {
+    #[error("the bundle is malformed: {0}")]
+    Malformed(String),
+    #[error("the history does not verify: {0}")]
+    Chain(String),
+    #[error("the coordinator evidence does not verify: {0}")]
+    Evidence(String),
+    #[error(
+        "transition {0} is not in this history: the coordinator rolled back or forked the history since you saw it"
+    )]
+    Rollback(Hash),
+}
+
+/// Audits a bundle. See the module documentation for what is checked.
+pub fn audit(bytes: &[u8], options: &AuditOptions) -> Result<AuditReport, AuditError> {
+    let malformed = |what: &str, e: String| AuditError::Malformed(format!("{what}: {e}"));
+    let bundle: AuditBundle =
+        serde_json::from_slice(bytes).map_err(|e| malformed("history.json", e.to_string()))?;
+    if bundle.format != FORMAT {
+        return Err(AuditError::Malformed(format!(
+            "format is {:?}, this tool reads {FORMAT:?}",
+            bundle.format
+        )));
+    }
+    let signing_key = hex::decode(&bundle.signing_key)
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+        .and_then(|b| VerifyingKey::from_bytes(&b).ok())
+        .ok_or_else(|| AuditError::Malformed("signing_key is not an Ed25519 public key".into()))?;
+
+    let mut items = Vec::with_capacity(bundle.transitions.len());
+    for t in &bundle.transitions {
+        let at = format!("transition {}", t.index);
+        let hash = |s: &str, field: &str| {
+            Hash::from_hex(s).map_err(|e| malformed(&format!("{at} {field}"), e))
+        };
+        let transition = Transition::from_parts(
+            t.index,
+            hash(&t.manifest_hash, "manifest_hash")?,
+            hash(&t.previous, "previous")?,
+            &t.signature,
+            t.owner_key.as_deref(),
+            t.owner_signature.as_deref(),
+        )
+        .map_err(|e| malformed(&at, e))?;
+        if transition.hash() != hash(&t.hash, "hash")? {
+            return Err(AuditError::Chain(format!(
+                "{at}: hash is {}, but SHA-256(manifest_hash || previous) is {}",
+                t.hash,
+                transition.hash()
+            )));
+        }
+        let manifest = STANDARD
+            .decode(&t.manifest)
+            .map_err(|e| malformed(&format!("{at} manifest"), e.to_string()))?;
+        items.push((transition, manifest));
+    }
+    let chain = verify_chain(signing_key, items).map_err(|e| AuditError::Chain(e.to_string()))?;
+
+    for (key, doc) in &bundle.policies {
+        let doc = STANDARD
+            .decode(doc)
+            .map_err(|e| malformed(&format!("policy {key}"), e.to_string()))?;
+        if Hash::of(&doc).to_hex() != *key {
+            return Err(AuditError::Chain(format!(
+                "policy {key} does not hash to its name"
+            )));
+        }
+    }
+
+    for (i, m) in chain.manifests().iter().enumerate() {
+        for h in m.policies().keys() {
+            if !bundle.policies.contains_key(&h.to_hex()) {
+                return Err(AuditError::Chain(format!(
+                    "transition {i}: the document of policy {h} is not in the bundle"
+                )));
+            }
+        }
+    }
+    let root_ca_der =
+        pem::decode_certificate(&bundle.root_ca).map_err(|e| malformed("root_ca", e))?;
+    let mesh_ca_der =
+        pem::decode_certificate(&bundle.mesh_ca).map_err(|e| malformed("mesh_ca", e))?;
+    let report = check_evidence(
+        &bundle.evidence,
+        &chain,
+        &root_ca_der,
+        &mesh_ca_der,
+        options,
+    )?;
+
+    if let Some(since) = options.since {
+        if chain.position(&since).is_none() {
+            return Err(AuditError::Rollback(since));
+        }
+    }
+    Ok(AuditReport {
+        chain,
+        report,
+        root_ca_der,
+        mesh_ca_der,
+    })
+}
+
+fn check_evidence(
+    e: &BundleEvidence,
+    chain: &VerifiedChain,
+    root_ca_der: &[u8],
+    mesh_ca_der: &[u8],
+    options: &AuditOptions,
+) -> Result<VerifiedReport, AuditError> {
+    let malformed = |what: &str, e: String| AuditError::Malformed(format!("evidence {what}: {e}"));
+    let nonce = hex::decode(&e.nonce).map_err(|err| malformed("nonce", err.to_string()))?;
+    let nonce: [u8; 32] = nonce
+        .as_slice()
+        .try_into()
+        .map_err(|_| malformed("nonce", "expected 32 bytes".into()))?;
+    if let Some(expected) = options.expected_nonce {
+        if expected != nonce {
+            return Err(AuditError::Evidence(
+                "the evidence was made for another nonce than the one sent (a replayed bundle?)"
+                    .into(),
+            ));
+        }
+    }
+    let platform = match e.platform.as_str() {
+        "snp" => Platform::Snp,
+        "simulated" => Platform::Simulated,
+        other => return Err(malformed("platform", format!("unknown platform {other:?}"))),
+    };
+    let report = STANDARD
+        .decode(&e.report)
+        .map_err(|err| malformed("report", err.to_string()))?;
+    let certificates = e
+        .certificates
+        .iter()
+        .flatten()
+        .map(|c| {
+            STANDARD
+                .decode(c)
+                .map_err(|err| malformed("certificates", err.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let evidence = Evidence {
+        platform,
+        report,
+        certificates,
+    };
+    let expected = format::audit_report_data(
+        &nonce,
+        chain.signing_key(),
+        &chain.latest_hash(),
+        root_ca_der,
+        mesh_ca_der,
+    );
+    let manifest = chain.latest_manifest();
+    let coordinators = manifest.coordinator_policies();
+    if coordinators.is_empty() {
+        return Err(AuditError::Evidence(
+            "the latest manifest has no policy with the coordinator role, so no coordinator evidence can match it"
+                .into(),
+        ));
+    }
+    Verifier::new(options.trust.clone())
+        .verify(
+            &evidence,
+            manifest.reference_values(),
+            &expected,
+            &|h| coordinators.contains(&Hash(*h)),
+            options.now,
+        )
+        .map_err(|err| AuditError::Evidence(err.to_string()))
+}

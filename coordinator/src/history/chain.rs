@@ -1,0 +1,198 @@
+//! `verify_chain`: checks a whole line of transitions. Pure: the same function serves the replica at
+//! start-up (over what it read from its untrusted store) and `concord history audit` (over a bundle).
+
+use ed25519_dalek::VerifyingKey;
+
+use super::{Transition, format};
+use crate::hash::Hash;
+use crate::manifest::Manifest;
+
+/// A history whose every link, hash and signature was checked.
+#[derive(Debug, Clone)]
+pub struct VerifiedChain {
+    signing_key: VerifyingKey,
+    transitions: Vec<Transition>,
+    hashes: Vec<Hash>,
+    manifests: Vec<Manifest>,
+}
+
+/// Why a history does not verify. `index` is the first transition at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("transition {index}: {reason}")]
+pub struct ChainError {
+    pub index: u64,
+    pub reason: String,
+}
+
+impl VerifiedChain {
+    pub fn signing_key(&self) -> &VerifyingKey {
+        &self.signing_key
+    }
+    pub fn transitions(&self) -> &[Transition] {
+        &self.transitions
+    }
+    pub fn manifests(&self) -> &[Manifest] {
+        &self.manifests
+    }
+    pub fn hash_at(&self, index: usize) -> Option<Hash> {
+        self.hashes.get(index).copied()
+    }
+    pub fn len(&self) -> usize {
+        self.transitions.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.transitions.is_empty()
+    }
+    /// The latest transition's hash (the chain is never empty).
+    pub fn latest_hash(&self) -> Hash {
+        self.hashes.last().copied().unwrap_or(Hash::ZERO)
+    }
+    /// The latest manifest (the chain is never empty).
+    pub fn latest_manifest(&self) -> &Manifest {
+        // `verify_chain` refuses an empty history, so there is a last manifest.
+        &self.manifests[self.manifests.len() - 1]
+    }
+    pub fn latest_transition(&self) -> &Transition {
+        // As above: never empty.
+        &self.transitions[self.transitions.len() - 1]
+    }
+    /// Position of a transition hash in the line, if it is part of it.
+    pub fn position(&self, hash: &Hash) -> Option<usize> {
+        self.hashes.iter().position(|h| h == hash)
+    }
+
+    /// Appends a transition that the caller built and checked against this chain's rules
+    /// (the coordinator's `set` does; tests use it to build histories).
+    pub fn push(&mut self, transition: Transition, manifest: Manifest) -> Result<(), ChainError> {
+        let index = self.transitions.len();
+        check_one(
+            &self.signing_key,
+            index,
+            &transition,
+            &manifest,
+            self.hashes.last().copied(),
+            self.manifests.last(),
+            self.manifests.first(),
+        )?;
+        self.hashes.push(transition.hash());
+        self.transitions.push(transition);
+        self.manifests.push(manifest);
+        Ok(())
+    }
+
+    /// A chain of one: the first transition.
+    pub fn first(
+        signing_key: VerifyingKey,
+        transition: Transition,
+        manifest: Manifest,
+    ) -> Result<VerifiedChain, ChainError> {
+        let mut chain = VerifiedChain {
+            signing_key,
+            transitions: Vec::new(),
+            hashes: Vec::new(),
+            manifests: Vec::new(),
+        };
+        chain.push(transition, manifest)?;
+        Ok(chain)
+    }
+}
+
+/// Verifies `items` (transitions in order, each with its manifest bytes) under `signing_key`: indexes
+/// count from 0, every `previous` names its predecessor (zero for the first), every manifest hashes to
+/// what its transition says and parses strictly, every transition is signed by the coordinator, and every
+/// transition after the first is authorized by an owner key of the previous manifest. The seed share
+/// owners never change.
+pub fn verify_chain(
+    signing_key: VerifyingKey,
+    items: Vec<(Transition, Vec<u8>)>,
+) -> Result<VerifiedChain, ChainError> {
+    let mut items = items.into_iter();
+    let Some((first, bytes)) = items.next() else {
+        return Err(ChainError {
+            index: 0,
+            reason: "the history is empty".into(),
+        });
+    };
+    let manifest = parse_at(0, &bytes)?;
+    let mut chain = VerifiedChain::first(signing_key, first, manifest)?;
+    for (i, (t, bytes)) in items.enumerate() {
+        let manifest = parse_at(i as u64 + 1, &bytes)?;
+        chain.push(t, manifest)?;
+    }
+    Ok(chain)
+}
+
+fn parse_at(index: u64, bytes: &[u8]) -> Result<Manifest, ChainError> {
+    Manifest::parse(bytes).map_err(|e| ChainError {
+        index,
+        reason: e.to_string(),
+    })
+}
+
+fn check_one(
+    signing_key: &VerifyingKey,
+    index: usize,
+    t: &Transition,
+    manifest: &Manifest,
+    previous_hash: Option<Hash>,
+    previous_manifest: Option<&Manifest>,
+    first_manifest: Option<&Manifest>,
+) -> Result<(), ChainError> {
+    let fail = |reason: String| ChainError {
+        index: index as u64,
+        reason,
+    };
+    if t.index != index as u64 {
+        return Err(fail(format!("says it is index {}", t.index)));
+    }
+    let expected_previous = previous_hash.unwrap_or(Hash::ZERO);
+    if t.previous != expected_previous {
+        return Err(fail(format!(
+            "previous is {}, but the transition before it is {}",
+            t.previous, expected_previous
+        )));
+    }
+    if manifest.hash() != t.manifest_hash {
+        return Err(fail(format!(
+            "the manifest hashes to {}, the transition says {}",
+            manifest.hash(),
+            t.manifest_hash
+        )));
+    }
+    let hash = t.hash();
+    if !format::verify_transition(signing_key, &hash, &t.signature) {
+        return Err(fail(
+            "the coordinator signature does not verify with the signing key".into(),
+        ));
+    }
+    match (previous_manifest, &t.owner) {
+        (None, None) => {}
+        (None, Some(_)) => {
+            return Err(fail(
+                "the first transition carries an owner authorization".into(),
+            ));
+        }
+        (Some(_), None) => {
+            return Err(fail("no workload owner authorized this transition".into()));
+        }
+        (Some(prev), Some(owner)) => {
+            if !prev.workload_owner_keys().contains(&owner.key) {
+                return Err(fail(format!(
+                    "owner key {} is not listed in the previous manifest",
+                    hex::encode(owner.key.as_bytes())
+                )));
+            }
+            if !format::verify_owner(&owner.key, &hash, &owner.signature) {
+                return Err(fail("the owner authorization does not verify".into()));
+            }
+        }
+    }
+    if let Some(first) = first_manifest {
+        if first.seed_share_owners() != manifest.seed_share_owners() {
+            return Err(fail(
+                "changes the seed share owners, which the first manifest fixed".into(),
+            ));
+        }
+    }
+    Ok(())
+}

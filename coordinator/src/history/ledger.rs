@@ -1,0 +1,204 @@
+//! `Ledger`: the history in a [`Store`]. Everything read is hash-checked and the whole line verified
+//! before it is used; every write is one atomic, durable batch.
+
+use std::collections::BTreeMap;
+
+use ed25519_dalek::VerifyingKey;
+use serde::{Deserialize, Serialize};
+
+use super::{ChainError, Transition, VerifiedChain, verify_chain};
+use crate::hash::Hash;
+use crate::store::{Key, Store, StoreError, Write};
+
+/// The public certificates made for a transition: the self-signed mesh CA and the intermediate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshCerts {
+    #[serde(with = "hex_bytes")]
+    pub mesh_ca_der: Vec<u8>,
+    #[serde(with = "hex_bytes")]
+    pub intermediate_der: Vec<u8>,
+}
+
+/// What a successful load gives: the verified line and the public CA material.
+#[derive(Debug, Clone)]
+pub struct LoadedHistory {
+    pub chain: VerifiedChain,
+    pub root_ca_der: Vec<u8>,
+    pub mesh: MeshCerts,
+    /// Policy documents that were uploaded, by hash.
+    pub policies: BTreeMap<Hash, Vec<u8>>,
+}
+
+/// A transition to append, with everything that is written with it.
+#[derive(Debug, Clone)]
+pub struct NewTransition {
+    pub transition: Transition,
+    pub manifest_bytes: Vec<u8>,
+    pub policies: Vec<Vec<u8>>,
+    pub mesh: MeshCerts,
+    /// For the first transition: the signing key and the root CA certificate.
+    pub genesis: Option<(VerifyingKey, Vec<u8>)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LedgerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The store holds something that does not verify: the disk was modified outside Concord.
+    #[error(
+        "the stored history does not verify: {0}. The data directory was modified outside Concord or is damaged; restore it from a backup or start with an empty one and recover"
+    )]
+    Corrupt(String),
+}
+
+impl From<ChainError> for LedgerError {
+    fn from(e: ChainError) -> LedgerError {
+        LedgerError::Corrupt(e.to_string())
+    }
+}
+
+/// The history in a store.
+#[derive(Debug)]
+pub struct Ledger<S> {
+    store: S,
+}
+
+impl<S: Store> Ledger<S> {
+    pub fn new(store: S) -> Ledger<S> {
+        Ledger { store }
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Reads a content-addressed object and checks it hashes to its name.
+    pub fn object(&self, hash: &Hash) -> Result<Option<Vec<u8>>, LedgerError> {
+        match self.store.get(&Key::Object(*hash))? {
+            None => Ok(None),
+            Some(bytes) if Hash::of(&bytes) == *hash => Ok(Some(bytes)),
+            Some(_) => Err(LedgerError::Corrupt(format!(
+                "object {hash} does not hash to its name"
+            ))),
+        }
+    }
+
+    /// Loads and fully verifies the history; `None` when none was ever written (a fresh replica).
+    pub fn load(&self) -> Result<Option<LoadedHistory>, LedgerError> {
+        let Some(latest) = self.store.get(&Key::Latest)? else {
+            return Ok(None);
+        };
+        let latest = Hash::from_slice(&latest)
+            .map_err(|e| LedgerError::Corrupt(format!("the latest pointer: {e}")))?;
+        let signing_key = self.signing_key()?;
+
+        let mut items = Vec::new();
+        let mut cursor = latest;
+        while cursor != Hash::ZERO {
+            let bytes = self
+                .store
+                .get(&Key::Transition(cursor))?
+                .ok_or_else(|| LedgerError::Corrupt(format!("transition {cursor} is missing")))?;
+            let t = Transition::decode(&bytes)
+                .map_err(|e| LedgerError::Corrupt(format!("transition {cursor}: {e}")))?;
+            if t.hash() != cursor {
+                return Err(LedgerError::Corrupt(format!(
+                    "transition {cursor} does not hash to its name"
+                )));
+            }
+            let manifest = self.object(&t.manifest_hash)?.ok_or_else(|| {
+                LedgerError::Corrupt(format!("manifest {} is missing", t.manifest_hash))
+            })?;
+            cursor = t.previous;
+            items.push((t, manifest));
+            if items.len() as u64 > items.first().map_or(0, |(t, _)| t.index) + 1 {
+                return Err(LedgerError::Corrupt(
+                    "the transitions do not form a line ending at index 0".into(),
+                ));
+            }
+        }
+        items.reverse();
+        let chain = verify_chain(signing_key, items)?;
+
+        let root_ca_der = self
+            .store
+            .get(&Key::RootCa)?
+            .ok_or_else(|| LedgerError::Corrupt("the root CA certificate is missing".into()))?;
+        let mesh = self.mesh_certs(&latest)?;
+        let mut policies = BTreeMap::new();
+        for m in chain.manifests() {
+            for hash in m.policies().keys() {
+                if !policies.contains_key(hash) {
+                    if let Some(doc) = self.object(hash)? {
+                        policies.insert(*hash, doc);
+                    }
+                }
+            }
+        }
+        Ok(Some(LoadedHistory {
+            chain,
+            root_ca_der,
+            mesh,
+            policies,
+        }))
+    }
+
+    fn signing_key(&self) -> Result<VerifyingKey, LedgerError> {
+        let bytes = self
+            .store
+            .get(&Key::SigningKey)?
+            .ok_or_else(|| LedgerError::Corrupt("the signing key is missing".into()))?;
+        let bytes = <[u8; 32]>::try_from(bytes.as_slice())
+            .map_err(|_| LedgerError::Corrupt("the signing key is not 32 bytes".into()))?;
+        VerifyingKey::from_bytes(&bytes)
+            .map_err(|_| LedgerError::Corrupt("the signing key is not an Ed25519 key".into()))
+    }
+
+    fn mesh_certs(&self, transition: &Hash) -> Result<MeshCerts, LedgerError> {
+        let bytes = self
+            .store
+            .get(&Key::MeshCerts(*transition))?
+            .ok_or_else(|| {
+                LedgerError::Corrupt(format!("the mesh CA of transition {transition} is missing"))
+            })?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            LedgerError::Corrupt(format!("the mesh CA of transition {transition}: {e}"))
+        })
+    }
+
+    /// Writes a transition and everything that comes with it in one durable batch, and moves `latest`.
+    pub fn append(&self, new: &NewTransition) -> Result<(), LedgerError> {
+        let hash = new.transition.hash();
+        let mut batch = vec![Write::Put(
+            Key::Object(Hash::of(&new.manifest_bytes)),
+            new.manifest_bytes.clone(),
+        )];
+        for p in &new.policies {
+            batch.push(Write::Put(Key::Object(Hash::of(p)), p.clone()));
+        }
+        batch.push(Write::Put(Key::Transition(hash), new.transition.encode()));
+        // Serializing two byte strings as JSON cannot fail.
+        let mesh = serde_json::to_vec(&new.mesh).unwrap_or_default();
+        batch.push(Write::Put(Key::MeshCerts(hash), mesh));
+        if let Some((key, root)) = &new.genesis {
+            batch.push(Write::Put(Key::SigningKey, key.as_bytes().to_vec()));
+            batch.push(Write::Put(Key::RootCa, root.clone()));
+        }
+        batch.push(Write::Put(Key::Latest, hash.as_bytes().to_vec()));
+        self.store.apply(batch)?;
+        Ok(())
+    }
+}
+
+mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(v))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        hex::decode(String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}

@@ -1,0 +1,15 @@
+//! The history: the hash-linked, signed line of manifest transitions (DESIGN.md, History and audit bundle).
+//!
+//! `format` holds the normative byte strings; `transition` the record; `chain` verifies a whole line of
+//! transitions (used at start-up and by the offline audit alike); `ledger` reads and writes the history in a
+//! [`crate::store::Store`], hash-checking everything it reads; `audit` is the bundle for third parties.
+
+pub mod audit;
+mod chain;
+pub mod format;
+mod ledger;
+mod transition;
+
+pub use chain::{ChainError, VerifiedChain, verify_chain};
+pub use ledger::{Ledger, LedgerError, LoadedHistory, MeshCerts, NewTransition};
+pub use transition::{OwnerAuthorization, Transition};

@@ -1,0 +1,25 @@
+//! Concord's coordinator: the manifest, the signed history on an untrusted store, the replica state, and
+//! the user and mesh APIs around them.
+//!
+//! Where to look: `manifest` (the manifest model), `history` (formats, chain verification, ledger,
+//! audit bundle), `store` (the store trait and its sled backend), `state` (the replica's core logic, free
+//! of I/O), `api` (the gRPC services and the one error-to-status mapping), `transport` (aTLS listeners and
+//! channels for tonic), `server` (wiring a replica's listeners together).
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod error;
+pub mod hash;
+pub mod history;
+pub mod launch;
+pub mod manifest;
+pub mod pem;
+pub mod server;
+pub mod state;
+pub mod store;
+#[doc(hidden)]
+pub mod testing;
+pub mod transport;
+
+pub use error::CoordinatorError;
+pub use hash::Hash;

@@ -1,0 +1,202 @@
+//! The JSON document of a manifest and its conversion to the checked [`Manifest`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use concord_attestation::ReferenceValues;
+use ed25519_dalek::VerifyingKey;
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+
+use super::{Manifest, ManifestError, Policy, Role, San, SeedShareOwners};
+use crate::hash::Hash;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManifestDoc {
+    #[serde(deserialize_with = "unique_map")]
+    policies: BTreeMap<String, PolicyDoc>,
+    reference_values: ReferenceValues,
+    workload_owner_keys: Vec<String>,
+    seed_share_owners: SeedShareOwnersDoc,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyDoc {
+    #[serde(default)]
+    name: Option<String>,
+    sans: Vec<String>,
+    #[serde(default)]
+    workload_secret_id: Option<String>,
+    #[serde(default)]
+    role: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SeedShareOwnersDoc {
+    threshold: u8,
+    keys: Vec<String>,
+}
+
+/// A map that refuses a key given twice: JSON allows it, but two meanings for one policy hash is a trap.
+fn unique_map<'de, D, V>(d: D) -> Result<BTreeMap<String, V>, D::Error>
+where
+    D: Deserializer<'de>,
+    V: Deserialize<'de>,
+{
+    struct Unique<V>(std::marker::PhantomData<V>);
+    impl<'de, V: Deserialize<'de>> Visitor<'de> for Unique<V> {
+        type Value = BTreeMap<String, V>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an object of policies keyed by their hash")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some((k, v)) = map.next_entry::<String, V>()? {
+                if out.contains_key(&k) {
+                    return Err(serde::de::Error::custom(format!(
+                        "policy {k} is listed twice"
+                    )));
+                }
+                out.insert(k, v);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Unique(std::marker::PhantomData))
+}
+
+pub(super) fn parse(bytes: &[u8]) -> Result<Manifest, ManifestError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    let doc: ManifestDoc = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." || path.is_empty() {
+            ManifestError(format!("{inner}"))
+        } else {
+            ManifestError(format!("at `{path}`: {inner}"))
+        }
+    })?;
+    let err = |field: String, msg: String| ManifestError(format!("at `{field}`: {msg}"));
+
+    let mut policies = BTreeMap::new();
+    for (key, p) in doc.policies {
+        let field = format!("policies.{key}");
+        let hash = Hash::from_hex(&key).map_err(|m| err(field.clone(), m))?;
+        if key != hash.to_hex() {
+            return Err(err(
+                field,
+                "policy hashes are written in lowercase hex".into(),
+            ));
+        }
+        let sans = p
+            .sans
+            .iter()
+            .enumerate()
+            .map(|(i, s)| San::parse(s).map_err(|m| err(format!("{field}.sans[{i}]"), m)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let role = match p.role.as_deref() {
+            None => None,
+            Some("coordinator") => Some(Role::Coordinator),
+            Some(other) => {
+                return Err(err(
+                    format!("{field}.role"),
+                    format!("unknown role {other:?}; the only role is \"coordinator\""),
+                ));
+            }
+        };
+        if let Some(name) = &p.name {
+            // The name becomes the certificate's common name, which X.509 limits to 64 characters.
+            if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
+                return Err(err(
+                    format!("{field}.name"),
+                    "must be 1 to 64 printable characters (it becomes the certificate's common name)".into(),
+                ));
+            }
+        }
+        if let Some(id) = &p.workload_secret_id {
+            if id.is_empty() {
+                return Err(err(
+                    format!("{field}.workload_secret_id"),
+                    "must not be empty; omit it for no workload secret".into(),
+                ));
+            }
+        }
+        let policy = Policy {
+            name: p.name,
+            sans,
+            workload_secret_id: p.workload_secret_id,
+            role,
+        };
+        policies.insert(hash, policy);
+    }
+
+    doc.reference_values
+        .validate()
+        .map_err(|m| err("reference_values".into(), m))?;
+
+    let mut workload_owner_keys = Vec::new();
+    for (i, k) in doc.workload_owner_keys.iter().enumerate() {
+        let field = format!("workload_owner_keys[{i}]");
+        let bytes = hex32(k).map_err(|m| err(field.clone(), m))?;
+        let key = VerifyingKey::from_bytes(&bytes)
+            .map_err(|_| err(field.clone(), "not a valid Ed25519 public key".into()))?;
+        if workload_owner_keys.contains(&key) {
+            return Err(err(field, "listed twice".into()));
+        }
+        workload_owner_keys.push(key);
+    }
+
+    let owners = &doc.seed_share_owners;
+    let n = owners.keys.len();
+    if n == 0 || n > 255 {
+        return Err(err(
+            "seed_share_owners.keys".into(),
+            format!("{n} keys; between 1 and 255 seed share owners are needed"),
+        ));
+    }
+    if owners.threshold == 0 || usize::from(owners.threshold) > n {
+        return Err(err(
+            "seed_share_owners.threshold".into(),
+            format!(
+                "{} is not between 1 and the number of keys ({n})",
+                owners.threshold
+            ),
+        ));
+    }
+    let mut keys = Vec::with_capacity(n);
+    for (i, k) in owners.keys.iter().enumerate() {
+        let field = format!("seed_share_owners.keys[{i}]");
+        let key = hex32(k).map_err(|m| err(field.clone(), m))?;
+        if key == [0; 32] {
+            return Err(err(
+                field,
+                "the all-zero key is not a valid X25519 key".into(),
+            ));
+        }
+        if keys.contains(&key) {
+            return Err(err(field, "listed twice".into()));
+        }
+        keys.push(key);
+    }
+
+    Ok(Manifest {
+        bytes: bytes.to_vec(),
+        hash: Hash::of(bytes),
+        policies,
+        reference_values: doc.reference_values,
+        workload_owner_keys,
+        seed_share_owners: SeedShareOwners {
+            threshold: owners.threshold,
+            keys,
+        },
+    })
+}
+
+fn hex32(s: &str) -> Result<[u8; 32], String> {
+    let bytes = hex::decode(s).map_err(|e| format!("{s:?} is not hex: {e}"))?;
+    <[u8; 32]>::try_from(bytes.as_slice())
+        .map_err(|_| format!("{} bytes, expected 32 (64 hex characters)", bytes.len()))
+}

@@ -1,0 +1,108 @@
+//! The manifest: which workloads may join, with which names, secrets and roles (DESIGN.md, Manifest).
+//!
+//! Parse, don't validate: a [`Manifest`] exists only once its bytes parsed strictly (unknown fields and
+//! duplicate keys are errors) and every value was checked. The raw bytes are kept: the manifest hash is
+//! over the bytes exactly as submitted, never over a re-serialization.
+
+mod doc;
+mod san;
+
+use std::collections::BTreeMap;
+
+use concord_attestation::ReferenceValues;
+use ed25519_dalek::VerifyingKey;
+
+use crate::hash::Hash;
+pub use san::San;
+
+/// A manifest that parsed and validated.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    bytes: Vec<u8>,
+    hash: Hash,
+    policies: BTreeMap<Hash, Policy>,
+    reference_values: ReferenceValues,
+    workload_owner_keys: Vec<VerifyingKey>,
+    seed_share_owners: SeedShareOwners,
+}
+
+/// What a policy hash is allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub name: Option<String>,
+    pub sans: Vec<San>,
+    pub workload_secret_id: Option<String>,
+    pub role: Option<Role>,
+}
+
+/// The roles a policy can have. Only `coordinator` is defined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Coordinator,
+}
+
+/// Who holds the seed shares: fixed by the first manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeedShareOwners {
+    pub threshold: u8,
+    pub keys: Vec<[u8; 32]>,
+}
+
+/// Why a manifest was refused. Always names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid manifest: {0}")]
+pub struct ManifestError(pub String);
+
+impl Manifest {
+    /// Parses `bytes` strictly. The error names the field and says what is expected.
+    pub fn parse(bytes: &[u8]) -> Result<Manifest, ManifestError> {
+        doc::parse(bytes)
+    }
+
+    /// The manifest bytes exactly as submitted.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// SHA-256 of [`Manifest::bytes`].
+    pub fn hash(&self) -> Hash {
+        self.hash
+    }
+
+    pub fn policies(&self) -> &BTreeMap<Hash, Policy> {
+        &self.policies
+    }
+
+    pub fn policy(&self, policy_hash: &Hash) -> Option<&Policy> {
+        self.policies.get(policy_hash)
+    }
+
+    /// Policy hashes with the `coordinator` role: the builds allowed to run a coordinator.
+    pub fn coordinator_policies(&self) -> Vec<Hash> {
+        self.policies
+            .iter()
+            .filter(|(_, p)| p.role == Some(Role::Coordinator))
+            .map(|(h, _)| *h)
+            .collect()
+    }
+
+    pub fn reference_values(&self) -> &ReferenceValues {
+        &self.reference_values
+    }
+
+    pub fn workload_owner_keys(&self) -> &[VerifyingKey] {
+        &self.workload_owner_keys
+    }
+
+    /// An empty owner key list makes the manifest final: no later update is accepted.
+    pub fn is_final(&self) -> bool {
+        self.workload_owner_keys.is_empty()
+    }
+
+    pub fn seed_share_owners(&self) -> &SeedShareOwners {
+        &self.seed_share_owners
+    }
+}
+
+#[cfg(test)]
+mod tests;

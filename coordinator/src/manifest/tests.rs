@@ -1,0 +1,174 @@
+use super::*;
+use crate::testing::TestDeployment;
+
+fn with(f: impl FnOnce(&mut serde_json::Value)) -> Result<Manifest, ManifestError> {
+    let d = TestDeployment::new();
+    let mut v: serde_json::Value = serde_json::from_slice(&d.manifest(1)).unwrap();
+    f(&mut v);
+    Manifest::parse(&serde_json::to_vec(&v).unwrap())
+}
+
+fn err_of(f: impl FnOnce(&mut serde_json::Value)) -> String {
+    with(f).unwrap_err().0
+}
+
+#[test]
+fn the_fixture_manifest_parses() {
+    let d = TestDeployment::new();
+    let bytes = d.manifest(1);
+    let m = Manifest::parse(&bytes).unwrap();
+    assert_eq!(m.hash(), Hash::of(&bytes));
+    assert_eq!(m.coordinator_policies(), vec![d.coordinator_policy_hash()]);
+    let web = m.policy(&d.workload_policy_hash()).unwrap();
+    assert_eq!(web.sans.len(), 4);
+    assert!(matches!(web.sans[2], San::Ip(_)));
+    assert!(matches!(web.sans[3], San::Uri(_)));
+}
+
+#[test]
+fn the_design_example_shape_parses() {
+    let json = r#"{
+      "policies": {
+        "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08": {
+          "name": "web",
+          "sans": ["web", "web.default.svc.cluster.local", "10.0.0.7", "spiffe://example.org/web"],
+          "workload_secret_id": "default/web",
+          "role": "coordinator"
+        }
+      },
+      "reference_values": {
+        "snp": [{
+          "product": "Milan",
+          "trusted_measurements": ["000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000001"],
+          "minimum_tcb": { "bootloader": 3, "tee": 0, "snp": 8, "microcode": 115 },
+          "allow_debug": false,
+          "allow_migration_agent": false,
+          "allowed_chip_ids": ["00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000001"]
+        }],
+        "simulated": [{ "root": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", "trusted_measurements": ["000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000001"] }]
+      },
+      "workload_owner_keys": ["d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"],
+      "seed_share_owners": { "threshold": 2, "keys": [
+        "0101010101010101010101010101010101010101010101010101010101010101",
+        "0202020202020202020202020202020202020202020202020202020202020202",
+        "0303030303030303030303030303030303030303030303030303030303030303"] }
+    }"#;
+    Manifest::parse(json.as_bytes()).unwrap();
+}
+
+#[test]
+fn unknown_fields_are_named() {
+    let e = err_of(|v| {
+        v["colour"] = "blue".into();
+    });
+    assert!(e.contains("colour"), "{e}");
+    let e = err_of(|v| {
+        let p = v["policies"].as_object_mut().unwrap();
+        let first = p.values_mut().next().unwrap();
+        first["nmae"] = "typo".into();
+    });
+    assert!(e.contains("nmae") && e.contains("policies"), "{e}");
+}
+
+#[test]
+fn invalid_values_name_their_field() {
+    let cases: Vec<(Box<dyn FnOnce(&mut serde_json::Value)>, &str)> = vec![
+        (
+            Box::new(|v| v["workload_owner_keys"] = serde_json::json!(["abcd"])),
+            "workload_owner_keys[0]",
+        ),
+        (
+            Box::new(|v| v["workload_owner_keys"] = serde_json::json!([42])),
+            "workload_owner_keys[0]",
+        ),
+        (
+            Box::new(|v| v["seed_share_owners"]["threshold"] = 7.into()),
+            "seed_share_owners.threshold",
+        ),
+        (
+            Box::new(|v| v["seed_share_owners"]["threshold"] = 0.into()),
+            "seed_share_owners.threshold",
+        ),
+        (
+            Box::new(|v| v["seed_share_owners"]["keys"][1] = "zz".into()),
+            "seed_share_owners.keys[1]",
+        ),
+        (
+            Box::new(|v| {
+                let k = v["seed_share_owners"]["keys"][0].clone();
+                v["seed_share_owners"]["keys"][1] = k;
+            }),
+            "seed_share_owners.keys[1]",
+        ),
+        (
+            Box::new(|v| {
+                let p = v["policies"].as_object_mut().unwrap();
+                p.insert("abc".into(), serde_json::json!({"sans": []}));
+            }),
+            "policies.abc",
+        ),
+        (
+            Box::new(|v| {
+                let p = v["policies"].as_object_mut().unwrap();
+                p.values_mut().next().unwrap()["role"] = "admin".into();
+            }),
+            "role",
+        ),
+        (
+            Box::new(|v| {
+                let p = v["policies"].as_object_mut().unwrap();
+                p.values_mut().next().unwrap()["sans"] = serde_json::json!(["not a name"]);
+            }),
+            "sans[0]",
+        ),
+        (
+            Box::new(|v| v["reference_values"]["simulated"][0]["root"] = "00".into()),
+            "reference_values",
+        ),
+    ];
+    for (f, field) in cases {
+        let e = err_of(f);
+        assert!(e.contains(field), "expected the error to name {field}: {e}");
+    }
+}
+
+#[test]
+fn missing_required_fields_and_garbage_are_errors() {
+    assert!(
+        err_of(|v| {
+            v.as_object_mut().unwrap().remove("seed_share_owners");
+        })
+        .contains("seed_share_owners")
+    );
+    for garbage in [
+        &b""[..],
+        b"{",
+        b"[]",
+        b"null",
+        b"\xff\xfe",
+        b"{\"policies\": 1}",
+    ] {
+        assert!(Manifest::parse(garbage).is_err());
+    }
+}
+
+#[test]
+fn a_policy_listed_twice_is_an_error() {
+    let h = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+    let d = TestDeployment::new();
+    let text = String::from_utf8(d.manifest(1)).unwrap();
+    let dup = text.replacen(
+        "\"policies\": {",
+        &format!("\"policies\": {{ \"{h}\": {{\"sans\": []}}, \"{h}\": {{\"sans\": []}},"),
+        1,
+    );
+    let e = Manifest::parse(dup.as_bytes()).unwrap_err().0;
+    assert!(e.contains("twice"), "{e}");
+}
+
+#[test]
+fn empty_owner_keys_make_the_manifest_final() {
+    let d = TestDeployment::new();
+    let m = Manifest::parse(&d.manifest_with(&["web"], &[])).unwrap();
+    assert!(m.is_final());
+}

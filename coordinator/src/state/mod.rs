@@ -1,0 +1,15 @@
+//! The replica's core: its state (fresh, recovering, ready), its secrets, and the operations on them.
+//!
+//! Pure apart from the store: no sockets, no clocks (the time is an argument), so it is tested in memory.
+//! It must never write a secret to the store or return one to anyone but an attested workload (its own
+//! workload secret) or the seed share owners (encrypted shares).
+
+mod coordinator;
+mod secrets;
+
+pub use coordinator::{
+    Coordinator, ManifestsView, MeshCertBundle, ReplicaState, SetOutcome, SetRequest,
+};
+
+#[cfg(test)]
+mod tests;

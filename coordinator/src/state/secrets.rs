@@ -1,0 +1,18 @@
+//! `Secrets`: what a ready replica holds in memory only: the seed engine, the keys derived from it, and
+//! the current mesh CA. Never serialized; Debug is redacted.
+
+use concord_mesh_ca::{MeshCa, RootCa, SeedEngine};
+use ed25519_dalek::SigningKey;
+
+pub(crate) struct Secrets {
+    pub engine: SeedEngine,
+    pub signing_key: SigningKey,
+    pub root_ca: RootCa,
+    pub mesh_ca: MeshCa,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secrets(redacted)")
+    }
+}

@@ -1,0 +1,422 @@
+//! The core, in memory: every invariant of DESIGN.md that applies to one replica.
+
+use concord_attestation::{Evidence, PlatformTrust, Verifier};
+use concord_mesh_ca::{SeedEngine, combine, decrypt_share};
+use time::OffsetDateTime;
+
+use super::*;
+use crate::error::CoordinatorError;
+use crate::hash::Hash;
+use crate::history::audit::{AuditOptions, audit};
+use crate::history::{LedgerError, Transition};
+use crate::store::{Key, MemoryStore, SledStore, Store};
+use crate::testing::TestDeployment;
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+fn ready(d: &TestDeployment) -> (Coordinator<MemoryStore>, SetOutcome) {
+    let mut c = Coordinator::open(MemoryStore::new()).unwrap();
+    assert_eq!(c.state(), ReplicaState::Fresh);
+    let out = c
+        .set_manifest(d.set_request(d.manifest(1), Hash::ZERO), now())
+        .unwrap();
+    assert_eq!(c.state(), ReplicaState::Ready);
+    (c, out)
+}
+
+#[test]
+fn first_set_returns_shares_that_recover_the_signing_key() {
+    let d = TestDeployment::new();
+    let (c, out) = ready(&d);
+    assert_eq!(out.seed_shares.len(), 3);
+    // Each owner decrypts only their own share; any two recover the seed engine.
+    let shares: Vec<_> = out
+        .seed_shares
+        .iter()
+        .zip(&d.share_owners)
+        .map(|(enc, owner)| decrypt_share(owner, enc).unwrap())
+        .collect();
+    assert!(decrypt_share(&d.share_owners[1], &out.seed_shares[0]).is_err());
+    let engine: SeedEngine = combine(&shares[1..3]).unwrap();
+    let chain = c.chain().unwrap();
+    assert_eq!(
+        engine.transition_signing_key().verifying_key(),
+        *chain.signing_key()
+    );
+    assert!(combine(&shares[..1]).is_err());
+}
+
+#[test]
+fn updates_need_an_owner_signature_by_a_listed_key() {
+    let d = TestDeployment::new();
+    let (mut c, first) = ready(&d);
+    let m2 = d.manifest(2);
+
+    let mut unsigned = d.set_request(m2.clone(), first.hash);
+    unsigned.owner = None;
+    assert!(matches!(
+        c.set_manifest(unsigned, now()),
+        Err(CoordinatorError::PermissionDenied(_))
+    ));
+
+    let stranger = TestDeployment::new();
+    let by_stranger = stranger.set_request(m2.clone(), first.hash);
+    assert!(matches!(
+        c.set_manifest(by_stranger, now()),
+        Err(CoordinatorError::PermissionDenied(_))
+    ));
+
+    // A valid signature over another transition (a replay) is refused.
+    let mut replayed = d.set_request(m2.clone(), first.hash);
+    replayed.owner = d.set_request(d.manifest(3), first.hash).owner;
+    assert!(matches!(
+        c.set_manifest(replayed, now()),
+        Err(CoordinatorError::PermissionDenied(_))
+    ));
+
+    assert_eq!(
+        c.chain().unwrap().len(),
+        1,
+        "a refused update must not change the history"
+    );
+    let second = c
+        .set_manifest(d.set_request(m2, first.hash), now())
+        .unwrap();
+    assert_eq!(second.transition.index, 1);
+    assert_eq!(second.transition.previous, first.hash);
+    assert_ne!(
+        second.mesh_ca_pem, first.mesh_ca_pem,
+        "every manifest gets a new mesh CA"
+    );
+    assert_eq!(
+        second.root_ca_pem, first.root_ca_pem,
+        "the root CA is stable"
+    );
+}
+
+#[test]
+fn stale_previous_is_a_failed_precondition_and_changes_nothing() {
+    let d = TestDeployment::new();
+    let (mut c, first) = ready(&d);
+    let second = c
+        .set_manifest(d.set_request(d.manifest(2), first.hash), now())
+        .unwrap();
+    let stale = d.set_request(d.manifest(3), first.hash);
+    match c.set_manifest(stale, now()) {
+        Err(CoordinatorError::PreviousMismatch { expected, latest }) => {
+            assert_eq!(expected, first.hash);
+            assert_eq!(latest, second.hash);
+        }
+        other => panic!("expected a mismatch, got {other:?}"),
+    }
+    assert_eq!(c.chain().unwrap().latest_hash(), second.hash);
+}
+
+#[test]
+fn setting_the_latest_manifest_again_is_a_no_op() {
+    let d = TestDeployment::new();
+    let (mut c, first) = ready(&d);
+    let again = c
+        .set_manifest(d.set_request(d.manifest(1), Hash::ZERO), now())
+        .unwrap();
+    assert!(again.unchanged);
+    assert_eq!(again.hash, first.hash);
+    assert!(again.seed_shares.is_empty(), "shares are handed out once");
+    assert_eq!(c.chain().unwrap().len(), 1);
+}
+
+#[test]
+fn seed_share_owners_cannot_change_and_final_manifests_stay_final() {
+    let d = TestDeployment::new();
+    let (mut c, first) = ready(&d);
+    let mut other = TestDeployment::new();
+    other.owner = d.owner.clone();
+    let changed_owners = other.set_request(other.manifest(2), first.hash);
+    assert!(matches!(
+        c.set_manifest(changed_owners, now()),
+        Err(CoordinatorError::InvalidInput(_))
+    ));
+
+    let final_manifest = d.manifest_with(&["web"], &[]);
+    let f = c
+        .set_manifest(d.set_request(final_manifest, first.hash), now())
+        .unwrap();
+    let after = d.set_request(d.manifest(3), f.hash);
+    assert!(matches!(
+        c.set_manifest(after, now()),
+        Err(CoordinatorError::FinalManifest)
+    ));
+}
+
+#[test]
+fn bad_input_changes_nothing() {
+    let d = TestDeployment::new();
+    let mut c = Coordinator::open(MemoryStore::new()).unwrap();
+    let mut req = d.set_request(b"{\"policies\": {}, \"extra\": 1}".to_vec(), Hash::ZERO);
+    req.policies.clear();
+    assert!(matches!(
+        c.set_manifest(req, now()),
+        Err(CoordinatorError::InvalidInput(_))
+    ));
+    let mut req = d.set_request(d.manifest(1), Hash::ZERO);
+    req.policies
+        .push(b"a policy the manifest does not list".to_vec());
+    assert!(matches!(
+        c.set_manifest(req, now()),
+        Err(CoordinatorError::InvalidInput(_))
+    ));
+    let mut req = d.set_request(d.manifest(1), Hash::ZERO);
+    req.expected_previous = Hash([1; 32]);
+    assert!(matches!(
+        c.set_manifest(req, now()),
+        Err(CoordinatorError::PreviousMismatch { .. })
+    ));
+    assert_eq!(c.state(), ReplicaState::Fresh);
+    assert_eq!(c.store().get(&Key::Latest).unwrap(), None);
+}
+
+/// Invariant 1: nothing secret is written to the store: no seed, no salt, no derived key, no share.
+#[test]
+fn the_store_never_holds_a_secret() {
+    let d = TestDeployment::new();
+    let (mut c, first) = ready(&d);
+    c.set_manifest(d.set_request(d.manifest(2), first.hash), now())
+        .unwrap();
+    let shares: Vec<_> = first
+        .seed_shares
+        .iter()
+        .zip(&d.share_owners)
+        .map(|(enc, owner)| decrypt_share(owner, enc).unwrap())
+        .collect();
+    let engine = combine(&shares).unwrap();
+    let secrets: Vec<Vec<u8>> = vec![
+        engine.seed().as_bytes().to_vec(),
+        engine.salt().as_bytes().to_vec(),
+        engine.transition_signing_key().to_bytes().to_vec(),
+        engine.root_ca_key().unwrap().to_bytes().to_vec(),
+        engine.workload_secret("default/web").to_vec(),
+        shares[0].value.to_vec(),
+    ];
+    let dump = c.store().dump();
+    for secret in &secrets {
+        for hay in [&dump, &hex::encode(&dump).into_bytes()] {
+            assert!(
+                !hay.windows(secret.len().min(hay.len()))
+                    .any(|w| w == secret.as_slice()),
+                "a secret is in the store"
+            );
+        }
+    }
+}
+
+/// Invariant 3: the mesh CA key is random per manifest, not derivable from the seed.
+#[test]
+fn the_mesh_ca_is_not_derived_from_the_seed() {
+    let d = TestDeployment::new();
+    let (c, first) = ready(&d);
+    let shares: Vec<_> = first
+        .seed_shares
+        .iter()
+        .zip(&d.share_owners)
+        .map(|(enc, owner)| decrypt_share(owner, enc).unwrap())
+        .collect();
+    let engine = combine(&shares).unwrap();
+    // Re-running the derivations from the seed yields the root CA key, never the mesh CA's.
+    let root_key = p256_public_from(&engine);
+    let mesh_ca_der = crate::pem::decode_certificate(&first.mesh_ca_pem).unwrap();
+    let (_, mesh_cert) = x509_parser::parse_x509_certificate(&mesh_ca_der).unwrap();
+    let mesh_pub = mesh_cert.public_key().subject_public_key.data.to_vec();
+    assert_ne!(mesh_pub, root_key);
+    // And two coordinators started from the same seed would not agree on it: generate again.
+    let root = concord_mesh_ca::RootCa::create(&engine.root_ca_key().unwrap(), now()).unwrap();
+    let again = concord_mesh_ca::MeshCa::generate(&root, now()).unwrap();
+    assert_ne!(again.mesh_ca_der(), mesh_ca_der.as_slice());
+    drop(c);
+}
+
+fn p256_public_from(engine: &SeedEngine) -> Vec<u8> {
+    use p256::elliptic_curve::sec1::ToEncodedPoint;
+    engine
+        .root_ca_key()
+        .unwrap()
+        .public_key()
+        .to_encoded_point(false)
+        .as_bytes()
+        .to_vec()
+}
+
+/// Invariant 2 at start-up: a store edited by the host is refused.
+#[test]
+fn a_tampered_store_is_refused_at_open() {
+    let d = TestDeployment::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = {
+        let mut c = Coordinator::open(SledStore::open(dir.path()).unwrap()).unwrap();
+        let first = c
+            .set_manifest(d.set_request(d.manifest(1), Hash::ZERO), now())
+            .unwrap();
+        let second = c
+            .set_manifest(d.set_request(d.manifest(2), first.hash), now())
+            .unwrap();
+        (first, second)
+    };
+    // Untampered: opens, verifies, and is recovering (the secrets were only in memory).
+    {
+        let c = Coordinator::open(SledStore::open(dir.path()).unwrap()).unwrap();
+        assert_eq!(c.state(), ReplicaState::Recovering);
+        assert_eq!(c.chain().unwrap().latest_hash(), second.hash);
+        assert!(matches!(c.manifests(), Err(CoordinatorError::Recovering)));
+    }
+    let manifest_key = Key::Object(second.transition.manifest_hash);
+    let tampers: Vec<(&str, Box<dyn Fn(&SledStore)>)> = vec![
+        (
+            "a manifest byte",
+            Box::new(|s: &SledStore| {
+                let mut m = s.get(&manifest_key).unwrap().unwrap();
+                m[10] ^= 1;
+                s.tamper_put(&manifest_key, &m).unwrap();
+            }),
+        ),
+        (
+            "a signature",
+            Box::new(|s: &SledStore| {
+                let mut t = second.transition.clone();
+                let mut sig = t.signature.to_bytes();
+                sig[0] ^= 1;
+                t.signature = ed25519_dalek::Signature::from_bytes(&sig);
+                s.tamper_put(&Key::Transition(second.hash), &t.encode())
+                    .unwrap();
+            }),
+        ),
+        (
+            "the latest transition removed (rollback)",
+            Box::new(|s: &SledStore| {
+                s.tamper_put(&Key::Latest, first.hash.as_bytes()).unwrap();
+                s.apply(vec![crate::store::Write::Delete(Key::MeshCerts(
+                    first.hash,
+                ))])
+                .unwrap();
+            }),
+        ),
+        (
+            "the signing key replaced",
+            Box::new(|s: &SledStore| {
+                let k = ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key();
+                s.tamper_put(&Key::SigningKey, k.as_bytes()).unwrap();
+            }),
+        ),
+        (
+            "an owner signature dropped",
+            Box::new(|s: &SledStore| {
+                let t = Transition {
+                    owner: None,
+                    ..second.transition.clone()
+                };
+                s.tamper_put(&Key::Transition(second.hash), &t.encode())
+                    .unwrap();
+            }),
+        ),
+    ];
+    for (what, tamper) in tampers {
+        let copy = tempfile::tempdir().unwrap();
+        copy_dir(dir.path(), copy.path());
+        {
+            let s = SledStore::open(copy.path()).unwrap();
+            tamper(&s);
+        }
+        let result = Coordinator::open(SledStore::open(copy.path()).unwrap());
+        assert!(
+            matches!(
+                result,
+                Err(CoordinatorError::Ledger(LedgerError::Corrupt(_)))
+            ),
+            "tampering with {what} was not refused: {:?}",
+            result.map(|c| c.state())
+        );
+    }
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn the_audit_bundle_audits_clean_and_binds_the_nonce() {
+    let d = TestDeployment::new();
+    let (mut c, first) = ready(&d);
+    c.set_manifest(d.set_request(d.manifest(2), first.hash), now())
+        .unwrap();
+    let issuer = d.issuer(&d.coordinator_policy);
+    let nonce = [9; 32];
+    let bundle = c.audit_bundle(&nonce, &issuer).unwrap().to_json();
+    let options = AuditOptions {
+        trust: PlatformTrust {
+            insecure_simulated_root: Some(d.root.hash()),
+        },
+        expected_nonce: Some(nonce),
+        since: Some(first.hash),
+        now: std::time::SystemTime::now(),
+    };
+    let report = audit(&bundle, &options).unwrap();
+    assert_eq!(report.chain.len(), 2);
+    // Another nonce: a replayed bundle.
+    let replay = AuditOptions {
+        expected_nonce: Some([8; 32]),
+        ..options.clone()
+    };
+    assert!(audit(&bundle, &replay).is_err());
+    // Without trusting the simulated root, the evidence does not verify.
+    let untrusted = AuditOptions {
+        trust: PlatformTrust {
+            insecure_simulated_root: None,
+        },
+        ..options.clone()
+    };
+    assert!(audit(&bundle, &untrusted).is_err());
+    // A transition that is not an ancestor: rollback or fork.
+    let fork = AuditOptions {
+        since: Some(Hash([3; 32])),
+        ..options
+    };
+    assert!(audit(&bundle, &fork).is_err());
+}
+
+#[test]
+fn mesh_certs_are_issued_only_for_policies_of_the_manifest() {
+    let d = TestDeployment::new();
+    let (c, _) = ready(&d);
+    let verifier = Verifier::new(PlatformTrust {
+        insecure_simulated_root: Some(d.root.hash()),
+    });
+    let manifest = c.serving_manifest().unwrap().clone();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
+    let report_data = concord_attestation::atls::binding(&spki, &[5; 32]);
+    let evidence: Evidence =
+        concord_attestation::EvidenceIssuer::issue(&d.issuer(&d.workload_policy), &report_data)
+            .unwrap();
+    let report = verifier
+        .verify(
+            &evidence,
+            manifest.reference_values(),
+            &report_data,
+            &|h| manifest.policy(&Hash(*h)).is_some(),
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
+    let bundle = c.issue_mesh_cert(&report, &spki, now()).unwrap();
+    assert_eq!(bundle.workload, "web");
+    assert_eq!(bundle.workload_secret.len(), 32);
+    assert!(bundle.cert_chain_pem.matches("BEGIN CERTIFICATE").count() == 2);
+}

@@ -1,0 +1,38 @@
+//! The store: where a replica keeps the replicated state on its local disk.
+//!
+//! The store is *untrusted*: the host can read and modify it (DESIGN.md, trust model). This module only
+//! moves bytes; everything read through it is checked by the history layer before use, and nothing secret
+//! is ever written to it. Writes are atomic batches that are durable (flushed) when `apply` returns.
+
+mod key;
+mod memory;
+mod sled_store;
+
+pub use key::Key;
+pub use memory::MemoryStore;
+pub use sled_store::SledStore;
+
+/// What a store can fail with. A store error is an outage or a broken disk, never bad user input.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("the store at {path} cannot be opened: {reason}; check the path and its permissions")]
+    Open { path: String, reason: String },
+    #[error("the store failed to {op}: {reason}")]
+    Io { op: &'static str, reason: String },
+}
+
+/// One write in a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    Put(Key, Vec<u8>),
+    Delete(Key),
+}
+
+/// The key-value store beneath the history. Implementations: [`SledStore`] (disk), [`MemoryStore`] (tests).
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// The value of `key`, if any. Not verified: callers check it.
+    fn get(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Applies every write or none, and returns only once they are durable.
+    fn apply(&self, batch: Vec<Write>) -> Result<(), StoreError>;
+}

@@ -1,0 +1,115 @@
+//! Test fixtures shared by every test of the workspace: a deployment with a simulated root, policies,
+//! owner keys and seed share owner keys, and manifests built from them. Not for production use.
+
+use concord_attestation::{SimulatedIssuer, SimulatedRoot};
+use concord_mesh_ca::ShareOwnerKeyPair;
+use ed25519_dalek::SigningKey;
+use rand::rngs::OsRng;
+
+use crate::hash::Hash;
+use crate::history::format;
+use crate::state::SetRequest;
+
+/// Everything a test deployment needs.
+pub struct TestDeployment {
+    pub root: SimulatedRoot,
+    pub measurement: [u8; 48],
+    pub coordinator_policy: Vec<u8>,
+    pub workload_policy: Vec<u8>,
+    pub owner: SigningKey,
+    pub share_owners: Vec<ShareOwnerKeyPair>,
+    pub threshold: u8,
+}
+
+impl TestDeployment {
+    /// A fresh deployment: new simulated root, one owner key, 2-of-3 seed share owners.
+    pub fn new() -> TestDeployment {
+        TestDeployment {
+            root: SimulatedRoot::generate().expect("simulated root"),
+            measurement: [0x4d; 48],
+            coordinator_policy: b"coordinator policy v1".to_vec(),
+            workload_policy: b"web workload policy v1".to_vec(),
+            owner: SigningKey::generate(&mut OsRng),
+            share_owners: (0..3)
+                .map(|_| ShareOwnerKeyPair::generate().expect("share owner key"))
+                .collect(),
+            threshold: 2,
+        }
+    }
+
+    pub fn coordinator_policy_hash(&self) -> Hash {
+        Hash::of(&self.coordinator_policy)
+    }
+
+    pub fn workload_policy_hash(&self) -> Hash {
+        Hash::of(&self.workload_policy)
+    }
+
+    /// A manifest: the coordinator policy, the `web` workload with `sans`, simulated reference values,
+    /// the given owner keys and this deployment's seed share owners.
+    pub fn manifest_with(&self, sans: &[&str], owner_keys: &[[u8; 32]]) -> Vec<u8> {
+        let json = serde_json::json!({
+            "policies": {
+                self.coordinator_policy_hash().to_hex(): {
+                    "name": "coordinator", "sans": ["coordinator"], "role": "coordinator"
+                },
+                self.workload_policy_hash().to_hex(): {
+                    "name": "web", "sans": sans, "workload_secret_id": "default/web"
+                }
+            },
+            "reference_values": {
+                "simulated": [{
+                    "root": hex::encode(self.root.hash()),
+                    "trusted_measurements": [hex::encode(self.measurement)]
+                }]
+            },
+            "workload_owner_keys": owner_keys.iter().map(hex::encode).collect::<Vec<_>>(),
+            "seed_share_owners": {
+                "threshold": self.threshold,
+                "keys": self.share_owners.iter().map(|k| hex::encode(k.public_key())).collect::<Vec<_>>()
+            }
+        });
+        serde_json::to_vec_pretty(&json).expect("json")
+    }
+
+    /// The default manifest, owned by `self.owner`, `web` named `web` and `web.default.svc`.
+    pub fn manifest(&self, version: u32) -> Vec<u8> {
+        let svc = format!("web-v{version}.default.svc");
+        self.manifest_with(
+            &["web", &svc, "10.0.0.7", "spiffe://example.org/web"],
+            &[self.owner.verifying_key().to_bytes()],
+        )
+    }
+
+    /// A SetManifest request for `manifest` after `previous`, signed by `self.owner` unless first.
+    pub fn set_request(&self, manifest: Vec<u8>, previous: Hash) -> SetRequest {
+        let owner = (previous != Hash::ZERO).then(|| {
+            let t = format::transition_hash(&Hash::of(&manifest), &previous);
+            (
+                self.owner.verifying_key(),
+                format::sign_owner(&self.owner, &t),
+            )
+        });
+        SetRequest {
+            manifest,
+            policies: vec![
+                self.coordinator_policy.clone(),
+                self.workload_policy.clone(),
+            ],
+            expected_previous: previous,
+            owner,
+        }
+    }
+
+    /// An issuer that produces evidence for `policy` on this deployment's simulated platform.
+    pub fn issuer(&self, policy: &[u8]) -> SimulatedIssuer {
+        SimulatedIssuer::new(&self.root, self.measurement, *Hash::of(policy).as_bytes())
+            .expect("simulated issuer")
+    }
+}
+
+impl Default for TestDeployment {
+    fn default() -> TestDeployment {
+        TestDeployment::new()
+    }
+}

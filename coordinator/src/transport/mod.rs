@@ -1,0 +1,10 @@
+//! aTLS for tonic: a listener that yields attested connections to a tonic server, with the peer's
+//! verified evidence attached to every request (`PeerInfo`), and a channel that dials over aTLS.
+//!
+//! The TLS and evidence logic lives in `concord_attestation::atls`; this module only adapts it to tonic.
+
+mod client;
+mod server;
+
+pub use client::{ConnectError, connect};
+pub use server::{AtlsIo, PeerInfo, incoming};

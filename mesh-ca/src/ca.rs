@@ -1,0 +1,1240 @@
+//! The root CA, the mesh CA and the leaf certificates they issue.
+//!
+//! This module owns every X.509 certificate Concord makes: the self-signed root CA (its key comes
+//! from the seed, see `seed.rs`), the mesh CA of a manifest (one random key, certified twice: a
+//! self-signed certificate that data owners pin and an intermediate under the root, as Contrast's
+//! coordinator does), and the workload leaves. It must never derive the mesh CA key from the seed
+//! (Invariant 3), never give the mesh CA key away except by keeping the [`MeshCa`] in memory, never
+//! print a private key in `Debug`, and never certify a name or key it has not checked.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use base64::Engine as _;
+use p256::ecdsa::signature::{Signer as _, Verifier as _};
+use p256::pkcs8::DecodePublicKey as _;
+use rand::rngs::OsRng;
+use rand::{CryptoRng, RngCore};
+use rcgen::string::Ia5String;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyUsagePurpose, PublicKeyData as _, SanType, SerialNumber,
+};
+use sha2::{Digest as _, Sha256};
+use time::{Duration, OffsetDateTime, UtcOffset};
+use x509_parser::extensions::ParsedExtension;
+use x509_parser::oid_registry::OID_SIG_ECDSA_WITH_SHA256;
+use zeroize::Zeroizing;
+
+use crate::{MeshCaError, rng};
+
+const ROOT_CA_COMMON_NAME: &str = "Concord root CA";
+const MESH_CA_COMMON_NAME: &str = "Concord mesh CA";
+
+/// Certificates start an hour in the past so that a peer whose clock is a little behind
+/// does not reject a certificate issued a moment ago.
+const BACKDATE: Duration = Duration::hours(1);
+/// Ten years, counting leap days.
+const CA_LIFETIME: Duration = Duration::days(3652);
+const LEAF_LIFETIME: Duration = Duration::days(365);
+
+const SERIAL_LEN: usize = 16;
+/// RFC 5280's upper bound for a common name (ub-common-name).
+const MAX_COMMON_NAME_CHARS: usize = 64;
+
+/// A P-256 key that rcgen can sign with. Built on the RustCrypto key, which wipes itself on
+/// drop, rather than on rcgen's ring key pair, which keeps an unwiped PKCS#8 copy.
+struct P256Signer {
+    key: p256::ecdsa::SigningKey,
+    /// Uncompressed SEC1 point, what rcgen writes into the SubjectPublicKeyInfo.
+    public_point: Vec<u8>,
+}
+
+impl P256Signer {
+    fn new(secret: &p256::SecretKey) -> Self {
+        let key = p256::ecdsa::SigningKey::from(secret);
+        let public_point = key
+            .verifying_key()
+            .to_encoded_point(false)
+            .as_bytes()
+            .to_vec();
+        P256Signer { key, public_point }
+    }
+}
+
+impl fmt::Debug for P256Signer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("P256Signer")
+            .field("public_key", &hex::encode(&self.public_point))
+            .field("secret_key", &"[redacted]")
+            .finish()
+    }
+}
+
+impl rcgen::PublicKeyData for P256Signer {
+    fn der_bytes(&self) -> &[u8] {
+        &self.public_point
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_ECDSA_P256_SHA256
+    }
+}
+
+impl rcgen::SigningKey for P256Signer {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        // RFC 6979 deterministic nonces: no randomness needed, so no entropy failure here.
+        let signature: p256::ecdsa::Signature = self
+            .key
+            .try_sign(msg)
+            .map_err(|_| rcgen::Error::RemoteKeyError)?;
+        Ok(signature.to_der().as_bytes().to_vec())
+    }
+}
+
+/// A certificate issued to a workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedCert {
+    /// The certificate, DER.
+    pub der: Vec<u8>,
+    /// The same certificate, PEM.
+    pub pem: String,
+}
+
+/// The deployment's root CA: a self-signed certificate for the seed-derived root CA key.
+/// It signs each manifest's mesh CA intermediate.
+pub struct RootCa {
+    issuer: Issuer<'static, P256Signer>,
+    cert_der: Vec<u8>,
+    cert_pem: String,
+    not_after: OffsetDateTime,
+}
+
+impl fmt::Debug for RootCa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RootCa")
+            .field("cert_sha256", &hex::encode(Sha256::digest(&self.cert_der)))
+            .field("not_after", &self.not_after)
+            .field("key", &"[redacted]")
+            .finish()
+    }
+}
+
+impl RootCa {
+    /// A new self-signed root CA certificate for `key` (from [`crate::SeedEngine::root_ca_key`]),
+    /// valid from an hour before `now` for ten years, with a random serial.
+    pub fn create(key: &p256::SecretKey, now: OffsetDateTime) -> Result<RootCa, MeshCaError> {
+        Self::create_with(&mut OsRng, key, now)
+    }
+
+    pub(crate) fn create_with<R: RngCore + CryptoRng + ?Sized>(
+        rng: &mut R,
+        key: &p256::SecretKey,
+        now: OffsetDateTime,
+    ) -> Result<RootCa, MeshCaError> {
+        let signer = P256Signer::new(key);
+        let (not_before, not_after) = validity(now, CA_LIFETIME, None)?;
+        let params = ca_params(
+            ROOT_CA_COMMON_NAME,
+            random_serial(rng, "choosing the root CA serial number")?,
+            not_before,
+            not_after,
+            BasicConstraints::Unconstrained,
+        );
+        let cert_der = params.self_signed(&signer)?.der().to_vec();
+        Ok(RootCa {
+            cert_pem: pem_certificate(&cert_der),
+            issuer: Issuer::new(params, signer),
+            cert_der,
+            not_after,
+        })
+    }
+
+    /// Rebuilds the root CA from its stored certificate and the seed-derived key. The certificate
+    /// came from disk or the network, so it is checked (Invariant 2): it must be a self-signed CA
+    /// certificate named "Concord root CA" for exactly this key.
+    pub fn from_parts(cert_der: Vec<u8>, key: &p256::SecretKey) -> Result<RootCa, MeshCaError> {
+        let signer = P256Signer::new(key);
+        let not_after = check_root_certificate(&cert_der, key, &signer)?;
+        // The checks above made sure that the certificate's subject and key identifier are
+        // what these parameters give, so certificates issued now chain to the stored one.
+        let mut params = CertificateParams::default();
+        params.distinguished_name = common_name_dn(ROOT_CA_COMMON_NAME);
+        params.key_usages = ca_key_usages();
+        Ok(RootCa {
+            cert_pem: pem_certificate(&cert_der),
+            issuer: Issuer::new(params, signer),
+            cert_der,
+            not_after,
+        })
+    }
+
+    /// The root CA certificate, DER.
+    pub fn cert_der(&self) -> &[u8] {
+        &self.cert_der
+    }
+
+    /// The root CA certificate, PEM (an owned copy: callers put it into responses).
+    pub fn cert_pem(&self) -> String {
+        self.cert_pem.clone()
+    }
+}
+
+/// A manifest's mesh CA: a random P-256 key that lives only in this value, certified by a
+/// self-signed certificate (what data owners pin) and by an intermediate signed by the root CA
+/// (what workloads present in their chain). Both certificates have the same subject and key,
+/// so a leaf verifies against either.
+pub struct MeshCa {
+    issuer: Issuer<'static, P256Signer>,
+    mesh_ca_der: Vec<u8>,
+    mesh_ca_pem: String,
+    intermediate_der: Vec<u8>,
+    intermediate_pem: String,
+    not_after: OffsetDateTime,
+}
+
+impl fmt::Debug for MeshCa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MeshCa")
+            .field(
+                "mesh_ca_sha256",
+                &hex::encode(Sha256::digest(&self.mesh_ca_der)),
+            )
+            .field(
+                "intermediate_sha256",
+                &hex::encode(Sha256::digest(&self.intermediate_der)),
+            )
+            .field("not_after", &self.not_after)
+            .field("key", &"[redacted]")
+            .finish()
+    }
+}
+
+impl MeshCa {
+    /// A mesh CA with a new random key from the OS CSPRNG (never from the seed: Invariant 3),
+    /// certified self-signed and by `root`, valid from an hour before `now` for ten years (but
+    /// not beyond the root certificate).
+    pub fn generate(root: &RootCa, now: OffsetDateTime) -> Result<MeshCa, MeshCaError> {
+        Self::generate_with(&mut OsRng, root, now)
+    }
+
+    pub(crate) fn generate_with<R: RngCore + CryptoRng + ?Sized>(
+        rng: &mut R,
+        root: &RootCa,
+        now: OffsetDateTime,
+    ) -> Result<MeshCa, MeshCaError> {
+        let signer = P256Signer::new(&random_p256_key(rng)?);
+        let (not_before, not_after) = validity(now, CA_LIFETIME, Some(root.not_after))?;
+        // Path length 0: the mesh CA signs leaves, never another CA.
+        let mut params = ca_params(
+            MESH_CA_COMMON_NAME,
+            random_serial(rng, "choosing the mesh CA serial number")?,
+            not_before,
+            not_after,
+            BasicConstraints::Constrained(0),
+        );
+        let mesh_ca_der = params.self_signed(&signer)?.der().to_vec();
+
+        params.serial_number = Some(random_serial(
+            rng,
+            "choosing the mesh CA intermediate serial number",
+        )?);
+        params.use_authority_key_identifier_extension = true;
+        let intermediate_der = params.signed_by(&signer, &root.issuer)?.der().to_vec();
+
+        Ok(MeshCa {
+            mesh_ca_pem: pem_certificate(&mesh_ca_der),
+            intermediate_pem: pem_certificate(&intermediate_der),
+            issuer: Issuer::new(params, signer),
+            mesh_ca_der,
+            intermediate_der,
+            not_after,
+        })
+    }
+
+    /// The self-signed mesh CA certificate, DER: what data owners pin.
+    pub fn mesh_ca_der(&self) -> &[u8] {
+        &self.mesh_ca_der
+    }
+
+    /// The self-signed mesh CA certificate, PEM.
+    pub fn mesh_ca_pem(&self) -> String {
+        self.mesh_ca_pem.clone()
+    }
+
+    /// The mesh CA certificate signed by the root CA, DER.
+    pub fn intermediate_der(&self) -> &[u8] {
+        &self.intermediate_der
+    }
+
+    /// The mesh CA certificate signed by the root CA, PEM.
+    pub fn intermediate_pem(&self) -> String {
+        self.intermediate_pem.clone()
+    }
+
+    /// Issues a leaf for the key in `subject_public_key_info_der` (P-256, P-384 or Ed25519).
+    ///
+    /// Each SAN that parses as an IP address becomes an IP SAN, one containing "://" a URI SAN,
+    /// anything else a DNS name (letters, digits and hyphens; a `*` only as the whole leftmost
+    /// label of a longer name); see [`check_subject_alt_name`]. The common name is 1 to 64
+    /// characters. The leaf is valid from an hour before `now` for 365 days (but not beyond the
+    /// mesh CA), is not a CA, and may be used for TLS servers and clients.
+    pub fn issue(
+        &self,
+        subject_public_key_info_der: &[u8],
+        common_name: &str,
+        sans: &[String],
+        now: OffsetDateTime,
+    ) -> Result<IssuedCert, MeshCaError> {
+        self.issue_with(
+            &mut OsRng,
+            subject_public_key_info_der,
+            common_name,
+            sans,
+            now,
+        )
+    }
+
+    pub(crate) fn issue_with<R: RngCore + CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        subject_public_key_info_der: &[u8],
+        common_name: &str,
+        sans: &[String],
+        now: OffsetDateTime,
+    ) -> Result<IssuedCert, MeshCaError> {
+        let public_key = leaf_public_key(subject_public_key_info_der)?;
+        check_common_name(common_name)?;
+        let subject_alt_names = sans
+            .iter()
+            .map(|san| subject_alt_name(san))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (not_before, not_after) = validity(now, LEAF_LIFETIME, Some(self.not_after))?;
+
+        let mut params = CertificateParams::default();
+        params.distinguished_name = common_name_dn(common_name);
+        params.subject_alt_names = subject_alt_names;
+        // Explicit CA:FALSE, so no verifier can be talked into treating a leaf as a CA.
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.serial_number = Some(random_serial(rng, "choosing a leaf serial number")?);
+        params.use_authority_key_identifier_extension = true;
+        params.not_before = not_before;
+        params.not_after = not_after;
+
+        let der = params.signed_by(&public_key, &self.issuer)?.der().to_vec();
+        Ok(IssuedCert {
+            pem: pem_certificate(&der),
+            der,
+        })
+    }
+
+    /// What a workload presents: its leaf, then the intermediate that chains it to the root CA.
+    pub fn chain_pem(&self, leaf: &IssuedCert) -> String {
+        format!("{}{}", leaf.pem, self.intermediate_pem)
+    }
+
+    /// The mesh CA's private scalar, for tests that check it never appears or repeats.
+    #[cfg(test)]
+    pub(crate) fn secret_scalar_for_tests(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.issuer.key().key.to_bytes().into())
+    }
+}
+
+fn common_name_dn(common_name: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    dn
+}
+
+fn ca_key_usages() -> Vec<KeyUsagePurpose> {
+    vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign]
+}
+
+fn ca_params(
+    common_name: &str,
+    serial: SerialNumber,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    path_len: BasicConstraints,
+) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = common_name_dn(common_name);
+    params.is_ca = IsCa::Ca(path_len);
+    params.key_usages = ca_key_usages();
+    params.serial_number = Some(serial);
+    params.not_before = not_before;
+    params.not_after = not_after;
+    params
+}
+
+/// `now - 1h .. min(now + lifetime, cap)`, where `cap` is the issuing CA's own expiry.
+fn validity(
+    now: OffsetDateTime,
+    lifetime: Duration,
+    cap: Option<OffsetDateTime>,
+) -> Result<(OffsetDateTime, OffsetDateTime), MeshCaError> {
+    let now = now.to_offset(UtcOffset::UTC);
+    let not_before = now
+        .checked_sub(BACKDATE)
+        .ok_or(MeshCaError::InvalidValidity {
+            reason: "the start of validity is before the earliest representable time",
+        })?;
+    let mut not_after = now
+        .checked_add(lifetime)
+        .ok_or(MeshCaError::InvalidValidity {
+            reason: "the end of validity is after the latest representable time",
+        })?;
+    if let Some(cap) = cap {
+        if cap <= now {
+            return Err(MeshCaError::InvalidValidity {
+                reason: "the issuing CA's certificate has already expired",
+            });
+        }
+        not_after = not_after.min(cap);
+    }
+    // X.509 times (UTCTime and GeneralizedTime) hold years 0000 to 9999 only.
+    if not_before.year() < 0 || not_after.year() > 9999 {
+        return Err(MeshCaError::InvalidValidity {
+            reason: "the validity falls outside the years 0000 to 9999 that X.509 can encode",
+        });
+    }
+    Ok((not_before, not_after))
+}
+
+/// 16 random bytes, top bit clear (a positive INTEGER) and next bit set (so DER keeps all 16
+/// bytes): 126 random bits, far more than the 64 that CAs are asked for.
+fn random_serial<R: RngCore + CryptoRng + ?Sized>(
+    rng: &mut R,
+    purpose: &'static str,
+) -> Result<SerialNumber, MeshCaError> {
+    let mut bytes = [0u8; SERIAL_LEN];
+    rng::fill(rng, &mut bytes, purpose)?;
+    bytes[0] = (bytes[0] & 0x7f) | 0x40;
+    Ok(SerialNumber::from_slice(&bytes))
+}
+
+/// A uniformly random valid P-256 scalar by rejection sampling.
+fn random_p256_key<R: RngCore + CryptoRng + ?Sized>(
+    rng: &mut R,
+) -> Result<p256::SecretKey, MeshCaError> {
+    // A uniform draw is invalid with probability about 2^-32; 64 invalid draws in a row
+    // mean the source is broken, not unlucky.
+    for _ in 0..64 {
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        rng::fill(rng, bytes.as_mut(), "generating the mesh CA key")?;
+        if let Ok(key) = p256::SecretKey::from_bytes(bytes.as_ref().into()) {
+            return Ok(key);
+        }
+    }
+    Err(MeshCaError::EntropyUnavailable {
+        purpose: "generating the mesh CA key (the generator kept returning invalid scalars)",
+    })
+}
+
+fn pem_certificate(der: &[u8]) -> String {
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = String::with_capacity(body.len() + body.len() / 64 + 64);
+    pem.push_str("-----BEGIN CERTIFICATE-----\n");
+    for (i, c) in body.chars().enumerate() {
+        if i > 0 && i % 64 == 0 {
+            pem.push('\n');
+        }
+        pem.push(c);
+    }
+    pem.push_str("\n-----END CERTIFICATE-----\n");
+    pem
+}
+
+/// Checks a stored root CA certificate against the seed-derived key and returns its expiry.
+fn check_root_certificate(
+    der: &[u8],
+    key: &p256::SecretKey,
+    signer: &P256Signer,
+) -> Result<OffsetDateTime, MeshCaError> {
+    let reject = |reason: String| MeshCaError::RootCertificateRejected { reason };
+
+    let (rest, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|err| reject(format!("it is not a DER X.509 certificate ({err})")))?;
+    if !rest.is_empty() {
+        return Err(reject(format!(
+            "{} unexpected bytes follow the certificate",
+            rest.len()
+        )));
+    }
+
+    let cert_key = p256::PublicKey::from_public_key_der(cert.public_key().raw)
+        .map_err(|_| reject("its public key is not a P-256 key".into()))?;
+    if cert_key != key.public_key() {
+        return Err(reject(
+            "its public key is not the root CA key derived from this seed".into(),
+        ));
+    }
+
+    if cert.signature_algorithm.algorithm != OID_SIG_ECDSA_WITH_SHA256 {
+        return Err(reject("it is not signed with ECDSA-SHA256".into()));
+    }
+    let signature = p256::ecdsa::Signature::from_der(&cert.signature_value.data)
+        .map_err(|_| reject("its signature is not a DER ECDSA signature".into()))?;
+    p256::ecdsa::VerifyingKey::from(&cert_key)
+        .verify(cert.tbs_certificate.as_ref(), &signature)
+        .map_err(|_| reject("its self-signature does not verify".into()))?;
+
+    if cert.issuer().as_raw() != cert.subject().as_raw() {
+        return Err(reject("it is not self-issued".into()));
+    }
+    let mut common_names = cert.subject().iter_common_name();
+    let common_name = common_names.next().and_then(|cn| cn.as_str().ok());
+    if cert.subject().iter().count() != 1
+        || common_names.next().is_some()
+        || common_name != Some(ROOT_CA_COMMON_NAME)
+    {
+        return Err(reject(format!(
+            "its subject is not CN={ROOT_CA_COMMON_NAME}"
+        )));
+    }
+
+    match cert.basic_constraints() {
+        Ok(Some(constraints)) if constraints.value.ca => {}
+        _ => return Err(reject("it is not a CA certificate".into())),
+    }
+
+    // Intermediates name the root by this key identifier; it must be the one Concord computes.
+    let expected_key_id = CertificateParams::default().key_identifier(signer);
+    let key_id = cert
+        .iter_extensions()
+        .find_map(|ext| match ext.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(key_id) => Some(key_id.0),
+            _ => None,
+        });
+    if key_id != Some(expected_key_id.as_slice()) {
+        return Err(reject(
+            "its subject key identifier is missing or not the one Concord computes".into(),
+        ));
+    }
+
+    Ok(cert.validity().not_after.to_datetime())
+}
+
+/// Parses the key to certify and checks that it is a valid point of a supported curve, so that
+/// Concord never certifies bytes that nobody can hold a private key for.
+fn leaf_public_key(spki_der: &[u8]) -> Result<rcgen::SubjectPublicKeyInfo, MeshCaError> {
+    let unsupported = |reason: String| MeshCaError::UnsupportedPublicKey { reason };
+    let spki = rcgen::SubjectPublicKeyInfo::from_der(spki_der).map_err(|err| {
+        unsupported(format!(
+            "it is not a DER SubjectPublicKeyInfo of a known algorithm ({err})"
+        ))
+    })?;
+    let algorithm = spki.algorithm();
+    if algorithm == &rcgen::PKCS_ECDSA_P256_SHA256 {
+        p256::PublicKey::from_public_key_der(spki_der)
+            .map_err(|_| unsupported("it is not a valid P-256 point".into()))?;
+    } else if algorithm == &rcgen::PKCS_ECDSA_P384_SHA384 {
+        p384::PublicKey::from_public_key_der(spki_der)
+            .map_err(|_| unsupported("it is not a valid P-384 point".into()))?;
+    } else if algorithm == &rcgen::PKCS_ED25519 {
+        ed25519_dalek::VerifyingKey::from_public_key_der(spki_der)
+            .map_err(|_| unsupported("it is not a valid Ed25519 point".into()))?;
+    } else {
+        return Err(unsupported(format!("{algorithm:?} keys are not certified")));
+    }
+    Ok(spki)
+}
+
+fn check_common_name(common_name: &str) -> Result<(), MeshCaError> {
+    let invalid = |reason| MeshCaError::InvalidCommonName {
+        value: common_name.to_string(),
+        reason,
+    };
+    if common_name.is_empty() {
+        return Err(invalid("it is empty"));
+    }
+    if common_name.chars().count() > MAX_COMMON_NAME_CHARS {
+        return Err(invalid("it is longer than the 64 characters X.509 allows"));
+    }
+    if common_name.chars().any(char::is_control) {
+        return Err(invalid("it contains control characters"));
+    }
+    Ok(())
+}
+
+/// Checks a manifest SAN exactly as [`MeshCa::issue`] will, so that a manifest can be refused
+/// when it is set rather than when a workload asks for its certificate.
+pub fn check_subject_alt_name(value: &str) -> Result<(), MeshCaError> {
+    subject_alt_name(value).map(drop)
+}
+
+/// Sorts a manifest SAN into its X.509 type, checking that it is well formed.
+fn subject_alt_name(value: &str) -> Result<SanType, MeshCaError> {
+    let invalid = |reason: &str| MeshCaError::InvalidSubjectAltName {
+        value: value.to_string(),
+        reason: reason.to_string(),
+    };
+    if let Ok(ip) = value.parse::<IpAddr>() {
+        return Ok(SanType::IpAddress(ip));
+    }
+    if value.contains("://") {
+        check_uri(value).map_err(invalid)?;
+        return Ok(SanType::URI(Ia5String::try_from(value)?));
+    }
+    check_dns_name(value).map_err(invalid)?;
+    Ok(SanType::DnsName(Ia5String::try_from(value)?))
+}
+
+fn check_uri(value: &str) -> Result<(), &'static str> {
+    let (scheme, rest) = value
+        .split_once("://")
+        .ok_or("it has no scheme (such as spiffe://)")?;
+    let mut scheme_chars = scheme.chars();
+    if !scheme_chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        || !scheme_chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    {
+        return Err(
+            "its scheme must start with a letter and hold only letters, digits, +, - and .",
+        );
+    }
+    if rest.is_empty() {
+        return Err("nothing follows the scheme");
+    }
+    // IA5String must be ASCII; spaces and control characters are never part of a URI.
+    if !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("it contains spaces, control characters or non-ASCII characters");
+    }
+    Ok(())
+}
+
+/// RFC 1123 host names: labels of letters, digits and hyphens, not starting or ending with a
+/// hyphen, at most 63 characters each and 253 in all. A `*` may stand as the whole leftmost
+/// label of a name with at least one more label (`*.web.example.com`); a lone `*` is refused,
+/// since it would be a certificate for every name.
+fn check_dns_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("it is empty");
+    }
+    if name.len() > 253 {
+        return Err("a DNS name is at most 253 characters long");
+    }
+    let labels: Vec<&str> = name.split('.').collect();
+    for (i, label) in labels.iter().enumerate() {
+        if label.is_empty() {
+            return Err("it has an empty label (a leading or trailing dot, or two in a row)");
+        }
+        if *label == "*" {
+            if i == 0 && labels.len() > 1 {
+                continue;
+            }
+            return Err(
+                "a wildcard `*` may only be the whole leftmost label, followed by at least one more",
+            );
+        }
+        if label.len() > 63 {
+            return Err("a DNS label is at most 63 characters long");
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err("a DNS name holds only letters, digits, hyphens and dots");
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err("a DNS label must not start or end with a hyphen");
+        }
+    }
+    if labels
+        .last()
+        .is_some_and(|last| last.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err("its last label is all digits, so it looks like a malformed IP address");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    use std::path::Path;
+
+    use ed25519_dalek::pkcs8::EncodePublicKey as _;
+    use x509_parser::certificate::X509Certificate;
+    use x509_parser::extensions::GeneralName;
+
+    use super::*;
+    use crate::testing::{
+        FailingRng, FailsAfter, fixed_now, golden_engine, openssl, other_engine, p256_spki,
+        p384_spki,
+    };
+
+    fn golden_root() -> RootCa {
+        RootCa::create(&golden_engine().root_ca_key().unwrap(), fixed_now()).unwrap()
+    }
+
+    fn parse(der: &[u8]) -> X509Certificate<'_> {
+        let (rest, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+        assert!(rest.is_empty());
+        cert
+    }
+
+    fn sans(values: &[&str]) -> Vec<String> {
+        values.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn write(dir: &Path, name: &str, pem: impl AsRef<str>) {
+        std::fs::write(dir.join(name), pem.as_ref()).unwrap();
+    }
+
+    #[test]
+    fn root_ca_is_a_self_signed_ca_with_the_documented_fields() {
+        let root = golden_root();
+        let cert = parse(root.cert_der());
+        assert_eq!(cert.subject().to_string(), "CN=Concord root CA");
+        assert_eq!(cert.issuer().to_string(), "CN=Concord root CA");
+        assert!(cert.basic_constraints().unwrap().unwrap().value.ca);
+        let usage = cert.key_usage().unwrap().unwrap().value;
+        assert!(usage.key_cert_sign() && usage.crl_sign());
+        assert!(!usage.digital_signature());
+        assert_eq!(
+            cert.validity().not_before.to_datetime(),
+            fixed_now() - Duration::hours(1)
+        );
+        assert_eq!(
+            cert.validity().not_after.to_datetime(),
+            fixed_now() + Duration::days(3652)
+        );
+        let serial = cert.raw_serial();
+        assert_eq!(serial.len(), 16);
+        assert_eq!(serial[0] & 0x80, 0, "serial must be positive");
+        assert!(root.cert_pem().starts_with("-----BEGIN CERTIFICATE-----\n"));
+        assert!(root.cert_pem().ends_with("-----END CERTIFICATE-----\n"));
+        let expected_key = golden_engine().root_ca_key().unwrap().public_key();
+        assert_eq!(
+            p256::PublicKey::from_public_key_der(cert.public_key().raw).unwrap(),
+            expected_key
+        );
+    }
+
+    #[test]
+    fn root_ca_from_parts_accepts_its_own_certificate_only() {
+        let key = golden_engine().root_ca_key().unwrap();
+        let root = RootCa::create(&key, fixed_now()).unwrap();
+        let rebuilt = RootCa::from_parts(root.cert_der().to_vec(), &key).unwrap();
+        assert_eq!(rebuilt.cert_der(), root.cert_der());
+        assert_eq!(rebuilt.cert_pem(), root.cert_pem());
+
+        // Another seed's key: the stored certificate is not ours.
+        let other_key = other_engine().root_ca_key().unwrap();
+        let err = RootCa::from_parts(root.cert_der().to_vec(), &other_key).unwrap_err();
+        assert!(
+            matches!(&err, MeshCaError::RootCertificateRejected { reason } if reason.contains("not the root CA key")),
+            "{err}"
+        );
+
+        // Not a certificate at all, and a certificate with trailing garbage.
+        assert!(matches!(
+            RootCa::from_parts(b"not a certificate".to_vec(), &key),
+            Err(MeshCaError::RootCertificateRejected { .. })
+        ));
+        let mut trailing = root.cert_der().to_vec();
+        trailing.push(0);
+        assert!(matches!(
+            RootCa::from_parts(trailing, &key),
+            Err(MeshCaError::RootCertificateRejected { .. })
+        ));
+
+        // A tampered certificate (one byte of the TBS changed, here in the serial): the
+        // self-signature no longer verifies.
+        let mut tampered = root.cert_der().to_vec();
+        let serial = parse(root.cert_der()).raw_serial().to_vec();
+        let at = tampered
+            .windows(serial.len())
+            .position(|w| w == serial.as_slice())
+            .unwrap();
+        tampered[at + 5] ^= 1;
+        let err = RootCa::from_parts(tampered, &key).unwrap_err();
+        assert!(
+            matches!(&err, MeshCaError::RootCertificateRejected { reason } if reason.contains("self-signature")),
+            "{err}"
+        );
+
+        // The mesh CA certificate is self-signed too, but for another key and name.
+        let mesh = MeshCa::generate(&root, fixed_now()).unwrap();
+        assert!(matches!(
+            RootCa::from_parts(mesh.mesh_ca_der().to_vec(), &key),
+            Err(MeshCaError::RootCertificateRejected { .. })
+        ));
+    }
+
+    #[test]
+    fn rebuilt_root_issues_intermediates_that_chain_to_the_stored_root() {
+        let key = golden_engine().root_ca_key().unwrap();
+        let root = RootCa::create(&key, fixed_now()).unwrap();
+        let rebuilt = RootCa::from_parts(root.cert_der().to_vec(), &key).unwrap();
+        let mesh = MeshCa::generate(&rebuilt, fixed_now()).unwrap();
+        let leaf = mesh
+            .issue(&p256_spki(), "web", &sans(&["web"]), fixed_now())
+            .unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "root.pem", root.cert_pem());
+        write(dir.path(), "intermediate.pem", mesh.intermediate_pem());
+        write(dir.path(), "leaf.pem", &leaf.pem);
+        let (ok, out) = openssl(
+            dir.path(),
+            &[
+                "verify",
+                "-attime",
+                &fixed_now().unix_timestamp().to_string(),
+                "-CAfile",
+                "root.pem",
+                "-untrusted",
+                "intermediate.pem",
+                "leaf.pem",
+            ],
+        );
+        assert!(ok, "{out}");
+    }
+
+    #[test]
+    fn mesh_ca_key_is_random_and_not_derived_from_the_seed() {
+        // Invariant 3: same seed, same root, same time: the mesh CA keys must still differ, and
+        // none may equal anything the seed derives.
+        let engine = golden_engine();
+        let root = golden_root();
+        let a = MeshCa::generate(&root, fixed_now()).unwrap();
+        let b = MeshCa::generate(&root, fixed_now()).unwrap();
+        let rebuilt =
+            RootCa::from_parts(root.cert_der().to_vec(), &engine.root_ca_key().unwrap()).unwrap();
+        let c = MeshCa::generate(&rebuilt, fixed_now()).unwrap();
+
+        let scalars = [
+            a.secret_scalar_for_tests(),
+            b.secret_scalar_for_tests(),
+            c.secret_scalar_for_tests(),
+        ];
+        assert_ne!(scalars[0], scalars[1]);
+        assert_ne!(scalars[0], scalars[2]);
+        assert_ne!(scalars[1], scalars[2]);
+        assert_ne!(a.mesh_ca_der(), b.mesh_ca_der());
+
+        let root_key: [u8; 32] = engine.root_ca_key().unwrap().to_bytes().into();
+        let mut derived = vec![root_key, engine.transition_signing_key().to_bytes()];
+        for id in [
+            "",
+            "default/web",
+            "default/db",
+            "mesh-ca",
+            "concord/v1/mesh-ca",
+        ] {
+            derived.push(*engine.workload_secret(id));
+        }
+        for scalar in &scalars {
+            for d in &derived {
+                assert_ne!(
+                    scalar.as_ref(),
+                    d,
+                    "mesh CA key equals a seed-derived value"
+                );
+            }
+        }
+        // And the certified public key is not the root's.
+        let mesh_key = parse(a.mesh_ca_der()).public_key().raw.to_vec();
+        let root_spki = parse(root.cert_der()).public_key().raw.to_vec();
+        assert_ne!(mesh_key, root_spki);
+    }
+
+    #[test]
+    fn debug_output_redacts_ca_keys() {
+        let root = golden_root();
+        let mesh = MeshCa::generate(&root, fixed_now()).unwrap();
+        let secret = mesh.secret_scalar_for_tests();
+        let root_secret = golden_engine().root_ca_key().unwrap().to_bytes();
+        let debug = format!("{mesh:?} {mesh:#?} {root:?} {:?}", mesh.issuer);
+        assert!(debug.contains("redacted"), "{debug}");
+        assert!(!debug.contains(&hex::encode(secret.as_ref())), "{debug}");
+        assert!(!debug.contains(&hex::encode(root_secret)), "{debug}");
+        assert!(
+            !debug.contains(&format!("{:?}", secret.as_ref())),
+            "{debug}"
+        );
+        assert!(!debug.to_lowercase().contains("scalar"), "{debug}");
+    }
+
+    #[test]
+    fn leaf_chain_verifies_with_openssl_for_p256_p384_and_ed25519_keys() {
+        let root = golden_root();
+        let mesh = MeshCa::generate(&root, fixed_now()).unwrap();
+        let ed25519_spki = ed25519_dalek::SigningKey::from_bytes(&[9; 32])
+            .verifying_key()
+            .to_public_key_der()
+            .unwrap()
+            .into_vec();
+        let at_time = (fixed_now() + Duration::days(1))
+            .unix_timestamp()
+            .to_string();
+
+        for (name, spki) in [
+            ("p256", p256_spki()),
+            ("p384", p384_spki()),
+            ("ed25519", ed25519_spki),
+        ] {
+            let leaf = mesh
+                .issue(
+                    &spki,
+                    name,
+                    &sans(&["web", "10.0.0.7", "spiffe://example.org/web"]),
+                    fixed_now(),
+                )
+                .unwrap();
+            assert_eq!(parse(&leaf.der).public_key().raw, spki.as_slice());
+
+            let dir = tempfile::tempdir().unwrap();
+            write(dir.path(), "root.pem", root.cert_pem());
+            write(dir.path(), "intermediate.pem", mesh.intermediate_pem());
+            write(dir.path(), "mesh_ca.pem", mesh.mesh_ca_pem());
+            write(dir.path(), "leaf.pem", &leaf.pem);
+            write(dir.path(), "chain.pem", mesh.chain_pem(&leaf));
+            write(
+                dir.path(),
+                "other_root.pem",
+                RootCa::create(&other_engine().root_ca_key().unwrap(), fixed_now())
+                    .unwrap()
+                    .cert_pem(),
+            );
+
+            let verify = |args: &[&str]| {
+                let mut all = vec!["verify", "-attime", &at_time, "-x509_strict"];
+                all.extend_from_slice(args);
+                openssl(dir.path(), &all)
+            };
+            let (ok, out) = verify(&[
+                "-CAfile",
+                "root.pem",
+                "-untrusted",
+                "intermediate.pem",
+                "leaf.pem",
+            ]);
+            assert!(ok, "{name} via root: {out}");
+            let (ok, out) = verify(&["-CAfile", "mesh_ca.pem", "leaf.pem"]);
+            assert!(ok, "{name} via pinned mesh CA: {out}");
+            // The chain a workload presents holds everything between leaf and root.
+            let (ok, out) = verify(&["-CAfile", "root.pem", "-untrusted", "chain.pem", "leaf.pem"]);
+            assert!(ok, "{name} via chain_pem: {out}");
+            let (ok, out) = verify(&[
+                "-purpose",
+                "sslserver",
+                "-CAfile",
+                "mesh_ca.pem",
+                "leaf.pem",
+            ]);
+            assert!(ok, "{name} as TLS server: {out}");
+            let (ok, out) = verify(&[
+                "-purpose",
+                "sslclient",
+                "-CAfile",
+                "mesh_ca.pem",
+                "leaf.pem",
+            ]);
+            assert!(ok, "{name} as TLS client: {out}");
+
+            // Controls, so the checks above can fail: no intermediate, or another root.
+            let (ok, _) = verify(&["-CAfile", "root.pem", "leaf.pem"]);
+            assert!(!ok, "{name}: verified without the intermediate");
+            let (ok, _) = verify(&[
+                "-CAfile",
+                "other_root.pem",
+                "-untrusted",
+                "intermediate.pem",
+                "leaf.pem",
+            ]);
+            assert!(!ok, "{name}: verified against another deployment's root");
+        }
+    }
+
+    #[test]
+    fn chain_pem_is_leaf_then_intermediate() {
+        let mesh = MeshCa::generate(&golden_root(), fixed_now()).unwrap();
+        let leaf = mesh.issue(&p256_spki(), "web", &[], fixed_now()).unwrap();
+        assert_eq!(
+            mesh.chain_pem(&leaf),
+            format!("{}{}", leaf.pem, mesh.intermediate_pem())
+        );
+        assert_eq!(
+            mesh.chain_pem(&leaf)
+                .matches("-----BEGIN CERTIFICATE-----")
+                .count(),
+            2
+        );
+    }
+
+    #[test]
+    fn mesh_ca_and_intermediate_share_subject_and_key() {
+        let root = golden_root();
+        let mesh = MeshCa::generate(&root, fixed_now()).unwrap();
+        let own = parse(mesh.mesh_ca_der());
+        let intermediate = parse(mesh.intermediate_der());
+        assert_eq!(own.subject().to_string(), "CN=Concord mesh CA");
+        assert_eq!(own.issuer().to_string(), "CN=Concord mesh CA");
+        assert_eq!(intermediate.subject().to_string(), "CN=Concord mesh CA");
+        assert_eq!(intermediate.issuer().to_string(), "CN=Concord root CA");
+        assert_eq!(own.public_key().raw, intermediate.public_key().raw);
+        assert_ne!(own.raw_serial(), intermediate.raw_serial());
+        for cert in [&own, &intermediate] {
+            let constraints = cert.basic_constraints().unwrap().unwrap().value;
+            assert!(constraints.ca);
+            assert_eq!(constraints.path_len_constraint, Some(0));
+        }
+    }
+
+    #[test]
+    fn leaf_has_the_documented_fields() {
+        let mesh = MeshCa::generate(&golden_root(), fixed_now()).unwrap();
+        let leaf = mesh
+            .issue(&p256_spki(), "web", &sans(&["web"]), fixed_now())
+            .unwrap();
+        let cert = parse(&leaf.der);
+        assert_eq!(cert.subject().to_string(), "CN=web");
+        assert_eq!(cert.issuer().to_string(), "CN=Concord mesh CA");
+        assert!(!cert.basic_constraints().unwrap().unwrap().value.ca);
+        let usage = cert.key_usage().unwrap().unwrap().value;
+        assert!(usage.digital_signature());
+        assert!(!usage.key_cert_sign());
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && eku.client_auth);
+        assert_eq!(
+            cert.validity().not_before.to_datetime(),
+            fixed_now() - Duration::hours(1)
+        );
+        assert_eq!(
+            cert.validity().not_after.to_datetime(),
+            fixed_now() + Duration::days(365)
+        );
+        assert_eq!(cert.raw_serial().len(), 16);
+        assert_eq!(cert.raw_serial()[0] & 0x80, 0);
+    }
+
+    #[test]
+    fn leaf_serials_differ() {
+        let mesh = MeshCa::generate(&golden_root(), fixed_now()).unwrap();
+        let spki = p256_spki();
+        let serials: std::collections::HashSet<Vec<u8>> = (0..20)
+            .map(|_| {
+                let leaf = mesh.issue(&spki, "web", &[], fixed_now()).unwrap();
+                parse(&leaf.der).raw_serial().to_vec()
+            })
+            .collect();
+        assert_eq!(serials.len(), 20);
+    }
+
+    #[test]
+    fn sans_land_in_the_right_general_name_type() {
+        let mesh = MeshCa::generate(&golden_root(), fixed_now()).unwrap();
+        let leaf = mesh
+            .issue(
+                &p256_spki(),
+                "web",
+                &sans(&[
+                    "web",
+                    "web.default.svc.cluster.local",
+                    "*.web.example.com",
+                    "10.0.0.7",
+                    "::1",
+                    "spiffe://example.org/web",
+                    "https://web.example.com:8443/path?q=1",
+                ]),
+                fixed_now(),
+            )
+            .unwrap();
+        let cert = parse(&leaf.der);
+        let names = &cert
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names;
+        let expected = [
+            GeneralName::DNSName("web"),
+            GeneralName::DNSName("web.default.svc.cluster.local"),
+            GeneralName::DNSName("*.web.example.com"),
+            GeneralName::IPAddress(&Ipv4Addr::new(10, 0, 0, 7).octets()),
+            GeneralName::IPAddress(&Ipv6Addr::LOCALHOST.octets()),
+            GeneralName::URI("spiffe://example.org/web"),
+            GeneralName::URI("https://web.example.com:8443/path?q=1"),
+        ];
+        assert_eq!(names.len(), expected.len());
+        for (got, want) in names.iter().zip(expected.iter()) {
+            assert_eq!(format!("{got:?}"), format!("{want:?}"));
+        }
+    }
+
+    #[test]
+    fn invalid_sans_are_rejected_with_the_value_named() {
+        let mesh = MeshCa::generate(&golden_root(), fixed_now()).unwrap();
+        let spki = p256_spki();
+        for bad in [
+            "",
+            "bad_name",
+            "-web",
+            "web-",
+            "a..b",
+            ".web",
+            "web.",
+            "web name",
+            "wéb",
+            "*",
+            "*.*.example.com",
+            "w*b.example.com",
+            "web.*.example.com",
+            "10.0.0.256",
+            "1234",
+            "fe80::1%eth0",
+            "://no-scheme",
+            "1http://x",
+            "spiffe://",
+            "spiffe://example.org/a b",
+            &"a".repeat(64),
+            &format!("{}.com", "a.".repeat(130)),
+        ] {
+            let err = mesh
+                .issue(&spki, "web", &sans(&["ok.example.com", bad]), fixed_now())
+                .unwrap_err();
+            match &err {
+                MeshCaError::InvalidSubjectAltName { value, .. } => assert_eq!(value, bad),
+                other => panic!("{bad:?}: unexpected error {other}"),
+            }
+            assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
+        }
+        // The longest valid label is fine.
+        mesh.issue(&spki, "web", &sans(&[&"a".repeat(63)]), fixed_now())
+            .unwrap();
+        // The public checker agrees with issuance.
+        assert!(check_subject_alt_name("web.default.svc.cluster.local").is_ok());
+        assert!(check_subject_alt_name("spiffe://example.org/web").is_ok());
+        assert!(matches!(
+            check_subject_alt_name("bad_name"),
+            Err(MeshCaError::InvalidSubjectAltName { .. })
+        ));
+    }
+
+    #[test]
+    fn invalid_common_names_and_keys_are_rejected() {
+        let mesh = MeshCa::generate(&golden_root(), fixed_now()).unwrap();
+        let spki = p256_spki();
+        for bad in ["", "line\nbreak", &"x".repeat(65)] {
+            assert!(matches!(
+                mesh.issue(&spki, bad, &[], fixed_now()),
+                Err(MeshCaError::InvalidCommonName { .. })
+            ));
+        }
+        mesh.issue(&spki, &"x".repeat(64), &[], fixed_now())
+            .unwrap();
+
+        assert!(matches!(
+            mesh.issue(b"garbage", "web", &[], fixed_now()),
+            Err(MeshCaError::UnsupportedPublicKey { .. })
+        ));
+        // A P-256 SPKI whose point is off the curve.
+        let mut off_curve = spki.clone();
+        *off_curve.last_mut().unwrap() ^= 1;
+        let err = mesh.issue(&off_curve, "web", &[], fixed_now()).unwrap_err();
+        assert!(
+            matches!(&err, MeshCaError::UnsupportedPublicKey { reason } if reason.contains("P-256")),
+            "{err}"
+        );
+        let mut trailing = spki.clone();
+        trailing.push(0);
+        assert!(matches!(
+            mesh.issue(&trailing, "web", &[], fixed_now()),
+            Err(MeshCaError::UnsupportedPublicKey { .. })
+        ));
+    }
+
+    #[test]
+    fn rsa_keys_are_not_certified() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ok, out) = openssl(
+            dir.path(),
+            &[
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+                "-out",
+                "rsa.pem",
+            ],
+        );
+        assert!(ok, "{out}");
+        let (ok, out) = openssl(
+            dir.path(),
+            &[
+                "pkey", "-in", "rsa.pem", "-pubout", "-outform", "DER", "-out", "rsa.der",
+            ],
+        );
+        assert!(ok, "{out}");
+        let spki = std::fs::read(dir.path().join("rsa.der")).unwrap();
+        let mesh = MeshCa::generate(&golden_root(), fixed_now()).unwrap();
+        let err = mesh.issue(&spki, "web", &[], fixed_now()).unwrap_err();
+        assert!(
+            matches!(err, MeshCaError::UnsupportedPublicKey { .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn validity_never_outlives_the_issuer() {
+        let root = golden_root();
+        // A mesh CA made nine years after the root ends when the root ends.
+        let later = fixed_now() + Duration::days(9 * 365);
+        let mesh = MeshCa::generate(&root, later).unwrap();
+        let root_end = parse(root.cert_der()).validity().not_after.to_datetime();
+        assert_eq!(
+            parse(mesh.intermediate_der())
+                .validity()
+                .not_after
+                .to_datetime(),
+            root_end
+        );
+        // A leaf issued in the mesh CA's last half year ends with it.
+        let leaf_time = root_end - Duration::days(100);
+        let leaf = mesh.issue(&p256_spki(), "web", &[], leaf_time).unwrap();
+        assert_eq!(
+            parse(&leaf.der).validity().not_after.to_datetime(),
+            root_end
+        );
+        // After that, nothing is issued.
+        let err = mesh
+            .issue(&p256_spki(), "web", &[], root_end + Duration::seconds(1))
+            .unwrap_err();
+        assert!(matches!(err, MeshCaError::InvalidValidity { .. }), "{err}");
+        assert!(matches!(
+            MeshCa::generate(&root, root_end),
+            Err(MeshCaError::InvalidValidity { .. })
+        ));
+    }
+
+    #[test]
+    fn entropy_failure_is_an_error_not_a_panic() {
+        let key = golden_engine().root_ca_key().unwrap();
+        let root = golden_root();
+        let is_entropy =
+            |r: Result<(), MeshCaError>| matches!(r, Err(MeshCaError::EntropyUnavailable { .. }));
+        assert!(is_entropy(
+            RootCa::create_with(&mut FailingRng, &key, fixed_now()).map(drop)
+        ));
+        assert!(is_entropy(
+            MeshCa::generate_with(&mut FailingRng, &root, fixed_now()).map(drop)
+        ));
+        // Key drawn, serials not.
+        assert!(is_entropy(
+            MeshCa::generate_with(&mut FailsAfter { good_bytes: 32 }, &root, fixed_now()).map(drop)
+        ));
+        let mesh = MeshCa::generate(&root, fixed_now()).unwrap();
+        assert!(is_entropy(
+            mesh.issue_with(&mut FailingRng, &p256_spki(), "web", &[], fixed_now())
+                .map(drop)
+        ));
+    }
+}

@@ -1,0 +1,37 @@
+//! The domain-separation labels of every derivation and encryption this crate performs.
+//!
+//! This module owns the byte strings that DESIGN.md ("Cryptographic formats") makes normative.
+//! It must never hold two uses of one label: every new purpose gets a new constant, each
+//! constant serves exactly one purpose (one derivation, or both ends of one encryption), and no
+//! label is a prefix of another, so that a variable suffix (a counter, a workload secret id)
+//! can never make one derivation's input equal to another's.
+
+/// HKDF info for the Ed25519 key that signs every transition.
+pub const TRANSITION_SIGNING: &[u8] = b"concord/v1/transition-signing";
+
+/// HKDF info prefix for the root CA's P-256 key; a big-endian `u32` counter follows it.
+pub const ROOT_CA_KEY: &[u8] = b"concord/v1/root-ca-key";
+
+/// HKDF info prefix for a workload secret; the manifest's `workload_secret_id` follows it.
+pub const WORKLOAD_SECRET: &[u8] = b"concord/v1/workload-secret/";
+
+/// HPKE info of an encrypted seed share.
+pub const SEED_SHARE: &[u8] = b"concord/v1/seed-share";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_distinct_and_prefix_free() {
+        let all = [TRANSITION_SIGNING, ROOT_CA_KEY, WORKLOAD_SECRET, SEED_SHARE];
+        for (i, a) in all.iter().enumerate() {
+            assert!(a.starts_with(b"concord/v1/"));
+            for (j, b) in all.iter().enumerate() {
+                if i != j {
+                    assert!(!b.starts_with(a), "{:?} is a prefix of {:?}", a, b);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! Generates the tonic/prost code with protox, so no `protoc` is needed.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "proto/concord/v1/user.proto",
+        "proto/concord/v1/mesh.proto",
+        "proto/concord/v1/evidence.proto",
+    ];
+    let descriptors = protox::compile(files, ["proto"])?;
+    tonic_prost_build::configure().compile_fds(descriptors)?;
+    for file in files {
+        println!("cargo:rerun-if-changed={file}");
+    }
+    Ok(())
+}

@@ -1,0 +1,232 @@
+//! The fixture every integration test uses: a deployment directory with a simulated root, policies,
+//! keys and manifests; coordinators started as real processes on loopback; the real `concord` CLI.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use concord_attestation::{AtlsClient, ClientIdentity};
+use concord_cli::process::{CoordinatorProcess, SimulatedFlags, sibling_binary};
+use concord_coordinator::testing::TestDeployment;
+use concord_coordinator::transport::connect;
+use concord_proto::v1::mesh_api_client::MeshApiClient;
+use concord_proto::v1::user_api_client::UserApiClient;
+use tempfile::TempDir;
+
+pub use concord_coordinator::Hash;
+
+pub const MEASUREMENT_HEX: &str = "4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d";
+
+/// A deployment on disk: everything the binaries read, in one temporary directory.
+pub struct Env {
+    pub dir: TempDir,
+    pub d: TestDeployment,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let d = TestDeployment::new();
+        assert_eq!(hex::encode(d.measurement), MEASUREMENT_HEX);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let env = Env { dir, d };
+        env.d.root.save(&env.path("sim-root")).expect("save root");
+        std::fs::write(env.path("coordinator.policy"), &env.d.coordinator_policy).unwrap();
+        std::fs::write(env.path("web.policy"), &env.d.workload_policy).unwrap();
+        std::fs::write(env.path("stranger.policy"), b"a policy no manifest lists").unwrap();
+        use ed25519_dalek::pkcs8::EncodePrivateKey;
+        let pem = env.d.owner.to_pkcs8_pem(Default::default()).unwrap();
+        std::fs::write(env.path("owner.pem"), pem.as_bytes()).unwrap();
+        for (i, k) in env.d.share_owners.iter().enumerate() {
+            std::fs::write(
+                env.path(&format!("share-owner-{i}.key")),
+                hex::encode(k.secret_bytes().as_slice()),
+            )
+            .unwrap();
+        }
+        env.write_manifest("manifest-v1.json", 1);
+        env.write_manifest("manifest-v2.json", 2);
+        env.write_manifest("manifest-v3.json", 3);
+        env
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn write_manifest(&self, name: &str, version: u32) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, self.d.manifest(version)).unwrap();
+        p
+    }
+
+    /// Simulated-platform flags for a process whose policy document is `policy_file`.
+    pub fn flags(&self, policy_file: &str) -> SimulatedFlags {
+        SimulatedFlags {
+            root_dir: self.path("sim-root"),
+            policy: self.path(policy_file),
+            measurement_hex: MEASUREMENT_HEX.into(),
+        }
+    }
+
+    /// Starts a coordinator with its data in `data` (under the deployment directory).
+    pub fn start_coordinator(&self, data: &str) -> CoordinatorProcess {
+        CoordinatorProcess::start(
+            &self.path(data),
+            &self.path(&format!("{data}.log")),
+            &self.flags("coordinator.policy"),
+        )
+        .expect("coordinator starts")
+    }
+
+    /// Runs `concord ARGS` and returns its output.
+    pub fn concord(&self, args: &[&str]) -> Output {
+        Command::new(sibling_binary("concord"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .expect("run concord")
+    }
+
+    /// `concord set` of a manifest file, first or owner-signed.
+    pub fn set(&self, c: &CoordinatorProcess, manifest: &str, extra: &[&str]) -> Output {
+        let addr = c.user_addr.to_string();
+        let mut args = vec![
+            "set",
+            "-m",
+            manifest,
+            "-c",
+            &addr,
+            "--insecure-simulated-attestation",
+            "--shares-dir",
+            "shares",
+            "-p",
+            "coordinator.policy",
+            "-p",
+            "web.policy",
+        ];
+        args.extend_from_slice(extra);
+        self.concord(&args)
+    }
+
+    /// `concord verify` against a manifest, writing to `out`.
+    pub fn verify(
+        &self,
+        c: &CoordinatorProcess,
+        manifest: &str,
+        out: &str,
+        extra: &[&str],
+    ) -> Output {
+        let addr = c.user_addr.to_string();
+        let mut args = vec![
+            "verify",
+            "-m",
+            manifest,
+            "-c",
+            &addr,
+            "--out",
+            out,
+            "--insecure-simulated-attestation",
+        ];
+        args.extend_from_slice(extra);
+        self.concord(&args)
+    }
+
+    /// Runs the initializer for `policy_file` into `root`.
+    pub fn initializer(
+        &self,
+        c: &CoordinatorProcess,
+        policy_file: &str,
+        root: &str,
+        manifest: &str,
+        timeout_s: u32,
+    ) -> Output {
+        Command::new(sibling_binary("concord-initializer"))
+            .arg("--coordinator")
+            .arg(c.mesh_addr.to_string())
+            .arg("--root")
+            .arg(self.path(root))
+            .arg("--manifest")
+            .arg(self.path(manifest))
+            .arg("--timeout")
+            .arg(timeout_s.to_string())
+            .args(self.flags(policy_file).args())
+            .output()
+            .expect("run concord-initializer")
+    }
+
+    /// A user API client that verified the coordinator against manifest v1.
+    pub async fn user_client(
+        &self,
+        c: &CoordinatorProcess,
+    ) -> UserApiClient<tonic::transport::Channel> {
+        let manifest = concord_coordinator::manifest::Manifest::parse(&self.d.manifest(1)).unwrap();
+        let trust = concord_cli::remote::trust_for(&manifest, true).unwrap();
+        concord_cli::remote::user_api(&c.user_addr.to_string(), &manifest, trust)
+            .await
+            .unwrap()
+            .0
+    }
+
+    /// A mesh API client attesting as `policy` (the given document), verifying the coordinator.
+    pub async fn mesh_client(
+        &self,
+        c: &CoordinatorProcess,
+        policy: &[u8],
+    ) -> Result<MeshApiClient<tonic::transport::Channel>, String> {
+        let manifest = concord_coordinator::manifest::Manifest::parse(&self.d.manifest(1)).unwrap();
+        let trust = concord_cli::remote::trust_for(&manifest, true).unwrap();
+        let policy_check = concord_cli::remote::coordinator_policy(&manifest, trust).unwrap();
+        let identity = ClientIdentity {
+            issuer: Arc::new(self.d.issuer(policy)),
+            key: Arc::new(rcgen::KeyPair::generate().unwrap()),
+        };
+        let client = Arc::new(
+            AtlsClient::new(Arc::new(policy_check), Some(identity)).map_err(|e| e.to_string())?,
+        );
+        connect(&c.mesh_addr.to_string(), client)
+            .await
+            .map(|(ch, _)| MeshApiClient::new(ch))
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl Default for Env {
+    fn default() -> Env {
+        Env::new()
+    }
+}
+
+/// Exit code, stdout and stderr, for assertion messages.
+pub fn describe(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The first line of stdout: commands print their one result there (a hash).
+pub fn stdout_line(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// Whether a program is on PATH.
+pub fn have(program: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+pub fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}

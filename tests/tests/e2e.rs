@@ -1,0 +1,202 @@
+//! End to end against the real binaries: set, verify, owner-authorized updates, compare-and-swap,
+//! idempotent re-set, external signing, the initializer, restart.
+
+use concord_tests::{Env, describe, have, read, stdout_line};
+
+#[test]
+fn set_verify_update_and_initializer() {
+    let env = Env::new();
+    let c = env.start_coordinator("c1");
+
+    // The first manifest: no owner signature, the seed shares come back, one file per owner.
+    let out = env.set(&c, "manifest-v1.json", &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let first = stdout_line(&out);
+    assert_eq!(first.len(), 64, "{}", describe(&out));
+    for i in 0..3 {
+        assert!(env.path(&format!("shares/seed-share-{i}.json")).exists());
+    }
+
+    // Re-setting the same manifest is a no-op that returns the latest transition.
+    let again = env.set(&c, "manifest-v1.json", &[]);
+    assert!(again.status.success(), "{}", describe(&again));
+    assert_eq!(stdout_line(&again), first);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("nothing changed"));
+
+    // The initializer attests and gets its files, in Contrast's layout, secrets 0400.
+    let init = env.initializer(&c, "web.policy", "web", "manifest-v1.json", 30);
+    assert!(init.status.success(), "{}", describe(&init));
+    for f in [
+        "tls-config/key.pem",
+        "tls-config/certChain.pem",
+        "tls-config/mesh-ca.pem",
+        "tls-config/coordinator-root-ca.pem",
+        "secrets/workload-secret-seed",
+    ] {
+        assert!(env.path("web").join(f).exists(), "{f} missing");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    for f in ["tls-config/key.pem", "secrets/workload-secret-seed"] {
+        let mode = std::fs::metadata(env.path("web").join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o400, "{f}");
+    }
+    let secret = String::from_utf8(read(&env.path("web/secrets/workload-secret-seed"))).unwrap();
+    assert_eq!(hex::decode(secret.trim()).unwrap().len(), 32);
+
+    // Verify: writes the bundle, which audits clean offline.
+    let v = env.verify(&c, "manifest-v1.json", "verify1", &[]);
+    assert!(v.status.success(), "{}", describe(&v));
+    assert_eq!(stdout_line(&v), first);
+    let root = hex::encode(env.d.root.hash());
+    let audit = env.concord(&[
+        "history",
+        "audit",
+        "verify1/history.json",
+        "--insecure-simulated-root",
+        &root,
+    ]);
+    assert!(audit.status.success(), "{}", describe(&audit));
+
+    // An update without an owner key is a usage error; with a stranger's key it is refused.
+    let unsigned = env.set(&c, "manifest-v2.json", &[]);
+    assert_eq!(unsigned.status.code(), Some(2), "{}", describe(&unsigned));
+    let out = env.concord(&["keygen", "owner", "-o", "stranger.pem"]);
+    assert!(out.status.success());
+    let stranger = env.set(&c, "manifest-v2.json", &["--owner-key", "stranger.pem"]);
+    assert_eq!(stranger.status.code(), Some(1), "{}", describe(&stranger));
+    assert!(
+        String::from_utf8_lossy(&stranger.stderr).contains("PermissionDenied"),
+        "{}",
+        describe(&stranger)
+    );
+
+    // With the owner key: accepted.
+    let second = env.set(
+        &c,
+        "manifest-v2.json",
+        &["--owner-key", "owner.pem", "--expect-latest", &first],
+    );
+    assert!(second.status.success(), "{}", describe(&second));
+    let second_hash = stdout_line(&second);
+    assert_ne!(second_hash, first);
+
+    // A stale expected previous: FailedPrecondition, nothing changed.
+    let stale = env.set(
+        &c,
+        "manifest-v3.json",
+        &["--owner-key", "owner.pem", "--expect-latest", &first],
+    );
+    assert_eq!(stale.status.code(), Some(1), "{}", describe(&stale));
+    let err = String::from_utf8_lossy(&stale.stderr);
+    assert!(
+        err.contains("FailedPrecondition") && err.contains("previous transition mismatch"),
+        "{err}"
+    );
+
+    // verify --since the first: an ancestor, fine; since an unknown hash: exit 3.
+    let v2 = env.verify(&c, "manifest-v2.json", "verify2", &["--since", &first]);
+    assert!(v2.status.success(), "{}", describe(&v2));
+    assert_eq!(stdout_line(&v2), second_hash);
+    let fork = env.verify(
+        &c,
+        "manifest-v2.json",
+        "verify3",
+        &["--since", &"ab".repeat(32)],
+    );
+    assert_eq!(fork.status.code(), Some(3), "{}", describe(&fork));
+
+    // The workload that is not in the manifest gets nothing.
+    let refused = env.initializer(&c, "stranger.policy", "stranger", "manifest-v1.json", 2);
+    assert!(!refused.status.success());
+    assert!(!env.path("stranger/tls-config/certChain.pem").exists());
+
+    // External signing: prepare, sign with openssl, set with the signature.
+    if have("openssl") {
+        let prep = env.concord(&[
+            "sign",
+            "--prepare",
+            "-m",
+            "manifest-v3.json",
+            "--expect-latest",
+            &second_hash,
+            "--out",
+            "to-sign.bin",
+        ]);
+        assert!(prep.status.success(), "{}", describe(&prep));
+        let sig = std::process::Command::new("openssl")
+            .args([
+                "pkeyutl",
+                "-sign",
+                "-rawin",
+                "-inkey",
+                "owner.pem",
+                "-in",
+                "to-sign.bin",
+                "-out",
+                "sig.bin",
+            ])
+            .current_dir(env.dir.path())
+            .output()
+            .unwrap();
+        assert!(sig.status.success(), "{}", describe(&sig));
+        let public = hex::encode(env.d.owner.verifying_key().as_bytes());
+        let third = env.set(
+            &c,
+            "manifest-v3.json",
+            &[
+                "--signature",
+                "sig.bin",
+                "--owner-public-key",
+                &public,
+                "--expect-latest",
+                &second_hash,
+            ],
+        );
+        assert!(third.status.success(), "{}", describe(&third));
+        assert_eq!(
+            stdout_line(&third),
+            stdout_line(&prep),
+            "the transition is the one prepared"
+        );
+    }
+}
+
+#[test]
+fn restart_verifies_the_store_and_refuses_a_tampered_one() {
+    let env = Env::new();
+    let mut c = env.start_coordinator("c1");
+    assert!(env.set(&c, "manifest-v1.json", &[]).status.success());
+    c.stop();
+
+    // Restarted on the same store: verifies it, then is recovering (the secrets were only in memory).
+    let c = env.start_coordinator("c1");
+    let set = env.set(&c, "manifest-v1.json", &[]);
+    assert_eq!(set.status.code(), Some(1), "{}", describe(&set));
+    assert!(
+        String::from_utf8_lossy(&set.stderr).contains("recovering"),
+        "{}",
+        describe(&set)
+    );
+    drop(c);
+
+    // The host flips a byte of the stored manifest: the replica refuses to start and says why.
+    {
+        use concord_coordinator::store::{Key, SledStore, Store};
+        let store = SledStore::open(&env.path("c1/store")).unwrap();
+        let h = concord_tests::Hash::of(&env.d.manifest(1));
+        let mut m = store.get(&Key::Object(h)).unwrap().unwrap();
+        m[5] ^= 0x20;
+        store.tamper_put(&Key::Object(h), &m).unwrap();
+    }
+    let err = concord_cli::process::CoordinatorProcess::start(
+        &env.path("c1"),
+        &env.path("c1-tampered.log"),
+        &env.flags("coordinator.policy"),
+    )
+    .expect_err("a tampered store must not be served");
+    assert!(err.message.contains("does not verify"), "{}", err.message);
+}

@@ -1,0 +1,194 @@
+//! The issued certificates checked by an independent TLS stack: `openssl verify` on the chains, and an
+//! mTLS connection between two workloads with `openssl s_server` and `s_client`.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use concord_tests::{Env, describe, have};
+
+fn openssl(env: &Env, args: &[&str]) -> std::process::Output {
+    Command::new("openssl")
+        .args(args)
+        .current_dir(env.dir.path())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn issued_chains_verify_and_two_workloads_speak_mtls() {
+    if !have("openssl") {
+        assert!(std::env::var("CI").is_err(), "CI must have openssl");
+        eprintln!("skipped: openssl is not installed");
+        return;
+    }
+    let env = Env::new();
+    let c = env.start_coordinator("c1");
+    assert!(env.set(&c, "manifest-v1.json", &[]).status.success());
+    for w in ["a", "b"] {
+        let out = env.initializer(&c, "web.policy", w, "manifest-v1.json", 30);
+        assert!(out.status.success(), "{}", describe(&out));
+    }
+    // Split the leaf from the chain for the checks that want it alone.
+    let chain = std::fs::read_to_string(env.path("a/tls-config/certChain.pem")).unwrap();
+    let end =
+        chain.find("-----END CERTIFICATE-----").unwrap() + "-----END CERTIFICATE-----\n".len();
+    std::fs::write(env.path("a-leaf.pem"), &chain[..end]).unwrap();
+
+    for args in [
+        vec![
+            "verify",
+            "-x509_strict",
+            "-purpose",
+            "sslserver",
+            "-CAfile",
+            "a/tls-config/coordinator-root-ca.pem",
+            "-untrusted",
+            "a/tls-config/certChain.pem",
+            "a-leaf.pem",
+        ],
+        vec![
+            "verify",
+            "-x509_strict",
+            "-purpose",
+            "sslclient",
+            "-CAfile",
+            "a/tls-config/mesh-ca.pem",
+            "a-leaf.pem",
+        ],
+    ] {
+        let out = openssl(&env, &args);
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("OK"),
+            "{args:?}: {}",
+            describe(&out)
+        );
+    }
+    // The root does not vouch for a leaf without the intermediate, and a stranger's CA vouches for nothing.
+    let out = openssl(
+        &env,
+        &[
+            "verify",
+            "-CAfile",
+            "a/tls-config/coordinator-root-ca.pem",
+            "a-leaf.pem",
+        ],
+    );
+    assert!(!out.status.success());
+    std::fs::write(
+        env.path("other-ca.pem"),
+        concord_coordinator::pem::encode_certificate(env.d.root.cert_der()),
+    )
+    .unwrap();
+    let out = openssl(&env, &["verify", "-CAfile", "other-ca.pem", "a-leaf.pem"]);
+    assert!(!out.status.success());
+
+    // mTLS: b serves, a connects; each requires the other's certificate to chain to the mesh CA.
+    let port = concord_cli::process::free_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let mut server = Command::new("openssl")
+        .args([
+            "s_server",
+            "-accept",
+            &port,
+            "-naccept",
+            "1",
+            "-www",
+            "-tls1_3",
+            "-cert",
+            "b/tls-config/certChain.pem",
+            "-key",
+            "b/tls-config/key.pem",
+            "-CAfile",
+            "b/tls-config/mesh-ca.pem",
+            "-Verify",
+            "1",
+            "-verify_return_error",
+        ])
+        .current_dir(env.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "s_server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // s_server -naccept 1 counts the probe above; start a fresh one if it already exited.
+    std::thread::sleep(Duration::from_millis(100));
+    if let Ok(Some(_)) = server.try_wait() {
+        server = Command::new("openssl")
+            .args([
+                "s_server",
+                "-accept",
+                &port,
+                "-naccept",
+                "1",
+                "-www",
+                "-tls1_3",
+                "-cert",
+                "b/tls-config/certChain.pem",
+                "-key",
+                "b/tls-config/key.pem",
+                "-CAfile",
+                "b/tls-config/mesh-ca.pem",
+                "-Verify",
+                "1",
+                "-verify_return_error",
+            ])
+            .current_dir(env.dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let mut client = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            "-tls1_3",
+            "-cert",
+            "a/tls-config/certChain.pem",
+            "-key",
+            "a/tls-config/key.pem",
+            "-CAfile",
+            "a/tls-config/mesh-ca.pem",
+            "-verify_return_error",
+            "-verify_hostname",
+            "web",
+            "-ign_eof",
+        ])
+        .current_dir(env.dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    client
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"GET / HTTP/1.0\r\n\r\n")
+        .unwrap();
+    let out = client.wait_with_output().unwrap();
+    let _ = server.kill();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Verify return code: 0 (ok)"),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        text.contains("HTTP/1.0 200 ok"),
+        "the server did not accept the client certificate: {}",
+        describe(&out)
+    );
+}
