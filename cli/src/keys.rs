@@ -5,19 +5,35 @@ use std::path::Path;
 
 use concord_mesh_ca::ShareOwnerKeyPair;
 use ed25519_dalek::SigningKey;
-use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use ed25519_dalek::pkcs8::DecodePrivateKey;
 use rand::rngs::OsRng;
+use zeroize::Zeroizing;
 
 use crate::exit::{CliError, CliResult, read_file, write_file};
 
 /// Makes a new workload owner key, writes it to `path`, returns it.
 pub fn new_owner_key(path: &Path) -> CliResult<SigningKey> {
     let key = SigningKey::generate(&mut OsRng);
-    let pem = key
-        .to_pkcs8_pem(Default::default())
-        .map_err(|e| CliError::error(format!("cannot encode the owner key: {e}")))?;
-    write_file(path, pem.as_bytes(), true)?;
+    write_file(path, owner_key_pem(&key).as_bytes(), true)?;
     Ok(key)
+}
+
+/// PKCS#8 v1 (RFC 8410) PEM of an Ed25519 key: the form every tool reads (OpenSSL 3.0 refuses the v2
+/// form with the public key that ed25519-dalek writes).
+pub fn owner_key_pem(key: &SigningKey) -> Zeroizing<String> {
+    use base64::Engine;
+    // SEQUENCE { INTEGER 0, SEQUENCE { OID 1.3.101.112 }, OCTET STRING { OCTET STRING (32 bytes) } }
+    const PREFIX: [u8; 16] = [
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    let mut der = Zeroizing::new(PREFIX.to_vec());
+    der.extend_from_slice(key.as_bytes());
+    let b64 = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(der.as_slice()));
+    Zeroizing::new(format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        b64.as_str()
+    ))
 }
 
 pub fn load_owner_key(path: &Path) -> CliResult<SigningKey> {

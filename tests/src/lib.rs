@@ -34,8 +34,7 @@ impl Env {
         std::fs::write(env.path("coordinator.policy"), &env.d.coordinator_policy).unwrap();
         std::fs::write(env.path("web.policy"), &env.d.workload_policy).unwrap();
         std::fs::write(env.path("stranger.policy"), b"a policy no manifest lists").unwrap();
-        use ed25519_dalek::pkcs8::EncodePrivateKey;
-        let pem = env.d.owner.to_pkcs8_pem(Default::default()).unwrap();
+        let pem = concord_cli::keys::owner_key_pem(&env.d.owner);
         std::fs::write(env.path("owner.pem"), pem.as_bytes()).unwrap();
         for (i, k) in env.d.share_owners.iter().enumerate() {
             std::fs::write(

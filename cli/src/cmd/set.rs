@@ -81,27 +81,32 @@ pub async fn run(args: Set) -> CliResult {
     let trust = remote::trust_for(&manifest, args.insecure_simulated_attestation)?;
     let (mut client, _) = remote::user_api(&args.coordinator, &manifest, trust).await?;
 
+    let latest = client
+        .get_manifests(pb::GetManifestsRequest {})
+        .await
+        .map_err(|s| remote::status_error("GetManifests", s))?
+        .into_inner()
+        .latest;
+    let bad = |e: String| {
+        CliError::verification(format!("the coordinator sent a bad latest transition: {e}"))
+    };
+    let (latest_hash, latest_manifest) = match &latest {
+        Some(t) => (
+            Hash::from_slice(&t.hash).map_err(bad)?,
+            Hash::from_slice(&t.manifest_hash).map_err(bad)?,
+        ),
+        None => (Hash::ZERO, Hash::ZERO),
+    };
+    // Re-applying the latest manifest is a no-op that needs no signature (GitOps loops re-apply).
+    let unchanged = latest.is_some() && latest_manifest == Hash::of(&bytes);
     let previous = match &args.expect_latest {
         Some(h) => {
             Hash::from_hex(h).map_err(|e| CliError::usage(format!("--expect-latest: {e}")))?
         }
-        None => {
-            let latest = client
-                .get_manifests(pb::GetManifestsRequest {})
-                .await
-                .map_err(|s| remote::status_error("GetManifests", s))?
-                .into_inner()
-                .latest;
-            match latest {
-                Some(t) => Hash::from_slice(&t.hash).map_err(|e| {
-                    CliError::verification(format!("the coordinator sent a bad latest hash: {e}"))
-                })?,
-                None => Hash::ZERO,
-            }
-        }
+        None => latest_hash,
     };
     let transition = format::transition_hash(&Hash::of(&bytes), &previous);
-    let (owner_key, owner_signature) = if previous == Hash::ZERO {
+    let (owner_key, owner_signature) = if previous == Hash::ZERO || unchanged {
         (Vec::new(), Vec::new())
     } else if let Some(path) = &args.owner_key {
         let key = keys::load_owner_key(path)?;

@@ -138,8 +138,8 @@ impl<S: Store> Coordinator<S> {
         req: SetRequest,
         now: OffsetDateTime,
     ) -> Result<SetOutcome, CoordinatorError> {
-        let manifest =
-            Manifest::parse(&req.manifest).map_err(|e| CoordinatorError::InvalidInput(e.0))?;
+        let manifest = Manifest::parse(&req.manifest)
+            .map_err(|e| CoordinatorError::InvalidInput(e.to_string()))?;
         for doc in &req.policies {
             let h = Hash::of(doc);
             if manifest.policy(&h).is_none() {
