@@ -66,11 +66,11 @@ pub fn read_file(path: &std::path::Path) -> CliResult<Vec<u8>> {
 
 /// Writes a file, creating its directory, with an error that names it. `secret` files get mode 0600.
 pub fn write_file(path: &std::path::Path, bytes: &[u8], secret: bool) -> CliResult {
-    if let Some(dir) = path.parent() {
-        if !dir.as_os_str().is_empty() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| CliError::error(format!("cannot create {}: {e}", dir.display())))?;
-        }
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| CliError::error(format!("cannot create {}: {e}", dir.display())))?;
     }
     let fail = |e: std::io::Error| CliError::error(format!("cannot write {}: {e}", path.display()));
     if secret {

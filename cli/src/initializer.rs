@@ -72,13 +72,13 @@ pub async fn run(args: InitializerArgs) -> CliResult {
         match attempt_once(&args.coordinator, client.clone()).await {
             Ok(r) => break r,
             Err(e) => {
-                if let Some(t) = args.timeout {
-                    if start.elapsed() + delay > Duration::from_secs(t) {
-                        return Err(CliError::error(format!(
-                            "gave up after {attempt} attempts in {:.1}s: {e}",
-                            start.elapsed().as_secs_f64()
-                        )));
-                    }
+                if let Some(t) = args.timeout
+                    && start.elapsed() + delay > Duration::from_secs(t)
+                {
+                    return Err(CliError::error(format!(
+                        "gave up after {attempt} attempts in {:.1}s: {e}",
+                        start.elapsed().as_secs_f64()
+                    )));
                 }
                 eprintln!(
                     "attempt {attempt} failed: {e}; retrying in {:.1}s",

@@ -245,10 +245,10 @@ pub fn audit(bytes: &[u8], options: &AuditOptions) -> Result<AuditReport, AuditE
         options,
     )?;
 
-    if let Some(since) = options.since {
-        if chain.position(&since).is_none() {
-            return Err(AuditError::Rollback(since));
-        }
+    if let Some(since) = options.since
+        && chain.position(&since).is_none()
+    {
+        return Err(AuditError::Rollback(since));
     }
     Ok(AuditReport {
         chain,
@@ -271,13 +271,12 @@ fn check_evidence(
         .as_slice()
         .try_into()
         .map_err(|_| malformed("nonce", "expected 32 bytes".into()))?;
-    if let Some(expected) = options.expected_nonce {
-        if expected != nonce {
-            return Err(AuditError::Evidence(
-                "the evidence was made for another nonce than the one sent (a replayed bundle?)"
-                    .into(),
-            ));
-        }
+    if let Some(expected) = options.expected_nonce
+        && expected != nonce
+    {
+        return Err(AuditError::Evidence(
+            "the evidence was made for another nonce than the one sent (a replayed bundle?)".into(),
+        ));
     }
     let platform = match e.platform.as_str() {
         "snp" => Platform::Snp,

@@ -187,12 +187,12 @@ fn check_one(
             }
         }
     }
-    if let Some(first) = first_manifest {
-        if first.seed_share_owners() != manifest.seed_share_owners() {
-            return Err(fail(
-                "changes the seed share owners, which the first manifest fixed".into(),
-            ));
-        }
+    if let Some(first) = first_manifest
+        && first.seed_share_owners() != manifest.seed_share_owners()
+    {
+        return Err(fail(
+            "changes the seed share owners, which the first manifest fixed".into(),
+        ));
     }
     Ok(())
 }

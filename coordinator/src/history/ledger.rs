@@ -130,10 +130,10 @@ impl<S: Store> Ledger<S> {
         let mut policies = BTreeMap::new();
         for m in chain.manifests() {
             for hash in m.policies().keys() {
-                if !policies.contains_key(hash) {
-                    if let Some(doc) = self.object(hash)? {
-                        policies.insert(*hash, doc);
-                    }
+                if !policies.contains_key(hash)
+                    && let Some(doc) = self.object(hash)?
+                {
+                    policies.insert(*hash, doc);
                 }
             }
         }

@@ -116,13 +116,13 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Manifest, ManifestError> {
                 ));
             }
         }
-        if let Some(id) = &p.workload_secret_id {
-            if id.is_empty() {
-                return Err(err(
-                    format!("{field}.workload_secret_id"),
-                    "must not be empty; omit it for no workload secret".into(),
-                ));
-            }
+        if let Some(id) = &p.workload_secret_id
+            && id.is_empty()
+        {
+            return Err(err(
+                format!("{field}.workload_secret_id"),
+                "must not be empty; omit it for no workload secret".into(),
+            ));
         }
         let policy = Policy {
             name: p.name,

@@ -72,7 +72,8 @@ fn unknown_fields_are_named() {
 
 #[test]
 fn invalid_values_name_their_field() {
-    let cases: Vec<(Box<dyn FnOnce(&mut serde_json::Value)>, &str)> = vec![
+    type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
+    let cases: Vec<(Edit, &str)> = vec![
         (
             Box::new(|v| v["workload_owner_keys"] = serde_json::json!(["abcd"])),
             "workload_owner_keys[0]",

@@ -270,7 +270,8 @@ fn a_tampered_store_is_refused_at_open() {
         assert!(matches!(c.manifests(), Err(CoordinatorError::Recovering)));
     }
     let manifest_key = Key::Object(second.transition.manifest_hash);
-    let tampers: Vec<(&str, Box<dyn Fn(&SledStore)>)> = vec![
+    type Tamper<'a> = Box<dyn Fn(&SledStore) + 'a>;
+    let tampers: Vec<(&str, Tamper)> = vec![
         (
             "a manifest byte",
             Box::new(|s: &SledStore| {

@@ -5,10 +5,12 @@ use std::sync::Mutex;
 
 use super::{Key, Store, StoreError, Write};
 
+type Map = BTreeMap<Vec<u8>, Vec<u8>>;
+
 /// A [`Store`] in a map. `apply` is atomic under the lock.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    map: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
+    map: Mutex<Map>,
 }
 
 impl MemoryStore {
@@ -16,7 +18,7 @@ impl MemoryStore {
         MemoryStore::default()
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, BTreeMap<Vec<u8>, Vec<u8>>>, StoreError> {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Map>, StoreError> {
         self.map.lock().map_err(|_| StoreError::Io {
             op: "lock the memory store",
             reason: "a writer panicked".into(),
