@@ -31,6 +31,10 @@ pub enum AttestationError {
     /// connection, spoke something else than TLS 1.3, timed out, or refused our evidence.
     #[error("aTLS handshake failed: {0}")]
     Handshake(String),
+    /// The peer closed the connection before it sent anything: a port probe or a health check,
+    /// not an attack; callers log it quietly.
+    #[error("the peer closed the connection before the TLS handshake")]
+    ClosedBeforeHandshake,
 }
 
 impl AttestationError {

@@ -91,7 +91,10 @@ impl AtlsAcceptor {
     {
         let start = LazyConfigAcceptor::new(Acceptor::default(), io)
             .await
-            .map_err(|e| AttestationError::Handshake(format!("reading the ClientHello: {e}")))?;
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => AttestationError::ClosedBeforeHandshake,
+                _ => AttestationError::Handshake(format!("reading the ClientHello: {e}")),
+            })?;
         let client_nonce = nonce::from_alpn(start.client_hello().alpn().into_iter().flatten())?;
         let certificate = cert::make_certificate(&*self.issuer, &self.key, &client_nonce)?;
 

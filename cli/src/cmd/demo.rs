@@ -194,12 +194,17 @@ pub async fn run(args: Demo) -> CliResult {
         ),
         (
             "verify/history.json",
-            "the audit bundle: audit it again with `concord history audit`",
+            "the audit bundle (audit it again with the command below)",
         ),
         ("logs/", "the coordinator's and the initializer's logs"),
     ] {
         eprintln!("    {path:<45} {what}");
     }
+    eprintln!(
+        "\n    concord history audit {} --insecure-simulated-root {}",
+        dir.join("verify/history.json").display(),
+        hex::encode(root.hash())
+    );
     Ok(())
 }
 
@@ -331,5 +336,45 @@ async fn scenario(
         since: Some(first_hash.to_hex()),
         insecure_simulated_root: Some(root_hex.to_string()),
     })?;
-    Ok(())
+
+    s.step(
+        "tamper with a copy of the bundle (one bit of the first manifest): the audit catches it",
+    );
+    let mut bundle: serde_json::Value =
+        serde_json::from_slice(&crate::exit::read_file(&dir.join("verify/history.json"))?)
+            .map_err(|e| CliError::error(format!("cannot read the bundle back: {e}")))?;
+    let tampered = tamper_first_manifest(&mut bundle)?;
+    let tampered_path = dir.join("verify/history-tampered.json");
+    write_file(&tampered_path, &tampered, false)?;
+    match history::run(history::History::Audit {
+        file: tampered_path.clone(),
+        since: None,
+        insecure_simulated_root: Some(root_hex.to_string()),
+    }) {
+        Err(e) if e.failure == crate::exit::Failure::Verification => {
+            eprintln!("    caught, as it must be (exit code 3): {e}");
+            Ok(())
+        }
+        Err(e) => Err(e),
+        Ok(()) => Err(CliError::verification(format!(
+            "the audit accepted the tampered bundle {}: this is a bug",
+            tampered_path.display()
+        ))),
+    }
+}
+
+/// Flips one bit of the first manifest in a bundle, as a hostile host could.
+fn tamper_first_manifest(bundle: &mut serde_json::Value) -> CliResult<Vec<u8>> {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    let field = &mut bundle["transitions"][0]["manifest"];
+    let mut bytes = field
+        .as_str()
+        .and_then(|s| STANDARD.decode(s).ok())
+        .ok_or_else(|| CliError::error("the bundle has no first manifest"))?;
+    if let Some(b) = bytes.get_mut(20) {
+        *b ^= 0x01;
+    }
+    *field = serde_json::Value::String(STANDARD.encode(bytes));
+    serde_json::to_vec_pretty(bundle).map_err(|e| CliError::error(e.to_string()))
 }

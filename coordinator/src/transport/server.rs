@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use concord_attestation::{AtlsAcceptor, VerifiedPeer};
+use concord_attestation::{AtlsAcceptor, AttestationError, VerifiedPeer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
@@ -109,6 +109,9 @@ pub fn incoming(
                             verified: verified.map(Arc::new),
                         };
                         let _ = tx.send(Ok(AtlsIo { inner, info })).await;
+                    }
+                    Err(AttestationError::ClosedBeforeHandshake) => {
+                        debug!(api, %remote, "connection closed before the handshake");
                     }
                     Err(e) => warn!(api, %remote, error = %e, "aTLS handshake failed"),
                 }
