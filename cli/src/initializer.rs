@@ -114,9 +114,9 @@ async fn attempt_once(addr: &str, client: Arc<AtlsClient>) -> CliResult<pb::NewM
 
 fn write_outputs(root: &Path, key_pem: &str, r: &pb::NewMeshCertResponse) -> CliResult {
     write_secret(&root.join(KEY), key_pem.as_bytes())?;
-    write_file(&root.join(CERT_CHAIN), r.cert_chain.as_bytes(), false)?;
-    write_file(&root.join(MESH_CA), r.mesh_ca.as_bytes(), false)?;
-    write_file(&root.join(ROOT_CA), r.root_ca.as_bytes(), false)?;
+    write_public(&root.join(CERT_CHAIN), r.cert_chain.as_bytes())?;
+    write_public(&root.join(MESH_CA), r.mesh_ca.as_bytes())?;
+    write_public(&root.join(ROOT_CA), r.root_ca.as_bytes())?;
     if !r.workload_secret.is_empty() {
         // Contrast writes the seed hex-encoded.
         write_secret(
@@ -130,7 +130,19 @@ fn write_outputs(root: &Path, key_pem: &str, r: &pb::NewMeshCertResponse) -> Cli
 /// A secret file, readable by its owner only (0400).
 fn write_secret(path: &Path, bytes: &[u8]) -> CliResult {
     write_file(path, bytes, true)?;
+    set_mode(path, 0o400)
+}
+
+/// A certificate: readable by all, writable by none (0444), as Contrast's initializer leaves them.
+fn write_public(path: &Path, bytes: &[u8]) -> CliResult {
+    // A read-only file from an earlier run cannot be overwritten in place.
+    let _ = std::fs::remove_file(path);
+    write_file(path, bytes, false)?;
+    set_mode(path, 0o444)
+}
+
+fn set_mode(path: &Path, mode: u32) -> CliResult {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o400))
-        .map_err(|e| CliError::error(format!("cannot restrict {}: {e}", path.display())))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| CliError::error(format!("cannot set the mode of {}: {e}", path.display())))
 }

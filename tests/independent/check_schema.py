@@ -73,11 +73,6 @@ def variants(example):
         lambda m: m["reference_values"]["snp"][0]["minimum_tcb"].update(fmc=1),
     )
     yield mutate(
-        "missing allow_debug",
-        lambda m: m["reference_values"]["snp"][0].pop("allow_debug"),
-    )
-    yield mutate("missing simulated", lambda m: m["reference_values"].pop("simulated"))
-    yield mutate(
         "short simulated root",
         lambda m: m["reference_values"]["simulated"][0].update(root="ff"),
     )
@@ -146,10 +141,21 @@ def main():
         print("FAIL uppercase measurement or owner keys rejected")
         failures += 1
 
+    # Optional members with safe defaults: the lists default to empty, the switches to false.
+    defaults = copy.deepcopy(example)
+    defaults["reference_values"]["snp"][0].pop("allow_debug")
+    defaults["reference_values"]["snp"][0].pop("allow_migration_agent")
+    defaults["reference_values"].pop("simulated")
+    if validator.is_valid(defaults):
+        print("ok   omitted allow_* switches and reference value lists are valid")
+    else:
+        print("FAIL omitted optional reference value members rejected")
+        failures += 1
+
     # A minimal, final manifest must stay valid.
     minimal = {
         "policies": {},
-        "reference_values": {"snp": [], "simulated": []},
+        "reference_values": {},
         "workload_owner_keys": [],
         "seed_share_owners": {"threshold": 1, "keys": ["11" * 32]},
     }

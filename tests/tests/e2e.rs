@@ -44,6 +44,21 @@ fn set_verify_update_and_initializer() {
             & 0o777;
         assert_eq!(mode, 0o400, "{f}");
     }
+    for f in [
+        "tls-config/certChain.pem",
+        "tls-config/mesh-ca.pem",
+        "tls-config/coordinator-root-ca.pem",
+    ] {
+        let mode = std::fs::metadata(env.path("web").join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o444, "{f}");
+    }
+    // Running the initializer again (a restarted pod) overwrites its files.
+    let again = env.initializer(&c, "web.policy", "web", "manifest-v1.json", 30);
+    assert!(again.status.success(), "{}", describe(&again));
     let secret = String::from_utf8(read(&env.path("web/secrets/workload-secret-seed"))).unwrap();
     assert_eq!(hex::decode(secret.trim()).unwrap().len(), 32);
 

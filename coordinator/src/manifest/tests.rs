@@ -173,3 +173,11 @@ fn empty_owner_keys_make_the_manifest_final() {
     let m = Manifest::parse(&d.manifest_with(&["web"], &[])).unwrap();
     assert!(m.is_final());
 }
+
+/// docs/examples/manifest.json is the documented example: it must stay a manifest this parser accepts.
+#[test]
+fn the_documented_example_parses() {
+    let bytes = include_bytes!("../../../docs/examples/manifest.json");
+    let m = Manifest::parse(bytes).unwrap();
+    assert!(!m.coordinator_policies().is_empty());
+}
