@@ -88,42 +88,8 @@ fn issued_chains_verify_and_two_workloads_speak_mtls() {
         .unwrap()
         .port()
         .to_string();
-    let mut server = Command::new("openssl")
-        .args([
-            "s_server",
-            "-accept",
-            &port,
-            "-naccept",
-            "1",
-            "-www",
-            "-tls1_3",
-            "-cert",
-            "b/tls-config/certChain.pem",
-            "-key",
-            "b/tls-config/key.pem",
-            "-CAfile",
-            "b/tls-config/mesh-ca.pem",
-            "-Verify",
-            "1",
-            "-verify_return_error",
-        ])
-        .current_dir(env.dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "s_server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // s_server -naccept 1 counts the probe above; start a fresh one if it already exited.
-    std::thread::sleep(Duration::from_millis(100));
-    if let Ok(Some(_)) = server.try_wait() {
-        server = Command::new("openssl")
+    let s_server = || {
+        Command::new("openssl")
             .args([
                 "s_server",
                 "-accept",
@@ -146,7 +112,21 @@ fn issued_chains_verify_and_two_workloads_speak_mtls() {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap();
+            .unwrap()
+    };
+    let mut server = s_server();
+    let start = Instant::now();
+    while std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "s_server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // s_server -naccept 1 may count the readiness probe above; start a fresh one if it exited.
+    std::thread::sleep(Duration::from_millis(100));
+    if let Ok(Some(_)) = server.try_wait() {
+        server = s_server();
         std::thread::sleep(Duration::from_millis(300));
     }
     let mut client = Command::new("openssl")

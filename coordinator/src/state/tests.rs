@@ -26,18 +26,23 @@ fn ready(d: &TestDeployment) -> (Coordinator<MemoryStore>, SetOutcome) {
     (c, out)
 }
 
+/// Each seed share owner decrypts their own share of the first manifest's answer.
+fn open_shares(d: &TestDeployment, first: &SetOutcome) -> Vec<concord_mesh_ca::SeedShare> {
+    first
+        .seed_shares
+        .iter()
+        .zip(&d.share_owners)
+        .map(|(enc, owner)| decrypt_share(owner, enc).unwrap())
+        .collect()
+}
+
 #[test]
 fn first_set_returns_shares_that_recover_the_signing_key() {
     let d = TestDeployment::new();
     let (c, out) = ready(&d);
     assert_eq!(out.seed_shares.len(), 3);
     // Each owner decrypts only their own share; any two recover the seed engine.
-    let shares: Vec<_> = out
-        .seed_shares
-        .iter()
-        .zip(&d.share_owners)
-        .map(|(enc, owner)| decrypt_share(owner, enc).unwrap())
-        .collect();
+    let shares = open_shares(&d, &out);
     assert!(decrypt_share(&d.share_owners[1], &out.seed_shares[0]).is_err());
     let engine: SeedEngine = combine(&shares[1..3]).unwrap();
     let chain = c.chain().unwrap();
@@ -184,12 +189,7 @@ fn the_store_never_holds_a_secret() {
     let (mut c, first) = ready(&d);
     c.set_manifest(d.set_request(d.manifest(2), first.hash), now())
         .unwrap();
-    let shares: Vec<_> = first
-        .seed_shares
-        .iter()
-        .zip(&d.share_owners)
-        .map(|(enc, owner)| decrypt_share(owner, enc).unwrap())
-        .collect();
+    let shares = open_shares(&d, &first);
     let engine = combine(&shares).unwrap();
     let secrets: Vec<Vec<u8>> = vec![
         engine.seed().as_bytes().to_vec(),
@@ -216,12 +216,7 @@ fn the_store_never_holds_a_secret() {
 fn the_mesh_ca_is_not_derived_from_the_seed() {
     let d = TestDeployment::new();
     let (c, first) = ready(&d);
-    let shares: Vec<_> = first
-        .seed_shares
-        .iter()
-        .zip(&d.share_owners)
-        .map(|(enc, owner)| decrypt_share(owner, enc).unwrap())
-        .collect();
+    let shares = open_shares(&d, &first);
     let engine = combine(&shares).unwrap();
     // Re-running the derivations from the seed yields the root CA key, never the mesh CA's.
     let root_key = p256_public_from(&engine);
