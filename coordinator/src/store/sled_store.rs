@@ -4,6 +4,15 @@
 //! acknowledged write survives a crash. sled is not trusted for integrity: a host can edit its files.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// How long `open` waits for a lock that a closing process still holds.
+pub const LOCK_WAIT: Duration = Duration::from_secs(3);
+
+fn is_lock_held(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock
+        || io.to_string().contains("could not acquire lock"))
+}
 
 use super::{Key, Store, StoreError, Write};
 
@@ -14,13 +23,30 @@ pub struct SledStore {
 }
 
 impl SledStore {
-    /// Opens (or creates) the database in `dir`.
+    /// Opens (or creates) the database in `dir`. sled locks its files, and a process that just closed
+    /// them may still hold the lock for a moment (its flusher thread), so a held lock is retried for
+    /// up to [`LOCK_WAIT`] before giving up with an error that says another process may be using it.
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
-        let db = sled::open(dir).map_err(|e| StoreError::Open {
-            path: dir.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        Ok(SledStore { db })
+        let start = Instant::now();
+        loop {
+            match sled::open(dir) {
+                Ok(db) => return Ok(SledStore { db }),
+                Err(e) if is_lock_held(&e) && start.elapsed() < LOCK_WAIT => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => {
+                    let hint = if is_lock_held(&e) {
+                        "; another process (a second replica?) is using this data directory"
+                    } else {
+                        ""
+                    };
+                    return Err(StoreError::Open {
+                        path: dir.display().to_string(),
+                        reason: format!("{e}{hint}"),
+                    });
+                }
+            }
+        }
     }
 
     /// Writes `value` under `key` without any check: for tests that play a hostile host.
@@ -85,5 +111,13 @@ mod tests {
             Some(b"x".to_vec())
         );
         assert_eq!(store.get(&Key::RootCa).unwrap(), None);
+    }
+
+    #[test]
+    fn a_directory_in_use_is_refused_with_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = SledStore::open(dir.path()).unwrap();
+        let err = SledStore::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("another process"), "{err}");
     }
 }
