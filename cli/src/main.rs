@@ -31,6 +31,8 @@ enum Command {
     /// Attestation tools.
     #[command(subcommand)]
     Attestation(cmd::attestation::Attestation),
+    /// Submit your seed share to a recovering coordinator (user recovery after a full outage).
+    Recover(cmd::recover::Recover),
     /// Run a local coordinator end to end (simulated attestation) and show every step.
     Demo(cmd::demo::Demo),
 }
@@ -45,6 +47,7 @@ async fn main() -> ExitCode {
         Command::Verify(c) => cmd::verify::run(c).await.map(|_| ()),
         Command::History(c) => cmd::history::run(c),
         Command::Attestation(c) => cmd::attestation::run(c),
+        Command::Recover(c) => cmd::recover::run(c).await,
         Command::Demo(c) => cmd::demo::run(c).await,
     };
     match result {

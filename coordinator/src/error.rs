@@ -28,6 +28,9 @@ pub enum CoordinatorError {
         "this coordinator is recovering: it has a history but not its secrets; recover it with the seed shares (or from a ready peer) first"
     )]
     Recovering,
+    /// The call does not fit the replica's state (e.g. recovering a ready replica).
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// Nothing has been set yet.
     #[error("no manifest has been set yet; set one with `concord set`")]
     NoManifest,

@@ -8,7 +8,7 @@ use std::time::Instant;
 use clap::Args;
 use concord_coordinator::Hash;
 
-use crate::cmd::{attestation, history, set, verify};
+use crate::cmd::{attestation, history, recover, set, verify};
 use crate::exit::{CliError, CliResult, write_file};
 use crate::keys;
 use crate::process::{CoordinatorProcess, SimulatedFlags, sibling_binary};
@@ -169,6 +169,11 @@ pub async fn run(args: Demo) -> CliResult {
         &share_keys,
     )
     .await;
+
+    let result = match result {
+        Ok(()) => outage_and_recovery(&mut s, &dir, &mut coordinator, &coordinator_flags).await,
+        Err(e) => Err(e),
+    };
 
     s.step("stop the coordinator");
     coordinator.stop();
@@ -361,6 +366,65 @@ async fn scenario(
             tampered_path.display()
         ))),
     }
+}
+
+/// Kills the coordinator (a full outage: the secrets were only in its memory), restarts it on its
+/// store, and has two of the three seed share owners recover it.
+async fn outage_and_recovery(
+    s: &mut Steps,
+    dir: &Path,
+    coordinator: &mut CoordinatorProcess,
+    flags: &SimulatedFlags,
+) -> CliResult {
+    s.step("full outage: kill the coordinator, start it again on its store: it verifies the store and is recovering");
+    coordinator.kill();
+    *coordinator = CoordinatorProcess::start_on(
+        &coordinator.data_dir.clone(),
+        &coordinator.log.clone(),
+        flags,
+        coordinator.user_addr,
+        coordinator.mesh_addr,
+    )?;
+    let manifest = dir.join("manifest-v2.json");
+    let verify_now = verify::Verify {
+        manifest: manifest.clone(),
+        coordinator: coordinator.user_addr.to_string(),
+        out: dir.join("verify-during-outage"),
+        since: None,
+        insecure_simulated_attestation: true,
+    };
+    match verify::run(verify_now).await {
+        Err(e) => eprintln!("    as expected, it serves nothing yet: {e}"),
+        Ok(_) => {
+            return Err(CliError::error(
+                "a restarted coordinator served without recovery: this is a bug",
+            ));
+        }
+    }
+
+    s.step("user recovery: seed share owners 0 and 2 each decrypt their own share and submit it");
+    for i in [0, 2] {
+        recover::run(recover::Recover {
+            share: dir.join(format!("seed-shares/seed-share-{i}.json")),
+            key: dir.join(format!("keys/share-owner-{i}.key")),
+            manifest: manifest.clone(),
+            coordinator: coordinator.user_addr.to_string(),
+            force: false,
+            insecure_simulated_attestation: true,
+        })
+        .await?;
+    }
+
+    s.step("verify after recovery: the same history, a new mesh CA (its old key died with the process)");
+    verify::run(verify::Verify {
+        manifest,
+        coordinator: coordinator.user_addr.to_string(),
+        out: dir.join("verify"),
+        since: None,
+        insecure_simulated_attestation: true,
+    })
+    .await?;
+    Ok(())
 }
 
 /// Flips one bit of the first manifest in a bundle, as a hostile host could.

@@ -4,6 +4,7 @@ pub mod attestation;
 pub mod demo;
 pub mod history;
 pub mod keygen;
+pub mod recover;
 pub mod set;
 pub mod sign;
 pub mod verify;

@@ -12,6 +12,7 @@ pub fn to_status(e: &CoordinatorError) -> Status {
         CoordinatorError::PermissionDenied(_) => Code::PermissionDenied,
         CoordinatorError::PreviousMismatch { .. }
         | CoordinatorError::FinalManifest
+        | CoordinatorError::FailedPrecondition(_)
         | CoordinatorError::Recovering
         | CoordinatorError::NoManifest => Code::FailedPrecondition,
         CoordinatorError::Ledger(LedgerError::Corrupt(_)) => Code::DataLoss,

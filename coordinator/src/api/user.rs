@@ -182,4 +182,48 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
             bundle: bundle.to_json(),
         }))
     }
+
+    async fn recover(
+        &self,
+        request: Request<pb::RecoverRequest>,
+    ) -> Result<Response<pb::RecoverResponse>, Status> {
+        let req = request.into_inner();
+        // The share is secret: it is never logged, and dropped (zeroized) with the request.
+        let share = concord_mesh_ca::SeedShare::from_bytes(&req.share).map_err(|e| {
+            invalid(format!(
+                "share: not a decrypted seed share ({e}); use `concord recover`"
+            ))
+        })?;
+        let index = share.index;
+        let replica = self.replica.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            replica
+                .write()?
+                .recover_with_share(share, req.force, time::OffsetDateTime::now_utc())
+        })
+        .await
+        .map_err(|e| Status::internal(format!("the Recover task failed: {e}")))?;
+        match result {
+            Ok(p) => {
+                info!(
+                    rpc = "Recover",
+                    share_index = index,
+                    received = p.shares_received,
+                    threshold = p.threshold,
+                    ready = p.ready,
+                    "ok"
+                );
+                Ok(Response::new(pb::RecoverResponse {
+                    shares_received: p.shares_received,
+                    threshold: p.threshold,
+                    ready: p.ready,
+                }))
+            }
+            Err(e) => {
+                let status = to_status(&e);
+                warn!(rpc = "Recover", share_index = index, code = ?status.code(), error = %e, "rejected");
+                Err(status)
+            }
+        }
+    }
 }

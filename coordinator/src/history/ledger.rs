@@ -168,6 +168,21 @@ impl<S: Store> Ledger<S> {
         })
     }
 
+    /// Replaces the mesh CA certificates of `transition`: after a full outage the mesh CA key is gone
+    /// (it was only in memory and is never derivable from the seed), so the recovered replica makes a
+    /// new mesh CA for the latest manifest.
+    pub fn replace_mesh_certs(
+        &self,
+        transition: &Hash,
+        mesh: &MeshCerts,
+    ) -> Result<(), LedgerError> {
+        // Serializing two byte strings as JSON cannot fail.
+        let bytes = serde_json::to_vec(mesh).unwrap_or_default();
+        self.store
+            .apply(vec![Write::Put(Key::MeshCerts(*transition), bytes)])?;
+        Ok(())
+    }
+
     /// Writes a transition and everything that comes with it in one durable batch, and moves `latest`.
     pub fn append(&self, new: &NewTransition) -> Result<(), LedgerError> {
         let hash = new.transition.hash();

@@ -84,9 +84,11 @@ pub struct MeshCertBundle {
 /// One coordinator replica.
 #[derive(Debug)]
 pub struct Coordinator<S> {
-    ledger: Ledger<S>,
-    history: Option<LoadedHistory>,
-    secrets: Option<Secrets>,
+    pub(super) ledger: Ledger<S>,
+    pub(super) history: Option<LoadedHistory>,
+    pub(super) secrets: Option<Secrets>,
+    /// Seed shares submitted for user recovery, until there are enough (never written anywhere).
+    pub(super) pending_shares: Vec<concord_mesh_ca::SeedShare>,
 }
 
 impl<S: Store> Coordinator<S> {
@@ -98,6 +100,7 @@ impl<S: Store> Coordinator<S> {
             ledger,
             history,
             secrets: None,
+            pending_shares: Vec::new(),
         })
     }
 
@@ -455,7 +458,7 @@ impl<S: Store> Coordinator<S> {
     }
 }
 
-fn mesh_certs(mesh_ca: &MeshCa) -> MeshCerts {
+pub(super) fn mesh_certs(mesh_ca: &MeshCa) -> MeshCerts {
     MeshCerts {
         mesh_ca_der: mesh_ca.mesh_ca_der().to_vec(),
         intermediate_der: mesh_ca.intermediate_der().to_vec(),

@@ -5,11 +5,13 @@
 //! workload secret) or the seed share owners (encrypted shares).
 
 mod coordinator;
+mod recovery;
 mod secrets;
 
 pub use coordinator::{
     Coordinator, ManifestsView, MeshCertBundle, ReplicaState, SetOutcome, SetRequest,
 };
+pub use recovery::RecoverProgress;
 
 #[cfg(test)]
 mod tests;

@@ -416,3 +416,106 @@ fn mesh_certs_are_issued_only_for_policies_of_the_manifest() {
     assert_eq!(bundle.workload_secret.len(), 32);
     assert!(bundle.cert_chain_pem.matches("BEGIN CERTIFICATE").count() == 2);
 }
+
+/// A replica restarted on its store: recovering, with the shares of the first answer to hand.
+fn restarted(d: &TestDeployment) -> (Coordinator<SledStore>, SetOutcome, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let first = {
+        let store = SledStore::open(dir.path()).unwrap();
+        let mut c = Coordinator::open(store.clone()).unwrap();
+        let first = c
+            .set_manifest(d.set_request(d.manifest(1), Hash::ZERO), now())
+            .unwrap();
+        let c = Coordinator::open(store).unwrap();
+        assert_eq!(c.state(), ReplicaState::Recovering);
+        first
+    };
+    let c = Coordinator::open(SledStore::open(dir.path()).unwrap()).unwrap();
+    (c, first, dir)
+}
+
+#[test]
+fn threshold_shares_recover_a_restarted_replica() {
+    let d = TestDeployment::new();
+    let (mut c, first, _dir) = restarted(&d);
+    let shares = open_shares(&d, &first);
+
+    let p = c
+        .recover_with_share(shares[2].clone(), false, now())
+        .unwrap();
+    assert_eq!((p.shares_received, p.threshold, p.ready), (1, 2, false));
+    // The same share again changes nothing.
+    let p = c
+        .recover_with_share(shares[2].clone(), false, now())
+        .unwrap();
+    assert_eq!(p.shares_received, 1);
+    assert_eq!(c.state(), ReplicaState::Recovering);
+
+    let p = c
+        .recover_with_share(shares[0].clone(), false, now())
+        .unwrap();
+    assert!(p.ready);
+    assert_eq!(c.state(), ReplicaState::Ready);
+    // Ready again: serves, and a new mesh CA (the old key is gone for good), same root CA.
+    let view = c.manifests().unwrap();
+    assert_eq!(view.root_ca_pem, first.root_ca_pem);
+    assert_ne!(view.mesh_ca_pem, first.mesh_ca_pem);
+    let next = c
+        .set_manifest(d.set_request(d.manifest(2), first.hash), now())
+        .unwrap();
+    assert_eq!(next.transition.index, 1);
+    // And a ready replica has nothing to recover.
+    assert!(matches!(
+        c.recover_with_share(shares[1].clone(), true, now()),
+        Err(CoordinatorError::FailedPrecondition(_))
+    ));
+}
+
+#[test]
+fn wrong_foreign_or_too_few_shares_change_nothing() {
+    let d = TestDeployment::new();
+    let (mut c, first, _dir) = restarted(&d);
+    let shares = open_shares(&d, &first);
+
+    // A share of another deployment.
+    let other = TestDeployment::new();
+    let (_, other_first) = ready(&other);
+    let foreign = open_shares(&other, &other_first);
+    let err = c
+        .recover_with_share(foreign[0].clone(), false, now())
+        .unwrap_err();
+    assert!(matches!(err, CoordinatorError::InvalidInput(_)), "{err}");
+    assert!(err.to_string().contains("another deployment"), "{err}");
+
+    // A forged share (right deployment and index, wrong value): the combined seed is refused.
+    let mut forged = shares[1].clone();
+    forged.value[0] ^= 1;
+    c.recover_with_share(shares[0].clone(), false, now())
+        .unwrap();
+    let err = c.recover_with_share(forged, false, now()).unwrap_err();
+    assert!(
+        matches!(err, CoordinatorError::PermissionDenied(_)),
+        "{err}"
+    );
+    assert_eq!(c.state(), ReplicaState::Recovering);
+    assert!(matches!(c.manifests(), Err(CoordinatorError::Recovering)));
+
+    // After the failure the shares were discarded: one good share is not enough any more.
+    let p = c
+        .recover_with_share(shares[1].clone(), false, now())
+        .unwrap();
+    assert_eq!((p.shares_received, p.ready), (1, false));
+    // Two different shares claiming the same index: refused.
+    let mut twin = shares[1].clone();
+    twin.value[5] ^= 1;
+    assert!(matches!(
+        c.recover_with_share(twin, false, now()),
+        Err(CoordinatorError::InvalidInput(_))
+    ));
+    // A fresh replica has nothing to recover.
+    let mut fresh = Coordinator::open(MemoryStore::new()).unwrap();
+    assert!(matches!(
+        fresh.recover_with_share(shares[0].clone(), false, now()),
+        Err(CoordinatorError::FailedPrecondition(_))
+    ));
+}

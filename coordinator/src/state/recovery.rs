@@ -1,0 +1,134 @@
+//! User recovery: after a full outage no replica holds the secrets. Seed share owners each submit their
+//! own decrypted share; once `threshold` distinct shares of this deployment are here, they are combined,
+//! the seed is checked against the stored history (the derived signing key must be the history's), the
+//! root CA is rebuilt from its derived key, and a new mesh CA is made (the old one's key was only in
+//! memory and is never derivable from the seed: Invariant 3). Only then is the replica ready.
+//!
+//! Shares live only in memory, are never logged or written, and are discarded after a failed attempt.
+
+use concord_mesh_ca::{MeshCa, RootCa, SeedShare, combine};
+use time::OffsetDateTime;
+
+use super::ReplicaState;
+use super::coordinator::{Coordinator, mesh_certs};
+use super::secrets::Secrets;
+use crate::error::CoordinatorError;
+use crate::hash::Hash;
+use crate::store::Store;
+
+/// Where a user recovery stands after a share was accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecoverProgress {
+    pub shares_received: u32,
+    pub threshold: u32,
+    pub ready: bool,
+}
+
+impl<S: Store> Coordinator<S> {
+    /// Takes one seed share. See the module documentation. `force` is for clusters: recovering while a
+    /// ready peer exists. A ready replica has nothing to recover, forced or not.
+    pub fn recover_with_share(
+        &mut self,
+        share: SeedShare,
+        _force: bool,
+        now: OffsetDateTime,
+    ) -> Result<RecoverProgress, CoordinatorError> {
+        let history = match (self.state(), &self.history) {
+            (ReplicaState::Fresh, _) | (_, None) => {
+                return Err(CoordinatorError::FailedPrecondition(
+                    "there is nothing to recover: no history exists yet; set a manifest instead"
+                        .into(),
+                ));
+            }
+            (ReplicaState::Ready, _) => {
+                return Err(CoordinatorError::FailedPrecondition(
+                    "this coordinator is ready: there is nothing to recover".into(),
+                ));
+            }
+            (ReplicaState::Recovering, Some(h)) => h,
+        };
+        let chain = &history.chain;
+        let deployment = chain.hash_at(0).unwrap_or(Hash::ZERO);
+        let owners = chain.manifests()[0].seed_share_owners().clone();
+        if share.deployment != *deployment.as_bytes() {
+            return Err(CoordinatorError::InvalidInput(format!(
+                "this share belongs to another deployment ({}); this history's first transition is {deployment}",
+                Hash(share.deployment)
+            )));
+        }
+        if share.threshold != owners.threshold
+            || share.index == 0
+            || usize::from(share.index) > owners.keys.len()
+        {
+            return Err(CoordinatorError::InvalidInput(format!(
+                "this share (index {}, threshold {}) does not fit this deployment's {}-of-{} seed share owners",
+                share.index,
+                share.threshold,
+                owners.threshold,
+                owners.keys.len()
+            )));
+        }
+        match self.pending_shares.iter().find(|s| s.index == share.index) {
+            Some(known) if known.to_bytes() == share.to_bytes() => {}
+            Some(_) => {
+                return Err(CoordinatorError::InvalidInput(format!(
+                    "a different share with index {} was already submitted; one of them is wrong. Nothing changed",
+                    share.index
+                )));
+            }
+            None => self.pending_shares.push(share),
+        }
+        let received = self.pending_shares.len() as u32;
+        let threshold = u32::from(owners.threshold);
+        if received < threshold {
+            return Ok(RecoverProgress {
+                shares_received: received,
+                threshold,
+                ready: false,
+            });
+        }
+
+        // Enough shares: whatever happens next, they are used once and dropped (zeroized).
+        let shares = std::mem::take(&mut self.pending_shares);
+        let engine = combine(&shares).map_err(|e| {
+            CoordinatorError::InvalidInput(format!(
+                "the shares do not combine: {e}; they were discarded, submit them again"
+            ))
+        })?;
+        let signing_key = engine.transition_signing_key();
+        if signing_key.verifying_key() != *chain.signing_key() {
+            return Err(CoordinatorError::PermissionDenied(
+                "the shares reconstruct a seed whose signing key is not this history's: at least one share is wrong or forged. They were discarded; nothing changed"
+                    .into(),
+            ));
+        }
+        let crypto = |e: concord_mesh_ca::MeshCaError| CoordinatorError::Crypto(e.to_string());
+        let root_ca = RootCa::from_parts(
+            history.root_ca_der.clone(),
+            &engine.root_ca_key().map_err(crypto)?,
+        )
+        .map_err(|e| {
+            CoordinatorError::Ledger(crate::history::LedgerError::Corrupt(format!(
+                "the stored root CA certificate does not belong to the recovered seed: {e}"
+            )))
+        })?;
+        let mesh_ca = MeshCa::generate(&root_ca, now).map_err(crypto)?;
+        let certs = mesh_certs(&mesh_ca);
+        self.ledger
+            .replace_mesh_certs(&chain.latest_hash(), &certs)?;
+        if let Some(h) = &mut self.history {
+            h.mesh = certs;
+        }
+        self.secrets = Some(Secrets {
+            engine,
+            signing_key,
+            root_ca,
+            mesh_ca,
+        });
+        Ok(RecoverProgress {
+            shares_received: received,
+            threshold,
+            ready: true,
+        })
+    }
+}
