@@ -2,6 +2,8 @@
 //! keys and manifests; coordinators started as real processes on loopback; the real `concord` CLI.
 #![forbid(unsafe_code)]
 
+pub mod fault;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
