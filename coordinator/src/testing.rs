@@ -101,6 +101,30 @@ impl TestDeployment {
         }
     }
 
+    /// Evidence for `policy` bound to `spki_der` (and a fixed nonce), verified against `manifest`: what
+    /// the aTLS layer hands the core for a peer running `policy`.
+    pub fn verified_report(
+        &self,
+        policy: &[u8],
+        manifest: &crate::manifest::Manifest,
+        spki_der: &[u8],
+    ) -> concord_attestation::VerifiedReport {
+        use concord_attestation::{EvidenceIssuer, PlatformTrust, Verifier};
+        let report_data = concord_attestation::atls::binding(spki_der, &[5; 32]);
+        let evidence = self.issuer(policy).issue(&report_data).expect("evidence");
+        Verifier::new(PlatformTrust {
+            insecure_simulated_root: Some(self.root.hash()),
+        })
+        .verify(
+            &evidence,
+            manifest.reference_values(),
+            &report_data,
+            &|h| manifest.policy(&Hash(*h)).is_some(),
+            std::time::SystemTime::now(),
+        )
+        .expect("the evidence verifies against the manifest")
+    }
+
     /// An issuer that produces evidence for `policy` on this deployment's simulated platform.
     pub fn issuer(&self, policy: &[u8]) -> SimulatedIssuer {
         SimulatedIssuer::new(&self.root, self.measurement, *Hash::of(policy).as_bytes())

@@ -22,6 +22,7 @@ use rcgen::{
 };
 use sha2::{Digest as _, Sha256};
 use time::{Duration, OffsetDateTime, UtcOffset};
+use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::ParsedExtension;
 use x509_parser::oid_registry::OID_SIG_ECDSA_WITH_SHA256;
 use zeroize::Zeroizing;
@@ -30,6 +31,10 @@ use crate::{MeshCaError, rng};
 
 const ROOT_CA_COMMON_NAME: &str = "Concord root CA";
 const MESH_CA_COMMON_NAME: &str = "Concord mesh CA";
+/// How errors name the two mesh CA certificates (and the `from_parts` argument each came in).
+const MESH_CA_CERT_NAME: &str = "self-signed mesh CA certificate (mesh_ca_der)";
+const INTERMEDIATE_CERT_NAME: &str =
+    "mesh CA intermediate certificate signed by the root CA (intermediate_der)";
 
 /// Certificates start an hour in the past so that a peer whose clock is a little behind
 /// does not reject a certificate issued a moment ago.
@@ -252,6 +257,67 @@ impl MeshCa {
         })
     }
 
+    /// Rebuilds a mesh CA received from a ready peer during peer recovery: its private scalar
+    /// (from [`MeshCa::key_for_attested_peer`] on the peer) and its two certificates, exactly as
+    /// the peer holds them. The rebuilt CA issues leaves exactly as the peer does, and
+    /// [`MeshCa::mesh_ca_der`] and [`MeshCa::intermediate_der`] return the bytes given here.
+    ///
+    /// Everything is checked, and anything off is refused (Invariant 2): `key` must be a valid
+    /// nonzero P-256 scalar; each certificate must be one whole DER certificate for exactly the
+    /// public key of `key`, with subject CN=Concord mesh CA and the key identifier Concord
+    /// computes, a CA with path length 0 that may sign certificates, signed with ECDSA-SHA256;
+    /// `mesh_ca_der` must be self-signed, and `intermediate_der` signed by `root`, with `root`'s
+    /// subject as its issuer and `root`'s key identifier as its authority key identifier. Both
+    /// must expire at the same time, not after `root`; leaves are capped at that time.
+    ///
+    /// This cannot tell whether the pair is the *current* mesh CA of the latest manifest (an old
+    /// mesh CA of the same deployment passes every check): callers take both certificates from
+    /// their own verified history, not from the peer, or compare them with it.
+    pub fn from_parts(
+        key: &[u8; 32],
+        mesh_ca_der: Vec<u8>,
+        intermediate_der: Vec<u8>,
+        root: &RootCa,
+    ) -> Result<MeshCa, MeshCaError> {
+        let secret = mesh_ca_key_from_bytes(key)?;
+        let signer = P256Signer::new(&secret);
+        drop(secret);
+        let not_after = check_mesh_ca_certificates(&mesh_ca_der, &intermediate_der, &signer, root)?;
+        // rcgen reads the issuer's subject, key identifier and key usages from the certificate:
+        // the checks above made sure they are what `generate` puts there, so leaves name the
+        // same issuer and authority key identifier as the peer's do.
+        let issuer =
+            Issuer::from_ca_cert_der(&mesh_ca_der.as_slice().into(), signer).map_err(|err| {
+                MeshCaError::MeshCaCertificateRejected {
+                    certificate: MESH_CA_CERT_NAME,
+                    reason: format!("it cannot be used to issue certificates ({err})"),
+                }
+            })?;
+        Ok(MeshCa {
+            mesh_ca_pem: pem_certificate(&mesh_ca_der),
+            intermediate_pem: pem_certificate(&intermediate_der),
+            issuer,
+            mesh_ca_der,
+            intermediate_der,
+            not_after,
+        })
+    }
+
+    /// The mesh CA's private P-256 scalar, big-endian, wiped when the returned value drops.
+    ///
+    /// This is the ONLY way the mesh CA key leaves this value's memory, and it exists for peer
+    /// recovery alone. A caller may send it only over a mutually attested TLS connection whose
+    /// peer evidence matched a policy with role `coordinator` in the current verified manifest
+    /// (Invariant 1(b)); the receiver rebuilds the CA with [`MeshCa::from_parts`]. Never log it,
+    /// never store it (on disk or anywhere the host can read), never put it into Raft, and never
+    /// hand it to anything derived from the seed (Invariant 3).
+    pub fn key_for_attested_peer(&self) -> Zeroizing<[u8; 32]> {
+        let scalar = Zeroizing::new(self.issuer.key().key.to_bytes());
+        let mut out = Zeroizing::new([0u8; 32]);
+        out.copy_from_slice(&scalar);
+        out
+    }
+
     /// The self-signed mesh CA certificate, DER: what data owners pin.
     pub fn mesh_ca_der(&self) -> &[u8] {
         &self.mesh_ca_der
@@ -341,7 +407,7 @@ impl MeshCa {
     /// The mesh CA's private scalar, for tests that check it never appears or repeats.
     #[cfg(test)]
     pub(crate) fn secret_scalar_for_tests(&self) -> Zeroizing<[u8; 32]> {
-        Zeroizing::new(self.issuer.key().key.to_bytes().into())
+        self.key_for_attested_peer()
     }
 }
 
@@ -436,6 +502,18 @@ fn random_p256_key<R: RngCore + CryptoRng + ?Sized>(
     })
 }
 
+/// A mesh CA key received as bytes: a P-256 scalar in `1..n`, big-endian.
+fn mesh_ca_key_from_bytes(key: &[u8; 32]) -> Result<p256::SecretKey, MeshCaError> {
+    if key.iter().all(|&b| b == 0) {
+        return Err(MeshCaError::InvalidMeshCaKey {
+            reason: "it is zero",
+        });
+    }
+    p256::SecretKey::from_bytes(key.into()).map_err(|_| MeshCaError::InvalidMeshCaKey {
+        reason: "it is not below the order of the P-256 group",
+    })
+}
+
 fn pem_certificate(der: &[u8]) -> String {
     let body = base64::engine::general_purpose::STANDARD.encode(der);
     let mut pem = String::with_capacity(body.len() + body.len() / 64 + 64);
@@ -458,52 +536,212 @@ fn check_root_certificate(
 ) -> Result<OffsetDateTime, MeshCaError> {
     let reject = |reason: String| MeshCaError::RootCertificateRejected { reason };
 
-    let (rest, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|err| reject(format!("it is not a DER X.509 certificate ({err})")))?;
-    if !rest.is_empty() {
-        return Err(reject(format!(
-            "{} unexpected bytes follow the certificate",
-            rest.len()
-        )));
-    }
-
-    let cert_key = p256::PublicKey::from_public_key_der(cert.public_key().raw)
-        .map_err(|_| reject("its public key is not a P-256 key".into()))?;
-    if cert_key != key.public_key() {
-        return Err(reject(
-            "its public key is not the root CA key derived from this seed".into(),
-        ));
-    }
-
-    if cert.signature_algorithm.algorithm != OID_SIG_ECDSA_WITH_SHA256 {
-        return Err(reject("it is not signed with ECDSA-SHA256".into()));
-    }
-    let signature = p256::ecdsa::Signature::from_der(&cert.signature_value.data)
-        .map_err(|_| reject("its signature is not a DER ECDSA signature".into()))?;
-    p256::ecdsa::VerifyingKey::from(&cert_key)
-        .verify(cert.tbs_certificate.as_ref(), &signature)
-        .map_err(|_| reject("its self-signature does not verify".into()))?;
-
+    let cert = parse_whole_certificate(der).map_err(reject)?;
+    check_certificate_key(
+        &cert,
+        &key.public_key(),
+        "the root CA key derived from this seed",
+    )
+    .map_err(reject)?;
+    check_ecdsa_sha256_signature(
+        &cert,
+        signer.key.verifying_key(),
+        "its self-signature does not verify",
+    )
+    .map_err(reject)?;
     if cert.issuer().as_raw() != cert.subject().as_raw() {
         return Err(reject("it is not self-issued".into()));
     }
-    let mut common_names = cert.subject().iter_common_name();
-    let common_name = common_names.next().and_then(|cn| cn.as_str().ok());
-    if cert.subject().iter().count() != 1
-        || common_names.next().is_some()
-        || common_name != Some(ROOT_CA_COMMON_NAME)
-    {
-        return Err(reject(format!(
-            "its subject is not CN={ROOT_CA_COMMON_NAME}"
+    check_sole_common_name(&cert, ROOT_CA_COMMON_NAME).map_err(reject)?;
+    ca_path_len(&cert).map_err(reject)?;
+    // Intermediates name the root by this key identifier; it must be the one Concord computes.
+    check_subject_key_identifier(&cert, signer).map_err(reject)?;
+
+    Ok(cert.validity().not_after.to_datetime())
+}
+
+/// Checks a mesh CA certificate pair received from a peer against the key sent with it and
+/// against this deployment's root CA, and returns the pair's expiry.
+///
+/// Both certificates must be exactly what [`MeshCa::generate`] makes for `signer`: the same
+/// subject (CN=Concord mesh CA) and key identifier, CA with path length 0, allowed to sign
+/// certificates; one self-signed, the other signed by `root` and naming it as its issuer.
+fn check_mesh_ca_certificates(
+    mesh_ca_der: &[u8],
+    intermediate_der: &[u8],
+    signer: &P256Signer,
+    root: &RootCa,
+) -> Result<OffsetDateTime, MeshCaError> {
+    let reject_own = |reason: String| MeshCaError::MeshCaCertificateRejected {
+        certificate: MESH_CA_CERT_NAME,
+        reason,
+    };
+    let reject_intermediate = |reason: String| MeshCaError::MeshCaCertificateRejected {
+        certificate: INTERMEDIATE_CERT_NAME,
+        reason,
+    };
+    let public_key = signer.key.verifying_key();
+    let expected_key = p256::PublicKey::from(public_key);
+    let key_name = "the public key of the mesh CA key sent with it";
+
+    let own = parse_whole_certificate(mesh_ca_der).map_err(reject_own)?;
+    check_certificate_key(&own, &expected_key, key_name).map_err(reject_own)?;
+    check_ecdsa_sha256_signature(&own, public_key, "its self-signature does not verify")
+        .map_err(reject_own)?;
+    if own.issuer().as_raw() != own.subject().as_raw() {
+        return Err(reject_own("it is not self-issued".into()));
+    }
+    check_mesh_ca_fields(&own, signer).map_err(reject_own)?;
+
+    let intermediate = parse_whole_certificate(intermediate_der).map_err(reject_intermediate)?;
+    check_certificate_key(&intermediate, &expected_key, key_name).map_err(reject_intermediate)?;
+    let root_key = root.issuer.key();
+    check_ecdsa_sha256_signature(
+        &intermediate,
+        root_key.key.verifying_key(),
+        "its signature does not verify with this deployment's root CA key",
+    )
+    .map_err(reject_intermediate)?;
+    // The root was checked when it was built, so this parse succeeds; still, fail closed.
+    let root_cert = parse_whole_certificate(&root.cert_der).map_err(|reason| {
+        MeshCaError::RootCertificateRejected {
+            reason: format!("it no longer parses ({reason})"),
+        }
+    })?;
+    if intermediate.issuer().as_raw() != root_cert.subject().as_raw() {
+        return Err(reject_intermediate(format!(
+            "its issuer is {}, not this deployment's root CA ({})",
+            intermediate.issuer(),
+            root_cert.subject()
         )));
     }
-
-    match cert.basic_constraints() {
-        Ok(Some(constraints)) if constraints.value.ca => {}
-        _ => return Err(reject("it is not a CA certificate".into())),
+    // Chain builders match the intermediate to the root by this identifier.
+    let root_key_id = CertificateParams::default().key_identifier(root_key);
+    let authority_key_id = intermediate
+        .iter_extensions()
+        .find_map(|ext| match ext.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(aki) => Some(aki.key_identifier.as_ref()),
+            _ => None,
+        })
+        .flatten();
+    if authority_key_id.map(|id| id.0) != Some(root_key_id.as_slice()) {
+        return Err(reject_intermediate(
+            "its authority key identifier is missing or does not name this deployment's root CA"
+                .into(),
+        ));
+    }
+    check_mesh_ca_fields(&intermediate, signer).map_err(reject_intermediate)?;
+    // Leaves name their issuer by these bytes and verify against either certificate, so both
+    // must carry the very same subject.
+    if intermediate.subject().as_raw() != own.subject().as_raw() {
+        return Err(reject_intermediate(
+            "its subject is not encoded exactly as the self-signed mesh CA certificate's".into(),
+        ));
     }
 
-    // Intermediates name the root by this key identifier; it must be the one Concord computes.
+    let not_after = own.validity().not_after.to_datetime();
+    if intermediate.validity().not_after.to_datetime() != not_after {
+        return Err(reject_intermediate(format!(
+            "it expires at {}, but the self-signed mesh CA certificate at {not_after}; Concord \
+             certifies the mesh CA key with one validity",
+            intermediate.validity().not_after.to_datetime()
+        )));
+    }
+    if not_after > root.not_after {
+        return Err(reject_intermediate(format!(
+            "it expires at {not_after}, after the root CA certificate ({})",
+            root.not_after
+        )));
+    }
+    Ok(not_after)
+}
+
+/// What both mesh CA certificates share: subject, CA with path length 0, certificate signing,
+/// and the key identifier Concord computes.
+fn check_mesh_ca_fields(cert: &X509Certificate<'_>, signer: &P256Signer) -> Result<(), String> {
+    check_sole_common_name(cert, MESH_CA_COMMON_NAME)?;
+    if ca_path_len(cert)? != Some(0) {
+        return Err("it is a CA certificate without the path length 0 a mesh CA has".into());
+    }
+    match cert.key_usage() {
+        Ok(Some(usage)) if usage.value.key_cert_sign() => {}
+        _ => return Err("its key usage does not allow signing certificates".into()),
+    }
+    check_subject_key_identifier(cert, signer)
+}
+
+/// One DER X.509 certificate and nothing after it.
+fn parse_whole_certificate(der: &[u8]) -> Result<X509Certificate<'_>, String> {
+    let (rest, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|err| format!("it is not a DER X.509 certificate ({err})"))?;
+    if !rest.is_empty() {
+        return Err(format!(
+            "{} unexpected bytes follow the certificate",
+            rest.len()
+        ));
+    }
+    Ok(cert)
+}
+
+/// The certificate's key must be the P-256 key `expected`, described as `expected_name`.
+fn check_certificate_key(
+    cert: &X509Certificate<'_>,
+    expected: &p256::PublicKey,
+    expected_name: &str,
+) -> Result<(), String> {
+    let cert_key = p256::PublicKey::from_public_key_der(cert.public_key().raw)
+        .map_err(|_| "its public key is not a P-256 key".to_string())?;
+    if &cert_key != expected {
+        return Err(format!("its public key is not {expected_name}"));
+    }
+    Ok(())
+}
+
+/// The certificate must be signed with ECDSA-SHA256 by `key`; `failure` says what it means
+/// when the signature does not verify.
+fn check_ecdsa_sha256_signature(
+    cert: &X509Certificate<'_>,
+    key: &p256::ecdsa::VerifyingKey,
+    failure: &str,
+) -> Result<(), String> {
+    if cert.signature_algorithm.algorithm != OID_SIG_ECDSA_WITH_SHA256 {
+        return Err("it is not signed with ECDSA-SHA256".into());
+    }
+    let signature = p256::ecdsa::Signature::from_der(&cert.signature_value.data)
+        .map_err(|_| "its signature is not a DER ECDSA signature".to_string())?;
+    key.verify(cert.tbs_certificate.as_ref(), &signature)
+        .map_err(|_| failure.to_string())
+}
+
+/// The subject must be exactly one attribute, the common name `common_name`.
+fn check_sole_common_name(cert: &X509Certificate<'_>, common_name: &str) -> Result<(), String> {
+    let subject = cert.subject();
+    let mut common_names = subject.iter_common_name();
+    let found = common_names.next().and_then(|cn| cn.as_str().ok());
+    if subject.iter().count() != 1
+        || subject.iter_attributes().count() != 1
+        || common_names.next().is_some()
+        || found != Some(common_name)
+    {
+        return Err(format!("its subject is not CN={common_name}"));
+    }
+    Ok(())
+}
+
+/// The certificate must be a CA; returns its path length constraint.
+fn ca_path_len(cert: &X509Certificate<'_>) -> Result<Option<u32>, String> {
+    match cert.basic_constraints() {
+        Ok(Some(constraints)) if constraints.value.ca => Ok(constraints.value.path_len_constraint),
+        _ => Err("it is not a CA certificate".into()),
+    }
+}
+
+/// The subject key identifier must be the one Concord computes for `signer` (what it writes
+/// as the authority key identifier of everything the CA signs).
+fn check_subject_key_identifier(
+    cert: &X509Certificate<'_>,
+    signer: &P256Signer,
+) -> Result<(), String> {
     let expected_key_id = CertificateParams::default().key_identifier(signer);
     let key_id = cert
         .iter_extensions()
@@ -512,12 +750,9 @@ fn check_root_certificate(
             _ => None,
         });
     if key_id != Some(expected_key_id.as_slice()) {
-        return Err(reject(
-            "its subject key identifier is missing or not the one Concord computes".into(),
-        ));
+        return Err("its subject key identifier is missing or not the one Concord computes".into());
     }
-
-    Ok(cert.validity().not_after.to_datetime())
+    Ok(())
 }
 
 /// Parses the key to certify and checks that it is a valid point of a supported curve, so that
@@ -843,6 +1078,486 @@ mod tests {
         let mesh_key = parse(a.mesh_ca_der()).public_key().raw.to_vec();
         let root_spki = parse(root.cert_der()).public_key().raw.to_vec();
         assert_ne!(mesh_key, root_spki);
+    }
+
+    /// Receiving side of peer recovery: the root rebuilt from its stored certificate, then the
+    /// mesh CA from what the peer sent.
+    fn rebuild(mesh: &MeshCa, root: &RootCa) -> Result<MeshCa, MeshCaError> {
+        let root = RootCa::from_parts(
+            root.cert_der().to_vec(),
+            &golden_engine().root_ca_key().unwrap(),
+        )
+        .unwrap();
+        MeshCa::from_parts(
+            &mesh.key_for_attested_peer(),
+            mesh.mesh_ca_der().to_vec(),
+            mesh.intermediate_der().to_vec(),
+            &root,
+        )
+    }
+
+    fn authority_key_id(cert: &X509Certificate<'_>) -> Vec<u8> {
+        cert.iter_extensions()
+            .find_map(|ext| match ext.parsed_extension() {
+                ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                    Some(aki.key_identifier.as_ref().unwrap().0.to_vec())
+                }
+                _ => None,
+            })
+            .unwrap()
+    }
+
+    /// A mesh CA certificate pair for `key`, made as `MeshCa::generate` makes it, with the
+    /// intermediate signed by `issuer`, after `tweak` changed the parameters (its second
+    /// argument says whether the intermediate's are being changed).
+    fn mesh_certs_with(
+        key: &[u8; 32],
+        issuer: &Issuer<'_, P256Signer>,
+        cap: OffsetDateTime,
+        tweak: impl Fn(&mut CertificateParams, bool),
+    ) -> (Vec<u8>, Vec<u8>) {
+        let signer = P256Signer::new(&p256::SecretKey::from_bytes(key.into()).unwrap());
+        let (not_before, not_after) = validity(fixed_now(), CA_LIFETIME, Some(cap)).unwrap();
+        let serial = || random_serial(&mut OsRng, "test serial").unwrap();
+        let mut params = ca_params(
+            MESH_CA_COMMON_NAME,
+            serial(),
+            not_before,
+            not_after,
+            BasicConstraints::Constrained(0),
+        );
+        tweak(&mut params, false);
+        let own = params.self_signed(&signer).unwrap().der().to_vec();
+        let mut params = ca_params(
+            MESH_CA_COMMON_NAME,
+            serial(),
+            not_before,
+            not_after,
+            BasicConstraints::Constrained(0),
+        );
+        params.use_authority_key_identifier_extension = true;
+        tweak(&mut params, true);
+        let intermediate = params.signed_by(&signer, issuer).unwrap().der().to_vec();
+        (own, intermediate)
+    }
+
+    #[track_caller]
+    fn assert_rejected(
+        result: Result<MeshCa, MeshCaError>,
+        certificate: &str,
+        reason_contains: &str,
+    ) {
+        match result {
+            Err(MeshCaError::MeshCaCertificateRejected {
+                certificate: which,
+                reason,
+            }) => {
+                assert_eq!(which, certificate, "{reason}");
+                assert!(
+                    reason.contains(reason_contains),
+                    "expected {reason_contains:?} in {reason:?}"
+                );
+            }
+            Err(other) => panic!("expected {certificate} rejected, got: {other}"),
+            Ok(_) => panic!("expected {certificate} rejected ({reason_contains}), got a MeshCa"),
+        }
+    }
+
+    #[test]
+    fn key_for_attested_peer_is_the_certified_key() {
+        let mesh = MeshCa::generate(&golden_root(), fixed_now()).unwrap();
+        let key = mesh.key_for_attested_peer();
+        let public = p256::SecretKey::from_bytes(key.as_ref().into())
+            .unwrap()
+            .public_key();
+        for der in [mesh.mesh_ca_der(), mesh.intermediate_der()] {
+            assert_eq!(
+                p256::PublicKey::from_public_key_der(parse(der).public_key().raw).unwrap(),
+                public
+            );
+        }
+        assert_eq!(key, mesh.key_for_attested_peer());
+        let other = MeshCa::generate(&golden_root(), fixed_now()).unwrap();
+        assert_ne!(key, other.key_for_attested_peer());
+    }
+
+    #[test]
+    fn mesh_ca_from_parts_round_trips_and_issues_leaves_that_verify() {
+        let root = golden_root();
+        let mesh = MeshCa::generate(&root, fixed_now()).unwrap();
+        let rebuilt = rebuild(&mesh, &root).unwrap();
+
+        // The very bytes received, not new certificates.
+        assert_eq!(rebuilt.mesh_ca_der(), mesh.mesh_ca_der());
+        assert_eq!(rebuilt.intermediate_der(), mesh.intermediate_der());
+        assert_eq!(rebuilt.mesh_ca_pem(), mesh.mesh_ca_pem());
+        assert_eq!(rebuilt.intermediate_pem(), mesh.intermediate_pem());
+        assert_eq!(rebuilt.not_after, mesh.not_after);
+        assert_eq!(
+            rebuilt.key_for_attested_peer(),
+            mesh.key_for_attested_peer()
+        );
+
+        // Leaves name the same issuer, by the same bytes and key identifier, as the sender's.
+        let spki = p256_spki();
+        let theirs = mesh
+            .issue(&spki, "web", &sans(&["web"]), fixed_now())
+            .unwrap();
+        let ours = rebuilt
+            .issue(&spki, "web", &sans(&["web"]), fixed_now())
+            .unwrap();
+        let (theirs, ours_cert) = (parse(&theirs.der), parse(&ours.der));
+        assert_eq!(ours_cert.issuer().as_raw(), theirs.issuer().as_raw());
+        assert_eq!(
+            ours_cert.issuer().as_raw(),
+            parse(mesh.mesh_ca_der()).subject().as_raw()
+        );
+        assert_eq!(authority_key_id(&ours_cert), authority_key_id(&theirs));
+        assert_eq!(ours_cert.validity().not_after, theirs.validity().not_after);
+        assert_eq!(
+            rebuilt.chain_pem(&ours),
+            format!("{}{}", ours.pem, mesh.intermediate_pem())
+        );
+
+        // openssl accepts the rebuilt CA's leaf under the sender's certificates.
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "root.pem", root.cert_pem());
+        write(dir.path(), "intermediate.pem", mesh.intermediate_pem());
+        write(dir.path(), "mesh_ca.pem", mesh.mesh_ca_pem());
+        write(dir.path(), "leaf.pem", &ours.pem);
+        write(dir.path(), "chain.pem", rebuilt.chain_pem(&ours));
+        let at_time = (fixed_now() + Duration::days(1))
+            .unix_timestamp()
+            .to_string();
+        let verify = |args: &[&str]| {
+            let mut all = vec!["verify", "-attime", &at_time, "-x509_strict"];
+            all.extend_from_slice(args);
+            openssl(dir.path(), &all)
+        };
+        let (ok, out) = verify(&["-CAfile", "mesh_ca.pem", "leaf.pem"]);
+        assert!(ok, "via the pinned mesh CA: {out}");
+        let (ok, out) = verify(&[
+            "-CAfile",
+            "root.pem",
+            "-untrusted",
+            "intermediate.pem",
+            "leaf.pem",
+        ]);
+        assert!(ok, "via root and intermediate: {out}");
+        let (ok, out) = verify(&["-CAfile", "root.pem", "-untrusted", "chain.pem", "leaf.pem"]);
+        assert!(ok, "via chain_pem: {out}");
+        // Control: another mesh CA's certificate does not vouch for it.
+        write(
+            dir.path(),
+            "other_mesh_ca.pem",
+            MeshCa::generate(&root, fixed_now()).unwrap().mesh_ca_pem(),
+        );
+        let (ok, _) = verify(&["-CAfile", "other_mesh_ca.pem", "leaf.pem"]);
+        assert!(!ok, "verified against another mesh CA");
+    }
+
+    #[test]
+    fn rebuilt_mesh_ca_keeps_the_received_expiry() {
+        let root = golden_root();
+        // Made nine years after the root, so it ends when the root ends, not ten years on.
+        let mesh = MeshCa::generate(&root, fixed_now() + Duration::days(9 * 365)).unwrap();
+        let rebuilt = rebuild(&mesh, &root).unwrap();
+        assert_eq!(rebuilt.not_after, root.not_after);
+        let leaf_time = root.not_after - Duration::days(100);
+        let leaf = rebuilt.issue(&p256_spki(), "web", &[], leaf_time).unwrap();
+        assert_eq!(
+            parse(&leaf.der).validity().not_after.to_datetime(),
+            root.not_after
+        );
+        assert!(matches!(
+            rebuilt.issue(&p256_spki(), "web", &[], root.not_after),
+            Err(MeshCaError::InvalidValidity { .. })
+        ));
+    }
+
+    #[test]
+    fn mesh_ca_from_parts_refuses_what_does_not_belong_together() {
+        let root = golden_root();
+        let mesh = MeshCa::generate(&root, fixed_now()).unwrap();
+        let key = mesh.key_for_attested_peer();
+        let own = || mesh.mesh_ca_der().to_vec();
+        let intermediate = || mesh.intermediate_der().to_vec();
+
+        // Control: the right parts are accepted.
+        MeshCa::from_parts(&key, own(), intermediate(), &root).unwrap();
+
+        // The key of another mesh CA.
+        let other = MeshCa::generate(&root, fixed_now()).unwrap();
+        let other_key = other.key_for_attested_peer();
+        let err = MeshCa::from_parts(&other_key, own(), intermediate(), &root).unwrap_err();
+        assert!(!err.to_string().contains(&hex::encode(other_key.as_ref())));
+        assert_rejected(
+            Err(err),
+            MESH_CA_CERT_NAME,
+            "not the public key of the mesh CA key sent with it",
+        );
+        // Another mesh CA's intermediate beside this one's self-signed certificate.
+        assert_rejected(
+            MeshCa::from_parts(&key, own(), other.intermediate_der().to_vec(), &root),
+            INTERMEDIATE_CERT_NAME,
+            "not the public key of the mesh CA key sent with it",
+        );
+
+        // Swapped arguments, and the self-signed certificate given twice.
+        assert_rejected(
+            MeshCa::from_parts(&key, intermediate(), own(), &root),
+            MESH_CA_CERT_NAME,
+            "self-signature does not verify",
+        );
+        assert_rejected(
+            MeshCa::from_parts(&key, own(), own(), &root),
+            INTERMEDIATE_CERT_NAME,
+            "does not verify with this deployment's root CA key",
+        );
+
+        // The intermediate of the same key under another deployment's root.
+        let other_root =
+            RootCa::create(&other_engine().root_ca_key().unwrap(), fixed_now()).unwrap();
+        let (foreign_own, foreign_intermediate) =
+            mesh_certs_with(&key, &other_root.issuer, other_root.not_after, |_, _| {});
+        MeshCa::from_parts(
+            &key,
+            foreign_own.clone(),
+            foreign_intermediate.clone(),
+            &other_root,
+        )
+        .unwrap();
+        assert_rejected(
+            MeshCa::from_parts(&key, own(), foreign_intermediate, &root),
+            INTERMEDIATE_CERT_NAME,
+            "does not verify with this deployment's root CA key",
+        );
+        // And the whole foreign pair, offered to this deployment.
+        let (_, foreign_intermediate) =
+            mesh_certs_with(&key, &other_root.issuer, other_root.not_after, |_, _| {});
+        assert_rejected(
+            MeshCa::from_parts(&key, foreign_own, foreign_intermediate, &root),
+            INTERMEDIATE_CERT_NAME,
+            "does not verify with this deployment's root CA key",
+        );
+
+        // Truncated certificates, and trailing bytes.
+        let mut truncated = own();
+        truncated.truncate(truncated.len() - 1);
+        assert_rejected(
+            MeshCa::from_parts(&key, truncated, intermediate(), &root),
+            MESH_CA_CERT_NAME,
+            "not a DER X.509 certificate",
+        );
+        let mut truncated = intermediate();
+        truncated.truncate(truncated.len() / 2);
+        assert_rejected(
+            MeshCa::from_parts(&key, own(), truncated, &root),
+            INTERMEDIATE_CERT_NAME,
+            "not a DER X.509 certificate",
+        );
+        assert_rejected(
+            MeshCa::from_parts(&key, Vec::new(), intermediate(), &root),
+            MESH_CA_CERT_NAME,
+            "not a DER X.509 certificate",
+        );
+        let mut trailing = intermediate();
+        trailing.push(0);
+        assert_rejected(
+            MeshCa::from_parts(&key, own(), trailing, &root),
+            INTERMEDIATE_CERT_NAME,
+            "1 unexpected bytes follow",
+        );
+
+        // A tampered certificate: one byte of its serial changed.
+        let mut tampered = intermediate();
+        let serial = parse(mesh.intermediate_der()).raw_serial().to_vec();
+        let at = tampered
+            .windows(serial.len())
+            .position(|w| w == serial.as_slice())
+            .unwrap();
+        tampered[at + 5] ^= 1;
+        assert_rejected(
+            MeshCa::from_parts(&key, own(), tampered, &root),
+            INTERMEDIATE_CERT_NAME,
+            "does not verify with this deployment's root CA key",
+        );
+
+        // The root certificate where a mesh CA certificate belongs.
+        assert_rejected(
+            MeshCa::from_parts(&key, root.cert_der().to_vec(), intermediate(), &root),
+            MESH_CA_CERT_NAME,
+            "not the public key of the mesh CA key",
+        );
+    }
+
+    #[test]
+    fn mesh_ca_from_parts_refuses_invalid_keys() {
+        let root = golden_root();
+        let mesh = MeshCa::generate(&root, fixed_now()).unwrap();
+        let n_bytes: [u8; 32] =
+            hex::decode("ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551")
+                .unwrap()
+                .try_into()
+                .unwrap();
+        for (key, reason) in [
+            ([0u8; 32], "it is zero"),
+            ([0xff; 32], "not below the order"),
+            (n_bytes, "not below the order"),
+        ] {
+            let err = MeshCa::from_parts(
+                &key,
+                mesh.mesh_ca_der().to_vec(),
+                mesh.intermediate_der().to_vec(),
+                &root,
+            )
+            .unwrap_err();
+            assert!(
+                matches!(&err, MeshCaError::InvalidMeshCaKey { reason: r } if r.contains(reason)),
+                "{err}"
+            );
+            assert!(err.to_string().contains("recover from another"), "{err}");
+        }
+    }
+
+    #[test]
+    fn mesh_ca_from_parts_refuses_certificates_concord_does_not_make() {
+        let root = golden_root();
+        let key = MeshCa::generate(&root, fixed_now())
+            .unwrap()
+            .key_for_attested_peer();
+        let build = |tweak: &dyn Fn(&mut CertificateParams, bool)| {
+            let (own, intermediate) = mesh_certs_with(&key, &root.issuer, root.not_after, tweak);
+            MeshCa::from_parts(&key, own, intermediate, &root)
+        };
+        let both = |f: fn(&mut CertificateParams)| move |p: &mut CertificateParams, _: bool| f(p);
+        let only_intermediate = |f: fn(&mut CertificateParams)| {
+            move |p: &mut CertificateParams, i: bool| {
+                if i {
+                    f(p)
+                }
+            }
+        };
+
+        // Control: made like `generate` makes them, these are accepted.
+        build(&|_, _| {}).unwrap();
+
+        assert_rejected(
+            build(&both(|p| {
+                p.distinguished_name = common_name_dn("Concord other CA")
+            })),
+            MESH_CA_CERT_NAME,
+            "its subject is not CN=Concord mesh CA",
+        );
+        assert_rejected(
+            build(&only_intermediate(|p| {
+                p.distinguished_name
+                    .push(DnType::OrganizationName, "Concord")
+            })),
+            INTERMEDIATE_CERT_NAME,
+            "its subject is not CN=Concord mesh CA",
+        );
+        assert_rejected(
+            build(&both(|p| {
+                p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained)
+            })),
+            MESH_CA_CERT_NAME,
+            "path length 0",
+        );
+        assert_rejected(
+            build(&only_intermediate(|p| {
+                p.is_ca = IsCa::Ca(BasicConstraints::Constrained(1))
+            })),
+            INTERMEDIATE_CERT_NAME,
+            "path length 0",
+        );
+        assert_rejected(
+            build(&both(|p| p.is_ca = IsCa::ExplicitNoCa)),
+            MESH_CA_CERT_NAME,
+            "not a CA certificate",
+        );
+        assert_rejected(
+            build(&only_intermediate(|p| {
+                p.key_usages = vec![KeyUsagePurpose::DigitalSignature]
+            })),
+            INTERMEDIATE_CERT_NAME,
+            "key usage does not allow signing certificates",
+        );
+        assert_rejected(
+            build(&both(|p| {
+                p.key_identifier_method = rcgen::KeyIdMethod::PreSpecified(vec![7; 20])
+            })),
+            MESH_CA_CERT_NAME,
+            "subject key identifier",
+        );
+        assert_rejected(
+            build(&only_intermediate(|p| p.not_after -= Duration::days(1))),
+            INTERMEDIATE_CERT_NAME,
+            "with one validity",
+        );
+        assert_rejected(
+            build(&both(|p| p.not_after += Duration::days(1))),
+            INTERMEDIATE_CERT_NAME,
+            "after the root CA certificate",
+        );
+
+        // Signed by the root key, but naming another issuer, or another authority key.
+        let root_signer = || P256Signer::new(&golden_engine().root_ca_key().unwrap());
+        let mut renamed = CertificateParams::default();
+        renamed.distinguished_name = common_name_dn("Concord other root CA");
+        let renamed = Issuer::new(renamed, root_signer());
+        let (own, intermediate) = mesh_certs_with(&key, &renamed, root.not_after, |_, _| {});
+        assert_rejected(
+            MeshCa::from_parts(&key, own, intermediate, &root),
+            INTERMEDIATE_CERT_NAME,
+            "its issuer is CN=Concord other root CA, not this deployment's root CA",
+        );
+        let mut other_key_id = CertificateParams::default();
+        other_key_id.distinguished_name = common_name_dn(ROOT_CA_COMMON_NAME);
+        other_key_id.key_identifier_method = rcgen::KeyIdMethod::PreSpecified(vec![7; 20]);
+        // Signed by the mesh CA key itself, but naming the root as issuer: not self-issued.
+        let mut named_root = CertificateParams::default();
+        named_root.distinguished_name = common_name_dn(ROOT_CA_COMMON_NAME);
+        let mesh_signer =
+            P256Signer::new(&p256::SecretKey::from_bytes(key.as_ref().into()).unwrap());
+        let posing = Issuer::new(named_root, mesh_signer);
+        let (own, _) = mesh_certs_with(&key, &root.issuer, root.not_after, |_, _| {});
+        let (_, not_self_issued) = mesh_certs_with(&key, &posing, root.not_after, |_, _| {});
+        MeshCa::from_parts(&key, own.clone(), not_self_issued.clone(), &root).unwrap_err();
+        assert_rejected(
+            MeshCa::from_parts(&key, not_self_issued, own, &root),
+            MESH_CA_CERT_NAME,
+            "it is not self-issued",
+        );
+        let other_key_id = Issuer::new(other_key_id, root_signer());
+        let (own, intermediate) = mesh_certs_with(&key, &other_key_id, root.not_after, |_, _| {});
+        assert_rejected(
+            MeshCa::from_parts(&key, own, intermediate, &root),
+            INTERMEDIATE_CERT_NAME,
+            "authority key identifier",
+        );
+    }
+
+    #[test]
+    fn debug_of_a_rebuilt_mesh_ca_redacts_its_key() {
+        let root = golden_root();
+        let mesh = MeshCa::generate(&root, fixed_now()).unwrap();
+        let rebuilt = rebuild(&mesh, &root).unwrap();
+        let secret = mesh.key_for_attested_peer();
+        let debug = format!("{rebuilt:?} {rebuilt:#?} {:?}", rebuilt.issuer);
+        assert!(debug.contains("redacted"), "{debug}");
+        assert!(!debug.contains(&hex::encode(secret.as_ref())), "{debug}");
+        assert!(
+            !debug.contains(&format!("{:?}", secret.as_ref())),
+            "{debug}"
+        );
+        assert!(!debug.to_lowercase().contains("scalar"), "{debug}");
+        // The digests of the received certificates, as for a generated one.
+        assert_eq!(
+            format!("{rebuilt:?}"),
+            format!("{mesh:?}"),
+            "a rebuilt mesh CA shows as the one it was rebuilt from"
+        );
     }
 
     #[test]

@@ -80,6 +80,31 @@ pub enum MeshCaError {
         reason: String,
     },
 
+    /// The mesh CA key received from a peer is not a usable P-256 private key.
+    #[error(
+        "the mesh CA key received from the peer is not a valid P-256 private key: {reason}; the \
+         peer is faulty or the transfer was corrupted: nothing was adopted, recover from another \
+         ready coordinator replica"
+    )]
+    InvalidMeshCaKey {
+        /// What is wrong with the key (never the key itself).
+        reason: &'static str,
+    },
+
+    /// A mesh CA certificate received from a peer (or read from the history) does not belong to
+    /// the key sent with it, or to this deployment's root CA, or is not a certificate Concord made.
+    #[error(
+        "the {certificate} was rejected: {reason}; the peer sent a mesh CA that is not this \
+         deployment's current one (or the certificates were swapped or corrupted): nothing was \
+         adopted, recover from another ready coordinator replica"
+    )]
+    MeshCaCertificateRejected {
+        /// Which of the two certificates: the self-signed one or the intermediate.
+        certificate: &'static str,
+        /// What did not check out.
+        reason: String,
+    },
+
     /// The certificate library refused parameters this crate built. A bug, not bad input.
     #[error("certificate generation failed: {0}; this is a bug in concord-mesh-ca, report it")]
     CertificateGeneration(String),

@@ -5,12 +5,14 @@
 //! workload secret) or the seed share owners (encrypted shares).
 
 mod coordinator;
+mod peer;
 mod recovery;
 mod secrets;
 
 pub use coordinator::{
     Coordinator, ManifestsView, MeshCertBundle, ReplicaState, SetOutcome, SetRequest,
 };
+pub use peer::{PeerAcceptance, PeerSecrets};
 pub use recovery::RecoverProgress;
 
 #[cfg(test)]

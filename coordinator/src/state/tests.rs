@@ -9,6 +9,7 @@ use crate::error::CoordinatorError;
 use crate::hash::Hash;
 use crate::history::audit::{AuditOptions, audit};
 use crate::history::{LedgerError, Transition};
+use crate::state::PeerAcceptance;
 use crate::store::{Key, MemoryStore, SledStore, Store};
 use crate::testing::TestDeployment;
 
@@ -392,25 +393,10 @@ fn the_audit_bundle_audits_clean_and_binds_the_nonce() {
 fn mesh_certs_are_issued_only_for_policies_of_the_manifest() {
     let d = TestDeployment::new();
     let (c, _) = ready(&d);
-    let verifier = Verifier::new(PlatformTrust {
-        insecure_simulated_root: Some(d.root.hash()),
-    });
     let manifest = c.serving_manifest().unwrap().clone();
     let key = rcgen::KeyPair::generate().unwrap();
     let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
-    let report_data = concord_attestation::atls::binding(&spki, &[5; 32]);
-    let evidence: Evidence =
-        concord_attestation::EvidenceIssuer::issue(&d.issuer(&d.workload_policy), &report_data)
-            .unwrap();
-    let report = verifier
-        .verify(
-            &evidence,
-            manifest.reference_values(),
-            &report_data,
-            &|h| manifest.policy(&Hash(*h)).is_some(),
-            std::time::SystemTime::now(),
-        )
-        .unwrap();
+    let report = d.verified_report(&d.workload_policy, &manifest, &spki);
     let bundle = c.issue_mesh_cert(&report, &spki, now()).unwrap();
     assert_eq!(bundle.workload, "web");
     assert_eq!(bundle.workload_secret.len(), 32);
@@ -516,6 +502,133 @@ fn wrong_foreign_or_too_few_shares_change_nothing() {
     let mut fresh = Coordinator::open(MemoryStore::new()).unwrap();
     assert!(matches!(
         fresh.recover_with_share(shares[0].clone(), false, now()),
+        Err(CoordinatorError::FailedPrecondition(_))
+    ));
+}
+
+/// Two replicas of one history: `a` ready (it set the manifests), `b` opened on a copy of `a`'s store,
+/// so recovering.
+fn ready_and_recovering(
+    d: &TestDeployment,
+) -> (
+    Coordinator<SledStore>,
+    Coordinator<SledStore>,
+    Vec<tempfile::TempDir>,
+) {
+    let dir_a = tempfile::tempdir().unwrap();
+    let mut a = Coordinator::open(SledStore::open(dir_a.path()).unwrap()).unwrap();
+    let first = a
+        .set_manifest(d.set_request(d.manifest(1), Hash::ZERO), now())
+        .unwrap();
+    a.set_manifest(d.set_request(d.manifest(2), first.hash), now())
+        .unwrap();
+    // b gets a copy of a's store, as Raft will have replicated it (every write was flushed).
+    let dir_b = tempfile::tempdir().unwrap();
+    copy_dir(dir_a.path(), dir_b.path());
+    let b = Coordinator::open(SledStore::open(dir_b.path()).unwrap()).unwrap();
+    assert_eq!(b.state(), ReplicaState::Recovering);
+    (a, b, vec![dir_a, dir_b])
+}
+
+fn coordinator_report(
+    d: &TestDeployment,
+    c: &Coordinator<SledStore>,
+    policy: &[u8],
+) -> concord_attestation::VerifiedReport {
+    let manifest = c.chain().unwrap().latest_manifest().clone();
+    d.verified_report(policy, &manifest, b"peer key")
+}
+
+#[test]
+fn peer_recovery_adopts_the_secrets_of_a_ready_peer() {
+    let d = TestDeployment::new();
+    let (a, mut b, _dirs) = ready_and_recovering(&d);
+    // Before a manifest exists, peers accept only their own identity; after, the manifest's.
+    assert!(matches!(
+        Coordinator::open(MemoryStore::new())
+            .unwrap()
+            .peer_acceptance(),
+        PeerAcceptance::OwnIdentity
+    ));
+    match b.peer_acceptance() {
+        PeerAcceptance::Manifest { policies, .. } => {
+            assert_eq!(policies, vec![d.coordinator_policy_hash()])
+        }
+        other => panic!("{other:?}"),
+    }
+    let secrets = a
+        .secrets_for_peer(&coordinator_report(&d, &a, &d.coordinator_policy))
+        .unwrap();
+    b.adopt_from_peer(secrets).unwrap();
+    assert_eq!(b.state(), ReplicaState::Ready);
+    // b serves the same mesh CA as a, without a new one: workloads see one CA per manifest.
+    assert_eq!(
+        b.manifests().unwrap().mesh_ca_pem,
+        a.manifests().unwrap().mesh_ca_pem
+    );
+    let key = rcgen::KeyPair::generate().unwrap();
+    let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
+    let manifest = b.serving_manifest().unwrap().clone();
+    let report = d.verified_report(&d.workload_policy, &manifest, &spki);
+    let from_a = a.issue_mesh_cert(&report, &spki, now()).unwrap();
+    let from_b = b.issue_mesh_cert(&report, &spki, now()).unwrap();
+    assert_eq!(from_a.workload_secret, from_b.workload_secret);
+    assert_eq!(from_a.mesh_ca_pem, from_b.mesh_ca_pem);
+}
+
+/// Invariant 1(b): no secret leaves for a caller whose policy lacks the coordinator role.
+#[test]
+fn peer_recovery_refuses_callers_and_secrets_that_do_not_match() {
+    let d = TestDeployment::new();
+    let (a, mut b, _dirs) = ready_and_recovering(&d);
+    let workload = coordinator_report(&d, &a, &d.workload_policy);
+    let err = a.secrets_for_peer(&workload).unwrap_err();
+    assert!(
+        matches!(err, CoordinatorError::PermissionDenied(_)),
+        "{err}"
+    );
+    assert!(matches!(
+        b.secrets_for_peer(&coordinator_report(&d, &b, &d.coordinator_policy)),
+        Err(CoordinatorError::Recovering)
+    ));
+
+    // Secrets of another deployment: the seed does not derive this history's signing key.
+    let other = TestDeployment::new();
+    let (oa, _ob, _odirs) = ready_and_recovering(&other);
+    let mut foreign = oa
+        .secrets_for_peer(&coordinator_report(&other, &oa, &other.coordinator_policy))
+        .unwrap();
+    foreign.latest = b.chain().unwrap().latest_hash();
+    let err = b.adopt_from_peer(foreign).unwrap_err();
+    assert!(
+        matches!(err, CoordinatorError::PermissionDenied(_)),
+        "{err}"
+    );
+    assert_eq!(b.state(), ReplicaState::Recovering);
+
+    // The right seed but a mesh CA key that is not the recorded one.
+    let good = || {
+        a.secrets_for_peer(&coordinator_report(&d, &a, &d.coordinator_policy))
+            .unwrap()
+    };
+    let mut wrong_mesh = good();
+    wrong_mesh.mesh_ca_key = zeroize::Zeroizing::new(
+        p256::SecretKey::random(&mut rand::rngs::OsRng)
+            .to_bytes()
+            .into(),
+    );
+    assert!(b.adopt_from_peer(wrong_mesh).is_err());
+    // Secrets for another latest transition: this replica must catch up first.
+    let mut behind = good();
+    behind.latest = Hash([7; 32]);
+    assert!(matches!(
+        b.adopt_from_peer(behind),
+        Err(CoordinatorError::FailedPrecondition(_))
+    ));
+    assert_eq!(b.state(), ReplicaState::Recovering);
+    b.adopt_from_peer(good()).unwrap();
+    assert!(matches!(
+        b.adopt_from_peer(good()),
         Err(CoordinatorError::FailedPrecondition(_))
     ));
 }
