@@ -2,9 +2,10 @@
 //! the user and mesh APIs around them.
 //!
 //! Where to look: `manifest` (the manifest model), `history` (formats, chain verification, ledger,
-//! audit bundle), `store` (the store trait and its sled backend), `state` (the replica's core logic, free
-//! of I/O), `api` (the gRPC services and the one error-to-status mapping), `transport` (aTLS listeners and
-//! channels for tonic), `server` (wiring a replica's listeners together).
+//! audit bundle), `store` (the store trait and its sled backend), `raft` (the Raft log store and state
+//! machine, on the same sled database), `state` (the replica's core logic, free of I/O), `api` (the
+//! gRPC services and the one error-to-status mapping), `transport` (aTLS listeners and channels for
+//! tonic), `server` (wiring a replica's listeners together).
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -14,6 +15,7 @@ pub mod history;
 pub mod launch;
 pub mod manifest;
 pub mod pem;
+pub mod raft;
 pub mod server;
 pub mod state;
 pub mod store;

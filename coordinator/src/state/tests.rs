@@ -1,6 +1,6 @@
 //! The core, in memory: every invariant of DESIGN.md that applies to one replica.
 
-use concord_attestation::{Evidence, PlatformTrust, Verifier};
+use concord_attestation::PlatformTrust;
 use concord_mesh_ca::{SeedEngine, combine, decrypt_share};
 use time::OffsetDateTime;
 

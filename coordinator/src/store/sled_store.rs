@@ -49,6 +49,13 @@ impl SledStore {
         }
     }
 
+    /// The sled database beneath this store. The Raft log and state machine (`crate::raft`) keep their
+    /// own trees in it, so that one directory and one lock hold a replica's whole disk state; this
+    /// store itself only ever uses the default tree.
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
     /// Writes `value` under `key` without any check: for tests that play a hostile host.
     #[doc(hidden)]
     pub fn tamper_put(&self, key: &Key, value: &[u8]) -> Result<(), StoreError> {

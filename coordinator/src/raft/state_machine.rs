@@ -1,0 +1,379 @@
+//! `StateMachine`: applies committed log entries to the history, after verifying them.
+//!
+//! The history is the [`Ledger`] on the replica's [`SledStore`] (its default tree); the applied log id,
+//! the last membership and the current snapshot live beside it in the `raft-sm` tree of the same
+//! database, so a restart resumes where it stopped. Nothing read from Raft is trusted (Invariant 2): a
+//! [`Command::Append`] is decoded and checked against the verified history with the same
+//! `VerifiedChain::push` that start-up and the audit use, and written with the same `Ledger::append`
+//! as `Coordinator::set_manifest`, or not at all. The state machine does no network I/O and holds no
+//! secret: it cannot sign, so past the first transition it accepts only what the holder of the signing
+//! key signed and a listed workload owner authorized.
+
+use std::io::Cursor;
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    BasicNode, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, SnapshotMeta,
+    StorageError, StoredMembership,
+};
+use serde::de::DeserializeOwned;
+use sled::Transactional;
+use x509_parser::certificate::X509Certificate;
+
+use super::error::RaftStoreError;
+use super::snapshot::{
+    SNAPSHOT_DATA, SNAPSHOT_META, SnapshotBuilder, SnapshotContent, load_current, verify_history,
+};
+use super::types::{AppendTransition, Command, CommandResponse, NodeId, TypeConfig};
+use crate::hash::Hash;
+use crate::history::{Ledger, LoadedHistory, MeshCerts, NewTransition, VerifiedChain};
+use crate::manifest::Manifest;
+use crate::store::SledStore;
+
+/// The sled tree of the state machine's own metadata.
+pub const SM_TREE: &str = "raft-sm";
+
+const APPLIED: &[u8] = b"applied";
+const MEMBERSHIP: &[u8] = b"membership";
+
+/// The Raft state machine over the history.
+#[derive(Debug)]
+pub struct StateMachine {
+    ledger: Ledger<SledStore>,
+    tree: sled::Tree,
+    last_applied: Option<LogId<NodeId>>,
+    last_membership: StoredMembership<NodeId, BasicNode>,
+    /// The verified history as on disk: loaded (and verified) at open, then kept in step with every
+    /// write, so that applying an entry does not re-read the whole line.
+    history: Option<LoadedHistory>,
+}
+
+/// A command that passed every check.
+enum Verified {
+    /// The transition is already the latest one: the entry is applied again after a crash that
+    /// came between writing the history and writing the applied log id.
+    AlreadyLatest(Hash),
+    /// A new transition, with the history as it is once the transition is written.
+    New(Box<(NewTransition, LoadedHistory)>),
+}
+
+impl StateMachine {
+    /// Opens the state machine on `store`'s database. Fails if the stored history does not verify
+    /// (as `Coordinator::open` does) or the applied log id or membership are unreadable.
+    pub fn open(store: &SledStore) -> Result<StateMachine, RaftStoreError> {
+        let tree = store
+            .db()
+            .open_tree(SM_TREE)
+            .map_err(|e| RaftStoreError::io("open the raft-sm tree", e))?;
+        let ledger = Ledger::new(store.clone());
+        let history = ledger.load()?;
+        let last_applied = read_json(&tree, APPLIED)?.flatten();
+        let last_membership = read_json(&tree, MEMBERSHIP)?.unwrap_or_default();
+        Ok(StateMachine {
+            ledger,
+            tree,
+            last_applied,
+            last_membership,
+            history,
+        })
+    }
+
+    /// The verified history, as applied so far; `None` before the first transition.
+    pub fn history(&self) -> Option<&LoadedHistory> {
+        self.history.as_ref()
+    }
+
+    fn db(&self) -> &sled::Db {
+        self.ledger.store().db()
+    }
+
+    /// Writes the applied log id and the membership as one batch (not flushed: see `apply`).
+    fn persist_applied(&self) -> Result<(), RaftStoreError> {
+        let encode = |e| RaftStoreError::io("encode the applied state", e);
+        let mut batch = sled::Batch::default();
+        batch.insert(
+            APPLIED,
+            serde_json::to_vec(&self.last_applied).map_err(encode)?,
+        );
+        batch.insert(
+            MEMBERSHIP,
+            serde_json::to_vec(&self.last_membership).map_err(encode)?,
+        );
+        self.tree
+            .apply_batch(batch)
+            .map_err(|e| RaftStoreError::io("write the applied log id", e))
+    }
+
+    fn apply_append(&mut self, cmd: &AppendTransition) -> Result<CommandResponse, RaftStoreError> {
+        match self.verify_append(cmd) {
+            Err(reason) => {
+                tracing::warn!(%reason, "a command from the Raft log was rejected");
+                Ok(CommandResponse::Rejected { reason })
+            }
+            Ok(Verified::AlreadyLatest(hash)) => Ok(CommandResponse::Applied { hash }),
+            Ok(Verified::New(verified)) => {
+                let (new, history) = *verified;
+                self.ledger.append(&new)?;
+                self.history = Some(history);
+                Ok(CommandResponse::Applied {
+                    hash: new.transition.hash(),
+                })
+            }
+        }
+    }
+
+    /// Every check `Coordinator::set_manifest` makes that does not need a secret, against the
+    /// verified history. The error is the reason for the rejection.
+    fn verify_append(&self, cmd: &AppendTransition) -> Result<Verified, String> {
+        let new = cmd.decode()?;
+        let t = &new.transition;
+        if let Some(h) = &self.history
+            && h.chain.latest_transition() == t
+        {
+            return Ok(Verified::AlreadyLatest(t.hash()));
+        }
+        let manifest = Manifest::parse(&new.manifest_bytes)
+            .map_err(|e| format!("the manifest does not parse: {e}"))?;
+        // The chain checks: index, previous, manifest hash, coordinator signature, owner
+        // authorization by the previous manifest, seed share owners unchanged.
+        let chain_error = |e: crate::history::ChainError| e.to_string();
+        let mut next = match (&self.history, &new.genesis) {
+            (None, Some((signing_key, root_ca_der))) => LoadedHistory {
+                chain: VerifiedChain::first(*signing_key, t.clone(), manifest)
+                    .map_err(chain_error)?,
+                root_ca_der: root_ca_der.clone(),
+                mesh: new.mesh.clone(),
+                policies: Default::default(),
+            },
+            (None, None) => {
+                return Err("the history is empty and the command carries no signing key and root CA: only a first transition can start a history".into());
+            }
+            (Some(_), Some(_)) => {
+                return Err("the command carries a signing key and root CA, which only the first transition may: a later one must not replace them".into());
+            }
+            (Some(h), None) => {
+                let mut next = h.clone();
+                next.chain.push(t.clone(), manifest).map_err(chain_error)?;
+                next.mesh = new.mesh.clone();
+                next
+            }
+        };
+        // The policy documents: each one the manifest lists, and every one it lists present, as
+        // `set_manifest` requires, so the history holds what every policy hash stands for.
+        let listed = next.chain.latest_manifest();
+        for doc in &new.policies {
+            let h = Hash::of(doc);
+            if listed.policy(&h).is_none() {
+                return Err(format!(
+                    "a policy document hashes to {h}, which the manifest does not list"
+                ));
+            }
+        }
+        let carried: Vec<Hash> = new.policies.iter().map(|d| Hash::of(d)).collect();
+        if let Some(missing) = listed
+            .policies()
+            .keys()
+            .find(|h| !carried.contains(h) && !next.policies.contains_key(*h))
+        {
+            return Err(format!(
+                "the policy document {missing} is neither carried nor stored"
+            ));
+        }
+        check_certificates(&new.mesh, &next.root_ca_der)?;
+        for doc in &new.policies {
+            next.policies.insert(Hash::of(doc), doc.clone());
+        }
+        Ok(Verified::New(Box::new((new, next))))
+    }
+
+    /// Replaces the history, the applied log id and the membership with a snapshot's, after the
+    /// snapshot verified; otherwise leaves everything as it was.
+    fn install(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        data: Vec<u8>,
+    ) -> Result<(), RaftStoreError> {
+        let refuse = |reason: String| RaftStoreError::SnapshotRefused {
+            id: meta.snapshot_id.clone(),
+            reason,
+        };
+        let content = SnapshotContent::decode(&data).map_err(refuse)?;
+        if content.last_applied != meta.last_log_id
+            || content.last_membership != meta.last_membership
+        {
+            return Err(refuse(
+                "its content and its metadata disagree on the applied log id or the membership"
+                    .into(),
+            ));
+        }
+        verify_history(&content.history, self.history.as_ref()).map_err(refuse)?;
+
+        let encode = |e| RaftStoreError::io("encode the applied state", e);
+        let applied = serde_json::to_vec(&meta.last_log_id).map_err(encode)?;
+        let membership = serde_json::to_vec(&meta.last_membership).map_err(encode)?;
+        let meta_bytes = serde_json::to_vec(meta).map_err(encode)?;
+        // The keys to drop are read before the transaction: this state machine is the only writer
+        // of the history (it holds `&mut self`), so none appears meanwhile.
+        let old: Vec<sled::IVec> = self
+            .db()
+            .iter()
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(|e| RaftStoreError::io("read the history's keys", e))?;
+        let history_tree: &sled::Tree = self.db();
+        (history_tree, &self.tree)
+            .transaction(
+                |(kv, sm)| -> sled::transaction::ConflictableTransactionResult<(), String> {
+                    for key in &old {
+                        kv.remove(key)?;
+                    }
+                    for item in &content.history {
+                        kv.insert(item.key.as_slice(), item.value.as_slice())?;
+                    }
+                    sm.insert(APPLIED, applied.as_slice())?;
+                    sm.insert(MEMBERSHIP, membership.as_slice())?;
+                    sm.insert(SNAPSHOT_META, meta_bytes.as_slice())?;
+                    sm.insert(SNAPSHOT_DATA, data.as_slice())?;
+                    Ok(())
+                },
+            )
+            .map_err(|e| {
+                RaftStoreError::io("replace the history with a snapshot", format!("{e:?}"))
+            })?;
+        self.db()
+            .flush()
+            .map_err(|e| RaftStoreError::io("flush the installed snapshot to disk", e))?;
+        // Read back what is on disk now, through the same verification as at start-up.
+        self.history = self.ledger.load()?;
+        self.last_applied = meta.last_log_id;
+        self.last_membership = meta.last_membership.clone();
+        Ok(())
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>), StorageError<NodeId>>
+    {
+        Ok((self.last_applied, self.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResponse>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut responses = Vec::new();
+        for entry in entries {
+            let log_id = entry.log_id;
+            let failed =
+                |e: RaftStoreError| e.into_storage(ErrorSubject::Apply(log_id), ErrorVerb::Write);
+            let response = match entry.payload {
+                EntryPayload::Blank => CommandResponse::NoCommand,
+                EntryPayload::Normal(Command::Append(cmd)) => {
+                    self.apply_append(&cmd).map_err(failed)?
+                }
+                EntryPayload::Membership(membership) => {
+                    self.last_membership = StoredMembership::new(Some(log_id), membership);
+                    CommandResponse::NoCommand
+                }
+            };
+            // Written after the history (whose append is flushed): a crash in between leaves the
+            // applied log id behind, and the entry is applied again as `AlreadyLatest`.
+            self.last_applied = Some(log_id);
+            self.persist_applied().map_err(failed)?;
+            responses.push(response);
+        }
+        self.db().flush().map_err(|e| {
+            RaftStoreError::io("flush the applied log id to disk", e)
+                .into_storage(ErrorSubject::StateMachine, ErrorVerb::Write)
+        })?;
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        let captured =
+            SnapshotContent::capture(self.db(), self.last_applied, self.last_membership.clone());
+        SnapshotBuilder::new(self.db().clone(), self.tree.clone(), captured)
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        self.install(meta, snapshot.into_inner()).map_err(|e| {
+            e.into_storage(
+                ErrorSubject::Snapshot(Some(meta.signature())),
+                ErrorVerb::Write,
+            )
+        })
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        load_current(&self.tree)
+            .map_err(|e| e.into_storage(ErrorSubject::Snapshot(None), ErrorVerb::Read))
+    }
+}
+
+fn read_json<T: DeserializeOwned>(
+    tree: &sled::Tree,
+    key: &'static [u8],
+) -> Result<Option<T>, RaftStoreError> {
+    match tree
+        .get(key)
+        .map_err(|e| RaftStoreError::io("read the raft-sm tree", e))?
+    {
+        None => Ok(None),
+        Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            RaftStoreError::corrupt(format!("raft-sm/{}", String::from_utf8_lossy(key)), e)
+        }),
+    }
+}
+
+/// The public certificates carried with a transition fit the history: the mesh CA is self-signed, and
+/// the intermediate certifies the mesh CA's key and is signed by the root CA's key, which only a
+/// replica holding the seed has. No clock is read (the state machine must be deterministic), so
+/// validity periods are not checked here.
+fn check_certificates(mesh: &MeshCerts, root_ca_der: &[u8]) -> Result<(), String> {
+    let root = parse_certificate("the root CA certificate", root_ca_der)?;
+    root.verify_signature(None)
+        .map_err(|e| format!("the root CA certificate is not self-signed: {e}"))?;
+    let mesh_ca = parse_certificate("the mesh CA certificate", &mesh.mesh_ca_der)?;
+    mesh_ca
+        .verify_signature(None)
+        .map_err(|e| format!("the mesh CA certificate is not self-signed: {e}"))?;
+    let intermediate = parse_certificate(
+        "the mesh CA intermediate certificate",
+        &mesh.intermediate_der,
+    )?;
+    if intermediate.public_key().raw != mesh_ca.public_key().raw {
+        return Err("the mesh CA intermediate certifies another key than the mesh CA's".into());
+    }
+    if intermediate.issuer().as_raw() != root.subject().as_raw() {
+        return Err("the mesh CA intermediate does not name the root CA as its issuer".into());
+    }
+    intermediate
+        .verify_signature(Some(root.public_key()))
+        .map_err(|e| format!("the mesh CA intermediate is not signed by the root CA: {e}"))?;
+    Ok(())
+}
+
+fn parse_certificate<'a>(what: &str, der: &'a [u8]) -> Result<X509Certificate<'a>, String> {
+    match x509_parser::parse_x509_certificate(der) {
+        Ok(([], cert)) => Ok(cert),
+        Ok((rest, _)) => Err(format!("{what} has {} bytes after its DER", rest.len())),
+        Err(e) => Err(format!("{what} does not parse: {e}")),
+    }
+}

@@ -1,0 +1,124 @@
+//! `TypeConfig`: openraft's type configuration for Concord, and the commands the Raft log carries.
+//!
+//! A [`Command`] is public by construction (DESIGN.md, Replication): it carries the signed transition
+//! record, the manifest and policy documents it names, the public mesh CA certificates and, for the first
+//! transition, the signing *public* key and the root CA certificate. No field can hold a seed, a share,
+//! a private key or a workload secret; adding one would break Invariant 1 on every replica's disk and
+//! on the wire. Byte fields are base64 (hex for the 32-byte key) because serde_json is the log format.
+
+use ed25519_dalek::VerifyingKey;
+use serde::{Deserialize, Serialize};
+
+use super::encoding::{base64_bytes, base64_list, hex_32};
+use crate::hash::Hash;
+use crate::history::{MeshCerts, NewTransition, Transition};
+
+openraft::declare_raft_types!(
+    /// Concord's Raft types: node ids are `u64`, a node's address is its peer API address, log entries
+    /// carry [`Command`]s and snapshots are byte buffers.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResponse,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = std::io::Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// A node id in the cluster.
+pub type NodeId = u64;
+
+/// What a replica proposes to the Raft log. Nothing read from the log is trusted: the state machine
+/// verifies a command against the stored history before writing it (Invariant 2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Command {
+    /// Append one transition to the history.
+    Append(AppendTransition),
+}
+
+/// A transition and the public material written with it, as carried by the log. Unverified: see
+/// [`AppendTransition::decode`] and the state machine's checks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppendTransition {
+    /// The transition record, exactly as [`Transition::encode`] writes it.
+    #[serde(with = "base64_bytes")]
+    pub transition: Vec<u8>,
+    /// The manifest bytes exactly as the workload owner submitted them.
+    #[serde(with = "base64_bytes")]
+    pub manifest: Vec<u8>,
+    /// The policy documents uploaded with the manifest.
+    #[serde(with = "base64_list")]
+    pub policies: Vec<Vec<u8>>,
+    /// The public mesh CA certificates made for this transition.
+    pub mesh: MeshCerts,
+    /// Only on the first transition: the public half of the transition signing key and the root CA.
+    pub genesis: Option<Genesis>,
+}
+
+/// What the first transition brings with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Genesis {
+    /// The Ed25519 public key that signs every transition.
+    #[serde(with = "hex_32")]
+    pub signing_key: [u8; 32],
+    /// The root CA certificate, DER.
+    #[serde(with = "base64_bytes")]
+    pub root_ca_der: Vec<u8>,
+}
+
+/// What applying a log entry answers. A rejected command was still applied in Raft's sense (the log
+/// moved past it); it changed nothing in the history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case", deny_unknown_fields)]
+pub enum CommandResponse {
+    /// The transition verified and is the latest one now. Also the answer when the same transition
+    /// is applied again after a restart (it is then already the latest and nothing is written).
+    Applied { hash: Hash },
+    /// The command did not verify against the stored history; nothing was written.
+    Rejected { reason: String },
+    /// The entry was openraft's own (blank or membership), not a command.
+    NoCommand,
+}
+
+impl AppendTransition {
+    /// The command that carries `new`.
+    pub fn new(new: &NewTransition) -> AppendTransition {
+        AppendTransition {
+            transition: new.transition.encode(),
+            manifest: new.manifest_bytes.clone(),
+            policies: new.policies.clone(),
+            mesh: new.mesh.clone(),
+            genesis: new.genesis.as_ref().map(|(key, root)| Genesis {
+                signing_key: key.to_bytes(),
+                root_ca_der: root.clone(),
+            }),
+        }
+    }
+
+    /// Decodes the transition record and the signing key. Checks only their form: the caller
+    /// verifies the result against the history.
+    pub fn decode(&self) -> Result<NewTransition, String> {
+        let transition = Transition::decode(&self.transition)
+            .map_err(|e| format!("the transition record does not decode: {e}"))?;
+        let genesis = match &self.genesis {
+            None => None,
+            Some(g) => {
+                let key = VerifyingKey::from_bytes(&g.signing_key).map_err(|_| {
+                    "the genesis signing key is not an Ed25519 public key".to_string()
+                })?;
+                Some((key, g.root_ca_der.clone()))
+            }
+        };
+        Ok(NewTransition {
+            transition,
+            manifest_bytes: self.manifest.clone(),
+            policies: self.policies.clone(),
+            mesh: self.mesh.clone(),
+            genesis,
+        })
+    }
+}
