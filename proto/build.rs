@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/concord/v1/user.proto",
         "proto/concord/v1/mesh.proto",
         "proto/concord/v1/evidence.proto",
+        "proto/concord/v1/peer.proto",
     ];
     let descriptors = protox::compile(files, ["proto"])?;
     tonic_prost_build::configure().compile_fds(descriptors)?;

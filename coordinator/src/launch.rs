@@ -5,7 +5,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::{Args, ValueEnum};
-use concord_attestation::{EvidenceIssuer, PlatformTrust, SimulatedIssuer, SimulatedRoot};
+use concord_attestation::{
+    EvidenceIssuer, Measurement, PlatformTrust, ReferenceValues, Sha256Hex, SimulatedIssuer,
+    SimulatedReference, SimulatedRoot,
+};
 
 use crate::hash::Hash;
 
@@ -44,6 +47,9 @@ pub struct LaunchedPlatform {
     pub trust: PlatformTrust,
     /// The SHA-256 of this process's policy document (its HOST_DATA).
     pub policy_hash: Hash,
+    /// Reference values that accept exactly this process's own launch (its platform and measurement):
+    /// what peers must match before any manifest exists.
+    pub own_reference: ReferenceValues,
 }
 
 impl PlatformArgs {
@@ -85,6 +91,13 @@ impl PlatformArgs {
                         insecure_simulated_root: Some(root.hash()),
                     },
                     policy_hash,
+                    own_reference: ReferenceValues {
+                        snp: Vec::new(),
+                        simulated: vec![SimulatedReference {
+                            root: Sha256Hex(root.hash()),
+                            trusted_measurements: vec![Measurement(measurement)],
+                        }],
+                    },
                 })
             }
         }

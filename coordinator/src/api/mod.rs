@@ -3,11 +3,13 @@
 //! its outcome and never a secret.
 
 mod mesh;
+mod peer_policy;
 pub mod replica;
 mod status;
 mod user;
 
 pub use mesh::{MeshAcceptPolicy, MeshService};
+pub use peer_policy::PeerAcceptPolicy;
 pub use replica::Replica;
 pub use status::to_status;
 pub use user::UserService;

@@ -25,6 +25,7 @@
 mod encoding;
 mod error;
 mod log_store;
+pub mod network;
 mod snapshot;
 mod state_machine;
 pub mod types;

@@ -59,6 +59,34 @@ pub struct SetOutcome {
     pub unchanged: bool,
 }
 
+/// A checked SetManifest, before it is written.
+#[derive(Debug)]
+pub enum Prepared {
+    /// The manifest already is the latest: nothing to write.
+    Unchanged(SetOutcome),
+    /// A transition to write, then [`Coordinator::commit_set`].
+    Append(Box<PreparedSet>),
+}
+
+/// A transition ready to be written, with the secrets that become current once it is.
+pub struct PreparedSet {
+    /// The public parts: what Raft replicates.
+    pub new: NewTransition,
+    pub hash: Hash,
+    mesh_ca: MeshCa,
+    genesis: Option<(SeedEngine, RootCa)>,
+    seed_shares: Vec<EncryptedShare>,
+}
+
+impl std::fmt::Debug for PreparedSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedSet")
+            .field("hash", &self.hash)
+            .field("secrets", &"[redacted]")
+            .finish()
+    }
+}
+
 /// What GetManifests answers.
 #[derive(Debug, Clone)]
 pub struct ManifestsView {
@@ -107,8 +135,8 @@ impl<S: Store> Coordinator<S> {
     pub fn state(&self) -> ReplicaState {
         match (&self.history, &self.secrets) {
             (None, _) => ReplicaState::Fresh,
-            (Some(_), None) => ReplicaState::Recovering,
-            (Some(_), Some(_)) => ReplicaState::Ready,
+            (Some(h), Some(s)) if s.mesh_for == h.chain.latest_hash() => ReplicaState::Ready,
+            (Some(_), _) => ReplicaState::Recovering,
         }
     }
 
@@ -134,13 +162,30 @@ impl<S: Store> Coordinator<S> {
         self.ledger.store()
     }
 
-    /// SetManifest: checks the request against the history, and appends a transition durably before
-    /// answering. On any error nothing was written and the state is unchanged.
+    /// SetManifest on a replica that writes its own store (one replica, tests): prepare, append, commit.
+    /// On any error nothing was written and the state is unchanged.
     pub fn set_manifest(
         &mut self,
         req: SetRequest,
         now: OffsetDateTime,
     ) -> Result<SetOutcome, CoordinatorError> {
+        match self.prepare_set(req, now)? {
+            Prepared::Unchanged(outcome) => Ok(outcome),
+            Prepared::Append(p) => {
+                self.ledger.append(&p.new)?;
+                self.commit_set(*p)
+            }
+        }
+    }
+
+    /// Checks a SetManifest against the history and builds the transition, signed, with its new mesh CA
+    /// (and, for the first manifest, the new seed, root CA and shares). Writes nothing: the caller has the
+    /// transition written (through Raft, which re-verifies it) and then calls [`Coordinator::commit_set`].
+    pub fn prepare_set(
+        &self,
+        req: SetRequest,
+        now: OffsetDateTime,
+    ) -> Result<Prepared, CoordinatorError> {
         let manifest = Manifest::parse(&req.manifest)
             .map_err(|e| CoordinatorError::InvalidInput(e.to_string()))?;
         for doc in &req.policies {
@@ -167,17 +212,17 @@ impl<S: Store> Coordinator<S> {
         }
         match self.state() {
             ReplicaState::Recovering => Err(CoordinatorError::Recovering),
-            ReplicaState::Fresh => self.set_first(manifest, req, now),
-            ReplicaState::Ready => self.set_next(manifest, req, now),
+            ReplicaState::Fresh => self.prepare_first(manifest, req, now),
+            ReplicaState::Ready => self.prepare_next(manifest, req, now),
         }
     }
 
-    fn set_first(
-        &mut self,
+    fn prepare_first(
+        &self,
         manifest: Manifest,
         req: SetRequest,
         now: OffsetDateTime,
-    ) -> Result<SetOutcome, CoordinatorError> {
+    ) -> Result<Prepared, CoordinatorError> {
         if req.expected_previous != Hash::ZERO {
             return Err(CoordinatorError::PreviousMismatch {
                 expected: req.expected_previous,
@@ -221,67 +266,46 @@ impl<S: Store> Coordinator<S> {
             .map(|(key, share)| encrypt_share(key, share))
             .collect::<Result<Vec<_>, _>>()
             .map_err(crypto)?;
-
-        let chain = VerifiedChain::first(signing_key.verifying_key(), transition.clone(), manifest)
-            .map_err(|e| {
-                CoordinatorError::Crypto(format!("a fresh transition does not verify: {e}"))
-            })?;
+        // Check the transition with the same rules every replica's state machine applies.
+        VerifiedChain::first(signing_key.verifying_key(), transition.clone(), manifest).map_err(
+            |e| CoordinatorError::Crypto(format!("a fresh transition does not verify: {e}")),
+        )?;
         let new = NewTransition {
-            transition: transition.clone(),
+            transition,
             manifest_bytes: req.manifest,
-            policies: req.policies.clone(),
+            policies: req.policies,
             mesh: mesh_certs(&mesh_ca),
             genesis: Some((signing_key.verifying_key(), root_ca.cert_der().to_vec())),
         };
-        self.ledger.append(&new)?;
-
-        let outcome = SetOutcome {
-            transition,
+        Ok(Prepared::Append(Box::new(PreparedSet {
+            new,
             hash,
-            seed_shares,
-            root_ca_pem: root_ca.cert_pem(),
-            mesh_ca_pem: mesh_ca.mesh_ca_pem(),
-            unchanged: false,
-        };
-        self.history = Some(LoadedHistory {
-            chain,
-            root_ca_der: root_ca.cert_der().to_vec(),
-            mesh: new.mesh,
-            policies: req
-                .policies
-                .into_iter()
-                .map(|p| (Hash::of(&p), p))
-                .collect(),
-        });
-        self.secrets = Some(Secrets {
-            engine,
-            signing_key,
-            root_ca,
             mesh_ca,
-        });
-        Ok(outcome)
+            genesis: Some((engine, root_ca)),
+            seed_shares,
+        })))
     }
 
-    fn set_next(
-        &mut self,
+    fn prepare_next(
+        &self,
         manifest: Manifest,
         req: SetRequest,
         now: OffsetDateTime,
-    ) -> Result<SetOutcome, CoordinatorError> {
-        let (Some(history), Some(secrets)) = (&mut self.history, &mut self.secrets) else {
+    ) -> Result<Prepared, CoordinatorError> {
+        let (Some(history), Some(secrets)) = (&self.history, &self.secrets) else {
             return Err(CoordinatorError::Recovering);
         };
         let chain = &history.chain;
         let latest = chain.latest_hash();
         if manifest.hash() == chain.latest_manifest().hash() {
-            return Ok(SetOutcome {
+            return Ok(Prepared::Unchanged(SetOutcome {
                 transition: chain.latest_transition().clone(),
                 hash: latest,
                 seed_shares: Vec::new(),
                 root_ca_pem: secrets.root_ca.cert_pem(),
                 mesh_ca_pem: secrets.mesh_ca.mesh_ca_pem(),
                 unchanged: true,
-            });
+            }));
         }
         if req.expected_previous != latest {
             return Err(CoordinatorError::PreviousMismatch {
@@ -330,33 +354,95 @@ impl<S: Store> Coordinator<S> {
                 signature: owner_signature,
             }),
         };
-        let mut next_chain = chain.clone();
-        next_chain
+        chain
+            .clone()
             .push(transition.clone(), manifest)
             .map_err(|e| CoordinatorError::InvalidInput(e.to_string()))?;
         let new = NewTransition {
-            transition: transition.clone(),
+            transition,
             manifest_bytes: req.manifest,
-            policies: req.policies.clone(),
+            policies: req.policies,
             mesh: mesh_certs(&mesh_ca),
             genesis: None,
         };
-        self.ledger.append(&new)?;
-
-        history.chain = next_chain;
-        history.mesh = new.mesh;
-        for p in req.policies {
-            history.policies.insert(Hash::of(&p), p);
-        }
-        secrets.mesh_ca = mesh_ca;
-        Ok(SetOutcome {
-            transition,
+        Ok(Prepared::Append(Box::new(PreparedSet {
+            new,
             hash,
+            mesh_ca,
+            genesis: None,
             seed_shares: Vec::new(),
+        })))
+    }
+
+    /// After the prepared transition was written (by Raft or by [`Coordinator::set_manifest`]): reloads the
+    /// verified history and adopts the secrets that belong to the new transition. Fails (and adopts
+    /// nothing) if the store's latest is not this transition: another write won the race.
+    pub fn commit_set(&mut self, p: PreparedSet) -> Result<SetOutcome, CoordinatorError> {
+        let history = self.ledger.load()?.ok_or_else(|| {
+            CoordinatorError::Crypto("the transition was written but the store is empty".into())
+        })?;
+        let latest = history.chain.latest_hash();
+        if latest != p.hash {
+            return Err(CoordinatorError::PreviousMismatch {
+                expected: p.new.transition.previous,
+                latest,
+            });
+        }
+        self.history = Some(history);
+        let PreparedSet {
+            new,
+            hash,
+            mesh_ca,
+            genesis,
+            seed_shares,
+        } = p;
+        match (genesis, self.secrets.take()) {
+            (Some((engine, root_ca)), _) => {
+                let signing_key = engine.transition_signing_key();
+                self.secrets = Some(Secrets {
+                    engine,
+                    signing_key,
+                    root_ca,
+                    mesh_ca,
+                    mesh_for: hash,
+                });
+            }
+            (None, Some(mut secrets)) => {
+                secrets.mesh_ca = mesh_ca;
+                secrets.mesh_for = hash;
+                self.secrets = Some(secrets);
+            }
+            (None, None) => return Err(CoordinatorError::Recovering),
+        }
+        let secrets = self.secrets.as_ref().ok_or(CoordinatorError::Recovering)?;
+        Ok(SetOutcome {
+            transition: new.transition,
+            hash,
+            seed_shares,
             root_ca_pem: secrets.root_ca.cert_pem(),
             mesh_ca_pem: secrets.mesh_ca.mesh_ca_pem(),
             unchanged: false,
         })
+    }
+
+    /// Whether the store moved on since this replica last loaded it (Raft applied entries).
+    pub fn is_stale(&self) -> Result<bool, CoordinatorError> {
+        let stored = self
+            .ledger
+            .store()
+            .get(&crate::store::Key::Latest)
+            .map_err(crate::history::LedgerError::from)?;
+        let cached = self.chain().map(|c| c.latest_hash());
+        Ok(stored.as_deref() != cached.as_ref().map(|h| &h.as_bytes()[..]))
+    }
+
+    /// Reloads and verifies the history if the store moved on. A replica whose mesh CA belongs to an
+    /// older transition is recovering until it gets the new one from a peer.
+    pub fn refresh(&mut self) -> Result<(), CoordinatorError> {
+        if self.is_stale()? {
+            self.history = self.ledger.load()?;
+        }
+        Ok(())
     }
 
     /// GetManifests. Refused while recovering: an unverified history must not be served as trusted.

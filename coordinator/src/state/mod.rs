@@ -10,7 +10,8 @@ mod recovery;
 mod secrets;
 
 pub use coordinator::{
-    Coordinator, ManifestsView, MeshCertBundle, ReplicaState, SetOutcome, SetRequest,
+    Coordinator, ManifestsView, MeshCertBundle, Prepared, PreparedSet, ReplicaState, SetOutcome,
+    SetRequest,
 };
 pub use peer::{PeerAcceptance, PeerSecrets};
 pub use recovery::RecoverProgress;

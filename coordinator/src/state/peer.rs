@@ -158,6 +158,7 @@ impl<S: Store> Coordinator<S> {
             signing_key,
             root_ca,
             mesh_ca,
+            mesh_for: latest,
         });
         Ok(())
     }

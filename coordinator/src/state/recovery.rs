@@ -113,9 +113,9 @@ impl<S: Store> Coordinator<S> {
             )))
         })?;
         let mesh_ca = MeshCa::generate(&root_ca, now).map_err(crypto)?;
+        let latest = chain.latest_hash();
         let certs = mesh_certs(&mesh_ca);
-        self.ledger
-            .replace_mesh_certs(&chain.latest_hash(), &certs)?;
+        self.ledger.replace_mesh_certs(&latest, &certs)?;
         if let Some(h) = &mut self.history {
             h.mesh = certs;
         }
@@ -124,6 +124,7 @@ impl<S: Store> Coordinator<S> {
             signing_key,
             root_ca,
             mesh_ca,
+            mesh_for: latest,
         });
         Ok(RecoverProgress {
             shares_received: received,

@@ -9,6 +9,8 @@ pub(crate) struct Secrets {
     pub signing_key: SigningKey,
     pub root_ca: RootCa,
     pub mesh_ca: MeshCa,
+    /// The transition `mesh_ca` belongs to: the replica is ready only while it is the latest.
+    pub mesh_for: crate::hash::Hash,
 }
 
 impl std::fmt::Debug for Secrets {
