@@ -63,7 +63,7 @@ pub struct SetOutcome {
 #[derive(Debug)]
 pub enum Prepared {
     /// The manifest already is the latest: nothing to write.
-    Unchanged(SetOutcome),
+    Unchanged(Box<SetOutcome>),
     /// A transition to write, then [`Coordinator::commit_set`].
     Append(Box<PreparedSet>),
 }
@@ -170,7 +170,7 @@ impl<S: Store> Coordinator<S> {
         now: OffsetDateTime,
     ) -> Result<SetOutcome, CoordinatorError> {
         match self.prepare_set(req, now)? {
-            Prepared::Unchanged(outcome) => Ok(outcome),
+            Prepared::Unchanged(outcome) => Ok(*outcome),
             Prepared::Append(p) => {
                 self.ledger.append(&p.new)?;
                 self.commit_set(*p)
@@ -298,14 +298,14 @@ impl<S: Store> Coordinator<S> {
         let chain = &history.chain;
         let latest = chain.latest_hash();
         if manifest.hash() == chain.latest_manifest().hash() {
-            return Ok(Prepared::Unchanged(SetOutcome {
+            return Ok(Prepared::Unchanged(Box::new(SetOutcome {
                 transition: chain.latest_transition().clone(),
                 hash: latest,
                 seed_shares: Vec::new(),
                 root_ca_pem: secrets.root_ca.cert_pem(),
                 mesh_ca_pem: secrets.mesh_ca.mesh_ca_pem(),
                 unchanged: true,
-            }));
+            })));
         }
         if req.expected_previous != latest {
             return Err(CoordinatorError::PreviousMismatch {
