@@ -54,12 +54,35 @@ impl SimulatedFlags {
     }
 }
 
+/// The three listen addresses of one coordinator.
+#[derive(Debug, Clone, Copy)]
+pub struct Addrs {
+    pub user: SocketAddr,
+    pub mesh: SocketAddr,
+    pub peer: SocketAddr,
+}
+
+impl Addrs {
+    /// Three free loopback addresses.
+    pub fn free() -> CliResult<Addrs> {
+        Ok(Addrs {
+            user: free_addr()?,
+            mesh: free_addr()?,
+            peer: free_addr()?,
+        })
+    }
+}
+
 /// A running `concord-coordinator`.
 #[derive(Debug)]
 pub struct CoordinatorProcess {
     child: Child,
     pub user_addr: SocketAddr,
     pub mesh_addr: SocketAddr,
+    pub peer_addr: SocketAddr,
+    pub node_id: u64,
+    /// The cluster's members (id, peer API address), this one included; empty for a lone replica.
+    pub peers: Vec<(u64, SocketAddr)>,
     pub data_dir: PathBuf,
     pub log: PathBuf,
 }
@@ -72,18 +95,18 @@ impl CoordinatorProcess {
         log: &Path,
         platform: &SimulatedFlags,
     ) -> CliResult<CoordinatorProcess> {
-        let user_addr = free_addr()?;
-        let mesh_addr = free_addr()?;
-        Self::start_on(data_dir, log, platform, user_addr, mesh_addr)
+        Self::start_member(data_dir, log, platform, Addrs::free()?, 0, &[])
     }
 
-    /// As `start`, on the given addresses.
-    pub fn start_on(
+    /// Starts member `node_id` of a cluster whose members are `peers` (id, peer API address); with no
+    /// peers, a lone replica.
+    pub fn start_member(
         data_dir: &Path,
         log: &Path,
         platform: &SimulatedFlags,
-        user_addr: SocketAddr,
-        mesh_addr: SocketAddr,
+        addrs: Addrs,
+        node_id: u64,
+        peers: &[(u64, SocketAddr)],
     ) -> CliResult<CoordinatorProcess> {
         if let Some(dir) = log.parent() {
             std::fs::create_dir_all(dir)
@@ -98,13 +121,21 @@ impl CoordinatorProcess {
             .try_clone()
             .map_err(|e| CliError::error(e.to_string()))?;
         let bin = sibling_binary("concord-coordinator");
-        let child = Command::new(&bin)
-            .arg("--data-dir")
+        let mut cmd = Command::new(&bin);
+        cmd.arg("--data-dir")
             .arg(data_dir)
             .arg("--user-listen")
-            .arg(user_addr.to_string())
+            .arg(addrs.user.to_string())
             .arg("--mesh-listen")
-            .arg(mesh_addr.to_string())
+            .arg(addrs.mesh.to_string())
+            .arg("--peer-listen")
+            .arg(addrs.peer.to_string())
+            .arg("--node-id")
+            .arg(node_id.to_string());
+        for (id, addr) in peers {
+            cmd.arg("--peer").arg(format!("{id}={addr}"));
+        }
+        let child = cmd
             .args(platform.args())
             .stdin(Stdio::null())
             .stdout(log_file)
@@ -118,8 +149,11 @@ impl CoordinatorProcess {
             })?;
         let mut p = CoordinatorProcess {
             child,
-            user_addr,
-            mesh_addr,
+            user_addr: addrs.user,
+            mesh_addr: addrs.mesh,
+            peer_addr: addrs.peer,
+            node_id,
+            peers: peers.to_vec(),
             data_dir: data_dir.to_path_buf(),
             log: log.to_path_buf(),
         };
@@ -141,7 +175,7 @@ impl CoordinatorProcess {
             }
             let up =
                 |a: &SocketAddr| TcpStream::connect_timeout(a, Duration::from_millis(200)).is_ok();
-            if up(&self.user_addr) && up(&self.mesh_addr) {
+            if up(&self.user_addr) && up(&self.mesh_addr) && up(&self.peer_addr) {
                 return Ok(());
             }
             if start.elapsed() > timeout {
@@ -152,6 +186,28 @@ impl CoordinatorProcess {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The same member again (after `kill` or `stop`), on the same addresses and data.
+    pub fn restart(&mut self, platform: &SimulatedFlags) -> CliResult {
+        if self.is_running() {
+            self.kill();
+        }
+        let addrs = Addrs {
+            user: self.user_addr,
+            mesh: self.mesh_addr,
+            peer: self.peer_addr,
+        };
+        let again = Self::start_member(
+            &self.data_dir.clone(),
+            &self.log.clone(),
+            platform,
+            addrs,
+            self.node_id,
+            &self.peers.clone(),
+        )?;
+        *self = again;
+        Ok(())
     }
 
     pub fn pid(&self) -> u32 {

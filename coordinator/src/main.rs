@@ -28,11 +28,34 @@ struct Args {
     /// Mesh API address (NewMeshCert).
     #[arg(long, env = "CONCORD_MESH_LISTEN", default_value = "0.0.0.0:7777")]
     mesh_listen: SocketAddr,
+    /// Peer API address (Raft, peer recovery, forwarding).
+    #[arg(long, env = "CONCORD_PEER_LISTEN", default_value = "0.0.0.0:7778")]
+    peer_listen: SocketAddr,
+    /// This replica's id in the cluster.
+    #[arg(long, env = "CONCORD_NODE_ID", default_value_t = 0)]
+    node_id: u64,
+    /// A member of the cluster as ID=HOST:PORT (its peer API), this replica included; repeat for each.
+    /// Default: this replica alone, at its --peer-listen address.
+    #[arg(long = "peer", env = "CONCORD_PEERS", value_delimiter = ',', value_parser = parse_peer)]
+    peers: Vec<(u64, String)>,
     #[command(flatten)]
     platform: PlatformArgs,
     /// Log format.
     #[arg(long, env = "CONCORD_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+}
+
+fn parse_peer(s: &str) -> Result<(u64, String), String> {
+    let (id, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected ID=HOST:PORT"))?;
+    let id = id
+        .parse()
+        .map_err(|_| format!("{s:?}: the id {id:?} is not a number"))?;
+    if !addr.contains(':') {
+        return Err(format!("{s:?}: the address {addr:?} has no port"));
+    }
+    Ok((id, addr.to_string()))
 }
 
 fn init_logs(format: LogFormat) {
@@ -75,10 +98,25 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let mut peers: std::collections::BTreeMap<u64, String> = args.peers.into_iter().collect();
+    if peers.is_empty() {
+        let own = if args.peer_listen.ip().is_unspecified() {
+            SocketAddr::new(
+                std::net::Ipv4Addr::LOCALHOST.into(),
+                args.peer_listen.port(),
+            )
+        } else {
+            args.peer_listen
+        };
+        peers.insert(args.node_id, own.to_string());
+    }
     let config = Config {
         data_dir: args.data_dir,
         user_listen: args.user_listen,
         mesh_listen: args.mesh_listen,
+        peer_listen: args.peer_listen,
+        node_id: args.node_id,
+        peers,
         platform,
     };
     match run(config, shutdown_signal()).await {

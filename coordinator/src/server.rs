@@ -1,18 +1,28 @@
-//! Wiring one replica: open and verify the store, build the evidence issuer from the launch
-//! configuration, and serve the user API (1313) and the mesh API (7777) over aTLS until shutdown.
+//! Wiring one replica: open and verify the store, start Raft on it, form the cluster from the static peer
+//! list, keep recovering from peers while the replica lacks the latest secrets, and serve the user API
+//! (1313), the mesh API (7777) and the peer API (7778) over aTLS until shutdown.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use concord_attestation::{AtlsAcceptor, ClientAuth, Verifier};
-use concord_proto::v1::{mesh_api_server::MeshApiServer, user_api_server::UserApiServer};
+use concord_attestation::{AtlsAcceptor, AtlsClient, ClientAuth, ClientIdentity, Verifier};
+use concord_proto::v1::{
+    mesh_api_server::MeshApiServer, peer_api_server::PeerApiServer, user_api_server::UserApiServer,
+};
+use openraft::{BasicNode, Raft};
 use tokio::net::TcpListener;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use crate::api::{MeshAcceptPolicy, MeshService, Replica, UserService};
+use crate::api::{
+    MeshAcceptPolicy, MeshService, Node, PeerAcceptPolicy, PeerService, Replica, UserService,
+};
 use crate::launch::LaunchedPlatform;
+use crate::raft::NodeId;
+use crate::raft::network::PeerNetwork;
 use crate::state::Coordinator;
 use crate::store::SledStore;
 
@@ -22,7 +32,25 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub user_listen: SocketAddr,
     pub mesh_listen: SocketAddr,
+    pub peer_listen: SocketAddr,
+    /// This replica's id in the cluster.
+    pub node_id: NodeId,
+    /// Every member's peer API address, this replica included. The lowest id forms a fresh cluster.
+    pub peers: BTreeMap<NodeId, String>,
     pub platform: LaunchedPlatform,
+}
+
+/// Raft timing: heartbeats every 100 ms, elections after 400 to 800 ms of silence, so a failover
+/// completes well within a second on a local network.
+fn raft_config() -> anyhow::Result<Arc<openraft::Config>> {
+    let config = openraft::Config {
+        cluster_name: "concord".into(),
+        heartbeat_interval: 100,
+        election_timeout_min: 400,
+        election_timeout_max: 800,
+        ..Default::default()
+    };
+    Ok(Arc::new(config.validate()?))
 }
 
 /// Runs the replica until `shutdown` resolves. Fails at once if the stored history does not verify.
@@ -37,58 +65,106 @@ pub async fn run(
             config.data_dir.display()
         )
     })?;
+    if !config.peers.contains_key(&config.node_id) {
+        anyhow::bail!(
+            "the peer list does not name this replica (id {}); list every member with --peer ID=HOST:PORT",
+            config.node_id
+        );
+    }
     let store = SledStore::open(&store_dir)?;
-    let coordinator = Coordinator::open(store).map_err(|e| {
+    let refuse = |e: &dyn std::fmt::Display| {
         anyhow::anyhow!(
             "refusing to serve the store in {}: {e}",
             store_dir.display()
         )
-    })?;
+    };
+    let coordinator = Coordinator::open(store.clone()).map_err(|e| refuse(&e))?;
+    let (log_store, state_machine) = crate::raft::open(&store).map_err(|e| refuse(&e))?;
     let state = coordinator.state();
     if let Some(chain) = coordinator.chain() {
-        info!(
-            transitions = chain.len(),
-            latest = %chain.latest_hash(),
-            "loaded and verified the stored history"
-        );
+        info!(transitions = chain.len(), latest = %chain.latest_hash(), "loaded and verified the stored history");
     }
 
-    if config.platform.trust.insecure_simulated_root.is_some() {
+    let platform = &config.platform;
+    if platform.trust.insecure_simulated_root.is_some() {
         warn!(
             "INSECURE: simulated attestation: this coordinator's evidence proves nothing; never use it in production"
         );
     }
-    let issuer = config.platform.issuer.clone();
-    let trust = config.platform.trust.clone();
+    let issuer = platform.issuer.clone();
     let replica = Arc::new(Replica::new(
         coordinator,
         issuer.clone(),
-        Verifier::new(trust),
+        Verifier::new(platform.trust.clone()),
     ));
     let key = Arc::new(rcgen::KeyPair::generate()?);
+    let peer_policy = Arc::new(PeerAcceptPolicy::new(
+        replica.clone(),
+        platform.policy_hash,
+        platform.own_reference.clone(),
+    ));
+    let peer_client = Arc::new(AtlsClient::new(
+        peer_policy.clone(),
+        Some(ClientIdentity {
+            issuer: issuer.clone(),
+            key: key.clone(),
+        }),
+    )?);
+    let raft = Raft::new(
+        config.node_id,
+        raft_config()?,
+        PeerNetwork::new(peer_client.clone()),
+        log_store,
+        state_machine,
+    )
+    .await?;
+    let node = Arc::new(Node::new(
+        config.node_id,
+        replica.clone(),
+        raft.clone(),
+        config.peers.clone(),
+        peer_client,
+    ));
+
     let user_acceptor = Arc::new(AtlsAcceptor::new(
         issuer.clone(),
         key.clone(),
         ClientAuth::None,
     )?);
     let mesh_acceptor = Arc::new(AtlsAcceptor::new(
-        issuer,
-        key,
+        issuer.clone(),
+        key.clone(),
         ClientAuth::Required(Arc::new(MeshAcceptPolicy::new(replica.clone()))),
     )?);
-
-    let user_listener = TcpListener::bind(config.user_listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {} (user API): {e}", config.user_listen))?;
-    let mesh_listener = TcpListener::bind(config.mesh_listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {} (mesh API): {e}", config.mesh_listen))?;
+    let peer_acceptor = Arc::new(AtlsAcceptor::new(
+        issuer,
+        key,
+        ClientAuth::Required(peer_policy),
+    )?);
+    let bind = |addr: SocketAddr, what: &'static str| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({what}): {e}"))
+    };
+    let user_listener = bind(config.user_listen, "user API").await?;
+    let mesh_listener = bind(config.mesh_listen, "mesh API").await?;
+    let peer_listener = bind(config.peer_listen, "peer API").await?;
     info!(
+        node_id = config.node_id,
         user_api = %user_listener.local_addr()?,
         mesh_api = %mesh_listener.local_addr()?,
+        peer_api = %peer_listener.local_addr()?,
+        members = config.peers.len(),
         state = state.as_str(),
         "coordinator serving"
     );
+
+    tokio::spawn(form_cluster(
+        raft.clone(),
+        config.node_id,
+        config.peers.clone(),
+    ));
+    tokio::spawn(keep_recovering(node.clone()));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -98,9 +174,8 @@ pub async fn run(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-
     let user = tonic::transport::Server::builder()
-        .add_service(UserApiServer::new(UserService::new(replica.clone())))
+        .add_service(UserApiServer::new(UserService::new(node.clone())))
         .serve_with_incoming_shutdown(
             crate::transport::incoming(user_listener, user_acceptor, "user"),
             stopped(stop_rx.clone()),
@@ -109,9 +184,65 @@ pub async fn run(
         .add_service(MeshApiServer::new(MeshService::new(replica)))
         .serve_with_incoming_shutdown(
             crate::transport::incoming(mesh_listener, mesh_acceptor, "mesh"),
+            stopped(stop_rx.clone()),
+        );
+    let peer = tonic::transport::Server::builder()
+        .add_service(PeerApiServer::new(PeerService::new(node)))
+        .serve_with_incoming_shutdown(
+            crate::transport::incoming(peer_listener, peer_acceptor, "peer"),
             stopped(stop_rx),
         );
-    tokio::try_join!(user, mesh)?;
+    tokio::try_join!(user, mesh, peer)?;
+    let _ = raft.shutdown().await;
     info!("coordinator stopped");
     Ok(())
+}
+
+/// A fresh cluster forms without manual steps: the member with the lowest id initializes it with every
+/// member of the static peer list. Later starts find it initialized and do nothing.
+async fn form_cluster(
+    raft: Raft<crate::raft::TypeConfig>,
+    id: NodeId,
+    peers: BTreeMap<NodeId, String>,
+) {
+    if peers.keys().next() != Some(&id) {
+        return;
+    }
+    match raft.is_initialized().await {
+        Ok(true) => return,
+        Ok(false) => {}
+        Err(e) => {
+            warn!(error = %e, "cannot read the Raft state; not forming a cluster");
+            return;
+        }
+    }
+    let members: BTreeMap<NodeId, BasicNode> = peers
+        .iter()
+        .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+        .collect();
+    match raft.initialize(members).await {
+        Ok(()) => info!(members = peers.len(), "formed a new cluster"),
+        Err(e) => debug!(error = %e, "cluster already formed"),
+    }
+}
+
+/// Peer recovery starts at once when the replica starts or falls behind (the state machine applied a
+/// transition whose secrets it lacks), retries with backoff, and otherwise waits for the next change.
+async fn keep_recovering<S: crate::store::Store>(node: Arc<Node<S>>) {
+    let mut metrics = node.raft.metrics();
+    let mut delay = Duration::from_millis(20);
+    loop {
+        match node.recover_from_peers().await {
+            Ok(true) => delay = Duration::from_millis(20),
+            Ok(false) => {
+                delay = Duration::from_millis(20);
+                let _ = tokio::time::timeout(Duration::from_secs(1), metrics.changed()).await;
+            }
+            Err(e) => {
+                debug!(error = %e, retry_in_ms = delay.as_millis() as u64, "peer recovery did not succeed yet");
+                let _ = tokio::time::timeout(delay, metrics.changed()).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
 }

@@ -378,13 +378,7 @@ async fn outage_and_recovery(
 ) -> CliResult {
     s.step("full outage: kill the coordinator, start it again on its store: it verifies the store and is recovering");
     coordinator.kill();
-    *coordinator = CoordinatorProcess::start_on(
-        &coordinator.data_dir.clone(),
-        &coordinator.log.clone(),
-        flags,
-        coordinator.user_addr,
-        coordinator.mesh_addr,
-    )?;
+    coordinator.restart(flags)?;
     let manifest = dir.join("manifest-v2.json");
     let verify_now = verify::Verify {
         manifest: manifest.clone(),

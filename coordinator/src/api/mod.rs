@@ -3,12 +3,16 @@
 //! its outcome and never a secret.
 
 mod mesh;
+pub mod node;
+mod peer;
 mod peer_policy;
 pub mod replica;
 mod status;
 mod user;
 
 pub use mesh::{MeshAcceptPolicy, MeshService};
+pub use node::Node;
+pub use peer::PeerService;
 pub use peer_policy::PeerAcceptPolicy;
 pub use replica::Replica;
 pub use status::to_status;

@@ -7,6 +7,7 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
+use super::node::Node;
 use super::replica::Replica;
 use super::status::to_status;
 use crate::error::CoordinatorError;
@@ -18,12 +19,14 @@ use crate::store::Store;
 /// The user API service.
 #[derive(Debug)]
 pub struct UserService<S> {
+    node: Arc<Node<S>>,
     replica: Arc<Replica<S>>,
 }
 
 impl<S: Store> UserService<S> {
-    pub fn new(replica: Arc<Replica<S>>) -> UserService<S> {
-        UserService { replica }
+    pub fn new(node: Arc<Node<S>>) -> UserService<S> {
+        let replica = node.replica.clone();
+        UserService { node, replica }
     }
 }
 
@@ -31,7 +34,7 @@ fn invalid(msg: impl Into<String>) -> Status {
     to_status(&CoordinatorError::InvalidInput(msg.into()))
 }
 
-fn decode_set(req: pb::SetManifestRequest) -> Result<SetRequest, Status> {
+pub(crate) fn decode_set(req: pb::SetManifestRequest) -> Result<SetRequest, Status> {
     let expected_previous = if req.expected_previous.is_empty() {
         Hash::ZERO
     } else {
@@ -89,19 +92,11 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
         &self,
         request: Request<pb::SetManifestRequest>,
     ) -> Result<Response<pb::SetManifestResponse>, Status> {
-        let req = decode_set(request.into_inner()).inspect_err(|s| {
+        let raw = request.into_inner();
+        let req = decode_set(raw.clone()).inspect_err(|s| {
             warn!(rpc = "SetManifest", code = ?s.code(), error = s.message(), "rejected");
         })?;
-        let replica = self.replica.clone();
-        // The store flushes to disk: keep that off the async workers.
-        let result = tokio::task::spawn_blocking(move || {
-            replica
-                .write()?
-                .set_manifest(req, time::OffsetDateTime::now_utc())
-        })
-        .await
-        .map_err(|e| Status::internal(format!("the SetManifest task failed: {e}")))?;
-        match result {
+        match self.node.set_manifest(raw, req, false).await {
             Ok(out) => {
                 info!(
                     rpc = "SetManifest",
@@ -111,25 +106,10 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
                     unchanged = out.unchanged,
                     "ok"
                 );
-                Ok(Response::new(pb::SetManifestResponse {
-                    transition: Some(transition_to_pb(&out.transition)),
-                    seed_shares: out
-                        .seed_shares
-                        .iter()
-                        .map(|s| pb::EncryptedSeedShare {
-                            owner_public_key: s.owner_public_key.to_vec(),
-                            encapsulated_key: s.encapsulated_key.clone(),
-                            ciphertext: s.ciphertext.clone(),
-                        })
-                        .collect(),
-                    root_ca: out.root_ca_pem,
-                    mesh_ca: out.mesh_ca_pem,
-                    unchanged: out.unchanged,
-                }))
+                Ok(Response::new(super::node::outcome_to_pb(&out)))
             }
-            Err(e) => {
-                let status = to_status(&e);
-                warn!(rpc = "SetManifest", code = ?status.code(), error = %e, "rejected");
+            Err(status) => {
+                warn!(rpc = "SetManifest", code = ?status.code(), error = status.message(), "rejected");
                 Err(status)
             }
         }
@@ -139,6 +119,7 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
         &self,
         _request: Request<pb::GetManifestsRequest>,
     ) -> Result<Response<pb::GetManifestsResponse>, Status> {
+        self.node.linearize().await?;
         let view = self
             .replica
             .read()
@@ -164,6 +145,7 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
     ) -> Result<Response<pb::GetHistoryResponse>, Status> {
         let nonce = <[u8; 32]>::try_from(request.get_ref().nonce.as_slice())
             .map_err(|_| invalid("nonce: 32 random bytes are required"))?;
+        self.node.linearize().await?;
         let bundle = self
             .replica
             .read()

@@ -1,0 +1,289 @@
+//! `Node`: one replica as the APIs see it: the core (`Replica`), its Raft handle, its peers, and the
+//! write path. SetManifest is prepared by the leader's core, written through Raft (every replica's state
+//! machine re-verifies it), then committed; a follower forwards the call to the leader over the peer API.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use concord_attestation::AtlsClient;
+use concord_proto::v1 as pb;
+use concord_proto::v1::peer_api_client::PeerApiClient;
+use openraft::Raft;
+use tonic::Status;
+use tracing::{debug, info};
+
+use super::replica::Replica;
+use super::status::to_status;
+use crate::error::CoordinatorError;
+use crate::raft::{AppendTransition, Command, CommandResponse, NodeId, TypeConfig};
+use crate::state::{Prepared, SetOutcome, SetRequest};
+use crate::store::Store;
+use crate::transport::connect;
+
+/// How long a write waits for a leader to be elected before answering Unavailable.
+pub const LEADER_WAIT: Duration = Duration::from_secs(5);
+
+/// One replica: core, Raft, peers.
+pub struct Node<S> {
+    pub id: NodeId,
+    pub replica: Arc<Replica<S>>,
+    pub raft: Raft<TypeConfig>,
+    /// Peer API addresses by node id, this node included.
+    pub peers: BTreeMap<NodeId, String>,
+    /// Dials peers: attests this replica and verifies them with the peer admission policy.
+    pub peer_client: Arc<AtlsClient>,
+    /// Serializes this node's writes, so two calls do not prepare against the same latest.
+    write_gate: tokio::sync::Mutex<()>,
+}
+
+impl<S> std::fmt::Debug for Node<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("id", &self.id).finish()
+    }
+}
+
+impl<S: Store> Node<S> {
+    pub fn new(
+        id: NodeId,
+        replica: Arc<Replica<S>>,
+        raft: Raft<TypeConfig>,
+        peers: BTreeMap<NodeId, String>,
+        peer_client: Arc<AtlsClient>,
+    ) -> Node<S> {
+        Node {
+            id,
+            replica,
+            raft,
+            peers,
+            peer_client,
+            write_gate: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Reloads the core's view if Raft applied entries since.
+    pub fn refresh(&self) -> Result<(), CoordinatorError> {
+        if self.replica.read()?.is_stale()? {
+            self.replica.write()?.refresh()?;
+        }
+        Ok(())
+    }
+
+    /// The current leader, waiting up to [`LEADER_WAIT`] for an election.
+    pub async fn leader(&self) -> Result<NodeId, Status> {
+        if let Some(l) = self.raft.current_leader().await {
+            return Ok(l);
+        }
+        let mut metrics = self.raft.metrics();
+        let wait = async {
+            loop {
+                if let Some(l) = metrics.borrow().current_leader {
+                    return Some(l);
+                }
+                if metrics.changed().await.is_err() {
+                    return None;
+                }
+            }
+        };
+        match tokio::time::timeout(LEADER_WAIT, wait).await {
+            Ok(Some(l)) => Ok(l),
+            _ => Err(Status::unavailable(
+                "no leader yet: the coordinator replicas have no quorum; retry when a majority of them is up",
+            )),
+        }
+    }
+
+    /// Reads that must not be stale: confirmed with a quorum on the leader. Followers answer from what
+    /// they applied (possibly stale; forwarding reads to the leader is not built yet).
+    pub async fn linearize(&self) -> Result<(), Status> {
+        if self.raft.current_leader().await == Some(self.id) {
+            self.raft.ensure_linearizable().await.map_err(|e| {
+                Status::unavailable(format!("cannot confirm leadership for a read: {e}"))
+            })?;
+        }
+        self.refresh().map_err(|e| to_status(&e))
+    }
+
+    /// SetManifest from any replica: on the leader, prepared, written through Raft and committed; on a
+    /// follower, forwarded to the leader.
+    pub async fn set_manifest(
+        &self,
+        raw: pb::SetManifestRequest,
+        req: SetRequest,
+        forwarded: bool,
+    ) -> Result<SetOutcome, Status> {
+        let leader = self.leader().await?;
+        if leader != self.id {
+            if forwarded {
+                return Err(Status::unavailable(
+                    "this replica is no longer the leader; retry",
+                ));
+            }
+            return self.forward(leader, raw).await;
+        }
+        let _gate = self.write_gate.lock().await;
+        self.refresh().map_err(|e| to_status(&e))?;
+        let now = time::OffsetDateTime::now_utc();
+        let prepared = self
+            .replica
+            .read()
+            .and_then(|c| c.prepare_set(req, now))
+            .map_err(|e| to_status(&e))?;
+        let p = match prepared {
+            Prepared::Unchanged(outcome) => return Ok(*outcome),
+            Prepared::Append(p) => p,
+        };
+        let command = Command::Append(AppendTransition::new(&p.new));
+        let written = self.raft.client_write(command).await.map_err(|e| match e
+            .forward_to_leader::<openraft::BasicNode>()
+        {
+            Some(_) => Status::unavailable("leadership moved during the write; retry"),
+            None => Status::unavailable(format!("the write did not commit: {e}")),
+        })?;
+        match written.data {
+            CommandResponse::Applied { hash } if hash == p.hash => {}
+            CommandResponse::Rejected { reason } => {
+                return Err(to_status(&CoordinatorError::InvalidInput(format!(
+                    "the replicas refused the transition: {reason}"
+                ))));
+            }
+            other => {
+                return Err(Status::internal(format!(
+                    "unexpected answer from the state machine: {other:?}"
+                )));
+            }
+        }
+        let replica = self.replica.clone();
+        tokio::task::spawn_blocking(move || replica.write()?.commit_set(*p))
+            .await
+            .map_err(|e| Status::internal(format!("the commit task failed: {e}")))?
+            .map_err(|e| to_status(&e))
+    }
+
+    async fn forward(
+        &self,
+        leader: NodeId,
+        raw: pb::SetManifestRequest,
+    ) -> Result<SetOutcome, Status> {
+        let addr = self.peers.get(&leader).ok_or_else(|| {
+            Status::unavailable(format!(
+                "the leader is replica {leader}, whose address is unknown here"
+            ))
+        })?;
+        debug!(leader, %addr, "forwarding SetManifest to the leader");
+        let (channel, _) = connect(addr, self.peer_client.clone())
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot reach the leader: {e}")))?;
+        let answer = PeerApiClient::new(channel)
+            .forward_set_manifest(raw)
+            .await?
+            .into_inner();
+        outcome_from_pb(answer)
+    }
+
+    /// Peer recovery, recovering side: asks each peer (the leader first) for the secrets of the latest
+    /// transition; its evidence was checked by the peer admission policy when connecting.
+    pub async fn recover_from_peers(&self) -> Result<bool, CoordinatorError> {
+        self.refresh()?;
+        if self.replica.read()?.state() != crate::state::ReplicaState::Recovering {
+            return Ok(false);
+        }
+        let leader = self.raft.current_leader().await;
+        let mut order: Vec<NodeId> = leader.into_iter().filter(|l| *l != self.id).collect();
+        order.extend(
+            self.peers
+                .keys()
+                .filter(|id| **id != self.id && Some(**id) != leader),
+        );
+        let mut last = String::from("no peer to recover from");
+        for id in order {
+            let Some(addr) = self.peers.get(&id) else {
+                continue;
+            };
+            let answer = async {
+                let (channel, _) = connect(addr, self.peer_client.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                PeerApiClient::new(channel)
+                    .recover(pb::PeerRecoverRequest {})
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(|s| s.message().to_string())
+            }
+            .await;
+            match answer.and_then(|a| super::peer::secrets_from_pb(a).map_err(|e| e.to_string())) {
+                Ok(secrets) => {
+                    self.refresh()?;
+                    match self.replica.write()?.adopt_from_peer(secrets) {
+                        Ok(()) => {
+                            info!(peer = id, "recovered the secrets from a peer; ready");
+                            return Ok(true);
+                        }
+                        Err(e) => last = format!("replica {id}: {e}"),
+                    }
+                }
+                Err(e) => last = format!("replica {id}: {e}"),
+            }
+        }
+        Err(CoordinatorError::FailedPrecondition(last))
+    }
+}
+
+/// The SetManifest answer as the user API sends it.
+pub fn outcome_to_pb(out: &SetOutcome) -> pb::SetManifestResponse {
+    pb::SetManifestResponse {
+        transition: Some(super::user::transition_to_pb(&out.transition)),
+        seed_shares: out
+            .seed_shares
+            .iter()
+            .map(|s| pb::EncryptedSeedShare {
+                owner_public_key: s.owner_public_key.to_vec(),
+                encapsulated_key: s.encapsulated_key.clone(),
+                ciphertext: s.ciphertext.clone(),
+            })
+            .collect(),
+        root_ca: out.root_ca_pem.clone(),
+        mesh_ca: out.mesh_ca_pem.clone(),
+        unchanged: out.unchanged,
+    }
+}
+
+fn outcome_from_pb(r: pb::SetManifestResponse) -> Result<SetOutcome, Status> {
+    let t = r
+        .transition
+        .ok_or_else(|| Status::internal("the leader answered without a transition"))?;
+    let hash = crate::hash::Hash::from_slice(&t.hash).map_err(Status::internal)?;
+    let transition = crate::history::Transition::from_parts(
+        t.index,
+        crate::hash::Hash::from_slice(&t.manifest_hash).map_err(Status::internal)?,
+        crate::hash::Hash::from_slice(&t.previous).map_err(Status::internal)?,
+        &hex::encode(&t.signature),
+        (!t.owner_key.is_empty())
+            .then(|| hex::encode(&t.owner_key))
+            .as_deref(),
+        (!t.owner_signature.is_empty())
+            .then(|| hex::encode(&t.owner_signature))
+            .as_deref(),
+    )
+    .map_err(Status::internal)?;
+    let seed_shares = r
+        .seed_shares
+        .into_iter()
+        .map(|s| {
+            Ok(concord_mesh_ca::EncryptedShare {
+                owner_public_key: <[u8; 32]>::try_from(s.owner_public_key.as_slice())
+                    .map_err(|_| Status::internal("a share's owner key is not 32 bytes"))?,
+                encapsulated_key: s.encapsulated_key,
+                ciphertext: s.ciphertext,
+            })
+        })
+        .collect::<Result<Vec<_>, Status>>()?;
+    Ok(SetOutcome {
+        transition,
+        hash,
+        seed_shares,
+        root_ca_pem: r.root_ca,
+        mesh_ca_pem: r.mesh_ca,
+        unchanged: r.unchanged,
+    })
+}

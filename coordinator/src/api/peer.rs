@@ -1,0 +1,138 @@
+//! The peer API (port 7778) between coordinator replicas, over mutual aTLS checked by
+//! [`super::PeerAcceptPolicy`]: openraft's RPCs, peer recovery, and writes forwarded to the leader.
+
+use std::sync::Arc;
+
+use concord_proto::v1 as pb;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+use zeroize::Zeroizing;
+
+use super::node::{Node, outcome_to_pb};
+use super::status::to_status;
+use crate::error::CoordinatorError;
+use crate::hash::Hash;
+use crate::state::PeerSecrets;
+use crate::store::Store;
+use crate::transport::PeerInfo;
+
+/// The peer API service.
+#[derive(Debug)]
+pub struct PeerService<S> {
+    node: Arc<Node<S>>,
+}
+
+impl<S: Store> PeerService<S> {
+    pub fn new(node: Arc<Node<S>>) -> PeerService<S> {
+        PeerService { node }
+    }
+}
+
+fn decode<T: DeserializeOwned>(m: &pb::RaftMessage) -> Result<T, Status> {
+    serde_json::from_slice(&m.json)
+        .map_err(|e| Status::invalid_argument(format!("not a Raft message: {e}")))
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Response<pb::RaftMessage>, Status> {
+    serde_json::to_vec(v)
+        .map(|json| Response::new(pb::RaftMessage { json }))
+        .map_err(|e| Status::internal(format!("cannot encode a Raft reply: {e}")))
+}
+
+/// The secrets as they travel to an attested peer.
+pub(crate) fn secrets_to_pb(s: &PeerSecrets) -> pb::PeerRecoverResponse {
+    pb::PeerRecoverResponse {
+        seed: s.seed.to_vec(),
+        salt: s.salt.to_vec(),
+        mesh_ca_key: s.mesh_ca_key.to_vec(),
+        latest: s.latest.as_bytes().to_vec(),
+    }
+}
+
+pub(crate) fn secrets_from_pb(r: pb::PeerRecoverResponse) -> Result<PeerSecrets, CoordinatorError> {
+    let bad =
+        |what: &str| CoordinatorError::InvalidInput(format!("the peer sent a malformed {what}"));
+    let seed = Zeroizing::new(<[u8; 32]>::try_from(r.seed.as_slice()).map_err(|_| bad("seed"))?);
+    let mesh_ca_key = Zeroizing::new(
+        <[u8; 32]>::try_from(r.mesh_ca_key.as_slice()).map_err(|_| bad("mesh CA key"))?,
+    );
+    let salt = <[u8; 32]>::try_from(r.salt.as_slice()).map_err(|_| bad("salt"))?;
+    let latest = Hash::from_slice(&r.latest).map_err(|_| bad("latest transition"))?;
+    // The response's own copies are dropped here; these are the only ones left.
+    drop(Zeroizing::new(r.seed));
+    drop(Zeroizing::new(r.mesh_ca_key));
+    Ok(PeerSecrets {
+        seed,
+        salt,
+        mesh_ca_key,
+        latest,
+    })
+}
+
+#[tonic::async_trait]
+impl<S: Store> pb::peer_api_server::PeerApi for PeerService<S> {
+    async fn append_entries(
+        &self,
+        request: Request<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
+        let req = decode(request.get_ref())?;
+        encode(&self.node.raft.append_entries(req).await)
+    }
+
+    async fn vote(
+        &self,
+        request: Request<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
+        let req = decode(request.get_ref())?;
+        encode(&self.node.raft.vote(req).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
+        let req = decode(request.get_ref())?;
+        encode(&self.node.raft.install_snapshot(req).await)
+    }
+
+    async fn recover(
+        &self,
+        request: Request<pb::PeerRecoverRequest>,
+    ) -> Result<Response<pb::PeerRecoverResponse>, Status> {
+        let Some(peer) = request
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|p| p.verified.clone())
+        else {
+            return Err(to_status(&CoordinatorError::PermissionDenied(
+                "peer recovery needs an attested peer".into(),
+            )));
+        };
+        self.node.refresh().map_err(|e| to_status(&e))?;
+        let secrets = self
+            .node
+            .replica
+            .read()
+            .and_then(|c| c.secrets_for_peer(peer.report()))
+            .map_err(|e| {
+                let s = to_status(&e);
+                warn!(rpc = "PeerRecover", policy = %hex::encode(peer.report().host_data()), error = %e, "refused");
+                s
+            })?;
+        info!(rpc = "PeerRecover", policy = %hex::encode(peer.report().host_data()), latest = %secrets.latest, "secrets sent to an attested coordinator");
+        Ok(Response::new(secrets_to_pb(&secrets)))
+    }
+
+    async fn forward_set_manifest(
+        &self,
+        request: Request<pb::SetManifestRequest>,
+    ) -> Result<Response<pb::SetManifestResponse>, Status> {
+        let raw = request.into_inner();
+        let req = super::user::decode_set(raw.clone())?;
+        let out = self.node.set_manifest(raw, req, true).await?;
+        info!(rpc = "ForwardSetManifest", index = out.transition.index, transition = %out.hash, "ok");
+        Ok(Response::new(outcome_to_pb(&out)))
+    }
+}
