@@ -31,6 +31,8 @@ enum Command {
     /// Attestation tools.
     #[command(subcommand)]
     Attestation(cmd::attestation::Attestation),
+    /// Show a replica's state, Raft role, term and leader.
+    Status(cmd::status::Status),
     /// Submit your seed share to a recovering coordinator (user recovery after a full outage).
     Recover(cmd::recover::Recover),
     /// Run a local coordinator end to end (simulated attestation) and show every step.
@@ -48,6 +50,7 @@ async fn main() -> ExitCode {
         Command::History(c) => cmd::history::run(c),
         Command::Attestation(c) => cmd::attestation::run(c),
         Command::Recover(c) => cmd::recover::run(c).await,
+        Command::Status(c) => cmd::status::run(c).await.map(|_| ()),
         Command::Demo(c) => cmd::demo::run(c).await,
     };
     match result {

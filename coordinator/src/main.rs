@@ -60,7 +60,9 @@ fn parse_peer(s: &str) -> Result<(u64, String), String> {
 
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // openraft narrates every vote and logs refused connections to peers that are still starting
+        // as errors; the coordinator logs leadership changes itself. RUST_LOG=openraft=info brings it back.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=off"));
     // Colors only on a terminal: log files and collectors get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()

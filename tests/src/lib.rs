@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 
 use concord_attestation::{AtlsClient, ClientIdentity};
-use concord_cli::process::{CoordinatorProcess, SimulatedFlags, sibling_binary};
+use concord_cli::process::{Addrs, CoordinatorProcess, SimulatedFlags, sibling_binary};
 use concord_coordinator::testing::TestDeployment;
 use concord_coordinator::transport::connect;
 use concord_proto::v1::mesh_api_client::MeshApiClient;
@@ -30,7 +30,12 @@ impl Env {
     pub fn new() -> Env {
         let d = TestDeployment::new();
         assert_eq!(hex::encode(d.measurement), MEASUREMENT_HEX);
-        let dir = tempfile::tempdir().expect("tempdir");
+        let mut dir = tempfile::tempdir().expect("tempdir");
+        // CONCORD_KEEP_TEST_DIRS=1 keeps every test's directory (logs, stores) for a post-mortem.
+        if std::env::var_os("CONCORD_KEEP_TEST_DIRS").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!("keeping the test directory {}", dir.path().display());
+        }
         let env = Env { dir, d };
         env.d.root.save(&env.path("sim-root")).expect("save root");
         std::fs::write(env.path("coordinator.policy"), &env.d.coordinator_policy).unwrap();
@@ -78,6 +83,47 @@ impl Env {
             &self.flags("coordinator.policy"),
         )
         .expect("coordinator starts")
+    }
+
+    /// Starts an `n`-replica cluster on loopback (data in `node-I/`, logs in `node-I.log`).
+    pub fn start_cluster(&self, n: u64) -> Vec<CoordinatorProcess> {
+        let addrs: Vec<Addrs> = (0..n).map(|_| Addrs::free().expect("free ports")).collect();
+        let peers: Vec<(u64, std::net::SocketAddr)> = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (i as u64, a.peer))
+            .collect();
+        (0..n)
+            .map(|i| {
+                CoordinatorProcess::start_member(
+                    &self.path(&format!("node-{i}")),
+                    &self.path(&format!("node-{i}.log")),
+                    &self.flags("coordinator.policy"),
+                    addrs[i as usize],
+                    i,
+                    &peers,
+                )
+                .expect("replica starts")
+            })
+            .collect()
+    }
+
+    /// A replica's status, or the error it answered.
+    pub async fn status(
+        &self,
+        c: &CoordinatorProcess,
+    ) -> Result<concord_proto::v1::GetStatusResponse, String> {
+        let manifest = concord_coordinator::manifest::Manifest::parse(&self.d.manifest(1)).unwrap();
+        let trust = concord_cli::remote::trust_for(&manifest, true).unwrap();
+        let (mut client, _) =
+            concord_cli::remote::user_api(&c.user_addr.to_string(), &manifest, trust)
+                .await
+                .map_err(|e| e.to_string())?;
+        client
+            .get_status(concord_proto::v1::GetStatusRequest {})
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| s.message().to_string())
     }
 
     /// Runs `concord ARGS` and returns its output.

@@ -7,4 +7,5 @@ pub mod keygen;
 pub mod recover;
 pub mod set;
 pub mod sign;
+pub mod status;
 pub mod verify;

@@ -97,9 +97,23 @@ impl<S: Store> Node<S> {
     /// they applied (possibly stale; forwarding reads to the leader is not built yet).
     pub async fn linearize(&self) -> Result<(), Status> {
         if self.raft.current_leader().await == Some(self.id) {
-            self.raft.ensure_linearizable().await.map_err(|e| {
-                Status::unavailable(format!("cannot confirm leadership for a read: {e}"))
-            })?;
+            // One heartbeat round can fail right after a peer restarted (a stale connection); retry
+            // within the same window a write waits for a leader.
+            let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+            loop {
+                match self.raft.ensure_linearizable().await {
+                    Ok(_) => break,
+                    Err(e) if tokio::time::Instant::now() < deadline => {
+                        debug!(error = %e, "could not confirm leadership for a read yet; retrying");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Err(e) => {
+                        return Err(Status::unavailable(format!(
+                            "cannot confirm leadership for a read: {e}"
+                        )));
+                    }
+                }
+            }
         }
         self.refresh().map_err(|e| to_status(&e))
     }
@@ -112,14 +126,33 @@ impl<S: Store> Node<S> {
         req: SetRequest,
         forwarded: bool,
     ) -> Result<SetOutcome, Status> {
-        let leader = self.leader().await?;
-        if leader != self.id {
+        // Until a leader answers: after a leader dies, the survivors still name it until they elect a
+        // new one. Retrying is safe: a repeated request is a no-op (same manifest) or a clear mismatch.
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        loop {
+            let leader = self.leader().await?;
+            if leader == self.id {
+                break;
+            }
             if forwarded {
                 return Err(Status::unavailable(
                     "this replica is no longer the leader; retry",
                 ));
             }
-            return self.forward(leader, raw).await;
+            match self.forward(leader, raw.clone()).await {
+                Err(s)
+                    if s.code() == tonic::Code::Unavailable
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    debug!(
+                        leader,
+                        error = s.message(),
+                        "the leader did not answer; waiting for the next one"
+                    );
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                answer => return answer,
+            }
         }
         let _gate = self.write_gate.lock().await;
         self.refresh().map_err(|e| to_status(&e))?;

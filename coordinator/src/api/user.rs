@@ -208,4 +208,33 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
             }
         }
     }
+
+    async fn get_status(
+        &self,
+        _request: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::GetStatusResponse>, Status> {
+        self.node.refresh().map_err(|e| to_status(&e))?;
+        let metrics = self.node.raft.metrics().borrow().clone();
+        let core = self.replica.read().map_err(|e| to_status(&e))?;
+        let role = match metrics.state {
+            openraft::ServerState::Leader => "leader",
+            openraft::ServerState::Follower => "follower",
+            openraft::ServerState::Candidate => "candidate",
+            openraft::ServerState::Learner => "learner",
+            openraft::ServerState::Shutdown => "shutdown",
+        };
+        Ok(Response::new(pb::GetStatusResponse {
+            node_id: self.node.id,
+            state: core.state().as_str().to_string(),
+            role: role.to_string(),
+            term: metrics.current_term,
+            leader_id: metrics.current_leader,
+            last_applied: metrics.last_applied.map_or(0, |l| l.index),
+            transitions: core.chain().map_or(0, |c| c.len() as u64),
+            latest: core
+                .chain()
+                .map(|c| c.latest_hash().as_bytes().to_vec())
+                .unwrap_or_default(),
+        }))
+    }
 }

@@ -4,15 +4,14 @@
 //! A connection is made lazily and dropped on any error, so a restarted peer is re-dialed (and
 //! re-attested) on the next RPC.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use concord_attestation::AtlsClient;
 use concord_proto::v1::RaftMessage;
 use concord_proto::v1::peer_api_client::PeerApiClient;
 use openraft::BasicNode;
-use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
-};
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -25,16 +24,29 @@ use tonic::transport::Channel;
 use super::types::{NodeId, TypeConfig};
 use crate::transport::connect;
 
-/// Makes a [`PeerConnection`] per target replica.
+/// Makes a [`PeerConnection`] per target replica. Connections are shared by all of them and dialed in
+/// the background: openraft bounds each RPC by the heartbeat interval, and an aTLS handshake (evidence
+/// made and checked on both sides) can take longer than that, so no RPC ever waits for one.
 #[derive(Debug, Clone)]
 pub struct PeerNetwork {
     client: Arc<AtlsClient>,
+    links: Arc<Mutex<HashMap<NodeId, Link>>>,
+}
+
+/// The state of the connection to one peer.
+#[derive(Debug, Clone)]
+enum Link {
+    Up(PeerApiClient<Channel>),
+    Dialing,
 }
 
 impl PeerNetwork {
     /// `client` attests this replica and verifies peers with the peer admission policy.
     pub fn new(client: Arc<AtlsClient>) -> PeerNetwork {
-        PeerNetwork { client }
+        PeerNetwork {
+            client,
+            links: Arc::new(Mutex::new(HashMap::new())),
+        }
     }
 }
 
@@ -46,7 +58,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             target,
             addr: node.addr.clone(),
             client: self.client.clone(),
-            api: None,
+            links: self.links.clone(),
         }
     }
 }
@@ -57,7 +69,7 @@ pub struct PeerConnection {
     target: NodeId,
     addr: String,
     client: Arc<AtlsClient>,
-    api: Option<PeerApiClient<Channel>>,
+    links: Arc<Mutex<HashMap<NodeId, Link>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,16 +79,54 @@ struct PeerError(String);
 type Rpc<T, E> = Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
 
 impl PeerConnection {
-    async fn api(&mut self) -> Result<PeerApiClient<Channel>, PeerError> {
-        if let Some(api) = &self.api {
-            return Ok(api.clone());
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Link>> {
+        // A panic while holding this map cannot leave it inconsistent (single inserts and removes).
+        self.links
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The live connection, or an error while one is being dialed in the background.
+    fn api(&self) -> Result<PeerApiClient<Channel>, PeerError> {
+        let mut links = self.lock();
+        match links.get(&self.target) {
+            Some(Link::Up(api)) => return Ok(api.clone()),
+            Some(Link::Dialing) => {
+                return Err(PeerError(format!(
+                    "still connecting to replica {}",
+                    self.target
+                )));
+            }
+            None => {}
         }
-        let (channel, _) = connect(&self.addr, self.client.clone())
-            .await
-            .map_err(|e| PeerError(e.to_string()))?;
-        let api = PeerApiClient::new(channel);
-        self.api = Some(api.clone());
-        Ok(api)
+        links.insert(self.target, Link::Dialing);
+        let (target, addr, client, shared) = (
+            self.target,
+            self.addr.clone(),
+            self.client.clone(),
+            self.links.clone(),
+        );
+        tokio::spawn(async move {
+            let dialed = connect(&addr, client).await;
+            let mut links = shared
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match dialed {
+                Ok((channel, _)) => {
+                    links.insert(target, Link::Up(PeerApiClient::new(channel)));
+                }
+                Err(e) => {
+                    tracing::debug!(target, error = %e, "cannot connect to a peer yet");
+                    links.remove(&target);
+                }
+            }
+        });
+        Err(PeerError(format!("connecting to replica {}", self.target)))
+    }
+
+    /// Forgets a broken connection, so the next RPC dials again.
+    fn drop_link(&self) {
+        self.lock().remove(&self.target);
     }
 
     async fn call<Req, Resp, E>(
@@ -95,10 +145,11 @@ impl PeerConnection {
                 "encoding {rpc}: {e}"
             ))))
         })?;
+        // A missing connection is a network error, not `Unreachable`: openraft backs off from
+        // unreachable peers, which would delay catching up a replica that just restarted.
         let mut api = self
             .api()
-            .await
-            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let message = RaftMessage { json };
         let call = async {
             match rpc {
@@ -110,16 +161,20 @@ impl PeerConnection {
         let reply = match tokio::time::timeout(option.hard_ttl(), call).await {
             Ok(Ok(r)) => r.into_inner(),
             Ok(Err(status)) => {
-                self.api = None;
+                if status.code() == tonic::Code::Unavailable
+                    || status.code() == tonic::Code::Unknown
+                {
+                    self.drop_link();
+                }
                 let e = PeerError(format!(
                     "{rpc} to replica {}: {}",
                     self.target,
                     status.message()
                 ));
-                return Err(RPCError::Unreachable(Unreachable::new(&e)));
+                return Err(RPCError::Network(NetworkError::new(&e)));
             }
             Err(_) => {
-                self.api = None;
+                // Slow, not broken: keep the connection.
                 let e = PeerError(format!("{rpc} to replica {} timed out", self.target));
                 return Err(RPCError::Network(NetworkError::new(&e)));
             }

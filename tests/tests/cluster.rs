@@ -1,0 +1,152 @@
+//! Several replicas of the real binary on loopback: replication, forwarding, failover, rejoin with
+//! peer recovery. Prints the timings it observes (they are observations, not assertions: the
+//! benchmarks compare them with their targets).
+
+use std::time::{Duration, Instant};
+
+use concord_proto::v1 as pb;
+use concord_tests::{Env, describe, stdout_line};
+
+/// Waits until every running replica is ready with `transitions` transitions and the same mesh CA.
+async fn all_ready(
+    env: &Env,
+    cluster: &[&concord_cli::process::CoordinatorProcess],
+    transitions: u64,
+) -> Duration {
+    let start = Instant::now();
+    // One attested connection per replica, reused: the polling must not dominate what it measures.
+    let mut clients = Vec::new();
+    for c in cluster {
+        clients.push(env.user_client(c).await);
+    }
+    loop {
+        let mut mesh_cas = Vec::new();
+        let mut ok = true;
+        for client in clients.iter_mut() {
+            match client
+                .get_status(pb::GetStatusRequest {})
+                .await
+                .map(|r| r.into_inner())
+            {
+                Ok(s) if s.state == "ready" && s.transitions == transitions => {
+                    match client.get_manifests(pb::GetManifestsRequest {}).await {
+                        Ok(m) => mesh_cas.push(m.into_inner().mesh_ca),
+                        Err(_) => ok = false,
+                    }
+                }
+                _ => ok = false,
+            }
+        }
+        if ok && mesh_cas.windows(2).all(|w| w[0] == w[1]) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the replicas did not all become ready with one mesh CA"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+async fn leader(env: &Env, cluster: &[concord_cli::process::CoordinatorProcess]) -> usize {
+    let start = Instant::now();
+    loop {
+        for (i, c) in cluster.iter().enumerate() {
+            if env.status(c).await.is_ok_and(|s| s.role == "leader") {
+                return i;
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "no leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_replicate_fail_over_and_recover() {
+    let env = Env::new();
+    let mut cluster = env.start_cluster(3);
+    let leader_at_start = leader(&env, &cluster).await;
+
+    // A write to a follower is forwarded to the leader.
+    let follower = (leader_at_start + 1) % 3;
+    let out = env.set(&cluster[follower], "manifest-v1.json", &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let first = stdout_line(&out);
+    let refs: Vec<_> = cluster.iter().collect();
+    let t = all_ready(&env, &refs, 1).await;
+    println!(
+        "observed: first manifest acknowledged -> every replica ready with its mesh CA: {:.1} ms",
+        t.as_secs_f64() * 1e3
+    );
+
+    // A workload gets its certificate from any replica.
+    let init = env.initializer(
+        &cluster[follower],
+        "web.policy",
+        "web",
+        "manifest-v1.json",
+        30,
+    );
+    assert!(init.status.success(), "{}", describe(&init));
+
+    // An update: every replica serves the new mesh CA.
+    let second = env.set(
+        &cluster[follower],
+        "manifest-v2.json",
+        &["--owner-key", "owner.pem"],
+    );
+    assert!(second.status.success(), "{}", describe(&second));
+    let t = all_ready(&env, &refs, 2).await;
+    println!(
+        "observed: SetManifest acknowledged -> every replica ready with the new mesh CA: {:.1} ms",
+        t.as_secs_f64() * 1e3
+    );
+
+    // Kill -9 the leader; the next write succeeds on a survivor.
+    let old_leader = leader(&env, &cluster).await;
+    let survivor = (old_leader + 1) % 3;
+    let killed_at = Instant::now();
+    cluster[old_leader].kill();
+    let third = env.set(
+        &cluster[survivor],
+        "manifest-v3.json",
+        &["--owner-key", "owner.pem"],
+    );
+    let failover = killed_at.elapsed();
+    assert!(third.status.success(), "{}", describe(&third));
+    println!(
+        "observed: leader killed -> next SetManifest acknowledged: {:.1} ms",
+        failover.as_secs_f64() * 1e3
+    );
+    let survivors: Vec<_> = cluster
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != old_leader)
+        .map(|(_, c)| c)
+        .collect();
+    all_ready(&env, &survivors, 3).await;
+
+    // The killed replica restarts, catches up through Raft and recovers its secrets from a peer.
+    let started = Instant::now();
+    cluster[old_leader]
+        .restart(&env.flags("coordinator.policy"))
+        .unwrap();
+    let refs: Vec<_> = cluster.iter().collect();
+    all_ready(&env, &refs, 3).await;
+    println!(
+        "observed: restarted replica process start -> ready: {:.1} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+
+    // One history on every replica, containing the first transition.
+    for c in &cluster {
+        let v = env.verify(
+            c,
+            "manifest-v3.json",
+            &format!("verify-{}", c.node_id),
+            &["--since", &first],
+        );
+        assert!(v.status.success(), "{}", describe(&v));
+        assert_eq!(stdout_line(&v), stdout_line(&third));
+    }
+}
