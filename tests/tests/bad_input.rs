@@ -32,19 +32,25 @@ async fn malformed_requests_are_refused_and_change_nothing() {
         assert!(err.message().contains(needle), "{name}: {}", err.message());
     }
     let err = user
-        .get_history(pb::GetHistoryRequest { nonce: vec![0; 5] })
+        .get_history(pb::GetHistoryRequest {
+            nonce: vec![0; 5],
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     let err = user
-        .get_history(pb::GetHistoryRequest { nonce: vec![0; 32] })
+        .get_history(pb::GetHistoryRequest {
+            nonce: vec![0; 32],
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
 
     // Nothing was written: still fresh, and the first real set works.
     let m = user
-        .get_manifests(pb::GetManifestsRequest {})
+        .get_manifests(pb::GetManifestsRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -69,7 +75,7 @@ async fn malformed_requests_are_refused_and_change_nothing() {
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     let m = user
-        .get_manifests(pb::GetManifestsRequest {})
+        .get_manifests(pb::GetManifestsRequest::default())
         .await
         .unwrap()
         .into_inner();

@@ -29,7 +29,10 @@ async fn all_ready(
                 .map(|r| r.into_inner())
             {
                 Ok(s) if s.state == "ready" && s.transitions == transitions => {
-                    match client.get_manifests(pb::GetManifestsRequest {}).await {
+                    match client
+                        .get_manifests(pb::GetManifestsRequest::default())
+                        .await
+                    {
                         Ok(m) => mesh_cas.push(m.into_inner().mesh_ca),
                         Err(_) => ok = false,
                     }
@@ -149,4 +152,82 @@ async fn three_replicas_replicate_fail_over_and_recover() {
         assert!(v.status.success(), "{}", describe(&v));
         assert_eq!(stdout_line(&v), stdout_line(&third));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_outage_then_threshold_recovery_of_a_cluster() {
+    let env = Env::new();
+    let mut cluster = env.start_cluster(3);
+    let first = env.set(&cluster[0], "manifest-v1.json", &[]);
+    assert!(first.status.success(), "{}", describe(&first));
+    let refs: Vec<_> = cluster.iter().collect();
+    all_ready(&env, &refs, 1).await;
+    let mut client = env.user_client(&cluster[0]).await;
+    let old_mesh_ca = client
+        .get_manifests(pb::GetManifestsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .mesh_ca;
+
+    // Every replica dies: the secrets were only in their memory.
+    for c in cluster.iter_mut() {
+        c.kill();
+    }
+    for c in cluster.iter_mut() {
+        c.restart(&env.flags("coordinator.policy")).unwrap();
+    }
+    for c in &cluster {
+        let s = env.status(c).await.unwrap();
+        assert_eq!(
+            s.state, "recovering",
+            "replica {} after a full outage",
+            c.node_id
+        );
+    }
+
+    // Two of three seed share owners recover one replica; the others recover from it.
+    let addr = cluster[1].user_addr.to_string();
+    for i in [0, 2] {
+        let share = format!("shares/seed-share-{i}.json");
+        let key = format!("share-owner-{i}.key");
+        let out = env.concord(&[
+            "recover",
+            "--share",
+            &share,
+            "--key",
+            &key,
+            "-m",
+            "manifest-v1.json",
+            "-c",
+            &addr,
+            "--insecure-simulated-attestation",
+        ]);
+        assert!(out.status.success(), "{}", describe(&out));
+    }
+    let refs: Vec<_> = cluster.iter().collect();
+    let t = all_ready(&env, &refs, 1).await;
+    println!(
+        "observed: threshold recovery of one replica -> every replica ready: {:.1} ms",
+        t.as_secs_f64() * 1e3
+    );
+    let mut client = env.user_client(&cluster[2]).await;
+    let new_mesh_ca = client
+        .get_manifests(pb::GetManifestsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .mesh_ca;
+    assert_ne!(
+        new_mesh_ca, old_mesh_ca,
+        "the old mesh CA key is gone: a new mesh CA is expected"
+    );
+    // And the cluster takes updates again.
+    let second = env.set(
+        &cluster[2],
+        "manifest-v2.json",
+        &["--owner-key", "owner.pem"],
+    );
+    assert!(second.status.success(), "{}", describe(&second));
+    all_ready(&env, &refs, 2).await;
 }

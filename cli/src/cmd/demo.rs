@@ -290,6 +290,7 @@ async fn scenario(
         out: dir.join("verify"),
         since: None,
         insecure_simulated_attestation: true,
+        allow_stale: false,
     })
     .await?;
     let first_hash = first.chain.latest_hash();
@@ -334,6 +335,7 @@ async fn scenario(
         out: dir.join("verify"),
         since: Some(first_hash.to_hex()),
         insecure_simulated_attestation: true,
+        allow_stale: false,
     })
     .await?;
     history::run(history::History::Audit {
@@ -386,6 +388,7 @@ async fn outage_and_recovery(
         out: dir.join("verify-during-outage"),
         since: None,
         insecure_simulated_attestation: true,
+        allow_stale: false,
     };
     match verify::run(verify_now).await {
         Err(e) => eprintln!("    as expected, it serves nothing yet: {e}"),
@@ -416,6 +419,7 @@ async fn outage_and_recovery(
         out: dir.join("verify"),
         since: None,
         insecure_simulated_attestation: true,
+        allow_stale: false,
     })
     .await?;
     Ok(())

@@ -82,7 +82,7 @@ pub async fn run(args: Set) -> CliResult {
     let (mut client, _) = remote::user_api(&args.coordinator, &manifest, trust).await?;
 
     let latest = client
-        .get_manifests(pb::GetManifestsRequest {})
+        .get_manifests(pb::GetManifestsRequest::default())
         .await
         .map_err(|s| remote::status_error("GetManifests", s))?
         .into_inner()

@@ -36,6 +36,9 @@ pub struct Verify {
     /// Accept a coordinator on the simulated platform (INSECURE).
     #[arg(long)]
     pub insecure_simulated_attestation: bool,
+    /// Let a follower answer from what it applied, without confirming with the leader (possibly stale).
+    #[arg(long)]
+    pub allow_stale: bool,
 }
 
 pub async fn run(args: Verify) -> CliResult<AuditReport> {
@@ -56,6 +59,7 @@ pub async fn run(args: Verify) -> CliResult<AuditReport> {
     let bundle = client
         .get_history(pb::GetHistoryRequest {
             nonce: nonce.to_vec(),
+            allow_stale: args.allow_stale,
         })
         .await
         .map_err(|s| remote::status_error("GetHistory", s))?

@@ -93,29 +93,66 @@ impl<S: Store> Node<S> {
         }
     }
 
-    /// Reads that must not be stale: confirmed with a quorum on the leader. Followers answer from what
-    /// they applied (possibly stale; forwarding reads to the leader is not built yet).
-    pub async fn linearize(&self) -> Result<(), Status> {
-        if self.raft.current_leader().await == Some(self.id) {
-            // One heartbeat round can fail right after a peer restarted (a stale connection); retry
-            // within the same window a write waits for a leader.
-            let deadline = tokio::time::Instant::now() + LEADER_WAIT;
-            loop {
-                match self.raft.ensure_linearizable().await {
-                    Ok(_) => break,
-                    Err(e) if tokio::time::Instant::now() < deadline => {
-                        debug!(error = %e, "could not confirm leadership for a read yet; retrying");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    Err(e) => {
-                        return Err(Status::unavailable(format!(
-                            "cannot confirm leadership for a read: {e}"
-                        )));
-                    }
-                }
-            }
+    /// Before a linearizable read: the leader confirms its leadership with a quorum; a follower asks the
+    /// leader for that read index and waits until it applied it (the read-index protocol). With
+    /// `allow_stale`, the replica answers from what it applied, without a round trip.
+    pub async fn linearize(&self, allow_stale: bool) -> Result<(), Status> {
+        if !allow_stale {
+            let index = self.read_index().await?;
+            self.raft
+                .wait(Some(LEADER_WAIT))
+                .applied_index_at_least(Some(index), "applied up to the read index")
+                .await
+                .map_err(|e| {
+                    Status::unavailable(format!("this replica did not catch up for a read: {e}"))
+                })?;
         }
         self.refresh().map_err(|e| to_status(&e))
+    }
+
+    /// The log index a linearizable read must see: confirmed by the leader with a quorum. One heartbeat
+    /// round can fail right after a peer restarted (a stale connection), so failures are retried within
+    /// the window a write waits for a leader.
+    pub async fn read_index(&self) -> Result<u64, Status> {
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        loop {
+            let leader = self.leader().await?;
+            let answer = if leader == self.id {
+                self.raft
+                    .ensure_linearizable()
+                    .await
+                    .map(|id| id.map_or(0, |l| l.index))
+                    .map_err(|e| {
+                        Status::unavailable(format!("cannot confirm leadership for a read: {e}"))
+                    })
+            } else {
+                let addr = self.peers.get(&leader).cloned().unwrap_or_default();
+                async {
+                    let (channel, _) =
+                        connect(&addr, self.peer_client.clone())
+                            .await
+                            .map_err(|e| {
+                                Status::unavailable(format!("cannot reach the leader: {e}"))
+                            })?;
+                    PeerApiClient::new(channel)
+                        .read_index(pb::ReadIndexRequest {})
+                        .await
+                        .map(|r| r.into_inner().index)
+                }
+                .await
+            };
+            match answer {
+                Ok(index) => return Ok(index),
+                Err(s)
+                    if s.code() == tonic::Code::Unavailable
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    debug!(error = s.message(), "no read index yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(s) => return Err(s),
+            }
+        }
     }
 
     /// SetManifest from any replica: on the leader, prepared, written through Raft and committed; on a
@@ -190,6 +227,105 @@ impl<S: Store> Node<S> {
         tokio::task::spawn_blocking(move || replica.write()?.commit_set(*p))
             .await
             .map_err(|e| Status::internal(format!("the commit task failed: {e}")))?
+            .map_err(|e| to_status(&e))
+    }
+
+    /// Writes a command through Raft from any replica (on the leader directly, else forwarded to it)
+    /// and returns once this replica applied it too. Every state machine verifies it; the answer is
+    /// the state machine's.
+    pub async fn write_command(&self, command: Command) -> Result<CommandResponse, Status> {
+        let (response, index) = self.write_command_anywhere(command).await?;
+        self.raft
+            .wait(Some(LEADER_WAIT))
+            .applied_index_at_least(Some(index), "the command is applied here")
+            .await
+            .map_err(|e| {
+                Status::unavailable(format!(
+                    "the command committed but is not applied here yet: {e}"
+                ))
+            })?;
+        Ok(response)
+    }
+
+    async fn write_command_anywhere(
+        &self,
+        command: Command,
+    ) -> Result<(CommandResponse, u64), Status> {
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        loop {
+            let leader = self.leader().await?;
+            if leader == self.id {
+                return self
+                    .raft
+                    .client_write(command)
+                    .await
+                    .map(|w| (w.data, w.log_id.index))
+                    .map_err(|e| Status::unavailable(format!("the write did not commit: {e}")));
+            }
+            let addr = self.peers.get(&leader).cloned().unwrap_or_default();
+            let json = serde_json::to_vec(&command)
+                .map_err(|e| Status::internal(format!("cannot encode a command: {e}")))?;
+            let answer = async {
+                let (channel, _) = connect(&addr, self.peer_client.clone())
+                    .await
+                    .map_err(|e| Status::unavailable(format!("cannot reach the leader: {e}")))?;
+                PeerApiClient::new(channel)
+                    .forward_command(pb::RaftMessage { json })
+                    .await
+            }
+            .await;
+            match answer {
+                Ok(reply) => {
+                    return serde_json::from_slice(&reply.into_inner().json).map_err(|e| {
+                        Status::internal(format!(
+                            "the leader's answer is not a command response: {e}"
+                        ))
+                    });
+                }
+                Err(s)
+                    if s.code() == tonic::Code::Unavailable
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                Err(s) => return Err(s),
+            }
+        }
+    }
+
+    /// User recovery: a share; at threshold the new mesh CA is recorded through Raft, then adopted.
+    pub async fn recover_with_share(
+        &self,
+        share: concord_mesh_ca::SeedShare,
+        force: bool,
+    ) -> Result<crate::state::RecoverProgress, Status> {
+        self.refresh().map_err(|e| to_status(&e))?;
+        let outcome = self
+            .replica
+            .write()
+            .and_then(|mut c| c.accept_share(share, force, time::OffsetDateTime::now_utc()))
+            .map_err(|e| to_status(&e))?;
+        let recovered = match outcome {
+            crate::state::ShareOutcome::Progress(p) => return Ok(p),
+            crate::state::ShareOutcome::Recovered(r) => r,
+        };
+        let command = Command::RotateMeshCa(crate::raft::RotateMeshCa {
+            transition: recovered.latest,
+            mesh: recovered.mesh.clone(),
+        });
+        match self.write_command(command).await? {
+            CommandResponse::Applied { .. } => {}
+            CommandResponse::Rejected { reason } => {
+                return Err(to_status(&CoordinatorError::FailedPrecondition(format!(
+                    "the replicas refused the new mesh CA: {reason}; submit the shares again"
+                ))));
+            }
+            other => return Err(Status::internal(format!("unexpected answer: {other:?}"))),
+        }
+        self.refresh().map_err(|e| to_status(&e))?;
+        self.replica
+            .write()
+            .and_then(|mut c| c.commit_recovery(*recovered))
             .map_err(|e| to_status(&e))
     }
 

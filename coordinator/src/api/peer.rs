@@ -125,6 +125,40 @@ impl<S: Store> pb::peer_api_server::PeerApi for PeerService<S> {
         Ok(Response::new(secrets_to_pb(&secrets)))
     }
 
+    async fn forward_command(
+        &self,
+        request: Request<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
+        let command: crate::raft::Command = decode(request.get_ref())?;
+        if self.node.raft.current_leader().await != Some(self.node.id) {
+            return Err(Status::unavailable("this replica is not the leader; retry"));
+        }
+        let written = self
+            .node
+            .raft
+            .client_write(command)
+            .await
+            .map_err(|e| Status::unavailable(format!("the write did not commit: {e}")))?;
+        encode(&(written.data, written.log_id.index))
+    }
+
+    async fn read_index(
+        &self,
+        _request: Request<pb::ReadIndexRequest>,
+    ) -> Result<Response<pb::ReadIndexResponse>, Status> {
+        if self.node.raft.current_leader().await != Some(self.node.id) {
+            return Err(Status::unavailable("this replica is not the leader; retry"));
+        }
+        let index = self
+            .node
+            .raft
+            .ensure_linearizable()
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot confirm leadership for a read: {e}")))?
+            .map_or(0, |l| l.index);
+        Ok(Response::new(pb::ReadIndexResponse { index }))
+    }
+
     async fn forward_set_manifest(
         &self,
         request: Request<pb::SetManifestRequest>,

@@ -117,9 +117,9 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
 
     async fn get_manifests(
         &self,
-        _request: Request<pb::GetManifestsRequest>,
+        request: Request<pb::GetManifestsRequest>,
     ) -> Result<Response<pb::GetManifestsResponse>, Status> {
-        self.node.linearize().await?;
+        self.node.linearize(request.get_ref().allow_stale).await?;
         let view = self
             .replica
             .read()
@@ -145,7 +145,7 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
     ) -> Result<Response<pb::GetHistoryResponse>, Status> {
         let nonce = <[u8; 32]>::try_from(request.get_ref().nonce.as_slice())
             .map_err(|_| invalid("nonce: 32 random bytes are required"))?;
-        self.node.linearize().await?;
+        self.node.linearize(request.get_ref().allow_stale).await?;
         let bundle = self
             .replica
             .read()
@@ -177,14 +177,7 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
             ))
         })?;
         let index = share.index;
-        let replica = self.replica.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            replica
-                .write()?
-                .recover_with_share(share, req.force, time::OffsetDateTime::now_utc())
-        })
-        .await
-        .map_err(|e| Status::internal(format!("the Recover task failed: {e}")))?;
+        let result = self.node.recover_with_share(share, req.force).await;
         match result {
             Ok(p) => {
                 info!(
@@ -201,9 +194,8 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
                     ready: p.ready,
                 }))
             }
-            Err(e) => {
-                let status = to_status(&e);
-                warn!(rpc = "Recover", share_index = index, code = ?status.code(), error = %e, "rejected");
+            Err(status) => {
+                warn!(rpc = "Recover", share_index = index, code = ?status.code(), error = status.message(), "rejected");
                 Err(status)
             }
         }

@@ -34,7 +34,9 @@ pub use error::RaftStoreError;
 pub use log_store::{LOG_TREE, LogStore, META_TREE};
 pub use snapshot::{SNAPSHOT_FORMAT, SnapshotBuilder};
 pub use state_machine::{SM_TREE, StateMachine};
-pub use types::{AppendTransition, Command, CommandResponse, Genesis, NodeId, TypeConfig};
+pub use types::{
+    AppendTransition, Command, CommandResponse, Genesis, NodeId, RotateMeshCa, TypeConfig,
+};
 
 use crate::store::SledStore;
 

@@ -24,7 +24,7 @@ use super::error::RaftStoreError;
 use super::snapshot::{
     SNAPSHOT_DATA, SNAPSHOT_META, SnapshotBuilder, SnapshotContent, load_current, verify_history,
 };
-use super::types::{AppendTransition, Command, CommandResponse, NodeId, TypeConfig};
+use super::types::{AppendTransition, Command, CommandResponse, NodeId, RotateMeshCa, TypeConfig};
 use crate::hash::Hash;
 use crate::history::{Ledger, LoadedHistory, MeshCerts, NewTransition, VerifiedChain};
 use crate::manifest::Manifest;
@@ -120,6 +120,36 @@ impl StateMachine {
                 })
             }
         }
+    }
+
+    /// A new mesh CA for the latest transition: the certificates must be a mesh CA pair under the stored
+    /// root CA (the same checks as for an appended transition). Applying the same rotation again is a no-op.
+    fn apply_rotate(&mut self, cmd: &RotateMeshCa) -> Result<CommandResponse, RaftStoreError> {
+        let reject = |reason: String| {
+            tracing::warn!(%reason, "a mesh CA rotation from the Raft log was rejected");
+            Ok(CommandResponse::Rejected { reason })
+        };
+        let Some(history) = &self.history else {
+            return reject("a mesh CA rotation without a history".into());
+        };
+        let latest = history.chain.latest_hash();
+        if cmd.transition != latest {
+            return reject(format!(
+                "a mesh CA rotation for transition {}, but the latest is {latest}",
+                cmd.transition
+            ));
+        }
+        if history.mesh == cmd.mesh {
+            return Ok(CommandResponse::Applied { hash: latest });
+        }
+        if let Err(reason) = check_certificates(&cmd.mesh, &history.root_ca_der) {
+            return reject(reason);
+        }
+        self.ledger.replace_mesh_certs(&latest, &cmd.mesh)?;
+        if let Some(h) = &mut self.history {
+            h.mesh = cmd.mesh.clone();
+        }
+        Ok(CommandResponse::Applied { hash: latest })
     }
 
     /// Every check `Coordinator::set_manifest` makes that does not need a secret, against the
@@ -275,6 +305,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Blank => CommandResponse::NoCommand,
                 EntryPayload::Normal(Command::Append(cmd)) => {
                     self.apply_append(&cmd).map_err(failed)?
+                }
+                EntryPayload::Normal(Command::RotateMeshCa(cmd)) => {
+                    self.apply_rotate(&cmd).map_err(failed)?
                 }
                 EntryPayload::Membership(membership) => {
                     self.last_membership = StoredMembership::new(Some(log_id), membership);

@@ -36,6 +36,17 @@ pub type NodeId = u64;
 pub enum Command {
     /// Append one transition to the history.
     Append(AppendTransition),
+    /// Replace the mesh CA certificates of the latest transition: after a full outage the old mesh CA
+    /// key is gone (Invariant 3), so the replica that recovered with the seed shares makes a new one.
+    RotateMeshCa(RotateMeshCa),
+}
+
+/// The new public mesh CA certificates for `transition`, which must be the latest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateMeshCa {
+    pub transition: Hash,
+    pub mesh: MeshCerts,
 }
 
 /// A transition and the public material written with it, as carried by the log. Unverified: see

@@ -135,7 +135,14 @@ impl<S: Store> Coordinator<S> {
     pub fn state(&self) -> ReplicaState {
         match (&self.history, &self.secrets) {
             (None, _) => ReplicaState::Fresh,
-            (Some(h), Some(s)) if s.mesh_for == h.chain.latest_hash() => ReplicaState::Ready,
+            // Ready only with the mesh CA the history records for the latest transition: after a
+            // rotation (user recovery elsewhere) a replica holding the old key must fetch the new one.
+            (Some(h), Some(s))
+                if s.mesh_for == h.chain.latest_hash()
+                    && s.mesh_ca.mesh_ca_der() == h.mesh.mesh_ca_der.as_slice() =>
+            {
+                ReplicaState::Ready
+            }
             (Some(_), _) => ReplicaState::Recovering,
         }
     }
@@ -427,13 +434,25 @@ impl<S: Store> Coordinator<S> {
 
     /// Whether the store moved on since this replica last loaded it (Raft applied entries).
     pub fn is_stale(&self) -> Result<bool, CoordinatorError> {
-        let stored = self
-            .ledger
-            .store()
-            .get(&crate::store::Key::Latest)
-            .map_err(crate::history::LedgerError::from)?;
-        let cached = self.chain().map(|c| c.latest_hash());
-        Ok(stored.as_deref() != cached.as_ref().map(|h| &h.as_bytes()[..]))
+        use crate::store::Key;
+        let get = |k: &Key| {
+            self.ledger
+                .store()
+                .get(k)
+                .map_err(crate::history::LedgerError::from)
+        };
+        let stored = get(&Key::Latest)?;
+        let Some(h) = &self.history else {
+            return Ok(stored.is_some());
+        };
+        let latest = h.chain.latest_hash();
+        if stored.as_deref() != Some(&latest.as_bytes()[..]) {
+            return Ok(true);
+        }
+        // The latest transition's mesh CA can be rotated (user recovery) without a new transition.
+        let mesh = get(&Key::MeshCerts(latest))?
+            .and_then(|b| serde_json::from_slice::<crate::history::MeshCerts>(&b).ok());
+        Ok(mesh.as_ref() != Some(&h.mesh))
     }
 
     /// Reloads and verifies the history if the store moved on. A replica whose mesh CA belongs to an

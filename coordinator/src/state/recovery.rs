@@ -14,6 +14,7 @@ use super::coordinator::{Coordinator, mesh_certs};
 use super::secrets::Secrets;
 use crate::error::CoordinatorError;
 use crate::hash::Hash;
+use crate::history::MeshCerts;
 use crate::store::Store;
 
 /// Where a user recovery stands after a share was accepted.
@@ -24,15 +25,75 @@ pub struct RecoverProgress {
     pub ready: bool,
 }
 
+/// What a share did: not enough yet, or the secrets are recovered and wait for their new mesh CA
+/// certificates to be written (through Raft) before [`Coordinator::commit_recovery`] adopts them.
+#[derive(Debug)]
+pub enum ShareOutcome {
+    Progress(RecoverProgress),
+    Recovered(Box<RecoveredSecrets>),
+}
+
+/// Secrets rebuilt from the seed shares, with the new mesh CA. Debug is redacted.
+pub struct RecoveredSecrets {
+    secrets: Secrets,
+    /// The public certificates of the new mesh CA, to be recorded for `latest`.
+    pub mesh: MeshCerts,
+    pub latest: Hash,
+    pub progress: RecoverProgress,
+}
+
+impl std::fmt::Debug for RecoveredSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecoveredSecrets")
+            .field("latest", &self.latest)
+            .field("secrets", &"[redacted]")
+            .finish()
+    }
+}
+
 impl<S: Store> Coordinator<S> {
-    /// Takes one seed share. See the module documentation. `force` is for clusters: recovering while a
-    /// ready peer exists. A ready replica has nothing to recover, forced or not.
+    /// User recovery on a replica that writes its own store (one replica, tests): takes a share, and
+    /// at threshold records the new mesh CA and adopts the secrets.
     pub fn recover_with_share(
+        &mut self,
+        share: SeedShare,
+        force: bool,
+        now: OffsetDateTime,
+    ) -> Result<RecoverProgress, CoordinatorError> {
+        match self.accept_share(share, force, now)? {
+            ShareOutcome::Progress(p) => Ok(p),
+            ShareOutcome::Recovered(r) => {
+                self.ledger.replace_mesh_certs(&r.latest, &r.mesh)?;
+                self.commit_recovery(*r)
+            }
+        }
+    }
+
+    /// After the new mesh CA certificates were written: adopts the recovered secrets if the store's
+    /// latest transition and its mesh CA are the ones they were made for.
+    pub fn commit_recovery(
+        &mut self,
+        r: RecoveredSecrets,
+    ) -> Result<RecoverProgress, CoordinatorError> {
+        let history = self.ledger.load()?.ok_or(CoordinatorError::NoManifest)?;
+        if history.chain.latest_hash() != r.latest || history.mesh != r.mesh {
+            return Err(CoordinatorError::FailedPrecondition(
+                "the history moved on while recovering (another replica recovered first?); submit the shares again if this replica is still recovering".into(),
+            ));
+        }
+        self.history = Some(history);
+        self.secrets = Some(r.secrets);
+        Ok(r.progress)
+    }
+
+    /// Takes one seed share. See the module documentation. `force` is for clusters: recovering while a
+    /// ready peer exists. A ready replica has nothing to recover, forced or not. Writes nothing.
+    pub fn accept_share(
         &mut self,
         share: SeedShare,
         _force: bool,
         now: OffsetDateTime,
-    ) -> Result<RecoverProgress, CoordinatorError> {
+    ) -> Result<ShareOutcome, CoordinatorError> {
         let history = match (self.state(), &self.history) {
             (ReplicaState::Fresh, _) | (_, None) => {
                 return Err(CoordinatorError::FailedPrecondition(
@@ -81,11 +142,11 @@ impl<S: Store> Coordinator<S> {
         let received = self.pending_shares.len() as u32;
         let threshold = u32::from(owners.threshold);
         if received < threshold {
-            return Ok(RecoverProgress {
+            return Ok(ShareOutcome::Progress(RecoverProgress {
                 shares_received: received,
                 threshold,
                 ready: false,
-            });
+            }));
         }
 
         // Enough shares: whatever happens next, they are used once and dropped (zeroized).
@@ -114,22 +175,22 @@ impl<S: Store> Coordinator<S> {
         })?;
         let mesh_ca = MeshCa::generate(&root_ca, now).map_err(crypto)?;
         let latest = chain.latest_hash();
-        let certs = mesh_certs(&mesh_ca);
-        self.ledger.replace_mesh_certs(&latest, &certs)?;
-        if let Some(h) = &mut self.history {
-            h.mesh = certs;
-        }
-        self.secrets = Some(Secrets {
-            engine,
-            signing_key,
-            root_ca,
-            mesh_ca,
-            mesh_for: latest,
-        });
-        Ok(RecoverProgress {
-            shares_received: received,
-            threshold,
-            ready: true,
-        })
+        let mesh = mesh_certs(&mesh_ca);
+        Ok(ShareOutcome::Recovered(Box::new(RecoveredSecrets {
+            secrets: Secrets {
+                engine,
+                signing_key,
+                root_ca,
+                mesh_ca,
+                mesh_for: latest,
+            },
+            mesh,
+            latest,
+            progress: RecoverProgress {
+                shares_received: received,
+                threshold,
+                ready: true,
+            },
+        })))
     }
 }
