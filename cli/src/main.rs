@@ -44,7 +44,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Keygen(c) => cmd::keygen::run(c),
-        Command::Set(c) => cmd::set::run(c).await,
+        Command::Set(c) => cmd::set::run(c).await.map(|_| ()),
         Command::Sign(c) => cmd::sign::run(c),
         Command::Verify(c) => cmd::verify::run(c).await.map(|_| ()),
         Command::History(c) => cmd::history::run(c),

@@ -20,7 +20,8 @@ fn the_demo_runs_end_to_end_and_leaves_its_artifacts() {
         "seed-shares/seed-share-0.json",
         "workload-web/tls-config/certChain.pem",
         "workload-web/secrets/workload-secret-seed",
-        "logs/coordinator.log",
+        "logs/node-0.log",
+        "logs/node-2.log",
         "manifest-v2.json",
     ] {
         assert!(

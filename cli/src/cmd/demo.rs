@@ -3,15 +3,20 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::Args;
+use concord_attestation::PlatformTrust;
 use concord_coordinator::Hash;
+use concord_proto::v1 as pb;
 
 use crate::cmd::{attestation, history, recover, set, verify};
 use crate::exit::{CliError, CliResult, write_file};
 use crate::keys;
-use crate::process::{CoordinatorProcess, SimulatedFlags, sibling_binary};
+use crate::process::{Addrs, CoordinatorProcess, SimulatedFlags, sibling_binary};
+
+/// Replicas in the demo cluster.
+const REPLICAS: u64 = 3;
 
 #[derive(Debug, Args)]
 pub struct Demo {
@@ -138,45 +143,43 @@ pub async fn run(args: Demo) -> CliResult {
     )?;
     eprintln!("    manifest: {}", manifest_v1.display());
 
-    s.step("start a coordinator (simulated platform), data in coordinator/, log in logs/coordinator.log");
-    let coordinator_flags = SimulatedFlags {
+    s.step(
+        "start three coordinator replicas (simulated platform): data in replicas/, logs in logs/",
+    );
+    let flags = SimulatedFlags {
         root_dir: root_dir.clone(),
         policy: coordinator_policy.clone(),
         measurement_hex: MEASUREMENT.into(),
     };
-    let mut coordinator = CoordinatorProcess::start(
-        &dir.join("coordinator"),
-        &dir.join("logs/coordinator.log"),
-        &coordinator_flags,
-    )?;
-    eprintln!(
-        "    user API {}, mesh API {}, pid {}",
-        coordinator.user_addr,
-        coordinator.mesh_addr,
-        coordinator.pid()
-    );
-    let result = scenario(
-        &mut s,
-        &dir,
-        &coordinator,
-        &root_dir,
-        &web_policy,
-        &manifest_v1,
-        &coordinator_hash,
-        &web_hash,
-        &root_hex,
-        &owner_hex,
-        &share_keys,
-    )
+    let mut cluster = Cluster::start(&dir, &flags, root.hash(), &manifest_v1)?;
+    let result = async {
+        cluster.show().await;
+        let ctx = Ctx {
+            dir: &dir,
+            root_hex: &root_hex,
+            web_policy: &web_policy,
+            manifest_v1: &manifest_v1,
+            manifest_v2: &dir.join("manifest-v2.json"),
+        };
+        write_file(
+            ctx.manifest_v2,
+            &manifest_json(
+                &dir,
+                &coordinator_hash,
+                &web_hash,
+                &root_hex,
+                &owner_hex,
+                &share_keys,
+                Some("web-v2.default.svc.cluster.local"),
+            ),
+            false,
+        )?;
+        scenario(&mut s, &ctx, &mut cluster).await
+    }
     .await;
 
-    let result = match result {
-        Ok(()) => outage_and_recovery(&mut s, &dir, &mut coordinator, &coordinator_flags).await,
-        Err(e) => Err(e),
-    };
-
-    s.step("stop the coordinator");
-    coordinator.stop();
+    s.step("stop the replicas");
+    cluster.stop();
     result?;
     eprintln!(
         "\nDone in {:.1}s. Look around in {}:",
@@ -201,7 +204,7 @@ pub async fn run(args: Demo) -> CliResult {
             "verify/history.json",
             "the audit bundle (audit it again with the command below)",
         ),
-        ("logs/", "the coordinator's and the initializer's logs"),
+        ("logs/", "each replica's and the initializer's logs"),
     ] {
         eprintln!("    {path:<45} {what}");
     }
@@ -213,57 +216,279 @@ pub async fn run(args: Demo) -> CliResult {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn scenario(
-    s: &mut Steps,
-    dir: &Path,
-    coordinator: &CoordinatorProcess,
-    root_dir: &Path,
-    web_policy: &Path,
-    manifest_v1: &Path,
-    coordinator_hash: &Hash,
-    web_hash: &Hash,
-    root_hex: &str,
-    owner_hex: &str,
-    share_keys: &[String],
-) -> CliResult {
-    let addr = coordinator.user_addr.to_string();
-    s.step("set the manifest (the first: the coordinator makes the seed and returns the encrypted seed shares)");
-    set::run(set::Set {
-        manifest: manifest_v1.to_path_buf(),
-        policies: vec![
-            dir.join("policies/coordinator.policy"),
-            web_policy.to_path_buf(),
-        ],
-        coordinator: addr.clone(),
-        owner_key: None,
-        signature: None,
-        owner_public_key: None,
-        expect_latest: None,
-        shares_dir: dir.join("seed-shares"),
-        insecure_simulated_attestation: true,
-    })
+/// Paths every step uses.
+struct Ctx<'a> {
+    dir: &'a Path,
+    root_hex: &'a str,
+    web_policy: &'a Path,
+    manifest_v1: &'a Path,
+    manifest_v2: &'a Path,
+}
+
+/// The demo's replicas, and an attested view of their status.
+struct Cluster {
+    nodes: Vec<CoordinatorProcess>,
+    flags: SimulatedFlags,
+    manifest: concord_coordinator::manifest::Manifest,
+    trust: PlatformTrust,
+}
+
+impl Cluster {
+    fn start(
+        dir: &Path,
+        flags: &SimulatedFlags,
+        root: [u8; 32],
+        manifest: &Path,
+    ) -> CliResult<Cluster> {
+        let addrs: Vec<Addrs> = (0..REPLICAS)
+            .map(|_| Addrs::free())
+            .collect::<CliResult<_>>()?;
+        let peers: Vec<(u64, std::net::SocketAddr)> = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (i as u64, a.peer))
+            .collect();
+        let mut nodes = Vec::new();
+        for (i, a) in addrs.iter().enumerate() {
+            nodes.push(CoordinatorProcess::start_member(
+                &dir.join(format!("replicas/node-{i}")),
+                &dir.join(format!("logs/node-{i}.log")),
+                flags,
+                *a,
+                i as u64,
+                &peers,
+            )?);
+        }
+        Ok(Cluster {
+            nodes,
+            flags: flags.clone(),
+            manifest: crate::remote::read_manifest(manifest)?,
+            trust: PlatformTrust {
+                insecure_simulated_root: Some(root),
+            },
+        })
+    }
+
+    async fn status(&self, i: usize) -> Option<pb::GetStatusResponse> {
+        let node = &self.nodes[i];
+        let (mut client, _) = crate::remote::user_api(
+            &node.user_addr.to_string(),
+            &self.manifest,
+            self.trust.clone(),
+        )
+        .await
+        .ok()?;
+        client
+            .get_status(pb::GetStatusRequest {})
+            .await
+            .ok()
+            .map(|r| r.into_inner())
+    }
+
+    async fn show(&self) {
+        for i in 0..self.nodes.len() {
+            match self.status(i).await {
+                Some(st) => eprintln!(
+                    "    replica {}: {} {} (term {}), {} transitions",
+                    st.node_id, st.state, st.role, st.term, st.transitions
+                ),
+                None => eprintln!("    replica {i}: down"),
+            }
+        }
+    }
+
+    /// Waits until some replica leads, and returns its index.
+    async fn leader(&self) -> CliResult<usize> {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            for i in 0..self.nodes.len() {
+                if self.status(i).await.is_some_and(|st| st.role == "leader") {
+                    return Ok(i);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(CliError::error(
+            "no replica became the leader within 30 s; see logs/",
+        ))
+    }
+
+    /// Waits until every running replica is ready with `transitions` transitions.
+    async fn wait_ready(&mut self, transitions: u64) -> CliResult<Duration> {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            let mut all = true;
+            for i in 0..self.nodes.len() {
+                if !self.nodes[i].is_running() {
+                    continue;
+                }
+                let ok = self
+                    .status(i)
+                    .await
+                    .is_some_and(|st| st.state == "ready" && st.transitions == transitions);
+                all &= ok;
+            }
+            if all {
+                return Ok(start.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Err(CliError::error(
+            "the replicas did not all become ready within 30 s; see logs/",
+        ))
+    }
+
+    fn user_addr(&self, i: usize) -> String {
+        self.nodes[i].user_addr.to_string()
+    }
+
+    fn stop(&mut self) {
+        for n in &mut self.nodes {
+            n.stop();
+        }
+    }
+}
+
+async fn scenario(s: &mut Steps, ctx: &Ctx<'_>, cluster: &mut Cluster) -> CliResult {
+    let leader = cluster.leader().await?;
+    let follower = (leader + 1) % REPLICAS as usize;
+    s.step(&format!(
+        "set the manifest through replica {follower}, a follower: it forwards the write to the leader (replica {leader}); the seed is made and the encrypted seed shares come back"
+    ));
+    let first = set_manifest(ctx, &cluster.user_addr(follower), ctx.manifest_v1, None).await?;
+    let t = cluster.wait_ready(1).await?;
+    eprintln!(
+        "    every replica ready with the manifest's mesh CA {:.0} ms after the acknowledgement",
+        t.as_secs_f64() * 1e3
+    );
+    cluster.show().await;
+
+    let other = (leader + 2) % REPLICAS as usize;
+    s.step(&format!(
+        "run the initializer of the web workload against replica {other}'s mesh API"
+    ));
+    initializer(ctx, &cluster.nodes[other])?;
+
+    s.step("verify the coordinator and audit its history (as a data owner would)");
+    verify_and_audit(ctx, &cluster.user_addr(other), ctx.manifest_v1, None).await?;
+
+    s.step(&format!("kill -9 the leader (replica {leader}) and update the manifest (owner-signed) through replica {follower}"));
+    let killed = Instant::now();
+    cluster.nodes[leader].kill();
+    set_manifest(
+        ctx,
+        &cluster.user_addr(follower),
+        ctx.manifest_v2,
+        Some(&first),
+    )
+    .await?;
+    eprintln!(
+        "    the write succeeded on the new leader {:.0} ms after the kill",
+        killed.elapsed().as_secs_f64() * 1e3
+    );
+    cluster.wait_ready(2).await?;
+    cluster.show().await;
+
+    s.step(&format!("restart replica {leader}: it catches up through Raft and recovers its secrets from an attested peer"));
+    let started = Instant::now();
+    let flags = cluster.flags.clone();
+    cluster.nodes[leader].restart(&flags)?;
+    cluster.wait_ready(2).await?;
+    eprintln!(
+        "    ready {:.0} ms after its process started",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    cluster.show().await;
+
+    s.step("verify again: two transitions, and the first one is still an ancestor (no rollback)");
+    verify_and_audit(
+        ctx,
+        &cluster.user_addr(leader),
+        ctx.manifest_v2,
+        Some(&first),
+    )
     .await?;
 
-    s.step("run the initializer of the web workload: it attests to the mesh API and gets its certificate and secret");
-    let web_flags = SimulatedFlags {
-        root_dir: root_dir.to_path_buf(),
-        policy: web_policy.to_path_buf(),
+    s.step(
+        "tamper with a copy of the bundle (one digit of the first manifest): the audit catches it",
+    );
+    tamper_and_audit(ctx)?;
+
+    s.step("full outage: kill every replica and start them again: they verify their stores and are recovering");
+    for n in &mut cluster.nodes {
+        n.kill();
+    }
+    for n in &mut cluster.nodes {
+        n.restart(&flags)?;
+    }
+    cluster.show().await;
+
+    s.step("user recovery: seed share owners 0 and 2 each decrypt their own share and submit it to replica 0");
+    for i in [0, 2] {
+        recover::run(recover::Recover {
+            share: ctx.dir.join(format!("seed-shares/seed-share-{i}.json")),
+            key: ctx.dir.join(format!("keys/share-owner-{i}.key")),
+            manifest: ctx.manifest_v2.to_path_buf(),
+            coordinator: cluster.user_addr(0),
+            force: false,
+            insecure_simulated_attestation: true,
+        })
+        .await?;
+    }
+    let t = cluster.wait_ready(2).await?;
+    eprintln!(
+        "    every replica ready {:.0} ms later: the others recovered from replica 0",
+        t.as_secs_f64() * 1e3
+    );
+    cluster.show().await;
+
+    s.step("verify after recovery: the same history, a new mesh CA (the old key died with the processes)");
+    verify_and_audit(ctx, &cluster.user_addr(1), ctx.manifest_v2, Some(&first)).await?;
+    Ok(())
+}
+
+async fn set_manifest(
+    ctx: &Ctx<'_>,
+    addr: &str,
+    manifest: &Path,
+    previous: Option<&Hash>,
+) -> CliResult<Hash> {
+    set::run(set::Set {
+        manifest: manifest.to_path_buf(),
+        policies: vec![
+            ctx.dir.join("policies/coordinator.policy"),
+            ctx.web_policy.to_path_buf(),
+        ],
+        coordinator: addr.to_string(),
+        owner_key: previous.map(|_| ctx.dir.join("keys/owner.pem")),
+        signature: None,
+        owner_public_key: None,
+        expect_latest: previous.map(|h| h.to_hex()),
+        shares_dir: ctx.dir.join("seed-shares"),
+        insecure_simulated_attestation: true,
+    })
+    .await
+}
+
+fn initializer(ctx: &Ctx<'_>, node: &CoordinatorProcess) -> CliResult {
+    let flags = SimulatedFlags {
+        root_dir: ctx.dir.join("platform/sim-root"),
+        policy: ctx.web_policy.to_path_buf(),
         measurement_hex: MEASUREMENT.into(),
     };
-    let log = dir.join("logs/initializer-web.log");
+    let log = ctx.dir.join("logs/initializer-web.log");
     let log_file = std::fs::File::create(&log)
         .map_err(|e| CliError::error(format!("cannot create {}: {e}", log.display())))?;
     let status = Command::new(sibling_binary("concord-initializer"))
         .arg("--coordinator")
-        .arg(coordinator.mesh_addr.to_string())
+        .arg(node.mesh_addr.to_string())
         .arg("--root")
-        .arg(dir.join("workload-web"))
+        .arg(ctx.dir.join("workload-web"))
         .arg("--manifest")
-        .arg(manifest_v1)
+        .arg(ctx.manifest_v1)
         .arg("--timeout")
         .arg("30")
-        .args(web_flags.args())
+        .args(flags.args())
         .stderr(log_file)
         .status()
         .map_err(|e| CliError::error(format!("cannot run concord-initializer: {e}")))?;
@@ -280,83 +505,45 @@ async fn scenario(
         crate::initializer::KEY,
         crate::initializer::WORKLOAD_SECRET,
     ] {
-        eprintln!("    {}", dir.join("workload-web").join(f).display());
+        eprintln!("    {}", ctx.dir.join("workload-web").join(f).display());
     }
+    Ok(())
+}
 
-    s.step("verify the coordinator and audit its history (as a data owner would)");
-    let first = verify::run(verify::Verify {
-        manifest: manifest_v1.to_path_buf(),
-        coordinator: addr.clone(),
-        out: dir.join("verify"),
-        since: None,
-        insecure_simulated_attestation: true,
-        allow_stale: false,
-    })
-    .await?;
-    let first_hash = first.chain.latest_hash();
-    history::run(history::History::Audit {
-        file: dir.join("verify/history.json"),
-        since: None,
-        insecure_simulated_root: Some(root_hex.to_string()),
-    })?;
-
-    s.step("update the manifest (add a name for web), authorized with the owner key");
-    let manifest_v2 = dir.join("manifest-v2.json");
-    write_file(
-        &manifest_v2,
-        &manifest_json(
-            dir,
-            coordinator_hash,
-            web_hash,
-            root_hex,
-            owner_hex,
-            share_keys,
-            Some("web-v2.default.svc.cluster.local"),
-        ),
-        false,
-    )?;
-    set::run(set::Set {
-        manifest: manifest_v2.clone(),
-        policies: vec![],
-        coordinator: addr.clone(),
-        owner_key: Some(dir.join("keys/owner.pem")),
-        signature: None,
-        owner_public_key: None,
-        expect_latest: Some(first_hash.to_hex()),
-        shares_dir: dir.join("seed-shares"),
-        insecure_simulated_attestation: true,
-    })
-    .await?;
-
-    s.step("verify again: the history now has two transitions and still contains the first one (no rollback)");
+async fn verify_and_audit(
+    ctx: &Ctx<'_>,
+    addr: &str,
+    manifest: &Path,
+    since: Option<&Hash>,
+) -> CliResult {
     verify::run(verify::Verify {
-        manifest: manifest_v2,
-        coordinator: addr,
-        out: dir.join("verify"),
-        since: Some(first_hash.to_hex()),
+        manifest: manifest.to_path_buf(),
+        coordinator: addr.to_string(),
+        out: ctx.dir.join("verify"),
+        since: since.map(|h| h.to_hex()),
         insecure_simulated_attestation: true,
         allow_stale: false,
     })
     .await?;
     history::run(history::History::Audit {
-        file: dir.join("verify/history.json"),
-        since: Some(first_hash.to_hex()),
-        insecure_simulated_root: Some(root_hex.to_string()),
-    })?;
+        file: ctx.dir.join("verify/history.json"),
+        since: since.map(|h| h.to_hex()),
+        insecure_simulated_root: Some(ctx.root_hex.to_string()),
+    })
+}
 
-    s.step(
-        "tamper with a copy of the bundle (one bit of the first manifest): the audit catches it",
-    );
-    let mut bundle: serde_json::Value =
-        serde_json::from_slice(&crate::exit::read_file(&dir.join("verify/history.json"))?)
-            .map_err(|e| CliError::error(format!("cannot read the bundle back: {e}")))?;
+fn tamper_and_audit(ctx: &Ctx<'_>) -> CliResult {
+    let mut bundle: serde_json::Value = serde_json::from_slice(&crate::exit::read_file(
+        &ctx.dir.join("verify/history.json"),
+    )?)
+    .map_err(|e| CliError::error(format!("cannot read the bundle back: {e}")))?;
     let tampered = tamper_first_manifest(&mut bundle)?;
-    let tampered_path = dir.join("verify/history-tampered.json");
+    let tampered_path = ctx.dir.join("verify/history-tampered.json");
     write_file(&tampered_path, &tampered, false)?;
     match history::run(history::History::Audit {
         file: tampered_path.clone(),
         since: None,
-        insecure_simulated_root: Some(root_hex.to_string()),
+        insecure_simulated_root: Some(ctx.root_hex.to_string()),
     }) {
         Err(e) if e.failure == crate::exit::Failure::Verification => {
             eprintln!("    caught, as it must be (exit code 3): {e}");
@@ -370,61 +557,6 @@ async fn scenario(
     }
 }
 
-/// Kills the coordinator (a full outage: the secrets were only in its memory), restarts it on its
-/// store, and has two of the three seed share owners recover it.
-async fn outage_and_recovery(
-    s: &mut Steps,
-    dir: &Path,
-    coordinator: &mut CoordinatorProcess,
-    flags: &SimulatedFlags,
-) -> CliResult {
-    s.step("full outage: kill the coordinator, start it again on its store: it verifies the store and is recovering");
-    coordinator.kill();
-    coordinator.restart(flags)?;
-    let manifest = dir.join("manifest-v2.json");
-    let verify_now = verify::Verify {
-        manifest: manifest.clone(),
-        coordinator: coordinator.user_addr.to_string(),
-        out: dir.join("verify-during-outage"),
-        since: None,
-        insecure_simulated_attestation: true,
-        allow_stale: false,
-    };
-    match verify::run(verify_now).await {
-        Err(e) => eprintln!("    as expected, it serves nothing yet: {e}"),
-        Ok(_) => {
-            return Err(CliError::error(
-                "a restarted coordinator served without recovery: this is a bug",
-            ));
-        }
-    }
-
-    s.step("user recovery: seed share owners 0 and 2 each decrypt their own share and submit it");
-    for i in [0, 2] {
-        recover::run(recover::Recover {
-            share: dir.join(format!("seed-shares/seed-share-{i}.json")),
-            key: dir.join(format!("keys/share-owner-{i}.key")),
-            manifest: manifest.clone(),
-            coordinator: coordinator.user_addr.to_string(),
-            force: false,
-            insecure_simulated_attestation: true,
-        })
-        .await?;
-    }
-
-    s.step("verify after recovery: the same history, a new mesh CA (its old key died with the process)");
-    verify::run(verify::Verify {
-        manifest,
-        coordinator: coordinator.user_addr.to_string(),
-        out: dir.join("verify"),
-        since: None,
-        insecure_simulated_attestation: true,
-        allow_stale: false,
-    })
-    .await?;
-    Ok(())
-}
-
 /// Flips one bit of the first manifest in a bundle, as a hostile host could.
 fn tamper_first_manifest(bundle: &mut serde_json::Value) -> CliResult<Vec<u8>> {
     use base64::Engine;
@@ -434,8 +566,14 @@ fn tamper_first_manifest(bundle: &mut serde_json::Value) -> CliResult<Vec<u8>> {
         .as_str()
         .and_then(|s| STANDARD.decode(s).ok())
         .ok_or_else(|| CliError::error("the bundle has no first manifest"))?;
-    if let Some(b) = bytes.get_mut(20) {
-        *b ^= 0x01;
+    // One hex digit of the first policy hash: the manifest still parses, but no longer hashes to what
+    // the transition says.
+    let at = bytes
+        .windows(65)
+        .position(|w| w[0] == b'"' && w[1..].iter().all(u8::is_ascii_hexdigit))
+        .map_or(20, |i| i + 1);
+    if let Some(b) = bytes.get_mut(at) {
+        *b = if *b == b'0' { b'1' } else { b'0' };
     }
     *field = serde_json::Value::String(STANDARD.encode(bytes));
     serde_json::to_vec_pretty(bundle).map_err(|e| CliError::error(e.to_string()))

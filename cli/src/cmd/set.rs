@@ -70,7 +70,8 @@ fn decode_signature(s: &str) -> CliResult<Signature> {
     Ok(Signature::from_bytes(&bytes))
 }
 
-pub async fn run(args: Set) -> CliResult {
+/// Sets the manifest; returns the latest transition hash afterwards.
+pub async fn run(args: Set) -> CliResult<Hash> {
     let bytes = read_file(&args.manifest)?;
     let manifest = remote::read_manifest(&args.manifest)?;
     let policies = args
@@ -162,5 +163,5 @@ pub async fn run(args: Set) -> CliResult {
         );
     }
     println!("{hash}");
-    Ok(())
+    Ok(hash)
 }
