@@ -1,6 +1,7 @@
 //! How the CLI reaches a coordinator: over aTLS, accepting it only if its evidence matches a
 //! `coordinator`-role policy and the reference values of the manifest the user expects.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use concord_attestation::{AtlsClient, PlatformTrust, StaticPolicy, VerifiedPeer, Verifier};
@@ -94,4 +95,44 @@ pub fn status_error(rpc: &str, s: tonic::Status) -> CliError {
 pub fn read_manifest(path: &std::path::Path) -> CliResult<Manifest> {
     let bytes = crate::exit::read_file(path)?;
     Manifest::parse(&bytes).map_err(|e| CliError::error(format!("{}: {e}", path.display())))
+}
+
+/// The coordinator a command dials and the manifest it must match: flattened into every such command.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CoordinatorTarget {
+    /// The manifest the coordinator must match (one of its coordinator policies and its reference values).
+    #[arg(short, long, default_value = "manifest.json")]
+    pub manifest: PathBuf,
+    /// The coordinator's user API (host:port).
+    #[arg(
+        short,
+        long,
+        env = "CONCORD_COORDINATOR",
+        default_value = "127.0.0.1:1313"
+    )]
+    pub coordinator: String,
+    /// Accept a coordinator on the simulated platform (INSECURE).
+    #[arg(long)]
+    pub insecure_simulated_attestation: bool,
+}
+
+/// An attested connection to a coordinator, with what it was checked against.
+pub struct Connected {
+    pub client: UserApiClient<Channel>,
+    pub manifest: Manifest,
+    pub trust: PlatformTrust,
+}
+
+impl CoordinatorTarget {
+    /// Reads the manifest, dials the coordinator and verifies it against the manifest.
+    pub async fn connect(&self) -> CliResult<Connected> {
+        let manifest = read_manifest(&self.manifest)?;
+        let trust = trust_for(&manifest, self.insecure_simulated_attestation)?;
+        let (client, _) = user_api(&self.coordinator, &manifest, trust.clone()).await?;
+        Ok(Connected {
+            client,
+            manifest,
+            trust,
+        })
+    }
 }

@@ -256,10 +256,35 @@ async fn keep_recovering<S: crate::store::Store>(node: Arc<Node<S>>) {
     // Short: a failed attempt usually means a peer is one step behind (it has not committed the
     // transition it just wrote yet), which resolves within milliseconds.
     const MAX: Duration = Duration::from_millis(200);
+    // How long a replica that holds the seed waits for a peer to supply the latest mesh CA before it
+    // concludes the CA died with its maker and makes a new one (the leader first; others later, so
+    // two replicas rarely rotate at once).
+    const LOST_AFTER_LEADER: Duration = Duration::from_secs(2);
+    const LOST_AFTER_FOLLOWER: Duration = Duration::from_secs(6);
     let mut metrics = node.raft.metrics();
     let mut delay = FIRST;
+    let mut failing_since: Option<tokio::time::Instant> = None;
     loop {
-        match node.recover_from_peers().await {
+        let outcome = node.recover_from_peers().await;
+        if outcome.is_err() {
+            let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+            let holds_seed = node.replica.read().is_ok_and(|c| c.holds_seed());
+            let leads = node.raft.current_leader().await == Some(node.id);
+            let wait = if leads {
+                LOST_AFTER_LEADER
+            } else {
+                LOST_AFTER_FOLLOWER
+            };
+            if holds_seed && since.elapsed() >= wait {
+                match node.rotate_lost_mesh_ca().await {
+                    Ok(()) => failing_since = None,
+                    Err(e) => debug!(error = e.message(), "could not replace a lost mesh CA yet"),
+                }
+            }
+        } else {
+            failing_since = None;
+        }
+        match outcome {
             Ok(true) => delay = FIRST,
             Ok(false) => {
                 delay = FIRST;

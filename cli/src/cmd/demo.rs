@@ -428,10 +428,12 @@ async fn scenario(s: &mut Steps, ctx: &Ctx<'_>, cluster: &mut Cluster) -> CliRes
         recover::run(recover::Recover {
             share: ctx.dir.join(format!("seed-shares/seed-share-{i}.json")),
             key: ctx.dir.join(format!("keys/share-owner-{i}.key")),
-            manifest: ctx.manifest_v2.to_path_buf(),
-            coordinator: cluster.user_addr(0),
+            target: crate::remote::CoordinatorTarget {
+                manifest: ctx.manifest_v2.to_path_buf(),
+                coordinator: cluster.user_addr(0),
+                insecure_simulated_attestation: true,
+            },
             force: false,
-            insecure_simulated_attestation: true,
         })
         .await?;
     }
@@ -454,18 +456,20 @@ async fn set_manifest(
     previous: Option<&Hash>,
 ) -> CliResult<Hash> {
     set::run(set::Set {
-        manifest: manifest.to_path_buf(),
+        target: crate::remote::CoordinatorTarget {
+            manifest: manifest.to_path_buf(),
+            coordinator: addr.to_string(),
+            insecure_simulated_attestation: true,
+        },
         policies: vec![
             ctx.dir.join("policies/coordinator.policy"),
             ctx.web_policy.to_path_buf(),
         ],
-        coordinator: addr.to_string(),
         owner_key: previous.map(|_| ctx.dir.join("keys/owner.pem")),
         signature: None,
         owner_public_key: None,
         expect_latest: previous.map(|h| h.to_hex()),
         shares_dir: ctx.dir.join("seed-shares"),
-        insecure_simulated_attestation: true,
     })
     .await
 }
@@ -517,11 +521,13 @@ async fn verify_and_audit(
     since: Option<&Hash>,
 ) -> CliResult {
     verify::run(verify::Verify {
-        manifest: manifest.to_path_buf(),
-        coordinator: addr.to_string(),
+        target: crate::remote::CoordinatorTarget {
+            manifest: manifest.to_path_buf(),
+            coordinator: addr.to_string(),
+            insecure_simulated_attestation: true,
+        },
         out: ctx.dir.join("verify"),
         since: since.map(|h| h.to_hex()),
-        insecure_simulated_attestation: true,
         allow_stale: false,
     })
     .await?;

@@ -20,23 +20,11 @@ pub struct Recover {
     /// Your seed share owner key (`concord keygen share-owner`).
     #[arg(long)]
     pub key: PathBuf,
-    /// The manifest you expect: the coordinator must match one of its coordinator policies.
-    #[arg(short, long, default_value = "manifest.json")]
-    pub manifest: PathBuf,
-    /// The coordinator's user API (host:port).
-    #[arg(
-        short,
-        long,
-        env = "CONCORD_COORDINATOR",
-        default_value = "127.0.0.1:1313"
-    )]
-    pub coordinator: String,
+    #[command(flatten)]
+    pub target: crate::remote::CoordinatorTarget,
     /// Recover even though a ready replica exists (clusters only).
     #[arg(long)]
     pub force: bool,
-    /// Accept a coordinator on the simulated platform (INSECURE).
-    #[arg(long)]
-    pub insecure_simulated_attestation: bool,
 }
 
 /// The share file `concord set` writes.
@@ -84,9 +72,7 @@ pub async fn run(args: Recover) -> CliResult {
     }
     let share = decrypt_share(&key, &encrypted)
         .map_err(|e| CliError::error(format!("cannot decrypt {}: {e}", args.share.display())))?;
-    let manifest = remote::read_manifest(&args.manifest)?;
-    let trust = remote::trust_for(&manifest, args.insecure_simulated_attestation)?;
-    let (mut client, _) = remote::user_api(&args.coordinator, &manifest, trust).await?;
+    let mut client = args.target.connect().await?.client;
     let progress = client
         .recover(pb::RecoverRequest {
             share: share.to_bytes().to_vec(),

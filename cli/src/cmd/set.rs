@@ -14,20 +14,11 @@ use crate::remote;
 
 #[derive(Debug, Args)]
 pub struct Set {
-    /// The manifest to set.
-    #[arg(short, long, default_value = "manifest.json")]
-    pub manifest: PathBuf,
+    #[command(flatten)]
+    pub target: crate::remote::CoordinatorTarget,
     /// Policy documents to store with it (each must hash to a policy of the manifest).
     #[arg(short, long = "policy")]
     pub policies: Vec<PathBuf>,
-    /// The coordinator's user API (host:port).
-    #[arg(
-        short,
-        long,
-        env = "CONCORD_COORDINATOR",
-        default_value = "127.0.0.1:1313"
-    )]
-    pub coordinator: String,
     /// The workload owner key that authorizes the update (listed in the latest manifest).
     #[arg(long, conflicts_with = "signature")]
     pub owner_key: Option<PathBuf>,
@@ -44,9 +35,6 @@ pub struct Set {
     /// Where to write the seed shares returned for the first manifest.
     #[arg(long, default_value = ".")]
     pub shares_dir: PathBuf,
-    /// Accept a coordinator on the simulated platform (INSECURE).
-    #[arg(long)]
-    pub insecure_simulated_attestation: bool,
 }
 
 fn decode_signature(s: &str) -> CliResult<Signature> {
@@ -72,15 +60,14 @@ fn decode_signature(s: &str) -> CliResult<Signature> {
 
 /// Sets the manifest; returns the latest transition hash afterwards.
 pub async fn run(args: Set) -> CliResult<Hash> {
-    let bytes = read_file(&args.manifest)?;
-    let manifest = remote::read_manifest(&args.manifest)?;
+    let bytes = read_file(&args.target.manifest)?;
+
     let policies = args
         .policies
         .iter()
         .map(|p| read_file(p))
         .collect::<CliResult<Vec<_>>>()?;
-    let trust = remote::trust_for(&manifest, args.insecure_simulated_attestation)?;
-    let (mut client, _) = remote::user_api(&args.coordinator, &manifest, trust).await?;
+    let mut client = args.target.connect().await?.client;
 
     let latest = client
         .get_manifests(pb::GetManifestsRequest::default())

@@ -1,7 +1,5 @@
 //! `concord status`: a replica's state, Raft role, term, leader and indexes, after attesting it.
 
-use std::path::PathBuf;
-
 use clap::Args;
 use concord_proto::v1 as pb;
 
@@ -10,29 +8,15 @@ use crate::remote;
 
 #[derive(Debug, Args)]
 pub struct Status {
-    /// The manifest you expect (the coordinator is verified against it).
-    #[arg(short, long, default_value = "manifest.json")]
-    pub manifest: PathBuf,
-    /// The replica's user API (host:port).
-    #[arg(
-        short,
-        long,
-        env = "CONCORD_COORDINATOR",
-        default_value = "127.0.0.1:1313"
-    )]
-    pub coordinator: String,
+    #[command(flatten)]
+    pub target: crate::remote::CoordinatorTarget,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Accept a coordinator on the simulated platform (INSECURE).
-    #[arg(long)]
-    pub insecure_simulated_attestation: bool,
 }
 
 pub async fn run(args: Status) -> CliResult<pb::GetStatusResponse> {
-    let manifest = remote::read_manifest(&args.manifest)?;
-    let trust = remote::trust_for(&manifest, args.insecure_simulated_attestation)?;
-    let (mut client, _) = remote::user_api(&args.coordinator, &manifest, trust).await?;
+    let mut client = args.target.connect().await?.client;
     let s = client
         .get_status(pb::GetStatusRequest {})
         .await

@@ -16,41 +16,31 @@ use crate::remote;
 
 #[derive(Debug, Args)]
 pub struct Verify {
-    /// The manifest you expect: the coordinator must match one of its coordinator policies.
-    #[arg(short, long, default_value = "manifest.json")]
-    pub manifest: PathBuf,
-    /// The coordinator's user API (host:port).
-    #[arg(
-        short,
-        long,
-        env = "CONCORD_COORDINATOR",
-        default_value = "127.0.0.1:1313"
-    )]
-    pub coordinator: String,
+    #[command(flatten)]
+    pub target: crate::remote::CoordinatorTarget,
     /// Where to write history.json and the PEM files.
     #[arg(short, long, default_value = "verify")]
     pub out: PathBuf,
     /// A transition seen earlier: fail (exit 3) unless it is an ancestor of today's latest.
     #[arg(long)]
     pub since: Option<String>,
-    /// Accept a coordinator on the simulated platform (INSECURE).
-    #[arg(long)]
-    pub insecure_simulated_attestation: bool,
     /// Let a follower answer from what it applied, without confirming with the leader (possibly stale).
     #[arg(long)]
     pub allow_stale: bool,
 }
 
 pub async fn run(args: Verify) -> CliResult<AuditReport> {
-    let expected = remote::read_manifest(&args.manifest)?;
     let since = args
         .since
         .as_deref()
         .map(Hash::from_hex)
         .transpose()
         .map_err(|e| CliError::usage(format!("--since: {e}")))?;
-    let trust = remote::trust_for(&expected, args.insecure_simulated_attestation)?;
-    let (mut client, _) = remote::user_api(&args.coordinator, &expected, trust.clone()).await?;
+    let remote::Connected {
+        mut client,
+        manifest: expected,
+        trust,
+    } = args.target.connect().await?;
 
     let mut nonce = [0u8; 32];
     rand::rngs::OsRng
@@ -97,7 +87,7 @@ pub async fn run(args: Verify) -> CliResult<AuditReport> {
         eprintln!(
             "note: the latest manifest ({}) is not the one in {} ({}); see {}",
             latest.hash(),
-            args.manifest.display(),
+            args.target.manifest.display(),
             expected.hash(),
             args.out.join("manifest.json").display()
         );

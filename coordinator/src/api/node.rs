@@ -329,6 +329,35 @@ impl<S: Store> Node<S> {
             .map_err(|e| to_status(&e))
     }
 
+    /// The mesh CA of the latest transition was lost (its maker died before any peer fetched it): make
+    /// a new one, record it through Raft, adopt it. Only for a replica that holds the seed.
+    pub async fn rotate_lost_mesh_ca(&self) -> Result<(), Status> {
+        let rotated = self
+            .replica
+            .read()
+            .and_then(|c| c.rotate_lost_mesh_ca(time::OffsetDateTime::now_utc()))
+            .map_err(|e| to_status(&e))?;
+        let command = Command::RotateMeshCa(crate::raft::RotateMeshCa {
+            transition: rotated.latest,
+            mesh: rotated.mesh.clone(),
+        });
+        match self.write_command(command).await? {
+            CommandResponse::Applied { .. } => {}
+            other => {
+                return Err(Status::failed_precondition(format!(
+                    "the rotation was not applied: {other:?}"
+                )));
+            }
+        }
+        self.refresh().map_err(|e| to_status(&e))?;
+        self.replica
+            .write()
+            .and_then(|mut c| c.commit_recovery(rotated))
+            .map_err(|e| to_status(&e))?;
+        tracing::warn!("the latest mesh CA was lost with the replica that made it; made a new one");
+        Ok(())
+    }
+
     async fn forward(
         &self,
         leader: NodeId,

@@ -86,6 +86,60 @@ impl<S: Store> Coordinator<S> {
         Ok(r.progress)
     }
 
+    /// A replica that holds the seed but whose mesh CA belongs to an older transition, when no peer can
+    /// supply the current one (the replica that made it died before anyone fetched it): a new random
+    /// mesh CA for the latest transition (Invariant 3 holds), to be recorded through Raft like the one
+    /// user recovery makes, then adopted with [`Coordinator::commit_recovery`].
+    pub fn rotate_lost_mesh_ca(
+        &self,
+        now: OffsetDateTime,
+    ) -> Result<RecoveredSecrets, CoordinatorError> {
+        let (Some(h), Some(secrets)) = (&self.history, &self.secrets) else {
+            return Err(CoordinatorError::FailedPrecondition(
+                "this replica does not hold the seed; it cannot make a mesh CA".into(),
+            ));
+        };
+        if self.state() != ReplicaState::Recovering {
+            return Err(CoordinatorError::FailedPrecondition(
+                "this replica's mesh CA is current".into(),
+            ));
+        }
+        let mesh_ca = MeshCa::generate(&secrets.root_ca, now)
+            .map_err(|e| CoordinatorError::Crypto(e.to_string()))?;
+        let latest = h.chain.latest_hash();
+        let mesh = mesh_certs(&mesh_ca);
+        let engine = secrets.engine.clone();
+        let signing_key = engine.transition_signing_key();
+        let root_ca = RootCa::from_parts(
+            secrets.root_ca.cert_der().to_vec(),
+            &engine
+                .root_ca_key()
+                .map_err(|e| CoordinatorError::Crypto(e.to_string()))?,
+        )
+        .map_err(|e| CoordinatorError::Crypto(e.to_string()))?;
+        Ok(RecoveredSecrets {
+            secrets: Secrets {
+                engine,
+                signing_key,
+                root_ca,
+                mesh_ca,
+                mesh_for: latest,
+            },
+            mesh,
+            latest,
+            progress: RecoverProgress {
+                shares_received: 0,
+                threshold: 0,
+                ready: true,
+            },
+        })
+    }
+
+    /// Whether this replica holds the seed (it was ready once since it started).
+    pub fn holds_seed(&self) -> bool {
+        self.secrets.is_some()
+    }
+
     /// Takes one seed share. See the module documentation. `force` is for clusters: recovering while a
     /// ready peer exists. A ready replica has nothing to recover, forced or not. Writes nothing.
     pub fn accept_share(

@@ -9,7 +9,7 @@ use crate::error::CoordinatorError;
 use crate::hash::Hash;
 use crate::history::audit::{AuditOptions, audit};
 use crate::history::{LedgerError, Transition};
-use crate::state::PeerAcceptance;
+use crate::state::{PeerAcceptance, Prepared};
 use crate::store::{Key, MemoryStore, SledStore, Store};
 use crate::testing::TestDeployment;
 
@@ -631,4 +631,45 @@ fn peer_recovery_refuses_callers_and_secrets_that_do_not_match() {
         b.adopt_from_peer(good()),
         Err(CoordinatorError::FailedPrecondition(_))
     ));
+}
+
+/// The replica that made a transition's mesh CA died before anyone fetched it: a replica holding the
+/// seed makes a new one (random: Invariant 3) rather than stay recovering forever.
+#[test]
+fn a_lost_mesh_ca_is_replaced_by_a_replica_that_holds_the_seed() {
+    let d = TestDeployment::new();
+    let (mut a, mut b, _dirs) = ready_and_recovering(&d);
+    let secrets = a
+        .secrets_for_peer(&coordinator_report(&d, &a, &d.coordinator_policy))
+        .unwrap();
+    b.adopt_from_peer(secrets).unwrap();
+    assert_eq!(b.state(), ReplicaState::Ready);
+
+    // a writes transition 2 (b receives it, as through Raft), then a dies with its new mesh CA.
+    let latest = a.chain().unwrap().latest_hash();
+    let Prepared::Append(p) = a
+        .prepare_set(d.set_request(d.manifest(3), latest), now())
+        .unwrap()
+    else {
+        panic!("expected a transition")
+    };
+    crate::history::Ledger::new(b.store().clone())
+        .append(&p.new)
+        .unwrap();
+    drop(a);
+    b.refresh().unwrap();
+    assert_eq!(b.state(), ReplicaState::Recovering);
+    assert!(b.holds_seed());
+
+    let rotated = b.rotate_lost_mesh_ca(now()).unwrap();
+    assert_ne!(rotated.mesh, p.new.mesh, "a new, random mesh CA");
+    crate::history::Ledger::new(b.store().clone())
+        .replace_mesh_certs(&rotated.latest, &rotated.mesh)
+        .unwrap();
+    b.commit_recovery(rotated).unwrap();
+    assert_eq!(b.state(), ReplicaState::Ready);
+    assert_eq!(b.chain().unwrap().len(), 3);
+    // A replica without the seed cannot do this.
+    let fresh = Coordinator::open(MemoryStore::new()).unwrap();
+    assert!(fresh.rotate_lost_mesh_ca(now()).is_err());
 }
