@@ -638,7 +638,7 @@ fn peer_recovery_refuses_callers_and_secrets_that_do_not_match() {
 #[test]
 fn a_lost_mesh_ca_is_replaced_by_a_replica_that_holds_the_seed() {
     let d = TestDeployment::new();
-    let (mut a, mut b, _dirs) = ready_and_recovering(&d);
+    let (a, mut b, _dirs) = ready_and_recovering(&d);
     let secrets = a
         .secrets_for_peer(&coordinator_report(&d, &a, &d.coordinator_policy))
         .unwrap();
