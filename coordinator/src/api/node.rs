@@ -143,14 +143,11 @@ impl<S: Store> Node<S> {
             };
             match answer {
                 Ok(index) => return Ok(index),
-                Err(s)
-                    if s.code() == tonic::Code::Unavailable
-                        && tokio::time::Instant::now() < deadline =>
-                {
+                Err(s) if retryable(&s) && tokio::time::Instant::now() < deadline => {
                     debug!(error = s.message(), "no read index yet; retrying");
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                Err(s) => return Err(s),
+                Err(s) => return Err(unavailable_if_transport(s)),
             }
         }
     }
@@ -177,10 +174,7 @@ impl<S: Store> Node<S> {
                 ));
             }
             match self.forward(leader, raw.clone()).await {
-                Err(s)
-                    if s.code() == tonic::Code::Unavailable
-                        && tokio::time::Instant::now() < deadline =>
-                {
+                Err(s) if retryable(&s) && tokio::time::Instant::now() < deadline => {
                     debug!(
                         leader,
                         error = s.message(),
@@ -188,7 +182,7 @@ impl<S: Store> Node<S> {
                     );
                     tokio::time::sleep(Duration::from_millis(25)).await;
                 }
-                answer => return answer,
+                answer => return answer.map_err(unavailable_if_transport),
             }
         }
         let _gate = self.write_gate.lock().await;
@@ -282,13 +276,10 @@ impl<S: Store> Node<S> {
                         ))
                     });
                 }
-                Err(s)
-                    if s.code() == tonic::Code::Unavailable
-                        && tokio::time::Instant::now() < deadline =>
-                {
+                Err(s) if retryable(&s) && tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(25)).await;
                 }
-                Err(s) => return Err(s),
+                Err(s) => return Err(unavailable_if_transport(s)),
             }
         }
     }
@@ -424,6 +415,23 @@ impl<S: Store> Node<S> {
             }
         }
         Err(CoordinatorError::FailedPrecondition(last))
+    }
+}
+
+/// Errors worth retrying against the next leader: the leader is gone or changed. tonic reports a
+/// connection that broke mid-call as `Unknown` ("transport error").
+fn retryable(s: &Status) -> bool {
+    s.code() == tonic::Code::Unavailable
+        || (s.code() == tonic::Code::Unknown && s.message().contains("transport error"))
+}
+
+/// What a caller sees when the leader could not be reached even after retrying: Unavailable, never
+/// tonic's transport-level Unknown.
+fn unavailable_if_transport(s: Status) -> Status {
+    if retryable(&s) && s.code() != tonic::Code::Unavailable {
+        Status::unavailable(format!("the leader could not be reached: {}", s.message()))
+    } else {
+        s
     }
 }
 

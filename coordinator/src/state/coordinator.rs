@@ -474,8 +474,12 @@ impl<S: Store> Coordinator<S> {
                 mesh_ca_pem: String::new(),
                 latest: None,
             }),
-            (ReplicaState::Recovering, _) => Err(CoordinatorError::Recovering),
-            (ReplicaState::Ready, Some(h)) => Ok(ManifestsView {
+            // Public data may be served by a replica that verified its history with the seed, even
+            // while it is fetching the latest mesh CA; never by one that never held the seed.
+            (ReplicaState::Recovering, _) if !self.holds_seed() => {
+                Err(CoordinatorError::Recovering)
+            }
+            (_, Some(h)) => Ok(ManifestsView {
                 manifests: h
                     .chain
                     .manifests()
@@ -498,6 +502,8 @@ impl<S: Store> Coordinator<S> {
     ) -> Result<AuditBundle, CoordinatorError> {
         let h = match (self.state(), &self.history) {
             (ReplicaState::Ready, Some(h)) => h,
+            // Like GetManifests: public data, from a history verified with the seed.
+            (ReplicaState::Recovering, Some(h)) if self.holds_seed() => h,
             (ReplicaState::Recovering, _) => return Err(CoordinatorError::Recovering),
             _ => return Err(CoordinatorError::NoManifest),
         };
