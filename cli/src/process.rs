@@ -23,11 +23,33 @@ pub fn sibling_binary(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-/// A free loopback address (the port is released for the child to take).
+/// Ports handed to child processes come from below Linux's ephemeral range (32768-60999): a port the
+/// kernel picked (port 0) and we released could be given to some process's outgoing connection before
+/// the child binds it. Each process walks its own sequence from a random start.
+const PORTS: std::ops::Range<u16> = 20000..32000;
+
+/// A free loopback address for a child process to listen on.
 pub fn free_addr() -> CliResult<SocketAddr> {
-    let l = TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| CliError::error(format!("cannot find a free port: {e}")))?;
-    l.local_addr().map_err(|e| CliError::error(e.to_string()))
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = u32::from(PORTS.end - PORTS.start);
+    if NEXT.load(Ordering::Relaxed) == 0 {
+        let seed = std::process::id().wrapping_mul(7919) ^ rand::random::<u32>();
+        let _ = NEXT.compare_exchange(0, seed | 1, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        // `n % span` is below `span`, which fits a u16.
+        let port = PORTS.start + (n % span) as u16;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        if TcpListener::bind(addr).is_ok() {
+            return Ok(addr);
+        }
+    }
+    Err(CliError::error(format!(
+        "no free loopback port between {} and {}",
+        PORTS.start, PORTS.end
+    )))
 }
 
 /// The flags of the INSECURE simulated platform for one process.
