@@ -10,10 +10,8 @@ use tracing::{debug, info, warn};
 
 use super::replica::Replica;
 use super::status::to_status;
-use crate::error::CoordinatorError;
 use crate::hash::Hash;
 use crate::store::Store;
-use crate::transport::PeerInfo;
 
 /// Admits a workload whose evidence matches the reference values of the current manifest and whose
 /// `HOST_DATA` names one of its policies. Refuses everyone while the replica is not ready.
@@ -75,15 +73,7 @@ impl<S: Store> pb::mesh_api_server::MeshApi for MeshService<S> {
         &self,
         request: Request<pb::NewMeshCertRequest>,
     ) -> Result<Response<pb::NewMeshCertResponse>, Status> {
-        let Some(peer) = request
-            .extensions()
-            .get::<PeerInfo>()
-            .and_then(|p| p.verified.clone())
-        else {
-            return Err(to_status(&CoordinatorError::PermissionDenied(
-                "the mesh API needs an attested client certificate".into(),
-            )));
-        };
+        let peer = crate::transport::attested_peer(&request, "mesh API")?;
         let issued = self
             .replica
             .read()

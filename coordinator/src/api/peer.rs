@@ -16,7 +16,6 @@ use crate::error::CoordinatorError;
 use crate::hash::Hash;
 use crate::state::PeerSecrets;
 use crate::store::Store;
-use crate::transport::PeerInfo;
 
 /// The peer API service.
 #[derive(Debug)]
@@ -101,15 +100,7 @@ impl<S: Store> pb::peer_api_server::PeerApi for PeerService<S> {
         &self,
         request: Request<pb::PeerRecoverRequest>,
     ) -> Result<Response<pb::PeerRecoverResponse>, Status> {
-        let Some(peer) = request
-            .extensions()
-            .get::<PeerInfo>()
-            .and_then(|p| p.verified.clone())
-        else {
-            return Err(to_status(&CoordinatorError::PermissionDenied(
-                "peer recovery needs an attested peer".into(),
-            )));
-        };
+        let peer = crate::transport::attested_peer(&request, "peer API")?;
         self.node.refresh().map_err(|e| to_status(&e))?;
         let secrets = self
             .node

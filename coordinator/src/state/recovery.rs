@@ -6,7 +6,7 @@
 //!
 //! Shares live only in memory, are never logged or written, and are discarded after a failed attempt.
 
-use concord_mesh_ca::{MeshCa, RootCa, SeedShare, combine};
+use concord_mesh_ca::{MeshCa, RootCa, SeedEngine, SeedShare, combine};
 use time::OffsetDateTime;
 
 use super::ReplicaState;
@@ -40,6 +40,32 @@ pub struct RecoveredSecrets {
     pub mesh: MeshCerts,
     pub latest: Hash,
     pub progress: RecoverProgress,
+}
+
+impl RecoveredSecrets {
+    /// Secrets from `engine` with a new `mesh_ca` for `latest`.
+    fn new(
+        engine: SeedEngine,
+        root_ca: RootCa,
+        mesh_ca: MeshCa,
+        latest: Hash,
+        progress: RecoverProgress,
+    ) -> Self {
+        let signing_key = engine.transition_signing_key();
+        let mesh = mesh_certs(&mesh_ca);
+        RecoveredSecrets {
+            secrets: Secrets {
+                engine,
+                signing_key,
+                root_ca,
+                mesh_ca,
+                mesh_for: latest,
+            },
+            mesh,
+            latest,
+            progress,
+        }
+    }
 }
 
 impl std::fmt::Debug for RecoveredSecrets {
@@ -107,9 +133,7 @@ impl<S: Store> Coordinator<S> {
         let mesh_ca = MeshCa::generate(&secrets.root_ca, now)
             .map_err(|e| CoordinatorError::Crypto(e.to_string()))?;
         let latest = h.chain.latest_hash();
-        let mesh = mesh_certs(&mesh_ca);
         let engine = secrets.engine.clone();
-        let signing_key = engine.transition_signing_key();
         let root_ca = RootCa::from_parts(
             secrets.root_ca.cert_der().to_vec(),
             &engine
@@ -117,22 +141,14 @@ impl<S: Store> Coordinator<S> {
                 .map_err(|e| CoordinatorError::Crypto(e.to_string()))?,
         )
         .map_err(|e| CoordinatorError::Crypto(e.to_string()))?;
-        Ok(RecoveredSecrets {
-            secrets: Secrets {
-                engine,
-                signing_key,
-                root_ca,
-                mesh_ca,
-                mesh_for: latest,
-            },
-            mesh,
-            latest,
-            progress: RecoverProgress {
-                shares_received: 0,
-                threshold: 0,
-                ready: true,
-            },
-        })
+        let progress = RecoverProgress {
+            shares_received: 0,
+            threshold: 0,
+            ready: true,
+        };
+        Ok(RecoveredSecrets::new(
+            engine, root_ca, mesh_ca, latest, progress,
+        ))
     }
 
     /// Whether this replica holds the seed (it was ready once since it started).
@@ -228,23 +244,17 @@ impl<S: Store> Coordinator<S> {
             )))
         })?;
         let mesh_ca = MeshCa::generate(&root_ca, now).map_err(crypto)?;
-        let latest = chain.latest_hash();
-        let mesh = mesh_certs(&mesh_ca);
-        Ok(ShareOutcome::Recovered(Box::new(RecoveredSecrets {
-            secrets: Secrets {
-                engine,
-                signing_key,
-                root_ca,
-                mesh_ca,
-                mesh_for: latest,
-            },
-            mesh,
-            latest,
-            progress: RecoverProgress {
-                shares_received: received,
-                threshold,
-                ready: true,
-            },
-        })))
+        let progress = RecoverProgress {
+            shares_received: received,
+            threshold,
+            ready: true,
+        };
+        Ok(ShareOutcome::Recovered(Box::new(RecoveredSecrets::new(
+            engine,
+            root_ca,
+            mesh_ca,
+            chain.latest_hash(),
+            progress,
+        ))))
     }
 }

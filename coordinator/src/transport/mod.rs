@@ -7,4 +7,4 @@ mod client;
 mod server;
 
 pub use client::{ConnectError, connect};
-pub use server::{AtlsIo, PeerInfo, incoming};
+pub use server::{AtlsIo, PeerInfo, attested_peer, incoming};

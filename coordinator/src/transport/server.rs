@@ -21,6 +21,23 @@ pub struct PeerInfo {
     pub verified: Option<Arc<VerifiedPeer>>,
 }
 
+/// The verified evidence of the peer of a request on a mutual aTLS port; PermissionDenied if the
+/// connection carried none (which the acceptor for those ports never lets happen).
+pub fn attested_peer<T>(
+    request: &tonic::Request<T>,
+    api: &str,
+) -> Result<Arc<VerifiedPeer>, tonic::Status> {
+    request
+        .extensions()
+        .get::<PeerInfo>()
+        .and_then(|p| p.verified.clone())
+        .ok_or_else(|| {
+            tonic::Status::permission_denied(format!(
+                "the {api} needs an attested client certificate"
+            ))
+        })
+}
+
 /// An established aTLS connection.
 #[derive(Debug)]
 pub struct AtlsIo {
