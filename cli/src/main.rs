@@ -31,6 +31,9 @@ enum Command {
     /// Attestation tools.
     #[command(subcommand)]
     Attestation(cmd::attestation::Attestation),
+    /// Change the coordinator cluster's members (authorized by a workload owner key).
+    #[command(subcommand)]
+    Cluster(cmd::cluster::Cluster),
     /// Show a replica's state, Raft role, term and leader.
     Status(cmd::status::Status),
     /// Submit your seed share to a recovering coordinator (user recovery after a full outage).
@@ -50,6 +53,7 @@ async fn main() -> ExitCode {
         Command::History(c) => cmd::history::run(c),
         Command::Attestation(c) => cmd::attestation::run(c),
         Command::Recover(c) => cmd::recover::run(c).await,
+        Command::Cluster(c) => cmd::cluster::run(c).await,
         Command::Status(c) => cmd::status::run(c).await.map(|_| ()),
         Command::Demo(c) => cmd::demo::run(c).await,
     };

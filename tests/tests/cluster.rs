@@ -231,3 +231,99 @@ async fn full_outage_then_threshold_recovery_of_a_cluster() {
     assert!(second.status.success(), "{}", describe(&second));
     all_ready(&env, &refs, 2).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_three_to_five_and_back_in_one_command() {
+    use concord_cli::process::{Addrs, CoordinatorProcess};
+    let env = Env::new();
+    let addrs: Vec<Addrs> = (0..5).map(|_| Addrs::free().unwrap()).collect();
+    let all: Vec<(u64, std::net::SocketAddr)> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (i as u64, a.peer))
+        .collect();
+    // Replicas 0 to 2 form the cluster; 3 and 4 start knowing everyone and wait to be added.
+    let nodes: Vec<CoordinatorProcess> = (0..5)
+        .map(|i| {
+            let peers = if i < 3 { &all[..3] } else { &all[..] };
+            CoordinatorProcess::start_member(
+                &env.path(&format!("node-{i}")),
+                &env.path(&format!("node-{i}.log")),
+                &env.flags("coordinator.policy"),
+                addrs[i],
+                i as u64,
+                peers,
+            )
+            .unwrap()
+        })
+        .collect();
+    let out = env.set(&nodes[0], "manifest-v1.json", &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let three: Vec<_> = nodes[..3].iter().collect();
+    all_ready(&env, &three, 1).await;
+
+    let members =
+        |n: usize| -> Vec<String> { all[..n].iter().map(|(i, a)| format!("{i}={a}")).collect() };
+    let set_members = |n: usize, key: &str| {
+        let addr = nodes[1].user_addr.to_string();
+        let mut args: Vec<String> = [
+            "cluster",
+            "set-members",
+            "-m",
+            "manifest-v1.json",
+            "-c",
+            &addr,
+            "--insecure-simulated-attestation",
+            "--owner-key",
+            key,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for m in members(n) {
+            args.push("--member".into());
+            args.push(m);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        env.concord(&args)
+    };
+
+    // Only a workload owner may change the membership.
+    assert!(
+        env.concord(&["keygen", "owner", "-o", "stranger.pem"])
+            .status
+            .success()
+    );
+    let refused = set_members(5, "stranger.pem");
+    assert_eq!(refused.status.code(), Some(1), "{}", describe(&refused));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("PermissionDenied"),
+        "{}",
+        describe(&refused)
+    );
+
+    // 3 -> 5: the new replicas catch up, recover their secrets from a peer, and vote.
+    let grow = set_members(5, "owner.pem");
+    assert!(grow.status.success(), "{}", describe(&grow));
+    let five: Vec<_> = nodes.iter().collect();
+    all_ready(&env, &five, 1).await;
+    let second = env.set(&nodes[4], "manifest-v2.json", &["--owner-key", "owner.pem"]);
+    assert!(second.status.success(), "{}", describe(&second));
+    all_ready(&env, &five, 2).await;
+    for c in &nodes {
+        let s = env.status(c).await.unwrap();
+        assert!(
+            s.role == "leader" || s.role == "follower",
+            "replica {} is a {}",
+            c.node_id,
+            s.role
+        );
+    }
+
+    // 5 -> 3: the removed replicas no longer take part; the three go on.
+    let shrink = set_members(3, "owner.pem");
+    assert!(shrink.status.success(), "{}", describe(&shrink));
+    let third = env.set(&nodes[0], "manifest-v3.json", &["--owner-key", "owner.pem"]);
+    assert!(third.status.success(), "{}", describe(&third));
+    all_ready(&env, &three, 3).await;
+}

@@ -1,6 +1,7 @@
 //! One module per `concord` subcommand.
 
 pub mod attestation;
+pub mod cluster;
 pub mod demo;
 pub mod history;
 pub mod keygen;

@@ -61,6 +61,139 @@ impl<S: Store> Node<S> {
         }
     }
 
+    /// A member's peer API address: from the replicated membership (members added later are there),
+    /// else from the static peer list.
+    pub fn peer_addr(&self, id: NodeId) -> Option<String> {
+        let from_raft = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .nodes()
+            .find(|(n, _)| **n == id)
+            .map(|(_, node)| node.addr.clone());
+        from_raft.or_else(|| self.peers.get(&id).cloned())
+    }
+
+    /// Sets the voting members, on the leader (a follower forwards): checks the owner authorization
+    /// against the latest manifest, adds new members as learners (they catch up first), then makes the
+    /// new set the voters; members left out are removed.
+    pub async fn set_members(
+        &self,
+        req: pb::SetMembersRequest,
+        forwarded: bool,
+    ) -> Result<BTreeMap<NodeId, String>, Status> {
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        loop {
+            let leader = self.leader().await?;
+            if leader == self.id {
+                break;
+            }
+            if forwarded {
+                return Err(Status::unavailable(
+                    "this replica is no longer the leader; retry",
+                ));
+            }
+            let addr = self.peer_addr(leader).unwrap_or_default();
+            let answer = async {
+                let (channel, _) = connect(&addr, self.peer_client.clone())
+                    .await
+                    .map_err(|e| Status::unavailable(format!("cannot reach the leader: {e}")))?;
+                PeerApiClient::new(channel)
+                    .forward_set_members(req.clone())
+                    .await
+            }
+            .await;
+            match answer {
+                Ok(r) => {
+                    return Ok(r
+                        .into_inner()
+                        .voters
+                        .into_iter()
+                        .map(|m| (m.id, m.peer_address))
+                        .collect());
+                }
+                Err(s) if retryable(&s) && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                Err(s) => return Err(unavailable_if_transport(s)),
+            }
+        }
+        let invalid = |m: String| to_status(&CoordinatorError::InvalidInput(m));
+        let mut members = BTreeMap::new();
+        for m in &req.members {
+            if !m.peer_address.contains(':') || m.peer_address.trim() != m.peer_address {
+                return Err(invalid(format!(
+                    "member {}: {:?} is not a host:port address",
+                    m.id, m.peer_address
+                )));
+            }
+            if members.insert(m.id, m.peer_address.clone()).is_some() {
+                return Err(invalid(format!("member {} is listed twice", m.id)));
+            }
+        }
+        if members.is_empty() {
+            return Err(invalid("a cluster needs at least one member".into()));
+        }
+        self.refresh().map_err(|e| to_status(&e))?;
+        let latest = {
+            let core = self.replica.read().map_err(|e| to_status(&e))?;
+            let chain = core.chain().ok_or_else(|| {
+                to_status(&CoordinatorError::FailedPrecondition(
+                    "set a manifest first: membership changes are authorized by its workload owner keys".into(),
+                ))
+            })?;
+            let key = <[u8; 32]>::try_from(req.owner_key.as_slice())
+                .ok()
+                .and_then(|k| ed25519_dalek::VerifyingKey::from_bytes(&k).ok())
+                .ok_or_else(|| invalid("owner_key: not a 32-byte Ed25519 public key".into()))?;
+            let sig = <[u8; 64]>::try_from(req.owner_signature.as_slice())
+                .map(|s| ed25519_dalek::Signature::from_bytes(&s))
+                .map_err(|_| invalid("owner_signature: an Ed25519 signature is 64 bytes".into()))?;
+            let denied = |m: String| to_status(&CoordinatorError::PermissionDenied(m));
+            if !chain.latest_manifest().workload_owner_keys().contains(&key) {
+                return Err(denied(format!(
+                    "owner key {} is not listed in the latest manifest",
+                    hex::encode(key.as_bytes())
+                )));
+            }
+            let latest = chain.latest_hash();
+            let message = crate::history::format::members_message(&latest, &members);
+            if key.verify_strict(&message, &sig).is_err() {
+                return Err(denied(format!(
+                    "the owner signature does not verify over these members at transition {latest}"
+                )));
+            }
+            latest
+        };
+        let current: BTreeMap<NodeId, String> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .nodes()
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect();
+        let failed =
+            |e: String| Status::unavailable(format!("the membership change did not commit: {e}"));
+        for (id, addr) in &members {
+            if current.get(id) != Some(addr) {
+                info!(member = id, %addr, "adding a learner; it catches up before it votes");
+                self.raft
+                    .add_learner(*id, openraft::BasicNode { addr: addr.clone() }, true)
+                    .await
+                    .map_err(|e| failed(e.to_string()))?;
+            }
+        }
+        let voters: std::collections::BTreeSet<NodeId> = members.keys().copied().collect();
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        info!(members = ?members.keys().collect::<Vec<_>>(), authorized_at = %latest, "membership changed");
+        Ok(members)
+    }
+
     /// Reloads the core's view if Raft applied entries since.
     pub fn refresh(&self) -> Result<(), CoordinatorError> {
         if self.replica.read()?.is_stale()? {
@@ -126,7 +259,7 @@ impl<S: Store> Node<S> {
                         Status::unavailable(format!("cannot confirm leadership for a read: {e}"))
                     })
             } else {
-                let addr = self.peers.get(&leader).cloned().unwrap_or_default();
+                let addr = self.peer_addr(leader).unwrap_or_default();
                 async {
                     let (channel, _) =
                         connect(&addr, self.peer_client.clone())
@@ -256,7 +389,7 @@ impl<S: Store> Node<S> {
                     .map(|w| (w.data, w.log_id.index))
                     .map_err(|e| Status::unavailable(format!("the write did not commit: {e}")));
             }
-            let addr = self.peers.get(&leader).cloned().unwrap_or_default();
+            let addr = self.peer_addr(leader).unwrap_or_default();
             let json = serde_json::to_vec(&command)
                 .map_err(|e| Status::internal(format!("cannot encode a command: {e}")))?;
             let answer = async {
@@ -354,7 +487,8 @@ impl<S: Store> Node<S> {
         leader: NodeId,
         raw: pb::SetManifestRequest,
     ) -> Result<SetOutcome, Status> {
-        let addr = self.peers.get(&leader).ok_or_else(|| {
+        let addr = self.peer_addr(leader);
+        let addr = addr.as_ref().ok_or_else(|| {
             Status::unavailable(format!(
                 "the leader is replica {leader}, whose address is unknown here"
             ))
@@ -386,9 +520,10 @@ impl<S: Store> Node<S> {
         );
         let mut last = String::from("no peer to recover from");
         for id in order {
-            let Some(addr) = self.peers.get(&id) else {
+            let Some(addr) = self.peer_addr(id) else {
                 continue;
             };
+            let addr = &addr;
             let answer = async {
                 let (channel, _) = connect(addr, self.peer_client.clone())
                     .await

@@ -150,6 +150,14 @@ impl<S: Store> pb::peer_api_server::PeerApi for PeerService<S> {
         Ok(Response::new(pb::ReadIndexResponse { index }))
     }
 
+    async fn forward_set_members(
+        &self,
+        request: Request<pb::SetMembersRequest>,
+    ) -> Result<Response<pb::SetMembersResponse>, Status> {
+        let members = self.node.set_members(request.into_inner(), true).await?;
+        Ok(Response::new(super::user::members_to_pb(&members)))
+    }
+
     async fn forward_set_manifest(
         &self,
         request: Request<pb::SetManifestRequest>,

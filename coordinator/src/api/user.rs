@@ -229,4 +229,34 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
                 .unwrap_or_default(),
         }))
     }
+
+    async fn set_members(
+        &self,
+        request: Request<pb::SetMembersRequest>,
+    ) -> Result<Response<pb::SetMembersResponse>, Status> {
+        match self.node.set_members(request.into_inner(), false).await {
+            Ok(members) => {
+                info!(rpc = "SetMembers", members = members.len(), "ok");
+                Ok(Response::new(members_to_pb(&members)))
+            }
+            Err(status) => {
+                warn!(rpc = "SetMembers", code = ?status.code(), error = status.message(), "rejected");
+                Err(status)
+            }
+        }
+    }
+}
+
+pub(crate) fn members_to_pb(
+    members: &std::collections::BTreeMap<u64, String>,
+) -> pb::SetMembersResponse {
+    pb::SetMembersResponse {
+        voters: members
+            .iter()
+            .map(|(id, addr)| pb::Member {
+                id: *id,
+                peer_address: addr.clone(),
+            })
+            .collect(),
+    }
 }

@@ -11,6 +11,25 @@ use crate::hash::Hash;
 pub const TRANSITION_LABEL: &[u8] = b"concord/v1/transition";
 /// Prefix of a workload owner's authorization of a transition hash.
 pub const SET_MANIFEST_LABEL: &[u8] = b"concord/v1/set-manifest";
+/// Prefix of a workload owner's authorization of a membership change.
+pub const SET_MEMBERS_LABEL: &[u8] = b"concord/v1/set-members";
+
+/// `"concord/v1/set-members" || latest transition hash || SHA-256(encoding)`, where the encoding is, for
+/// each member in increasing id order, `u64be(id) || u32be(len(address)) || address`: what a workload
+/// owner signs to set the cluster's voting members. The latest hash makes it single-use.
+pub fn members_message(
+    latest: &Hash,
+    members: &std::collections::BTreeMap<u64, String>,
+) -> Vec<u8> {
+    let mut h = Sha256::new();
+    for (id, addr) in members {
+        h.update(id.to_be_bytes());
+        h.update((addr.len() as u32).to_be_bytes());
+        h.update(addr.as_bytes());
+    }
+    [SET_MEMBERS_LABEL, latest.as_bytes(), &h.finalize()].concat()
+}
+
 /// Prefix of the report data that binds an audit bundle.
 pub const AUDIT_LABEL: &[u8] = b"concord/v1/audit";
 
