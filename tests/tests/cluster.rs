@@ -327,3 +327,63 @@ async fn membership_three_to_five_and_back_in_one_command() {
     assert!(third.status.success(), "{}", describe(&third));
     all_ready(&env, &three, 3).await;
 }
+
+/// A replica whose disk was lost: removed from the voters, started empty, added back: it rejoins as a
+/// learner, catches up through Raft, recovers its secrets from a peer, and votes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_an_empty_disk_rejoins_as_a_learner_and_is_promoted() {
+    let env = Env::new();
+    let mut cluster = env.start_cluster(3);
+    let out = env.set(&cluster[0], "manifest-v1.json", &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let refs: Vec<_> = cluster.iter().collect();
+    all_ready(&env, &refs, 1).await;
+    let peers = cluster[0].peers.clone();
+    let leader_addr = cluster[0].user_addr.to_string();
+    let set_members = |ids: &[u64]| {
+        let addr = leader_addr.clone();
+        let mut args: Vec<String> = [
+            "cluster",
+            "set-members",
+            "-m",
+            "manifest-v1.json",
+            "-c",
+            &addr,
+            "--insecure-simulated-attestation",
+            "--owner-key",
+            "owner.pem",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for (id, a) in peers.iter().filter(|(id, _)| ids.contains(id)) {
+            args.push("--member".into());
+            args.push(format!("{id}={a}"));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        env.concord(&args)
+    };
+    // The disk of replica 2 is lost.
+    cluster[2].kill();
+    let out = set_members(&[0, 1]);
+    assert!(out.status.success(), "{}", describe(&out));
+    std::fs::remove_dir_all(&cluster[2].data_dir).unwrap();
+    cluster[2]
+        .restart(&env.flags("coordinator.policy"))
+        .unwrap();
+    assert_eq!(env.status(&cluster[2]).await.unwrap().state, "fresh");
+    // Added back: it catches up, recovers from a peer, and is a voter again.
+    let out = set_members(&[0, 1, 2]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let refs: Vec<_> = cluster.iter().collect();
+    all_ready(&env, &refs, 1).await;
+    let s = env.status(&cluster[2]).await.unwrap();
+    assert!(s.role == "follower" || s.role == "leader", "{}", s.role);
+    let out = env.set(
+        &cluster[2],
+        "manifest-v2.json",
+        &["--owner-key", "owner.pem"],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    all_ready(&env, &refs, 2).await;
+}
