@@ -103,3 +103,18 @@ impl PlatformArgs {
         }
     }
 }
+
+/// Parses a cluster member given as `ID=HOST:PORT` (its peer API address), for every command line that
+/// names members (`concord-coordinator --peer`, `concord cluster set-members --member`).
+pub fn parse_member(s: &str) -> Result<(u64, String), String> {
+    let (id, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected ID=HOST:PORT"))?;
+    let id = id
+        .parse()
+        .map_err(|_| format!("{s:?}: the id {id:?} is not a number"))?;
+    if !addr.contains(':') {
+        return Err(format!("{s:?}: the address {addr:?} has no port"));
+    }
+    Ok((id, addr.to_string()))
+}

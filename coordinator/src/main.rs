@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
-use concord_coordinator::launch::PlatformArgs;
+use concord_coordinator::launch::{PlatformArgs, parse_member};
 use concord_coordinator::server::{Config, run};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -36,26 +36,13 @@ struct Args {
     node_id: u64,
     /// A member of the cluster as ID=HOST:PORT (its peer API), this replica included; repeat for each.
     /// Default: this replica alone, at its --peer-listen address.
-    #[arg(long = "peer", env = "CONCORD_PEERS", value_delimiter = ',', value_parser = parse_peer)]
+    #[arg(long = "peer", env = "CONCORD_PEERS", value_delimiter = ',', value_parser = parse_member)]
     peers: Vec<(u64, String)>,
     #[command(flatten)]
     platform: PlatformArgs,
     /// Log format.
     #[arg(long, env = "CONCORD_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
-}
-
-fn parse_peer(s: &str) -> Result<(u64, String), String> {
-    let (id, addr) = s
-        .split_once('=')
-        .ok_or_else(|| format!("{s:?}: expected ID=HOST:PORT"))?;
-    let id = id
-        .parse()
-        .map_err(|_| format!("{s:?}: the id {id:?} is not a number"))?;
-    if !addr.contains(':') {
-        return Err(format!("{s:?}: the address {addr:?} has no port"));
-    }
-    Ok((id, addr.to_string()))
 }
 
 fn init_logs(format: LogFormat) {

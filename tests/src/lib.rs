@@ -156,6 +156,36 @@ impl Env {
         self.concord(&args)
     }
 
+    /// `concord cluster set-members` through the user API at `via`, authorized by the owner key file `key`.
+    pub fn set_members(
+        &self,
+        via: std::net::SocketAddr,
+        members: &[(u64, std::net::SocketAddr)],
+        key: &str,
+    ) -> Output {
+        let addr = via.to_string();
+        let mut args: Vec<String> = [
+            "cluster",
+            "set-members",
+            "-m",
+            "manifest-v1.json",
+            "-c",
+            &addr,
+            "--insecure-simulated-attestation",
+            "--owner-key",
+            key,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for (id, a) in members {
+            args.push("--member".into());
+            args.push(format!("{id}={a}"));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.concord(&args)
+    }
+
     /// `concord verify` against a manifest, writing to `out`.
     pub fn verify(
         &self,

@@ -262,31 +262,7 @@ async fn membership_three_to_five_and_back_in_one_command() {
     let three: Vec<_> = nodes[..3].iter().collect();
     all_ready(&env, &three, 1).await;
 
-    let members =
-        |n: usize| -> Vec<String> { all[..n].iter().map(|(i, a)| format!("{i}={a}")).collect() };
-    let set_members = |n: usize, key: &str| {
-        let addr = nodes[1].user_addr.to_string();
-        let mut args: Vec<String> = [
-            "cluster",
-            "set-members",
-            "-m",
-            "manifest-v1.json",
-            "-c",
-            &addr,
-            "--insecure-simulated-attestation",
-            "--owner-key",
-            key,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        for m in members(n) {
-            args.push("--member".into());
-            args.push(m);
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        env.concord(&args)
-    };
+    let set_members = |n: usize, key: &str| env.set_members(nodes[1].user_addr, &all[..n], key);
 
     // Only a workload owner may change the membership.
     assert!(
@@ -339,29 +315,14 @@ async fn a_replica_with_an_empty_disk_rejoins_as_a_learner_and_is_promoted() {
     let refs: Vec<_> = cluster.iter().collect();
     all_ready(&env, &refs, 1).await;
     let peers = cluster[0].peers.clone();
-    let leader_addr = cluster[0].user_addr.to_string();
+    let via = cluster[0].user_addr;
     let set_members = |ids: &[u64]| {
-        let addr = leader_addr.clone();
-        let mut args: Vec<String> = [
-            "cluster",
-            "set-members",
-            "-m",
-            "manifest-v1.json",
-            "-c",
-            &addr,
-            "--insecure-simulated-attestation",
-            "--owner-key",
-            "owner.pem",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        for (id, a) in peers.iter().filter(|(id, _)| ids.contains(id)) {
-            args.push("--member".into());
-            args.push(format!("{id}={a}"));
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        env.concord(&args)
+        let members: Vec<_> = peers
+            .iter()
+            .filter(|(id, _)| ids.contains(id))
+            .copied()
+            .collect();
+        env.set_members(via, &members, "owner.pem")
     };
     // The disk of replica 2 is lost.
     cluster[2].kill();

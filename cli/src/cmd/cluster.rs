@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::Subcommand;
 use concord_coordinator::Hash;
 use concord_coordinator::history::format;
+use concord_coordinator::launch::parse_member;
 use concord_proto::v1 as pb;
 use ed25519_dalek::Signer;
 
@@ -27,19 +28,6 @@ pub enum Cluster {
         #[arg(long)]
         owner_key: PathBuf,
     },
-}
-
-fn parse_member(s: &str) -> Result<(u64, String), String> {
-    let (id, addr) = s
-        .split_once('=')
-        .ok_or_else(|| format!("{s:?}: expected ID=HOST:PORT"))?;
-    let id = id
-        .parse()
-        .map_err(|_| format!("{s:?}: the id {id:?} is not a number"))?;
-    if !addr.contains(':') {
-        return Err(format!("{s:?}: the address {addr:?} has no port"));
-    }
-    Ok((id, addr.to_string()))
 }
 
 pub async fn run(cmd: Cluster) -> CliResult {
