@@ -35,6 +35,8 @@ struct Args {
     #[arg(long, env = "CONCORD_NODE_ID", default_value_t = 0)]
     node_id: u64,
     /// A member of the cluster as ID=HOST:PORT (its peer API), this replica included; repeat for each.
+    /// This replica dials a listed member at the address given here, even if the membership records
+    /// another; members added later and not listed are dialed at the membership's address.
     /// Default: this replica alone, at its --peer-listen address.
     #[arg(long = "peer", env = "CONCORD_PEERS", value_delimiter = ',', value_parser = parse_member)]
     peers: Vec<(u64, String)>,

@@ -113,7 +113,7 @@ pub async fn run(
     let raft = Raft::new(
         config.node_id,
         raft_config()?,
-        PeerNetwork::new(peer_client.clone()),
+        PeerNetwork::new(peer_client.clone(), config.peers.clone()),
         log_store,
         state_machine,
     )

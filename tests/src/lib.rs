@@ -108,6 +108,39 @@ impl Env {
             .collect()
     }
 
+    /// Starts an `n`-replica cluster whose replicas reach each other only through a
+    /// [`Mesh`](fault::Mesh) of proxies: node `i` lists node `j` at `mesh.addr_for(i, j)`, so a test
+    /// can cut, delay or blackhole each direction of each link.
+    pub fn start_meshed_cluster(&self, n: u64) -> (Vec<CoordinatorProcess>, fault::Mesh) {
+        let addrs: Vec<Addrs> = (0..n).map(|_| Addrs::free().expect("free ports")).collect();
+        let upstreams: Vec<_> = addrs.iter().map(|a| a.peer).collect();
+        let mesh = fault::Mesh::new(&upstreams).expect("the proxy mesh starts");
+        let cluster = (0..n as usize)
+            .map(|i| {
+                let peers: Vec<(u64, std::net::SocketAddr)> = (0..n as usize)
+                    .map(|j| {
+                        let addr = if i == j {
+                            addrs[i].peer
+                        } else {
+                            mesh.addr_for(i, j)
+                        };
+                        (j as u64, addr)
+                    })
+                    .collect();
+                CoordinatorProcess::start_member(
+                    &self.path(&format!("node-{i}")),
+                    &self.path(&format!("node-{i}.log")),
+                    &self.flags("coordinator.policy"),
+                    addrs[i],
+                    i as u64,
+                    &peers,
+                )
+                .expect("replica starts")
+            })
+            .collect();
+        (cluster, mesh)
+    }
+
     /// A replica's status, or the error it answered.
     pub async fn status(
         &self,
@@ -230,6 +263,27 @@ impl Env {
             .args(self.flags(policy_file).args())
             .output()
             .expect("run concord-initializer")
+    }
+
+    /// The `SetManifest` request for manifest `version` after `previous`, authorized by the owner
+    /// (unauthorized for the first manifest, which needs none).
+    pub fn set_manifest_request(
+        &self,
+        version: u32,
+        previous: Hash,
+    ) -> concord_proto::v1::SetManifestRequest {
+        let req = self.d.set_request(self.d.manifest(version), previous);
+        let (owner_key, owner_signature) = req
+            .owner
+            .map(|(k, s)| (k.to_bytes().to_vec(), s.to_bytes().to_vec()))
+            .unwrap_or_default();
+        concord_proto::v1::SetManifestRequest {
+            manifest: req.manifest,
+            policies: req.policies,
+            expected_previous: previous.as_bytes().to_vec(),
+            owner_key,
+            owner_signature,
+        }
     }
 
     /// A user API client that verified the coordinator against manifest v1.

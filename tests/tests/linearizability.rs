@@ -1,7 +1,8 @@
 //! Linearizability of the manifest history under faults.
 //!
 //! Three clients, one per replica, call SetManifest (a compare-and-swap on the latest transition) and
-//! GetManifests concurrently while replicas are killed with SIGKILL, restarted and paused with SIGSTOP.
+//! GetManifests concurrently while replicas are killed with SIGKILL, restarted, paused with SIGSTOP
+//! and cut off from the others by the fault fixture's proxy mesh (clients still reach them).
 //! Every call is recorded with its invocation and completion time on one monotonic clock. A Wing-Gong
 //! checker (`todc-utils`, with Lowe's memoization) then looks for a sequential order of the recorded
 //! calls that respects real time and a compare-and-swap register model; the test fails when there is
@@ -33,6 +34,7 @@ use concord_coordinator::history::format::transition_hash;
 use concord_coordinator::manifest::Manifest;
 use concord_proto::v1 as pb;
 use concord_proto::v1::user_api_client::UserApiClient;
+use concord_tests::fault::Mesh;
 use concord_tests::{Env, Hash};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -431,20 +433,8 @@ async fn client(shared: Arc<Shared>, id: usize, addr: SocketAddr) -> Vec<Op> {
         let invoked = shared.clock.elapsed();
         let (call, answer) = if is_set {
             let version = shared.next_version.fetch_add(1, Ordering::SeqCst);
-            let d = &shared.env.d;
-            let req = d.set_request(d.manifest(version), believed);
-            let new = transition_hash(&Hash::of(&req.manifest), &believed);
-            let (owner_key, owner_signature) = req
-                .owner
-                .map(|(k, s)| (k.to_bytes().to_vec(), s.to_bytes().to_vec()))
-                .unwrap_or_default();
-            let request = pb::SetManifestRequest {
-                manifest: req.manifest,
-                policies: req.policies,
-                expected_previous: believed.as_bytes().to_vec(),
-                owner_key,
-                owner_signature,
-            };
+            let request = shared.env.set_manifest_request(version, believed);
+            let new = transition_hash(&Hash::of(&request.manifest), &believed);
             let call = Call::Set {
                 version,
                 expected: believed,
@@ -565,6 +555,20 @@ impl Faults {
         signal(&cluster[i], "CONT");
         self.note(format!("SIGCONT node-{i}"));
     }
+
+    async fn isolate(&mut self, env: &Env, cluster: &[CoordinatorProcess], mesh: &Mesh, i: usize) {
+        let role = if leader(env, cluster).await == i {
+            "leader"
+        } else {
+            "follower"
+        };
+        let others: Vec<usize> = (0..cluster.len()).filter(|&j| j != i).collect();
+        mesh.partition(&[i], &others);
+        self.note(format!("partition node-{i} ({role}) from the others"));
+        tokio::time::sleep(OUTAGE).await;
+        mesh.heal_all();
+        self.note("partition healed".into());
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -573,7 +577,7 @@ impl Faults {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_sets_and_gets_under_faults_are_linearizable() {
     let env = Env::new();
-    let mut cluster = env.start_cluster(3);
+    let (mut cluster, mesh) = env.start_meshed_cluster(3);
     let manifest = Manifest::parse(&env.d.manifest(1)).expect("manifest v1 parses");
     let trust = concord_cli::remote::trust_for(&manifest, true).expect("simulated trust");
     let addrs: Vec<SocketAddr> = cluster.iter().map(|c| c.user_addr).collect();
@@ -612,7 +616,13 @@ async fn concurrent_sets_and_gets_under_faults_are_linearizable() {
         .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let l = leader(env, &cluster).await;
+    faults.isolate(env, &cluster, &mesh, l).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let l = leader(env, &cluster).await;
     faults.pause(env, &cluster, (l + 2) % 3).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let l = leader(env, &cluster).await;
+    faults.isolate(env, &cluster, &mesh, (l + 1) % 3).await;
 
     // Progress once healed: a set invoked after the last fault succeeds.
     let healed = shared.clock.elapsed();
@@ -712,7 +722,7 @@ async fn concurrent_sets_and_gets_under_faults_are_linearizable() {
 
 fn count_faults(log: &[String]) -> usize {
     log.iter()
-        .filter(|l| l.contains("kill -9") || l.contains("SIGSTOP"))
+        .filter(|l| l.contains("kill -9") || l.contains("SIGSTOP") || l.contains("partition node"))
         .count()
 }
 

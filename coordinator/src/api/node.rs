@@ -16,6 +16,7 @@ use tracing::{debug, info};
 use super::replica::Replica;
 use super::status::to_status;
 use crate::error::CoordinatorError;
+use crate::raft::network::peer_address;
 use crate::raft::{AppendTransition, Command, CommandResponse, NodeId, TypeConfig};
 use crate::state::{Prepared, SetOutcome, SetRequest};
 use crate::store::Store;
@@ -61,18 +62,17 @@ impl<S: Store> Node<S> {
         }
     }
 
-    /// A member's peer API address: from the replicated membership (members added later are there),
-    /// else from the static peer list.
+    /// A member's peer API address: this replica's own peer list wins, else the replicated
+    /// membership's (see [`peer_address`]).
     pub fn peer_addr(&self, id: NodeId) -> Option<String> {
-        let from_raft = self
-            .raft
-            .metrics()
-            .borrow()
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let in_membership = metrics
             .membership_config
             .nodes()
             .find(|(n, _)| **n == id)
-            .map(|(_, node)| node.addr.clone());
-        from_raft.or_else(|| self.peers.get(&id).cloned())
+            .map(|(_, node)| node.addr.as_str());
+        peer_address(&self.peers, id, in_membership)
     }
 
     /// Sets the voting members, on the leader (a follower forwards): checks the owner authorization
@@ -251,13 +251,16 @@ impl<S: Store> Node<S> {
         loop {
             let leader = self.leader().await?;
             let answer = if leader == self.id {
-                self.raft
-                    .ensure_linearizable()
-                    .await
-                    .map(|id| id.map_or(0, |l| l.index))
-                    .map_err(|e| {
+                // A leader cut off from its quorum waits for heartbeat answers that never come.
+                match tokio::time::timeout_at(deadline, self.raft.ensure_linearizable()).await {
+                    Ok(confirmed) => confirmed.map(|id| id.map_or(0, |l| l.index)).map_err(|e| {
                         Status::unavailable(format!("cannot confirm leadership for a read: {e}"))
-                    })
+                    }),
+                    Err(_) => Err(Status::unavailable(format!(
+                        "cannot confirm leadership for a read: no quorum answered within {LEADER_WAIT:?}; \
+                         retry when a majority of the replicas is reachable, or ask for a possibly stale read"
+                    ))),
+                }
             } else {
                 let addr = self.peer_addr(leader).unwrap_or_default();
                 async {
@@ -330,31 +333,43 @@ impl<S: Store> Node<S> {
             Prepared::Unchanged(outcome) => return Ok(*outcome),
             Prepared::Append(p) => p,
         };
-        let command = Command::Append(AppendTransition::new(&p.new));
-        let written = self.raft.client_write(command).await.map_err(|e| match e
-            .forward_to_leader::<openraft::BasicNode>()
-        {
-            Some(_) => Status::unavailable("leadership moved during the write; retry"),
-            None => Status::unavailable(format!("the write did not commit: {e}")),
-        })?;
-        match written.data {
-            CommandResponse::Applied { hash } if hash == p.hash => {}
-            CommandResponse::Rejected { reason } => {
-                return Err(to_status(&CoordinatorError::InvalidInput(format!(
-                    "the replicas refused the transition: {reason}"
-                ))));
-            }
-            other => {
-                return Err(Status::internal(format!(
-                    "unexpected answer from the state machine: {other:?}"
-                )));
-            }
-        }
+        // The commit runs on in its own task when the caller stops waiting: should the entry commit
+        // after all, this replica still adopts the new secrets, so nothing acknowledged by the
+        // cluster is left without them.
+        let raft = self.raft.clone();
         let replica = self.replica.clone();
-        tokio::task::spawn_blocking(move || replica.write()?.commit_set(*p))
-            .await
-            .map_err(|e| Status::internal(format!("the commit task failed: {e}")))?
-            .map_err(|e| to_status(&e))
+        let commit = tokio::spawn(async move {
+            let command = Command::Append(AppendTransition::new(&p.new));
+            let written = raft.client_write(command).await.map_err(|e| match e
+                .forward_to_leader::<openraft::BasicNode>()
+            {
+                Some(_) => Status::unavailable("leadership moved during the write; retry"),
+                None => Status::unavailable(format!("the write did not commit: {e}")),
+            })?;
+            match written.data {
+                CommandResponse::Applied { hash } if hash == p.hash => {}
+                CommandResponse::Rejected { reason } => {
+                    return Err(to_status(&CoordinatorError::InvalidInput(format!(
+                        "the replicas refused the transition: {reason}"
+                    ))));
+                }
+                other => {
+                    return Err(Status::internal(format!(
+                        "unexpected answer from the state machine: {other:?}"
+                    )));
+                }
+            }
+            tokio::task::spawn_blocking(move || replica.write()?.commit_set(*p))
+                .await
+                .map_err(|e| Status::internal(format!("the commit task failed: {e}")))?
+                .map_err(|e| to_status(&e))
+        });
+        match tokio::time::timeout(LEADER_WAIT, commit).await {
+            Ok(joined) => {
+                joined.map_err(|e| Status::internal(format!("the commit task failed: {e}")))?
+            }
+            Err(_) => Err(not_committed_in_time()),
+        }
     }
 
     /// Writes a command through Raft from any replica (on the leader directly, else forwarded to it)
@@ -382,12 +397,14 @@ impl<S: Store> Node<S> {
         loop {
             let leader = self.leader().await?;
             if leader == self.id {
-                return self
-                    .raft
-                    .client_write(command)
+                return match tokio::time::timeout(LEADER_WAIT, self.raft.client_write(command))
                     .await
-                    .map(|w| (w.data, w.log_id.index))
-                    .map_err(|e| Status::unavailable(format!("the write did not commit: {e}")));
+                {
+                    Ok(written) => written
+                        .map(|w| (w.data, w.log_id.index))
+                        .map_err(|e| Status::unavailable(format!("the write did not commit: {e}"))),
+                    Err(_) => Err(not_committed_in_time()),
+                };
             }
             let addr = self.peer_addr(leader).unwrap_or_default();
             let json = serde_json::to_vec(&command)
@@ -558,6 +575,15 @@ impl<S: Store> Node<S> {
 fn retryable(s: &Status) -> bool {
     s.code() == tonic::Code::Unavailable
         || (s.code() == tonic::Code::Unknown && s.message().contains("transport error"))
+}
+
+/// A leader that cannot reach a quorum waits for it indefinitely; its caller gets this instead. The
+/// entry may still commit once the quorum is back, hence DeadlineExceeded, not a refusal.
+fn not_committed_in_time() -> Status {
+    Status::deadline_exceeded(format!(
+        "the write was not committed within {LEADER_WAIT:?}: this leader cannot reach a majority of \
+         the replicas; it may still commit when they are back, so check `concord status` before retrying"
+    ))
 }
 
 /// What a caller sees when the leader could not be reached even after retrying: Unavailable, never

@@ -4,7 +4,7 @@
 //! A connection is made lazily and dropped on any error, so a restarted peer is re-dialed (and
 //! re-attested) on the next RPC.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use concord_attestation::AtlsClient;
@@ -30,6 +30,8 @@ use crate::transport::connect;
 #[derive(Debug, Clone)]
 pub struct PeerNetwork {
     client: Arc<AtlsClient>,
+    /// This replica's own view of where its peers listen (its `--peer` list).
+    local: Arc<BTreeMap<NodeId, String>>,
     links: Arc<Mutex<HashMap<NodeId, Link>>>,
 }
 
@@ -41,13 +43,29 @@ enum Link {
 }
 
 impl PeerNetwork {
-    /// `client` attests this replica and verifies peers with the peer admission policy.
-    pub fn new(client: Arc<AtlsClient>) -> PeerNetwork {
+    /// `client` attests this replica and verifies peers with the peer admission policy; `local` is
+    /// this replica's own peer list, whose addresses win over those in the membership.
+    pub fn new(client: Arc<AtlsClient>, local: BTreeMap<NodeId, String>) -> PeerNetwork {
         PeerNetwork {
             client,
+            local: Arc::new(local),
             links: Arc::new(Mutex::new(HashMap::new())),
         }
     }
+}
+
+/// Where to dial member `id`: this replica's own peer list wins, else the address the replicated
+/// membership records (members added later are only there). Addresses carry no trust (every peer
+/// is attested), so each replica may reach a member its own way: a per-pod DNS name, a proxy.
+pub fn peer_address(
+    local: &BTreeMap<NodeId, String>,
+    id: NodeId,
+    in_membership: Option<&str>,
+) -> Option<String> {
+    local
+        .get(&id)
+        .cloned()
+        .or_else(|| in_membership.map(str::to_owned))
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
@@ -56,7 +74,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConnection {
         PeerConnection {
             target,
-            addr: node.addr.clone(),
+            addr: peer_address(&self.local, target, Some(&node.addr)).unwrap_or_default(),
             client: self.client.clone(),
             links: self.links.clone(),
         }
