@@ -261,11 +261,34 @@ async fn keep_recovering<S: crate::store::Store>(node: Arc<Node<S>>) {
     // two replicas rarely rotate at once).
     const LOST_AFTER_LEADER: Duration = Duration::from_secs(2);
     const LOST_AFTER_FOLLOWER: Duration = Duration::from_secs(6);
+    // Failing this long is no longer a peer one step behind: the operator should hear why.
+    const REPORT_AFTER: Duration = Duration::from_secs(1);
+    const REPORT_EVERY: Duration = Duration::from_secs(30);
     let mut metrics = node.raft.metrics();
     let mut delay = FIRST;
     let mut failing_since: Option<tokio::time::Instant> = None;
+    let mut reported: Option<(String, tokio::time::Instant)> = None;
     loop {
         let outcome = node.recover_from_peers().await;
+        match (&outcome, failing_since) {
+            (Err(e), Some(since)) if since.elapsed() >= REPORT_AFTER => {
+                let why = e.to_string();
+                let due = reported
+                    .as_ref()
+                    .is_none_or(|(last, at)| *last != why || at.elapsed() >= REPORT_EVERY);
+                if due {
+                    warn!(
+                        failing_for_s = since.elapsed().as_secs(),
+                        reasons = %why,
+                        "still recovering: no peer gave this replica the latest secrets; it keeps trying \
+                         (a ready coordinator of the manifest must be reachable, or seed share owners must run `concord recover`)"
+                    );
+                    reported = Some((why, tokio::time::Instant::now()));
+                }
+            }
+            (Ok(_), _) => reported = None,
+            _ => {}
+        }
         if outcome.is_err() {
             let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
             let holds_seed = node.replica.read().is_ok_and(|c| c.holds_seed());

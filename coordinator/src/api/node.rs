@@ -535,7 +535,7 @@ impl<S: Store> Node<S> {
                 .keys()
                 .filter(|id| **id != self.id && Some(**id) != leader),
         );
-        let mut last = String::from("no peer to recover from");
+        let mut refusals = Vec::new();
         for id in order {
             let Some(addr) = self.peer_addr(id) else {
                 continue;
@@ -560,13 +560,16 @@ impl<S: Store> Node<S> {
                             info!(peer = id, "recovered the secrets from a peer; ready");
                             return Ok(true);
                         }
-                        Err(e) => last = format!("replica {id}: {e}"),
+                        Err(e) => refusals.push(format!("replica {id}: {e}")),
                     }
                 }
-                Err(e) => last = format!("replica {id}: {e}"),
+                Err(e) => refusals.push(format!("replica {id}: {e}")),
             }
         }
-        Err(CoordinatorError::FailedPrecondition(last))
+        if refusals.is_empty() {
+            refusals.push("no peer to recover from".into());
+        }
+        Err(CoordinatorError::FailedPrecondition(refusals.join("; ")))
     }
 }
 
