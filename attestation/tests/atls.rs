@@ -145,6 +145,35 @@ async fn mutual_attestation_gives_both_sides_the_verified_peer() {
     );
 }
 
+/// A kept connection is only as trusted as its evidence under the policy as it is now: the
+/// handshake's evidence is checked again, and a policy that dropped the peer's measurement or
+/// policy rejects it, while the unchanged policy still accepts it.
+#[tokio::test]
+async fn a_verified_peer_is_checked_again_under_a_changed_policy() {
+    let s = Setup::new();
+    let (addr, server) = serve_once(s.mutual_acceptor()).await;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut tls, _) = s.mutual_client().connect(tcp, server_name()).await.unwrap();
+    echo(&mut tls).await;
+    let client_peer = server.await.unwrap().unwrap().peer.unwrap();
+
+    let same = s.f.policy_with(&[CLIENT_MEASUREMENT], &[CLIENT_HOST_DATA]);
+    let report = client_peer
+        .reverify(&same)
+        .expect("the same policy accepts it");
+    assert_eq!(&report, client_peer.report());
+    let measurement_dropped = s.f.policy_with(&[[0x77; 48]], &[CLIENT_HOST_DATA]);
+    assert_eq!(
+        rejected(client_peer.reverify(&measurement_dropped)),
+        RejectReason::MeasurementNotTrusted
+    );
+    let policy_dropped = s.f.policy_with(&[CLIENT_MEASUREMENT], &[[0x78; 32]]);
+    assert_eq!(
+        rejected(client_peer.reverify(&policy_dropped)),
+        RejectReason::HostDataNotAccepted
+    );
+}
+
 #[tokio::test]
 async fn handshake_config_publishes_the_verified_server() {
     let s = Setup::new();

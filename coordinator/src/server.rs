@@ -18,7 +18,8 @@ use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::api::{
-    MeshAcceptPolicy, MeshService, Node, PeerAcceptPolicy, PeerService, Replica, UserService,
+    MeshAcceptPolicy, MeshService, Node, PeerAcceptPolicy, PeerLinks, PeerService, Replica,
+    UserService,
 };
 use crate::launch::LaunchedPlatform;
 use crate::raft::NodeId;
@@ -123,7 +124,7 @@ pub async fn run(
         replica.clone(),
         raft.clone(),
         config.peers.clone(),
-        peer_client,
+        PeerLinks::new(peer_client, peer_policy.clone()),
     ));
 
     let user_acceptor = Arc::new(AtlsAcceptor::new(

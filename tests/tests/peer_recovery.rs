@@ -61,7 +61,7 @@ async fn recover_as(
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let mut api = PeerApiClient::new(channel);
-    let call = api.recover(pb::PeerRecoverRequest {});
+    let call = api.recover(pb::PeerRecoverRequest::default());
     match tokio::time::timeout(Duration::from_secs(10), call).await {
         Ok(Ok(r)) => Ok(r.into_inner()),
         Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),

@@ -30,6 +30,8 @@ pub use client::{AtlsClient, ClientIdentity};
 pub use policy::{AcceptPolicy, StaticPolicy};
 pub use server::{AtlsAcceptor, ClientAuth};
 
+use crate::error::AttestationError;
+use crate::evidence::Evidence;
 use crate::verify::VerifiedReport;
 
 /// OID of the certificate extension that carries `Evidence::to_bytes()`.
@@ -62,9 +64,19 @@ pub fn binding(spki_der: &[u8], nonce: &[u8; NONCE_LEN]) -> [u8; 64] {
 pub struct VerifiedPeer {
     report: VerifiedReport,
     spki_der: Vec<u8>,
+    /// The evidence and the binding it was checked against, to check it again under a later policy.
+    evidence: Evidence,
+    binding: [u8; 64],
 }
 
 impl VerifiedPeer {
+    /// Checks the handshake's evidence again, under `policy` as it is now. A connection outlives the
+    /// policy it was accepted under (a new manifest can drop a measurement or a policy), so a relying
+    /// side that keeps connections open calls this before it trusts the peer with anything new.
+    pub fn reverify(&self, policy: &dyn AcceptPolicy) -> Result<VerifiedReport, AttestationError> {
+        policy.verify(&self.evidence, &self.binding)
+    }
+
     /// The peer's verified report.
     pub fn report(&self) -> &VerifiedReport {
         &self.report

@@ -48,8 +48,14 @@ impl PeerSlot {
         end_entity: &CertificateDer<'_>,
     ) -> Result<(), rustls::Error> {
         let checked = extract_evidence(end_entity).and_then(|(evidence, spki_der)| {
-            let report = policy.verify(&evidence, &binding(&spki_der, nonce))?;
-            Ok(VerifiedPeer { report, spki_der })
+            let binding = binding(&spki_der, nonce);
+            let report = policy.verify(&evidence, &binding)?;
+            Ok(VerifiedPeer {
+                report,
+                spki_der,
+                evidence,
+                binding,
+            })
         });
         match checked {
             Ok(peer) => {

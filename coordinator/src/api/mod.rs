@@ -2,6 +2,7 @@
 //! Every error becomes a gRPC status in one place (`status`). Handlers log one line per request with
 //! its outcome and never a secret.
 
+pub mod links;
 mod mesh;
 pub mod node;
 mod peer;
@@ -10,6 +11,7 @@ pub mod replica;
 mod status;
 mod user;
 
+pub use links::PeerLinks;
 pub use mesh::{MeshAcceptPolicy, MeshService};
 pub use node::Node;
 pub use peer::PeerService;

@@ -6,13 +6,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use concord_attestation::AtlsClient;
 use concord_proto::v1 as pb;
-use concord_proto::v1::peer_api_client::PeerApiClient;
 use openraft::Raft;
 use tonic::Status;
 use tracing::{debug, info};
 
+use super::links::PeerLinks;
 use super::replica::Replica;
 use super::status::to_status;
 use crate::error::CoordinatorError;
@@ -20,7 +19,6 @@ use crate::raft::network::peer_address;
 use crate::raft::{AppendTransition, Command, CommandResponse, NodeId, TypeConfig};
 use crate::state::{Prepared, SetOutcome, SetRequest};
 use crate::store::Store;
-use crate::transport::connect;
 
 /// How long a write waits for a leader to be elected before answering Unavailable.
 pub const LEADER_WAIT: Duration = Duration::from_secs(5);
@@ -32,8 +30,8 @@ pub struct Node<S> {
     pub raft: Raft<TypeConfig>,
     /// Peer API addresses by node id, this node included.
     pub peers: BTreeMap<NodeId, String>,
-    /// Dials peers: attests this replica and verifies them with the peer admission policy.
-    pub peer_client: Arc<AtlsClient>,
+    /// Attested connections to the peers, kept open (outside Raft's own).
+    pub links: PeerLinks,
     /// Serializes this node's writes, so two calls do not prepare against the same latest.
     write_gate: tokio::sync::Mutex<()>,
 }
@@ -50,14 +48,14 @@ impl<S: Store> Node<S> {
         replica: Arc<Replica<S>>,
         raft: Raft<TypeConfig>,
         peers: BTreeMap<NodeId, String>,
-        peer_client: Arc<AtlsClient>,
+        links: PeerLinks,
     ) -> Node<S> {
         Node {
             id,
             replica,
             raft,
             peers,
-            peer_client,
+            links,
             write_gate: tokio::sync::Mutex::new(()),
         }
     }
@@ -94,20 +92,17 @@ impl<S: Store> Node<S> {
                     "this replica is no longer the leader; retry",
                 ));
             }
-            let addr = self.peer_addr(leader).unwrap_or_default();
-            let answer = async {
-                let (channel, _) = connect(&addr, self.peer_client.clone())
-                    .await
-                    .map_err(|e| Status::unavailable(format!("cannot reach the leader: {e}")))?;
-                PeerApiClient::new(channel)
-                    .forward_set_members(req.clone())
-                    .await
-            }
-            .await;
+            let addr = self.leader_addr(leader)?;
+            let answer = self
+                .links
+                .call(leader, &addr, |mut api, _| {
+                    let req = req.clone();
+                    async move { api.forward_set_members(req).await }
+                })
+                .await;
             match answer {
                 Ok(r) => {
                     return Ok(r
-                        .into_inner()
                         .voters
                         .into_iter()
                         .map(|m| (m.id, m.peer_address))
@@ -262,20 +257,13 @@ impl<S: Store> Node<S> {
                     ))),
                 }
             } else {
-                let addr = self.peer_addr(leader).unwrap_or_default();
-                async {
-                    let (channel, _) =
-                        connect(&addr, self.peer_client.clone())
-                            .await
-                            .map_err(|e| {
-                                Status::unavailable(format!("cannot reach the leader: {e}"))
-                            })?;
-                    PeerApiClient::new(channel)
-                        .read_index(pb::ReadIndexRequest {})
-                        .await
-                        .map(|r| r.into_inner().index)
-                }
-                .await
+                let addr = self.leader_addr(leader)?;
+                self.links
+                    .call(leader, &addr, |mut api, _| async move {
+                        api.read_index(pb::ReadIndexRequest {}).await
+                    })
+                    .await
+                    .map(|r| r.index)
             };
             match answer {
                 Ok(index) => return Ok(index),
@@ -406,21 +394,18 @@ impl<S: Store> Node<S> {
                     Err(_) => Err(not_committed_in_time()),
                 };
             }
-            let addr = self.peer_addr(leader).unwrap_or_default();
+            let addr = self.leader_addr(leader)?;
             let json = serde_json::to_vec(&command)
                 .map_err(|e| Status::internal(format!("cannot encode a command: {e}")))?;
-            let answer = async {
-                let (channel, _) = connect(&addr, self.peer_client.clone())
-                    .await
-                    .map_err(|e| Status::unavailable(format!("cannot reach the leader: {e}")))?;
-                PeerApiClient::new(channel)
-                    .forward_command(pb::RaftMessage { json })
-                    .await
-            }
-            .await;
+            let answer = self
+                .links
+                .call(leader, &addr, |mut api, _| async move {
+                    api.forward_command(pb::RaftMessage { json }).await
+                })
+                .await;
             match answer {
                 Ok(reply) => {
-                    return serde_json::from_slice(&reply.into_inner().json).map_err(|e| {
+                    return serde_json::from_slice(&reply.json).map_err(|e| {
                         Status::internal(format!(
                             "the leader's answer is not a command response: {e}"
                         ))
@@ -504,30 +489,30 @@ impl<S: Store> Node<S> {
         leader: NodeId,
         raw: pb::SetManifestRequest,
     ) -> Result<SetOutcome, Status> {
-        let addr = self.peer_addr(leader);
-        let addr = addr.as_ref().ok_or_else(|| {
-            Status::unavailable(format!(
-                "the leader is replica {leader}, whose address is unknown here"
-            ))
-        })?;
+        let addr = self.leader_addr(leader)?;
         debug!(leader, %addr, "forwarding SetManifest to the leader");
-        let (channel, _) = connect(addr, self.peer_client.clone())
-            .await
-            .map_err(|e| Status::unavailable(format!("cannot reach the leader: {e}")))?;
-        let answer = PeerApiClient::new(channel)
-            .forward_set_manifest(raw)
-            .await?
-            .into_inner();
+        let answer = self
+            .links
+            .call(leader, &addr, |mut api, _| async move {
+                api.forward_set_manifest(raw).await
+            })
+            .await?;
         outcome_from_pb(answer)
     }
 
     /// Peer recovery, recovering side: asks each peer (the leader first) for the secrets of the latest
-    /// transition; its evidence was checked by the peer admission policy when connecting.
+    /// transition. Each peer's evidence is checked again under the admission policy as it is now (the
+    /// stored latest manifest's `coordinator` role), also on a connection kept from before it, and the
+    /// secrets are adopted only if they verify the whole history.
     pub async fn recover_from_peers(&self) -> Result<bool, CoordinatorError> {
         self.refresh()?;
-        if self.replica.read()?.state() != crate::state::ReplicaState::Recovering {
-            return Ok(false);
-        }
+        let wanted = {
+            let replica = self.replica.read()?;
+            if replica.state() != crate::state::ReplicaState::Recovering {
+                return Ok(false);
+            }
+            replica.chain().map(|c| c.latest_hash())
+        };
         let leader = self.raft.current_leader().await;
         let mut order: Vec<NodeId> = leader.into_iter().filter(|l| *l != self.id).collect();
         order.extend(
@@ -540,18 +525,20 @@ impl<S: Store> Node<S> {
             let Some(addr) = self.peer_addr(id) else {
                 continue;
             };
-            let addr = &addr;
-            let answer = async {
-                let (channel, _) = connect(addr, self.peer_client.clone())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                PeerApiClient::new(channel)
-                    .recover(pb::PeerRecoverRequest {})
-                    .await
-                    .map(|r| r.into_inner())
-                    .map_err(|s| s.message().to_string())
-            }
-            .await;
+            debug!(peer = id, "asking a peer for the latest secrets");
+            let request = pb::PeerRecoverRequest {
+                latest: wanted.map(|h| h.as_bytes().to_vec()).unwrap_or_default(),
+            };
+            let answer = self
+                .links
+                .call(id, &addr, |mut api, peer| async move {
+                    self.links
+                        .reverify(&peer)
+                        .map_err(Status::permission_denied)?;
+                    api.recover(request).await
+                })
+                .await
+                .map_err(|s| s.message().to_string());
             match answer.and_then(|a| super::peer::secrets_from_pb(a).map_err(|e| e.to_string())) {
                 Ok(secrets) => {
                     self.refresh()?;
@@ -571,13 +558,21 @@ impl<S: Store> Node<S> {
         }
         Err(CoordinatorError::FailedPrecondition(refusals.join("; ")))
     }
+
+    /// The leader's peer API address, or why there is none.
+    fn leader_addr(&self, leader: NodeId) -> Result<String, Status> {
+        self.peer_addr(leader).ok_or_else(|| {
+            Status::unavailable(format!(
+                "the leader is replica {leader}, whose address is unknown here"
+            ))
+        })
+    }
 }
 
 /// Errors worth retrying against the next leader: the leader is gone or changed. tonic reports a
 /// connection that broke mid-call as `Unknown` ("transport error").
 fn retryable(s: &Status) -> bool {
-    s.code() == tonic::Code::Unavailable
-        || (s.code() == tonic::Code::Unknown && s.message().contains("transport error"))
+    super::links::is_transport(s)
 }
 
 /// A leader that cannot reach a quorum waits for it indefinitely; its caller gets this instead. The

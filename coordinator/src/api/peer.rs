@@ -2,19 +2,20 @@
 //! [`super::PeerAcceptPolicy`]: openraft's RPCs, peer recovery, and writes forwarded to the leader.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use concord_proto::v1 as pb;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
 use super::node::{Node, outcome_to_pb};
 use super::status::to_status;
 use crate::error::CoordinatorError;
 use crate::hash::Hash;
-use crate::state::PeerSecrets;
+use crate::state::{PeerSecrets, ReplicaState};
 use crate::store::Store;
 
 /// The peer API service.
@@ -28,6 +29,31 @@ impl<S: Store> PeerService<S> {
         PeerService { node }
     }
 }
+
+impl<S: Store> PeerService<S> {
+    /// Waits, for at most [`READY_WAIT`], until this replica is ready at `wanted`: a peer asks for the
+    /// secrets of a transition as soon as it applied it, often before this replica (its maker, or a
+    /// replica that is recovering them itself) has committed them. Waiting here saves the caller a
+    /// round of retries; not being ready in time is answered as usual (recovering, or another latest).
+    async fn ready_at(&self, wanted: Option<Hash>) {
+        let Some(wanted) = wanted else { return };
+        let deadline = tokio::time::Instant::now() + READY_WAIT;
+        loop {
+            let ready = self.node.refresh().is_ok()
+                && self.node.replica.read().is_ok_and(|c| {
+                    c.state() == ReplicaState::Ready
+                        && c.chain().map(|c| c.latest_hash()) == Some(wanted)
+                });
+            if ready || tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+/// How long a serving replica waits to become ready at the transition a recovering peer asks for.
+const READY_WAIT: Duration = Duration::from_millis(500);
 
 fn decode<T: DeserializeOwned>(m: &pb::RaftMessage) -> Result<T, Status> {
     serde_json::from_slice(&m.json)
@@ -101,18 +127,37 @@ impl<S: Store> pb::peer_api_server::PeerApi for PeerService<S> {
         request: Request<pb::PeerRecoverRequest>,
     ) -> Result<Response<pb::PeerRecoverResponse>, Status> {
         let peer = crate::transport::attested_peer(&request, "peer API")?;
-        self.node.refresh().map_err(|e| to_status(&e))?;
+        let policy = hex::encode(peer.report().host_data());
+        let refuse = |e: &CoordinatorError| {
+            warn!(rpc = "PeerRecover", %policy, error = %e, "refused");
+            to_status(e)
+        };
+        // The connection may predate the latest manifest: its evidence must match the manifest now.
+        if let Err(why) = self.node.links.reverify(&peer) {
+            return Err(refuse(&CoordinatorError::PermissionDenied(format!(
+                "the caller is not a coordinator of the latest manifest: {why}"
+            ))));
+        }
+        let wanted = match request.get_ref().latest.as_slice() {
+            [] => None,
+            bytes => Some(Hash::from_slice(bytes).map_err(|e| {
+                Status::invalid_argument(format!("latest: not a transition hash: {e}"))
+            })?),
+        };
+        let waiting = tokio::time::Instant::now();
+        self.ready_at(wanted).await;
+        debug!(
+            rpc = "PeerRecover",
+            waited_ms = waiting.elapsed().as_millis() as u64,
+            "ready for the caller's latest"
+        );
         let secrets = self
             .node
             .replica
             .read()
             .and_then(|c| c.secrets_for_peer(peer.report()))
-            .map_err(|e| {
-                let s = to_status(&e);
-                warn!(rpc = "PeerRecover", policy = %hex::encode(peer.report().host_data()), error = %e, "refused");
-                s
-            })?;
-        info!(rpc = "PeerRecover", policy = %hex::encode(peer.report().host_data()), latest = %secrets.latest, "secrets sent to an attested coordinator");
+            .map_err(|e| refuse(&e))?;
+        info!(rpc = "PeerRecover", %policy, latest = %secrets.latest, "secrets sent to an attested coordinator");
         Ok(Response::new(secrets_to_pb(&secrets)))
     }
 
