@@ -73,9 +73,30 @@ pub async fn run(
         );
     }
     let store = SledStore::open(&store_dir)?;
+    let others: Vec<String> = config
+        .peers
+        .keys()
+        .filter(|id| **id != config.node_id)
+        .map(u64::to_string)
+        .collect();
     let refuse = |e: &dyn std::fmt::Display| {
+        let repair = if others.is_empty() {
+            "Restore the data directory from a backup, or start a new deployment; the audit bundle \
+             (`concord verify --out`) shows what the history was."
+                .to_string()
+        } else {
+            format!(
+                "The other replicas ({}) serve on without this one. To repair it from them: remove it \
+                 from the cluster (`concord cluster set-members` listing only the others), move {} aside \
+                 for inspection, start this replica again with an empty data directory, and add it back; \
+                 it rejoins as a learner and copies the verified history from its peers.",
+                others.join(", "),
+                config.data_dir.display()
+            )
+        };
         anyhow::anyhow!(
-            "refusing to serve the store in {}: {e}",
+            "refusing to serve the store in {}: {e}. The files were changed outside this replica, \
+             so nothing in them is served. {repair}",
             store_dir.display()
         )
     };

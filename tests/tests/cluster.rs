@@ -304,16 +304,25 @@ async fn membership_three_to_five_and_back_in_one_command() {
     all_ready(&env, &three, 3).await;
 }
 
-/// A replica whose disk was lost: removed from the voters, started empty, added back: it rejoins as a
-/// learner, catches up through Raft, recovers its secrets from a peer, and votes again.
+/// A replica whose files the host changed (a manifest byte, a signature, a transition removed) serves
+/// nothing and says how to repair it; repaired as a lost disk (removed from the voters, started empty,
+/// added back), it rejoins as a learner, catches up through Raft, recovers its secrets from a peer, and
+/// votes again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_with_an_empty_disk_rejoins_as_a_learner_and_is_promoted() {
+async fn a_tampered_replica_serves_nothing_and_rejoins_with_an_empty_disk() {
+    use concord_coordinator::store::{Key, SledStore, Store, Write};
+
     let env = Env::new();
     let mut cluster = env.start_cluster(3);
     let out = env.set(&cluster[0], "manifest-v1.json", &[]);
     assert!(out.status.success(), "{}", describe(&out));
-    let refs: Vec<_> = cluster.iter().collect();
-    all_ready(&env, &refs, 1).await;
+    let out = env.set(
+        &cluster[0],
+        "manifest-v2.json",
+        &["--owner-key", "owner.pem"],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    all_ready(&env, &cluster.iter().collect::<Vec<_>>(), 2).await;
     let peers = cluster[0].peers.clone();
     let via = cluster[0].user_addr;
     let set_members = |ids: &[u64]| {
@@ -324,11 +333,76 @@ async fn a_replica_with_an_empty_disk_rejoins_as_a_learner_and_is_promoted() {
             .collect();
         env.set_members(via, &members, "owner.pem")
     };
-    // The disk of replica 2 is lost.
-    cluster[2].kill();
+
+    // The host changes replica 2's files while it is down, one way at a time.
+    cluster[2].stop();
+    let data = cluster[2].data_dir.clone();
+    let clean = env.path("node-2-clean");
+    copy_dir(&data, &clean);
+    let v2 = concord_tests::Hash::of(&env.d.manifest(2));
+    let latest = {
+        let store = SledStore::open(&data.join("store")).unwrap();
+        let bytes = store
+            .get(&Key::Latest)
+            .unwrap()
+            .expect("a latest transition");
+        concord_tests::Hash::from_slice(&bytes).unwrap()
+    };
+    type Tamper = fn(&SledStore, concord_tests::Hash, concord_tests::Hash);
+    let tampers: [(&str, Tamper); 3] = [
+        ("a manifest byte", |s, manifest, _| {
+            let mut m = s.get(&Key::Object(manifest)).unwrap().unwrap();
+            m[10] ^= 1;
+            s.tamper_put(&Key::Object(manifest), &m).unwrap();
+        }),
+        ("a signature", |s, _, latest| {
+            let t = s.get(&Key::Transition(latest)).unwrap().unwrap();
+            let mut record: serde_json::Value = serde_json::from_slice(&t).unwrap();
+            let signature = record["signature"].as_str().unwrap();
+            let flipped = if signature.starts_with('0') { "1" } else { "0" };
+            record["signature"] = format!("{flipped}{}", &signature[1..]).into();
+            let t = serde_json::to_vec(&record).unwrap();
+            s.tamper_put(&Key::Transition(latest), &t).unwrap();
+        }),
+        ("a transition removed", |s, _, latest| {
+            s.apply(vec![Write::Delete(Key::Transition(latest))])
+                .unwrap();
+        }),
+    ];
+    for (what, tamper) in tampers {
+        std::fs::remove_dir_all(&data).unwrap();
+        copy_dir(&clean, &data);
+        {
+            let store = SledStore::open(&data.join("store")).unwrap();
+            tamper(&store, v2, latest);
+        }
+        let err = cluster[2]
+            .restart(&env.flags("coordinator.policy"))
+            .expect_err(&format!("a replica with {what} changed must not serve"));
+        for needed in [
+            "refusing to serve the store",
+            "set-members",
+            "serve on without this one",
+        ] {
+            assert!(
+                err.message.contains(needed),
+                "with {what} changed, the refusal does not say {needed:?}: {}",
+                err.message
+            );
+        }
+    }
+    // The others serve on.
+    let out = env.set(
+        &cluster[0],
+        "manifest-v3.json",
+        &["--owner-key", "owner.pem"],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+
+    // Repaired as a lost disk: removed, started empty, added back.
     let out = set_members(&[0, 1]);
     assert!(out.status.success(), "{}", describe(&out));
-    std::fs::remove_dir_all(&cluster[2].data_dir).unwrap();
+    std::fs::remove_dir_all(&data).unwrap();
     cluster[2]
         .restart(&env.flags("coordinator.policy"))
         .unwrap();
@@ -337,14 +411,28 @@ async fn a_replica_with_an_empty_disk_rejoins_as_a_learner_and_is_promoted() {
     let out = set_members(&[0, 1, 2]);
     assert!(out.status.success(), "{}", describe(&out));
     let refs: Vec<_> = cluster.iter().collect();
-    all_ready(&env, &refs, 1).await;
+    all_ready(&env, &refs, 3).await;
     let s = env.status(&cluster[2]).await.unwrap();
     assert!(s.role == "follower" || s.role == "leader", "{}", s.role);
+    env.write_manifest("manifest-v4.json", 4);
     let out = env.set(
         &cluster[2],
-        "manifest-v2.json",
+        "manifest-v4.json",
         &["--owner-key", "owner.pem"],
     );
     assert!(out.status.success(), "{}", describe(&out));
-    all_ready(&env, &refs, 2).await;
+    all_ready(&env, &refs, 4).await;
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
 }

@@ -27,17 +27,19 @@ pub async fn run(args: Status) -> CliResult<pb::GetStatusResponse> {
         let v = serde_json::json!({
             "node_id": s.node_id, "state": s.state, "role": s.role, "term": s.term,
             "leader_id": s.leader_id, "last_applied": s.last_applied,
+            "last_log_index": s.last_log_index,
             "transitions": s.transitions, "latest": hex::encode(&s.latest),
         });
         println!("{v}");
     } else {
         println!(
-            "replica {}: {} {} (term {}, leader {leader}), applied {}, {} transitions, latest {}",
+            "replica {}: {} {} (term {}, leader {leader}), committed and applied {}, log {}, {} transitions, latest {}",
             s.node_id,
             s.state,
             s.role,
             s.term,
             s.last_applied,
+            s.last_log_index,
             s.transitions,
             if s.latest.is_empty() {
                 "none".into()

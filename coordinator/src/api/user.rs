@@ -222,6 +222,7 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
             term: metrics.current_term,
             leader_id: metrics.current_leader,
             last_applied: metrics.last_applied.map_or(0, |l| l.index),
+            last_log_index: metrics.last_log_index.unwrap_or(0),
             transitions: core.chain().map_or(0, |c| c.len() as u64),
             latest: core
                 .chain()
