@@ -173,3 +173,83 @@ async fn a_minority_cannot_commit_or_read_and_healing_converges() {
     );
     assert_eq!(latest(&mut minority, false).await.expect("a read"), v3);
 }
+
+/// User recovery replaces the mesh CA every workload trusts, so a recovering replica refuses seed shares
+/// while a peer answers that it is ready, unless the share owner forces it. Replica 2 is kept recovering
+/// by cutting the links the others replicate to it over (it restarts behind them), while its own links
+/// to them, which its questions travel over, stay up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_shares_are_refused_while_a_peer_is_ready_unless_forced() {
+    let env = Env::new();
+    let (mut cluster, mesh) = env.start_meshed_cluster(3);
+    let leader = wait_for(&env, &cluster, "a leader", |_, s| s.role == "leader").await;
+    let out = env.set(&cluster[leader], "manifest-v1.json", &[]);
+    assert!(out.status.success(), "{}", concord_tests::describe(&out));
+    let v1 = Hash::from_slice(&status(&env, &cluster[0]).await.expect("status").latest).unwrap();
+    wait_all(&env, &cluster, v1).await;
+
+    cluster[2].kill();
+    let out = env.set(
+        &cluster[leader.min(1)],
+        "manifest-v2.json",
+        &["--owner-key", "owner.pem"],
+    );
+    assert!(out.status.success(), "{}", concord_tests::describe(&out));
+    mesh.proxy(0, 2).cut();
+    mesh.proxy(1, 2).cut();
+    cluster[2]
+        .restart(&env.flags("coordinator.policy"))
+        .expect("replica 2 restarts");
+    let start = Instant::now();
+    while status(&env, &cluster[2])
+        .await
+        .is_none_or(|s| s.state != "recovering")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "replica 2 is not recovering"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let addr = cluster[2].user_addr.to_string();
+    let recover = |extra: &[&str]| {
+        let mut args = vec![
+            "recover",
+            "--share",
+            "shares/seed-share-0.json",
+            "--key",
+            "share-owner-0.key",
+            "-m",
+            "manifest-v1.json",
+            "-c",
+            &addr,
+            "--insecure-simulated-attestation",
+        ];
+        args.extend_from_slice(extra);
+        env.concord(&args)
+    };
+    let refused = recover(&[]);
+    assert_eq!(
+        refused.status.code(),
+        Some(1),
+        "{}",
+        concord_tests::describe(&refused)
+    );
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("is ready") && said.contains("--force"),
+        "the refusal does not say a peer is ready and how to force: {said}"
+    );
+    let forced = recover(&["--force"]);
+    assert!(
+        forced.status.success(),
+        "{}",
+        concord_tests::describe(&forced)
+    );
+
+    // Healed, replica 2 catches up and recovers from its peers.
+    mesh.heal_all();
+    let v2 = Hash::from_slice(&status(&env, &cluster[0]).await.expect("status").latest).unwrap();
+    wait_all(&env, &cluster, v2).await;
+}

@@ -17,7 +17,7 @@ use super::status::to_status;
 use crate::error::CoordinatorError;
 use crate::raft::network::peer_address;
 use crate::raft::{AppendTransition, Command, CommandResponse, NodeId, TypeConfig};
-use crate::state::{Prepared, SetOutcome, SetRequest};
+use crate::state::{Prepared, ReplicaState, SetOutcome, SetRequest};
 use crate::store::Store;
 
 /// How long a write waits for a leader to be elected before answering Unavailable.
@@ -285,8 +285,10 @@ impl<S: Store> Node<S> {
         forwarded: bool,
     ) -> Result<SetOutcome, Status> {
         // Until a leader answers: after a leader dies, the survivors still name it until they elect a
-        // new one. Retrying is safe: a repeated request is a no-op (same manifest) or a clear mismatch.
+        // new one. Retrying is safe: a repeated request is a no-op (same manifest) or a refusal, and a
+        // refusal after an attempt whose outcome is unknown is reported as unknown too.
         let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        let mut unknown: Option<NodeId> = None;
         loop {
             let leader = self.leader().await?;
             if leader == self.id {
@@ -304,11 +306,21 @@ impl<S: Store> Node<S> {
                         error = s.message(),
                         "the leader did not answer; waiting for the next one"
                     );
+                    unknown = Some(leader);
                     tokio::time::sleep(Duration::from_millis(25)).await;
                 }
-                answer => return answer.map_err(unavailable_if_transport),
+                answer => {
+                    return answer.map_err(|s| after_unknown(unknown, unavailable_if_transport(s)));
+                }
             }
         }
+        self.set_on_leader(req)
+            .await
+            .map_err(|s| after_unknown(unknown, s))
+    }
+
+    /// SetManifest on the leader: prepared, written through Raft, committed.
+    async fn set_on_leader(&self, req: SetRequest) -> Result<SetOutcome, Status> {
         let _gate = self.write_gate.lock().await;
         self.refresh().map_err(|e| to_status(&e))?;
         let now = time::OffsetDateTime::now_utc();
@@ -426,10 +438,26 @@ impl<S: Store> Node<S> {
         force: bool,
     ) -> Result<crate::state::RecoverProgress, Status> {
         self.refresh().map_err(|e| to_status(&e))?;
+        let recovering = self
+            .replica
+            .read()
+            .is_ok_and(|c| c.state() == ReplicaState::Recovering);
+        let ready_peer = if recovering && !force {
+            self.ready_peer().await
+        } else {
+            None
+        };
+        if let Some(ready) = ready_peer {
+            return Err(Status::failed_precondition(format!(
+                "replica {ready} is ready, so this replica recovers from it by itself and needs no \
+                 seed share (nothing changed). User recovery would replace the mesh CA every workload \
+                 trusts; only if replica {ready} is known to be wrong, submit the share with --force"
+            )));
+        }
         let outcome = self
             .replica
             .write()
-            .and_then(|mut c| c.accept_share(share, force, time::OffsetDateTime::now_utc()))
+            .and_then(|mut c| c.accept_share(share, time::OffsetDateTime::now_utc()))
             .map_err(|e| to_status(&e))?;
         let recovered = match outcome {
             crate::state::ShareOutcome::Progress(p) => return Ok(p),
@@ -508,7 +536,7 @@ impl<S: Store> Node<S> {
         self.refresh()?;
         let wanted = {
             let replica = self.replica.read()?;
-            if replica.state() != crate::state::ReplicaState::Recovering {
+            if replica.state() != ReplicaState::Recovering {
                 return Ok(false);
             }
             replica.chain().map(|c| c.latest_hash())
@@ -559,6 +587,24 @@ impl<S: Store> Node<S> {
         Err(CoordinatorError::FailedPrecondition(refusals.join("; ")))
     }
 
+    /// A peer that answers it is ready, if any: asked over the attested peer connections, each for at
+    /// most a second. A peer that cannot be reached is not counted: it serves nobody either.
+    async fn ready_peer(&self) -> Option<NodeId> {
+        for &id in self.peers.keys().filter(|id| **id != self.id) {
+            let Some(addr) = self.peer_addr(id) else {
+                continue;
+            };
+            let ask = self.links.call(id, &addr, |mut api, _| async move {
+                api.peer_state(pb::PeerStateRequest {}).await
+            });
+            let answer = tokio::time::timeout(Duration::from_secs(1), ask).await;
+            if answer.is_ok_and(|a| a.is_ok_and(|a| a.state == ReplicaState::Ready.as_str())) {
+                return Some(id);
+            }
+        }
+        None
+    }
+
     /// The leader's peer API address, or why there is none.
     fn leader_addr(&self, leader: NodeId) -> Result<String, Status> {
         self.peer_addr(leader).ok_or_else(|| {
@@ -582,6 +628,30 @@ fn not_committed_in_time() -> Status {
         "the write was not committed within {LEADER_WAIT:?}: this leader cannot reach a majority of \
          the replicas; it may still commit when they are back, so check `concord status` before retrying"
     ))
+}
+
+/// A refusal that follows a forwarded attempt whose outcome is unknown (the leader died or the
+/// connection broke mid-call) may be that attempt's own consequence: it committed, and the retry then
+/// finds the transition already there, or the new leader still recovering its secrets. Such a refusal
+/// is no proof that nothing changed, so the caller hears that the outcome is unknown. Refusals of the
+/// request itself (invalid, unauthorized) stay as they are.
+fn after_unknown(unknown: Option<NodeId>, s: Status) -> Status {
+    use tonic::Code;
+    match (unknown, s.code()) {
+        (None, _)
+        | (
+            _,
+            Code::InvalidArgument
+            | Code::PermissionDenied
+            | Code::Unavailable
+            | Code::DeadlineExceeded,
+        ) => s,
+        (Some(leader), _) => Status::unavailable(format!(
+            "{}; an earlier attempt through replica {leader}, the leader then, may have committed: \
+             read the latest transition (`concord status`) before retrying",
+            s.message()
+        )),
+    }
 }
 
 /// What a caller sees when the leader could not be reached even after retrying: Unavailable, never

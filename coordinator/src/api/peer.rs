@@ -161,6 +161,17 @@ impl<S: Store> pb::peer_api_server::PeerApi for PeerService<S> {
         Ok(Response::new(secrets_to_pb(&secrets)))
     }
 
+    async fn peer_state(
+        &self,
+        _request: Request<pb::PeerStateRequest>,
+    ) -> Result<Response<pb::PeerStateResponse>, Status> {
+        self.node.refresh().map_err(|e| to_status(&e))?;
+        let state = self.node.replica.read().map_err(|e| to_status(&e))?.state();
+        Ok(Response::new(pb::PeerStateResponse {
+            state: state.as_str().to_string(),
+        }))
+    }
+
     async fn forward_command(
         &self,
         request: Request<pb::RaftMessage>,

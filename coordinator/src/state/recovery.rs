@@ -83,10 +83,9 @@ impl<S: Store> Coordinator<S> {
     pub fn recover_with_share(
         &mut self,
         share: SeedShare,
-        force: bool,
         now: OffsetDateTime,
     ) -> Result<RecoverProgress, CoordinatorError> {
-        match self.accept_share(share, force, now)? {
+        match self.accept_share(share, now)? {
             ShareOutcome::Progress(p) => Ok(p),
             ShareOutcome::Recovered(r) => {
                 self.ledger.replace_mesh_certs(&r.latest, &r.mesh)?;
@@ -156,12 +155,12 @@ impl<S: Store> Coordinator<S> {
         self.secrets.is_some()
     }
 
-    /// Takes one seed share. See the module documentation. `force` is for clusters: recovering while a
-    /// ready peer exists. A ready replica has nothing to recover, forced or not. Writes nothing.
+    /// Takes one seed share. See the module documentation. A ready replica has nothing to recover,
+    /// forced or not; whether a ready *peer* exists is the caller's question (`Node::recover_with_share`
+    /// asks, and `--force` skips it). Writes nothing.
     pub fn accept_share(
         &mut self,
         share: SeedShare,
-        _force: bool,
         now: OffsetDateTime,
     ) -> Result<ShareOutcome, CoordinatorError> {
         let history = match (self.state(), &self.history) {

@@ -426,20 +426,14 @@ fn threshold_shares_recover_a_restarted_replica() {
     let (mut c, first, _dir) = restarted(&d);
     let shares = open_shares(&d, &first);
 
-    let p = c
-        .recover_with_share(shares[2].clone(), false, now())
-        .unwrap();
+    let p = c.recover_with_share(shares[2].clone(), now()).unwrap();
     assert_eq!((p.shares_received, p.threshold, p.ready), (1, 2, false));
     // The same share again changes nothing.
-    let p = c
-        .recover_with_share(shares[2].clone(), false, now())
-        .unwrap();
+    let p = c.recover_with_share(shares[2].clone(), now()).unwrap();
     assert_eq!(p.shares_received, 1);
     assert_eq!(c.state(), ReplicaState::Recovering);
 
-    let p = c
-        .recover_with_share(shares[0].clone(), false, now())
-        .unwrap();
+    let p = c.recover_with_share(shares[0].clone(), now()).unwrap();
     assert!(p.ready);
     assert_eq!(c.state(), ReplicaState::Ready);
     // Ready again: serves, and a new mesh CA (the old key is gone for good), same root CA.
@@ -452,7 +446,7 @@ fn threshold_shares_recover_a_restarted_replica() {
     assert_eq!(next.transition.index, 1);
     // And a ready replica has nothing to recover.
     assert!(matches!(
-        c.recover_with_share(shares[1].clone(), true, now()),
+        c.recover_with_share(shares[1].clone(), now()),
         Err(CoordinatorError::FailedPrecondition(_))
     ));
 }
@@ -467,18 +461,15 @@ fn wrong_foreign_or_too_few_shares_change_nothing() {
     let other = TestDeployment::new();
     let (_, other_first) = ready(&other);
     let foreign = open_shares(&other, &other_first);
-    let err = c
-        .recover_with_share(foreign[0].clone(), false, now())
-        .unwrap_err();
+    let err = c.recover_with_share(foreign[0].clone(), now()).unwrap_err();
     assert!(matches!(err, CoordinatorError::InvalidInput(_)), "{err}");
     assert!(err.to_string().contains("another deployment"), "{err}");
 
     // A forged share (right deployment and index, wrong value): the combined seed is refused.
     let mut forged = shares[1].clone();
     forged.value[0] ^= 1;
-    c.recover_with_share(shares[0].clone(), false, now())
-        .unwrap();
-    let err = c.recover_with_share(forged, false, now()).unwrap_err();
+    c.recover_with_share(shares[0].clone(), now()).unwrap();
+    let err = c.recover_with_share(forged, now()).unwrap_err();
     assert!(
         matches!(err, CoordinatorError::PermissionDenied(_)),
         "{err}"
@@ -487,21 +478,19 @@ fn wrong_foreign_or_too_few_shares_change_nothing() {
     assert!(matches!(c.manifests(), Err(CoordinatorError::Recovering)));
 
     // After the failure the shares were discarded: one good share is not enough any more.
-    let p = c
-        .recover_with_share(shares[1].clone(), false, now())
-        .unwrap();
+    let p = c.recover_with_share(shares[1].clone(), now()).unwrap();
     assert_eq!((p.shares_received, p.ready), (1, false));
     // Two different shares claiming the same index: refused.
     let mut twin = shares[1].clone();
     twin.value[5] ^= 1;
     assert!(matches!(
-        c.recover_with_share(twin, false, now()),
+        c.recover_with_share(twin, now()),
         Err(CoordinatorError::InvalidInput(_))
     ));
     // A fresh replica has nothing to recover.
     let mut fresh = Coordinator::open(MemoryStore::new()).unwrap();
     assert!(matches!(
-        fresh.recover_with_share(shares[0].clone(), false, now()),
+        fresh.recover_with_share(shares[0].clone(), now()),
         Err(CoordinatorError::FailedPrecondition(_))
     ));
 }
