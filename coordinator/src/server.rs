@@ -13,7 +13,7 @@ use concord_attestation::{AtlsAcceptor, AtlsClient, ClientAuth, ClientIdentity, 
 use concord_proto::v1::{
     mesh_api_server::MeshApiServer, peer_api_server::PeerApiServer, user_api_server::UserApiServer,
 };
-use openraft::{BasicNode, Raft};
+use openraft::Raft;
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
@@ -86,10 +86,10 @@ pub async fn run(
                 .to_string()
         } else {
             format!(
-                "The other replicas ({}) serve on without this one. To repair it from them: remove it \
-                 from the cluster (`concord cluster set-members` listing only the others), move {} aside \
-                 for inspection, start this replica again with an empty data directory, and add it back; \
-                 it rejoins as a learner and copies the verified history from its peers.",
+                "The other replicas ({}) serve on without this one. To repair it from them: move {} \
+                 aside for inspection and start this replica again with an empty data directory; it \
+                 rejoins by itself as a learner, copies the verified history from its peers, recovers \
+                 its secrets from them, and becomes a voter again.",
                 others.join(", "),
                 config.data_dir.display()
             )
@@ -181,11 +181,15 @@ pub async fn run(
         "coordinator serving"
     );
 
-    tokio::spawn(form_cluster(
-        raft.clone(),
-        config.node_id,
-        config.peers.clone(),
-    ));
+    // An empty Raft state: form the cluster, take part in its formation, or rejoin it (api::join).
+    // Until that is decided this replica does not vote; set before the peer API serves.
+    if !raft.is_initialized().await? {
+        node.set_joining(true);
+        tokio::spawn(crate::api::join::form_or_join(
+            node.clone(),
+            config.peers.clone(),
+        ));
+    }
     tokio::spawn(keep_recovering(node.clone()));
     tokio::spawn(log_leadership(raft.clone()));
 
@@ -219,34 +223,6 @@ pub async fn run(
     let _ = raft.shutdown().await;
     info!("coordinator stopped");
     Ok(())
-}
-
-/// A fresh cluster forms without manual steps: the member with the lowest id initializes it with every
-/// member of the static peer list. Later starts find it initialized and do nothing.
-async fn form_cluster(
-    raft: Raft<crate::raft::TypeConfig>,
-    id: NodeId,
-    peers: BTreeMap<NodeId, String>,
-) {
-    if peers.keys().next() != Some(&id) {
-        return;
-    }
-    match raft.is_initialized().await {
-        Ok(true) => return,
-        Ok(false) => {}
-        Err(e) => {
-            warn!(error = %e, "cannot read the Raft state; not forming a cluster");
-            return;
-        }
-    }
-    let members: BTreeMap<NodeId, BasicNode> = peers
-        .iter()
-        .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
-        .collect();
-    match raft.initialize(members).await {
-        Ok(()) => info!(members = peers.len(), "formed a new cluster"),
-        Err(e) => debug!(error = %e, "cluster already formed"),
-    }
 }
 
 /// One log line per leadership change, for operators.

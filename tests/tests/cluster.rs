@@ -305,9 +305,8 @@ async fn membership_three_to_five_and_back_in_one_command() {
 }
 
 /// A replica whose files the host changed (a manifest byte, a signature, a transition removed) serves
-/// nothing and says how to repair it; repaired as a lost disk (removed from the voters, started empty,
-/// added back), it rejoins as a learner, catches up through Raft, recovers its secrets from a peer, and
-/// votes again.
+/// nothing and says how to repair it; started again with an empty data directory, it rejoins by itself
+/// as a learner, catches up through Raft, recovers its secrets from a peer, and votes again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tampered_replica_serves_nothing_and_rejoins_with_an_empty_disk() {
     use concord_coordinator::store::{Key, SledStore, Store, Write};
@@ -323,16 +322,6 @@ async fn a_tampered_replica_serves_nothing_and_rejoins_with_an_empty_disk() {
     );
     assert!(out.status.success(), "{}", describe(&out));
     all_ready(&env, &cluster.iter().collect::<Vec<_>>(), 2).await;
-    let peers = cluster[0].peers.clone();
-    let via = cluster[0].user_addr;
-    let set_members = |ids: &[u64]| {
-        let members: Vec<_> = peers
-            .iter()
-            .filter(|(id, _)| ids.contains(id))
-            .copied()
-            .collect();
-        env.set_members(via, &members, "owner.pem")
-    };
 
     // The host changes replica 2's files while it is down, one way at a time.
     cluster[2].stop();
@@ -381,7 +370,7 @@ async fn a_tampered_replica_serves_nothing_and_rejoins_with_an_empty_disk() {
             .expect_err(&format!("a replica with {what} changed must not serve"));
         for needed in [
             "refusing to serve the store",
-            "set-members",
+            "empty data directory",
             "serve on without this one",
         ] {
             assert!(
@@ -399,20 +388,15 @@ async fn a_tampered_replica_serves_nothing_and_rejoins_with_an_empty_disk() {
     );
     assert!(out.status.success(), "{}", describe(&out));
 
-    // Repaired as a lost disk: removed, started empty, added back.
-    let out = set_members(&[0, 1]);
-    assert!(out.status.success(), "{}", describe(&out));
-    std::fs::remove_dir_all(&data).unwrap();
+    // Repaired as the refusal says: the data directory moved aside, the replica started again. It
+    // rejoins by itself: a learner first, then a voter, ready with the cluster's history.
+    std::fs::rename(&data, env.path("node-2-inspect")).unwrap();
     cluster[2]
         .restart(&env.flags("coordinator.policy"))
         .unwrap();
-    assert_eq!(env.status(&cluster[2]).await.unwrap().state, "fresh");
-    // Added back: it catches up, recovers from a peer, and is a voter again.
-    let out = set_members(&[0, 1, 2]);
-    assert!(out.status.success(), "{}", describe(&out));
     let refs: Vec<_> = cluster.iter().collect();
     all_ready(&env, &refs, 3).await;
-    let s = env.status(&cluster[2]).await.unwrap();
+    let s = wait_voter(&env, &cluster[2]).await;
     assert!(s.role == "follower" || s.role == "leader", "{}", s.role);
     env.write_manifest("manifest-v4.json", 4);
     let out = env.set(
@@ -422,6 +406,78 @@ async fn a_tampered_replica_serves_nothing_and_rejoins_with_an_empty_disk() {
     );
     assert!(out.status.success(), "{}", describe(&out));
     all_ready(&env, &refs, 4).await;
+}
+
+/// Waits until `c` is a voter (follower or leader), not a learner.
+async fn wait_voter(
+    env: &Env,
+    c: &concord_cli::process::CoordinatorProcess,
+) -> pb::GetStatusResponse {
+    let start = Instant::now();
+    loop {
+        if let Ok(s) = env.status(c).await
+            && (s.role == "follower" || s.role == "leader")
+        {
+            return s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "replica {} did not become a voter",
+            c.node_id
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A lost disk, with no operator at all: the replica with the lowest id (the one that formed the
+/// cluster) restarts empty; it must not form a second cluster but rejoin this one. Then the cluster
+/// grows by a replica that was never a member: it joins by itself once it attested.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_with_empty_disks_and_new_replicas_join_by_themselves() {
+    let env = Env::new();
+    let mut cluster = env.start_cluster(3);
+    let out = env.set(&cluster[0], "manifest-v1.json", &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    all_ready(&env, &cluster.iter().collect::<Vec<_>>(), 1).await;
+
+    cluster[0].kill();
+    std::fs::remove_dir_all(&cluster[0].data_dir).unwrap();
+    cluster[0]
+        .restart(&env.flags("coordinator.policy"))
+        .unwrap();
+    all_ready(&env, &cluster.iter().collect::<Vec<_>>(), 1).await;
+    wait_voter(&env, &cluster[0]).await;
+    let out = env.set(
+        &cluster[1],
+        "manifest-v2.json",
+        &["--owner-key", "owner.pem"],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    all_ready(&env, &cluster.iter().collect::<Vec<_>>(), 2).await;
+
+    // A fourth replica, listing the three and itself.
+    let addrs = concord_cli::process::Addrs::free().unwrap();
+    let mut peers = cluster[0].peers.clone();
+    peers.push((3, addrs.peer));
+    let fourth = concord_cli::process::CoordinatorProcess::start_member(
+        &env.path("node-3"),
+        &env.path("node-3.log"),
+        &env.flags("coordinator.policy"),
+        addrs,
+        3,
+        &peers,
+    )
+    .unwrap();
+    cluster.push(fourth);
+    all_ready(&env, &cluster.iter().collect::<Vec<_>>(), 2).await;
+    wait_voter(&env, &cluster[3]).await;
+    let out = env.set(
+        &cluster[3],
+        "manifest-v3.json",
+        &["--owner-key", "owner.pem"],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    all_ready(&env, &cluster.iter().collect::<Vec<_>>(), 3).await;
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {

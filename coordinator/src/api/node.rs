@@ -34,6 +34,8 @@ pub struct Node<S> {
     pub links: PeerLinks,
     /// Serializes this node's writes, so two calls do not prepare against the same latest.
     write_gate: tokio::sync::Mutex<()>,
+    /// Started with an empty Raft state and not yet known to be a safe voter (`api::join`).
+    joining: std::sync::atomic::AtomicBool,
 }
 
 impl<S> std::fmt::Debug for Node<S> {
@@ -57,7 +59,131 @@ impl<S: Store> Node<S> {
             peers,
             links,
             write_gate: tokio::sync::Mutex::new(()),
+            joining: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether this replica started with an empty Raft state and has not yet rejoined or joined a
+    /// formation: it must not vote meanwhile.
+    pub fn is_joining(&self) -> bool {
+        self.joining.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Marks this replica as joining (it must not vote) or done.
+    pub fn set_joining(&self, joining: bool) {
+        self.joining
+            .store(joining, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// A replica that came back with an empty Raft state asks to be a voter again (see `api::join`):
+    /// on the leader it is made a learner, caught up, and made a voter; a follower forwards.
+    pub async fn join(
+        &self,
+        member: pb::Member,
+        forwarded: bool,
+    ) -> Result<BTreeMap<NodeId, String>, Status> {
+        if member.id == self.id {
+            return Err(Status::invalid_argument(
+                "a replica cannot ask itself to join",
+            ));
+        }
+        if !member.peer_address.contains(':') {
+            return Err(Status::invalid_argument(format!(
+                "member {}: {:?} is not a host:port address",
+                member.id, member.peer_address
+            )));
+        }
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        loop {
+            let leader = self.leader().await?;
+            if leader == self.id {
+                break;
+            }
+            if forwarded {
+                return Err(Status::unavailable(
+                    "this replica is no longer the leader; retry",
+                ));
+            }
+            let addr = self.leader_addr(leader)?;
+            let request = pb::JoinRequest {
+                member: Some(member.clone()),
+                forwarded: true,
+            };
+            let answer = self
+                .links
+                .call(leader, &addr, |mut api, _| async move {
+                    api.join(request).await
+                })
+                .await;
+            match answer {
+                Ok(r) => {
+                    return Ok(r
+                        .voters
+                        .into_iter()
+                        .map(|m| (m.id, m.peer_address))
+                        .collect());
+                }
+                Err(s) if retryable(&s) && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                Err(s) => return Err(unavailable_if_transport(s)),
+            }
+        }
+        self.rejoin_member(member.id, member.peer_address).await
+    }
+
+    /// On the leader: replica `id` lost its Raft state. A voter is first made a learner (so it counts for
+    /// no quorum while it has forgotten what it acknowledged), then caught up, then made a voter again.
+    async fn rejoin_member(
+        &self,
+        id: NodeId,
+        addr: String,
+    ) -> Result<BTreeMap<NodeId, String>, Status> {
+        let failed =
+            |e: String| Status::unavailable(format!("rejoining replica {id} did not commit: {e}"));
+        let voters = || -> std::collections::BTreeSet<NodeId> {
+            self.raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .voter_ids()
+                .collect()
+        };
+        let before = voters();
+        if before.contains(&id) {
+            let without: std::collections::BTreeSet<NodeId> =
+                before.iter().copied().filter(|v| *v != id).collect();
+            info!(
+                member = id,
+                "a voter came back with an empty disk: a learner until it caught up"
+            );
+            self.raft
+                .change_membership(without, true)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+        }
+        info!(member = id, %addr, "adding a learner; it catches up before it votes");
+        self.raft
+            .add_learner(id, openraft::BasicNode { addr }, true)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let mut after = voters();
+        after.insert(id);
+        self.raft
+            .change_membership(after, false)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let members: BTreeMap<NodeId, String> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .nodes()
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect();
+        info!(member = id, voters = ?voters(), "a replica rejoined as a voter");
+        Ok(members)
     }
 
     /// A member's peer API address: this replica's own peer list wins, else the replicated

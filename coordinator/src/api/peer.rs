@@ -110,6 +110,12 @@ impl<S: Store> pb::peer_api_server::PeerApi for PeerService<S> {
         &self,
         request: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
+        if self.node.is_joining() {
+            return Err(Status::unavailable(
+                "this replica started with an empty Raft state and does not vote until it has \
+                 rejoined its cluster or joined its formation",
+            ));
+        }
         let req = decode(request.get_ref())?;
         encode(&self.node.raft.vote(req).await)
     }
@@ -167,9 +173,39 @@ impl<S: Store> pb::peer_api_server::PeerApi for PeerService<S> {
     ) -> Result<Response<pb::PeerStateResponse>, Status> {
         self.node.refresh().map_err(|e| to_status(&e))?;
         let state = self.node.replica.read().map_err(|e| to_status(&e))?.state();
+        let initialized = self
+            .node
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| Status::internal(format!("cannot read the Raft state: {e}")))?;
+        let last_log_index = self.node.raft.metrics().borrow().last_log_index;
         Ok(Response::new(pb::PeerStateResponse {
             state: state.as_str().to_string(),
+            initialized,
+            last_log_index,
         }))
+    }
+
+    async fn join(
+        &self,
+        request: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::SetMembersResponse>, Status> {
+        let req = request.into_inner();
+        let member = req
+            .member
+            .ok_or_else(|| Status::invalid_argument("member: missing"))?;
+        let id = member.id;
+        match self.node.join(member, req.forwarded).await {
+            Ok(members) => {
+                info!(rpc = "Join", member = id, "ok");
+                Ok(Response::new(super::user::members_to_pb(&members)))
+            }
+            Err(status) => {
+                warn!(rpc = "Join", member = id, code = ?status.code(), error = status.message(), "not done");
+                Err(status)
+            }
+        }
     }
 
     async fn forward_command(
