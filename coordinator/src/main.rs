@@ -38,6 +38,10 @@ struct Args {
     /// Default: this replica alone, at its --peer-listen address.
     #[arg(long = "peer", env = "CONCORD_PEERS", value_delimiter = ',', value_parser = parse_member)]
     peers: Vec<(u64, String)>,
+    /// Probes and metrics address (plain HTTP): /probe/startup, /probe/liveness, /probe/readiness,
+    /// /health, /metrics.
+    #[arg(long, env = "CONCORD_HEALTH_LISTEN", default_value = "0.0.0.0:9102")]
+    health_listen: SocketAddr,
     #[command(flatten)]
     platform: PlatformArgs,
     /// Log format.
@@ -104,6 +108,7 @@ async fn main() -> ExitCode {
         user_listen: args.user_listen,
         mesh_listen: args.mesh_listen,
         peer_listen: args.peer_listen,
+        health_listen: args.health_listen,
         node_id: args.node_id,
         peers,
         platform,
