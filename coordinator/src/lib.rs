@@ -15,6 +15,7 @@ pub mod history;
 pub mod launch;
 pub mod manifest;
 pub mod observe;
+pub mod peer_args;
 pub mod pem;
 pub mod raft;
 pub mod server;
