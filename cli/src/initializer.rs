@@ -38,6 +38,28 @@ pub struct InitializerArgs {
     pub timeout: Option<u64>,
     #[command(flatten)]
     pub platform: PlatformArgs,
+    /// Parse every flag and environment variable, print the resulting configuration as JSON and exit
+    /// without connecting (exit 2 on a usage error). Checks the flags, not the files they name.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// The configuration `--check-config` prints (paths and addresses only: nothing secret).
+fn config_json(args: &InitializerArgs) -> serde_json::Value {
+    let p = &args.platform;
+    serde_json::json!({
+        "coordinator": args.coordinator,
+        "root": args.root,
+        "manifest": args.manifest,
+        "timeout": args.timeout,
+        "platform": {
+            "kind": clap::ValueEnum::to_possible_value(&p.platform).map(|v| v.get_name().to_string()),
+            "insecure_simulated_attestation": p.insecure_simulated_attestation,
+            "simulated_root": p.simulated_root,
+            "simulated_policy": p.simulated_policy,
+            "simulated_measurement": p.simulated_measurement,
+        },
+    })
 }
 
 /// The files, relative to the root, as Contrast's initializer lays them out.
@@ -48,6 +70,11 @@ pub const ROOT_CA: &str = "tls-config/coordinator-root-ca.pem";
 pub const WORKLOAD_SECRET: &str = "secrets/workload-secret-seed";
 
 pub async fn run(args: InitializerArgs) -> CliResult {
+    if args.check_config {
+        args.platform.check().map_err(CliError::usage)?;
+        println!("{:#}", config_json(&args));
+        return Ok(());
+    }
     let launched = args.platform.launch().map_err(CliError::usage)?;
     let manifest = remote::read_manifest(&args.manifest)?;
     let trust = remote::trust_for(&manifest, args.platform.insecure_simulated_attestation)?;

@@ -76,21 +76,23 @@ impl SimulatedFlags {
     }
 }
 
-/// The three listen addresses of one coordinator.
+/// The listen addresses of one coordinator: its three APIs and its probes and metrics.
 #[derive(Debug, Clone, Copy)]
 pub struct Addrs {
     pub user: SocketAddr,
     pub mesh: SocketAddr,
     pub peer: SocketAddr,
+    pub health: SocketAddr,
 }
 
 impl Addrs {
-    /// Three free loopback addresses.
+    /// Four free loopback addresses.
     pub fn free() -> CliResult<Addrs> {
         Ok(Addrs {
             user: free_addr()?,
             mesh: free_addr()?,
             peer: free_addr()?,
+            health: free_addr()?,
         })
     }
 }
@@ -102,6 +104,8 @@ pub struct CoordinatorProcess {
     pub user_addr: SocketAddr,
     pub mesh_addr: SocketAddr,
     pub peer_addr: SocketAddr,
+    /// Plain HTTP: `/probe/*`, `/health`, `/metrics`.
+    pub health_addr: SocketAddr,
     pub node_id: u64,
     /// The cluster's members (id, peer API address), this one included; empty for a lone replica.
     pub peers: Vec<(u64, SocketAddr)>,
@@ -111,7 +115,7 @@ pub struct CoordinatorProcess {
 
 impl CoordinatorProcess {
     /// Starts a coordinator with its data in `data_dir` and its log in `log`, on free loopback ports,
-    /// and waits until both APIs accept connections.
+    /// and waits until every port accepts connections.
     pub fn start(
         data_dir: &Path,
         log: &Path,
@@ -152,6 +156,8 @@ impl CoordinatorProcess {
             .arg(addrs.mesh.to_string())
             .arg("--peer-listen")
             .arg(addrs.peer.to_string())
+            .arg("--health-listen")
+            .arg(addrs.health.to_string())
             .arg("--node-id")
             .arg(node_id.to_string());
         for (id, addr) in peers {
@@ -174,6 +180,7 @@ impl CoordinatorProcess {
             user_addr: addrs.user,
             mesh_addr: addrs.mesh,
             peer_addr: addrs.peer,
+            health_addr: addrs.health,
             node_id,
             peers: peers.to_vec(),
             data_dir: data_dir.to_path_buf(),
@@ -197,7 +204,15 @@ impl CoordinatorProcess {
             }
             let up =
                 |a: &SocketAddr| TcpStream::connect_timeout(a, Duration::from_millis(200)).is_ok();
-            if up(&self.user_addr) && up(&self.mesh_addr) && up(&self.peer_addr) {
+            if [
+                self.user_addr,
+                self.mesh_addr,
+                self.peer_addr,
+                self.health_addr,
+            ]
+            .iter()
+            .all(up)
+            {
                 return Ok(());
             }
             if start.elapsed() > timeout {
@@ -219,6 +234,7 @@ impl CoordinatorProcess {
             user: self.user_addr,
             mesh: self.mesh_addr,
             peer: self.peer_addr,
+            health: self.health_addr,
         };
         let again = Self::start_member(
             &self.data_dir.clone(),

@@ -53,6 +53,39 @@ pub struct LaunchedPlatform {
 }
 
 impl PlatformArgs {
+    /// Checks the flags without reading the files or opening the devices they name, for
+    /// `--check-config` (run where the pod's mounts do not exist); [`Self::launch`] checks everything.
+    pub fn check(&self) -> Result<(), String> {
+        match self.platform {
+            PlatformKind::Snp => Ok(()),
+            PlatformKind::Simulated => {
+                let (_, _, measurement) = self.simulated_flags()?;
+                parse_measurement(measurement).map(|_| ())
+            }
+        }
+    }
+
+    /// The simulated platform's flags, present: root directory, policy document, measurement.
+    fn simulated_flags(&self) -> Result<(&PathBuf, &PathBuf, &str), String> {
+        if !self.insecure_simulated_attestation {
+            return Err("--platform simulated needs --insecure-simulated-attestation: simulated evidence proves nothing".into());
+        }
+        let need = |name: &str| format!("--platform simulated needs {name}");
+        let root_dir = self
+            .simulated_root
+            .as_ref()
+            .ok_or_else(|| need("--simulated-root"))?;
+        let policy = self
+            .simulated_policy
+            .as_ref()
+            .ok_or_else(|| need("--simulated-policy"))?;
+        let m = self
+            .simulated_measurement
+            .as_ref()
+            .ok_or_else(|| need("--simulated-measurement"))?;
+        Ok((root_dir, policy, m))
+    }
+
     /// Builds the platform; the error is a usage error that says which flag is missing or wrong.
     pub fn launch(&self) -> Result<LaunchedPlatform, String> {
         match self.platform {
@@ -61,27 +94,14 @@ impl PlatformArgs {
                     .into(),
             ),
             PlatformKind::Simulated => {
-                if !self.insecure_simulated_attestation {
-                    return Err("--platform simulated needs --insecure-simulated-attestation: simulated evidence proves nothing".into());
-                }
-                let need = |name: &str| format!("--platform simulated needs {name}");
-                let root_dir = self.simulated_root.as_ref().ok_or_else(|| need("--simulated-root"))?;
+                let (root_dir, policy_path, measurement) = self.simulated_flags()?;
                 let root = SimulatedRoot::load(root_dir).map_err(|e| {
                     format!("cannot load the simulated root from {}: {e}", root_dir.display())
                 })?;
-                let policy_path =
-                    self.simulated_policy.as_ref().ok_or_else(|| need("--simulated-policy"))?;
                 let policy = std::fs::read(policy_path).map_err(|e| {
                     format!("cannot read the policy document {}: {e}", policy_path.display())
                 })?;
-                let m = self
-                    .simulated_measurement
-                    .as_ref()
-                    .ok_or_else(|| need("--simulated-measurement"))?;
-                let measurement = hex::decode(m)
-                    .ok()
-                    .and_then(|b| <[u8; 48]>::try_from(b.as_slice()).ok())
-                    .ok_or("--simulated-measurement: expected 96 hex characters (48 bytes)")?;
+                let measurement = parse_measurement(measurement)?;
                 let policy_hash = Hash::of(&policy);
                 let issuer = SimulatedIssuer::new(&root, measurement, *policy_hash.as_bytes())
                     .map_err(|e| format!("cannot start the simulated platform: {e}"))?;
@@ -102,6 +122,13 @@ impl PlatformArgs {
             }
         }
     }
+}
+
+fn parse_measurement(m: &str) -> Result<[u8; 48], String> {
+    hex::decode(m)
+        .ok()
+        .and_then(|b| <[u8; 48]>::try_from(b.as_slice()).ok())
+        .ok_or_else(|| "--simulated-measurement: expected 96 hex characters (48 bytes)".into())
 }
 
 /// Parses a cluster member given as `ID=HOST:PORT` (its peer API address), for every command line that

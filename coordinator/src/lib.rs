@@ -5,7 +5,8 @@
 //! audit bundle), `store` (the store trait and its sled backend), `raft` (the Raft log store and state
 //! machine, on the same sled database), `state` (the replica's core logic, free of I/O), `api` (the
 //! gRPC services and the one error-to-status mapping), `transport` (aTLS listeners and channels for
-//! tonic), `server` (wiring a replica's listeners together).
+//! tonic), `observe` (probes and metrics on port 9102), `launch` and `peer_args` (launch flags),
+//! `server` (wiring a replica's listeners together).
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -14,6 +15,8 @@ pub mod hash;
 pub mod history;
 pub mod launch;
 pub mod manifest;
+pub mod observe;
+pub mod peer_args;
 pub mod pem;
 pub mod raft;
 pub mod server;

@@ -6,10 +6,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
-use concord_coordinator::launch::{PlatformArgs, parse_member};
+use concord_coordinator::launch::PlatformArgs;
+use concord_coordinator::peer_args::{Members, PeerArgs};
 use concord_coordinator::server::{Config, run};
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 enum LogFormat {
     Text,
     Json,
@@ -31,20 +33,48 @@ struct Args {
     /// Peer API address (Raft, peer recovery, forwarding).
     #[arg(long, env = "CONCORD_PEER_LISTEN", default_value = "0.0.0.0:7778")]
     peer_listen: SocketAddr,
-    /// This replica's id in the cluster.
-    #[arg(long, env = "CONCORD_NODE_ID", default_value_t = 0)]
-    node_id: u64,
-    /// A member of the cluster as ID=HOST:PORT (its peer API), this replica included; repeat for each.
-    /// This replica dials a listed member at the address given here, even if the membership records
-    /// another; members added later and not listed are dialed at the membership's address.
-    /// Default: this replica alone, at its --peer-listen address.
-    #[arg(long = "peer", env = "CONCORD_PEERS", value_delimiter = ',', value_parser = parse_member)]
-    peers: Vec<(u64, String)>,
+    /// Probes and metrics address (plain HTTP): /probe/startup, /probe/liveness, /probe/readiness,
+    /// /health, /metrics.
+    #[arg(long, env = "CONCORD_HEALTH_LISTEN", default_value = "0.0.0.0:9102")]
+    health_listen: SocketAddr,
+    #[command(flatten)]
+    members: PeerArgs,
     #[command(flatten)]
     platform: PlatformArgs,
     /// Log format.
     #[arg(long, env = "CONCORD_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Parse every flag and environment variable, print the resulting configuration as JSON and exit
+    /// without starting anything (exit 2 on a usage error). Checks the flags, not the files they name.
+    #[arg(long)]
+    check_config: bool,
+}
+
+/// The configuration `--check-config` prints. Nothing in it is secret: flags carry paths, never keys.
+fn config_json(args: &Args, members: &Members) -> serde_json::Value {
+    let p = &args.platform;
+    serde_json::json!({
+        "data_dir": args.data_dir,
+        "user_listen": args.user_listen,
+        "mesh_listen": args.mesh_listen,
+        "peer_listen": args.peer_listen,
+        "health_listen": args.health_listen,
+        "node_id": members.node_id,
+        "peers": members.peers,
+        "platform": {
+            "kind": p.platform.to_possible_value().map(|v| v.get_name().to_string()),
+            "insecure_simulated_attestation": p.insecure_simulated_attestation,
+            "simulated_root": p.simulated_root,
+            "simulated_policy": p.simulated_policy,
+            "simulated_measurement": p.simulated_measurement,
+        },
+        "log_format": args.log_format,
+    })
+}
+
+fn usage_error(e: &str) -> ExitCode {
+    eprintln!("concord-coordinator: {e}");
+    ExitCode::from(2)
 }
 
 fn init_logs(format: LogFormat) {
@@ -81,33 +111,30 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    let members = match args.members.members(args.peer_listen) {
+        Ok(m) => m,
+        Err(e) => return usage_error(&e),
+    };
+    if args.check_config {
+        if let Err(e) = args.platform.check() {
+            return usage_error(&e);
+        }
+        println!("{:#}", config_json(&args, &members));
+        return ExitCode::SUCCESS;
+    }
     init_logs(args.log_format);
     let platform = match args.platform.launch() {
         Ok(p) => p,
-        Err(e) => {
-            eprintln!("concord-coordinator: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return usage_error(&e),
     };
-    let mut peers: std::collections::BTreeMap<u64, String> = args.peers.into_iter().collect();
-    if peers.is_empty() {
-        let own = if args.peer_listen.ip().is_unspecified() {
-            SocketAddr::new(
-                std::net::Ipv4Addr::LOCALHOST.into(),
-                args.peer_listen.port(),
-            )
-        } else {
-            args.peer_listen
-        };
-        peers.insert(args.node_id, own.to_string());
-    }
     let config = Config {
         data_dir: args.data_dir,
         user_listen: args.user_listen,
         mesh_listen: args.mesh_listen,
         peer_listen: args.peer_listen,
-        node_id: args.node_id,
-        peers,
+        health_listen: args.health_listen,
+        node_id: members.node_id,
+        peers: members.peers,
         platform,
     };
     match run(config, shutdown_signal()).await {

@@ -1,6 +1,7 @@
 //! Wiring one replica: open and verify the store, start Raft on it, form the cluster from the static peer
 //! list, keep recovering from peers while the replica lacks the latest secrets, and serve the user API
-//! (1313), the mesh API (7777) and the peer API (7778) over aTLS until shutdown.
+//! (1313), the mesh API (7777) and the peer API (7778) over aTLS until shutdown, with probes and metrics
+//! on plain HTTP (9102, `observe`).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -22,6 +23,7 @@ use crate::api::{
     UserService,
 };
 use crate::launch::LaunchedPlatform;
+use crate::observe::{HealthServer, RpcTimingLayer};
 use crate::raft::NodeId;
 use crate::raft::network::PeerNetwork;
 use crate::state::Coordinator;
@@ -34,6 +36,8 @@ pub struct Config {
     pub user_listen: SocketAddr,
     pub mesh_listen: SocketAddr,
     pub peer_listen: SocketAddr,
+    /// Probes and metrics (plain HTTP).
+    pub health_listen: SocketAddr,
     /// This replica's id in the cluster.
     pub node_id: NodeId,
     /// Every member's peer API address, this replica included. The lowest id forms a fresh cluster.
@@ -59,6 +63,8 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // First, so the startup probe answers (503) while the store is verified.
+    let health = HealthServer::start(config.health_listen)?;
     let store_dir = config.data_dir.join("store");
     std::fs::create_dir_all(&config.data_dir).map_err(|e| {
         anyhow::anyhow!(
@@ -132,6 +138,7 @@ pub async fn run(
             key: key.clone(),
         }),
     )?);
+    let sampled_log = log_store.clone();
     let raft = Raft::new(
         config.node_id,
         raft_config()?,
@@ -180,6 +187,8 @@ pub async fn run(
         state = state.as_str(),
         "coordinator serving"
     );
+    health.serving(node.clone(), sampled_log);
+    let shutdown = health.draining_on(shutdown);
 
     // An empty Raft state: form the cluster, take part in its formation, or rejoin it (api::join).
     // Until that is decided this replica does not vote; set before the peer API serves.
@@ -202,18 +211,21 @@ pub async fn run(
         let _ = rx.wait_for(|s| *s).await;
     };
     let user = tonic::transport::Server::builder()
+        .layer(RpcTimingLayer)
         .add_service(UserApiServer::new(UserService::new(node.clone())))
         .serve_with_incoming_shutdown(
             crate::transport::incoming(user_listener, user_acceptor, "user"),
             stopped(stop_rx.clone()),
         );
     let mesh = tonic::transport::Server::builder()
+        .layer(RpcTimingLayer)
         .add_service(MeshApiServer::new(MeshService::new(replica)))
         .serve_with_incoming_shutdown(
             crate::transport::incoming(mesh_listener, mesh_acceptor, "mesh"),
             stopped(stop_rx.clone()),
         );
     let peer = tonic::transport::Server::builder()
+        .layer(RpcTimingLayer)
         .add_service(PeerApiServer::new(PeerService::new(node)))
         .serve_with_incoming_shutdown(
             crate::transport::incoming(peer_listener, peer_acceptor, "peer"),

@@ -89,6 +89,7 @@ impl<S: Store> pb::mesh_api_server::MeshApi for MeshService<S> {
                 warn!(rpc = "NewMeshCert", code = ?s.code(), error = %e, "rejected");
                 s
             })?;
+        crate::observe::global().certificate_issued();
         info!(rpc = "NewMeshCert", workload = %issued.workload, policy = %hex::encode(peer.report().host_data()), "issued");
         Ok(Response::new(pb::NewMeshCertResponse {
             cert_chain: issued.cert_chain_pem,

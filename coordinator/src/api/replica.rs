@@ -40,6 +40,12 @@ impl<S: Store> Replica<S> {
         })
     }
 
+    /// Whether a handler panicked while holding the core: the replica must be restarted (the liveness
+    /// probe fails).
+    pub fn is_poisoned(&self) -> bool {
+        self.coordinator.is_poisoned()
+    }
+
     pub fn write(&self) -> Result<RwLockWriteGuard<'_, Coordinator<S>>, CoordinatorError> {
         self.coordinator.write().map_err(|_| {
             CoordinatorError::Crypto(

@@ -56,6 +56,12 @@ impl LogStore {
         })
     }
 
+    /// The last log index openraft saved as committed, for the metrics; None before the first commit.
+    pub fn committed_index(&self) -> Result<Option<u64>, RaftStoreError> {
+        let committed: Option<Option<LogId<NodeId>>> = self.read_meta(COMMITTED)?;
+        Ok(committed.flatten().map(|l| l.index))
+    }
+
     fn flush(&self, op: &'static str) -> Result<(), RaftStoreError> {
         self.db
             .flush()

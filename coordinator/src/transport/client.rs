@@ -57,6 +57,7 @@ pub async fn connect(
                     Ok(TokioIo::new(tls))
                 }
                 Err(e) => {
+                    crate::observe::global().attestation_failed("dial", &e);
                     let msg = e.to_string();
                     if let Ok(mut s) = slot.lock() {
                         *s = Some(Err(e));

@@ -130,7 +130,10 @@ pub fn incoming(
                     Err(AttestationError::ClosedBeforeHandshake) => {
                         debug!(api, %remote, "connection closed before the handshake");
                     }
-                    Err(e) => warn!(api, %remote, error = %e, "aTLS handshake failed"),
+                    Err(e) => {
+                        crate::observe::global().attestation_failed(api, &e);
+                        warn!(api, %remote, error = %e, "aTLS handshake failed");
+                    }
                 }
             });
         }

@@ -1,0 +1,124 @@
+{{/*
+Names. A StatefulSet's pods are NAME-ORDINAL and Kubernetes labels each pod with NAME plus a
+revision hash (at most 63 characters in all), so NAME is cut at 52 characters.
+*/}}
+{{- define "concord.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 52 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "concord.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 52 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "concord.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels every object carries (Helm's recommended app.kubernetes.io/* set). */}}
+{{- define "concord.labels" -}}
+helm.sh/chart: {{ include "concord.chart" . }}
+{{ include "concord.selectorLabels" . }}
+app.kubernetes.io/version: {{ include "concord.imageTag" . | trunc 63 | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: concord
+{{- end }}
+
+{{/* Labels that select the coordinator pods: never change them after install (selectors are immutable). */}}
+{{- define "concord.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "concord.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: coordinator
+{{- end }}
+
+{{- define "concord.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "concord.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The headless Service that names the pods NAME-I.PEERS.NAMESPACE.svc.DOMAIN. */}}
+{{- define "concord.peerServiceName" -}}
+{{- printf "%s-peers" (include "concord.fullname" .) }}
+{{- end }}
+
+{{- define "concord.imageTag" -}}
+{{- default .Chart.AppVersion .Values.image.tag }}
+{{- end }}
+
+{{/* repository:tag, or repository@digest when a digest pins the image. */}}
+{{- define "concord.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (include "concord.imageTag" .) }}
+{{- end }}
+{{- end }}
+
+{{/*
+How many replicas form the cluster at first: cluster.initialReplicas when set; on an upgrade, the count
+the release was installed with (read back from its ConfigMap), so that scaling `replicas` later changes
+nothing for the running pods; else `replicas`. Offline rendering (helm template, GitOps tools) cannot
+read it back: set cluster.initialReplicas there.
+*/}}
+{{- define "concord.initialReplicas" -}}
+{{- $existing := lookup "v1" "ConfigMap" .Release.Namespace (printf "%s-env" (include "concord.fullname" .)) }}
+{{- if .Values.cluster.initialReplicas }}
+{{- .Values.cluster.initialReplicas | int }}
+{{- else if and $existing $existing.data (hasKey $existing.data "CONCORD_INITIAL_REPLICAS") }}
+{{- index $existing.data "CONCORD_INITIAL_REPLICAS" | int }}
+{{- else }}
+{{- .Values.replicas | int }}
+{{- end }}
+{{- end }}
+
+{{/*
+Voluntary evictions may take at most (n - 1) / 2 replicas at once, so a majority (the Raft quorum)
+always stays up: 1 -> 0, 2 -> 0, 3 -> 1, 4 -> 1, 5 -> 2. n is the smaller of `replicas` and the
+initial count: pods scaled beyond the initial members are not voters until `concord cluster
+set-members` adds them. podDisruptionBudget.maxUnavailable overrides it (after a membership change).
+*/}}
+{{- define "concord.maxUnavailable" -}}
+{{- if ne .Values.podDisruptionBudget.maxUnavailable nil }}
+{{- .Values.podDisruptionBudget.maxUnavailable | int }}
+{{- else }}
+{{- $n := min (.Values.replicas | int) (include "concord.initialReplicas" . | int) }}
+{{- div (sub $n 1) 2 }}
+{{- end }}
+{{- end }}
+
+{{/* Fails rendering on values that cannot work, with what to set. */}}
+{{- define "concord.validate" -}}
+{{- $p := .Values.attestation.platform }}
+{{- if not (has $p (list "snp" "simulated")) }}
+{{- fail (printf "attestation.platform %q: use snp (production) or simulated (INSECURE, tests and demos)" $p) }}
+{{- end }}
+{{- if eq $p "simulated" }}
+{{- $s := .Values.attestation.simulated }}
+{{- if not $s.rootSecret }}{{ fail "attestation.platform=simulated needs attestation.simulated.rootSecret: a Secret made from `concord attestation sim-root --out DIR` (kubectl create secret generic NAME --from-file=DIR)" }}{{ end }}
+{{- if not $s.policy }}{{ fail "attestation.platform=simulated needs attestation.simulated.policy: the coordinator's policy document, whose SHA-256 the manifest lists with role coordinator" }}{{ end }}
+{{- if not (regexMatch "^[0-9a-f]{96}$" ($s.measurement | default "")) }}{{ fail "attestation.platform=simulated needs attestation.simulated.measurement: 96 lowercase hex characters" }}{{ end }}
+{{- end }}
+{{- if not (has .Values.podAntiAffinity (list "soft" "hard" "none")) }}
+{{- fail (printf "podAntiAffinity %q: use soft, hard or none" .Values.podAntiAffinity) }}
+{{- end }}
+{{- if not (has .Values.logFormat (list "json" "text")) }}
+{{- fail (printf "logFormat %q: use json or text" .Values.logFormat) }}
+{{- end }}
+{{- if lt (.Values.replicas | int) 1 }}
+{{- fail "replicas must be at least 1" }}
+{{- end }}
+{{- if lt (include "concord.initialReplicas" . | int) 1 }}
+{{- fail "cluster.initialReplicas must be at least 1" }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,325 @@
+//! `Metrics`: the process's counters (attestation failures by reason, certificates issued) and request
+//! latency histograms, and [`render`], which turns them and a [`Sample`] into the `/metrics` document.
+//!
+//! Owns the metric names, their HELP text and their labels. Must never take a label value from a
+//! client without a bound on the number of values (a scanner must not grow memory: RPC methods are
+//! capped at [`MAX_METHODS`]), and never put a secret, a key or a nonce in a label.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{LazyLock, Mutex};
+use std::time::Duration;
+
+use concord_attestation::AttestationError;
+
+use super::exposition::{Exposition, Kind};
+use super::histogram::{Histogram, LATENCY_BOUNDS};
+use super::sample::Sample;
+use crate::state::ReplicaState;
+
+/// Distinct RPC method labels kept; later ones are counted under `other`.
+pub const MAX_METHODS: usize = 64;
+
+/// The label of RPCs that no service implements (a scanner's paths), so they cannot add labels.
+pub const UNIMPLEMENTED_METHOD: &str = "unimplemented";
+
+/// The process's counters and histograms. One per process ([`global`]): the metrics of a process, as
+/// Prometheus scrapes it.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// By (api, reason).
+    attestation_failures: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    certificates_issued: AtomicU64,
+    rpc_latency: Mutex<BTreeMap<String, Histogram>>,
+}
+
+/// A copy of the counters, for rendering.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Counters {
+    pub attestation_failures: BTreeMap<(&'static str, &'static str), u64>,
+    pub certificates_issued: u64,
+    pub rpc_latency: BTreeMap<String, Histogram>,
+}
+
+static GLOBAL: LazyLock<Metrics> = LazyLock::new(Metrics::default);
+
+/// This process's metrics.
+pub fn global() -> &'static Metrics {
+    &GLOBAL
+}
+
+/// Locks a map of counters. Counters hold no invariant across entries, so a poisoned lock (a panic
+/// elsewhere mid-update) still holds usable counts.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Metrics {
+    /// Counts a failed aTLS handshake on `api` if the evidence was rejected (by its reason); other
+    /// failures (a closed connection, a timeout) are not attestation failures.
+    pub fn attestation_failed(&self, api: &'static str, error: &AttestationError) {
+        if let Some(reason) = error.reject_reason() {
+            *lock(&self.attestation_failures)
+                .entry((api, reason.metric_label()))
+                .or_insert(0) += 1;
+        }
+    }
+
+    pub fn certificate_issued(&self) {
+        self.certificates_issued.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records one RPC's latency under `method` (`package.Service/Method`).
+    pub fn rpc_finished(&self, method: &str, elapsed: Duration) {
+        let mut map = lock(&self.rpc_latency);
+        let key = if map.contains_key(method) || map.len() < MAX_METHODS {
+            method
+        } else {
+            "other"
+        };
+        map.entry(key.to_string())
+            .or_insert_with(|| Histogram::new(LATENCY_BOUNDS))
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn counters(&self) -> Counters {
+        Counters {
+            attestation_failures: lock(&self.attestation_failures).clone(),
+            certificates_issued: self.certificates_issued.load(Ordering::Relaxed),
+            rpc_latency: lock(&self.rpc_latency).clone(),
+        }
+    }
+}
+
+/// The `/metrics` document: the replica's state from `sample` (absent while starting) and the counters.
+pub fn render(sample: Option<&Sample>, counters: &Counters) -> String {
+    let mut e = Exposition::new();
+    info(&mut e, sample);
+    if let Some(s) = sample {
+        replica_gauges(&mut e, s);
+        raft_gauges(&mut e, s);
+    }
+    counter_families(&mut e, counters);
+    e.finish()
+}
+
+fn gauge(e: &mut Exposition, name: &str, help: &str, value: f64) {
+    e.family(name, help, Kind::Gauge);
+    e.sample(name, &[], value);
+}
+
+fn flag(b: bool) -> f64 {
+    if b { 1.0 } else { 0.0 }
+}
+
+fn info(e: &mut Exposition, sample: Option<&Sample>) {
+    e.family(
+        "concord_build_info",
+        "The coordinator build: always 1, labelled with its version and the replica's node id.",
+        Kind::Gauge,
+    );
+    let node = sample.map(|s| s.node_id.to_string()).unwrap_or_default();
+    e.sample(
+        "concord_build_info",
+        &[("version", env!("CARGO_PKG_VERSION")), ("node_id", &node)],
+        1.0,
+    );
+}
+
+fn replica_gauges(e: &mut Exposition, s: &Sample) {
+    gauge(
+        e,
+        "concord_manifest_generation",
+        "Transitions in this replica's verified history (the latest transition's index + 1); 0 before the first manifest.",
+        s.manifest_generation as f64,
+    );
+    e.family(
+        "concord_replica_state",
+        "1 for the replica's current state (fresh: no manifest; recovering: lacks the latest secrets; ready: serving), 0 for the others.",
+        Kind::Gauge,
+    );
+    for state in [
+        ReplicaState::Fresh,
+        ReplicaState::Recovering,
+        ReplicaState::Ready,
+    ] {
+        e.sample(
+            "concord_replica_state",
+            &[("state", state.as_str())],
+            flag(s.state == state),
+        );
+    }
+}
+
+fn raft_gauges(e: &mut Exposition, s: &Sample) {
+    gauge(
+        e,
+        "concord_raft_term",
+        "The Raft term this replica is in.",
+        s.term as f64,
+    );
+    gauge(
+        e,
+        "concord_raft_is_leader",
+        "1 if this replica is the Raft leader.",
+        flag(s.role == "leader"),
+    );
+    e.family(
+        "concord_raft_leader_id",
+        "The node id of the leader this replica knows; no sample while it knows none.",
+        Kind::Gauge,
+    );
+    if let Some(l) = s.leader_id {
+        e.sample("concord_raft_leader_id", &[], l as f64);
+    }
+    gauge(
+        e,
+        "concord_raft_has_quorum",
+        "1 if this replica sees a leader acknowledged by a majority (writes can commit).",
+        flag(s.quorum),
+    );
+    gauge(
+        e,
+        "concord_raft_commit_index",
+        "The last Raft log index this replica knows to be committed.",
+        s.commit_index as f64,
+    );
+    gauge(
+        e,
+        "concord_raft_last_applied_index",
+        "The last Raft log index this replica's state machine applied.",
+        s.last_applied as f64,
+    );
+}
+
+fn counter_families(e: &mut Exposition, c: &Counters) {
+    e.family(
+        "concord_attestation_failures_total",
+        "aTLS handshakes refused because the other side's evidence failed a check, by API (user, mesh, peer: inbound; dial: a server this replica dialed) and reason.",
+        Kind::Counter,
+    );
+    for ((api, reason), n) in &c.attestation_failures {
+        e.sample(
+            "concord_attestation_failures_total",
+            &[("api", api), ("reason", reason)],
+            *n as f64,
+        );
+    }
+    e.family(
+        "concord_certificates_issued_total",
+        "Mesh certificates issued to attested workloads by this replica.",
+        Kind::Counter,
+    );
+    e.sample(
+        "concord_certificates_issued_total",
+        &[],
+        c.certificates_issued as f64,
+    );
+    e.family(
+        "concord_rpc_duration_seconds",
+        "gRPC request latency on the user, mesh and peer APIs, from the request to the response headers, by method.",
+        Kind::Histogram,
+    );
+    for (method, h) in &c.rpc_latency {
+        e.histogram("concord_rpc_duration_seconds", &[("method", method)], h);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::sample::tests::sample;
+    use concord_attestation::RejectReason;
+
+    fn families(text: &str) -> Vec<(String, String)> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| {
+                let (n, k) = l.split_once(' ').unwrap();
+                (n.to_string(), k.to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_family_has_help_and_type_and_the_concord_prefix() {
+        let m = Metrics::default();
+        m.certificate_issued();
+        m.rpc_finished("concord.v1.UserApi/GetStatus", Duration::from_millis(3));
+        let text = render(Some(&sample(ReplicaState::Ready)), &m.counters());
+        let fams = families(&text);
+        assert!(fams.len() >= 12, "{text}");
+        for (name, _) in &fams {
+            assert!(name.starts_with("concord_"), "{name}");
+            assert!(
+                text.contains(&format!("# HELP {name} ")),
+                "no HELP for {name}"
+            );
+        }
+        // Each sample belongs to the family declared before it.
+        let mut current = String::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                current = rest.split(' ').next().unwrap().to_string();
+            } else if !line.starts_with('#') {
+                assert!(line.starts_with(&current), "{line} outside {current}");
+            }
+        }
+    }
+
+    #[test]
+    fn state_is_one_gauge_per_state() {
+        let text = render(
+            Some(&sample(ReplicaState::Recovering)),
+            &Counters::default(),
+        );
+        assert!(text.contains("concord_replica_state{state=\"fresh\"} 0\n"));
+        assert!(text.contains("concord_replica_state{state=\"recovering\"} 1\n"));
+        assert!(text.contains("concord_replica_state{state=\"ready\"} 0\n"));
+        assert!(text.contains("concord_manifest_generation 2\n"));
+        assert!(text.contains("concord_raft_leader_id 1\n"));
+        assert!(text.contains("concord_raft_is_leader 0\n"));
+    }
+
+    #[test]
+    fn attestation_failures_are_counted_by_reason_only_when_evidence_was_rejected() {
+        let m = Metrics::default();
+        m.attestation_failed("mesh", &RejectReason::HostDataNotAccepted.into());
+        m.attestation_failed("mesh", &RejectReason::HostDataNotAccepted.into());
+        m.attestation_failed("peer", &RejectReason::MeasurementNotTrusted.into());
+        m.attestation_failed("mesh", &AttestationError::ClosedBeforeHandshake);
+        m.attestation_failed("mesh", &AttestationError::Handshake("timeout".into()));
+        let text = render(None, &m.counters());
+        assert!(text.contains(
+            "concord_attestation_failures_total{api=\"mesh\",reason=\"host_data_not_accepted\"} 2\n"
+        ));
+        assert!(text.contains(
+            "concord_attestation_failures_total{api=\"peer\",reason=\"measurement_not_trusted\"} 1\n"
+        ));
+        assert_eq!(
+            text.matches("concord_attestation_failures_total{").count(),
+            2
+        );
+    }
+
+    #[test]
+    fn method_labels_are_capped() {
+        let m = Metrics::default();
+        for i in 0..(MAX_METHODS + 10) {
+            m.rpc_finished(&format!("x.Y/M{i}"), Duration::from_millis(1));
+        }
+        m.rpc_finished("x.Y/M0", Duration::from_millis(1));
+        let c = m.counters();
+        assert_eq!(c.rpc_latency.len(), MAX_METHODS + 1);
+        assert_eq!(c.rpc_latency["other"].count(), 10);
+        assert_eq!(c.rpc_latency["x.Y/M0"].count(), 2);
+    }
+
+    #[test]
+    fn while_starting_only_counters_and_build_info_are_exposed() {
+        let text = render(None, &Counters::default());
+        assert!(text.contains("concord_build_info{"));
+        assert!(text.contains("concord_certificates_issued_total 0\n"));
+        assert!(!text.contains("concord_replica_state"));
+    }
+}

@@ -1,0 +1,408 @@
+#!/usr/bin/env python3
+"""Checks the Helm chart charts/concord, with no cluster and no helm binary:
+
+(a) lints it and renders it with Helm's own engine (the helm-python-sdk package bundles Helm 4 as a
+    library), with the default values and with each values file beside this script;
+(b) validates every rendered document against the schemas of a pinned Kubernetes version
+    (kubernetes-validate, strict: unknown fields are errors);
+(c) asserts what the design requires: Parallel pods, the peer Service publishing not-ready pods, a
+    PodDisruptionBudget that keeps the Raft quorum (1, 3 and 5 replicas), the NetworkPolicy, the probes,
+    the checksum annotation (and that it changes with the configuration), the labels, the security
+    settings;
+(d) runs the real binaries with every flag and environment variable the rendered StatefulSet gives each
+    container, plus --check-config, as two of its pods would (POD_NAME etc. substituted), so the chart
+    and the binaries cannot drift apart.
+
+Usage: check_chart.py [--target-dir DIR]   (default: $CARGO_TARGET_DIR, else target/; the binaries
+come from DIR/debug: run `cargo build --workspace --bins` first). Exit 0 when every check passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+try:
+    import helm_python as helm
+    import kubernetes_validate
+    import yaml
+except ImportError as e:  # pragma: no cover - a setup error, said plainly
+    sys.exit(f"check_chart.py: {e}; install: pip install helm-python-sdk kubernetes-validate pyyaml")
+
+# The Kubernetes version whose schemas the rendered objects must satisfy.
+KUBE_VERSION = "1.33.0"
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "concord"
+HERE = Path(__file__).resolve().parent
+NAMESPACE = "concord-test"
+PORTS = {"user": 1313, "mesh": 7777, "peer": 7778, "health": 9102}
+PROBES = {
+    "startupProbe": "/probe/startup",
+    "livenessProbe": "/probe/liveness",
+    "readinessProbe": "/probe/readiness",
+}
+STANDARD_LABELS = [
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/version",
+    "app.kubernetes.io/managed-by",
+    "helm.sh/chart",
+]
+
+failures: list[str] = []
+
+
+def check(ok: bool, what: str) -> None:
+    if not ok:
+        failures.append(what)
+        print(f"  FAIL {what}")
+
+
+# --- (a) lint and render -------------------------------------------------------------------------
+
+
+def load_values(name: str | None) -> dict[str, Any]:
+    return yaml.safe_load((HERE / name).read_text()) if name else {}
+
+
+def lint(values: dict[str, Any], label: str) -> None:
+    report = helm.lint(str(CHART), values, strict=True, namespace=NAMESPACE, kube_version=f"v{KUBE_VERSION}")
+    for m in report.get("messages", []):
+        # severity 1 is information (e.g. "icon is recommended"); 2 warning, 3 error.
+        check(m["severity"] < 2, f"{label}: helm lint: {m['path']}: {m['error']}")
+    for e in report.get("errors") or []:
+        check(False, f"{label}: helm lint: {e}")
+
+
+def render(values: dict[str, Any], release: str) -> tuple[list[dict[str, Any]], str]:
+    with helm.Chart.load(str(CHART)) as chart:
+        out = chart.render(values, name=release, namespace=NAMESPACE, is_install=True)
+    docs: list[dict[str, Any]] = []
+    notes = ""
+    for path, text in sorted(out.items()):
+        if path.endswith("NOTES.txt"):
+            notes = text
+            continue
+        docs.extend(d for d in yaml.safe_load_all(text) if d)
+    return docs, notes
+
+
+def merged(values: dict[str, Any]) -> dict[str, Any]:
+    with helm.Chart.load(str(CHART)) as chart:
+        return chart.merge_values(values)
+
+
+# --- (b) schema validation -----------------------------------------------------------------------
+
+
+def validate(docs: list[dict[str, Any]], label: str) -> None:
+    for d in docs:
+        name = f"{d.get('kind')}/{d.get('metadata', {}).get('name')}"
+        try:
+            kubernetes_validate.validate(d, KUBE_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            path = "/".join(str(p) for p in e.path)
+            check(False, f"{label}: {name} does not validate against Kubernetes {KUBE_VERSION}: {path}: {e.message}")
+        except (kubernetes_validate.SchemaNotFoundError, kubernetes_validate.VersionNotSupportedError) as e:
+            check(False, f"{label}: {name}: {e.message}")
+
+
+# --- (c) structure -------------------------------------------------------------------------------
+
+
+def find(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def one(docs: list[dict[str, Any]], kind: str, label: str) -> dict[str, Any]:
+    found = find(docs, kind)
+    check(len(found) == 1, f"{label}: expected one {kind}, found {len(found)}")
+    return found[0] if found else {}
+
+
+def coordinator_container(sts: dict[str, Any]) -> dict[str, Any]:
+    return sts["spec"]["template"]["spec"]["containers"][0]
+
+
+def check_structure(docs: list[dict[str, Any]], notes: str, values: dict[str, Any], label: str) -> None:
+    v = merged(values)
+    replicas = int(v["replicas"])
+    initial = int(v["cluster"].get("initialReplicas") or replicas)
+    sts = one(docs, "StatefulSet", label)
+    spec = sts["spec"]
+    pod = spec["template"]
+    selector = spec["selector"]["matchLabels"]
+
+    check(spec["podManagementPolicy"] == "Parallel", f"{label}: podManagementPolicy is not Parallel")
+    check(spec["replicas"] == replicas, f"{label}: StatefulSet replicas {spec['replicas']} != {replicas}")
+    check(selector.items() <= pod["metadata"]["labels"].items(), f"{label}: the selector does not match the pod labels")
+    check(
+        "checksum/config" in pod["metadata"].get("annotations", {}),
+        f"{label}: no checksum/config annotation on the pod template",
+    )
+
+    # Labels on every object.
+    for d in docs:
+        labels = d["metadata"].get("labels", {})
+        missing = [k for k in STANDARD_LABELS if k not in labels]
+        check(not missing, f"{label}: {d['kind']}/{d['metadata']['name']} lacks labels {missing}")
+
+    # Services.
+    services = {s["metadata"]["name"]: s for s in find(docs, "Service")}
+    peers = services.get(spec["serviceName"])
+    check(peers is not None, f"{label}: no headless Service {spec['serviceName']} for the StatefulSet")
+    if peers:
+        check(peers["spec"].get("clusterIP") == "None", f"{label}: the peer Service is not headless")
+        check(peers["spec"].get("publishNotReadyAddresses") is True, f"{label}: the peer Service does not publish not-ready pods")
+        check([p["port"] for p in peers["spec"]["ports"]] == [7778], f"{label}: the peer Service does not serve exactly 7778")
+    user = services.get(v["services"]["coordinator"]["name"])
+    ready = services.get(v["services"]["ready"]["name"])
+    check(user is not None and ready is not None, f"{label}: the coordinator and coordinator-ready Services are missing")
+    if user and ready:
+        check(sorted(p["port"] for p in user["spec"]["ports"]) == [1313], f"{label}: the coordinator Service is not the user API alone")
+        check(user["spec"].get("publishNotReadyAddresses") is True, f"{label}: the coordinator Service must reach fresh and recovering replicas")
+        check(sorted(p["port"] for p in ready["spec"]["ports"]) == [1313, 7777], f"{label}: coordinator-ready must serve 1313 and 7777")
+        check(not ready["spec"].get("publishNotReadyAddresses", False), f"{label}: coordinator-ready must select only ready pods")
+    for s in services.values():
+        check(s["spec"]["selector"] == selector, f"{label}: Service {s['metadata']['name']} selects other pods")
+
+    # PodDisruptionBudget: a voluntary eviction never breaks the quorum of the voters.
+    pdb = one(docs, "PodDisruptionBudget", label)
+    max_unavailable = pdb.get("spec", {}).get("maxUnavailable")
+    voters = min(replicas, initial)
+    check(
+        isinstance(max_unavailable, int) and voters - max_unavailable >= voters // 2 + 1,
+        f"{label}: PDB maxUnavailable {max_unavailable} can break the quorum of {voters} voters",
+    )
+    check(
+        max_unavailable == (voters - 1) // 2,
+        f"{label}: PDB maxUnavailable {max_unavailable}, want {(voters - 1) // 2} for {voters} voters",
+    )
+    check(pdb.get("spec", {}).get("selector", {}).get("matchLabels") == selector, f"{label}: the PDB selects other pods")
+
+    # NetworkPolicy: 7778 only from coordinator pods; the other ports admitted by their own rules.
+    policy = one(docs, "NetworkPolicy", label)
+    rules = policy.get("spec", {}).get("ingress", [])
+    check(policy.get("spec", {}).get("podSelector", {}).get("matchLabels") == selector, f"{label}: the NetworkPolicy protects other pods")
+    peer_rules = [r for r in rules if any(p["port"] == 7778 for p in r.get("ports", []))]
+    check(len(peer_rules) == 1, f"{label}: port 7778 must be admitted by exactly one rule")
+    if peer_rules:
+        check(
+            peer_rules[0].get("from") == [{"podSelector": {"matchLabels": selector}}],
+            f"{label}: port 7778 is admitted from more than the coordinator pods: {peer_rules[0].get('from')}",
+        )
+        check([p["port"] for p in peer_rules[0]["ports"]] == [7778], f"{label}: the peer rule admits other ports")
+    admitted = {p["port"] for r in rules for p in r.get("ports", [])}
+    check(admitted == set(PORTS.values()), f"{label}: the NetworkPolicy admits {sorted(admitted)}, want {sorted(PORTS.values())}")
+
+    # Probes on the health port.
+    c = coordinator_container(sts)
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    check(ports == PORTS, f"{label}: container ports {ports}, want {PORTS}")
+    for probe, path in PROBES.items():
+        get = c.get(probe, {}).get("httpGet", {})
+        check(get.get("path") == path, f"{label}: {probe} path {get.get('path')}, want {path}")
+        port = get.get("port")
+        check(ports.get(port, port) == 9102, f"{label}: {probe} is not on port 9102")
+
+    # Security: non-root, read-only root, no capability, no token, no RBAC.
+    pod_spec = pod["spec"]
+    ctx = c.get("securityContext", {})
+    check(pod_spec.get("securityContext", {}).get("runAsNonRoot") is True, f"{label}: pods may run as root")
+    check(ctx.get("readOnlyRootFilesystem") is True, f"{label}: the root file system is writable")
+    check(ctx.get("allowPrivilegeEscalation") is False, f"{label}: privilege escalation is allowed")
+    check(ctx.get("capabilities", {}).get("drop") == ["ALL"], f"{label}: capabilities are not all dropped")
+    check(pod_spec.get("automountServiceAccountToken") is False, f"{label}: the service account token is mounted")
+    sa = one(docs, "ServiceAccount", label)
+    check(sa.get("automountServiceAccountToken") is False, f"{label}: the ServiceAccount mounts its token")
+    rbac = [d["kind"] for d in docs if d["kind"] in ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")]
+    check(not rbac, f"{label}: the chart grants Kubernetes API access: {rbac}")
+
+    # Storage.
+    claims = spec.get("volumeClaimTemplates", [])
+    check([t["metadata"]["name"] for t in claims] == ["data"], f"{label}: no volumeClaimTemplate named data")
+    mounts = {m["name"]: m["mountPath"] for m in c.get("volumeMounts", [])}
+    check(mounts.get("data") == "/var/lib/concord", f"{label}: the data volume is not at /var/lib/concord")
+
+    # Confidential VMs and the platform.
+    if v.get("runtimeClassName"):
+        check(pod_spec.get("runtimeClassName") == v["runtimeClassName"], f"{label}: runtimeClassName is not set on the pods")
+    simulated = v["attestation"]["platform"] == "simulated"
+    check(("INSECURE" in notes) == simulated, f"{label}: NOTES must say INSECURE exactly when attestation is simulated")
+    check("concord set" in notes and "concord verify" in notes and "port-forward" in notes, f"{label}: NOTES lacks the next steps")
+    image = c["image"]
+    tag = v["image"]["tag"] or app_version()
+    check(image.endswith(":" + tag), f"{label}: image {image} is not pinned to {tag} (image.tag, else appVersion)")
+
+
+def app_version() -> str:
+    with helm.Chart.load(str(CHART)) as chart:
+        return str(chart.metadata["appVersion"])
+
+
+def checksum(values: dict[str, Any]) -> str:
+    docs, _ = render(values, "concord")
+    sts = one(docs, "StatefulSet", "checksum")
+    return sts["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+
+
+def check_checksum() -> None:
+    base = checksum({})
+    for change in ({"logLevel": "debug"}, {"logFormat": "text"}, {"cluster": {"domain": "corp.example"}}):
+        check(checksum(change) != base, f"checksum/config does not change when {change} changes")
+    check(checksum({"podAnnotations": {"a": "b"}}) == base, "checksum/config changes with values outside the configuration")
+
+
+def check_refusals() -> None:
+    for values, says in (
+        # values.schema.json
+        ({"attestation": {"platform": "sev"}}, "'snp', 'simulated'"),
+        ({"podAntiAffinity": "maybe"}, "'soft', 'hard', 'none'"),
+        ({"replica": 5}, "additional properties 'replica' not allowed"),
+        # the templates' own checks (concord.validate)
+        ({"attestation": {"platform": "simulated"}}, "rootSecret"),
+        ({"attestation": {"platform": "simulated", "simulated": {"rootSecret": "r", "policy": "p"}}}, "measurement"),
+    ):
+        try:
+            render(values, "concord")
+            check(False, f"values {values} rendered; they must be refused")
+        except helm.HelmError as e:
+            check(says in str(e), f"values {values}: the refusal does not say {says!r}: {e}")
+
+
+# --- (d) the binaries with the chart's flags -----------------------------------------------------
+
+
+def container_env(c: dict[str, Any], docs: list[dict[str, Any]], pod_name: str) -> dict[str, str]:
+    """The environment Kubernetes gives the container: envFrom ConfigMaps, then env (which wins)."""
+    config_maps = {d["metadata"]["name"]: d.get("data", {}) for d in find(docs, "ConfigMap")}
+    env: dict[str, str] = {}
+    for source in c.get("envFrom", []):
+        ref = source.get("configMapRef")
+        if ref is None:
+            check(False, f"envFrom source {source} cannot be resolved offline")
+            continue
+        check(ref["name"] in config_maps, f"envFrom names a ConfigMap the chart does not render: {ref['name']}")
+        env.update(config_maps.get(ref["name"], {}))
+    fields = {"metadata.name": pod_name, "metadata.namespace": NAMESPACE}
+    for e in c.get("env", []):
+        if "value" in e:
+            env[e["name"]] = str(e["value"])
+        elif "fieldRef" in e.get("valueFrom", {}):
+            path = e["valueFrom"]["fieldRef"]["fieldPath"]
+            check(path in fields, f"env {e['name']}: field {path} is not substituted by this check")
+            env[e["name"]] = fields.get(path, "")
+        else:
+            check(False, f"env {e['name']}: source {e.get('valueFrom')} cannot be resolved offline")
+    return env
+
+
+def run_check_config(bin_dir: Path, c: dict[str, Any], env: dict[str, str], label: str) -> dict[str, Any] | None:
+    argv = list(c.get("command", [])) + list(c.get("args", []))
+    check(bool(argv), f"{label}: the container names no command")
+    if not argv:
+        return None
+    binary = bin_dir / Path(argv[0]).name
+    if not binary.exists():
+        check(False, f"{label}: {binary} is missing: run `cargo build --workspace --bins` first")
+        return None
+    proc = subprocess.run(
+        [str(binary), *argv[1:], "--check-config"],
+        env=env,  # exactly the pod's environment, nothing from this machine
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    check(proc.returncode == 0, f"{label}: {binary.name} --check-config exited {proc.returncode}: {proc.stderr.strip()}")
+    if proc.returncode != 0:
+        return None
+    return json.loads(proc.stdout)
+
+
+def check_binaries(docs: list[dict[str, Any]], values: dict[str, Any], bin_dir: Path, label: str) -> None:
+    v = merged(values)
+    sts = one(docs, "StatefulSet", label)
+    name = sts["metadata"]["name"]
+    replicas = int(v["replicas"])
+    initial = int(v["cluster"].get("initialReplicas") or replicas)
+    for ordinal in sorted({0, replicas - 1}):
+        pod_name = f"{name}-{ordinal}"
+        for c in sts["spec"]["template"]["spec"].get("initContainers", []) + sts["spec"]["template"]["spec"]["containers"]:
+            where = f"{label}: pod {pod_name}, container {c['name']}"
+            env = container_env(c, docs, pod_name)
+            config = run_check_config(bin_dir, c, env, where)
+            if config is None or c["name"] != "coordinator":
+                continue
+            check(config["node_id"] == ordinal + 1, f"{where}: node id {config['node_id']}, want {ordinal + 1}")
+            own = config["peers"].get(str(ordinal + 1), "")
+            want = f"{pod_name}.{sts['spec']['serviceName']}.{NAMESPACE}.svc.{v['cluster']['domain']}:7778"
+            check(own == want, f"{where}: its own peer address {own!r}, want {want!r}")
+            check(len(config["peers"]) == max(initial, ordinal + 1), f"{where}: {len(config['peers'])} peers for {initial} initial replicas")
+            for api, port in PORTS.items():
+                listen = config[f"{api}_listen"]
+                check(listen.endswith(f":{port}"), f"{where}: {api} listens on {listen}, the chart expects {port}")
+            check(config["platform"]["kind"] == v["attestation"]["platform"], f"{where}: platform {config['platform']['kind']}")
+            mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
+            check(config["data_dir"] in mounts, f"{where}: the data dir {config['data_dir']} is not a mounted volume")
+            if config["platform"]["kind"] == "simulated":
+                for key in ("simulated_root", "simulated_policy"):
+                    path = config["platform"][key]
+                    check(any(path.startswith(m) for m in mounts), f"{where}: {key} {path} is not on a mounted volume")
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+
+SCENARIOS = [
+    # (label, values file, extra values, release name)
+    ("defaults", None, {}, "concord"),
+    ("values-5-replicas.yaml", "values-5-replicas.yaml", {}, "ha"),
+    ("values-simulated.yaml", "values-simulated.yaml", {}, "concord"),
+    ("replicas=1", None, {"replicas": 1}, "concord"),
+]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--target-dir",
+        default=os.environ.get("CARGO_TARGET_DIR", str(REPO / "target")),
+        help="cargo's target directory (binaries in DIR/debug)",
+    )
+    args = parser.parse_args()
+    bin_dir = Path(args.target_dir) / "debug"
+    print(f"helm {helm.helm_sdk_version()} (helm-python-sdk {helm.__version__}), Kubernetes schemas {KUBE_VERSION}, binaries in {bin_dir}")
+
+    for label, file, extra, release in SCENARIOS:
+        values = {**load_values(file), **extra}
+        print(f"{label}: lint, render, validate, structure, binaries")
+        lint(values, label)
+        try:
+            docs, notes = render(values, release)
+        except helm.HelmError as e:
+            check(False, f"{label}: render failed: {e}")
+            continue
+        validate(docs, label)
+        check_structure(docs, notes, values, label)
+        check_binaries(docs, values, bin_dir, label)
+    print("checksum/config follows the configuration")
+    check_checksum()
+    print("bad values are refused with a reason")
+    check_refusals()
+
+    if failures:
+        print(f"\ncheck_chart.py: {len(failures)} check(s) failed:", file=sys.stderr)
+        for f in failures:
+            print(f"  - {f}", file=sys.stderr)
+        return 1
+    print("check_chart.py: every check passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
