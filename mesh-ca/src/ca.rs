@@ -27,6 +27,7 @@ use x509_parser::extensions::ParsedExtension;
 use x509_parser::oid_registry::OID_SIG_ECDSA_WITH_SHA256;
 use zeroize::Zeroizing;
 
+use crate::claims::{AttestedClaims, claim_extensions};
 use crate::{MeshCaError, rng};
 
 const ROOT_CA_COMMON_NAME: &str = "Concord root CA";
@@ -357,6 +358,27 @@ impl MeshCa {
             subject_public_key_info_der,
             common_name,
             sans,
+            None,
+            now,
+        )
+    }
+
+    /// [`issue`](Self::issue), with the attested claims the coordinator verified as non-critical
+    /// extensions ([`crate::claims`]).
+    pub fn issue_attested(
+        &self,
+        subject_public_key_info_der: &[u8],
+        common_name: &str,
+        sans: &[String],
+        claims: &AttestedClaims,
+        now: OffsetDateTime,
+    ) -> Result<IssuedCert, MeshCaError> {
+        self.issue_with(
+            &mut OsRng,
+            subject_public_key_info_der,
+            common_name,
+            sans,
+            Some(claims),
             now,
         )
     }
@@ -367,6 +389,7 @@ impl MeshCa {
         subject_public_key_info_der: &[u8],
         common_name: &str,
         sans: &[String],
+        claims: Option<&AttestedClaims>,
         now: OffsetDateTime,
     ) -> Result<IssuedCert, MeshCaError> {
         let public_key = leaf_public_key(subject_public_key_info_der)?;
@@ -391,6 +414,7 @@ impl MeshCa {
         params.use_authority_key_identifier_extension = true;
         params.not_before = not_before;
         params.not_after = not_after;
+        params.custom_extensions = claims.map(claim_extensions).unwrap_or_default();
 
         let der = params.signed_by(&public_key, &self.issuer)?.der().to_vec();
         Ok(IssuedCert {
@@ -1948,7 +1972,7 @@ mod tests {
         ));
         let mesh = MeshCa::generate(&root, fixed_now()).unwrap();
         assert!(is_entropy(
-            mesh.issue_with(&mut FailingRng, &p256_spki(), "web", &[], fixed_now())
+            mesh.issue_with(&mut FailingRng, &p256_spki(), "web", &[], None, fixed_now())
                 .map(drop)
         ));
     }

@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod ca;
+pub mod claims;
 mod error;
 mod gf256;
 pub mod labels;
@@ -25,6 +26,7 @@ pub mod shares;
 mod testing;
 
 pub use ca::{IssuedCert, MeshCa, RootCa, check_subject_alt_name};
+pub use claims::{AttestedClaims, TcbClaims};
 pub use error::MeshCaError;
 pub use seed::{Salt, Seed, SeedEngine};
 pub use shares::{

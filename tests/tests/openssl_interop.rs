@@ -64,6 +64,25 @@ fn issued_chains_verify_and_two_workloads_speak_mtls() {
             describe(&out)
         );
     }
+    // The attested claims ride in the leaf, readable by OpenSSL: platform, measurement, policy hash.
+    let text = openssl(&env, &["x509", "-in", "a-leaf.pem", "-noout", "-text"]);
+    let text = String::from_utf8_lossy(&text.stdout).replace([' ', '\n', ':'], "");
+    // (OpenSSL dumps unknown extensions as text; their contents are checked byte for byte with
+    // another parser in mesh-ca's claims tests.)
+    for needed in [
+        "1.3.6.1.4.1.58270.2.1",
+        "1.3.6.1.4.1.58270.2.2",
+        "1.3.6.1.4.1.58270.2.3",
+        "1.3.6.1.4.1.58270.2.4",
+        "1.3.6.1.4.1.58270.2.5.8",
+        "simulated",
+        "MMMMMMMMMMMMMMMMMMMMMMMMMMMMMMMMMMMMMMMMMMMMMMMM",
+    ] {
+        assert!(
+            text.contains(needed),
+            "the leaf does not show {needed}: {text}"
+        );
+    }
     // The root does not vouch for a leaf without the intermediate, and a stranger's CA vouches for nothing.
     let out = openssl(
         &env,

@@ -551,7 +551,7 @@ impl<S: Store> Coordinator<S> {
         let sans: Vec<String> = policy.sans.iter().map(|s| s.as_string()).collect();
         let leaf = secrets
             .mesh_ca
-            .issue(spki_der, &name, &sans, now)
+            .issue_attested(spki_der, &name, &sans, &leaf_claims(report), now)
             .map_err(|e| {
                 CoordinatorError::InvalidInput(format!("cannot issue a certificate: {e}"))
             })?;
@@ -566,6 +566,24 @@ impl<S: Store> Coordinator<S> {
             workload_secret,
             workload: name,
         })
+    }
+}
+
+/// The verified claims a workload's leaf carries (`concord_mesh_ca::claims` has the OIDs).
+fn leaf_claims(report: &VerifiedReport) -> concord_mesh_ca::AttestedClaims {
+    let tcb = report.reported_tcb();
+    concord_mesh_ca::AttestedClaims {
+        platform: report.platform().as_str().to_string(),
+        measurement: report.measurement().to_vec(),
+        host_data: *report.host_data(),
+        chip_id: report.chip_id().to_vec(),
+        reported_tcb: concord_mesh_ca::TcbClaims {
+            bootloader: tcb.bootloader,
+            tee: tcb.tee,
+            snp: tcb.snp,
+            microcode: tcb.microcode,
+            fmc: None,
+        },
     }
 }
 
