@@ -322,7 +322,7 @@ fn the_wrong_product_is_rejected() {
 #[test]
 fn certificates_are_checked_at_the_time_of_check() {
     let v = vectors::virtee_milan();
-    // The VCEK was issued on 2023-04-03; Milan's ARK on 2020-10-22.
+    // The VCEK was issued on 2023-04-03; Milan's ARK and ASK on 2020-10-22.
     let check = |at: &str| verify_with(&v, &v.evidence(), &v.reference_values(), vectors::time(at));
     assert_eq!(
         check("2023-04-03T19:23:42Z"),
@@ -335,6 +335,13 @@ fn certificates_are_checked_at_the_time_of_check() {
         check("2020-01-01T00:00:00Z"),
         rejected(RejectReason::CertificateNotYetValid {
             role: CertRole::Root
+        })
+    );
+    // Between the ARK's issue (17:23:05) and the ASK's (18:24:20) that day.
+    assert_eq!(
+        check("2020-10-22T18:00:00Z"),
+        rejected(RejectReason::CertificateNotYetValid {
+            role: CertRole::Intermediate
         })
     );
     assert_eq!(
