@@ -2,9 +2,9 @@
 //! [`VerifiedReport`], against the `snp` entries of the reference values.
 //!
 //! Owns the order of the checks and the choice among several entries; each check lives in the
-//! module named after it: [`roots`] (the pinned AMD certificates), [`amd_chain`] (ARK → ASK/ASVK →
-//! VCEK/VLEK), [`signer`] (VCEK or VLEK), [`product`] (CPUID), [`extensions`] (hwID and TCB in
-//! the VCEK), [`tcb`] (minimums), [`cross_check`] (a second reading by the `sev` crate), and
+//! module named after it: `roots` (the pinned AMD certificates), `amd_chain` (ARK → ASK/ASVK →
+//! VCEK/VLEK), `signer` (VCEK or VLEK), `product` (CPUID), `extensions` (hwID and TCB in the
+//! VCEK), `tcb` (minimums), `cross_check` (a second reading by the `sev` crate), and
 //! `crate::claims` for what SNP shares with the simulated platform. It must never accept evidence
 //! that fails any check of the entry that accepts it, never trust a certificate that does not
 //! chain to a pinned ARK, and never fetch anything: a caller that obtained a VCEK elsewhere (the
