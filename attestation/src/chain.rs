@@ -1,9 +1,10 @@
 //! Certificate checks for evidence chains: parsing, ECDSA P-384/SHA-384 signatures, validity.
 //!
-//! Owns the X.509 mechanics the simulated path uses now and the SNP path will reuse for its
-//! VCEK/VLEK (the RSA-PSS AMD roots will need their own signature check). It verifies signatures
-//! directly on the TBS bytes, as the AMD chain requires (no path builder). It must never decide
-//! which root is trusted: callers pin the anchor, this module only checks links.
+//! Owns the X.509 mechanics both paths share: parsing, validity, the P-384 key of a signer, and
+//! the ECDSA links of the simulated chain (the RSA-PSS links of the AMD chain are
+//! `snp::amd_chain`'s). It verifies signatures directly on the TBS bytes, as the AMD chain
+//! requires (no path builder). It must never decide which root is trusted: callers pin the
+//! anchor, this module only checks links.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

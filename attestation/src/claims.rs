@@ -1,14 +1,14 @@
 //! The checks on a report's contents, shared by every platform's verification path.
 //!
 //! Owns one function per claim (format, signature, guest policy, measurement, host data, report
-//! data), each returning its own [`RejectReason`], so the simulated path and the SNP path judge
+//! data, allowed chips), each returning its own [`RejectReason`], so the simulated path and the SNP path judge
 //! reports with the same code and differ only in how they establish the signing key. It must
 //! never establish trust in a key or read certificates: callers pass an already-chained key.
 
 use p384::ecdsa::signature::Verifier as _;
 
 use crate::error::{AttestationError, RejectReason};
-use crate::reference::Measurement;
+use crate::reference::{ChipId, Measurement};
 use crate::report::{Report, SIG_ALGO_ECDSA_P384_SHA384};
 
 /// Report versions this verifier understands.
@@ -27,12 +27,17 @@ pub(crate) fn check_format(report: &Report) -> Result<(), AttestationError> {
     Ok(())
 }
 
-/// The ECDSA P-384/SHA-384 signature over the raw received bytes `[..0x2A0]`.
+/// The ECDSA P-384/SHA-384 signature over the raw received bytes `[..0x2A0]`. The signature
+/// field must hold nothing else: its padding and reserved bytes are unsigned, so anything there
+/// would be a change nobody can detect.
 pub(crate) fn check_report_signature(
     report: &Report,
     key: &p384::ecdsa::VerifyingKey,
 ) -> Result<(), AttestationError> {
     let bad = || AttestationError::from(RejectReason::ReportSignature);
+    if report.signature_reserved().iter().any(|&b| b != 0) {
+        return Err(bad());
+    }
     let r = scalar_from_le(report.signature_r()).ok_or_else(bad)?;
     let s = scalar_from_le(report.signature_s()).ok_or_else(bad)?;
     let signature = p384::ecdsa::Signature::from_scalars(r, s).map_err(|_| bad())?;
@@ -114,6 +119,19 @@ pub(crate) fn check_report_data(
     }
 }
 
+/// When the reference values list chips, `chip_id` is one of them.
+pub(crate) fn check_chip_id_allowed(
+    report: &Report,
+    allowed: Option<&[ChipId]>,
+) -> Result<(), AttestationError> {
+    match allowed {
+        Some(chips) if !chips.iter().any(|c| c.as_bytes() == report.chip_id()) => {
+            Err(RejectReason::ChipIdNotAllowed.into())
+        }
+        _ => Ok(()),
+    }
+}
+
 fn constant_time_eq(a: &[u8; 64], b: &[u8; 64]) -> bool {
     let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
     std::hint::black_box(diff) == 0
@@ -179,7 +197,17 @@ mod tests {
     #[test]
     fn real_report_with_one_flipped_bit_fails_its_signature() {
         let (report, key) = vector("virtee-sev-report_milan.bin", "virtee-sev-vcek_milan.der");
-        for offset in [0x00, 0x90, 0x29F, 0x2A0, 0x2E8, 0x2E7] {
+        for offset in [
+            0x00,
+            0x90,
+            0x29F,
+            0x2A0,
+            0x2E8,
+            0x2E7,
+            0x32F,
+            0x330,
+            0x4A0 - 1,
+        ] {
             let mut raw = *report.raw();
             raw[offset] ^= 0x01;
             let flipped = Report::parse(&raw).unwrap();

@@ -79,13 +79,38 @@ impl fmt::Display for CertRole {
     }
 }
 
+/// A component of an SNP TCB version, as named in the manifest's `minimum_tcb`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TcbComponent {
+    /// The PSP bootloader.
+    Bootloader,
+    /// The PSP operating system.
+    Tee,
+    /// The SNP firmware.
+    Snp,
+    /// The CPU microcode.
+    Microcode,
+    /// The firmware's FMC (Turin only).
+    Fmc,
+}
+
+impl fmt::Display for TcbComponent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Bootloader => "bootloader",
+            Self::Tee => "tee",
+            Self::Snp => "snp",
+            Self::Microcode => "microcode",
+            Self::Fmc => "fmc",
+        })
+    }
+}
+
 /// The check that evidence failed. Each check has its own reason, so logs and metrics say which.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RejectReason {
-    /// The evidence is for a platform this verifier cannot check yet.
-    #[error("SNP verification is not implemented yet")]
-    PlatformNotSupported,
     /// Simulated evidence, and the launch configuration trusts no simulated root.
     #[error(
         "simulated evidence, but this launch configuration trusts no simulated root \
@@ -155,13 +180,80 @@ pub enum RejectReason {
     /// The aTLS client offered no usable nonce in its ALPN list.
     #[error("the client sent no aTLS nonce; connect with the concord CLI or initializer")]
     MissingNonce,
+    /// SNP evidence, and the reference values have no `snp` entry to check it against.
+    #[error("SNP evidence, but the reference values have no snp entry")]
+    NoSnpReferenceValues,
+    /// The SNP report is not 1184 bytes long.
+    #[error("the attestation report is {0} bytes long, not 1184")]
+    ReportLength(usize),
+    /// KEY_INFO names a signing key other than the VCEK (0) or the VLEK (1).
+    #[error(
+        "the report's KEY_INFO names signing key {0}; only the VCEK (0) and the VLEK (1) are accepted"
+    )]
+    SigningKey(u8),
+    /// The report's CPUID fields name no product this verifier knows.
+    #[error("the report's CPUID family {family:#x} model {model:#x} is no known SEV-SNP product")]
+    UnknownProduct {
+        /// CPUID family, as reported.
+        family: u8,
+        /// CPUID model, as reported.
+        model: u8,
+    },
+    /// The report's CPUID fields name another product than the reference values entry.
+    #[error(
+        "the report comes from a {reported:?} processor, the reference values entry is for {expected:?}"
+    )]
+    WrongProduct {
+        /// What the report's CPUID fields say.
+        reported: crate::reference::Product,
+        /// What the reference values entry names.
+        expected: crate::reference::Product,
+    },
+    /// A certificate sent with the evidence is not the pinned AMD certificate in its position.
+    #[error(
+        "the {role} certificate sent with the evidence is not the pinned AMD certificate of this product"
+    )]
+    CertificateNotPinned {
+        /// The position of the certificate.
+        role: CertRole,
+    },
+    /// The signer certificate lacks an AMD extension the check needs, or carries it malformed.
+    #[error("the signer certificate's {0} extension is missing or malformed")]
+    SignerExtension(&'static str),
+    /// The report's `chip_id` is not the hwID of the VCEK that signed it.
+    #[error("the report's chip_id is not the hardware ID in the VCEK that signed it")]
+    ChipIdMismatch,
+    /// The report's `reported_tcb` is not the TCB the VCEK or VLEK was issued for.
+    #[error(
+        "the report's reported_tcb {component} is not the one the signing key's certificate was issued for"
+    )]
+    CertificateTcbMismatch {
+        /// The first component that differs.
+        component: TcbComponent,
+    },
+    /// A component of `reported_tcb` is below the reference values' minimum.
+    #[error("the reported TCB {component} version {reported} is below the minimum {minimum}")]
+    TcbBelowMinimum {
+        /// The component.
+        component: TcbComponent,
+        /// Its reported version.
+        reported: u8,
+        /// The minimum in the reference values.
+        minimum: u8,
+    },
+    /// The report's `chip_id` is not in the reference values' `allowed_chip_ids`.
+    #[error("the report's chip_id is not in allowed_chip_ids")]
+    ChipIdNotAllowed,
+    /// The `sev` crate, reading the same report as a second opinion, disagrees with this crate's
+    /// reading or does not verify its signature.
+    #[error("the second reading of the report (sev crate) disagrees: {0}")]
+    ReportCrossCheck(&'static str),
 }
 
 impl RejectReason {
     /// A stable, low-cardinality label for metrics (`attestation failures by reason`).
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Self::PlatformNotSupported => "platform_not_supported",
             Self::SimulatedNotEnabled => "simulated_not_enabled",
             Self::SimulatedRootNotTrusted => "simulated_root_not_trusted",
             Self::SimulatedRootNotInReferenceValues => "simulated_root_not_in_reference_values",
@@ -180,6 +272,18 @@ impl RejectReason {
             Self::ReportDataMismatch => "report_data_mismatch",
             Self::NoEvidence => "no_evidence",
             Self::MissingNonce => "missing_nonce",
+            Self::NoSnpReferenceValues => "no_snp_reference_values",
+            Self::ReportLength(_) => "report_length",
+            Self::SigningKey(_) => "signing_key",
+            Self::UnknownProduct { .. } => "unknown_product",
+            Self::WrongProduct { .. } => "wrong_product",
+            Self::CertificateNotPinned { .. } => "certificate_not_pinned",
+            Self::SignerExtension(_) => "signer_extension",
+            Self::ChipIdMismatch => "chip_id_mismatch",
+            Self::CertificateTcbMismatch { .. } => "certificate_tcb_mismatch",
+            Self::TcbBelowMinimum { .. } => "tcb_below_minimum",
+            Self::ChipIdNotAllowed => "chip_id_not_allowed",
+            Self::ReportCrossCheck(_) => "report_cross_check",
         }
     }
 }

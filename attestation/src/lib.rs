@@ -3,8 +3,9 @@
 //! This crate owns everything between raw platform evidence and a [`VerifiedReport`]: the SNP
 //! report layout ([`report`](mod@report)), the manifest's reference values
 //! ([`reference`](mod@reference)), the evidence wire form ([`evidence`]), evidence issuers
-//! ([`issuer`], [`simulated`]), verification under a launch configuration ([`verify`]), and TLS
-//! connections whose certificates carry evidence bound to the peer's nonce ([`atls`]).
+//! ([`issuer`], [`simulated`]), verification under a launch configuration ([`verify`], with the
+//! AMD SEV-SNP chain and checks in [`snp`]), and TLS connections whose certificates carry
+//! evidence bound to the peer's nonce ([`atls`]).
 //!
 //! It must never accept evidence without every check passing (Invariant 5: fail closed), never
 //! trust the simulated platform unless the launch configuration and the reference values both
@@ -21,6 +22,7 @@ pub mod issuer;
 pub mod reference;
 pub mod report;
 pub mod simulated;
+pub mod snp;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod verify;
@@ -28,13 +30,14 @@ pub mod verify;
 pub use atls::{
     AcceptPolicy, AtlsAcceptor, AtlsClient, ClientAuth, ClientIdentity, StaticPolicy, VerifiedPeer,
 };
-pub use error::{AttestationError, CertRole, RejectReason};
+pub use error::{AttestationError, CertRole, RejectReason, TcbComponent};
 pub use evidence::{Evidence, Platform};
 pub use issuer::EvidenceIssuer;
 pub use reference::{
     ChipId, Measurement, MinimumTcb, Product, ReferenceValues, Sha256Hex, SimulatedReference,
     SnpReference,
 };
-pub use report::{REPORT_LEN, Report, ReportBuilder, SIGNED_LEN, Tcb};
+pub use report::{GuestPolicy, REPORT_LEN, Report, ReportBuilder, SIGNED_LEN, Tcb};
 pub use simulated::{SimulatedIssuer, SimulatedRoot};
+pub use snp::SignerKind;
 pub use verify::{PlatformTrust, VerifiedReport, Verifier};

@@ -6,6 +6,7 @@
 //! The signature is always checked over the raw bytes as received, never over a re-encoding.
 
 use crate::error::AttestationError;
+use crate::reference::Product;
 
 /// Length of a report (versions 2 to 5).
 pub const REPORT_LEN: usize = 1184;
@@ -23,6 +24,9 @@ const OFF_REPORT_DATA: usize = 0x50;
 const OFF_MEASUREMENT: usize = 0x90;
 const OFF_HOST_DATA: usize = 0xC0;
 const OFF_REPORTED_TCB: usize = 0x180;
+const OFF_CPUID_FAMILY: usize = 0x188;
+const OFF_CPUID_MODEL: usize = 0x189;
+const OFF_CPUID_STEPPING: usize = 0x18A;
 const OFF_CHIP_ID: usize = 0x1A0;
 /// Offset of the signature's `r` component (72 bytes, little-endian, zero-padded).
 pub(crate) const OFF_SIG_R: usize = 0x2A0;
@@ -30,6 +34,8 @@ pub(crate) const OFF_SIG_R: usize = 0x2A0;
 pub(crate) const OFF_SIG_S: usize = 0x2E8;
 /// Length of each signature component field.
 pub(crate) const SIG_COMPONENT_LEN: usize = 72;
+/// Offset of the reserved rest of the 512-byte signature field, after `r` and `s`.
+const OFF_SIG_RESERVED: usize = 0x330;
 
 /// Guest policy bit: a debugger may attach.
 const POLICY_DEBUG: u64 = 1 << 19;
@@ -39,7 +45,11 @@ const POLICY_MIGRATE_MA: u64 = 1 << 18;
 /// `sig_algo` value for ECDSA P-384 with SHA-384, the only one defined.
 pub const SIG_ALGO_ECDSA_P384_SHA384: u32 = 1;
 
-/// A TCB version, decoded with the Milan/Genoa layout (byte 0 bootloader, 1 TEE, 6 SNP, 7 microcode).
+/// A TCB version: the security version of each firmware component.
+///
+/// Its 8-byte encoding depends on the product: Milan and Genoa put the bootloader in byte 0, the
+/// TEE in 1, SNP in 6 and microcode in 7; Turin adds an FMC component and puts FMC in byte 0,
+/// bootloader in 1, TEE in 2, SNP in 3 and microcode in 7. The other bytes are reserved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct Tcb {
@@ -51,26 +61,54 @@ pub struct Tcb {
     pub snp: u8,
     /// Lowest microcode patch level of all cores.
     pub microcode: u8,
+    /// Security version of the FMC firmware: `Some` on Turin, `None` on the products without it.
+    pub fmc: Option<u8>,
 }
 
 impl Tcb {
-    /// A TCB from its components.
+    /// A TCB without an FMC component (Milan, Genoa).
     pub const fn new(bootloader: u8, tee: u8, snp: u8, microcode: u8) -> Self {
         Self {
             bootloader,
             tee,
             snp,
             microcode,
+            fmc: None,
         }
     }
 
-    /// Decodes a TCB_VERSION with the Milan/Genoa layout (Turin's differs and needs its own).
+    /// A Turin TCB, with its FMC component.
+    pub const fn turin(fmc: u8, bootloader: u8, tee: u8, snp: u8, microcode: u8) -> Self {
+        Self {
+            bootloader,
+            tee,
+            snp,
+            microcode,
+            fmc: Some(fmc),
+        }
+    }
+
+    /// Decodes a TCB_VERSION with the layout of `product`.
+    pub const fn decode(raw: u64, product: Product) -> Self {
+        match product {
+            Product::Milan | Product::Genoa => Self::from_milan_genoa(raw),
+            Product::Turin => Self::from_turin(raw),
+        }
+    }
+
+    /// Decodes a TCB_VERSION with the Milan/Genoa layout.
     pub const fn from_milan_genoa(raw: u64) -> Self {
         let b = raw.to_le_bytes();
         Self::new(b[0], b[1], b[6], b[7])
     }
 
-    /// Encodes with the Milan/Genoa layout; the reserved bytes are zero.
+    /// Decodes a TCB_VERSION with the Turin layout.
+    pub const fn from_turin(raw: u64) -> Self {
+        let b = raw.to_le_bytes();
+        Self::turin(b[0], b[1], b[2], b[3], b[7])
+    }
+
+    /// Encodes with the Milan/Genoa layout; the reserved bytes are zero and `fmc` is dropped.
     pub const fn to_milan_genoa(self) -> u64 {
         u64::from_le_bytes([
             self.bootloader,
@@ -82,6 +120,78 @@ impl Tcb {
             self.snp,
             self.microcode,
         ])
+    }
+
+    /// Encodes with the Turin layout; the reserved bytes are zero, and an absent `fmc` is 0.
+    pub const fn to_turin(self) -> u64 {
+        let fmc = match self.fmc {
+            Some(fmc) => fmc,
+            None => 0,
+        };
+        u64::from_le_bytes([
+            fmc,
+            self.bootloader,
+            self.tee,
+            self.snp,
+            0,
+            0,
+            0,
+            self.microcode,
+        ])
+    }
+}
+
+/// The guest policy bits a reader of a report wants named (SEV-SNP ABI, `GUEST_POLICY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestPolicy(pub u64);
+
+impl GuestPolicy {
+    fn bit(self, n: u32) -> bool {
+        self.0 & (1 << n) != 0
+    }
+    /// Bits 0-7: the lowest ABI minor version the guest accepts.
+    pub fn abi_minor(self) -> u8 {
+        self.0.to_le_bytes()[0]
+    }
+    /// Bits 8-15: the lowest ABI major version the guest accepts.
+    pub fn abi_major(self) -> u8 {
+        self.0.to_le_bytes()[1]
+    }
+    /// Bit 16: simultaneous multithreading may be enabled.
+    pub fn smt(self) -> bool {
+        self.bit(16)
+    }
+    /// Bit 18: a migration agent may be associated with the guest.
+    pub fn migrate_ma(self) -> bool {
+        self.0 & POLICY_MIGRATE_MA != 0
+    }
+    /// Bit 19: a debugger may attach to the guest.
+    pub fn debug(self) -> bool {
+        self.0 & POLICY_DEBUG != 0
+    }
+    /// Bit 20: the guest may run on a single socket only.
+    pub fn single_socket(self) -> bool {
+        self.bit(20)
+    }
+    /// Bit 21: CXL may be populated with the guest's memory.
+    pub fn cxl_allow(self) -> bool {
+        self.bit(21)
+    }
+    /// Bit 22: memory must be encrypted with AES-256-XTS.
+    pub fn mem_aes_256_xts(self) -> bool {
+        self.bit(22)
+    }
+    /// Bit 23: running average power limit (RAPL) must be disabled.
+    pub fn rapl_dis(self) -> bool {
+        self.bit(23)
+    }
+    /// Bit 24: ciphertext hiding must be enabled.
+    pub fn ciphertext_hiding(self) -> bool {
+        self.bit(24)
+    }
+    /// Bit 25: guest page swapping is disabled.
+    pub fn page_swap_disable(self) -> bool {
+        self.bit(25)
     }
 }
 
@@ -217,6 +327,22 @@ impl Report {
         u64_at(&self.raw, OFF_REPORTED_TCB)
     }
 
+    /// CPUID family (extended family plus family) of the processor; version 3 and later, zero
+    /// (reserved) in version 2.
+    pub fn cpuid_family(&self) -> u8 {
+        self.raw[OFF_CPUID_FAMILY]
+    }
+
+    /// CPUID model (extended model and model) of the processor; version 3 and later.
+    pub fn cpuid_model(&self) -> u8 {
+        self.raw[OFF_CPUID_MODEL]
+    }
+
+    /// CPUID stepping of the processor; version 3 and later.
+    pub fn cpuid_stepping(&self) -> u8 {
+        self.raw[OFF_CPUID_STEPPING]
+    }
+
     /// The chip identifier.
     pub fn chip_id(&self) -> &[u8; 64] {
         array_at(&self.raw, OFF_CHIP_ID)
@@ -230,6 +356,12 @@ impl Report {
     /// The signature's `s`, little-endian, zero-padded to 72 bytes.
     pub fn signature_s(&self) -> &[u8; SIG_COMPONENT_LEN] {
         array_at(&self.raw, OFF_SIG_S)
+    }
+
+    /// The reserved rest of the signature field (after `r` and `s`, to the end): unsigned, so
+    /// it must be zero for the report to be the one the hardware produced.
+    pub fn signature_reserved(&self) -> &[u8] {
+        &self.raw[OFF_SIG_RESERVED..]
     }
 }
 
@@ -320,6 +452,14 @@ impl ReportBuilder {
     pub fn chip_id(self, v: &[u8; 64]) -> Self {
         self.put(OFF_CHIP_ID, v)
     }
+    /// Sets the reported TCB, already encoded (for layouts other than Milan/Genoa's).
+    pub fn reported_tcb_raw(self, raw: u64) -> Self {
+        self.put(OFF_REPORTED_TCB, &raw.to_le_bytes())
+    }
+    /// Sets the CPUID family, model and stepping (report version 3 and later).
+    pub fn cpuid(self, family: u8, model: u8, stepping: u8) -> Self {
+        self.put(OFF_CPUID_FAMILY, &[family, model, stepping])
+    }
 
     /// The report bytes, with a zero signature.
     pub fn build_unsigned(self) -> [u8; REPORT_LEN] {
@@ -398,6 +538,40 @@ mod tests {
         assert_eq!(r.chip_id()[0], 0xDD);
         assert_eq!(r.signature_r()[0], 0xEE);
         assert_eq!(r.signature_s()[0], 0xFF);
+    }
+
+    #[test]
+    fn turin_and_milan_tcb_layouts_differ_and_round_trip() {
+        let raw = u64::from_le_bytes([1, 2, 3, 4, 0, 0, 5, 6]);
+        assert_eq!(Tcb::from_milan_genoa(raw), Tcb::new(1, 2, 5, 6));
+        assert_eq!(Tcb::from_turin(raw), Tcb::turin(1, 2, 3, 4, 6));
+        assert_eq!(Tcb::decode(raw, Product::Genoa), Tcb::new(1, 2, 5, 6));
+        assert_eq!(Tcb::decode(raw, Product::Turin), Tcb::turin(1, 2, 3, 4, 6));
+        let turin = Tcb::turin(9, 8, 7, 6, 5);
+        assert_eq!(Tcb::from_turin(turin.to_turin()), turin);
+        let milan = Tcb::new(8, 7, 6, 5);
+        assert_eq!(Tcb::from_milan_genoa(milan.to_milan_genoa()), milan);
+    }
+
+    #[test]
+    fn policy_bits_are_named_at_their_documented_positions() {
+        let p = GuestPolicy(0xb0000 | 0x1f | (1 << 20) | (1 << 25) | (2 << 8));
+        assert!(p.debug() && p.smt() && p.single_socket() && p.page_swap_disable());
+        assert!(!p.migrate_ma() && !p.cxl_allow() && !p.mem_aes_256_xts());
+        assert!(!p.rapl_dis() && !p.ciphertext_hiding());
+        assert_eq!((p.abi_major(), p.abi_minor()), (2, 0x1f));
+        assert!(GuestPolicy(1 << 18).migrate_ma());
+    }
+
+    #[test]
+    fn cpuid_fields_are_read_from_0x188() {
+        let raw = ReportBuilder::new().cpuid(0x19, 0xa0, 2).build_unsigned();
+        assert_eq!(&raw[0x188..0x18B], &[0x19, 0xa0, 2]);
+        let r = Report::parse(&raw).unwrap();
+        assert_eq!(
+            (r.cpuid_family(), r.cpuid_model(), r.cpuid_stepping()),
+            (0x19, 0xa0, 2)
+        );
     }
 
     #[test]

@@ -14,8 +14,9 @@ use crate::chain;
 use crate::claims::{self, GuestRules};
 use crate::error::{AttestationError, CertRole, RejectReason};
 use crate::evidence::{Evidence, Platform};
-use crate::reference::ReferenceValues;
+use crate::reference::{Product, ReferenceValues};
 use crate::report::{Report, Tcb};
+use crate::snp;
 
 /// The trust anchors fixed at launch, outside any manifest.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -36,6 +37,7 @@ pub struct Verifier {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedReport {
     platform: Platform,
+    product: Option<Product>,
     version: u32,
     vmpl: u32,
     policy: u64,
@@ -47,9 +49,15 @@ pub struct VerifiedReport {
 }
 
 impl VerifiedReport {
-    fn from_report(platform: Platform, report: &Report) -> Self {
+    fn from_report(
+        platform: Platform,
+        product: Option<Product>,
+        report: &Report,
+        reported_tcb: Tcb,
+    ) -> Self {
         Self {
             platform,
+            product,
             version: report.version(),
             vmpl: report.vmpl(),
             policy: report.policy(),
@@ -57,13 +65,28 @@ impl VerifiedReport {
             host_data: *report.host_data(),
             report_data: *report.report_data(),
             chip_id: *report.chip_id(),
-            reported_tcb: Tcb::from_milan_genoa(report.reported_tcb()),
+            reported_tcb,
         }
+    }
+
+    /// An SNP report that passed every check of an entry for `product`.
+    pub(crate) fn snp(report: &Report, product: Product, reported_tcb: Tcb) -> Self {
+        Self::from_report(Platform::Snp, Some(product), report, reported_tcb)
+    }
+
+    /// A simulated report (Milan/Genoa TCB layout) that passed every check.
+    fn simulated(report: &Report) -> Self {
+        let tcb = Tcb::from_milan_genoa(report.reported_tcb());
+        Self::from_report(Platform::Simulated, None, report, tcb)
     }
 
     /// The platform that produced the evidence.
     pub fn platform(&self) -> Platform {
         self.platform
+    }
+    /// The AMD product whose pinned root the evidence chains to; `None` on the simulated platform.
+    pub fn product(&self) -> Option<Product> {
+        self.product
     }
     /// The report format version.
     pub fn version(&self) -> u32 {
@@ -93,7 +116,8 @@ impl VerifiedReport {
     pub fn chip_id(&self) -> &[u8; 64] {
         &self.chip_id
     }
-    /// The reported TCB (Milan/Genoa layout).
+    /// The reported TCB, decoded with the product's layout (`fmc` is `Some` on Turin only); at
+    /// least the reference values' minimum and, for SNP, the TCB the signing key was issued for.
     pub fn reported_tcb(&self) -> Tcb {
         self.reported_tcb
     }
@@ -118,6 +142,11 @@ impl Verifier {
 
     /// Verifies `evidence` against `reference`, requiring `report_data == expected_report_data`
     /// and `accept_host_data(host_data)`, with certificate validity checked at `now`.
+    ///
+    /// SNP evidence: `certificates[0]` is the VCEK or VLEK that signed the report (as the guest
+    /// sent it, or as the caller fetched it from AMD's KDS for the report's chip and TCB); an ASK
+    /// or ASVK and the ARK may follow and must then be AMD's pinned ones. It is accepted if one
+    /// `reference.snp` entry accepts it (see `snp` for the reason returned when none does).
     pub fn verify(
         &self,
         evidence: &Evidence,
@@ -134,8 +163,15 @@ impl Verifier {
                 accept_host_data,
                 now,
             ),
-            // Fail closed until the SNP chain (ARK/ASK/VCEK, TCB, chip ID) is implemented.
-            Platform::Snp => Err(RejectReason::PlatformNotSupported.into()),
+            Platform::Snp => snp::verify(
+                evidence,
+                &reference.snp,
+                &snp::Expectations {
+                    report_data: expected_report_data,
+                    accept_host_data,
+                    now,
+                },
+            ),
         };
         if let Err(error) = &result {
             tracing::debug!(platform = %evidence.platform, %error, "attestation evidence rejected");
@@ -203,6 +239,6 @@ impl Verifier {
         )?;
         claims::check_host_data(&report, accept_host_data)?;
         claims::check_report_data(&report, expected_report_data)?;
-        Ok(VerifiedReport::from_report(Platform::Simulated, &report))
+        Ok(VerifiedReport::simulated(&report))
     }
 }

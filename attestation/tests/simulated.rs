@@ -371,16 +371,71 @@ fn a_wrong_certificate_count_or_garbage_certificates_are_malformed() {
 }
 
 #[test]
-fn snp_evidence_is_refused_until_snp_verification_exists() {
+fn simulated_evidence_labelled_snp_is_judged_by_the_snp_rules_and_rejected() {
     let f = SimFixture::new();
     let mut evidence = issue(&f);
     evidence.platform = Platform::Snp;
-    let result = verify(&f, &evidence);
-    assert_eq!(result, rejected(RejectReason::PlatformNotSupported));
-    assert!(
-        result
-            .unwrap_err()
-            .to_string()
-            .contains("SNP verification is not implemented yet")
+    // The fixture's reference values have no SNP entry.
+    assert_eq!(
+        verify(&f, &evidence),
+        rejected(RejectReason::NoSnpReferenceValues)
+    );
+    // With one, the simulated signer does not chain to AMD's pinned root.
+    let mut reference = f.reference();
+    reference.snp.push(concord_attestation::SnpReference {
+        product: concord_attestation::Product::Milan,
+        trusted_measurements: vec![concord_attestation::Measurement(MEASUREMENT)],
+        minimum_tcb: concord_attestation::MinimumTcb {
+            bootloader: 0,
+            tee: 0,
+            snp: 0,
+            microcode: 0,
+            fmc: None,
+        },
+        allow_debug: false,
+        allow_migration_agent: false,
+        allowed_chip_ids: None,
+    });
+    // The simulated report is version 3 with zero CPUID fields: no known product.
+    assert_eq!(
+        f.verifier().verify(
+            &evidence,
+            &reference,
+            &REPORT_DATA,
+            &|h| h == &HOST_DATA,
+            SystemTime::now()
+        ),
+        rejected(RejectReason::UnknownProduct {
+            family: 0,
+            model: 0
+        })
+    );
+    let mut raw: [u8; REPORT_LEN] = evidence.report.as_slice().try_into().unwrap();
+    raw[0x188] = 0x19; // CPUID family 19h, model 0: Milan
+    f.issuer.resign(&mut raw);
+    evidence.report = raw.to_vec();
+    let verify_snp = |evidence: &Evidence| {
+        f.verifier().verify(
+            evidence,
+            &reference,
+            &REPORT_DATA,
+            &|h| h == &HOST_DATA,
+            SystemTime::now(),
+        )
+    };
+    // The simulated root sent after the signer is not AMD's pinned ASK...
+    assert_eq!(
+        verify_snp(&evidence),
+        rejected(RejectReason::CertificateNotPinned {
+            role: CertRole::Intermediate
+        })
+    );
+    // ...and without it, the simulated signer is not issued by the ASK.
+    evidence.certificates.truncate(1);
+    assert_eq!(
+        verify_snp(&evidence),
+        rejected(RejectReason::CertificateChain {
+            role: CertRole::Signer
+        })
     );
 }

@@ -128,21 +128,8 @@ impl SimulatedIssuer {
         &self.host_data
     }
 
-    /// Signs `raw[..0x2A0]` and writes `r` and `s`, little-endian and zero-padded, at 0x2A0/0x2E8.
     fn sign(&self, raw: &mut [u8; REPORT_LEN]) -> Result<(), AttestationError> {
-        let signature: p384::ecdsa::Signature = self
-            .signing_key
-            .try_sign(&raw[..SIGNED_LEN])
-            .map_err(|e| AttestationError::Issuer(format!("signing the simulated report: {e}")))?;
-        let (r, s) = signature.split_bytes();
-        for (offset, be) in [(OFF_SIG_R, r), (OFF_SIG_S, s)] {
-            let field = &mut raw[offset..offset + SIG_COMPONENT_LEN];
-            field.fill(0);
-            for (dst, src) in field.iter_mut().zip(be.iter().rev()) {
-                *dst = *src;
-            }
-        }
-        Ok(())
+        sign_report(&self.signing_key, raw)
     }
 
     /// Re-signs a report after a test changed it, to test checks that come after the signature.
@@ -153,6 +140,25 @@ impl SimulatedIssuer {
         #[allow(clippy::expect_used)]
         self.sign(raw).expect("signing with an in-memory P-384 key");
     }
+}
+
+/// Signs `raw[..0x2A0]` and writes `r` and `s`, little-endian and zero-padded, at 0x2A0/0x2E8.
+pub(crate) fn sign_report(
+    key: &p384::ecdsa::SigningKey,
+    raw: &mut [u8; REPORT_LEN],
+) -> Result<(), AttestationError> {
+    let signature: p384::ecdsa::Signature = key
+        .try_sign(&raw[..SIGNED_LEN])
+        .map_err(|e| AttestationError::Issuer(format!("signing the simulated report: {e}")))?;
+    let (r, s) = signature.split_bytes();
+    for (offset, be) in [(OFF_SIG_R, r), (OFF_SIG_S, s)] {
+        let field = &mut raw[offset..offset + SIG_COMPONENT_LEN];
+        field.fill(0);
+        for (dst, src) in field.iter_mut().zip(be.iter().rev()) {
+            *dst = *src;
+        }
+    }
+    Ok(())
 }
 
 impl EvidenceIssuer for SimulatedIssuer {

@@ -9,5 +9,7 @@
 mod issuer;
 mod root;
 
+#[cfg(any(test, feature = "testing"))]
+pub(crate) use issuer::sign_report;
 pub use issuer::{SIMULATED_TCB, SimulatedIssuer};
 pub use root::{ROOT_CERT_FILE, ROOT_KEY_FILE, SimulatedRoot};

@@ -582,7 +582,7 @@ fn leaf_claims(report: &VerifiedReport) -> concord_mesh_ca::AttestedClaims {
             tee: tcb.tee,
             snp: tcb.snp,
             microcode: tcb.microcode,
-            fmc: None,
+            fmc: tcb.fmc,
         },
     }
 }
