@@ -198,20 +198,16 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts `n` replicas and sets the first manifest through the leader; every replica is ready.
-    pub async fn start(n: u64) -> Result<Cluster, String> {
+    /// Starts `n` replicas, fresh: no manifest yet.
+    pub fn start(n: u64) -> Result<Cluster, String> {
         let env = Env::new();
         let nodes = env.start_cluster(n);
-        let mut cluster = Cluster {
+        Ok(Cluster {
             dialer: Dialer::new(&env)?,
             env,
             nodes,
             writer: Writer::new(),
-        };
-        let mut client = cluster.leader_client().await?;
-        cluster.writer.set(&cluster.env, &mut client).await?;
-        cluster.wait_all_ready().await?;
-        Ok(cluster)
+        })
     }
 
     /// A client of the replica that leads now.

@@ -304,6 +304,14 @@ fn run(mode: &Mode, etcd: Option<&Path>) -> Vec<Row> {
             .as_ref()
             .map(|r| failover::restart_rows(&r.restart_to_ready)),
     );
+    push(
+        &mut rows,
+        "first SetManifest",
+        concord
+            .first
+            .as_ref()
+            .map(|t| vec![propagation::first_row(*t)]),
+    );
     for p in &concord.propagation {
         push(
             &mut rows,
@@ -342,6 +350,8 @@ fn push(rows: &mut Vec<Row>, what: &str, section: Result<Vec<Row>, &String>) {
 
 /// What the Concord cluster measured; each part fails on its own.
 struct ConcordCluster {
+    /// From the first manifest's acknowledgement to every replica ready with it.
+    first: Result<Duration, String>,
     /// On a short history, then after the commit latency run made it long.
     propagation: [Result<(Samples, u64), String>; 2],
     commit: Result<commit::Commits, String>,
@@ -352,6 +362,7 @@ struct ConcordCluster {
 impl ConcordCluster {
     fn failed(e: String) -> ConcordCluster {
         ConcordCluster {
+            first: Err(e.clone()),
             propagation: [Err(e.clone()), Err(e.clone())],
             commit: Err(e.clone()),
             rss: Err(e.clone()),
@@ -360,12 +371,16 @@ impl ConcordCluster {
     }
 }
 
-/// One 3-replica cluster for metrics 4, 1, 6, 4 again, then 2 and 3: the mesh CA propagation on a
+/// One 3-replica cluster for its first manifest, metrics 4, 1, 6, 4 again, then 2 and 3: the mesh CA propagation on a
 /// short history and on the long one the commit latency run leaves, the idle memory before any
 /// replica was restarted.
 async fn concord_cluster(mode: &Mode) -> ConcordCluster {
-    let mut cluster = match concord::Cluster::start(3).await {
+    let mut cluster = match concord::Cluster::start(3) {
         Ok(c) => c,
+        Err(e) => return ConcordCluster::failed(e),
+    };
+    let first = match propagation::concord(&mut cluster, 1).await {
+        Ok(s) => s.median(),
         Err(e) => return ConcordCluster::failed(e),
     };
     let short = propagation::concord(&mut cluster, mode.propagation_rounds)
@@ -383,6 +398,7 @@ async fn concord_cluster(mode: &Mode) -> ConcordCluster {
         .map(|s| (s, cluster.writer.transitions()));
     let rounds = failover::concord(&mut cluster, mode.failovers).await;
     ConcordCluster {
+        first: Ok(first),
         propagation: [short, long],
         commit,
         rss,

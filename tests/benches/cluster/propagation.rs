@@ -15,35 +15,59 @@ const POLL: Duration = Duration::from_millis(1);
 const GIVE_UP: Duration = Duration::from_secs(10);
 
 /// `rounds` SetManifest calls on the leader, each followed by the time until every replica served
-/// its mesh CA.
+/// its mesh CA. The first round of a fresh cluster sets its first manifest.
 pub async fn concord(cluster: &mut Cluster, rounds: usize) -> Result<Samples, String> {
-    let mut leader = cluster.leader_client().await?;
-    let mut pollers = Vec::new();
-    for node in &cluster.nodes {
-        pollers.push(cluster.dialer.user(node.user_addr).await?);
-    }
+    let mut clients = Clients::connect(cluster).await?;
     let mut samples = Vec::new();
     for _ in 0..rounds {
-        let answer = cluster.writer.set(&cluster.env, &mut leader).await?;
-        let acknowledged = Instant::now();
-        let transitions = cluster.writer.transitions();
-        let tasks: Vec<_> = pollers
-            .iter()
-            .map(|client| {
-                let (client, mesh_ca) = (client.clone(), answer.mesh_ca.clone());
-                tokio::spawn(serving(client, transitions, mesh_ca))
-            })
-            .collect();
-        let mut last = acknowledged;
-        for task in tasks {
-            let at = task.await.map_err(|e| format!("a poller failed: {e}"))??;
-            last = last.max(at);
-        }
-        samples.push(last - acknowledged);
+        samples.push(round(cluster, &mut clients).await?);
         // Let the cluster settle, so rounds do not overlap.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(Samples::new(samples))
+}
+
+/// A connection to the leader for the writes, and one per replica for the polling.
+struct Clients {
+    leader: UserClient,
+    pollers: Vec<UserClient>,
+}
+
+impl Clients {
+    async fn connect(cluster: &Cluster) -> Result<Clients, String> {
+        let mut pollers = Vec::new();
+        for node in &cluster.nodes {
+            pollers.push(cluster.dialer.user(node.user_addr).await?);
+        }
+        Ok(Clients {
+            leader: cluster.leader_client().await?,
+            pollers,
+        })
+    }
+}
+
+/// One SetManifest, and the time from its acknowledgement until every replica served its mesh CA.
+async fn round(cluster: &mut Cluster, clients: &mut Clients) -> Result<Duration, String> {
+    let answer = cluster
+        .writer
+        .set(&cluster.env, &mut clients.leader)
+        .await?;
+    let acknowledged = Instant::now();
+    let transitions = cluster.writer.transitions();
+    let tasks: Vec<_> = clients
+        .pollers
+        .iter()
+        .map(|client| {
+            let (client, mesh_ca) = (client.clone(), answer.mesh_ca.clone());
+            tokio::spawn(serving(client, transitions, mesh_ca))
+        })
+        .collect();
+    let mut last = acknowledged;
+    for task in tasks {
+        let at = task.await.map_err(|e| format!("a poller failed: {e}"))??;
+        last = last.max(at);
+    }
+    Ok(last - acknowledged)
 }
 
 /// When the replica was first seen serving `mesh_ca` at `transitions` transitions.
@@ -70,6 +94,17 @@ async fn serving(
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// The first manifest of a fresh cluster (also a new seed, root CA and seed shares): for context.
+pub fn first_row(took: Duration) -> Row {
+    Row::new(
+        "first SetManifest ack -> all ready with its mesh CA",
+        ms(took),
+        "-",
+        "-",
+        Verdict::Info,
+    )
 }
 
 pub fn rows(samples: &Samples, history_len: u64) -> Vec<Row> {
