@@ -15,8 +15,13 @@ use crate::etcd_client::EtcdClient;
 /// How long a member may take to serve, and the cluster to elect a leader.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The etcd binary: on PATH, else where Debian installs it.
+/// The etcd binary: `CONCORD_BENCH_ETCD` if set (a path; nothing there means no etcd), else on
+/// PATH, else where Debian installs it.
 pub fn find_binary() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("CONCORD_BENCH_ETCD") {
+        let path = PathBuf::from(path);
+        return path.is_file().then_some(path);
+    }
     let on_path = std::env::var_os("PATH").and_then(|path| {
         std::env::split_paths(&path)
             .map(|dir| dir.join("etcd"))

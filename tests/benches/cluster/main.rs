@@ -120,9 +120,9 @@ fn main() -> ExitCode {
         Some(bin) => etcd::version(bin),
         None => {
             eprintln!(
-                "etcd is not installed (no `etcd` on PATH nor /usr/bin/etcd): Concord's numbers are printed without their reference. Install it with `apt-get install etcd-server`."
+                "etcd is not installed (no `etcd` at $CONCORD_BENCH_ETCD, on PATH or at /usr/bin/etcd): Concord's numbers are printed without their reference. Install it with `apt-get install etcd-server`."
             );
-            "no etcd (reference: not available)".into()
+            NO_REFERENCE.into()
         }
     };
     let started = Instant::now();
