@@ -84,7 +84,10 @@ async fn concord_restart(cluster: &mut Cluster, i: usize) -> Result<Duration, St
     let poller =
         tokio::spawn(async move { dialer.wait_ready(addr, transitions, POLL, GIVE_UP).await });
     let node = &mut cluster.nodes[i];
-    tokio::task::block_in_place(|| node.restart(&flags)).map_err(|e| e.to_string())?;
+    if let Err(e) = tokio::task::block_in_place(|| node.restart(&flags)) {
+        poller.abort();
+        return Err(e.to_string());
+    }
     let ready = poller
         .await
         .map_err(|e| format!("the poller failed: {e}"))??;

@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 mod audit;
+mod binaries;
 mod commit;
 mod concord;
 mod etcd;
@@ -23,80 +24,18 @@ mod etcd_client;
 mod failover;
 mod memory;
 mod mesh;
+mod mode;
 mod propagation;
 mod table;
 
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use concord_coordinator::testing::TestDeployment;
+use mode::Mode;
 use table::{NO_REFERENCE, Row, Samples, Verdict};
-
-/// How much of each measurement to do.
-#[derive(Debug, Clone)]
-struct Mode {
-    name: &'static str,
-    /// Timed SetManifest calls (and etcd puts).
-    writes: usize,
-    /// SetManifest rounds timed until every replica serves the new mesh CA.
-    propagation_rounds: usize,
-    /// Leader kills (each also restarts the killed replica: the peer recovery samples).
-    failovers: usize,
-    /// Whether to time etcd's failover also with Concord's election timeouts.
-    etcd_like_concord: bool,
-    idle: Duration,
-    audit_sizes: &'static [usize],
-    audit_runs: usize,
-    mesh_clients: usize,
-    mesh_window: Duration,
-    crypto_window: Duration,
-}
-
-impl Mode {
-    fn full() -> Mode {
-        Mode {
-            name: "full",
-            writes: 200,
-            propagation_rounds: 20,
-            failovers: 7,
-            etcd_like_concord: true,
-            idle: Duration::from_secs(5),
-            audit_sizes: &[1_000, 5_000, 10_000],
-            audit_runs: 3,
-            mesh_clients: 8,
-            mesh_window: Duration::from_secs(10),
-            crypto_window: Duration::from_secs(3),
-        }
-    }
-
-    fn quick() -> Mode {
-        Mode {
-            name: "quick",
-            writes: 30,
-            propagation_rounds: 5,
-            failovers: 3,
-            etcd_like_concord: false,
-            idle: Duration::from_secs(2),
-            audit_sizes: &[1_000, 5_000, 10_000],
-            audit_runs: 1,
-            mesh_clients: 8,
-            mesh_window: Duration::from_secs(3),
-            crypto_window: Duration::from_secs(1),
-        }
-    }
-
-    /// `--quick` among the arguments, or `CONCORD_BENCH_QUICK=1`.
-    fn from_args(args: &[String]) -> Mode {
-        let env = std::env::var("CONCORD_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
-        if env || args.iter().any(|a| a == "--quick") {
-            Mode::quick()
-        } else {
-            Mode::full()
-        }
-    }
-}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -108,7 +47,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let mode = Mode::from_args(&args);
-    let profile = match build_binaries() {
+    let profile = match binaries::build_binaries() {
         Ok(profile) => profile,
         Err(e) => {
             eprintln!("error: {e}");
@@ -150,72 +89,6 @@ fn main() -> ExitCode {
         ExitCode::SUCCESS
     }
 }
-
-/// Builds the binaries the benchmark starts, with this benchmark's profile and target directory
-/// (`target/release/` for `cargo bench`), where `concord_cli::process::sibling_binary` looks.
-/// Returns the profile's name.
-fn build_binaries() -> Result<String, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
-    // target/PROFILE-DIR/deps/cluster-HASH
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .ok_or("this executable is not in a cargo target directory")?;
-    let target_dir = profile_dir
-        .parent()
-        .ok_or("this executable is not in a cargo target directory")?;
-    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") => "dev".to_string(),
-        Some(name) => name.to_string(),
-        None => return Err("this executable is not in a cargo target directory".into()),
-    };
-    let Some(cargo) = std::env::var_os("CARGO") else {
-        return Err("run the benchmark through cargo: `cargo bench -p concord-tests --bench cluster`, which builds the binaries it starts".into());
-    };
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-    eprintln!("building concord-coordinator and concord ({profile} profile)");
-    let mut build = Command::new(cargo);
-    // What cargo set for running this benchmark, not for building: build scripts that watch one of
-    // these (ring watches CARGO_MANIFEST_DIR) would otherwise be rebuilt, with all that depends on them.
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy();
-        if key.starts_with("CARGO_PKG_") || RUN_ONLY_VARS.contains(&key.as_ref()) {
-            build.env_remove(key.as_ref());
-        }
-    }
-    let status = build
-        // The whole workspace, as `cargo test --workspace` builds it: the same features as this
-        // benchmark's build, so no dependency is built twice.
-        .args([
-            "build",
-            "--quiet",
-            "--workspace",
-            "--bins",
-            "--profile",
-            &profile,
-        ])
-        .arg("--manifest-path")
-        .arg(&workspace)
-        .arg("--target-dir")
-        .arg(target_dir)
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !status.success() {
-        return Err(format!("building the binaries failed ({status})"));
-    }
-    Ok(profile)
-}
-
-/// Variables cargo sets for the benchmark's process (besides `CARGO_PKG_*`).
-const RUN_ONLY_VARS: &[&str] = &[
-    "CARGO_MANIFEST_DIR",
-    "CARGO_MANIFEST_PATH",
-    "CARGO_CRATE_NAME",
-    "CARGO_BIN_NAME",
-    "CARGO_PRIMARY_PACKAGE",
-    "CARGO_TARGET_TMPDIR",
-    "CARGO_RUSTC_CURRENT_DIR",
-];
 
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -371,9 +244,9 @@ impl ConcordCluster {
     }
 }
 
-/// One 3-replica cluster for its first manifest, metrics 4, 1, 6, 4 again, then 2 and 3: the mesh CA propagation on a
-/// short history and on the long one the commit latency run leaves, the idle memory before any
-/// replica was restarted.
+/// One 3-replica cluster for its first manifest, metrics 4, 1, 6, 4 again, then 2 and 3: the mesh
+/// CA propagation on a short history and on the long one the commit latency run leaves, the idle
+/// memory before any replica was restarted.
 async fn concord_cluster(mode: &Mode) -> ConcordCluster {
     let mut cluster = match concord::Cluster::start(3) {
         Ok(c) => c,
