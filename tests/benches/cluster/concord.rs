@@ -53,18 +53,23 @@ impl Dialer {
             .map_err(|s| format!("{addr}: {}", s.message()))
     }
 
-    /// The index of the replica that leads, waiting up to 10 s for an election.
+    /// The index of the replica that leads, waiting up to 10 s for an election. Of two replicas that
+    /// say they lead, the one of the higher term: a former leader that restarts resumes its old term
+    /// as leader until it hears from the current one.
     pub async fn leader(&self, nodes: &[CoordinatorProcess]) -> Result<usize, String> {
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(10) {
+            let mut leader: Option<(u64, usize)> = None;
             for (i, node) in nodes.iter().enumerate() {
-                if self
-                    .status(node.user_addr)
-                    .await
-                    .is_ok_and(|s| s.role == "leader")
+                if let Ok(s) = self.status(node.user_addr).await
+                    && s.role == "leader"
+                    && leader.is_none_or(|(term, _)| s.term > term)
                 {
-                    return Ok(i);
+                    leader = Some((s.term, i));
                 }
+            }
+            if let Some((_, i)) = leader {
+                return Ok(i);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

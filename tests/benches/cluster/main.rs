@@ -2,7 +2,7 @@
 //! reference measured in the same run (etcd, or the crypto alone) and its target:
 //!
 //! ```sh
-//! cargo bench -p concord-tests --bench cluster              # full: about 3 minutes
+//! cargo bench -p concord-tests --bench cluster              # full: about 1.5 minutes
 //! cargo bench -p concord-tests --bench cluster -- --quick   # small N, for CI: under 2 minutes
 //! ```
 //!
