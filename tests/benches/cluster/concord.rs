@@ -196,9 +196,10 @@ impl Writer {
 
 /// A Concord cluster of the fixture's replicas, with the deployment they serve.
 pub struct Cluster {
+    // Dropped in this order: the replicas are killed before their directory is removed.
+    pub nodes: Vec<CoordinatorProcess>,
     pub env: Env,
     pub dialer: Dialer,
-    pub nodes: Vec<CoordinatorProcess>,
     pub writer: Writer,
 }
 
@@ -208,9 +209,9 @@ impl Cluster {
         let env = Env::new();
         let nodes = env.start_cluster(n);
         Ok(Cluster {
+            nodes,
             dialer: Dialer::new(&env)?,
             env,
-            nodes,
             writer: Writer::new(),
         })
     }
