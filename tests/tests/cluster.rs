@@ -1,6 +1,8 @@
 //! Several replicas of the real binary on loopback: replication, forwarding, failover, rejoin with
-//! peer recovery. Prints the timings it observes (they are observations, not assertions: the
-//! benchmarks compare them with their targets).
+//! peer recovery. Correctness only: how fast these happen is measured by the benchmarks
+//! (`cargo bench -p concord-tests --bench cluster`), in release builds, beside their targets. The one
+//! timing printed here, threshold recovery of a whole cluster, is not benchmarked yet; it is an
+//! observation, not an assertion.
 
 use std::time::{Duration, Instant};
 
@@ -76,11 +78,7 @@ async fn three_replicas_replicate_fail_over_and_recover() {
     assert!(out.status.success(), "{}", describe(&out));
     let first = stdout_line(&out);
     let refs: Vec<_> = cluster.iter().collect();
-    let t = all_ready(&env, &refs, 1).await;
-    println!(
-        "observed: first manifest acknowledged -> every replica ready with its mesh CA: {:.1} ms",
-        t.as_secs_f64() * 1e3
-    );
+    all_ready(&env, &refs, 1).await;
 
     // A workload gets its certificate from any replica.
     let init = env.initializer(
@@ -99,28 +97,18 @@ async fn three_replicas_replicate_fail_over_and_recover() {
         &["--owner-key", "owner.pem"],
     );
     assert!(second.status.success(), "{}", describe(&second));
-    let t = all_ready(&env, &refs, 2).await;
-    println!(
-        "observed: SetManifest acknowledged -> every replica ready with the new mesh CA: {:.1} ms",
-        t.as_secs_f64() * 1e3
-    );
+    all_ready(&env, &refs, 2).await;
 
     // Kill -9 the leader; the next write succeeds on a survivor.
     let old_leader = leader(&env, &cluster).await;
     let survivor = (old_leader + 1) % 3;
-    let killed_at = Instant::now();
     cluster[old_leader].kill();
     let third = env.set(
         &cluster[survivor],
         "manifest-v3.json",
         &["--owner-key", "owner.pem"],
     );
-    let failover = killed_at.elapsed();
     assert!(third.status.success(), "{}", describe(&third));
-    println!(
-        "observed: leader killed -> next SetManifest acknowledged: {:.1} ms",
-        failover.as_secs_f64() * 1e3
-    );
     let survivors: Vec<_> = cluster
         .iter()
         .enumerate()
@@ -130,16 +118,11 @@ async fn three_replicas_replicate_fail_over_and_recover() {
     all_ready(&env, &survivors, 3).await;
 
     // The killed replica restarts, catches up through Raft and recovers its secrets from a peer.
-    let started = Instant::now();
     cluster[old_leader]
         .restart(&env.flags("coordinator.policy"))
         .unwrap();
     let refs: Vec<_> = cluster.iter().collect();
     all_ready(&env, &refs, 3).await;
-    println!(
-        "observed: restarted replica process start -> ready: {:.1} ms",
-        started.elapsed().as_secs_f64() * 1e3
-    );
 
     // One history on every replica, containing the first transition.
     for c in &cluster {

@@ -1,0 +1,191 @@
+//! Metric 5: `concord history audit` of histories of growing length: under 1 s at 10,000
+//! transitions, and linear (the time per transition does not grow with the length).
+//!
+//! The histories are built in memory with the library, signed as a coordinator signs them, not
+//! through 10,000 RPCs or `Coordinator::set_manifest` (whose commit reloads and re-verifies the whole
+//! history each time, so building that way is quadratic). The bundles are the exact `history.json` a
+//! data owner gets from `concord verify`, with simulated evidence over the latest transition.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use concord_attestation::EvidenceIssuer;
+use concord_cli::process::sibling_binary;
+use concord_coordinator::history::audit::{AuditBundle, BundleEvidence};
+use concord_coordinator::history::{OwnerAuthorization, Transition, VerifiedChain, format};
+use concord_coordinator::manifest::Manifest;
+use concord_mesh_ca::{MeshCa, RootCa, SeedEngine};
+use concord_tests::{Env, Hash};
+use time::OffsetDateTime;
+
+use crate::table::{Row, Verdict, ms};
+
+/// One history length and how long its audit took (the median of the runs).
+pub struct Audited {
+    pub transitions: usize,
+    pub took: Duration,
+}
+
+/// Builds histories of each of `sizes` transitions (ascending) in one pass, writes each as a bundle
+/// under `dir` and times `concord history audit` on it `runs` times.
+pub fn run(env: &Env, dir: &Path, sizes: &[usize], runs: usize) -> Result<Vec<Audited>, String> {
+    let mut out = Vec::new();
+    for (size, bundle) in bundles(env, sizes)? {
+        let path = dir.join(format!("history-{size}.json"));
+        std::fs::write(&path, bundle.to_json())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        let mut times: Vec<Duration> = (0..runs)
+            .map(|_| audit_once(env, &path))
+            .collect::<Result<_, _>>()?;
+        times.sort();
+        out.push(Audited {
+            transitions: size,
+            took: times[times.len() / 2],
+        });
+    }
+    Ok(out)
+}
+
+/// One run of the real CLI, as a data owner runs it.
+fn audit_once(env: &Env, bundle: &Path) -> Result<Duration, String> {
+    let root = hex::encode(env.d.root.hash());
+    let start = Instant::now();
+    let out = Command::new(sibling_binary("concord"))
+        .arg("history")
+        .arg("audit")
+        .arg(bundle)
+        .arg("--insecure-simulated-root")
+        .arg(&root)
+        .output()
+        .map_err(|e| format!("cannot run concord: {e}"))?;
+    let took = start.elapsed();
+    if !out.status.success() {
+        return Err(format!(
+            "concord history audit failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(took)
+}
+
+/// The bundle of the first `size` transitions, for each of `sizes`.
+fn bundles(env: &Env, sizes: &[usize]) -> Result<Vec<(usize, AuditBundle)>, String> {
+    let crypto = |e: concord_mesh_ca::MeshCaError| e.to_string();
+    let now = OffsetDateTime::now_utc();
+    let engine = SeedEngine::generate().map_err(crypto)?;
+    let signer = Signer {
+        env,
+        key: engine.transition_signing_key(),
+    };
+    let root_ca = RootCa::create(&engine.root_ca_key().map_err(crypto)?, now).map_err(crypto)?;
+    let mesh_ca = MeshCa::generate(&root_ca, now).map_err(crypto)?;
+    let policies: BTreeMap<Hash, Vec<u8>> = [&env.d.coordinator_policy, &env.d.workload_policy]
+        .into_iter()
+        .map(|doc| (Hash::of(doc), doc.clone()))
+        .collect();
+    let bundle = |chain: &VerifiedChain| -> Result<AuditBundle, String> {
+        let nonce = [7u8; 32];
+        let report_data = format::audit_report_data(
+            &nonce,
+            chain.signing_key(),
+            &chain.latest_hash(),
+            root_ca.cert_der(),
+            mesh_ca.mesh_ca_der(),
+        );
+        let evidence = env
+            .d
+            .issuer(&env.d.coordinator_policy)
+            .issue(&report_data)
+            .map_err(|e| e.to_string())?;
+        Ok(AuditBundle::new(
+            chain,
+            &policies,
+            root_ca.cert_der(),
+            mesh_ca.mesh_ca_der(),
+            BundleEvidence::new(&evidence, &nonce),
+        ))
+    };
+
+    let (first, manifest) = signer.transition(0, Hash::ZERO)?;
+    let mut chain = VerifiedChain::first(signer.key.verifying_key(), first, manifest)
+        .map_err(|e| e.to_string())?;
+    let largest = sizes.iter().copied().max().unwrap_or(0);
+    let mut out = Vec::new();
+    loop {
+        if sizes.contains(&chain.len()) {
+            out.push((chain.len(), bundle(&chain)?));
+        }
+        if chain.len() >= largest {
+            return Ok(out);
+        }
+        let (t, manifest) = signer.transition(chain.len() as u64, chain.latest_hash())?;
+        chain.push(t, manifest).map_err(|e| e.to_string())?;
+    }
+}
+
+/// Signs transitions as the coordinator does, each authorized by the deployment's owner.
+struct Signer<'a> {
+    env: &'a Env,
+    key: ed25519_dalek::SigningKey,
+}
+
+impl Signer<'_> {
+    /// Transition `index` after `previous`, setting manifest version `index + 1`.
+    fn transition(&self, index: u64, previous: Hash) -> Result<(Transition, Manifest), String> {
+        let manifest =
+            Manifest::parse(&self.env.d.manifest(index as u32 + 1)).map_err(|e| e.to_string())?;
+        let hash = format::transition_hash(&manifest.hash(), &previous);
+        let owner = &self.env.d.owner;
+        let transition = Transition {
+            index,
+            manifest_hash: manifest.hash(),
+            previous,
+            signature: format::sign_transition(&self.key, &hash),
+            owner: (index > 0).then(|| OwnerAuthorization {
+                key: owner.verifying_key(),
+                signature: format::sign_owner(owner, &hash),
+            }),
+        };
+        Ok((transition, manifest))
+    }
+}
+
+/// One row per length, and the linearity row: the time per transition of the longest history is
+/// at most 1.5 times that of the shortest (process start and evidence count against the shortest).
+pub fn rows(audited: &[Audited]) -> Vec<Row> {
+    let mut rows: Vec<Row> = audited
+        .iter()
+        .map(|a| {
+            let (target, verdict) = if a.transitions >= 10_000 {
+                ("< 1 s", Verdict::of(a.took < Duration::from_secs(1)))
+            } else {
+                ("-", Verdict::Info)
+            };
+            Row::new(
+                format!("concord history audit, {} transitions", a.transitions),
+                ms(a.took),
+                "-",
+                target,
+                verdict,
+            )
+        })
+        .collect();
+    let per = |a: &Audited| a.took.as_secs_f64() * 1e6 / a.transitions as f64;
+    if let (Some(first), Some(last)) = (audited.first(), audited.last())
+        && audited.len() > 1
+    {
+        rows.push(Row::new(
+            format!(
+                "audit time per transition, {} vs {}",
+                first.transitions, last.transitions
+            ),
+            format!("{:.0} us vs {:.0} us", per(first), per(last)),
+            "-",
+            "linear (ratio <= 1.5)",
+            Verdict::of(per(last) <= 1.5 * per(first)),
+        ));
+    }
+    rows
+}

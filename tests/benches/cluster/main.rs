@@ -1,0 +1,323 @@
+//! The performance benchmarks of DESIGN.md for the replicated coordinator, each printed beside its
+//! reference measured in the same run (etcd, or the crypto alone) and its target:
+//!
+//! ```sh
+//! cargo bench -p concord-tests --bench cluster              # full: about 1.5 minutes
+//! cargo bench -p concord-tests --bench cluster -- --quick   # small N, for CI: under 2 minutes
+//! ```
+//!
+//! It builds the `concord-coordinator` and `concord` binaries with its own profile (release, for
+//! `cargo bench`) and starts them the way the integration tests do (`concord_tests::Env`). etcd is
+//! Debian's `etcd-server` (`apt-get install etcd-server`); without it Concord's numbers are printed
+//! with no reference. Every process it starts is killed when its section ends, also on a panic.
+//!
+//! Not run by `cargo test`: a bench target is built by `cargo test` only when asked (`--benches`,
+//! `--all-targets`), and then, without `--bench` in its arguments, it only says how to run it.
+#![forbid(unsafe_code)]
+
+mod audit;
+mod binaries;
+mod commit;
+mod concord;
+mod etcd;
+mod etcd_client;
+mod failover;
+mod memory;
+mod mesh;
+mod mode;
+mod propagation;
+mod table;
+
+use std::panic::AssertUnwindSafe;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use concord_coordinator::testing::TestDeployment;
+use mode::Mode;
+use table::{NO_REFERENCE, Row, Samples, Verdict};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // `cargo bench` passes --bench; `cargo test --all-targets` does not, and must not run this.
+    if !args.iter().any(|a| a == "--bench") {
+        eprintln!(
+            "the cluster benchmark runs only under `cargo bench -p concord-tests --bench cluster [-- --quick]`"
+        );
+        return ExitCode::SUCCESS;
+    }
+    let mode = Mode::from_args(&args);
+    let profile = match binaries::build_binaries() {
+        Ok(profile) => profile,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let etcd = etcd::find_binary();
+    let reference = match &etcd {
+        Some(bin) => etcd::version(bin),
+        None => {
+            eprintln!(
+                "etcd is not installed (no `etcd` at $CONCORD_BENCH_ETCD, on PATH or at /usr/bin/etcd): Concord's numbers are printed without their reference. Install it with `apt-get install etcd-server`."
+            );
+            NO_REFERENCE.into()
+        }
+    };
+    let started = Instant::now();
+    let rows = run(&mode, etcd.as_deref());
+    println!();
+    println!(
+        "Concord benchmarks, {} mode, {profile} build; reference: {reference}, in the same run; {} cores, load average at the end {}",
+        mode.name,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_average()
+    );
+    println!(
+        "INSECURE: the replicas run on the simulated attestation platform (no SEV-SNP on this machine)."
+    );
+    println!();
+    table::print(&rows);
+    println!();
+    println!(
+        "Targets are judged on the median (p50); p99 and max are shown for context. Raft timing: Concord heartbeats every 50 ms and elects after 150-300 ms; etcd's defaults are 100 ms and 1000-2000 ms."
+    );
+    println!("took {:.0} s", started.elapsed().as_secs_f64());
+    if rows.iter().any(|r| r.verdict == Verdict::Error) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Runs `f`, turning a panic into an error (the guards of everything it started ran during the
+/// unwinding: processes killed, directories removed).
+fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    eprintln!("measuring: {what}");
+    match std::panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(result) => result,
+        Err(panic) => Err(panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .map_or_else(|| "panicked".into(), |m| format!("panicked: {m}"))),
+    }
+}
+
+/// Every section, in order; the rows of the table.
+fn run(mode: &Mode, etcd: Option<&Path>) -> Vec<Row> {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return vec![Row::error("tokio runtime", &e.to_string())],
+    };
+    // Reference values of the size of Concord's manifests: the same bytes.
+    let d = TestDeployment::new();
+    let value = |i: usize| d.manifest(i as u32 + 1);
+    let value_len = value(0).len();
+
+    let concord = guarded("Concord, 3 replicas", || {
+        Ok(runtime.block_on(concord_cluster(mode)))
+    })
+    .unwrap_or_else(ConcordCluster::failed);
+    let etcd = match etcd {
+        Some(bin) => guarded("etcd, 3 members", || Ok(etcd_cluster(mode, bin, &value)))
+            .unwrap_or_else(EtcdResults::failed),
+        None => EtcdResults::failed(NO_REFERENCE.into()),
+    };
+    let audit = guarded("audit", || {
+        let env = concord_tests::Env::new();
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        audit::run(&env, dir.path(), mode.audit_sizes, mode.audit_runs)
+    });
+    let mesh = guarded("NewMeshCert throughput", || {
+        let env = concord_tests::Env::new();
+        let crypto = mesh::crypto_alone(&env, mode.crypto_window)?;
+        let replica = runtime.block_on(mesh::replica(&env, mode.mesh_clients, mode.mesh_window))?;
+        Ok((replica, crypto))
+    });
+
+    let mut rows = Vec::new();
+    push(
+        &mut rows,
+        "SetManifest commit",
+        concord
+            .commit
+            .as_ref()
+            .map(|c| commit::rows(c, etcd.commit.as_ref().map_err(String::as_str), value_len)),
+    );
+    push(
+        &mut rows,
+        "failover",
+        concord.rounds.as_ref().map(|r| {
+            failover::failover_rows(
+                &r.failover,
+                etcd.failover.as_ref().map_err(String::as_str),
+                etcd.like_concord
+                    .as_ref()
+                    .map(|l| l.as_ref().map_err(String::as_str)),
+            )
+        }),
+    );
+    push(
+        &mut rows,
+        "peer recovery",
+        concord
+            .rounds
+            .as_ref()
+            .map(|r| failover::restart_rows(&r.restart_to_ready)),
+    );
+    push(
+        &mut rows,
+        "first SetManifest",
+        concord
+            .first
+            .as_ref()
+            .map(|t| vec![propagation::first_row(*t)]),
+    );
+    for p in &concord.propagation {
+        push(
+            &mut rows,
+            "after SetManifest",
+            p.as_ref()
+                .map(|(s, history)| propagation::rows(s, *history)),
+        );
+    }
+    push(&mut rows, "audit", audit.as_ref().map(|a| audit::rows(a)));
+    push(
+        &mut rows,
+        "idle replica RSS",
+        concord.rss.as_ref().map(|rss| {
+            memory::rows(
+                rss,
+                etcd.rss.as_deref().map_err(String::as_str),
+                mode.idle.as_secs(),
+            )
+        }),
+    );
+    push(
+        &mut rows,
+        "NewMeshCert",
+        mesh.as_ref()
+            .map(|(replica, crypto)| mesh::rows(replica, crypto, mode.mesh_clients)),
+    );
+    rows
+}
+
+fn push(rows: &mut Vec<Row>, what: &str, section: Result<Vec<Row>, &String>) {
+    match section {
+        Ok(r) => rows.extend(r),
+        Err(e) => rows.push(Row::error(what, e)),
+    }
+}
+
+/// What the Concord cluster measured; each part fails on its own.
+struct ConcordCluster {
+    /// From the first manifest's acknowledgement to every replica ready with it.
+    first: Result<Duration, String>,
+    /// On a short history, then after the commit latency run made it long.
+    propagation: [Result<(Samples, u64), String>; 2],
+    commit: Result<commit::Commits, String>,
+    rss: Result<Vec<u64>, String>,
+    rounds: Result<failover::ConcordRounds, String>,
+}
+
+impl ConcordCluster {
+    fn failed(e: String) -> ConcordCluster {
+        ConcordCluster {
+            first: Err(e.clone()),
+            propagation: [Err(e.clone()), Err(e.clone())],
+            commit: Err(e.clone()),
+            rss: Err(e.clone()),
+            rounds: Err(e),
+        }
+    }
+}
+
+/// One 3-replica cluster for its first manifest, metrics 4, 1, 6, 4 again, then 2 and 3: the mesh
+/// CA propagation on a short history and on the long one the commit latency run leaves, the idle
+/// memory before any replica was restarted.
+async fn concord_cluster(mode: &Mode) -> ConcordCluster {
+    let mut cluster = match concord::Cluster::start(3) {
+        Ok(c) => c,
+        Err(e) => return ConcordCluster::failed(e),
+    };
+    let first = match propagation::concord(&mut cluster, 1).await {
+        Ok(s) => s.median(),
+        Err(e) => return ConcordCluster::failed(e),
+    };
+    let short = propagation::concord(&mut cluster, mode.propagation_rounds)
+        .await
+        .map(|s| (s, cluster.writer.transitions()));
+    let commit = commit::concord(&mut cluster, mode.writes).await;
+    tokio::time::sleep(mode.idle).await;
+    let rss = cluster
+        .nodes
+        .iter()
+        .map(|n| memory::rss(n.pid()))
+        .collect::<Result<Vec<_>, _>>();
+    let long = propagation::concord(&mut cluster, mode.propagation_rounds)
+        .await
+        .map(|s| (s, cluster.writer.transitions()));
+    let rounds = failover::concord(&mut cluster, mode.failovers).await;
+    ConcordCluster {
+        first: Ok(first),
+        propagation: [short, long],
+        commit,
+        rss,
+        rounds,
+    }
+}
+
+/// What the etcd clusters measured.
+struct EtcdResults {
+    commit: Result<Samples, String>,
+    rss: Result<Vec<u64>, String>,
+    failover: Result<Samples, String>,
+    like_concord: Option<Result<Samples, String>>,
+}
+
+impl EtcdResults {
+    fn failed(e: String) -> EtcdResults {
+        EtcdResults {
+            commit: Err(e.clone()),
+            rss: Err(e.clone()),
+            failover: Err(e),
+            like_concord: None,
+        }
+    }
+}
+
+fn etcd_cluster(mode: &Mode, bin: &Path, value: &dyn Fn(usize) -> Vec<u8>) -> EtcdResults {
+    let mut cluster = match etcd::EtcdCluster::start(bin, 3, etcd::Timing::Default) {
+        Ok(c) => c,
+        Err(e) => return EtcdResults::failed(format!("etcd did not start: {e}")),
+    };
+    let commit = commit::etcd(&cluster, mode.writes, value);
+    std::thread::sleep(mode.idle);
+    let rss = (0..cluster.len())
+        .map(|i| memory::rss(cluster.pid(i).unwrap_or(0)))
+        .collect();
+    let failover = failover::etcd(&mut cluster, mode.failovers, &value(0));
+    drop(cluster);
+    let like_concord = mode.etcd_like_concord.then(|| {
+        etcd::EtcdCluster::start(bin, 3, etcd::Timing::LikeConcord)
+            .and_then(|mut c| failover::etcd(&mut c, mode.failovers, &value(0)))
+    });
+    EtcdResults {
+        commit,
+        rss,
+        failover,
+        like_concord,
+    }
+}

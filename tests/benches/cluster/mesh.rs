@@ -1,0 +1,245 @@
+//! Metric 7: NewMeshCert throughput of one replica, beside what its crypto alone allows.
+//!
+//! The replica: `clients` concurrent workloads, each dialing a new mutual-aTLS connection per
+//! certificate (as an initializer does) with simulated evidence, and calling NewMeshCert. The
+//! clients run in this process, on the same cores as the replica: their own evidence and the
+//! verification of the replica's evidence compete with it for the CPU.
+//!
+//! The crypto alone, on one thread of this process: what one issuance cannot do without, as the
+//! attestation and mesh-ca crates expose it: verifying the workload's evidence against the manifest
+//! (`Verifier::verify`) and signing its leaf (`MeshCa::issue`).
+//!
+//! Both are also counted per second of CPU time (the replica's process, the crypto's thread), which
+//! the workloads' and other programs' use of the cores does not skew: the target compares those.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use concord_attestation::{
+    AtlsClient, ClientIdentity, EvidenceIssuer, PlatformTrust, Verifier, atls::binding,
+};
+use concord_coordinator::manifest::Manifest;
+use concord_coordinator::transport::connect;
+use concord_mesh_ca::{MeshCa, RootCa, SeedEngine};
+use concord_proto::v1 as pb;
+use concord_proto::v1::mesh_api_client::MeshApiClient;
+use concord_tests::{Env, Hash};
+use rcgen::PublicKeyData as _;
+use time::OffsetDateTime;
+
+use crate::concord::{Dialer, Writer};
+use crate::table::{Row, Verdict};
+
+/// Issuances before the window opens are not counted (the first connections, the allocator).
+const WARMUP: Duration = Duration::from_secs(1);
+
+/// What the replica did in the window.
+pub struct Issued {
+    pub per_second: f64,
+    /// The replica's CPU time in the window, per second of it (1.0: one core busy all along).
+    pub cores: f64,
+    /// The same for this process, where the workloads run.
+    pub client_cores: f64,
+}
+
+/// Certificates per second one replica issued to `clients` concurrent workloads over `window`.
+pub async fn replica(env: &Env, clients: usize, window: Duration) -> Result<Issued, String> {
+    let node = env.start_coordinator("mesh-replica");
+    let mut writer = Writer::new();
+    let mut user = Dialer::new(env)?.user(node.user_addr).await?;
+    writer.set(env, &mut user).await?;
+
+    let manifest = Manifest::parse(&env.d.manifest(1)).map_err(|e| e.to_string())?;
+    let trust = PlatformTrust {
+        insecure_simulated_root: Some(env.d.root.hash()),
+    };
+    let policy = Arc::new(
+        concord_cli::remote::coordinator_policy(&manifest, trust).map_err(|e| e.to_string())?,
+    );
+    let issuer: Arc<dyn EvidenceIssuer> = Arc::new(env.d.issuer(&env.d.workload_policy));
+    let start = Instant::now();
+    let (open, close) = (start + WARMUP, start + WARMUP + window);
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+        let identity = ClientIdentity {
+            issuer: issuer.clone(),
+            key: Arc::new(key),
+        };
+        let client =
+            Arc::new(AtlsClient::new(policy.clone(), Some(identity)).map_err(|e| e.to_string())?);
+        let addr = node.mesh_addr.to_string();
+        tasks.push(tokio::spawn(workload(addr, client, open, close)));
+    }
+    let (replica_stat, clients_stat) = (format!("/proc/{}/stat", node.pid()), "/proc/self/stat");
+    let cpu = || -> Result<_, String> { Ok((cpu_time(&replica_stat)?, cpu_time(clients_stat)?)) };
+    tokio::time::sleep_until(open.into()).await;
+    let (replica_at_open, clients_at_open) = cpu()?;
+    tokio::time::sleep_until(close.into()).await;
+    let (replica_at_close, clients_at_close) = cpu()?;
+    let mut issued = 0;
+    for task in tasks {
+        issued += task
+            .await
+            .map_err(|e| format!("a workload failed: {e}"))??;
+    }
+    Ok(Issued {
+        per_second: issued as f64 / window.as_secs_f64(),
+        cores: (replica_at_close - replica_at_open).as_secs_f64() / window.as_secs_f64(),
+        client_cores: (clients_at_close - clients_at_open).as_secs_f64() / window.as_secs_f64(),
+    })
+}
+
+/// The CPU time (user and system) used so far by the process or thread of a `/proc` stat file
+/// (`/proc/PID/stat`, `/proc/thread-self/stat`).
+fn cpu_time(path: &str) -> Result<Duration, String> {
+    let stat = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    // The fields after the command name, which is in parentheses and may contain spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+    let (Some(user), Some(system)) = (ticks(11), ticks(12)) else {
+        return Err(format!("{path} has no CPU times"));
+    };
+    Ok(Duration::from_secs_f64(
+        (user + system) as f64 / clock_ticks(),
+    ))
+}
+
+/// Clock ticks per second of `/proc`'s CPU times (100 on Linux unless configured otherwise).
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// One workload's loop: a new attested connection and one NewMeshCert each time, until `close`;
+/// returns how many certificates arrived between `open` and `close`.
+async fn workload(
+    addr: String,
+    client: Arc<AtlsClient>,
+    open: Instant,
+    close: Instant,
+) -> Result<u64, String> {
+    let mut counted = 0;
+    while Instant::now() < close {
+        let (channel, _) = connect(&addr, client.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        let answer = MeshApiClient::new(channel)
+            .new_mesh_cert(pb::NewMeshCertRequest {})
+            .await
+            .map_err(|s| format!("NewMeshCert failed ({:?}): {}", s.code(), s.message()))?
+            .into_inner();
+        if answer.cert_chain.is_empty() {
+            return Err("NewMeshCert answered without a certificate".into());
+        }
+        let now = Instant::now();
+        if now >= open && now < close {
+            counted += 1;
+        }
+    }
+    Ok(counted)
+}
+
+/// What the crypto alone did.
+pub struct Crypto {
+    /// Issuances per second of the window, on one thread.
+    pub per_second: f64,
+    /// Issuances per second of that thread's CPU time: what the crypto allows whatever else the
+    /// machine runs.
+    pub per_cpu_second: f64,
+}
+
+/// Issuances that evidence verification plus leaf signing allow on one thread, over `window`.
+pub fn crypto_alone(env: &Env, window: Duration) -> Result<Crypto, String> {
+    let crypto = |e: concord_mesh_ca::MeshCaError| e.to_string();
+    let now = OffsetDateTime::now_utc();
+    let engine = SeedEngine::generate().map_err(crypto)?;
+    let root_ca = RootCa::create(&engine.root_ca_key().map_err(crypto)?, now).map_err(crypto)?;
+    let mesh_ca = MeshCa::generate(&root_ca, now).map_err(crypto)?;
+    let manifest = Manifest::parse(&env.d.manifest(1)).map_err(|e| e.to_string())?;
+    let policy = manifest
+        .policy(&env.d.workload_policy_hash())
+        .ok_or("the manifest lists no workload policy")?;
+    let sans: Vec<String> = policy.sans.iter().map(|s| s.as_string()).collect();
+    let verifier = Verifier::new(PlatformTrust {
+        insecure_simulated_root: Some(env.d.root.hash()),
+    });
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let spki = key.subject_public_key_info();
+
+    // Evidence as workloads send it, made beforehand: making it is the workload's work.
+    let issuer = env.d.issuer(&env.d.workload_policy);
+    let evidence = (0..32u8)
+        .map(|i| {
+            let report_data = binding(&spki, &[i; 32]);
+            issuer.issue(&report_data).map(|e| (e, report_data))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+
+    let start = Instant::now();
+    let cpu_at_start = cpu_time("/proc/thread-self/stat")?;
+    let mut done = 0usize;
+    while start.elapsed() < window {
+        let (e, report_data) = &evidence[done % evidence.len()];
+        verifier
+            .verify(
+                e,
+                manifest.reference_values(),
+                report_data,
+                &|h| manifest.policy(&Hash(*h)).is_some(),
+                SystemTime::now(),
+            )
+            .map_err(|e| e.to_string())?;
+        mesh_ca
+            .issue(&spki, "web", &sans, OffsetDateTime::now_utc())
+            .map_err(crypto)?;
+        done += 1;
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let cpu = (cpu_time("/proc/thread-self/stat")? - cpu_at_start).as_secs_f64();
+    Ok(Crypto {
+        per_second: done as f64 / wall,
+        per_cpu_second: done as f64 / cpu.max(0.01),
+    })
+}
+
+/// The target compares CPU time with CPU time: the replica's certificates per second of its own CPU
+/// time against the crypto's per second of its thread's. The workloads share the cores with the
+/// replica (and other builds may too), so the certificates per wall-clock second, shown beside,
+/// say as much about the machine as about the replica.
+pub fn rows(replica: &Issued, crypto: &Crypto, clients: usize) -> Vec<Row> {
+    let what = format!("NewMeshCert, 1 replica, {clients} workloads");
+    let per_cpu = replica.per_second / replica.cores.max(0.01);
+    vec![
+        Row::new(
+            format!("{what}: certs per CPU second"),
+            format!(
+                "{per_cpu:.0} ({:.0}%)",
+                100.0 * per_cpu / crypto.per_cpu_second
+            ),
+            format!("crypto alone: {:.0} per CPU second", crypto.per_cpu_second),
+            ">= 50% of crypto alone",
+            Verdict::of(per_cpu >= crypto.per_cpu_second / 2.0),
+        ),
+        Row::new(
+            format!(
+                "{what}: certs/s (replica {:.2} cores, workloads {:.2})",
+                replica.cores, replica.client_cores
+            ),
+            format!("{:.0} /s", replica.per_second),
+            format!("crypto alone, 1 thread: {:.0} /s", crypto.per_second),
+            "-",
+            Verdict::Info,
+        ),
+    ]
+}
