@@ -139,10 +139,11 @@ pub async fn run(
         }),
     )?);
     let sampled_log = log_store.clone();
+    let network = PeerNetwork::new(peer_client.clone(), config.peers.clone());
     let raft = Raft::new(
         config.node_id,
         raft_config()?,
-        PeerNetwork::new(peer_client.clone(), config.peers.clone()),
+        network.clone(),
         log_store,
         state_machine,
     )
@@ -200,6 +201,12 @@ pub async fn run(
         ));
     }
     tokio::spawn(keep_recovering(node.clone()));
+    tokio::spawn(keep_links_warm(
+        raft.clone(),
+        network,
+        config.node_id,
+        config.peers.clone(),
+    ));
     tokio::spawn(log_leadership(raft.clone()));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -235,6 +242,31 @@ pub async fn run(
     let _ = raft.shutdown().await;
     info!("coordinator stopped");
     Ok(())
+}
+
+/// Keeps a Raft connection to every member open or being made (`PeerNetwork::warm`), so that the
+/// survivors of a dead leader can ask each other for votes at once.
+async fn keep_links_warm(
+    raft: Raft<crate::raft::TypeConfig>,
+    network: PeerNetwork,
+    own: NodeId,
+    local: BTreeMap<NodeId, String>,
+) {
+    loop {
+        let members: Vec<(NodeId, String)> = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .nodes()
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect();
+        for (id, addr) in members.iter().filter(|(id, _)| *id != own) {
+            if let Some(addr) = crate::raft::network::peer_address(&local, *id, Some(addr)) {
+                network.warm(*id, &addr);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// One log line per leadership change, for operators.

@@ -64,20 +64,29 @@ impl VerifiedChain {
     /// Appends a transition that the caller built and checked against this chain's rules
     /// (the coordinator's `set` does; tests use it to build histories).
     pub fn push(&mut self, transition: Transition, manifest: Manifest) -> Result<(), ChainError> {
-        let index = self.transitions.len();
-        check_one(
-            &self.signing_key,
-            index,
-            &transition,
-            &manifest,
-            self.hashes.last().copied(),
-            self.manifests.last(),
-            self.manifests.first(),
-        )?;
+        self.check_next(&transition, &manifest)?;
         self.hashes.push(transition.hash());
         self.transitions.push(transition);
         self.manifests.push(manifest);
         Ok(())
+    }
+
+    /// Checks that `transition` with `manifest` may follow this chain, as [`push`](Self::push) would,
+    /// without changing (or copying) the chain.
+    pub fn check_next(
+        &self,
+        transition: &Transition,
+        manifest: &Manifest,
+    ) -> Result<(), ChainError> {
+        check_one(
+            &self.signing_key,
+            self.transitions.len(),
+            transition,
+            manifest,
+            self.hashes.last().copied(),
+            self.manifests.last(),
+            self.manifests.first(),
+        )
     }
 
     /// A chain of one: the first transition.

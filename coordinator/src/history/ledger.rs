@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ChainError, Transition, VerifiedChain, verify_chain};
 use crate::hash::Hash;
+use crate::manifest::Manifest;
 use crate::store::{Key, Store, StoreError, Write};
 
 /// The public certificates made for a transition: the self-signed mesh CA and the intermediate.
@@ -143,6 +144,65 @@ impl<S: Store> Ledger<S> {
             mesh,
             policies,
         }))
+    }
+
+    /// The stored history, given `known`, a history this process verified from this store before:
+    /// verifies only the transitions appended since (each against `known`'s signing key and its
+    /// predecessor, as [`verify_chain`] does) and rereads the latest mesh CA certificates. A store
+    /// whose latest transition does not extend `known` (it was replaced, say by a snapshot) is loaded
+    /// and verified in full. Writes nothing.
+    pub fn load_since(&self, known: &LoadedHistory) -> Result<Option<LoadedHistory>, LedgerError> {
+        let Some(latest) = self.store.get(&Key::Latest)? else {
+            return Ok(None);
+        };
+        let latest = Hash::from_slice(&latest)
+            .map_err(|e| LedgerError::Corrupt(format!("the latest pointer: {e}")))?;
+        let base = known.chain.latest_hash();
+        let mut added = Vec::new();
+        let mut cursor = latest;
+        while cursor != base {
+            if cursor == Hash::ZERO {
+                return self.load();
+            }
+            let bytes = self
+                .store
+                .get(&Key::Transition(cursor))?
+                .ok_or_else(|| LedgerError::Corrupt(format!("transition {cursor} is missing")))?;
+            let t = Transition::decode(&bytes)
+                .map_err(|e| LedgerError::Corrupt(format!("transition {cursor}: {e}")))?;
+            if t.hash() != cursor {
+                return Err(LedgerError::Corrupt(format!(
+                    "transition {cursor} does not hash to its name"
+                )));
+            }
+            // Below `known`'s end without meeting it: not a continuation of what this process
+            // verified, so verify everything again.
+            if t.index < known.chain.len() as u64 {
+                return self.load();
+            }
+            cursor = t.previous;
+            added.push(t);
+        }
+        let mut history = known.clone();
+        for t in added.into_iter().rev() {
+            let bytes = self.object(&t.manifest_hash)?.ok_or_else(|| {
+                LedgerError::Corrupt(format!("manifest {} is missing", t.manifest_hash))
+            })?;
+            let manifest = Manifest::parse(&bytes).map_err(|e| ChainError {
+                index: t.index,
+                reason: e.to_string(),
+            })?;
+            for hash in manifest.policies().keys() {
+                if !history.policies.contains_key(hash)
+                    && let Some(doc) = self.object(hash)?
+                {
+                    history.policies.insert(*hash, doc);
+                }
+            }
+            history.chain.push(t, manifest)?;
+        }
+        history.mesh = self.mesh_certs(&latest)?;
+        Ok(Some(history))
     }
 
     fn signing_key(&self) -> Result<VerifyingKey, LedgerError> {

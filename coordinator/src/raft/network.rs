@@ -54,6 +54,55 @@ impl PeerNetwork {
     }
 }
 
+impl PeerNetwork {
+    /// Starts dialing replica `target` at `addr` unless a connection to it exists or is being made.
+    /// Called for every member ahead of need: a follower otherwise first dials the other followers
+    /// when the leader dies and it asks them for votes, and that first round fails while the aTLS
+    /// handshakes run, costing a whole election timeout.
+    pub fn warm(&self, target: NodeId, addr: &str) {
+        let _ = link(&self.links, &self.client, target, addr);
+    }
+}
+
+/// The live connection to `target`, or an error while one is being dialed in the background (a dial
+/// is started if none is under way).
+fn link(
+    links: &Arc<Mutex<HashMap<NodeId, Link>>>,
+    client: &Arc<AtlsClient>,
+    target: NodeId,
+    addr: &str,
+) -> Result<PeerApiClient<Channel>, PeerError> {
+    let mut map = links
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match map.get(&target) {
+        Some(Link::Up(api)) => return Ok(api.clone()),
+        Some(Link::Dialing) => {
+            return Err(PeerError(format!("still connecting to replica {target}")));
+        }
+        None => {}
+    }
+    map.insert(target, Link::Dialing);
+    drop(map);
+    let (addr, client, shared) = (addr.to_owned(), client.clone(), links.clone());
+    tokio::spawn(async move {
+        let dialed = connect(&addr, client).await;
+        let mut links = shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match dialed {
+            Ok((channel, _)) => {
+                links.insert(target, Link::Up(PeerApiClient::new(channel)));
+            }
+            Err(e) => {
+                tracing::debug!(target, error = %e, "cannot connect to a peer yet");
+                links.remove(&target);
+            }
+        }
+    });
+    Err(PeerError(format!("connecting to replica {target}")))
+}
+
 /// Where to dial member `id`: this replica's own peer list wins, else the address the replicated
 /// membership records (members added later are only there). Addresses carry no trust (every peer
 /// is attested), so each replica may reach a member its own way: a per-pod DNS name, a proxy.
@@ -106,40 +155,7 @@ impl PeerConnection {
 
     /// The live connection, or an error while one is being dialed in the background.
     fn api(&self) -> Result<PeerApiClient<Channel>, PeerError> {
-        let mut links = self.lock();
-        match links.get(&self.target) {
-            Some(Link::Up(api)) => return Ok(api.clone()),
-            Some(Link::Dialing) => {
-                return Err(PeerError(format!(
-                    "still connecting to replica {}",
-                    self.target
-                )));
-            }
-            None => {}
-        }
-        links.insert(self.target, Link::Dialing);
-        let (target, addr, client, shared) = (
-            self.target,
-            self.addr.clone(),
-            self.client.clone(),
-            self.links.clone(),
-        );
-        tokio::spawn(async move {
-            let dialed = connect(&addr, client).await;
-            let mut links = shared
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            match dialed {
-                Ok((channel, _)) => {
-                    links.insert(target, Link::Up(PeerApiClient::new(channel)));
-                }
-                Err(e) => {
-                    tracing::debug!(target, error = %e, "cannot connect to a peer yet");
-                    links.remove(&target);
-                }
-            }
-        });
-        Err(PeerError(format!("connecting to replica {}", self.target)))
+        link(&self.links, &self.client, self.target, &self.addr)
     }
 
     /// Forgets a broken connection, so the next RPC dials again.

@@ -362,8 +362,7 @@ impl<S: Store> Coordinator<S> {
             }),
         };
         chain
-            .clone()
-            .push(transition.clone(), manifest)
+            .check_next(&transition, &manifest)
             .map_err(|e| CoordinatorError::InvalidInput(e.to_string()))?;
         let new = NewTransition {
             transition,
@@ -385,7 +384,7 @@ impl<S: Store> Coordinator<S> {
     /// verified history and adopts the secrets that belong to the new transition. Fails (and adopts
     /// nothing) if the store's latest is not this transition: another write won the race.
     pub fn commit_set(&mut self, p: PreparedSet) -> Result<SetOutcome, CoordinatorError> {
-        let history = self.ledger.load()?.ok_or_else(|| {
+        let history = self.reload()?.ok_or_else(|| {
             CoordinatorError::Crypto("the transition was written but the store is empty".into())
         })?;
         let latest = history.chain.latest_hash();
@@ -459,9 +458,18 @@ impl<S: Store> Coordinator<S> {
     /// older transition is recovering until it gets the new one from a peer.
     pub fn refresh(&mut self) -> Result<(), CoordinatorError> {
         if self.is_stale()? {
-            self.history = self.ledger.load()?;
+            self.history = self.reload()?;
         }
         Ok(())
+    }
+
+    /// The stored history, verified: only what was appended since the history this replica already
+    /// verified (`Ledger::load_since`), or all of it when there is none yet.
+    fn reload(&self) -> Result<Option<LoadedHistory>, CoordinatorError> {
+        Ok(match &self.history {
+            Some(known) => self.ledger.load_since(known)?,
+            None => self.ledger.load()?,
+        })
     }
 
     /// GetManifests. Refused while recovering: an unverified history must not be served as trusted.

@@ -662,3 +662,55 @@ fn a_lost_mesh_ca_is_replaced_by_a_replica_that_holds_the_seed() {
     let fresh = Coordinator::open(MemoryStore::new()).unwrap();
     assert!(fresh.rotate_lost_mesh_ca(now()).is_err());
 }
+
+/// A replica verifies only what was appended since the history it verified (`Ledger::load_since`):
+/// the result equals a full load, and a bad appended transition is refused as a full load refuses it.
+#[test]
+fn incremental_reload_equals_a_full_load_and_refuses_what_it_refuses() {
+    use crate::history::Ledger;
+    let d = TestDeployment::new();
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let mut c = Coordinator::open(store.clone()).unwrap();
+    let mut latest = Hash::ZERO;
+    for v in 1..=3 {
+        latest = c
+            .set_manifest(d.set_request(d.manifest(v), latest), now())
+            .unwrap()
+            .hash;
+    }
+    let ledger = Ledger::new(store.clone());
+    let known = ledger.load().unwrap().unwrap();
+    for v in 4..=6 {
+        latest = c
+            .set_manifest(d.set_request(d.manifest(v), latest), now())
+            .unwrap()
+            .hash;
+    }
+    let full = ledger.load().unwrap().unwrap();
+    let since = ledger.load_since(&known).unwrap().unwrap();
+    assert_eq!(since.chain.len(), 6);
+    assert_eq!(since.chain.latest_hash(), full.chain.latest_hash());
+    assert_eq!(since.chain.transitions(), full.chain.transitions());
+    assert_eq!(since.mesh, full.mesh);
+    assert_eq!(since.policies, full.policies);
+    // Nothing new: the same history.
+    let same = ledger.load_since(&full).unwrap().unwrap();
+    assert_eq!(same.chain.latest_hash(), latest);
+
+    // An appended transition whose signature was changed is refused incrementally too.
+    let mut t = full.chain.latest_transition().clone();
+    let mut sig = t.signature.to_bytes();
+    sig[0] ^= 1;
+    t.signature = ed25519_dalek::Signature::from_bytes(&sig);
+    let forged = t.hash();
+    store
+        .apply(vec![
+            crate::store::Write::Put(Key::Transition(forged), t.encode()),
+            crate::store::Write::Put(Key::Latest, forged.as_bytes().to_vec()),
+        ])
+        .unwrap();
+    let err = ledger.load_since(&known).unwrap_err();
+    assert!(matches!(err, LedgerError::Corrupt(_)), "{err}");
+    assert!(matches!(ledger.load(), Err(LedgerError::Corrupt(_))));
+}
