@@ -714,3 +714,59 @@ fn incremental_reload_equals_a_full_load_and_refuses_what_it_refuses() {
     assert!(matches!(err, LedgerError::Corrupt(_)), "{err}");
     assert!(matches!(ledger.load(), Err(LedgerError::Corrupt(_))));
 }
+
+/// `verify_chain` checks long histories on every core; it must still name the first transition at
+/// fault, with its reason, as a one-by-one check does.
+#[test]
+fn a_long_history_is_verified_in_parallel_and_faults_are_found_in_order() {
+    use crate::history::verify_chain;
+    let d = TestDeployment::new();
+    let mut c = Coordinator::open(MemoryStore::new()).unwrap();
+    let mut latest = Hash::ZERO;
+    for v in 1..=300 {
+        latest = c
+            .set_manifest(d.set_request(d.manifest(v), latest), now())
+            .unwrap()
+            .hash;
+    }
+    let chain = c.chain().unwrap().clone();
+    let items = || -> Vec<(Transition, Vec<u8>)> {
+        chain
+            .transitions()
+            .iter()
+            .cloned()
+            .zip(chain.manifests().iter().map(|m| m.bytes().to_vec()))
+            .collect()
+    };
+    let key = *chain.signing_key();
+    assert_eq!(verify_chain(key, items()).unwrap().latest_hash(), latest);
+
+    let flip = |t: &mut Transition| {
+        let mut sig = t.signature.to_bytes();
+        sig[0] ^= 1;
+        t.signature = ed25519_dalek::Signature::from_bytes(&sig);
+    };
+    let mut bad = items();
+    flip(&mut bad[150].0);
+    let owner = bad[200].0.owner.as_mut().unwrap();
+    let mut sig = owner.signature.to_bytes();
+    sig[1] ^= 1;
+    owner.signature = ed25519_dalek::Signature::from_bytes(&sig);
+    let err = verify_chain(key, bad.clone()).unwrap_err();
+    assert_eq!(err.index, 150, "{err}");
+    assert!(err.reason.contains("coordinator signature"), "{err}");
+    // A broken link before the bad signature is the first fault.
+    bad[100].0.previous = Hash([9; 32]);
+    let err = verify_chain(key, bad).unwrap_err();
+    assert_eq!(err.index, 100, "{err}");
+    assert!(err.reason.contains("previous"), "{err}");
+    // And an owner authorization alone.
+    let mut bad = items();
+    let owner = bad[280].0.owner.as_mut().unwrap();
+    let mut sig = owner.signature.to_bytes();
+    sig[1] ^= 1;
+    owner.signature = ed25519_dalek::Signature::from_bytes(&sig);
+    let err = verify_chain(key, bad).unwrap_err();
+    assert_eq!(err.index, 280, "{err}");
+    assert!(err.reason.contains("owner authorization"), "{err}");
+}
