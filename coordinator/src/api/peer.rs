@@ -35,16 +35,22 @@ impl<S: Store> PeerService<S> {
     /// secrets of a transition as soon as it applied it, often before this replica (its maker, or a
     /// replica that is recovering them itself) has committed them. Waiting here saves the caller a
     /// round of retries; not being ready in time is answered as usual (recovering, or another latest).
+    /// A caller that is behind (`wanted` is an earlier transition here) is answered at once.
     async fn ready_at(&self, wanted: Option<Hash>) {
         let Some(wanted) = wanted else { return };
         let deadline = tokio::time::Instant::now() + READY_WAIT;
         loop {
-            let ready = self.node.refresh().is_ok()
+            // Done waiting when ready at `wanted`, or when `wanted` is already behind this replica's
+            // latest: the caller must catch up through Raft first, and waiting would only delay it.
+            let done = self.node.refresh().is_ok()
                 && self.node.replica.read().is_ok_and(|c| {
-                    c.state() == ReplicaState::Ready
-                        && c.chain().map(|c| c.latest_hash()) == Some(wanted)
+                    let chain = c.chain();
+                    let at_wanted = chain.map(|c| c.latest_hash()) == Some(wanted);
+                    let past_wanted =
+                        !at_wanted && chain.is_some_and(|c| c.position(&wanted).is_some());
+                    (at_wanted && c.state() == ReplicaState::Ready) || past_wanted
                 });
-            if ready || tokio::time::Instant::now() >= deadline {
+            if done || tokio::time::Instant::now() >= deadline {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
