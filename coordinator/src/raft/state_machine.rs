@@ -53,8 +53,16 @@ enum Verified {
     /// The transition is already the latest one: the entry is applied again after a crash that
     /// came between writing the history and writing the applied log id.
     AlreadyLatest(Hash),
-    /// A new transition, with the history as it is once the transition is written.
-    New(Box<(NewTransition, LoadedHistory)>),
+    /// A new transition, and how the verified history in memory grows once it is written.
+    New(Box<(NewTransition, Growth)>),
+}
+
+/// How the verified history in memory changes with a new transition: without copying it.
+enum Growth {
+    /// The first transition: the whole history.
+    Genesis(LoadedHistory),
+    /// A later one, checked against the history (`VerifiedChain::check_next`), with its parsed manifest.
+    Append(Manifest),
 }
 
 impl StateMachine {
@@ -112,9 +120,32 @@ impl StateMachine {
             }
             Ok(Verified::AlreadyLatest(hash)) => Ok(CommandResponse::Applied { hash }),
             Ok(Verified::New(verified)) => {
-                let (new, history) = *verified;
+                let (new, growth) = *verified;
                 self.ledger.append(&new)?;
-                self.history = Some(history);
+                match (growth, self.history.as_mut()) {
+                    (Growth::Genesis(history), _) => self.history = Some(history),
+                    (Growth::Append(manifest), Some(history)) => {
+                        // Checked against this same history a moment ago, under `&mut self`.
+                        history
+                            .chain
+                            .push(new.transition.clone(), manifest)
+                            .map_err(|e| RaftStoreError::Corrupt {
+                                what: "transition".into(),
+                                reason: e.to_string(),
+                            })?;
+                        history.mesh = new.mesh.clone();
+                        for doc in &new.policies {
+                            history.policies.insert(Hash::of(doc), doc.clone());
+                        }
+                    }
+                    (Growth::Append(_), None) => {
+                        return Err(RaftStoreError::Corrupt {
+                            what: "history".into(),
+                            reason: "a transition was verified against a history that is gone"
+                                .into(),
+                        });
+                    }
+                }
                 Ok(CommandResponse::Applied {
                     hash: new.transition.hash(),
                 })
@@ -167,14 +198,17 @@ impl StateMachine {
         // The chain checks: index, previous, manifest hash, coordinator signature, owner
         // authorization by the previous manifest, seed share owners unchanged.
         let chain_error = |e: crate::history::ChainError| e.to_string();
-        let mut next = match (&self.history, &new.genesis) {
-            (None, Some((signing_key, root_ca_der))) => LoadedHistory {
-                chain: VerifiedChain::first(*signing_key, t.clone(), manifest)
-                    .map_err(chain_error)?,
-                root_ca_der: root_ca_der.clone(),
-                mesh: new.mesh.clone(),
-                policies: Default::default(),
-            },
+        let (growth, root_ca_der, stored_policies) = match (&self.history, &new.genesis) {
+            (None, Some((signing_key, root_ca_der))) => {
+                let history = LoadedHistory {
+                    chain: VerifiedChain::first(*signing_key, t.clone(), manifest)
+                        .map_err(chain_error)?,
+                    root_ca_der: root_ca_der.clone(),
+                    mesh: new.mesh.clone(),
+                    policies: Default::default(),
+                };
+                (Growth::Genesis(history), root_ca_der.as_slice(), None)
+            }
             (None, None) => {
                 return Err("the history is empty and the command carries no signing key and root CA: only a first transition can start a history".into());
             }
@@ -182,15 +216,20 @@ impl StateMachine {
                 return Err("the command carries a signing key and root CA, which only the first transition may: a later one must not replace them".into());
             }
             (Some(h), None) => {
-                let mut next = h.clone();
-                next.chain.push(t.clone(), manifest).map_err(chain_error)?;
-                next.mesh = new.mesh.clone();
-                next
+                h.chain.check_next(t, &manifest).map_err(chain_error)?;
+                (
+                    Growth::Append(manifest),
+                    h.root_ca_der.as_slice(),
+                    Some(&h.policies),
+                )
             }
         };
         // The policy documents: each one the manifest lists, and every one it lists present, as
         // `set_manifest` requires, so the history holds what every policy hash stands for.
-        let listed = next.chain.latest_manifest();
+        let listed = match &growth {
+            Growth::Genesis(h) => h.chain.latest_manifest(),
+            Growth::Append(m) => m,
+        };
         for doc in &new.policies {
             let h = Hash::of(doc);
             if listed.policy(&h).is_none() {
@@ -203,17 +242,23 @@ impl StateMachine {
         if let Some(missing) = listed
             .policies()
             .keys()
-            .find(|h| !carried.contains(h) && !next.policies.contains_key(*h))
+            .find(|h| !carried.contains(h) && !stored_policies.is_some_and(|p| p.contains_key(*h)))
         {
             return Err(format!(
                 "the policy document {missing} is neither carried nor stored"
             ));
         }
-        check_certificates(&new.mesh, &next.root_ca_der)?;
-        for doc in &new.policies {
-            next.policies.insert(Hash::of(doc), doc.clone());
-        }
-        Ok(Verified::New(Box::new((new, next))))
+        check_certificates(&new.mesh, root_ca_der)?;
+        let growth = match growth {
+            Growth::Genesis(mut h) => {
+                for doc in &new.policies {
+                    h.policies.insert(Hash::of(doc), doc.clone());
+                }
+                Growth::Genesis(h)
+            }
+            append => append,
+        };
+        Ok(Verified::New(Box::new((new, growth))))
     }
 
     /// Replaces the history, the applied log id and the membership with a snapshot's, after the
