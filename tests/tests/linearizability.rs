@@ -6,7 +6,8 @@
 //! Every call is recorded with its invocation and completion time on one monotonic clock. A Wing-Gong
 //! checker (`todc-utils`, with Lowe's memoization) then looks for a sequential order of the recorded
 //! calls that respects real time and a compare-and-swap register model; the test fails when there is
-//! none. The checker's own tests below make sure it rejects non-linearizable histories.
+//! none. The checker's own tests below make sure it rejects non-linearizable histories. Afterwards every
+//! replica must hold the same single line of transitions, with every acknowledged set in it.
 //!
 //! The model: a register holding the latest transition hash (`Hash::ZERO` before the first manifest).
 //! `set(expected -> new)` succeeds iff the register holds `expected`, and then holds `new`, which the
@@ -712,12 +713,69 @@ async fn concurrent_sets_and_gets_under_faults_are_linearizable() {
         );
     }
 
+    // Nothing acknowledged was lost, and every replica holds the same single line.
+    let lines = settled_histories(env, &cluster).await;
+    assert!(
+        lines.windows(2).all(|w| w[0] == w[1]),
+        "the replicas' histories differ after the faults: {lines:?}"
+    );
+    for o in &ops {
+        if let (Call::Set { new, version, .. }, Answer::Ok(_)) = (o.call, &o.answer) {
+            assert!(
+                lines[0].contains(&new.to_string()),
+                "the acknowledged set of v{version} ({new}) is missing from the history"
+            );
+        }
+    }
+
     assert!(ok_sets > 0, "no set succeeded during the run");
     assert!(
         after_heal > 0,
         "no set invoked after the last fault was healed succeeded within {PROGRESS_WAIT:?}; replicas: {}",
         states.join("; ")
     );
+}
+
+/// Each replica's history (transition hashes, oldest first), once every replica is ready at the same
+/// latest transition (for at most 15 s; then whatever they hold).
+async fn settled_histories(env: &Env, cluster: &[CoordinatorProcess]) -> Vec<Vec<String>> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(15) {
+        let mut latest = Vec::new();
+        for c in cluster {
+            latest.push(status(env, c).await.map(|s| (s.state, s.latest)));
+        }
+        let first = latest[0].clone();
+        if first.as_ref().is_some_and(|(state, _)| state == "ready")
+            && latest.iter().all(|l| *l == first)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut lines = Vec::new();
+    for c in cluster {
+        let mut api = env.user_client(c).await;
+        let bundle = api
+            .get_history(pb::GetHistoryRequest {
+                nonce: vec![1; 32],
+                allow_stale: true,
+            })
+            .await
+            .expect("the history")
+            .into_inner()
+            .bundle;
+        let bundle: serde_json::Value = serde_json::from_slice(&bundle).expect("JSON");
+        lines.push(
+            bundle["transitions"]
+                .as_array()
+                .expect("transitions")
+                .iter()
+                .map(|t| t["hash"].as_str().expect("hash").to_owned())
+                .collect(),
+        );
+    }
+    lines
 }
 
 fn count_faults(log: &[String]) -> usize {
