@@ -448,6 +448,7 @@ impl<S: Store> Node<S> {
     /// SetManifest on the leader: prepared, written through Raft, committed.
     async fn set_on_leader(&self, req: SetRequest) -> Result<SetOutcome, Status> {
         let _gate = self.write_gate.lock().await;
+        let started = std::time::Instant::now();
         self.refresh().map_err(|e| to_status(&e))?;
         let now = time::OffsetDateTime::now_utc();
         let prepared = self
@@ -464,14 +465,21 @@ impl<S: Store> Node<S> {
         // cluster is left without them.
         let raft = self.raft.clone();
         let replica = self.replica.clone();
+        let prepared_in = started.elapsed();
         let commit = tokio::spawn(async move {
             let command = Command::Append(AppendTransition::new(&p.new));
-            let written = raft.client_write(command).await.map_err(|e| match e
-                .forward_to_leader::<openraft::BasicNode>()
-            {
-                Some(_) => Status::unavailable("leadership moved during the write; retry"),
-                None => Status::unavailable(format!("the write did not commit: {e}")),
-            })?;
+            let written = raft.client_write(command).await;
+            let committed_in = started.elapsed();
+            debug!(
+                prepare_us = prepared_in.as_micros() as u64,
+                raft_write_us = (committed_in - prepared_in).as_micros() as u64,
+                "SetManifest written through Raft"
+            );
+            let written =
+                written.map_err(|e| match e.forward_to_leader::<openraft::BasicNode>() {
+                    Some(_) => Status::unavailable("leadership moved during the write; retry"),
+                    None => Status::unavailable(format!("the write did not commit: {e}")),
+                })?;
             match written.data {
                 CommandResponse::Applied { hash } if hash == p.hash => {}
                 CommandResponse::Rejected { reason } => {
