@@ -3,9 +3,9 @@
 //! This crate owns everything between raw platform evidence and a [`VerifiedReport`]: the SNP
 //! report layout ([`report`](mod@report)), the manifest's reference values
 //! ([`reference`](mod@reference)), the evidence wire form ([`evidence`]), evidence issuers
-//! ([`issuer`], [`simulated`]), verification under a launch configuration ([`verify`], with the
-//! AMD SEV-SNP chain and checks in [`snp`]), and TLS connections whose certificates carry
-//! evidence bound to the peer's nonce ([`atls`]).
+//! ([`issuer`], [`simulated`]), the VCEK retrieval for the SEV-SNP issuer ([`vcek`]), verification
+//! under a launch configuration ([`verify`], with the AMD SEV-SNP chain and checks in [`snp`]), and
+//! TLS connections whose certificates carry evidence bound to the peer's nonce ([`atls`]).
 //!
 //! It must never accept evidence without every check passing (Invariant 5: fail closed), never
 //! trust the simulated platform unless the launch configuration and the reference values both
@@ -25,6 +25,7 @@ pub mod simulated;
 pub mod snp;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod vcek;
 pub mod verify;
 
 pub use atls::{
