@@ -1,7 +1,7 @@
 //! The issuing side: something that can produce evidence binding 64 bytes of report data.
 //!
 //! Owns the [`EvidenceIssuer`] trait only; the simulated platform implements it in `simulated`,
-//! `/dev/sev-guest` will implement it for SNP. Implementations must never choose the report data
+//! `/dev/sev-guest` in `sev_guest`. Implementations must never choose the report data
 //! themselves: the caller (aTLS, the audit bundle) fixes what the evidence binds.
 
 use crate::error::AttestationError;

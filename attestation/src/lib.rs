@@ -3,9 +3,10 @@
 //! This crate owns everything between raw platform evidence and a [`VerifiedReport`]: the SNP
 //! report layout ([`report`](mod@report)), the manifest's reference values
 //! ([`reference`](mod@reference)), the evidence wire form ([`evidence`]), evidence issuers
-//! ([`issuer`], [`simulated`]), verification under a launch configuration ([`verify`], with the
-//! AMD SEV-SNP chain and checks in [`snp`]), and TLS connections whose certificates carry
-//! evidence bound to the peer's nonce ([`atls`]).
+//! ([`issuer`], [`simulated`], and [`sev_guest`], which finds its VCEK with [`vcek`]),
+//! verification under a launch configuration ([`verify`], with the AMD SEV-SNP chain and checks in
+//! [`snp`]), and TLS connections whose certificates carry evidence bound to the peer's nonce
+//! ([`atls`]).
 //!
 //! It must never accept evidence without every check passing (Invariant 5: fail closed), never
 //! trust the simulated platform unless the launch configuration and the reference values both
@@ -21,10 +22,12 @@ pub mod evidence;
 pub mod issuer;
 pub mod reference;
 pub mod report;
+pub mod sev_guest;
 pub mod simulated;
 pub mod snp;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod vcek;
 pub mod verify;
 
 pub use atls::{
@@ -38,6 +41,7 @@ pub use reference::{
     SnpReference,
 };
 pub use report::{GuestPolicy, REPORT_LEN, Report, ReportBuilder, SIGNED_LEN, Tcb};
+pub use sev_guest::SevGuestIssuer;
 pub use simulated::{SimulatedIssuer, SimulatedRoot};
 pub use snp::SignerKind;
 pub use verify::{PlatformTrust, VerifiedReport, Verifier};

@@ -1,12 +1,13 @@
 //! Test fixtures shared by this crate's tests and other crates' tests (feature `testing`).
 //!
 //! Owns the simulated deployment every test starts from: a root, an issuer, reference values
-//! naming them, and policies; and, in [`snp`], the real SEV-SNP vectors of `testdata/`. It must
-//! never be used outside tests: it panics on any error.
+//! naming them, and policies; in [`snp`], the real SEV-SNP vectors of `testdata/`; in [`kds`], a
+//! stand-in for AMD's KDS on loopback. It must never be used outside tests: it panics on any error.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 
+pub mod kds;
 pub mod snp;
 
 use crate::atls::StaticPolicy;

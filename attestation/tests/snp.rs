@@ -550,3 +550,37 @@ fn snp_evidence_needs_an_snp_entry() {
         rejected(RejectReason::NoSnpReferenceValues)
     );
 }
+
+#[test]
+fn snp_evidence_passes_a_static_policy_only_with_its_policy_hash_and_binding() {
+    // What the CLI and the initializer check a coordinator with: the report's own report data as
+    // the binding, its host data among the accepted policy hashes, at a pinned time.
+    for v in [vectors::trustee_genoa_e2e(), vectors::virtee_milan()] {
+        let own = *v.report().host_data();
+        let mut other = own;
+        other[0] ^= 1;
+        let policy = |host_data: Vec<[u8; 32]>| concord_attestation::StaticPolicy {
+            verifier: verifier(),
+            reference: v.reference_values(),
+            host_data,
+        };
+        let verified = policy(vec![other, own])
+            .verify_at(&v.evidence(), &v.report_data(), v.at)
+            .unwrap_or_else(|e| panic!("{}: {e}", v.name));
+        assert_eq!(verified.host_data(), &own);
+        assert_eq!(
+            policy(vec![other]).verify_at(&v.evidence(), &v.report_data(), v.at),
+            rejected(RejectReason::HostDataNotAccepted),
+            "{}",
+            v.name
+        );
+        let mut foreign = v.report_data();
+        foreign[63] ^= 1;
+        assert_eq!(
+            policy(vec![own]).verify_at(&v.evidence(), &foreign, v.at),
+            rejected(RejectReason::ReportDataMismatch),
+            "{}",
+            v.name
+        );
+    }
+}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use concord_attestation::{AtlsClient, ClientIdentity};
-use concord_coordinator::launch::PlatformArgs;
+use concord_coordinator::launch::{LaunchError, PlatformArgs};
 use concord_coordinator::transport::connect;
 use concord_proto::v1 as pb;
 use concord_proto::v1::mesh_api_client::MeshApiClient;
@@ -58,6 +58,9 @@ fn config_json(args: &InitializerArgs) -> serde_json::Value {
             "simulated_root": p.simulated_root,
             "simulated_policy": p.simulated_policy,
             "simulated_measurement": p.simulated_measurement,
+            "kds_url": p.kds_url,
+            "vcek_cache_dir": p.vcek_cache_dir,
+            "vcek_dir": p.vcek_dir,
         },
     })
 }
@@ -75,7 +78,10 @@ pub async fn run(args: InitializerArgs) -> CliResult {
         println!("{:#}", config_json(&args));
         return Ok(());
     }
-    let launched = args.platform.launch().map_err(CliError::usage)?;
+    let issuer = args.platform.issuer().map_err(|e| match e {
+        LaunchError::Usage(e) => CliError::usage(e),
+        LaunchError::Unavailable(e) => CliError::error(e),
+    })?;
     let manifest = remote::read_manifest(&args.manifest)?;
     let trust = remote::trust_for(&manifest, args.platform.insecure_simulated_attestation)?;
     let policy = Arc::new(remote::coordinator_policy(&manifest, trust)?);
@@ -84,7 +90,7 @@ pub async fn run(args: InitializerArgs) -> CliResult {
             .map_err(|e| CliError::error(format!("cannot make a key: {e}")))?,
     );
     let identity = ClientIdentity {
-        issuer: launched.issuer.clone(),
+        issuer,
         key: key.clone(),
     };
     let client = Arc::new(

@@ -19,26 +19,36 @@ pub fn warn_insecure() {
     );
 }
 
-/// The trust a relying party has in platforms, from the expected manifest and the user's flags.
+/// The trust a relying party has in platforms, from the expected manifest and the user's flags. SEV-SNP
+/// evidence is always checked against AMD's pinned roots; simulated evidence only with
+/// `--insecure-simulated-attestation` and a simulated root in the manifest. A manifest with SNP
+/// entries is checked on SEV-SNP alone unless the switch is given.
 pub fn trust_for(
     manifest: &Manifest,
     insecure_simulated_attestation: bool,
 ) -> CliResult<PlatformTrust> {
-    let simulated = &manifest.reference_values().simulated;
-    if simulated.is_empty() {
-        return Ok(PlatformTrust {
-            insecure_simulated_root: None,
-        });
+    let reference = manifest.reference_values();
+    let snp_only = PlatformTrust {
+        insecure_simulated_root: None,
+    };
+    match (reference.simulated.first(), insecure_simulated_attestation) {
+        (None, _) => Ok(snp_only),
+        (Some(simulated), true) => {
+            warn_insecure();
+            Ok(PlatformTrust {
+                insecure_simulated_root: Some(*simulated.root.as_bytes()),
+            })
+        }
+        (Some(_), false) if !reference.snp.is_empty() => {
+            eprintln!(
+                "note: the manifest also trusts the simulated platform; without --insecure-simulated-attestation only SEV-SNP evidence is accepted"
+            );
+            Ok(snp_only)
+        }
+        (Some(_), false) => Err(CliError::usage(
+            "the manifest trusts the simulated platform only; pass --insecure-simulated-attestation to accept simulated evidence (never in production)",
+        )),
     }
-    if !insecure_simulated_attestation {
-        return Err(CliError::usage(
-            "the manifest trusts the simulated platform; pass --insecure-simulated-attestation to accept simulated evidence (never in production)",
-        ));
-    }
-    warn_insecure();
-    Ok(PlatformTrust {
-        insecure_simulated_root: Some(*simulated[0].root.as_bytes()),
-    })
 }
 
 /// The policy a coordinator must meet: a `coordinator`-role policy of `manifest` and its reference values.
@@ -134,5 +144,101 @@ impl CoordinatorTarget {
             manifest,
             trust,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use concord_attestation::testing::snp as vectors;
+    use concord_attestation::{AttestationError, RejectReason};
+    use concord_coordinator::testing::TestDeployment;
+
+    use super::*;
+
+    fn parse(bytes: &[u8]) -> Manifest {
+        Manifest::parse(bytes).unwrap()
+    }
+
+    /// A manifest with both an SNP entry and the deployment's simulated entry.
+    fn mixed(d: &TestDeployment) -> Manifest {
+        let v = vectors::virtee_milan();
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&d.snp_manifest(*v.report().host_data(), &v.reference()))
+                .unwrap();
+        let simulated: serde_json::Value = serde_json::from_slice(&d.manifest(1)).unwrap();
+        json["reference_values"]["simulated"] = simulated["reference_values"]["simulated"].clone();
+        parse(json.to_string().as_bytes())
+    }
+
+    #[test]
+    fn an_snp_manifest_gets_snp_only_trust_with_or_without_the_switch() {
+        let d = TestDeployment::new();
+        let v = vectors::virtee_milan();
+        let snp = parse(&d.snp_manifest(*v.report().host_data(), &v.reference()));
+        for insecure in [false, true] {
+            assert_eq!(
+                trust_for(&snp, insecure).unwrap(),
+                PlatformTrust::default(),
+                "--insecure-simulated-attestation {insecure}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_mixed_manifest_is_checked_on_snp_unless_simulated_is_asked_for() {
+        let d = TestDeployment::new();
+        let m = mixed(&d);
+        assert_eq!(trust_for(&m, false).unwrap(), PlatformTrust::default());
+        assert_eq!(
+            trust_for(&m, true).unwrap().insecure_simulated_root,
+            Some(d.root.hash())
+        );
+    }
+
+    #[test]
+    fn a_simulated_only_manifest_needs_the_switch() {
+        let d = TestDeployment::new();
+        let m = parse(&d.manifest(1));
+        let err = trust_for(&m, false).unwrap_err();
+        assert_eq!(err.exit_code(), CliError::usage("").exit_code());
+        assert!(
+            err.to_string().contains("--insecure-simulated-attestation"),
+            "{err}"
+        );
+        assert_eq!(
+            trust_for(&m, true).unwrap().insecure_simulated_root,
+            Some(d.root.hash())
+        );
+    }
+
+    #[test]
+    fn the_coordinator_is_checked_against_the_coordinator_policies_and_snp_reference_values() {
+        // What `concord verify -m manifest.json` (without the insecure switch) accepts a
+        // coordinator with: real SNP evidence whose HOST_DATA is a coordinator-role policy.
+        let d = TestDeployment::new();
+        let v = vectors::trustee_genoa_e2e();
+        let host_data = *v.report().host_data();
+        let m = parse(&d.snp_manifest(host_data, &v.reference()));
+        let policy = coordinator_policy(&m, trust_for(&m, false).unwrap()).unwrap();
+        assert_eq!(policy.host_data, vec![host_data]);
+        let verified = policy
+            .verify_at(&v.evidence(), &v.report_data(), v.at)
+            .unwrap();
+        assert_eq!(verified.platform(), concord_attestation::Platform::Snp);
+
+        // Evidence of another launch, and evidence for another binding, are refused.
+        let other = vectors::azure_genoa();
+        assert_eq!(
+            policy.verify_at(&other.evidence(), &other.report_data(), other.at),
+            Err(AttestationError::Rejected(
+                RejectReason::MeasurementNotTrusted
+            ))
+        );
+        let mut foreign = v.report_data();
+        foreign[1] ^= 1;
+        assert_eq!(
+            policy.verify_at(&v.evidence(), &foreign, v.at),
+            Err(AttestationError::Rejected(RejectReason::ReportDataMismatch))
+        );
     }
 }

@@ -1,14 +1,25 @@
 //! The launch flags that choose and configure the attestation platform, shared by every binary that
-//! attests (`concord-coordinator`, `concord-initializer`), so their flags cannot drift apart.
+//! attests (`concord-coordinator`, `concord-initializer`), so their flags cannot drift apart; and the
+//! coordinator's own reference values ([`OwnReferenceArgs`]), which only the coordinator has.
+//!
+//! Owns turning flags into a [`LaunchedPlatform`]: the simulated platform here, SEV-SNP in `snp`. It
+//! must never make a platform trust more than its flags say (simulated evidence only with
+//! `--insecure-simulated-attestation`), and never start a replica whose own evidence fails its own
+//! reference values.
+
+mod snp;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::{Args, ValueEnum};
+use concord_attestation::vcek::KdsConfig;
 use concord_attestation::{
     EvidenceIssuer, Measurement, PlatformTrust, ReferenceValues, Sha256Hex, SimulatedIssuer,
     SimulatedReference, SimulatedRoot,
 };
+
+pub use snp::own_snp_reference;
 
 use crate::hash::Hash;
 
@@ -19,6 +30,9 @@ pub enum PlatformKind {
     /// INSECURE simulated attestation (needs --insecure-simulated-attestation).
     Simulated,
 }
+
+/// The value of `--kds-url` that never asks AMD's KDS.
+pub const KDS_OFF: &str = "off";
 
 /// Flags that select the platform this process attests on.
 #[derive(Debug, Clone, Args)]
@@ -38,6 +52,43 @@ pub struct PlatformArgs {
     /// The simulated launch measurement (96 hex characters).
     #[arg(long, env = "CONCORD_SIMULATED_MEASUREMENT")]
     pub simulated_measurement: Option<String>,
+    /// SEV-SNP: AMD's Key Distribution Service, asked for this chip's VCEK when the host returns no
+    /// certificate table (http or https, optionally with a path prefix for a mirror); `off` never
+    /// asks it.
+    #[arg(long, env = "CONCORD_KDS_URL", default_value = KdsConfig::AMD)]
+    pub kds_url: String,
+    /// SEV-SNP: where VCEKs fetched from the KDS are kept, one file per chip and TCB (default for the
+    /// coordinator: DATA_DIR/vcek-cache; the initializer keeps none unless given).
+    #[arg(long, env = "CONCORD_VCEK_CACHE_DIR")]
+    pub vcek_cache_dir: Option<PathBuf>,
+    /// SEV-SNP: a directory of VCEKs the operator provides (*.der, *.pem, any file names), searched
+    /// when neither the host's table nor the KDS has this chip's.
+    #[arg(long, env = "CONCORD_VCEK_DIR")]
+    pub vcek_dir: Option<PathBuf>,
+}
+
+/// The coordinator's own reference values for its peers before any manifest exists.
+#[derive(Debug, Clone, Default, Args)]
+pub struct OwnReferenceArgs {
+    /// SEV-SNP: a reference values entry, as in the manifest's `reference_values.snp`, that other
+    /// replicas must meet before the first manifest is set; it must list this replica's
+    /// measurement, and only this replica's measurement and policy are accepted. Default: this
+    /// replica's product and measurement, its own reported TCB as the minimum, debug and migration
+    /// agent off.
+    #[arg(long, env = "CONCORD_SNP_REFERENCE")]
+    pub snp_reference: Option<PathBuf>,
+}
+
+/// Why a platform cannot be launched, and so how the process exits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LaunchError {
+    /// The flags are wrong or name files that are not usable (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// The flags are fine, but the platform is not usable here: no SEV-SNP device, no VCEK, or
+    /// evidence that fails this replica's own reference values (exit 1).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// A platform ready to attest: how this process makes evidence and which roots it trusts in others'.
@@ -57,11 +108,31 @@ impl PlatformArgs {
     /// `--check-config` (run where the pod's mounts do not exist); [`Self::launch`] checks everything.
     pub fn check(&self) -> Result<(), String> {
         match self.platform {
-            PlatformKind::Snp => Ok(()),
+            PlatformKind::Snp => snp::check(self),
             PlatformKind::Simulated => {
                 let (_, _, measurement) = self.simulated_flags()?;
                 parse_measurement(measurement).map(|_| ())
             }
+        }
+    }
+
+    /// The evidence issuer alone, for processes that attest but keep no peers (the initializer). On
+    /// SEV-SNP it has made evidence once, so a missing device or VCEK shows now, not at the first
+    /// connection.
+    pub fn issuer(&self) -> Result<Arc<dyn EvidenceIssuer>, LaunchError> {
+        match self.platform {
+            PlatformKind::Snp => Ok(Arc::new(snp::issuer(self)?.0)),
+            PlatformKind::Simulated => Ok(self.launch_simulated()?.issuer),
+        }
+    }
+
+    /// Builds the platform of a coordinator replica. On SEV-SNP it takes a report of its own, finds
+    /// the VCEK, and checks that evidence against `own` before returning.
+    pub fn launch(&self, own: &OwnReferenceArgs) -> Result<LaunchedPlatform, LaunchError> {
+        own.check(self.platform).map_err(LaunchError::Usage)?;
+        match self.platform {
+            PlatformKind::Snp => snp::launch(self, own.snp_reference.as_deref()),
+            PlatformKind::Simulated => self.launch_simulated(),
         }
     }
 
@@ -86,40 +157,53 @@ impl PlatformArgs {
         Ok((root_dir, policy, m))
     }
 
-    /// Builds the platform; the error is a usage error that says which flag is missing or wrong.
-    pub fn launch(&self) -> Result<LaunchedPlatform, String> {
-        match self.platform {
-            PlatformKind::Snp => Err(
-                "--platform snp: SEV-SNP evidence is not supported by this build yet; use --platform simulated --insecure-simulated-attestation for tests and demos"
+    fn launch_simulated(&self) -> Result<LaunchedPlatform, LaunchError> {
+        let (root_dir, policy_path, measurement) =
+            self.simulated_flags().map_err(LaunchError::Usage)?;
+        let usage = |e: String| LaunchError::Usage(e);
+        let root = SimulatedRoot::load(root_dir).map_err(|e| {
+            usage(format!(
+                "cannot load the simulated root from {}: {e}",
+                root_dir.display()
+            ))
+        })?;
+        let policy = std::fs::read(policy_path).map_err(|e| {
+            usage(format!(
+                "cannot read the policy document {}: {e}",
+                policy_path.display()
+            ))
+        })?;
+        let measurement = parse_measurement(measurement).map_err(usage)?;
+        let policy_hash = Hash::of(&policy);
+        let issuer = SimulatedIssuer::new(&root, measurement, *policy_hash.as_bytes())
+            .map_err(|e| usage(format!("cannot start the simulated platform: {e}")))?;
+        Ok(LaunchedPlatform {
+            issuer: Arc::new(issuer),
+            trust: PlatformTrust {
+                insecure_simulated_root: Some(root.hash()),
+            },
+            policy_hash,
+            own_reference: ReferenceValues {
+                snp: Vec::new(),
+                simulated: vec![SimulatedReference {
+                    root: Sha256Hex(root.hash()),
+                    trusted_measurements: vec![Measurement(measurement)],
+                }],
+            },
+        })
+    }
+}
+
+impl OwnReferenceArgs {
+    /// Checks the flags against the platform, without reading the file.
+    pub fn check(&self, platform: PlatformKind) -> Result<(), String> {
+        match (platform, &self.snp_reference) {
+            (PlatformKind::Simulated, Some(_)) => Err(
+                "--snp-reference is for --platform snp; on the simulated platform the own reference \
+                 values come from --simulated-root and --simulated-measurement"
                     .into(),
             ),
-            PlatformKind::Simulated => {
-                let (root_dir, policy_path, measurement) = self.simulated_flags()?;
-                let root = SimulatedRoot::load(root_dir).map_err(|e| {
-                    format!("cannot load the simulated root from {}: {e}", root_dir.display())
-                })?;
-                let policy = std::fs::read(policy_path).map_err(|e| {
-                    format!("cannot read the policy document {}: {e}", policy_path.display())
-                })?;
-                let measurement = parse_measurement(measurement)?;
-                let policy_hash = Hash::of(&policy);
-                let issuer = SimulatedIssuer::new(&root, measurement, *policy_hash.as_bytes())
-                    .map_err(|e| format!("cannot start the simulated platform: {e}"))?;
-                Ok(LaunchedPlatform {
-                    issuer: Arc::new(issuer),
-                    trust: PlatformTrust {
-                        insecure_simulated_root: Some(root.hash()),
-                    },
-                    policy_hash,
-                    own_reference: ReferenceValues {
-                        snp: Vec::new(),
-                        simulated: vec![SimulatedReference {
-                            root: Sha256Hex(root.hash()),
-                            trusted_measurements: vec![Measurement(measurement)],
-                        }],
-                    },
-                })
-            }
+            _ => Ok(()),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
-use concord_coordinator::launch::PlatformArgs;
+use concord_coordinator::launch::{LaunchError, OwnReferenceArgs, PlatformArgs};
 use concord_coordinator::peer_args::{Members, PeerArgs};
 use concord_coordinator::server::{Config, run};
 
@@ -41,6 +41,8 @@ struct Args {
     members: PeerArgs,
     #[command(flatten)]
     platform: PlatformArgs,
+    #[command(flatten)]
+    own_reference: OwnReferenceArgs,
     /// Log format.
     #[arg(long, env = "CONCORD_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -67,6 +69,10 @@ fn config_json(args: &Args, members: &Members) -> serde_json::Value {
             "simulated_root": p.simulated_root,
             "simulated_policy": p.simulated_policy,
             "simulated_measurement": p.simulated_measurement,
+            "kds_url": p.kds_url,
+            "vcek_cache_dir": p.vcek_cache_dir,
+            "vcek_dir": p.vcek_dir,
+            "snp_reference": args.own_reference.snp_reference,
         },
         "log_format": args.log_format,
     })
@@ -108,24 +114,37 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// The directory under `--data-dir` where fetched VCEKs are kept unless `--vcek-cache-dir` says.
+const VCEK_CACHE_SUBDIR: &str = "vcek-cache";
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if args.platform.vcek_cache_dir.is_none() {
+        args.platform.vcek_cache_dir = Some(args.data_dir.join(VCEK_CACHE_SUBDIR));
+    }
     let members = match args.members.members(args.peer_listen) {
         Ok(m) => m,
         Err(e) => return usage_error(&e),
     };
     if args.check_config {
-        if let Err(e) = args.platform.check() {
+        let checked =
+            (args.platform.check()).and_then(|()| args.own_reference.check(args.platform.platform));
+        if let Err(e) = checked {
             return usage_error(&e);
         }
         println!("{:#}", config_json(&args, &members));
         return ExitCode::SUCCESS;
     }
     init_logs(args.log_format);
-    let platform = match args.platform.launch() {
+    let platform = match args.platform.launch(&args.own_reference) {
         Ok(p) => p,
-        Err(e) => return usage_error(&e),
+        Err(LaunchError::Usage(e)) => return usage_error(&e),
+        Err(LaunchError::Unavailable(e)) => {
+            tracing::error!(error = %e, "cannot attest on this platform");
+            eprintln!("concord-coordinator: {e}");
+            return ExitCode::from(1);
+        }
     };
     let config = Config {
         data_dir: args.data_dir,

@@ -72,6 +72,32 @@ impl TestDeployment {
         serde_json::to_vec_pretty(&json).expect("json")
     }
 
+    /// A manifest for SEV-SNP: `coordinator_policy` (a real report's HOST_DATA) with the coordinator
+    /// role, the `web` workload, `reference` as the only SNP entry, no simulated entry.
+    pub fn snp_manifest(
+        &self,
+        coordinator_policy: [u8; 32],
+        reference: &concord_attestation::SnpReference,
+    ) -> Vec<u8> {
+        let json = serde_json::json!({
+            "policies": {
+                hex::encode(coordinator_policy): {
+                    "name": "coordinator", "sans": ["coordinator"], "role": "coordinator"
+                },
+                self.workload_policy_hash().to_hex(): {
+                    "name": "web", "sans": ["web"], "workload_secret_id": "default/web"
+                }
+            },
+            "reference_values": { "snp": [reference] },
+            "workload_owner_keys": [hex::encode(self.owner.verifying_key().to_bytes())],
+            "seed_share_owners": {
+                "threshold": self.threshold,
+                "keys": self.share_owners.iter().map(|k| hex::encode(k.public_key())).collect::<Vec<_>>()
+            }
+        });
+        serde_json::to_vec_pretty(&json).expect("json")
+    }
+
     /// The default manifest, owned by `self.owner`, `web` named `web` and `web.default.svc`.
     pub fn manifest(&self, version: u32) -> Vec<u8> {
         let svc = format!("web-v{version}.default.svc");

@@ -19,7 +19,11 @@ fn simulated_attestation_needs_the_insecure_switch() {
 }
 
 #[test]
-fn snp_is_refused_clearly_until_it_is_supported() {
+fn snp_outside_an_snp_guest_says_so_and_what_to_do() {
+    if std::path::Path::new("/dev/sev-guest").exists() {
+        eprintln!("skipped: this machine is an SEV-SNP guest");
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let out = coordinator(&[
         "--data-dir",
@@ -27,8 +31,88 @@ fn snp_is_refused_clearly_until_it_is_supported() {
         "--platform",
         "snp",
     ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no SEV-SNP guest device at /dev/sev-guest"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("--platform simulated --insecure-simulated-attestation"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_unreadable_snp_reference_is_a_usage_error_before_the_device_is_tried() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = coordinator(&[
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--platform",
+        "snp",
+        "--snp-reference",
+        "/nonexistent/own.json",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--snp-reference /nonexistent/own.json"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_config_shows_the_snp_flags_and_their_defaults() {
+    let out = Command::new(env!("CARGO_BIN_EXE_concord-coordinator"))
+        .args(["--check-config", "--data-dir", "/var/lib/concord"])
+        .env("CONCORD_VCEK_DIR", "/etc/concord/vcek")
+        .env("CONCORD_SNP_REFERENCE", "/etc/concord/snp/reference.json")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let config: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let platform = &config["platform"];
+    assert_eq!(platform["kind"], "snp");
+    assert_eq!(platform["kds_url"], "https://kdsintf.amd.com");
+    assert_eq!(platform["vcek_cache_dir"], "/var/lib/concord/vcek-cache");
+    assert_eq!(platform["vcek_dir"], "/etc/concord/vcek");
+    assert_eq!(platform["snp_reference"], "/etc/concord/snp/reference.json");
+
+    let out = coordinator(&["--check-config", "--data-dir", "d", "--kds-url", "off"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}
+
+#[test]
+fn check_config_refuses_a_bad_kds_url_and_an_snp_reference_on_the_simulated_platform() {
+    let out = coordinator(&[
+        "--check-config",
+        "--data-dir",
+        "d",
+        "--kds-url",
+        "kdsintf.amd.com",
+    ]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("SEV-SNP"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--kds-url"));
+
+    let out = coordinator(&[
+        "--check-config",
+        "--data-dir",
+        "d",
+        "--platform",
+        "simulated",
+        "--insecure-simulated-attestation",
+        "--simulated-root",
+        "r",
+        "--simulated-policy",
+        "p",
+        "--simulated-measurement",
+        &"00".repeat(48),
+        "--snp-reference",
+        "own.json",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--snp-reference is for --platform snp"));
 }
 
 #[test]

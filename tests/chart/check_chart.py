@@ -253,7 +253,13 @@ def checksum(values: dict[str, Any]) -> str:
 
 def check_checksum() -> None:
     base = checksum({})
-    for change in ({"logLevel": "debug"}, {"logFormat": "text"}, {"cluster": {"domain": "corp.example"}}):
+    for change in (
+        {"logLevel": "debug"},
+        {"logFormat": "text"},
+        {"cluster": {"domain": "corp.example"}},
+        {"attestation": {"snp": {"kdsUrl": "off"}}},
+        {"attestation": {"snp": {"reference": {"product": "Milan"}}}},
+    ):
         check(checksum(change) != base, f"checksum/config does not change when {change} changes")
     check(checksum({"podAnnotations": {"a": "b"}}) == base, "checksum/config changes with values outside the configuration")
 
@@ -262,6 +268,7 @@ def check_refusals() -> None:
     for values, says in (
         # values.schema.json
         ({"attestation": {"platform": "sev"}}, "'snp', 'simulated'"),
+        ({"attestation": {"snp": {"kdsUrl": "kdsintf.amd.com"}}}, "kdsUrl"),
         ({"podAntiAffinity": "maybe"}, "'soft', 'hard', 'none'"),
         ({"replica": 5}, "additional properties 'replica' not allowed"),
         # the templates' own checks (concord.validate)
@@ -353,6 +360,27 @@ def check_binaries(docs: list[dict[str, Any]], values: dict[str, Any], bin_dir: 
                 for key in ("simulated_root", "simulated_policy"):
                     path = config["platform"][key]
                     check(any(path.startswith(m) for m in mounts), f"{where}: {key} {path} is not on a mounted volume")
+            if config["platform"]["kind"] == "snp":
+                check_snp_config(config, v["attestation"]["snp"], mounts, docs, where)
+
+
+def check_snp_config(config: dict[str, Any], snp: dict[str, Any], mounts: set[str], docs: list[dict[str, Any]], where: str) -> None:
+    """The SNP flags the coordinator reads are the chart's values, and every path it reads is mounted."""
+    p = config["platform"]
+    check(p["kds_url"] == snp["kdsUrl"], f"{where}: kds_url {p['kds_url']}, the values say {snp['kdsUrl']}")
+    cache = p["vcek_cache_dir"] or ""
+    check(cache.startswith(config["data_dir"] + "/"), f"{where}: the VCEK cache {cache} is not on the data volume")
+    for key, wanted in (("vcek_dir", bool(snp["vcekConfigMap"])), ("snp_reference", bool(snp["reference"]))):
+        path = p[key]
+        check((path is not None) == wanted, f"{where}: {key} is {path!r} but the values {'do' if wanted else 'do not'} give it")
+        if path is not None:
+            check(any(path == m or path.startswith(m + "/") for m in mounts), f"{where}: {key} {path} is not on a mounted volume")
+    check(("/dev/sev-guest" in mounts) == bool(snp["mountDevice"]), f"{where}: /dev/sev-guest mounted iff mountDevice")
+    if snp["reference"]:
+        data = [d.get("data", {}) for d in find(docs, "ConfigMap") if d["metadata"]["name"].endswith("-snp")]
+        check(len(data) == 1, f"{where}: no single -snp ConfigMap for the reference values")
+        if data:
+            check(json.loads(data[0].get("reference.json", "null")) == snp["reference"], f"{where}: reference.json is not the reference value")
 
 
 # --- main ----------------------------------------------------------------------------------------
@@ -363,6 +391,7 @@ SCENARIOS = [
     ("defaults", None, {}, "concord"),
     ("values-5-replicas.yaml", "values-5-replicas.yaml", {}, "ha"),
     ("values-simulated.yaml", "values-simulated.yaml", {}, "concord"),
+    ("values-snp.yaml", "values-snp.yaml", {}, "concord"),
     ("replicas=1", None, {"replicas": 1}, "concord"),
 ]
 

@@ -89,7 +89,7 @@ impl VerifiedPeer {
 }
 
 /// The one crypto provider of the tree.
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 

@@ -29,18 +29,30 @@ pub struct StaticPolicy {
     pub host_data: Vec<[u8; 32]>,
 }
 
-impl AcceptPolicy for StaticPolicy {
-    fn verify(
+impl StaticPolicy {
+    /// [`AcceptPolicy::verify`] with certificates checked at `now` instead of the current time.
+    pub fn verify_at(
         &self,
         evidence: &Evidence,
         expected_report_data: &[u8; 64],
+        now: SystemTime,
     ) -> Result<VerifiedReport, AttestationError> {
         self.verifier.verify(
             evidence,
             &self.reference,
             expected_report_data,
             &|h| self.host_data.contains(h),
-            SystemTime::now(),
+            now,
         )
+    }
+}
+
+impl AcceptPolicy for StaticPolicy {
+    fn verify(
+        &self,
+        evidence: &Evidence,
+        expected_report_data: &[u8; 64],
+    ) -> Result<VerifiedReport, AttestationError> {
+        self.verify_at(evidence, expected_report_data, SystemTime::now())
     }
 }

@@ -22,7 +22,7 @@ const MICROCODE: Oid<'static> = oid!(1.3.6.1.4.1.3704.1.3.8);
 const FMC: Oid<'static> = oid!(1.3.6.1.4.1.3704.1.3.9);
 
 /// Bytes of the hwID: Turin's VCEKs carry the first 8 bytes of the chip ID, the others all 64.
-fn hw_id_len(product: Product) -> usize {
+pub(crate) fn hw_id_len(product: Product) -> usize {
     match product {
         Product::Milan | Product::Genoa => 64,
         Product::Turin => 8,

@@ -31,6 +31,8 @@ use crate::report::{REPORT_LEN, Report};
 use crate::snp::amd_chain::ChainedSigner;
 use crate::verify::VerifiedReport;
 
+pub(crate) use extensions::hw_id_len;
+
 /// What the relying side requires of the evidence besides the reference values.
 pub(crate) struct Expectations<'a> {
     /// `report_data` must equal this binding.
@@ -123,6 +125,31 @@ fn check_signed_report(
     claims::check_report_data(report, expect.report_data)?;
     claims::check_chip_id_allowed(report, entry.allowed_chip_ids.as_deref())?;
     Ok(VerifiedReport::snp(report, product, reported_tcb))
+}
+
+/// Whether `signer_der` can be the certificate of the key that signed `report` on `product`: it
+/// chains to the pinned ARK at `now`, and its TCB (and, for a VCEK, its hwID) are the report's.
+/// For the issuing side, to pick among candidate certificates (`crate::vcek`); a verifier relies
+/// on [`verify`] alone, which repeats these checks and all others.
+pub(crate) fn check_signer_certificate(
+    report: &Report,
+    product: Product,
+    kind: SignerKind,
+    signer_der: &[u8],
+    now: SystemTime,
+) -> Result<(), AttestationError> {
+    let signer = amd_chain::verify_signer(product, kind, signer_der, &[], now)?;
+    if kind == SignerKind::Vcek {
+        extensions::check_hw_id(&signer.cert, report, product)?;
+    }
+    extensions::check_tcb(&signer.cert, tcb::reported(report, product), product)
+}
+
+/// The certificates that may follow the signer in evidence for `product` and `kind`: AMD's pinned
+/// intermediate (ASK or ASVK), then the pinned ARK. Anything else there rejects the evidence.
+pub(crate) fn pinned_chain(product: Product, kind: SignerKind) -> [&'static [u8]; 2] {
+    let pinned = roots::pinned(product);
+    [pinned.intermediate(kind), pinned.ark]
 }
 
 /// The product the evidence itself names, to pick the most telling rejection: the CPUID fields

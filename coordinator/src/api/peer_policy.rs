@@ -32,18 +32,32 @@ impl<S: Store> PeerAcceptPolicy<S> {
     }
 }
 
-impl<S: Store> AcceptPolicy for PeerAcceptPolicy<S> {
-    fn verify(
+impl<S: Store> PeerAcceptPolicy<S> {
+    /// [`AcceptPolicy::verify`] with certificates checked at `now`.
+    pub fn verify_at(
         &self,
         evidence: &Evidence,
         expected_report_data: &[u8; 64],
+        now: SystemTime,
     ) -> Result<VerifiedReport, AttestationError> {
         let acceptance = self
             .replica
             .read()
             .map_err(|e| AttestationError::Config(e.to_string()))?
             .peer_acceptance();
-        let (policies, reference) = match &acceptance {
+        self.judge(&acceptance, evidence, expected_report_data, now)
+    }
+
+    /// `evidence` under `acceptance`, whatever the platform: the evidence's own `platform` decides
+    /// which checks `Verifier::verify` runs, against the reference values for that platform.
+    fn judge(
+        &self,
+        acceptance: &PeerAcceptance,
+        evidence: &Evidence,
+        expected_report_data: &[u8; 64],
+        now: SystemTime,
+    ) -> Result<VerifiedReport, AttestationError> {
+        let (policies, reference) = match acceptance {
             PeerAcceptance::OwnIdentity => (vec![self.own_policy], &self.own_reference),
             PeerAcceptance::Manifest {
                 policies,
@@ -55,7 +69,106 @@ impl<S: Store> AcceptPolicy for PeerAcceptPolicy<S> {
             reference,
             expected_report_data,
             &|h| policies.contains(&Hash(*h)),
-            SystemTime::now(),
+            now,
         )
+    }
+}
+
+impl<S: Store> AcceptPolicy for PeerAcceptPolicy<S> {
+    fn verify(
+        &self,
+        evidence: &Evidence,
+        expected_report_data: &[u8; 64],
+    ) -> Result<VerifiedReport, AttestationError> {
+        self.verify_at(evidence, expected_report_data, SystemTime::now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Real SEV-SNP evidence through the peer admission policy, before and after a manifest.
+
+    use concord_attestation::testing::snp::{self as vectors, Vector};
+    use concord_attestation::{PlatformTrust, RejectReason, Verifier};
+
+    use super::*;
+    use crate::launch::own_snp_reference;
+    use crate::manifest::Manifest;
+    use crate::state::Coordinator;
+    use crate::store::MemoryStore;
+    use crate::testing::TestDeployment;
+
+    /// A fresh replica (no manifest) whose own launch is `own`'s, trusting no simulated root.
+    fn fresh_replica_like(own: &Vector) -> PeerAcceptPolicy<MemoryStore> {
+        let d = TestDeployment::new();
+        let replica = Replica::new(
+            Coordinator::open(MemoryStore::new()).unwrap(),
+            Arc::new(d.issuer(&d.coordinator_policy)),
+            Verifier::new(PlatformTrust::default()),
+        );
+        let own_reference = own_snp_reference(&own.report(), None).unwrap();
+        PeerAcceptPolicy::new(
+            Arc::new(replica),
+            Hash(*own.report().host_data()),
+            own_reference,
+        )
+    }
+
+    fn rejection(result: Result<VerifiedReport, AttestationError>) -> RejectReason {
+        match result {
+            Err(AttestationError::Rejected(reason)) => reason,
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn before_a_manifest_only_the_replicas_own_snp_launch_is_accepted() {
+        let own = vectors::trustee_genoa_e2e();
+        let policy = fresh_replica_like(&own);
+        let verified = policy
+            .verify_at(&own.evidence(), &own.report_data(), own.at)
+            .unwrap();
+        assert_eq!(verified.platform(), concord_attestation::Platform::Snp);
+        assert_eq!(verified.measurement(), own.report().measurement());
+
+        // Another launch (another measurement) is refused, and so is the right launch for another
+        // binding.
+        let other = vectors::azure_genoa();
+        assert_eq!(
+            rejection(policy.verify_at(&other.evidence(), &other.report_data(), other.at)),
+            RejectReason::MeasurementNotTrusted
+        );
+        let mut replayed = own.report_data();
+        replayed[0] ^= 1;
+        assert_eq!(
+            rejection(policy.verify_at(&own.evidence(), &replayed, own.at)),
+            RejectReason::ReportDataMismatch
+        );
+    }
+
+    #[test]
+    fn after_a_manifest_snp_evidence_must_name_a_coordinator_policy() {
+        let v = vectors::virtee_milan();
+        let d = TestDeployment::new();
+        let host_data = *v.report().host_data();
+        let manifest = Manifest::parse(&d.snp_manifest(host_data, &v.reference())).unwrap();
+        let policy = fresh_replica_like(&vectors::trustee_genoa_e2e());
+        let acceptance = PeerAcceptance::Manifest {
+            policies: manifest.coordinator_policies(),
+            reference_values: manifest.reference_values().clone(),
+        };
+        policy
+            .judge(&acceptance, &v.evidence(), &v.report_data(), v.at)
+            .unwrap();
+
+        // The same evidence when its policy is in the manifest without the coordinator role.
+        let workload_only = PeerAcceptance::Manifest {
+            policies: vec![d.workload_policy_hash()],
+            reference_values: manifest.reference_values().clone(),
+        };
+        assert_eq!(
+            rejection(policy.judge(&workload_only, &v.evidence(), &v.report_data(), v.at)),
+            RejectReason::HostDataNotAccepted
+        );
     }
 }
