@@ -93,41 +93,18 @@ impl<S: Store> Node<S> {
                 member.id, member.peer_address
             )));
         }
-        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
-        loop {
-            let leader = self.leader().await?;
-            if leader == self.id {
-                break;
-            }
-            if forwarded {
-                return Err(Status::unavailable(
-                    "this replica is no longer the leader; retry",
-                ));
-            }
-            let addr = self.leader_addr(leader)?;
-            let request = pb::JoinRequest {
-                member: Some(member.clone()),
-                forwarded: true,
-            };
-            let answer = self
-                .links
-                .call(leader, &addr, |mut api, _| async move {
-                    api.join(request).await
-                })
-                .await;
-            match answer {
-                Ok(r) => {
-                    return Ok(r
-                        .voters
-                        .into_iter()
-                        .map(|m| (m.id, m.peer_address))
-                        .collect());
-                }
-                Err(s) if retryable(&s) && tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(25)).await;
-                }
-                Err(s) => return Err(unavailable_if_transport(s)),
-            }
+        let request = pb::JoinRequest {
+            member: Some(member.clone()),
+            forwarded: true,
+        };
+        let answer = self
+            .via_leader(forwarded, &mut None, |mut api| {
+                let request = request.clone();
+                async move { api.join(request).await }
+            })
+            .await?;
+        if let Some(r) = answer {
+            return Ok(members_from_pb(r));
         }
         self.rejoin_member(member.id, member.peer_address).await
     }
@@ -207,38 +184,14 @@ impl<S: Store> Node<S> {
         req: pb::SetMembersRequest,
         forwarded: bool,
     ) -> Result<BTreeMap<NodeId, String>, Status> {
-        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
-        loop {
-            let leader = self.leader().await?;
-            if leader == self.id {
-                break;
-            }
-            if forwarded {
-                return Err(Status::unavailable(
-                    "this replica is no longer the leader; retry",
-                ));
-            }
-            let addr = self.leader_addr(leader)?;
-            let answer = self
-                .links
-                .call(leader, &addr, |mut api, _| {
-                    let req = req.clone();
-                    async move { api.forward_set_members(req).await }
-                })
-                .await;
-            match answer {
-                Ok(r) => {
-                    return Ok(r
-                        .voters
-                        .into_iter()
-                        .map(|m| (m.id, m.peer_address))
-                        .collect());
-                }
-                Err(s) if retryable(&s) && tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(25)).await;
-                }
-                Err(s) => return Err(unavailable_if_transport(s)),
-            }
+        let answer = self
+            .via_leader(forwarded, &mut None, |mut api| {
+                let req = req.clone();
+                async move { api.forward_set_members(req).await }
+            })
+            .await?;
+        if let Some(r) = answer {
+            return Ok(members_from_pb(r));
         }
         let invalid = |m: String| to_status(&CoordinatorError::InvalidInput(m));
         let mut members = BTreeMap::new();
@@ -410,39 +363,22 @@ impl<S: Store> Node<S> {
         req: SetRequest,
         forwarded: bool,
     ) -> Result<SetOutcome, Status> {
-        // Until a leader answers: after a leader dies, the survivors still name it until they elect a
-        // new one. Retrying is safe: a repeated request is a no-op (same manifest) or a refusal, and a
-        // refusal after an attempt whose outcome is unknown is reported as unknown too.
-        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        // A refusal after an attempt whose outcome is unknown is reported as unknown too (`after_unknown`).
         let mut unknown: Option<NodeId> = None;
-        loop {
-            let leader = self.leader().await?;
-            if leader == self.id {
-                break;
-            }
-            if forwarded {
-                return Err(Status::unavailable(
-                    "this replica is no longer the leader; retry",
-                ));
-            }
-            match self.forward(leader, raw.clone()).await {
-                Err(s) if retryable(&s) && tokio::time::Instant::now() < deadline => {
-                    debug!(
-                        leader,
-                        error = s.message(),
-                        "the leader did not answer; waiting for the next one"
-                    );
-                    unknown = Some(leader);
-                    tokio::time::sleep(Duration::from_millis(25)).await;
-                }
-                answer => {
-                    return answer.map_err(|s| after_unknown(unknown, unavailable_if_transport(s)));
-                }
-            }
+        let answer = self
+            .via_leader(forwarded, &mut unknown, |mut api| {
+                let raw = raw.clone();
+                async move { api.forward_set_manifest(raw).await }
+            })
+            .await;
+        match answer {
+            Ok(Some(outcome)) => outcome_from_pb(outcome),
+            Ok(None) => self
+                .set_on_leader(req)
+                .await
+                .map_err(|s| after_unknown(unknown, s)),
+            Err(s) => Err(after_unknown(unknown, s)),
         }
-        self.set_on_leader(req)
-            .await
-            .map_err(|s| after_unknown(unknown, s))
     }
 
     /// SetManifest on the leader: prepared, written through Raft, committed.
@@ -527,41 +463,26 @@ impl<S: Store> Node<S> {
         &self,
         command: Command,
     ) -> Result<(CommandResponse, u64), Status> {
-        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
-        loop {
-            let leader = self.leader().await?;
-            if leader == self.id {
-                return match tokio::time::timeout(LEADER_WAIT, self.raft.client_write(command))
-                    .await
-                {
-                    Ok(written) => written
-                        .map(|w| (w.data, w.log_id.index))
-                        .map_err(|e| Status::unavailable(format!("the write did not commit: {e}"))),
-                    Err(_) => Err(not_committed_in_time()),
-                };
-            }
-            let addr = self.leader_addr(leader)?;
-            let json = serde_json::to_vec(&command)
-                .map_err(|e| Status::internal(format!("cannot encode a command: {e}")))?;
-            let answer = self
-                .links
-                .call(leader, &addr, |mut api, _| async move {
-                    api.forward_command(pb::RaftMessage { json }).await
-                })
-                .await;
-            match answer {
-                Ok(reply) => {
-                    return serde_json::from_slice(&reply.json).map_err(|e| {
-                        Status::internal(format!(
-                            "the leader's answer is not a command response: {e}"
-                        ))
-                    });
-                }
-                Err(s) if retryable(&s) && tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(25)).await;
-                }
-                Err(s) => return Err(unavailable_if_transport(s)),
-            }
+        let json = serde_json::to_vec(&command)
+            .map_err(|e| Status::internal(format!("cannot encode a command: {e}")))?;
+        let answer = self
+            .via_leader(false, &mut None, |mut api| {
+                let json = json.clone();
+                async move { api.forward_command(pb::RaftMessage { json }).await }
+            })
+            .await?;
+        if let Some(reply) = answer {
+            return serde_json::from_slice(&reply.json).map_err(|e| {
+                Status::internal(format!(
+                    "the leader's answer is not a command response: {e}"
+                ))
+            });
+        }
+        match tokio::time::timeout(LEADER_WAIT, self.raft.client_write(command)).await {
+            Ok(written) => written
+                .map(|w| (w.data, w.log_id.index))
+                .map_err(|e| Status::unavailable(format!("the write did not commit: {e}"))),
+            Err(_) => Err(not_committed_in_time()),
         }
     }
 
@@ -646,22 +567,6 @@ impl<S: Store> Node<S> {
         Ok(())
     }
 
-    async fn forward(
-        &self,
-        leader: NodeId,
-        raw: pb::SetManifestRequest,
-    ) -> Result<SetOutcome, Status> {
-        let addr = self.leader_addr(leader)?;
-        debug!(leader, %addr, "forwarding SetManifest to the leader");
-        let answer = self
-            .links
-            .call(leader, &addr, |mut api, _| async move {
-                api.forward_set_manifest(raw).await
-            })
-            .await?;
-        outcome_from_pb(answer)
-    }
-
     /// Peer recovery, recovering side: asks each peer (the leader first) for the secrets of the latest
     /// transition. Each peer's evidence is checked again under the admission policy as it is now (the
     /// stored latest manifest's `coordinator` role), also on a connection kept from before it, and the
@@ -739,6 +644,49 @@ impl<S: Store> Node<S> {
         None
     }
 
+    /// For a call only the leader answers: `Ok(None)` when this replica leads (the caller runs it
+    /// here), else the leader's answer to `remote`. While the leader is gone or changing, it waits for
+    /// the next one and retries, for up to [`LEADER_WAIT`]; each retried attempt's leader is noted in
+    /// `unknown` (its outcome is unknown). A `forwarded` call is not forwarded again.
+    async fn via_leader<T, F, Fut>(
+        &self,
+        forwarded: bool,
+        unknown: &mut Option<NodeId>,
+        remote: F,
+    ) -> Result<Option<T>, Status>
+    where
+        F: Fn(pb::peer_api_client::PeerApiClient<tonic::transport::Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        loop {
+            let leader = self.leader().await?;
+            if leader == self.id {
+                return Ok(None);
+            }
+            if forwarded {
+                return Err(Status::unavailable(
+                    "this replica is no longer the leader; retry",
+                ));
+            }
+            let addr = self.leader_addr(leader)?;
+            debug!(leader, %addr, "forwarding to the leader");
+            match self.links.call(leader, &addr, |api, _| remote(api)).await {
+                Ok(answer) => return Ok(Some(answer)),
+                Err(s) if retryable(&s) && tokio::time::Instant::now() < deadline => {
+                    debug!(
+                        leader,
+                        error = s.message(),
+                        "the leader did not answer; waiting for the next one"
+                    );
+                    *unknown = Some(leader);
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                Err(s) => return Err(unavailable_if_transport(s)),
+            }
+        }
+    }
+
     /// The leader's peer API address, or why there is none.
     fn leader_addr(&self, leader: NodeId) -> Result<String, Status> {
         self.peer_addr(leader).ok_or_else(|| {
@@ -762,6 +710,14 @@ fn not_committed_in_time() -> Status {
         "the write was not committed within {LEADER_WAIT:?}: this leader cannot reach a majority of \
          the replicas; it may still commit when they are back, so check `concord status` before retrying"
     ))
+}
+
+/// The voters a leader answered with, by id.
+fn members_from_pb(r: pb::SetMembersResponse) -> BTreeMap<NodeId, String> {
+    r.voters
+        .into_iter()
+        .map(|m| (m.id, m.peer_address))
+        .collect()
 }
 
 /// A refusal that follows a forwarded attempt whose outcome is unknown (the leader died or the
