@@ -85,8 +85,9 @@ read it back: set cluster.initialReplicas there.
 {{/*
 Voluntary evictions may take at most (n - 1) / 2 replicas at once, so a majority (the Raft quorum)
 always stays up: 1 -> 0, 2 -> 0, 3 -> 1, 4 -> 1, 5 -> 2. n is the smaller of `replicas` and the
-initial count: pods scaled beyond the initial members are not voters until `concord cluster
-set-members` adds them. podDisruptionBudget.maxUnavailable overrides it (after a membership change).
+initial count: pods scaled beyond the initial members are voters only once they have joined, which
+the chart cannot see, so the budget stays conservative. podDisruptionBudget.maxUnavailable overrides it
+(once they have joined).
 */}}
 {{- define "concord.maxUnavailable" -}}
 {{- if ne .Values.podDisruptionBudget.maxUnavailable nil }}
