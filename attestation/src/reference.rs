@@ -161,6 +161,19 @@ pub struct MinimumTcb {
     pub fmc: Option<u8>,
 }
 
+impl From<crate::report::Tcb> for MinimumTcb {
+    /// Exactly `tcb` as the minimum: what a report shows is the least it must keep showing.
+    fn from(tcb: crate::report::Tcb) -> MinimumTcb {
+        MinimumTcb {
+            bootloader: tcb.bootloader,
+            tee: tcb.tee,
+            snp: tcb.snp,
+            microcode: tcb.microcode,
+            fmc: tcb.fmc,
+        }
+    }
+}
+
 /// What a simulated report must show.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -94,13 +94,7 @@ impl Case {
         let entry = SnpReference {
             product,
             trusted_measurements: vec![Measurement(MEASUREMENT)],
-            minimum_tcb: MinimumTcb {
-                bootloader: tcb.bootloader,
-                tee: tcb.tee,
-                snp: tcb.snp,
-                microcode: tcb.microcode,
-                fmc: tcb.fmc,
-            },
+            minimum_tcb: MinimumTcb::from(tcb),
             allow_debug: false,
             allow_migration_agent: false,
             allowed_chip_ids: None,

@@ -165,13 +165,7 @@ fn derived_entry(
     SnpReference {
         product,
         trusted_measurements: vec![own],
-        minimum_tcb: MinimumTcb {
-            bootloader: tcb.bootloader,
-            tee: tcb.tee,
-            snp: tcb.snp,
-            microcode: tcb.microcode,
-            fmc: tcb.fmc,
-        },
+        minimum_tcb: MinimumTcb::from(tcb),
         allow_debug: false,
         allow_migration_agent: false,
         allowed_chip_ids: None,
