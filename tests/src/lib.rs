@@ -265,6 +265,28 @@ impl Env {
             .expect("run concord-initializer")
     }
 
+    /// Runs `concord recover` as seed share owner `i` (their share from the first `concord set`,
+    /// their key) against `c`, checking the coordinator against manifest v1, plus `extra` arguments.
+    pub fn recover(&self, c: &CoordinatorProcess, i: usize, extra: &[&str]) -> Output {
+        let addr = c.user_addr.to_string();
+        let share = format!("shares/seed-share-{i}.json");
+        let key = format!("share-owner-{i}.key");
+        let mut args = vec![
+            "recover",
+            "--share",
+            &share,
+            "--key",
+            &key,
+            "-m",
+            "manifest-v1.json",
+            "-c",
+            &addr,
+            "--insecure-simulated-attestation",
+        ];
+        args.extend_from_slice(extra);
+        self.concord(&args)
+    }
+
     /// The `SetManifest` request for manifest `version` after `previous`, authorized by the owner
     /// (unauthorized for the first manifest, which needs none).
     pub fn set_manifest_request(

@@ -170,22 +170,8 @@ async fn full_outage_then_threshold_recovery_of_a_cluster() {
     }
 
     // Two of three seed share owners recover one replica; the others recover from it.
-    let addr = cluster[1].user_addr.to_string();
     for i in [0, 2] {
-        let share = format!("shares/seed-share-{i}.json");
-        let key = format!("share-owner-{i}.key");
-        let out = env.concord(&[
-            "recover",
-            "--share",
-            &share,
-            "--key",
-            &key,
-            "-m",
-            "manifest-v1.json",
-            "-c",
-            &addr,
-            "--insecure-simulated-attestation",
-        ]);
+        let out = env.recover(&cluster[1], i, &[]);
         assert!(out.status.success(), "{}", describe(&out));
     }
     let refs: Vec<_> = cluster.iter().collect();

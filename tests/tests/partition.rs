@@ -212,24 +212,7 @@ async fn seed_shares_are_refused_while_a_peer_is_ready_unless_forced() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    let addr = cluster[2].user_addr.to_string();
-    let recover = |extra: &[&str]| {
-        let mut args = vec![
-            "recover",
-            "--share",
-            "shares/seed-share-0.json",
-            "--key",
-            "share-owner-0.key",
-            "-m",
-            "manifest-v1.json",
-            "-c",
-            &addr,
-            "--insecure-simulated-attestation",
-        ];
-        args.extend_from_slice(extra);
-        env.concord(&args)
-    };
-    let refused = recover(&[]);
+    let refused = env.recover(&cluster[2], 0, &[]);
     assert_eq!(
         refused.status.code(),
         Some(1),
@@ -241,7 +224,7 @@ async fn seed_shares_are_refused_while_a_peer_is_ready_unless_forced() {
         said.contains("is ready") && said.contains("--force"),
         "the refusal does not say a peer is ready and how to force: {said}"
     );
-    let forced = recover(&["--force"]);
+    let forced = env.recover(&cluster[2], 0, &["--force"]);
     assert!(
         forced.status.success(),
         "{}",

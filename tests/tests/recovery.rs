@@ -3,31 +3,6 @@
 
 use concord_tests::{Env, describe, stdout_line};
 
-fn recover(
-    env: &Env,
-    c: &concord_cli::process::CoordinatorProcess,
-    i: usize,
-    extra: &[&str],
-) -> std::process::Output {
-    let addr = c.user_addr.to_string();
-    let share = format!("shares/seed-share-{i}.json");
-    let key = format!("share-owner-{i}.key");
-    let mut args = vec![
-        "recover",
-        "--share",
-        &share,
-        "--key",
-        &key,
-        "-m",
-        "manifest-v1.json",
-        "-c",
-        &addr,
-        "--insecure-simulated-attestation",
-    ];
-    args.extend_from_slice(extra);
-    env.concord(&args)
-}
-
 #[test]
 fn full_outage_then_threshold_recovery() {
     let env = Env::new();
@@ -68,7 +43,7 @@ fn full_outage_then_threshold_recovery() {
     );
 
     // Below threshold: accepted, not ready.
-    let one = recover(&env, &c, 0, &[]);
+    let one = env.recover(&c, 0, &[]);
     assert!(one.status.success(), "{}", describe(&one));
     assert!(
         String::from_utf8_lossy(&one.stderr).contains("1 of the 2"),
@@ -112,7 +87,7 @@ fn full_outage_then_threshold_recovery() {
     );
 
     // The second owner: ready, and the history is the one from before the outage.
-    let two = recover(&env, &c, 2, &[]);
+    let two = env.recover(&c, 2, &[]);
     assert!(two.status.success(), "{}", describe(&two));
     assert!(
         String::from_utf8_lossy(&two.stderr).contains("ready"),
@@ -129,7 +104,7 @@ fn full_outage_then_threshold_recovery() {
     let up = env.set(&c, "manifest-v2.json", &["--owner-key", "owner.pem"]);
     assert!(up.status.success(), "{}", describe(&up));
     // Nothing left to recover.
-    let again = recover(&env, &c, 1, &[]);
+    let again = env.recover(&c, 1, &[]);
     assert_eq!(again.status.code(), Some(1), "{}", describe(&again));
     assert!(
         String::from_utf8_lossy(&again.stderr).contains("nothing to recover"),
