@@ -17,7 +17,7 @@ use super::metrics::{UNIMPLEMENTED_METHOD, global};
 /// gRPC's status code for an unknown service or method.
 const GRPC_UNIMPLEMENTED: &str = "12";
 
-/// Wraps a tonic server's routes in [`RpcTiming`].
+/// Wraps a tonic server's routes in `RpcTiming`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RpcTimingLayer;
 

@@ -123,7 +123,7 @@ pub fn role_name(state: ServerState) -> &'static str {
 }
 
 /// Whether a replica sees a working majority: a leader acknowledged by a majority within
-/// [`QUORUM_ACK_WITHIN_MS`], or a follower or learner that knows its leader (a follower forgets the
+/// `QUORUM_ACK_WITHIN_MS`, or a follower or learner that knows its leader (a follower forgets the
 /// leader and becomes a candidate when heartbeats stop).
 pub fn sees_quorum(state: ServerState, leader: Option<u64>, millis_since_ack: Option<u64>) -> bool {
     match state {

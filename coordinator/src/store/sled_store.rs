@@ -25,7 +25,7 @@ pub struct SledStore {
 impl SledStore {
     /// Opens (or creates) the database in `dir`. sled locks its files, and a process that just closed
     /// them may still hold the lock for a moment (its flusher thread), so a held lock is retried for
-    /// up to [`LOCK_WAIT`] before giving up with an error that says another process may be using it.
+    /// up to `LOCK_WAIT` before giving up with an error that says another process may be using it.
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
         let start = Instant::now();
         loop {
