@@ -98,17 +98,7 @@ impl<S: Store> Ledger<S> {
         let mut items = Vec::new();
         let mut cursor = latest;
         while cursor != Hash::ZERO {
-            let bytes = self
-                .store
-                .get(&Key::Transition(cursor))?
-                .ok_or_else(|| LedgerError::Corrupt(format!("transition {cursor} is missing")))?;
-            let t = Transition::decode(&bytes)
-                .map_err(|e| LedgerError::Corrupt(format!("transition {cursor}: {e}")))?;
-            if t.hash() != cursor {
-                return Err(LedgerError::Corrupt(format!(
-                    "transition {cursor} does not hash to its name"
-                )));
-            }
+            let t = self.transition(&cursor)?;
             let manifest = self.object(&t.manifest_hash)?.ok_or_else(|| {
                 LedgerError::Corrupt(format!("manifest {} is missing", t.manifest_hash))
             })?;
@@ -164,17 +154,7 @@ impl<S: Store> Ledger<S> {
             if cursor == Hash::ZERO {
                 return self.load();
             }
-            let bytes = self
-                .store
-                .get(&Key::Transition(cursor))?
-                .ok_or_else(|| LedgerError::Corrupt(format!("transition {cursor} is missing")))?;
-            let t = Transition::decode(&bytes)
-                .map_err(|e| LedgerError::Corrupt(format!("transition {cursor}: {e}")))?;
-            if t.hash() != cursor {
-                return Err(LedgerError::Corrupt(format!(
-                    "transition {cursor} does not hash to its name"
-                )));
-            }
+            let t = self.transition(&cursor)?;
             // Below `known`'s end without meeting it: not a continuation of what this process
             // verified, so verify everything again.
             if t.index < known.chain.len() as u64 {
@@ -203,6 +183,22 @@ impl<S: Store> Ledger<S> {
         }
         history.mesh = self.mesh_certs(&latest)?;
         Ok(Some(history))
+    }
+
+    /// Reads transition `hash` and checks it hashes to its name.
+    fn transition(&self, hash: &Hash) -> Result<Transition, LedgerError> {
+        let bytes = self
+            .store
+            .get(&Key::Transition(*hash))?
+            .ok_or_else(|| LedgerError::Corrupt(format!("transition {hash} is missing")))?;
+        let t = Transition::decode(&bytes)
+            .map_err(|e| LedgerError::Corrupt(format!("transition {hash}: {e}")))?;
+        if t.hash() != *hash {
+            return Err(LedgerError::Corrupt(format!(
+                "transition {hash} does not hash to its name"
+            )));
+        }
+        Ok(t)
     }
 
     fn signing_key(&self) -> Result<VerifyingKey, LedgerError> {
