@@ -6,15 +6,19 @@
 (b) validates every rendered document against the schemas of a pinned Kubernetes version
     (kubernetes-validate, strict: unknown fields are errors);
 (c) asserts what the design requires: Parallel pods, the peer Service publishing not-ready pods, a
-    PodDisruptionBudget that keeps the Raft quorum (1, 3 and 5 replicas), the NetworkPolicy, the probes,
-    the checksum annotation (and that it changes with the configuration), the labels, the security
-    settings;
+    PodDisruptionBudget that keeps the Raft quorum (1, 3 and 5 replicas; an override above it is
+    refused), the NetworkPolicy (9102 only from the scraper and node CIDRs; egress only to DNS, the peers
+    and the KDS), the probes, the checksum annotation (and that it changes with the configuration), the
+    labels, the security settings; on SEV-SNP a runtime class, an image by digest and a way for uid 65532
+    to open /dev/sev-guest (each refused when missing); and that the Containerfile pins its base images
+    by digest;
 (d) runs the real binaries with every flag and environment variable the rendered StatefulSet gives each
     container, plus --check-config, as two of its pods would (POD_NAME etc. substituted), so the chart
     and the binaries cannot drift apart.
 
-Usage: check_chart.py [--target-dir DIR]   (default: $CARGO_TARGET_DIR, else target/; the binaries
-come from DIR/debug: run `cargo build --workspace --bins` first). Exit 0 when every check passed.
+Usage: check_chart.py [--target-dir DIR] [--chart DIR] [--containerfile FILE]   (default: $CARGO_TARGET_DIR,
+else target/; the binaries come from DIR/debug: run `cargo build --workspace --bins` first; --chart and
+--containerfile check another copy, e.g. an older commit's). Exit 0 when every check passed.
 """
 
 from __future__ import annotations
