@@ -44,6 +44,49 @@ pub async fn run(cmd: Cluster) -> CliResult {
     }
     let key = keys::load_owner_key(&owner_key)?;
     let mut client = target.connect().await?.client;
+    // The authorization names the membership it starts from; if the membership moves between
+    // reading it and the change (a replica rejoining, a stale replica answered), read and sign again.
+    let mut attempt = 0;
+    let answer = loop {
+        attempt += 1;
+        let (latest, membership_index) = authorization_point(&mut client).await?;
+        let message = format::members_message(&latest, membership_index, &wanted);
+        let signature = key.sign(&message);
+        let request = pb::SetMembersRequest {
+            members: wanted
+                .iter()
+                .map(|(id, addr)| pb::Member {
+                    id: *id,
+                    peer_address: addr.clone(),
+                })
+                .collect(),
+            owner_key: key.verifying_key().to_bytes().to_vec(),
+            owner_signature: signature.to_bytes().to_vec(),
+            membership_index,
+        };
+        match client.set_members(request).await {
+            Ok(a) => break a.into_inner(),
+            Err(s) if s.code() == tonic::Code::FailedPrecondition && attempt < 10 => {
+                eprintln!("{}; signing again", s.message());
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Err(s) => return Err(remote::status_error("SetMembers", s)),
+        }
+    };
+    let voters: Vec<String> = answer
+        .voters
+        .iter()
+        .map(|m| format!("{}={}", m.id, m.peer_address))
+        .collect();
+    eprintln!("the voting members are now: {}", voters.join(", "));
+    Ok(())
+}
+
+/// What a membership authorization names: the latest transition (read linearizably) and the index of
+/// the membership configuration the replica has now.
+async fn authorization_point(
+    client: &mut pb::user_api_client::UserApiClient<tonic::transport::Channel>,
+) -> Result<(Hash, u64), CliError> {
     let latest = client
         .get_manifests(pb::GetManifestsRequest::default())
         .await
@@ -54,27 +97,11 @@ pub async fn run(cmd: Cluster) -> CliResult {
     let latest = Hash::from_slice(&latest.hash).map_err(|e| {
         CliError::verification(format!("the coordinator sent a bad latest hash: {e}"))
     })?;
-    let signature = key.sign(&format::members_message(&latest, &wanted));
-    let answer = client
-        .set_members(pb::SetMembersRequest {
-            members: wanted
-                .iter()
-                .map(|(id, addr)| pb::Member {
-                    id: *id,
-                    peer_address: addr.clone(),
-                })
-                .collect(),
-            owner_key: key.verifying_key().to_bytes().to_vec(),
-            owner_signature: signature.to_bytes().to_vec(),
-        })
+    let membership_index = client
+        .get_status(pb::GetStatusRequest {})
         .await
-        .map_err(|s| remote::status_error("SetMembers", s))?
-        .into_inner();
-    let voters: Vec<String> = answer
-        .voters
-        .iter()
-        .map(|m| format!("{}={}", m.id, m.peer_address))
-        .collect();
-    eprintln!("the voting members are now: {}", voters.join(", "));
-    Ok(())
+        .map_err(|s| remote::status_error("GetStatus", s))?
+        .into_inner()
+        .membership_index;
+    Ok((latest, membership_index))
 }

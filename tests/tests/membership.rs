@@ -1,0 +1,326 @@
+//! Who may change the voting members (issue 9, items 4 and 5), against the real binaries: a captured
+//! owner authorization of an earlier membership change cannot be replayed later, a new replica does
+//! not make itself a voter, and an attested peer cannot take or demote a healthy voter's seat by
+//! sending Join under its id.
+
+use std::time::{Duration, Instant};
+
+use concord_cli::process::{Addrs, CoordinatorProcess};
+use concord_proto::v1 as pb;
+use concord_tests::{Env, describe};
+
+/// Waits until every replica in `cluster` is ready with `transitions` transitions.
+async fn all_ready(env: &Env, cluster: &[&CoordinatorProcess], transitions: u64) {
+    let start = Instant::now();
+    loop {
+        let mut ok = true;
+        for c in cluster {
+            ok &= env
+                .status(c)
+                .await
+                .is_ok_and(|s| s.state == "ready" && s.transitions == transitions);
+        }
+        if ok {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the replicas did not all become ready at {transitions} transitions"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn is_voter(s: &pb::GetStatusResponse) -> bool {
+    s.role == "leader" || s.role == "follower"
+}
+
+/// Waits until `c` is a voter.
+async fn wait_voter(env: &Env, c: &CoordinatorProcess) {
+    let start = Instant::now();
+    while !env.status(c).await.is_ok_and(|s| is_voter(&s)) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "replica {} did not become a voter",
+            c.node_id
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn log_of(c: &CoordinatorProcess) -> String {
+    std::fs::read_to_string(&c.log).unwrap_or_default()
+}
+
+/// Waits until one of `logs` contains `needle`, failing as soon as `bad` holds (checked each round).
+async fn wait_log_unless<F, Fut>(logs: &[&CoordinatorProcess], needle: &str, mut bad: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<String>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(why) = bad().await {
+            panic!("{why}");
+        }
+        if logs.iter().any(|c| log_of(c).contains(needle)) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no replica logged {needle:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Five replicas on loopback: 0 to 2 form the cluster, 3 and 4 know everyone and wait to be added.
+fn five_with_three_members(
+    env: &Env,
+) -> (Vec<CoordinatorProcess>, Vec<(u64, std::net::SocketAddr)>) {
+    let addrs: Vec<Addrs> = (0..5).map(|_| Addrs::free().unwrap()).collect();
+    let all: Vec<(u64, std::net::SocketAddr)> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (i as u64, a.peer))
+        .collect();
+    let nodes = (0..5)
+        .map(|i| {
+            let peers = if i < 3 { &all[..3] } else { &all[..] };
+            CoordinatorProcess::start_member(
+                &env.path(&format!("node-{i}")),
+                &env.path(&format!("node-{i}.log")),
+                &env.flags("coordinator.policy"),
+                addrs[i],
+                i as u64,
+                peers,
+            )
+            .unwrap()
+        })
+        .collect();
+    (nodes, all)
+}
+
+/// The signed SetMembers request for `members`, as the workload owner's tooling builds it now.
+async fn signed_request(
+    env: &Env,
+    via: &CoordinatorProcess,
+    members: &[(u64, std::net::SocketAddr)],
+) -> pb::SetMembersRequest {
+    use ed25519_dalek::Signer;
+    let mut client = env.user_client(via).await;
+    let latest = client
+        .get_manifests(pb::GetManifestsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .latest
+        .unwrap();
+    let latest = concord_tests::Hash::from_slice(&latest.hash).unwrap();
+    let membership_index = client
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .membership_index;
+    let wanted: std::collections::BTreeMap<u64, String> =
+        members.iter().map(|(i, a)| (*i, a.to_string())).collect();
+    let message =
+        concord_coordinator::history::format::members_message(&latest, membership_index, &wanted);
+    pb::SetMembersRequest {
+        members: wanted
+            .iter()
+            .map(|(id, addr)| pb::Member {
+                id: *id,
+                peer_address: addr.clone(),
+            })
+            .collect(),
+        owner_key: env.d.owner.verifying_key().to_bytes().to_vec(),
+        owner_signature: env.d.owner.sign(&message).to_bytes().to_vec(),
+        membership_index,
+    }
+}
+
+/// The owner grows the cluster to five and later shrinks it to three. Whoever saw the first request
+/// (the host, a proxy, a log) sends it again: the five must not come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t94_a_captured_set_members_authorization_cannot_be_replayed() {
+    let env = Env::new();
+    let (nodes, all) = five_with_three_members(&env);
+    let out = env.set(&nodes[0], "manifest-v1.json", &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    all_ready(&env, &nodes[..3].iter().collect::<Vec<_>>(), 1).await;
+
+    // The owner's change 3 -> 5, captured on its way.
+    let grow = signed_request(&env, &nodes[1], &all).await;
+    let mut client = env.user_client(&nodes[1]).await;
+    let answer = client.set_members(grow.clone()).await;
+    assert!(answer.is_ok(), "the owner's change was refused: {answer:?}");
+    all_ready(&env, &nodes.iter().collect::<Vec<_>>(), 1).await;
+
+    // The owner shrinks back to three.
+    let shrink = env.set_members(nodes[0].user_addr, &all[..3], "owner.pem");
+    assert!(shrink.status.success(), "{}", describe(&shrink));
+
+    // The replay, as captured: the membership it names is gone.
+    let mut client = env.user_client(&nodes[2]).await;
+    let replay = client.set_members(grow.clone()).await;
+    let status = replay.expect_err("a replayed membership authorization was accepted");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("used already"), "{status:?}");
+    // Or made to name today's membership: then the owner's signature does not cover it.
+    let now = env.status(&nodes[2]).await.unwrap().membership_index;
+    let replay = client
+        .set_members(pb::SetMembersRequest {
+            membership_index: now,
+            ..grow
+        })
+        .await;
+    let status = replay.expect_err("a rewritten membership authorization was accepted");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    // Still three: a write needs only them.
+    let out = env.set(&nodes[2], "manifest-v2.json", &["--owner-key", "owner.pem"]);
+    assert!(out.status.success(), "{}", describe(&out));
+}
+
+/// A fourth genuine replica that lists itself and the three members in its `--peer` flags is not a
+/// voter until a workload owner adds it; then one command makes it one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t95a_a_new_replica_does_not_make_itself_a_voter() {
+    let env = Env::new();
+    let mut cluster = env.start_cluster(3);
+    let out = env.set(&cluster[0], "manifest-v1.json", &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    all_ready(&env, &cluster.iter().collect::<Vec<_>>(), 1).await;
+
+    let addrs = Addrs::free().unwrap();
+    let mut peers = cluster[0].peers.clone();
+    peers.push((3, addrs.peer));
+    let fourth = CoordinatorProcess::start_member(
+        &env.path("node-3"),
+        &env.path("node-3.log"),
+        &env.flags("coordinator.policy"),
+        addrs,
+        3,
+        &peers,
+    )
+    .unwrap();
+    // Until the members refused its Join, it must not have become a voter.
+    wait_log_unless(&[&fourth], "is not a member of the cluster", || async {
+        env.status(&fourth)
+            .await
+            .ok()
+            .filter(is_voter)
+            .map(|s| format!("the new replica made itself a {} without the owner", s.role))
+    })
+    .await;
+    let s = env.status(&fourth).await;
+    assert!(!s.as_ref().is_ok_and(is_voter), "{s:?}");
+
+    // The owner adds it, in one command.
+    let grow = env.set_members(cluster[1].user_addr, &peers, "owner.pem");
+    assert!(grow.status.success(), "{}", describe(&grow));
+    cluster.push(fourth);
+    wait_voter(&env, &cluster[3]).await;
+    all_ready(&env, &cluster.iter().collect::<Vec<_>>(), 1).await;
+    let out = env.set(
+        &cluster[3],
+        "manifest-v2.json",
+        &["--owner-key", "owner.pem"],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    all_ready(&env, &cluster.iter().collect::<Vec<_>>(), 2).await;
+}
+
+/// A genuine replica started by the host with an empty disk under the id of a healthy voter, at
+/// another address, asks to Join: the voter keeps its seat and its address, and the impostor gets none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t95b_a_join_under_a_healthy_voters_id_at_another_address_is_refused() {
+    let env = Env::new();
+    let cluster = env.start_cluster(3);
+    let out = env.set(&cluster[0], "manifest-v1.json", &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    all_ready(&env, &cluster.iter().collect::<Vec<_>>(), 1).await;
+
+    let addrs = Addrs::free().unwrap();
+    let mut peers = cluster[0].peers.clone();
+    peers[1].1 = addrs.peer;
+    let impostor = CoordinatorProcess::start_member(
+        &env.path("impostor"),
+        &env.path("impostor.log"),
+        &env.flags("coordinator.policy"),
+        addrs,
+        1,
+        &peers,
+    )
+    .unwrap();
+    wait_log_unless(
+        &[&cluster[0], &cluster[2], &impostor],
+        "is recorded at",
+        || async {
+            if env.status(&impostor).await.is_ok_and(|s| is_voter(&s)) {
+                return Some("the impostor took voter 1's seat".into());
+            }
+            for c in [&cluster[0], &cluster[2]] {
+                if log_of(c).contains("a voter came back with an empty disk") {
+                    return Some(format!(
+                        "replica {} demoted healthy voter 1 on the impostor's Join",
+                        c.node_id
+                    ));
+                }
+            }
+            None
+        },
+    )
+    .await;
+    let s = env.status(&cluster[1]).await.unwrap();
+    assert!(is_voter(&s), "voter 1 lost its seat: {s:?}");
+    // Replica 1 still takes part: a write through it commits and reaches every replica.
+    let out = env.set(
+        &cluster[1],
+        "manifest-v2.json",
+        &["--owner-key", "owner.pem"],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    all_ready(&env, &cluster.iter().collect::<Vec<_>>(), 2).await;
+}
+
+/// The same impostor, but claiming voter 1's own recorded address in its Join (it listens elsewhere):
+/// the leader asks the replica at that address whether it sent the Join, and the healthy voter says no.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t95c_a_join_claiming_a_healthy_voters_address_is_refused() {
+    let env = Env::new();
+    let cluster = env.start_cluster(3);
+    let out = env.set(&cluster[0], "manifest-v1.json", &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    all_ready(&env, &cluster.iter().collect::<Vec<_>>(), 1).await;
+
+    let impostor = CoordinatorProcess::start_member(
+        &env.path("impostor"),
+        &env.path("impostor.log"),
+        &env.flags("coordinator.policy"),
+        Addrs::free().unwrap(),
+        1,
+        &cluster[0].peers,
+    )
+    .unwrap();
+    wait_log_unless(
+        &[&cluster[0], &cluster[2], &impostor],
+        "did not send this Join",
+        || async {
+            for c in [&cluster[0], &cluster[2]] {
+                let log = log_of(c);
+                if log.contains("a voter came back with an empty disk") {
+                    return Some(format!(
+                        "replica {} demoted healthy voter 1 on the impostor's Join",
+                        c.node_id
+                    ));
+                }
+            }
+            None
+        },
+    )
+    .await;
+    let s = env.status(&cluster[1]).await.unwrap();
+    assert!(is_voter(&s), "voter 1 lost its seat: {s:?}");
+}
