@@ -101,48 +101,37 @@ fn five_with_three_members(
     (nodes, all)
 }
 
-/// The signed SetMembers request for `members`, as the workload owner's tooling builds it now.
-async fn signed_request(
+/// `concord cluster set-members` through `via` for `members`, with `extra` arguments (how it is
+/// authorized).
+fn set_members_cli(
     env: &Env,
     via: &CoordinatorProcess,
     members: &[(u64, std::net::SocketAddr)],
-) -> pb::SetMembersRequest {
-    use ed25519_dalek::Signer;
-    let mut client = env.user_client(via).await;
-    let latest = client
-        .get_manifests(pb::GetManifestsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .latest
-        .unwrap();
-    let latest = concord_tests::Hash::from_slice(&latest.hash).unwrap();
-    let membership_index = client
-        .get_status(pb::GetStatusRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .membership_index;
-    let wanted: std::collections::BTreeMap<u64, String> =
-        members.iter().map(|(i, a)| (*i, a.to_string())).collect();
-    let message =
-        concord_coordinator::history::format::members_message(&latest, membership_index, &wanted);
-    pb::SetMembersRequest {
-        members: wanted
-            .iter()
-            .map(|(id, addr)| pb::Member {
-                id: *id,
-                peer_address: addr.clone(),
-            })
-            .collect(),
-        owner_key: env.d.owner.verifying_key().to_bytes().to_vec(),
-        owner_signature: env.d.owner.sign(&message).to_bytes().to_vec(),
-        membership_index,
+    extra: &[&str],
+) -> std::process::Output {
+    let addr = via.user_addr.to_string();
+    let mut args: Vec<String> = [
+        "cluster",
+        "set-members",
+        "-m",
+        "manifest-v1.json",
+        "-c",
+        &addr,
+        "--insecure-simulated-attestation",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for (id, a) in members {
+        args.push("--member".into());
+        args.push(format!("{id}={a}"));
     }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    env.concord(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
-/// The owner grows the cluster to five and later shrinks it to three. Whoever saw the first request
-/// (the host, a proxy, a log) sends it again: the five must not come back.
+/// The owner grows the cluster to five with an external signer, and later shrinks it to three. Whoever
+/// kept the signed request (the host, a proxy, a log) sends it again: the five must not come back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t94_a_captured_set_members_authorization_cannot_be_replayed() {
     let env = Env::new();
@@ -151,36 +140,62 @@ async fn t94_a_captured_set_members_authorization_cannot_be_replayed() {
     assert!(out.status.success(), "{}", describe(&out));
     all_ready(&env, &nodes[..3].iter().collect::<Vec<_>>(), 1).await;
 
-    // The owner's change 3 -> 5, captured on its way.
-    let grow = signed_request(&env, &nodes[1], &all).await;
-    let mut client = env.user_client(&nodes[1]).await;
-    let answer = client.set_members(grow.clone()).await;
-    assert!(answer.is_ok(), "the owner's change was refused: {answer:?}");
+    // The owner's change 3 -> 5: prepared, signed elsewhere, submitted; the submission is captured.
+    let prep = set_members_cli(&env, &nodes[1], &all, &["--prepare", "grow.bin"]);
+    assert!(prep.status.success(), "{}", describe(&prep));
+    let index = concord_tests::stdout_line(&prep);
+    let sig = env.concord(&["sign", "--message", "grow.bin", "--owner-key", "owner.pem"]);
+    assert!(sig.status.success(), "{}", describe(&sig));
+    let sig = concord_tests::stdout_line(&sig);
+    let public = hex::encode(env.d.owner.verifying_key().as_bytes());
+    let captured = |index: &str| {
+        set_members_cli(
+            &env,
+            &nodes[2],
+            &all,
+            &[
+                "--signature",
+                &sig,
+                "--owner-public-key",
+                &public,
+                "--membership-index",
+                index,
+            ],
+        )
+    };
+    let grow = captured(&index);
+    assert!(grow.status.success(), "{}", describe(&grow));
     all_ready(&env, &nodes.iter().collect::<Vec<_>>(), 1).await;
+    for c in &nodes {
+        wait_voter(&env, c).await;
+    }
 
     // The owner shrinks back to three.
     let shrink = env.set_members(nodes[0].user_addr, &all[..3], "owner.pem");
     assert!(shrink.status.success(), "{}", describe(&shrink));
 
     // The replay, as captured: the membership it names is gone.
-    let mut client = env.user_client(&nodes[2]).await;
-    let replay = client.set_members(grow.clone()).await;
-    let status = replay.expect_err("a replayed membership authorization was accepted");
-    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
-    assert!(status.message().contains("used already"), "{status:?}");
+    let replay = captured(&index);
+    assert_eq!(replay.status.code(), Some(1), "{}", describe(&replay));
+    let said = String::from_utf8_lossy(&replay.stderr);
+    assert!(
+        said.contains("FailedPrecondition") && said.contains("used already"),
+        "{}",
+        describe(&replay)
+    );
     // Or made to name today's membership: then the owner's signature does not cover it.
     let now = env.status(&nodes[2]).await.unwrap().membership_index;
-    let replay = client
-        .set_members(pb::SetMembersRequest {
-            membership_index: now,
-            ..grow
-        })
-        .await;
-    let status = replay.expect_err("a rewritten membership authorization was accepted");
-    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
-    // Still three: a write needs only them.
+    let replay = captured(&now.to_string());
+    assert_eq!(replay.status.code(), Some(1), "{}", describe(&replay));
+    assert!(
+        String::from_utf8_lossy(&replay.stderr).contains("PermissionDenied"),
+        "{}",
+        describe(&replay)
+    );
+    // Still three, and still serving.
     let out = env.set(&nodes[2], "manifest-v2.json", &["--owner-key", "owner.pem"]);
     assert!(out.status.success(), "{}", describe(&out));
+    all_ready(&env, &nodes[..3].iter().collect::<Vec<_>>(), 2).await;
 }
 
 /// A fourth genuine replica that lists itself and the three members in its `--peer` flags is not a

@@ -156,5 +156,18 @@ mod tests {
         assert_eq!(&m[22..54], &[0u8; 32]);
         assert_eq!(&m[54..62], &[0, 0, 0, 0, 0, 0, 1, 2]);
         assert_eq!(m.len(), 22 + 32 + 8 + 32);
+        // docs/PROTOCOL.md, section 5, "Membership authorization" (computed independently in Python).
+        assert_eq!(
+            hex::encode(&m),
+            "636f6e636f72642f76312f7365742d6d656d62657273\
+             0000000000000000000000000000000000000000000000000000000000000000\
+             0000000000000102\
+             3f2440192cdebccfe5d5a7f49b168de1ee4211f56e6db418a05b3b331e96f7b9"
+        );
+        assert_eq!(
+            hex::encode(owner().sign(&m).to_bytes()),
+            "d40242a6d2262e8237b9e8a19c89878fb2ca0816905c23fc59aa0194389266b7\
+             1ac1200b7cf1cbd6bc4db9f6c059eaec8ce1910418f5b18a00cfaf42b441bf06"
+        );
     }
 }
