@@ -271,6 +271,7 @@ impl<S: Store> Node<S> {
                 .voter_ids()
                 .collect()
         };
+        let term = self.raft.metrics().borrow().current_term;
         let without: std::collections::BTreeSet<NodeId> =
             voters().into_iter().filter(|v| *v != id).collect();
         info!(
@@ -286,6 +287,19 @@ impl<S: Store> Node<S> {
             .add_learner(id, openraft::BasicNode { addr }, true)
             .await
             .map_err(|e| failed(e.to_string()))?;
+        // Promote only as the leader that demoted it: another leader may have removed the member
+        // meanwhile (an owner's change), and promoting it then would undo that change.
+        {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            if metrics.current_leader != Some(self.id) || metrics.current_term != term {
+                return Err(Status::unavailable(format!(
+                    "the leader changed while replica {id} rejoined (term {term} to {}); it is a \
+                     learner now and stays one unless a workload owner's change makes it a voter",
+                    metrics.current_term
+                )));
+            }
+        }
         let mut after = voters();
         after.insert(id);
         self.raft
