@@ -207,7 +207,7 @@ impl<S: Store> Node<S> {
         {
             info!(
                 member = member.id,
-                "a learner came back with an empty disk; it stays a learner"
+                "a learner asked for its seat: it stays a learner until a workload owner's change makes it a voter"
             );
             return Ok(self.membership_nodes());
         }
@@ -217,7 +217,7 @@ impl<S: Store> Node<S> {
             (Some(now), false) if now == recorded => {
                 info!(
                     member = member.id,
-                    "a learner came back with an empty disk; it stays a learner"
+                    "a learner asked for its seat: it stays a learner until a workload owner's change makes it a voter"
                 );
                 Ok(self.membership_nodes())
             }
