@@ -238,11 +238,17 @@ async fn t95a_a_new_replica_does_not_make_itself_a_voter() {
     let s = env.status(&fourth).await;
     assert!(!s.as_ref().is_ok_and(is_voter), "{s:?}");
 
-    // The owner adds it, in one command.
+    // The owner adds it, in one command. (The time is an observation, not an assertion.)
+    let start = Instant::now();
     let grow = env.set_members(cluster[1].user_addr, &peers, "owner.pem");
     assert!(grow.status.success(), "{}", describe(&grow));
+    let command = start.elapsed();
     cluster.push(fourth);
     wait_voter(&env, &cluster[3]).await;
+    eprintln!(
+        "set-members 3 -> 4: the command took {command:?}; the new replica was a voter after {:?}",
+        start.elapsed()
+    );
     all_ready(&env, &cluster.iter().collect::<Vec<_>>(), 1).await;
     let out = env.set(
         &cluster[3],
