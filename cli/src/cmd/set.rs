@@ -37,7 +37,7 @@ pub struct Set {
     pub shares_dir: PathBuf,
 }
 
-fn decode_signature(s: &str) -> CliResult<Signature> {
+pub(crate) fn decode_signature(s: &str) -> CliResult<Signature> {
     let bytes = match hex::decode(s.trim()) {
         Ok(b) if b.len() == 64 => b,
         _ => {

@@ -29,6 +29,7 @@ pub async fn run(args: Status) -> CliResult<pb::GetStatusResponse> {
             "leader_id": s.leader_id, "last_applied": s.last_applied,
             "last_log_index": s.last_log_index,
             "transitions": s.transitions, "latest": hex::encode(&s.latest),
+            "membership_index": s.membership_index,
         });
         println!("{v}");
     } else {

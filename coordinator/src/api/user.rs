@@ -228,6 +228,7 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
                 .chain()
                 .map(|c| c.latest_hash().as_bytes().to_vec())
                 .unwrap_or_default(),
+            membership_index: crate::raft::membership_index(&metrics.membership_config),
         }))
     }
 
