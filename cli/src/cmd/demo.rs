@@ -142,14 +142,25 @@ pub async fn run(args: Demo) -> CliResult {
         false,
     )?;
     eprintln!("    manifest: {}", manifest_v1.display());
+    let deployment = hex::encode(
+        crate::remote::read_manifest(&manifest_v1)?
+            .deployment_id()
+            .as_bytes(),
+    );
+    eprintln!(
+        "    deployment id (`concord deployment-id -m manifest.json`: its seed share owners and owner keys): {deployment}"
+    );
 
     s.step(
         "start three coordinator replicas (simulated platform): data in replicas/, logs in logs/",
     );
+    // Every replica and the initializer are pinned to the deployment: a coordinator of another one
+    // (the host can start one at will) gets nothing from them.
     let flags = SimulatedFlags {
         root_dir: root_dir.clone(),
         policy: coordinator_policy.clone(),
         measurement_hex: MEASUREMENT.into(),
+        deployment_id: Some(deployment.clone()),
     };
     let mut cluster = Cluster::start(&dir, &flags, root.hash(), &manifest_v1)?;
     let result = async {
@@ -160,6 +171,7 @@ pub async fn run(args: Demo) -> CliResult {
             web_policy: &web_policy,
             manifest_v1: &manifest_v1,
             manifest_v2: &dir.join("manifest-v2.json"),
+            deployment: &deployment,
         };
         write_file(
             ctx.manifest_v2,
@@ -223,6 +235,8 @@ struct Ctx<'a> {
     web_policy: &'a Path,
     manifest_v1: &'a Path,
     manifest_v2: &'a Path,
+    /// The deployment id (hex) every replica, the initializer and the CLI are pinned to.
+    deployment: &'a str,
 }
 
 /// The demo's replicas, and an attested view of their status.
@@ -275,6 +289,7 @@ impl Cluster {
             &node.user_addr.to_string(),
             &self.manifest,
             self.trust.clone(),
+            concord_attestation::DeploymentPin::ThisOrUnpinned(self.manifest.deployment_id()),
         )
         .await
         .ok()?;
@@ -432,6 +447,7 @@ async fn scenario(s: &mut Steps, ctx: &Ctx<'_>, cluster: &mut Cluster) -> CliRes
                 manifest: ctx.manifest_v2.to_path_buf(),
                 coordinator: cluster.user_addr(0),
                 insecure_simulated_attestation: true,
+                deployment_id: None,
             },
             force: false,
         })
@@ -460,6 +476,7 @@ async fn set_manifest(
             manifest: manifest.to_path_buf(),
             coordinator: addr.to_string(),
             insecure_simulated_attestation: true,
+            deployment_id: None,
         },
         policies: vec![
             ctx.dir.join("policies/coordinator.policy"),
@@ -479,6 +496,7 @@ fn initializer(ctx: &Ctx<'_>, node: &CoordinatorProcess) -> CliResult {
         root_dir: ctx.dir.join("platform/sim-root"),
         policy: ctx.web_policy.to_path_buf(),
         measurement_hex: MEASUREMENT.into(),
+        deployment_id: Some(ctx.deployment.to_string()),
     };
     let log = ctx.dir.join("logs/initializer-web.log");
     let log_file = std::fs::File::create(&log)
@@ -525,6 +543,7 @@ async fn verify_and_audit(
             manifest: manifest.to_path_buf(),
             coordinator: addr.to_string(),
             insecure_simulated_attestation: true,
+            deployment_id: None,
         },
         out: ctx.dir.join("verify"),
         since: since.map(|h| h.to_hex()),

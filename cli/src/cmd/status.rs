@@ -16,7 +16,7 @@ pub struct Status {
 }
 
 pub async fn run(args: Status) -> CliResult<pb::GetStatusResponse> {
-    let mut client = args.target.connect().await?.client;
+    let mut client = args.target.connect_allowing_unpinned().await?.client;
     let s = client
         .get_status(pb::GetStatusRequest {})
         .await

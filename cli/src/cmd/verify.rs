@@ -40,6 +40,7 @@ pub async fn run(args: Verify) -> CliResult<AuditReport> {
         mut client,
         manifest: expected,
         trust,
+        ..
     } = args.target.connect().await?;
 
     let mut nonce = [0u8; 32];

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use concord_attestation::{
-    AcceptPolicy, AttestationError, Evidence, ReferenceValues, VerifiedReport,
+    AcceptPolicy, AttestationError, DeploymentPin, Evidence, ReferenceValues, VerifiedReport,
 };
 
 use super::replica::Replica;
@@ -81,6 +81,18 @@ impl<S: Store> AcceptPolicy for PeerAcceptPolicy<S> {
         expected_report_data: &[u8; 64],
     ) -> Result<VerifiedReport, AttestationError> {
         self.verify_at(evidence, expected_report_data, SystemTime::now())
+    }
+
+    /// A replica that knows its deployment (pinned, or from its history) refuses a peer of another;
+    /// it accepts an unpinned peer (a replica with an empty disk started without `--deployment-id`),
+    /// which takes this deployment's history and then names it. An unpinned replica accepts any.
+    fn deployment_pin(&self) -> DeploymentPin {
+        match self.replica.read().map(|c| c.deployment_id()) {
+            Ok(own) if own.is_unpinned() => DeploymentPin::Any,
+            Ok(own) => DeploymentPin::ThisOrUnpinned(own),
+            // A poisoned state: accept no deployment at all.
+            Err(_) => DeploymentPin::Exactly(concord_attestation::DeploymentId([0xff; 32])),
+        }
     }
 }
 

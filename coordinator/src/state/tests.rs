@@ -770,3 +770,54 @@ fn a_long_history_is_verified_in_parallel_and_faults_are_found_in_order() {
     assert_eq!(err.index, 280, "{err}");
     assert!(err.reason.contains("owner authorization"), "{err}");
 }
+
+#[test]
+fn a_pinned_replica_refuses_a_first_manifest_of_another_deployment() {
+    use concord_attestation::DeploymentId;
+    let d = TestDeployment::new();
+    let ours = crate::manifest::Manifest::parse(&d.manifest(1))
+        .unwrap()
+        .deployment_id();
+    let mut c = Coordinator::open(MemoryStore::new()).unwrap();
+    assert_eq!(c.deployment_id(), DeploymentId::UNPINNED);
+    c.pin_deployment(ours).unwrap();
+    assert_eq!(
+        c.deployment_id(),
+        ours,
+        "a pinned fresh replica names its pin"
+    );
+
+    // The host's first manifest: same policies, its own share owner and owner key.
+    let host = TestDeployment::new();
+    let mut json: serde_json::Value = serde_json::from_slice(&d.manifest(1)).unwrap();
+    let theirs: serde_json::Value = serde_json::from_slice(&host.manifest(1)).unwrap();
+    json["seed_share_owners"] = theirs["seed_share_owners"].clone();
+    let rogue = serde_json::to_vec(&json).unwrap();
+    let err = c
+        .set_manifest(d.set_request(rogue, Hash::ZERO), now())
+        .unwrap_err();
+    assert!(
+        matches!(err, CoordinatorError::PermissionDenied(_)),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("pinned to deployment"), "{err}");
+    assert_eq!(c.state(), ReplicaState::Fresh, "nothing was written");
+
+    // Its own first manifest is accepted, and the replica serves that deployment.
+    c.set_manifest(d.set_request(d.manifest(1), Hash::ZERO), now())
+        .unwrap();
+    assert_eq!(c.deployment_id(), ours);
+}
+
+#[test]
+fn a_stored_history_of_another_deployment_is_not_served_under_a_pin() {
+    let d = TestDeployment::new();
+    let (mut c, _) = ready(&d);
+    let ours = c.deployment_id();
+    assert!(!ours.is_unpinned());
+    assert!(c.pin_deployment(ours).is_ok());
+    let err = c
+        .pin_deployment(concord_attestation::DeploymentId([7; 32]))
+        .unwrap_err();
+    assert!(err.to_string().contains("belongs to deployment"), "{err}");
+}
