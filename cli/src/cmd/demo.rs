@@ -390,7 +390,8 @@ async fn scenario(s: &mut Steps, ctx: &Ctx<'_>, cluster: &mut Cluster) -> CliRes
     s.step(&format!("kill -9 the leader (replica {leader}) and update the manifest (owner-signed) through replica {follower}"));
     let killed = Instant::now();
     cluster.nodes[leader].kill();
-    set_manifest(
+    // The hash the owner's `concord set` prints: what the share owners expect after an outage.
+    let second = set_manifest(
         ctx,
         &cluster.user_addr(follower),
         ctx.manifest_v2,
@@ -438,7 +439,7 @@ async fn scenario(s: &mut Steps, ctx: &Ctx<'_>, cluster: &mut Cluster) -> CliRes
     }
     cluster.show().await;
 
-    s.step("user recovery: seed share owners 0 and 2 each decrypt their own share and submit it to replica 0");
+    s.step("user recovery: seed share owners 0 and 2 each decrypt their own share and submit it to replica 0, only if its latest transition is the one the owner's last `concord set` printed (--expect-latest: restored old disks are refused)");
     for i in [0, 2] {
         recover::run(recover::Recover {
             share: ctx.dir.join(format!("seed-shares/seed-share-{i}.json")),
@@ -450,6 +451,9 @@ async fn scenario(s: &mut Steps, ctx: &Ctx<'_>, cluster: &mut Cluster) -> CliRes
                 deployment_id: None,
             },
             force: false,
+            expect_latest: Some(second.to_hex()),
+            since: None,
+            accept_unverified_latest: false,
         })
         .await?;
     }
@@ -548,6 +552,7 @@ async fn verify_and_audit(
         out: ctx.dir.join("verify"),
         since: since.map(|h| h.to_hex()),
         allow_stale: false,
+        allow_newer: false,
     })
     .await?;
     history::run(history::History::Audit {

@@ -821,3 +821,82 @@ fn a_stored_history_of_another_deployment_is_not_served_under_a_pin() {
         .unwrap_err();
     assert!(err.to_string().contains("belongs to deployment"), "{err}");
 }
+
+#[test]
+fn a_share_is_taken_only_when_the_history_is_or_extends_the_one_its_owner_knew() {
+    use crate::state::KnownLatest;
+    let d = TestDeployment::new();
+    let (mut c, first) = ready(&d);
+    let second = c
+        .set_manifest(d.set_request(d.manifest(2), first.hash), now())
+        .unwrap();
+    let foreign = Hash([9; 32]);
+    let ok = |k: KnownLatest| c.check_known_latest(&k);
+
+    assert!(
+        ok(KnownLatest::default()).is_ok(),
+        "no expectation: no check"
+    );
+    assert!(
+        ok(KnownLatest {
+            exactly: Some(second.hash),
+            since: None
+        })
+        .is_ok()
+    );
+    assert!(
+        ok(KnownLatest {
+            exactly: None,
+            since: Some(first.hash)
+        })
+        .is_ok()
+    );
+    assert!(
+        ok(KnownLatest {
+            exactly: None,
+            since: Some(second.hash)
+        })
+        .is_ok()
+    );
+    assert!(
+        ok(KnownLatest {
+            exactly: Some(second.hash),
+            since: Some(first.hash)
+        })
+        .is_ok()
+    );
+
+    // Not the latest: an older one (the owner knows less) is named as such; an unknown one is a
+    // rollback or a fork.
+    let older = ok(KnownLatest {
+        exactly: Some(first.hash),
+        since: None,
+    })
+    .unwrap_err();
+    assert!(
+        matches!(older, CoordinatorError::UnknownHistory(_)),
+        "{older:?}"
+    );
+    assert!(older.to_string().contains("NEWER"), "{older}");
+    let unknown = ok(KnownLatest {
+        exactly: Some(foreign),
+        since: None,
+    })
+    .unwrap_err();
+    assert!(
+        unknown.to_string().contains("not in its history"),
+        "{unknown}"
+    );
+    let not_extending = ok(KnownLatest {
+        exactly: None,
+        since: Some(foreign),
+    })
+    .unwrap_err();
+    assert!(matches!(not_extending, CoordinatorError::UnknownHistory(_)));
+    // The message names the replica's latest: index, hash and manifest hash.
+    let text = not_extending.to_string();
+    assert!(
+        text.contains("#1") && text.contains(&second.hash.to_hex()),
+        "{text}"
+    );
+}
