@@ -183,4 +183,47 @@ mod tests {
             RejectReason::HostDataNotAccepted
         );
     }
+
+    #[test]
+    fn a_replica_that_knows_its_deployment_refuses_peers_of_another() {
+        use concord_attestation::{DeploymentId, DeploymentPin};
+        let d = TestDeployment::new();
+        let policy = |c: Coordinator<MemoryStore>| {
+            let replica = Replica::new(
+                c,
+                Arc::new(d.issuer(&d.coordinator_policy)),
+                Verifier::new(PlatformTrust::default()),
+            );
+            PeerAcceptPolicy::new(
+                Arc::new(replica),
+                d.coordinator_policy_hash(),
+                ReferenceValues::default(),
+            )
+        };
+        let ours = Manifest::parse(&d.manifest(1)).unwrap().deployment_id();
+        let other = DeploymentId([5; 32]);
+
+        // Unpinned and fresh: any peer (it may be joining a formed cluster).
+        let fresh = policy(Coordinator::open(MemoryStore::new()).unwrap());
+        assert_eq!(fresh.deployment_pin(), DeploymentPin::Any);
+
+        // Pinned: its own id, or an unpinned peer (a replica with an empty disk and no flag).
+        let mut pinned = Coordinator::open(MemoryStore::new()).unwrap();
+        pinned.pin_deployment(ours).unwrap();
+        let pin = policy(pinned).deployment_pin();
+        assert!(pin.check(&ours).is_ok());
+        assert!(pin.check(&DeploymentId::UNPINNED).is_ok());
+        assert!(pin.check(&other).is_err());
+
+        // With a history and no flag: the history's id.
+        let mut set = Coordinator::open(MemoryStore::new()).unwrap();
+        set.set_manifest(
+            d.set_request(d.manifest(1), Hash::ZERO),
+            time::OffsetDateTime::now_utc(),
+        )
+        .unwrap();
+        let pin = policy(set).deployment_pin();
+        assert_eq!(pin, DeploymentPin::ThisOrUnpinned(ours));
+        assert!(pin.check(&other).is_err());
+    }
 }
