@@ -115,16 +115,19 @@ pub async fn run(args: Recover) -> CliResult {
         .into_inner();
     let latest = Hash::from_slice(&status.latest).unwrap_or(Hash::ZERO);
     eprintln!(
-        "the coordinator ({}) has {} transitions, the latest {latest}",
-        status.state, status.transitions
+        "the coordinator ({}) has {} transitions; its latest is #{} {latest}",
+        status.state,
+        status.transitions,
+        status.transitions.saturating_sub(1)
     );
     if let Some(expected) = expect_latest
         && expected != latest
     {
         return Err(CliError::verification(format!(
-            "the coordinator's latest transition is {latest}, not {expected} (--expect-latest): a \
+            "the coordinator's latest transition is #{} {latest}, not {expected} (--expect-latest): a \
              rollback (restored old disks?) or a fork, unless {expected} is older than the latest (then \
-             use --since {expected}, which checks that the history extends it); your share was not sent"
+             use --since {expected}, which checks that the history extends it); your share was not sent",
+            status.transitions.saturating_sub(1)
         )));
     }
     if args.accept_unverified_latest {
