@@ -249,3 +249,51 @@ fn t91_a_pinned_coordinator_refuses_another_deployments_first_manifest_and_histo
     ]);
     assert!(status.status.success(), "{}", describe(&status));
 }
+
+/// Known weakness (docs/THREAT_MODEL.md, "Known weaknesses"): the deployment id names the first
+/// manifest's share owners and owner keys, which are public, not its policies. A first manifest needs
+/// no authorization, so the host can set, on its own genuine coordinator, the victim's owners with a
+/// policy of its own carrying the victim's `workload_secret_id`. This asserts the secure outcome and
+/// fails today; run it with `--ignored` to see the gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known weakness: an unauthorized first manifest can name the victim's owners (THREAT_MODEL.md)"]
+async fn known_gap_a_first_manifest_naming_the_victims_owners_with_the_hosts_policy() {
+    let env = Env::new();
+    let mut json: serde_json::Value = serde_json::from_slice(&env.d.manifest(1)).unwrap();
+    let host_policy = b"a policy no manifest lists";
+    json["policies"][concord_coordinator::Hash::of(host_policy).to_hex()] = serde_json::json!({ "name": "host", "sans": ["host"], "workload_secret_id": "default/web" });
+    std::fs::write(
+        env.path("copycat.json"),
+        serde_json::to_vec_pretty(&json).unwrap(),
+    )
+    .unwrap();
+    let rogue = env.start_coordinator("rogue");
+    let set = env.concord(&[
+        "set",
+        "-m",
+        "copycat.json",
+        "-c",
+        &rogue.user_addr.to_string(),
+        "--insecure-simulated-attestation",
+        "--shares-dir",
+        "host-shares",
+        "-p",
+        "coordinator.policy",
+        "-p",
+        "web.policy",
+        "-p",
+        "stranger.policy",
+    ]);
+    assert!(set.status.success(), "{}", describe(&set));
+    let init = env.initializer(&rogue, "web.policy", "web-victim", "manifest-v1.json", 5);
+    if init.status.success() {
+        let got = host_new_mesh_cert(&env, rogue.mesh_addr, host_policy).await;
+        let written = read(&env.path("web-victim/secrets/workload-secret-seed"));
+        assert_ne!(
+            hex::encode(&got.workload_secret).as_bytes(),
+            written.as_slice(),
+            "GAP: the host's workload got the workload secret the victim's initializer wrote"
+        );
+    }
+    assert!(!init.status.success(), "{}", describe(&init));
+}
