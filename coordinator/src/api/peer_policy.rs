@@ -90,7 +90,8 @@ impl<S: Store> AcceptPolicy for PeerAcceptPolicy<S> {
         match self.replica.read().map(|c| c.deployment_id()) {
             Ok(own) if own.is_unpinned() => DeploymentPin::Any,
             Ok(own) => DeploymentPin::ThisOrUnpinned(own),
-            // A poisoned state: accept no deployment at all.
+            // A poisoned state. `verify`, which runs first, has already refused on it; fail closed
+            // anyway, with an id no deployment has but with negligible probability.
             Err(_) => DeploymentPin::Exactly(concord_attestation::DeploymentId([0xff; 32])),
         }
     }
