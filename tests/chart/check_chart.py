@@ -415,6 +415,7 @@ def check_refusals() -> None:
         ({"attestation": {"platform": "sev"}}, "'snp', 'simulated'"),
         ({"attestation": {"snp": {"kdsUrl": "kdsintf.amd.com"}}}, "kdsUrl"),
         ({"podAntiAffinity": "maybe"}, "'soft', 'hard', 'none'"),
+        ({"deploymentId": "AB" * 32}, "deploymentId"),
         ({"replica": 5}, "additional properties 'replica' not allowed"),
         # the templates' own checks (concord.validate)
         ({"attestation": {"platform": "simulated"}}, "rootSecret"),
@@ -533,6 +534,10 @@ def check_binaries(docs: list[dict[str, Any]], values: dict[str, Any], bin_dir: 
                     check(any(path.startswith(m) for m in mounts), f"{where}: {key} {path} is not on a mounted volume")
             if config["platform"]["kind"] == "snp":
                 check_snp_config(config, v["attestation"]["snp"], mounts, docs, where)
+            want_id = v.get("deploymentId") or None
+            check(config.get("deployment_id") == want_id, f"{where}: deployment id {config.get('deployment_id')!r}, the values say {want_id!r}")
+            literal = any(e["name"] == "CONCORD_DEPLOYMENT_ID" and "value" in e for e in c.get("env", []))
+            check(literal == bool(want_id), f"{where}: CONCORD_DEPLOYMENT_ID must be a literal in the pod spec (measured), not from a ConfigMap")
 
 
 def check_snp_config(config: dict[str, Any], snp: dict[str, Any], mounts: set[str], docs: list[dict[str, Any]], where: str) -> None:
@@ -568,6 +573,7 @@ SCENARIOS = [
     ("values-simulated.yaml", "values-simulated.yaml", {}, "concord"),
     ("values-snp.yaml", "values-snp.yaml", {}, "concord"),
     ("replicas=1", None, {**SNP_REQUIRED, "replicas": 1}, "concord"),
+    ("deploymentId", None, {**SNP_REQUIRED, "deploymentId": "ab" * 32}, "concord"),
 ]
 
 

@@ -171,7 +171,7 @@ async fn full_outage_then_threshold_recovery_of_a_cluster() {
 
     // Two of three seed share owners recover one replica; the others recover from it.
     for i in [0, 2] {
-        let out = env.recover(&cluster[1], i, &[]);
+        let out = env.recover(&cluster[1], i, &["--expect-latest", &stdout_line(&first)]);
         assert!(out.status.success(), "{}", describe(&out));
     }
     let refs: Vec<_> = cluster.iter().collect();

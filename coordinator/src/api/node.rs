@@ -698,6 +698,7 @@ impl<S: Store> Node<S> {
         &self,
         share: concord_mesh_ca::SeedShare,
         force: bool,
+        known: crate::state::KnownLatest,
     ) -> Result<crate::state::RecoverProgress, Status> {
         self.refresh().map_err(|e| to_status(&e))?;
         let recovering = self
@@ -719,7 +720,11 @@ impl<S: Store> Node<S> {
         let outcome = self
             .replica
             .write()
-            .and_then(|mut c| c.accept_share(share, time::OffsetDateTime::now_utc()))
+            .and_then(|mut c| {
+                // Under the same lock: the history the share is checked against is the one it joins.
+                c.check_known_latest(&known)?;
+                c.accept_share(share, time::OffsetDateTime::now_utc())
+            })
             .map_err(|e| to_status(&e))?;
         let recovered = match outcome {
             crate::state::ShareOutcome::Progress(p) => return Ok(p),
