@@ -107,9 +107,12 @@ impl TestDeployment {
         )
     }
 
-    /// A SetManifest request for `manifest` after `previous`, signed by `self.owner` unless first.
+    /// A SetManifest request for `manifest` after `previous`, signed by `self.owner`, except a first
+    /// manifest that lists no owner key (nobody can sign it).
     pub fn set_request(&self, manifest: Vec<u8>, previous: Hash) -> SetRequest {
-        let owner = (previous != Hash::ZERO).then(|| {
+        let unsignable = previous == Hash::ZERO
+            && crate::manifest::Manifest::parse(&manifest).is_ok_and(|m| m.is_final());
+        let owner = (!unsignable).then(|| {
             let t = format::transition_hash(&Hash::of(&manifest), &previous);
             (
                 self.owner.verifying_key(),

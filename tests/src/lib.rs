@@ -293,7 +293,7 @@ impl Env {
     }
 
     /// The `SetManifest` request for manifest `version` after `previous`, authorized by the owner
-    /// (unauthorized for the first manifest, which needs none).
+    /// (the first manifest too: by a key it lists itself).
     pub fn set_manifest_request(
         &self,
         version: u32,

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 fn bundle_with_two_transitions(env: &Env) -> Value {
     let c = env.start_coordinator("c1");
-    let first = env.set(&c, "manifest-v1.json", &[]);
+    let first = env.set(&c, "manifest-v1.json", &["--owner-key", "owner.pem"]);
     assert!(first.status.success(), "{}", describe(&first));
     let second = env.set(&c, "manifest-v2.json", &["--owner-key", "owner.pem"]);
     assert!(second.status.success(), "{}", describe(&second));

@@ -55,7 +55,7 @@ async fn malformed_requests_are_refused_and_change_nothing() {
         .unwrap()
         .into_inner();
     assert!(m.manifests.is_empty() && m.latest.is_none());
-    let ok = env.set(&c, "manifest-v1.json", &[]);
+    let ok = env.set(&c, "manifest-v1.json", &["--owner-key", "owner.pem"]);
     assert!(ok.status.success(), "{}", describe(&ok));
 
     // An update with a signature by the right key over the wrong transition (replay) is refused.
@@ -108,7 +108,7 @@ fn garbage_on_each_port_does_not_stop_the_server() {
         ]);
     }
     // Still serving: a real set goes through.
-    let ok = env.set(&c, "manifest-v1.json", &[]);
+    let ok = env.set(&c, "manifest-v1.json", &["--owner-key", "owner.pem"]);
     assert!(ok.status.success(), "{}", describe(&ok));
     let log = std::fs::read_to_string(&c.log).unwrap();
     assert!(
@@ -176,6 +176,6 @@ fn a_coordinator_the_manifest_does_not_allow_fails_verification_with_3() {
     .unwrap();
     let out = env.verify(&c, "manifest-v1.json", "verify", &[]);
     assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
-    let out = env.set(&c, "manifest-v1.json", &[]);
+    let out = env.set(&c, "manifest-v1.json", &["--owner-key", "owner.pem"]);
     assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
 }

@@ -74,7 +74,11 @@ async fn three_replicas_replicate_fail_over_and_recover() {
 
     // A write to a follower is forwarded to the leader.
     let follower = (leader_at_start + 1) % 3;
-    let out = env.set(&cluster[follower], "manifest-v1.json", &[]);
+    let out = env.set(
+        &cluster[follower],
+        "manifest-v1.json",
+        &["--owner-key", "owner.pem"],
+    );
     assert!(out.status.success(), "{}", describe(&out));
     let first = stdout_line(&out);
     let refs: Vec<_> = cluster.iter().collect();
@@ -141,7 +145,11 @@ async fn three_replicas_replicate_fail_over_and_recover() {
 async fn full_outage_then_threshold_recovery_of_a_cluster() {
     let env = Env::new();
     let mut cluster = env.start_cluster(3);
-    let first = env.set(&cluster[0], "manifest-v1.json", &[]);
+    let first = env.set(
+        &cluster[0],
+        "manifest-v1.json",
+        &["--owner-key", "owner.pem"],
+    );
     assert!(first.status.success(), "{}", describe(&first));
     let refs: Vec<_> = cluster.iter().collect();
     all_ready(&env, &refs, 1).await;
@@ -226,7 +234,7 @@ async fn membership_three_to_five_and_back_in_one_command() {
             .unwrap()
         })
         .collect();
-    let out = env.set(&nodes[0], "manifest-v1.json", &[]);
+    let out = env.set(&nodes[0], "manifest-v1.json", &["--owner-key", "owner.pem"]);
     assert!(out.status.success(), "{}", describe(&out));
     let three: Vec<_> = nodes[..3].iter().collect();
     all_ready(&env, &three, 1).await;
@@ -282,7 +290,11 @@ async fn a_tampered_replica_serves_nothing_and_rejoins_with_an_empty_disk() {
 
     let env = Env::new();
     let mut cluster = env.start_cluster(3);
-    let out = env.set(&cluster[0], "manifest-v1.json", &[]);
+    let out = env.set(
+        &cluster[0],
+        "manifest-v1.json",
+        &["--owner-key", "owner.pem"],
+    );
     assert!(out.status.success(), "{}", describe(&out));
     let out = env.set(
         &cluster[0],
@@ -406,7 +418,11 @@ async fn wait_voter(
 async fn replicas_with_empty_disks_rejoin_by_themselves_and_new_ones_with_the_owner() {
     let env = Env::new();
     let mut cluster = env.start_cluster(3);
-    let out = env.set(&cluster[0], "manifest-v1.json", &[]);
+    let out = env.set(
+        &cluster[0],
+        "manifest-v1.json",
+        &["--owner-key", "owner.pem"],
+    );
     assert!(out.status.success(), "{}", describe(&out));
     all_ready(&env, &cluster.iter().collect::<Vec<_>>(), 1).await;
 

@@ -5,6 +5,8 @@
 use std::sync::Arc;
 
 use concord_attestation::{AtlsClient, ClientIdentity};
+use concord_coordinator::Hash;
+use concord_coordinator::history::format;
 use concord_coordinator::transport::connect;
 use concord_mesh_ca::ShareOwnerKeyPair;
 use concord_proto::v1 as pb;
@@ -61,13 +63,13 @@ async fn t91_a_genuine_coordinator_of_another_deployment_gets_no_workload_secret
     let env = Env::new();
     // The victim's deployment, and its workload, which works.
     let victim = env.start_coordinator("victim");
-    let set = env.set(&victim, "manifest-v1.json", &[]);
+    let set = env.set(&victim, "manifest-v1.json", &["--owner-key", "owner.pem"]);
     assert!(set.status.success(), "{}", describe(&set));
     let good = env.initializer(&victim, "web.policy", "web-good", "manifest-v1.json", 30);
     assert!(good.status.success(), "{}", describe(&good));
 
-    // The host starts its own genuine coordinator (same binary, same flags) and sets a first manifest,
-    // which needs no authorization, naming its own share owner and owner key.
+    // The host starts its own genuine coordinator (same binary, same flags) and sets a first manifest
+    // naming its own share owner and owner key (which authorizes it).
     let host_owner = SigningKey::generate(&mut rand::rngs::OsRng);
     let host_share = ShareOwnerKeyPair::generate().unwrap();
     std::fs::write(
@@ -110,7 +112,7 @@ async fn t91_a_genuine_coordinator_of_another_deployment_gets_no_workload_secret
         args.extend_from_slice(extra);
         env.concord(&args)
     };
-    let r1 = set_rogue("rogue-v1.json", &[]);
+    let r1 = set_rogue("rogue-v1.json", &["--owner-key", "host-owner.pem"]);
     assert!(r1.status.success(), "{}", describe(&r1));
 
     // The victim's initializer is pointed at the rogue coordinator. It must refuse it: genuine code,
@@ -198,20 +200,23 @@ fn t91_a_pinned_coordinator_refuses_another_deployments_first_manifest_and_histo
     // The CLI already refuses: the coordinator names another deployment than the manifest makes.
     let rogue = env.set(&c, "rogue-v1.json", &[]);
     assert_eq!(rogue.status.code(), Some(3), "{}", describe(&rogue));
-    // The host's own tool sends it anyway: the coordinator refuses it.
+    // The host's own tool sends it anyway, authorized by the host's key it lists: the coordinator
+    // refuses it for its pin.
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let refused = runtime.block_on(async {
         let mut client = env.user_client(&c).await;
+        let manifest = rogue_manifest(&env, &host_owner, &host_share, None);
+        let t0 = format::transition_hash(&Hash::of(&manifest), &Hash::ZERO);
         client
             .set_manifest(pb::SetManifestRequest {
-                manifest: rogue_manifest(&env, &host_owner, &host_share, None),
+                manifest,
                 policies: vec![
                     env.d.coordinator_policy.clone(),
                     env.d.workload_policy.clone(),
                 ],
                 expected_previous: vec![0; 32],
-                owner_key: vec![],
-                owner_signature: vec![],
+                owner_key: host_owner.verifying_key().to_bytes().to_vec(),
+                owner_signature: format::sign_owner(&host_owner, &t0).to_bytes().to_vec(),
             })
             .await
             .unwrap_err()
@@ -226,7 +231,11 @@ fn t91_a_pinned_coordinator_refuses_another_deployments_first_manifest_and_histo
     assert_eq!(local.status.code(), Some(2), "{}", describe(&local));
 
     // The deployment's own first manifest is accepted; a workload and a data owner get through.
-    let set = env.set(&c, "manifest-v1.json", &["--deployment-id", &id]);
+    let set = env.set(
+        &c,
+        "manifest-v1.json",
+        &["--deployment-id", &id, "--owner-key", "owner.pem"],
+    );
     assert!(set.status.success(), "{}", describe(&set));
     let init = env.initializer(&c, "web.policy", "web", "manifest-v1.json", 30);
     assert!(init.status.success(), "{}", describe(&init));
@@ -250,23 +259,21 @@ fn t91_a_pinned_coordinator_refuses_another_deployments_first_manifest_and_histo
     assert!(status.status.success(), "{}", describe(&status));
 }
 
-/// Known weakness (docs/THREAT_MODEL.md, "Known weaknesses"): the deployment id names the first
-/// manifest's share owners and owner keys, which are public, not its policies. A first manifest needs
-/// no authorization, so the host can set, on its own genuine coordinator, the victim's owners with a
-/// policy of its own carrying the victim's `workload_secret_id`. This asserts the secure outcome and
-/// fails today; run it with `--ignored` to see the gap.
+/// Issue 9.1, the residual closed: the deployment id names the first manifest's share owners and owner
+/// keys, which are public, not its policies. The host sets, on its own genuine coordinator, a first
+/// manifest with the victim's owners and a policy of its own carrying the victim's
+/// `workload_secret_id`. The first manifest must be authorized by one of its own owner keys, which the
+/// host does not hold: `concord set` refuses without one, and the coordinator refuses the host's own
+/// tool (no signature, or one by the host's key) with PermissionDenied. The coordinator stays fresh,
+/// so the victim's initializer gets nothing from it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known weakness: an unauthorized first manifest can name the victim's owners (THREAT_MODEL.md)"]
-async fn known_gap_a_first_manifest_naming_the_victims_owners_with_the_hosts_policy() {
+async fn t91_a_first_manifest_naming_the_victims_owners_with_the_hosts_policy_is_refused() {
     let env = Env::new();
     let mut json: serde_json::Value = serde_json::from_slice(&env.d.manifest(1)).unwrap();
     let host_policy = b"a policy no manifest lists";
     json["policies"][concord_coordinator::Hash::of(host_policy).to_hex()] = serde_json::json!({ "name": "host", "sans": ["host"], "workload_secret_id": "default/web" });
-    std::fs::write(
-        env.path("copycat.json"),
-        serde_json::to_vec_pretty(&json).unwrap(),
-    )
-    .unwrap();
+    let copycat = serde_json::to_vec_pretty(&json).unwrap();
+    std::fs::write(env.path("copycat.json"), &copycat).unwrap();
     let rogue = env.start_coordinator("rogue");
     let set = env.concord(&[
         "set",
@@ -284,7 +291,64 @@ async fn known_gap_a_first_manifest_naming_the_victims_owners_with_the_hosts_pol
         "-p",
         "stranger.policy",
     ]);
-    assert!(set.status.success(), "{}", describe(&set));
+    // The CLI refuses to send an unauthorized first manifest (usage error), and with the host's key
+    // (not listed in the manifest) as well.
+    assert_eq!(set.status.code(), Some(2), "{}", describe(&set));
+    assert!(
+        String::from_utf8_lossy(&set.stderr).contains("must be authorized by one of them"),
+        "{}",
+        describe(&set)
+    );
+    let keygen = env.concord(&["keygen", "owner", "-o", "stranger.pem"]);
+    assert!(keygen.status.success(), "{}", describe(&keygen));
+    let with_stranger = env.concord(&[
+        "set",
+        "-m",
+        "copycat.json",
+        "-c",
+        &rogue.user_addr.to_string(),
+        "--insecure-simulated-attestation",
+        "--shares-dir",
+        "host-shares",
+        "--owner-key",
+        "stranger.pem",
+    ]);
+    assert_eq!(
+        with_stranger.status.code(),
+        Some(2),
+        "{}",
+        describe(&with_stranger)
+    );
+
+    // The host's own tool sends it anyway: refused by the coordinator, without and with its own key.
+    let host = SigningKey::generate(&mut rand::rngs::OsRng);
+    let t0 = format::transition_hash(&Hash::of(&copycat), &Hash::ZERO);
+    let mut client = env.user_client(&rogue).await;
+    for (key, signature) in [
+        (vec![], vec![]),
+        (
+            host.verifying_key().to_bytes().to_vec(),
+            format::sign_owner(&host, &t0).to_bytes().to_vec(),
+        ),
+    ] {
+        let refused = client
+            .set_manifest(pb::SetManifestRequest {
+                manifest: copycat.clone(),
+                policies: vec![
+                    env.d.coordinator_policy.clone(),
+                    env.d.workload_policy.clone(),
+                    host_policy.to_vec(),
+                ],
+                expected_previous: vec![0; 32],
+                owner_key: key,
+                owner_signature: signature,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    }
+
+    // Nothing was set: the victim's initializer gets nothing from the host's coordinator.
     let init = env.initializer(&rogue, "web.policy", "web-victim", "manifest-v1.json", 5);
     if init.status.success() {
         let got = host_new_mesh_cert(&env, rogue.mesh_addr, host_policy).await;
@@ -292,8 +356,12 @@ async fn known_gap_a_first_manifest_naming_the_victims_owners_with_the_hosts_pol
         assert_ne!(
             hex::encode(&got.workload_secret).as_bytes(),
             written.as_slice(),
-            "GAP: the host's workload got the workload secret the victim's initializer wrote"
+            "ATTACK: the host's workload got the workload secret the victim's initializer wrote"
         );
     }
     assert!(!init.status.success(), "{}", describe(&init));
+    assert!(
+        !env.path("web-victim/secrets").exists(),
+        "the initializer wrote secrets from the host's coordinator"
+    );
 }

@@ -9,7 +9,7 @@ fn set_verify_update_and_initializer() {
     let c = env.start_coordinator("c1");
 
     // The first manifest: no owner signature, the seed shares come back, one file per owner.
-    let out = env.set(&c, "manifest-v1.json", &[]);
+    let out = env.set(&c, "manifest-v1.json", &["--owner-key", "owner.pem"]);
     assert!(out.status.success(), "{}", describe(&out));
     let first = stdout_line(&out);
     assert_eq!(first.len(), 64, "{}", describe(&out));
@@ -18,7 +18,7 @@ fn set_verify_update_and_initializer() {
     }
 
     // Re-setting the same manifest is a no-op that returns the latest transition.
-    let again = env.set(&c, "manifest-v1.json", &[]);
+    let again = env.set(&c, "manifest-v1.json", &["--owner-key", "owner.pem"]);
     assert!(again.status.success(), "{}", describe(&again));
     assert_eq!(stdout_line(&again), first);
     assert!(String::from_utf8_lossy(&again.stderr).contains("nothing changed"));
@@ -184,12 +184,16 @@ fn set_verify_update_and_initializer() {
 fn restart_verifies_the_store_and_refuses_a_tampered_one() {
     let env = Env::new();
     let mut c = env.start_coordinator("c1");
-    assert!(env.set(&c, "manifest-v1.json", &[]).status.success());
+    assert!(
+        env.set(&c, "manifest-v1.json", &["--owner-key", "owner.pem"])
+            .status
+            .success()
+    );
     c.stop();
 
     // Restarted on the same store: verifies it, then is recovering (the secrets were only in memory).
     let c = env.start_coordinator("c1");
-    let set = env.set(&c, "manifest-v1.json", &[]);
+    let set = env.set(&c, "manifest-v1.json", &["--owner-key", "owner.pem"]);
     assert_eq!(set.status.code(), Some(1), "{}", describe(&set));
     assert!(
         String::from_utf8_lossy(&set.stderr).contains("recovering"),

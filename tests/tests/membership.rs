@@ -142,7 +142,7 @@ fn set_members_cli(
 async fn t94_a_captured_set_members_authorization_cannot_be_replayed() {
     let env = Env::new();
     let (nodes, all) = five_with_three_members(&env);
-    let out = env.set(&nodes[0], "manifest-v1.json", &[]);
+    let out = env.set(&nodes[0], "manifest-v1.json", &["--owner-key", "owner.pem"]);
     assert!(out.status.success(), "{}", describe(&out));
     all_ready(&env, &nodes[..3].iter().collect::<Vec<_>>(), 1).await;
 
@@ -210,7 +210,11 @@ async fn t94_a_captured_set_members_authorization_cannot_be_replayed() {
 async fn t95a_a_new_replica_does_not_make_itself_a_voter() {
     let env = Env::new();
     let mut cluster = env.start_cluster(3);
-    let out = env.set(&cluster[0], "manifest-v1.json", &[]);
+    let out = env.set(
+        &cluster[0],
+        "manifest-v1.json",
+        &["--owner-key", "owner.pem"],
+    );
     assert!(out.status.success(), "{}", describe(&out));
     all_ready(&env, &cluster.iter().collect::<Vec<_>>(), 1).await;
 
@@ -265,7 +269,11 @@ async fn t95a_a_new_replica_does_not_make_itself_a_voter() {
 async fn t95b_a_join_under_a_healthy_voters_id_at_another_address_is_refused() {
     let env = Env::new();
     let cluster = env.start_cluster(3);
-    let out = env.set(&cluster[0], "manifest-v1.json", &[]);
+    let out = env.set(
+        &cluster[0],
+        "manifest-v1.json",
+        &["--owner-key", "owner.pem"],
+    );
     assert!(out.status.success(), "{}", describe(&out));
     all_ready(&env, &cluster.iter().collect::<Vec<_>>(), 1).await;
 
@@ -320,7 +328,11 @@ async fn t95b_a_join_under_a_healthy_voters_id_at_another_address_is_refused() {
 async fn t95c_a_join_claiming_a_healthy_voters_address_is_refused() {
     let env = Env::new();
     let cluster = env.start_cluster(3);
-    let out = env.set(&cluster[0], "manifest-v1.json", &[]);
+    let out = env.set(
+        &cluster[0],
+        "manifest-v1.json",
+        &["--owner-key", "owner.pem"],
+    );
     assert!(out.status.success(), "{}", describe(&out));
     all_ready(&env, &cluster.iter().collect::<Vec<_>>(), 1).await;
 

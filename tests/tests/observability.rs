@@ -64,7 +64,7 @@ fn probes_follow_a_replica_from_fresh_to_ready_and_recovering_after_a_restart() 
     assert_eq!(h["node_id"], 0, "{h}");
 
     // Ready once a manifest is set.
-    let set = env.set(&c, "manifest-v1.json", &[]);
+    let set = env.set(&c, "manifest-v1.json", &["--owner-key", "owner.pem"]);
     assert!(set.status.success(), "{}", describe(&set));
     let body = wait_for(&c, "/probe/readiness", 200);
     assert!(body.starts_with("ready"), "{body}");
@@ -90,7 +90,11 @@ fn probes_follow_a_replica_from_fresh_to_ready_and_recovering_after_a_restart() 
 fn without_quorum_a_ready_replica_stays_alive_and_ready() {
     let env = Env::new();
     let mut cluster = env.start_cluster(3);
-    let set = env.set(&cluster[0], "manifest-v1.json", &[]);
+    let set = env.set(
+        &cluster[0],
+        "manifest-v1.json",
+        &["--owner-key", "owner.pem"],
+    );
     assert!(set.status.success(), "{}", describe(&set));
     for c in &cluster {
         wait_for(c, "/probe/readiness", 200);
@@ -171,7 +175,7 @@ fn value(families: &serde_json::Value, family: &str, name: &str, labels: &[(&str
 fn metrics_parse_with_prometheus_client_and_count_what_happened() {
     let env = Env::new();
     let c = env.start_coordinator("c1");
-    let set = env.set(&c, "manifest-v1.json", &[]);
+    let set = env.set(&c, "manifest-v1.json", &["--owner-key", "owner.pem"]);
     assert!(set.status.success(), "{}", describe(&set));
     wait_for(&c, "/probe/readiness", 200);
     let ok = env.initializer(&c, "web.policy", "web", "manifest-v1.json", 30);

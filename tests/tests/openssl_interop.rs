@@ -24,7 +24,11 @@ fn issued_chains_verify_and_two_workloads_speak_mtls() {
     }
     let env = Env::new();
     let c = env.start_coordinator("c1");
-    assert!(env.set(&c, "manifest-v1.json", &[]).status.success());
+    assert!(
+        env.set(&c, "manifest-v1.json", &["--owner-key", "owner.pem"])
+            .status
+            .success()
+    );
     for w in ["a", "b"] {
         let out = env.initializer(&c, "web.policy", w, "manifest-v1.json", 30);
         assert!(out.status.success(), "{}", describe(&out));

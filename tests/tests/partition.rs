@@ -183,7 +183,11 @@ async fn seed_shares_are_refused_while_a_peer_is_ready_unless_forced() {
     let env = Env::new();
     let (mut cluster, mesh) = env.start_meshed_cluster(3);
     let leader = wait_for(&env, &cluster, "a leader", |_, s| s.role == "leader").await;
-    let out = env.set(&cluster[leader], "manifest-v1.json", &[]);
+    let out = env.set(
+        &cluster[leader],
+        "manifest-v1.json",
+        &["--owner-key", "owner.pem"],
+    );
     assert!(out.status.success(), "{}", concord_tests::describe(&out));
     let v1 = Hash::from_slice(&status(&env, &cluster[0]).await.expect("status").latest).unwrap();
     wait_all(&env, &cluster, v1).await;

@@ -78,7 +78,7 @@ fn log_of(c: &CoordinatorProcess) -> String {
 async fn a_ready_replica_gives_its_secrets_only_to_a_coordinator_of_the_manifest() {
     let env = Env::new();
     let node = env.start_coordinator("node");
-    let o = env.set(&node, "manifest-v1.json", &[]);
+    let o = env.set(&node, "manifest-v1.json", &["--owner-key", "owner.pem"]);
     assert!(o.status.success(), "{}", describe(&o));
     wait_state(&env, &node, "ready").await;
     let d = &env.d;
@@ -159,7 +159,11 @@ fn impostor(env: &Env, name: &str, flags: SimulatedFlags) -> CoordinatorProcess 
 async fn a_recovering_replica_takes_nothing_from_peers_that_do_not_match_its_manifest() {
     let env = Env::new();
     let mut cluster = env.start_cluster(3);
-    let o = env.set(&cluster[0], "manifest-v1.json", &[]);
+    let o = env.set(
+        &cluster[0],
+        "manifest-v1.json",
+        &["--owner-key", "owner.pem"],
+    );
     assert!(o.status.success(), "{}", describe(&o));
     for c in &cluster {
         wait_state(&env, c, "ready").await;

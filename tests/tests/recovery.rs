@@ -7,7 +7,7 @@ use concord_tests::{Env, describe, stdout_line};
 fn full_outage_then_threshold_recovery() {
     let env = Env::new();
     let mut c = env.start_coordinator("c1");
-    let first = env.set(&c, "manifest-v1.json", &[]);
+    let first = env.set(&c, "manifest-v1.json", &["--owner-key", "owner.pem"]);
     assert!(first.status.success(), "{}", describe(&first));
     let first = stdout_line(&first);
     c.kill();
@@ -62,7 +62,12 @@ fn full_outage_then_threshold_recovery() {
     // A share of another deployment: refused, named.
     let other = Env::new();
     let oc = other.start_coordinator("o1");
-    assert!(other.set(&oc, "manifest-v1.json", &[]).status.success());
+    assert!(
+        other
+            .set(&oc, "manifest-v1.json", &["--owner-key", "owner.pem"])
+            .status
+            .success()
+    );
     std::fs::copy(
         other.path("shares/seed-share-2.json"),
         env.path("shares/foreign.json"),
@@ -137,7 +142,7 @@ fn stderr(o: &std::process::Output) -> String {
 fn t93_rollback_after_a_full_outage_is_refused_by_share_owners_and_data_owners() {
     let env = Env::new();
     let mut c = env.start_coordinator("c1");
-    let first = env.set(&c, "manifest-v1.json", &[]);
+    let first = env.set(&c, "manifest-v1.json", &["--owner-key", "owner.pem"]);
     assert!(first.status.success(), "{}", describe(&first));
     let first = stdout_line(&first);
 

@@ -486,7 +486,8 @@ async fn set_manifest(
             ctx.dir.join("policies/coordinator.policy"),
             ctx.web_policy.to_path_buf(),
         ],
-        owner_key: previous.map(|_| ctx.dir.join("keys/owner.pem")),
+        // Every set is owner-authorized, the first by a key the first manifest lists.
+        owner_key: Some(ctx.dir.join("keys/owner.pem")),
         signature: None,
         owner_public_key: None,
         expect_latest: previous.map(|h| h.to_hex()),

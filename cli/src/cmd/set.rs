@@ -19,7 +19,8 @@ pub struct Set {
     /// Policy documents to store with it (each must hash to a policy of the manifest).
     #[arg(short, long = "policy")]
     pub policies: Vec<PathBuf>,
-    /// The workload owner key that authorizes the update (listed in the latest manifest).
+    /// The workload owner key that authorizes the update: listed in the latest manifest, or for the
+    /// first manifest in that manifest itself.
     #[arg(long, conflicts_with = "signature")]
     pub owner_key: Option<PathBuf>,
     /// An owner signature made elsewhere (`concord sign --prepare`): 128 hex characters or a file
@@ -29,7 +30,8 @@ pub struct Set {
     /// The public key of the external signature (64 hex characters).
     #[arg(long)]
     pub owner_public_key: Option<String>,
-    /// Fail unless the latest transition is this one (compare-and-swap); default: the latest right now.
+    /// Fail unless the latest transition is this one (compare-and-swap), `none` for a first manifest;
+    /// default: the latest right now.
     #[arg(long)]
     pub expect_latest: Option<String>,
     /// Where to write the seed shares returned for the first manifest.
@@ -56,6 +58,18 @@ pub(crate) fn decode_signature(s: &str) -> CliResult<Signature> {
     let bytes = <[u8; 64]>::try_from(bytes.as_slice())
         .map_err(|_| CliError::usage("--signature: an Ed25519 signature is 64 bytes"))?;
     Ok(Signature::from_bytes(&bytes))
+}
+
+/// `--expect-latest`: a transition hash, or `none` (the first manifest has no predecessor).
+pub(crate) fn parse_expected_latest(s: &str) -> CliResult<Hash> {
+    if s.trim().eq_ignore_ascii_case("none") {
+        return Ok(Hash::ZERO);
+    }
+    Hash::from_hex(s.trim()).map_err(|e| {
+        CliError::usage(format!(
+            "--expect-latest: {e} (a transition hash, or `none` for the first manifest)"
+        ))
+    })
 }
 
 /// Sets the manifest; returns the latest transition hash afterwards.
@@ -114,16 +128,39 @@ pub async fn run(args: Set) -> CliResult<Hash> {
     // Re-applying the latest manifest is a no-op that needs no signature (GitOps loops re-apply).
     let unchanged = latest.is_some() && latest_manifest == Hash::of(&bytes);
     let previous = match &args.expect_latest {
-        Some(h) => {
-            Hash::from_hex(h).map_err(|e| CliError::usage(format!("--expect-latest: {e}")))?
-        }
+        Some(h) => parse_expected_latest(h)?,
         None => latest_hash,
     };
     let transition = format::transition_hash(&Hash::of(&bytes), &previous);
-    let (owner_key, owner_signature) = if previous == Hash::ZERO || unchanged {
+    // The first manifest is authorized by a key it lists itself (unless it lists none: then nobody
+    // can, and its deployment id binds the whole manifest); later ones by a key of the latest manifest.
+    let first = previous == Hash::ZERO;
+    let first_is_final = first && connected.manifest.is_final();
+    let (owner_key, owner_signature) = if unchanged || first_is_final {
+        if first_is_final && (args.owner_key.is_some() || args.signature.is_some()) {
+            return Err(CliError::usage(format!(
+                "{} lists no workload owner key, so as a first manifest it takes no owner signature: \
+                 drop --owner-key/--signature",
+                args.target.manifest.display()
+            )));
+        }
         (Vec::new(), Vec::new())
     } else if let Some(path) = &args.owner_key {
         let key = keys::load_owner_key(path)?;
+        if first
+            && !connected
+                .manifest
+                .workload_owner_keys()
+                .contains(&key.verifying_key())
+        {
+            return Err(CliError::usage(format!(
+                "--owner-key {}: its public key {} is not listed in {}'s workload_owner_keys; the first \
+                 manifest must be authorized by one of its own owner keys",
+                path.display(),
+                hex::encode(key.verifying_key().to_bytes()),
+                args.target.manifest.display()
+            )));
+        }
         (
             key.verifying_key().to_bytes().to_vec(),
             format::sign_owner(&key, &transition).to_bytes().to_vec(),
@@ -134,6 +171,13 @@ pub async fn run(args: Set) -> CliResult<Hash> {
             .filter(|k| k.len() == 32)
             .ok_or_else(|| CliError::usage("--owner-public-key: expected 64 hex characters"))?;
         (public, decode_signature(sig)?.to_bytes().to_vec())
+    } else if first {
+        return Err(CliError::usage(format!(
+            "{} lists workload owner keys, so the first manifest must be authorized by one of them: \
+             pass --owner-key, or --signature and --owner-public-key with --expect-latest none \
+             (`concord sign --prepare --expect-latest none`)",
+            args.target.manifest.display()
+        )));
     } else {
         return Err(CliError::usage(format!(
             "the coordinator already has a history (latest {previous}): an update must be authorized with --owner-key, or with --signature and --owner-public-key"

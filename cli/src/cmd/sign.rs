@@ -21,7 +21,8 @@ pub struct Sign {
     /// The manifest to be set.
     #[arg(short, long)]
     manifest: Option<PathBuf>,
-    /// The latest transition hash the update replaces (from `concord verify` or `concord set` output).
+    /// The latest transition hash the update replaces (from `concord verify` or `concord set` output),
+    /// or `none` for the first manifest (which one of its own owner keys signs).
     #[arg(long)]
     expect_latest: Option<String>,
     /// Where to write the message (with --prepare).
@@ -46,8 +47,7 @@ pub fn run(args: Sign) -> CliResult {
         };
         let bytes = read_file(&manifest)?;
         crate::remote::read_manifest(&manifest)?;
-        let previous = Hash::from_hex(&latest)
-            .map_err(|e| CliError::usage(format!("--expect-latest: {e}")))?;
+        let previous = crate::cmd::set::parse_expected_latest(&latest)?;
         let transition = format::transition_hash(&Hash::of(&bytes), &previous);
         write_file(&out, &format::owner_message(&transition), false)?;
         eprintln!(

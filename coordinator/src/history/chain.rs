@@ -119,8 +119,8 @@ impl VerifiedChain {
 /// Verifies `items` (transitions in order, each with its manifest bytes) under `signing_key`: indexes
 /// count from 0, every `previous` names its predecessor (zero for the first), every manifest hashes to
 /// what its transition says and parses strictly, every transition is signed by the coordinator, and every
-/// transition after the first is authorized by an owner key of the previous manifest. The seed share
-/// owners never change.
+/// transition is authorized by an owner key of the previous manifest (the first: of its own manifest,
+/// unless that lists no owner key). The seed share owners never change.
 ///
 /// What each transition needs alone (parsing its manifest, checking its two signatures) runs on every
 /// core first; the checks that link a transition to those before it then run in order, using those
@@ -197,6 +197,12 @@ fn parse_at(index: u64, bytes: &[u8]) -> Result<Manifest, ChainError> {
     })
 }
 
+/// What a history written before the first transition needed an owner authorization fails with.
+pub const GENESIS_UNAUTHORIZED: &str = "the first transition carries no owner authorization, but its \
+     manifest lists workload owner keys and one of them must sign it; histories written by builds from \
+     before first transitions were owner-authorized do not verify and must be set up again on empty disks \
+     with `concord set --owner-key` (docs/OPERATIONS.md, \"Histories with an unsigned first transition\")";
+
 /// Whether [`check_one`] verifies the signatures itself or was told their verdicts.
 #[derive(Debug, Clone, Copy)]
 enum Signatures {
@@ -247,21 +253,28 @@ fn check_one(
             "the coordinator signature does not verify with the signing key".into(),
         ));
     }
-    match (previous_manifest, &t.owner) {
-        (None, None) => {}
-        (None, Some(_)) => {
-            return Err(fail(
-                "the first transition carries an owner authorization".into(),
-            ));
+    // The manifest whose owner keys may authorize this transition: the previous one, or for the first
+    // transition the first manifest itself (so nobody but its owners can start a deployment that names
+    // them: docs/THREAT_MODEL.md, issue 9.1).
+    let authorizer = previous_manifest.unwrap_or(manifest);
+    match &t.owner {
+        None if previous_manifest.is_none() && manifest.is_final() => {}
+        None if previous_manifest.is_none() => {
+            return Err(fail(GENESIS_UNAUTHORIZED.into()));
         }
-        (Some(_), None) => {
+        None => {
             return Err(fail("no workload owner authorized this transition".into()));
         }
-        (Some(prev), Some(owner)) => {
-            if !prev.workload_owner_keys().contains(&owner.key) {
+        Some(owner) => {
+            if !authorizer.workload_owner_keys().contains(&owner.key) {
                 return Err(fail(format!(
-                    "owner key {} is not listed in the previous manifest",
-                    hex::encode(owner.key.as_bytes())
+                    "owner key {} is not listed in the {} manifest",
+                    hex::encode(owner.key.as_bytes()),
+                    if previous_manifest.is_some() {
+                        "previous"
+                    } else {
+                        "first transition's own"
+                    }
                 )));
             }
             let owner_ok = match signatures {

@@ -12,7 +12,7 @@ mod ledger;
 mod members;
 mod transition;
 
-pub use chain::{ChainError, VerifiedChain, verify_chain};
+pub use chain::{ChainError, GENESIS_UNAUTHORIZED, VerifiedChain, verify_chain};
 pub use ledger::{Ledger, LedgerError, LoadedHistory, MeshCerts, NewTransition};
 pub use members::{MembersAuthorization, MembersRefusal};
 pub use transition::{OwnerAuthorization, Transition};

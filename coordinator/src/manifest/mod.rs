@@ -108,20 +108,26 @@ impl Manifest {
     /// fixed before the first manifest exists.
     ///
     /// Only a first manifest defines its deployment: a later one may list other owner keys.
+    ///
+    /// A first manifest with no owner key (final from the start) has no owner to authorize it, so its
+    /// id also binds the manifest's hash: the host cannot vary its policies without changing the id.
     pub fn deployment_id(&self) -> DeploymentId {
         deployment_id(
             &self.seed_share_owners,
             self.workload_owner_keys.iter().map(|k| k.to_bytes()),
+            &self.hash,
         )
     }
 }
 
 /// `SHA-256("concord/v1/deployment" || u8(threshold) || u32be(n) || share owner keys, sorted ||
-/// u32be(m) || workload owner keys, sorted)`; keys are 32 bytes each and unique (the parser refuses
-/// a key listed twice), so sorting makes the encoding independent of the order they were written in.
+/// u32be(m) || workload owner keys, sorted [|| manifest hash, only when m = 0])`; keys are 32 bytes
+/// each and unique (the parser refuses a key listed twice), so sorting makes the encoding independent
+/// of the order they were written in.
 fn deployment_id(
     share_owners: &SeedShareOwners,
     owner_keys: impl Iterator<Item = [u8; 32]>,
+    manifest_hash: &Hash,
 ) -> DeploymentId {
     use sha2::{Digest, Sha256};
     let mut shares = share_owners.keys.clone();
@@ -135,6 +141,9 @@ fn deployment_id(
     shares.iter().for_each(|k| h.update(k));
     h.update(count(owners.len()));
     owners.iter().for_each(|k| h.update(k));
+    if owners.is_empty() {
+        h.update(manifest_hash.as_bytes());
+    }
     DeploymentId(h.finalize().into())
 }
 

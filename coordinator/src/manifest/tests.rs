@@ -190,7 +190,7 @@ fn the_deployment_id_is_the_documented_encoding() {
         keys: vec![[3; 32], [1; 32]],
     };
     assert_eq!(
-        hex::encode(deployment_id(&owners, [[0x22; 32]].into_iter()).0),
+        hex::encode(deployment_id(&owners, [[0x22; 32]].into_iter(), &Hash::of(b"{}")).0),
         "85b3b5f78234a9dc535140577b002114a2203c8812cf8d2ffa17fe04c2d9a10b"
     );
     let alone = SeedShareOwners {
@@ -198,8 +198,13 @@ fn the_deployment_id_is_the_documented_encoding() {
         keys: vec![[1; 32]],
     };
     assert_eq!(
-        hex::encode(deployment_id(&alone, std::iter::empty()).0),
-        "1b9353e8718f1b0c9d34311e8f11951526ed71301610a7bda5cfaea7b00d5183"
+        hex::encode(deployment_id(&alone, std::iter::empty(), &Hash::of(b"{}")).0),
+        "7eb052c20c851b763af80dcd8417b76e4372a6e57c78d55c81dd8a68e0ae61a5"
+    );
+    // With owner keys the manifest hash is not part of the encoding.
+    assert_eq!(
+        deployment_id(&owners, [[0x22; 32]].into_iter(), &Hash::of(b"other")),
+        deployment_id(&owners, [[0x22; 32]].into_iter(), &Hash::of(b"{}")),
     );
 }
 
@@ -251,4 +256,24 @@ fn the_deployment_id_names_share_owners_threshold_and_owner_keys_not_order_or_po
     assert_ne!(more_owners.deployment_id(), base);
     let no_owners = with(&|v| v["workload_owner_keys"] = serde_json::json!([])).unwrap();
     assert_ne!(no_owners.deployment_id(), base);
+}
+
+#[test]
+fn a_first_manifest_without_owner_keys_binds_its_policies_into_the_deployment_id() {
+    // Nobody can authorize such a first manifest, so the host must not be able to keep the id while
+    // changing the policies (issue 9.1).
+    let d = TestDeployment::new();
+    let final_with = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut v: serde_json::Value = serde_json::from_slice(&d.manifest(1)).unwrap();
+        v["workload_owner_keys"] = serde_json::json!([]);
+        f(&mut v);
+        Manifest::parse(&serde_json::to_vec(&v).unwrap()).unwrap()
+    };
+    let base = final_with(&|_| {});
+    assert_eq!(final_with(&|_| {}).deployment_id(), base.deployment_id());
+    let hosts_policy = final_with(&|v| {
+        v["policies"][Hash::of(b"host").to_hex()] =
+            serde_json::json!({"sans": ["x"], "workload_secret_id": "victim"});
+    });
+    assert_ne!(hosts_policy.deployment_id(), base.deployment_id());
 }

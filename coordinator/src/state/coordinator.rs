@@ -225,6 +225,11 @@ impl<S: Store> Coordinator<S> {
     ) -> Result<Prepared, CoordinatorError> {
         let manifest = Manifest::parse(&req.manifest)
             .map_err(|e| CoordinatorError::InvalidInput(e.to_string()))?;
+        // A first manifest is authorized by one of its own owner keys; checked before any work that
+        // grows with the request (hashing policy documents, making the seed).
+        if self.state() == ReplicaState::Fresh {
+            authorize_first(&manifest, req.owner.as_ref())?;
+        }
         for doc in &req.policies {
             let h = Hash::of(doc);
             if manifest.policy(&h).is_none() {
@@ -266,12 +271,7 @@ impl<S: Store> Coordinator<S> {
                 latest: Hash::ZERO,
             });
         }
-        if req.owner.is_some() {
-            return Err(CoordinatorError::InvalidInput(
-                "the first manifest takes no owner signature: there is no previous manifest to list the key"
-                    .into(),
-            ));
-        }
+        let owner = authorize_first(&manifest, req.owner.as_ref())?;
         if let Some(pin) = self.pin
             && manifest.deployment_id() != pin
         {
@@ -296,7 +296,7 @@ impl<S: Store> Coordinator<S> {
             manifest_hash: manifest.hash(),
             previous: Hash::ZERO,
             signature: format::sign_transition(&signing_key, &hash),
-            owner: None,
+            owner,
         };
         let owners = manifest.seed_share_owners();
         // The manifest parser allows at most 255 owners, so the count fits a u8.
@@ -640,5 +640,46 @@ pub(super) fn mesh_certs(mesh_ca: &MeshCa) -> MeshCerts {
     MeshCerts {
         mesh_ca_der: mesh_ca.mesh_ca_der().to_vec(),
         intermediate_der: mesh_ca.intermediate_der().to_vec(),
+    }
+}
+
+/// The owner authorization of a first manifest: by a key that manifest itself lists, over transition
+/// `SHA-256(manifest_hash || 0^32)`. A manifest with no owner key (final from the start) has nobody to
+/// sign and takes none; its deployment id binds the whole manifest instead (docs/PROTOCOL.md §8.1).
+fn authorize_first(
+    manifest: &Manifest,
+    owner: Option<&(VerifyingKey, Signature)>,
+) -> Result<Option<OwnerAuthorization>, CoordinatorError> {
+    let hash = format::transition_hash(&manifest.hash(), &Hash::ZERO);
+    match owner {
+        None if manifest.is_final() => Ok(None),
+        None => Err(CoordinatorError::PermissionDenied(format!(
+            "the first manifest lists workload owner keys, so one of them must authorize it: sign \
+             \"concord/v1/set-manifest\" || transition hash {hash} with an owner key the manifest lists \
+             (`concord set --owner-key`)"
+        ))),
+        Some(_) if manifest.is_final() => Err(CoordinatorError::InvalidInput(
+            "this first manifest lists no workload owner key, so it takes no owner signature"
+                .into(),
+        )),
+        Some((key, signature)) => {
+            if !manifest.workload_owner_keys().contains(key) {
+                return Err(CoordinatorError::PermissionDenied(format!(
+                    "owner key {} is not listed in this first manifest's workload_owner_keys: the \
+                     first manifest is authorized by one of its own owner keys",
+                    hex::encode(key.as_bytes())
+                )));
+            }
+            if !format::verify_owner(key, &hash, signature) {
+                return Err(CoordinatorError::PermissionDenied(format!(
+                    "the owner signature does not verify over transition {hash}; sign \
+                     \"concord/v1/set-manifest\" || transition hash with the owner key"
+                )));
+            }
+            Ok(Some(OwnerAuthorization {
+                key: *key,
+                signature: *signature,
+            }))
+        }
     }
 }

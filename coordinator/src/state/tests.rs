@@ -8,10 +8,12 @@ use super::*;
 use crate::error::CoordinatorError;
 use crate::hash::Hash;
 use crate::history::audit::{AuditOptions, audit};
+use crate::history::format;
 use crate::history::{LedgerError, Transition};
 use crate::state::{PeerAcceptance, Prepared};
 use crate::store::{Key, MemoryStore, SledStore, Store};
 use crate::testing::TestDeployment;
+use ed25519_dalek::SigningKey;
 
 fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
@@ -387,6 +389,26 @@ fn the_audit_bundle_audits_clean_and_binds_the_nonce() {
         ..options
     };
     assert!(audit(&bundle, &fork).is_err());
+    // Index 0 carries the owner authorization; a bundle whose first transition lost it is refused
+    // (issue 9.1: a history whose genesis nobody authorized).
+    let mut json: serde_json::Value = serde_json::from_slice(&bundle).unwrap();
+    assert!(json["transitions"][0]["owner_key"].is_string());
+    assert!(json["transitions"][0]["owner_signature"].is_string());
+    json["transitions"][0]["owner_key"] = serde_json::Value::Null;
+    json["transitions"][0]["owner_signature"] = serde_json::Value::Null;
+    let unsigned = serde_json::to_vec(&json).unwrap();
+    let err = audit(
+        &unsigned,
+        &AuditOptions {
+            since: None,
+            ..replay.clone()
+        },
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("carries no owner authorization"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -899,4 +921,123 @@ fn a_share_is_taken_only_when_the_history_is_or_extends_the_one_its_owner_knew()
         text.contains("#1") && text.contains(&second.hash.to_hex()),
         "{text}"
     );
+}
+
+/// Issue 9.1: the first manifest is authorized by a key it lists itself, else the host could start a
+/// deployment that names the victim's (public) owners with its own policies.
+#[test]
+fn the_first_manifest_needs_a_signature_by_one_of_its_own_owner_keys() {
+    let d = TestDeployment::new();
+    let mut c = Coordinator::open(MemoryStore::new()).unwrap();
+    // No signature.
+    let mut unsigned = d.set_request(d.manifest(1), Hash::ZERO);
+    unsigned.owner = None;
+    let err = c.set_manifest(unsigned, now()).unwrap_err();
+    assert!(
+        matches!(err, CoordinatorError::PermissionDenied(_)),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("must authorize it"), "{err}");
+    // A valid signature by a key the manifest does not list (the host's own).
+    let host = SigningKey::generate(&mut rand::rngs::OsRng);
+    let t0 = format::transition_hash(&Hash::of(&d.manifest(1)), &Hash::ZERO);
+    let mut stranger = d.set_request(d.manifest(1), Hash::ZERO);
+    stranger.owner = Some((host.verifying_key(), format::sign_owner(&host, &t0)));
+    let err = c.set_manifest(stranger, now()).unwrap_err();
+    assert!(
+        matches!(err, CoordinatorError::PermissionDenied(_)),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("not listed in this first manifest"),
+        "{err}"
+    );
+    // A listed key's signature over another transition hash.
+    let mut other = d.set_request(d.manifest(1), Hash::ZERO);
+    other.owner = Some((
+        d.owner.verifying_key(),
+        format::sign_owner(&d.owner, &Hash([5; 32])),
+    ));
+    let err = c.set_manifest(other, now()).unwrap_err();
+    assert!(
+        matches!(err, CoordinatorError::PermissionDenied(_)),
+        "{err:?}"
+    );
+    assert_eq!(c.state(), ReplicaState::Fresh, "nothing was written");
+    // A listed key: accepted, and the authorization is stored with transition 0.
+    let out = c
+        .set_manifest(d.set_request(d.manifest(1), Hash::ZERO), now())
+        .unwrap();
+    let owner = out
+        .transition
+        .owner
+        .expect("stored with the first transition");
+    assert_eq!(owner.key, d.owner.verifying_key());
+    assert_eq!(c.state(), ReplicaState::Ready);
+}
+
+#[test]
+fn a_first_manifest_without_owner_keys_takes_no_signature() {
+    let d = TestDeployment::new();
+    let final_manifest = d.manifest_with(&["web"], &[]);
+    let mut c = Coordinator::open(MemoryStore::new()).unwrap();
+    let mut signed = d.set_request(final_manifest.clone(), Hash::ZERO);
+    let t0 = format::transition_hash(&Hash::of(&final_manifest), &Hash::ZERO);
+    signed.owner = Some((d.owner.verifying_key(), format::sign_owner(&d.owner, &t0)));
+    let err = c.set_manifest(signed, now()).unwrap_err();
+    assert!(matches!(err, CoordinatorError::InvalidInput(_)), "{err:?}");
+    let out = c
+        .set_manifest(d.set_request(final_manifest, Hash::ZERO), now())
+        .unwrap();
+    assert!(out.transition.owner.is_none());
+}
+
+/// The host writes a store whose first transition names the victim's owners but carries no valid
+/// owner authorization (none, or by its own key): the genuine replica refuses to open it, so it never
+/// becomes ready with it nor names its deployment id.
+#[test]
+fn a_store_whose_first_transition_no_listed_owner_authorized_is_refused_at_open() {
+    let d = TestDeployment::new();
+    let dir = tempfile::tempdir().unwrap();
+    let first = {
+        let mut c = Coordinator::open(SledStore::open(dir.path()).unwrap()).unwrap();
+        c.set_manifest(d.set_request(d.manifest(1), Hash::ZERO), now())
+            .unwrap()
+    };
+    let host = SigningKey::generate(&mut rand::rngs::OsRng);
+    let forgeries: Vec<(&str, Option<crate::history::OwnerAuthorization>)> = vec![
+        ("no authorization", None),
+        (
+            "the host's own key",
+            Some(crate::history::OwnerAuthorization {
+                key: host.verifying_key(),
+                signature: format::sign_owner(&host, &first.hash),
+            }),
+        ),
+    ];
+    for (what, owner) in forgeries {
+        let copy = tempfile::tempdir().unwrap();
+        copy_dir(dir.path(), copy.path());
+        {
+            let store = SledStore::open(copy.path()).unwrap();
+            let mut t = first.transition.clone();
+            t.owner = owner;
+            store
+                .tamper_put(&Key::Transition(first.hash), &t.encode())
+                .unwrap();
+        }
+        let err = Coordinator::open(SledStore::open(copy.path()).unwrap())
+            .err()
+            .unwrap_or_else(|| panic!("{what}: a replica opened a history nobody authorized"));
+        let text = err.to_string();
+        let expected = if what == "no authorization" {
+            crate::history::GENESIS_UNAUTHORIZED
+        } else {
+            "is not listed in the first transition's own manifest"
+        };
+        assert!(text.contains(expected), "{what}: {text}");
+    }
+    // The untouched store still opens.
+    assert!(Coordinator::open(SledStore::open(dir.path()).unwrap()).is_ok());
 }

@@ -143,7 +143,8 @@ impl Signer<'_> {
             manifest_hash: manifest.hash(),
             previous,
             signature: format::sign_transition(&self.key, &hash),
-            owner: (index > 0).then(|| OwnerAuthorization {
+            // Every transition, the first included, is authorized by an owner key.
+            owner: Some(OwnerAuthorization {
                 key: owner.verifying_key(),
                 signature: format::sign_owner(owner, &hash),
             }),

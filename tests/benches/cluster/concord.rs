@@ -150,15 +150,12 @@ impl Writer {
     /// request is a no-op that answers the same transition).
     pub fn next(&self, env: &Env) -> pb::SetManifestRequest {
         let manifest = env.d.manifest(self.version + 1);
-        let (owner_key, owner_signature) = if self.latest == Hash::ZERO {
-            (Vec::new(), Vec::new())
-        } else {
-            let t = format::transition_hash(&Hash::of(&manifest), &self.latest);
-            (
-                env.d.owner.verifying_key().to_bytes().to_vec(),
-                format::sign_owner(&env.d.owner, &t).to_bytes().to_vec(),
-            )
-        };
+        // Every transition is owner-authorized, the first by a key the first manifest lists.
+        let t = format::transition_hash(&Hash::of(&manifest), &self.latest);
+        let (owner_key, owner_signature) = (
+            env.d.owner.verifying_key().to_bytes().to_vec(),
+            format::sign_owner(&env.d.owner, &t).to_bytes().to_vec(),
+        );
         pb::SetManifestRequest {
             manifest,
             policies: vec![

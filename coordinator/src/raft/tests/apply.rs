@@ -223,7 +223,26 @@ async fn a_first_transition_that_does_not_verify_is_rejected() {
         ..history.command(0)
     };
     let second_first = history_second_as_first();
+    // Issue 9.1: the first transition is authorized by a key its own manifest lists.
+    let unauthorized = resigned(&history.command(0), |t| t.owner = None);
+    let stranger_key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let by_a_stranger = resigned(&history.command(0), |t| {
+        t.owner = Some(crate::history::OwnerAuthorization {
+            key: stranger_key.verifying_key(),
+            signature: crate::history::format::sign_owner(&stranger_key, &t.hash()),
+        })
+    });
     for (what, cmd, reason) in [
+        (
+            "no owner authorization",
+            unauthorized,
+            "the first transition carries no owner authorization",
+        ),
+        (
+            "an owner authorization by a key the manifest does not list",
+            by_a_stranger,
+            "is not listed in the first transition's own manifest",
+        ),
         (
             "a root CA whose signature is broken",
             broken_root,
