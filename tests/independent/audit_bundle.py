@@ -3,7 +3,8 @@
 
 Written from docs/PROTOCOL.md §10 alone, with Python's standard library and the `cryptography`
 package; it shares no code with Concord. It checks every hash link, manifest hash, transition hash,
-coordinator signature, owner authorization (against the previous manifest's workload_owner_keys),
+coordinator signature, owner authorization (against the previous manifest's workload_owner_keys; for
+the first transition against its own manifest's, and none only when that manifest lists no key),
 the policy documents, and that the report's report_data binds the nonce, the signing key, the latest
 transition and both CA certificates. It does NOT verify the attestation report itself (signature,
 certificate chain, reference values): that needs the platform's trust anchors.
@@ -201,17 +202,26 @@ def audit(bundle_bytes, nonce=None, since=None):
             fail(f"{what}: hash is not SHA-256(manifest_hash || previous)")
         verify_ed25519(signing_key, signature, TRANSITION_LABEL + this_hash, f"{what}: coordinator signature")
 
-        if i == 0:
+        # The first transition is authorized by a key its own manifest lists (PROTOCOL.md §5); only a
+        # first manifest that lists no owner key has nobody to sign and carries no authorization.
+        this_owner_keys, keys, share_owners = parse_manifest(manifest, f"{what}: manifest")
+        authorizers = this_owner_keys if i == 0 else previous_owner_keys
+        if i == 0 and not authorizers:
             if t["owner_key"] is not None or t["owner_signature"] is not None:
-                fail(f"{what}: owner_key and owner_signature must be null for the first transition")
+                fail(f"{what}: owner_key and owner_signature must be null for a first manifest with no workload_owner_keys")
+        elif t["owner_key"] is None and t["owner_signature"] is None:
+            if i == 0:
+                fail(f"{what}: the first transition carries no owner authorization, but its manifest lists workload_owner_keys")
+            fail(f"{what}: no owner authorization")
         else:
             owner_key = hex_bytes(t["owner_key"], 32, f"{what}: owner_key")
             owner_signature = hex_bytes(t["owner_signature"], 64, f"{what}: owner_signature")
-            if owner_key not in previous_owner_keys:
-                fail(f"{what}: owner_key {owner_key.hex()} is not in the previous manifest's workload_owner_keys")
+            if owner_key not in authorizers:
+                whose = "its own manifest's" if i == 0 else "the previous manifest's"
+                fail(f"{what}: owner_key {owner_key.hex()} is not in {whose} workload_owner_keys")
             verify_ed25519(owner_key, owner_signature, SET_MANIFEST_LABEL + this_hash, f"{what}: owner authorization")
 
-        previous_owner_keys, keys, share_owners = parse_manifest(manifest, f"{what}: manifest")
+        previous_owner_keys = this_owner_keys
         if first_share_owners is None:
             first_share_owners = share_owners
         elif share_owners != first_share_owners:

@@ -75,7 +75,8 @@ def build(n):
         manifest = manifest_bytes(i, [owners[i]], policy_hash)
         manifest_hash = hashlib.sha256(manifest).digest()
         this_hash = hashlib.sha256(manifest_hash + previous).digest()
-        owner = owners[i - 1] if i > 0 else None
+        # The first transition is authorized by a key its own manifest lists (owner 0).
+        owner = owners[i - 1] if i > 0 else owners[0]
         transitions.append({
             "index": i,
             "manifest_hash": manifest_hash.hex(),

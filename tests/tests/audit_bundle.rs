@@ -40,6 +40,13 @@ fn flip_hex(v: &mut Value) {
     *v = Value::String(hex::encode(bytes));
 }
 
+/// Drops the first transition's owner authorization: a history whose genesis nobody authorized.
+fn unsign_first(b: &mut Value) {
+    assert!(b["transitions"][0]["owner_key"].is_string());
+    b["transitions"][0]["owner_key"] = Value::Null;
+    b["transitions"][0]["owner_signature"] = Value::Null;
+}
+
 fn flip_b64(v: &mut Value, at: usize) {
     let mut bytes = STANDARD.decode(v.as_str().unwrap()).unwrap();
     bytes[at] ^= 0x01;
@@ -75,13 +82,21 @@ fn a_valid_bundle_audits_clean_and_every_flipped_byte_fails_with_3() {
             Box::new(move |b: &mut Value| flip_b64(&mut b["transitions"][i]["manifest"], 40)),
         ));
     }
+    // Index 0 carries the first manifest's owner authorization (issue 9.1): flipped or removed, the
+    // audit fails.
+    for i in 0..2 {
+        cases.push((
+            format!("transitions[{i}].owner_signature"),
+            Box::new(move |b: &mut Value| flip_hex(&mut b["transitions"][i]["owner_signature"])),
+        ));
+    }
+    cases.push((
+        "transitions[0] without its owner authorization".into(),
+        Box::new(unsign_first),
+    ));
     cases.push((
         "transitions[1].owner_key".into(),
         Box::new(|b: &mut Value| flip_hex(&mut b["transitions"][1]["owner_key"])),
-    ));
-    cases.push((
-        "transitions[1].owner_signature".into(),
-        Box::new(|b: &mut Value| flip_hex(&mut b["transitions"][1]["owner_signature"])),
     ));
     cases.push((
         "signing_key".into(),
@@ -170,4 +185,15 @@ fn an_independent_auditor_agrees() {
     let mut tampered = bundle.clone();
     flip_hex(&mut tampered["transitions"][1]["owner_signature"]);
     assert_eq!(run(&tampered).status.code(), Some(3));
+    // A first transition without its owner authorization (issue 9.1).
+    let mut unsigned = bundle.clone();
+    unsign_first(&mut unsigned);
+    let out = run(&unsigned);
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("carries no owner authorization")
+            || String::from_utf8_lossy(&out.stderr).contains("carries no owner authorization"),
+        "{}",
+        describe(&out)
+    );
 }
