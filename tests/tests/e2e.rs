@@ -8,7 +8,8 @@ fn set_verify_update_and_initializer() {
     let env = Env::new();
     let c = env.start_coordinator("c1");
 
-    // The first manifest: no owner signature, the seed shares come back, one file per owner.
+    // The first manifest, authorized by an owner key it lists; the seed shares come back, one file
+    // per owner.
     let out = env.set(&c, "manifest-v1.json", &["--owner-key", "owner.pem"]);
     assert!(out.status.success(), "{}", describe(&out));
     let first = stdout_line(&out);
@@ -178,6 +179,60 @@ fn set_verify_update_and_initializer() {
             "the transition is the one prepared"
         );
     }
+}
+
+/// Issue 9.1: the first manifest needs an owner authorization by a key it lists; `concord set` says so
+/// before sending anything, and the external signing flow works for it (`--expect-latest none`).
+#[test]
+fn the_first_manifest_is_authorized_by_its_own_owner_key_also_signed_externally() {
+    let env = Env::new();
+    let c = env.start_coordinator("c1");
+    let unsigned = env.set(&c, "manifest-v1.json", &[]);
+    assert_eq!(unsigned.status.code(), Some(2), "{}", describe(&unsigned));
+    assert!(
+        String::from_utf8_lossy(&unsigned.stderr).contains("--owner-key"),
+        "{}",
+        describe(&unsigned)
+    );
+
+    let prep = env.concord(&[
+        "sign",
+        "--prepare",
+        "-m",
+        "manifest-v1.json",
+        "--expect-latest",
+        "none",
+        "--out",
+        "first.bin",
+    ]);
+    assert!(prep.status.success(), "{}", describe(&prep));
+    let sig = env.concord(&["sign", "--message", "first.bin", "--owner-key", "owner.pem"]);
+    assert!(sig.status.success(), "{}", describe(&sig));
+    let public = hex::encode(env.d.owner.verifying_key().as_bytes());
+    let first = env.set(
+        &c,
+        "manifest-v1.json",
+        &[
+            "--signature",
+            &stdout_line(&sig),
+            "--owner-public-key",
+            &public,
+            "--expect-latest",
+            "none",
+        ],
+    );
+    assert!(first.status.success(), "{}", describe(&first));
+    assert_eq!(
+        stdout_line(&first),
+        stdout_line(&prep),
+        "the first transition is the one prepared"
+    );
+    // The audit bundle's index 0 carries that authorization.
+    let v = env.verify(&c, "manifest-v1.json", "verify", &[]);
+    assert!(v.status.success(), "{}", describe(&v));
+    let bundle: serde_json::Value =
+        serde_json::from_slice(&read(&env.path("verify/history.json"))).unwrap();
+    assert_eq!(bundle["transitions"][0]["owner_key"], public.as_str());
 }
 
 #[test]
