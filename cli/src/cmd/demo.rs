@@ -368,7 +368,7 @@ async fn scenario(s: &mut Steps, ctx: &Ctx<'_>, cluster: &mut Cluster) -> CliRes
     let leader = cluster.leader().await?;
     let follower = (leader + 1) % REPLICAS as usize;
     s.step(&format!(
-        "set the manifest through replica {follower}, a follower: it forwards the write to the leader (replica {leader}); the seed is made and the encrypted seed shares come back"
+        "set the manifest (owner-signed by a key it lists) through replica {follower}, a follower: it forwards the write to the leader (replica {leader}); the seed is made and the encrypted seed shares come back"
     ));
     let first = set_manifest(ctx, &cluster.user_addr(follower), ctx.manifest_v1, None).await?;
     let t = cluster.wait_ready(1).await?;
