@@ -400,8 +400,9 @@ fn the_audit_bundle_audits_clean_and_binds_the_nonce() {
     let err = audit(
         &unsigned,
         &AuditOptions {
+            expected_nonce: Some(nonce),
             since: None,
-            ..replay.clone()
+            ..replay
         },
     )
     .unwrap_err();
