@@ -6,8 +6,9 @@ use serde::{Deserialize, Serialize};
 use super::format;
 use crate::hash::Hash;
 
-/// A transition: the manifest it sets, its predecessor, the coordinator's signature, and (after the
-/// first) the workload owner's authorization. Its hash is computed, never stored or trusted.
+/// A transition: the manifest it sets, its predecessor, the coordinator's signature, and the workload
+/// owner's authorization (absent only on a first transition whose manifest lists no owner key). Its
+/// hash is computed, never stored or trusted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transition {
     pub index: u64,

@@ -71,7 +71,7 @@ impl Disk {
 }
 
 /// A history made by a real coordinator (in memory): `hashes[i]` is transition `i`, each manifest
-/// signed by the coordinator and, after the first, authorized by the deployment's owner.
+/// signed by the coordinator and authorized by the deployment's owner (the first too).
 pub(super) struct History {
     pub deployment: TestDeployment,
     pub coordinator: Coordinator<MemoryStore>,
