@@ -11,12 +11,13 @@ use prost::Message;
 use time::OffsetDateTime;
 
 use crate::api::{node, peer, user};
+use crate::raft::snapshot::{self, SnapshotContent, SnapshotItem};
 use crate::raft::{Command, NodeId, TypeConfig};
 use crate::state::Coordinator;
 use crate::store::MemoryStore;
 
 /// The request kinds [`request`] decodes, selected by the first input byte (modulo their number).
-pub const REQUEST_KINDS: [&str; 17] = [
+pub const REQUEST_KINDS: [&str; 18] = [
     "user.SetManifest",
     "user.GetManifests",
     "user.GetHistory",
@@ -34,6 +35,7 @@ pub const REQUEST_KINDS: [&str; 17] = [
     "peer.Join",
     "peer.Recover answer",
     "peer.ForwardSetManifest answer",
+    "peer.InstallSnapshot data",
 ];
 
 /// The replica id the peer handlers run as.
@@ -75,7 +77,15 @@ pub fn request(data: &[u8]) {
         6 => drop(pb::NewMeshCertRequest::decode(body)),
         7 => raft_message::<openraft::raft::AppendEntriesRequest<TypeConfig>>(body),
         8 => raft_message::<openraft::raft::VoteRequest<NodeId>>(body),
-        9 => raft_message::<openraft::raft::InstallSnapshotRequest<TypeConfig>>(body),
+        9 => {
+            raft_message::<openraft::raft::InstallSnapshotRequest<TypeConfig>>(body);
+            if let Ok(m) = pb::RaftMessage::decode(body)
+                && let Ok(req) =
+                    peer::decode::<openraft::raft::InstallSnapshotRequest<TypeConfig>>(&m)
+            {
+                let _ = snapshot_verifies(&req.data);
+            }
+        }
         10 => {
             if let Ok(req) = pb::PeerRecoverRequest::decode(body) {
                 let _ = peer::wanted_latest(&req);
@@ -102,12 +112,22 @@ pub fn request(data: &[u8]) {
                 let _ = peer::secrets_from_pb(answer);
             }
         }
-        _ => {
+        16 => {
             if let Ok(answer) = pb::SetManifestResponse::decode(body) {
                 let _ = node::outcome_from_pb(answer);
             }
         }
+        _ => drop(snapshot_verifies(body)),
     }
+}
+
+/// The bytes of a snapshot a leader sends (its chunks put together), as the state machine checks them
+/// before installing: decoded, then its history loaded and verified in memory (`Ledger::load`, the
+/// same walk that checks a replica's own store at start-up), every key accounted for. Whether it
+/// would be installed on a replica without a history.
+pub fn snapshot_verifies(data: &[u8]) -> bool {
+    SnapshotContent::decode(data)
+        .is_ok_and(|content| snapshot::verify_history(&content.history, None).is_ok())
 }
 
 /// SetManifest (and ForwardSetManifest): the handler's decoding, then the core's checks on a fresh
@@ -138,4 +158,19 @@ fn raft_message<T: serde::de::DeserializeOwned>(body: &[u8]) {
 pub fn request_kind(kind: &str) -> Option<u8> {
     let index = REQUEST_KINDS.iter().position(|k| *k == kind)?;
     u8::try_from(index).ok()
+}
+
+/// A snapshot of the history in `store`, as a leader would send it: for seed inputs.
+pub fn snapshot_of(store: &MemoryStore) -> Vec<u8> {
+    let content = SnapshotContent {
+        format: snapshot::SNAPSHOT_FORMAT.into(),
+        last_applied: None,
+        last_membership: openraft::StoredMembership::default(),
+        history: store
+            .entries()
+            .into_iter()
+            .map(|(key, value)| SnapshotItem { key, value })
+            .collect(),
+    };
+    serde_json::to_vec(&content).unwrap_or_default()
 }

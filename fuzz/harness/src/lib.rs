@@ -16,8 +16,11 @@ pub mod seed_share;
 pub mod snp_report;
 mod times;
 
-/// Every target: its name (the directory of its corpus and the `cargo fuzz run` name) and body.
-pub const TARGETS: [(&str, fn(&[u8])); 6] = [
+/// A target's name (the directory of its corpus and the `cargo fuzz run` name) and its body.
+pub type Target = (&'static str, fn(&[u8]));
+
+/// Every target.
+pub const TARGETS: [Target; 6] = [
     ("manifest", manifest::run),
     ("audit_bundle", audit_bundle::run),
     ("seed_share", seed_share::run),

@@ -86,6 +86,11 @@ fn valid_seeds_get_through_every_check() {
         "no-extension"
     )));
 
+    let snapshot = seed("requests", "snapshot-data");
+    assert!(concord_coordinator::fuzzing::snapshot_verifies(
+        &snapshot[1..]
+    ));
+
     // A share file is also EncryptedShare JSON (which ignores its `format`): two readings.
     assert_eq!(
         seed_share::decrypted(&seed("seed_share", "share-file")).len(),

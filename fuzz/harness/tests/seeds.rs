@@ -69,7 +69,7 @@ fn write_seed_corpus() {
     seed_shares(&d, &first);
     snp_reports();
     atls_certificates(&d);
-    requests(&d, &first, &second);
+    requests(&d, &core, &first, &second);
 }
 
 fn manifests(d: &TestDeployment) {
@@ -243,6 +243,7 @@ fn atls_certificates(d: &TestDeployment) {
 
 fn requests(
     d: &TestDeployment,
+    core: &Coordinator<MemoryStore>,
     first: &concord_coordinator::state::SetOutcome,
     second: &concord_coordinator::state::SetOutcome,
 ) {
@@ -334,7 +335,7 @@ fn requests(
         raft(serde_json::json!({
             "vote": vote,
             "meta": {"last_log_id": log_id, "last_membership": {"log_id": null, "membership": {"configs": [[1]], "nodes": {"1": {"addr": "c-1:7778"}}}}, "snapshot_id": "s-1"},
-            "offset": 0, "data": [1, 2, 3], "done": true
+            "offset": 0, "data": concord_coordinator::fuzzing::snapshot_of(core.store()), "done": true
         }))
         .encode_to_vec()
     });
@@ -381,6 +382,9 @@ fn requests(
             latest: second.hash.as_bytes().to_vec(),
         }
         .encode_to_vec()
+    });
+    put("snapshot-data", "peer.InstallSnapshot data", &|| {
+        concord_coordinator::fuzzing::snapshot_of(core.store())
     });
     put(
         "set-manifest-answer",
