@@ -19,6 +19,9 @@ mod chain;
 mod claims;
 pub mod error;
 pub mod evidence;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod issuer;
 pub mod reference;
 pub mod report;

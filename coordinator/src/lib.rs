@@ -11,6 +11,9 @@
 
 pub mod api;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hash;
 pub mod history;
 pub mod launch;

@@ -52,19 +52,24 @@ struct ShareFile {
 }
 
 fn read_share(path: &std::path::Path) -> CliResult<EncryptedShare> {
-    let bad = |what: String| CliError::error(format!("{}: {what}", path.display()));
-    let f: ShareFile = serde_json::from_slice(&read_file(path)?)
-        .map_err(|e| bad(format!("not a seed share file: {e}")))?;
+    parse_share_file(&read_file(path)?)
+        .map_err(|what| CliError::error(format!("{}: {what}", path.display())))
+}
+
+/// Parses a seed share file (`concord-seed-share-v1`). The error says what is wrong with it.
+pub fn parse_share_file(bytes: &[u8]) -> Result<EncryptedShare, String> {
+    let f: ShareFile =
+        serde_json::from_slice(bytes).map_err(|e| format!("not a seed share file: {e}"))?;
     if f.format != "concord-seed-share-v1" {
-        return Err(bad(format!(
+        return Err(format!(
             "format {:?}, expected \"concord-seed-share-v1\"",
             f.format
-        )));
+        ));
     }
-    let hex_field = |name: &str, v: &str| hex::decode(v).map_err(|e| bad(format!("{name}: {e}")));
+    let hex_field = |name: &str, v: &str| hex::decode(v).map_err(|e| format!("{name}: {e}"));
     let owner_public_key =
         <[u8; 32]>::try_from(hex_field("owner_public_key", &f.owner_public_key)?.as_slice())
-            .map_err(|_| bad("owner_public_key: expected 32 bytes".into()))?;
+            .map_err(|_| "owner_public_key: expected 32 bytes".to_string())?;
     Ok(EncryptedShare {
         owner_public_key,
         encapsulated_key: hex_field("encapsulated_key", &f.encapsulated_key)?,

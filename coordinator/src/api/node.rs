@@ -124,17 +124,7 @@ impl<S: Store> Node<S> {
         nonce: Vec<u8>,
         forwarded: bool,
     ) -> Result<BTreeMap<NodeId, String>, Status> {
-        if member.id == self.id {
-            return Err(Status::invalid_argument(
-                "a replica cannot ask itself to join",
-            ));
-        }
-        if !member.peer_address.contains(':') {
-            return Err(Status::invalid_argument(format!(
-                "member {}: {:?} is not a host:port address",
-                member.id, member.peer_address
-            )));
-        }
+        check_join_member(self.id, &member)?;
         if nonce.len() != 32 {
             return Err(Status::invalid_argument(
                 "nonce: a Join carries 32 random bytes",
@@ -345,29 +335,8 @@ impl<S: Store> Node<S> {
         if let Some(r) = answer {
             return Ok(members_from_pb(r));
         }
-        let invalid = |m: String| to_status(&CoordinatorError::InvalidInput(m));
-        let mut members = BTreeMap::new();
-        for m in &req.members {
-            if !m.peer_address.contains(':') || m.peer_address.trim() != m.peer_address {
-                return Err(invalid(format!(
-                    "member {}: {:?} is not a host:port address",
-                    m.id, m.peer_address
-                )));
-            }
-            if members.insert(m.id, m.peer_address.clone()).is_some() {
-                return Err(invalid(format!("member {} is listed twice", m.id)));
-            }
-        }
-        if members.is_empty() {
-            return Err(invalid("a cluster needs at least one member".into()));
-        }
-        let owner_key = <[u8; 32]>::try_from(req.owner_key.as_slice())
-            .ok()
-            .and_then(|k| ed25519_dalek::VerifyingKey::from_bytes(&k).ok())
-            .ok_or_else(|| invalid("owner_key: not a 32-byte Ed25519 public key".into()))?;
-        let owner_signature = <[u8; 64]>::try_from(req.owner_signature.as_slice())
-            .map(|s| ed25519_dalek::Signature::from_bytes(&s))
-            .map_err(|_| invalid("owner_signature: an Ed25519 signature is 64 bytes".into()))?;
+        let members = members_of(&req)?;
+        let (owner_key, owner_signature) = members_authorization(&req)?;
         let authorization = crate::history::MembersAuthorization {
             membership_index: req.membership_index,
             members: members.clone(),
@@ -909,6 +878,58 @@ impl<S: Store> Node<S> {
     }
 }
 
+/// The checks of a Join request that need no state: not this replica, a host:port address.
+pub(crate) fn check_join_member(own_id: NodeId, member: &pb::Member) -> Result<(), Status> {
+    if member.id == own_id {
+        return Err(Status::invalid_argument(
+            "a replica cannot ask itself to join",
+        ));
+    }
+    if !member.peer_address.contains(':') {
+        return Err(Status::invalid_argument(format!(
+            "member {}: {:?} is not a host:port address",
+            member.id, member.peer_address
+        )));
+    }
+    Ok(())
+}
+
+/// The members of a SetMembers request: each once, each at a host:port address, at least one.
+pub(crate) fn members_of(req: &pb::SetMembersRequest) -> Result<BTreeMap<NodeId, String>, Status> {
+    let invalid = |m: String| to_status(&CoordinatorError::InvalidInput(m));
+    let mut members = BTreeMap::new();
+    for m in &req.members {
+        if !m.peer_address.contains(':') || m.peer_address.trim() != m.peer_address {
+            return Err(invalid(format!(
+                "member {}: {:?} is not a host:port address",
+                m.id, m.peer_address
+            )));
+        }
+        if members.insert(m.id, m.peer_address.clone()).is_some() {
+            return Err(invalid(format!("member {} is listed twice", m.id)));
+        }
+    }
+    if members.is_empty() {
+        return Err(invalid("a cluster needs at least one member".into()));
+    }
+    Ok(members)
+}
+
+/// The owner key and signature of a SetMembers request, by their form only (the caller verifies).
+pub(crate) fn members_authorization(
+    req: &pb::SetMembersRequest,
+) -> Result<(ed25519_dalek::VerifyingKey, ed25519_dalek::Signature), Status> {
+    let invalid = |m: &str| to_status(&CoordinatorError::InvalidInput(m.into()));
+    let key = <[u8; 32]>::try_from(req.owner_key.as_slice())
+        .ok()
+        .and_then(|k| ed25519_dalek::VerifyingKey::from_bytes(&k).ok())
+        .ok_or_else(|| invalid("owner_key: not a 32-byte Ed25519 public key"))?;
+    let sig = <[u8; 64]>::try_from(req.owner_signature.as_slice())
+        .map(|s| ed25519_dalek::Signature::from_bytes(&s))
+        .map_err(|_| invalid("owner_signature: an Ed25519 signature is 64 bytes"))?;
+    Ok((key, sig))
+}
+
 /// Errors worth retrying against the next leader: the leader is gone or changed. tonic reports a
 /// connection that broke mid-call as `Unknown` ("transport error").
 fn retryable(s: &Status) -> bool {
@@ -985,7 +1006,7 @@ pub fn outcome_to_pb(out: &SetOutcome) -> pb::SetManifestResponse {
     }
 }
 
-fn outcome_from_pb(r: pb::SetManifestResponse) -> Result<SetOutcome, Status> {
+pub(crate) fn outcome_from_pb(r: pb::SetManifestResponse) -> Result<SetOutcome, Status> {
     let t = r
         .transition
         .ok_or_else(|| Status::internal("the leader answered without a transition"))?;

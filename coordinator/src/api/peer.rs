@@ -61,7 +61,17 @@ impl<S: Store> PeerService<S> {
 /// How long a serving replica waits to become ready at the transition a recovering peer asks for.
 const READY_WAIT: Duration = Duration::from_millis(500);
 
-fn decode<T: DeserializeOwned>(m: &pb::RaftMessage) -> Result<T, Status> {
+/// The transition a PeerRecover caller wants the secrets of: none, or a 32-byte hash.
+pub(crate) fn wanted_latest(req: &pb::PeerRecoverRequest) -> Result<Option<Hash>, Status> {
+    match req.latest.as_slice() {
+        [] => Ok(None),
+        bytes => Hash::from_slice(bytes)
+            .map(Some)
+            .map_err(|e| Status::invalid_argument(format!("latest: not a transition hash: {e}"))),
+    }
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(m: &pb::RaftMessage) -> Result<T, Status> {
     serde_json::from_slice(&m.json)
         .map_err(|e| Status::invalid_argument(format!("not a Raft message: {e}")))
 }
@@ -150,12 +160,7 @@ impl<S: Store> pb::peer_api_server::PeerApi for PeerService<S> {
                 "the caller is not a coordinator of the latest manifest: {why}"
             ))));
         }
-        let wanted = match request.get_ref().latest.as_slice() {
-            [] => None,
-            bytes => Some(Hash::from_slice(bytes).map_err(|e| {
-                Status::invalid_argument(format!("latest: not a transition hash: {e}"))
-            })?),
-        };
+        let wanted = wanted_latest(request.get_ref())?;
         let waiting = tokio::time::Instant::now();
         self.ready_at(wanted).await;
         debug!(

@@ -66,6 +66,23 @@ pub(crate) fn decode_set(req: pb::SetManifestRequest) -> Result<SetRequest, Stat
     })
 }
 
+/// The nonce of a GetHistory request: exactly 32 bytes.
+pub(crate) fn history_nonce(req: &pb::GetHistoryRequest) -> Result<[u8; 32], Status> {
+    <[u8; 32]>::try_from(req.nonce.as_slice())
+        .map_err(|_| invalid("nonce: 32 random bytes are required"))
+}
+
+/// The seed share of a Recover request, parsed. The share is secret: never put it in a message.
+pub(crate) fn recover_share(
+    req: &pb::RecoverRequest,
+) -> Result<concord_mesh_ca::SeedShare, Status> {
+    concord_mesh_ca::SeedShare::from_bytes(&req.share).map_err(|e| {
+        invalid(format!(
+            "share: not a decrypted seed share ({e}); use `concord recover`"
+        ))
+    })
+}
+
 pub(crate) fn transition_to_pb(t: &Transition) -> pb::Transition {
     pb::Transition {
         index: t.index,
@@ -143,8 +160,7 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
         &self,
         request: Request<pb::GetHistoryRequest>,
     ) -> Result<Response<pb::GetHistoryResponse>, Status> {
-        let nonce = <[u8; 32]>::try_from(request.get_ref().nonce.as_slice())
-            .map_err(|_| invalid("nonce: 32 random bytes are required"))?;
+        let nonce = history_nonce(request.get_ref())?;
         self.node.linearize(request.get_ref().allow_stale).await?;
         let bundle = self
             .replica
@@ -171,11 +187,7 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
     ) -> Result<Response<pb::RecoverResponse>, Status> {
         let req = request.into_inner();
         // The share is secret: it is never logged, and dropped (zeroized) with the request.
-        let share = concord_mesh_ca::SeedShare::from_bytes(&req.share).map_err(|e| {
-            invalid(format!(
-                "share: not a decrypted seed share ({e}); use `concord recover`"
-            ))
-        })?;
+        let share = recover_share(&req)?;
         let index = share.index;
         let optional_hash = |name: &str, bytes: &[u8]| {
             if bytes.is_empty() {
