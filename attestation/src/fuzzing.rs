@@ -96,5 +96,6 @@ pub fn atls_certificate(
     key: &rcgen::KeyPair,
     nonce: &[u8; NONCE_LEN],
 ) -> Result<Vec<u8>, crate::AttestationError> {
-    crate::atls::cert::make_certificate(issuer, key, nonce).map(|c| c.to_vec())
+    crate::atls::cert::make_certificate(issuer, key, nonce, &crate::atls::DeploymentId::UNPINNED)
+        .map(|c| c.to_vec())
 }

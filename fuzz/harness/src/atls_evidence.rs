@@ -9,8 +9,8 @@
 use concord_attestation::atls::NONCE_LEN;
 use concord_attestation::fuzzing::atls_peer_certificate;
 use concord_attestation::{
-    AcceptPolicy, AttestationError, Evidence, Measurement, Platform, PlatformTrust, Report,
-    SimulatedReference, VerifiedReport, Verifier,
+    AcceptPolicy, AttestationError, DeploymentPin, Evidence, Measurement, Platform, PlatformTrust,
+    Report, SimulatedReference, VerifiedReport, Verifier,
 };
 use sha2::{Digest as _, Sha256};
 
@@ -59,5 +59,9 @@ impl AcceptPolicy for Accepting {
             insecure_simulated_root: root,
         })
         .verify(evidence, &reference, expected_report_data, &|_| true, now)
+    }
+
+    fn deployment_pin(&self) -> DeploymentPin {
+        DeploymentPin::Any
     }
 }

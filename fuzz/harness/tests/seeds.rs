@@ -291,6 +291,7 @@ fn requests(
         pb::RecoverRequest {
             share: share.to_bytes().to_vec(),
             force: true,
+            ..Default::default()
         }
         .encode_to_vec()
     });
@@ -298,7 +299,7 @@ fn requests(
     let members: BTreeMap<u64, String> = [(1, "10.0.0.1:7778".into()), (2, "c-2:7778".into())]
         .into_iter()
         .collect();
-    let message = concord_coordinator::history::format::members_message(&Hash::ZERO, &members);
+    let message = concord_coordinator::history::format::members_message(&Hash::ZERO, 0, &members);
     let signature = ed25519_dalek::Signer::sign(&d.owner, &message);
     put("set-members", "user.SetMembers", &|| {
         pb::SetMembersRequest {
@@ -311,6 +312,7 @@ fn requests(
                 .collect(),
             owner_key: d.owner.verifying_key().to_bytes().to_vec(),
             owner_signature: signature.to_bytes().to_vec(),
+            membership_index: 0,
         }
         .encode_to_vec()
     });
@@ -371,6 +373,7 @@ fn requests(
                 peer_address: "c-3:7778".into(),
             }),
             forwarded: true,
+            nonce: vec![7; 32],
         }
         .encode_to_vec()
     });
