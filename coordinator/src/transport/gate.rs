@@ -6,9 +6,10 @@
 //! call on SEV-SNP). Pure bookkeeping with the time as an argument: no sockets, no clocks, no logs.
 //!
 //! A source is an IPv4 address, or the /64 prefix of an IPv6 address (one host usually holds a whole
-//! /64). When the handshakes in flight reach the total, the oldest one is evicted rather than the new
-//! one refused: a legitimate client finishes its handshake in milliseconds, so the oldest is almost
-//! always a socket that opened and said nothing (DESIGN's "availability only" adversary holding slots).
+//! /64). When the handshakes in flight reach the total, the oldest handshake of the source holding the
+//! most is evicted rather than the new one refused: the sources share the slots, so sockets that open
+//! and say nothing (DESIGN's "availability only" adversary holding slots) from a few sources evict each
+//! other, and a source with one handshake in flight keeps it.
 //! Likewise, when the connections reach the total, the established connection that has been idle the
 //! longest (at least [`MIN_IDLE_TO_EVICT`]) is closed for the new one: a flood of idle connections
 //! from many sources cannot lock legitimate clients out until the idle timeout.
@@ -189,6 +190,28 @@ impl State {
         }
     }
 
+    /// Drops the oldest handshake of the source holding the most: sources share the slots, so a few
+    /// sources flooding them evict each other, not a source with one handshake in flight.
+    fn evict_handshake(&mut self) {
+        let busiest = self
+            .sources
+            .iter()
+            .max_by_key(|(_, st)| st.handshakes)
+            .map(|(source, _)| *source);
+        let victim = self
+            .handshakes
+            .iter()
+            .find(|(_, (source, _))| Some(*source) == busiest)
+            .or_else(|| self.handshakes.iter().next())
+            .map(|(id, _)| *id);
+        if let Some((source, evicted)) = victim.and_then(|id| self.handshakes.remove(&id)) {
+            if let Some(st) = self.sources.get_mut(&source) {
+                st.handshakes = st.handshakes.saturating_sub(1);
+            }
+            evicted.notify_one();
+        }
+    }
+
     /// Closes the established connection idle the longest, if idle at least [`MIN_IDLE_TO_EVICT`].
     fn evict_idlest(&mut self, now: Instant, epoch: Instant) -> bool {
         let now_ms = ms_since(epoch, now);
@@ -329,12 +352,7 @@ impl Gate {
         s.bucket.tokens -= 1.0;
         s.connections += 1;
         if s.handshakes.len() >= l.max_handshakes {
-            if let Some((_, (old_source, evicted))) = s.handshakes.pop_first() {
-                if let Some(old) = s.sources.get_mut(&old_source) {
-                    old.handshakes = old.handshakes.saturating_sub(1);
-                }
-                evicted.notify_one();
-            }
+            s.evict_handshake();
         }
         let id = s.next;
         s.next += 1;
@@ -447,17 +465,21 @@ mod tests {
     }
 
     #[test]
-    fn the_oldest_handshake_is_evicted_when_all_are_taken() {
+    fn the_busiest_sources_oldest_handshake_is_evicted_when_all_are_taken() {
         let t0 = Instant::now();
         let g = Gate::new(limits(), t0);
-        let held: Vec<_> = (1..=4).map(|i| g.admit(ip(i), t0).unwrap()).collect();
+        // Source 1 first, then two from source 2, then source 3 (4 in flight at most).
+        let held: Vec<_> = [1, 2, 2, 3]
+            .iter()
+            .map(|i| g.admit(ip(*i), t0).unwrap())
+            .collect();
         assert_eq!(g.counts(), (4, 4));
         let (_c, _h) = g.admit(ip(9), t0).unwrap();
         assert_eq!(g.counts(), (5, 4), "the newest got a slot");
-        // The first one was told to go, and its drop does not release a second slot.
-        let first = &held[0].1;
-        let told = futures_now(first.evicted());
-        assert!(told, "the oldest handshake is evicted");
+        // The oldest of the busiest source (2) was told to go, not source 1's older one.
+        let told: Vec<bool> = held.iter().map(|(_, h)| futures_now(h.evicted())).collect();
+        assert_eq!(told, [false, true, false, false]);
+        // Its drop does not release a second slot.
         drop(held);
         assert_eq!(g.counts(), (1, 1));
     }
