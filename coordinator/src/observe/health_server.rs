@@ -55,10 +55,10 @@ impl Slots {
     /// Takes a slot for a new connection, closing the oldest if all are taken.
     fn take(slots: &Arc<Mutex<Slots>>) -> Slot {
         let mut s = slots.lock().unwrap_or_else(PoisonError::into_inner);
-        if s.open.len() >= MAX_CONNECTIONS {
-            if let Some((_, oldest)) = s.open.pop_first() {
-                oldest.notify_one();
-            }
+        if s.open.len() >= MAX_CONNECTIONS
+            && let Some((_, oldest)) = s.open.pop_first()
+        {
+            oldest.notify_one();
         }
         let id = s.next;
         s.next += 1;

@@ -386,10 +386,10 @@ impl Drop for HandshakeTicket {
     fn drop(&mut self) {
         let mut s = self.gate.lock();
         // Absent if it was evicted: the eviction already released its slot.
-        if let Some((source, _)) = s.handshakes.remove(&self.id) {
-            if let Some(st) = s.sources.get_mut(&source) {
-                st.handshakes = st.handshakes.saturating_sub(1);
-            }
+        if let Some((source, _)) = s.handshakes.remove(&self.id)
+            && let Some(st) = s.sources.get_mut(&source)
+        {
+            st.handshakes = st.handshakes.saturating_sub(1);
         }
     }
 }
