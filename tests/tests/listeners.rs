@@ -375,6 +375,82 @@ async fn t9_10a_1500_idle_sockets_on_the_user_api_do_not_starve_a_legitimate_cal
 }
 
 // ---------------------------------------------------------------------------------------------
+// 9.10 (c): the same layer on the mesh (7777) and peer (7778) ports.
+
+/// Opens `n` silent sockets from one source to `to`; returns how many the server closed within 1 s
+/// and within 8 s (the gate refuses excess at once; the rest meet the 5 s handshake deadline).
+async fn silent_sockets_closed(to: SocketAddr, n: usize) -> (usize, usize) {
+    let mut socks = Vec::new();
+    for _ in 0..n {
+        socks.push(connect_from(attacker(20), to).await.unwrap());
+    }
+    let start = Instant::now();
+    let mut closed_at = vec![None; n];
+    while start.elapsed() < Duration::from_secs(8) && closed_at.iter().any(Option::is_none) {
+        for (i, s) in socks.iter_mut().enumerate() {
+            if closed_at[i].is_some() {
+                continue;
+            }
+            let mut b = [0u8; 1];
+            if let Ok(Ok(0) | Err(_)) =
+                tokio::time::timeout(Duration::from_millis(1), s.read(&mut b)).await
+            {
+                closed_at[i] = Some(start.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let within = |d: Duration| {
+        closed_at
+            .iter()
+            .filter(|c| c.is_some_and(|t| t <= d))
+            .count()
+    };
+    (
+        within(Duration::from_secs(1)),
+        within(Duration::from_secs(8)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t9_10c_the_same_limits_hold_on_the_mesh_and_peer_ports() {
+    let env = Env::new();
+    let c = env.start_coordinator("c1");
+    let set = env.set(&c, "manifest-v1.json", &[]);
+    assert!(set.status.success(), "{}", describe(&set));
+    for (port, addr) in [("mesh", c.mesh_addr), ("peer", c.peer_addr)] {
+        let (fast, all) = silent_sockets_closed(addr, 300).await;
+        eprintln!(
+            "{port}: of 300 silent sockets from one source, {fast} closed within 1 s, {all} within 8 s"
+        );
+        // 16 handshakes in flight per source: the rest are closed at once, those 16 at the deadline.
+        assert!(fast >= 300 - 16, "{port}: {fast} closed at once");
+        assert_eq!(
+            all, 300,
+            "{port}: every silent socket is closed by the handshake deadline"
+        );
+    }
+    // A workload is served on 7777 while another source holds it full of silent sockets.
+    let mut idle = Vec::new();
+    for i in 0..600usize {
+        idle.push(
+            connect_from(attacker(21 + (i % 6) as u8), c.mesh_addr)
+                .await
+                .unwrap(),
+        );
+    }
+    let start = Instant::now();
+    let mut mesh = env.mesh_client(&c, &env.d.workload_policy).await.unwrap();
+    mesh.new_mesh_cert(pb::NewMeshCertRequest::default())
+        .await
+        .expect("a workload gets its certificate");
+    let took = start.elapsed();
+    eprintln!("NewMeshCert with 600 silent sockets held on 7777: {took:?}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    drop(idle);
+}
+
+// ---------------------------------------------------------------------------------------------
 // 9.10 (b): a flood of handshakes, completed and abandoned, keeps the replica under the chart's limit.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
