@@ -230,25 +230,41 @@ pub async fn run(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let user = tonic::transport::Server::builder()
+    // Every port's limits come from one place (transport::ListenerLimits); docs/THREAT_MODEL.md says
+    // what an unauthenticated caller can cost on each.
+    let limits = |api: &str| crate::transport::ListenerLimits::for_api(api);
+    let (user_limits, mesh_limits, peer_limits) = (limits("user"), limits("mesh"), limits("peer"));
+    let user = user_limits
+        .server()
         .layer(RpcTimingLayer)
-        .add_service(UserApiServer::new(UserService::new(node.clone())))
+        .add_service(
+            UserApiServer::new(UserService::new(node.clone()))
+                .max_decoding_message_size(user_limits.max_message_bytes),
+        )
         .serve_with_incoming_shutdown(
-            crate::transport::incoming(user_listener, user_acceptor, "user"),
+            crate::transport::incoming(user_listener, user_acceptor, "user", &user_limits),
             stopped(stop_rx.clone()),
         );
-    let mesh = tonic::transport::Server::builder()
+    let mesh = mesh_limits
+        .server()
         .layer(RpcTimingLayer)
-        .add_service(MeshApiServer::new(MeshService::new(replica)))
+        .add_service(
+            MeshApiServer::new(MeshService::new(replica))
+                .max_decoding_message_size(mesh_limits.max_message_bytes),
+        )
         .serve_with_incoming_shutdown(
-            crate::transport::incoming(mesh_listener, mesh_acceptor, "mesh"),
+            crate::transport::incoming(mesh_listener, mesh_acceptor, "mesh", &mesh_limits),
             stopped(stop_rx.clone()),
         );
-    let peer = tonic::transport::Server::builder()
+    let peer = peer_limits
+        .server()
         .layer(RpcTimingLayer)
-        .add_service(PeerApiServer::new(PeerService::new(node)))
+        .add_service(
+            PeerApiServer::new(PeerService::new(node))
+                .max_decoding_message_size(peer_limits.max_message_bytes),
+        )
         .serve_with_incoming_shutdown(
-            crate::transport::incoming(peer_listener, peer_acceptor, "peer"),
+            crate::transport::incoming(peer_listener, peer_acceptor, "peer", &peer_limits),
             stopped(stop_rx),
         );
     tokio::try_join!(user, mesh, peer)?;

@@ -71,10 +71,15 @@ pub async fn connect(
     let outcome = slot.lock().ok().and_then(|mut s| s.take());
     match (channel, outcome) {
         (Ok(channel), Some(Ok(peer))) => Ok((channel, peer)),
-        (_, Some(Err(source))) => Err(ConnectError::Attestation {
-            addr: addr.to_string(),
-            source,
-        }),
+        // Exit 3 and the metric are for evidence that was received and refused; a reset, a stall
+        // or a peer that does not speak aTLS is an outage.
+        (_, Some(Err(source))) if source.is_verdict_on_evidence() => {
+            Err(ConnectError::Attestation {
+                addr: addr.to_string(),
+                source,
+            })
+        }
+        (_, Some(Err(source))) => Err(unavailable(source.to_string())),
         (Err(e), _) => Err(unavailable(error_chain(&e))),
         (Ok(_), None) => Err(unavailable("the connection produced no handshake".into())),
     }
