@@ -59,9 +59,91 @@ impl std::error::Error for CliError {}
 
 pub type CliResult<T = ()> = Result<T, CliError>;
 
-/// Reads a file, with an error that names it.
-pub fn read_file(path: &std::path::Path) -> CliResult<Vec<u8>> {
-    std::fs::read(path).map_err(|e| CliError::error(format!("cannot read {}: {e}", path.display())))
+/// The most a command reads of one input file, by kind (README.md, "Input limits"). Every file
+/// `concord` and `concord-initializer` read goes through [`read_file`] with one of these, so a huge
+/// file, `/dev/zero` or a FIFO cannot exhaust memory or hang a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit(pub u64);
+
+impl Limit {
+    /// A manifest (the coordinator's own limit for a whole SetManifest request is 4 MiB).
+    pub const MANIFEST: Limit = Limit(4 << 20);
+    /// A policy document.
+    pub const POLICY: Limit = Limit(4 << 20);
+    /// An audit bundle (`history.json`): about 2 KB per transition, so room for 100,000 of them.
+    pub const BUNDLE: Limit = Limit(256 << 20);
+    /// A seed share file (about 500 bytes).
+    pub const SHARE: Limit = Limit(64 << 10);
+    /// A key file (an owner's PKCS#8 PEM, a share owner's hex key).
+    pub const KEY: Limit = Limit(64 << 10);
+    /// A signature or a message to sign (tens of bytes).
+    pub const SIGNATURE: Limit = Limit(64 << 10);
+    /// An SEV-SNP report (1184 bytes), a certificate file (a VCEK with its chain), a reference entry.
+    pub const ATTESTATION: Limit = Limit(256 << 10);
+}
+
+/// Reads a regular file of at most `limit` bytes, with an error that names it. Refuses anything
+/// else before reading: a FIFO, a device such as `/dev/zero` (also through a symlink), a directory.
+pub fn read_file(path: &std::path::Path, limit: Limit) -> CliResult<Vec<u8>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let fail = |e: std::io::Error| CliError::error(format!("cannot read {}: {e}", path.display()));
+    let not_regular = |kind: std::fs::FileType| {
+        CliError::error(format!(
+            "{} is not a regular file ({}); give the path of a file",
+            path.display(),
+            describe_kind(kind)
+        ))
+    };
+    let too_big = |n: u64| {
+        CliError::error(format!(
+            "{} is {n} bytes, more than the {} this command accepts",
+            path.display(),
+            limit.0
+        ))
+    };
+    // stat first: opening a FIFO for reading would wait for a writer.
+    let meta = std::fs::metadata(path).map_err(fail)?;
+    if !meta.is_file() {
+        return Err(not_regular(meta.file_type()));
+    }
+    if meta.len() > limit.0 {
+        return Err(too_big(meta.len()));
+    }
+    // Non-blocking, and checked again on the open file: the path may have changed since the stat.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(fail)?;
+    let meta = file.metadata().map_err(fail)?;
+    if !meta.is_file() {
+        return Err(not_regular(meta.file_type()));
+    }
+    let mut bytes = Vec::new();
+    file.take(limit.0 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(fail)?;
+    if bytes.len() as u64 > limit.0 {
+        // It grew while being read.
+        return Err(too_big(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
+fn describe_kind(kind: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt as _;
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "not a file"
+    }
 }
 
 /// Writes a file, creating its directory, with an error that names it. `secret` files get mode 0600.

@@ -219,7 +219,7 @@ pub async fn run(
     };
     let user = tonic::transport::Server::builder()
         .layer(RpcTimingLayer)
-        .add_service(UserApiServer::new(UserService::new(node.clone())))
+        .add_service(UserApiServer::new(UserService::new(node.clone())?))
         .serve_with_incoming_shutdown(
             crate::transport::incoming(user_listener, user_acceptor, "user"),
             stopped(stop_rx.clone()),

@@ -535,12 +535,15 @@ async fn verify_and_audit(
         file: ctx.dir.join("verify/history.json"),
         since: since.map(|h| h.to_hex()),
         insecure_simulated_root: Some(ctx.root_hex.to_string()),
+        signing_key: None,
+        deployment: None,
     })
 }
 
 fn tamper_and_audit(ctx: &Ctx<'_>) -> CliResult {
     let mut bundle: serde_json::Value = serde_json::from_slice(&crate::exit::read_file(
         &ctx.dir.join("verify/history.json"),
+        crate::exit::Limit::BUNDLE,
     )?)
     .map_err(|e| CliError::error(format!("cannot read the bundle back: {e}")))?;
     let tampered = tamper_first_manifest(&mut bundle)?;
@@ -550,6 +553,8 @@ fn tamper_and_audit(ctx: &Ctx<'_>) -> CliResult {
         file: tampered_path.clone(),
         since: None,
         insecure_simulated_root: Some(ctx.root_hex.to_string()),
+        signing_key: None,
+        deployment: None,
     }) {
         Err(e) if e.failure == crate::exit::Failure::Verification => {
             eprintln!("    caught, as it must be (exit code 3): {e}");

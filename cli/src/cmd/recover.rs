@@ -5,11 +5,11 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use concord_mesh_ca::{EncryptedShare, decrypt_share};
+use concord_mesh_ca::{EncryptedShare, decrypt_share, seal_submission};
 use concord_proto::v1 as pb;
 use serde::Deserialize;
 
-use crate::exit::{CliError, CliResult, read_file};
+use crate::exit::{CliError, CliResult, Limit, read_file};
 use crate::{keys, remote};
 
 #[derive(Debug, Args)]
@@ -39,7 +39,7 @@ struct ShareFile {
 
 fn read_share(path: &std::path::Path) -> CliResult<EncryptedShare> {
     let bad = |what: String| CliError::error(format!("{}: {what}", path.display()));
-    let f: ShareFile = serde_json::from_slice(&read_file(path)?)
+    let f: ShareFile = serde_json::from_slice(&read_file(path, Limit::SHARE)?)
         .map_err(|e| bad(format!("not a seed share file: {e}")))?;
     if f.format != "concord-seed-share-v1" {
         return Err(bad(format!(
@@ -73,10 +73,32 @@ pub async fn run(args: Recover) -> CliResult {
     let share = decrypt_share(&key, &encrypted)
         .map_err(|e| CliError::error(format!("cannot decrypt {}: {e}", args.share.display())))?;
     let mut client = args.target.connect().await?.client;
+    // The share goes out sealed by this owner's key to the key the attested coordinator process
+    // made at its start (HPKE Auth mode), so the coordinator knows the share is this owner's and
+    // nobody else can have it taken for one.
+    let recovery_key = client
+        .get_recovery_key(pb::GetRecoveryKeyRequest {})
+        .await
+        .map_err(|s| remote::status_error("GetRecoveryKey", s))?
+        .into_inner()
+        .recovery_key;
+    let recovery_key = <[u8; 32]>::try_from(recovery_key.as_slice()).map_err(|_| {
+        CliError::error(format!(
+            "the coordinator's recovery key is {} bytes, an X25519 key is 32",
+            recovery_key.len()
+        ))
+    })?;
+    let sealed = seal_submission(&key, &recovery_key, &share)
+        .map_err(|e| CliError::error(format!("cannot seal the share: {e}")))?;
     let progress = client
         .recover(pb::RecoverRequest {
-            share: share.to_bytes().to_vec(),
+            legacy_plaintext_share: Vec::new(),
             force: args.force,
+            sealed: Some(pb::SealedShare {
+                owner_public_key: sealed.owner_public_key.to_vec(),
+                encapsulated_key: sealed.encapsulated_key,
+                ciphertext: sealed.ciphertext,
+            }),
         })
         .await
         .map_err(|s| remote::status_error("Recover", s))?

@@ -9,7 +9,7 @@ use clap::Args;
 use concord_coordinator::Hash;
 use concord_coordinator::history::format;
 
-use crate::exit::{CliError, CliResult, read_file, write_file};
+use crate::exit::{CliError, CliResult, Limit, read_file, write_file};
 use crate::keys;
 
 #[derive(Debug, Args)]
@@ -43,7 +43,7 @@ pub fn run(args: Sign) -> CliResult {
                 "--prepare needs --manifest, --expect-latest and --out",
             ));
         };
-        let bytes = read_file(&manifest)?;
+        let bytes = read_file(&manifest, Limit::MANIFEST)?;
         crate::remote::read_manifest(&manifest)?;
         let previous = Hash::from_hex(&latest)
             .map_err(|e| CliError::usage(format!("--expect-latest: {e}")))?;
@@ -63,7 +63,7 @@ pub fn run(args: Sign) -> CliResult {
             "give --prepare, or --message FILE with --owner-key FILE",
         ));
     };
-    let msg = read_file(&message)?;
+    let msg = read_file(&message, Limit::SIGNATURE)?;
     if !msg.starts_with(format::SET_MANIFEST_LABEL)
         || msg.len() != format::SET_MANIFEST_LABEL.len() + 32
     {

@@ -8,6 +8,7 @@ mod mesh;
 pub mod node;
 mod peer;
 mod peer_policy;
+mod refusals;
 pub mod replica;
 mod status;
 mod user;

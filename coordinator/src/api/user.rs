@@ -2,12 +2,15 @@
 
 use std::sync::Arc;
 
+use concord_mesh_ca::{RecoveryKey, ShareSubmission};
 use concord_proto::v1 as pb;
 use ed25519_dalek::{Signature, VerifyingKey};
 use tonic::{Request, Response, Status};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
+use zeroize::Zeroize as _;
 
 use super::node::Node;
+use super::refusals::RefusalLimiter;
 use super::replica::Replica;
 use super::status::to_status;
 use crate::error::CoordinatorError;
@@ -21,13 +24,46 @@ use crate::store::Store;
 pub struct UserService<S> {
     node: Arc<Node<S>>,
     replica: Arc<Replica<S>>,
+    /// This process's key for seed share submissions: random, in memory only, new at every start.
+    recovery_key: RecoveryKey,
+    /// Refused `Recover` calls per source address.
+    refusals: RefusalLimiter,
 }
 
 impl<S: Store> UserService<S> {
-    pub fn new(node: Arc<Node<S>>) -> UserService<S> {
+    /// Fails only if the OS CSPRNG fails (the recovery key is drawn here).
+    pub fn new(node: Arc<Node<S>>) -> Result<UserService<S>, concord_mesh_ca::MeshCaError> {
         let replica = node.replica.clone();
-        UserService { node, replica }
+        Ok(UserService {
+            node,
+            replica,
+            recovery_key: RecoveryKey::generate()?,
+            refusals: RefusalLimiter::new(),
+        })
     }
+}
+
+/// The sealed share of a `Recover` request. A request with a plaintext share (an older `concord`)
+/// is refused, and the share is wiped at once.
+fn decode_submission(req: &mut pb::RecoverRequest) -> Result<ShareSubmission, Status> {
+    if !req.legacy_plaintext_share.is_empty() {
+        req.legacy_plaintext_share.zeroize();
+        return Err(invalid(
+            "the share was sent in plaintext, which does not prove which owner sent it: this concord \
+             is older than the coordinator. Update concord and run `concord recover` again (share \
+             files and keys stay valid)",
+        ));
+    }
+    let sealed = req.sealed.as_ref().ok_or_else(|| {
+        invalid("sealed: missing; run `concord recover` with your share file and key")
+    })?;
+    let owner_public_key = <[u8; 32]>::try_from(sealed.owner_public_key.as_slice())
+        .map_err(|_| invalid("sealed.owner_public_key: an X25519 public key is 32 bytes"))?;
+    Ok(ShareSubmission {
+        owner_public_key,
+        encapsulated_key: sealed.encapsulated_key.clone(),
+        ciphertext: sealed.ciphertext.clone(),
+    })
 }
 
 fn invalid(msg: impl Into<String>) -> Status {
@@ -169,17 +205,32 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
         &self,
         request: Request<pb::RecoverRequest>,
     ) -> Result<Response<pb::RecoverResponse>, Status> {
-        let req = request.into_inner();
-        // The share is secret: it is never logged, and dropped (zeroized) with the request.
-        let share = concord_mesh_ca::SeedShare::from_bytes(&req.share).map_err(|e| {
-            invalid(format!(
-                "share: not a decrypted seed share ({e}); use `concord recover`"
-            ))
-        })?;
-        let index = share.index;
-        let result = self.node.recover_with_share(share, req.force).await;
+        let source = request
+            .extensions()
+            .get::<crate::transport::PeerInfo>()
+            .map(|p| p.remote.ip());
+        if let Some(ip) = source
+            && let Err(wait) = self.refusals.admits(ip, std::time::Instant::now())
+        {
+            debug!(rpc = "Recover", %ip, "throttled");
+            return Err(Status::resource_exhausted(format!(
+                "too many refused seed share submissions from {ip}; wait {} s and try again",
+                wait.as_secs().max(1)
+            )));
+        }
+        let mut req = request.into_inner();
+        // The share inside is sealed to this process's recovery key; the plaintext lives only in
+        // the core's zeroizing types.
+        let result = match decode_submission(&mut req) {
+            Ok(sub) => {
+                self.node
+                    .recover_with_submission(&self.recovery_key, &sub, req.force)
+                    .await
+            }
+            Err(status) => Err(status),
+        };
         match result {
-            Ok(p) => {
+            Ok((index, p)) => {
                 info!(
                     rpc = "Recover",
                     share_index = index,
@@ -195,10 +246,28 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
                 }))
             }
             Err(status) => {
-                warn!(rpc = "Recover", share_index = index, code = ?status.code(), error = status.message(), "rejected");
+                // Bad input and failed authentication count against the source; "nothing to
+                // recover" or "a peer is ready" (what owners meet in normal operation) do not.
+                if matches!(
+                    status.code(),
+                    tonic::Code::InvalidArgument | tonic::Code::PermissionDenied
+                ) && let Some(ip) = source
+                {
+                    self.refusals.charge(ip, std::time::Instant::now());
+                }
+                warn!(rpc = "Recover", code = ?status.code(), error = status.message(), "rejected");
                 Err(status)
             }
         }
+    }
+
+    async fn get_recovery_key(
+        &self,
+        _request: Request<pb::GetRecoveryKeyRequest>,
+    ) -> Result<Response<pb::GetRecoveryKeyResponse>, Status> {
+        Ok(Response::new(pb::GetRecoveryKeyResponse {
+            recovery_key: self.recovery_key.public_key().to_vec(),
+        }))
     }
 
     async fn get_status(

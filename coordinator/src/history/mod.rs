@@ -9,7 +9,9 @@ mod chain;
 pub mod format;
 mod ledger;
 mod transition;
+mod unique_keys;
 
 pub use chain::{ChainError, VerifiedChain, verify_chain};
 pub use ledger::{Ledger, LedgerError, LoadedHistory, MeshCerts, NewTransition};
 pub use transition::{OwnerAuthorization, Transition};
+pub use unique_keys::check_unique_keys;

@@ -14,7 +14,7 @@ pub use coordinator::{
     SetRequest,
 };
 pub use peer::{PeerAcceptance, PeerSecrets};
-pub use recovery::{RecoverProgress, RecoveredSecrets, ShareOutcome};
+pub use recovery::{AuthenticatedShare, RecoverProgress, RecoveredSecrets, ShareOutcome};
 
 #[cfg(test)]
 mod tests;

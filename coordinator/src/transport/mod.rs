@@ -6,5 +6,5 @@
 mod client;
 mod server;
 
-pub use client::{ConnectError, connect};
+pub use client::{ConnectError, connect, connect_from};
 pub use server::{AtlsIo, PeerInfo, attested_peer, incoming};
