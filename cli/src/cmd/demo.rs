@@ -423,7 +423,7 @@ async fn scenario(s: &mut Steps, ctx: &Ctx<'_>, cluster: &mut Cluster) -> CliRes
     }
     cluster.show().await;
 
-    s.step("user recovery: seed share owners 0 and 2 each decrypt their own share and submit it to replica 0");
+    s.step("user recovery: seed share owners 0 and 2 each decrypt their own share and submit it to replica 0, sealed with their own key (so no one else can pass a share off as theirs)");
     for i in [0, 2] {
         recover::run(recover::Recover {
             share: ctx.dir.join(format!("seed-shares/seed-share-{i}.json")),
