@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use std::net::IpAddr;
 
-use concord_mesh_ca::{Salt, SeedShare, ShareOwnerKeyPair, seal_submission};
+use concord_mesh_ca::{
+    EncryptedShare, Salt, SeedShare, ShareOwnerKeyPair, decrypt_share, seal_submission,
+};
 use concord_proto::v1 as pb;
 use concord_tests::{Env, describe, stdout_line};
 use zeroize::Zeroizing;
@@ -116,6 +118,32 @@ async fn t96_a_forged_share_loop_cannot_block_user_recovery() {
         .await
         .expect("the attacker's address is throttled within 60 s")
         .expect("the attacker announces it");
+
+    // A real owner's share sent the way an older `concord` did (plaintext): refused, with the fix.
+    let file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.path("shares/seed-share-0.json")).unwrap())
+            .unwrap();
+    let field = |name: &str| hex::decode(file[name].as_str().unwrap()).unwrap();
+    let encrypted = EncryptedShare {
+        owner_public_key: field("owner_public_key").try_into().unwrap(),
+        encapsulated_key: field("encapsulated_key"),
+        ciphertext: field("ciphertext"),
+    };
+    let real = decrypt_share(&env.d.share_owners[0], &encrypted).unwrap();
+    let legacy = env
+        .user_client_from(&c, IpAddr::from([127, 0, 0, 3]))
+        .await
+        .recover(pb::RecoverRequest {
+            legacy_plaintext_share: real.to_bytes().to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(legacy.code(), tonic::Code::InvalidArgument, "{legacy:?}");
+    assert!(
+        legacy.message().contains("older than the coordinator"),
+        "{legacy:?}"
+    );
 
     let started = Instant::now();
     for owner in [0, 1] {
