@@ -83,67 +83,10 @@ impl Limit {
 }
 
 /// Reads a regular file of at most `limit` bytes, with an error that names it. Refuses anything
-/// else before reading: a FIFO, a device such as `/dev/zero` (also through a symlink), a directory.
+/// else before reading: a FIFO, a device such as `/dev/zero` (also through a symlink), a directory
+/// (`concord_coordinator::input_file`, which the launch flags' files go through too).
 pub fn read_file(path: &std::path::Path, limit: Limit) -> CliResult<Vec<u8>> {
-    use std::io::Read as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let fail = |e: std::io::Error| CliError::error(format!("cannot read {}: {e}", path.display()));
-    let not_regular = |kind: std::fs::FileType| {
-        CliError::error(format!(
-            "{} is not a regular file ({}); give the path of a file",
-            path.display(),
-            describe_kind(kind)
-        ))
-    };
-    let too_big = |n: u64| {
-        CliError::error(format!(
-            "{} is {n} bytes, more than the {} this command accepts",
-            path.display(),
-            limit.0
-        ))
-    };
-    // stat first: opening a FIFO for reading would wait for a writer.
-    let meta = std::fs::metadata(path).map_err(fail)?;
-    if !meta.is_file() {
-        return Err(not_regular(meta.file_type()));
-    }
-    if meta.len() > limit.0 {
-        return Err(too_big(meta.len()));
-    }
-    // Non-blocking, and checked again on the open file: the path may have changed since the stat.
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(fail)?;
-    let meta = file.metadata().map_err(fail)?;
-    if !meta.is_file() {
-        return Err(not_regular(meta.file_type()));
-    }
-    let mut bytes = Vec::new();
-    file.take(limit.0 + 1)
-        .read_to_end(&mut bytes)
-        .map_err(fail)?;
-    if bytes.len() as u64 > limit.0 {
-        // It grew while being read.
-        return Err(too_big(bytes.len() as u64));
-    }
-    Ok(bytes)
-}
-
-fn describe_kind(kind: std::fs::FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt as _;
-    if kind.is_dir() {
-        "a directory"
-    } else if kind.is_fifo() {
-        "a FIFO"
-    } else if kind.is_char_device() || kind.is_block_device() {
-        "a device"
-    } else if kind.is_socket() {
-        "a socket"
-    } else {
-        "not a file"
-    }
+    concord_coordinator::input_file::read_input_file(path, limit.0).map_err(CliError::error)
 }
 
 /// Writes a file, creating its directory, with an error that names it. `secret` files get mode 0600.

@@ -13,6 +13,7 @@ pub mod api;
 pub mod error;
 pub mod hash;
 pub mod history;
+pub mod input_file;
 pub mod launch;
 pub mod manifest;
 pub mod observe;

@@ -168,6 +168,28 @@ fn t913_dev_zero_and_fifos_as_inputs_fail_fast_and_clearly() {
             "{}",
             describe(&out)
         );
+        // The initializer's (and coordinator's) --simulated-policy.
+        let mut flags = env.flags("web.policy");
+        flags.policy = env.path(input);
+        let mut args = vec![
+            "--coordinator".to_string(),
+            unreachable.to_string(),
+            "--root".to_string(),
+            env.path("workload").display().to_string(),
+            "--manifest".to_string(),
+            "manifest-v1.json".to_string(),
+            "--timeout".to_string(),
+            "1".to_string(),
+        ];
+        args.extend(flags.args());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = run_quickly(&env, "concord-initializer", &args);
+        assert_ne!(out.status.code(), Some(0), "{}", describe(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("is not a regular file"),
+            "{}",
+            describe(&out)
+        );
     }
 }
 
