@@ -147,10 +147,12 @@ async fn t96_a_forged_share_loop_cannot_block_user_recovery() {
 
     let started = Instant::now();
     for owner in [0, 1] {
-        let (env, c) = (env.clone(), c.clone());
-        let out = tokio::task::spawn_blocking(move || env.recover(&c, owner, &[]))
-            .await
-            .unwrap();
+        let (env, c, latest) = (env.clone(), c.clone(), first.clone());
+        let out = tokio::task::spawn_blocking(move || {
+            env.recover(&c, owner, &["--expect-latest", &latest])
+        })
+        .await
+        .unwrap();
         assert!(
             out.status.success(),
             "owner {owner} was refused while a forged share loop runs: {}",

@@ -101,6 +101,7 @@ fn t913_dev_zero_and_fifos_as_inputs_fail_fast_and_clearly() {
                 "-c",
                 unreachable,
                 "--insecure-simulated-attestation",
+                "--accept-unverified-latest",
             ],
         );
         refused_with(&out, &expected);
@@ -127,6 +128,7 @@ fn t913_dev_zero_and_fifos_as_inputs_fail_fast_and_clearly() {
                 "-c",
                 unreachable,
                 "--insecure-simulated-attestation",
+                "--accept-unverified-latest",
             ],
         );
         refused_with(&out, &expected);
@@ -229,6 +231,7 @@ fn t913_an_oversized_file_is_refused_before_it_is_read() {
             "-c",
             "127.0.0.1:1",
             "--insecure-simulated-attestation",
+            "--accept-unverified-latest",
         ],
     );
     refused_with(&out, "big.json is 5242880 bytes, more than the 65536");

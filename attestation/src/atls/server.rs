@@ -16,8 +16,8 @@ use tokio_rustls::LazyConfigAcceptor;
 
 use super::peer::{PeerSlot, refuse_tls12};
 use super::{
-    ALPN_H2, AcceptPolicy, HANDSHAKE_TIMEOUT, NONCE_LEN, VerifiedPeer, cert, load_signing_key,
-    nonce, provider,
+    ALPN_H2, AcceptPolicy, DeploymentSource, HANDSHAKE_TIMEOUT, NONCE_LEN, VerifiedPeer, cert,
+    load_signing_key, nonce, provider,
 };
 use crate::error::AttestationError;
 use crate::issuer::EvidenceIssuer;
@@ -36,17 +36,19 @@ pub enum ClientAuth {
 pub struct AtlsAcceptor {
     issuer: Arc<dyn EvidenceIssuer>,
     key: Arc<KeyPair>,
+    deployment: Arc<dyn DeploymentSource>,
     signing_key: Arc<dyn rustls::sign::SigningKey>,
     client_auth: ClientAuth,
     provider: Arc<CryptoProvider>,
 }
 
 impl AtlsAcceptor {
-    /// A server attesting with `issuer` for the TLS key `key`. Fails if the key is not usable
-    /// for TLS.
+    /// A server attesting with `issuer` for the TLS key `key`, naming (and binding) the deployment
+    /// `deployment` gives at each handshake. Fails if the key is not usable for TLS.
     pub fn new(
         issuer: Arc<dyn EvidenceIssuer>,
         key: Arc<KeyPair>,
+        deployment: Arc<dyn DeploymentSource>,
         client_auth: ClientAuth,
     ) -> Result<Self, AttestationError> {
         let provider = provider();
@@ -54,6 +56,7 @@ impl AtlsAcceptor {
         Ok(Self {
             issuer,
             key,
+            deployment,
             signing_key,
             client_auth,
             provider,
@@ -96,7 +99,12 @@ impl AtlsAcceptor {
                 _ => AttestationError::Handshake(format!("reading the ClientHello: {e}")),
             })?;
         let client_nonce = nonce::from_alpn(start.client_hello().alpn().into_iter().flatten())?;
-        let certificate = cert::make_certificate(&*self.issuer, &self.key, &client_nonce)?;
+        let certificate = cert::make_certificate(
+            &*self.issuer,
+            &self.key,
+            &client_nonce,
+            &self.deployment.deployment(),
+        )?;
 
         let slot = Arc::new(PeerSlot::default());
         let builder = ServerConfig::builder_with_provider(self.provider.clone())

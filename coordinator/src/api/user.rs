@@ -219,15 +219,29 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
             )));
         }
         let mut req = request.into_inner();
+        let optional_hash = |name: &str, bytes: &[u8]| {
+            if bytes.is_empty() {
+                Ok(None)
+            } else {
+                Hash::from_slice(bytes)
+                    .map(Some)
+                    .map_err(|e| invalid(format!("{name}: {e}")))
+            }
+        };
         // The share inside is sealed to this process's recovery key; the plaintext lives only in
         // the core's zeroizing types.
-        let result = match decode_submission(&mut req) {
-            Ok(sub) => {
+        let result = match (
+            decode_submission(&mut req),
+            optional_hash("expected_latest", &req.expected_latest),
+            optional_hash("since", &req.since),
+        ) {
+            (Ok(sub), Ok(exactly), Ok(since)) => {
+                let known = crate::state::KnownLatest { exactly, since };
                 self.node
-                    .recover_with_submission(&self.recovery_key, &sub, req.force)
+                    .recover_with_submission(&self.recovery_key, &sub, req.force, known)
                     .await
             }
-            Err(status) => Err(status),
+            (Err(status), _, _) | (_, Err(status), _) | (_, _, Err(status)) => Err(status),
         };
         match result {
             Ok((index, p)) => {
@@ -239,10 +253,17 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
                     ready = p.ready,
                     "ok"
                 );
+                let latest = self
+                    .node
+                    .replica
+                    .read()
+                    .ok()
+                    .and_then(|c| c.chain().map(|ch| transition_to_pb(ch.latest_transition())));
                 Ok(Response::new(pb::RecoverResponse {
                     shares_received: p.shares_received,
                     threshold: p.threshold,
                     ready: p.ready,
+                    latest,
                 }))
             }
             Err(status) => {
@@ -297,6 +318,7 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
                 .chain()
                 .map(|c| c.latest_hash().as_bytes().to_vec())
                 .unwrap_or_default(),
+            membership_index: crate::raft::membership_index(&metrics.membership_config),
         }))
     }
 
