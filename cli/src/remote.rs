@@ -121,7 +121,7 @@ pub fn status_error(rpc: &str, s: tonic::Status) -> CliError {
 
 /// Parses a manifest file, with the manifest's own error (which names the field).
 pub fn read_manifest(path: &std::path::Path) -> CliResult<Manifest> {
-    let bytes = crate::exit::read_file(path)?;
+    let bytes = crate::exit::read_file(path, crate::exit::Limit::MANIFEST)?;
     Manifest::parse(&bytes).map_err(|e| CliError::error(format!("{}: {e}", path.display())))
 }
 

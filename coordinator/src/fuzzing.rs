@@ -60,8 +60,8 @@ pub fn request(data: &[u8]) {
             }
         }
         3 => {
-            if let Ok(req) = pb::RecoverRequest::decode(body) {
-                let _ = user::recover_share(&req);
+            if let Ok(mut req) = pb::RecoverRequest::decode(body) {
+                let _ = user::decode_submission(&mut req);
             }
         }
         4 => drop(pb::GetStatusRequest::decode(body)),

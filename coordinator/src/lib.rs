@@ -16,6 +16,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod hash;
 pub mod history;
+pub mod input_file;
 pub mod launch;
 pub mod manifest;
 pub mod observe;

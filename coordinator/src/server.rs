@@ -238,7 +238,7 @@ pub async fn run(
         .server()
         .layer(RpcTimingLayer)
         .add_service(
-            UserApiServer::new(UserService::new(node.clone()))
+            UserApiServer::new(UserService::new(node.clone())?)
                 .max_decoding_message_size(user_limits.max_message_bytes),
         )
         .serve_with_incoming_shutdown(

@@ -8,7 +8,7 @@ use concord_coordinator::history::format;
 use concord_proto::v1 as pb;
 use ed25519_dalek::Signature;
 
-use crate::exit::{CliError, CliResult, read_file, write_file};
+use crate::exit::{CliError, CliResult, Limit, read_file, write_file};
 use crate::keys;
 use crate::remote;
 
@@ -41,7 +41,7 @@ pub(crate) fn decode_signature(s: &str) -> CliResult<Signature> {
     let bytes = match hex::decode(s.trim()) {
         Ok(b) if b.len() == 64 => b,
         _ => {
-            let raw = read_file(std::path::Path::new(s))?;
+            let raw = read_file(std::path::Path::new(s), Limit::SIGNATURE)?;
             if raw.len() == 64 {
                 raw
             } else {
@@ -60,13 +60,19 @@ pub(crate) fn decode_signature(s: &str) -> CliResult<Signature> {
 
 /// Sets the manifest; returns the latest transition hash afterwards.
 pub async fn run(args: Set) -> CliResult<Hash> {
-    let bytes = read_file(&args.target.manifest)?;
+    let bytes = read_file(&args.target.manifest, Limit::MANIFEST)?;
 
     let policies = args
         .policies
         .iter()
-        .map(|p| read_file(p))
+        .map(|p| read_file(p, Limit::POLICY))
         .collect::<CliResult<Vec<_>>>()?;
+    // Every input file is read before the coordinator is dialed: a bad one fails at once.
+    let signing_key = args
+        .owner_key
+        .as_deref()
+        .map(keys::load_owner_key)
+        .transpose()?;
     // A first manifest may go to a coordinator that has no deployment yet (unpinned); checked below.
     let connected = args.target.connect_allowing_unpinned().await?;
     let serving = connected.peer.deployment();
@@ -122,11 +128,10 @@ pub async fn run(args: Set) -> CliResult<Hash> {
     let transition = format::transition_hash(&Hash::of(&bytes), &previous);
     let (owner_key, owner_signature) = if previous == Hash::ZERO || unchanged {
         (Vec::new(), Vec::new())
-    } else if let Some(path) = &args.owner_key {
-        let key = keys::load_owner_key(path)?;
+    } else if let Some(key) = &signing_key {
         (
             key.verifying_key().to_bytes().to_vec(),
-            format::sign_owner(&key, &transition).to_bytes().to_vec(),
+            format::sign_owner(key, &transition).to_bytes().to_vec(),
         )
     } else if let (Some(sig), Some(public)) = (&args.signature, &args.owner_public_key) {
         let public = hex::decode(public)

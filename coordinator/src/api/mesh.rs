@@ -124,11 +124,13 @@ impl<S: Store> pb::mesh_api_server::MeshApi for MeshService<S> {
             })?;
         crate::observe::global().certificate_issued();
         info!(rpc = "NewMeshCert", workload = %issued.workload, policy = %hex::encode(peer.report().host_data()), "issued");
+        let mut issued = issued;
         Ok(Response::new(pb::NewMeshCertResponse {
             cert_chain: issued.cert_chain_pem,
             mesh_ca: issued.mesh_ca_pem,
             root_ca: issued.root_ca_pem,
-            workload_secret: issued.workload_secret,
+            // Moved, not copied: the codec wipes it once it is encoded (concord_proto::wipe).
+            workload_secret: std::mem::take(&mut *issued.workload_secret),
         }))
     }
 }

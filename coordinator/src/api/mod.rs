@@ -8,6 +8,7 @@ mod mesh;
 pub mod node;
 pub(crate) mod peer;
 mod peer_policy;
+mod refusals;
 pub mod replica;
 mod status;
 pub(crate) mod user;

@@ -662,14 +662,23 @@ impl<S: Store> Node<S> {
         }
     }
 
-    /// User recovery: a share; at threshold the new mesh CA is recorded through Raft, then adopted.
-    pub async fn recover_with_share(
+    /// User recovery: a share submission; at threshold the new mesh CA is recorded through Raft,
+    /// then adopted. Answers the share's index with the progress. The submission is authenticated
+    /// first, so a forgery costs one HPKE open and never a question to the peers.
+    pub async fn recover_with_submission(
         &self,
-        share: concord_mesh_ca::SeedShare,
+        key: &concord_mesh_ca::RecoveryKey,
+        submission: &concord_mesh_ca::ShareSubmission,
         force: bool,
         known: crate::state::KnownLatest,
-    ) -> Result<crate::state::RecoverProgress, Status> {
+    ) -> Result<(u8, crate::state::RecoverProgress), Status> {
         self.refresh().map_err(|e| to_status(&e))?;
+        let share = self
+            .replica
+            .read()
+            .and_then(|c| c.authenticate_submission(key, submission))
+            .map_err(|e| to_status(&e))?;
+        let index = share.index();
         let recovering = self
             .replica
             .read()
@@ -692,11 +701,11 @@ impl<S: Store> Node<S> {
             .and_then(|mut c| {
                 // Under the same lock: the history the share is checked against is the one it joins.
                 c.check_known_latest(&known)?;
-                c.accept_share(share, time::OffsetDateTime::now_utc())
+                c.accept_authenticated_share(share, time::OffsetDateTime::now_utc())
             })
             .map_err(|e| to_status(&e))?;
         let recovered = match outcome {
-            crate::state::ShareOutcome::Progress(p) => return Ok(p),
+            crate::state::ShareOutcome::Progress(p) => return Ok((index, p)),
             crate::state::ShareOutcome::Recovered(r) => r,
         };
         let command = Command::RotateMeshCa(crate::raft::RotateMeshCa {
@@ -716,6 +725,7 @@ impl<S: Store> Node<S> {
         self.replica
             .write()
             .and_then(|mut c| c.commit_recovery(*recovered))
+            .map(|p| (index, p))
             .map_err(|e| to_status(&e))
     }
 

@@ -83,6 +83,8 @@ fn encode<T: Serialize>(v: &T) -> Result<Response<pb::RaftMessage>, Status> {
 }
 
 /// The secrets as they travel to an attested peer.
+/// The answer carrying the secrets. Its `seed` and `mesh_ca_key` copies are wiped by the codec once
+/// tonic has encoded them (`concord_proto::wipe`); `s` itself wipes on drop.
 pub(crate) fn secrets_to_pb(s: &PeerSecrets) -> pb::PeerRecoverResponse {
     pb::PeerRecoverResponse {
         seed: s.seed.to_vec(),

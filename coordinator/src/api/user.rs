@@ -2,12 +2,15 @@
 
 use std::sync::Arc;
 
+use concord_mesh_ca::{RecoveryKey, ShareSubmission};
 use concord_proto::v1 as pb;
 use ed25519_dalek::{Signature, VerifyingKey};
 use tonic::{Request, Response, Status};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
+use zeroize::Zeroize as _;
 
 use super::node::Node;
+use super::refusals::RefusalLimiter;
 use super::replica::Replica;
 use super::status::to_status;
 use crate::error::CoordinatorError;
@@ -21,13 +24,46 @@ use crate::store::Store;
 pub struct UserService<S> {
     node: Arc<Node<S>>,
     replica: Arc<Replica<S>>,
+    /// This process's key for seed share submissions: random, in memory only, new at every start.
+    recovery_key: RecoveryKey,
+    /// Refused `Recover` calls per source address.
+    refusals: RefusalLimiter,
 }
 
 impl<S: Store> UserService<S> {
-    pub fn new(node: Arc<Node<S>>) -> UserService<S> {
+    /// Fails only if the OS CSPRNG fails (the recovery key is drawn here).
+    pub fn new(node: Arc<Node<S>>) -> Result<UserService<S>, concord_mesh_ca::MeshCaError> {
         let replica = node.replica.clone();
-        UserService { node, replica }
+        Ok(UserService {
+            node,
+            replica,
+            recovery_key: RecoveryKey::generate()?,
+            refusals: RefusalLimiter::new(),
+        })
     }
+}
+
+/// The sealed share of a `Recover` request. A request with a plaintext share (an older `concord`)
+/// is refused, and the share is wiped at once.
+pub(crate) fn decode_submission(req: &mut pb::RecoverRequest) -> Result<ShareSubmission, Status> {
+    if !req.legacy_plaintext_share.is_empty() {
+        req.legacy_plaintext_share.zeroize();
+        return Err(invalid(
+            "the share was sent in plaintext, which does not prove which owner sent it: this concord \
+             is older than the coordinator. Update concord and run `concord recover` again (share \
+             files and keys stay valid)",
+        ));
+    }
+    let sealed = req.sealed.as_ref().ok_or_else(|| {
+        invalid("sealed: missing; run `concord recover` with your share file and key")
+    })?;
+    let owner_public_key = <[u8; 32]>::try_from(sealed.owner_public_key.as_slice())
+        .map_err(|_| invalid("sealed.owner_public_key: an X25519 public key is 32 bytes"))?;
+    Ok(ShareSubmission {
+        owner_public_key,
+        encapsulated_key: sealed.encapsulated_key.clone(),
+        ciphertext: sealed.ciphertext.clone(),
+    })
 }
 
 fn invalid(msg: impl Into<String>) -> Status {
@@ -70,17 +106,6 @@ pub(crate) fn decode_set(req: pb::SetManifestRequest) -> Result<SetRequest, Stat
 pub(crate) fn history_nonce(req: &pb::GetHistoryRequest) -> Result<[u8; 32], Status> {
     <[u8; 32]>::try_from(req.nonce.as_slice())
         .map_err(|_| invalid("nonce: 32 random bytes are required"))
-}
-
-/// The seed share of a Recover request, parsed. The share is secret: never put it in a message.
-pub(crate) fn recover_share(
-    req: &pb::RecoverRequest,
-) -> Result<concord_mesh_ca::SeedShare, Status> {
-    concord_mesh_ca::SeedShare::from_bytes(&req.share).map_err(|e| {
-        invalid(format!(
-            "share: not a decrypted seed share ({e}); use `concord recover`"
-        ))
-    })
 }
 
 pub(crate) fn transition_to_pb(t: &Transition) -> pb::Transition {
@@ -185,10 +210,20 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
         &self,
         request: Request<pb::RecoverRequest>,
     ) -> Result<Response<pb::RecoverResponse>, Status> {
-        let req = request.into_inner();
-        // The share is secret: it is never logged, and dropped (zeroized) with the request.
-        let share = recover_share(&req)?;
-        let index = share.index;
+        let source = request
+            .extensions()
+            .get::<crate::transport::PeerInfo>()
+            .map(|p| p.remote.ip());
+        if let Some(ip) = source
+            && let Err(wait) = self.refusals.admits(ip, std::time::Instant::now())
+        {
+            debug!(rpc = "Recover", %ip, "throttled");
+            return Err(Status::resource_exhausted(format!(
+                "too many refused seed share submissions from {ip}; wait {} s and try again",
+                wait.as_secs().max(1)
+            )));
+        }
+        let mut req = request.into_inner();
         let optional_hash = |name: &str, bytes: &[u8]| {
             if bytes.is_empty() {
                 Ok(None)
@@ -198,13 +233,23 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
                     .map_err(|e| invalid(format!("{name}: {e}")))
             }
         };
-        let known = crate::state::KnownLatest {
-            exactly: optional_hash("expected_latest", &req.expected_latest)?,
-            since: optional_hash("since", &req.since)?,
+        // The share inside is sealed to this process's recovery key; the plaintext lives only in
+        // the core's zeroizing types.
+        let result = match (
+            decode_submission(&mut req),
+            optional_hash("expected_latest", &req.expected_latest),
+            optional_hash("since", &req.since),
+        ) {
+            (Ok(sub), Ok(exactly), Ok(since)) => {
+                let known = crate::state::KnownLatest { exactly, since };
+                self.node
+                    .recover_with_submission(&self.recovery_key, &sub, req.force, known)
+                    .await
+            }
+            (Err(status), _, _) | (_, Err(status), _) | (_, _, Err(status)) => Err(status),
         };
-        let result = self.node.recover_with_share(share, req.force, known).await;
         match result {
-            Ok(p) => {
+            Ok((index, p)) => {
                 info!(
                     rpc = "Recover",
                     share_index = index,
@@ -227,10 +272,28 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
                 }))
             }
             Err(status) => {
-                warn!(rpc = "Recover", share_index = index, code = ?status.code(), error = status.message(), "rejected");
+                // Bad input and failed authentication count against the source; "nothing to
+                // recover" or "a peer is ready" (what owners meet in normal operation) do not.
+                if matches!(
+                    status.code(),
+                    tonic::Code::InvalidArgument | tonic::Code::PermissionDenied
+                ) && let Some(ip) = source
+                {
+                    self.refusals.charge(ip, std::time::Instant::now());
+                }
+                warn!(rpc = "Recover", code = ?status.code(), error = status.message(), "rejected");
                 Err(status)
             }
         }
+    }
+
+    async fn get_recovery_key(
+        &self,
+        _request: Request<pb::GetRecoveryKeyRequest>,
+    ) -> Result<Response<pb::GetRecoveryKeyResponse>, Status> {
+        Ok(Response::new(pb::GetRecoveryKeyResponse {
+            recovery_key: self.recovery_key.public_key().to_vec(),
+        }))
     }
 
     async fn get_status(

@@ -170,6 +170,8 @@ pub enum AuditError {
 /// Audits a bundle. See the module documentation for what is checked.
 pub fn audit(bytes: &[u8], options: &AuditOptions) -> Result<AuditReport, AuditError> {
     let malformed = |what: &str, e: String| AuditError::Malformed(format!("{what}: {e}"));
+    // Before decoding: serde_json's maps keep the last of two equal names, another parser the first.
+    super::check_unique_keys(bytes).map_err(|e| malformed("history.json", e))?;
     let bundle: AuditBundle =
         serde_json::from_slice(bytes).map_err(|e| malformed("history.json", e.to_string()))?;
     if bundle.format != FORMAT {

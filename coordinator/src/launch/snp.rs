@@ -107,7 +107,8 @@ pub(super) fn launch(
 fn read_reference(path: &Path) -> Result<SnpReference, LaunchError> {
     let usage =
         |what: String| LaunchError::Usage(format!("--snp-reference {}: {what}", path.display()));
-    let bytes = std::fs::read(path).map_err(|e| usage(e.to_string()))?;
+    // One reference values entry, at most 256 KiB (README.md, "Input limits").
+    let bytes = crate::input_file::read_input_file(path, 256 << 10).map_err(usage)?;
     let entry: SnpReference = serde_json::from_slice(&bytes).map_err(|e| {
         usage(format!(
             "{e}; expected one entry of a manifest's reference_values.snp (docs/MANIFEST.md)"

@@ -4,6 +4,7 @@ use concord_attestation::{DeploymentId, EvidenceIssuer, VerifiedReport};
 use concord_mesh_ca::{EncryptedShare, MeshCa, RootCa, SeedEngine, encrypt_share, split};
 use ed25519_dalek::{Signature, VerifyingKey};
 use time::OffsetDateTime;
+use zeroize::Zeroizing;
 
 use super::secrets::Secrets;
 use crate::error::CoordinatorError;
@@ -97,16 +98,25 @@ pub struct ManifestsView {
     pub latest: Option<(Transition, Hash)>,
 }
 
-/// What an attested workload receives.
-#[derive(Debug, Clone)]
+/// What an attested workload receives. Debug leaves out the workload secret.
+#[derive(Clone)]
 pub struct MeshCertBundle {
     pub cert_chain_pem: String,
     pub mesh_ca_pem: String,
     pub root_ca_pem: String,
-    /// Empty when its policy has no `workload_secret_id`.
-    pub workload_secret: Vec<u8>,
+    /// Empty when its policy has no `workload_secret_id`. Wiped on drop.
+    pub workload_secret: Zeroizing<Vec<u8>>,
     /// The policy name (or hash) it was issued for, for the log line.
     pub workload: String,
+}
+
+impl std::fmt::Debug for MeshCertBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshCertBundle")
+            .field("workload", &self.workload)
+            .field("workload_secret", &"[redacted]")
+            .finish()
+    }
 }
 
 /// One coordinator replica.
@@ -605,8 +615,8 @@ impl<S: Store> Coordinator<S> {
                 CoordinatorError::InvalidInput(format!("cannot issue a certificate: {e}"))
             })?;
         let workload_secret = match &policy.workload_secret_id {
-            Some(id) => secrets.engine.workload_secret(id).to_vec(),
-            None => Vec::new(),
+            Some(id) => Zeroizing::new(secrets.engine.workload_secret(id).to_vec()),
+            None => Zeroizing::new(Vec::new()),
         };
         Ok(MeshCertBundle {
             cert_chain_pem: secrets.mesh_ca.chain_pem(&leaf),

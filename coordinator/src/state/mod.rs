@@ -14,7 +14,9 @@ pub use coordinator::{
     SetRequest,
 };
 pub use peer::{PeerAcceptance, PeerSecrets};
-pub use recovery::{KnownLatest, RecoverProgress, RecoveredSecrets, ShareOutcome};
+pub use recovery::{
+    AuthenticatedShare, KnownLatest, RecoverProgress, RecoveredSecrets, ShareOutcome,
+};
 
 #[cfg(test)]
 mod tests;

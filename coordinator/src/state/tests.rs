@@ -1,7 +1,10 @@
 //! The core, in memory: every invariant of DESIGN.md that applies to one replica.
 
 use concord_attestation::PlatformTrust;
-use concord_mesh_ca::{SeedEngine, combine, decrypt_share};
+use concord_mesh_ca::{
+    RecoveryKey, SeedEngine, SeedShare, ShareOwnerKeyPair, ShareSubmission, combine, decrypt_share,
+    seal_submission,
+};
 use time::OffsetDateTime;
 
 use super::*;
@@ -420,20 +423,27 @@ fn restarted(d: &TestDeployment) -> (Coordinator<SledStore>, SetOutcome, tempfil
     (c, first, dir)
 }
 
+/// Owner `i`'s share (index `i + 1`) sealed by `owner` to `key`, as `concord recover` sends it.
+fn sealed(owner: &ShareOwnerKeyPair, share: &SeedShare, key: &RecoveryKey) -> ShareSubmission {
+    seal_submission(owner, &key.public_key(), share).unwrap()
+}
+
 #[test]
 fn threshold_shares_recover_a_restarted_replica() {
     let d = TestDeployment::new();
     let (mut c, first, _dir) = restarted(&d);
     let shares = open_shares(&d, &first);
+    let key = RecoveryKey::generate().unwrap();
+    let owner = |i: usize| sealed(&d.share_owners[i], &shares[i], &key);
 
-    let p = c.recover_with_share(shares[2].clone(), now()).unwrap();
+    let p = c.recover_with_submission(&key, &owner(2), now()).unwrap();
     assert_eq!((p.shares_received, p.threshold, p.ready), (1, 2, false));
     // The same share again changes nothing.
-    let p = c.recover_with_share(shares[2].clone(), now()).unwrap();
+    let p = c.recover_with_submission(&key, &owner(2), now()).unwrap();
     assert_eq!(p.shares_received, 1);
     assert_eq!(c.state(), ReplicaState::Recovering);
 
-    let p = c.recover_with_share(shares[0].clone(), now()).unwrap();
+    let p = c.recover_with_submission(&key, &owner(0), now()).unwrap();
     assert!(p.ready);
     assert_eq!(c.state(), ReplicaState::Ready);
     // Ready again: serves, and a new mesh CA (the old key is gone for good), same root CA.
@@ -446,7 +456,7 @@ fn threshold_shares_recover_a_restarted_replica() {
     assert_eq!(next.transition.index, 1);
     // And a ready replica has nothing to recover.
     assert!(matches!(
-        c.recover_with_share(shares[1].clone(), now()),
+        c.recover_with_submission(&key, &owner(1), now()),
         Err(CoordinatorError::FailedPrecondition(_))
     ));
 }
@@ -456,20 +466,38 @@ fn wrong_foreign_or_too_few_shares_change_nothing() {
     let d = TestDeployment::new();
     let (mut c, first, _dir) = restarted(&d);
     let shares = open_shares(&d, &first);
+    let key = RecoveryKey::generate().unwrap();
 
-    // A share of another deployment.
+    // A share of another deployment, sealed by its (unlisted) owner.
     let other = TestDeployment::new();
     let (_, other_first) = ready(&other);
     let foreign = open_shares(&other, &other_first);
-    let err = c.recover_with_share(foreign[0].clone(), now()).unwrap_err();
-    assert!(matches!(err, CoordinatorError::InvalidInput(_)), "{err}");
+    let err = c
+        .recover_with_submission(
+            &key,
+            &sealed(&other.share_owners[0], &foreign[0], &key),
+            now(),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, CoordinatorError::PermissionDenied(_)),
+        "{err}"
+    );
+    assert!(err.to_string().contains("another deployment"), "{err}");
+    // Another deployment's share sealed by a listed owner (one key in two deployments): named too.
+    let err = c
+        .recover_with_submission(&key, &sealed(&d.share_owners[0], &foreign[0], &key), now())
+        .unwrap_err();
     assert!(err.to_string().contains("another deployment"), "{err}");
 
-    // A forged share (right deployment and index, wrong value): the combined seed is refused.
-    let mut forged = shares[1].clone();
-    forged.value[0] ^= 1;
-    c.recover_with_share(shares[0].clone(), now()).unwrap();
-    let err = c.recover_with_share(forged, now()).unwrap_err();
+    // A wrong value from a listed owner (a damaged share file): the combined seed is refused.
+    let mut damaged = shares[1].clone();
+    damaged.value[0] ^= 1;
+    c.recover_with_submission(&key, &sealed(&d.share_owners[0], &shares[0], &key), now())
+        .unwrap();
+    let err = c
+        .recover_with_submission(&key, &sealed(&d.share_owners[1], &damaged, &key), now())
+        .unwrap_err();
     assert!(
         matches!(err, CoordinatorError::PermissionDenied(_)),
         "{err}"
@@ -478,21 +506,99 @@ fn wrong_foreign_or_too_few_shares_change_nothing() {
     assert!(matches!(c.manifests(), Err(CoordinatorError::Recovering)));
 
     // After the failure the shares were discarded: one good share is not enough any more.
-    let p = c.recover_with_share(shares[1].clone(), now()).unwrap();
+    let p = c
+        .recover_with_submission(&key, &sealed(&d.share_owners[1], &shares[1], &key), now())
+        .unwrap();
     assert_eq!((p.shares_received, p.ready), (1, false));
-    // Two different shares claiming the same index: refused.
-    let mut twin = shares[1].clone();
-    twin.value[5] ^= 1;
-    assert!(matches!(
-        c.recover_with_share(twin, now()),
-        Err(CoordinatorError::InvalidInput(_))
-    ));
     // A fresh replica has nothing to recover.
     let mut fresh = Coordinator::open(MemoryStore::new()).unwrap();
     assert!(matches!(
-        fresh.recover_with_share(shares[0].clone(), now()),
+        fresh.recover_with_submission(&key, &sealed(&d.share_owners[0], &shares[0], &key), now()),
         Err(CoordinatorError::FailedPrecondition(_))
     ));
+}
+
+/// Issue 9.6: a forged share for an index (the deployment id and threshold are public) is refused
+/// before it is kept, however it is sealed, so it can neither displace nor poison the real one.
+#[test]
+fn t96_forged_shares_never_displace_or_poison_an_owners_share() {
+    let d = TestDeployment::new();
+    let (mut c, first, _dir) = restarted(&d);
+    let shares = open_shares(&d, &first);
+    let key = RecoveryKey::generate().unwrap();
+    let forger = ShareOwnerKeyPair::generate().unwrap();
+    let mut forged = shares[0].clone();
+    forged.value[3] ^= 0x5a;
+
+    // Sealed by the forger's own key: not an owner.
+    let err = c
+        .recover_with_submission(&key, &sealed(&forger, &forged, &key), now())
+        .unwrap_err();
+    assert!(
+        matches!(err, CoordinatorError::PermissionDenied(_)),
+        "{err}"
+    );
+    // Sealed by the forger but naming owner 0's key: does not open.
+    let mut claimed = sealed(&forger, &forged, &key);
+    claimed.owner_public_key = d.share_owners[0].public_key();
+    let err = c
+        .recover_with_submission(&key, &claimed, now())
+        .unwrap_err();
+    assert!(
+        matches!(err, CoordinatorError::PermissionDenied(_)),
+        "{err}"
+    );
+    // Owner 1 sending owner 0's index: refused.
+    let err = c
+        .recover_with_submission(&key, &sealed(&d.share_owners[1], &forged, &key), now())
+        .unwrap_err();
+    assert!(
+        matches!(err, CoordinatorError::PermissionDenied(_)),
+        "{err}"
+    );
+    // A real owner's submission sealed to another process's key: refused.
+    let other_key = RecoveryKey::generate().unwrap();
+    assert!(
+        c.recover_with_submission(
+            &key,
+            &sealed(&d.share_owners[0], &shares[0], &other_key),
+            now()
+        )
+        .is_err()
+    );
+    // None of it was kept: the two real owners recover at once.
+    let p = c
+        .recover_with_submission(&key, &sealed(&d.share_owners[0], &shares[0], &key), now())
+        .unwrap();
+    assert_eq!((p.shares_received, p.ready), (1, false));
+    // Interleaved forgeries between the real shares change nothing either.
+    assert!(c.recover_with_submission(&key, &claimed, now()).is_err());
+    let p = c
+        .recover_with_submission(&key, &sealed(&d.share_owners[2], &shares[2], &key), now())
+        .unwrap();
+    assert!(p.ready);
+    assert_eq!(c.state(), ReplicaState::Ready);
+}
+
+/// An owner that sent a damaged share replaces it with its own good one; nothing is combined early.
+#[test]
+fn an_owner_replaces_its_own_pending_share() {
+    let d = TestDeployment::new();
+    let (mut c, first, _dir) = restarted(&d);
+    let shares = open_shares(&d, &first);
+    let key = RecoveryKey::generate().unwrap();
+    let mut damaged = shares[0].clone();
+    damaged.value[7] ^= 1;
+    c.recover_with_submission(&key, &sealed(&d.share_owners[0], &damaged, &key), now())
+        .unwrap();
+    let p = c
+        .recover_with_submission(&key, &sealed(&d.share_owners[0], &shares[0], &key), now())
+        .unwrap();
+    assert_eq!((p.shares_received, p.ready), (1, false));
+    let p = c
+        .recover_with_submission(&key, &sealed(&d.share_owners[1], &shares[1], &key), now())
+        .unwrap();
+    assert!(p.ready);
 }
 
 /// Two replicas of one history: `a` ready (it set the manifests), `b` opened on a copy of `a`'s store,

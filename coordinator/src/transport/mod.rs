@@ -9,7 +9,7 @@ mod gate;
 mod limits;
 mod server;
 
-pub use client::{ConnectError, connect};
+pub use client::{ConnectError, connect, connect_from};
 pub use gate::{GateLimits, Rate};
 pub use limits::ListenerLimits;
 pub use server::{AtlsIo, PeerInfo, attested_peer, incoming};

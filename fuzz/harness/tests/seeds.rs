@@ -287,9 +287,17 @@ fn requests(
         .encode_to_vec()
     });
     let share = decrypt_share(&d.share_owners[0], &first.seed_shares[0]).unwrap();
+    let recovery_key = concord_mesh_ca::RecoveryKey::generate().unwrap();
+    let sealed =
+        concord_mesh_ca::seal_submission(&d.share_owners[0], &recovery_key.public_key(), &share)
+            .unwrap();
     put("recover", "user.Recover", &|| {
         pb::RecoverRequest {
-            share: share.to_bytes().to_vec(),
+            sealed: Some(pb::SealedShare {
+                owner_public_key: sealed.owner_public_key.to_vec(),
+                encapsulated_key: sealed.encapsulated_key.clone(),
+                ciphertext: sealed.ciphertext.clone(),
+            }),
             force: true,
             ..Default::default()
         }
