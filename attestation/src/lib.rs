@@ -19,6 +19,7 @@ mod chain;
 mod claims;
 pub mod error;
 pub mod evidence;
+mod files;
 pub mod issuer;
 pub mod reference;
 pub mod report;

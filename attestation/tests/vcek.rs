@@ -7,11 +7,10 @@ use std::time::{Duration, Instant};
 use concord_attestation::testing::kds::{KdsStub, StubMode};
 use concord_attestation::testing::snp::{self as vectors, Vector};
 use concord_attestation::vcek::{
-    HostCertificates, KdsClient, KdsConfig, OfflineDir, VcekCache, VcekError, VcekQuery,
-    VcekResolver, VcekSource,
+    Guid, HostCertificates, KdsClient, KdsConfig, OfflineDir, VcekCache, VcekError, VcekQuery,
+    VcekResolver, VcekSource, encode_cert_table,
 };
 use concord_attestation::{Product, Report, ReportBuilder, Tcb};
-use sev::firmware::host::{CertTableEntry, CertType};
 
 /// Quick settings for tests: short timeout and backoff.
 fn config(base_url: String) -> KdsConfig {
@@ -349,12 +348,10 @@ fn the_kds_is_asked_before_the_operator_directory() {
     );
 }
 
-fn table(entries: Vec<(CertType, Vec<u8>)>) -> HostCertificates {
-    let entries: Vec<CertTableEntry> = entries
-        .into_iter()
-        .map(|(t, d)| CertTableEntry::new(t, d))
-        .collect();
-    HostCertificates::from_entries(&entries).unwrap()
+/// A host table in the host's raw layout, read back as the issuer reads it.
+fn table(entries: Vec<(Guid, Vec<u8>)>) -> HostCertificates {
+    let entries: Vec<(Guid, &[u8])> = entries.iter().map(|(g, d)| (*g, d.as_slice())).collect();
+    HostCertificates::parse(&encode_cert_table(&entries)).unwrap()
 }
 
 #[test]
@@ -365,9 +362,9 @@ fn the_host_table_comes_first_and_only_pinned_amd_certificates_follow_the_vcek()
     let resolver = kds_resolver(&stub, None);
 
     let full = table(vec![
-        (CertType::VCEK, v.cert.clone()),
-        (CertType::ASK, ask.clone()),
-        (CertType::ARK, ark.clone()),
+        (Guid::VCEK, v.cert.clone()),
+        (Guid::ASK, ask.clone()),
+        (Guid::ARK, ark.clone()),
     ]);
     let found = resolver.resolve(&v.report(), Some(&full), v.at).unwrap();
     assert_eq!(found.source, VcekSource::HostTable);
@@ -377,9 +374,9 @@ fn the_host_table_comes_first_and_only_pinned_amd_certificates_follow_the_vcek()
     // An ASK that is not Milan's pinned one (here Genoa's VCEK in its place) is left out, and with
     // it the ARK after it: a verifier would reject the evidence for it.
     let odd = table(vec![
-        (CertType::VCEK, v.cert.clone()),
-        (CertType::ASK, vectors::trustee_genoa_e2e().cert),
-        (CertType::ARK, ask),
+        (Guid::VCEK, v.cert.clone()),
+        (Guid::ASK, vectors::trustee_genoa_e2e().cert),
+        (Guid::ARK, ask),
     ]);
     let found = resolver.resolve(&v.report(), Some(&odd), v.at).unwrap();
     assert_eq!(found.certificates, vec![v.cert.clone()]);
@@ -389,7 +386,7 @@ fn the_host_table_comes_first_and_only_pinned_amd_certificates_follow_the_vcek()
 fn a_stale_vcek_in_the_host_table_is_passed_over_for_the_kds() {
     let v = vectors::virtee_milan();
     let stub = serving(&v, StubMode::Serve);
-    let stale = table(vec![(CertType::VCEK, vectors::trustee_milan().cert)]);
+    let stale = table(vec![(Guid::VCEK, vectors::trustee_milan().cert)]);
     let found = kds_resolver(&stub, None)
         .resolve(&v.report(), Some(&stale), v.at)
         .unwrap();
@@ -402,7 +399,7 @@ fn a_vlek_comes_only_from_the_host_table() {
     let v = vectors::trustee_vlek();
     let stub = KdsStub::start(vec![], StubMode::Serve);
     let resolver = kds_resolver(&stub, None);
-    let with_vlek = table(vec![(CertType::VLEK, v.cert.clone())]);
+    let with_vlek = table(vec![(Guid::VLEK, v.cert.clone())]);
     let found = resolver
         .resolve(&v.report(), Some(&with_vlek), v.at)
         .unwrap();
