@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use concord_attestation::testing::kds::{KdsStub, StubMode};
 use concord_attestation::testing::snp::{self as vectors, Vector};
 use concord_attestation::vcek::{
-    Guid, HostCertificates, KdsClient, KdsConfig, OfflineDir, VcekCache, VcekError, VcekQuery,
-    VcekResolver, VcekSource, encode_cert_table,
+    Guid, HostCertificates, KdsClient, KdsConfig, OfflineDir, Resolve, VcekCache, VcekError,
+    VcekQuery, VcekResolver, VcekSource, encode_cert_table,
 };
 use concord_attestation::{Product, Report, ReportBuilder, Tcb};
 
@@ -226,6 +226,56 @@ fn a_server_that_never_answers_times_out_per_request() {
     assert!(took >= Duration::from_millis(900), "{took:?}");
     assert!(took < Duration::from_secs(5), "{took:?}");
     assert_eq!(stub.requests(), 3, "one connection per attempt");
+}
+
+/// A resolver that never answers until the test ends (the sender is dropped), like a DNS server
+/// that swallows queries while the system resolver retries.
+#[derive(Debug)]
+struct StuckResolver {
+    release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    asked: std::sync::atomic::AtomicUsize,
+}
+
+impl Resolve for StuckResolver {
+    fn resolve(&self, _: &str, _: u16) -> std::io::Result<Vec<std::net::SocketAddr>> {
+        self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _ = self.release.lock().unwrap().recv();
+        Err(std::io::Error::other("released"))
+    }
+}
+
+#[test]
+fn a_resolver_that_never_answers_is_bounded_by_the_request_timeout() {
+    let (_release, stuck) = std::sync::mpsc::channel();
+    let resolver = std::sync::Arc::new(StuckResolver {
+        release: std::sync::Mutex::new(stuck),
+        asked: Default::default(),
+    });
+    let v = vectors::trustee_genoa_e2e();
+    let query = VcekQuery::for_report(&v.report(), Product::Genoa);
+    for attempts in [1, 2] {
+        let kds = KdsClient::with_resolver(
+            KdsConfig {
+                attempts,
+                ..config("https://kds.example.invalid".into())
+            },
+            resolver.clone(),
+        )
+        .unwrap();
+        let start = Instant::now();
+        let err = kds.fetch_blocking(&query).unwrap_err();
+        let took = start.elapsed();
+        // The bound: attempts × 300 ms, 10 ms of backoff, and a margin for a loaded machine.
+        let bound = Duration::from_millis(300) * attempts + Duration::from_secs(2);
+        eprintln!("{attempts} attempt(s) with a stuck resolver: {took:?}");
+        assert!(took < bound, "{attempts} attempt(s) took {took:?}");
+        assert!(
+            matches!(&err, VcekError::Unavailable { attempts: a, last, .. }
+                if *a == attempts && last.contains("no response within 300 ms")),
+            "{err}"
+        );
+    }
+    assert_eq!(resolver.asked.load(std::sync::atomic::Ordering::SeqCst), 3);
 }
 
 #[test]

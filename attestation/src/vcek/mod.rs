@@ -28,6 +28,7 @@ pub use cert_table::{
     parse_cert_table,
 };
 pub use error::VcekError;
+pub use http::{Resolve, SystemResolver};
 pub use kds::{KdsClient, KdsConfig};
 pub use offline::{OfflineCertificate, OfflineDir};
 pub use query::{VcekQuery, candidate_products};
