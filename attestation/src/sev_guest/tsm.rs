@@ -30,6 +30,9 @@ const MAX_ATTRIBUTE: usize = 4096;
 #[derive(Debug, Clone)]
 pub struct TsmReports {
     root: PathBuf,
+    /// Tests only: fills a new entry with the attributes configfs would create in it.
+    #[cfg(test)]
+    populate: Option<fn(&Path)>,
 }
 
 /// Removes the report entry when the request ends, however it ends.
@@ -49,6 +52,8 @@ impl TsmReports {
     pub fn find(root: &Path) -> Option<Self> {
         root.is_dir().then(|| Self {
             root: root.to_path_buf(),
+            #[cfg(test)]
+            populate: None,
         })
     }
 
@@ -67,6 +72,10 @@ impl TsmReports {
         std::fs::create_dir(&dir)
             .map_err(|e| format!("cannot create the report entry {}: {e}", dir.display()))?;
         let entry = Entry(dir);
+        #[cfg(test)]
+        if let Some(populate) = self.populate {
+            populate(&entry.0);
+        }
         let provider = read_attribute(&entry.0, "provider", MAX_ATTRIBUTE)?;
         if provider.trim_ascii() != b"sev_guest" {
             return Err(format!(
@@ -111,6 +120,99 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(TsmReports::find(&dir.path().join("tsm/report")).is_none());
         assert!(TsmReports::find(dir.path()).is_some());
+    }
+
+    /// A plain directory standing in for configfs, with `populate` playing the kernel's part.
+    fn stand_in(populate: fn(&Path)) -> (tempfile::TempDir, TsmReports) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tsm = TsmReports::find(dir.path()).unwrap();
+        tsm.populate = Some(populate);
+        (dir, tsm)
+    }
+
+    fn sev_guest(entry: &Path) {
+        std::fs::write(entry.join("provider"), "sev_guest\n").unwrap();
+        std::fs::write(entry.join("generation"), "1\n").unwrap();
+        std::fs::write(entry.join("outblob"), [0x11; 1184]).unwrap();
+    }
+
+    #[test]
+    fn the_report_and_the_raw_table_are_read_and_the_request_written() {
+        let (dir, tsm) = stand_in(|entry| {
+            sev_guest(entry);
+            std::fs::write(entry.join("auxblob"), b"the host's table").unwrap();
+        });
+        let (report, table) = tsm.request(&[0xAB; 64], 0).unwrap();
+        assert_eq!(report, vec![0x11; 1184]);
+        assert_eq!(table.as_deref(), Some(&b"the host's table"[..]));
+        let entry = std::fs::read_dir(dir.path())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        assert!(
+            entry
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("concord-")
+        );
+        assert_eq!(std::fs::read(entry.join("inblob")).unwrap(), vec![0xAB; 64]);
+        assert_eq!(std::fs::read(entry.join("privlevel")).unwrap(), b"0");
+    }
+
+    #[test]
+    fn no_auxblob_or_an_empty_one_is_no_table() {
+        let (_dir, tsm) = stand_in(sev_guest);
+        assert_eq!(tsm.request(&[0; 64], 0).unwrap().1, None);
+        let (_dir, tsm) = stand_in(|entry| {
+            sev_guest(entry);
+            std::fs::write(entry.join("auxblob"), b"").unwrap();
+        });
+        assert_eq!(tsm.request(&[0; 64], 0).unwrap().1, None);
+    }
+
+    #[test]
+    fn another_provider_is_refused() {
+        let (_dir, tsm) = stand_in(|entry| {
+            sev_guest(entry);
+            std::fs::write(entry.join("provider"), "tdx_guest\n").unwrap();
+        });
+        let err = tsm.request(&[0; 64], 0).unwrap_err();
+        assert!(err.contains("\"tdx_guest\", not sev_guest"), "{err}");
+    }
+
+    #[test]
+    fn outsized_or_odd_blobs_are_refused_without_reading_them_whole() {
+        let (_dir, tsm) = stand_in(|entry| {
+            sev_guest(entry);
+            std::fs::write(entry.join("auxblob"), vec![0; MAX_AUXBLOB + 1]).unwrap();
+        });
+        let err = tsm.request(&[0; 64], 0).unwrap_err();
+        assert!(
+            err.contains("auxblob") && err.contains("longer than"),
+            "{err}"
+        );
+        let (_dir, tsm) = stand_in(|entry| {
+            sev_guest(entry);
+            std::fs::write(entry.join("outblob"), vec![0; MAX_OUTBLOB + 1]).unwrap();
+        });
+        let err = tsm.request(&[0; 64], 0).unwrap_err();
+        assert!(
+            err.contains("outblob") && err.contains("longer than"),
+            "{err}"
+        );
+        #[cfg(unix)]
+        {
+            let (_dir, tsm) = stand_in(|entry| {
+                sev_guest(entry);
+                std::os::unix::fs::symlink("/dev/zero", entry.join("auxblob")).unwrap();
+            });
+            let err = tsm.request(&[0; 64], 0).unwrap_err();
+            assert!(err.contains("symbolic link"), "{err}");
+        }
     }
 
     #[test]
