@@ -248,6 +248,20 @@ pub enum RejectReason {
     /// reading or does not verify its signature.
     #[error("the second reading of the report (sev crate) disagrees: {0}")]
     ReportCrossCheck(&'static str),
+    /// Genuine evidence, bound to another deployment than the relying side's (binding v2).
+    #[error(
+        "this coordinator is genuine but serves deployment {found}, not {expected}: it belongs to \
+         another deployment (a coordinator the host started for itself?), so nothing is sent to it"
+    )]
+    WrongDeployment {
+        /// The deployment the relying side belongs to.
+        expected: crate::atls::DeploymentId,
+        /// The deployment the peer's evidence binds.
+        found: crate::atls::DeploymentId,
+    },
+    /// The aTLS certificate names no deployment (or names it malformed).
+    #[error("the peer's aTLS certificate names no deployment (binding v2 is required)")]
+    NoDeployment,
 }
 
 impl RejectReason {
@@ -284,6 +298,8 @@ impl RejectReason {
             Self::TcbBelowMinimum { .. } => "tcb_below_minimum",
             Self::ChipIdNotAllowed => "chip_id_not_allowed",
             Self::ReportCrossCheck(_) => "report_cross_check",
+            Self::WrongDeployment { .. } => "wrong_deployment",
+            Self::NoDeployment => "no_deployment",
         }
     }
 }

@@ -32,7 +32,8 @@ pub mod vcek;
 pub mod verify;
 
 pub use atls::{
-    AcceptPolicy, AtlsAcceptor, AtlsClient, ClientAuth, ClientIdentity, StaticPolicy, VerifiedPeer,
+    AcceptPolicy, AtlsAcceptor, AtlsClient, ClientAuth, ClientIdentity, DeploymentId,
+    DeploymentPin, DeploymentSource, StaticPolicy, VerifiedPeer,
 };
 pub use error::{AttestationError, CertRole, RejectReason, TcbComponent};
 pub use evidence::{Evidence, Platform};

@@ -11,7 +11,7 @@ pub mod device;
 pub mod kds;
 pub mod snp;
 
-use crate::atls::StaticPolicy;
+use crate::atls::{DeploymentId, DeploymentPin, StaticPolicy};
 use crate::reference::{Measurement, ReferenceValues, Sha256Hex, SimulatedReference};
 use crate::simulated::{SimulatedIssuer, SimulatedRoot};
 use crate::verify::{PlatformTrust, Verifier};
@@ -20,6 +20,9 @@ use crate::verify::{PlatformTrust, Verifier};
 pub const MEASUREMENT: [u8; 48] = [0x11; 48];
 /// The host data (policy hash) the fixture's issuer reports and its policy accepts.
 pub const HOST_DATA: [u8; 32] = [0x22; 32];
+
+/// The deployment the fixture's servers name (and their evidence binds).
+pub const DEPLOYMENT: DeploymentId = DeploymentId([0x33; 32]);
 
 /// A simulated deployment: one root, one issuer with [`MEASUREMENT`] and [`HOST_DATA`].
 #[derive(Debug)]
@@ -83,6 +86,7 @@ impl SimFixture {
             verifier: self.verifier(),
             reference: self.reference_with(measurements),
             host_data: host_data.to_vec(),
+            deployment: DeploymentPin::Any,
         }
     }
 

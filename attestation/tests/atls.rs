@@ -8,8 +8,8 @@ use std::time::Duration;
 use concord_attestation::atls::{
     AtlsAcceptor, AtlsClient, ClientAuth, ClientIdentity, HANDSHAKE_TIMEOUT, VerifiedPeer,
 };
-use concord_attestation::testing::{HOST_DATA, MEASUREMENT, SimFixture, tls_key};
-use concord_attestation::{AttestationError, RejectReason};
+use concord_attestation::testing::{DEPLOYMENT, HOST_DATA, MEASUREMENT, SimFixture, tls_key};
+use concord_attestation::{AttestationError, DeploymentId, DeploymentPin, RejectReason};
 use rcgen::{KeyPair, PublicKeyData as _};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
@@ -78,7 +78,13 @@ impl Setup {
     }
 
     fn acceptor(&self, client_auth: ClientAuth) -> AtlsAcceptor {
-        AtlsAcceptor::new(self.f.issuer.clone(), self.server_key.clone(), client_auth).unwrap()
+        AtlsAcceptor::new(
+            self.f.issuer.clone(),
+            self.server_key.clone(),
+            Arc::new(DEPLOYMENT),
+            client_auth,
+        )
+        .unwrap()
     }
 
     fn mutual_acceptor(&self) -> AtlsAcceptor {
@@ -92,6 +98,7 @@ impl Setup {
         ClientIdentity {
             issuer: self.f.issuer_for(measurement, CLIENT_HOST_DATA),
             key: self.client_key.clone(),
+            deployment: Arc::new(DeploymentId::UNPINNED),
         }
     }
 
@@ -135,9 +142,12 @@ async fn mutual_attestation_gives_both_sides_the_verified_peer() {
         s.server_key.subject_public_key_info()
     );
 
+    assert_eq!(server_peer.deployment(), DEPLOYMENT);
+
     let served = server.await.unwrap().unwrap();
     let client_peer = served.peer.expect("client authentication was required");
     assert_eq!(client_peer.report().host_data(), &CLIENT_HOST_DATA);
+    assert_eq!(client_peer.deployment(), DeploymentId::UNPINNED);
     assert_eq!(client_peer.report().measurement(), &CLIENT_MEASUREMENT);
     assert_eq!(
         client_peer.spki_der(),
@@ -444,4 +454,58 @@ async fn a_silent_client_times_out() {
         matches!(&err, AttestationError::Handshake(m) if m.contains(&format!("{} s", HANDSHAKE_TIMEOUT.as_secs()))),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn a_client_pinned_to_another_deployment_refuses_a_genuine_server() {
+    let s = Setup::new();
+    // Pinned to the server's deployment: accepted.
+    let (addr, _server) = serve_once(s.acceptor(ClientAuth::None)).await;
+    let mut policy = s.f.policy();
+    policy.deployment = DeploymentPin::Exactly(DEPLOYMENT);
+    let client = AtlsClient::new(Arc::new(policy), None).unwrap();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (_, peer) = client.connect(tcp, server_name()).await.unwrap();
+    assert_eq!(peer.deployment(), DEPLOYMENT);
+
+    // Pinned to another: the same genuine evidence is refused, naming both.
+    let other = DeploymentId([0x44; 32]);
+    for pin in [
+        DeploymentPin::Exactly(other),
+        DeploymentPin::ThisOrUnpinned(other),
+    ] {
+        let (addr, _server) = serve_once(s.acceptor(ClientAuth::None)).await;
+        let mut policy = s.f.policy();
+        policy.deployment = pin;
+        let client = AtlsClient::new(Arc::new(policy), None).unwrap();
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let reason = rejected(client.connect(tcp, server_name()).await);
+        assert_eq!(
+            reason,
+            RejectReason::WrongDeployment {
+                expected: other,
+                found: DEPLOYMENT
+            }
+        );
+        let message = reason.to_string();
+        assert!(message.contains("serves deployment"), "{message}");
+    }
+}
+
+#[tokio::test]
+async fn a_kept_connection_is_checked_again_for_its_deployment() {
+    let s = Setup::new();
+    let (addr, _server) = serve_once(s.acceptor(ClientAuth::None)).await;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (_, peer) = s.client(None).connect(tcp, server_name()).await.unwrap();
+    let mut pinned = s.f.policy();
+    pinned.deployment = DeploymentPin::Exactly(DEPLOYMENT);
+    assert!(peer.reverify(&pinned).is_ok());
+    pinned.deployment = DeploymentPin::Exactly(DeploymentId([0x44; 32]));
+    assert!(matches!(
+        peer.reverify(&pinned),
+        Err(AttestationError::Rejected(
+            RejectReason::WrongDeployment { .. }
+        ))
+    ));
 }

@@ -563,6 +563,7 @@ fn snp_evidence_passes_a_static_policy_only_with_its_policy_hash_and_binding() {
             verifier: verifier(),
             reference: v.reference_values(),
             host_data,
+            deployment: concord_attestation::DeploymentPin::Any,
         };
         let verified = policy(vec![other, own])
             .verify_at(&v.evidence(), &v.report_data(), v.at)

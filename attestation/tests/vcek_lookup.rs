@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use concord_attestation::atls::{AtlsAcceptor, AtlsClient, ClientAuth};
 use concord_attestation::testing::device::StandInDevice;
 use concord_attestation::testing::kds::{KdsStub, StubMode};
-use concord_attestation::testing::{SimFixture, tls_key};
+use concord_attestation::testing::{DEPLOYMENT, SimFixture, tls_key};
 use concord_attestation::vcek::{KdsClient, KdsConfig, VcekResolver};
 use concord_attestation::{ReportBuilder, SevGuestIssuer, Tcb};
 use rustls::pki_types::ServerName;
@@ -81,8 +81,15 @@ fn a_vcek_lookup_miss_fails_handshakes_at_once_with_one_kds_fetch_and_a_live_run
     let addr = server.block_on(async {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let acceptor =
-            Arc::new(AtlsAcceptor::new(issuer.clone(), tls_key(), ClientAuth::None).unwrap());
+        let acceptor = Arc::new(
+            AtlsAcceptor::new(
+                issuer.clone(),
+                tls_key(),
+                Arc::new(DEPLOYMENT),
+                ClientAuth::None,
+            )
+            .unwrap(),
+        );
         tokio::spawn(async move {
             loop {
                 let (tcp, _) = listener.accept().await.unwrap();

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use concord_attestation::{AtlsClient, ClientIdentity};
+use concord_attestation::{AtlsClient, AttestationError, ClientIdentity, RejectReason};
 use concord_coordinator::launch::{LaunchError, PlatformArgs};
-use concord_coordinator::transport::connect;
+use concord_coordinator::transport::{ConnectError, connect};
 use concord_proto::v1 as pb;
 use concord_proto::v1::mesh_api_client::MeshApiClient;
 
@@ -33,6 +33,12 @@ pub struct InitializerArgs {
     /// The manifest the coordinator must be verified against (its coordinator policies and reference values).
     #[arg(long, env = "CONCORD_MANIFEST")]
     pub manifest: PathBuf,
+    /// The deployment the workload belongs to (64 hex characters, `concord deployment-id -m
+    /// first-manifest.json`): a coordinator serving another deployment is refused (exit 3), even a
+    /// genuine one. Default: the id the manifest makes (right unless the owner keys changed since the
+    /// first manifest).
+    #[arg(long, env = "CONCORD_DEPLOYMENT_ID", value_parser = remote::parse_deployment_id)]
+    pub deployment_id: Option<concord_attestation::DeploymentId>,
     /// Give up after this many seconds (default: never).
     #[arg(long, env = "CONCORD_INITIALIZER_TIMEOUT")]
     pub timeout: Option<u64>,
@@ -52,6 +58,7 @@ fn config_json(args: &InitializerArgs) -> serde_json::Value {
         "root": args.root,
         "manifest": args.manifest,
         "timeout": args.timeout,
+        "deployment_id": args.deployment_id.map(|id| hex::encode(id.as_bytes())),
         "platform": {
             "kind": clap::ValueEnum::to_possible_value(&p.platform).map(|v| v.get_name().to_string()),
             "insecure_simulated_attestation": p.insecure_simulated_attestation,
@@ -84,7 +91,10 @@ pub async fn run(args: InitializerArgs) -> CliResult {
     })?;
     let manifest = remote::read_manifest(&args.manifest)?;
     let trust = remote::trust_for(&manifest, args.platform.insecure_simulated_attestation)?;
-    let policy = Arc::new(remote::coordinator_policy(&manifest, trust)?);
+    let deployment = remote::expected_deployment(args.deployment_id, &manifest);
+    let mut policy = remote::coordinator_policy(&manifest, trust)?;
+    policy.deployment = concord_attestation::DeploymentPin::Exactly(deployment);
+    let policy = Arc::new(policy);
     let key = Arc::new(
         rcgen::KeyPair::generate()
             .map_err(|e| CliError::error(format!("cannot make a key: {e}")))?,
@@ -92,6 +102,7 @@ pub async fn run(args: InitializerArgs) -> CliResult {
     let identity = ClientIdentity {
         issuer,
         key: key.clone(),
+        deployment: Arc::new(deployment),
     };
     let client = Arc::new(
         AtlsClient::new(policy, Some(identity))
@@ -104,7 +115,10 @@ pub async fn run(args: InitializerArgs) -> CliResult {
     let response = loop {
         match attempt_once(&args.coordinator, client.clone()).await {
             Ok(r) => break r,
-            Err(e) => {
+            // A genuine coordinator of another deployment: retrying cannot help, and nothing may be
+            // sent to it. (One with no deployment yet may get its first manifest: retry.)
+            Err(Attempt::OtherDeployment(e)) => return Err(e),
+            Err(Attempt::Failed(e)) => {
                 if let Some(t) = args.timeout
                     && start.elapsed() + delay > Duration::from_secs(t)
                 {
@@ -136,13 +150,44 @@ pub async fn run(args: InitializerArgs) -> CliResult {
     Ok(())
 }
 
-async fn attempt_once(addr: &str, client: Arc<AtlsClient>) -> CliResult<pb::NewMeshCertResponse> {
-    let (channel, _) = connect(addr, client).await.map_err(remote::connect_error)?;
+/// Why an attempt failed: worth retrying, or not.
+enum Attempt {
+    Failed(CliError),
+    OtherDeployment(CliError),
+}
+
+impl std::fmt::Display for Attempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Attempt::Failed(e) | Attempt::OtherDeployment(e) => e.fmt(f),
+        }
+    }
+}
+
+async fn attempt_once(
+    addr: &str,
+    client: Arc<AtlsClient>,
+) -> Result<pb::NewMeshCertResponse, Attempt> {
+    let (channel, _) = connect(addr, client).await.map_err(|e| {
+        let other = matches!(
+            &e,
+            ConnectError::Attestation {
+                source: AttestationError::Rejected(RejectReason::WrongDeployment { found, .. }),
+                ..
+            } if !found.is_unpinned()
+        );
+        let e = remote::connect_error(e);
+        if other {
+            Attempt::OtherDeployment(e)
+        } else {
+            Attempt::Failed(e)
+        }
+    })?;
     MeshApiClient::new(channel)
         .new_mesh_cert(pb::NewMeshCertRequest {})
         .await
         .map(|r| r.into_inner())
-        .map_err(|s| remote::status_error("NewMeshCert", s))
+        .map_err(|s| Attempt::Failed(remote::status_error("NewMeshCert", s)))
 }
 
 fn write_outputs(root: &Path, key_pem: &str, r: &pb::NewMeshCertResponse) -> CliResult {

@@ -38,6 +38,8 @@ enum Command {
     Status(cmd::status::Status),
     /// Submit your seed share to a recovering coordinator (user recovery after a full outage).
     Recover(cmd::recover::Recover),
+    /// Print the deployment id a first manifest makes (for `--deployment-id`, the chart's `deploymentId`).
+    DeploymentId(cmd::deployment_id::DeploymentId),
     /// Run a local coordinator end to end (simulated attestation) and show every step.
     Demo(cmd::demo::Demo),
 }
@@ -56,6 +58,7 @@ async fn main() -> ExitCode {
         Command::Cluster(c) => cmd::cluster::run(c).await,
         Command::Status(c) => cmd::status::run(c).await.map(|_| ()),
         Command::Demo(c) => cmd::demo::run(c).await,
+        Command::DeploymentId(c) => cmd::deployment_id::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

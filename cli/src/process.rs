@@ -52,27 +52,35 @@ pub fn free_addr() -> CliResult<SocketAddr> {
     )))
 }
 
-/// The flags of the INSECURE simulated platform for one process.
+/// The flags of the INSECURE simulated platform for one process, and the deployment it belongs to.
 #[derive(Debug, Clone)]
 pub struct SimulatedFlags {
     pub root_dir: PathBuf,
     pub policy: PathBuf,
     pub measurement_hex: String,
+    /// `--deployment-id` (hex), for coordinators and initializers; `None`: not given.
+    pub deployment_id: Option<String>,
 }
 
 impl SimulatedFlags {
     pub fn args(&self) -> Vec<String> {
-        vec![
-            "--platform".into(),
-            "simulated".into(),
-            "--insecure-simulated-attestation".into(),
-            "--simulated-root".into(),
-            self.root_dir.display().to_string(),
-            "--simulated-policy".into(),
-            self.policy.display().to_string(),
-            "--simulated-measurement".into(),
-            self.measurement_hex.clone(),
-        ]
+        let deployment = self
+            .deployment_id
+            .iter()
+            .flat_map(|id| ["--deployment-id".to_string(), id.clone()]);
+        deployment
+            .chain([
+                "--platform".into(),
+                "simulated".into(),
+                "--insecure-simulated-attestation".into(),
+                "--simulated-root".into(),
+                self.root_dir.display().to_string(),
+                "--simulated-policy".into(),
+                self.policy.display().to_string(),
+                "--simulated-measurement".into(),
+                self.measurement_hex.clone(),
+            ])
+            .collect()
     }
 }
 

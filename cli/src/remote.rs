@@ -4,7 +4,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use concord_attestation::{AtlsClient, PlatformTrust, StaticPolicy, VerifiedPeer, Verifier};
+use concord_attestation::{
+    AtlsClient, AttestationError, DeploymentId, DeploymentPin, PlatformTrust, RejectReason,
+    StaticPolicy, VerifiedPeer, Verifier,
+};
 use concord_coordinator::manifest::Manifest;
 use concord_coordinator::transport::{ConnectError, connect};
 use concord_proto::v1::user_api_client::UserApiClient;
@@ -51,7 +54,9 @@ pub fn trust_for(
     }
 }
 
-/// The policy a coordinator must meet: a `coordinator`-role policy of `manifest` and its reference values.
+/// The policy a coordinator must meet: a `coordinator`-role policy of `manifest` and its reference
+/// values, serving the deployment `manifest` makes as a first manifest (change `deployment` for
+/// another rule).
 pub fn coordinator_policy(manifest: &Manifest, trust: PlatformTrust) -> CliResult<StaticPolicy> {
     let host_data: Vec<[u8; 32]> = manifest
         .coordinator_policies()
@@ -67,16 +72,20 @@ pub fn coordinator_policy(manifest: &Manifest, trust: PlatformTrust) -> CliResul
         verifier: Verifier::new(trust),
         reference: manifest.reference_values().clone(),
         host_data,
+        deployment: DeploymentPin::Exactly(manifest.deployment_id()),
     })
 }
 
-/// Dials the user API at `addr` and verifies the coordinator against `manifest`.
+/// Dials the user API at `addr` and verifies the coordinator against `manifest`, serving a
+/// deployment `deployment` accepts.
 pub async fn user_api(
     addr: &str,
     manifest: &Manifest,
     trust: PlatformTrust,
+    deployment: DeploymentPin,
 ) -> CliResult<(UserApiClient<Channel>, VerifiedPeer)> {
-    let policy = coordinator_policy(manifest, trust)?;
+    let mut policy = coordinator_policy(manifest, trust)?;
+    policy.deployment = deployment;
     let client = Arc::new(
         AtlsClient::new(Arc::new(policy), None)
             .map_err(|e| CliError::error(format!("cannot set up aTLS: {e}")))?,
@@ -87,6 +96,15 @@ pub async fn user_api(
 
 pub fn connect_error(e: ConnectError) -> CliError {
     match e {
+        ConnectError::Attestation {
+            source: AttestationError::Rejected(RejectReason::WrongDeployment { .. }),
+            ..
+        } => CliError::verification(format!(
+            "{e}. The expected deployment comes from --deployment-id (CONCORD_DEPLOYMENT_ID), else \
+             from the manifest's seed share owners and workload owner keys; if the owner keys changed \
+             since the first manifest, pass --deployment-id (`concord deployment-id -m \
+             first-manifest.json` prints it)"
+        )),
         ConnectError::Attestation { .. } => CliError::verification(format!(
             "{e}. The coordinator does not run a build the manifest allows (or its evidence is forged)"
         )),
@@ -124,6 +142,25 @@ pub struct CoordinatorTarget {
     /// Accept a coordinator on the simulated platform (INSECURE).
     #[arg(long)]
     pub insecure_simulated_attestation: bool,
+    /// The deployment the coordinator must serve (64 hex characters, `concord deployment-id -m
+    /// first-manifest.json`). Default: the id the manifest makes (its seed share owners and workload
+    /// owner keys), which is the deployment's unless the owner keys changed since the first manifest.
+    #[arg(long, env = "CONCORD_DEPLOYMENT_ID", value_parser = parse_deployment_id)]
+    pub deployment_id: Option<DeploymentId>,
+}
+
+/// `--deployment-id`: 64 hex characters, not all zero.
+pub fn parse_deployment_id(s: &str) -> Result<DeploymentId, String> {
+    let id = DeploymentId::from_hex(s)?;
+    if id.is_unpinned() {
+        return Err("all zero bytes mean \"no deployment\"; give the deployment's id".into());
+    }
+    Ok(id)
+}
+
+/// The deployment a relying party expects: `--deployment-id` if given, else the one `manifest` makes.
+pub fn expected_deployment(flag: Option<DeploymentId>, manifest: &Manifest) -> DeploymentId {
+    flag.unwrap_or_else(|| manifest.deployment_id())
 }
 
 /// An attested connection to a coordinator, with what it was checked against.
@@ -131,18 +168,41 @@ pub struct Connected {
     pub client: UserApiClient<Channel>,
     pub manifest: Manifest,
     pub trust: PlatformTrust,
+    /// The deployment the coordinator had to serve.
+    pub deployment: DeploymentId,
+    /// The coordinator, as attested; its `deployment()` is the one it serves now.
+    pub peer: VerifiedPeer,
 }
 
 impl CoordinatorTarget {
-    /// Reads the manifest, dials the coordinator and verifies it against the manifest.
+    /// Reads the manifest, dials the coordinator and verifies it against the manifest and the
+    /// expected deployment.
     pub async fn connect(&self) -> CliResult<Connected> {
+        self.connect_with(false).await
+    }
+
+    /// As [`CoordinatorTarget::connect`], also accepting a coordinator that has no deployment yet
+    /// (fresh and unpinned): for a first `concord set` and for `concord status`.
+    pub async fn connect_allowing_unpinned(&self) -> CliResult<Connected> {
+        self.connect_with(true).await
+    }
+
+    async fn connect_with(&self, allow_unpinned: bool) -> CliResult<Connected> {
         let manifest = read_manifest(&self.manifest)?;
         let trust = trust_for(&manifest, self.insecure_simulated_attestation)?;
-        let (client, _) = user_api(&self.coordinator, &manifest, trust.clone()).await?;
+        let deployment = expected_deployment(self.deployment_id, &manifest);
+        let pin = if allow_unpinned {
+            DeploymentPin::ThisOrUnpinned(deployment)
+        } else {
+            DeploymentPin::Exactly(deployment)
+        };
+        let (client, peer) = user_api(&self.coordinator, &manifest, trust.clone(), pin).await?;
         Ok(Connected {
             client,
             manifest,
             trust,
+            deployment,
+            peer,
         })
     }
 }

@@ -31,6 +31,14 @@ pub enum CoordinatorError {
     /// The call does not fit the replica's state (e.g. recovering a ready replica).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A seed share was refused: the replica's history is not, or does not extend, the one its owner
+    /// knew (a rollback or a fork). Nothing changed.
+    #[error(
+        "refusing the share: the history does not extend the one you know: {0}. If disks were \
+         restored from an older backup, the newer state is lost; do not recover this history unless \
+         the owners agree to go back"
+    )]
+    UnknownHistory(String),
     /// Nothing has been set yet.
     #[error("no manifest has been set yet; set one with `concord set`")]
     NoManifest,

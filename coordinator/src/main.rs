@@ -43,6 +43,11 @@ struct Args {
     platform: PlatformArgs,
     #[command(flatten)]
     own_reference: OwnReferenceArgs,
+    /// The deployment this replica serves (64 hex characters: `concord deployment-id -m
+    /// first-manifest.json`). A first manifest of another deployment is refused, and a stored history
+    /// of another deployment is not served. Without it the replica is unpinned until its first manifest.
+    #[arg(long, env = "CONCORD_DEPLOYMENT_ID", value_parser = parse_deployment_id)]
+    deployment_id: Option<concord_attestation::DeploymentId>,
     /// Log format.
     #[arg(long, env = "CONCORD_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -75,7 +80,16 @@ fn config_json(args: &Args, members: &Members) -> serde_json::Value {
             "snp_reference": args.own_reference.snp_reference,
         },
         "log_format": args.log_format,
+        "deployment_id": args.deployment_id.map(|id| hex::encode(id.as_bytes())),
     })
+}
+
+fn parse_deployment_id(s: &str) -> Result<concord_attestation::DeploymentId, String> {
+    let id = concord_attestation::DeploymentId::from_hex(s)?;
+    if id.is_unpinned() {
+        return Err("all zero bytes mean \"unpinned\"; omit the flag instead".into());
+    }
+    Ok(id)
 }
 
 fn usage_error(e: &str) -> ExitCode {
@@ -155,6 +169,7 @@ async fn main() -> ExitCode {
         node_id: members.node_id,
         peers: members.peers,
         platform,
+        deployment_id: args.deployment_id,
     };
     match run(config, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,

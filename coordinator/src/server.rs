@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use concord_attestation::{AtlsAcceptor, AtlsClient, ClientAuth, ClientIdentity, Verifier};
+use concord_attestation::{
+    AtlsAcceptor, AtlsClient, ClientAuth, ClientIdentity, DeploymentId, DeploymentSource, Verifier,
+};
 use concord_proto::v1::{
     mesh_api_server::MeshApiServer, peer_api_server::PeerApiServer, user_api_server::UserApiServer,
 };
@@ -43,6 +45,8 @@ pub struct Config {
     /// Every member's peer API address, this replica included. The lowest id forms a fresh cluster.
     pub peers: BTreeMap<NodeId, String>,
     pub platform: LaunchedPlatform,
+    /// The deployment this replica serves (`--deployment-id`); `None`: unpinned until the first manifest.
+    pub deployment_id: Option<DeploymentId>,
 }
 
 /// Raft timing: heartbeats every 50 ms, elections after 150 to 300 ms of silence, so a failover completes
@@ -106,7 +110,10 @@ pub async fn run(
             store_dir.display()
         )
     };
-    let coordinator = Coordinator::open(store.clone()).map_err(|e| refuse(&e))?;
+    let mut coordinator = Coordinator::open(store.clone()).map_err(|e| refuse(&e))?;
+    if let Some(id) = config.deployment_id {
+        coordinator.pin_deployment(id)?;
+    }
     let (log_store, state_machine) = crate::raft::open(&store).map_err(|e| refuse(&e))?;
     let state = coordinator.state();
     if let Some(chain) = coordinator.chain() {
@@ -125,6 +132,8 @@ pub async fn run(
         issuer.clone(),
         Verifier::new(platform.trust.clone()),
     ));
+    info!(deployment = %replica.deployment(), "serving deployment");
+    let deployment: Arc<dyn DeploymentSource> = replica.clone();
     let key = Arc::new(rcgen::KeyPair::generate()?);
     let peer_policy = Arc::new(PeerAcceptPolicy::new(
         replica.clone(),
@@ -136,6 +145,7 @@ pub async fn run(
         Some(ClientIdentity {
             issuer: issuer.clone(),
             key: key.clone(),
+            deployment: deployment.clone(),
         }),
     )?);
     let sampled_log = log_store.clone();
@@ -159,16 +169,19 @@ pub async fn run(
     let user_acceptor = Arc::new(AtlsAcceptor::new(
         issuer.clone(),
         key.clone(),
+        deployment.clone(),
         ClientAuth::None,
     )?);
     let mesh_acceptor = Arc::new(AtlsAcceptor::new(
         issuer.clone(),
         key.clone(),
+        deployment.clone(),
         ClientAuth::Required(Arc::new(MeshAcceptPolicy::new(replica.clone()))),
     )?);
     let peer_acceptor = Arc::new(AtlsAcceptor::new(
         issuer,
         key,
+        deployment,
         ClientAuth::Required(peer_policy),
     )?);
     let bind = |addr: SocketAddr, what: &'static str| async move {

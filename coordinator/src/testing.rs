@@ -136,7 +136,11 @@ impl TestDeployment {
         spki_der: &[u8],
     ) -> concord_attestation::VerifiedReport {
         use concord_attestation::{EvidenceIssuer, PlatformTrust, Verifier};
-        let report_data = concord_attestation::atls::binding(spki_der, &[5; 32]);
+        let report_data = concord_attestation::atls::binding(
+            spki_der,
+            &[5; 32],
+            &concord_attestation::DeploymentId::UNPINNED,
+        );
         let evidence = self.issuer(policy).issue(&report_data).expect("evidence");
         Verifier::new(PlatformTrust {
             insecure_simulated_root: Some(self.root.hash()),

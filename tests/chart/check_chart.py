@@ -6,15 +6,19 @@
 (b) validates every rendered document against the schemas of a pinned Kubernetes version
     (kubernetes-validate, strict: unknown fields are errors);
 (c) asserts what the design requires: Parallel pods, the peer Service publishing not-ready pods, a
-    PodDisruptionBudget that keeps the Raft quorum (1, 3 and 5 replicas), the NetworkPolicy, the probes,
-    the checksum annotation (and that it changes with the configuration), the labels, the security
-    settings;
+    PodDisruptionBudget that keeps the Raft quorum (1, 3 and 5 replicas; an override above it is
+    refused), the NetworkPolicy (9102 only from the scraper and node CIDRs; egress only to DNS, the peers
+    and the KDS), the probes, the checksum annotation (and that it changes with the configuration), the
+    labels, the security settings; on SEV-SNP a runtime class, an image by digest and a way for uid 65532
+    to open /dev/sev-guest (each refused when missing); and that the Containerfile pins its base images
+    by digest;
 (d) runs the real binaries with every flag and environment variable the rendered StatefulSet gives each
     container, plus --check-config, as two of its pods would (POD_NAME etc. substituted), so the chart
     and the binaries cannot drift apart.
 
-Usage: check_chart.py [--target-dir DIR]   (default: $CARGO_TARGET_DIR, else target/; the binaries
-come from DIR/debug: run `cargo build --workspace --bins` first). Exit 0 when every check passed.
+Usage: check_chart.py [--target-dir DIR] [--chart DIR] [--containerfile FILE]   (default: $CARGO_TARGET_DIR,
+else target/; the binaries come from DIR/debug: run `cargo build --workspace --bins` first; --chart and
+--containerfile check another copy, e.g. an older commit's). Exit 0 when every check passed.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +43,7 @@ except ImportError as e:  # pragma: no cover - a setup error, said plainly
 KUBE_VERSION = "1.33.0"
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "concord"
+CONTAINERFILE = REPO / "Containerfile"
 HERE = Path(__file__).resolve().parent
 NAMESPACE = "concord-test"
 PORTS = {"user": 1313, "mesh": 7777, "peer": 7778, "health": 9102}
@@ -198,7 +204,13 @@ def check_structure(docs: list[dict[str, Any]], notes: str, values: dict[str, An
         )
         check([p["port"] for p in peer_rules[0]["ports"]] == [7778], f"{label}: the peer rule admits other ports")
     admitted = {p["port"] for r in rules for p in r.get("ports", [])}
-    check(admitted == set(PORTS.values()), f"{label}: the NetworkPolicy admits {sorted(admitted)}, want {sorted(PORTS.values())}")
+    health = {"scraperNamespaceSelector": {}, "scraperPodSelector": {}, "nodeCidrs": [], **v["networkPolicy"].get("health", {})}
+    health_open = bool(health["scraperNamespaceSelector"] or health["scraperPodSelector"] or health["nodeCidrs"])
+    want_ports = set(PORTS.values()) - (set() if health_open else {9102})
+    check(admitted == want_ports, f"{label}: the NetworkPolicy admits {sorted(admitted)}, want {sorted(want_ports)}")
+    check_health_ingress(rules, health, label)
+    egress = {"dns": [], "kdsCidrs": [], "kdsPort": 443, **v["networkPolicy"].get("egress", {})}
+    check_egress(policy, v["attestation"], egress, selector, label)
 
     # Probes on the health port.
     c = coordinator_container(sts)
@@ -236,8 +248,121 @@ def check_structure(docs: list[dict[str, Any]], notes: str, values: dict[str, An
     check(("INSECURE" in notes) == simulated, f"{label}: NOTES must say INSECURE exactly when attestation is simulated")
     check("concord set" in notes and "concord verify" in notes and "port-forward" in notes, f"{label}: NOTES lacks the next steps")
     image = c["image"]
-    tag = v["image"]["tag"] or app_version()
-    check(image.endswith(":" + tag), f"{label}: image {image} is not pinned to {tag} (image.tag, else appVersion)")
+    if v["image"]["digest"]:
+        check(image.endswith("@" + v["image"]["digest"]), f"{label}: image {image} is not pinned to the digest {v['image']['digest']}")
+    else:
+        tag = v["image"]["tag"] or app_version()
+        check(image.endswith(":" + tag), f"{label}: image {image} is not pinned to {tag} (image.tag, else appVersion)")
+    if not simulated:
+        check("@sha256:" in image, f"{label}: on SEV-SNP the image must be pinned by digest, not {image}")
+        check(bool(pod_spec.get("runtimeClassName")), f"{label}: on SEV-SNP the pods need a runtimeClassName (a confidential VM)")
+        check_device_access(pod_spec, c, v["attestation"]["snp"], label)
+
+
+def check_health_ingress(rules: list[dict[str, Any]], health: dict[str, Any], label: str) -> None:
+    """9102 (probes and metrics) only from the scraper's selectors and the node CIDRs: never from anyone."""
+    for r in rules:
+        if not any(p["port"] == 9102 for p in r.get("ports", [])):
+            continue
+        sources = r.get("from") or []
+        check(bool(sources), f"{label}: port 9102 is admitted from anyone")
+        check([p["port"] for p in r["ports"]] == [9102], f"{label}: the 9102 rule admits other ports")
+        want: list[dict[str, Any]] = []
+        if health["scraperNamespaceSelector"] or health["scraperPodSelector"]:
+            peer: dict[str, Any] = {}
+            if health["scraperNamespaceSelector"]:
+                peer["namespaceSelector"] = {"matchLabels": health["scraperNamespaceSelector"]}
+            if health["scraperPodSelector"]:
+                peer["podSelector"] = {"matchLabels": health["scraperPodSelector"]}
+            want.append(peer)
+        want.extend({"ipBlock": {"cidr": cidr}} for cidr in health["nodeCidrs"])
+        check(sources == want, f"{label}: port 9102 is admitted from {sources}, want the scraper and the node CIDRs {want}")
+
+
+def check_egress(policy: dict[str, Any], attestation: dict[str, Any], egress: dict[str, Any], selector: dict[str, str], label: str) -> None:
+    """Egress only to DNS, the peers' 7778 and (SEV-SNP) the KDS: never to any destination."""
+    spec = policy.get("spec", {})
+    check("Egress" in spec.get("policyTypes", []), f"{label}: the NetworkPolicy does not restrict egress")
+    allowed: set[tuple[int, str]] = set()
+    for r in spec.get("egress", []):
+        to = r.get("to") or []
+        ports = {(p["port"], p.get("protocol", "TCP")) for p in r.get("ports", [])}
+        check(bool(to), f"{label}: an egress rule admits every destination: {r}")
+        check(bool(ports), f"{label}: an egress rule admits every port: {r}")
+        allowed |= ports
+        if ports == {(7778, "TCP")}:
+            check(to == [{"podSelector": {"matchLabels": selector}}], f"{label}: egress to 7778 goes beyond the coordinator pods: {to}")
+        elif ports == {(53, "UDP"), (53, "TCP")}:
+            check(to == egress["dns"], f"{label}: egress to DNS goes elsewhere than networkPolicy.egress.dns: {to}")
+        else:
+            check(ports == {(egress["kdsPort"], "TCP")}, f"{label}: unexpected egress ports {sorted(ports)}")
+            check(to == [{"ipBlock": {"cidr": c}} for c in egress["kdsCidrs"]], f"{label}: egress to the KDS goes beyond kdsCidrs: {to}")
+    want = {(7778, "TCP"), (53, "UDP"), (53, "TCP")}
+    if attestation["platform"] == "snp" and attestation["snp"]["kdsUrl"] != "off" and egress["kdsCidrs"]:
+        want.add((egress["kdsPort"], "TCP"))
+    check(allowed == want, f"{label}: egress admits {sorted(allowed)}, want {sorted(want)}")
+
+
+def check_device_access(pod_spec: dict[str, Any], c: dict[str, Any], snp: dict[str, Any], label: str) -> None:
+    """The container runs as uid 65532 with no capability: it reaches /dev/sev-guest only through a group
+    that owns the device, or a device plugin's resource (the runtime then gives it the pod's user)."""
+    ctx = pod_spec.get("securityContext", {})
+    check(ctx.get("runAsUser") == 65532 and ctx.get("runAsNonRoot") is True, f"{label}: the pod does not run as uid 65532")
+    groups = ctx.get("supplementalGroups", [])
+    limits = c.get("resources", {}).get("limits", {})
+    mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
+    access = snp.get("deviceAccess")
+    if access == "group":
+        check(groups == [snp["deviceGroup"]], f"{label}: supplementalGroups {groups}, want the device's group [{snp['deviceGroup']}]")
+    elif access == "resource":
+        check(limits.get(snp["deviceResource"]) == 1, f"{label}: the container does not request the device plugin's {snp['deviceResource']}")
+        check("/dev/sev-guest" not in mounts, f"{label}: a hostPath hides the device plugin's /dev/sev-guest")
+        check(not groups, f"{label}: supplementalGroups {groups} without deviceAccess=group")
+    else:
+        check(False, f"{label}: on SEV-SNP uid 65532 has no way to open /dev/sev-guest (deviceAccess {access!r})")
+
+
+def check_containerfile() -> None:
+    """Every base image of the Containerfile is pinned by digest: literally, or by a required build
+    argument the build itself checks (no default, so no tag can slip in)."""
+    text = CONTAINERFILE.read_text()
+    lines = [l.strip() for l in text.replace("\\\n", " ").splitlines() if l.strip() and not l.strip().startswith("#")]
+    args: dict[str, str | None] = {}
+    stages: set[str] = set()
+    froms = 0
+    for line in lines:
+        words = line.split()
+        if words[0].upper() == "ARG":
+            name, _, default = words[1].partition("=")
+            args.setdefault(name, default or None)
+        if words[0].upper() != "FROM":
+            continue
+        froms += 1
+        ref = words[1]
+        if len(words) >= 4 and words[2].upper() == "AS":
+            stages.add(words[3])
+        if ref in stages:
+            continue
+        m = re.fullmatch(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", ref)
+        if m:
+            name = m.group(1)
+            check(name in args and args[name] is None, f"Containerfile: FROM {ref}: {name} must be a build argument without a default")
+            check(
+                f'"{name}=${name}"' in text and "@sha256:[0-9a-f]{64}" in text,
+                f"Containerfile: FROM {ref}: the build does not check that {name} names a digest",
+            )
+        else:
+            check(bool(re.search(r"@sha256:[0-9a-f]{64}$", ref)), f"Containerfile: FROM {ref} is not pinned by digest")
+    check(froms >= 2, f"Containerfile: expected a build and a runtime stage, found {froms} FROM lines")
+
+
+
+def check_pdb_override() -> None:
+    for replicas, override in ((3, 1), (5, 2), (5, 1), (1, 0)):
+        docs, _ = render({**SIMULATED, "replicas": replicas, "podDisruptionBudget": {"maxUnavailable": override}}, "concord")
+        pdb = one(docs, "PodDisruptionBudget", f"override {override} of {replicas}")
+        got = pdb.get("spec", {}).get("maxUnavailable")
+        check(got == override, f"PDB override {override} with {replicas} replicas rendered as {got}")
 
 
 def app_version() -> str:
@@ -251,8 +376,18 @@ def checksum(values: dict[str, Any]) -> str:
     return sts["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
 
 
+def deep_merge(base: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in change.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def check_checksum() -> None:
-    base = checksum({})
+    def checksum_with(change: dict[str, Any]) -> str:
+        return checksum(deep_merge(SNP_REQUIRED, change))
+
+    base = checksum_with({})
     for change in (
         {"logLevel": "debug"},
         {"logFormat": "text"},
@@ -260,8 +395,18 @@ def check_checksum() -> None:
         {"attestation": {"snp": {"kdsUrl": "off"}}},
         {"attestation": {"snp": {"reference": {"product": "Milan"}}}},
     ):
-        check(checksum(change) != base, f"checksum/config does not change when {change} changes")
-    check(checksum({"podAnnotations": {"a": "b"}}) == base, "checksum/config changes with values outside the configuration")
+        check(checksum_with(change) != base, f"checksum/config does not change when {change} changes")
+    check(checksum_with({"podAnnotations": {"a": "b"}}) == base, "checksum/config changes with values outside the configuration")
+
+
+DIGEST = "sha256:" + "ab" * 32
+SNP_GROUP = {"attestation": {"platform": "snp", "snp": {"deviceAccess": "group", "deviceGroup": 600}}}
+SIMULATED = {
+    "attestation": {
+        "platform": "simulated",
+        "simulated": {"rootSecret": "r", "policy": "p", "measurement": "4d" * 48},
+    }
+}
 
 
 def check_refusals() -> None:
@@ -270,10 +415,37 @@ def check_refusals() -> None:
         ({"attestation": {"platform": "sev"}}, "'snp', 'simulated'"),
         ({"attestation": {"snp": {"kdsUrl": "kdsintf.amd.com"}}}, "kdsUrl"),
         ({"podAntiAffinity": "maybe"}, "'soft', 'hard', 'none'"),
+        ({"deploymentId": "AB" * 32}, "deploymentId"),
         ({"replica": 5}, "additional properties 'replica' not allowed"),
         # the templates' own checks (concord.validate)
         ({"attestation": {"platform": "simulated"}}, "rootSecret"),
         ({"attestation": {"platform": "simulated", "simulated": {"rootSecret": "r", "policy": "p"}}}, "measurement"),
+        # SEV-SNP: a confidential VM, an image by digest, and a way for uid 65532 to open the device
+        ({"image": {"digest": DIGEST}, **SNP_GROUP}, "needs runtimeClassName"),
+        ({"runtimeClassName": "kata-qemu-snp", **SNP_GROUP}, "needs image.digest"),
+        ({"runtimeClassName": "kata-qemu-snp", "image": {"digest": DIGEST}}, "needs attestation.snp.deviceAccess"),
+        (
+            {"runtimeClassName": "kata-qemu-snp", "image": {"digest": DIGEST}, "attestation": {"snp": {"deviceAccess": "group"}}},
+            "needs attestation.snp.deviceGroup",
+        ),
+        (
+            {"runtimeClassName": "kata-qemu-snp", "image": {"digest": DIGEST}, "attestation": {"snp": {"deviceAccess": "resource"}}},
+            "needs attestation.snp.deviceResource",
+        ),
+        (
+            {
+                "runtimeClassName": "kata-qemu-snp",
+                "image": {"digest": DIGEST},
+                "attestation": {"snp": {"deviceAccess": "resource", "deviceResource": "example.org/sev", "mountDevice": True}},
+            },
+            "mountDevice must be false",
+        ),
+        # the PodDisruptionBudget's override never lets evictions break the quorum
+        ({**SIMULATED, "replicas": 3, "podDisruptionBudget": {"maxUnavailable": 2}}, "break the Raft quorum"),
+        ({**SIMULATED, "replicas": 5, "podDisruptionBudget": {"maxUnavailable": 3}}, "break the Raft quorum"),
+        ({**SIMULATED, "replicas": 1, "podDisruptionBudget": {"maxUnavailable": 1}}, "break the Raft quorum"),
+        # an empty DNS peer list would become "egress to anywhere"
+        ({**SIMULATED, "networkPolicy": {"egress": {"dns": []}}}, "networkPolicy.egress.dns is empty"),
     ):
         try:
             render(values, "concord")
@@ -362,6 +534,10 @@ def check_binaries(docs: list[dict[str, Any]], values: dict[str, Any], bin_dir: 
                     check(any(path.startswith(m) for m in mounts), f"{where}: {key} {path} is not on a mounted volume")
             if config["platform"]["kind"] == "snp":
                 check_snp_config(config, v["attestation"]["snp"], mounts, docs, where)
+            want_id = v.get("deploymentId") or None
+            check(config.get("deployment_id") == want_id, f"{where}: deployment id {config.get('deployment_id')!r}, the values say {want_id!r}")
+            literal = any(e["name"] == "CONCORD_DEPLOYMENT_ID" and "value" in e for e in c.get("env", []))
+            check(literal == bool(want_id), f"{where}: CONCORD_DEPLOYMENT_ID must be a literal in the pod spec (measured), not from a ConfigMap")
 
 
 def check_snp_config(config: dict[str, Any], snp: dict[str, Any], mounts: set[str], docs: list[dict[str, Any]], where: str) -> None:
@@ -386,24 +562,33 @@ def check_snp_config(config: dict[str, Any], snp: dict[str, Any], mounts: set[st
 # --- main ----------------------------------------------------------------------------------------
 
 
+# The least that the defaults (platform snp) need: a confidential-VM runtime, an image by digest, and
+# how the container opens /dev/sev-guest.
+SNP_REQUIRED = {"runtimeClassName": "kata-cc-isolation", "image": {"digest": DIGEST}, **SNP_GROUP}
+
 SCENARIOS = [
     # (label, values file, extra values, release name)
-    ("defaults", None, {}, "concord"),
+    ("defaults + the SNP values they require", None, SNP_REQUIRED, "concord"),
     ("values-5-replicas.yaml", "values-5-replicas.yaml", {}, "ha"),
     ("values-simulated.yaml", "values-simulated.yaml", {}, "concord"),
     ("values-snp.yaml", "values-snp.yaml", {}, "concord"),
-    ("replicas=1", None, {"replicas": 1}, "concord"),
+    ("replicas=1", None, {**SNP_REQUIRED, "replicas": 1}, "concord"),
+    ("deploymentId", None, {**SNP_REQUIRED, "deploymentId": "ab" * 32}, "concord"),
 ]
 
 
 def main() -> int:
+    global CHART, CONTAINERFILE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--target-dir",
         default=os.environ.get("CARGO_TARGET_DIR", str(REPO / "target")),
         help="cargo's target directory (binaries in DIR/debug)",
     )
+    parser.add_argument("--chart", default=str(CHART), help="the chart to check (default: charts/concord)")
+    parser.add_argument("--containerfile", default=str(CONTAINERFILE), help="the Containerfile to check")
     args = parser.parse_args()
+    CHART, CONTAINERFILE = Path(args.chart), Path(args.containerfile)
     bin_dir = Path(args.target_dir) / "debug"
     print(f"helm {helm.helm_sdk_version()} (helm-python-sdk {helm.__version__}), Kubernetes schemas {KUBE_VERSION}, binaries in {bin_dir}")
 
@@ -417,12 +602,22 @@ def main() -> int:
             check(False, f"{label}: render failed: {e}")
             continue
         validate(docs, label)
-        check_structure(docs, notes, values, label)
-        check_binaries(docs, values, bin_dir, label)
-    print("checksum/config follows the configuration")
-    check_checksum()
-    print("bad values are refused with a reason")
-    check_refusals()
+        try:
+            check_structure(docs, notes, values, label)
+            check_binaries(docs, values, bin_dir, label)
+        except (KeyError, IndexError, TypeError, helm.HelmError) as e:
+            check(False, f"{label}: the rendered objects lack what the checks expect: {type(e).__name__} {e}")
+    for what, run in (
+        ("checksum/config follows the configuration", check_checksum),
+        ("bad values are refused with a reason", check_refusals),
+        ("the PodDisruptionBudget's override is taken up to the quorum's limit", check_pdb_override),
+        ("the Containerfile pins its base images by digest", check_containerfile),
+    ):
+        print(what)
+        try:
+            run()
+        except helm.HelmError as e:
+            check(False, f"{what}: rendering failed: {e}")
 
     if failures:
         print(f"\ncheck_chart.py: {len(failures)} check(s) failed:", file=sys.stderr)

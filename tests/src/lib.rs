@@ -72,6 +72,7 @@ impl Env {
             root_dir: self.path("sim-root"),
             policy: self.path(policy_file),
             measurement_hex: MEASUREMENT_HEX.into(),
+            deployment_id: None,
         }
     }
 
@@ -148,10 +149,14 @@ impl Env {
     ) -> Result<concord_proto::v1::GetStatusResponse, String> {
         let manifest = concord_coordinator::manifest::Manifest::parse(&self.d.manifest(1)).unwrap();
         let trust = concord_cli::remote::trust_for(&manifest, true).unwrap();
-        let (mut client, _) =
-            concord_cli::remote::user_api(&c.user_addr.to_string(), &manifest, trust)
-                .await
-                .map_err(|e| e.to_string())?;
+        let (mut client, _) = concord_cli::remote::user_api(
+            &c.user_addr.to_string(),
+            &manifest,
+            trust,
+            pin(&manifest),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         client
             .get_status(concord_proto::v1::GetStatusRequest {})
             .await
@@ -315,7 +320,7 @@ impl Env {
     ) -> UserApiClient<tonic::transport::Channel> {
         let manifest = concord_coordinator::manifest::Manifest::parse(&self.d.manifest(1)).unwrap();
         let trust = concord_cli::remote::trust_for(&manifest, true).unwrap();
-        concord_cli::remote::user_api(&c.user_addr.to_string(), &manifest, trust)
+        concord_cli::remote::user_api(&c.user_addr.to_string(), &manifest, trust, pin(&manifest))
             .await
             .unwrap()
             .0
@@ -333,6 +338,7 @@ impl Env {
         let identity = ClientIdentity {
             issuer: Arc::new(self.d.issuer(policy)),
             key: Arc::new(rcgen::KeyPair::generate().unwrap()),
+            deployment: Arc::new(manifest.deployment_id()),
         };
         let client = Arc::new(
             AtlsClient::new(Arc::new(policy_check), Some(identity)).map_err(|e| e.to_string())?,
@@ -342,6 +348,14 @@ impl Env {
             .map(|(ch, _)| MeshApiClient::new(ch))
             .map_err(|e| e.to_string())
     }
+}
+
+/// What the fixture's own clients accept: the deployment `manifest` makes, or a coordinator that has
+/// none yet (tests set first manifests and ask fresh replicas for their status).
+pub fn pin(
+    manifest: &concord_coordinator::manifest::Manifest,
+) -> concord_attestation::DeploymentPin {
+    concord_attestation::DeploymentPin::ThisOrUnpinned(manifest.deployment_id())
 }
 
 impl Default for Env {

@@ -171,7 +171,7 @@ async fn full_outage_then_threshold_recovery_of_a_cluster() {
 
     // Two of three seed share owners recover one replica; the others recover from it.
     for i in [0, 2] {
-        let out = env.recover(&cluster[1], i, &[]);
+        let out = env.recover(&cluster[1], i, &["--expect-latest", &stdout_line(&first)]);
         assert!(out.status.success(), "{}", describe(&out));
     }
     let refs: Vec<_> = cluster.iter().collect();
@@ -400,9 +400,10 @@ async fn wait_voter(
 
 /// A lost disk, with no operator at all: the replica with the lowest id (the one that formed the
 /// cluster) restarts empty; it must not form a second cluster but rejoin this one. Then the cluster
-/// grows by a replica that was never a member: it joins by itself once it attested.
+/// grows by a replica that was never a member: it waits until a workload owner adds it, in one
+/// command (`tests/tests/membership.rs` shows that it does not make itself a voter).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicas_with_empty_disks_and_new_replicas_join_by_themselves() {
+async fn replicas_with_empty_disks_rejoin_by_themselves_and_new_ones_with_the_owner() {
     let env = Env::new();
     let mut cluster = env.start_cluster(3);
     let out = env.set(&cluster[0], "manifest-v1.json", &[]);
@@ -437,6 +438,8 @@ async fn replicas_with_empty_disks_and_new_replicas_join_by_themselves() {
         &peers,
     )
     .unwrap();
+    let grow = env.set_members(cluster[2].user_addr, &peers, "owner.pem");
+    assert!(grow.status.success(), "{}", describe(&grow));
     cluster.push(fourth);
     all_ready(&env, &cluster.iter().collect::<Vec<_>>(), 2).await;
     wait_voter(&env, &cluster[3]).await;

@@ -362,7 +362,12 @@ struct Shared {
 
 async fn connect(shared: &Shared, addr: SocketAddr) -> Result<UserApiClient<Channel>, String> {
     let addr = addr.to_string();
-    let dial = concord_cli::remote::user_api(&addr, &shared.manifest, shared.trust.clone());
+    let dial = concord_cli::remote::user_api(
+        &addr,
+        &shared.manifest,
+        shared.trust.clone(),
+        concord_tests::pin(&shared.manifest),
+    );
     match tokio::time::timeout(CONNECT_TIMEOUT, dial).await {
         Ok(Ok((client, _))) => Ok(client),
         Ok(Err(e)) => Err(e.to_string()),

@@ -212,7 +212,7 @@ async fn seed_shares_are_refused_while_a_peer_is_ready_unless_forced() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    let refused = env.recover(&cluster[2], 0, &[]);
+    let refused = env.recover(&cluster[2], 0, &["--since", &v1.to_hex()]);
     assert_eq!(
         refused.status.code(),
         Some(1),
@@ -224,7 +224,7 @@ async fn seed_shares_are_refused_while_a_peer_is_ready_unless_forced() {
         said.contains("is ready") && said.contains("--force"),
         "the refusal does not say a peer is ready and how to force: {said}"
     );
-    let forced = env.recover(&cluster[2], 0, &["--force"]);
+    let forced = env.recover(&cluster[2], 0, &["--force", "--since", &v1.to_hex()]);
     assert!(
         forced.status.success(),
         "{}",

@@ -55,6 +55,7 @@ async fn recover_as(
     let identity = ClientIdentity {
         issuer: Arc::new(issuer),
         key: Arc::new(rcgen::KeyPair::generate().unwrap()),
+        deployment: Arc::new(concord_attestation::DeploymentId::UNPINNED),
     };
     let client = Arc::new(AtlsClient::new(Arc::new(verify_coordinator), Some(identity)).unwrap());
     let (channel, _) = connect(&c.peer_addr.to_string(), client)

@@ -1,4 +1,5 @@
-//! The aTLS certificate: self-signed by its key, short-lived, evidence in the extension.
+//! The aTLS certificate: self-signed by its key, short-lived, evidence and the deployment id in
+//! extensions.
 
 use rcgen::{CertificateParams, CustomExtension, DnType, KeyPair, PublicKeyData as _};
 use rustls::pki_types::CertificateDer;
@@ -6,20 +7,22 @@ use time::{Duration, OffsetDateTime};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer as _;
 
-use super::{EVIDENCE_OID, NONCE_LEN, binding};
+use super::{DEPLOYMENT_OID, DeploymentId, EVIDENCE_OID, NONCE_LEN, binding};
 use crate::error::{AttestationError, RejectReason};
 use crate::evidence::Evidence;
 use crate::issuer::EvidenceIssuer;
 
 const CN: &str = "Concord aTLS";
 
-/// Issues evidence binding `key` to the peer's `nonce` and wraps it in a fresh certificate.
+/// Issues evidence binding `key` to the peer's `nonce` and to `deployment`, and wraps it in a fresh
+/// certificate that names `deployment`.
 pub(crate) fn make_certificate(
     issuer: &dyn EvidenceIssuer,
     key: &KeyPair,
     nonce: &[u8; NONCE_LEN],
+    deployment: &DeploymentId,
 ) -> Result<CertificateDer<'static>, AttestationError> {
-    let evidence = issuer.issue(&binding(&key.subject_public_key_info(), nonce))?;
+    let evidence = issuer.issue(&binding(&key.subject_public_key_info(), nonce, deployment))?;
     let mut params = CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
     params.distinguished_name.push(DnType::CommonName, CN);
@@ -34,22 +37,43 @@ pub(crate) fn make_certificate(
             EVIDENCE_OID,
             evidence.to_bytes(),
         ));
+    params
+        .custom_extensions
+        .push(CustomExtension::from_oid_content(
+            DEPLOYMENT_OID,
+            deployment.as_bytes().to_vec(),
+        ));
     let cert = params
         .self_signed(key)
         .map_err(|e| AttestationError::Issuer(format!("making the aTLS certificate: {e}")))?;
     Ok(cert.der().clone())
 }
 
-fn is_evidence_oid(oid: &x509_parser::der_parser::oid::Oid<'_>) -> bool {
-    oid.iter()
-        .is_some_and(|arcs| arcs.eq(EVIDENCE_OID.iter().copied()))
+fn is_oid(oid: &x509_parser::der_parser::oid::Oid<'_>, arcs: &[u64]) -> bool {
+    oid.iter().is_some_and(|a| a.eq(arcs.iter().copied()))
 }
 
-/// The evidence of an aTLS certificate and the certificate's SubjectPublicKeyInfo (DER).
+fn is_evidence_oid(oid: &x509_parser::der_parser::oid::Oid<'_>) -> bool {
+    is_oid(oid, EVIDENCE_OID)
+}
+
+/// What an aTLS certificate carries. Nothing in it is trusted until the evidence verified against
+/// `binding(spki_der, nonce, deployment)`.
+#[derive(Debug, Clone)]
+pub struct AtlsCertificate {
+    pub evidence: Evidence,
+    /// SubjectPublicKeyInfo (DER) of the certificate key.
+    pub spki_der: Vec<u8>,
+    /// The deployment the certificate names.
+    pub deployment: DeploymentId,
+}
+
+/// The evidence of an aTLS certificate, its SubjectPublicKeyInfo (DER) and the deployment it names.
 ///
-/// A certificate without the extension is rejected ([`RejectReason::NoEvidence`]); one that does
-/// not parse, or carries the extension twice, is malformed.
-pub fn extract_evidence(cert_der: &[u8]) -> Result<(Evidence, Vec<u8>), AttestationError> {
+/// A certificate without the evidence extension is rejected ([`RejectReason::NoEvidence`]), one
+/// without a deployment id of 32 bytes too ([`RejectReason::NoDeployment`]); one that does not
+/// parse, or carries an extension twice, is malformed.
+pub fn extract_evidence(cert_der: &[u8]) -> Result<AtlsCertificate, AttestationError> {
     let cert = match X509Certificate::from_der(cert_der) {
         Ok(([], cert)) => cert,
         Ok(_) => {
@@ -77,7 +101,26 @@ pub fn extract_evidence(cert_der: &[u8]) -> Result<(Evidence, Vec<u8>), Attestat
         }
     };
     let evidence = Evidence::from_bytes(extension.value)?;
-    Ok((evidence, cert.public_key().raw.to_vec()))
+    let mut named = cert
+        .extensions()
+        .iter()
+        .filter(|ext| is_oid(&ext.oid, DEPLOYMENT_OID));
+    let deployment = match (named.next(), named.next()) {
+        (Some(ext), None) => <[u8; 32]>::try_from(ext.value)
+            .map(DeploymentId)
+            .map_err(|_| AttestationError::from(RejectReason::NoDeployment))?,
+        (None, _) => return Err(RejectReason::NoDeployment.into()),
+        (Some(_), Some(_)) => {
+            return Err(AttestationError::malformed(
+                "aTLS certificate: more than one deployment extension",
+            ));
+        }
+    };
+    Ok(AtlsCertificate {
+        evidence,
+        spki_der: cert.public_key().raw.to_vec(),
+        deployment,
+    })
 }
 
 #[cfg(test)]
@@ -105,10 +148,15 @@ mod tests {
     fn certificate_carries_evidence_bound_to_its_key_and_the_nonce() {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let nonce = [3u8; NONCE_LEN];
-        let der = make_certificate(&FixedIssuer, &key, &nonce).unwrap();
-        let (evidence, spki) = extract_evidence(&der).unwrap();
-        assert_eq!(spki, key.subject_public_key_info());
-        assert_eq!(evidence.report, binding(&spki, &nonce).to_vec());
+        let id = DeploymentId([4; 32]);
+        let der = make_certificate(&FixedIssuer, &key, &nonce, &id).unwrap();
+        let got = extract_evidence(&der).unwrap();
+        assert_eq!(got.spki_der, key.subject_public_key_info());
+        assert_eq!(got.deployment, id);
+        assert_eq!(
+            got.evidence.report,
+            binding(&got.spki_der, &nonce, &id).to_vec()
+        );
 
         let (_, cert) = X509Certificate::from_der(&der).unwrap();
         let ext = cert

@@ -13,8 +13,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::peer::{PeerSlot, refuse_tls12};
 use super::{
-    ALPN_H2, AcceptPolicy, HANDSHAKE_TIMEOUT, NONCE_LEN, VerifiedPeer, cert, load_signing_key,
-    nonce, provider,
+    ALPN_H2, AcceptPolicy, DeploymentSource, HANDSHAKE_TIMEOUT, NONCE_LEN, VerifiedPeer, cert,
+    load_signing_key, nonce, provider,
 };
 use crate::error::AttestationError;
 use crate::issuer::EvidenceIssuer;
@@ -27,6 +27,9 @@ pub struct ClientIdentity {
     pub issuer: Arc<dyn EvidenceIssuer>,
     /// The client's TLS key; every connection gets a fresh certificate for it.
     pub key: Arc<KeyPair>,
+    /// The deployment its certificates name (a workload: the one it was configured with, or
+    /// unpinned; a replica: its own).
+    pub deployment: Arc<dyn DeploymentSource>,
 }
 
 /// Connects to aTLS servers.
@@ -209,7 +212,13 @@ impl ResolvesClientCert for ClientCertResolver {
             );
             return None;
         };
-        match cert::make_certificate(&*self.identity.issuer, &self.identity.key, &server_nonce) {
+        let deployment = self.identity.deployment.deployment();
+        match cert::make_certificate(
+            &*self.identity.issuer,
+            &self.identity.key,
+            &server_nonce,
+            &deployment,
+        ) {
             Ok(cert) => Some(Arc::new(CertifiedKey::new(
                 vec![cert],
                 self.signing_key.clone(),

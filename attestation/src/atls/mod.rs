@@ -1,8 +1,10 @@
 //! aTLS: TLS 1.3 whose certificates carry attestation evidence bound to the peer's nonce.
 //!
 //! Owns the wire conventions (DESIGN.md, "Cryptographic formats"): evidence in a non-critical
-//! X.509 extension ([`EVIDENCE_OID`]) of a short-lived self-signed certificate, with
-//! `report_data = SHA-512(SPKI DER || nonce)` ([`binding`]); the client's nonce travels in an ALPN
+//! X.509 extension ([`EVIDENCE_OID`]) of a short-lived self-signed certificate, beside the deployment
+//! id the party serves ([`DEPLOYMENT_OID`]), with
+//! `report_data = SHA-512(SPKI DER || nonce || "concord/v1/deployment" || deployment id)` ([`binding`],
+//! binding v2); the client's nonce travels in an ALPN
 //! value `concord-atls-v1:<hex>` beside `h2`, the server's in the CertificateRequest's
 //! acceptable-CA names. It also owns the rustls verifiers and resolvers that implement them, the
 //! [`AtlsClient`] and the [`AtlsAcceptor`].
@@ -15,6 +17,7 @@
 
 mod cert;
 mod client;
+mod deployment;
 mod nonce;
 mod peer;
 mod policy;
@@ -25,8 +28,11 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha512};
 
-pub use cert::extract_evidence;
+pub use cert::{AtlsCertificate, extract_evidence};
 pub use client::{AtlsClient, ClientIdentity};
+pub use deployment::{
+    DEPLOYMENT_LABEL, DEPLOYMENT_OID, DeploymentId, DeploymentPin, DeploymentSource,
+};
 pub use policy::{AcceptPolicy, StaticPolicy};
 pub use server::{AtlsAcceptor, ClientAuth};
 
@@ -49,12 +55,15 @@ pub const NONCE_LEN: usize = 32;
 /// How long [`AtlsAcceptor::accept`] and [`AtlsClient::connect`] wait for a handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The report data that binds a certificate key to the relying side's nonce:
-/// `SHA-512(SPKI DER of the certificate key || nonce)`.
-pub fn binding(spki_der: &[u8], nonce: &[u8; NONCE_LEN]) -> [u8; 64] {
+/// The report data that binds a certificate key to the relying side's nonce and to the deployment
+/// the certificate names (binding v2):
+/// `SHA-512(SPKI DER of the certificate key || nonce || "concord/v1/deployment" || deployment id)`.
+pub fn binding(spki_der: &[u8], nonce: &[u8; NONCE_LEN], deployment: &DeploymentId) -> [u8; 64] {
     let mut h = Sha512::new();
     h.update(spki_der);
     h.update(nonce);
+    h.update(DEPLOYMENT_LABEL);
+    h.update(deployment.as_bytes());
     h.finalize().into()
 }
 
@@ -67,6 +76,8 @@ pub struct VerifiedPeer {
     /// The evidence and the binding it was checked against, to check it again under a later policy.
     evidence: Evidence,
     binding: [u8; 64],
+    /// The deployment the certificate named and the evidence binds.
+    deployment: DeploymentId,
 }
 
 impl VerifiedPeer {
@@ -74,7 +85,14 @@ impl VerifiedPeer {
     /// policy it was accepted under (a new manifest can drop a measurement or a policy), so a relying
     /// side that keeps connections open calls this before it trusts the peer with anything new.
     pub fn reverify(&self, policy: &dyn AcceptPolicy) -> Result<VerifiedReport, AttestationError> {
-        policy.verify(&self.evidence, &self.binding)
+        let report = policy.verify(&self.evidence, &self.binding)?;
+        policy.deployment_pin().check(&self.deployment)?;
+        Ok(report)
+    }
+
+    /// The deployment the peer serves: named in its certificate and bound by its evidence.
+    pub fn deployment(&self) -> DeploymentId {
+        self.deployment
     }
 
     /// The peer's verified report.
@@ -110,13 +128,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn binding_is_sha512_of_spki_then_nonce() {
+    fn binding_is_sha512_of_spki_nonce_label_and_deployment() {
         let spki = b"spki";
         let nonce = [7u8; NONCE_LEN];
+        let id = DeploymentId([9; 32]);
         let mut concatenated = spki.to_vec();
         concatenated.extend_from_slice(&nonce);
+        concatenated.extend_from_slice(b"concord/v1/deployment");
+        concatenated.extend_from_slice(&[9; 32]);
         let expected: [u8; 64] = Sha512::digest(&concatenated).into();
-        assert_eq!(binding(spki, &nonce), expected);
-        assert_ne!(binding(spki, &[8u8; NONCE_LEN]), expected);
+        assert_eq!(binding(spki, &nonce, &id), expected);
+        assert_ne!(binding(spki, &[8u8; NONCE_LEN], &id), expected);
+        assert_ne!(binding(spki, &nonce, &DeploymentId([8; 32])), expected);
+        assert_ne!(binding(spki, &nonce, &DeploymentId::UNPINNED), expected);
+        // Golden value, for third-party implementations (docs/PROTOCOL.md §8).
+        assert_eq!(
+            hex::encode(binding(b"", &[0; NONCE_LEN], &DeploymentId([0x11; 32]))),
+            GOLDEN
+        );
     }
+
+    const GOLDEN: &str = "67f8ebb9b989cfb2c7e4535967264a013f6a95f1bbaf8a01edcb7b2a5a633ebf3d02dc1c494bf649e441607c27d120aa913be96b52a22bdcd079f7ee762040ca";
 }

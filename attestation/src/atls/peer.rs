@@ -40,21 +40,25 @@ impl PeerSlot {
             .take()
     }
 
-    /// Checks the certificate's evidence against `binding(its SPKI, nonce)` with the policy.
+    /// Checks the certificate's evidence against `binding(its SPKI, nonce, the deployment it names)`
+    /// with the policy, then the named (and so bound) deployment against the policy's pin.
     pub(crate) fn check_certificate(
         &self,
         policy: &dyn AcceptPolicy,
         nonce: &[u8; NONCE_LEN],
         end_entity: &CertificateDer<'_>,
     ) -> Result<(), rustls::Error> {
-        let checked = extract_evidence(end_entity).and_then(|(evidence, spki_der)| {
-            let binding = binding(&spki_der, nonce);
-            let report = policy.verify(&evidence, &binding)?;
+        let checked = extract_evidence(end_entity).and_then(|cert| {
+            let binding = binding(&cert.spki_der, nonce, &cert.deployment);
+            let report = policy.verify(&cert.evidence, &binding)?;
+            // Only now is the id known to be the one the evidence binds.
+            policy.deployment_pin().check(&cert.deployment)?;
             Ok(VerifiedPeer {
                 report,
-                spki_der,
-                evidence,
+                spki_der: cert.spki_der,
+                evidence: cert.evidence,
                 binding,
+                deployment: cert.deployment,
             })
         });
         match checked {
@@ -110,4 +114,96 @@ impl PeerSlot {
 /// TLS 1.2 is never configured; refuse if rustls ever asks.
 pub(crate) fn refuse_tls12() -> rustls::Error {
     rustls::Error::General("aTLS requires TLS 1.3".into())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The binding v2 rule: the deployment a certificate names counts only if the evidence binds it.
+    #![allow(clippy::unwrap_used)]
+
+    use rcgen::{CertificateParams, CustomExtension, KeyPair, PublicKeyData as _};
+
+    use super::*;
+    use crate::atls::{DEPLOYMENT_OID, DeploymentId, DeploymentPin, EVIDENCE_OID};
+    use crate::error::RejectReason;
+    use crate::issuer::EvidenceIssuer as _;
+    use crate::testing::SimFixture;
+
+    const NONCE: [u8; NONCE_LEN] = [6; NONCE_LEN];
+
+    /// A certificate whose evidence binds `report_data` and which names `named` (or nothing).
+    fn certificate(
+        f: &SimFixture,
+        key: &KeyPair,
+        report_data: &[u8; 64],
+        named: Option<DeploymentId>,
+    ) -> Vec<u8> {
+        let evidence = f.issuer.issue(report_data).unwrap();
+        let mut params = CertificateParams::default();
+        params
+            .custom_extensions
+            .push(CustomExtension::from_oid_content(
+                EVIDENCE_OID,
+                evidence.to_bytes(),
+            ));
+        if let Some(id) = named {
+            params
+                .custom_extensions
+                .push(CustomExtension::from_oid_content(
+                    DEPLOYMENT_OID,
+                    id.0.to_vec(),
+                ));
+        }
+        params.self_signed(key).unwrap().der().to_vec()
+    }
+
+    fn check(f: &SimFixture, pin: DeploymentPin, der: &[u8]) -> Result<(), AttestationError> {
+        let mut policy = f.policy();
+        policy.deployment = pin;
+        let slot = PeerSlot::default();
+        let result = slot.check_certificate(&policy, &NONCE, &CertificateDer::from(der));
+        match slot.take_error() {
+            Some(e) => Err(e),
+            None => result.map_err(|e| AttestationError::Handshake(e.to_string())),
+        }
+    }
+
+    #[test]
+    fn a_named_deployment_the_evidence_does_not_bind_is_rejected() {
+        let f = SimFixture::new();
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let spki = key.subject_public_key_info();
+        let real = DeploymentId([0xa1; 32]);
+        let claimed = DeploymentId([0xb2; 32]);
+
+        // Honest: names what it binds.
+        let honest = certificate(&f, &key, &binding(&spki, &NONCE, &real), Some(real));
+        assert!(check(&f, DeploymentPin::Exactly(real), &honest).is_ok());
+
+        // Evidence for `real`, certificate renamed to `claimed`: the binding fails before any pin
+        // is looked at, whatever the pin.
+        let renamed = certificate(&f, &key, &binding(&spki, &NONCE, &real), Some(claimed));
+        for pin in [DeploymentPin::Exactly(claimed), DeploymentPin::Any] {
+            assert_eq!(
+                check(&f, pin, &renamed),
+                Err(RejectReason::ReportDataMismatch.into())
+            );
+        }
+
+        // Evidence that binds no deployment (the v1 binding) with a name added: refused.
+        let mut v1 = spki.clone();
+        v1.extend_from_slice(&NONCE);
+        let v1: [u8; 64] = <sha2::Sha512 as sha2::Digest>::digest(&v1).into();
+        let unbound = certificate(&f, &key, &v1, Some(claimed));
+        assert_eq!(
+            check(&f, DeploymentPin::Any, &unbound),
+            Err(RejectReason::ReportDataMismatch.into())
+        );
+        // And without a name at all: refused as such.
+        let unnamed = certificate(&f, &key, &v1, None);
+        assert_eq!(
+            check(&f, DeploymentPin::Any, &unnamed),
+            Err(RejectReason::NoDeployment.into())
+        );
+    }
 }

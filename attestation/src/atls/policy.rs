@@ -2,6 +2,7 @@
 
 use std::time::SystemTime;
 
+use super::DeploymentPin;
 use crate::error::AttestationError;
 use crate::evidence::Evidence;
 use crate::reference::ReferenceValues;
@@ -16,6 +17,10 @@ pub trait AcceptPolicy: Send + Sync + std::fmt::Debug {
         evidence: &Evidence,
         expected_report_data: &[u8; 64],
     ) -> Result<VerifiedReport, AttestationError>;
+
+    /// The deployments accepted for the peer, checked against the id its certificate names once
+    /// [`AcceptPolicy::verify`] proved the evidence binds that id.
+    fn deployment_pin(&self) -> DeploymentPin;
 }
 
 /// A fixed policy: these reference values, these accepted host data, checked at the current time.
@@ -27,6 +32,8 @@ pub struct StaticPolicy {
     pub reference: ReferenceValues,
     /// The accepted `host_data` values (policy hashes).
     pub host_data: Vec<[u8; 32]>,
+    /// The accepted deployments.
+    pub deployment: DeploymentPin,
 }
 
 impl StaticPolicy {
@@ -54,5 +61,9 @@ impl AcceptPolicy for StaticPolicy {
         expected_report_data: &[u8; 64],
     ) -> Result<VerifiedReport, AttestationError> {
         self.verify_at(evidence, expected_report_data, SystemTime::now())
+    }
+
+    fn deployment_pin(&self) -> DeploymentPin {
+        self.deployment.clone()
     }
 }

@@ -16,8 +16,8 @@ use tokio_rustls::LazyConfigAcceptor;
 
 use super::peer::{PeerSlot, refuse_tls12};
 use super::{
-    ALPN_H2, AcceptPolicy, HANDSHAKE_TIMEOUT, NONCE_LEN, VerifiedPeer, cert, load_signing_key,
-    nonce, provider,
+    ALPN_H2, AcceptPolicy, DeploymentSource, HANDSHAKE_TIMEOUT, NONCE_LEN, VerifiedPeer, cert,
+    load_signing_key, nonce, provider,
 };
 use crate::error::AttestationError;
 use crate::issuer::EvidenceIssuer;
@@ -36,17 +36,19 @@ pub enum ClientAuth {
 pub struct AtlsAcceptor {
     issuer: Arc<dyn EvidenceIssuer>,
     key: Arc<KeyPair>,
+    deployment: Arc<dyn DeploymentSource>,
     signing_key: Arc<dyn rustls::sign::SigningKey>,
     client_auth: ClientAuth,
     provider: Arc<CryptoProvider>,
 }
 
 impl AtlsAcceptor {
-    /// A server attesting with `issuer` for the TLS key `key`. Fails if the key is not usable
-    /// for TLS.
+    /// A server attesting with `issuer` for the TLS key `key`, naming (and binding) the deployment
+    /// `deployment` gives at each handshake. Fails if the key is not usable for TLS.
     pub fn new(
         issuer: Arc<dyn EvidenceIssuer>,
         key: Arc<KeyPair>,
+        deployment: Arc<dyn DeploymentSource>,
         client_auth: ClientAuth,
     ) -> Result<Self, AttestationError> {
         let provider = provider();
@@ -54,6 +56,7 @@ impl AtlsAcceptor {
         Ok(Self {
             issuer,
             key,
+            deployment,
             signing_key,
             client_auth,
             provider,
@@ -100,8 +103,9 @@ impl AtlsAcceptor {
         // runtime's workers, so a slow device cannot stall other connections, and within the
         // handshake's deadline, which can fire while it runs.
         let (issuer, key) = (self.issuer.clone(), self.key.clone());
+        let deployment = self.deployment.deployment();
         let certificate = tokio::task::spawn_blocking(move || {
-            cert::make_certificate(&*issuer, &key, &client_nonce)
+            cert::make_certificate(&*issuer, &key, &client_nonce, &deployment)
         })
         .await
         .map_err(|e| AttestationError::Issuer(format!("the evidence task failed: {e}")))??;

@@ -110,6 +110,25 @@ the chart cannot see, so the budget stays conservative. podDisruptionBudget.maxU
 {{- if not $s.policy }}{{ fail "attestation.platform=simulated needs attestation.simulated.policy: the coordinator's policy document, whose SHA-256 the manifest lists with role coordinator" }}{{ end }}
 {{- if not (regexMatch "^[0-9a-f]{96}$" ($s.measurement | default "")) }}{{ fail "attestation.platform=simulated needs attestation.simulated.measurement: 96 lowercase hex characters" }}{{ end }}
 {{- end }}
+{{- if eq $p "snp" }}
+{{- $snp := .Values.attestation.snp }}
+{{- if not .Values.runtimeClassName }}{{ fail "attestation.platform=snp needs runtimeClassName: the RuntimeClass that runs the pods in SEV-SNP confidential VMs (e.g. kata-cc-isolation, kata-qemu-snp, or Contrast's contrast-cc class); without it the pods run outside a confidential VM and cannot attest" }}{{ end }}
+{{- if not .Values.image.digest }}{{ fail "attestation.platform=snp needs image.digest (sha256:...): the manifest pins the coordinator's measurement and policy, which name one build, and a tag can be moved to another image" }}{{ end }}
+{{- if not $snp.deviceAccess }}{{ fail "attestation.platform=snp needs attestation.snp.deviceAccess: how the container (uid 65532, no capability) may open /dev/sev-guest: group (with deviceGroup: a group that owns the device in the guest) or resource (with deviceResource: a device plugin's resource); see docs/OPERATIONS.md, SEV-SNP" }}{{ end }}
+{{- if and (eq $snp.deviceAccess "group") (not $snp.deviceGroup) }}{{ fail "attestation.snp.deviceAccess=group needs attestation.snp.deviceGroup: the GID that owns /dev/sev-guest in the guest" }}{{ end }}
+{{- if and (eq $snp.deviceAccess "resource") (not $snp.deviceResource) }}{{ fail "attestation.snp.deviceAccess=resource needs attestation.snp.deviceResource: the device plugin's extended resource for /dev/sev-guest" }}{{ end }}
+{{- if and (eq $snp.deviceAccess "resource") $snp.mountDevice }}{{ fail "attestation.snp.deviceAccess=resource: the device plugin gives the container /dev/sev-guest, so attestation.snp.mountDevice must be false (a hostPath mount would hide the plugin's device)" }}{{ end }}
+{{- end }}
+{{- if and .Values.networkPolicy.enabled (not .Values.networkPolicy.egress.dns) }}
+{{- fail "networkPolicy.egress.dns is empty: the replicas could not resolve their peers' names (an empty `to` would instead admit every destination); give the DNS servers as NetworkPolicy peers" }}
+{{- end }}
+{{- $override := .Values.podDisruptionBudget.maxUnavailable }}
+{{- if ne $override nil }}
+{{- $cap := div (sub (.Values.replicas | int) 1) 2 }}
+{{- if gt ($override | int) $cap }}
+{{- fail (printf "podDisruptionBudget.maxUnavailable %d would let evictions break the Raft quorum: with %d replicas at most %d (that is (replicas - 1) / 2, once every replica votes). Lower it before shrinking the voters (docs/OPERATIONS.md, Scaling)" ($override | int) (.Values.replicas | int) $cap) }}
+{{- end }}
+{{- end }}
 {{- if not (has .Values.podAntiAffinity (list "soft" "hard" "none")) }}
 {{- fail (printf "podAntiAffinity %q: use soft, hard or none" .Values.podAntiAffinity) }}
 {{- end }}

@@ -142,14 +142,25 @@ pub async fn run(args: Demo) -> CliResult {
         false,
     )?;
     eprintln!("    manifest: {}", manifest_v1.display());
+    let deployment = hex::encode(
+        crate::remote::read_manifest(&manifest_v1)?
+            .deployment_id()
+            .as_bytes(),
+    );
+    eprintln!(
+        "    deployment id (`concord deployment-id -m manifest.json`: its seed share owners and owner keys): {deployment}"
+    );
 
     s.step(
         "start three coordinator replicas (simulated platform): data in replicas/, logs in logs/",
     );
+    // Every replica and the initializer are pinned to the deployment: a coordinator of another one
+    // (the host can start one at will) gets nothing from them.
     let flags = SimulatedFlags {
         root_dir: root_dir.clone(),
         policy: coordinator_policy.clone(),
         measurement_hex: MEASUREMENT.into(),
+        deployment_id: Some(deployment.clone()),
     };
     let mut cluster = Cluster::start(&dir, &flags, root.hash(), &manifest_v1)?;
     let result = async {
@@ -160,6 +171,7 @@ pub async fn run(args: Demo) -> CliResult {
             web_policy: &web_policy,
             manifest_v1: &manifest_v1,
             manifest_v2: &dir.join("manifest-v2.json"),
+            deployment: &deployment,
         };
         write_file(
             ctx.manifest_v2,
@@ -223,6 +235,8 @@ struct Ctx<'a> {
     web_policy: &'a Path,
     manifest_v1: &'a Path,
     manifest_v2: &'a Path,
+    /// The deployment id (hex) every replica, the initializer and the CLI are pinned to.
+    deployment: &'a str,
 }
 
 /// The demo's replicas, and an attested view of their status.
@@ -275,6 +289,7 @@ impl Cluster {
             &node.user_addr.to_string(),
             &self.manifest,
             self.trust.clone(),
+            concord_attestation::DeploymentPin::ThisOrUnpinned(self.manifest.deployment_id()),
         )
         .await
         .ok()?;
@@ -375,7 +390,8 @@ async fn scenario(s: &mut Steps, ctx: &Ctx<'_>, cluster: &mut Cluster) -> CliRes
     s.step(&format!("kill -9 the leader (replica {leader}) and update the manifest (owner-signed) through replica {follower}"));
     let killed = Instant::now();
     cluster.nodes[leader].kill();
-    set_manifest(
+    // The hash the owner's `concord set` prints: what the share owners expect after an outage.
+    let second = set_manifest(
         ctx,
         &cluster.user_addr(follower),
         ctx.manifest_v2,
@@ -423,7 +439,7 @@ async fn scenario(s: &mut Steps, ctx: &Ctx<'_>, cluster: &mut Cluster) -> CliRes
     }
     cluster.show().await;
 
-    s.step("user recovery: seed share owners 0 and 2 each decrypt their own share and submit it to replica 0");
+    s.step("user recovery: seed share owners 0 and 2 each decrypt their own share and submit it to replica 0, only if its latest transition is the one the owner's last `concord set` printed (--expect-latest: restored old disks are refused)");
     for i in [0, 2] {
         recover::run(recover::Recover {
             share: ctx.dir.join(format!("seed-shares/seed-share-{i}.json")),
@@ -432,8 +448,12 @@ async fn scenario(s: &mut Steps, ctx: &Ctx<'_>, cluster: &mut Cluster) -> CliRes
                 manifest: ctx.manifest_v2.to_path_buf(),
                 coordinator: cluster.user_addr(0),
                 insecure_simulated_attestation: true,
+                deployment_id: None,
             },
             force: false,
+            expect_latest: Some(second.to_hex()),
+            since: None,
+            accept_unverified_latest: false,
         })
         .await?;
     }
@@ -460,6 +480,7 @@ async fn set_manifest(
             manifest: manifest.to_path_buf(),
             coordinator: addr.to_string(),
             insecure_simulated_attestation: true,
+            deployment_id: None,
         },
         policies: vec![
             ctx.dir.join("policies/coordinator.policy"),
@@ -479,6 +500,7 @@ fn initializer(ctx: &Ctx<'_>, node: &CoordinatorProcess) -> CliResult {
         root_dir: ctx.dir.join("platform/sim-root"),
         policy: ctx.web_policy.to_path_buf(),
         measurement_hex: MEASUREMENT.into(),
+        deployment_id: Some(ctx.deployment.to_string()),
     };
     let log = ctx.dir.join("logs/initializer-web.log");
     let log_file = std::fs::File::create(&log)
@@ -525,10 +547,12 @@ async fn verify_and_audit(
             manifest: manifest.to_path_buf(),
             coordinator: addr.to_string(),
             insecure_simulated_attestation: true,
+            deployment_id: None,
         },
         out: ctx.dir.join("verify"),
         since: since.map(|h| h.to_hex()),
         allow_stale: false,
+        allow_newer: false,
     })
     .await?;
     history::run(history::History::Audit {

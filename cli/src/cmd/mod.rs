@@ -3,6 +3,7 @@
 pub mod attestation;
 pub mod cluster;
 pub mod demo;
+pub mod deployment_id;
 pub mod history;
 pub mod keygen;
 pub mod recover;

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use concord_coordinator::Hash;
 use concord_mesh_ca::{EncryptedShare, decrypt_share};
 use concord_proto::v1 as pb;
 use serde::Deserialize;
@@ -25,6 +26,19 @@ pub struct Recover {
     /// Recover even though a ready replica exists (clusters only).
     #[arg(long)]
     pub force: bool,
+    /// The latest transition hash you know (the output of the owner's last `concord set` or of
+    /// `concord verify`, the last `hash` in `history.json`): the share is sent only if it is the
+    /// coordinator's latest (exit 3 otherwise: a rollback or a fork).
+    #[arg(long, value_name = "HASH")]
+    pub expect_latest: Option<String>,
+    /// A transition hash you saw earlier: the share is sent only if the coordinator's verified history
+    /// contains it, i.e. its latest is it or extends it (exit 3 otherwise: a rollback or a fork).
+    #[arg(long, value_name = "HASH")]
+    pub since: Option<String>,
+    /// RISKY: send the share whatever history the coordinator has (it prints its latest). Restored old
+    /// disks would bring the deployment back on an older manifest. Only when no one kept a hash.
+    #[arg(long, conflicts_with_all = ["expect_latest", "since"])]
+    pub accept_unverified_latest: bool,
 }
 
 /// The share file `concord set` writes.
@@ -58,7 +72,27 @@ fn read_share(path: &std::path::Path) -> CliResult<EncryptedShare> {
     })
 }
 
+/// The refusal a coordinator answers when its history is not what the owner knew.
+const UNKNOWN_HISTORY: &str = "the history does not extend the one you know";
+
 pub async fn run(args: Recover) -> CliResult {
+    let hash = |flag: &str, v: &Option<String>| {
+        v.as_deref()
+            .map(Hash::from_hex)
+            .transpose()
+            .map_err(|e| CliError::usage(format!("{flag}: {e}")))
+    };
+    let expect_latest = hash("--expect-latest", &args.expect_latest)?;
+    let since = hash("--since", &args.since)?;
+    if expect_latest.is_none() && since.is_none() && !args.accept_unverified_latest {
+        return Err(CliError::usage(
+            "say which history you expect, so that restored old disks cannot bring the deployment \
+             back on an older manifest with your share: --expect-latest HASH (the latest transition \
+             you know: the hash the owner's last `concord set` or a `concord verify` printed, or the \
+             last \"hash\" in a history.json) or --since HASH (a transition you saw earlier, which the \
+             coordinator's history must contain). Only if nobody kept one: --accept-unverified-latest",
+        ));
+    }
     let encrypted = read_share(&args.share)?;
     let key = keys::load_share_owner_key(&args.key)?;
     if key.public_key() != encrypted.owner_public_key {
@@ -73,14 +107,63 @@ pub async fn run(args: Recover) -> CliResult {
     let share = decrypt_share(&key, &encrypted)
         .map_err(|e| CliError::error(format!("cannot decrypt {}: {e}", args.share.display())))?;
     let mut client = args.target.connect().await?.client;
+    // What the coordinator says it has (it is attested: genuine code reports its store truthfully).
+    let status = client
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .map_err(|s| remote::status_error("GetStatus", s))?
+        .into_inner();
+    let latest = Hash::from_slice(&status.latest).unwrap_or(Hash::ZERO);
+    eprintln!(
+        "the coordinator ({}) has {} transitions; its latest is #{} {latest}",
+        status.state,
+        status.transitions,
+        status.transitions.saturating_sub(1)
+    );
+    if let Some(expected) = expect_latest
+        && expected != latest
+    {
+        return Err(CliError::verification(format!(
+            "the coordinator's latest transition is #{} {latest}, not {expected} (--expect-latest): a \
+             rollback (restored old disks?) or a fork, unless {expected} is older than the latest (then \
+             use --since {expected}, which checks that the history extends it); your share was not sent",
+            status.transitions.saturating_sub(1)
+        )));
+    }
+    if args.accept_unverified_latest {
+        eprintln!(
+            "WARNING: sending the share without checking the history against one you know \
+             (--accept-unverified-latest); if this is not the latest state, the deployment goes back to it"
+        );
+    }
     let progress = client
         .recover(pb::RecoverRequest {
             share: share.to_bytes().to_vec(),
             force: args.force,
+            expected_latest: expect_latest.map_or(Vec::new(), |h| h.as_bytes().to_vec()),
+            since: since.map_or(Vec::new(), |h| h.as_bytes().to_vec()),
         })
         .await
-        .map_err(|s| remote::status_error("Recover", s))?
+        .map_err(|s| {
+            if s.code() == tonic::Code::FailedPrecondition && s.message().contains(UNKNOWN_HISTORY)
+            {
+                CliError::verification(format!(
+                    "the coordinator refused your share: {}; your share was not used",
+                    s.message()
+                ))
+            } else {
+                remote::status_error("Recover", s)
+            }
+        })?
         .into_inner();
+    if let Some(t) = &progress.latest {
+        eprintln!(
+            "the share was checked against the coordinator's latest transition #{} {} (manifest {})",
+            t.index,
+            Hash::from_slice(&t.hash).unwrap_or(Hash::ZERO),
+            Hash::from_slice(&t.manifest_hash).unwrap_or(Hash::ZERO)
+        );
+    }
     if progress.ready {
         eprintln!(
             "recovered: the coordinator combined {} shares, verified its history with the recovered seed, and is ready",

@@ -37,7 +37,7 @@ pub struct Set {
     pub shares_dir: PathBuf,
 }
 
-fn decode_signature(s: &str) -> CliResult<Signature> {
+pub(crate) fn decode_signature(s: &str) -> CliResult<Signature> {
     let bytes = match hex::decode(s.trim()) {
         Ok(b) if b.len() == 64 => b,
         _ => {
@@ -67,7 +67,10 @@ pub async fn run(args: Set) -> CliResult<Hash> {
         .iter()
         .map(|p| read_file(p))
         .collect::<CliResult<Vec<_>>>()?;
-    let mut client = args.target.connect().await?.client;
+    // A first manifest may go to a coordinator that has no deployment yet (unpinned); checked below.
+    let connected = args.target.connect_allowing_unpinned().await?;
+    let serving = connected.peer.deployment();
+    let mut client = connected.client;
 
     let latest = client
         .get_manifests(pb::GetManifestsRequest::default())
@@ -85,6 +88,29 @@ pub async fn run(args: Set) -> CliResult<Hash> {
         ),
         None => (Hash::ZERO, Hash::ZERO),
     };
+    match &latest {
+        // A genuine coordinator with a history names its deployment: an unpinned one with a history
+        // is another deployment's first manifest set between our handshake and our read.
+        Some(_) if serving.is_unpinned() => {
+            return Err(CliError::verification(format!(
+                "the coordinator had no deployment when we connected, and now has a history (latest \
+                 {latest_hash}): someone else set a first manifest; it is not deployment {}",
+                connected.deployment
+            )));
+        }
+        None => {
+            let makes = connected.manifest.deployment_id();
+            if makes != connected.deployment {
+                return Err(CliError::usage(format!(
+                    "{} is a first manifest of deployment {makes}, not of {} (--deployment-id): set \
+                     the manifest the deployment was made for, or fix --deployment-id",
+                    args.target.manifest.display(),
+                    connected.deployment
+                )));
+            }
+        }
+        Some(_) => {}
+    }
     // Re-applying the latest manifest is a no-op that needs no signature (GitOps loops re-apply).
     let unchanged = latest.is_some() && latest_manifest == Hash::of(&bytes);
     let previous = match &args.expect_latest {

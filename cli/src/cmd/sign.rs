@@ -1,7 +1,8 @@
 //! `concord sign`: owner authorization with a key the CLI never sees.
 //!
 //! `--prepare` writes the exact bytes to sign ("concord/v1/set-manifest" || transition hash) for an
-//! external signer (an HSM, `openssl pkeyutl -sign -rawin`); without it, signs such a file with a local key.
+//! external signer (an HSM, `openssl pkeyutl -sign -rawin`); without it, signs such a file, or one that
+//! `concord cluster set-members --prepare` wrote, with a local key.
 
 use std::path::PathBuf;
 
@@ -64,11 +65,14 @@ pub fn run(args: Sign) -> CliResult {
         ));
     };
     let msg = read_file(&message)?;
-    if !msg.starts_with(format::SET_MANIFEST_LABEL)
-        || msg.len() != format::SET_MANIFEST_LABEL.len() + 32
-    {
+    let manifest_update = msg.starts_with(format::SET_MANIFEST_LABEL)
+        && msg.len() == format::SET_MANIFEST_LABEL.len() + 32;
+    // `concord cluster set-members --prepare`: label, latest hash, u64be index, SHA-256 of the members.
+    let membership_change = msg.starts_with(format::SET_MEMBERS_LABEL)
+        && msg.len() == format::SET_MEMBERS_LABEL.len() + 32 + 8 + 32;
+    if !manifest_update && !membership_change {
         return Err(CliError::error(format!(
-            "{} is not a message made by `concord sign --prepare`; refusing to sign arbitrary bytes with an owner key",
+            "{} is not a message made by `concord sign --prepare` or `concord cluster set-members --prepare`; refusing to sign arbitrary bytes with an owner key",
             message.display()
         )));
     }

@@ -16,7 +16,10 @@ pub struct Status {
 }
 
 pub async fn run(args: Status) -> CliResult<pb::GetStatusResponse> {
-    let mut client = args.target.connect().await?.client;
+    let connected = args.target.connect_allowing_unpinned().await?;
+    // The deployment it serves, as its evidence binds it (all zero: none yet).
+    let deployment = hex::encode(connected.peer.deployment().as_bytes());
+    let mut client = connected.client;
     let s = client
         .get_status(pb::GetStatusRequest {})
         .await
@@ -29,11 +32,13 @@ pub async fn run(args: Status) -> CliResult<pb::GetStatusResponse> {
             "leader_id": s.leader_id, "last_applied": s.last_applied,
             "last_log_index": s.last_log_index,
             "transitions": s.transitions, "latest": hex::encode(&s.latest),
+            "membership_index": s.membership_index,
+            "deployment": deployment,
         });
         println!("{v}");
     } else {
         println!(
-            "replica {}: {} {} (term {}, leader {leader}), committed and applied {}, log {}, {} transitions, latest {}",
+            "replica {}: {} {} (term {}, leader {leader}), committed and applied {}, log {}, {} transitions, latest {}, deployment {}",
             s.node_id,
             s.state,
             s.role,
@@ -45,8 +50,17 @@ pub async fn run(args: Status) -> CliResult<pb::GetStatusResponse> {
                 "none".into()
             } else {
                 hex::encode(&s.latest)
-            }
+            },
+            connected_deployment(&deployment)
         );
     }
     Ok(s)
+}
+
+fn connected_deployment(hex_id: &str) -> &str {
+    if hex_id.bytes().all(|b| b == b'0') {
+        "none yet (unpinned)"
+    } else {
+        hex_id
+    }
 }

@@ -27,6 +27,10 @@ pub struct Verify {
     /// Let a follower answer from what it applied, without confirming with the leader (possibly stale).
     #[arg(long)]
     pub allow_stale: bool,
+    /// Accept a history whose latest manifest is newer than the one given with -m, provided the given
+    /// one is an earlier transition of it (without this, a latest manifest other than -m's exits 3).
+    #[arg(long)]
+    pub allow_newer: bool,
 }
 
 pub async fn run(args: Verify) -> CliResult<AuditReport> {
@@ -40,6 +44,7 @@ pub async fn run(args: Verify) -> CliResult<AuditReport> {
         mut client,
         manifest: expected,
         trust,
+        ..
     } = args.target.connect().await?;
 
     let mut nonce = [0u8; 32];
@@ -84,13 +89,47 @@ pub async fn run(args: Verify) -> CliResult<AuditReport> {
         report.report.platform().as_str(),
     );
     if latest.hash() != expected.hash() {
-        eprintln!(
-            "note: the latest manifest ({}) is not the one in {} ({}); see {}",
-            latest.hash(),
-            args.target.manifest.display(),
-            expected.hash(),
-            args.out.join("manifest.json").display()
-        );
+        let found = report
+            .chain
+            .manifests()
+            .iter()
+            .rposition(|m| m.hash() == expected.hash());
+        let what = match found {
+            Some(i) => format!(
+                "the latest manifest ({}, transition #{}) is NEWER than the one in {} ({}, transition #{i})",
+                latest.hash(),
+                report.chain.len() - 1,
+                args.target.manifest.display(),
+                expected.hash(),
+            ),
+            None => format!(
+                "the manifest in {} ({}) is not in the coordinator's history at all (latest manifest {}): \
+                 a rollback to before it (restored old disks?), a fork, or the wrong manifest file",
+                args.target.manifest.display(),
+                expected.hash(),
+                latest.hash(),
+            ),
+        };
+        match found {
+            Some(_) if args.allow_newer => {
+                eprintln!(
+                    "note: {what}; accepted (--allow-newer); see {}",
+                    args.out.join("manifest.json").display()
+                );
+            }
+            Some(_) => {
+                return Err(CliError::verification(format!(
+                    "{what}; to accept a newer history that extends yours, pass --allow-newer; see {}",
+                    args.out.join("manifest.json").display()
+                )));
+            }
+            None => {
+                return Err(CliError::verification(format!(
+                    "{what}; see {}",
+                    args.out.join("history.json").display()
+                )));
+            }
+        }
     }
     eprintln!(
         "wrote history.json, manifest.json, coordinator-root-ca.pem and mesh-ca.pem to {}",

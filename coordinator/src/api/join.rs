@@ -1,14 +1,17 @@
 //! A replica that starts with an empty Raft state: does it form a new cluster, wait for the one being
-//! formed, or rejoin one that exists (a lost or repaired disk, a new replica of a scaled-up
-//! StatefulSet)?
+//! formed, or rejoin one that exists (a lost or repaired disk)? A replica that was never a member (a
+//! new replica of a scaled-up StatefulSet) asks too, is refused, and waits: only a workload owner's
+//! `concord cluster set-members` adds a member (`Node::set_members`), and it then rejoins as the
+//! learner that change made it.
 //!
 //! Owns that decision ([`decide`], a pure function of what the peers answered, tested without
 //! sockets) and the loop that asks the peers and carries it out ([`form_or_join`]). Until it has
 //! decided, and while it rejoins, the replica refuses to vote ([`super::Node::is_joining`]): a voter
 //! that forgot its log and its vote could otherwise help elect a leader that lacks a committed entry
 //! (Raft's lost-disk hazard). It rejoins through the leader, which demotes it to a learner, waits
-//! until it caught up, and makes it a voter again. It must never initialize a cluster while any peer
-//! shows that a leader was elected once.
+//! until it caught up, and makes it a voter again; the leader first checks that the caller is the
+//! member at the recorded address (`Node::join`: it asks that address to confirm the caller's nonce).
+//! It must never initialize a cluster while any peer shows that a leader was elected once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -74,9 +77,11 @@ pub async fn form_or_join<S: Store>(node: Arc<Node<S>>, peers: BTreeMap<NodeId, 
     // Short: while this replica decides it refuses votes, which holds up a cluster being formed.
     const FIRST: Duration = Duration::from_millis(20);
     const MAX: Duration = Duration::from_millis(500);
+    const REFUSED_WAIT: Duration = Duration::from_secs(2);
     let members: BTreeSet<NodeId> = peers.keys().copied().collect();
     let mut delay = FIRST;
     let mut waited = Duration::ZERO;
+    let mut last_refusal = String::new();
     loop {
         let answers = ask_peers(&node, &peers).await;
         match decide(node.id, &members, &answers) {
@@ -100,10 +105,25 @@ pub async fn form_or_join<S: Store>(node: Arc<Node<S>>, peers: BTreeMap<NodeId, 
             Decision::Rejoin { via } => match rejoin(&node, via, &peers).await {
                 Ok(voters) => {
                     node.set_joining(false);
-                    info!(voters = ?voters, "rejoined the cluster with an empty disk; a voter again");
+                    info!(members = ?voters, "rejoined the cluster with an empty disk");
                     return;
                 }
-                Err(e) => debug!(via, error = e.message(), "rejoining did not succeed yet"),
+                Err(e) if e.code() == tonic::Code::Unavailable => {
+                    debug!(via, error = e.message(), "rejoining did not succeed yet")
+                }
+                Err(e) => {
+                    // A refusal (not a member, another address): said once, not every round.
+                    if e.message() != last_refusal {
+                        warn!(
+                            via,
+                            error = e.message(),
+                            "the cluster refused to take this replica back"
+                        );
+                        last_refusal = e.message().to_string();
+                    }
+                    // Nothing changes that until a workload owner acts: ask less often.
+                    tokio::time::sleep(REFUSED_WAIT).await;
+                }
             },
             Decision::Wait => debug!(
                 answered = answers.len(),
@@ -112,7 +132,7 @@ pub async fn form_or_join<S: Store>(node: Arc<Node<S>>, peers: BTreeMap<NodeId, 
         }
         tokio::time::sleep(delay).await;
         waited += delay;
-        if waited >= Duration::from_secs(10) {
+        if waited >= Duration::from_secs(10) && last_refusal.is_empty() {
             warn!(
                 answered = answers.len(),
                 members = members.len(),
@@ -162,6 +182,7 @@ async fn rejoin<S: Store>(
             peer_address: own,
         }),
         forwarded: false,
+        nonce: node.join_nonce()?.to_vec(),
     };
     let answer = node
         .links

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use concord_attestation::{AcceptPolicy, AttestationError, Evidence, VerifiedReport};
+use concord_attestation::{
+    AcceptPolicy, AttestationError, DeploymentPin, Evidence, VerifiedReport,
+};
 use concord_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 use tracing::{debug, info, warn};
@@ -52,6 +54,12 @@ impl<S: Store> AcceptPolicy for MeshAcceptPolicy<S> {
             debug!(error = %e, "workload evidence rejected");
         }
         result
+    }
+
+    /// A workload is admitted for its policy hash in this replica's manifest; the deployment its
+    /// certificate names is its own business (it refuses a coordinator of another deployment).
+    fn deployment_pin(&self) -> DeploymentPin {
+        DeploymentPin::Any
     }
 }
 

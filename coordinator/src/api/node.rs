@@ -36,6 +36,11 @@ pub struct Node<S> {
     write_gate: tokio::sync::Mutex<()>,
     /// Started with an empty Raft state and not yet known to be a safe voter (`api::join`).
     joining: std::sync::atomic::AtomicBool,
+    /// While rejoining: the nonce this replica put in its Join, which it confirms to the leader.
+    join_nonce: std::sync::Mutex<Option<[u8; 32]>>,
+    /// Serializes this replica's membership changes as leader (owner-authorized changes, rejoins), so
+    /// that each starts from the membership it checked.
+    membership_gate: tokio::sync::Mutex<()>,
 }
 
 impl<S> std::fmt::Debug for Node<S> {
@@ -60,6 +65,8 @@ impl<S: Store> Node<S> {
             links,
             write_gate: tokio::sync::Mutex::new(()),
             joining: std::sync::atomic::AtomicBool::new(false),
+            join_nonce: std::sync::Mutex::new(None),
+            membership_gate: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -69,17 +76,52 @@ impl<S: Store> Node<S> {
         self.joining.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Marks this replica as joining (it must not vote) or done.
+    /// Marks this replica as joining (it must not vote) or done. Done also forgets the Join nonce.
     pub fn set_joining(&self, joining: bool) {
         self.joining
             .store(joining, std::sync::atomic::Ordering::SeqCst);
+        if !joining {
+            *self.nonce_slot() = None;
+        }
     }
 
-    /// A replica that came back with an empty Raft state asks to be a voter again (see `api::join`):
-    /// on the leader it is made a learner, caught up, and made a voter; a follower forwards.
+    /// The nonce this replica puts in its Joins, chosen on first use; `None` once it is not joining.
+    pub fn join_nonce(&self) -> Result<[u8; 32], Status> {
+        use rand::RngCore as _;
+        let mut slot = self.nonce_slot();
+        if let Some(n) = *slot {
+            return Ok(n);
+        }
+        let mut n = [0u8; 32];
+        rand::rngs::OsRng
+            .try_fill_bytes(&mut n)
+            .map_err(|e| Status::internal(format!("the OS random generator failed: {e}")))?;
+        *slot = Some(n);
+        Ok(n)
+    }
+
+    /// Whether this replica is rejoining and sent a Join with `nonce` (asked by the leader).
+    pub fn confirms_join(&self, nonce: &[u8]) -> bool {
+        self.is_joining() && self.nonce_slot().is_some_and(|n| n.as_slice() == nonce)
+    }
+
+    fn nonce_slot(&self) -> std::sync::MutexGuard<'_, Option<[u8; 32]>> {
+        // A plain load or store: a panic while holding it cannot leave it inconsistent.
+        self.join_nonce
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A member that came back with an empty Raft state asks for its seat back (see `api::join`): on
+    /// the leader, only under its own id, at the address the membership records for it, and only if
+    /// the replica answering at that address confirms `nonce` (so a healthy member, reached there, keeps
+    /// its seat). A voter is made a learner, caught up and made a voter again; a learner stays one. A
+    /// replica that is not a member is refused: only an owner's `set_members` adds one. A follower
+    /// forwards.
     pub async fn join(
         &self,
         member: pb::Member,
+        nonce: Vec<u8>,
         forwarded: bool,
     ) -> Result<BTreeMap<NodeId, String>, Status> {
         if member.id == self.id {
@@ -93,9 +135,15 @@ impl<S: Store> Node<S> {
                 member.id, member.peer_address
             )));
         }
+        if nonce.len() != 32 {
+            return Err(Status::invalid_argument(
+                "nonce: a Join carries 32 random bytes",
+            ));
+        }
         let request = pb::JoinRequest {
             member: Some(member.clone()),
             forwarded: true,
+            nonce: nonce.clone(),
         };
         let answer = self
             .via_leader(forwarded, &mut None, |mut api| {
@@ -106,12 +154,108 @@ impl<S: Store> Node<S> {
         if let Some(r) = answer {
             return Ok(members_from_pb(r));
         }
-        self.rejoin_member(member.id, member.peer_address).await
+        let (recorded, _) = self.member_record(member.id);
+        let denied = |m: String| to_status(&CoordinatorError::PermissionDenied(m));
+        let Some(recorded) = recorded else {
+            return Err(to_status(&CoordinatorError::FailedPrecondition(format!(
+                "replica {} is not a member of the cluster: a replica becomes one only when a \
+                 workload owner adds it (`concord cluster set-members ... --owner-key`); until then \
+                 it waits and does not vote",
+                member.id
+            ))));
+        };
+        if recorded != member.peer_address {
+            return Err(denied(format!(
+                "replica {} is recorded at {recorded}; a replica at {} cannot take its seat (a \
+                 member rejoins only at its own address; moving one is a membership change by a \
+                 workload owner)",
+                member.id, member.peer_address
+            )));
+        }
+        // The caller says it is the member at `recorded`: ask whoever answers there, over attested
+        // TLS, whether it sent this Join. A healthy member there says no and keeps its seat.
+        let ask = self.links.call(member.id, &recorded, |mut api, _| {
+            let nonce = nonce.clone();
+            async move { api.confirm_join(pb::ConfirmJoinRequest { nonce }).await }
+        });
+        match tokio::time::timeout(Duration::from_secs(5), ask).await {
+            Ok(Ok(r)) if r.confirmed => {}
+            Ok(Ok(_)) => {
+                return Err(denied(format!(
+                    "the replica answering at {recorded}, replica {}'s recorded address, did not \
+                     send this Join: replica {} keeps its seat",
+                    member.id, member.id
+                )));
+            }
+            Ok(Err(s)) => {
+                return Err(Status::unavailable(format!(
+                    "cannot confirm the Join with the replica at {recorded}: {}; retry",
+                    s.message()
+                )));
+            }
+            Err(_) => {
+                return Err(Status::unavailable(format!(
+                    "the replica at {recorded} did not confirm the Join within 5 s; retry"
+                )));
+            }
+        }
+        // A learner counts for no quorum: it may vote again at once (it only ever becomes a voter
+        // through a change that waits until it caught up). Answered without waiting for a membership
+        // change under way, which may be the one that adds it. A voter must give up its vote first.
+        if let (Some(now), false) = self.member_record(member.id)
+            && now == recorded
+        {
+            info!(
+                member = member.id,
+                "a learner asked for its seat: it stays a learner until a workload owner's change makes it a voter"
+            );
+            return Ok(self.membership_nodes());
+        }
+        let _gate = self.membership_gate.lock().await;
+        match self.member_record(member.id) {
+            (Some(now), true) if now == recorded => self.rejoin_voter(member.id, recorded).await,
+            (Some(now), false) if now == recorded => {
+                info!(
+                    member = member.id,
+                    "a learner asked for its seat: it stays a learner until a workload owner's change makes it a voter"
+                );
+                Ok(self.membership_nodes())
+            }
+            _ => Err(Status::unavailable(format!(
+                "replica {}'s membership changed while it asked to rejoin; retry",
+                member.id
+            ))),
+        }
     }
 
-    /// On the leader: replica `id` lost its Raft state. A voter is first made a learner (so it counts for
-    /// no quorum while it has forgotten what it acknowledged), then caught up, then made a voter again.
-    async fn rejoin_member(
+    /// The address the membership records for `id`, if it is a member, and whether it is a voter.
+    fn member_record(&self, id: NodeId) -> (Option<String>, bool) {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let config = &metrics.membership_config;
+        let recorded = config
+            .nodes()
+            .find(|(n, _)| **n == id)
+            .map(|(_, n)| n.addr.clone());
+        let voter = config.membership().voter_ids().any(|v| v == id);
+        (recorded, voter)
+    }
+
+    /// Every member (voters and learners) with its recorded address.
+    fn membership_nodes(&self) -> BTreeMap<NodeId, String> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .nodes()
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect()
+    }
+
+    /// On the leader, under the membership gate: voter `id`, confirmed at its recorded `addr`, lost its
+    /// Raft state. It is first made a learner (so it counts for no quorum while it has forgotten what
+    /// it acknowledged), then caught up, then made a voter again.
+    async fn rejoin_voter(
         &self,
         id: NodeId,
         addr: String,
@@ -127,40 +271,43 @@ impl<S: Store> Node<S> {
                 .voter_ids()
                 .collect()
         };
-        let before = voters();
-        if before.contains(&id) {
-            let without: std::collections::BTreeSet<NodeId> =
-                before.iter().copied().filter(|v| *v != id).collect();
-            info!(
-                member = id,
-                "a voter came back with an empty disk: a learner until it caught up"
-            );
-            self.raft
-                .change_membership(without, true)
-                .await
-                .map_err(|e| failed(e.to_string()))?;
-        }
+        let term = self.raft.metrics().borrow().current_term;
+        let without: std::collections::BTreeSet<NodeId> =
+            voters().into_iter().filter(|v| *v != id).collect();
+        info!(
+            member = id,
+            "a voter came back with an empty disk: a learner until it caught up"
+        );
+        self.raft
+            .change_membership(without, true)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
         info!(member = id, %addr, "adding a learner; it catches up before it votes");
         self.raft
             .add_learner(id, openraft::BasicNode { addr }, true)
             .await
             .map_err(|e| failed(e.to_string()))?;
+        // Promote only as the leader that demoted it: another leader may have removed the member
+        // meanwhile (an owner's change), and promoting it then would undo that change.
+        {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            if metrics.current_leader != Some(self.id) || metrics.current_term != term {
+                return Err(Status::unavailable(format!(
+                    "the leader changed while replica {id} rejoined (term {term} to {}); it is a \
+                     learner now and stays one unless a workload owner's change makes it a voter",
+                    metrics.current_term
+                )));
+            }
+        }
         let mut after = voters();
         after.insert(id);
         self.raft
             .change_membership(after, false)
             .await
             .map_err(|e| failed(e.to_string()))?;
-        let members: BTreeMap<NodeId, String> = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .nodes()
-            .map(|(id, n)| (*id, n.addr.clone()))
-            .collect();
         info!(member = id, voters = ?voters(), "a replica rejoined as a voter");
-        Ok(members)
+        Ok(self.membership_nodes())
     }
 
     /// A member's peer API address: this replica's own peer list wins, else the replicated
@@ -176,9 +323,14 @@ impl<S: Store> Node<S> {
         peer_address(&self.peers, id, in_membership)
     }
 
-    /// Sets the voting members, on the leader (a follower forwards): checks the owner authorization
-    /// against the latest manifest, adds new members as learners (they catch up first), then makes the
-    /// new set the voters; members left out are removed.
+    /// Sets the voting members, on the leader (a follower forwards). The owner's authorization names
+    /// the membership it starts from; it is checked here first (an unauthorized caller costs no log
+    /// entry), then written to the Raft log, where every replica's state machine checks it again at
+    /// its own place in the log. Only once it applied as authorized does this leader add the new
+    /// members as learners (they catch up first) and make the new set the voters, each step only while
+    /// it still leads in the term of the authorization and the membership is the one the previous
+    /// step left. Every step writes a new membership configuration, so the authorization cannot be
+    /// used again.
     pub async fn set_members(
         &self,
         req: pb::SetMembersRequest,
@@ -209,6 +361,28 @@ impl<S: Store> Node<S> {
         if members.is_empty() {
             return Err(invalid("a cluster needs at least one member".into()));
         }
+        let owner_key = <[u8; 32]>::try_from(req.owner_key.as_slice())
+            .ok()
+            .and_then(|k| ed25519_dalek::VerifyingKey::from_bytes(&k).ok())
+            .ok_or_else(|| invalid("owner_key: not a 32-byte Ed25519 public key".into()))?;
+        let owner_signature = <[u8; 64]>::try_from(req.owner_signature.as_slice())
+            .map(|s| ed25519_dalek::Signature::from_bytes(&s))
+            .map_err(|_| invalid("owner_signature: an Ed25519 signature is 64 bytes".into()))?;
+        let authorization = crate::history::MembersAuthorization {
+            membership_index: req.membership_index,
+            members: members.clone(),
+            owner_key,
+            owner_signature,
+        };
+        let refused = |e: crate::history::MembersRefusal| {
+            if e.is_stale() {
+                to_status(&CoordinatorError::FailedPrecondition(e.to_string()))
+            } else {
+                to_status(&CoordinatorError::PermissionDenied(e.to_string()))
+            }
+        };
+
+        let _gate = self.membership_gate.lock().await;
         self.refresh().map_err(|e| to_status(&e))?;
         let latest = {
             let core = self.replica.read().map_err(|e| to_status(&e))?;
@@ -217,29 +391,38 @@ impl<S: Store> Node<S> {
                     "set a manifest first: membership changes are authorized by its workload owner keys".into(),
                 ))
             })?;
-            let key = <[u8; 32]>::try_from(req.owner_key.as_slice())
-                .ok()
-                .and_then(|k| ed25519_dalek::VerifyingKey::from_bytes(&k).ok())
-                .ok_or_else(|| invalid("owner_key: not a 32-byte Ed25519 public key".into()))?;
-            let sig = <[u8; 64]>::try_from(req.owner_signature.as_slice())
-                .map(|s| ed25519_dalek::Signature::from_bytes(&s))
-                .map_err(|_| invalid("owner_signature: an Ed25519 signature is 64 bytes".into()))?;
-            let denied = |m: String| to_status(&CoordinatorError::PermissionDenied(m));
-            if !chain.latest_manifest().workload_owner_keys().contains(&key) {
-                return Err(denied(format!(
-                    "owner key {} is not listed in the latest manifest",
-                    hex::encode(key.as_bytes())
-                )));
-            }
-            let latest = chain.latest_hash();
-            let message = crate::history::format::members_message(&latest, &members);
-            if key.verify_strict(&message, &sig).is_err() {
-                return Err(denied(format!(
-                    "the owner signature does not verify over these members at transition {latest}"
-                )));
-            }
-            latest
+            let current =
+                crate::raft::membership_index(&self.raft.metrics().borrow().membership_config);
+            authorization
+                .check(
+                    &chain.latest_hash(),
+                    chain.latest_manifest().workload_owner_keys(),
+                    current,
+                )
+                .map_err(refused)?;
+            chain.latest_hash()
         };
+
+        // The check that counts: in the log, by every replica.
+        let command = Command::AuthorizeMembers(crate::raft::AuthorizeMembers::new(&authorization));
+        let written = match tokio::time::timeout(LEADER_WAIT, self.raft.client_write(command)).await
+        {
+            Ok(w) => {
+                w.map_err(|e| Status::unavailable(format!("the write did not commit: {e}")))?
+            }
+            Err(_) => return Err(not_committed_in_time()),
+        };
+        let mut at = match written.data {
+            CommandResponse::Authorized { membership_index } => membership_index,
+            CommandResponse::Rejected { reason } => {
+                return Err(to_status(&CoordinatorError::FailedPrecondition(format!(
+                    "the replicas refused the membership authorization: {reason}"
+                ))));
+            }
+            other => return Err(Status::internal(format!("unexpected answer: {other:?}"))),
+        };
+        let term = written.log_id.leader_id.term;
+
         let current: BTreeMap<NodeId, String> = self
             .raft
             .metrics()
@@ -252,20 +435,44 @@ impl<S: Store> Node<S> {
             |e: String| Status::unavailable(format!("the membership change did not commit: {e}"));
         for (id, addr) in &members {
             if current.get(id) != Some(addr) {
+                self.still_authorized(term, at)?;
                 info!(member = id, %addr, "adding a learner; it catches up before it votes");
-                self.raft
+                at = self
+                    .raft
                     .add_learner(*id, openraft::BasicNode { addr: addr.clone() }, true)
                     .await
-                    .map_err(|e| failed(e.to_string()))?;
+                    .map_err(|e| failed(e.to_string()))?
+                    .log_id
+                    .index;
             }
         }
         let voters: std::collections::BTreeSet<NodeId> = members.keys().copied().collect();
+        self.still_authorized(term, at)?;
         self.raft
             .change_membership(voters, false)
             .await
             .map_err(|e| failed(e.to_string()))?;
         info!(members = ?members.keys().collect::<Vec<_>>(), authorized_at = %latest, "membership changed");
         Ok(members)
+    }
+
+    /// Before each step of an authorized membership change: this replica still leads in `term`, the
+    /// term the authorization was written in, and the membership is still the one at log index `at`
+    /// (the authorized one, or the one the previous step wrote). Otherwise another leader may have
+    /// changed the membership meanwhile, and the rest of this change is no longer what was checked.
+    fn still_authorized(&self, term: u64, at: u64) -> Result<(), Status> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let now = crate::raft::membership_index(&metrics.membership_config);
+        if metrics.current_leader != Some(self.id) || metrics.current_term != term || now != at {
+            return Err(Status::unavailable(format!(
+                "the membership change stopped: the leader or the membership changed while it was \
+                 under way (term {term} to {}, membership index {at} to {now}); run the command \
+                 again (read the status, sign again)",
+                metrics.current_term
+            )));
+        }
+        Ok(())
     }
 
     /// Reloads the core's view if Raft applied entries since.
@@ -491,6 +698,7 @@ impl<S: Store> Node<S> {
         &self,
         share: concord_mesh_ca::SeedShare,
         force: bool,
+        known: crate::state::KnownLatest,
     ) -> Result<crate::state::RecoverProgress, Status> {
         self.refresh().map_err(|e| to_status(&e))?;
         let recovering = self
@@ -512,7 +720,11 @@ impl<S: Store> Node<S> {
         let outcome = self
             .replica
             .write()
-            .and_then(|mut c| c.accept_share(share, time::OffsetDateTime::now_utc()))
+            .and_then(|mut c| {
+                // Under the same lock: the history the share is checked against is the one it joins.
+                c.check_known_latest(&known)?;
+                c.accept_share(share, time::OffsetDateTime::now_utc())
+            })
             .map_err(|e| to_status(&e))?;
         let recovered = match outcome {
             crate::state::ShareOutcome::Progress(p) => return Ok(p),

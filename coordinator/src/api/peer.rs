@@ -202,7 +202,7 @@ impl<S: Store> pb::peer_api_server::PeerApi for PeerService<S> {
             .member
             .ok_or_else(|| Status::invalid_argument("member: missing"))?;
         let id = member.id;
-        match self.node.join(member, req.forwarded).await {
+        match self.node.join(member, req.nonce, req.forwarded).await {
             Ok(members) => {
                 info!(rpc = "Join", member = id, "ok");
                 Ok(Response::new(super::user::members_to_pb(&members)))
@@ -212,6 +212,15 @@ impl<S: Store> pb::peer_api_server::PeerApi for PeerService<S> {
                 Err(status)
             }
         }
+    }
+
+    async fn confirm_join(
+        &self,
+        request: Request<pb::ConfirmJoinRequest>,
+    ) -> Result<Response<pb::ConfirmJoinResponse>, Status> {
+        let confirmed = self.node.confirms_join(&request.get_ref().nonce);
+        debug!(rpc = "ConfirmJoin", confirmed, "answered");
+        Ok(Response::new(pb::ConfirmJoinResponse { confirmed }))
     }
 
     async fn forward_command(

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use concord_attestation::{
-    AcceptPolicy, AttestationError, Evidence, ReferenceValues, VerifiedReport,
+    AcceptPolicy, AttestationError, DeploymentPin, Evidence, ReferenceValues, VerifiedReport,
 };
 
 use super::replica::Replica;
@@ -81,6 +81,19 @@ impl<S: Store> AcceptPolicy for PeerAcceptPolicy<S> {
         expected_report_data: &[u8; 64],
     ) -> Result<VerifiedReport, AttestationError> {
         self.verify_at(evidence, expected_report_data, SystemTime::now())
+    }
+
+    /// A replica that knows its deployment (pinned, or from its history) refuses a peer of another;
+    /// it accepts an unpinned peer (a replica with an empty disk started without `--deployment-id`),
+    /// which takes this deployment's history and then names it. An unpinned replica accepts any.
+    fn deployment_pin(&self) -> DeploymentPin {
+        match self.replica.read().map(|c| c.deployment_id()) {
+            Ok(own) if own.is_unpinned() => DeploymentPin::Any,
+            Ok(own) => DeploymentPin::ThisOrUnpinned(own),
+            // A poisoned state. `verify`, which runs first, has already refused on it; fail closed
+            // anyway, with an id no deployment has but with negligible probability.
+            Err(_) => DeploymentPin::Exactly(concord_attestation::DeploymentId([0xff; 32])),
+        }
     }
 }
 
@@ -170,5 +183,48 @@ mod tests {
             rejection(policy.judge(&workload_only, &v.evidence(), &v.report_data(), v.at)),
             RejectReason::HostDataNotAccepted
         );
+    }
+
+    #[test]
+    fn a_replica_that_knows_its_deployment_refuses_peers_of_another() {
+        use concord_attestation::{DeploymentId, DeploymentPin};
+        let d = TestDeployment::new();
+        let policy = |c: Coordinator<MemoryStore>| {
+            let replica = Replica::new(
+                c,
+                Arc::new(d.issuer(&d.coordinator_policy)),
+                Verifier::new(PlatformTrust::default()),
+            );
+            PeerAcceptPolicy::new(
+                Arc::new(replica),
+                d.coordinator_policy_hash(),
+                ReferenceValues::default(),
+            )
+        };
+        let ours = Manifest::parse(&d.manifest(1)).unwrap().deployment_id();
+        let other = DeploymentId([5; 32]);
+
+        // Unpinned and fresh: any peer (it may be joining a formed cluster).
+        let fresh = policy(Coordinator::open(MemoryStore::new()).unwrap());
+        assert_eq!(fresh.deployment_pin(), DeploymentPin::Any);
+
+        // Pinned: its own id, or an unpinned peer (a replica with an empty disk and no flag).
+        let mut pinned = Coordinator::open(MemoryStore::new()).unwrap();
+        pinned.pin_deployment(ours).unwrap();
+        let pin = policy(pinned).deployment_pin();
+        assert!(pin.check(&ours).is_ok());
+        assert!(pin.check(&DeploymentId::UNPINNED).is_ok());
+        assert!(pin.check(&other).is_err());
+
+        // With a history and no flag: the history's id.
+        let mut set = Coordinator::open(MemoryStore::new()).unwrap();
+        set.set_manifest(
+            d.set_request(d.manifest(1), Hash::ZERO),
+            time::OffsetDateTime::now_utc(),
+        )
+        .unwrap();
+        let pin = policy(set).deployment_pin();
+        assert_eq!(pin, DeploymentPin::ThisOrUnpinned(ours));
+        assert!(pin.check(&other).is_err());
     }
 }

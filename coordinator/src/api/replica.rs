@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use concord_attestation::{EvidenceIssuer, Verifier};
+use concord_attestation::{DeploymentId, DeploymentSource, EvidenceIssuer, Verifier};
 
 use crate::error::CoordinatorError;
 use crate::state::Coordinator;
@@ -52,5 +52,14 @@ impl<S: Store> Replica<S> {
                 "internal error: the state lock is poisoned; restart the replica".into(),
             )
         })
+    }
+}
+
+/// The replica's aTLS certificates name (and its evidence binds) the deployment it serves now.
+impl<S: Store> DeploymentSource for Replica<S> {
+    fn deployment(&self) -> DeploymentId {
+        // A poisoned state serves nothing anyway; name no deployment rather than guess one.
+        self.read()
+            .map_or(DeploymentId::UNPINNED, |c| c.deployment_id())
     }
 }

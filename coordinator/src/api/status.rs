@@ -13,6 +13,7 @@ pub fn to_status(e: &CoordinatorError) -> Status {
         CoordinatorError::PreviousMismatch { .. }
         | CoordinatorError::FinalManifest
         | CoordinatorError::FailedPrecondition(_)
+        | CoordinatorError::UnknownHistory(_)
         | CoordinatorError::Recovering
         | CoordinatorError::NoManifest => Code::FailedPrecondition,
         CoordinatorError::Ledger(LedgerError::Corrupt(_)) => Code::DataLoss,

@@ -188,7 +188,20 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
             ))
         })?;
         let index = share.index;
-        let result = self.node.recover_with_share(share, req.force).await;
+        let optional_hash = |name: &str, bytes: &[u8]| {
+            if bytes.is_empty() {
+                Ok(None)
+            } else {
+                Hash::from_slice(bytes)
+                    .map(Some)
+                    .map_err(|e| invalid(format!("{name}: {e}")))
+            }
+        };
+        let known = crate::state::KnownLatest {
+            exactly: optional_hash("expected_latest", &req.expected_latest)?,
+            since: optional_hash("since", &req.since)?,
+        };
+        let result = self.node.recover_with_share(share, req.force, known).await;
         match result {
             Ok(p) => {
                 info!(
@@ -199,10 +212,17 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
                     ready = p.ready,
                     "ok"
                 );
+                let latest = self
+                    .node
+                    .replica
+                    .read()
+                    .ok()
+                    .and_then(|c| c.chain().map(|ch| transition_to_pb(ch.latest_transition())));
                 Ok(Response::new(pb::RecoverResponse {
                     shares_received: p.shares_received,
                     threshold: p.threshold,
                     ready: p.ready,
+                    latest,
                 }))
             }
             Err(status) => {
@@ -239,6 +259,7 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
                 .chain()
                 .map(|c| c.latest_hash().as_bytes().to_vec())
                 .unwrap_or_default(),
+            membership_index: crate::raft::membership_index(&metrics.membership_config),
         }))
     }
 

@@ -48,6 +48,15 @@ impl VerifiedChain {
         self.hashes.last().copied().unwrap_or(Hash::ZERO)
     }
     /// The latest manifest (the chain is never empty).
+    /// The deployment this history belongs to: its first manifest's id.
+    pub fn deployment_id(&self) -> concord_attestation::DeploymentId {
+        self.manifests()
+            .first()
+            .map_or(concord_attestation::DeploymentId::UNPINNED, |m| {
+                m.deployment_id()
+            })
+    }
+
     pub fn latest_manifest(&self) -> &Manifest {
         // `verify_chain` refuses an empty history, so there is a last manifest.
         &self.manifests[self.manifests.len() - 1]

@@ -14,11 +14,16 @@ pub const SET_MANIFEST_LABEL: &[u8] = b"concord/v1/set-manifest";
 /// Prefix of a workload owner's authorization of a membership change.
 pub const SET_MEMBERS_LABEL: &[u8] = b"concord/v1/set-members";
 
-/// `"concord/v1/set-members" || latest transition hash || SHA-256(encoding)`, where the encoding is, for
-/// each member in increasing id order, `u64be(id) || u32be(len(address)) || address`: what a workload
-/// owner signs to set the cluster's voting members. The latest hash makes it single-use.
+/// `"concord/v1/set-members" || latest transition hash || u64be(membership index) || SHA-256(encoding)`,
+/// where the encoding is, for each member in increasing id order,
+/// `u64be(id) || u32be(len(address)) || address`: what a workload owner signs to set the cluster's voting
+/// members. The membership index is the Raft log index of the membership configuration the change
+/// starts from; every membership change writes a new configuration at a higher index, so an
+/// authorization is good for one change only and an older one can never be replayed (the latest hash
+/// alone did not do that: a membership change does not advance the history).
 pub fn members_message(
     latest: &Hash,
+    membership_index: u64,
     members: &std::collections::BTreeMap<u64, String>,
 ) -> Vec<u8> {
     let mut h = Sha256::new();
@@ -27,7 +32,13 @@ pub fn members_message(
         h.update((addr.len() as u32).to_be_bytes());
         h.update(addr.as_bytes());
     }
-    [SET_MEMBERS_LABEL, latest.as_bytes(), &h.finalize()].concat()
+    [
+        SET_MEMBERS_LABEL,
+        latest.as_bytes(),
+        &membership_index.to_be_bytes(),
+        &h.finalize(),
+    ]
+    .concat()
 }
 
 /// Prefix of the report data that binds an audit bundle.

@@ -2,14 +2,17 @@
 //!
 //! `format` holds the normative byte strings; `transition` the record; `chain` verifies a whole line of
 //! transitions (used at start-up and by the offline audit alike); `ledger` reads and writes the history in a
-//! [`crate::store::Store`], hash-checking everything it reads; `audit` is the bundle for third parties.
+//! [`crate::store::Store`], hash-checking everything it reads; `members` checks an owner's authorization
+//! of a membership change; `audit` is the bundle for third parties.
 
 pub mod audit;
 mod chain;
 pub mod format;
 mod ledger;
+mod members;
 mod transition;
 
 pub use chain::{ChainError, VerifiedChain, verify_chain};
 pub use ledger::{Ledger, LedgerError, LoadedHistory, MeshCerts, NewTransition};
+pub use members::{MembersAuthorization, MembersRefusal};
 pub use transition::{OwnerAuthorization, Transition};

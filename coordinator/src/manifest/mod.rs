@@ -9,7 +9,7 @@ mod san;
 
 use std::collections::BTreeMap;
 
-use concord_attestation::ReferenceValues;
+use concord_attestation::{DeploymentId, ReferenceValues};
 use ed25519_dalek::VerifyingKey;
 
 use crate::hash::Hash;
@@ -102,6 +102,46 @@ impl Manifest {
     pub fn seed_share_owners(&self) -> &SeedShareOwners {
         &self.seed_share_owners
     }
+
+    /// The id of the deployment whose FIRST manifest this is (docs/PROTOCOL.md, "Deployment id"):
+    /// SHA-256 over the seed share owners and the workload owner keys, the parties the host is not,
+    /// fixed before the first manifest exists.
+    ///
+    /// Only a first manifest defines its deployment: a later one may list other owner keys.
+    pub fn deployment_id(&self) -> DeploymentId {
+        deployment_id(
+            &self.seed_share_owners,
+            self.workload_owner_keys.iter().map(|k| k.to_bytes()),
+        )
+    }
+}
+
+/// `SHA-256("concord/v1/deployment" || u8(threshold) || u32be(n) || share owner keys, sorted ||
+/// u32be(m) || workload owner keys, sorted)`; keys are 32 bytes each and unique (the parser refuses
+/// a key listed twice), so sorting makes the encoding independent of the order they were written in.
+fn deployment_id(
+    share_owners: &SeedShareOwners,
+    owner_keys: impl Iterator<Item = [u8; 32]>,
+) -> DeploymentId {
+    use sha2::{Digest, Sha256};
+    let mut shares = share_owners.keys.clone();
+    shares.sort_unstable();
+    let mut owners: Vec<[u8; 32]> = owner_keys.collect();
+    owners.sort_unstable();
+    let mut h = Sha256::new();
+    h.update(concord_attestation::atls::DEPLOYMENT_LABEL);
+    h.update([share_owners.threshold]);
+    h.update(count(shares.len()));
+    shares.iter().for_each(|k| h.update(k));
+    h.update(count(owners.len()));
+    owners.iter().for_each(|k| h.update(k));
+    DeploymentId(h.finalize().into())
+}
+
+/// At most 255 share owners (the parser's limit) and as many owner keys as a manifest of bounded size
+/// holds: always within u32.
+fn count(n: usize) -> [u8; 4] {
+    u32::try_from(n).unwrap_or(u32::MAX).to_be_bytes()
 }
 
 #[cfg(test)]

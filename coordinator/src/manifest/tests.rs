@@ -181,3 +181,74 @@ fn the_documented_example_parses() {
     let m = Manifest::parse(bytes).unwrap();
     assert!(!m.coordinator_policies().is_empty());
 }
+
+#[test]
+fn the_deployment_id_is_the_documented_encoding() {
+    // Golden vectors (docs/PROTOCOL.md, "Deployment id"), computed with Python's hashlib.
+    let owners = SeedShareOwners {
+        threshold: 2,
+        keys: vec![[3; 32], [1; 32]],
+    };
+    assert_eq!(
+        hex::encode(deployment_id(&owners, [[0x22; 32]].into_iter()).0),
+        "85b3b5f78234a9dc535140577b002114a2203c8812cf8d2ffa17fe04c2d9a10b"
+    );
+    let alone = SeedShareOwners {
+        threshold: 1,
+        keys: vec![[1; 32]],
+    };
+    assert_eq!(
+        hex::encode(deployment_id(&alone, std::iter::empty()).0),
+        "1b9353e8718f1b0c9d34311e8f11951526ed71301610a7bda5cfaea7b00d5183"
+    );
+}
+
+#[test]
+fn the_deployment_id_names_share_owners_threshold_and_owner_keys_not_order_or_policies() {
+    let d = TestDeployment::new();
+    let base = Manifest::parse(&d.manifest(1)).unwrap().deployment_id();
+    // Changes to this deployment's manifest (`with` makes a new deployment each time).
+    let with = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut v: serde_json::Value = serde_json::from_slice(&d.manifest(1)).unwrap();
+        f(&mut v);
+        Manifest::parse(&serde_json::to_vec(&v).unwrap())
+    };
+    assert!(!base.is_unpinned());
+    // A later version of the same deployment (other SANs) has the same id.
+    assert_eq!(
+        Manifest::parse(&d.manifest(2)).unwrap().deployment_id(),
+        base
+    );
+    // Order does not matter.
+    let reordered = with(&|v| {
+        let keys = v["seed_share_owners"]["keys"].as_array_mut().unwrap();
+        keys.reverse();
+    })
+    .unwrap();
+    assert_eq!(reordered.deployment_id(), base);
+    // Policies do not enter it (the coordinator's own policy hash cannot: it contains the id).
+    let more_policies = with(&|v| {
+        v["policies"][Hash::of(b"another").to_hex()] = serde_json::json!({"sans": ["x"]});
+    })
+    .unwrap();
+    assert_eq!(more_policies.deployment_id(), base);
+    // Each party does.
+    let other_threshold = with(&|v| v["seed_share_owners"]["threshold"] = 3.into()).unwrap();
+    assert_ne!(other_threshold.deployment_id(), base);
+    let other_share_owner = with(&|v| {
+        v["seed_share_owners"]["keys"][0] = hex::encode([9u8; 32]).into();
+    })
+    .unwrap();
+    assert_ne!(other_share_owner.deployment_id(), base);
+    let other_owner = TestDeployment::new().owner.verifying_key().to_bytes();
+    let more_owners = with(&|v| {
+        v["workload_owner_keys"]
+            .as_array_mut()
+            .unwrap()
+            .push(hex::encode(other_owner).into());
+    })
+    .unwrap();
+    assert_ne!(more_owners.deployment_id(), base);
+    let no_owners = with(&|v| v["workload_owner_keys"] = serde_json::json!([])).unwrap();
+    assert_ne!(no_owners.deployment_id(), base);
+}

@@ -33,9 +33,10 @@ pub mod types;
 pub use error::RaftStoreError;
 pub use log_store::{LOG_TREE, LogStore, META_TREE};
 pub use snapshot::{SNAPSHOT_FORMAT, SnapshotBuilder};
-pub use state_machine::{SM_TREE, StateMachine};
+pub use state_machine::{SM_TREE, StateMachine, membership_index};
 pub use types::{
-    AppendTransition, Command, CommandResponse, Genesis, NodeId, RotateMeshCa, TypeConfig,
+    AppendTransition, AuthorizeMembers, Command, CommandResponse, Genesis, NodeId, RotateMeshCa,
+    TypeConfig,
 };
 
 use crate::store::SledStore;

@@ -24,7 +24,9 @@ use super::error::RaftStoreError;
 use super::snapshot::{
     SNAPSHOT_DATA, SNAPSHOT_META, SnapshotBuilder, SnapshotContent, load_current, verify_history,
 };
-use super::types::{AppendTransition, Command, CommandResponse, NodeId, RotateMeshCa, TypeConfig};
+use super::types::{
+    AppendTransition, AuthorizeMembers, Command, CommandResponse, NodeId, RotateMeshCa, TypeConfig,
+};
 use crate::hash::Hash;
 use crate::history::{Ledger, LoadedHistory, MeshCerts, NewTransition, VerifiedChain};
 use crate::manifest::Manifest;
@@ -181,6 +183,34 @@ impl StateMachine {
             h.mesh = cmd.mesh.clone();
         }
         Ok(CommandResponse::Applied { hash: latest })
+    }
+
+    /// A workload owner's authorization of a membership change, checked here, at its place in the
+    /// log: against the latest manifest and the membership configuration applied before it. Writes
+    /// nothing: the membership entries that follow it in the log are the change.
+    fn apply_authorize(&self, cmd: &AuthorizeMembers) -> CommandResponse {
+        let reject = |reason: String| {
+            tracing::warn!(%reason, "a membership authorization from the Raft log was rejected");
+            CommandResponse::Rejected { reason }
+        };
+        let Some(history) = &self.history else {
+            return reject("a membership change before any manifest".into());
+        };
+        let authorization = match cmd.decode() {
+            Ok(a) => a,
+            Err(reason) => return reject(reason),
+        };
+        let current = membership_index(&self.last_membership);
+        match authorization.check(
+            &history.chain.latest_hash(),
+            history.chain.latest_manifest().workload_owner_keys(),
+            current,
+        ) {
+            Ok(()) => CommandResponse::Authorized {
+                membership_index: current,
+            },
+            Err(e) => reject(e.to_string()),
+        }
     }
 
     /// Every check `Coordinator::set_manifest` makes that does not need a secret, against the
@@ -354,6 +384,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Normal(Command::RotateMeshCa(cmd)) => {
                     self.apply_rotate(&cmd).map_err(failed)?
                 }
+                EntryPayload::Normal(Command::AuthorizeMembers(cmd)) => self.apply_authorize(&cmd),
                 EntryPayload::Membership(membership) => {
                     self.last_membership = StoredMembership::new(Some(log_id), membership);
                     CommandResponse::NoCommand
@@ -403,6 +434,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         load_current(&self.tree)
             .map_err(|e| e.into_storage(ErrorSubject::Snapshot(None), ErrorVerb::Read))
     }
+}
+
+/// The Raft log index of a membership configuration: what a membership authorization names. Every
+/// membership change writes a new configuration at a higher index. 0 before the first (the entry that
+/// formed the cluster is at index 0 too, and nothing can be authorized before a manifest exists).
+pub fn membership_index(m: &StoredMembership<NodeId, BasicNode>) -> u64 {
+    m.log_id().map_or(0, |l| l.index)
 }
 
 fn read_json<T: DeserializeOwned>(

@@ -39,6 +39,50 @@ pub enum Command {
     /// Replace the mesh CA certificates of the latest transition: after a full outage the old mesh CA
     /// key is gone (Invariant 3), so the replica that recovered with the seed shares makes a new one.
     RotateMeshCa(RotateMeshCa),
+    /// A workload owner's authorization of a membership change: the state machine checks it against
+    /// the membership configuration that precedes it in the log; only once it was applied as
+    /// [`CommandResponse::Authorized`] does the leader change the membership.
+    AuthorizeMembers(AuthorizeMembers),
+}
+
+/// The signed request to make `members` the voting members, from the membership at log index
+/// `membership_index` (see [`crate::history::MembersAuthorization`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizeMembers {
+    pub membership_index: u64,
+    pub members: std::collections::BTreeMap<u64, String>,
+    #[serde(with = "hex_32")]
+    pub owner_key: [u8; 32],
+    #[serde(with = "base64_bytes")]
+    pub owner_signature: Vec<u8>,
+}
+
+impl AuthorizeMembers {
+    /// The command that carries `a`.
+    pub fn new(a: &crate::history::MembersAuthorization) -> AuthorizeMembers {
+        AuthorizeMembers {
+            membership_index: a.membership_index,
+            members: a.members.clone(),
+            owner_key: a.owner_key.to_bytes(),
+            owner_signature: a.owner_signature.to_bytes().to_vec(),
+        }
+    }
+
+    /// Decodes the key and signature. Checks only their form.
+    pub fn decode(&self) -> Result<crate::history::MembersAuthorization, String> {
+        let owner_key = VerifyingKey::from_bytes(&self.owner_key)
+            .map_err(|_| "the owner key is not an Ed25519 public key".to_string())?;
+        let owner_signature = <[u8; 64]>::try_from(self.owner_signature.as_slice())
+            .map(|s| ed25519_dalek::Signature::from_bytes(&s))
+            .map_err(|_| "an Ed25519 signature is 64 bytes".to_string())?;
+        Ok(crate::history::MembersAuthorization {
+            membership_index: self.membership_index,
+            members: self.members.clone(),
+            owner_key,
+            owner_signature,
+        })
+    }
 }
 
 /// The new public mesh CA certificates for `transition`, which must be the latest.
@@ -93,6 +137,9 @@ pub enum CommandResponse {
     Rejected { reason: String },
     /// The entry was openraft's own (blank or membership), not a command.
     NoCommand,
+    /// The membership change is authorized, from the membership at log index `membership_index`
+    /// (the one the authorization named).
+    Authorized { membership_index: u64 },
 }
 
 impl AppendTransition {

@@ -1,6 +1,6 @@
 //! `Coordinator`: one replica's state and the operations of the user and mesh APIs.
 
-use concord_attestation::{EvidenceIssuer, VerifiedReport};
+use concord_attestation::{DeploymentId, EvidenceIssuer, VerifiedReport};
 use concord_mesh_ca::{EncryptedShare, MeshCa, RootCa, SeedEngine, encrypt_share, split};
 use ed25519_dalek::{Signature, VerifyingKey};
 use time::OffsetDateTime;
@@ -117,6 +117,8 @@ pub struct Coordinator<S> {
     pub(super) secrets: Option<Secrets>,
     /// Seed shares submitted for user recovery, until there are enough (never written anywhere).
     pub(super) pending_shares: Vec<concord_mesh_ca::SeedShare>,
+    /// The deployment this replica was launched for (`--deployment-id`), if any.
+    pub(super) pin: Option<DeploymentId>,
 }
 
 impl<S: Store> Coordinator<S> {
@@ -129,7 +131,35 @@ impl<S: Store> Coordinator<S> {
             history,
             secrets: None,
             pending_shares: Vec::new(),
+            pin: None,
         })
+    }
+
+    /// Pins the replica to `id` (`--deployment-id`): a first manifest of another deployment is
+    /// refused. Refuses (an error) if the stored history belongs to another deployment: the replica
+    /// must not serve it under this launch configuration.
+    pub fn pin_deployment(&mut self, id: DeploymentId) -> Result<(), CoordinatorError> {
+        if let Some(chain) = self.chain() {
+            let stored = chain.deployment_id();
+            if stored != id {
+                return Err(CoordinatorError::FailedPrecondition(format!(
+                    "this replica was started for deployment {id} (--deployment-id), but its stored \
+                     history belongs to deployment {stored}: fix the launch configuration (the chart's \
+                     deploymentId), or move the data directory aside if it is another deployment's"
+                )));
+            }
+        }
+        self.pin = Some(id);
+        Ok(())
+    }
+
+    /// The deployment this replica serves, as its aTLS evidence binds it: its history's (its first
+    /// manifest's), else its pin, else [`DeploymentId::UNPINNED`].
+    pub fn deployment_id(&self) -> DeploymentId {
+        match self.chain() {
+            Some(chain) => chain.deployment_id(),
+            None => self.pin.unwrap_or(DeploymentId::UNPINNED),
+        }
     }
 
     pub fn state(&self) -> ReplicaState {
@@ -241,6 +271,17 @@ impl<S: Store> Coordinator<S> {
                 "the first manifest takes no owner signature: there is no previous manifest to list the key"
                     .into(),
             ));
+        }
+        if let Some(pin) = self.pin
+            && manifest.deployment_id() != pin
+        {
+            return Err(CoordinatorError::PermissionDenied(format!(
+                "this coordinator is pinned to deployment {pin} (--deployment-id), but this first \
+                 manifest makes deployment {} (its seed share owners and workload owner keys differ): \
+                 set the manifest the deployment was made for (`concord deployment-id -m FILE` prints \
+                 a manifest's id)",
+                manifest.deployment_id()
+            )));
         }
         let crypto = |e: concord_mesh_ca::MeshCaError| CoordinatorError::Crypto(e.to_string());
         let engine = SeedEngine::generate().map_err(crypto)?;

@@ -14,7 +14,7 @@ pub use coordinator::{
     SetOutcome, SetRequest,
 };
 pub use peer::{PeerAcceptance, PeerSecrets};
-pub use recovery::{RecoverProgress, RecoveredSecrets, ShareOutcome};
+pub use recovery::{KnownLatest, RecoverProgress, RecoveredSecrets, ShareOutcome};
 
 #[cfg(test)]
 mod tests;

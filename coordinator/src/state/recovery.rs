@@ -77,7 +77,58 @@ impl std::fmt::Debug for RecoveredSecrets {
     }
 }
 
+/// What a seed share owner last knew of the history, which the replica's latest must be or extend
+/// before a share is taken: restoring old disks after a full outage must not bring the deployment back
+/// on an older manifest with the owners' help (issue 9.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct KnownLatest {
+    /// The latest must be exactly this transition.
+    pub exactly: Option<Hash>,
+    /// This transition must be in the history (equal to or an ancestor of the latest).
+    pub since: Option<Hash>,
+}
+
 impl<S: Store> Coordinator<S> {
+    /// Refuses (the history is older than, or forked from, what the share owner knew) unless the
+    /// verified history's latest transition is `known.exactly` and contains `known.since`. The
+    /// history was verified link by link and signature by signature at load; a forged one is caught
+    /// later, when the shares derive another signing key.
+    pub fn check_known_latest(&self, known: &KnownLatest) -> Result<(), CoordinatorError> {
+        let Some(chain) = self.chain() else {
+            return Ok(()); // Fresh: accept_share refuses with "nothing to recover".
+        };
+        let t = chain.latest_transition();
+        let here = || {
+            format!(
+                "this replica's latest transition is #{} {} (manifest {})",
+                t.index,
+                chain.latest_hash(),
+                t.manifest_hash
+            )
+        };
+        if let Some(h) = known.exactly
+            && h != chain.latest_hash()
+        {
+            let relation = match chain.position(&h) {
+                Some(i) => format!("{h} is its transition #{i}: the history you know is NEWER"),
+                None => format!("{h} is not in its history (a rollback to before it, or a fork)"),
+            };
+            return Err(CoordinatorError::UnknownHistory(format!(
+                "{}; you expected {h}, but {relation}",
+                here()
+            )));
+        }
+        if let Some(h) = known.since
+            && chain.position(&h).is_none()
+        {
+            return Err(CoordinatorError::UnknownHistory(format!(
+                "{}, and its history does not contain {h} (a rollback to before it, or a fork)",
+                here()
+            )));
+        }
+        Ok(())
+    }
+
     /// User recovery on a replica that writes its own store (one replica, tests): takes a share, and
     /// at threshold records the new mesh CA and adopts the secrets.
     pub fn recover_with_share(

@@ -801,3 +801,133 @@ fn a_long_history_is_verified_in_parallel_and_faults_are_found_in_order() {
     assert_eq!(err.index, 280, "{err}");
     assert!(err.reason.contains("owner authorization"), "{err}");
 }
+
+#[test]
+fn a_pinned_replica_refuses_a_first_manifest_of_another_deployment() {
+    use concord_attestation::DeploymentId;
+    let d = TestDeployment::new();
+    let ours = crate::manifest::Manifest::parse(&d.manifest(1))
+        .unwrap()
+        .deployment_id();
+    let mut c = Coordinator::open(MemoryStore::new()).unwrap();
+    assert_eq!(c.deployment_id(), DeploymentId::UNPINNED);
+    c.pin_deployment(ours).unwrap();
+    assert_eq!(
+        c.deployment_id(),
+        ours,
+        "a pinned fresh replica names its pin"
+    );
+
+    // The host's first manifest: same policies, its own share owner and owner key.
+    let host = TestDeployment::new();
+    let mut json: serde_json::Value = serde_json::from_slice(&d.manifest(1)).unwrap();
+    let theirs: serde_json::Value = serde_json::from_slice(&host.manifest(1)).unwrap();
+    json["seed_share_owners"] = theirs["seed_share_owners"].clone();
+    let rogue = serde_json::to_vec(&json).unwrap();
+    let err = c
+        .set_manifest(d.set_request(rogue, Hash::ZERO), now())
+        .unwrap_err();
+    assert!(
+        matches!(err, CoordinatorError::PermissionDenied(_)),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("pinned to deployment"), "{err}");
+    assert_eq!(c.state(), ReplicaState::Fresh, "nothing was written");
+
+    // Its own first manifest is accepted, and the replica serves that deployment.
+    c.set_manifest(d.set_request(d.manifest(1), Hash::ZERO), now())
+        .unwrap();
+    assert_eq!(c.deployment_id(), ours);
+}
+
+#[test]
+fn a_stored_history_of_another_deployment_is_not_served_under_a_pin() {
+    let d = TestDeployment::new();
+    let (mut c, _) = ready(&d);
+    let ours = c.deployment_id();
+    assert!(!ours.is_unpinned());
+    assert!(c.pin_deployment(ours).is_ok());
+    let err = c
+        .pin_deployment(concord_attestation::DeploymentId([7; 32]))
+        .unwrap_err();
+    assert!(err.to_string().contains("belongs to deployment"), "{err}");
+}
+
+#[test]
+fn a_share_is_taken_only_when_the_history_is_or_extends_the_one_its_owner_knew() {
+    use crate::state::KnownLatest;
+    let d = TestDeployment::new();
+    let (mut c, first) = ready(&d);
+    let second = c
+        .set_manifest(d.set_request(d.manifest(2), first.hash), now())
+        .unwrap();
+    let foreign = Hash([9; 32]);
+    let ok = |k: KnownLatest| c.check_known_latest(&k);
+
+    assert!(
+        ok(KnownLatest::default()).is_ok(),
+        "no expectation: no check"
+    );
+    assert!(
+        ok(KnownLatest {
+            exactly: Some(second.hash),
+            since: None
+        })
+        .is_ok()
+    );
+    assert!(
+        ok(KnownLatest {
+            exactly: None,
+            since: Some(first.hash)
+        })
+        .is_ok()
+    );
+    assert!(
+        ok(KnownLatest {
+            exactly: None,
+            since: Some(second.hash)
+        })
+        .is_ok()
+    );
+    assert!(
+        ok(KnownLatest {
+            exactly: Some(second.hash),
+            since: Some(first.hash)
+        })
+        .is_ok()
+    );
+
+    // Not the latest: an older one (the owner knows less) is named as such; an unknown one is a
+    // rollback or a fork.
+    let older = ok(KnownLatest {
+        exactly: Some(first.hash),
+        since: None,
+    })
+    .unwrap_err();
+    assert!(
+        matches!(older, CoordinatorError::UnknownHistory(_)),
+        "{older:?}"
+    );
+    assert!(older.to_string().contains("NEWER"), "{older}");
+    let unknown = ok(KnownLatest {
+        exactly: Some(foreign),
+        since: None,
+    })
+    .unwrap_err();
+    assert!(
+        unknown.to_string().contains("not in its history"),
+        "{unknown}"
+    );
+    let not_extending = ok(KnownLatest {
+        exactly: None,
+        since: Some(foreign),
+    })
+    .unwrap_err();
+    assert!(matches!(not_extending, CoordinatorError::UnknownHistory(_)));
+    // The message names the replica's latest: index, hash and manifest hash.
+    let text = not_extending.to_string();
+    assert!(
+        text.contains("#1") && text.contains(&second.hash.to_hex()),
+        "{text}"
+    );
+}

@@ -37,10 +37,15 @@ impl Dialer {
 
     /// An attested user API client of the replica at `addr`.
     pub async fn user(&self, addr: SocketAddr) -> Result<UserClient, String> {
-        concord_cli::remote::user_api(&addr.to_string(), &self.manifest, self.trust.clone())
-            .await
-            .map(|(client, _)| client)
-            .map_err(|e| e.to_string())
+        concord_cli::remote::user_api(
+            &addr.to_string(),
+            &self.manifest,
+            self.trust.clone(),
+            concord_tests::pin(&self.manifest),
+        )
+        .await
+        .map(|(client, _)| client)
+        .map_err(|e| e.to_string())
     }
 
     /// A replica's status over a fresh connection.

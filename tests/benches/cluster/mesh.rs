@@ -66,6 +66,7 @@ pub async fn replica(env: &Env, clients: usize, window: Duration) -> Result<Issu
         let identity = ClientIdentity {
             issuer: issuer.clone(),
             key: Arc::new(key),
+            deployment: Arc::new(concord_attestation::DeploymentId::UNPINNED),
         };
         let client =
             Arc::new(AtlsClient::new(policy.clone(), Some(identity)).map_err(|e| e.to_string())?);
@@ -180,7 +181,11 @@ pub fn crypto_alone(env: &Env, window: Duration) -> Result<Crypto, String> {
     let issuer = env.d.issuer(&env.d.workload_policy);
     let evidence = (0..32u8)
         .map(|i| {
-            let report_data = binding(&spki, &[i; 32]);
+            let report_data = binding(
+                &spki,
+                &[i; 32],
+                &concord_attestation::DeploymentId::UNPINNED,
+            );
             issuer.issue(&report_data).map(|e| (e, report_data))
         })
         .collect::<Result<Vec<_>, _>>()

@@ -2,6 +2,7 @@
 //! transitions made by a `Coordinator` in memory, and log entries that carry them.
 
 mod apply;
+mod membership;
 mod no_secret;
 mod persistence;
 mod snapshot;
