@@ -19,6 +19,7 @@ mod chain;
 mod claims;
 pub mod error;
 pub mod evidence;
+mod files;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

@@ -187,15 +187,26 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
     ) -> Result<Response<pb::GetHistoryResponse>, Status> {
         let nonce = history_nonce(request.get_ref())?;
         self.node.linearize(request.get_ref().allow_stale).await?;
-        let bundle = self
+        let rejected = |e: CoordinatorError| {
+            let s = to_status(&e);
+            warn!(rpc = "GetHistory", code = ?s.code(), error = %e, "rejected");
+            s
+        };
+        // The core's lock is held for the draft only: evidence is a device call, made off the
+        // runtime's workers with no lock held.
+        let draft = self
             .replica
             .read()
-            .and_then(|c| c.audit_bundle(&nonce, self.replica.issuer.as_ref()))
-            .map_err(|e| {
-                let s = to_status(&e);
-                warn!(rpc = "GetHistory", code = ?s.code(), error = %e, "rejected");
-                s
-            })?;
+            .and_then(|c| c.audit_draft(&nonce))
+            .map_err(rejected)?;
+        let issuer = self.replica.issuer.clone();
+        let report_data = draft.report_data();
+        let evidence = tokio::task::spawn_blocking(move || issuer.issue(&report_data))
+            .await
+            .map_err(|e| CoordinatorError::Evidence(format!("the evidence task failed: {e}")))
+            .and_then(|r| r.map_err(|e| CoordinatorError::Evidence(e.to_string())))
+            .map_err(rejected)?;
+        let bundle = draft.finish(&evidence);
         info!(
             rpc = "GetHistory",
             transitions = bundle.transitions.len(),

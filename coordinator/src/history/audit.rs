@@ -48,8 +48,8 @@ pub struct BundleTransition {
     pub manifest: String,
 }
 
-/// The coordinator's evidence over the bundle.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The coordinator's evidence over the bundle (empty by default, until a draft is finished).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BundleEvidence {
     pub platform: String,

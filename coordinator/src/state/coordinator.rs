@@ -559,6 +559,17 @@ impl<S: Store> Coordinator<S> {
         nonce: &[u8; 32],
         issuer: &dyn EvidenceIssuer,
     ) -> Result<AuditBundle, CoordinatorError> {
+        let draft = self.audit_draft(nonce)?;
+        let evidence = issuer
+            .issue(&draft.report_data())
+            .map_err(|e| CoordinatorError::Evidence(e.to_string()))?;
+        Ok(draft.finish(&evidence))
+    }
+
+    /// GetHistory's first half: the bundle without its evidence, and the report data the evidence
+    /// must carry. It reads the core only, so a caller can release the core's lock before asking
+    /// for evidence (a device call that may be slow) and [`AuditDraft::finish`] after.
+    pub fn audit_draft(&self, nonce: &[u8; 32]) -> Result<AuditDraft, CoordinatorError> {
         let h = match (self.state(), &self.history) {
             (ReplicaState::Ready, Some(h)) => h,
             // Like GetManifests: public data, from a history verified with the seed.
@@ -573,16 +584,18 @@ impl<S: Store> Coordinator<S> {
             &h.root_ca_der,
             &h.mesh.mesh_ca_der,
         );
-        let evidence = issuer
-            .issue(&report_data)
-            .map_err(|e| CoordinatorError::Evidence(e.to_string()))?;
-        Ok(AuditBundle::new(
+        let bundle = AuditBundle::new(
             &h.chain,
             &h.policies,
             &h.root_ca_der,
             &h.mesh.mesh_ca_der,
-            BundleEvidence::new(&evidence, nonce),
-        ))
+            BundleEvidence::default(),
+        );
+        Ok(AuditDraft {
+            bundle,
+            report_data,
+            nonce: *nonce,
+        })
     }
 
     /// NewMeshCert for a workload whose evidence (`report`) was verified against the current manifest,
@@ -650,5 +663,28 @@ pub(super) fn mesh_certs(mesh_ca: &MeshCa) -> MeshCerts {
     MeshCerts {
         mesh_ca_der: mesh_ca.mesh_ca_der().to_vec(),
         intermediate_der: mesh_ca.intermediate_der().to_vec(),
+    }
+}
+
+/// An audit bundle waiting for its evidence ([`Coordinator::audit_draft`]).
+#[derive(Debug)]
+pub struct AuditDraft {
+    bundle: AuditBundle,
+    report_data: [u8; 64],
+    nonce: [u8; 32],
+}
+
+impl AuditDraft {
+    /// The report data the evidence must carry: it binds the nonce, the signing key, the latest
+    /// transition and both CA certificates of the bundle.
+    pub fn report_data(&self) -> [u8; 64] {
+        self.report_data
+    }
+
+    /// The bundle with `evidence`, which must carry [`report_data`](Self::report_data) (an auditor
+    /// rejects it otherwise).
+    pub fn finish(mut self, evidence: &concord_attestation::Evidence) -> AuditBundle {
+        self.bundle.evidence = BundleEvidence::new(evidence, &self.nonce);
+        self.bundle
     }
 }

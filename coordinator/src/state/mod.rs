@@ -10,8 +10,8 @@ mod recovery;
 mod secrets;
 
 pub use coordinator::{
-    Coordinator, ManifestsView, MeshCertBundle, Prepared, PreparedSet, ReplicaState, SetOutcome,
-    SetRequest,
+    AuditDraft, Coordinator, ManifestsView, MeshCertBundle, Prepared, PreparedSet, ReplicaState,
+    SetOutcome, SetRequest,
 };
 pub use peer::{PeerAcceptance, PeerSecrets};
 pub use recovery::{

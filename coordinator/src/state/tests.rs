@@ -1,6 +1,6 @@
 //! The core, in memory: every invariant of DESIGN.md that applies to one replica.
 
-use concord_attestation::PlatformTrust;
+use concord_attestation::{EvidenceIssuer as _, PlatformTrust};
 use concord_mesh_ca::{
     RecoveryKey, SeedEngine, SeedShare, ShareOwnerKeyPair, ShareSubmission, combine, decrypt_share,
     seal_submission,
@@ -349,6 +349,37 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
             std::fs::copy(entry.path(), target).unwrap();
         }
     }
+}
+
+#[test]
+fn the_audit_draft_is_made_under_the_lock_and_finished_after_it() {
+    // GetHistory reads the core for the draft, releases it, and only then asks for evidence (a
+    // device call): the core can be written meanwhile.
+    let d = TestDeployment::new();
+    let (c, first) = ready(&d);
+    let core = std::sync::RwLock::new(c);
+    let nonce = [7; 32];
+    let draft = core.read().unwrap().audit_draft(&nonce).unwrap();
+    let mut writer = core.try_write().expect("the draft holds no lock");
+    writer
+        .set_manifest(d.set_request(d.manifest(2), first.hash), now())
+        .unwrap();
+    drop(writer);
+    let evidence = d
+        .issuer(&d.coordinator_policy)
+        .issue(&draft.report_data())
+        .unwrap();
+    let bundle = draft.finish(&evidence).to_json();
+    let options = AuditOptions {
+        trust: PlatformTrust {
+            insecure_simulated_root: Some(d.root.hash()),
+        },
+        expected_nonce: Some(nonce),
+        since: Some(first.hash),
+        now: std::time::SystemTime::now(),
+    };
+    // The bundle is the history as it was when drafted, and its evidence binds exactly that.
+    assert_eq!(audit(&bundle, &options).unwrap().chain.len(), 1);
 }
 
 #[test]
