@@ -139,6 +139,8 @@ pub async fn run(args: InitializerArgs) -> CliResult {
 async fn attempt_once(addr: &str, client: Arc<AtlsClient>) -> CliResult<pb::NewMeshCertResponse> {
     let (channel, _) = connect(addr, client).await.map_err(remote::connect_error)?;
     MeshApiClient::new(channel)
+        .max_decoding_message_size(concord_proto::limits::MESH_API_MESSAGE_BYTES)
+        .max_encoding_message_size(concord_proto::limits::MESH_API_MESSAGE_BYTES)
         .new_mesh_cert(pb::NewMeshCertRequest {})
         .await
         .map(|r| r.into_inner())

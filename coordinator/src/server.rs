@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use concord_attestation::{AtlsAcceptor, AtlsClient, ClientAuth, ClientIdentity, Verifier};
+use concord_proto::limits;
 use concord_proto::v1::{
     mesh_api_server::MeshApiServer, peer_api_server::PeerApiServer, user_api_server::UserApiServer,
 };
@@ -219,21 +220,33 @@ pub async fn run(
     };
     let user = tonic::transport::Server::builder()
         .layer(RpcTimingLayer)
-        .add_service(UserApiServer::new(UserService::new(node.clone())))
+        .add_service(
+            UserApiServer::new(UserService::new(node.clone()))
+                .max_decoding_message_size(limits::USER_API_MESSAGE_BYTES)
+                .max_encoding_message_size(limits::USER_API_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(
             crate::transport::incoming(user_listener, user_acceptor, "user"),
             stopped(stop_rx.clone()),
         );
     let mesh = tonic::transport::Server::builder()
         .layer(RpcTimingLayer)
-        .add_service(MeshApiServer::new(MeshService::new(replica)))
+        .add_service(
+            MeshApiServer::new(MeshService::new(replica))
+                .max_decoding_message_size(limits::MESH_API_MESSAGE_BYTES)
+                .max_encoding_message_size(limits::MESH_API_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(
             crate::transport::incoming(mesh_listener, mesh_acceptor, "mesh"),
             stopped(stop_rx.clone()),
         );
     let peer = tonic::transport::Server::builder()
         .layer(RpcTimingLayer)
-        .add_service(PeerApiServer::new(PeerService::new(node)))
+        .add_service(
+            PeerApiServer::new(PeerService::new(node))
+                .max_decoding_message_size(limits::PEER_API_MESSAGE_BYTES)
+                .max_encoding_message_size(limits::PEER_API_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(
             crate::transport::incoming(peer_listener, peer_acceptor, "peer"),
             stopped(stop_rx),

@@ -387,11 +387,18 @@ impl<S: Store> Node<S> {
         let started = std::time::Instant::now();
         self.refresh().map_err(|e| to_status(&e))?;
         let now = time::OffsetDateTime::now_utc();
-        let prepared = self
-            .replica
-            .read()
-            .and_then(|c| c.prepare_set(req, now))
-            .map_err(|e| to_status(&e))?;
+        // Off the runtime's threads: the caps bound it, but parsing, key generation and (first
+        // manifest) share encryption are CPU work. The manifest is parsed outside the lock, and only
+        // after the cheap checks (compare-and-swap, the owner's signature) passed.
+        let replica = self.replica.clone();
+        let prepared = tokio::task::spawn_blocking(move || {
+            replica.read()?.authorize_set(&req)?;
+            let manifest = crate::state::parse_for_set(&req.manifest)?;
+            replica.read()?.prepare_parsed(manifest, req, now)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("the prepare task failed: {e}")))?
+        .map_err(|e| to_status(&e))?;
         let p = match prepared {
             Prepared::Unchanged(outcome) => return Ok(*outcome),
             Prepared::Append(p) => p,

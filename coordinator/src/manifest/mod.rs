@@ -15,6 +15,14 @@ use ed25519_dalek::VerifyingKey;
 use crate::hash::Hash;
 pub use san::San;
 
+/// The most bytes a manifest may have. Bounds the work of parsing one that nobody authorized yet (the
+/// first manifest cannot be), and the size of a Raft entry. 100 KB manifests fit ten times over.
+pub const MAX_MANIFEST_BYTES: usize = 1 << 20;
+/// The most policies a manifest may list.
+pub const MAX_POLICIES: usize = 10_000;
+/// The most workload owner keys a manifest may list (each is a point decompression to check).
+pub const MAX_OWNER_KEYS: usize = 256;
+
 /// A manifest that parsed and validated.
 #[derive(Debug, Clone)]
 pub struct Manifest {
@@ -55,7 +63,11 @@ pub struct ManifestError(pub String);
 
 impl Manifest {
     /// Parses `bytes` strictly. The error names the field and says what is expected.
+    /// Manifests larger than [`MAX_MANIFEST_BYTES`] are refused before they are read.
     pub fn parse(bytes: &[u8]) -> Result<Manifest, ManifestError> {
+        if bytes.len() > MAX_MANIFEST_BYTES {
+            return Err(ManifestError(too_large(bytes.len())));
+        }
         doc::parse(bytes)
     }
 
@@ -102,6 +114,14 @@ impl Manifest {
     pub fn seed_share_owners(&self) -> &SeedShareOwners {
         &self.seed_share_owners
     }
+}
+
+/// Why a manifest of `len` bytes is refused.
+pub fn too_large(len: usize) -> String {
+    format!(
+        "the manifest has {len} bytes, more than the {MAX_MANIFEST_BYTES} Concord accepts; \
+         split what it lists across deployments, or shorten it"
+    )
 }
 
 #[cfg(test)]

@@ -92,7 +92,10 @@ fn link(
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match dialed {
             Ok((channel, _)) => {
-                links.insert(target, Link::Up(PeerApiClient::new(channel)));
+                let api = PeerApiClient::new(channel)
+                    .max_decoding_message_size(concord_proto::limits::PEER_API_MESSAGE_BYTES)
+                    .max_encoding_message_size(concord_proto::limits::PEER_API_MESSAGE_BYTES);
+                links.insert(target, Link::Up(api));
             }
             Err(e) => {
                 tracing::debug!(target, error = %e, "cannot connect to a peer yet");

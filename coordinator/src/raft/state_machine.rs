@@ -238,7 +238,8 @@ impl StateMachine {
                 ));
             }
         }
-        let carried: Vec<Hash> = new.policies.iter().map(|d| Hash::of(d)).collect();
+        let carried: std::collections::HashSet<Hash> =
+            new.policies.iter().map(|d| Hash::of(d)).collect();
         if let Some(missing) = listed
             .policies()
             .keys()
