@@ -54,6 +54,11 @@ fn raft_config() -> anyhow::Result<Arc<openraft::Config>> {
         heartbeat_interval: 50,
         election_timeout_min: 150,
         election_timeout_max: 300,
+        // Large histories (issue 9.12): a batch is also cut at `raft::network::APPEND_BYTES`; a
+        // snapshot goes in chunks of 512 KiB (about 1.8 MB of JSON each), each with 2 s to arrive.
+        max_payload_entries: 64,
+        snapshot_max_chunk_size: 512 * 1024,
+        install_snapshot_timeout: 2_000,
         ..Default::default()
     };
     Ok(Arc::new(config.validate()?))

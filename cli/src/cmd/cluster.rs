@@ -45,7 +45,10 @@ pub async fn run(cmd: Cluster) -> CliResult {
     let key = keys::load_owner_key(&owner_key)?;
     let mut client = target.connect().await?.client;
     let latest = client
-        .get_manifests(pb::GetManifestsRequest::default())
+        .get_manifests(pb::GetManifestsRequest {
+            only_latest: true,
+            ..Default::default()
+        })
         .await
         .map_err(|s| remote::status_error("GetManifests", s))?
         .into_inner()

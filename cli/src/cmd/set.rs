@@ -70,7 +70,10 @@ pub async fn run(args: Set) -> CliResult<Hash> {
     let mut client = args.target.connect().await?.client;
 
     let latest = client
-        .get_manifests(pb::GetManifestsRequest::default())
+        .get_manifests(pb::GetManifestsRequest {
+            only_latest: true,
+            ..Default::default()
+        })
         .await
         .map_err(|s| remote::status_error("GetManifests", s))?
         .into_inner()
