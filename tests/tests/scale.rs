@@ -366,6 +366,21 @@ async fn large_history(n: usize, catch_up_within: Duration) {
         bytes / 1_000_000
     );
 
+    // What `concord verify` did before: the whole bundle in one GetHistory message. Past the message
+    // limit it is refused with a status, not a truncated or unbounded answer.
+    let one = api
+        .get_history(pb::GetHistoryRequest {
+            nonce: vec![7; 32],
+            allow_stale: false,
+        })
+        .await
+        .expect_err("a bundle larger than one message");
+    eprintln!(
+        "GetHistory in one message: {:?}: {}",
+        one.code(),
+        one.message()
+    );
+
     let started = Instant::now();
     let out = env.verify(&cluster[l], "manifest-v1.json", "verified", &[]);
     let verify_took = started.elapsed();

@@ -209,7 +209,7 @@ impl<S: Store> Node<S> {
         if members.is_empty() {
             return Err(invalid("a cluster needs at least one member".into()));
         }
-        self.refresh().map_err(|e| to_status(&e))?;
+        self.refresh().await.map_err(|e| to_status(&e))?;
         let latest = {
             let core = self.replica.read().map_err(|e| to_status(&e))?;
             let chain = core.chain().ok_or_else(|| {
@@ -268,12 +268,29 @@ impl<S: Store> Node<S> {
         Ok(members)
     }
 
-    /// Reloads the core's view if Raft applied entries since.
-    pub fn refresh(&self) -> Result<(), CoordinatorError> {
+    /// Reloads the core's view if Raft applied entries since, on the calling thread (the sampler's,
+    /// which is off the runtime). Parses every manifest applied since the last reload.
+    pub fn refresh_now(&self) -> Result<(), CoordinatorError> {
         if self.replica.read()?.is_stale()? {
             self.replica.write()?.refresh()?;
         }
         Ok(())
+    }
+
+    /// [`Node::refresh_now`] off the runtime's threads: a replica that just caught up on many
+    /// transitions parses them all, which must not hold up the Raft core or the handshakes.
+    pub async fn refresh(&self) -> Result<(), CoordinatorError> {
+        let replica = self.replica.clone();
+        tokio::task::spawn_blocking(move || {
+            if replica.read()?.is_stale()? {
+                replica.write()?.refresh()?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| {
+            CoordinatorError::Crypto(format!("internal error: the reload task failed: {e}"))
+        })?
     }
 
     /// The current leader, waiting up to [`LEADER_WAIT`] for an election.
@@ -314,7 +331,7 @@ impl<S: Store> Node<S> {
                     Status::unavailable(format!("this replica did not catch up for a read: {e}"))
                 })?;
         }
-        self.refresh().map_err(|e| to_status(&e))
+        self.refresh().await.map_err(|e| to_status(&e))
     }
 
     /// The log index a linearizable read must see: confirmed by the leader with a quorum. One heartbeat
@@ -385,7 +402,7 @@ impl<S: Store> Node<S> {
     async fn set_on_leader(&self, req: SetRequest) -> Result<SetOutcome, Status> {
         let _gate = self.write_gate.lock().await;
         let started = std::time::Instant::now();
-        self.refresh().map_err(|e| to_status(&e))?;
+        self.refresh().await.map_err(|e| to_status(&e))?;
         let now = time::OffsetDateTime::now_utc();
         // Off the runtime's threads: the caps bound it, but parsing, key generation and (first
         // manifest) share encryption are CPU work. The manifest is parsed outside the lock, and only
@@ -499,7 +516,7 @@ impl<S: Store> Node<S> {
         share: concord_mesh_ca::SeedShare,
         force: bool,
     ) -> Result<crate::state::RecoverProgress, Status> {
-        self.refresh().map_err(|e| to_status(&e))?;
+        self.refresh().await.map_err(|e| to_status(&e))?;
         let recovering = self
             .replica
             .read()
@@ -538,7 +555,7 @@ impl<S: Store> Node<S> {
             }
             other => return Err(Status::internal(format!("unexpected answer: {other:?}"))),
         }
-        self.refresh().map_err(|e| to_status(&e))?;
+        self.refresh().await.map_err(|e| to_status(&e))?;
         self.replica
             .write()
             .and_then(|mut c| c.commit_recovery(*recovered))
@@ -565,7 +582,7 @@ impl<S: Store> Node<S> {
                 )));
             }
         }
-        self.refresh().map_err(|e| to_status(&e))?;
+        self.refresh().await.map_err(|e| to_status(&e))?;
         self.replica
             .write()
             .and_then(|mut c| c.commit_recovery(rotated))
@@ -579,7 +596,7 @@ impl<S: Store> Node<S> {
     /// stored latest manifest's `coordinator` role), also on a connection kept from before it, and the
     /// secrets are adopted only if they verify the whole history.
     pub async fn recover_from_peers(&self) -> Result<bool, CoordinatorError> {
-        self.refresh()?;
+        self.refresh().await?;
         let wanted = {
             let replica = self.replica.read()?;
             if replica.state() != ReplicaState::Recovering {
@@ -615,7 +632,7 @@ impl<S: Store> Node<S> {
                 .map_err(|s| s.message().to_string());
             match answer.and_then(|a| super::peer::secrets_from_pb(a).map_err(|e| e.to_string())) {
                 Ok(secrets) => {
-                    self.refresh()?;
+                    self.refresh().await?;
                     match self.replica.write()?.adopt_from_peer(secrets) {
                         Ok(()) => {
                             info!(peer = id, "recovered the secrets from a peer; ready");

@@ -214,7 +214,7 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
         &self,
         _request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
-        self.node.refresh().map_err(|e| to_status(&e))?;
+        self.node.refresh().await.map_err(|e| to_status(&e))?;
         let metrics = self.node.raft.metrics().borrow().clone();
         let core = self.replica.read().map_err(|e| to_status(&e))?;
         let role = match metrics.state {

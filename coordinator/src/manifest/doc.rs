@@ -215,15 +215,17 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Manifest, ManifestError> {
     }
 
     Ok(Manifest {
-        bytes: bytes.to_vec(),
-        hash: Hash::of(bytes),
-        policies,
-        reference_values: doc.reference_values,
-        workload_owner_keys,
-        seed_share_owners: SeedShareOwners {
-            threshold: owners.threshold,
-            keys,
-        },
+        inner: std::sync::Arc::new(super::Parsed {
+            bytes: bytes.to_vec(),
+            hash: Hash::of(bytes),
+            policies,
+            reference_values: doc.reference_values,
+            workload_owner_keys,
+            seed_share_owners: SeedShareOwners {
+                threshold: owners.threshold,
+                keys,
+            },
+        }),
     })
 }
 

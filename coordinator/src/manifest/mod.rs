@@ -23,9 +23,15 @@ pub const MAX_POLICIES: usize = 10_000;
 /// The most workload owner keys a manifest may list (each is a point decompression to check).
 pub const MAX_OWNER_KEYS: usize = 256;
 
-/// A manifest that parsed and validated.
+/// A manifest that parsed and validated. Cheap to clone (shared): a replica's verified history holds
+/// every manifest, and a reload after each transition must not copy them all.
 #[derive(Debug, Clone)]
 pub struct Manifest {
+    inner: std::sync::Arc<Parsed>,
+}
+
+#[derive(Debug)]
+struct Parsed {
     bytes: Vec<u8>,
     hash: Hash,
     policies: BTreeMap<Hash, Policy>,
@@ -73,25 +79,26 @@ impl Manifest {
 
     /// The manifest bytes exactly as submitted.
     pub fn bytes(&self) -> &[u8] {
-        &self.bytes
+        &self.inner.bytes
     }
 
     /// SHA-256 of [`Manifest::bytes`].
     pub fn hash(&self) -> Hash {
-        self.hash
+        self.inner.hash
     }
 
     pub fn policies(&self) -> &BTreeMap<Hash, Policy> {
-        &self.policies
+        &self.inner.policies
     }
 
     pub fn policy(&self, policy_hash: &Hash) -> Option<&Policy> {
-        self.policies.get(policy_hash)
+        self.inner.policies.get(policy_hash)
     }
 
     /// Policy hashes with the `coordinator` role: the builds allowed to run a coordinator.
     pub fn coordinator_policies(&self) -> Vec<Hash> {
-        self.policies
+        self.inner
+            .policies
             .iter()
             .filter(|(_, p)| p.role == Some(Role::Coordinator))
             .map(|(h, _)| *h)
@@ -99,20 +106,20 @@ impl Manifest {
     }
 
     pub fn reference_values(&self) -> &ReferenceValues {
-        &self.reference_values
+        &self.inner.reference_values
     }
 
     pub fn workload_owner_keys(&self) -> &[VerifyingKey] {
-        &self.workload_owner_keys
+        &self.inner.workload_owner_keys
     }
 
     /// An empty owner key list makes the manifest final: no later update is accepted.
     pub fn is_final(&self) -> bool {
-        self.workload_owner_keys.is_empty()
+        self.inner.workload_owner_keys.is_empty()
     }
 
     pub fn seed_share_owners(&self) -> &SeedShareOwners {
-        &self.seed_share_owners
+        &self.inner.seed_share_owners
     }
 }
 

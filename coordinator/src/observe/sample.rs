@@ -61,7 +61,7 @@ pub struct Sample {
 pub fn take<S: Store>(node: &Node<S>, log: &LogStore) -> Sample {
     let m = node.raft.metrics().borrow().clone();
     let mut fault = None;
-    if let Err(e) = node.refresh() {
+    if let Err(e) = node.refresh_now() {
         fault = Some(Fault::Store(e.to_string()));
     }
     let (state, generation, latest) = if node.replica.is_poisoned() {
@@ -122,7 +122,11 @@ pub async fn keep_sampling<S: Store>(node: Arc<Node<S>>, log: LogStore, beacon: 
         if let Ok(Ok(())) = tokio::time::timeout(CORE_PING_WAIT, ping).await {
             core_answered = tokio::time::Instant::now();
         }
-        let mut sample = take(&node, &log);
+        // Off the runtime: a reload after many applied transitions parses each of them.
+        let (n, l) = (node.clone(), log.clone());
+        let Ok(mut sample) = tokio::task::spawn_blocking(move || take(&n, &l)).await else {
+            continue;
+        };
         sample.raft_core_silent_ms = core_answered.elapsed().as_millis() as u64;
         beacon.publish(sample);
     }
