@@ -381,6 +381,24 @@ async fn large_history(n: usize, catch_up_within: Duration) {
         one.message()
     );
 
+    // GetManifests in pieces: every manifest, oldest first, and the latest transition in the first.
+    let started = Instant::now();
+    let mut pieces = api
+        .stream_manifests(pb::GetManifestsRequest::default())
+        .await
+        .expect("StreamManifests")
+        .into_inner();
+    let (mut manifests, mut count, mut head) = (Vec::new(), 0, None);
+    while let Some(piece) = pieces.message().await.expect("a piece") {
+        count += 1;
+        head = head.or(piece.latest);
+        manifests.extend(piece.manifests);
+    }
+    assert_eq!(manifests.len() as u64, transitions);
+    assert_eq!(manifests[1], large_manifest(&env, 1));
+    assert_eq!(Hash::from_slice(&head.unwrap().hash).unwrap(), latest);
+    eprintln!("StreamManifests: {count} pieces in {:?}", started.elapsed());
+
     let started = Instant::now();
     let out = env.verify(&cluster[l], "manifest-v1.json", "verified", &[]);
     let verify_took = started.elapsed();
