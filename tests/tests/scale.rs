@@ -380,6 +380,12 @@ async fn large_history(n: usize, catch_up_within: Duration) {
         one.code(),
         one.message()
     );
+    assert_eq!(one.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        one.message().contains("use StreamHistory"),
+        "{}",
+        one.message()
+    );
 
     // GetManifests in pieces: every manifest, oldest first, and the latest transition in the first.
     let started = Instant::now();

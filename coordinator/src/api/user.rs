@@ -121,6 +121,15 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
         request: Request<pb::GetManifestsRequest>,
     ) -> Result<Response<pb::GetManifestsResponse>, Status> {
         let view = self.manifests_view(request.get_ref()).await?;
+        let bytes: usize = (view.manifests.iter().chain(&view.policies))
+            .map(Vec::len)
+            .sum();
+        one_message(
+            "GetManifests",
+            "the manifests and policy documents",
+            bytes,
+            "StreamManifests",
+        )?;
         info!(rpc = "GetManifests", manifests = view.manifests.len(), "ok");
         Ok(Response::new(view_to_pb(view)))
     }
@@ -130,6 +139,12 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
         request: Request<pb::GetHistoryRequest>,
     ) -> Result<Response<pb::GetHistoryResponse>, Status> {
         let (bundle, transitions) = self.history_bundle(request.get_ref(), "GetHistory").await?;
+        one_message(
+            "GetHistory",
+            "the audit bundle and its evidence",
+            bundle.len(),
+            "StreamHistory (`concord verify` uses it)",
+        )?;
         info!(rpc = "GetHistory", transitions, bytes = bundle.len(), "ok");
         Ok(Response::new(pb::GetHistoryResponse { bundle }))
     }
@@ -255,6 +270,22 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
             }
         }
     }
+}
+
+/// Refuses, with a message that names the streaming RPC, an answer that one user API message cannot
+/// carry (tonic would refuse it too, with less to go on).
+fn one_message(rpc: &str, what: &str, bytes: usize, instead: &str) -> Result<(), Status> {
+    // Room for the CA certificates, the latest transition and the framing.
+    const HEADROOM: usize = 64 * 1024;
+    if bytes + HEADROOM <= limits::USER_API_MESSAGE_BYTES {
+        return Ok(());
+    }
+    let s = Status::resource_exhausted(format!(
+        "{what} take {bytes} bytes, more than the {} one {rpc} message may carry; use {instead}",
+        limits::USER_API_MESSAGE_BYTES
+    ));
+    warn!(rpc, code = ?s.code(), error = s.message(), "rejected");
+    Err(s)
 }
 
 /// A server stream of pieces made ahead.
