@@ -23,6 +23,9 @@ use crate::store::Store;
 /// How long a write waits for a leader to be elected before answering Unavailable.
 pub const LEADER_WAIT: Duration = Duration::from_secs(5);
 
+/// How long a write waits for this leader to apply the entries its log already holds.
+pub const APPLY_WAIT: Duration = Duration::from_secs(2);
+
 /// One replica: core, Raft, peers.
 pub struct Node<S> {
     pub id: NodeId,
@@ -402,6 +405,7 @@ impl<S: Store> Node<S> {
     async fn set_on_leader(&self, req: SetRequest) -> Result<SetOutcome, Status> {
         let _gate = self.write_gate.lock().await;
         let started = std::time::Instant::now();
+        self.applied_whole_log().await;
         self.refresh().await.map_err(|e| to_status(&e))?;
         let now = time::OffsetDateTime::now_utc();
         // Off the runtime's threads: the caps bound it, but parsing, key generation and (first
@@ -463,6 +467,25 @@ impl<S: Store> Node<S> {
                 joined.map_err(|e| Status::internal(format!("the commit task failed: {e}")))?
             }
             Err(_) => Err(not_committed_in_time()),
+        }
+    }
+
+    /// Waits (up to [`APPLY_WAIT`]) until this replica applied every entry of its log. A leader just
+    /// elected may not have applied what its predecessor committed; preparing a write against that
+    /// older view would refuse a caller who is up to date with a spurious "previous transition
+    /// mismatch". In steady state the leader's log is applied when a write starts, and this returns at
+    /// once; entries that never commit (no quorum) only cost the wait, and the write then fails as before.
+    async fn applied_whole_log(&self) {
+        let (applied, last) = {
+            let m = self.raft.metrics().borrow().clone();
+            (m.last_applied.map_or(0, |l| l.index), m.last_log_index)
+        };
+        if let Some(last) = last.filter(|last| *last > applied) {
+            let _ = self
+                .raft
+                .wait(Some(APPLY_WAIT))
+                .applied_index_at_least(Some(last), "applied the whole log before a write")
+                .await;
         }
     }
 
