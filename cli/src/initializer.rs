@@ -191,6 +191,8 @@ async fn attempt_once(
         }
     })?;
     MeshApiClient::new(channel)
+        .max_decoding_message_size(concord_proto::limits::MESH_API_MESSAGE_BYTES)
+        .max_encoding_message_size(concord_proto::limits::MESH_API_MESSAGE_BYTES)
         .new_mesh_cert(pb::NewMeshCertRequest {})
         .await
         .map(|r| r.into_inner())

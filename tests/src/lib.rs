@@ -366,7 +366,11 @@ impl Env {
         );
         connect(&c.mesh_addr.to_string(), client)
             .await
-            .map(|(ch, _)| MeshApiClient::new(ch))
+            .map(|(ch, _)| {
+                MeshApiClient::new(ch)
+                    .max_decoding_message_size(concord_proto::limits::MESH_API_MESSAGE_BYTES)
+                    .max_encoding_message_size(concord_proto::limits::MESH_API_MESSAGE_BYTES)
+            })
             .map_err(|e| e.to_string())
     }
 }

@@ -79,7 +79,10 @@ pub async fn run(args: Set) -> CliResult<Hash> {
     let mut client = connected.client;
 
     let latest = client
-        .get_manifests(pb::GetManifestsRequest::default())
+        .get_manifests(pb::GetManifestsRequest {
+            only_latest: true,
+            ..Default::default()
+        })
         .await
         .map_err(|s| remote::status_error("GetManifests", s))?
         .into_inner()

@@ -23,6 +23,9 @@ use crate::store::Store;
 /// How long a write waits for a leader to be elected before answering Unavailable.
 pub const LEADER_WAIT: Duration = Duration::from_secs(5);
 
+/// How long a write waits for this leader to apply the entries its log already holds.
+pub const APPLY_WAIT: Duration = Duration::from_secs(2);
+
 /// One replica: core, Raft, peers.
 pub struct Node<S> {
     pub id: NodeId,
@@ -352,7 +355,7 @@ impl<S: Store> Node<S> {
         };
 
         let _gate = self.membership_gate.lock().await;
-        self.refresh().map_err(|e| to_status(&e))?;
+        self.refresh().await.map_err(|e| to_status(&e))?;
         let latest = {
             let core = self.replica.read().map_err(|e| to_status(&e))?;
             let chain = core.chain().ok_or_else(|| {
@@ -444,12 +447,29 @@ impl<S: Store> Node<S> {
         Ok(())
     }
 
-    /// Reloads the core's view if Raft applied entries since.
-    pub fn refresh(&self) -> Result<(), CoordinatorError> {
+    /// Reloads the core's view if Raft applied entries since, on the calling thread (the sampler's,
+    /// which is off the runtime). Parses every manifest applied since the last reload.
+    pub fn refresh_now(&self) -> Result<(), CoordinatorError> {
         if self.replica.read()?.is_stale()? {
             self.replica.write()?.refresh()?;
         }
         Ok(())
+    }
+
+    /// [`Node::refresh_now`] off the runtime's threads: a replica that just caught up on many
+    /// transitions parses them all, which must not hold up the Raft core or the handshakes.
+    pub async fn refresh(&self) -> Result<(), CoordinatorError> {
+        let replica = self.replica.clone();
+        tokio::task::spawn_blocking(move || {
+            if replica.read()?.is_stale()? {
+                replica.write()?.refresh()?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| {
+            CoordinatorError::Crypto(format!("internal error: the reload task failed: {e}"))
+        })?
     }
 
     /// The current leader, waiting up to [`LEADER_WAIT`] for an election.
@@ -490,7 +510,7 @@ impl<S: Store> Node<S> {
                     Status::unavailable(format!("this replica did not catch up for a read: {e}"))
                 })?;
         }
-        self.refresh().map_err(|e| to_status(&e))
+        self.refresh().await.map_err(|e| to_status(&e))
     }
 
     /// The log index a linearizable read must see: confirmed by the leader with a quorum. One heartbeat
@@ -561,13 +581,21 @@ impl<S: Store> Node<S> {
     async fn set_on_leader(&self, req: SetRequest) -> Result<SetOutcome, Status> {
         let _gate = self.write_gate.lock().await;
         let started = std::time::Instant::now();
-        self.refresh().map_err(|e| to_status(&e))?;
+        self.applied_whole_log().await;
+        self.refresh().await.map_err(|e| to_status(&e))?;
         let now = time::OffsetDateTime::now_utc();
-        let prepared = self
-            .replica
-            .read()
-            .and_then(|c| c.prepare_set(req, now))
-            .map_err(|e| to_status(&e))?;
+        // Off the runtime's threads: the caps bound it, but parsing, key generation and (first
+        // manifest) share encryption are CPU work. The manifest is parsed outside the lock, and only
+        // after the cheap checks (compare-and-swap, the owner's signature) passed.
+        let replica = self.replica.clone();
+        let prepared = tokio::task::spawn_blocking(move || {
+            replica.read()?.authorize_set(&req)?;
+            let manifest = crate::state::parse_for_set(&req.manifest)?;
+            replica.read()?.prepare_parsed(manifest, req, now)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("the prepare task failed: {e}")))?
+        .map_err(|e| to_status(&e))?;
         let p = match prepared {
             Prepared::Unchanged(outcome) => return Ok(*outcome),
             Prepared::Append(p) => p,
@@ -615,6 +643,25 @@ impl<S: Store> Node<S> {
                 joined.map_err(|e| Status::internal(format!("the commit task failed: {e}")))?
             }
             Err(_) => Err(not_committed_in_time()),
+        }
+    }
+
+    /// Waits (up to [`APPLY_WAIT`]) until this replica applied every entry of its log. A leader just
+    /// elected may not have applied what its predecessor committed; preparing a write against that
+    /// older view would refuse a caller who is up to date with a spurious "previous transition
+    /// mismatch". In steady state the leader's log is applied when a write starts, and this returns at
+    /// once; entries that never commit (no quorum) only cost the wait, and the write then fails as before.
+    async fn applied_whole_log(&self) {
+        let (applied, last) = {
+            let m = self.raft.metrics().borrow().clone();
+            (m.last_applied.map_or(0, |l| l.index), m.last_log_index)
+        };
+        if let Some(last) = last.filter(|last| *last > applied) {
+            let _ = self
+                .raft
+                .wait(Some(APPLY_WAIT))
+                .applied_index_at_least(Some(last), "applied the whole log before a write")
+                .await;
         }
     }
 
@@ -672,7 +719,7 @@ impl<S: Store> Node<S> {
         force: bool,
         known: crate::state::KnownLatest,
     ) -> Result<(u8, crate::state::RecoverProgress), Status> {
-        self.refresh().map_err(|e| to_status(&e))?;
+        self.refresh().await.map_err(|e| to_status(&e))?;
         let share = self
             .replica
             .read()
@@ -721,7 +768,7 @@ impl<S: Store> Node<S> {
             }
             other => return Err(Status::internal(format!("unexpected answer: {other:?}"))),
         }
-        self.refresh().map_err(|e| to_status(&e))?;
+        self.refresh().await.map_err(|e| to_status(&e))?;
         self.replica
             .write()
             .and_then(|mut c| c.commit_recovery(*recovered))
@@ -749,7 +796,7 @@ impl<S: Store> Node<S> {
                 )));
             }
         }
-        self.refresh().map_err(|e| to_status(&e))?;
+        self.refresh().await.map_err(|e| to_status(&e))?;
         self.replica
             .write()
             .and_then(|mut c| c.commit_recovery(rotated))
@@ -763,7 +810,7 @@ impl<S: Store> Node<S> {
     /// stored latest manifest's `coordinator` role), also on a connection kept from before it, and the
     /// secrets are adopted only if they verify the whole history.
     pub async fn recover_from_peers(&self) -> Result<bool, CoordinatorError> {
-        self.refresh()?;
+        self.refresh().await?;
         let wanted = {
             let replica = self.replica.read()?;
             if replica.state() != ReplicaState::Recovering {
@@ -799,7 +846,7 @@ impl<S: Store> Node<S> {
                 .map_err(|s| s.message().to_string());
             match answer.and_then(|a| super::peer::secrets_from_pb(a).map_err(|e| e.to_string())) {
                 Ok(secrets) => {
-                    self.refresh()?;
+                    self.refresh().await?;
                     match self.replica.write()?.adopt_from_peer(secrets) {
                         Ok(()) => {
                             info!(peer = id, "recovered the secrets from a peer; ready");

@@ -42,7 +42,7 @@ impl<S: Store> PeerService<S> {
         loop {
             // Done waiting when ready at `wanted`, or when `wanted` is already behind this replica's
             // latest: the caller must catch up through Raft first, and waiting would only delay it.
-            let done = self.node.refresh().is_ok()
+            let done = self.node.refresh().await.is_ok()
                 && self.node.replica.read().is_ok_and(|c| {
                     let chain = c.chain();
                     let at_wanted = chain.map(|c| c.latest_hash()) == Some(wanted);
@@ -184,7 +184,7 @@ impl<S: Store> pb::peer_api_server::PeerApi for PeerService<S> {
         &self,
         _request: Request<pb::PeerStateRequest>,
     ) -> Result<Response<pb::PeerStateResponse>, Status> {
-        self.node.refresh().map_err(|e| to_status(&e))?;
+        self.node.refresh().await.map_err(|e| to_status(&e))?;
         let state = self.node.replica.read().map_err(|e| to_status(&e))?.state();
         let initialized = self
             .node

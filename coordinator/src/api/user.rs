@@ -16,8 +16,9 @@ use super::status::to_status;
 use crate::error::CoordinatorError;
 use crate::hash::Hash;
 use crate::history::Transition;
-use crate::state::SetRequest;
+use crate::state::{ManifestsView, SetRequest};
 use crate::store::Store;
+use concord_proto::limits;
 
 /// The user API service.
 #[derive(Debug)]
@@ -161,60 +162,73 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
         &self,
         request: Request<pb::GetManifestsRequest>,
     ) -> Result<Response<pb::GetManifestsResponse>, Status> {
-        self.node.linearize(request.get_ref().allow_stale).await?;
-        let view = self
-            .replica
-            .read()
-            .and_then(|c| c.manifests())
-            .map_err(|e| {
-                let s = to_status(&e);
-                warn!(rpc = "GetManifests", code = ?s.code(), error = %e, "rejected");
-                s
-            })?;
+        let view = self.manifests_view(request.get_ref()).await?;
+        let bytes: usize = (view.manifests.iter().chain(&view.policies))
+            .map(Vec::len)
+            .sum();
+        one_message(
+            "GetManifests",
+            "the manifests and policy documents",
+            bytes,
+            "StreamManifests",
+        )?;
         info!(rpc = "GetManifests", manifests = view.manifests.len(), "ok");
-        Ok(Response::new(pb::GetManifestsResponse {
-            manifests: view.manifests,
-            policies: view.policies,
-            root_ca: view.root_ca_pem,
-            mesh_ca: view.mesh_ca_pem,
-            latest: view.latest.map(|(t, _)| transition_to_pb(&t)),
-        }))
+        Ok(Response::new(view_to_pb(view)))
     }
 
     async fn get_history(
         &self,
         request: Request<pb::GetHistoryRequest>,
     ) -> Result<Response<pb::GetHistoryResponse>, Status> {
-        let nonce = history_nonce(request.get_ref())?;
-        self.node.linearize(request.get_ref().allow_stale).await?;
-        let rejected = |e: CoordinatorError| {
-            let s = to_status(&e);
-            warn!(rpc = "GetHistory", code = ?s.code(), error = %e, "rejected");
-            s
-        };
-        // The core's lock is held for the draft only: evidence is a device call, made off the
-        // runtime's workers with no lock held.
-        let draft = self
-            .replica
-            .read()
-            .and_then(|c| c.audit_draft(&nonce))
-            .map_err(rejected)?;
-        let issuer = self.replica.issuer.clone();
-        let report_data = draft.report_data();
-        let evidence = tokio::task::spawn_blocking(move || issuer.issue(&report_data))
-            .await
-            .map_err(|e| CoordinatorError::Evidence(format!("the evidence task failed: {e}")))
-            .and_then(|r| r.map_err(|e| CoordinatorError::Evidence(e.to_string())))
-            .map_err(rejected)?;
-        let bundle = draft.finish(&evidence);
+        let (bundle, transitions) = self.history_bundle(request.get_ref(), "GetHistory").await?;
+        one_message(
+            "GetHistory",
+            "the audit bundle and its evidence",
+            bundle.len(),
+            "StreamHistory (`concord verify` uses it)",
+        )?;
+        info!(rpc = "GetHistory", transitions, bytes = bundle.len(), "ok");
+        Ok(Response::new(pb::GetHistoryResponse { bundle }))
+    }
+
+    type StreamHistoryStream = Pieces<pb::GetHistoryResponse>;
+
+    async fn stream_history(
+        &self,
+        request: Request<pb::GetHistoryRequest>,
+    ) -> Result<Response<Self::StreamHistoryStream>, Status> {
+        let (bundle, transitions) = self
+            .history_bundle(request.get_ref(), "StreamHistory")
+            .await?;
         info!(
-            rpc = "GetHistory",
-            transitions = bundle.transitions.len(),
+            rpc = "StreamHistory",
+            transitions,
+            bytes = bundle.len(),
             "ok"
         );
-        Ok(Response::new(pb::GetHistoryResponse {
-            bundle: bundle.to_json(),
-        }))
+        let pieces: Vec<_> = bundle
+            .chunks(limits::STREAM_PIECE_BYTES)
+            .map(|c| Ok(pb::GetHistoryResponse { bundle: c.to_vec() }))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(pieces))))
+    }
+
+    type StreamManifestsStream = Pieces<pb::GetManifestsResponse>;
+
+    async fn stream_manifests(
+        &self,
+        request: Request<pb::GetManifestsRequest>,
+    ) -> Result<Response<Self::StreamManifestsStream>, Status> {
+        let view = self.manifests_view(request.get_ref()).await?;
+        info!(
+            rpc = "StreamManifests",
+            manifests = view.manifests.len(),
+            "ok"
+        );
+        let pieces = manifest_pieces(view, limits::STREAM_PIECE_BYTES);
+        Ok(Response::new(Box::pin(tokio_stream::iter(
+            pieces.into_iter().map(Ok),
+        ))))
     }
 
     async fn recover(
@@ -311,7 +325,7 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
         &self,
         _request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
-        self.node.refresh().map_err(|e| to_status(&e))?;
+        self.node.refresh().await.map_err(|e| to_status(&e))?;
         let metrics = self.node.raft.metrics().borrow().clone();
         let core = self.replica.read().map_err(|e| to_status(&e))?;
         let role = match metrics.state {
@@ -355,6 +369,124 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
     }
 }
 
+/// Refuses, with a message that names the streaming RPC, an answer that one user API message cannot
+/// carry (tonic would refuse it too, with less to go on).
+fn one_message(rpc: &str, what: &str, bytes: usize, instead: &str) -> Result<(), Status> {
+    // Room for the CA certificates, the latest transition and the framing.
+    const HEADROOM: usize = 64 * 1024;
+    if bytes + HEADROOM <= limits::USER_API_MESSAGE_BYTES {
+        return Ok(());
+    }
+    let s = Status::resource_exhausted(format!(
+        "{what} take {bytes} bytes, more than the {} one {rpc} message may carry; use {instead}",
+        limits::USER_API_MESSAGE_BYTES
+    ));
+    warn!(rpc, code = ?s.code(), error = s.message(), "rejected");
+    Err(s)
+}
+
+/// A server stream of pieces made ahead.
+pub type Pieces<T> = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
+
+impl<S: Store> UserService<S> {
+    /// The manifests (or only the latest transition and CAs), linearizable unless `allow_stale`;
+    /// copied off the runtime's threads.
+    async fn manifests_view(&self, req: &pb::GetManifestsRequest) -> Result<ManifestsView, Status> {
+        self.node.linearize(req.allow_stale).await?;
+        let replica = self.replica.clone();
+        let only_latest = req.only_latest;
+        tokio::task::spawn_blocking(move || {
+            let core = replica.read()?;
+            match only_latest {
+                true => core.latest_view(),
+                false => core.manifests(),
+            }
+        })
+        .await
+        .map_err(|e| Status::internal(format!("the read task failed: {e}")))?
+        .map_err(|e| {
+            let s = to_status(&e);
+            warn!(rpc = "GetManifests", code = ?s.code(), error = %e, "rejected");
+            s
+        })
+    }
+
+    /// The audit bundle as JSON and its number of transitions, with evidence bound to the caller's
+    /// nonce; encoded off the runtime's threads (it grows with the history).
+    async fn history_bundle(
+        &self,
+        req: &pb::GetHistoryRequest,
+        rpc: &'static str,
+    ) -> Result<(Vec<u8>, usize), Status> {
+        let nonce = history_nonce(req)?;
+        self.node.linearize(req.allow_stale).await?;
+        let rejected = |e: CoordinatorError| {
+            let s = to_status(&e);
+            warn!(rpc, code = ?s.code(), error = %e, "rejected");
+            s
+        };
+        // The core's lock is held for the draft only, and off the runtime's workers (the draft grows
+        // with the history); the evidence is a device call, made with no lock held.
+        let replica = self.replica.clone();
+        let draft =
+            tokio::task::spawn_blocking(move || replica.read().and_then(|c| c.audit_draft(&nonce)))
+                .await
+                .map_err(|e| Status::internal(format!("the read task failed: {e}")))?
+                .map_err(rejected)?;
+        let issuer = self.replica.issuer.clone();
+        tokio::task::spawn_blocking(move || {
+            let report_data = draft.report_data();
+            let evidence = issuer
+                .issue(&report_data)
+                .map_err(|e| CoordinatorError::Evidence(e.to_string()))?;
+            let bundle = draft.finish(&evidence);
+            Ok::<_, CoordinatorError>((bundle.to_json(), bundle.transitions.len()))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("the evidence task failed: {e}")))?
+        .map_err(rejected)
+    }
+}
+
+fn view_to_pb(view: ManifestsView) -> pb::GetManifestsResponse {
+    pb::GetManifestsResponse {
+        manifests: view.manifests,
+        policies: view.policies,
+        root_ca: view.root_ca_pem,
+        mesh_ca: view.mesh_ca_pem,
+        latest: view.latest.map(|(t, _)| transition_to_pb(&t)),
+    }
+}
+
+/// GetManifests' answer in pieces of about `budget` bytes (a single larger manifest or document travels
+/// alone): the first carries the CAs and the latest transition; merged in order they are the whole.
+pub fn manifest_pieces(view: ManifestsView, budget: usize) -> Vec<pb::GetManifestsResponse> {
+    let mut pieces = Vec::new();
+    let mut current = pb::GetManifestsResponse {
+        manifests: Vec::new(),
+        policies: Vec::new(),
+        root_ca: view.root_ca_pem,
+        mesh_ca: view.mesh_ca_pem,
+        latest: view.latest.map(|(t, _)| transition_to_pb(&t)),
+    };
+    let mut size = 0;
+    let items = (view.manifests.into_iter().map(|m| (true, m)))
+        .chain(view.policies.into_iter().map(|p| (false, p)));
+    for (is_manifest, bytes) in items {
+        if size > 0 && size + bytes.len() > budget {
+            pieces.push(std::mem::take(&mut current));
+            size = 0;
+        }
+        size += bytes.len();
+        match is_manifest {
+            true => current.manifests.push(bytes),
+            false => current.policies.push(bytes),
+        }
+    }
+    pieces.push(current);
+    pieces
+}
+
 pub(crate) fn members_to_pb(
     members: &std::collections::BTreeMap<u64, String>,
 ) -> pb::SetMembersResponse {
@@ -366,5 +498,37 @@ pub(crate) fn members_to_pb(
                 peer_address: addr.clone(),
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_pieces_merge_back_into_the_whole() {
+        let view = ManifestsView {
+            manifests: (0..10u8).map(|i| vec![i; 300]).collect(),
+            policies: vec![vec![7; 1500], vec![8; 10]],
+            root_ca_pem: "root".into(),
+            mesh_ca_pem: "mesh".into(),
+            latest: None,
+        };
+        let pieces = manifest_pieces(view.clone(), 1000);
+        // 3 manifests per piece (900 bytes), the large document alone, the small one after it.
+        assert_eq!(pieces.len(), 6, "{pieces:?}");
+        assert_eq!(pieces[0].root_ca, "root");
+        assert!(pieces[1..].iter().all(|p| p.root_ca.is_empty()));
+        let manifests: Vec<_> = pieces.iter().flat_map(|p| p.manifests.clone()).collect();
+        let policies: Vec<_> = pieces.iter().flat_map(|p| p.policies.clone()).collect();
+        assert_eq!(manifests, view.manifests);
+        assert_eq!(policies, view.policies);
+        // An empty history is one piece with the head.
+        let empty = ManifestsView {
+            manifests: Vec::new(),
+            policies: Vec::new(),
+            ..view
+        };
+        assert_eq!(manifest_pieces(empty, 1000).len(), 1);
     }
 }

@@ -252,3 +252,24 @@ fn the_deployment_id_names_share_owners_threshold_and_owner_keys_not_order_or_po
     let no_owners = with(&|v| v["workload_owner_keys"] = serde_json::json!([])).unwrap();
     assert_ne!(no_owners.deployment_id(), base);
 }
+
+#[test]
+fn owner_keys_are_capped_and_checked_for_duplicates_in_linear_time() {
+    let key = hex::encode(
+        ed25519_dalek::SigningKey::from_bytes(&[7; 32])
+            .verifying_key()
+            .to_bytes(),
+    );
+    let e = err_of(|m| {
+        m["workload_owner_keys"] = serde_json::json!(vec![key.clone(); super::MAX_OWNER_KEYS + 1]);
+    });
+    assert!(
+        e.contains("257 keys, more than the 256 Concord accepts"),
+        "{e}"
+    );
+    let e = err_of(|m| m["workload_owner_keys"] = serde_json::json!([key, key]));
+    assert!(
+        e.contains("workload_owner_keys[1]") && e.contains("listed twice"),
+        "{e}"
+    );
+}

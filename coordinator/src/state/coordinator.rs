@@ -225,16 +225,101 @@ impl<S: Store> Coordinator<S> {
         }
     }
 
+    /// The checks of a SetManifest that cost no more than hashing its bytes: the size caps, the
+    /// replica's state, compare-and-swap and, for an update, the owner's signature over the transition
+    /// hash (SHA-256(SHA-256(manifest bytes) || previous): no parsing needed). Nothing that grows with
+    /// the input beyond that runs for a caller who is not authorized.
+    pub fn authorize_set(&self, req: &SetRequest) -> Result<(), CoordinatorError> {
+        check_set_size(req)?;
+        match self.state() {
+            ReplicaState::Recovering => Err(CoordinatorError::Recovering),
+            ReplicaState::Fresh => {
+                if req.expected_previous != Hash::ZERO {
+                    return Err(CoordinatorError::PreviousMismatch {
+                        expected: req.expected_previous,
+                        latest: Hash::ZERO,
+                    });
+                }
+                if req.owner.is_some() {
+                    return Err(CoordinatorError::InvalidInput(
+                        "the first manifest takes no owner signature: there is no previous manifest to list the key"
+                            .into(),
+                    ));
+                }
+                Ok(())
+            }
+            ReplicaState::Ready => {
+                let Some(chain) = self.chain() else {
+                    return Err(CoordinatorError::Recovering);
+                };
+                let manifest_hash = Hash::of(&req.manifest);
+                let previous = chain.latest_manifest();
+                if manifest_hash == previous.hash() {
+                    // Re-applying the latest manifest: a no-op that needs no signature.
+                    return Ok(());
+                }
+                let latest = chain.latest_hash();
+                if req.expected_previous != latest {
+                    return Err(CoordinatorError::PreviousMismatch {
+                        expected: req.expected_previous,
+                        latest,
+                    });
+                }
+                if previous.is_final() {
+                    return Err(CoordinatorError::FinalManifest);
+                }
+                let Some((owner_key, owner_signature)) = &req.owner else {
+                    return Err(CoordinatorError::PermissionDenied(
+                        "an update needs a workload owner's signature over the transition hash; pass the owner key to `concord set`"
+                            .into(),
+                    ));
+                };
+                if !previous.workload_owner_keys().contains(owner_key) {
+                    return Err(CoordinatorError::PermissionDenied(format!(
+                        "owner key {} is not listed in the latest manifest's workload_owner_keys",
+                        hex::encode(owner_key.as_bytes())
+                    )));
+                }
+                let hash = format::transition_hash(&manifest_hash, &latest);
+                if !format::verify_owner(owner_key, &hash, owner_signature) {
+                    return Err(CoordinatorError::PermissionDenied(format!(
+                        "the owner signature does not verify over transition {hash}; sign \"concord/v1/set-manifest\" || transition hash with the owner key"
+                    )));
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Checks a SetManifest against the history and builds the transition, signed, with its new mesh CA
     /// (and, for the first manifest, the new seed, root CA and shares). Writes nothing: the caller has the
     /// transition written (through Raft, which re-verifies it) and then calls [`Coordinator::commit_set`].
+    /// [`Coordinator::authorize_set`] runs first; callers that parse the manifest outside a lock use
+    /// [`parse_for_set`] and [`Coordinator::prepare_parsed`] instead.
     pub fn prepare_set(
         &self,
         req: SetRequest,
         now: OffsetDateTime,
     ) -> Result<Prepared, CoordinatorError> {
-        let manifest = Manifest::parse(&req.manifest)
-            .map_err(|e| CoordinatorError::InvalidInput(e.to_string()))?;
+        self.authorize_set(&req)?;
+        let manifest = parse_for_set(&req.manifest)?;
+        self.prepare_parsed(manifest, req, now)
+    }
+
+    /// [`Coordinator::prepare_set`] for a manifest already parsed from `req.manifest`. Authorizes again
+    /// (cheap): the history may have moved since the caller's first check.
+    pub fn prepare_parsed(
+        &self,
+        manifest: Manifest,
+        req: SetRequest,
+        now: OffsetDateTime,
+    ) -> Result<Prepared, CoordinatorError> {
+        self.authorize_set(&req)?;
+        if manifest.hash() != Hash::of(&req.manifest) {
+            return Err(CoordinatorError::InvalidInput(
+                "internal error: the parsed manifest is not the request's".into(),
+            ));
+        }
         for doc in &req.policies {
             let h = Hash::of(doc);
             if manifest.policy(&h).is_none() {
@@ -244,17 +329,18 @@ impl<S: Store> Coordinator<S> {
             }
         }
         let stored = self.history.as_ref().map(|h| &h.policies);
-        let supplied: Vec<Hash> = req.policies.iter().map(|d| Hash::of(d)).collect();
+        let supplied: std::collections::HashSet<Hash> =
+            req.policies.iter().map(|d| Hash::of(d)).collect();
         let missing: Vec<String> = manifest
             .policies()
             .iter()
-            .filter(|(h, _)| !supplied.contains(h) && !stored.is_some_and(|s| s.contains_key(*h)))
+            .filter(|(h, _)| !supplied.contains(*h) && !stored.is_some_and(|s| s.contains_key(*h)))
             .map(|(h, p)| format!("{h} ({})", p.name.as_deref().unwrap_or("unnamed")))
             .collect();
         if !missing.is_empty() && manifest.hash() != self.latest_manifest_hash() {
             return Err(CoordinatorError::InvalidInput(format!(
                 "the policy documents of {} are missing: pass each policy document with the manifest (`concord set -p FILE`), so the history holds what every hash stands for",
-                missing.join(", ")
+                first_few(&missing)
             )));
         }
         match self.state() {
@@ -365,16 +451,8 @@ impl<S: Store> Coordinator<S> {
                 unchanged: true,
             })));
         }
-        if req.expected_previous != latest {
-            return Err(CoordinatorError::PreviousMismatch {
-                expected: req.expected_previous,
-                latest,
-            });
-        }
+        // `authorize_set` checked compare-and-swap, finality and the owner's signature.
         let previous = chain.latest_manifest();
-        if previous.is_final() {
-            return Err(CoordinatorError::FinalManifest);
-        }
         if manifest.seed_share_owners() != previous.seed_share_owners() {
             return Err(CoordinatorError::InvalidInput(
                 "at `seed_share_owners`: the threshold and the share owner keys are fixed by the first manifest and cannot change"
@@ -384,21 +462,9 @@ impl<S: Store> Coordinator<S> {
         let hash = format::transition_hash(&manifest.hash(), &latest);
         let Some((owner_key, owner_signature)) = req.owner else {
             return Err(CoordinatorError::PermissionDenied(
-                "an update needs a workload owner's signature over the transition hash; pass the owner key to `concord set`"
-                    .into(),
+                "an update needs a workload owner's signature over the transition hash".into(),
             ));
         };
-        if !previous.workload_owner_keys().contains(&owner_key) {
-            return Err(CoordinatorError::PermissionDenied(format!(
-                "owner key {} is not listed in the latest manifest's workload_owner_keys",
-                hex::encode(owner_key.as_bytes())
-            )));
-        }
-        if !format::verify_owner(&owner_key, &hash, &owner_signature) {
-            return Err(CoordinatorError::PermissionDenied(format!(
-                "the owner signature does not verify over transition {hash}; sign \"concord/v1/set-manifest\" || transition hash with the owner key"
-            )));
-        }
 
         let mesh_ca = MeshCa::generate(&secrets.root_ca, now)
             .map_err(|e| CoordinatorError::Crypto(e.to_string()))?;
@@ -525,6 +591,15 @@ impl<S: Store> Coordinator<S> {
 
     /// GetManifests. Refused while recovering: an unverified history must not be served as trusted.
     pub fn manifests(&self) -> Result<ManifestsView, CoordinatorError> {
+        self.view(true)
+    }
+
+    /// GetManifests with `only_latest`: the CAs and the latest transition, without copying the history.
+    pub fn latest_view(&self) -> Result<ManifestsView, CoordinatorError> {
+        self.view(false)
+    }
+
+    fn view(&self, with_history: bool) -> Result<ManifestsView, CoordinatorError> {
         match (self.state(), &self.history) {
             (ReplicaState::Fresh, _) | (_, None) => Ok(ManifestsView {
                 manifests: Vec::new(),
@@ -539,13 +614,19 @@ impl<S: Store> Coordinator<S> {
                 Err(CoordinatorError::Recovering)
             }
             (_, Some(h)) => Ok(ManifestsView {
-                manifests: h
-                    .chain
-                    .manifests()
-                    .iter()
-                    .map(|m| m.bytes().to_vec())
-                    .collect(),
-                policies: h.policies.values().cloned().collect(),
+                manifests: match with_history {
+                    true => h
+                        .chain
+                        .manifests()
+                        .iter()
+                        .map(|m| m.bytes().to_vec())
+                        .collect(),
+                    false => Vec::new(),
+                },
+                policies: match with_history {
+                    true => h.policies.values().cloned().collect(),
+                    false => Vec::new(),
+                },
                 root_ca_pem: pem::encode_certificate(&h.root_ca_der),
                 mesh_ca_pem: pem::encode_certificate(&h.mesh.mesh_ca_der),
                 latest: Some((h.chain.latest_transition().clone(), h.chain.latest_hash())),
@@ -638,6 +719,55 @@ impl<S: Store> Coordinator<S> {
             workload_secret,
             workload: name,
         })
+    }
+}
+
+/// The most bytes of policy documents one SetManifest may carry (besides the manifest itself): they
+/// travel in one Raft entry. Documents already in the history need not be sent again.
+pub const MAX_POLICY_DOCUMENT_BYTES: usize = 4 << 20;
+
+/// The size caps of a SetManifest, checked before anything else.
+fn check_set_size(req: &SetRequest) -> Result<(), CoordinatorError> {
+    if req.manifest.len() > crate::manifest::MAX_MANIFEST_BYTES {
+        return Err(CoordinatorError::InvalidInput(crate::manifest::too_large(
+            req.manifest.len(),
+        )));
+    }
+    if req.policies.len() > crate::manifest::MAX_POLICIES {
+        return Err(CoordinatorError::InvalidInput(format!(
+            "the request carries {} policy documents, more than the {} policies a manifest may list",
+            req.policies.len(),
+            crate::manifest::MAX_POLICIES
+        )));
+    }
+    let bytes: usize = req.policies.iter().map(Vec::len).sum();
+    if bytes > MAX_POLICY_DOCUMENT_BYTES {
+        return Err(CoordinatorError::InvalidInput(format!(
+            "the request carries {bytes} bytes of policy documents, more than the {MAX_POLICY_DOCUMENT_BYTES} Concord accepts in one SetManifest; \
+             set the manifest in steps, a few new policies at a time (documents already in the history need not be sent again)"
+        )));
+    }
+    Ok(())
+}
+
+/// Parses the manifest of a SetManifest (bounded by [`crate::manifest::MAX_MANIFEST_BYTES`], linear in
+/// its size). Needs no replica state, so it runs outside the replica's lock.
+pub fn parse_for_set(bytes: &[u8]) -> Result<Manifest, CoordinatorError> {
+    Manifest::parse(bytes).map_err(|e| CoordinatorError::InvalidInput(e.to_string()))
+}
+
+/// The first items of a list for an error message, and how many more there are: a message that grows
+/// with the input could exceed what a gRPC status header carries.
+fn first_few(items: &[String]) -> String {
+    const SHOWN: usize = 5;
+    if items.len() <= SHOWN {
+        items.join(", ")
+    } else {
+        format!(
+            "{} and {} more",
+            items[..SHOWN].join(", "),
+            items.len() - SHOWN
+        )
     }
 }
 

@@ -1037,3 +1037,99 @@ fn a_share_is_taken_only_when_the_history_is_or_extends_the_one_its_owner_knew()
         "{text}"
     );
 }
+
+/// Issue 9.11: an update nobody authorized is refused before its manifest is read, so its size or
+/// shape costs the replica nothing beyond hashing the bytes.
+#[test]
+fn an_unauthorized_update_is_refused_before_its_manifest_is_parsed() {
+    let d = TestDeployment::new();
+    let (c, first) = ready(&d);
+    // Not JSON at all: a parse first would answer InvalidArgument.
+    let garbage = vec![b'['; 512 * 1024];
+    let mut unsigned = d.set_request(garbage.clone(), first.hash);
+    unsigned.owner = None;
+    assert!(matches!(
+        c.prepare_set(unsigned, now()),
+        Err(CoordinatorError::PermissionDenied(_))
+    ));
+    let stale = d.set_request(garbage.clone(), Hash::of(b"not the latest"));
+    assert!(matches!(
+        c.prepare_set(stale, now()),
+        Err(CoordinatorError::PreviousMismatch { .. })
+    ));
+    let stranger = TestDeployment::new().set_request(garbage.clone(), first.hash);
+    assert!(matches!(
+        c.prepare_set(stranger, now()),
+        Err(CoordinatorError::PermissionDenied(_))
+    ));
+    // Authorized, the same bytes are parsed and refused for what they are.
+    let signed = d.set_request(garbage, first.hash);
+    assert!(matches!(
+        c.prepare_set(signed, now()),
+        Err(CoordinatorError::InvalidInput(_))
+    ));
+}
+
+/// The caps of a SetManifest, each with a message that names it.
+#[test]
+fn set_manifest_caps_are_enforced_with_their_numbers() {
+    let d = TestDeployment::new();
+    let (c, first) = ready(&d);
+    let big = vec![b' '; crate::manifest::MAX_MANIFEST_BYTES + 1];
+    let e = c
+        .prepare_set(d.set_request(big, first.hash), now())
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("more than the 1048576 Concord accepts"),
+        "{e}"
+    );
+
+    let mut docs = d.set_request(d.manifest(2), first.hash);
+    docs.policies = vec![vec![0; 1 << 20]; 5];
+    let e = c.prepare_set(docs, now()).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("bytes of policy documents, more than the 4194304"),
+        "{e}"
+    );
+
+    // 10,000 policies and their documents: accepted, in linear time.
+    let mut doc: serde_json::Value = serde_json::from_slice(&d.manifest(2)).unwrap();
+    let policies = doc["policies"].as_object_mut().unwrap();
+    let mut docs = d.set_request(Vec::new(), first.hash).policies;
+    for i in 0..crate::manifest::MAX_POLICIES - 2 {
+        let p = format!("policy {i}").into_bytes();
+        policies.insert(
+            Hash::of(&p).to_hex(),
+            serde_json::json!({"sans": [format!("w{i}")]}),
+        );
+        docs.push(p);
+    }
+    let m = serde_json::to_vec(&doc).unwrap();
+    let mut req = d.set_request(m, first.hash);
+    req.policies = docs;
+    let started = std::time::Instant::now();
+    assert!(matches!(
+        c.prepare_set(req.clone(), now()),
+        Ok(Prepared::Append(_))
+    ));
+    eprintln!(
+        "prepared a manifest of 10,000 policies in {:?}",
+        started.elapsed()
+    );
+
+    // One more policy is over the cap.
+    let mut over: serde_json::Value = serde_json::from_slice(&req.manifest).unwrap();
+    over["policies"].as_object_mut().unwrap().insert(
+        Hash::of(b"one more").to_hex(),
+        serde_json::json!({"sans": []}),
+    );
+    let over = d.set_request(serde_json::to_vec(&over).unwrap(), first.hash);
+    let e = c.prepare_set(over, now()).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("the manifest has 10001 policies, more than the 10000 Concord accepts"),
+        "{e}"
+    );
+}

@@ -277,7 +277,11 @@ fn requests(
         next.encode_to_vec()
     });
     put("get-manifests", "user.GetManifests", &|| {
-        pb::GetManifestsRequest { allow_stale: true }.encode_to_vec()
+        pb::GetManifestsRequest {
+            allow_stale: true,
+            only_latest: false,
+        }
+        .encode_to_vec()
     });
     put("get-history", "user.GetHistory", &|| {
         pb::GetHistoryRequest {
