@@ -8,7 +8,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/concord/v1/peer.proto",
     ];
     let descriptors = protox::compile(files, ["proto"])?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    // Every service encodes through the codec that wipes secret fields after encoding (src/wipe.rs).
+    tonic_prost_build::configure()
+        .codec_path("crate::wipe::WipingCodec")
+        .compile_fds(descriptors)?;
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }

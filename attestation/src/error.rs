@@ -4,7 +4,8 @@
 //! answer: `Rejected` means the evidence was read and does not satisfy the policy (deny, and count it
 //! by [`RejectReason::metric_label`]); `Malformed` means it could not even be read; `Issuer` means this
 //! side could not produce evidence; `Config` means the local setup is wrong; `Handshake` means the TLS
-//! connection failed for a reason that is not the evidence. Messages never carry secret bytes.
+//! connection failed for a reason that is not the evidence; `Transport` that the connection itself
+//! broke or stalled (an outage, not a verdict). Messages never carry secret bytes.
 
 use std::fmt;
 
@@ -31,6 +32,10 @@ pub enum AttestationError {
     /// connection, spoke something else than TLS 1.3, timed out, or refused our evidence.
     #[error("aTLS handshake failed: {0}")]
     Handshake(String),
+    /// The connection broke before any evidence was judged: reset, closed mid-handshake or no
+    /// answer in time. An outage (the network, a dying peer), never a verdict on evidence.
+    #[error("the connection failed during the aTLS handshake: {0}")]
+    Transport(String),
     /// The peer closed the connection before it sent anything: a port probe or a health check,
     /// not an attack; callers log it quietly.
     #[error("the peer closed the connection before the TLS handshake")]
@@ -38,6 +43,12 @@ pub enum AttestationError {
 }
 
 impl AttestationError {
+    /// Whether evidence was received and refused (rejected by the policy, or unreadable): the
+    /// peer's fault, as opposed to an outage or a local problem.
+    pub fn is_verdict_on_evidence(&self) -> bool {
+        matches!(self, Self::Rejected(_) | Self::Malformed { .. })
+    }
+
     /// The reason, when the evidence was rejected by the policy.
     pub fn reject_reason(&self) -> Option<&RejectReason> {
         match self {

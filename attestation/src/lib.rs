@@ -19,6 +19,10 @@ mod chain;
 mod claims;
 pub mod error;
 pub mod evidence;
+mod files;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod issuer;
 pub mod reference;
 pub mod report;

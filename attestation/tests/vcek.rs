@@ -7,11 +7,10 @@ use std::time::{Duration, Instant};
 use concord_attestation::testing::kds::{KdsStub, StubMode};
 use concord_attestation::testing::snp::{self as vectors, Vector};
 use concord_attestation::vcek::{
-    HostCertificates, KdsClient, KdsConfig, OfflineDir, VcekCache, VcekError, VcekQuery,
-    VcekResolver, VcekSource,
+    Guid, HostCertificates, KdsClient, KdsConfig, OfflineDir, Resolve, VcekCache, VcekError,
+    VcekQuery, VcekResolver, VcekSource, encode_cert_table,
 };
 use concord_attestation::{Product, Report, ReportBuilder, Tcb};
-use sev::firmware::host::{CertTableEntry, CertType};
 
 /// Quick settings for tests: short timeout and backoff.
 fn config(base_url: String) -> KdsConfig {
@@ -229,6 +228,56 @@ fn a_server_that_never_answers_times_out_per_request() {
     assert_eq!(stub.requests(), 3, "one connection per attempt");
 }
 
+/// A resolver that never answers until the test ends (the sender is dropped), like a DNS server
+/// that swallows queries while the system resolver retries.
+#[derive(Debug)]
+struct StuckResolver {
+    release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    asked: std::sync::atomic::AtomicUsize,
+}
+
+impl Resolve for StuckResolver {
+    fn resolve(&self, _: &str, _: u16) -> std::io::Result<Vec<std::net::SocketAddr>> {
+        self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _ = self.release.lock().unwrap().recv();
+        Err(std::io::Error::other("released"))
+    }
+}
+
+#[test]
+fn a_resolver_that_never_answers_is_bounded_by_the_request_timeout() {
+    let (_release, stuck) = std::sync::mpsc::channel();
+    let resolver = std::sync::Arc::new(StuckResolver {
+        release: std::sync::Mutex::new(stuck),
+        asked: Default::default(),
+    });
+    let v = vectors::trustee_genoa_e2e();
+    let query = VcekQuery::for_report(&v.report(), Product::Genoa);
+    for attempts in [1, 2] {
+        let kds = KdsClient::with_resolver(
+            KdsConfig {
+                attempts,
+                ..config("https://kds.example.invalid".into())
+            },
+            resolver.clone(),
+        )
+        .unwrap();
+        let start = Instant::now();
+        let err = kds.fetch_blocking(&query).unwrap_err();
+        let took = start.elapsed();
+        // The bound: attempts × 300 ms, 10 ms of backoff, and a margin for a loaded machine.
+        let bound = Duration::from_millis(300) * attempts + Duration::from_secs(2);
+        eprintln!("{attempts} attempt(s) with a stuck resolver: {took:?}");
+        assert!(took < bound, "{attempts} attempt(s) took {took:?}");
+        assert!(
+            matches!(&err, VcekError::Unavailable { attempts: a, last, .. }
+                if *a == attempts && last.contains("no response within 300 ms")),
+            "{err}"
+        );
+    }
+    assert_eq!(resolver.asked.load(std::sync::atomic::Ordering::SeqCst), 3);
+}
+
 #[test]
 fn a_404_is_a_clear_error_and_is_not_retried() {
     let v = vectors::virtee_milan();
@@ -349,12 +398,10 @@ fn the_kds_is_asked_before_the_operator_directory() {
     );
 }
 
-fn table(entries: Vec<(CertType, Vec<u8>)>) -> HostCertificates {
-    let entries: Vec<CertTableEntry> = entries
-        .into_iter()
-        .map(|(t, d)| CertTableEntry::new(t, d))
-        .collect();
-    HostCertificates::from_entries(&entries).unwrap()
+/// A host table in the host's raw layout, read back as the issuer reads it.
+fn table(entries: Vec<(Guid, Vec<u8>)>) -> HostCertificates {
+    let entries: Vec<(Guid, &[u8])> = entries.iter().map(|(g, d)| (*g, d.as_slice())).collect();
+    HostCertificates::parse(&encode_cert_table(&entries)).unwrap()
 }
 
 #[test]
@@ -365,9 +412,9 @@ fn the_host_table_comes_first_and_only_pinned_amd_certificates_follow_the_vcek()
     let resolver = kds_resolver(&stub, None);
 
     let full = table(vec![
-        (CertType::VCEK, v.cert.clone()),
-        (CertType::ASK, ask.clone()),
-        (CertType::ARK, ark.clone()),
+        (Guid::VCEK, v.cert.clone()),
+        (Guid::ASK, ask.clone()),
+        (Guid::ARK, ark.clone()),
     ]);
     let found = resolver.resolve(&v.report(), Some(&full), v.at).unwrap();
     assert_eq!(found.source, VcekSource::HostTable);
@@ -377,9 +424,9 @@ fn the_host_table_comes_first_and_only_pinned_amd_certificates_follow_the_vcek()
     // An ASK that is not Milan's pinned one (here Genoa's VCEK in its place) is left out, and with
     // it the ARK after it: a verifier would reject the evidence for it.
     let odd = table(vec![
-        (CertType::VCEK, v.cert.clone()),
-        (CertType::ASK, vectors::trustee_genoa_e2e().cert),
-        (CertType::ARK, ask),
+        (Guid::VCEK, v.cert.clone()),
+        (Guid::ASK, vectors::trustee_genoa_e2e().cert),
+        (Guid::ARK, ask),
     ]);
     let found = resolver.resolve(&v.report(), Some(&odd), v.at).unwrap();
     assert_eq!(found.certificates, vec![v.cert.clone()]);
@@ -389,7 +436,7 @@ fn the_host_table_comes_first_and_only_pinned_amd_certificates_follow_the_vcek()
 fn a_stale_vcek_in_the_host_table_is_passed_over_for_the_kds() {
     let v = vectors::virtee_milan();
     let stub = serving(&v, StubMode::Serve);
-    let stale = table(vec![(CertType::VCEK, vectors::trustee_milan().cert)]);
+    let stale = table(vec![(Guid::VCEK, vectors::trustee_milan().cert)]);
     let found = kds_resolver(&stub, None)
         .resolve(&v.report(), Some(&stale), v.at)
         .unwrap();
@@ -402,7 +449,7 @@ fn a_vlek_comes_only_from_the_host_table() {
     let v = vectors::trustee_vlek();
     let stub = KdsStub::start(vec![], StubMode::Serve);
     let resolver = kds_resolver(&stub, None);
-    let with_vlek = table(vec![(CertType::VLEK, v.cert.clone())]);
+    let with_vlek = table(vec![(Guid::VLEK, v.cert.clone())]);
     let found = resolver
         .resolve(&v.report(), Some(&with_vlek), v.at)
         .unwrap();

@@ -59,9 +59,34 @@ impl std::error::Error for CliError {}
 
 pub type CliResult<T = ()> = Result<T, CliError>;
 
-/// Reads a file, with an error that names it.
-pub fn read_file(path: &std::path::Path) -> CliResult<Vec<u8>> {
-    std::fs::read(path).map_err(|e| CliError::error(format!("cannot read {}: {e}", path.display())))
+/// The most a command reads of one input file, by kind (README.md, "Input limits"). Every file
+/// `concord` and `concord-initializer` read goes through [`read_file`] with one of these, so a huge
+/// file, `/dev/zero` or a FIFO cannot exhaust memory or hang a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit(pub u64);
+
+impl Limit {
+    /// A manifest (the coordinator's own limit for a whole SetManifest request is 4 MiB).
+    pub const MANIFEST: Limit = Limit(4 << 20);
+    /// A policy document.
+    pub const POLICY: Limit = Limit(4 << 20);
+    /// An audit bundle (`history.json`): about 2 KB per transition, so room for 100,000 of them.
+    pub const BUNDLE: Limit = Limit(256 << 20);
+    /// A seed share file (about 500 bytes).
+    pub const SHARE: Limit = Limit(64 << 10);
+    /// A key file (an owner's PKCS#8 PEM, a share owner's hex key).
+    pub const KEY: Limit = Limit(64 << 10);
+    /// A signature or a message to sign (tens of bytes).
+    pub const SIGNATURE: Limit = Limit(64 << 10);
+    /// An SEV-SNP report (1184 bytes), a certificate file (a VCEK with its chain), a reference entry.
+    pub const ATTESTATION: Limit = Limit(256 << 10);
+}
+
+/// Reads a regular file of at most `limit` bytes, with an error that names it. Refuses anything
+/// else before reading: a FIFO, a device such as `/dev/zero` (also through a symlink), a directory
+/// (`concord_coordinator::input_file`, which the launch flags' files go through too).
+pub fn read_file(path: &std::path::Path, limit: Limit) -> CliResult<Vec<u8>> {
+    concord_coordinator::input_file::read_input_file(path, limit.0).map_err(CliError::error)
 }
 
 /// Writes a file, creating its directory, with an error that names it. `secret` files get mode 0600.

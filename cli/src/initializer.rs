@@ -13,6 +13,8 @@ use concord_coordinator::transport::{ConnectError, connect};
 use concord_proto::v1 as pb;
 use concord_proto::v1::mesh_api_client::MeshApiClient;
 
+use zeroize::{Zeroize as _, Zeroizing};
+
 use crate::exit::{CliError, CliResult, write_file};
 use crate::remote;
 
@@ -137,13 +139,18 @@ pub async fn run(args: InitializerArgs) -> CliResult {
             }
         }
     };
-    write_outputs(&args.root, &key.serialize_pem(), &response)?;
+    let mut response = response;
+    let written = write_outputs(&args.root, &Zeroizing::new(key.serialize_pem()), &response);
+    let had_secret = !response.workload_secret.is_empty();
+    // The workload secret is in its file now (or the write failed): no copy stays in memory.
+    response.workload_secret.zeroize();
+    written?;
     eprintln!(
         "wrote the workload's key, certificate chain, mesh CA, root CA{} under {}",
-        if response.workload_secret.is_empty() {
-            ""
-        } else {
+        if had_secret {
             " and workload secret"
+        } else {
+            ""
         },
         args.root.display()
     );
@@ -184,6 +191,8 @@ async fn attempt_once(
         }
     })?;
     MeshApiClient::new(channel)
+        .max_decoding_message_size(concord_proto::limits::MESH_API_MESSAGE_BYTES)
+        .max_encoding_message_size(concord_proto::limits::MESH_API_MESSAGE_BYTES)
         .new_mesh_cert(pb::NewMeshCertRequest {})
         .await
         .map(|r| r.into_inner())
@@ -199,7 +208,7 @@ fn write_outputs(root: &Path, key_pem: &str, r: &pb::NewMeshCertResponse) -> Cli
         // Contrast writes the seed hex-encoded.
         write_secret(
             &root.join(WORKLOAD_SECRET),
-            hex::encode(&r.workload_secret).as_bytes(),
+            Zeroizing::new(hex::encode(&r.workload_secret)).as_bytes(),
         )?;
     }
     Ok(())

@@ -9,7 +9,7 @@ use ed25519_dalek::pkcs8::DecodePrivateKey;
 use rand::rngs::OsRng;
 use zeroize::Zeroizing;
 
-use crate::exit::{CliError, CliResult, read_file, write_file};
+use crate::exit::{CliError, CliResult, Limit, read_file, write_file};
 
 /// Makes a new workload owner key, writes it to `path`, returns it.
 pub fn new_owner_key(path: &Path) -> CliResult<SigningKey> {
@@ -37,8 +37,11 @@ pub fn owner_key_pem(key: &SigningKey) -> Zeroizing<String> {
 }
 
 pub fn load_owner_key(path: &Path) -> CliResult<SigningKey> {
-    let text = String::from_utf8(read_file(path)?)
-        .map_err(|_| CliError::error(format!("{} is not a PEM file", path.display())))?;
+    // The key's text is secret: wiped when dropped.
+    let text = Zeroizing::new(
+        String::from_utf8(read_file(path, Limit::KEY)?)
+            .map_err(|_| CliError::error(format!("{} is not a PEM file", path.display())))?,
+    );
     SigningKey::from_pkcs8_pem(&text).map_err(|e| {
         CliError::error(format!(
             "{} is not an Ed25519 private key in PKCS#8 PEM ({e}); make one with `concord keygen owner`",
@@ -50,22 +53,22 @@ pub fn load_owner_key(path: &Path) -> CliResult<SigningKey> {
 pub fn new_share_owner_key(path: &Path) -> CliResult<ShareOwnerKeyPair> {
     let key = ShareOwnerKeyPair::generate()
         .map_err(|e| CliError::error(format!("cannot make a key: {e}")))?;
-    let mut text = hex::encode(key.secret_bytes().as_slice());
+    let mut text = Zeroizing::new(hex::encode(key.secret_bytes().as_slice()));
     text.push('\n');
     write_file(path, text.as_bytes(), true)?;
     Ok(key)
 }
 
 pub fn load_share_owner_key(path: &Path) -> CliResult<ShareOwnerKeyPair> {
-    let text = String::from_utf8(read_file(path)?).unwrap_or_default();
-    let bytes = hex::decode(text.trim())
-        .ok()
-        .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
-        .ok_or_else(|| {
-            CliError::error(format!(
-                "{} is not a seed share owner key (64 hex characters); make one with `concord keygen share-owner`",
-                path.display()
-            ))
-        })?;
-    Ok(ShareOwnerKeyPair::from_secret_bytes(bytes))
+    let text = Zeroizing::new(String::from_utf8(read_file(path, Limit::KEY)?).unwrap_or_default());
+    let decoded = Zeroizing::new(hex::decode(text.trim()).unwrap_or_default());
+    if decoded.len() != 32 {
+        return Err(CliError::error(format!(
+            "{} is not a seed share owner key (64 hex characters); make one with `concord keygen share-owner`",
+            path.display()
+        )));
+    }
+    let mut bytes = Zeroizing::new([0u8; 32]);
+    bytes.copy_from_slice(&decoded);
+    Ok(ShareOwnerKeyPair::from_secret_bytes(*bytes))
 }

@@ -91,7 +91,10 @@ pub async fn user_api(
             .map_err(|e| CliError::error(format!("cannot set up aTLS: {e}")))?,
     );
     let (channel, peer) = connect(addr, client).await.map_err(connect_error)?;
-    Ok((UserApiClient::new(channel), peer))
+    let api = UserApiClient::new(channel)
+        .max_decoding_message_size(concord_proto::limits::USER_API_MESSAGE_BYTES)
+        .max_encoding_message_size(concord_proto::limits::USER_API_MESSAGE_BYTES);
+    Ok((api, peer))
 }
 
 pub fn connect_error(e: ConnectError) -> CliError {
@@ -121,7 +124,7 @@ pub fn status_error(rpc: &str, s: tonic::Status) -> CliError {
 
 /// Parses a manifest file, with the manifest's own error (which names the field).
 pub fn read_manifest(path: &std::path::Path) -> CliResult<Manifest> {
-    let bytes = crate::exit::read_file(path)?;
+    let bytes = crate::exit::read_file(path, crate::exit::Limit::MANIFEST)?;
     Manifest::parse(&bytes).map_err(|e| CliError::error(format!("{}: {e}", path.display())))
 }
 

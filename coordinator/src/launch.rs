@@ -167,12 +167,9 @@ impl PlatformArgs {
                 root_dir.display()
             ))
         })?;
-        let policy = std::fs::read(policy_path).map_err(|e| {
-            usage(format!(
-                "cannot read the policy document {}: {e}",
-                policy_path.display()
-            ))
-        })?;
+        // A policy document, at most 4 MiB (README.md, "Input limits").
+        let policy = crate::input_file::read_input_file(policy_path, 4 << 20)
+            .map_err(|e| usage(format!("the policy document: {e}")))?;
         let measurement = parse_measurement(measurement).map_err(usage)?;
         let policy_hash = Hash::of(&policy);
         let issuer = SimulatedIssuer::new(&root, measurement, *policy_hash.as_bytes())

@@ -11,8 +11,12 @@
 
 pub mod api;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hash;
 pub mod history;
+pub mod input_file;
 pub mod launch;
 pub mod manifest;
 pub mod observe;

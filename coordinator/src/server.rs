@@ -13,6 +13,7 @@ use std::time::Duration;
 use concord_attestation::{
     AtlsAcceptor, AtlsClient, ClientAuth, ClientIdentity, DeploymentId, DeploymentSource, Verifier,
 };
+use concord_proto::limits;
 use concord_proto::v1::{
     mesh_api_server::MeshApiServer, peer_api_server::PeerApiServer, user_api_server::UserApiServer,
 };
@@ -57,6 +58,11 @@ fn raft_config() -> anyhow::Result<Arc<openraft::Config>> {
         heartbeat_interval: 50,
         election_timeout_min: 150,
         election_timeout_max: 300,
+        // Large histories (issue 9.12): a batch is also cut at `raft::network::APPEND_BYTES`; a
+        // snapshot goes in chunks of 512 KiB (about 1.8 MB of JSON each), each with 2 s to arrive.
+        max_payload_entries: 64,
+        snapshot_max_chunk_size: 512 * 1024,
+        install_snapshot_timeout: 2_000,
         ..Default::default()
     };
     Ok(Arc::new(config.validate()?))
@@ -230,25 +236,44 @@ pub async fn run(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let user = tonic::transport::Server::builder()
+    // Every port's limits come from one place (transport::ListenerLimits); docs/THREAT_MODEL.md says
+    // what an unauthenticated caller can cost on each.
+    let limits = |api: &str| crate::transport::ListenerLimits::for_api(api);
+    let (user_limits, mesh_limits, peer_limits) = (limits("user"), limits("mesh"), limits("peer"));
+    let user = user_limits
+        .server()
         .layer(RpcTimingLayer)
-        .add_service(UserApiServer::new(UserService::new(node.clone())))
+        .add_service(
+            UserApiServer::new(UserService::new(node.clone())?)
+                .max_decoding_message_size(limits::USER_API_MESSAGE_BYTES)
+                .max_encoding_message_size(limits::USER_API_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(
-            crate::transport::incoming(user_listener, user_acceptor, "user"),
+            crate::transport::incoming(user_listener, user_acceptor, "user", &user_limits),
             stopped(stop_rx.clone()),
         );
-    let mesh = tonic::transport::Server::builder()
+    let mesh = mesh_limits
+        .server()
         .layer(RpcTimingLayer)
-        .add_service(MeshApiServer::new(MeshService::new(replica)))
+        .add_service(
+            MeshApiServer::new(MeshService::new(replica))
+                .max_decoding_message_size(limits::MESH_API_MESSAGE_BYTES)
+                .max_encoding_message_size(limits::MESH_API_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(
-            crate::transport::incoming(mesh_listener, mesh_acceptor, "mesh"),
+            crate::transport::incoming(mesh_listener, mesh_acceptor, "mesh", &mesh_limits),
             stopped(stop_rx.clone()),
         );
-    let peer = tonic::transport::Server::builder()
+    let peer = peer_limits
+        .server()
         .layer(RpcTimingLayer)
-        .add_service(PeerApiServer::new(PeerService::new(node)))
+        .add_service(
+            PeerApiServer::new(PeerService::new(node))
+                .max_decoding_message_size(limits::PEER_API_MESSAGE_BYTES)
+                .max_encoding_message_size(limits::PEER_API_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(
-            crate::transport::incoming(peer_listener, peer_acceptor, "peer"),
+            crate::transport::incoming(peer_listener, peer_acceptor, "peer", &peer_limits),
             stopped(stop_rx),
         );
     tokio::try_join!(user, mesh, peer)?;

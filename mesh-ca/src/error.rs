@@ -225,6 +225,43 @@ pub enum MeshCaError {
         reason: &'static str,
     },
 
+    /// A share submission names a key that is not one of the deployment's seed share owners.
+    #[error(
+        "the share was sent by key {owner_key}, which is not one of this deployment's seed share \
+         owner keys (the first manifest's `seed_share_owners.keys`; a share of another \
+         deployment?): only a listed owner can submit a share; nothing changed"
+    )]
+    UnknownShareOwner {
+        /// Hex public key the submission names.
+        owner_key: String,
+    },
+
+    /// A share submission does not open: it was not sealed by the owner key it names, or not to
+    /// this coordinator process's recovery key.
+    #[error(
+        "the share submission does not open: {reason}; it was not sealed by the owner key it \
+         names, or not to this coordinator's current recovery key (it restarted meanwhile: run \
+         `concord recover` again); nothing changed"
+    )]
+    SubmissionNotAuthentic {
+        /// What failed (never key or share bytes).
+        reason: String,
+    },
+
+    /// An owner sent a share whose index is not its own.
+    #[error(
+        "owner key {owner_key} is seed share owner {position} of the manifest, but sent the share \
+         with index {index}: an owner submits only their own share; nothing changed"
+    )]
+    SubmissionIndexMismatch {
+        /// Hex public key of the sender.
+        owner_key: String,
+        /// Its 1-based position in the manifest, which is its share index.
+        position: usize,
+        /// The index inside the share.
+        index: u8,
+    },
+
     /// HPKE sealing failed for another reason. A bug, not bad input.
     #[error("seed share encryption failed: {reason}; this is a bug in concord-mesh-ca, report it")]
     ShareEncryptionFailed {

@@ -18,13 +18,24 @@ pub const WORKLOAD_SECRET: &[u8] = b"concord/v1/workload-secret/";
 /// HPKE info of an encrypted seed share.
 pub const SEED_SHARE: &[u8] = b"concord/v1/seed-share";
 
+/// HPKE info of a seed share submission: a share owner seals its decrypted share to a coordinator's
+/// recovery key in HPKE's Auth mode, so the coordinator knows which owner key sent it. Not
+/// `concord/v1/seed-share...`: no label may be a prefix of another.
+pub const SHARE_SUBMISSION: &[u8] = b"concord/v1/share-submission";
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn labels_are_distinct_and_prefix_free() {
-        let all = [TRANSITION_SIGNING, ROOT_CA_KEY, WORKLOAD_SECRET, SEED_SHARE];
+        let all = [
+            TRANSITION_SIGNING,
+            ROOT_CA_KEY,
+            WORKLOAD_SECRET,
+            SEED_SHARE,
+            SHARE_SUBMISSION,
+        ];
         for (i, a) in all.iter().enumerate() {
             assert!(a.starts_with(b"concord/v1/"));
             for (j, b) in all.iter().enumerate() {

@@ -21,6 +21,7 @@ pub mod labels;
 mod rng;
 pub mod seed;
 pub mod shares;
+pub mod submission;
 
 #[cfg(test)]
 mod testing;
@@ -33,3 +34,4 @@ pub use shares::{
     EncryptedShare, SHARE_LEN, SHARE_MAGIC, SeedShare, ShareOwnerKeyPair, combine, decrypt_share,
     encrypt_share, split,
 };
+pub use submission::{RecoveryKey, ShareSubmission, seal_submission};

@@ -308,9 +308,14 @@ impl ShareOwnerKeyPair {
     pub fn secret_bytes(&self) -> Zeroizing<[u8; 32]> {
         self.secret.clone()
     }
+
+    /// The HPKE form of the private key (for the sender authentication of a share submission).
+    pub(crate) fn hpke_private_key(&self) -> &<Kem as hpke::Kem>::PrivateKey {
+        &self.private_key
+    }
 }
 
-fn x25519_private_key(secret: &[u8; 32]) -> <Kem as hpke::Kem>::PrivateKey {
+pub(crate) fn x25519_private_key(secret: &[u8; 32]) -> <Kem as hpke::Kem>::PrivateKey {
     match <Kem as hpke::Kem>::PrivateKey::from_bytes(secret) {
         Ok(key) => key,
         // X25519 accepts any 32 bytes, and the array type fixes the length, so hpke's one

@@ -326,6 +326,27 @@ impl Env {
             .0
     }
 
+    /// A user API client like [`Env::user_client`], dialing from the local address `local` (such as
+    /// 127.0.0.2: another host, as far as the coordinator can tell).
+    pub async fn user_client_from(
+        &self,
+        c: &CoordinatorProcess,
+        local: std::net::IpAddr,
+    ) -> UserApiClient<tonic::transport::Channel> {
+        let manifest = concord_coordinator::manifest::Manifest::parse(&self.d.manifest(1)).unwrap();
+        let trust = concord_cli::remote::trust_for(&manifest, true).unwrap();
+        let policy = concord_cli::remote::coordinator_policy(&manifest, trust).unwrap();
+        let client = Arc::new(AtlsClient::new(Arc::new(policy), None).unwrap());
+        let (channel, _) = concord_coordinator::transport::connect_from(
+            &c.user_addr.to_string(),
+            Some(local),
+            client,
+        )
+        .await
+        .unwrap();
+        UserApiClient::new(channel)
+    }
+
     /// A mesh API client attesting as `policy` (the given document), verifying the coordinator.
     pub async fn mesh_client(
         &self,
@@ -345,7 +366,11 @@ impl Env {
         );
         connect(&c.mesh_addr.to_string(), client)
             .await
-            .map(|(ch, _)| MeshApiClient::new(ch))
+            .map(|(ch, _)| {
+                MeshApiClient::new(ch)
+                    .max_decoding_message_size(concord_proto::limits::MESH_API_MESSAGE_BYTES)
+                    .max_encoding_message_size(concord_proto::limits::MESH_API_MESSAGE_BYTES)
+            })
             .map_err(|e| e.to_string())
     }
 }

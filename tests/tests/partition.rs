@@ -70,7 +70,10 @@ async fn latest(
     api: &mut concord_proto::v1::user_api_client::UserApiClient<tonic::transport::Channel>,
     allow_stale: bool,
 ) -> Result<Hash, tonic::Status> {
-    let request = pb::GetManifestsRequest { allow_stale };
+    let request = pb::GetManifestsRequest {
+        allow_stale,
+        ..Default::default()
+    };
     match tokio::time::timeout(ANSWER_WAIT, api.get_manifests(request)).await {
         Ok(answer) => answer.map(|r| hash_of(r.into_inner().latest)),
         Err(_) => panic!("GetManifests did not answer within {ANSWER_WAIT:?}"),

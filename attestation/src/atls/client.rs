@@ -122,13 +122,9 @@ impl AtlsClient {
         let connect = tokio_rustls::TlsConnector::from(config).connect(server_name, io);
         let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connect).await {
             Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => {
-                return Err(slot
-                    .take_error()
-                    .unwrap_or_else(|| AttestationError::Handshake(e.to_string())));
-            }
+            Ok(Err(e)) => return Err(slot.take_error().unwrap_or_else(|| classify(e))),
             Err(_) => {
-                return Err(AttestationError::Handshake(format!(
+                return Err(AttestationError::Transport(format!(
                     "no handshake within {} s",
                     HANDSHAKE_TIMEOUT.as_secs()
                 )));
@@ -142,6 +138,17 @@ impl AtlsClient {
             .cloned()
             .ok_or_else(|| AttestationError::Handshake("the server was not attested".into()))?;
         Ok((stream, peer))
+    }
+}
+
+/// A failed handshake that left no verdict on evidence in the slot: a TLS error (the peer spoke
+/// something else than aTLS, or sent an alert) or an I/O error (reset, closed, refused: an outage).
+/// tokio-rustls wraps rustls errors in `io::Error`; anything else came from the socket.
+fn classify(e: std::io::Error) -> AttestationError {
+    if e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+        AttestationError::Handshake(e.to_string())
+    } else {
+        AttestationError::Transport(e.to_string())
     }
 }
 

@@ -15,11 +15,11 @@
 //! skip the evidence check) and never negotiate TLS 1.2. It does not decide what evidence is
 //! acceptable: an [`AcceptPolicy`] does.
 
-mod cert;
+pub(crate) mod cert;
 mod client;
 mod deployment;
 mod nonce;
-mod peer;
+pub(crate) mod peer;
 mod policy;
 mod server;
 

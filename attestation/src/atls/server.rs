@@ -99,12 +99,16 @@ impl AtlsAcceptor {
                 _ => AttestationError::Handshake(format!("reading the ClientHello: {e}")),
             })?;
         let client_nonce = nonce::from_alpn(start.client_hello().alpn().into_iter().flatten())?;
-        let certificate = cert::make_certificate(
-            &*self.issuer,
-            &self.key,
-            &client_nonce,
-            &self.deployment.deployment(),
-        )?;
+        // Evidence is a device call (and, for the simulated platform, a signature): off the
+        // runtime's workers, so a slow device cannot stall other connections, and within the
+        // handshake's deadline, which can fire while it runs.
+        let (issuer, key) = (self.issuer.clone(), self.key.clone());
+        let deployment = self.deployment.deployment();
+        let certificate = tokio::task::spawn_blocking(move || {
+            cert::make_certificate(&*issuer, &key, &client_nonce, &deployment)
+        })
+        .await
+        .map_err(|e| AttestationError::Issuer(format!("the evidence task failed: {e}")))??;
 
         let slot = Arc::new(PeerSlot::default());
         let builder = ServerConfig::builder_with_provider(self.provider.clone())

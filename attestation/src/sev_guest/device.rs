@@ -1,13 +1,16 @@
 //! The guest's door to the AMD Secure Processor: a [`GuestDevice`] returns reports for given report
-//! data; [`SevGuestDevice`] is `/dev/sev-guest` through the `sev` crate.
+//! data; [`SevGuestDevice`] is `/dev/sev-guest` through the `sev` crate, with extended reports
+//! through the kernel's configfs-tsm interface (`super::tsm`).
 //!
 //! Owns opening the device, with errors that say what is missing and what to do, and the two
-//! requests: the extended report (with the host's certificate table) and the plain one, both at
-//! VMPL 0. It must never choose the report data, and never interpret the report: the issuer does.
+//! requests: the extended report (with the host's certificate table, as raw bytes) and the plain
+//! one, both at VMPL 0. It must never choose the report data, never interpret the report (the
+//! issuer does) and never parse the host's table (`crate::vcek::parse_cert_table` does, in safe
+//! code). Of the `sev` crate it uses `Firmware::open` and `Firmware::get_report` only, whose
+//! response has a fixed size: no length the host chose reaches `unsafe` code
+//! (docs/THREAT_MODEL.md, "The host's certificate table").
 
 use std::path::Path;
-
-use sev::firmware::host::CertTableEntry;
 
 use crate::error::AttestationError;
 
@@ -21,12 +24,13 @@ const WHAT_TO_DO: &str = "run it in an AMD SEV-SNP confidential VM whose runtime
 
 /// Asks the AMD Secure Processor for attestation reports at VMPL 0.
 pub trait GuestDevice: Send + std::fmt::Debug {
-    /// A report carrying `report_data`, and the host's certificate table when the host provides
-    /// one (`None` when it does not). The error says what the device or the firmware answered.
+    /// A report carrying `report_data`, and the host's certificate table, raw, as the host wrote
+    /// it, when the host provides one (`None` when it does not). The error says what the device or
+    /// the firmware answered.
     fn extended_report(
         &mut self,
         report_data: &[u8; 64],
-    ) -> Result<(Vec<u8>, Option<Vec<CertTableEntry>>), String>;
+    ) -> Result<(Vec<u8>, Option<Vec<u8>>), String>;
 
     /// A report carrying `report_data`, without certificates.
     fn report(&mut self, report_data: &[u8; 64]) -> Result<Vec<u8>, String>;
@@ -68,11 +72,13 @@ fn is_char_device(_: &std::fs::Metadata) -> bool {
     false
 }
 
-/// `/dev/sev-guest`, through the `sev` crate.
+/// `/dev/sev-guest`, through the `sev` crate, for plain reports; extended reports through
+/// configfs-tsm when the kernel offers it.
 #[cfg(target_os = "linux")]
 #[derive(Debug)]
 pub struct SevGuestDevice {
     firmware: sev::firmware::guest::Firmware,
+    tsm: Option<super::tsm::TsmReports>,
 }
 
 #[cfg(target_os = "linux")]
@@ -90,7 +96,16 @@ impl SevGuestDevice {
         let firmware = sev::firmware::guest::Firmware::open().map_err(|e| {
             AttestationError::Issuer(format!("cannot open {SEV_GUEST_DEVICE}: {e}; {WHAT_TO_DO}"))
         })?;
-        Ok(Self { firmware })
+        let tsm = super::tsm::TsmReports::find(Path::new(super::tsm::TSM_REPORT_DIR));
+        if tsm.is_none() {
+            tracing::info!(
+                "no configfs-tsm report interface at {}: reports come without the host's \
+                 certificate table, and the VCEK is looked up in the cache, at AMD's KDS or in \
+                 --vcek-dir",
+                super::tsm::TSM_REPORT_DIR
+            );
+        }
+        Ok(Self { firmware, tsm })
     }
 }
 
@@ -103,10 +118,17 @@ impl GuestDevice for SevGuestDevice {
     fn extended_report(
         &mut self,
         report_data: &[u8; 64],
-    ) -> Result<(Vec<u8>, Option<Vec<CertTableEntry>>), String> {
-        self.firmware
-            .get_ext_report(None, Some(*report_data), Some(VMPL))
-            .map_err(|e| e.to_string())
+    ) -> Result<(Vec<u8>, Option<Vec<u8>>), String> {
+        // Never the `sev` crate's get_ext_report: it parses the host's table in unsafe code
+        // without bounds. configfs-tsm hands the table over as bytes.
+        match &self.tsm {
+            Some(tsm) => tsm.request(report_data, VMPL),
+            None => Err(format!(
+                "no configfs-tsm report interface at {} (Linux 6.7 or later, with configfs \
+                 mounted), so no extended report",
+                super::tsm::TSM_REPORT_DIR
+            )),
+        }
     }
 
     fn report(&mut self, report_data: &[u8; 64]) -> Result<Vec<u8>, String> {

@@ -2,17 +2,18 @@
 //! signed it.
 //!
 //! Owns asking the device for an extended report (falling back to a plain one), checking that the
-//! firmware answered what was asked (the report data, VMPL 0), finding the signer's certificate
-//! through `crate::vcek` once per chip and TCB, and packing [`Evidence`]. It must never choose the
-//! report data and never send a report it did not check; it does not verify its own evidence (the
-//! relying side does, and the coordinator checks its own once at launch).
+//! firmware answered what was asked (the report data, VMPL 0), getting the signer's certificate
+//! from `super::signers` (found once per chip and TCB, in the background), and packing
+//! [`Evidence`]. It must never choose the report data, never send a report it did not check, and
+//! never wait for a certificate lookup in [`EvidenceIssuer::issue`] (a handshake that cannot get
+//! evidence now fails at once, saying why); it does not verify its own evidence (the relying side
+//! does, and the coordinator checks its own once at launch).
 
-use std::sync::Mutex;
-use std::time::SystemTime;
-
-use sev::firmware::host::CertTableEntry;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::device::GuestDevice;
+use super::signers::{NotYet, RetryBackoff, Signers};
 use crate::error::AttestationError;
 use crate::evidence::{Evidence, Platform};
 use crate::issuer::EvidenceIssuer;
@@ -22,41 +23,29 @@ use crate::vcek::{HostCertificates, VcekResolver};
 /// Issues SEV-SNP evidence from a guest device.
 pub struct SevGuestIssuer {
     device: Mutex<Box<dyn GuestDevice>>,
-    resolver: VcekResolver,
-    signer: Mutex<Option<KnownSigner>>,
+    signers: Arc<Signers>,
     pinned_now: Option<SystemTime>,
-}
-
-/// The certificates found for one signing key: they serve every report of the same chip, TCB and
-/// key kind, until the host changes the reported TCB.
-#[derive(Debug, Clone)]
-struct KnownSigner {
-    key: SignerKey,
-    certificates: Vec<Vec<u8>>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct SignerKey {
-    signing_key: u8,
-    chip_id: [u8; 64],
-    reported_tcb: u64,
-}
-
-impl SignerKey {
-    fn of(report: &Report) -> Self {
-        Self {
-            signing_key: report.signing_key(),
-            chip_id: *report.chip_id(),
-            reported_tcb: report.reported_tcb(),
-        }
-    }
 }
 
 impl std::fmt::Debug for SevGuestIssuer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SevGuestIssuer")
-            .field("resolver", &self.resolver)
+            .field("resolver", self.signers.resolver())
             .finish_non_exhaustive()
+    }
+}
+
+/// Why [`SevGuestIssuer::try_issue`] gave no evidence.
+enum IssueError {
+    /// The signer's certificate is being looked up: evidence is possible later.
+    Pending(Report, String),
+    /// Anything else.
+    Failed(AttestationError),
+}
+
+impl From<AttestationError> for IssueError {
+    fn from(e: AttestationError) -> Self {
+        Self::Failed(e)
     }
 }
 
@@ -77,12 +66,21 @@ impl SevGuestIssuer {
         ))
     }
 
-    /// An issuer on `device`, finding certificates with `resolver`.
+    /// An issuer on `device`, finding certificates with `resolver`; a failed lookup is repeated
+    /// after [`RetryBackoff::default`].
     pub fn with_device(device: Box<dyn GuestDevice>, resolver: VcekResolver) -> Self {
+        Self::with_backoff(device, resolver, RetryBackoff::default())
+    }
+
+    /// [`with_device`](Self::with_device) with another backoff after failed lookups.
+    pub fn with_backoff(
+        device: Box<dyn GuestDevice>,
+        resolver: VcekResolver,
+        backoff: RetryBackoff,
+    ) -> Self {
         Self {
             device: Mutex::new(device),
-            resolver,
-            signer: Mutex::new(None),
+            signers: Arc::new(Signers::new(resolver, backoff)),
             pinned_now: None,
         }
     }
@@ -99,6 +97,41 @@ impl SevGuestIssuer {
         self.pinned_now.unwrap_or_else(SystemTime::now)
     }
 
+    /// Like [`issue`](EvidenceIssuer::issue), but waits up to `wait` for the signer's certificate
+    /// to be found (at launch, where nothing else waits on this thread). Never call it on an
+    /// async runtime's worker thread or in a handshake.
+    pub fn issue_waiting(
+        &self,
+        report_data: &[u8; 64],
+        wait: Duration,
+    ) -> Result<Evidence, AttestationError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            match self.try_issue(report_data) {
+                Ok(evidence) => return Ok(evidence),
+                Err(IssueError::Failed(e)) => return Err(e),
+                Err(IssueError::Pending(report, why)) => {
+                    if !self.signers.wait(&report, deadline) {
+                        return Err(AttestationError::Issuer(format!(
+                            "{why}; gave up after waiting {} s",
+                            wait.as_secs()
+                        )));
+                    }
+                }
+            }
+        }
+    }
+
+    fn try_issue(&self, report_data: &[u8; 64]) -> Result<Evidence, IssueError> {
+        let (raw, table) = self.raw_report(report_data)?;
+        let report = check_report(&raw, report_data)?;
+        match self.signers.certificates(&report, table, self.now()) {
+            Ok(certificates) => Ok(pack(raw, certificates)),
+            Err(NotYet::Pending(why)) => Err(IssueError::Pending(report, why)),
+            Err(NotYet::Failed(why)) => Err(IssueError::Failed(AttestationError::Issuer(why))),
+        }
+    }
+
     /// The firmware's report for `report_data` and the host's table, if any: the extended report,
     /// else the plain one.
     fn raw_report(
@@ -112,7 +145,7 @@ impl SevGuestIssuer {
             )
         })?;
         match device.extended_report(report_data) {
-            Ok((raw, entries)) => Ok((raw, entries.as_deref().and_then(host_certificates))),
+            Ok((raw, table)) => Ok((raw, table.as_deref().and_then(host_certificates))),
             Err(extended) => {
                 tracing::debug!(error = %extended, "no extended report; asking for a plain one");
                 let raw = device.report(report_data).map_err(|plain| {
@@ -125,40 +158,12 @@ impl SevGuestIssuer {
             }
         }
     }
-
-    /// The certificates for `report`: those found earlier for the same signing key, else found now.
-    fn certificates(
-        &self,
-        report: &Report,
-        table: Option<&HostCertificates>,
-    ) -> Result<Vec<Vec<u8>>, AttestationError> {
-        let key = SignerKey::of(report);
-        if let Some(known) = self.known_signer()
-            && known.key == key
-        {
-            return Ok(known.certificates);
-        }
-        let resolved = self
-            .resolver
-            .resolve(report, table, self.now())
-            .map_err(|e| AttestationError::Issuer(e.to_string()))?;
-        if let Ok(mut known) = self.signer.lock() {
-            *known = Some(KnownSigner {
-                key,
-                certificates: resolved.certificates.clone(),
-            });
-        }
-        Ok(resolved.certificates)
-    }
-
-    fn known_signer(&self) -> Option<KnownSigner> {
-        self.signer.lock().ok().and_then(|known| known.clone())
-    }
 }
 
-/// The host's table, or none when it is ambiguous.
-fn host_certificates(entries: &[CertTableEntry]) -> Option<HostCertificates> {
-    match HostCertificates::from_entries(entries) {
+/// The host's table, or none when it does not parse or is ambiguous (the host is at fault; the
+/// VCEK is then looked up elsewhere).
+fn host_certificates(raw: &[u8]) -> Option<HostCertificates> {
+    match HostCertificates::parse(raw) {
         Ok(table) => Some(table),
         Err(why) => {
             tracing::warn!(%why, "ignoring the host's certificate table");
@@ -203,73 +208,34 @@ impl EvidenceIssuer for SevGuestIssuer {
         Platform::Snp
     }
 
+    /// Fresh evidence, or an error at once: when the signer's certificate is not known yet, its
+    /// lookup runs in the background and this call fails saying so.
     fn issue(&self, report_data: &[u8; 64]) -> Result<Evidence, AttestationError> {
-        let (raw, table) = self.raw_report(report_data)?;
-        let report = check_report(&raw, report_data)?;
-        let certificates = self.certificates(&report, table.as_ref())?;
-        Ok(pack(raw, certificates))
+        self.try_issue(report_data).map_err(|e| match e {
+            IssueError::Pending(_, why) => AttestationError::Issuer(why),
+            IssueError::Failed(e) => e,
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use sev::firmware::host::CertType;
+    use std::sync::atomic::Ordering;
 
     use super::*;
+    use crate::testing::device::StandInDevice;
     use crate::testing::snp::{self as vectors, Vector};
-    use crate::vcek::OfflineDir;
+    use crate::vcek::{Guid, OfflineDir, encode_cert_table};
     use crate::verify::{PlatformTrust, Verifier};
 
-    /// A device that answers with a real report, whatever it is asked (the tests ask for the
-    /// report's own report data, or see the issuer refuse).
-    #[derive(Debug, Clone)]
-    struct FakeDevice {
-        report: Vec<u8>,
-        table: Option<Vec<CertTableEntry>>,
-        extended_fails: bool,
-        plain_fails: bool,
-        calls: Arc<AtomicUsize>,
+    /// Long enough for any lookup of these tests (a directory read, no network).
+    const WAIT: Duration = Duration::from_secs(30);
+
+    fn device(v: &Vector) -> StandInDevice {
+        StandInDevice::fixed(v.report.clone())
     }
 
-    impl FakeDevice {
-        fn new(v: &Vector) -> Self {
-            Self {
-                report: v.report.clone(),
-                table: None,
-                extended_fails: false,
-                plain_fails: false,
-                calls: Arc::default(),
-            }
-        }
-    }
-
-    impl GuestDevice for FakeDevice {
-        fn extended_report(
-            &mut self,
-            _: &[u8; 64],
-        ) -> Result<(Vec<u8>, Option<Vec<CertTableEntry>>), String> {
-            self.calls.fetch_add(1, Ordering::SeqCst);
-            if self.extended_fails {
-                return Err(
-                    "VMM Error Encountered: the host does not support extended reports".into(),
-                );
-            }
-            Ok((self.report.clone(), self.table.clone()))
-        }
-
-        fn report(&mut self, _: &[u8; 64]) -> Result<Vec<u8>, String> {
-            self.calls.fetch_add(1, Ordering::SeqCst);
-            if self.plain_fails {
-                return Err("Firmware Error Encountered: invalid parameters".into());
-            }
-            Ok(self.report.clone())
-        }
-    }
-
-    fn issuer(device: FakeDevice, resolver: VcekResolver, v: &Vector) -> SevGuestIssuer {
+    fn issuer(device: StandInDevice, resolver: VcekResolver, v: &Vector) -> SevGuestIssuer {
         SevGuestIssuer::with_device(Box::new(device), resolver).at(v.at)
     }
 
@@ -300,12 +266,12 @@ mod tests {
     fn the_host_table_gives_the_vcek_and_amds_pinned_chain() {
         let v = vectors::virtee_milan();
         let [ask, ark] = <[Vec<u8>; 2]>::try_from(vectors::azure_milan().chain).unwrap();
-        let mut device = FakeDevice::new(&v);
-        device.table = Some(vec![
-            CertTableEntry::new(CertType::ARK, ark.clone()),
-            CertTableEntry::new(CertType::VCEK, v.cert.clone()),
-            CertTableEntry::new(CertType::ASK, ask.clone()),
-        ]);
+        let mut device = device(&v);
+        device.table = Some(encode_cert_table(&[
+            (Guid::ARK, &ark),
+            (Guid::VCEK, &v.cert),
+            (Guid::ASK, &ask),
+        ]));
         let issuer = issuer(device, VcekResolver::default(), &v);
         assert_eq!(issuer.platform(), Platform::Snp);
         let evidence = issuer.issue(&v.report_data()).unwrap();
@@ -319,14 +285,21 @@ mod tests {
     fn without_an_extended_report_the_plain_one_and_the_vcek_directory_serve() {
         let v = vectors::trustee_genoa_e2e();
         let dir = offline_dir_with(&[("operator-copy.der", &v.cert)]);
-        let mut device = FakeDevice::new(&v);
+        let mut device = device(&v);
         device.extended_fails = true;
         let calls = device.calls.clone();
         let resolver = VcekResolver::new(None, None, Some(OfflineDir::new(dir.path())));
         let issuer = issuer(device, resolver, &v);
-        let evidence = issuer.issue(&v.report_data()).unwrap();
-        assert_eq!(evidence.certificates, vec![v.cert.clone()]);
+        // The directory is read in the background: the first call is refused at once, saying so.
+        let err = issuer.issue(&v.report_data()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("being looked up in the background"),
+            "{err}"
+        );
         assert_eq!(calls.load(Ordering::SeqCst), 2, "extended, then plain");
+        let evidence = issuer.issue_waiting(&v.report_data(), WAIT).unwrap();
+        assert_eq!(evidence.certificates, vec![v.cert.clone()]);
         assert_verifies(&evidence, &v);
 
         // The certificate is remembered for this chip and TCB: the directory is not read again.
@@ -337,7 +310,7 @@ mod tests {
     #[test]
     fn a_report_for_other_report_data_is_not_sent() {
         let v = vectors::virtee_milan();
-        let issuer = issuer(FakeDevice::new(&v), VcekResolver::default(), &v);
+        let issuer = issuer(device(&v), VcekResolver::default(), &v);
         let mut other = v.report_data();
         other[0] ^= 1;
         let err = issuer.issue(&other).unwrap_err();
@@ -350,7 +323,7 @@ mod tests {
     #[test]
     fn a_report_above_vmpl_0_is_not_sent() {
         let v = vectors::trustee_vlek();
-        let issuer = issuer(FakeDevice::new(&v), VcekResolver::default(), &v);
+        let issuer = issuer(device(&v), VcekResolver::default(), &v);
         let err = issuer.issue(&v.report_data()).unwrap_err();
         assert!(
             matches!(&err, AttestationError::Issuer(m) if m.contains("VMPL 1")),
@@ -361,7 +334,7 @@ mod tests {
     #[test]
     fn a_device_that_gives_no_report_says_both_answers() {
         let v = vectors::virtee_milan();
-        let mut device = FakeDevice::new(&v);
+        let mut device = device(&v);
         device.extended_fails = true;
         device.plain_fails = true;
         let err = issuer(device, VcekResolver::default(), &v)
@@ -380,8 +353,8 @@ mod tests {
     #[test]
     fn no_certificate_anywhere_is_an_issuer_error_naming_every_source() {
         let v = vectors::virtee_milan();
-        let err = issuer(FakeDevice::new(&v), VcekResolver::default(), &v)
-            .issue(&v.report_data())
+        let err = issuer(device(&v), VcekResolver::default(), &v)
+            .issue_waiting(&v.report_data(), WAIT)
             .unwrap_err();
         let AttestationError::Issuer(message) = &err else {
             panic!("{err:?}")
@@ -394,5 +367,52 @@ mod tests {
         ] {
             assert!(message.contains(says), "{says}: {message}");
         }
+    }
+
+    #[test]
+    fn a_hostile_host_table_is_ignored_and_the_vcek_is_found_elsewhere() {
+        let v = vectors::trustee_genoa_e2e();
+        let dir = offline_dir_with(&[("operator-copy.der", &v.cert)]);
+        for (name, table) in crate::testing::device::hostile_cert_tables() {
+            let mut device = device(&v);
+            device.table = Some(table);
+            let resolver = VcekResolver::new(None, None, Some(OfflineDir::new(dir.path())));
+            let evidence = issuer(device, resolver, &v)
+                .issue_waiting(&v.report_data(), WAIT)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(evidence.certificates, vec![v.cert.clone()], "{name}");
+        }
+    }
+
+    #[test]
+    fn a_failed_lookup_is_not_repeated_before_its_backoff_ends() {
+        use crate::testing::kds::{KdsStub, StubMode};
+        use crate::vcek::{KdsClient, KdsConfig};
+        // A Genoa report (version 3): one KDS request per lookup, answered 404.
+        let v = vectors::trustee_genoa_e2e();
+        let stub = KdsStub::start(vec![], StubMode::Serve);
+        let kds = KdsClient::new(KdsConfig::new(stub.base_url())).unwrap();
+        let backoff = RetryBackoff {
+            first: Duration::from_millis(500),
+            max: Duration::from_secs(1),
+        };
+        let issuer = SevGuestIssuer::with_backoff(
+            Box::new(device(&v)),
+            VcekResolver::new(Some(kds), None, None),
+            backoff,
+        )
+        .at(v.at);
+        let err = issuer.issue_waiting(&v.report_data(), WAIT).unwrap_err();
+        assert!(err.to_string().contains("404"), "{err}");
+        assert_eq!(stub.requests(), 1);
+        for _ in 0..20 {
+            let err = issuer.issue(&v.report_data()).unwrap_err();
+            assert!(err.to_string().contains("next lookup"), "{err}");
+        }
+        assert_eq!(stub.requests(), 1, "no new lookup during the backoff");
+        std::thread::sleep(Duration::from_millis(600));
+        let err = issuer.issue_waiting(&v.report_data(), WAIT).unwrap_err();
+        assert!(err.to_string().contains("404"), "{err}");
+        assert_eq!(stub.requests(), 2, "one new lookup after it");
     }
 }

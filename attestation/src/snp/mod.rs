@@ -10,13 +10,13 @@
 //! chain to a pinned ARK, and never fetch anything: a caller that obtained a VCEK elsewhere (the
 //! AMD KDS, a cache) passes it as the first certificate of the evidence.
 
-mod amd_chain;
-mod cross_check;
-mod extensions;
+pub(crate) mod amd_chain;
+pub(crate) mod cross_check;
+pub(crate) mod extensions;
 mod product;
-mod roots;
+pub(crate) mod roots;
 mod signer;
-mod tcb;
+pub(crate) mod tcb;
 
 use std::time::SystemTime;
 
@@ -93,7 +93,7 @@ fn check_entry(
 
 /// The checks once the signer's certificate chains to the entry's ARK: the report's signature,
 /// then what the key vouches for, then the reference values and the caller's expectations.
-fn check_signed_report(
+pub(crate) fn check_signed_report(
     report: &Report,
     kind: SignerKind,
     signer: &ChainedSigner<'_>,

@@ -1,10 +1,14 @@
 //! One HTTP/1.1 GET over TCP or TLS: all the KDS client needs, on hyper's client connection.
 //!
-//! Owns the base URL's parts ([`Endpoint`]), the connection (TCP, then for `https` rustls with the
-//! ring provider and Mozilla's roots from `webpki-roots`), the request and reading a bounded body.
+//! Owns the base URL's parts ([`Endpoint`]), resolving its host ([`Resolve`], the system's resolver
+//! by default, on a thread of its own so the caller's timeout bounds it), the connection (TCP, then
+//! for `https` rustls with the ring provider and Mozilla's roots from `webpki-roots`), the request
+//! and reading a bounded body.
 //! It must never retry (`kds` decides that), never follow a redirect, and never send anything but
 //! the path it is given: a KDS request carries no secret.
 
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -88,11 +92,29 @@ pub(super) struct Response {
     pub(super) body: Bytes,
 }
 
+/// Turns a host name into addresses: blocking, as the system's resolver (`getaddrinfo`) is.
+pub trait Resolve: Send + Sync + std::fmt::Debug {
+    /// The addresses of `host` at `port`.
+    fn resolve(&self, host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>>;
+}
+
+/// The system's resolver.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemResolver;
+
+impl Resolve for SystemResolver {
+    fn resolve(&self, host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+        use std::net::ToSocketAddrs as _;
+        Ok((host, port).to_socket_addrs()?.collect())
+    }
+}
+
 /// Makes GET requests to one endpoint.
 #[derive(Clone)]
 pub(super) struct HttpClient {
     endpoint: Endpoint,
     tls: Option<TlsConnector>,
+    resolver: Arc<dyn Resolve>,
 }
 
 impl std::fmt::Debug for HttpClient {
@@ -106,13 +128,17 @@ impl std::fmt::Debug for HttpClient {
 impl HttpClient {
     /// A client for `endpoint`; for `https`, TLS 1.2 or 1.3 to a server whose certificate chains
     /// to one of Mozilla's roots.
-    pub(super) fn new(endpoint: Endpoint) -> Result<Self, String> {
+    pub(super) fn new(endpoint: Endpoint, resolver: Arc<dyn Resolve>) -> Result<Self, String> {
         let tls = if endpoint.https {
             Some(tls_connector()?)
         } else {
             None
         };
-        Ok(Self { endpoint, tls })
+        Ok(Self {
+            endpoint,
+            tls,
+            resolver,
+        })
     }
 
     /// The endpoint.
@@ -123,7 +149,8 @@ impl HttpClient {
     /// GET `path` (with its query) on a new connection. The error says which step failed.
     pub(super) async fn get(&self, path: &str) -> Result<Response, String> {
         let e = &self.endpoint;
-        let tcp = TcpStream::connect((e.host.as_str(), e.port))
+        let addrs = self.addresses().await?;
+        let tcp = TcpStream::connect(&addrs[..])
             .await
             .map_err(|err| format!("cannot connect to {}:{}: {err}", e.host, e.port))?;
         let request = Request::get(format!("{}{path}", e.prefix))
@@ -144,6 +171,37 @@ impl HttpClient {
                     .map_err(|err| format!("TLS handshake with {}: {err}", e.host))?;
                 exchange(stream, request).await
             }
+        }
+    }
+}
+
+impl HttpClient {
+    /// The endpoint's addresses: its IP address as written, or what the resolver answers.
+    async fn addresses(&self) -> Result<Vec<SocketAddr>, String> {
+        let e = &self.endpoint;
+        if let Ok(ip) = e.host.parse::<IpAddr>() {
+            return Ok(vec![SocketAddr::new(ip, e.port)]);
+        }
+        let (resolver, host, port) = (self.resolver.clone(), e.host.clone(), e.port);
+        // Not on the runtime's blocking pool, as tokio's own connect does: dropping a runtime
+        // waits for its blocking tasks, so a resolver that hangs would outlive every timeout. On
+        // a thread of its own, abandoned if the caller's timeout fires first; the thread ends
+        // when the system resolver gives up. Lookups are single-flight with a backoff
+        // (`sev_guest`), so such threads stay few.
+        let (answered, answer) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("kds-resolve".into())
+            .spawn(move || {
+                let _ = answered.send(resolver.resolve(&host, port));
+            })
+            .map_err(|err| format!("cannot start a thread to resolve {}: {err}", e.host))?;
+        let answer = answer
+            .await
+            .map_err(|_| format!("resolving {}: the resolver thread ended", e.host))?;
+        match answer {
+            Ok(addrs) if !addrs.is_empty() => Ok(addrs),
+            Ok(_) => Err(format!("{} resolves to no address", e.host)),
+            Err(err) => Err(format!("cannot resolve {}: {err}", e.host)),
         }
     }
 }

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use super::error::VcekError;
-use super::http::{Endpoint, HttpClient, Response};
+use super::http::{Endpoint, HttpClient, Resolve, Response, SystemResolver};
 use super::query::VcekQuery;
 
 /// How the KDS is asked.
@@ -17,7 +17,7 @@ use super::query::VcekQuery;
 pub struct KdsConfig {
     /// `http[s]://host[:port][/prefix]`; [`KdsConfig::AMD`] by default.
     pub base_url: String,
-    /// How long one request (connect, TLS, response) may take.
+    /// How long one request (name resolution, connect, TLS, response) may take.
     pub timeout: Duration,
     /// Requests in all, the first included.
     pub attempts: u32,
@@ -61,14 +61,23 @@ enum Outcome {
 }
 
 impl KdsClient {
-    /// A client for `config`; refuses a base URL it cannot use.
+    /// A client for `config`, resolving names with the system's resolver; refuses a base URL it
+    /// cannot use.
     pub fn new(config: KdsConfig) -> Result<Self, VcekError> {
+        Self::with_resolver(config, std::sync::Arc::new(SystemResolver))
+    }
+
+    /// A client for `config` resolving names with `resolver`.
+    pub fn with_resolver(
+        config: KdsConfig,
+        resolver: std::sync::Arc<dyn Resolve>,
+    ) -> Result<Self, VcekError> {
         let bad_url = |what: String| VcekError::BadUrl {
             url: config.base_url.clone(),
             what,
         };
         let endpoint = Endpoint::parse(&config.base_url).map_err(bad_url)?;
-        let http = HttpClient::new(endpoint).map_err(bad_url)?;
+        let http = HttpClient::new(endpoint, resolver).map_err(bad_url)?;
         Ok(Self { http, config })
     }
 
@@ -114,9 +123,10 @@ impl KdsClient {
         })
     }
 
-    /// [`fetch`](Self::fetch) for synchronous callers (the evidence issuer), on a thread and a
-    /// runtime of its own, so it works inside and outside an async runtime. It blocks the caller
-    /// for as long as the attempts take.
+    /// [`fetch`](Self::fetch) for synchronous callers (the evidence issuer's background lookup),
+    /// on a thread and a runtime of its own, so it works inside and outside an async runtime. It
+    /// blocks the caller for as long as the attempts take, name resolution included: at most
+    /// `attempts × timeout` plus the waits between them.
     pub fn fetch_blocking(&self, query: &VcekQuery) -> Result<Vec<u8>, VcekError> {
         let unavailable = |last: String| VcekError::Unavailable {
             url: self.url(query),
@@ -130,7 +140,10 @@ impl KdsClient {
                         .enable_all()
                         .build()
                         .map_err(|e| unavailable(format!("cannot start an I/O runtime: {e}")))?;
-                    runtime.block_on(self.fetch(query))
+                    let result = runtime.block_on(self.fetch(query));
+                    // Nothing of the fetch is left to wait for: do not wait for it.
+                    runtime.shutdown_background();
+                    result
                 })
                 .join()
                 .unwrap_or_else(|_| Err(unavailable("the fetching thread panicked".into())))

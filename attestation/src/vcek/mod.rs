@@ -13,6 +13,7 @@
 //! network as trusted.
 
 mod cache;
+mod cert_table;
 mod error;
 mod http;
 mod kds;
@@ -22,7 +23,12 @@ mod resolver;
 mod table;
 
 pub use cache::VcekCache;
+pub use cert_table::{
+    CertTableError, Guid, MAX_ENTRIES, MAX_TABLE_LEN, TableEntry, encode_cert_table, guid_name,
+    parse_cert_table,
+};
 pub use error::VcekError;
+pub use http::{Resolve, SystemResolver};
 pub use kds::{KdsClient, KdsConfig};
 pub use offline::{OfflineCertificate, OfflineDir};
 pub use query::{VcekQuery, candidate_products};

@@ -121,6 +121,19 @@ impl VcekResolver {
         }
     }
 
+    /// The certificates for `report`'s evidence if the host's `table` has a fitting one: the
+    /// first source of [`resolve`](Self::resolve), and the only one that needs no I/O.
+    pub fn from_table(
+        &self,
+        report: &Report,
+        table: &HostCertificates,
+        now: SystemTime,
+    ) -> Option<ResolvedSigner> {
+        let kind = SignerKind::of_report(report).ok()?;
+        let products = candidate_products(report).ok()?;
+        search_table(report, kind, &products, Some(table), now, &mut Tried::new())
+    }
+
     /// The cache and the KDS for each candidate product, then the operator's directory.
     fn vcek_elsewhere(
         &self,

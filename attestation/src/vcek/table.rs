@@ -1,15 +1,12 @@
 //! The host's certificate table, as the guest device returns it with an extended report.
 //!
-//! Owns picking the VCEK, VLEK, ASK and ARK out of the table by their GUIDs. The `sev` crate reads
-//! the table's layout (entries of a 16-byte GUID, a 4-byte offset and a 4-byte length, up to an
-//! all-zero GUID; the certificates after them) and names the GUIDs it knows with `CertType`:
-//! VCEK 63da758d-e664-4564-adc5-f4b93be8accd, VLEK a8074bc2-a25a-483e-aae6-39c045a0b8a1,
-//! ASK 4ab7b379-bbac-4fe4-a02f-05aef327c782, ARK c0b406a4-a803-4952-9743-3fb6014cd0ae. It must never
-//! trust what it picks: the host wrote the table, and `crate::vcek::VcekResolver` checks every
-//! certificate against the report and the pinned AMD roots before using it.
+//! Owns picking the VCEK, VLEK, ASK and ARK out of the table by their GUIDs
+//! ([`Guid`](super::cert_table::Guid)), after `super::cert_table` read the host's buffer with every
+//! offset and length checked. It must never trust what it picks: the host wrote the table, and
+//! `crate::vcek::VcekResolver` checks every certificate against the report and the pinned AMD roots
+//! before using it.
 
-use sev::firmware::host::{CertTableEntry, CertType};
-
+use super::cert_table::{CertTableError, Guid, parse_cert_table};
 use crate::snp::SignerKind;
 
 /// The certificates of a host's table that Concord uses; CRLs and unknown GUIDs are ignored.
@@ -22,27 +19,22 @@ pub struct HostCertificates {
 }
 
 impl HostCertificates {
-    /// Picks the certificates out of the table's entries. An entry with no bytes counts as absent;
-    /// a GUID present twice makes the table ambiguous, and it is refused as a whole.
-    pub fn from_entries(entries: &[CertTableEntry]) -> Result<Self, String> {
+    /// Reads the host's raw table (its layout: `super::cert_table`) and picks the certificates out.
+    /// An entry with no bytes counts as absent; a table that does not parse, or names a GUID
+    /// twice, is refused as a whole.
+    pub fn parse(raw: &[u8]) -> Result<Self, CertTableError> {
         let mut table = Self::default();
-        for entry in entries {
-            let (slot, name) = match entry.cert_type {
-                CertType::VCEK => (&mut table.vcek, "VCEK"),
-                CertType::VLEK => (&mut table.vlek, "VLEK"),
-                CertType::ASK => (&mut table.ask, "ASK"),
-                CertType::ARK => (&mut table.ark, "ARK"),
-                CertType::Empty | CertType::CRL | CertType::OTHER(_) => continue,
+        for entry in parse_cert_table(raw)? {
+            let slot = match entry.guid {
+                Guid::VCEK => &mut table.vcek,
+                Guid::VLEK => &mut table.vlek,
+                Guid::ASK => &mut table.ask,
+                Guid::ARK => &mut table.ark,
+                _ => continue,
             };
-            if entry.data.is_empty() {
-                continue;
+            if !entry.data.is_empty() {
+                *slot = Some(entry.data.to_vec());
             }
-            if slot.is_some() {
-                return Err(format!(
-                    "the host's certificate table has two {name} entries"
-                ));
-            }
-            *slot = Some(entry.data.clone());
         }
         Ok(table)
     }
@@ -74,32 +66,18 @@ impl HostCertificates {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn entry(cert_type: CertType, data: &[u8]) -> CertTableEntry {
-        CertTableEntry::new(cert_type, data.to_vec())
-    }
-
-    #[test]
-    fn the_sev_crate_names_the_guids_amd_documents() {
-        for (cert_type, guid) in [
-            (CertType::VCEK, "63da758d-e664-4564-adc5-f4b93be8accd"),
-            (CertType::VLEK, "a8074bc2-a25a-483e-aae6-39c045a0b8a1"),
-            (CertType::ASK, "4ab7b379-bbac-4fe4-a02f-05aef327c782"),
-            (CertType::ARK, "c0b406a4-a803-4952-9743-3fb6014cd0ae"),
-        ] {
-            assert_eq!(cert_type.to_string(), guid);
-        }
-    }
+    use crate::vcek::encode_cert_table;
 
     #[test]
     fn picks_each_certificate_by_its_guid_and_ignores_the_rest() {
-        let table = HostCertificates::from_entries(&[
-            entry(CertType::ARK, b"ark"),
-            entry(CertType::CRL, b"crl"),
-            entry(CertType::VCEK, b"vcek"),
-            entry(CertType::ASK, b"ask"),
-            entry(CertType::VLEK, b""),
-        ])
+        let crl = Guid([0x92; 16]);
+        let table = HostCertificates::parse(&encode_cert_table(&[
+            (Guid::ARK, b"ark"),
+            (crl, b"crl"),
+            (Guid::VCEK, b"vcek"),
+            (Guid::ASK, b"ask"),
+            (Guid::VLEK, b""),
+        ]))
         .unwrap();
         assert_eq!(table.signer(SignerKind::Vcek), Some(&b"vcek"[..]));
         assert_eq!(
@@ -109,16 +87,20 @@ mod tests {
         );
         assert_eq!(table.ask(), Some(&b"ask"[..]));
         assert_eq!(table.ark(), Some(&b"ark"[..]));
-        assert!(HostCertificates::from_entries(&[]).unwrap().is_empty());
+        assert!(
+            HostCertificates::parse(&encode_cert_table(&[]))
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
     fn a_guid_present_twice_refuses_the_table() {
-        let err = HostCertificates::from_entries(&[
-            entry(CertType::VCEK, b"one"),
-            entry(CertType::VCEK, b"two"),
-        ])
+        let err = HostCertificates::parse(&encode_cert_table(&[
+            (Guid::VCEK, b"one"),
+            (Guid::VCEK, b"two"),
+        ]))
         .unwrap_err();
-        assert!(err.contains("two VCEK entries"), "{err}");
+        assert!(err.to_string().contains("two VCEK entries"), "{err}");
     }
 }

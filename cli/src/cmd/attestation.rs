@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::exit::{CliError, CliResult, read_file};
+use crate::exit::{CliError, CliResult, Limit, read_file};
 
 #[derive(Debug, Subcommand)]
 pub enum Attestation {
@@ -94,7 +94,7 @@ fn sim_root(out: &Path) -> CliResult {
 
 fn verify_report(args: &VerifyReport) -> CliResult {
     // Every input is read before anything is verified: an unreadable input is exit 1, not a verdict.
-    let report_bytes = read_file(&args.report)?;
+    let report_bytes = read_file(&args.report, Limit::ATTESTATION)?;
     let certificates = read_certificates(&args.cert)?;
     let entry = read_reference(&args.reference)?;
     let at = parse_at(args.at.as_deref())?;
@@ -155,7 +155,7 @@ fn verify_report(args: &VerifyReport) -> CliResult {
 /// The certificates of a DER file (one) or a PEM file (every CERTIFICATE block, signer first),
 /// each checked to be an X.509 certificate.
 fn read_certificates(path: &Path) -> CliResult<Vec<Vec<u8>>> {
-    let bytes = read_file(path)?;
+    let bytes = read_file(path, Limit::ATTESTATION)?;
     let not_a_cert = |why: String| {
         CliError::error(format!(
             "{}: not a DER or PEM X.509 certificate: {why}",
@@ -191,7 +191,7 @@ fn read_certificates(path: &Path) -> CliResult<Vec<Vec<u8>>> {
 
 /// One `reference_values.snp` entry, strictly parsed and validated as in a manifest.
 fn read_reference(path: &Path) -> CliResult<SnpReference> {
-    let bytes = read_file(path)?;
+    let bytes = read_file(path, Limit::ATTESTATION)?;
     let entry: SnpReference = serde_json::from_slice(&bytes).map_err(|e| {
         CliError::error(format!(
             "{}: not one reference_values.snp entry (docs/MANIFEST.md): {e}",

@@ -148,7 +148,10 @@ async fn authorization_point(
     client: &mut pb::user_api_client::UserApiClient<tonic::transport::Channel>,
 ) -> Result<(Hash, u64), CliError> {
     let latest = client
-        .get_manifests(pb::GetManifestsRequest::default())
+        .get_manifests(pb::GetManifestsRequest {
+            only_latest: true,
+            ..Default::default()
+        })
         .await
         .map_err(|s| remote::status_error("GetManifests", s))?
         .into_inner()

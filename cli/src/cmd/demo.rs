@@ -439,7 +439,7 @@ async fn scenario(s: &mut Steps, ctx: &Ctx<'_>, cluster: &mut Cluster) -> CliRes
     }
     cluster.show().await;
 
-    s.step("user recovery: seed share owners 0 and 2 each decrypt their own share and submit it to replica 0, only if its latest transition is the one the owner's last `concord set` printed (--expect-latest: restored old disks are refused)");
+    s.step("user recovery: seed share owners 0 and 2 each decrypt their own share and submit it to replica 0, sealed with their own key (so no one else can pass a share off as theirs), only if its latest transition is the one the owner's last `concord set` printed (--expect-latest: restored old disks are refused)");
     for i in [0, 2] {
         recover::run(recover::Recover {
             share: ctx.dir.join(format!("seed-shares/seed-share-{i}.json")),
@@ -560,12 +560,15 @@ async fn verify_and_audit(
         file: ctx.dir.join("verify/history.json"),
         since: since.map(|h| h.to_hex()),
         insecure_simulated_root: Some(ctx.root_hex.to_string()),
+        signing_key: None,
+        deployment: None,
     })
 }
 
 fn tamper_and_audit(ctx: &Ctx<'_>) -> CliResult {
     let mut bundle: serde_json::Value = serde_json::from_slice(&crate::exit::read_file(
         &ctx.dir.join("verify/history.json"),
+        crate::exit::Limit::BUNDLE,
     )?)
     .map_err(|e| CliError::error(format!("cannot read the bundle back: {e}")))?;
     let tampered = tamper_first_manifest(&mut bundle)?;
@@ -575,6 +578,8 @@ fn tamper_and_audit(ctx: &Ctx<'_>) -> CliResult {
         file: tampered_path.clone(),
         since: None,
         insecure_simulated_root: Some(ctx.root_hex.to_string()),
+        signing_key: None,
+        deployment: None,
     }) {
         Err(e) if e.failure == crate::exit::Failure::Verification => {
             eprintln!("    caught, as it must be (exit code 3): {e}");

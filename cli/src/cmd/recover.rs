@@ -6,11 +6,11 @@ use std::path::PathBuf;
 
 use clap::Args;
 use concord_coordinator::Hash;
-use concord_mesh_ca::{EncryptedShare, decrypt_share};
+use concord_mesh_ca::{EncryptedShare, decrypt_share, seal_submission};
 use concord_proto::v1 as pb;
 use serde::Deserialize;
 
-use crate::exit::{CliError, CliResult, read_file};
+use crate::exit::{CliError, CliResult, Limit, read_file};
 use crate::{keys, remote};
 
 #[derive(Debug, Args)]
@@ -52,19 +52,24 @@ struct ShareFile {
 }
 
 fn read_share(path: &std::path::Path) -> CliResult<EncryptedShare> {
-    let bad = |what: String| CliError::error(format!("{}: {what}", path.display()));
-    let f: ShareFile = serde_json::from_slice(&read_file(path)?)
-        .map_err(|e| bad(format!("not a seed share file: {e}")))?;
+    parse_share_file(&read_file(path, Limit::SHARE)?)
+        .map_err(|what| CliError::error(format!("{}: {what}", path.display())))
+}
+
+/// Parses a seed share file (`concord-seed-share-v1`). The error says what is wrong with it.
+pub fn parse_share_file(bytes: &[u8]) -> Result<EncryptedShare, String> {
+    let f: ShareFile =
+        serde_json::from_slice(bytes).map_err(|e| format!("not a seed share file: {e}"))?;
     if f.format != "concord-seed-share-v1" {
-        return Err(bad(format!(
+        return Err(format!(
             "format {:?}, expected \"concord-seed-share-v1\"",
             f.format
-        )));
+        ));
     }
-    let hex_field = |name: &str, v: &str| hex::decode(v).map_err(|e| bad(format!("{name}: {e}")));
+    let hex_field = |name: &str, v: &str| hex::decode(v).map_err(|e| format!("{name}: {e}"));
     let owner_public_key =
         <[u8; 32]>::try_from(hex_field("owner_public_key", &f.owner_public_key)?.as_slice())
-            .map_err(|_| bad("owner_public_key: expected 32 bytes".into()))?;
+            .map_err(|_| "owner_public_key: expected 32 bytes".to_string())?;
     Ok(EncryptedShare {
         owner_public_key,
         encapsulated_key: hex_field("encapsulated_key", &f.encapsulated_key)?,
@@ -136,12 +141,34 @@ pub async fn run(args: Recover) -> CliResult {
              (--accept-unverified-latest); if this is not the latest state, the deployment goes back to it"
         );
     }
+    // The share goes out sealed by this owner's key to the key the attested coordinator process
+    // made at its start (HPKE Auth mode), so the coordinator knows the share is this owner's and
+    // nobody else can have it taken for one.
+    let recovery_key = client
+        .get_recovery_key(pb::GetRecoveryKeyRequest {})
+        .await
+        .map_err(|s| remote::status_error("GetRecoveryKey", s))?
+        .into_inner()
+        .recovery_key;
+    let recovery_key = <[u8; 32]>::try_from(recovery_key.as_slice()).map_err(|_| {
+        CliError::error(format!(
+            "the coordinator's recovery key is {} bytes, an X25519 key is 32",
+            recovery_key.len()
+        ))
+    })?;
+    let sealed = seal_submission(&key, &recovery_key, &share)
+        .map_err(|e| CliError::error(format!("cannot seal the share: {e}")))?;
     let progress = client
         .recover(pb::RecoverRequest {
-            share: share.to_bytes().to_vec(),
+            legacy_plaintext_share: Vec::new(),
             force: args.force,
             expected_latest: expect_latest.map_or(Vec::new(), |h| h.as_bytes().to_vec()),
             since: since.map_or(Vec::new(), |h| h.as_bytes().to_vec()),
+            sealed: Some(pb::SealedShare {
+                owner_public_key: sealed.owner_public_key.to_vec(),
+                encapsulated_key: sealed.encapsulated_key,
+                ciphertext: sealed.ciphertext,
+            }),
         })
         .await
         .map_err(|s| {

@@ -8,7 +8,7 @@ use concord_coordinator::history::format;
 use concord_proto::v1 as pb;
 use ed25519_dalek::Signature;
 
-use crate::exit::{CliError, CliResult, read_file, write_file};
+use crate::exit::{CliError, CliResult, Limit, read_file, write_file};
 use crate::keys;
 use crate::remote;
 
@@ -43,7 +43,7 @@ pub(crate) fn decode_signature(s: &str) -> CliResult<Signature> {
     let bytes = match hex::decode(s.trim()) {
         Ok(b) if b.len() == 64 => b,
         _ => {
-            let raw = read_file(std::path::Path::new(s))?;
+            let raw = read_file(std::path::Path::new(s), Limit::SIGNATURE)?;
             if raw.len() == 64 {
                 raw
             } else {
@@ -74,20 +74,29 @@ pub(crate) fn parse_expected_latest(s: &str) -> CliResult<Hash> {
 
 /// Sets the manifest; returns the latest transition hash afterwards.
 pub async fn run(args: Set) -> CliResult<Hash> {
-    let bytes = read_file(&args.target.manifest)?;
+    let bytes = read_file(&args.target.manifest, Limit::MANIFEST)?;
 
     let policies = args
         .policies
         .iter()
-        .map(|p| read_file(p))
+        .map(|p| read_file(p, Limit::POLICY))
         .collect::<CliResult<Vec<_>>>()?;
+    // Every input file is read before the coordinator is dialed: a bad one fails at once.
+    let signing_key = args
+        .owner_key
+        .as_deref()
+        .map(keys::load_owner_key)
+        .transpose()?;
     // A first manifest may go to a coordinator that has no deployment yet (unpinned); checked below.
     let connected = args.target.connect_allowing_unpinned().await?;
     let serving = connected.peer.deployment();
     let mut client = connected.client;
 
     let latest = client
-        .get_manifests(pb::GetManifestsRequest::default())
+        .get_manifests(pb::GetManifestsRequest {
+            only_latest: true,
+            ..Default::default()
+        })
         .await
         .map_err(|s| remote::status_error("GetManifests", s))?
         .into_inner()
@@ -145,8 +154,7 @@ pub async fn run(args: Set) -> CliResult<Hash> {
             )));
         }
         (Vec::new(), Vec::new())
-    } else if let Some(path) = &args.owner_key {
-        let key = keys::load_owner_key(path)?;
+    } else if let Some(key) = &signing_key {
         if first
             && !connected
                 .manifest
@@ -154,16 +162,15 @@ pub async fn run(args: Set) -> CliResult<Hash> {
                 .contains(&key.verifying_key())
         {
             return Err(CliError::usage(format!(
-                "--owner-key {}: its public key {} is not listed in {}'s workload_owner_keys; the first \
+                "--owner-key: its public key {} is not listed in {}'s workload_owner_keys; the first \
                  manifest must be authorized by one of its own owner keys",
-                path.display(),
                 hex::encode(key.verifying_key().to_bytes()),
                 args.target.manifest.display()
             )));
         }
         (
             key.verifying_key().to_bytes().to_vec(),
-            format::sign_owner(&key, &transition).to_bytes().to_vec(),
+            format::sign_owner(key, &transition).to_bytes().to_vec(),
         )
     } else if let (Some(sig), Some(public)) = (&args.signature, &args.owner_public_key) {
         let public = hex::decode(public)

@@ -10,7 +10,7 @@ use clap::Args;
 use concord_coordinator::Hash;
 use concord_coordinator::history::format;
 
-use crate::exit::{CliError, CliResult, read_file, write_file};
+use crate::exit::{CliError, CliResult, Limit, read_file, write_file};
 use crate::keys;
 
 #[derive(Debug, Args)]
@@ -45,7 +45,7 @@ pub fn run(args: Sign) -> CliResult {
                 "--prepare needs --manifest, --expect-latest and --out",
             ));
         };
-        let bytes = read_file(&manifest)?;
+        let bytes = read_file(&manifest, Limit::MANIFEST)?;
         crate::remote::read_manifest(&manifest)?;
         let previous = crate::cmd::set::parse_expected_latest(&latest)?;
         let transition = format::transition_hash(&Hash::of(&bytes), &previous);
@@ -64,7 +64,7 @@ pub fn run(args: Sign) -> CliResult {
             "give --prepare, or --message FILE with --owner-key FILE",
         ));
     };
-    let msg = read_file(&message)?;
+    let msg = read_file(&message, Limit::SIGNATURE)?;
     let manifest_update = msg.starts_with(format::SET_MANIFEST_LABEL)
         && msg.len() == format::SET_MANIFEST_LABEL.len() + 32;
     // `concord cluster set-members --prepare`: label, latest hash, u64be index, SHA-256 of the members.

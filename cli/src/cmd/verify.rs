@@ -51,15 +51,23 @@ pub async fn run(args: Verify) -> CliResult<AuditReport> {
     rand::rngs::OsRng
         .try_fill_bytes(&mut nonce)
         .map_err(|e| CliError::error(format!("the OS random generator failed: {e}")))?;
-    let bundle = client
-        .get_history(pb::GetHistoryRequest {
+    // In pieces: a history of any length exceeds one gRPC message sooner or later.
+    let mut pieces = client
+        .stream_history(pb::GetHistoryRequest {
             nonce: nonce.to_vec(),
             allow_stale: args.allow_stale,
         })
         .await
-        .map_err(|s| remote::status_error("GetHistory", s))?
-        .into_inner()
-        .bundle;
+        .map_err(|s| remote::status_error("StreamHistory", s))?
+        .into_inner();
+    let mut bundle = Vec::new();
+    while let Some(piece) = pieces
+        .message()
+        .await
+        .map_err(|s| remote::status_error("StreamHistory", s))?
+    {
+        bundle.extend_from_slice(&piece.bundle);
+    }
     // Write what was received before judging it: an operator investigating a failure needs it.
     write_file(&args.out.join("history.json"), &bundle, false)?;
     let options = AuditOptions {

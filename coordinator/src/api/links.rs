@@ -75,7 +75,9 @@ impl PeerLinks {
         })?;
         let link = Link {
             addr: addr.to_owned(),
-            api: PeerApiClient::new(channel),
+            api: PeerApiClient::new(channel)
+                .max_decoding_message_size(concord_proto::limits::PEER_API_MESSAGE_BYTES)
+                .max_encoding_message_size(concord_proto::limits::PEER_API_MESSAGE_BYTES),
             peer,
         };
         self.lock().insert(id, link.clone());

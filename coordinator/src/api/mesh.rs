@@ -64,14 +64,23 @@ impl<S: Store> AcceptPolicy for MeshAcceptPolicy<S> {
 }
 
 /// The mesh API service.
+///
+/// A connection outlives the manifest it was admitted under (and HTTP/2 lets a workload call again
+/// and again on it), so every `NewMeshCert` is decided under the manifest as it is at the call: the
+/// handshake's evidence is checked again with [`MeshAcceptPolicy`] (which also refuses while this
+/// replica is not ready), and the certificate follows that verdict, not the handshake's.
 #[derive(Debug)]
 pub struct MeshService<S> {
     replica: Arc<Replica<S>>,
+    policy: Arc<MeshAcceptPolicy<S>>,
 }
 
 impl<S: Store> MeshService<S> {
     pub fn new(replica: Arc<Replica<S>>) -> MeshService<S> {
-        MeshService { replica }
+        MeshService {
+            policy: Arc::new(MeshAcceptPolicy::new(replica.clone())),
+            replica,
+        }
     }
 }
 
@@ -82,15 +91,31 @@ impl<S: Store> pb::mesh_api_server::MeshApi for MeshService<S> {
         request: Request<pb::NewMeshCertRequest>,
     ) -> Result<Response<pb::NewMeshCertResponse>, Status> {
         let peer = crate::transport::attested_peer(&request, "mesh API")?;
+        // Signature checks over the evidence: off the runtime's worker threads.
+        let policy = self.policy.clone();
+        let checked = peer.clone();
+        let report = tokio::task::spawn_blocking(move || checked.reverify(&*policy))
+            .await
+            .map_err(|e| Status::internal(format!("checking the workload's evidence: {e}")))?
+            .map_err(|e| {
+                crate::observe::global().attestation_failed("mesh", &e);
+                match e {
+                    // MeshAcceptPolicy's only Config error: this replica is not ready.
+                    AttestationError::Config(why) => Status::unavailable(why),
+                    e => {
+                        warn!(rpc = "NewMeshCert", error = %e, "refused: the connection's evidence does not pass the current manifest");
+                        Status::permission_denied(format!(
+                            "this connection's evidence does not pass the current manifest ({e}); \
+                             the workload is no longer admitted"
+                        ))
+                    }
+                }
+            })?;
         let issued = self
             .replica
             .read()
             .and_then(|c| {
-                c.issue_mesh_cert(
-                    peer.report(),
-                    peer.spki_der(),
-                    time::OffsetDateTime::now_utc(),
-                )
+                c.issue_mesh_cert(&report, peer.spki_der(), time::OffsetDateTime::now_utc())
             })
             .map_err(|e| {
                 let s = to_status(&e);
@@ -99,11 +124,13 @@ impl<S: Store> pb::mesh_api_server::MeshApi for MeshService<S> {
             })?;
         crate::observe::global().certificate_issued();
         info!(rpc = "NewMeshCert", workload = %issued.workload, policy = %hex::encode(peer.report().host_data()), "issued");
+        let mut issued = issued;
         Ok(Response::new(pb::NewMeshCertResponse {
             cert_chain: issued.cert_chain_pem,
             mesh_ca: issued.mesh_ca_pem,
             root_ca: issued.root_ca_pem,
-            workload_secret: issued.workload_secret,
+            // Moved, not copied: the codec wipes it once it is encoded (concord_proto::wipe).
+            workload_secret: std::mem::take(&mut *issued.workload_secret),
         }))
     }
 }

@@ -6,11 +6,12 @@ pub mod join;
 pub mod links;
 mod mesh;
 pub mod node;
-mod peer;
+pub(crate) mod peer;
 mod peer_policy;
+mod refusals;
 pub mod replica;
 mod status;
-mod user;
+pub(crate) mod user;
 
 pub use links::PeerLinks;
 pub use mesh::{MeshAcceptPolicy, MeshService};

@@ -23,6 +23,9 @@ use crate::store::Store;
 /// How long a write waits for a leader to be elected before answering Unavailable.
 pub const LEADER_WAIT: Duration = Duration::from_secs(5);
 
+/// How long a write waits for this leader to apply the entries its log already holds.
+pub const APPLY_WAIT: Duration = Duration::from_secs(2);
+
 /// One replica: core, Raft, peers.
 pub struct Node<S> {
     pub id: NodeId,
@@ -124,17 +127,7 @@ impl<S: Store> Node<S> {
         nonce: Vec<u8>,
         forwarded: bool,
     ) -> Result<BTreeMap<NodeId, String>, Status> {
-        if member.id == self.id {
-            return Err(Status::invalid_argument(
-                "a replica cannot ask itself to join",
-            ));
-        }
-        if !member.peer_address.contains(':') {
-            return Err(Status::invalid_argument(format!(
-                "member {}: {:?} is not a host:port address",
-                member.id, member.peer_address
-            )));
-        }
+        check_join_member(self.id, &member)?;
         if nonce.len() != 32 {
             return Err(Status::invalid_argument(
                 "nonce: a Join carries 32 random bytes",
@@ -345,29 +338,8 @@ impl<S: Store> Node<S> {
         if let Some(r) = answer {
             return Ok(members_from_pb(r));
         }
-        let invalid = |m: String| to_status(&CoordinatorError::InvalidInput(m));
-        let mut members = BTreeMap::new();
-        for m in &req.members {
-            if !m.peer_address.contains(':') || m.peer_address.trim() != m.peer_address {
-                return Err(invalid(format!(
-                    "member {}: {:?} is not a host:port address",
-                    m.id, m.peer_address
-                )));
-            }
-            if members.insert(m.id, m.peer_address.clone()).is_some() {
-                return Err(invalid(format!("member {} is listed twice", m.id)));
-            }
-        }
-        if members.is_empty() {
-            return Err(invalid("a cluster needs at least one member".into()));
-        }
-        let owner_key = <[u8; 32]>::try_from(req.owner_key.as_slice())
-            .ok()
-            .and_then(|k| ed25519_dalek::VerifyingKey::from_bytes(&k).ok())
-            .ok_or_else(|| invalid("owner_key: not a 32-byte Ed25519 public key".into()))?;
-        let owner_signature = <[u8; 64]>::try_from(req.owner_signature.as_slice())
-            .map(|s| ed25519_dalek::Signature::from_bytes(&s))
-            .map_err(|_| invalid("owner_signature: an Ed25519 signature is 64 bytes".into()))?;
+        let members = members_of(&req)?;
+        let (owner_key, owner_signature) = members_authorization(&req)?;
         let authorization = crate::history::MembersAuthorization {
             membership_index: req.membership_index,
             members: members.clone(),
@@ -383,7 +355,7 @@ impl<S: Store> Node<S> {
         };
 
         let _gate = self.membership_gate.lock().await;
-        self.refresh().map_err(|e| to_status(&e))?;
+        self.refresh().await.map_err(|e| to_status(&e))?;
         let latest = {
             let core = self.replica.read().map_err(|e| to_status(&e))?;
             let chain = core.chain().ok_or_else(|| {
@@ -475,12 +447,29 @@ impl<S: Store> Node<S> {
         Ok(())
     }
 
-    /// Reloads the core's view if Raft applied entries since.
-    pub fn refresh(&self) -> Result<(), CoordinatorError> {
+    /// Reloads the core's view if Raft applied entries since, on the calling thread (the sampler's,
+    /// which is off the runtime). Parses every manifest applied since the last reload.
+    pub fn refresh_now(&self) -> Result<(), CoordinatorError> {
         if self.replica.read()?.is_stale()? {
             self.replica.write()?.refresh()?;
         }
         Ok(())
+    }
+
+    /// [`Node::refresh_now`] off the runtime's threads: a replica that just caught up on many
+    /// transitions parses them all, which must not hold up the Raft core or the handshakes.
+    pub async fn refresh(&self) -> Result<(), CoordinatorError> {
+        let replica = self.replica.clone();
+        tokio::task::spawn_blocking(move || {
+            if replica.read()?.is_stale()? {
+                replica.write()?.refresh()?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| {
+            CoordinatorError::Crypto(format!("internal error: the reload task failed: {e}"))
+        })?
     }
 
     /// The current leader, waiting up to [`LEADER_WAIT`] for an election.
@@ -521,7 +510,7 @@ impl<S: Store> Node<S> {
                     Status::unavailable(format!("this replica did not catch up for a read: {e}"))
                 })?;
         }
-        self.refresh().map_err(|e| to_status(&e))
+        self.refresh().await.map_err(|e| to_status(&e))
     }
 
     /// The log index a linearizable read must see: confirmed by the leader with a quorum. One heartbeat
@@ -592,13 +581,21 @@ impl<S: Store> Node<S> {
     async fn set_on_leader(&self, req: SetRequest) -> Result<SetOutcome, Status> {
         let _gate = self.write_gate.lock().await;
         let started = std::time::Instant::now();
-        self.refresh().map_err(|e| to_status(&e))?;
+        self.applied_whole_log().await;
+        self.refresh().await.map_err(|e| to_status(&e))?;
         let now = time::OffsetDateTime::now_utc();
-        let prepared = self
-            .replica
-            .read()
-            .and_then(|c| c.prepare_set(req, now))
-            .map_err(|e| to_status(&e))?;
+        // Off the runtime's threads: the caps bound it, but parsing, key generation and (first
+        // manifest) share encryption are CPU work. The manifest is parsed outside the lock, and only
+        // after the cheap checks (compare-and-swap, the owner's signature) passed.
+        let replica = self.replica.clone();
+        let prepared = tokio::task::spawn_blocking(move || {
+            replica.read()?.authorize_set(&req)?;
+            let manifest = crate::state::parse_for_set(&req.manifest)?;
+            replica.read()?.prepare_parsed(manifest, req, now)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("the prepare task failed: {e}")))?
+        .map_err(|e| to_status(&e))?;
         let p = match prepared {
             Prepared::Unchanged(outcome) => return Ok(*outcome),
             Prepared::Append(p) => p,
@@ -649,6 +646,25 @@ impl<S: Store> Node<S> {
         }
     }
 
+    /// Waits (up to [`APPLY_WAIT`]) until this replica applied every entry of its log. A leader just
+    /// elected may not have applied what its predecessor committed; preparing a write against that
+    /// older view would refuse a caller who is up to date with a spurious "previous transition
+    /// mismatch". In steady state the leader's log is applied when a write starts, and this returns at
+    /// once; entries that never commit (no quorum) only cost the wait, and the write then fails as before.
+    async fn applied_whole_log(&self) {
+        let (applied, last) = {
+            let m = self.raft.metrics().borrow().clone();
+            (m.last_applied.map_or(0, |l| l.index), m.last_log_index)
+        };
+        if let Some(last) = last.filter(|last| *last > applied) {
+            let _ = self
+                .raft
+                .wait(Some(APPLY_WAIT))
+                .applied_index_at_least(Some(last), "applied the whole log before a write")
+                .await;
+        }
+    }
+
     /// Writes a command through Raft from any replica (on the leader directly, else forwarded to it)
     /// and returns once this replica applied it too. Every state machine verifies it; the answer is
     /// the state machine's.
@@ -693,14 +709,23 @@ impl<S: Store> Node<S> {
         }
     }
 
-    /// User recovery: a share; at threshold the new mesh CA is recorded through Raft, then adopted.
-    pub async fn recover_with_share(
+    /// User recovery: a share submission; at threshold the new mesh CA is recorded through Raft,
+    /// then adopted. Answers the share's index with the progress. The submission is authenticated
+    /// first, so a forgery costs one HPKE open and never a question to the peers.
+    pub async fn recover_with_submission(
         &self,
-        share: concord_mesh_ca::SeedShare,
+        key: &concord_mesh_ca::RecoveryKey,
+        submission: &concord_mesh_ca::ShareSubmission,
         force: bool,
         known: crate::state::KnownLatest,
-    ) -> Result<crate::state::RecoverProgress, Status> {
-        self.refresh().map_err(|e| to_status(&e))?;
+    ) -> Result<(u8, crate::state::RecoverProgress), Status> {
+        self.refresh().await.map_err(|e| to_status(&e))?;
+        let share = self
+            .replica
+            .read()
+            .and_then(|c| c.authenticate_submission(key, submission))
+            .map_err(|e| to_status(&e))?;
+        let index = share.index();
         let recovering = self
             .replica
             .read()
@@ -723,11 +748,11 @@ impl<S: Store> Node<S> {
             .and_then(|mut c| {
                 // Under the same lock: the history the share is checked against is the one it joins.
                 c.check_known_latest(&known)?;
-                c.accept_share(share, time::OffsetDateTime::now_utc())
+                c.accept_authenticated_share(share, time::OffsetDateTime::now_utc())
             })
             .map_err(|e| to_status(&e))?;
         let recovered = match outcome {
-            crate::state::ShareOutcome::Progress(p) => return Ok(p),
+            crate::state::ShareOutcome::Progress(p) => return Ok((index, p)),
             crate::state::ShareOutcome::Recovered(r) => r,
         };
         let command = Command::RotateMeshCa(crate::raft::RotateMeshCa {
@@ -743,10 +768,11 @@ impl<S: Store> Node<S> {
             }
             other => return Err(Status::internal(format!("unexpected answer: {other:?}"))),
         }
-        self.refresh().map_err(|e| to_status(&e))?;
+        self.refresh().await.map_err(|e| to_status(&e))?;
         self.replica
             .write()
             .and_then(|mut c| c.commit_recovery(*recovered))
+            .map(|p| (index, p))
             .map_err(|e| to_status(&e))
     }
 
@@ -770,7 +796,7 @@ impl<S: Store> Node<S> {
                 )));
             }
         }
-        self.refresh().map_err(|e| to_status(&e))?;
+        self.refresh().await.map_err(|e| to_status(&e))?;
         self.replica
             .write()
             .and_then(|mut c| c.commit_recovery(rotated))
@@ -784,7 +810,7 @@ impl<S: Store> Node<S> {
     /// stored latest manifest's `coordinator` role), also on a connection kept from before it, and the
     /// secrets are adopted only if they verify the whole history.
     pub async fn recover_from_peers(&self) -> Result<bool, CoordinatorError> {
-        self.refresh()?;
+        self.refresh().await?;
         let wanted = {
             let replica = self.replica.read()?;
             if replica.state() != ReplicaState::Recovering {
@@ -820,7 +846,7 @@ impl<S: Store> Node<S> {
                 .map_err(|s| s.message().to_string());
             match answer.and_then(|a| super::peer::secrets_from_pb(a).map_err(|e| e.to_string())) {
                 Ok(secrets) => {
-                    self.refresh()?;
+                    self.refresh().await?;
                     match self.replica.write()?.adopt_from_peer(secrets) {
                         Ok(()) => {
                             info!(peer = id, "recovered the secrets from a peer; ready");
@@ -909,6 +935,58 @@ impl<S: Store> Node<S> {
     }
 }
 
+/// The checks of a Join request that need no state: not this replica, a host:port address.
+pub(crate) fn check_join_member(own_id: NodeId, member: &pb::Member) -> Result<(), Status> {
+    if member.id == own_id {
+        return Err(Status::invalid_argument(
+            "a replica cannot ask itself to join",
+        ));
+    }
+    if !member.peer_address.contains(':') {
+        return Err(Status::invalid_argument(format!(
+            "member {}: {:?} is not a host:port address",
+            member.id, member.peer_address
+        )));
+    }
+    Ok(())
+}
+
+/// The members of a SetMembers request: each once, each at a host:port address, at least one.
+pub(crate) fn members_of(req: &pb::SetMembersRequest) -> Result<BTreeMap<NodeId, String>, Status> {
+    let invalid = |m: String| to_status(&CoordinatorError::InvalidInput(m));
+    let mut members = BTreeMap::new();
+    for m in &req.members {
+        if !m.peer_address.contains(':') || m.peer_address.trim() != m.peer_address {
+            return Err(invalid(format!(
+                "member {}: {:?} is not a host:port address",
+                m.id, m.peer_address
+            )));
+        }
+        if members.insert(m.id, m.peer_address.clone()).is_some() {
+            return Err(invalid(format!("member {} is listed twice", m.id)));
+        }
+    }
+    if members.is_empty() {
+        return Err(invalid("a cluster needs at least one member".into()));
+    }
+    Ok(members)
+}
+
+/// The owner key and signature of a SetMembers request, by their form only (the caller verifies).
+pub(crate) fn members_authorization(
+    req: &pb::SetMembersRequest,
+) -> Result<(ed25519_dalek::VerifyingKey, ed25519_dalek::Signature), Status> {
+    let invalid = |m: &str| to_status(&CoordinatorError::InvalidInput(m.into()));
+    let key = <[u8; 32]>::try_from(req.owner_key.as_slice())
+        .ok()
+        .and_then(|k| ed25519_dalek::VerifyingKey::from_bytes(&k).ok())
+        .ok_or_else(|| invalid("owner_key: not a 32-byte Ed25519 public key"))?;
+    let sig = <[u8; 64]>::try_from(req.owner_signature.as_slice())
+        .map(|s| ed25519_dalek::Signature::from_bytes(&s))
+        .map_err(|_| invalid("owner_signature: an Ed25519 signature is 64 bytes"))?;
+    Ok((key, sig))
+}
+
 /// Errors worth retrying against the next leader: the leader is gone or changed. tonic reports a
 /// connection that broke mid-call as `Unknown` ("transport error").
 fn retryable(s: &Status) -> bool {
@@ -985,7 +1063,7 @@ pub fn outcome_to_pb(out: &SetOutcome) -> pb::SetManifestResponse {
     }
 }
 
-fn outcome_from_pb(r: pb::SetManifestResponse) -> Result<SetOutcome, Status> {
+pub(crate) fn outcome_from_pb(r: pb::SetManifestResponse) -> Result<SetOutcome, Status> {
     let t = r
         .transition
         .ok_or_else(|| Status::internal("the leader answered without a transition"))?;

@@ -42,7 +42,7 @@ impl<S: Store> PeerService<S> {
         loop {
             // Done waiting when ready at `wanted`, or when `wanted` is already behind this replica's
             // latest: the caller must catch up through Raft first, and waiting would only delay it.
-            let done = self.node.refresh().is_ok()
+            let done = self.node.refresh().await.is_ok()
                 && self.node.replica.read().is_ok_and(|c| {
                     let chain = c.chain();
                     let at_wanted = chain.map(|c| c.latest_hash()) == Some(wanted);
@@ -61,7 +61,17 @@ impl<S: Store> PeerService<S> {
 /// How long a serving replica waits to become ready at the transition a recovering peer asks for.
 const READY_WAIT: Duration = Duration::from_millis(500);
 
-fn decode<T: DeserializeOwned>(m: &pb::RaftMessage) -> Result<T, Status> {
+/// The transition a PeerRecover caller wants the secrets of: none, or a 32-byte hash.
+pub(crate) fn wanted_latest(req: &pb::PeerRecoverRequest) -> Result<Option<Hash>, Status> {
+    match req.latest.as_slice() {
+        [] => Ok(None),
+        bytes => Hash::from_slice(bytes)
+            .map(Some)
+            .map_err(|e| Status::invalid_argument(format!("latest: not a transition hash: {e}"))),
+    }
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(m: &pb::RaftMessage) -> Result<T, Status> {
     serde_json::from_slice(&m.json)
         .map_err(|e| Status::invalid_argument(format!("not a Raft message: {e}")))
 }
@@ -73,6 +83,8 @@ fn encode<T: Serialize>(v: &T) -> Result<Response<pb::RaftMessage>, Status> {
 }
 
 /// The secrets as they travel to an attested peer.
+/// The answer carrying the secrets. Its `seed` and `mesh_ca_key` copies are wiped by the codec once
+/// tonic has encoded them (`concord_proto::wipe`); `s` itself wipes on drop.
 pub(crate) fn secrets_to_pb(s: &PeerSecrets) -> pb::PeerRecoverResponse {
     pb::PeerRecoverResponse {
         seed: s.seed.to_vec(),
@@ -150,12 +162,7 @@ impl<S: Store> pb::peer_api_server::PeerApi for PeerService<S> {
                 "the caller is not a coordinator of the latest manifest: {why}"
             ))));
         }
-        let wanted = match request.get_ref().latest.as_slice() {
-            [] => None,
-            bytes => Some(Hash::from_slice(bytes).map_err(|e| {
-                Status::invalid_argument(format!("latest: not a transition hash: {e}"))
-            })?),
-        };
+        let wanted = wanted_latest(request.get_ref())?;
         let waiting = tokio::time::Instant::now();
         self.ready_at(wanted).await;
         debug!(
@@ -177,7 +184,7 @@ impl<S: Store> pb::peer_api_server::PeerApi for PeerService<S> {
         &self,
         _request: Request<pb::PeerStateRequest>,
     ) -> Result<Response<pb::PeerStateResponse>, Status> {
-        self.node.refresh().map_err(|e| to_status(&e))?;
+        self.node.refresh().await.map_err(|e| to_status(&e))?;
         let state = self.node.replica.read().map_err(|e| to_status(&e))?.state();
         let initialized = self
             .node

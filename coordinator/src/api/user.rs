@@ -2,32 +2,69 @@
 
 use std::sync::Arc;
 
+use concord_mesh_ca::{RecoveryKey, ShareSubmission};
 use concord_proto::v1 as pb;
 use ed25519_dalek::{Signature, VerifyingKey};
 use tonic::{Request, Response, Status};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
+use zeroize::Zeroize as _;
 
 use super::node::Node;
+use super::refusals::RefusalLimiter;
 use super::replica::Replica;
 use super::status::to_status;
 use crate::error::CoordinatorError;
 use crate::hash::Hash;
 use crate::history::Transition;
-use crate::state::SetRequest;
+use crate::state::{ManifestsView, SetRequest};
 use crate::store::Store;
+use concord_proto::limits;
 
 /// The user API service.
 #[derive(Debug)]
 pub struct UserService<S> {
     node: Arc<Node<S>>,
     replica: Arc<Replica<S>>,
+    /// This process's key for seed share submissions: random, in memory only, new at every start.
+    recovery_key: RecoveryKey,
+    /// Refused `Recover` calls per source address.
+    refusals: RefusalLimiter,
 }
 
 impl<S: Store> UserService<S> {
-    pub fn new(node: Arc<Node<S>>) -> UserService<S> {
+    /// Fails only if the OS CSPRNG fails (the recovery key is drawn here).
+    pub fn new(node: Arc<Node<S>>) -> Result<UserService<S>, concord_mesh_ca::MeshCaError> {
         let replica = node.replica.clone();
-        UserService { node, replica }
+        Ok(UserService {
+            node,
+            replica,
+            recovery_key: RecoveryKey::generate()?,
+            refusals: RefusalLimiter::new(),
+        })
     }
+}
+
+/// The sealed share of a `Recover` request. A request with a plaintext share (an older `concord`)
+/// is refused, and the share is wiped at once.
+pub(crate) fn decode_submission(req: &mut pb::RecoverRequest) -> Result<ShareSubmission, Status> {
+    if !req.legacy_plaintext_share.is_empty() {
+        req.legacy_plaintext_share.zeroize();
+        return Err(invalid(
+            "the share was sent in plaintext, which does not prove which owner sent it: this concord \
+             is older than the coordinator. Update concord and run `concord recover` again (share \
+             files and keys stay valid)",
+        ));
+    }
+    let sealed = req.sealed.as_ref().ok_or_else(|| {
+        invalid("sealed: missing; run `concord recover` with your share file and key")
+    })?;
+    let owner_public_key = <[u8; 32]>::try_from(sealed.owner_public_key.as_slice())
+        .map_err(|_| invalid("sealed.owner_public_key: an X25519 public key is 32 bytes"))?;
+    Ok(ShareSubmission {
+        owner_public_key,
+        encapsulated_key: sealed.encapsulated_key.clone(),
+        ciphertext: sealed.ciphertext.clone(),
+    })
 }
 
 fn invalid(msg: impl Into<String>) -> Status {
@@ -64,6 +101,12 @@ pub(crate) fn decode_set(req: pb::SetManifestRequest) -> Result<SetRequest, Stat
         expected_previous,
         owner,
     })
+}
+
+/// The nonce of a GetHistory request: exactly 32 bytes.
+pub(crate) fn history_nonce(req: &pb::GetHistoryRequest) -> Result<[u8; 32], Status> {
+    <[u8; 32]>::try_from(req.nonce.as_slice())
+        .map_err(|_| invalid("nonce: 32 random bytes are required"))
 }
 
 pub(crate) fn transition_to_pb(t: &Transition) -> pb::Transition {
@@ -119,64 +162,93 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
         &self,
         request: Request<pb::GetManifestsRequest>,
     ) -> Result<Response<pb::GetManifestsResponse>, Status> {
-        self.node.linearize(request.get_ref().allow_stale).await?;
-        let view = self
-            .replica
-            .read()
-            .and_then(|c| c.manifests())
-            .map_err(|e| {
-                let s = to_status(&e);
-                warn!(rpc = "GetManifests", code = ?s.code(), error = %e, "rejected");
-                s
-            })?;
+        let view = self.manifests_view(request.get_ref()).await?;
+        let bytes: usize = (view.manifests.iter().chain(&view.policies))
+            .map(Vec::len)
+            .sum();
+        one_message(
+            "GetManifests",
+            "the manifests and policy documents",
+            bytes,
+            "StreamManifests",
+        )?;
         info!(rpc = "GetManifests", manifests = view.manifests.len(), "ok");
-        Ok(Response::new(pb::GetManifestsResponse {
-            manifests: view.manifests,
-            policies: view.policies,
-            root_ca: view.root_ca_pem,
-            mesh_ca: view.mesh_ca_pem,
-            latest: view.latest.map(|(t, _)| transition_to_pb(&t)),
-        }))
+        Ok(Response::new(view_to_pb(view)))
     }
 
     async fn get_history(
         &self,
         request: Request<pb::GetHistoryRequest>,
     ) -> Result<Response<pb::GetHistoryResponse>, Status> {
-        let nonce = <[u8; 32]>::try_from(request.get_ref().nonce.as_slice())
-            .map_err(|_| invalid("nonce: 32 random bytes are required"))?;
-        self.node.linearize(request.get_ref().allow_stale).await?;
-        let bundle = self
-            .replica
-            .read()
-            .and_then(|c| c.audit_bundle(&nonce, self.replica.issuer.as_ref()))
-            .map_err(|e| {
-                let s = to_status(&e);
-                warn!(rpc = "GetHistory", code = ?s.code(), error = %e, "rejected");
-                s
-            })?;
+        let (bundle, transitions) = self.history_bundle(request.get_ref(), "GetHistory").await?;
+        one_message(
+            "GetHistory",
+            "the audit bundle and its evidence",
+            bundle.len(),
+            "StreamHistory (`concord verify` uses it)",
+        )?;
+        info!(rpc = "GetHistory", transitions, bytes = bundle.len(), "ok");
+        Ok(Response::new(pb::GetHistoryResponse { bundle }))
+    }
+
+    type StreamHistoryStream = Pieces<pb::GetHistoryResponse>;
+
+    async fn stream_history(
+        &self,
+        request: Request<pb::GetHistoryRequest>,
+    ) -> Result<Response<Self::StreamHistoryStream>, Status> {
+        let (bundle, transitions) = self
+            .history_bundle(request.get_ref(), "StreamHistory")
+            .await?;
         info!(
-            rpc = "GetHistory",
-            transitions = bundle.transitions.len(),
+            rpc = "StreamHistory",
+            transitions,
+            bytes = bundle.len(),
             "ok"
         );
-        Ok(Response::new(pb::GetHistoryResponse {
-            bundle: bundle.to_json(),
-        }))
+        let pieces: Vec<_> = bundle
+            .chunks(limits::STREAM_PIECE_BYTES)
+            .map(|c| Ok(pb::GetHistoryResponse { bundle: c.to_vec() }))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(pieces))))
+    }
+
+    type StreamManifestsStream = Pieces<pb::GetManifestsResponse>;
+
+    async fn stream_manifests(
+        &self,
+        request: Request<pb::GetManifestsRequest>,
+    ) -> Result<Response<Self::StreamManifestsStream>, Status> {
+        let view = self.manifests_view(request.get_ref()).await?;
+        info!(
+            rpc = "StreamManifests",
+            manifests = view.manifests.len(),
+            "ok"
+        );
+        let pieces = manifest_pieces(view, limits::STREAM_PIECE_BYTES);
+        Ok(Response::new(Box::pin(tokio_stream::iter(
+            pieces.into_iter().map(Ok),
+        ))))
     }
 
     async fn recover(
         &self,
         request: Request<pb::RecoverRequest>,
     ) -> Result<Response<pb::RecoverResponse>, Status> {
-        let req = request.into_inner();
-        // The share is secret: it is never logged, and dropped (zeroized) with the request.
-        let share = concord_mesh_ca::SeedShare::from_bytes(&req.share).map_err(|e| {
-            invalid(format!(
-                "share: not a decrypted seed share ({e}); use `concord recover`"
-            ))
-        })?;
-        let index = share.index;
+        let source = request
+            .extensions()
+            .get::<crate::transport::PeerInfo>()
+            .map(|p| p.remote.ip());
+        if let Some(ip) = source
+            && let Err(wait) = self.refusals.admits(ip, std::time::Instant::now())
+        {
+            debug!(rpc = "Recover", %ip, "throttled");
+            return Err(Status::resource_exhausted(format!(
+                "too many refused seed share submissions from {ip}; wait {} s and try again",
+                wait.as_secs().max(1)
+            )));
+        }
+        let mut req = request.into_inner();
         let optional_hash = |name: &str, bytes: &[u8]| {
             if bytes.is_empty() {
                 Ok(None)
@@ -186,13 +258,23 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
                     .map_err(|e| invalid(format!("{name}: {e}")))
             }
         };
-        let known = crate::state::KnownLatest {
-            exactly: optional_hash("expected_latest", &req.expected_latest)?,
-            since: optional_hash("since", &req.since)?,
+        // The share inside is sealed to this process's recovery key; the plaintext lives only in
+        // the core's zeroizing types.
+        let result = match (
+            decode_submission(&mut req),
+            optional_hash("expected_latest", &req.expected_latest),
+            optional_hash("since", &req.since),
+        ) {
+            (Ok(sub), Ok(exactly), Ok(since)) => {
+                let known = crate::state::KnownLatest { exactly, since };
+                self.node
+                    .recover_with_submission(&self.recovery_key, &sub, req.force, known)
+                    .await
+            }
+            (Err(status), _, _) | (_, Err(status), _) | (_, _, Err(status)) => Err(status),
         };
-        let result = self.node.recover_with_share(share, req.force, known).await;
         match result {
-            Ok(p) => {
+            Ok((index, p)) => {
                 info!(
                     rpc = "Recover",
                     share_index = index,
@@ -215,17 +297,35 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
                 }))
             }
             Err(status) => {
-                warn!(rpc = "Recover", share_index = index, code = ?status.code(), error = status.message(), "rejected");
+                // Bad input and failed authentication count against the source; "nothing to
+                // recover" or "a peer is ready" (what owners meet in normal operation) do not.
+                if matches!(
+                    status.code(),
+                    tonic::Code::InvalidArgument | tonic::Code::PermissionDenied
+                ) && let Some(ip) = source
+                {
+                    self.refusals.charge(ip, std::time::Instant::now());
+                }
+                warn!(rpc = "Recover", code = ?status.code(), error = status.message(), "rejected");
                 Err(status)
             }
         }
+    }
+
+    async fn get_recovery_key(
+        &self,
+        _request: Request<pb::GetRecoveryKeyRequest>,
+    ) -> Result<Response<pb::GetRecoveryKeyResponse>, Status> {
+        Ok(Response::new(pb::GetRecoveryKeyResponse {
+            recovery_key: self.recovery_key.public_key().to_vec(),
+        }))
     }
 
     async fn get_status(
         &self,
         _request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
-        self.node.refresh().map_err(|e| to_status(&e))?;
+        self.node.refresh().await.map_err(|e| to_status(&e))?;
         let metrics = self.node.raft.metrics().borrow().clone();
         let core = self.replica.read().map_err(|e| to_status(&e))?;
         let role = match metrics.state {
@@ -269,6 +369,124 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
     }
 }
 
+/// Refuses, with a message that names the streaming RPC, an answer that one user API message cannot
+/// carry (tonic would refuse it too, with less to go on).
+fn one_message(rpc: &str, what: &str, bytes: usize, instead: &str) -> Result<(), Status> {
+    // Room for the CA certificates, the latest transition and the framing.
+    const HEADROOM: usize = 64 * 1024;
+    if bytes + HEADROOM <= limits::USER_API_MESSAGE_BYTES {
+        return Ok(());
+    }
+    let s = Status::resource_exhausted(format!(
+        "{what} take {bytes} bytes, more than the {} one {rpc} message may carry; use {instead}",
+        limits::USER_API_MESSAGE_BYTES
+    ));
+    warn!(rpc, code = ?s.code(), error = s.message(), "rejected");
+    Err(s)
+}
+
+/// A server stream of pieces made ahead.
+pub type Pieces<T> = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
+
+impl<S: Store> UserService<S> {
+    /// The manifests (or only the latest transition and CAs), linearizable unless `allow_stale`;
+    /// copied off the runtime's threads.
+    async fn manifests_view(&self, req: &pb::GetManifestsRequest) -> Result<ManifestsView, Status> {
+        self.node.linearize(req.allow_stale).await?;
+        let replica = self.replica.clone();
+        let only_latest = req.only_latest;
+        tokio::task::spawn_blocking(move || {
+            let core = replica.read()?;
+            match only_latest {
+                true => core.latest_view(),
+                false => core.manifests(),
+            }
+        })
+        .await
+        .map_err(|e| Status::internal(format!("the read task failed: {e}")))?
+        .map_err(|e| {
+            let s = to_status(&e);
+            warn!(rpc = "GetManifests", code = ?s.code(), error = %e, "rejected");
+            s
+        })
+    }
+
+    /// The audit bundle as JSON and its number of transitions, with evidence bound to the caller's
+    /// nonce; encoded off the runtime's threads (it grows with the history).
+    async fn history_bundle(
+        &self,
+        req: &pb::GetHistoryRequest,
+        rpc: &'static str,
+    ) -> Result<(Vec<u8>, usize), Status> {
+        let nonce = history_nonce(req)?;
+        self.node.linearize(req.allow_stale).await?;
+        let rejected = |e: CoordinatorError| {
+            let s = to_status(&e);
+            warn!(rpc, code = ?s.code(), error = %e, "rejected");
+            s
+        };
+        // The core's lock is held for the draft only, and off the runtime's workers (the draft grows
+        // with the history); the evidence is a device call, made with no lock held.
+        let replica = self.replica.clone();
+        let draft =
+            tokio::task::spawn_blocking(move || replica.read().and_then(|c| c.audit_draft(&nonce)))
+                .await
+                .map_err(|e| Status::internal(format!("the read task failed: {e}")))?
+                .map_err(rejected)?;
+        let issuer = self.replica.issuer.clone();
+        tokio::task::spawn_blocking(move || {
+            let report_data = draft.report_data();
+            let evidence = issuer
+                .issue(&report_data)
+                .map_err(|e| CoordinatorError::Evidence(e.to_string()))?;
+            let bundle = draft.finish(&evidence);
+            Ok::<_, CoordinatorError>((bundle.to_json(), bundle.transitions.len()))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("the evidence task failed: {e}")))?
+        .map_err(rejected)
+    }
+}
+
+fn view_to_pb(view: ManifestsView) -> pb::GetManifestsResponse {
+    pb::GetManifestsResponse {
+        manifests: view.manifests,
+        policies: view.policies,
+        root_ca: view.root_ca_pem,
+        mesh_ca: view.mesh_ca_pem,
+        latest: view.latest.map(|(t, _)| transition_to_pb(&t)),
+    }
+}
+
+/// GetManifests' answer in pieces of about `budget` bytes (a single larger manifest or document travels
+/// alone): the first carries the CAs and the latest transition; merged in order they are the whole.
+pub fn manifest_pieces(view: ManifestsView, budget: usize) -> Vec<pb::GetManifestsResponse> {
+    let mut pieces = Vec::new();
+    let mut current = pb::GetManifestsResponse {
+        manifests: Vec::new(),
+        policies: Vec::new(),
+        root_ca: view.root_ca_pem,
+        mesh_ca: view.mesh_ca_pem,
+        latest: view.latest.map(|(t, _)| transition_to_pb(&t)),
+    };
+    let mut size = 0;
+    let items = (view.manifests.into_iter().map(|m| (true, m)))
+        .chain(view.policies.into_iter().map(|p| (false, p)));
+    for (is_manifest, bytes) in items {
+        if size > 0 && size + bytes.len() > budget {
+            pieces.push(std::mem::take(&mut current));
+            size = 0;
+        }
+        size += bytes.len();
+        match is_manifest {
+            true => current.manifests.push(bytes),
+            false => current.policies.push(bytes),
+        }
+    }
+    pieces.push(current);
+    pieces
+}
+
 pub(crate) fn members_to_pb(
     members: &std::collections::BTreeMap<u64, String>,
 ) -> pb::SetMembersResponse {
@@ -280,5 +498,37 @@ pub(crate) fn members_to_pb(
                 peer_address: addr.clone(),
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_pieces_merge_back_into_the_whole() {
+        let view = ManifestsView {
+            manifests: (0..10u8).map(|i| vec![i; 300]).collect(),
+            policies: vec![vec![7; 1500], vec![8; 10]],
+            root_ca_pem: "root".into(),
+            mesh_ca_pem: "mesh".into(),
+            latest: None,
+        };
+        let pieces = manifest_pieces(view.clone(), 1000);
+        // 3 manifests per piece (900 bytes), the large document alone, the small one after it.
+        assert_eq!(pieces.len(), 6, "{pieces:?}");
+        assert_eq!(pieces[0].root_ca, "root");
+        assert!(pieces[1..].iter().all(|p| p.root_ca.is_empty()));
+        let manifests: Vec<_> = pieces.iter().flat_map(|p| p.manifests.clone()).collect();
+        let policies: Vec<_> = pieces.iter().flat_map(|p| p.policies.clone()).collect();
+        assert_eq!(manifests, view.manifests);
+        assert_eq!(policies, view.policies);
+        // An empty history is one piece with the head.
+        let empty = ManifestsView {
+            manifests: Vec::new(),
+            policies: Vec::new(),
+            ..view
+        };
+        assert_eq!(manifest_pieces(empty, 1000).len(), 1);
     }
 }

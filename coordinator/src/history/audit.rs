@@ -48,8 +48,8 @@ pub struct BundleTransition {
     pub manifest: String,
 }
 
-/// The coordinator's evidence over the bundle.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The coordinator's evidence over the bundle (empty by default, until a draft is finished).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BundleEvidence {
     pub platform: String,
@@ -170,6 +170,8 @@ pub enum AuditError {
 /// Audits a bundle. See the module documentation for what is checked.
 pub fn audit(bytes: &[u8], options: &AuditOptions) -> Result<AuditReport, AuditError> {
     let malformed = |what: &str, e: String| AuditError::Malformed(format!("{what}: {e}"));
+    // Before decoding: serde_json's maps keep the last of two equal names, another parser the first.
+    super::check_unique_keys(bytes).map_err(|e| malformed("history.json", e))?;
     let bundle: AuditBundle =
         serde_json::from_slice(bytes).map_err(|e| malformed("history.json", e.to_string()))?;
     if bundle.format != FORMAT {

@@ -11,8 +11,10 @@ pub mod format;
 mod ledger;
 mod members;
 mod transition;
+mod unique_keys;
 
 pub use chain::{ChainError, GENESIS_UNAUTHORIZED, VerifiedChain, verify_chain};
 pub use ledger::{Ledger, LedgerError, LoadedHistory, MeshCerts, NewTransition};
 pub use members::{MembersAuthorization, MembersRefusal};
 pub use transition::{OwnerAuthorization, Transition};
+pub use unique_keys::check_unique_keys;

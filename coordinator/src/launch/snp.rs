@@ -15,13 +15,16 @@ use concord_attestation::vcek::{
     KdsClient, KdsConfig, OfflineDir, VcekCache, VcekResolver, candidate_products,
 };
 use concord_attestation::{
-    Evidence, EvidenceIssuer as _, Measurement, MinimumTcb, PlatformTrust, ReferenceValues, Report,
-    SevGuestIssuer, SnpReference, Tcb, Verifier,
+    Evidence, Measurement, MinimumTcb, PlatformTrust, ReferenceValues, Report, SevGuestIssuer,
+    SnpReference, Tcb, Verifier,
 };
 use rand::RngCore as _;
 
 use super::{KDS_OFF, LaunchError, LaunchedPlatform, PlatformArgs};
 use crate::hash::Hash;
+
+/// How long the launch waits for the VCEK: longer than the KDS client's attempts for two products.
+const LAUNCH_VCEK_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// The SNP flags, checked without touching the device or the files.
 pub(super) fn check(args: &PlatformArgs) -> Result<(), String> {
@@ -56,8 +59,10 @@ pub(super) fn issuer(
     rand::rngs::OsRng
         .try_fill_bytes(&mut report_data)
         .map_err(|e| unavailable(format!("the OS random generator failed: {e}")))?;
+    // At launch nothing else waits on this thread: wait for the VCEK lookup, which later
+    // handshakes never do (they fail at once while it runs).
     let evidence = issuer
-        .issue(&report_data)
+        .issue_waiting(&report_data, LAUNCH_VCEK_WAIT)
         .map_err(|e| unavailable(e.to_string()))?;
     Ok((issuer, evidence, report_data))
 }
@@ -107,7 +112,8 @@ pub(super) fn launch(
 fn read_reference(path: &Path) -> Result<SnpReference, LaunchError> {
     let usage =
         |what: String| LaunchError::Usage(format!("--snp-reference {}: {what}", path.display()));
-    let bytes = std::fs::read(path).map_err(|e| usage(e.to_string()))?;
+    // One reference values entry, at most 256 KiB (README.md, "Input limits").
+    let bytes = crate::input_file::read_input_file(path, 256 << 10).map_err(usage)?;
     let entry: SnpReference = serde_json::from_slice(&bytes).map_err(|e| {
         usage(format!(
             "{e}; expected one entry of a manifest's reference_values.snp (docs/MANIFEST.md)"

@@ -8,7 +8,9 @@ use ed25519_dalek::VerifyingKey;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
-use super::{Manifest, ManifestError, Policy, Role, San, SeedShareOwners};
+use super::{
+    MAX_OWNER_KEYS, MAX_POLICIES, Manifest, ManifestError, Policy, Role, San, SeedShareOwners,
+};
 use crate::hash::Hash;
 
 #[derive(Deserialize)]
@@ -41,6 +43,7 @@ struct SeedShareOwnersDoc {
 }
 
 /// A map that refuses a key given twice: JSON allows it, but two meanings for one policy hash is a trap.
+/// It holds at most [`MAX_POLICIES`] entries; past that it only counts the rest, to say how many there were.
 fn unique_map<'de, D, V>(d: D) -> Result<BTreeMap<String, V>, D::Error>
 where
     D: Deserializer<'de>,
@@ -54,18 +57,37 @@ where
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
             let mut out = BTreeMap::new();
-            while let Some((k, v)) = map.next_entry::<String, V>()? {
+            while let Some(k) = map.next_key::<String>()? {
+                if out.len() == MAX_POLICIES {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    let mut n = MAX_POLICIES + 1;
+                    while map
+                        .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                        .is_some()
+                    {
+                        n += 1;
+                    }
+                    return Err(serde::de::Error::custom(too_many_policies(n)));
+                }
                 if out.contains_key(&k) {
                     return Err(serde::de::Error::custom(format!(
                         "policy {k} is listed twice"
                     )));
                 }
+                let v = map.next_value::<V>()?;
                 out.insert(k, v);
             }
             Ok(out)
         }
     }
     d.deserialize_map(Unique(std::marker::PhantomData))
+}
+
+fn too_many_policies(n: usize) -> String {
+    format!(
+        "the manifest has {n} policies, more than the {MAX_POLICIES} Concord accepts; \
+         split the workloads across deployments"
+    )
 }
 
 pub(super) fn parse(bytes: &[u8]) -> Result<Manifest, ManifestError> {
@@ -137,15 +159,25 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Manifest, ManifestError> {
         .validate()
         .map_err(|m| err("reference_values".into(), m))?;
 
+    if doc.workload_owner_keys.len() > MAX_OWNER_KEYS {
+        return Err(err(
+            "workload_owner_keys".into(),
+            format!(
+                "{} keys, more than the {MAX_OWNER_KEYS} Concord accepts",
+                doc.workload_owner_keys.len()
+            ),
+        ));
+    }
     let mut workload_owner_keys = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for (i, k) in doc.workload_owner_keys.iter().enumerate() {
         let field = format!("workload_owner_keys[{i}]");
         let bytes = hex32(k).map_err(|m| err(field.clone(), m))?;
-        let key = VerifyingKey::from_bytes(&bytes)
-            .map_err(|_| err(field.clone(), "not a valid Ed25519 public key".into()))?;
-        if workload_owner_keys.contains(&key) {
+        if !seen.insert(bytes) {
             return Err(err(field, "listed twice".into()));
         }
+        let key = VerifyingKey::from_bytes(&bytes)
+            .map_err(|_| err(field.clone(), "not a valid Ed25519 public key".into()))?;
         workload_owner_keys.push(key);
     }
 
@@ -183,15 +215,17 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Manifest, ManifestError> {
     }
 
     Ok(Manifest {
-        bytes: bytes.to_vec(),
-        hash: Hash::of(bytes),
-        policies,
-        reference_values: doc.reference_values,
-        workload_owner_keys,
-        seed_share_owners: SeedShareOwners {
-            threshold: owners.threshold,
-            keys,
-        },
+        inner: std::sync::Arc::new(super::Parsed {
+            bytes: bytes.to_vec(),
+            hash: Hash::of(bytes),
+            policies,
+            reference_values: doc.reference_values,
+            workload_owner_keys,
+            seed_share_owners: SeedShareOwners {
+                threshold: owners.threshold,
+                keys,
+            },
+        }),
     })
 }
 

@@ -15,9 +15,23 @@ use ed25519_dalek::VerifyingKey;
 use crate::hash::Hash;
 pub use san::San;
 
-/// A manifest that parsed and validated.
+/// The most bytes a manifest may have. Bounds the work of parsing one that nobody authorized yet (the
+/// first manifest cannot be), and the size of a Raft entry. 100 KB manifests fit ten times over.
+pub const MAX_MANIFEST_BYTES: usize = 1 << 20;
+/// The most policies a manifest may list.
+pub const MAX_POLICIES: usize = 10_000;
+/// The most workload owner keys a manifest may list (each is a point decompression to check).
+pub const MAX_OWNER_KEYS: usize = 256;
+
+/// A manifest that parsed and validated. Cheap to clone (shared): a replica's verified history holds
+/// every manifest, and a reload after each transition must not copy them all.
 #[derive(Debug, Clone)]
 pub struct Manifest {
+    inner: std::sync::Arc<Parsed>,
+}
+
+#[derive(Debug)]
+struct Parsed {
     bytes: Vec<u8>,
     hash: Hash,
     policies: BTreeMap<Hash, Policy>,
@@ -55,31 +69,36 @@ pub struct ManifestError(pub String);
 
 impl Manifest {
     /// Parses `bytes` strictly. The error names the field and says what is expected.
+    /// Manifests larger than [`MAX_MANIFEST_BYTES`] are refused before they are read.
     pub fn parse(bytes: &[u8]) -> Result<Manifest, ManifestError> {
+        if bytes.len() > MAX_MANIFEST_BYTES {
+            return Err(ManifestError(too_large(bytes.len())));
+        }
         doc::parse(bytes)
     }
 
     /// The manifest bytes exactly as submitted.
     pub fn bytes(&self) -> &[u8] {
-        &self.bytes
+        &self.inner.bytes
     }
 
     /// SHA-256 of [`Manifest::bytes`].
     pub fn hash(&self) -> Hash {
-        self.hash
+        self.inner.hash
     }
 
     pub fn policies(&self) -> &BTreeMap<Hash, Policy> {
-        &self.policies
+        &self.inner.policies
     }
 
     pub fn policy(&self, policy_hash: &Hash) -> Option<&Policy> {
-        self.policies.get(policy_hash)
+        self.inner.policies.get(policy_hash)
     }
 
     /// Policy hashes with the `coordinator` role: the builds allowed to run a coordinator.
     pub fn coordinator_policies(&self) -> Vec<Hash> {
-        self.policies
+        self.inner
+            .policies
             .iter()
             .filter(|(_, p)| p.role == Some(Role::Coordinator))
             .map(|(h, _)| *h)
@@ -87,20 +106,20 @@ impl Manifest {
     }
 
     pub fn reference_values(&self) -> &ReferenceValues {
-        &self.reference_values
+        &self.inner.reference_values
     }
 
     pub fn workload_owner_keys(&self) -> &[VerifyingKey] {
-        &self.workload_owner_keys
+        &self.inner.workload_owner_keys
     }
 
     /// An empty owner key list makes the manifest final: no later update is accepted.
     pub fn is_final(&self) -> bool {
-        self.workload_owner_keys.is_empty()
+        self.inner.workload_owner_keys.is_empty()
     }
 
     pub fn seed_share_owners(&self) -> &SeedShareOwners {
-        &self.seed_share_owners
+        &self.inner.seed_share_owners
     }
 
     /// The id of the deployment whose FIRST manifest this is (docs/PROTOCOL.md, "Deployment id"):
@@ -113,9 +132,9 @@ impl Manifest {
     /// id also binds the manifest's hash: the host cannot vary its policies without changing the id.
     pub fn deployment_id(&self) -> DeploymentId {
         deployment_id(
-            &self.seed_share_owners,
-            self.workload_owner_keys.iter().map(|k| k.to_bytes()),
-            &self.hash,
+            self.seed_share_owners(),
+            self.workload_owner_keys().iter().map(|k| k.to_bytes()),
+            &self.hash(),
         )
     }
 }
@@ -151,6 +170,14 @@ fn deployment_id(
 /// holds: always within u32.
 fn count(n: usize) -> [u8; 4] {
     u32::try_from(n).unwrap_or(u32::MAX).to_be_bytes()
+}
+
+/// Why a manifest of `len` bytes is refused.
+pub fn too_large(len: usize) -> String {
+    format!(
+        "the manifest has {len} bytes, more than the {MAX_MANIFEST_BYTES} Concord accepts; \
+         split what it lists across deployments, or shorten it"
+    )
 }
 
 #[cfg(test)]

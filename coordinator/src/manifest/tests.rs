@@ -277,3 +277,24 @@ fn a_first_manifest_without_owner_keys_binds_its_policies_into_the_deployment_id
     });
     assert_ne!(hosts_policy.deployment_id(), base.deployment_id());
 }
+
+#[test]
+fn owner_keys_are_capped_and_checked_for_duplicates_in_linear_time() {
+    let key = hex::encode(
+        ed25519_dalek::SigningKey::from_bytes(&[7; 32])
+            .verifying_key()
+            .to_bytes(),
+    );
+    let e = err_of(|m| {
+        m["workload_owner_keys"] = serde_json::json!(vec![key.clone(); super::MAX_OWNER_KEYS + 1]);
+    });
+    assert!(
+        e.contains("257 keys, more than the 256 Concord accepts"),
+        "{e}"
+    );
+    let e = err_of(|m| m["workload_owner_keys"] = serde_json::json!([key, key]));
+    assert!(
+        e.contains("workload_owner_keys[1]") && e.contains("listed twice"),
+        "{e}"
+    );
+}

@@ -6,18 +6,24 @@
 //!
 //! Owns routing and HTTP. Must never serve anything but GET on these paths, never read the replica's
 //! core directly (only the [`Beacon`]), and never keep an idle connection open for long.
+//!
+//! What a caller of this unauthenticated port can cost: at most [`MAX_CONNECTIONS`] sockets, each for
+//! at most [`CONNECTION_DEADLINE`] and [`MAX_REQUEST_BYTES`] of request buffer; a new connection
+//! always gets a slot (the oldest is closed), so idle or slowloris sockets cannot delay a probe. No
+//! log line above DEBUG per connection. The chart's NetworkPolicy narrows who can reach it.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 
 use super::beacon::{Beacon, Phase};
@@ -27,10 +33,59 @@ use crate::api::Node;
 use crate::raft::LogStore;
 use crate::store::Store;
 
-/// Connections served at once; more wait. Probes and scrapes are a handful per period.
+/// Connections open at once. Probes and scrapes are a handful per period; when all are taken, the
+/// oldest is closed to make room, so idle or slow sockets can never make a new probe wait.
 const MAX_CONNECTIONS: usize = 32;
-/// A client that sends no request headers within this is dropped.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A client that has not sent its request headers within this is dropped (the chart's probes time
+/// out at 5 s; a probe's request arrives in one packet).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+/// No connection lives longer than this, request and answer included (answers come from memory).
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(4);
+/// The request head (line and headers) is read into at most this many bytes.
+const MAX_REQUEST_BYTES: usize = 8 * 1024;
+
+/// The open connections, oldest first, each with the signal that closes it.
+#[derive(Debug, Default)]
+struct Slots {
+    next: u64,
+    open: BTreeMap<u64, Arc<Notify>>,
+}
+
+impl Slots {
+    /// Takes a slot for a new connection, closing the oldest if all are taken.
+    fn take(slots: &Arc<Mutex<Slots>>) -> Slot {
+        let mut s = slots.lock().unwrap_or_else(PoisonError::into_inner);
+        if s.open.len() >= MAX_CONNECTIONS
+            && let Some((_, oldest)) = s.open.pop_first()
+        {
+            oldest.notify_one();
+        }
+        let id = s.next;
+        s.next += 1;
+        let evicted = Arc::new(Notify::new());
+        s.open.insert(id, evicted.clone());
+        Slot {
+            slots: slots.clone(),
+            id,
+            evicted,
+        }
+    }
+}
+
+/// One connection's place in [`Slots`], given back when dropped.
+#[derive(Debug)]
+struct Slot {
+    slots: Arc<Mutex<Slots>>,
+    id: u64,
+    evicted: Arc<Notify>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut s = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        s.open.remove(&self.id);
+    }
+}
 
 /// The running health server. Dropping it stops it.
 #[derive(Debug)]
@@ -126,7 +181,7 @@ async fn accept_loop(
             return;
         }
     };
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(Mutex::new(Slots::default()));
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -140,12 +195,10 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
+        // Never waits: a full table closes its oldest connection instead.
+        let slot = Slots::take(&slots);
         let beacon = beacon.clone();
         tokio::spawn(async move {
-            let _permit = permit;
             let service = hyper::service::service_fn(move |req| {
                 let answer = route(&beacon, req.method(), req.uri().path());
                 async move { Ok::<_, Infallible>(answer) }
@@ -153,11 +206,18 @@ async fn accept_loop(
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_REQUEST_BYTES)
                 .keep_alive(false)
                 .serve_connection(TokioIo::new(tcp), service);
-            if let Err(e) = conn.await {
-                debug!(%remote, error = %e, "health connection ended with an error");
+            tokio::select! {
+                r = tokio::time::timeout(CONNECTION_DEADLINE, conn) => match r {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => debug!(%remote, error = %e, "health connection ended with an error"),
+                    Err(_) => debug!(%remote, "health connection closed at its deadline"),
+                },
+                () = slot.evicted.notified() => debug!(%remote, "health connection closed to make room"),
             }
+            drop(slot);
         });
     }
 }

@@ -19,6 +19,10 @@ use crate::state::ReplicaState;
 /// samples, far beyond any pause a busy two-core machine causes.
 pub const STALE_AFTER: Duration = Duration::from_secs(10);
 
+/// Liveness fails when the Raft core has not answered a ping for this long (it answers without quorum,
+/// while fresh and while recovering; it is busy at most for one log flush or one batch).
+pub const RAFT_CORE_STALLED_AFTER: Duration = Duration::from_secs(30);
+
 /// A probe's answer: HTTP 200 when `ok`, else 503; the reason is the body, one line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
@@ -71,6 +75,12 @@ pub fn liveness(view: &View, now: Instant) -> Verdict {
         return Verdict::fail(
             "the state lock is poisoned (a request handler panicked): restart the replica",
         );
+    }
+    if sample.raft_core_silent_ms >= RAFT_CORE_STALLED_AFTER.as_millis() as u64 {
+        return Verdict::fail(format!(
+            "the Raft core has not answered for {} s: it is stalled; restart the replica",
+            sample.raft_core_silent_ms / 1000
+        ));
     }
     Verdict::ok(format!("alive: {}", sample.state.as_str()))
 }
@@ -232,5 +242,28 @@ mod tests {
         assert!(startup(&v).ok);
         assert!(liveness(&v, now).ok);
         assert_eq!(readiness(&v, now).reason, "shutting down");
+    }
+
+    #[test]
+    fn a_stalled_raft_core_fails_liveness_but_a_slow_one_or_a_lost_quorum_does_not() {
+        for state in [
+            ReplicaState::Fresh,
+            ReplicaState::Recovering,
+            ReplicaState::Ready,
+        ] {
+            let mut s = sample(state);
+            s.quorum = false;
+            s.raft_core_silent_ms = 5_000;
+            let (v, now) = serving(s.clone(), Duration::ZERO);
+            assert!(liveness(&v, now).ok, "{state:?}: a busy core is alive");
+            s.raft_core_silent_ms = RAFT_CORE_STALLED_AFTER.as_millis() as u64;
+            let (v, now) = serving(s, Duration::ZERO);
+            let l = liveness(&v, now);
+            assert!(!l.ok, "{state:?}");
+            assert!(
+                l.reason.contains("Raft core has not answered for 30 s"),
+                "{l:?}"
+            );
+        }
     }
 }

@@ -52,13 +52,16 @@ pub struct Sample {
     /// The latest transition's hash, hex.
     pub latest_transition: Option<String>,
     pub fault: Option<Fault>,
+    /// How long the Raft core has not answered a request (0 while it answers each sample's ping).
+    /// Metrics alone cannot tell: a wedged core leaves its last metrics in place.
+    pub raft_core_silent_ms: u64,
 }
 
 /// Takes a sample of `node`. `log` is a handle on the same Raft log the node's Raft instance writes.
 pub fn take<S: Store>(node: &Node<S>, log: &LogStore) -> Sample {
     let m = node.raft.metrics().borrow().clone();
     let mut fault = None;
-    if let Err(e) = node.refresh() {
+    if let Err(e) = node.refresh_now() {
         fault = Some(Fault::Store(e.to_string()));
     }
     let (state, generation, latest) = if node.replica.is_poisoned() {
@@ -97,17 +100,35 @@ pub fn take<S: Store>(node: &Node<S>, log: &LogStore) -> Sample {
         manifest_generation: generation,
         latest_transition: latest,
         fault,
+        raft_core_silent_ms: 0,
     }
 }
+
+/// How long a sample waits for the Raft core to answer its ping: a core that does not answer within it
+/// is counted as silent until it answers one.
+pub const CORE_PING_WAIT: Duration = Duration::from_secs(2);
 
 /// Samples `node` every [`SAMPLE_EVERY`] until the beacon stops, on the runtime that serves the APIs:
 /// if that runtime is wedged, the samples stop and the liveness probe notices.
 pub async fn keep_sampling<S: Store>(node: Arc<Node<S>>, log: LogStore, beacon: Arc<Beacon>) {
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut core_answered = tokio::time::Instant::now();
     loop {
         tick.tick().await;
-        beacon.publish(take(&node, &log));
+        // A request through the Raft core's own loop: answered whatever the quorum, the role or the
+        // replica state, unless the core is stuck.
+        let ping = node.raft.with_raft_state(|_| ());
+        if let Ok(Ok(())) = tokio::time::timeout(CORE_PING_WAIT, ping).await {
+            core_answered = tokio::time::Instant::now();
+        }
+        // Off the runtime: a reload after many applied transitions parses each of them.
+        let (n, l) = (node.clone(), log.clone());
+        let Ok(mut sample) = tokio::task::spawn_blocking(move || take(&n, &l)).await else {
+            continue;
+        };
+        sample.raft_core_silent_ms = core_answered.elapsed().as_millis() as u64;
+        beacon.publish(sample);
     }
 }
 
@@ -146,6 +167,7 @@ pub fn health_json(s: &Sample) -> serde_json::Value {
         "last_applied": s.last_applied,
         "manifest_generation": s.manifest_generation,
         "latest_transition": s.latest_transition,
+        "raft_core_silent_ms": s.raft_core_silent_ms,
         "fault": s.fault.as_ref().map(|f| match f {
             Fault::Poisoned => "the state lock is poisoned".to_string(),
             Fault::Store(m) => m.clone(),
@@ -171,6 +193,7 @@ pub(crate) mod tests {
             manifest_generation: if state == ReplicaState::Fresh { 0 } else { 2 },
             latest_transition: None,
             fault: None,
+            raft_core_silent_ms: 0,
         }
     }
 

@@ -26,7 +26,7 @@ mod encoding;
 mod error;
 mod log_store;
 pub mod network;
-mod snapshot;
+pub(crate) mod snapshot;
 mod state_machine;
 pub mod types;
 

@@ -11,7 +11,9 @@ use concord_attestation::AtlsClient;
 use concord_proto::v1::RaftMessage;
 use concord_proto::v1::peer_api_client::PeerApiClient;
 use openraft::BasicNode;
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -92,7 +94,10 @@ fn link(
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match dialed {
             Ok((channel, _)) => {
-                links.insert(target, Link::Up(PeerApiClient::new(channel)));
+                let api = PeerApiClient::new(channel)
+                    .max_decoding_message_size(concord_proto::limits::PEER_API_MESSAGE_BYTES)
+                    .max_encoding_message_size(concord_proto::limits::PEER_API_MESSAGE_BYTES);
+                links.insert(target, Link::Up(api));
             }
             Err(e) => {
                 tracing::debug!(target, error = %e, "cannot connect to a peer yet");
@@ -223,12 +228,60 @@ impl PeerConnection {
     }
 }
 
+/// The most bytes of entries (their JSON) one AppendEntries carries, unless its first entry alone is
+/// larger (one entry is at most a SetManifest: MANIFEST.md, Limits). openraft 0.9 cancels an
+/// AppendEntries after one heartbeat interval (50 ms) whatever the network's `RPCOption` says, so a
+/// batch must be sent, decoded and flushed by the follower within it: a lagging follower is caught up
+/// in many small batches rather than never by one large one.
+pub const APPEND_BYTES: usize = 256 * 1024;
+
+/// How many of `entries`, from the first, fit in `budget` bytes of JSON; `None` when all do or when
+/// there is a single entry (which is sent whatever its size: it cannot be split).
+pub fn entries_that_fit<T: Serialize>(entries: &[T], budget: usize) -> Option<u64> {
+    if entries.len() < 2 {
+        return None;
+    }
+    let mut total = 0;
+    for (i, e) in entries.iter().enumerate() {
+        let mut counter = ByteCounter(0);
+        // Serializing into a counter cannot fail for these types; count an error as over budget.
+        total += match serde_json::to_writer(&mut counter, e) {
+            Ok(()) => counter.0,
+            Err(_) => budget + 1,
+        };
+        if total > budget {
+            return Some(i.max(1) as u64);
+        }
+    }
+    None
+}
+
+/// An `io::Write` that only counts.
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl RaftNetwork<TypeConfig> for PeerConnection {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Rpc<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
+        // openraft retries at once with the first `n` entries (and keeps the hint for a few RPCs).
+        if let Some(n) = entries_that_fit(&rpc.entries, APPEND_BYTES) {
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(n),
+            ));
+        }
         self.call("append_entries", &rpc, &option).await
     }
 
@@ -246,5 +299,20 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Rpc<VoteResponse<NodeId>, openraft::error::Infallible> {
         self.call("vote", &rpc, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_is_cut_where_the_bytes_run_out_but_one_entry_always_goes() {
+        let entries: Vec<String> = (0..10).map(|_| "x".repeat(98)).collect(); // 100 bytes of JSON each
+        assert_eq!(entries_that_fit(&entries, 10_000), None);
+        assert_eq!(entries_that_fit(&entries, 350), Some(3));
+        assert_eq!(entries_that_fit(&entries, 50), Some(1));
+        assert_eq!(entries_that_fit(&entries[..1], 50), None);
+        assert_eq!(entries_that_fit::<String>(&[], 50), None);
     }
 }

@@ -62,7 +62,7 @@ enum Verified {
 /// How the verified history in memory changes with a new transition: without copying it.
 enum Growth {
     /// The first transition: the whole history.
-    Genesis(LoadedHistory),
+    Genesis(Box<LoadedHistory>),
     /// A later one, checked against the history (`VerifiedChain::check_next`), with its parsed manifest.
     Append(Manifest),
 }
@@ -125,7 +125,7 @@ impl StateMachine {
                 let (new, growth) = *verified;
                 self.ledger.append(&new)?;
                 match (growth, self.history.as_mut()) {
-                    (Growth::Genesis(history), _) => self.history = Some(history),
+                    (Growth::Genesis(history), _) => self.history = Some(*history),
                     (Growth::Append(manifest), Some(history)) => {
                         // Checked against this same history a moment ago, under `&mut self`.
                         history
@@ -237,7 +237,11 @@ impl StateMachine {
                     mesh: new.mesh.clone(),
                     policies: Default::default(),
                 };
-                (Growth::Genesis(history), root_ca_der.as_slice(), None)
+                (
+                    Growth::Genesis(Box::new(history)),
+                    root_ca_der.as_slice(),
+                    None,
+                )
             }
             (None, None) => {
                 return Err("the history is empty and the command carries no signing key and root CA: only a first transition can start a history".into());
@@ -268,7 +272,8 @@ impl StateMachine {
                 ));
             }
         }
-        let carried: Vec<Hash> = new.policies.iter().map(|d| Hash::of(d)).collect();
+        let carried: std::collections::HashSet<Hash> =
+            new.policies.iter().map(|d| Hash::of(d)).collect();
         if let Some(missing) = listed
             .policies()
             .keys()

@@ -4,6 +4,7 @@ use concord_attestation::{DeploymentId, EvidenceIssuer, VerifiedReport};
 use concord_mesh_ca::{EncryptedShare, MeshCa, RootCa, SeedEngine, encrypt_share, split};
 use ed25519_dalek::{Signature, VerifyingKey};
 use time::OffsetDateTime;
+use zeroize::Zeroizing;
 
 use super::secrets::Secrets;
 use crate::error::CoordinatorError;
@@ -97,16 +98,25 @@ pub struct ManifestsView {
     pub latest: Option<(Transition, Hash)>,
 }
 
-/// What an attested workload receives.
-#[derive(Debug, Clone)]
+/// What an attested workload receives. Debug leaves out the workload secret.
+#[derive(Clone)]
 pub struct MeshCertBundle {
     pub cert_chain_pem: String,
     pub mesh_ca_pem: String,
     pub root_ca_pem: String,
-    /// Empty when its policy has no `workload_secret_id`.
-    pub workload_secret: Vec<u8>,
+    /// Empty when its policy has no `workload_secret_id`. Wiped on drop.
+    pub workload_secret: Zeroizing<Vec<u8>>,
     /// The policy name (or hash) it was issued for, for the log line.
     pub workload: String,
+}
+
+impl std::fmt::Debug for MeshCertBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshCertBundle")
+            .field("workload", &self.workload)
+            .field("workload_secret", &"[redacted]")
+            .finish()
+    }
 }
 
 /// One coordinator replica.
@@ -215,18 +225,109 @@ impl<S: Store> Coordinator<S> {
         }
     }
 
+    /// The checks of a SetManifest that cost no more than hashing its bytes: the size caps, the
+    /// replica's state, compare-and-swap and, for an update, the owner's signature over the transition
+    /// hash (SHA-256(SHA-256(manifest bytes) || previous): no parsing needed). Nothing that grows with
+    /// the input beyond that runs for a caller who is not authorized.
+    pub fn authorize_set(&self, req: &SetRequest) -> Result<(), CoordinatorError> {
+        check_set_size(req)?;
+        match self.state() {
+            ReplicaState::Recovering => Err(CoordinatorError::Recovering),
+            ReplicaState::Fresh => {
+                if req.expected_previous != Hash::ZERO {
+                    return Err(CoordinatorError::PreviousMismatch {
+                        expected: req.expected_previous,
+                        latest: Hash::ZERO,
+                    });
+                }
+                // The first manifest is authorized by a key it lists itself: the signature is checked
+                // here, before parsing; that the manifest lists the key (or lists none, and so takes
+                // no signature) once it is parsed (`authorize_first`, in `prepare_first`).
+                if let Some((owner_key, owner_signature)) = &req.owner {
+                    let hash = format::transition_hash(&Hash::of(&req.manifest), &Hash::ZERO);
+                    if !format::verify_owner(owner_key, &hash, owner_signature) {
+                        return Err(CoordinatorError::PermissionDenied(format!(
+                            "the owner signature does not verify over transition {hash}; sign \
+                             \"concord/v1/set-manifest\" || transition hash with the owner key"
+                        )));
+                    }
+                }
+                Ok(())
+            }
+            ReplicaState::Ready => {
+                let Some(chain) = self.chain() else {
+                    return Err(CoordinatorError::Recovering);
+                };
+                let manifest_hash = Hash::of(&req.manifest);
+                let previous = chain.latest_manifest();
+                if manifest_hash == previous.hash() {
+                    // Re-applying the latest manifest: a no-op that needs no signature.
+                    return Ok(());
+                }
+                let latest = chain.latest_hash();
+                if req.expected_previous != latest {
+                    return Err(CoordinatorError::PreviousMismatch {
+                        expected: req.expected_previous,
+                        latest,
+                    });
+                }
+                if previous.is_final() {
+                    return Err(CoordinatorError::FinalManifest);
+                }
+                let Some((owner_key, owner_signature)) = &req.owner else {
+                    return Err(CoordinatorError::PermissionDenied(
+                        "an update needs a workload owner's signature over the transition hash; pass the owner key to `concord set`"
+                            .into(),
+                    ));
+                };
+                if !previous.workload_owner_keys().contains(owner_key) {
+                    return Err(CoordinatorError::PermissionDenied(format!(
+                        "owner key {} is not listed in the latest manifest's workload_owner_keys",
+                        hex::encode(owner_key.as_bytes())
+                    )));
+                }
+                let hash = format::transition_hash(&manifest_hash, &latest);
+                if !format::verify_owner(owner_key, &hash, owner_signature) {
+                    return Err(CoordinatorError::PermissionDenied(format!(
+                        "the owner signature does not verify over transition {hash}; sign \"concord/v1/set-manifest\" || transition hash with the owner key"
+                    )));
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Checks a SetManifest against the history and builds the transition, signed, with its new mesh CA
     /// (and, for the first manifest, the new seed, root CA and shares). Writes nothing: the caller has the
     /// transition written (through Raft, which re-verifies it) and then calls [`Coordinator::commit_set`].
+    /// [`Coordinator::authorize_set`] runs first; callers that parse the manifest outside a lock use
+    /// [`parse_for_set`] and [`Coordinator::prepare_parsed`] instead.
     pub fn prepare_set(
         &self,
         req: SetRequest,
         now: OffsetDateTime,
     ) -> Result<Prepared, CoordinatorError> {
-        let manifest = Manifest::parse(&req.manifest)
-            .map_err(|e| CoordinatorError::InvalidInput(e.to_string()))?;
-        // A first manifest is authorized by one of its own owner keys; checked before any work that
-        // grows with the request (hashing policy documents, making the seed).
+        self.authorize_set(&req)?;
+        let manifest = parse_for_set(&req.manifest)?;
+        self.prepare_parsed(manifest, req, now)
+    }
+
+    /// [`Coordinator::prepare_set`] for a manifest already parsed from `req.manifest`. Authorizes again
+    /// (cheap): the history may have moved since the caller's first check.
+    pub fn prepare_parsed(
+        &self,
+        manifest: Manifest,
+        req: SetRequest,
+        now: OffsetDateTime,
+    ) -> Result<Prepared, CoordinatorError> {
+        self.authorize_set(&req)?;
+        if manifest.hash() != Hash::of(&req.manifest) {
+            return Err(CoordinatorError::InvalidInput(
+                "internal error: the parsed manifest is not the request's".into(),
+            ));
+        }
+        // A first manifest is authorized by one of its own owner keys, which only the parsed manifest
+        // names: checked before any work that grows with the request (policy documents, the seed).
         if self.state() == ReplicaState::Fresh {
             authorize_first(&manifest, req.owner.as_ref())?;
         }
@@ -239,17 +340,18 @@ impl<S: Store> Coordinator<S> {
             }
         }
         let stored = self.history.as_ref().map(|h| &h.policies);
-        let supplied: Vec<Hash> = req.policies.iter().map(|d| Hash::of(d)).collect();
+        let supplied: std::collections::HashSet<Hash> =
+            req.policies.iter().map(|d| Hash::of(d)).collect();
         let missing: Vec<String> = manifest
             .policies()
             .iter()
-            .filter(|(h, _)| !supplied.contains(h) && !stored.is_some_and(|s| s.contains_key(*h)))
+            .filter(|(h, _)| !supplied.contains(*h) && !stored.is_some_and(|s| s.contains_key(*h)))
             .map(|(h, p)| format!("{h} ({})", p.name.as_deref().unwrap_or("unnamed")))
             .collect();
         if !missing.is_empty() && manifest.hash() != self.latest_manifest_hash() {
             return Err(CoordinatorError::InvalidInput(format!(
                 "the policy documents of {} are missing: pass each policy document with the manifest (`concord set -p FILE`), so the history holds what every hash stands for",
-                missing.join(", ")
+                first_few(&missing)
             )));
         }
         match self.state() {
@@ -355,16 +457,8 @@ impl<S: Store> Coordinator<S> {
                 unchanged: true,
             })));
         }
-        if req.expected_previous != latest {
-            return Err(CoordinatorError::PreviousMismatch {
-                expected: req.expected_previous,
-                latest,
-            });
-        }
+        // `authorize_set` checked compare-and-swap, finality and the owner's signature.
         let previous = chain.latest_manifest();
-        if previous.is_final() {
-            return Err(CoordinatorError::FinalManifest);
-        }
         if manifest.seed_share_owners() != previous.seed_share_owners() {
             return Err(CoordinatorError::InvalidInput(
                 "at `seed_share_owners`: the threshold and the share owner keys are fixed by the first manifest and cannot change"
@@ -374,21 +468,9 @@ impl<S: Store> Coordinator<S> {
         let hash = format::transition_hash(&manifest.hash(), &latest);
         let Some((owner_key, owner_signature)) = req.owner else {
             return Err(CoordinatorError::PermissionDenied(
-                "an update needs a workload owner's signature over the transition hash; pass the owner key to `concord set`"
-                    .into(),
+                "an update needs a workload owner's signature over the transition hash".into(),
             ));
         };
-        if !previous.workload_owner_keys().contains(&owner_key) {
-            return Err(CoordinatorError::PermissionDenied(format!(
-                "owner key {} is not listed in the latest manifest's workload_owner_keys",
-                hex::encode(owner_key.as_bytes())
-            )));
-        }
-        if !format::verify_owner(&owner_key, &hash, &owner_signature) {
-            return Err(CoordinatorError::PermissionDenied(format!(
-                "the owner signature does not verify over transition {hash}; sign \"concord/v1/set-manifest\" || transition hash with the owner key"
-            )));
-        }
 
         let mesh_ca = MeshCa::generate(&secrets.root_ca, now)
             .map_err(|e| CoordinatorError::Crypto(e.to_string()))?;
@@ -515,6 +597,15 @@ impl<S: Store> Coordinator<S> {
 
     /// GetManifests. Refused while recovering: an unverified history must not be served as trusted.
     pub fn manifests(&self) -> Result<ManifestsView, CoordinatorError> {
+        self.view(true)
+    }
+
+    /// GetManifests with `only_latest`: the CAs and the latest transition, without copying the history.
+    pub fn latest_view(&self) -> Result<ManifestsView, CoordinatorError> {
+        self.view(false)
+    }
+
+    fn view(&self, with_history: bool) -> Result<ManifestsView, CoordinatorError> {
         match (self.state(), &self.history) {
             (ReplicaState::Fresh, _) | (_, None) => Ok(ManifestsView {
                 manifests: Vec::new(),
@@ -529,13 +620,19 @@ impl<S: Store> Coordinator<S> {
                 Err(CoordinatorError::Recovering)
             }
             (_, Some(h)) => Ok(ManifestsView {
-                manifests: h
-                    .chain
-                    .manifests()
-                    .iter()
-                    .map(|m| m.bytes().to_vec())
-                    .collect(),
-                policies: h.policies.values().cloned().collect(),
+                manifests: match with_history {
+                    true => h
+                        .chain
+                        .manifests()
+                        .iter()
+                        .map(|m| m.bytes().to_vec())
+                        .collect(),
+                    false => Vec::new(),
+                },
+                policies: match with_history {
+                    true => h.policies.values().cloned().collect(),
+                    false => Vec::new(),
+                },
                 root_ca_pem: pem::encode_certificate(&h.root_ca_der),
                 mesh_ca_pem: pem::encode_certificate(&h.mesh.mesh_ca_der),
                 latest: Some((h.chain.latest_transition().clone(), h.chain.latest_hash())),
@@ -549,6 +646,17 @@ impl<S: Store> Coordinator<S> {
         nonce: &[u8; 32],
         issuer: &dyn EvidenceIssuer,
     ) -> Result<AuditBundle, CoordinatorError> {
+        let draft = self.audit_draft(nonce)?;
+        let evidence = issuer
+            .issue(&draft.report_data())
+            .map_err(|e| CoordinatorError::Evidence(e.to_string()))?;
+        Ok(draft.finish(&evidence))
+    }
+
+    /// GetHistory's first half: the bundle without its evidence, and the report data the evidence
+    /// must carry. It reads the core only, so a caller can release the core's lock before asking
+    /// for evidence (a device call that may be slow) and [`AuditDraft::finish`] after.
+    pub fn audit_draft(&self, nonce: &[u8; 32]) -> Result<AuditDraft, CoordinatorError> {
         let h = match (self.state(), &self.history) {
             (ReplicaState::Ready, Some(h)) => h,
             // Like GetManifests: public data, from a history verified with the seed.
@@ -563,16 +671,18 @@ impl<S: Store> Coordinator<S> {
             &h.root_ca_der,
             &h.mesh.mesh_ca_der,
         );
-        let evidence = issuer
-            .issue(&report_data)
-            .map_err(|e| CoordinatorError::Evidence(e.to_string()))?;
-        Ok(AuditBundle::new(
+        let bundle = AuditBundle::new(
             &h.chain,
             &h.policies,
             &h.root_ca_der,
             &h.mesh.mesh_ca_der,
-            BundleEvidence::new(&evidence, nonce),
-        ))
+            BundleEvidence::default(),
+        );
+        Ok(AuditDraft {
+            bundle,
+            report_data,
+            nonce: *nonce,
+        })
     }
 
     /// NewMeshCert for a workload whose evidence (`report`) was verified against the current manifest,
@@ -605,8 +715,8 @@ impl<S: Store> Coordinator<S> {
                 CoordinatorError::InvalidInput(format!("cannot issue a certificate: {e}"))
             })?;
         let workload_secret = match &policy.workload_secret_id {
-            Some(id) => secrets.engine.workload_secret(id).to_vec(),
-            None => Vec::new(),
+            Some(id) => Zeroizing::new(secrets.engine.workload_secret(id).to_vec()),
+            None => Zeroizing::new(Vec::new()),
         };
         Ok(MeshCertBundle {
             cert_chain_pem: secrets.mesh_ca.chain_pem(&leaf),
@@ -615,6 +725,55 @@ impl<S: Store> Coordinator<S> {
             workload_secret,
             workload: name,
         })
+    }
+}
+
+/// The most bytes of policy documents one SetManifest may carry (besides the manifest itself): they
+/// travel in one Raft entry. Documents already in the history need not be sent again.
+pub const MAX_POLICY_DOCUMENT_BYTES: usize = 4 << 20;
+
+/// The size caps of a SetManifest, checked before anything else.
+fn check_set_size(req: &SetRequest) -> Result<(), CoordinatorError> {
+    if req.manifest.len() > crate::manifest::MAX_MANIFEST_BYTES {
+        return Err(CoordinatorError::InvalidInput(crate::manifest::too_large(
+            req.manifest.len(),
+        )));
+    }
+    if req.policies.len() > crate::manifest::MAX_POLICIES {
+        return Err(CoordinatorError::InvalidInput(format!(
+            "the request carries {} policy documents, more than the {} policies a manifest may list",
+            req.policies.len(),
+            crate::manifest::MAX_POLICIES
+        )));
+    }
+    let bytes: usize = req.policies.iter().map(Vec::len).sum();
+    if bytes > MAX_POLICY_DOCUMENT_BYTES {
+        return Err(CoordinatorError::InvalidInput(format!(
+            "the request carries {bytes} bytes of policy documents, more than the {MAX_POLICY_DOCUMENT_BYTES} Concord accepts in one SetManifest; \
+             set the manifest in steps, a few new policies at a time (documents already in the history need not be sent again)"
+        )));
+    }
+    Ok(())
+}
+
+/// Parses the manifest of a SetManifest (bounded by [`crate::manifest::MAX_MANIFEST_BYTES`], linear in
+/// its size). Needs no replica state, so it runs outside the replica's lock.
+pub fn parse_for_set(bytes: &[u8]) -> Result<Manifest, CoordinatorError> {
+    Manifest::parse(bytes).map_err(|e| CoordinatorError::InvalidInput(e.to_string()))
+}
+
+/// The first items of a list for an error message, and how many more there are: a message that grows
+/// with the input could exceed what a gRPC status header carries.
+fn first_few(items: &[String]) -> String {
+    const SHOWN: usize = 5;
+    if items.len() <= SHOWN {
+        items.join(", ")
+    } else {
+        format!(
+            "{} and {} more",
+            items[..SHOWN].join(", "),
+            items.len() - SHOWN
+        )
     }
 }
 
@@ -681,5 +840,28 @@ fn authorize_first(
                 signature: *signature,
             }))
         }
+    }
+}
+
+/// An audit bundle waiting for its evidence ([`Coordinator::audit_draft`]).
+#[derive(Debug)]
+pub struct AuditDraft {
+    bundle: AuditBundle,
+    report_data: [u8; 64],
+    nonce: [u8; 32],
+}
+
+impl AuditDraft {
+    /// The report data the evidence must carry: it binds the nonce, the signing key, the latest
+    /// transition and both CA certificates of the bundle.
+    pub fn report_data(&self) -> [u8; 64] {
+        self.report_data
+    }
+
+    /// The bundle with `evidence`, which must carry [`report_data`](Self::report_data) (an auditor
+    /// rejects it otherwise).
+    pub fn finish(mut self, evidence: &concord_attestation::Evidence) -> AuditBundle {
+        self.bundle.evidence = BundleEvidence::new(evidence, &self.nonce);
+        self.bundle
     }
 }

@@ -10,11 +10,13 @@ mod recovery;
 mod secrets;
 
 pub use coordinator::{
-    Coordinator, ManifestsView, MeshCertBundle, Prepared, PreparedSet, ReplicaState, SetOutcome,
-    SetRequest,
+    AuditDraft, Coordinator, MAX_POLICY_DOCUMENT_BYTES, ManifestsView, MeshCertBundle, Prepared,
+    PreparedSet, ReplicaState, SetOutcome, SetRequest, parse_for_set,
 };
 pub use peer::{PeerAcceptance, PeerSecrets};
-pub use recovery::{KnownLatest, RecoverProgress, RecoveredSecrets, ShareOutcome};
+pub use recovery::{
+    AuthenticatedShare, KnownLatest, RecoverProgress, RecoveredSecrets, ShareOutcome,
+};
 
 #[cfg(test)]
 mod tests;

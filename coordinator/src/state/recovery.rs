@@ -1,12 +1,17 @@
 //! User recovery: after a full outage no replica holds the secrets. Seed share owners each submit their
-//! own decrypted share; once `threshold` distinct shares of this deployment are here, they are combined,
+//! own decrypted share, sealed with their own X25519 key to this process's recovery key, so a share is
+//! taken only from the owner the first manifest lists for its index (a forgery by anyone else never
+//! gets in beside or instead of a real share: issue 9.6); once `threshold` distinct shares of this
+//! deployment are here, they are combined,
 //! the seed is checked against the stored history (the derived signing key must be the history's), the
 //! root CA is rebuilt from its derived key, and a new mesh CA is made (the old one's key was only in
 //! memory and is never derivable from the seed: Invariant 3). Only then is the replica ready.
 //!
 //! Shares live only in memory, are never logged or written, and are discarded after a failed attempt.
 
-use concord_mesh_ca::{MeshCa, RootCa, SeedEngine, SeedShare, combine};
+use concord_mesh_ca::{
+    MeshCa, MeshCaError, RecoveryKey, RootCa, SeedEngine, SeedShare, ShareSubmission, combine,
+};
 use time::OffsetDateTime;
 
 use super::ReplicaState;
@@ -16,6 +21,18 @@ use crate::error::CoordinatorError;
 use crate::hash::Hash;
 use crate::history::MeshCerts;
 use crate::store::Store;
+
+/// A seed share that was sealed by the owner key the verified first manifest lists for its index, and
+/// belongs to this deployment: only [`Coordinator::authenticate_submission`] makes one.
+#[derive(Debug)]
+pub struct AuthenticatedShare(SeedShare);
+
+impl AuthenticatedShare {
+    /// The share's index (public), for log lines.
+    pub fn index(&self) -> u8 {
+        self.0.index
+    }
+}
 
 /// Where a user recovery stands after a share was accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,14 +146,15 @@ impl<S: Store> Coordinator<S> {
         Ok(())
     }
 
-    /// User recovery on a replica that writes its own store (one replica, tests): takes a share, and
-    /// at threshold records the new mesh CA and adopts the secrets.
-    pub fn recover_with_share(
+    /// User recovery on a replica that writes its own store (one replica, tests): takes a share
+    /// submission, and at threshold records the new mesh CA and adopts the secrets.
+    pub fn recover_with_submission(
         &mut self,
-        share: SeedShare,
+        key: &RecoveryKey,
+        submission: &ShareSubmission,
         now: OffsetDateTime,
     ) -> Result<RecoverProgress, CoordinatorError> {
-        match self.accept_share(share, now)? {
+        match self.accept_submission(key, submission, now)? {
             ShareOutcome::Progress(p) => Ok(p),
             ShareOutcome::Recovered(r) => {
                 self.ledger.replace_mesh_certs(&r.latest, &r.mesh)?;
@@ -206,41 +224,34 @@ impl<S: Store> Coordinator<S> {
         self.secrets.is_some()
     }
 
-    /// Takes one seed share. See the module documentation. A ready replica has nothing to recover,
-    /// forced or not; whether a ready *peer* exists is the caller's question (`Node::recover_with_share`
-    /// asks, and `--force` skips it). Writes nothing.
-    pub fn accept_share(
-        &mut self,
-        share: SeedShare,
-        now: OffsetDateTime,
-    ) -> Result<ShareOutcome, CoordinatorError> {
-        let history = match (self.state(), &self.history) {
-            (ReplicaState::Fresh, _) | (_, None) => {
-                return Err(CoordinatorError::FailedPrecondition(
-                    "there is nothing to recover: no history exists yet; set a manifest instead"
-                        .into(),
-                ));
-            }
-            (ReplicaState::Ready, _) => {
-                return Err(CoordinatorError::FailedPrecondition(
-                    "this coordinator is ready: there is nothing to recover".into(),
-                ));
-            }
-            (ReplicaState::Recovering, Some(h)) => h,
-        };
+    /// Checks a share submission without changing anything: this replica is recovering, the
+    /// submission was sealed to `key` by the owner key the verified first manifest lists for the
+    /// share's index, and the share belongs to this deployment. Cheap (one HPKE open): callers run it
+    /// before anything costly, such as asking the peers whether one is ready.
+    pub fn authenticate_submission(
+        &self,
+        key: &RecoveryKey,
+        submission: &ShareSubmission,
+    ) -> Result<AuthenticatedShare, CoordinatorError> {
+        let history = self.recoverable_history()?;
         let chain = &history.chain;
+        let owners = chain.manifests()[0].seed_share_owners();
+        let share = key.open(submission, &owners.keys).map_err(|e| match e {
+            MeshCaError::UnknownShareOwner { .. }
+            | MeshCaError::SubmissionNotAuthentic { .. }
+            | MeshCaError::SubmissionIndexMismatch { .. } => {
+                CoordinatorError::PermissionDenied(e.to_string())
+            }
+            other => CoordinatorError::InvalidInput(format!("the submitted share: {other}")),
+        })?;
         let deployment = chain.hash_at(0).unwrap_or(Hash::ZERO);
-        let owners = chain.manifests()[0].seed_share_owners().clone();
         if share.deployment != *deployment.as_bytes() {
             return Err(CoordinatorError::InvalidInput(format!(
                 "this share belongs to another deployment ({}); this history's first transition is {deployment}",
                 Hash(share.deployment)
             )));
         }
-        if share.threshold != owners.threshold
-            || share.index == 0
-            || usize::from(share.index) > owners.keys.len()
-        {
+        if share.threshold != owners.threshold {
             return Err(CoordinatorError::InvalidInput(format!(
                 "this share (index {}, threshold {}) does not fit this deployment's {}-of-{} seed share owners",
                 share.index,
@@ -249,14 +260,60 @@ impl<S: Store> Coordinator<S> {
                 owners.keys.len()
             )));
         }
-        match self.pending_shares.iter().find(|s| s.index == share.index) {
-            Some(known) if known.to_bytes() == share.to_bytes() => {}
-            Some(_) => {
-                return Err(CoordinatorError::InvalidInput(format!(
-                    "a different share with index {} was already submitted; one of them is wrong. Nothing changed",
-                    share.index
-                )));
-            }
+        Ok(AuthenticatedShare(share))
+    }
+
+    /// The verified history of a recovering replica; an error naming why there is nothing to recover.
+    fn recoverable_history(&self) -> Result<&crate::history::LoadedHistory, CoordinatorError> {
+        match (self.state(), &self.history) {
+            (ReplicaState::Fresh, _) | (_, None) => Err(CoordinatorError::FailedPrecondition(
+                "there is nothing to recover: no history exists yet; set a manifest instead".into(),
+            )),
+            (ReplicaState::Ready, _) => Err(CoordinatorError::FailedPrecondition(
+                "this coordinator is ready: there is nothing to recover".into(),
+            )),
+            (ReplicaState::Recovering, Some(h)) => Ok(h),
+        }
+    }
+
+    /// Takes one seed share submission. See the module documentation. A ready replica has nothing
+    /// to recover, forced or not; whether a ready *peer* exists is the caller's question
+    /// (`Node::recover_with_submission` asks, and `--force` skips it). Writes nothing.
+    ///
+    /// An owner that submits again replaces its own pending share (it may have sent a damaged
+    /// one); nobody else can, since every share is authenticated to its owner.
+    pub fn accept_submission(
+        &mut self,
+        key: &RecoveryKey,
+        submission: &ShareSubmission,
+        now: OffsetDateTime,
+    ) -> Result<ShareOutcome, CoordinatorError> {
+        let share = self.authenticate_submission(key, submission)?;
+        self.accept_authenticated_share(share, now)
+    }
+
+    /// [`Coordinator::accept_submission`] after [`Coordinator::authenticate_submission`] (which the
+    /// caller may run first, to do nothing costly for a forgery).
+    pub fn accept_authenticated_share(
+        &mut self,
+        share: AuthenticatedShare,
+        now: OffsetDateTime,
+    ) -> Result<ShareOutcome, CoordinatorError> {
+        let AuthenticatedShare(share) = share;
+        self.recoverable_history()?;
+        // Direct field access (not the method's borrow of all of `self`): `pending_shares` changes below.
+        let Some(history) = self.history.as_ref() else {
+            return Err(CoordinatorError::NoManifest);
+        };
+        let chain = &history.chain;
+        let owners = chain.manifests()[0].seed_share_owners().clone();
+        // Authenticated to its owner: a second submission for an index is that owner's own.
+        match self
+            .pending_shares
+            .iter_mut()
+            .find(|s| s.index == share.index)
+        {
+            Some(known) => *known = share,
             None => self.pending_shares.push(share),
         }
         let received = self.pending_shares.len() as u32;
@@ -279,7 +336,7 @@ impl<S: Store> Coordinator<S> {
         let signing_key = engine.transition_signing_key();
         if signing_key.verifying_key() != *chain.signing_key() {
             return Err(CoordinatorError::PermissionDenied(
-                "the shares reconstruct a seed whose signing key is not this history's: at least one share is wrong or forged. They were discarded; nothing changed"
+                "the shares reconstruct a seed whose signing key is not this history's: at least one owner submitted a wrong share (a damaged share file, or one of an earlier deployment). They were discarded; nothing changed"
                     .into(),
             ));
         }

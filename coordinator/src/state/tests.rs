@@ -1,7 +1,10 @@
 //! The core, in memory: every invariant of DESIGN.md that applies to one replica.
 
-use concord_attestation::PlatformTrust;
-use concord_mesh_ca::{SeedEngine, combine, decrypt_share};
+use concord_attestation::{EvidenceIssuer as _, PlatformTrust};
+use concord_mesh_ca::{
+    RecoveryKey, SeedEngine, SeedShare, ShareOwnerKeyPair, ShareSubmission, combine, decrypt_share,
+    seal_submission,
+};
 use time::OffsetDateTime;
 
 use super::*;
@@ -351,6 +354,37 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 }
 
 #[test]
+fn the_audit_draft_is_made_under_the_lock_and_finished_after_it() {
+    // GetHistory reads the core for the draft, releases it, and only then asks for evidence (a
+    // device call): the core can be written meanwhile.
+    let d = TestDeployment::new();
+    let (c, first) = ready(&d);
+    let core = std::sync::RwLock::new(c);
+    let nonce = [7; 32];
+    let draft = core.read().unwrap().audit_draft(&nonce).unwrap();
+    let mut writer = core.try_write().expect("the draft holds no lock");
+    writer
+        .set_manifest(d.set_request(d.manifest(2), first.hash), now())
+        .unwrap();
+    drop(writer);
+    let evidence = d
+        .issuer(&d.coordinator_policy)
+        .issue(&draft.report_data())
+        .unwrap();
+    let bundle = draft.finish(&evidence).to_json();
+    let options = AuditOptions {
+        trust: PlatformTrust {
+            insecure_simulated_root: Some(d.root.hash()),
+        },
+        expected_nonce: Some(nonce),
+        since: Some(first.hash),
+        now: std::time::SystemTime::now(),
+    };
+    // The bundle is the history as it was when drafted, and its evidence binds exactly that.
+    assert_eq!(audit(&bundle, &options).unwrap().chain.len(), 1);
+}
+
+#[test]
 fn the_audit_bundle_audits_clean_and_binds_the_nonce() {
     let d = TestDeployment::new();
     let (mut c, first) = ready(&d);
@@ -443,20 +477,27 @@ fn restarted(d: &TestDeployment) -> (Coordinator<SledStore>, SetOutcome, tempfil
     (c, first, dir)
 }
 
+/// Owner `i`'s share (index `i + 1`) sealed by `owner` to `key`, as `concord recover` sends it.
+fn sealed(owner: &ShareOwnerKeyPair, share: &SeedShare, key: &RecoveryKey) -> ShareSubmission {
+    seal_submission(owner, &key.public_key(), share).unwrap()
+}
+
 #[test]
 fn threshold_shares_recover_a_restarted_replica() {
     let d = TestDeployment::new();
     let (mut c, first, _dir) = restarted(&d);
     let shares = open_shares(&d, &first);
+    let key = RecoveryKey::generate().unwrap();
+    let owner = |i: usize| sealed(&d.share_owners[i], &shares[i], &key);
 
-    let p = c.recover_with_share(shares[2].clone(), now()).unwrap();
+    let p = c.recover_with_submission(&key, &owner(2), now()).unwrap();
     assert_eq!((p.shares_received, p.threshold, p.ready), (1, 2, false));
     // The same share again changes nothing.
-    let p = c.recover_with_share(shares[2].clone(), now()).unwrap();
+    let p = c.recover_with_submission(&key, &owner(2), now()).unwrap();
     assert_eq!(p.shares_received, 1);
     assert_eq!(c.state(), ReplicaState::Recovering);
 
-    let p = c.recover_with_share(shares[0].clone(), now()).unwrap();
+    let p = c.recover_with_submission(&key, &owner(0), now()).unwrap();
     assert!(p.ready);
     assert_eq!(c.state(), ReplicaState::Ready);
     // Ready again: serves, and a new mesh CA (the old key is gone for good), same root CA.
@@ -469,7 +510,7 @@ fn threshold_shares_recover_a_restarted_replica() {
     assert_eq!(next.transition.index, 1);
     // And a ready replica has nothing to recover.
     assert!(matches!(
-        c.recover_with_share(shares[1].clone(), now()),
+        c.recover_with_submission(&key, &owner(1), now()),
         Err(CoordinatorError::FailedPrecondition(_))
     ));
 }
@@ -479,20 +520,38 @@ fn wrong_foreign_or_too_few_shares_change_nothing() {
     let d = TestDeployment::new();
     let (mut c, first, _dir) = restarted(&d);
     let shares = open_shares(&d, &first);
+    let key = RecoveryKey::generate().unwrap();
 
-    // A share of another deployment.
+    // A share of another deployment, sealed by its (unlisted) owner.
     let other = TestDeployment::new();
     let (_, other_first) = ready(&other);
     let foreign = open_shares(&other, &other_first);
-    let err = c.recover_with_share(foreign[0].clone(), now()).unwrap_err();
-    assert!(matches!(err, CoordinatorError::InvalidInput(_)), "{err}");
+    let err = c
+        .recover_with_submission(
+            &key,
+            &sealed(&other.share_owners[0], &foreign[0], &key),
+            now(),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, CoordinatorError::PermissionDenied(_)),
+        "{err}"
+    );
+    assert!(err.to_string().contains("another deployment"), "{err}");
+    // Another deployment's share sealed by a listed owner (one key in two deployments): named too.
+    let err = c
+        .recover_with_submission(&key, &sealed(&d.share_owners[0], &foreign[0], &key), now())
+        .unwrap_err();
     assert!(err.to_string().contains("another deployment"), "{err}");
 
-    // A forged share (right deployment and index, wrong value): the combined seed is refused.
-    let mut forged = shares[1].clone();
-    forged.value[0] ^= 1;
-    c.recover_with_share(shares[0].clone(), now()).unwrap();
-    let err = c.recover_with_share(forged, now()).unwrap_err();
+    // A wrong value from a listed owner (a damaged share file): the combined seed is refused.
+    let mut damaged = shares[1].clone();
+    damaged.value[0] ^= 1;
+    c.recover_with_submission(&key, &sealed(&d.share_owners[0], &shares[0], &key), now())
+        .unwrap();
+    let err = c
+        .recover_with_submission(&key, &sealed(&d.share_owners[1], &damaged, &key), now())
+        .unwrap_err();
     assert!(
         matches!(err, CoordinatorError::PermissionDenied(_)),
         "{err}"
@@ -501,21 +560,99 @@ fn wrong_foreign_or_too_few_shares_change_nothing() {
     assert!(matches!(c.manifests(), Err(CoordinatorError::Recovering)));
 
     // After the failure the shares were discarded: one good share is not enough any more.
-    let p = c.recover_with_share(shares[1].clone(), now()).unwrap();
+    let p = c
+        .recover_with_submission(&key, &sealed(&d.share_owners[1], &shares[1], &key), now())
+        .unwrap();
     assert_eq!((p.shares_received, p.ready), (1, false));
-    // Two different shares claiming the same index: refused.
-    let mut twin = shares[1].clone();
-    twin.value[5] ^= 1;
-    assert!(matches!(
-        c.recover_with_share(twin, now()),
-        Err(CoordinatorError::InvalidInput(_))
-    ));
     // A fresh replica has nothing to recover.
     let mut fresh = Coordinator::open(MemoryStore::new()).unwrap();
     assert!(matches!(
-        fresh.recover_with_share(shares[0].clone(), now()),
+        fresh.recover_with_submission(&key, &sealed(&d.share_owners[0], &shares[0], &key), now()),
         Err(CoordinatorError::FailedPrecondition(_))
     ));
+}
+
+/// Issue 9.6: a forged share for an index (the deployment id and threshold are public) is refused
+/// before it is kept, however it is sealed, so it can neither displace nor poison the real one.
+#[test]
+fn t96_forged_shares_never_displace_or_poison_an_owners_share() {
+    let d = TestDeployment::new();
+    let (mut c, first, _dir) = restarted(&d);
+    let shares = open_shares(&d, &first);
+    let key = RecoveryKey::generate().unwrap();
+    let forger = ShareOwnerKeyPair::generate().unwrap();
+    let mut forged = shares[0].clone();
+    forged.value[3] ^= 0x5a;
+
+    // Sealed by the forger's own key: not an owner.
+    let err = c
+        .recover_with_submission(&key, &sealed(&forger, &forged, &key), now())
+        .unwrap_err();
+    assert!(
+        matches!(err, CoordinatorError::PermissionDenied(_)),
+        "{err}"
+    );
+    // Sealed by the forger but naming owner 0's key: does not open.
+    let mut claimed = sealed(&forger, &forged, &key);
+    claimed.owner_public_key = d.share_owners[0].public_key();
+    let err = c
+        .recover_with_submission(&key, &claimed, now())
+        .unwrap_err();
+    assert!(
+        matches!(err, CoordinatorError::PermissionDenied(_)),
+        "{err}"
+    );
+    // Owner 1 sending owner 0's index: refused.
+    let err = c
+        .recover_with_submission(&key, &sealed(&d.share_owners[1], &forged, &key), now())
+        .unwrap_err();
+    assert!(
+        matches!(err, CoordinatorError::PermissionDenied(_)),
+        "{err}"
+    );
+    // A real owner's submission sealed to another process's key: refused.
+    let other_key = RecoveryKey::generate().unwrap();
+    assert!(
+        c.recover_with_submission(
+            &key,
+            &sealed(&d.share_owners[0], &shares[0], &other_key),
+            now()
+        )
+        .is_err()
+    );
+    // None of it was kept: the two real owners recover at once.
+    let p = c
+        .recover_with_submission(&key, &sealed(&d.share_owners[0], &shares[0], &key), now())
+        .unwrap();
+    assert_eq!((p.shares_received, p.ready), (1, false));
+    // Interleaved forgeries between the real shares change nothing either.
+    assert!(c.recover_with_submission(&key, &claimed, now()).is_err());
+    let p = c
+        .recover_with_submission(&key, &sealed(&d.share_owners[2], &shares[2], &key), now())
+        .unwrap();
+    assert!(p.ready);
+    assert_eq!(c.state(), ReplicaState::Ready);
+}
+
+/// An owner that sent a damaged share replaces it with its own good one; nothing is combined early.
+#[test]
+fn an_owner_replaces_its_own_pending_share() {
+    let d = TestDeployment::new();
+    let (mut c, first, _dir) = restarted(&d);
+    let shares = open_shares(&d, &first);
+    let key = RecoveryKey::generate().unwrap();
+    let mut damaged = shares[0].clone();
+    damaged.value[7] ^= 1;
+    c.recover_with_submission(&key, &sealed(&d.share_owners[0], &damaged, &key), now())
+        .unwrap();
+    let p = c
+        .recover_with_submission(&key, &sealed(&d.share_owners[0], &shares[0], &key), now())
+        .unwrap();
+    assert_eq!((p.shares_received, p.ready), (1, false));
+    let p = c
+        .recover_with_submission(&key, &sealed(&d.share_owners[1], &shares[1], &key), now())
+        .unwrap();
+    assert!(p.ready);
 }
 
 /// Two replicas of one history: `a` ready (it set the manifests), `b` opened on a copy of `a`'s store,
@@ -1041,4 +1178,100 @@ fn a_store_whose_first_transition_no_listed_owner_authorized_is_refused_at_open(
     }
     // The untouched store still opens.
     assert!(Coordinator::open(SledStore::open(dir.path()).unwrap()).is_ok());
+}
+
+/// Issue 9.11: an update nobody authorized is refused before its manifest is read, so its size or
+/// shape costs the replica nothing beyond hashing the bytes.
+#[test]
+fn an_unauthorized_update_is_refused_before_its_manifest_is_parsed() {
+    let d = TestDeployment::new();
+    let (c, first) = ready(&d);
+    // Not JSON at all: a parse first would answer InvalidArgument.
+    let garbage = vec![b'['; 512 * 1024];
+    let mut unsigned = d.set_request(garbage.clone(), first.hash);
+    unsigned.owner = None;
+    assert!(matches!(
+        c.prepare_set(unsigned, now()),
+        Err(CoordinatorError::PermissionDenied(_))
+    ));
+    let stale = d.set_request(garbage.clone(), Hash::of(b"not the latest"));
+    assert!(matches!(
+        c.prepare_set(stale, now()),
+        Err(CoordinatorError::PreviousMismatch { .. })
+    ));
+    let stranger = TestDeployment::new().set_request(garbage.clone(), first.hash);
+    assert!(matches!(
+        c.prepare_set(stranger, now()),
+        Err(CoordinatorError::PermissionDenied(_))
+    ));
+    // Authorized, the same bytes are parsed and refused for what they are.
+    let signed = d.set_request(garbage, first.hash);
+    assert!(matches!(
+        c.prepare_set(signed, now()),
+        Err(CoordinatorError::InvalidInput(_))
+    ));
+}
+
+/// The caps of a SetManifest, each with a message that names it.
+#[test]
+fn set_manifest_caps_are_enforced_with_their_numbers() {
+    let d = TestDeployment::new();
+    let (c, first) = ready(&d);
+    let big = vec![b' '; crate::manifest::MAX_MANIFEST_BYTES + 1];
+    let e = c
+        .prepare_set(d.set_request(big, first.hash), now())
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("more than the 1048576 Concord accepts"),
+        "{e}"
+    );
+
+    let mut docs = d.set_request(d.manifest(2), first.hash);
+    docs.policies = vec![vec![0; 1 << 20]; 5];
+    let e = c.prepare_set(docs, now()).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("bytes of policy documents, more than the 4194304"),
+        "{e}"
+    );
+
+    // 10,000 policies and their documents: accepted, in linear time.
+    let mut doc: serde_json::Value = serde_json::from_slice(&d.manifest(2)).unwrap();
+    let policies = doc["policies"].as_object_mut().unwrap();
+    let mut docs = d.set_request(Vec::new(), first.hash).policies;
+    for i in 0..crate::manifest::MAX_POLICIES - 2 {
+        let p = format!("policy {i}").into_bytes();
+        policies.insert(
+            Hash::of(&p).to_hex(),
+            serde_json::json!({"sans": [format!("w{i}")]}),
+        );
+        docs.push(p);
+    }
+    let m = serde_json::to_vec(&doc).unwrap();
+    let mut req = d.set_request(m, first.hash);
+    req.policies = docs;
+    let started = std::time::Instant::now();
+    assert!(matches!(
+        c.prepare_set(req.clone(), now()),
+        Ok(Prepared::Append(_))
+    ));
+    eprintln!(
+        "prepared a manifest of 10,000 policies in {:?}",
+        started.elapsed()
+    );
+
+    // One more policy is over the cap.
+    let mut over: serde_json::Value = serde_json::from_slice(&req.manifest).unwrap();
+    over["policies"].as_object_mut().unwrap().insert(
+        Hash::of(b"one more").to_hex(),
+        serde_json::json!({"sans": []}),
+    );
+    let over = d.set_request(serde_json::to_vec(&over).unwrap(), first.hash);
+    let e = c.prepare_set(over, now()).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("the manifest has 10001 policies, more than the 10000 Concord accepts"),
+        "{e}"
+    );
 }

@@ -44,6 +44,13 @@ impl Store for MemoryStore {
 }
 
 impl MemoryStore {
+    /// Every key and value, in key order.
+    pub(crate) fn entries(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.lock()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default()
+    }
+
     /// Every key and value, concatenated: for tests that search the store for secrets.
     #[doc(hidden)]
     pub fn dump(&self) -> Vec<u8> {

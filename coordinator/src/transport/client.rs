@@ -29,6 +29,16 @@ pub async fn connect(
     addr: &str,
     client: Arc<AtlsClient>,
 ) -> Result<(Channel, VerifiedPeer), ConnectError> {
+    connect_from(addr, None, client).await
+}
+
+/// [`connect`] from the local address `local` (any port), or the system's choice for `None`: tests
+/// use it to act as several hosts on loopback.
+pub async fn connect_from(
+    addr: &str,
+    local: Option<std::net::IpAddr>,
+    client: Arc<AtlsClient>,
+) -> Result<(Channel, VerifiedPeer), ConnectError> {
     let slot: Slot = Arc::new(Mutex::new(None));
     let unavailable = |reason: String| ConnectError::Unavailable {
         addr: addr.to_string(),
@@ -44,7 +54,25 @@ pub async fn connect(
         let target = target.clone();
         let slot = connector_slot.clone();
         async move {
-            let tcp = TcpStream::connect(&target).await?;
+            let tcp = match local {
+                None => TcpStream::connect(&target).await?,
+                Some(ip) => {
+                    let remote =
+                        tokio::net::lookup_host(&target)
+                            .await?
+                            .next()
+                            .ok_or_else(|| {
+                                std::io::Error::other(format!("{target} resolves to no address"))
+                            })?;
+                    let socket = if ip.is_ipv4() {
+                        tokio::net::TcpSocket::new_v4()?
+                    } else {
+                        tokio::net::TcpSocket::new_v6()?
+                    };
+                    socket.bind(std::net::SocketAddr::new(ip, 0))?;
+                    socket.connect(remote).await?
+                }
+            };
             let _ = tcp.set_nodelay(true);
             // The peer is identified by its evidence, not by a name: the name is only for SNI.
             let name = rustls::pki_types::ServerName::try_from("coordinator")
@@ -71,10 +99,15 @@ pub async fn connect(
     let outcome = slot.lock().ok().and_then(|mut s| s.take());
     match (channel, outcome) {
         (Ok(channel), Some(Ok(peer))) => Ok((channel, peer)),
-        (_, Some(Err(source))) => Err(ConnectError::Attestation {
-            addr: addr.to_string(),
-            source,
-        }),
+        // Exit 3 and the metric are for evidence that was received and refused; a reset, a stall
+        // or a peer that does not speak aTLS is an outage.
+        (_, Some(Err(source))) if source.is_verdict_on_evidence() => {
+            Err(ConnectError::Attestation {
+                addr: addr.to_string(),
+                source,
+            })
+        }
+        (_, Some(Err(source))) => Err(unavailable(source.to_string())),
         (Err(e), _) => Err(unavailable(error_chain(&e))),
         (Ok(_), None) => Err(unavailable("the connection produced no handshake".into())),
     }

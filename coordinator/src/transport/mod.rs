@@ -4,7 +4,12 @@
 //! The TLS and evidence logic lives in `concord_attestation::atls`; this module only adapts it to tonic.
 
 mod client;
+mod failure_log;
+mod gate;
+mod limits;
 mod server;
 
-pub use client::{ConnectError, connect};
+pub use client::{ConnectError, connect, connect_from};
+pub use gate::{GateLimits, Rate};
+pub use limits::ListenerLimits;
 pub use server::{AtlsIo, PeerInfo, attested_peer, incoming};

@@ -80,7 +80,10 @@ async fn serving(
     loop {
         if is_ready(&mut client, transitions).await {
             let current = client
-                .get_manifests(pb::GetManifestsRequest { allow_stale: true })
+                .get_manifests(pb::GetManifestsRequest {
+                    allow_stale: true,
+                    ..Default::default()
+                })
                 .await
                 .map(|r| r.into_inner().mesh_ca);
             if current.is_ok_and(|c| c == mesh_ca) {

@@ -1,0 +1,128 @@
+//! `check_unique_keys`: refuses a JSON document in which any object names a member twice.
+//!
+//! JSON (RFC 8259 §4) leaves duplicate names undefined, and parsers differ: serde_json's maps keep the
+//! last value, Python's `json` too, other parsers the first or an error. An audit bundle with two
+//! entries for one policy hash, or two `manifest` fields in a transition, could then mean one thing to
+//! Concord's auditor and another to a third party's. PROTOCOL.md §10 makes duplicates an error; this
+//! pass enforces it for the whole document before it is decoded. It must never accept a document that
+//! serde_json would read differently from a parser that keeps the first value.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+/// `Ok` if no object in `bytes` (JSON) names a member twice; else the member and where it is (a path
+/// such as `policies` or `transitions[1]`). Malformed JSON is an error too.
+pub fn check_unique_keys(bytes: &[u8]) -> Result<(), String> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    Node { path: "" }
+        .deserialize(&mut de)
+        .and_then(|()| de.end())
+        .map_err(|e| e.to_string())
+}
+
+/// One value of the document, at `path` (for the message).
+struct Node<'p> {
+    path: &'p str,
+}
+
+impl<'de> DeserializeSeed<'de> for Node<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Node<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let path = if self.path.is_empty() {
+                key.clone()
+            } else {
+                format!("{}.{key}", self.path)
+            };
+            if !seen.insert(key) {
+                let place = if self.path.is_empty() {
+                    "the top level".to_string()
+                } else {
+                    format!("`{}`", self.path)
+                };
+                return Err(de::Error::custom(format!(
+                    "`{path}` appears twice in {place}: a duplicate JSON member, which parsers read differently"
+                )));
+            }
+            map.next_value_seed(Node { path: &path })?;
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut i = 0usize;
+        loop {
+            let path = format!("{}[{i}]", self.path);
+            if seq.next_element_seed(Node { path: &path })?.is_none() {
+                return Ok(());
+            }
+            i += 1;
+        }
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicates_are_found_at_any_depth_and_named() {
+        assert!(check_unique_keys(br#"{"a": [1, {"b": null}], "c": {"d": "x"}}"#).is_ok());
+        let top = check_unique_keys(br#"{"a": 1, "a": 1}"#).unwrap_err();
+        assert!(top.contains("`a` appears twice in the top level"), "{top}");
+        let policies = check_unique_keys(br#"{"policies": {"ab": "x", "ab": "y"}}"#).unwrap_err();
+        assert!(
+            policies.contains("`policies.ab` appears twice in `policies`"),
+            "{policies}"
+        );
+        let nested =
+            check_unique_keys(br#"{"t": [{"i": 0}, {"i": 1, "m": "x", "m": "y"}]}"#).unwrap_err();
+        assert!(nested.contains("in `t[1]`"), "{nested}");
+        // Escapes do not hide a duplicate: "\u0061" is "a".
+        assert!(check_unique_keys(br#"{"a": 1, "\u0061": 2}"#).is_err());
+        // Malformed or trailing input is an error too.
+        assert!(check_unique_keys(br#"{"a": 1"#).is_err());
+        assert!(check_unique_keys(br#"{"a": 1} {}"#).is_err());
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let deep = "[".repeat(100_000);
+        assert!(check_unique_keys(deep.as_bytes()).is_err());
+    }
+}

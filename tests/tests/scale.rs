@@ -1,0 +1,517 @@
+//! Work that grows with the input, against the real binaries: a SetManifest nobody authorized must not
+//! cost the leader more than hashing its bytes (issue 9.11), and the caps on a manifest answer at once.
+
+use std::time::{Duration, Instant};
+
+use concord_proto::v1 as pb;
+use concord_tests::{Env, Hash, describe, stdout_line};
+
+/// A legitimate call must be answered within this while an attack runs (generous: the machine is loaded).
+const SERVED_WITHIN: Duration = Duration::from_secs(5);
+
+/// Manifest v1 of `env` with `extra` more policies (each with one SAN), and the documents of those
+/// policies: the shape of an attack that costs the most per byte.
+fn manifest_with_policies(env: &Env, extra: usize) -> (Vec<u8>, Vec<Vec<u8>>) {
+    let mut doc: serde_json::Value = serde_json::from_slice(&env.d.manifest(1)).unwrap();
+    let policies = doc["policies"].as_object_mut().unwrap();
+    let mut docs = Vec::with_capacity(extra);
+    for i in 0..extra {
+        let policy = format!("p{i}").into_bytes();
+        policies.insert(
+            Hash::of(&policy).to_hex(),
+            serde_json::json!({ "sans": [format!("w{i}")] }),
+        );
+        docs.push(policy);
+    }
+    (serde_json::to_vec(&doc).unwrap(), docs)
+}
+
+async fn leader(env: &Env, cluster: &[concord_cli::process::CoordinatorProcess]) -> usize {
+    let start = Instant::now();
+    loop {
+        for (i, c) in cluster.iter().enumerate() {
+            if env.status(c).await.is_ok_and(|s| s.role == "leader") {
+                return i;
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "no leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// 40,000 policies (3.6 MB, under gRPC's default 4 MiB), with their documents, the right
+/// `expected_previous` and no owner signature, sent again and again to the leader of three replicas.
+/// The leader must answer a legitimate update meanwhile and keep its term.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unauthorized_huge_manifest_does_not_stall_the_leader() {
+    let env = Env::new();
+    let cluster = env.start_cluster(3);
+    let out = env.set(&cluster[0], "manifest-v1.json", &["--owner-key", "owner.pem"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let first = Hash::from_hex(&stdout_line(&out)).unwrap();
+    let l = leader(&env, &cluster).await;
+    let before = env.status(&cluster[l]).await.unwrap();
+
+    // Over the caps (refused by its size), and under them (refused for want of a signature, or by
+    // compare-and-swap once the legitimate update below went through).
+    let attacks = [
+        (40_000, &[tonic::Code::InvalidArgument][..]),
+        (
+            9_990,
+            &[
+                tonic::Code::PermissionDenied,
+                tonic::Code::FailedPrecondition,
+            ][..],
+        ),
+    ]
+    .map(|(n, codes)| {
+        let (manifest, policies) = manifest_with_policies(&env, n);
+        let request = pb::SetManifestRequest {
+            manifest,
+            policies,
+            expected_previous: first.as_bytes().to_vec(),
+            owner_key: Vec::new(),
+            owner_signature: Vec::new(),
+        };
+        (request, codes)
+    });
+    let attack_until = Instant::now() + Duration::from_secs(8);
+    let mut attackers = Vec::new();
+    for (attack, codes) in attacks {
+        let mut api = env.user_client(&cluster[l]).await;
+        attackers.push(tokio::spawn(async move {
+            let mut answers = Vec::new();
+            while Instant::now() < attack_until {
+                let started = Instant::now();
+                let answer = api.set_manifest(attack.clone()).await;
+                answers.push((answer.map(|_| ()), started.elapsed()));
+            }
+            (answers, codes)
+        }));
+    }
+    // Let the attack reach the leader, then make a legitimate update while it goes on.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut api = env.user_client(&cluster[l]).await;
+    let started = Instant::now();
+    let legit = tokio::time::timeout(
+        SERVED_WITHIN,
+        api.set_manifest(env.set_manifest_request(2, first)),
+    )
+    .await;
+    let legit_took = started.elapsed();
+    eprintln!("a legitimate SetManifest during the attack took {legit_took:?}");
+    let legit = legit
+        .unwrap_or_else(|_| panic!("the leader did not answer a legitimate update within {SERVED_WITHIN:?} under the attack"))
+        .expect("the legitimate update is acknowledged");
+    assert!(!legit.into_inner().unchanged);
+
+    for a in attackers {
+        let (answers, codes) = a.await.unwrap();
+        assert!(!answers.is_empty());
+        for (answer, took) in &answers {
+            let status = answer.as_ref().expect_err("the attack must be refused");
+            assert!(
+                codes.contains(&status.code()),
+                "{:?}: {}",
+                status.code(),
+                status.message()
+            );
+            assert!(
+                *took < SERVED_WITHIN,
+                "refusing the attack took {took:?}: {}",
+                status.message()
+            );
+        }
+        eprintln!(
+            "{} attack calls, refused with: {}",
+            answers.len(),
+            answers[0].0.as_ref().unwrap_err().message()
+        );
+    }
+    let after = env.status(&cluster[l]).await.unwrap();
+    assert_eq!(after.role, "leader", "the attacked replica lost leadership");
+    assert_eq!(
+        after.term, before.term,
+        "an election happened during the attack"
+    );
+}
+
+/// A fresh replica cannot authenticate the first manifest: the caps bound it, and the answer names them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_manifest_over_the_caps_is_refused_at_once() {
+    let env = Env::new();
+    let c = env.start_coordinator("lone");
+    let mut api = env.user_client(&c).await;
+
+    // Over the policy count, under the byte cap.
+    let (manifest, _) = manifest_with_policies(&env, 10_001);
+    let started = Instant::now();
+    let answer = api
+        .set_manifest(pb::SetManifestRequest {
+            manifest,
+            expected_previous: vec![0; 32],
+            ..Default::default()
+        })
+        .await
+        .expect_err("over the policy cap");
+    let took = started.elapsed();
+    assert_eq!(
+        answer.code(),
+        tonic::Code::InvalidArgument,
+        "{}",
+        answer.message()
+    );
+    assert!(
+        answer
+            .message()
+            .contains("the manifest has 10003 policies, more than the 10000 Concord accepts"),
+        "{}",
+        answer.message()
+    );
+    assert!(took < SERVED_WITHIN, "refused after {took:?}");
+
+    // Over the byte cap: refused before it is parsed.
+    let (manifest, policies) = manifest_with_policies(&env, 30_000);
+    assert!(manifest.len() > 1 << 20);
+    let answer = api
+        .set_manifest(pb::SetManifestRequest {
+            manifest,
+            policies,
+            expected_previous: vec![0; 32],
+            ..Default::default()
+        })
+        .await
+        .expect_err("over the byte cap");
+    assert_eq!(answer.code(), tonic::Code::InvalidArgument);
+    assert!(
+        answer.message().contains("more than the 1048576"),
+        "{}",
+        answer.message()
+    );
+
+    // The replica still serves, and still takes a first manifest of a normal size.
+    let out = env.set(&c, "manifest-v1.json", &["--owner-key", "owner.pem"]);
+    assert!(out.status.success(), "{}", describe(&out));
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Issue 9.12: large histories.
+
+/// How many policies make manifest v1 about 100 KB (about 85 bytes each).
+const PADDING_POLICIES: usize = 1_150;
+
+/// The documents of the padding policies: uploaded once, with the first update, then in the history.
+fn padding_documents() -> Vec<Vec<u8>> {
+    (0..PADDING_POLICIES)
+        .map(|i| format!("padding policy {i}").into_bytes())
+        .collect()
+}
+
+/// Manifest number `i` of a large history: manifest v1's policies, the padding policies, and `web`
+/// with one SAN that makes each manifest different. About 100 KB.
+fn large_manifest(env: &Env, i: usize) -> Vec<u8> {
+    let mut doc: serde_json::Value = serde_json::from_slice(&env.d.manifest(1)).unwrap();
+    let web = env.d.workload_policy_hash().to_hex();
+    let policies = doc["policies"].as_object_mut().unwrap();
+    policies[&web]["sans"]
+        .as_array_mut()
+        .unwrap()
+        .push(format!("web-{i}.default.svc").into());
+    for p in padding_documents() {
+        policies.insert(
+            Hash::of(&p).to_hex(),
+            serde_json::json!({ "sans": ["padding.default.svc"] }),
+        );
+    }
+    serde_json::to_vec(&doc).unwrap()
+}
+
+/// Sets manifests 1..=n after `previous` through the leader's user API, owner-signed; returns the latest.
+async fn grow_history(
+    env: &Env,
+    api: &mut concord_proto::v1::user_api_client::UserApiClient<tonic::transport::Channel>,
+    mut previous: Hash,
+    n: usize,
+) -> Hash {
+    use concord_coordinator::history::format;
+    let started = Instant::now();
+    for i in 1..=n {
+        let manifest = large_manifest(env, i);
+        let transition = format::transition_hash(&Hash::of(&manifest), &previous);
+        let signature = format::sign_owner(&env.d.owner, &transition);
+        let request = pb::SetManifestRequest {
+            manifest,
+            policies: if i == 1 {
+                padding_documents()
+            } else {
+                Vec::new()
+            },
+            expected_previous: previous.as_bytes().to_vec(),
+            owner_key: env.d.owner.verifying_key().to_bytes().to_vec(),
+            owner_signature: signature.to_bytes().to_vec(),
+        };
+        previous = set_with_retries(api, request, transition).await;
+        if i % 50 == 0 {
+            eprintln!("{i} transitions set in {:?}", started.elapsed());
+        }
+    }
+    eprintln!(
+        "set {n} manifests of about 100 KB in {:?}",
+        started.elapsed()
+    );
+    previous
+}
+
+/// One SetManifest through `api`; after an election it may be refused (the new leader had not applied
+/// the last entries yet: FailedPrecondition) or time out (Unavailable): then the latest transition is
+/// read again, and the request retried unless it was applied after all. Returns the new latest.
+async fn set_with_retries(
+    api: &mut concord_proto::v1::user_api_client::UserApiClient<tonic::transport::Channel>,
+    request: pb::SetManifestRequest,
+    transition: Hash,
+) -> Hash {
+    let started = Instant::now();
+    loop {
+        let status = match api.set_manifest(request.clone()).await {
+            Ok(answer) => {
+                return Hash::from_slice(&answer.into_inner().transition.unwrap().hash).unwrap();
+            }
+            Err(s) => s,
+        };
+        assert!(
+            matches!(
+                status.code(),
+                tonic::Code::FailedPrecondition | tonic::Code::Unavailable
+            ) && started.elapsed() < Duration::from_secs(60),
+            "SetManifest: {status:?}"
+        );
+        eprintln!(
+            "SetManifest refused ({:?}); reading the latest again",
+            status.code()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let latest = api
+            .get_manifests(pb::GetManifestsRequest {
+                only_latest: true,
+                ..Default::default()
+            })
+            .await
+            .ok()
+            .and_then(|r| r.into_inner().latest)
+            .map(|t| Hash::from_slice(&t.hash).unwrap());
+        if latest == Some(transition) {
+            return transition;
+        }
+    }
+}
+
+/// Resident set size of a process, from /proc.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Waits until replica `c` is ready with `transitions` transitions; the time it took.
+async fn caught_up(
+    env: &Env,
+    c: &concord_cli::process::CoordinatorProcess,
+    transitions: u64,
+    within: Duration,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        if let Ok(s) = env.status(c).await
+            && s.state == "ready"
+            && s.transitions == transitions
+        {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "replica {} did not catch up with {transitions} transitions within {within:?}: {:?}",
+            c.node_id,
+            env.status(c).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A history of `n` manifests of about 100 KB on three replicas while one of them is stopped; then
+/// `concord verify`, `concord history audit`, the stopped replica catching up, and a leader kill after
+/// which the next SetManifest is acknowledged.
+async fn large_history(n: usize, catch_up_within: Duration) {
+    let env = Env::new();
+    let mut cluster = env.start_cluster(3);
+    let out = env.set(&cluster[0], "manifest-v1.json", &["--owner-key", "owner.pem"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let first = Hash::from_hex(&stdout_line(&out)).unwrap();
+    let l = leader(&env, &cluster).await;
+    let f = (l + 1) % 3;
+    caught_up(&env, &cluster[f], 1, Duration::from_secs(30)).await;
+    cluster[f].stop();
+
+    let mut api = env.user_client(&cluster[l]).await;
+    let term_before = env.status(&cluster[l]).await.unwrap().term;
+    let latest = grow_history(&env, &mut api, first, n).await;
+    let term_after = env.status(&cluster[l]).await.unwrap().term;
+    eprintln!("terms while the history grew: {term_before} to {term_after}");
+    let transitions = n as u64 + 1;
+    let bytes: usize = (1..=n).map(|i| large_manifest(&env, i).len()).sum();
+    eprintln!(
+        "history: {transitions} transitions, {} MB of manifests",
+        bytes / 1_000_000
+    );
+
+    // What `concord verify` did before: the whole bundle in one GetHistory message. Past the message
+    // limit it is refused with a status, not a truncated or unbounded answer.
+    let one = api
+        .get_history(pb::GetHistoryRequest {
+            nonce: vec![7; 32],
+            allow_stale: false,
+        })
+        .await
+        .expect_err("a bundle larger than one message");
+    eprintln!(
+        "GetHistory in one message: {:?}: {}",
+        one.code(),
+        one.message()
+    );
+    assert_eq!(one.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        one.message().contains("use StreamHistory"),
+        "{}",
+        one.message()
+    );
+
+    // GetManifests in pieces: every manifest, oldest first, and the latest transition in the first.
+    let started = Instant::now();
+    let mut pieces = api
+        .stream_manifests(pb::GetManifestsRequest::default())
+        .await
+        .expect("StreamManifests")
+        .into_inner();
+    let (mut manifests, mut count, mut head) = (Vec::new(), 0, None);
+    while let Some(piece) = pieces.message().await.expect("a piece") {
+        count += 1;
+        head = head.or(piece.latest);
+        manifests.extend(piece.manifests);
+    }
+    assert_eq!(manifests.len() as u64, transitions);
+    assert_eq!(manifests[1], large_manifest(&env, 1));
+    assert_eq!(Hash::from_slice(&head.unwrap().hash).unwrap(), latest);
+    eprintln!("StreamManifests: {count} pieces in {:?}", started.elapsed());
+
+    let started = Instant::now();
+    let out = env.verify(&cluster[l], "manifest-v1.json", "verified", &[]);
+    let verify_took = started.elapsed();
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(stdout_line(&out), latest.to_hex());
+    let bundle = std::fs::metadata(env.path("verified/history.json"))
+        .unwrap()
+        .len();
+    eprintln!(
+        "concord verify: {verify_took:?} for a bundle of {} MB",
+        bundle / 1_000_000
+    );
+
+    let started = Instant::now();
+    let root = hex::encode(env.d.root.hash());
+    let out = env.concord(&[
+        "history",
+        "audit",
+        "verified/history.json",
+        "--insecure-simulated-root",
+        &root,
+    ]);
+    let audit_took = started.elapsed();
+    assert!(out.status.success(), "{}", describe(&out));
+    eprintln!("concord history audit: {audit_took:?}");
+
+    cluster[f]
+        .restart(&env.flags("coordinator.policy"))
+        .unwrap();
+    let catch_up_took = caught_up(&env, &cluster[f], transitions, catch_up_within).await;
+    eprintln!("the stopped replica caught up {n} transitions in {catch_up_took:?}");
+    for c in &cluster {
+        eprintln!("replica {} RSS: {:.0} MiB", c.node_id, rss_mib(c.pid()));
+    }
+
+    let l = leader(&env, &cluster).await;
+    let term = env.status(&cluster[l]).await.unwrap().term;
+    cluster[l].kill();
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != l).collect();
+    let started = Instant::now();
+    let next = large_manifest(&env, n + 1);
+    let transition =
+        concord_coordinator::history::format::transition_hash(&Hash::of(&next), &latest);
+    let request = pb::SetManifestRequest {
+        manifest: next,
+        policies: Vec::new(),
+        expected_previous: latest.as_bytes().to_vec(),
+        owner_key: env.d.owner.verifying_key().to_bytes().to_vec(),
+        owner_signature: concord_coordinator::history::format::sign_owner(
+            &env.d.owner,
+            &transition,
+        )
+        .to_bytes()
+        .to_vec(),
+    };
+    let mut attempt = 0;
+    loop {
+        let c = &cluster[survivors[attempt % 2]];
+        attempt += 1;
+        let mut api = env.user_client(c).await;
+        match api.set_manifest(request.clone()).await {
+            Ok(r) => {
+                assert_eq!(r.into_inner().transition.unwrap().index, transitions);
+                break;
+            }
+            Err(s) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "no SetManifest acknowledged within 60 s of the leader kill: {s:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    eprintln!(
+        "after the leader kill, the next SetManifest was acknowledged in {:?}",
+        started.elapsed()
+    );
+    let after = env.status(&cluster[survivors[0]]).await.unwrap();
+    assert!(after.term > term);
+    caught_up(
+        &env,
+        &cluster[survivors[0]],
+        transitions + 1,
+        Duration::from_secs(60),
+    )
+    .await;
+    caught_up(
+        &env,
+        &cluster[survivors[1]],
+        transitions + 1,
+        Duration::from_secs(60),
+    )
+    .await;
+}
+
+/// About 6 MB of history: past gRPC's default 4 MiB message, and Concord's 8 MiB user API limit once
+/// base64 in the audit bundle. In the default suite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_past_one_grpc_message_verifies_audits_catches_up_and_fails_over() {
+    large_history(60, Duration::from_secs(120)).await;
+}
+
+/// At least 50 MB of history (500 manifests of about 100 KB). Minutes in a debug build:
+/// `cargo test -p concord-tests --test scale fifty -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "minutes in a debug build; run it for the numbers"]
+async fn fifty_megabytes_of_history() {
+    large_history(500, Duration::from_secs(600)).await;
+}
