@@ -7,6 +7,7 @@ pub mod fault;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use concord_attestation::{AtlsClient, ClientIdentity};
 use concord_cli::process::{Addrs, CoordinatorProcess, SimulatedFlags, sibling_binary};
@@ -143,6 +144,23 @@ impl Env {
     }
 
     /// A replica's status, or the error it answered.
+    /// The index in `cluster` of the replica that says it leads; panics after `within`.
+    pub async fn leader_index(&self, cluster: &[CoordinatorProcess], within: Duration) -> usize {
+        let start = Instant::now();
+        loop {
+            for (i, c) in cluster.iter().enumerate() {
+                if self.status(c).await.is_ok_and(|s| s.role == "leader") {
+                    return i;
+                }
+            }
+            assert!(
+                start.elapsed() < within,
+                "no replica became leader within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn status(
         &self,
         c: &CoordinatorProcess,

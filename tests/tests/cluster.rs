@@ -54,16 +54,7 @@ async fn all_ready(
 }
 
 async fn leader(env: &Env, cluster: &[concord_cli::process::CoordinatorProcess]) -> usize {
-    let start = Instant::now();
-    loop {
-        for (i, c) in cluster.iter().enumerate() {
-            if env.status(c).await.is_ok_and(|s| s.role == "leader") {
-                return i;
-            }
-        }
-        assert!(start.elapsed() < Duration::from_secs(10), "no leader");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    env.leader_index(cluster, Duration::from_secs(10)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -487,19 +487,7 @@ async fn status(env: &Env, c: &CoordinatorProcess) -> Option<pb::GetStatusRespon
 }
 
 async fn leader(env: &Env, cluster: &[CoordinatorProcess]) -> usize {
-    let start = Instant::now();
-    loop {
-        for (i, c) in cluster.iter().enumerate() {
-            if status(env, c).await.is_some_and(|s| s.role == "leader") {
-                return i;
-            }
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "no replica became leader"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    env.leader_index(cluster, Duration::from_secs(15)).await
 }
 
 /// Waits (without asserting: liveness is checked by the progress at the end) until `c` is ready.

@@ -44,7 +44,8 @@ impl Store for MemoryStore {
 }
 
 impl MemoryStore {
-    /// Every key and value, in key order.
+    /// Every key and value, in key order (for the fuzzing harness's snapshot seeds).
+    #[cfg(feature = "fuzzing")]
     pub(crate) fn entries(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
         self.lock()
             .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())

@@ -13,6 +13,7 @@ pub mod audit_bundle;
 pub mod manifest;
 pub mod requests;
 pub mod seed_share;
+pub mod snp_cert_table;
 pub mod snp_report;
 mod times;
 
@@ -20,11 +21,12 @@ mod times;
 pub type Target = (&'static str, fn(&[u8]));
 
 /// Every target.
-pub const TARGETS: [Target; 6] = [
+pub const TARGETS: [Target; 7] = [
     ("manifest", manifest::run),
     ("audit_bundle", audit_bundle::run),
     ("seed_share", seed_share::run),
     ("snp_report", snp_report::run),
     ("atls_evidence", atls_evidence::run),
     ("requests", requests::run),
+    ("snp_cert_table", snp_cert_table::run),
 ];

@@ -407,3 +407,22 @@ fn requests(
         &|| concord_coordinator::api::node::outcome_to_pb(first).encode_to_vec(),
     );
 }
+
+/// The `snp_cert_table` seeds alone: a valid table of the kind the host writes, an empty one, and every
+/// hostile table of `concord_attestation::testing::device`.
+#[test]
+#[ignore = "writes fuzz/corpus; run on purpose"]
+fn write_cert_table_seeds() {
+    use concord_attestation::vcek::{Guid, encode_cert_table};
+    let t = "snp_cert_table";
+    let vcek = testdata("virtee-sev-vcek_milan.der");
+    write(t, "vcek-only", &encode_cert_table(&[(Guid::VCEK, &vcek)]));
+    write(t, "empty", &encode_cert_table(&[]));
+    for (name, table) in concord_attestation::testing::device::hostile_cert_tables() {
+        let name: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        write(t, &format!("hostile-{name}"), &table);
+    }
+}
