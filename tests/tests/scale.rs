@@ -37,7 +37,11 @@ async fn leader(env: &Env, cluster: &[concord_cli::process::CoordinatorProcess])
 async fn an_unauthorized_huge_manifest_does_not_stall_the_leader() {
     let env = Env::new();
     let cluster = env.start_cluster(3);
-    let out = env.set(&cluster[0], "manifest-v1.json", &["--owner-key", "owner.pem"]);
+    let out = env.set(
+        &cluster[0],
+        "manifest-v1.json",
+        &["--owner-key", "owner.pem"],
+    );
     assert!(out.status.success(), "{}", describe(&out));
     let first = Hash::from_hex(&stdout_line(&out)).unwrap();
     let l = leader(&env, &cluster).await;
@@ -337,7 +341,11 @@ async fn caught_up(
 async fn large_history(n: usize, catch_up_within: Duration) {
     let env = Env::new();
     let mut cluster = env.start_cluster(3);
-    let out = env.set(&cluster[0], "manifest-v1.json", &["--owner-key", "owner.pem"]);
+    let out = env.set(
+        &cluster[0],
+        "manifest-v1.json",
+        &["--owner-key", "owner.pem"],
+    );
     assert!(out.status.success(), "{}", describe(&out));
     let first = Hash::from_hex(&stdout_line(&out)).unwrap();
     let l = leader(&env, &cluster).await;
