@@ -88,6 +88,34 @@ impl Env {
     }
 
     /// Starts an `n`-replica cluster on loopback (data in `node-I/`, logs in `node-I.log`).
+    /// Five replicas on loopback: 0 to 2 form the cluster, 3 and 4 know everyone and wait for an
+    /// owner's `set-members` to add them. Returns the processes and every member's (id, peer address).
+    pub fn start_three_and_two_waiting(
+        &self,
+    ) -> (Vec<CoordinatorProcess>, Vec<(u64, std::net::SocketAddr)>) {
+        let addrs: Vec<Addrs> = (0..5).map(|_| Addrs::free().expect("free ports")).collect();
+        let all: Vec<(u64, std::net::SocketAddr)> = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (i as u64, a.peer))
+            .collect();
+        let nodes = (0..5)
+            .map(|i| {
+                let peers = if i < 3 { &all[..3] } else { &all[..] };
+                CoordinatorProcess::start_member(
+                    &self.path(&format!("node-{i}")),
+                    &self.path(&format!("node-{i}.log")),
+                    &self.flags("coordinator.policy"),
+                    addrs[i],
+                    i as u64,
+                    peers,
+                )
+                .expect("start a coordinator")
+            })
+            .collect();
+        (nodes, all)
+    }
+
     pub fn start_cluster(&self, n: u64) -> Vec<CoordinatorProcess> {
         let addrs: Vec<Addrs> = (0..n).map(|_| Addrs::free().expect("free ports")).collect();
         let peers: Vec<(u64, std::net::SocketAddr)> = addrs

@@ -202,29 +202,9 @@ async fn full_outage_then_threshold_recovery_of_a_cluster() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_three_to_five_and_back_in_one_command() {
-    use concord_cli::process::{Addrs, CoordinatorProcess};
     let env = Env::new();
-    let addrs: Vec<Addrs> = (0..5).map(|_| Addrs::free().unwrap()).collect();
-    let all: Vec<(u64, std::net::SocketAddr)> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| (i as u64, a.peer))
-        .collect();
     // Replicas 0 to 2 form the cluster; 3 and 4 start knowing everyone and wait to be added.
-    let nodes: Vec<CoordinatorProcess> = (0..5)
-        .map(|i| {
-            let peers = if i < 3 { &all[..3] } else { &all[..] };
-            CoordinatorProcess::start_member(
-                &env.path(&format!("node-{i}")),
-                &env.path(&format!("node-{i}.log")),
-                &env.flags("coordinator.policy"),
-                addrs[i],
-                i as u64,
-                peers,
-            )
-            .unwrap()
-        })
-        .collect();
+    let (nodes, all) = env.start_three_and_two_waiting();
     let out = env.set(&nodes[0], "manifest-v1.json", &["--owner-key", "owner.pem"]);
     assert!(out.status.success(), "{}", describe(&out));
     let three: Vec<_> = nodes[..3].iter().collect();

@@ -80,33 +80,6 @@ where
     }
 }
 
-/// Five replicas on loopback: 0 to 2 form the cluster, 3 and 4 know everyone and wait to be added.
-fn five_with_three_members(
-    env: &Env,
-) -> (Vec<CoordinatorProcess>, Vec<(u64, std::net::SocketAddr)>) {
-    let addrs: Vec<Addrs> = (0..5).map(|_| Addrs::free().unwrap()).collect();
-    let all: Vec<(u64, std::net::SocketAddr)> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| (i as u64, a.peer))
-        .collect();
-    let nodes = (0..5)
-        .map(|i| {
-            let peers = if i < 3 { &all[..3] } else { &all[..] };
-            CoordinatorProcess::start_member(
-                &env.path(&format!("node-{i}")),
-                &env.path(&format!("node-{i}.log")),
-                &env.flags("coordinator.policy"),
-                addrs[i],
-                i as u64,
-                peers,
-            )
-            .unwrap()
-        })
-        .collect();
-    (nodes, all)
-}
-
 /// `concord cluster set-members` through `via` for `members`, with `extra` arguments (how it is
 /// authorized).
 fn set_members_cli(
@@ -141,7 +114,7 @@ fn set_members_cli(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t94_a_captured_set_members_authorization_cannot_be_replayed() {
     let env = Env::new();
-    let (nodes, all) = five_with_three_members(&env);
+    let (nodes, all) = env.start_three_and_two_waiting();
     let out = env.set(&nodes[0], "manifest-v1.json", &["--owner-key", "owner.pem"]);
     assert!(out.status.success(), "{}", describe(&out));
     all_ready(&env, &nodes[..3].iter().collect::<Vec<_>>(), 1).await;
