@@ -29,7 +29,14 @@ pub struct UserService<S> {
     recovery_key: RecoveryKey,
     /// Refused `Recover` calls per source address.
     refusals: RefusalLimiter,
+    /// Audit bundles being built at once. Anyone may ask for one, and one holds the whole history
+    /// (tens of MB for a long one) plus a fresh report: without this bound, the connection limits
+    /// alone would let callers hold thousands of copies.
+    bundles: Arc<tokio::sync::Semaphore>,
 }
+
+/// How many audit bundles a replica builds at the same time; more callers wait their turn.
+const CONCURRENT_BUNDLES: usize = 2;
 
 impl<S: Store> UserService<S> {
     /// Fails only if the OS CSPRNG fails (the recovery key is drawn here).
@@ -40,6 +47,7 @@ impl<S: Store> UserService<S> {
             replica,
             recovery_key: RecoveryKey::generate()?,
             refusals: RefusalLimiter::new(),
+            bundles: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_BUNDLES)),
         })
     }
 }
@@ -419,6 +427,12 @@ impl<S: Store> UserService<S> {
         rpc: &'static str,
     ) -> Result<(Vec<u8>, usize), Status> {
         let nonce = history_nonce(req)?;
+        // Held until the bundle is serialized; the semaphore is never closed.
+        let _turn = self
+            .bundles
+            .acquire()
+            .await
+            .map_err(|_| Status::unavailable("the replica is shutting down"))?;
         self.node.linearize(req.allow_stale).await?;
         let rejected = |e: CoordinatorError| {
             let s = to_status(&e);
