@@ -134,6 +134,13 @@ impl SeedEngine {
         ed25519_dalek::SigningKey::from_bytes(&secret)
     }
 
+    /// The Ed25519 key that signs checkpoints of the transparency log:
+    /// `info = "concord/v1/checkpoint-signing"`.
+    pub fn checkpoint_signing_key(&self) -> ed25519_dalek::SigningKey {
+        let secret = self.derive(&[labels::CHECKPOINT_SIGNING]);
+        ed25519_dalek::SigningKey::from_bytes(&secret)
+    }
+
     /// The root CA's P-256 key: `info = "concord/v1/root-ca-key" || u32be(counter)`, for the
     /// first counter from 0 whose output is a valid scalar (nonzero, below the group order).
     pub fn root_ca_key(&self) -> Result<p256::SecretKey, MeshCaError> {
