@@ -11,3 +11,4 @@ pub mod initializer;
 pub mod keys;
 pub mod process;
 pub mod remote;
+pub mod tlog_state;

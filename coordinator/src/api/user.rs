@@ -360,6 +360,55 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
         }))
     }
 
+    async fn get_checkpoint(
+        &self,
+        request: Request<pb::GetCheckpointRequest>,
+    ) -> Result<Response<pb::GetCheckpointResponse>, Status> {
+        let view = self
+            .read_core(
+                "GetCheckpoint",
+                request.get_ref().allow_stale,
+                |c| c.checkpoint(),
+            )
+            .await?;
+        Ok(Response::new(pb::GetCheckpointResponse {
+            checkpoint: view.note.encode(),
+            checkpoint_key: view.key.as_bytes().to_vec(),
+        }))
+    }
+
+    async fn get_inclusion_proof(
+        &self,
+        request: Request<pb::GetInclusionProofRequest>,
+    ) -> Result<Response<pb::ProofResponse>, Status> {
+        let r = request.into_inner();
+        let (leaf, proof) = self
+            .read_core("GetInclusionProof", r.allow_stale, move |c| {
+                c.inclusion_proof(r.index, r.size)
+            })
+            .await?;
+        Ok(Response::new(pb::ProofResponse {
+            hashes: proof.iter().map(|h| h.as_bytes().to_vec()).collect(),
+            leaf: leaf.as_bytes().to_vec(),
+        }))
+    }
+
+    async fn get_consistency_proof(
+        &self,
+        request: Request<pb::GetConsistencyProofRequest>,
+    ) -> Result<Response<pb::ProofResponse>, Status> {
+        let r = request.into_inner();
+        let proof = self
+            .read_core("GetConsistencyProof", r.allow_stale, move |c| {
+                c.consistency_proof(r.old_size, r.new_size)
+            })
+            .await?;
+        Ok(Response::new(pb::ProofResponse {
+            hashes: proof.iter().map(|h| h.as_bytes().to_vec()).collect(),
+            leaf: Vec::new(),
+        }))
+    }
+
     async fn set_members(
         &self,
         request: Request<pb::SetMembersRequest>,
@@ -417,6 +466,26 @@ impl<S: Store> UserService<S> {
             warn!(rpc = "GetManifests", code = ?s.code(), error = %e, "rejected");
             s
         })
+    }
+
+    /// `f` over the core, linearizable unless `allow_stale`, off the runtime's threads (the first
+    /// proof after a start builds the Merkle tree: O(n) hashes).
+    async fn read_core<T: Send + 'static>(
+        &self,
+        rpc: &'static str,
+        allow_stale: bool,
+        f: impl FnOnce(&crate::state::Coordinator<S>) -> Result<T, CoordinatorError> + Send + 'static,
+    ) -> Result<T, Status> {
+        self.node.linearize(allow_stale).await?;
+        let replica = self.replica.clone();
+        tokio::task::spawn_blocking(move || replica.read().and_then(|c| f(&c)))
+            .await
+            .map_err(|e| Status::internal(format!("the read task failed: {e}")))?
+            .map_err(|e| {
+                let s = to_status(&e);
+                warn!(rpc, code = ?s.code(), error = %e, "rejected");
+                s
+            })
     }
 
     /// The audit bundle as JSON and its number of transitions, with evidence bound to the caller's

@@ -77,6 +77,11 @@ impl MerkleTree {
         self.len() == 0
     }
 
+    /// The leaf hash (`SHA-256(0x00 || transition hash)`) of the last leaf.
+    pub fn last_leaf(&self) -> Option<Hash> {
+        self.levels.first().and_then(|l| l.last().copied())
+    }
+
     /// Appends the next transition hash.
     pub fn push(&mut self, leaf: &Hash) {
         let mut node = leaf_hash(leaf);

@@ -8,12 +8,14 @@ mod coordinator;
 mod peer;
 mod recovery;
 mod secrets;
+mod transparency;
 
 pub use coordinator::{
     AuditDraft, Coordinator, MAX_POLICY_DOCUMENT_BYTES, ManifestsView, MeshCertBundle, Prepared,
     PreparedSet, ReplicaState, SetOutcome, SetRequest, parse_for_set,
 };
 pub use peer::{PeerAcceptance, PeerSecrets};
+pub use transparency::CheckpointView;
 pub use recovery::{
     AuthenticatedShare, KnownLatest, RecoverProgress, RecoveredSecrets, ShareOutcome,
 };
