@@ -52,7 +52,7 @@ async fn main() -> ExitCode {
         Command::Set(c) => cmd::set::run(c).await.map(|_| ()),
         Command::Sign(c) => cmd::sign::run(c),
         Command::Verify(c) => cmd::verify::run(c).await.map(|_| ()),
-        Command::History(c) => cmd::history::run(c),
+        Command::History(c) => cmd::history::run_any(c).await,
         Command::Attestation(c) => cmd::attestation::run(c),
         Command::Recover(c) => cmd::recover::run(c).await,
         Command::Cluster(c) => cmd::cluster::run(c).await,

@@ -565,6 +565,7 @@ async fn verify_and_audit(
         insecure_simulated_root: Some(ctx.root_hex.to_string()),
         signing_key: None,
         deployment: None,
+        checkpoint_key: None,
     })
 }
 
@@ -583,6 +584,7 @@ fn tamper_and_audit(ctx: &Ctx<'_>) -> CliResult {
         insecure_simulated_root: Some(ctx.root_hex.to_string()),
         signing_key: None,
         deployment: None,
+        checkpoint_key: None,
     }) {
         Err(e) if e.failure == crate::exit::Failure::Verification => {
             eprintln!("    caught, as it must be (exit code 3): {e}");
