@@ -28,6 +28,8 @@ enum Command {
     /// Work with audit bundles offline.
     #[command(subcommand)]
     History(cmd::history::History),
+    /// Run a transparency-log witness (C2SP tlog-witness) for one or more deployments.
+    Witness(cmd::witness::WitnessArgs),
     /// Attestation tools.
     #[command(subcommand)]
     Attestation(cmd::attestation::Attestation),
@@ -53,6 +55,7 @@ async fn main() -> ExitCode {
         Command::Sign(c) => cmd::sign::run(c),
         Command::Verify(c) => cmd::verify::run(c).await.map(|_| ()),
         Command::History(c) => cmd::history::run_any(c).await,
+        Command::Witness(c) => cmd::witness::run(c).await,
         Command::Attestation(c) => cmd::attestation::run(c),
         Command::Recover(c) => cmd::recover::run(c).await,
         Command::Cluster(c) => cmd::cluster::run(c).await,

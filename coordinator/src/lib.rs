@@ -29,6 +29,7 @@ pub mod store;
 #[doc(hidden)]
 pub mod testing;
 pub mod transport;
+pub mod witness;
 
 pub use error::CoordinatorError;
 pub use hash::Hash;
