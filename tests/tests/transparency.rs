@@ -73,7 +73,11 @@ async fn t130_verify_follows_ten_updates_with_consistency_proofs_only() {
     let cluster = env.start_cluster(3);
     env.leader_index(&cluster, Duration::from_secs(30)).await;
 
-    let first = env.set(&cluster[0], "manifest-v1.json", &["--owner-key", "owner.pem"]);
+    let first = env.set(
+        &cluster[0],
+        "manifest-v1.json",
+        &["--owner-key", "owner.pem"],
+    );
     assert!(first.status.success(), "{}", describe(&first));
     // The first verify audits the whole history once and keeps its checkpoint (its key bound by the
     // evidence of the audit bundle).
@@ -130,7 +134,11 @@ async fn t130_verify_follows_ten_updates_with_consistency_proofs_only() {
     let key = kept_key(&env);
     let audit = env.concord(&["history", "audit", "proof.json", "--checkpoint-key", &key]);
     assert!(audit.status.success(), "{}", describe(&audit));
-    assert!(stderr(&audit).contains("proof clean"), "{}", describe(&audit));
+    assert!(
+        stderr(&audit).contains("proof clean"),
+        "{}",
+        describe(&audit)
+    );
     // Another key pinned: exit 3.
     let other = env.concord(&[
         "history",
@@ -144,7 +152,10 @@ async fn t130_verify_follows_ten_updates_with_consistency_proofs_only() {
     // One flipped hash of the inclusion proof: exit 3, in Concord and in the independent verifier.
     let mut proof: serde_json::Value =
         serde_json::from_slice(&std::fs::read(env.path("proof.json")).unwrap()).unwrap();
-    let h = proof["inclusion"][0]["proof"][0].as_str().unwrap().to_string();
+    let h = proof["inclusion"][0]["proof"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
     let flipped = format!("{}{}", if &h[..1] == "0" { "1" } else { "0" }, &h[1..]);
     proof["inclusion"][0]["proof"][0] = serde_json::Value::String(flipped);
     std::fs::write(
@@ -152,7 +163,13 @@ async fn t130_verify_follows_ten_updates_with_consistency_proofs_only() {
         serde_json::to_vec(&proof).unwrap(),
     )
     .unwrap();
-    let bad = env.concord(&["history", "audit", "proof-bad.json", "--checkpoint-key", &key]);
+    let bad = env.concord(&[
+        "history",
+        "audit",
+        "proof-bad.json",
+        "--checkpoint-key",
+        &key,
+    ]);
     assert_eq!(bad.status.code(), Some(3), "{}", describe(&bad));
 
     if python().is_some() {
@@ -242,4 +259,305 @@ fn t131_verify_and_recover_refuse_a_history_rolled_back_to_old_disks() {
             describe(&v)
         );
     }
+}
+
+/// A `concord witness` process, killed when dropped.
+struct WitnessProcess {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Drop for WitnessProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `concord witness` named `name` with key file `key` for `log` (ID=KEY), state in `state`.
+fn start_witness(
+    env: &Env,
+    name: &str,
+    key: &str,
+    log: &str,
+    state: &str,
+    port: u16,
+) -> WitnessProcess {
+    use std::io::BufRead;
+    let addr = format!("127.0.0.1:{port}");
+    let log_file = std::fs::File::create(env.path(&format!("{state}.log"))).unwrap();
+    let mut child = Command::new(concord_cli::process::sibling_binary("concord"))
+        .args([
+            "witness",
+            "--name",
+            name,
+            "--key",
+            key,
+            "--log",
+            log,
+            "--state-dir",
+            state,
+            "--listen",
+            &addr,
+        ])
+        .current_dir(env.dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(log_file)
+        .spawn()
+        .expect("start the witness");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("listening on"), "witness said {line:?}");
+    WitnessProcess { child, addr }
+}
+
+/// Writes manifest `version` listing `witnesses` (name, public key hex, address) with `threshold`.
+fn write_manifest_with_witnesses(
+    env: &Env,
+    name: &str,
+    version: u32,
+    witnesses: &[(&str, &str, &str)],
+    threshold: usize,
+) {
+    let mut m: serde_json::Value = serde_json::from_slice(&env.d.manifest(version)).unwrap();
+    m["witnesses"] = serde_json::json!({
+        "threshold": threshold,
+        "list": witnesses.iter().map(|(n, k, a)| serde_json::json!({"name": n, "key": k, "address": a})).collect::<Vec<_>>(),
+    });
+    std::fs::write(env.path(name), serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+}
+
+fn keygen_witness(env: &Env, file: &str) -> String {
+    let o = env.concord(&["keygen", "witness", "-o", file]);
+    assert!(o.status.success(), "{}", describe(&o));
+    stdout_line(&o)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t132_two_witnesses_cosign_every_transition_of_a_three_replica_cluster() {
+    let env = Env::new();
+    let cluster = env.start_cluster(3);
+    env.leader_index(&cluster, Duration::from_secs(30)).await;
+    let first = env.set(
+        &cluster[0],
+        "manifest-v1.json",
+        &["--owner-key", "owner.pem"],
+    );
+    assert!(first.status.success(), "{}", describe(&first));
+    // The checkpoint key exists from the first transition on (derived from the seed): the data owner
+    // learns it from a verified audit bundle, and the witnesses are configured with it.
+    let v = verify_state(&env, &cluster[0], "manifest-v1.json", &[]);
+    assert!(v.status.success(), "{}", describe(&v));
+    let key = kept_key(&env);
+    let id = stdout_line(&env.concord(&["deployment-id", "-m", "manifest-v1.json"]));
+    let log = format!("{id}={key}");
+    let k1 = keygen_witness(&env, "w1.pem");
+    let k2 = keygen_witness(&env, "w2.pem");
+    let (p1, p2) = (free_port(), free_port());
+    let w1 = start_witness(&env, "w1.test/witness", "w1.pem", &log, "w1-state", p1);
+    let w2 = start_witness(&env, "w2.test/witness", "w2.pem", &log, "w2-state", p2);
+    let (a1, a2) = (w1.addr.clone(), w2.addr.clone());
+    let listed = [
+        ("w1.test/witness", k1.as_str(), a1.as_str()),
+        ("w2.test/witness", k2.as_str(), a2.as_str()),
+    ];
+
+    // From v2 on the manifest lists both witnesses and requires both cosignatures.
+    for version in 2..=6u32 {
+        let name = format!("manifest-w{version}.json");
+        write_manifest_with_witnesses(&env, &name, version, &listed, 2);
+        let set = env.set(&cluster[0], &name, &["--owner-key", "owner.pem"]);
+        assert!(set.status.success(), "{}", describe(&set));
+        let c = &cluster[version as usize % 3];
+        let v = verify_state(&env, c, &name, &["--checkpoint-only"]);
+        assert!(v.status.success(), "v{version}: {}", describe(&v));
+        assert!(
+            stderr(&v).contains("2 of 2 witnesses cosigned"),
+            "v{version}: {}",
+            describe(&v)
+        );
+    }
+    // Both witnesses keep the last size they cosigned, on disk.
+    for dir in ["w1-state", "w2-state"] {
+        let state: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(env.path(dir).join("witness-state.json")).unwrap(),
+        )
+        .unwrap();
+        let sizes: Vec<u64> = state["logs"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v["size"].as_u64().unwrap())
+            .collect();
+        assert_eq!(sizes, vec![6], "{dir}: {state}");
+    }
+
+    // A full verify requires them too; the proof file carries them; the independent verifier checks
+    // the cosignatures against the witness keys with the threshold.
+    let full = verify_state(&env, &cluster[2], "manifest-w6.json", &[]);
+    assert!(full.status.success(), "{}", describe(&full));
+    let addr = cluster[1].user_addr.to_string();
+    let prove = env.concord(&[
+        "history",
+        "prove",
+        "-m",
+        "manifest-w6.json",
+        "-c",
+        &addr,
+        "--insecure-simulated-attestation",
+        "--state-dir",
+        "state",
+        "--index",
+        "0",
+        "--out",
+        "proof.json",
+    ]);
+    assert!(prove.status.success(), "{}", describe(&prove));
+    let audit = env.concord(&["history", "audit", "proof.json", "--checkpoint-key", &key]);
+    assert!(audit.status.success(), "{}", describe(&audit));
+    if python().is_some() {
+        let ok = independent("tlog.py", &[&env.path("proof.json")]);
+        assert!(ok.status.success(), "{}", describe(&ok));
+    }
+
+    // One witness down: the write still succeeds at once (bounded), verify refuses (1 of 2) and says why.
+    drop(w2);
+    write_manifest_with_witnesses(&env, "manifest-w7.json", 7, &listed, 2);
+    let started = std::time::Instant::now();
+    let set = env.set(
+        &cluster[0],
+        "manifest-w7.json",
+        &["--owner-key", "owner.pem"],
+    );
+    assert!(set.status.success(), "{}", describe(&set));
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    let v = verify_state(
+        &env,
+        &cluster[0],
+        "manifest-w7.json",
+        &["--checkpoint-only"],
+    );
+    assert_eq!(v.status.code(), Some(3), "{}", describe(&v));
+    assert!(
+        stderr(&v).contains("1 valid witness cosignatures"),
+        "{}",
+        describe(&v)
+    );
+    drop(w1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t133_a_witness_refuses_a_second_root_for_a_size_and_remembers_across_a_restart() {
+    use concord_coordinator::history::merkle::MerkleTree;
+    use concord_coordinator::history::note::{Checkpoint, SignedNote};
+    use concord_coordinator::witness::AddCheckpoint;
+    use concord_coordinator::witness::client::post_add_checkpoint;
+
+    let env = Env::new();
+    let log_key = ed25519_dalek::SigningKey::from_bytes(&[42; 32]);
+    let origin = "example.test/log";
+    let log = format!(
+        "{origin}={}",
+        hex::encode(log_key.verifying_key().as_bytes())
+    );
+    let wkey = keygen_witness(&env, "w.pem");
+    let port = free_port();
+    let leaves = |salt: u8| -> Vec<concord_tests::Hash> {
+        (0..8u8)
+            .map(|i| concord_tests::Hash::of(&[i, salt]))
+            .collect()
+    };
+    let (good, forked) = (
+        MerkleTree::from_leaves(&leaves(0)),
+        MerkleTree::from_leaves(&leaves(1)),
+    );
+    let note = |tree: &MerkleTree, size: u64| -> SignedNote {
+        Checkpoint {
+            origin: origin.into(),
+            size,
+            root: tree.root_at(size).unwrap(),
+        }
+        .sign(&log_key)
+    };
+    let post =
+        |addr: String, body: String| async move { post_add_checkpoint(&addr, body).await.unwrap() };
+
+    let w = start_witness(&env, "w.test", "w.pem", &log, "w-state", port);
+    let (status, body) = post(
+        w.addr.clone(),
+        AddCheckpoint::encode(0, &[], &note(&good, 3)),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let cosigned = SignedNote::parse(&format!("{}\n{body}", note(&good, 3).body)).unwrap();
+    let wk = concord_cli::log_proof::parse_key(&wkey).unwrap();
+    assert!(cosigned.cosignature_time("w.test", &wk).is_some(), "{body}");
+    // The same size with another root: refused (409), whatever old size is claimed.
+    let (status, body) = post(
+        w.addr.clone(),
+        AddCheckpoint::encode(3, &[], &note(&forked, 3)),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    // A stale old size: 409 with the witness's size.
+    let (status, body) = post(
+        w.addr.clone(),
+        AddCheckpoint::encode(0, &[], &note(&forked, 3)),
+    )
+    .await;
+    assert_eq!((status, body.trim()), (409, "3"));
+
+    // Restart: the state is on disk.
+    drop(w);
+    let w = start_witness(&env, "w.test", "w.pem", &log, "w-state", port);
+    let (status, body) = post(
+        w.addr.clone(),
+        AddCheckpoint::encode(3, &[], &note(&forked, 3)),
+    )
+    .await;
+    assert_eq!(status, 409, "after restart: {body}");
+    // A fork that grows, with a proof valid for the forked tree: the proof does not reach the root it
+    // cosigned (422).
+    let fork_proof = forked.consistency_proof(3, 6).unwrap();
+    let (status, body) = post(
+        w.addr.clone(),
+        AddCheckpoint::encode(3, &fork_proof, &note(&forked, 6)),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    // The honest extension is cosigned.
+    let proof = good.consistency_proof(3, 6).unwrap();
+    let (status, body) = post(
+        w.addr.clone(),
+        AddCheckpoint::encode(3, &proof, &note(&good, 6)),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // A checkpoint not signed by the configured log key: 403.
+    let stranger = Checkpoint {
+        origin: origin.into(),
+        size: 7,
+        root: good.root_at(7).unwrap(),
+    }
+    .sign(&ed25519_dalek::SigningKey::from_bytes(&[1; 32]));
+    let (status, _) = post(
+        w.addr.clone(),
+        AddCheckpoint::encode(6, &good.consistency_proof(6, 7).unwrap(), &stranger),
+    )
+    .await;
+    assert_eq!(status, 403);
 }

@@ -74,9 +74,12 @@ pub async fn run_any(cmd: History) -> CliResult {
 
 /// `history audit` (offline).
 pub fn run(cmd: History) -> CliResult {
-    let (file, since, insecure_simulated_root, signing_key, deployment, checkpoint_key) = match cmd {
+    let (file, since, insecure_simulated_root, signing_key, deployment, checkpoint_key) = match cmd
+    {
         History::Prove { .. } => {
-            return Err(CliError::usage("history prove needs a coordinator: use run_any"));
+            return Err(CliError::usage(
+                "history prove needs a coordinator: use run_any",
+            ));
         }
         History::Audit {
             file,
@@ -94,7 +97,8 @@ pub fn run(cmd: History) -> CliResult {
             checkpoint_key,
         ),
     };
-    if let Ok(proof) = serde_json::from_slice::<serde_json::Value>(&read_file(&file, Limit::BUNDLE)?)
+    if let Ok(proof) =
+        serde_json::from_slice::<serde_json::Value>(&read_file(&file, Limit::BUNDLE)?)
         && proof.get("format").and_then(|f| f.as_str()) == Some(log_proof::FORMAT)
     {
         return audit_proof(&file, checkpoint_key.as_deref());
@@ -192,7 +196,8 @@ fn audit_proof(file: &std::path::Path, pinned: Option<&str>) -> CliResult {
         .map_err(|e| CliError::verification(format!("{}: {e}", file.display())))?;
     match pinned {
         Some(k) => {
-            let k = log_proof::parse_key(k).map_err(|e| CliError::usage(format!("--checkpoint-key: {e}")))?;
+            let k = log_proof::parse_key(k)
+                .map_err(|e| CliError::usage(format!("--checkpoint-key: {e}")))?;
             if k != checked.key {
                 return Err(CliError::verification(format!(
                     "{}: signed by checkpoint key {}, not the pinned {}: another log",
@@ -230,6 +235,19 @@ async fn prove(
     out: PathBuf,
 ) -> CliResult {
     let connected = target.connect().await?;
+    let (witnesses, witness_threshold) = match connected.manifest.witnesses() {
+        Some(w) => (
+            w.list
+                .iter()
+                .map(|x| log_proof::WitnessKey {
+                    name: x.name.clone(),
+                    key: hex::encode(x.key.as_bytes()),
+                })
+                .collect(),
+            w.threshold,
+        ),
+        None => (Vec::new(), 0),
+    };
     let mut client = connected.client;
     let origin = note::origin_for(connected.deployment.as_bytes());
     let known = match &state_dir {
@@ -280,8 +298,8 @@ async fn prove(
         format: log_proof::FORMAT.to_string(),
         origin,
         checkpoint_key: hex::encode(key.as_bytes()),
-        witnesses: Vec::new(),
-        witness_threshold: 0,
+        witnesses,
+        witness_threshold,
         checkpoints: Vec::new(),
         consistency: Vec::new(),
         inclusion: Vec::new(),
@@ -325,7 +343,11 @@ async fn prove(
         "wrote {}: checkpoint of {} transitions, inclusion of transition #{index} {leaf}{}",
         out.display(),
         cp.size,
-        if known.is_some() { ", consistency from your kept checkpoint" } else { "" }
+        if known.is_some() {
+            ", consistency from your kept checkpoint"
+        } else {
+            ""
+        }
     );
     Ok(())
 }

@@ -124,9 +124,8 @@ pub async fn run(args: Recover) -> CliResult {
     let connected = args.target.connect().await?;
     let known = match &args.state_dir {
         Some(dir) => {
-            let origin = concord_coordinator::history::note::origin_for(
-                connected.deployment.as_bytes(),
-            );
+            let origin =
+                concord_coordinator::history::note::origin_for(connected.deployment.as_bytes());
             let known = crate::tlog_state::load(dir, &connected.deployment, &origin)?;
             if known.is_none() && expect_latest.is_none() && since.is_none() {
                 return Err(CliError::usage(format!(
@@ -183,7 +182,10 @@ pub async fn run(args: Recover) -> CliResult {
             k.checkpoint.size,
             k.checkpoint.root,
             k.latest,
-            args.state_dir.as_deref().unwrap_or(std::path::Path::new(".")).display()
+            args.state_dir
+                .as_deref()
+                .unwrap_or(std::path::Path::new("."))
+                .display()
         )));
     }
     if args.accept_unverified_latest {

@@ -65,7 +65,10 @@ pub async fn run(args: Verify) -> CliResult {
     };
     if args.checkpoint_only {
         match &known {
-            Some(k) => return checkpoint_only(&mut client, &args, &deployment, &origin, k).await,
+            Some(k) => {
+                return checkpoint_only(&mut client, &args, &deployment, &origin, k, &expected)
+                    .await;
+            }
             None => eprintln!(
                 "note: no checkpoint of this deployment kept in the state directory yet: verifying the \
                  whole history once"
@@ -172,9 +175,31 @@ pub async fn run(args: Verify) -> CliResult {
                  cannot be followed with --state-dir",
             ));
         };
+        let mut note = cp.note.clone();
+        if latest.witnesses().is_some_and(|w| w.threshold > 0) {
+            // The bundle's checkpoint carries the log's signature; the cosignatures come with
+            // GetCheckpoint, for the same tree.
+            let r = client
+                .get_checkpoint(pb::GetCheckpointRequest {
+                    allow_stale: args.allow_stale,
+                })
+                .await
+                .map_err(|s| remote::status_error("GetCheckpoint", s))?
+                .into_inner();
+            let cosigned = note::SignedNote::parse(&r.checkpoint).map_err(|e| {
+                CliError::verification(format!("the coordinator's checkpoint: {e}"))
+            })?;
+            if cosigned.body != note.body {
+                return Err(CliError::error(
+                    "the history moved on while it was being verified (a new transition); run verify again",
+                ));
+            }
+            note = cosigned;
+        }
+        require_cosignatures(&note, latest)?;
         let new = tlog_state::Known {
             checkpoint: cp.checkpoint.clone(),
-            note: cp.note.clone(),
+            note,
             key: cp.key,
             latest: report.chain.latest_hash(),
         };
@@ -185,6 +210,41 @@ pub async fn run(args: Verify) -> CliResult {
         args.out.display()
     );
     println!("{}", report.chain.latest_hash());
+    Ok(())
+}
+
+/// Requires the manifest's witness threshold of valid cosignatures on `note` (exit 3 otherwise).
+fn require_cosignatures(
+    note: &note::SignedNote,
+    manifest: &concord_coordinator::manifest::Manifest,
+) -> CliResult {
+    let Some(w) = manifest.witnesses() else {
+        return Ok(());
+    };
+    let valid: Vec<&str> = w
+        .list
+        .iter()
+        .filter(|x| note.cosignature_time(&x.name, &x.key).is_some())
+        .map(|x| x.name.as_str())
+        .collect();
+    if valid.len() < w.threshold {
+        return Err(CliError::verification(format!(
+            "the checkpoint carries {} valid witness cosignatures ({}), the manifest requires {} of \
+             {}: the witnesses are down or refused it (a refusal means they saw another history); \
+             without them nobody vouches that others see this same history",
+            valid.len(),
+            valid.join(", "),
+            w.threshold,
+            w.list.len()
+        )));
+    }
+    eprintln!(
+        "log: {} of {} witnesses cosigned the checkpoint ({}), {} required",
+        valid.len(),
+        w.list.len(),
+        valid.join(", "),
+        w.threshold
+    );
     Ok(())
 }
 
@@ -260,8 +320,12 @@ async fn checkpoint_only(
     deployment: &concord_attestation::DeploymentId,
     origin: &str,
     known: &tlog_state::Known,
+    manifest: &concord_coordinator::manifest::Manifest,
 ) -> CliResult {
-    let dir = args.state_dir.as_deref().unwrap_or(std::path::Path::new("."));
+    let dir = args
+        .state_dir
+        .as_deref()
+        .unwrap_or(std::path::Path::new("."));
     let r = client
         .get_checkpoint(pb::GetCheckpointRequest {
             allow_stale: args.allow_stale,
@@ -279,8 +343,11 @@ async fn checkpoint_only(
         .verify_checkpoint(origin, &key)
         .map_err(|e| CliError::verification(format!("the coordinator's checkpoint: {e}")))?;
     if checkpoint.size == 0 {
-        return Err(CliError::verification("the coordinator's checkpoint is empty"));
+        return Err(CliError::verification(
+            "the coordinator's checkpoint is empty",
+        ));
     }
+    require_cosignatures(&note, manifest)?;
     let index = checkpoint.size - 1;
     let inclusion = client
         .get_inclusion_proof(pb::GetInclusionProofRequest {

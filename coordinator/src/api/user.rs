@@ -33,6 +33,9 @@ pub struct UserService<S> {
     /// (tens of MB for a long one) plus a fresh report: without this bound, the connection limits
     /// alone would let callers hold thousands of copies.
     bundles: Arc<tokio::sync::Semaphore>,
+    /// Witness cosignatures of the latest checkpoint (PROTOCOL.md §14.5), collected after each write
+    /// this replica handles and on GetCheckpoint.
+    cosignatures: Arc<crate::witness::client::Cosignatures>,
 }
 
 /// How many audit bundles a replica builds at the same time; more callers wait their turn.
@@ -48,6 +51,7 @@ impl<S: Store> UserService<S> {
             recovery_key: RecoveryKey::generate()?,
             refusals: RefusalLimiter::new(),
             bundles: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_BUNDLES)),
+            cosignatures: Arc::default(),
         })
     }
 }
@@ -157,6 +161,12 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
                     unchanged = out.unchanged,
                     "ok"
                 );
+                // Every transition gets its cosignatures asked for at once, without making the
+                // writer wait for witnesses (bounded per witness; GetCheckpoint asks again).
+                let (replica, cosignatures) = (self.replica.clone(), self.cosignatures.clone());
+                tokio::spawn(async move {
+                    let _ = cosigned_checkpoint(replica, cosignatures).await;
+                });
                 Ok(Response::new(super::node::outcome_to_pb(&out)))
             }
             Err(status) => {
@@ -364,16 +374,17 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
         &self,
         request: Request<pb::GetCheckpointRequest>,
     ) -> Result<Response<pb::GetCheckpointResponse>, Status> {
-        let view = self
-            .read_core(
-                "GetCheckpoint",
-                request.get_ref().allow_stale,
-                |c| c.checkpoint(),
-            )
-            .await?;
+        self.node.linearize(request.get_ref().allow_stale).await?;
+        let (note, key) = cosigned_checkpoint(self.replica.clone(), self.cosignatures.clone())
+            .await
+            .map_err(|e| {
+                let s = to_status(&e);
+                warn!(rpc = "GetCheckpoint", code = ?s.code(), error = %e, "rejected");
+                s
+            })?;
         Ok(Response::new(pb::GetCheckpointResponse {
-            checkpoint: view.note.encode(),
-            checkpoint_key: view.key.as_bytes().to_vec(),
+            checkpoint: note.encode(),
+            checkpoint_key: key.as_bytes().to_vec(),
         }))
     }
 
@@ -529,6 +540,40 @@ impl<S: Store> UserService<S> {
         .map_err(|e| Status::internal(format!("the evidence task failed: {e}")))?
         .map_err(rejected)
     }
+}
+
+/// The latest checkpoint with every witness cosignature this replica holds or could collect now
+/// (each witness bounded by `witness::client::REQUEST_TIMEOUT`, all at once).
+async fn cosigned_checkpoint<S: Store>(
+    replica: Arc<Replica<S>>,
+    cosignatures: Arc<crate::witness::client::Cosignatures>,
+) -> Result<
+    (
+        crate::history::note::SignedNote,
+        ed25519_dalek::VerifyingKey,
+    ),
+    CoordinatorError,
+> {
+    let reader = replica.clone();
+    let view = tokio::task::spawn_blocking(move || reader.read().and_then(|c| c.checkpoint()))
+        .await
+        .map_err(|e| CoordinatorError::Crypto(format!("the read task failed: {e}")))??;
+    let note = match &view.witnesses {
+        Some(w) if !w.list.is_empty() => {
+            let size = view.checkpoint.size;
+            let proof = move |old: u64| {
+                replica
+                    .read()
+                    .ok()
+                    .and_then(|c| c.consistency_proof(old, size).ok())
+            };
+            cosignatures
+                .collect(&view.note, &view.checkpoint, w, proof)
+                .await
+        }
+        _ => view.note,
+    };
+    Ok((note, view.key))
 }
 
 fn view_to_pb(view: ManifestsView) -> pb::GetManifestsResponse {

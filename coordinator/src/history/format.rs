@@ -92,7 +92,14 @@ pub fn audit_report_data(
     root_ca_der: &[u8],
     mesh_ca_der: &[u8],
 ) -> [u8; 64] {
-    audit_report_data_with_checkpoint_key(nonce, signing_key, latest, root_ca_der, mesh_ca_der, None)
+    audit_report_data_with_checkpoint_key(
+        nonce,
+        signing_key,
+        latest,
+        root_ca_der,
+        mesh_ca_der,
+        None,
+    )
 }
 
 /// [`audit_report_data`] of a bundle that carries a checkpoint: the checkpoint key's 32 bytes follow

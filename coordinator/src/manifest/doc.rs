@@ -21,6 +21,8 @@ struct ManifestDoc {
     reference_values: ReferenceValues,
     workload_owner_keys: Vec<String>,
     seed_share_owners: SeedShareOwnersDoc,
+    #[serde(default)]
+    witnesses: Option<super::witnesses::WitnessesDoc>,
 }
 
 #[derive(Deserialize)]
@@ -214,8 +216,15 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Manifest, ManifestError> {
         keys.push(key);
     }
 
+    let witnesses = doc
+        .witnesses
+        .map(super::witnesses::check)
+        .transpose()
+        .map_err(|(f, m)| err(f, m))?;
+
     Ok(Manifest {
         inner: std::sync::Arc::new(super::Parsed {
+            witnesses,
             bytes: bytes.to_vec(),
             hash: Hash::of(bytes),
             policies,

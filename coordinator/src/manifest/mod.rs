@@ -6,6 +6,7 @@
 
 mod doc;
 mod san;
+mod witnesses;
 
 use std::collections::BTreeMap;
 
@@ -14,6 +15,7 @@ use ed25519_dalek::VerifyingKey;
 
 use crate::hash::Hash;
 pub use san::San;
+pub use witnesses::{MAX_WITNESSES, WitnessEntry, Witnesses};
 
 /// The most bytes a manifest may have. Bounds the work of parsing one that nobody authorized yet (the
 /// first manifest cannot be), and the size of a Raft entry. 100 KB manifests fit ten times over.
@@ -38,6 +40,7 @@ struct Parsed {
     reference_values: ReferenceValues,
     workload_owner_keys: Vec<VerifyingKey>,
     seed_share_owners: SeedShareOwners,
+    witnesses: Option<Witnesses>,
 }
 
 /// What a policy hash is allowed.
@@ -78,6 +81,11 @@ impl Manifest {
     }
 
     /// The manifest bytes exactly as submitted.
+    /// The transparency-log witnesses, if the manifest lists any (PROTOCOL.md §14).
+    pub fn witnesses(&self) -> Option<&Witnesses> {
+        self.inner.witnesses.as_ref()
+    }
+
     pub fn bytes(&self) -> &[u8] {
         &self.inner.bytes
     }

@@ -15,10 +15,10 @@ pub use coordinator::{
     PreparedSet, ReplicaState, SetOutcome, SetRequest, parse_for_set,
 };
 pub use peer::{PeerAcceptance, PeerSecrets};
-pub use transparency::CheckpointView;
 pub use recovery::{
     AuthenticatedShare, KnownLatest, RecoverProgress, RecoveredSecrets, ShareOutcome,
 };
+pub use transparency::CheckpointView;
 
 #[cfg(test)]
 mod tests;

@@ -25,6 +25,8 @@ pub struct CheckpointView {
     pub checkpoint: Checkpoint,
     pub note: SignedNote,
     pub key: VerifyingKey,
+    /// The latest manifest's witnesses, whose cosignatures the API layer collects.
+    pub witnesses: Option<crate::manifest::Witnesses>,
 }
 
 impl<S: Store> Coordinator<S> {
@@ -61,6 +63,7 @@ impl<S: Store> Coordinator<S> {
             checkpoint,
             note,
             key: key.verifying_key(),
+            witnesses: chain.latest_manifest().witnesses().cloned(),
         })
     }
 

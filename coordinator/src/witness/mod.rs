@@ -7,6 +7,7 @@
 //! cosignature leaves (`server` holds one lock across check, persist and answer, so two requests can
 //! never roll the state back). It must never cosign without persisting first.
 
+pub mod client;
 pub mod server;
 
 use std::collections::BTreeMap;
@@ -339,7 +340,10 @@ mod tests {
         let forked = MerkleTree::from_leaves(&leaves(6, 1));
         apply(&w, &mut s, &request(&good, 0, 4)).unwrap();
         let same_size = apply(&w, &mut s, &request(&forked, 4, 4)).unwrap_err();
-        assert!(matches!(same_size, Refusal::SameSizeDifferentRoot { size: 4, .. }));
+        assert!(matches!(
+            same_size,
+            Refusal::SameSizeDifferentRoot { size: 4, .. }
+        ));
         assert_eq!(same_size.http_status(), 409);
         // A longer forked tree, with its own (valid for it) proof: the proof does not lead to the
         // root this witness cosigned.
@@ -355,10 +359,7 @@ mod tests {
             old_size: 4,
             ..request(&good, 0, 3)
         };
-        assert_eq!(
-            apply(&w, &mut s, &smaller).unwrap_err().http_status(),
-            400
-        );
+        assert_eq!(apply(&w, &mut s, &smaller).unwrap_err().http_status(), 400);
         assert!(apply(&w, &mut s, &r).is_ok());
         assert_eq!(s.logs[ORIGIN].root, good.root_at(4).unwrap());
     }
@@ -373,10 +374,9 @@ mod tests {
             size: 2,
             root: tree.root(),
         };
-        let r = AddCheckpoint::parse(
-            AddCheckpoint::encode(0, &[], &other.sign(&log_key())).as_bytes(),
-        )
-        .unwrap();
+        let r =
+            AddCheckpoint::parse(AddCheckpoint::encode(0, &[], &other.sign(&log_key())).as_bytes())
+                .unwrap();
         assert_eq!(w.add_checkpoint(&s, &r, 0).unwrap_err().http_status(), 404);
         let forged = Checkpoint {
             origin: ORIGIN.into(),

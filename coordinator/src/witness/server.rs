@@ -89,7 +89,10 @@ async fn handle(shared: Arc<Shared>, req: Request<hyper::body::Incoming>) -> Ans
             "this witness serves POST /add-checkpoint only (C2SP tlog-witness)\n",
         );
     }
-    let body = match Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await {
+    let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
         Ok(b) => b.to_bytes(),
         Err(e) => {
             return text(
