@@ -548,4 +548,38 @@ mod tests {
         assert!(t.consistency_proof(3, 2).is_err());
         assert!(t.consistency_proof(2, 5).is_err());
     }
+
+    /// Numbers for the report (the benchmark, tests/benches/cluster/tlog.rs, measures them in release):
+    /// `cargo test -p concord-coordinator --lib proof_sizes_and_times -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn proof_sizes_and_times() {
+        let n_max = 100_000u64;
+        let all: Vec<Hash> = (0..n_max).map(|i| Hash::of(&i.to_be_bytes())).collect();
+        let start = std::time::Instant::now();
+        let tree = MerkleTree::from_leaves(&all);
+        eprintln!("tree of {n_max}: built in {:?}", start.elapsed());
+        for n in [10u64, 1_000, 100_000] {
+            let old = n / 2;
+            let t = std::time::Instant::now();
+            let c = tree.consistency_proof(old, n).unwrap();
+            let i = tree.inclusion_proof(n - 1, n).unwrap();
+            let prove = t.elapsed();
+            let (old_root, root) = (tree.root_at(old).unwrap(), tree.root_at(n).unwrap());
+            let t = std::time::Instant::now();
+            for _ in 0..1000 {
+                verify_consistency(old, n, &old_root, &root, &c).unwrap();
+                verify_inclusion(&all[n as usize - 1], n - 1, n, &i, &root).unwrap();
+            }
+            let verify = t.elapsed() / 1000;
+            eprintln!(
+                "n = {n}: consistency {} hashes, inclusion {} hashes ({} bytes); prove {:?}, verify {:?} (mean of 1000)",
+                c.len(),
+                i.len(),
+                32 * (c.len() + i.len()),
+                prove,
+                verify
+            );
+        }
+    }
 }
