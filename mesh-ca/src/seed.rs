@@ -224,6 +224,21 @@ mod tests {
         assert_eq!(hex::encode(signature.to_bytes()), TRANSITION_SIGNATURE);
     }
 
+    /// Computed with Python `cryptography` 48 (HKDF-SHA256 with the label, then
+    /// `Ed25519PrivateKey.from_private_bytes`), not by this crate.
+    #[test]
+    fn checkpoint_signing_key_matches_golden_vector() {
+        let key = golden_engine().checkpoint_signing_key();
+        assert_eq!(
+            hex::encode(key.to_bytes()),
+            "0ef061bfa9c0b09e2c4b3a42efb80eea84bc6659dde42138636602d941139786"
+        );
+        assert_eq!(
+            hex::encode(key.verifying_key().to_bytes()),
+            "832b9fade6a8e23d9426c88710ea2f8abc4cd4945b2a7b4c28dad1d9d21704a3"
+        );
+    }
+
     #[test]
     fn root_ca_key_matches_golden_vector() {
         let engine = golden_engine();

@@ -443,4 +443,71 @@ mod tests {
         assert_eq!(parts[1].len(), 8);
         assert_eq!(B64.decode(parts[2]).unwrap()[0], ALG_ED25519);
     }
+
+    /// PROTOCOL.md §14's worked example, every value computed independently with Python's hashlib and
+    /// `cryptography` from the RFC 9162 and C2SP texts: the transitions of §3/§5 (manifest `{}` three
+    /// times), the checkpoint key of the §4 seed vector, the deployment id of §8.1's second vector.
+    #[test]
+    fn protocol_worked_example() {
+        use crate::history::merkle::MerkleTree;
+        let h = |s: &str| Hash::from_hex(s).unwrap();
+        let m = Hash::of(b"{}");
+        let t0 = crate::history::format::transition_hash(&m, &Hash::ZERO);
+        let t1 = crate::history::format::transition_hash(&m, &t0);
+        let t2 = crate::history::format::transition_hash(&m, &t1);
+        assert_eq!(
+            t2,
+            h("181540902ed0e451d2dfa45d9b990847ff2949c5d07ac9987facb9f9f3530d4d")
+        );
+        let tree = MerkleTree::from_leaves(&[t0, t1, t2]);
+        let (l1, l2) = (
+            h("2e52b40702a5b4695f5efb9f48eecbf93ab428a7aa909108751772018bcd3eb1"),
+            h("742de6c96788af3357b4c0b3dca2d64a43fc9c835660b83d3a9775b9c7d931b0"),
+        );
+        let root2 = h("754b64172d21abac74e351415a17eab659e2376db3ea9f18f383d067c9646afe");
+        assert_eq!(tree.root_at(2).unwrap(), root2);
+        assert_eq!(
+            tree.root(),
+            h("1ae2a68b967cb26306e5765a3c387bf7f350d73070d5a6531c7f6b90edc90b07")
+        );
+        assert_eq!(tree.inclusion_proof(0, 3).unwrap(), vec![l1, l2]);
+        assert_eq!(tree.inclusion_proof(2, 3).unwrap(), vec![root2]);
+        assert_eq!(tree.consistency_proof(2, 3).unwrap(), vec![l2]);
+        assert_eq!(tree.consistency_proof(1, 3).unwrap(), vec![l1, l2]);
+
+        let key = SigningKey::from_bytes(
+            &<[u8; 32]>::try_from(
+                hex::decode("0ef061bfa9c0b09e2c4b3a42efb80eea84bc6659dde42138636602d941139786")
+                    .unwrap()
+                    .as_slice(),
+            )
+            .unwrap(),
+        );
+        let id = h("7eb052c20c851b763af80dcd8417b76e4372a6e57c78d55c81dd8a68e0ae61a5");
+        let cp = Checkpoint {
+            origin: origin_for(id.as_bytes()),
+            size: 3,
+            root: tree.root(),
+        };
+        let mut n = cp.sign(&key);
+        n.add(cosign(
+            &n.body,
+            "witness.example/w1",
+            &log_key(),
+            1_700_000_000,
+        ));
+        assert_eq!(
+            n.encode(),
+            "concord/v1/deployment/7eb052c20c851b763af80dcd8417b76e4372a6e57c78d55c81dd8a68e0ae61a5\n\
+             3\n\
+             GuKmi5Z8smMG5XZaPDh79/NQ1zBw1aZTHH9rkO3JCwc=\n\
+             \n\
+             \u{2014} concord/v1/deployment/7eb052c20c851b763af80dcd8417b76e4372a6e57c78d55c81dd8a68e0ae61a5 G2R7VsVLreqEgy1UTm81dNYHqM0a9tFo1EdTQJ2s31ji00YpQ7jqd5wgTtLDuMlATUJTaYAt3DM5ufi5RA69r8dYTAU=\n\
+             \u{2014} witness.example/w1 qkoJ0QAAAABlU/EAGW9hxlKu6k9TrrAwZ6LV/mHU4oazLhzZ3cVep0rcidRDUe1tNu/+09l7nAlxHEA2arKbU9mhpAfwYW0AhJJYCg==\n"
+        );
+        assert_eq!(
+            verifier_key(&cp.origin, ALG_ED25519, &key.verifying_key()),
+            "concord/v1/deployment/7eb052c20c851b763af80dcd8417b76e4372a6e57c78d55c81dd8a68e0ae61a5+1b647b56+AYMrn63mqOI9lCbIhxDqL4q8TNSUWyp7TCja0dnSFwSj"
+        );
+    }
 }

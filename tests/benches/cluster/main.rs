@@ -16,7 +16,6 @@
 #![forbid(unsafe_code)]
 
 mod audit;
-mod tlog;
 mod binaries;
 mod commit;
 mod concord;
@@ -28,6 +27,7 @@ mod mesh;
 mod mode;
 mod propagation;
 mod table;
+mod tlog;
 
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
