@@ -154,3 +154,88 @@ pub fn check_extends(
         ),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use concord_coordinator::history::merkle::MerkleTree;
+    use ed25519_dalek::SigningKey;
+
+    fn tree(n: u8, salt: u8) -> MerkleTree {
+        let leaves: Vec<Hash> = (0..n).map(|i| Hash::of(&[i, salt])).collect();
+        MerkleTree::from_leaves(&leaves)
+    }
+
+    fn known(t: &MerkleTree, size: u64, key: &SigningKey) -> Known {
+        let checkpoint = Checkpoint {
+            origin: "o".into(),
+            size,
+            root: t.root_at(size).unwrap(),
+        };
+        Known {
+            note: checkpoint.sign(key),
+            checkpoint,
+            key: key.verifying_key(),
+            latest: Hash::ZERO,
+        }
+    }
+
+    #[test]
+    fn growth_rollback_fork_and_another_key() {
+        let key = SigningKey::from_bytes(&[1; 32]);
+        let good = tree(10, 0);
+        let old = known(&good, 4, &key);
+        let new = known(&good, 9, &key);
+        let proof = good.consistency_proof(4, 9).unwrap();
+        check_extends(&old, &new.checkpoint, &new.key, &proof).unwrap();
+        check_extends(&old, &old.checkpoint, &old.key, &[]).unwrap();
+
+        let back = known(&good, 3, &key);
+        let e = check_extends(&old, &back.checkpoint, &back.key, &[]).unwrap_err();
+        assert!(e.starts_with("ROLLBACK"), "{e}");
+
+        let forked = tree(10, 1);
+        let same_size = known(&forked, 4, &key);
+        let e = check_extends(&old, &same_size.checkpoint, &same_size.key, &[]).unwrap_err();
+        assert!(
+            e.starts_with("FORK") && e.contains("two different histories"),
+            "{e}"
+        );
+        let longer = known(&forked, 9, &key);
+        let e = check_extends(
+            &old,
+            &longer.checkpoint,
+            &longer.key,
+            &forked.consistency_proof(4, 9).unwrap(),
+        )
+        .unwrap_err();
+        assert!(e.starts_with("FORK"), "{e}");
+
+        let other = SigningKey::from_bytes(&[2; 32]);
+        let e = check_extends(&old, &new.checkpoint, &other.verifying_key(), &proof).unwrap_err();
+        assert!(e.contains("another seed"), "{e}");
+    }
+
+    #[test]
+    fn the_state_file_round_trips_and_a_changed_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::from_bytes(&[1; 32]);
+        let id = concord_attestation::DeploymentId([7; 32]);
+        let k = known(&tree(5, 0), 5, &key);
+        save(dir.path(), &id, &k).unwrap();
+        let back = load(dir.path(), &id, "o").unwrap().unwrap();
+        assert_eq!(back.checkpoint, k.checkpoint);
+        assert!(
+            load(dir.path(), &concord_attestation::DeploymentId([8; 32]), "o")
+                .unwrap()
+                .is_none()
+        );
+        // Someone edits the size: the signature no longer verifies.
+        let p = path(dir.path(), &id);
+        let before = std::fs::read_to_string(&p).unwrap();
+        let text = before.replace("\\n5\\n", "\\n6\\n");
+        assert_ne!(text, before);
+        std::fs::write(&p, text).unwrap();
+        assert!(load(dir.path(), &id, "o").is_err());
+    }
+}

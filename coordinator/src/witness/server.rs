@@ -22,7 +22,7 @@ use super::{AddCheckpoint, Refusal, Witness, WitnessState};
 
 pub const MAX_CONNECTIONS: usize = 64;
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(30);
+pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(10);
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// A checkpoint with a few hundred signature lines and 63 proof lines fits easily.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -69,6 +69,9 @@ pub async fn serve(
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .max_buf_size(MAX_HEAD_BYTES)
+                // One request per connection: coordinators dial per request, and an idle kept-alive
+                // socket would hold a slot for nothing.
+                .keep_alive(false)
                 .serve_connection(TokioIo::new(tcp), service);
             match tokio::time::timeout(CONNECTION_DEADLINE, conn).await {
                 Ok(Ok(())) => {}
