@@ -372,8 +372,9 @@ async fn t132_two_witnesses_cosign_every_transition_of_a_three_replica_cluster()
         ("w2.test/witness", k2.as_str(), a2.as_str()),
     ];
 
-    // From v2 on the manifest lists both witnesses and requires both cosignatures.
-    for version in 2..=6u32 {
+    // From v2 on the manifest lists both witnesses and requires both cosignatures; ten updates, each
+    // followed by a data owner with consistency proofs only.
+    for version in 2..=11u32 {
         let name = format!("manifest-w{version}.json");
         write_manifest_with_witnesses(&env, &name, version, &listed, 2);
         let set = env.set(&cluster[0], &name, &["--owner-key", "owner.pem"]);
@@ -399,19 +400,19 @@ async fn t132_two_witnesses_cosign_every_transition_of_a_three_replica_cluster()
             .values()
             .map(|v| v["size"].as_u64().unwrap())
             .collect();
-        assert_eq!(sizes, vec![6], "{dir}: {state}");
+        assert_eq!(sizes, vec![11], "{dir}: {state}");
     }
 
     // A full verify requires them too; the proof file carries them; the independent verifier checks
     // the cosignatures against the witness keys with the threshold.
-    let full = verify_state(&env, &cluster[2], "manifest-w6.json", &[]);
+    let full = verify_state(&env, &cluster[2], "manifest-w11.json", &[]);
     assert!(full.status.success(), "{}", describe(&full));
     let addr = cluster[1].user_addr.to_string();
     let prove = env.concord(&[
         "history",
         "prove",
         "-m",
-        "manifest-w6.json",
+        "manifest-w11.json",
         "-c",
         &addr,
         "--insecure-simulated-attestation",
@@ -432,11 +433,11 @@ async fn t132_two_witnesses_cosign_every_transition_of_a_three_replica_cluster()
 
     // One witness down: the write still succeeds at once (bounded), verify refuses (1 of 2) and says why.
     drop(w2);
-    write_manifest_with_witnesses(&env, "manifest-w7.json", 7, &listed, 2);
+    write_manifest_with_witnesses(&env, "manifest-w12.json", 12, &listed, 2);
     let started = std::time::Instant::now();
     let set = env.set(
         &cluster[0],
-        "manifest-w7.json",
+        "manifest-w12.json",
         &["--owner-key", "owner.pem"],
     );
     assert!(set.status.success(), "{}", describe(&set));
@@ -448,7 +449,7 @@ async fn t132_two_witnesses_cosign_every_transition_of_a_three_replica_cluster()
     let v = verify_state(
         &env,
         &cluster[0],
-        "manifest-w7.json",
+        "manifest-w12.json",
         &["--checkpoint-only"],
     );
     assert_eq!(v.status.code(), Some(3), "{}", describe(&v));
@@ -560,4 +561,157 @@ async fn t133_a_witness_refuses_a_second_root_for_a_size_and_remembers_across_a_
     )
     .await;
     assert_eq!(status, 403);
+}
+
+/// Waits (up to 60 s) until every replica is ready at `transitions`.
+async fn wait_ready(
+    env: &Env,
+    cluster: &[concord_cli::process::CoordinatorProcess],
+    transitions: u64,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut ok = true;
+        for c in cluster {
+            match env.status(c).await {
+                Ok(s) if s.state == "ready" && s.transitions == transitions => {}
+                _ => ok = false,
+            }
+        }
+        if ok {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replicas were not all ready at {transitions} transitions within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t134_old_disks_restored_on_a_witnessed_cluster_are_refused_even_by_a_new_data_owner() {
+    let env = Env::new();
+    let mut cluster = env.start_cluster(3);
+    env.leader_index(&cluster, Duration::from_secs(30)).await;
+    let first = env.set(
+        &cluster[0],
+        "manifest-v1.json",
+        &["--owner-key", "owner.pem"],
+    );
+    assert!(first.status.success(), "{}", describe(&first));
+    let v = verify_state(&env, &cluster[0], "manifest-v1.json", &[]);
+    assert!(v.status.success(), "{}", describe(&v));
+    let id = stdout_line(&env.concord(&["deployment-id", "-m", "manifest-v1.json"]));
+    let log = format!("{id}={}", kept_key(&env));
+    let (k1, k2) = (
+        keygen_witness(&env, "w1.pem"),
+        keygen_witness(&env, "w2.pem"),
+    );
+    let _w1 = start_witness(&env, "w1.test", "w1.pem", &log, "w1-state", free_port());
+    let _w2 = start_witness(&env, "w2.test", "w2.pem", &log, "w2-state", free_port());
+    let listed = [
+        ("w1.test", k1.as_str(), _w1.addr.as_str()),
+        ("w2.test", k2.as_str(), _w2.addr.as_str()),
+    ];
+    write_manifest_with_witnesses(&env, "manifest-w2.json", 2, &listed, 2);
+    let second = env.set(
+        &cluster[0],
+        "manifest-w2.json",
+        &["--owner-key", "owner.pem"],
+    );
+    assert!(second.status.success(), "{}", describe(&second));
+    let second = stdout_line(&second);
+    let v = verify_state(
+        &env,
+        &cluster[1],
+        "manifest-w2.json",
+        &["--checkpoint-only"],
+    );
+    assert!(v.status.success(), "{}", describe(&v));
+
+    // The host keeps copies of every disk at 2 transitions (a full outage, or a backup).
+    for c in cluster.iter_mut() {
+        c.kill();
+    }
+    for i in 0..3 {
+        copy_dir(
+            &env.path(&format!("node-{i}")),
+            &env.path(&format!("node-{i}-copy")),
+        );
+    }
+    for c in cluster.iter_mut() {
+        c.restart(&env.flags("coordinator.policy")).unwrap();
+    }
+    for i in [0, 2] {
+        let r = env.recover(&cluster[1], i, &["--expect-latest", &second]);
+        assert!(r.status.success(), "{}", describe(&r));
+    }
+    wait_ready(&env, &cluster, 2).await;
+    // Two more updates, witnessed and followed.
+    for version in [3u32, 4] {
+        let name = format!("manifest-w{version}.json");
+        write_manifest_with_witnesses(&env, &name, version, &listed, 2);
+        let s = env.set(&cluster[0], &name, &["--owner-key", "owner.pem"]);
+        assert!(s.status.success(), "{}", describe(&s));
+    }
+    let v = verify_state(
+        &env,
+        &cluster[2],
+        "manifest-w4.json",
+        &["--checkpoint-only"],
+    );
+    assert!(v.status.success(), "{}", describe(&v));
+    assert!(
+        stderr(&v).contains("2 of 2 witnesses cosigned"),
+        "{}",
+        describe(&v)
+    );
+
+    // Full outage; the host restores the old disks (2 transitions) everywhere.
+    for c in cluster.iter_mut() {
+        c.kill();
+    }
+    for i in 0..3 {
+        copy_dir(
+            &env.path(&format!("node-{i}-copy")),
+            &env.path(&format!("node-{i}")),
+        );
+    }
+    for c in cluster.iter_mut() {
+        c.restart(&env.flags("coordinator.policy")).unwrap();
+    }
+    // The share owner with the kept checkpoint refuses, naming the rollback.
+    let r = env.recover(&cluster[1], 0, &["--state-dir", "state"]);
+    assert_eq!(r.status.code(), Some(3), "{}", describe(&r));
+    assert!(stderr(&r).contains("ROLLBACK"), "{}", describe(&r));
+    // Had the owners gone ahead anyway:
+    for i in [0, 2] {
+        let r = env.recover(&cluster[1], i, &["--accept-unverified-latest"]);
+        assert!(r.status.success(), "{}", describe(&r));
+    }
+    wait_ready(&env, &cluster, 2).await;
+    // the data owner who kept a checkpoint: ROLLBACK;
+    let v = verify_state(
+        &env,
+        &cluster[0],
+        "manifest-w2.json",
+        &["--checkpoint-only"],
+    );
+    assert_eq!(v.status.code(), Some(3), "{}", describe(&v));
+    assert!(stderr(&v).contains("ROLLBACK"), "{}", describe(&v));
+    // a new data owner, with no state at all: the witnesses, which cosigned 4 transitions, refuse the
+    // 2-transition checkpoint, so it carries no cosignature and verify refuses it.
+    let fresh = env.verify(
+        &cluster[2],
+        "manifest-w2.json",
+        "verify-fresh",
+        &["--state-dir", "fresh-state"],
+    );
+    assert_eq!(fresh.status.code(), Some(3), "{}", describe(&fresh));
+    assert!(
+        stderr(&fresh).contains("0 valid witness cosignatures"),
+        "{}",
+        describe(&fresh)
+    );
 }

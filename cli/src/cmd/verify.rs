@@ -196,14 +196,22 @@ pub async fn run(args: Verify) -> CliResult {
             }
             note = cosigned;
         }
-        require_cosignatures(&note, latest)?;
         let new = tlog_state::Known {
             checkpoint: cp.checkpoint.clone(),
             note,
             key: cp.key,
             latest: report.chain.latest_hash(),
         };
-        advance(&mut client, &args, dir, &deployment, known.as_ref(), new).await?;
+        advance(
+            &mut client,
+            &args,
+            dir,
+            &deployment,
+            known.as_ref(),
+            new,
+            latest,
+        )
+        .await?;
     }
     eprintln!(
         "wrote history.json, manifest.json, coordinator-root-ca.pem and mesh-ca.pem to {}",
@@ -248,7 +256,8 @@ fn require_cosignatures(
     Ok(())
 }
 
-/// Checks that `new` extends `known` (a consistency proof from the coordinator) and keeps `new`.
+/// Checks that `new` extends `known` (a consistency proof from the coordinator) and carries the
+/// manifest's witness threshold, then keeps `new`.
 async fn advance(
     client: &mut remote::UserClient,
     args: &Verify,
@@ -256,6 +265,7 @@ async fn advance(
     deployment: &concord_attestation::DeploymentId,
     known: Option<&tlog_state::Known>,
     new: tlog_state::Known,
+    witnesses_of: &concord_coordinator::manifest::Manifest,
 ) -> CliResult {
     if let Some(known) = known {
         let proof = if known.checkpoint.size < new.checkpoint.size {
@@ -277,6 +287,8 @@ async fn advance(
             new.checkpoint.size, new.checkpoint.root
         );
     }
+    // After the rollback and fork checks (more specific), before the new checkpoint is kept.
+    require_cosignatures(&new.note, witnesses_of)?;
     tlog_state::save(dir, deployment, &new)
 }
 
@@ -347,7 +359,6 @@ async fn checkpoint_only(
             "the coordinator's checkpoint is empty",
         ));
     }
-    require_cosignatures(&note, manifest)?;
     let index = checkpoint.size - 1;
     let inclusion = client
         .get_inclusion_proof(pb::GetInclusionProofRequest {
@@ -379,7 +390,7 @@ async fn checkpoint_only(
         key,
         latest,
     };
-    advance(client, args, dir, deployment, Some(known), new).await?;
+    advance(client, args, dir, deployment, Some(known), new, manifest).await?;
     eprintln!("verified (checkpoint only): {size} transitions, latest #{index} {latest}");
     println!("{latest}");
     Ok(())
