@@ -407,6 +407,19 @@ async fn t132_two_witnesses_cosign_every_transition_of_a_three_replica_cluster()
     // the cosignatures against the witness keys with the threshold.
     let full = verify_state(&env, &cluster[2], "manifest-w11.json", &[]);
     assert!(full.status.success(), "{}", describe(&full));
+    // The bundle's checkpoint carries the cosignatures the replica held (it collected them for the
+    // checkpoint-only verify above); the independent auditor accepts the bundle with them.
+    let bundle: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.path("verify/history.json")).unwrap()).unwrap();
+    let note = bundle["checkpoint"].as_str().unwrap();
+    assert!(
+        note.contains("\u{2014} w1.test/witness ") && note.contains("\u{2014} w2.test/witness "),
+        "{note}"
+    );
+    if python().is_some() {
+        let ok = independent("audit_bundle.py", &[&env.path("verify/history.json")]);
+        assert!(ok.status.success(), "{}", describe(&ok));
+    }
     let addr = cluster[1].user_addr.to_string();
     let prove = env.concord(&[
         "history",

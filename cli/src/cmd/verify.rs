@@ -176,9 +176,15 @@ pub async fn run(args: Verify) -> CliResult {
             ));
         };
         let mut note = cp.note.clone();
-        if latest.witnesses().is_some_and(|w| w.threshold > 0) {
-            // The bundle's checkpoint carries the log's signature; the cosignatures come with
-            // GetCheckpoint, for the same tree.
+        if latest.witnesses().is_some_and(|w| {
+            w.list
+                .iter()
+                .filter(|x| note.cosignature_time(&x.name, &x.key).is_some())
+                .count()
+                < w.threshold
+        }) {
+            // The bundle carries the cosignatures its replica held; GetCheckpoint collects the
+            // missing ones, for the same tree.
             let r = client
                 .get_checkpoint(pb::GetCheckpointRequest {
                     allow_stale: args.allow_stale,

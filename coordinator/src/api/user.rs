@@ -527,6 +527,8 @@ impl<S: Store> UserService<S> {
                 .await
                 .map_err(|e| Status::internal(format!("the read task failed: {e}")))?
                 .map_err(rejected)?;
+        let mut draft = draft;
+        add_held_cosignatures(&mut draft, &self.cosignatures);
         let issuer = self.replica.issuer.clone();
         tokio::task::spawn_blocking(move || {
             let report_data = draft.report_data();
@@ -540,6 +542,28 @@ impl<S: Store> UserService<S> {
         .map_err(|e| Status::internal(format!("the evidence task failed: {e}")))?
         .map_err(rejected)
     }
+}
+
+/// Adds to the bundle's checkpoint the witness cosignatures this replica holds for it (no waiting:
+/// GetCheckpoint is where they are collected).
+fn add_held_cosignatures(
+    draft: &mut crate::state::AuditDraft,
+    cosignatures: &crate::witness::client::Cosignatures,
+) {
+    use crate::history::note::{Checkpoint, SignedNote};
+    let Some(text) = draft.checkpoint_note_mut() else {
+        return;
+    };
+    let Ok(mut note) = SignedNote::parse(text) else {
+        return;
+    };
+    let Ok(cp) = Checkpoint::parse_body(&note.body) else {
+        return;
+    };
+    for sig in cosignatures.held(&cp) {
+        note.add(sig);
+    }
+    *text = note.encode();
 }
 
 /// The latest checkpoint with every witness cosignature this replica holds or could collect now

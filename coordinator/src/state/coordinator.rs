@@ -867,6 +867,12 @@ impl AuditDraft {
         self.report_data
     }
 
+    /// The bundle's checkpoint note (PROTOCOL.md §14), to add the witness cosignatures the replica
+    /// holds: signature lines are not bound by the report data (only the checkpoint key is).
+    pub fn checkpoint_note_mut(&mut self) -> Option<&mut String> {
+        self.bundle.checkpoint.as_mut()
+    }
+
     /// The bundle with `evidence`, which must carry [`report_data`](Self::report_data) (an auditor
     /// rejects it otherwise).
     pub fn finish(mut self, evidence: &concord_attestation::Evidence) -> AuditBundle {
