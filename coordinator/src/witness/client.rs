@@ -132,8 +132,22 @@ impl Cosignatures {
                 }
             }
         }
-        *self.latest.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((cp.size, cp.root, held.clone()));
+        {
+            // A slower collection for an older checkpoint must not replace a newer one's.
+            let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+            match &mut *latest {
+                Some((size, root, sigs)) if *size == cp.size && *root == cp.root => {
+                    for s in &held {
+                        if !sigs.iter().any(|x| x.name == s.name) {
+                            sigs.push(s.clone());
+                        }
+                    }
+                    held = sigs.clone();
+                }
+                Some((size, _, _)) if *size > cp.size => {}
+                _ => *latest = Some((cp.size, cp.root, held.clone())),
+            }
+        }
         let mut out = note.clone();
         for s in held {
             out.add(s);
@@ -175,11 +189,10 @@ async fn ask(
                     .into_iter()
                     .find(|s| s.name == w.name)
                     .ok_or("the answer has no signature by this witness")?;
-                let mut check = SignedNote {
+                let check = SignedNote {
                     body: note.body.clone(),
                     signatures: vec![sig.clone()],
                 };
-                check.signatures.truncate(1);
                 if check.cosignature_time(&w.name, &w.key).is_none() {
                     return Err("the answer is not a valid cosignature by the listed key".into());
                 }
