@@ -437,8 +437,32 @@ async fn t132_two_witnesses_cosign_every_transition_of_a_three_replica_cluster()
         "proof.json",
     ]);
     assert!(prove.status.success(), "{}", describe(&prove));
-    let audit = env.concord(&["history", "audit", "proof.json", "--checkpoint-key", &key]);
+    let audit = env.concord(&[
+        "history",
+        "audit",
+        "proof.json",
+        "--checkpoint-key",
+        &key,
+        "--witnesses-from",
+        "manifest-w11.json",
+    ]);
     assert!(audit.status.success(), "{}", describe(&audit));
+    // The file's cosignatures are checked against the pinned manifest's witnesses: a manifest that
+    // requires a third witness, which never cosigned, makes the proof fail.
+    let k3 = keygen_witness(&env, "w3.pem");
+    let mut three = listed.to_vec();
+    three.push(("w3.test/witness", k3.as_str(), "127.0.0.1:9"));
+    write_manifest_with_witnesses(&env, "manifest-three.json", 11, &three, 3);
+    let short = env.concord(&[
+        "history",
+        "audit",
+        "proof.json",
+        "--checkpoint-key",
+        &key,
+        "--witnesses-from",
+        "manifest-three.json",
+    ]);
+    assert_eq!(short.status.code(), Some(3), "{}", describe(&short));
     if python().is_some() {
         let ok = independent("tlog.py", &[&env.path("proof.json")]);
         assert!(ok.status.success(), "{}", describe(&ok));

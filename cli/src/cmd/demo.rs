@@ -566,6 +566,7 @@ async fn verify_and_audit(
         signing_key: None,
         deployment: None,
         checkpoint_key: None,
+        witnesses_from: None,
     })
 }
 
@@ -585,6 +586,7 @@ fn tamper_and_audit(ctx: &Ctx<'_>) -> CliResult {
         signing_key: None,
         deployment: None,
         checkpoint_key: None,
+        witnesses_from: None,
     }) {
         Err(e) if e.failure == crate::exit::Failure::Verification => {
             eprintln!("    caught, as it must be (exit code 3): {e}");

@@ -36,6 +36,10 @@ pub enum History {
         /// `checkpoint_key` of a history.json whose evidence you verified, or your state directory's.
         #[arg(long)]
         checkpoint_key: Option<String>,
+        /// For a proof file: require the witnesses and threshold of this manifest (the deployment's
+        /// latest you trust) instead of the ones the file lists.
+        #[arg(long, value_name = "MANIFEST")]
+        witnesses_from: Option<PathBuf>,
     },
     /// Write an offline proof file (`concord-log-proof-v1`): the coordinator's latest checkpoint and
     /// the inclusion proof of a transition; with --state-dir also the kept checkpoint and the
@@ -74,8 +78,7 @@ pub async fn run_any(cmd: History) -> CliResult {
 
 /// `history audit` (offline).
 pub fn run(cmd: History) -> CliResult {
-    let (file, since, insecure_simulated_root, signing_key, deployment, checkpoint_key) = match cmd
-    {
+    let (file, since, insecure_simulated_root, signing_key, deployment, proof_pins) = match cmd {
         History::Prove { .. } => {
             return Err(CliError::usage(
                 "history prove needs a coordinator: use run_any",
@@ -88,20 +91,21 @@ pub fn run(cmd: History) -> CliResult {
             signing_key,
             deployment,
             checkpoint_key,
+            witnesses_from,
         } => (
             file,
             since,
             insecure_simulated_root,
             signing_key,
             deployment,
-            checkpoint_key,
+            (checkpoint_key, witnesses_from),
         ),
     };
     if let Ok(proof) =
         serde_json::from_slice::<serde_json::Value>(&read_file(&file, Limit::BUNDLE)?)
         && proof.get("format").and_then(|f| f.as_str()) == Some(log_proof::FORMAT)
     {
-        return audit_proof(&file, checkpoint_key.as_deref());
+        return audit_proof(&file, proof_pins.0.as_deref(), proof_pins.1.as_deref());
     }
     let signing_key = signing_key
         .as_deref()
@@ -186,12 +190,38 @@ pub fn run(cmd: History) -> CliResult {
 }
 
 /// `concord history audit` of a proof file.
-fn audit_proof(file: &std::path::Path, pinned: Option<&str>) -> CliResult {
+fn audit_proof(
+    file: &std::path::Path,
+    pinned: Option<&str>,
+    witnesses_from: Option<&std::path::Path>,
+) -> CliResult {
     let bytes = read_file(file, Limit::BUNDLE)?;
     concord_coordinator::history::check_unique_keys(&bytes)
         .map_err(|e| CliError::verification(format!("{}: {e}", file.display())))?;
-    let f: log_proof::ProofFile = serde_json::from_slice(&bytes)
+    let mut f: log_proof::ProofFile = serde_json::from_slice(&bytes)
         .map_err(|e| CliError::verification(format!("{}: {e}", file.display())))?;
+    match witnesses_from {
+        // The file's own witness list and threshold are the prover's say-so: a pinned manifest's win.
+        Some(m) => {
+            let manifest = remote::read_manifest(m)?;
+            let (list, threshold) = manifest
+                .witnesses()
+                .map_or((Vec::new(), 0), |w| (w.list.clone(), w.threshold));
+            f.witnesses = list
+                .iter()
+                .map(|x| log_proof::WitnessKey {
+                    name: x.name.clone(),
+                    key: hex::encode(x.key.as_bytes()),
+                })
+                .collect();
+            f.witness_threshold = threshold;
+        }
+        None if f.witness_threshold > 0 => eprintln!(
+            "note: the witness keys and threshold ({}) are the file's; pin them with --witnesses-from MANIFEST",
+            f.witness_threshold
+        ),
+        None => {}
+    }
     let checked = log_proof::check(&f)
         .map_err(|e| CliError::verification(format!("{}: {e}", file.display())))?;
     match pinned {
