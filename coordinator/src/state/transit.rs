@@ -7,8 +7,9 @@ use time::OffsetDateTime;
 
 use super::{Coordinator, ReplicaState};
 use crate::error::CoordinatorError;
+use crate::history::MeshCerts;
 use crate::manifest::Manifest;
-use crate::store::Store;
+use crate::store::{Key, Store};
 
 /// The current manifest and the engine that derives its transit keys. The engine is a copy of the
 /// seed and salt, wiped when dropped: held for one request, outside the replica's lock.
@@ -59,6 +60,33 @@ impl<S: Store> Coordinator<S> {
             (ReplicaState::Ready, Some(s)) => Some(s.mesh_ca.mesh_ca_der().to_vec()),
             _ => None,
         }
+    }
+
+    /// The mesh CA of the transition before the latest, on a ready replica: the transit API accepts
+    /// workload certificates from it for a grace period, so workloads are not cut off by a manifest
+    /// update while they renew. Read from the store, which the host can write, so it is used only if
+    /// its intermediate is signed by this replica's root CA (derived from the seed) and the self-signed
+    /// certificate has the intermediate's subject and key: the host cannot slip in a CA of its own.
+    pub fn previous_mesh_ca_der(&self) -> Option<Vec<u8>> {
+        let (ReplicaState::Ready, Some(h), Some(s)) = (self.state(), &self.history, &self.secrets)
+        else {
+            return None;
+        };
+        let n = h.chain.len();
+        let previous = h.chain.hash_at(n.checked_sub(2)?)?;
+        let bytes = self.store().get(&Key::MeshCerts(previous)).ok()??;
+        let certs: MeshCerts = serde_json::from_slice(&bytes).ok()?;
+        let (_, root) = x509_parser::parse_x509_certificate(s.root_ca.cert_der()).ok()?;
+        let (_, intermediate) =
+            x509_parser::parse_x509_certificate(&certs.intermediate_der).ok()?;
+        let (_, mesh) = x509_parser::parse_x509_certificate(&certs.mesh_ca_der).ok()?;
+        intermediate
+            .verify_signature(Some(root.public_key()))
+            .ok()?;
+        mesh.verify_signature(None).ok()?;
+        (mesh.public_key().raw == intermediate.public_key().raw
+            && mesh.subject().as_raw() == intermediate.subject().as_raw())
+        .then(|| certs.mesh_ca_der.clone())
     }
 
     /// A server certificate for `spki_der` named `sans`, issued by the current mesh CA.

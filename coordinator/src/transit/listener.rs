@@ -20,8 +20,11 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::RootCertStore;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ServerConfig, WebPkiClientVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
@@ -121,13 +124,21 @@ impl<S: Store> TransitServer<S> {
         if let Some(ca) = ready_ca
             && st.current.as_ref().is_none_or(|c| c.mesh_ca_der != ca)
         {
-            if let Some(old) = st.current.take() {
-                st.previous = Some(Previous {
-                    mesh_ca_der: old.mesh_ca_der,
-                    mesh_ca_id: old.mesh_ca_id,
-                    until: now + self.settings.mesh_ca_grace,
-                });
-            }
+            // The previous mesh CA: the one this replica served until now, else (first use since
+            // start) the one of the transition before the latest, checked against the root CA.
+            let previous = match st.current.take() {
+                Some(old) => Some(old.mesh_ca_der),
+                None => self
+                    .replica
+                    .read()
+                    .ok()
+                    .and_then(|c| c.previous_mesh_ca_der()),
+            };
+            st.previous = previous.filter(|p| *p != ca).map(|der| Previous {
+                mesh_ca_id: Hash::of(&der),
+                mesh_ca_der: der,
+                until: now + self.settings.mesh_ca_grace,
+            });
             match self.serve_new(&ca, st.previous.as_ref()) {
                 Ok(served) => {
                     info!(
@@ -442,21 +453,85 @@ fn config(
     key: PrivatePkcs8KeyDer<'static>,
 ) -> Result<Arc<ServerConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = RootCertStore::empty();
-    for der in std::iter::once(mesh_ca).chain(previous) {
-        roots
-            .add(CertificateDer::from(der.to_vec()))
-            .map_err(|e| format!("the mesh CA certificate is not a usable trust anchor: {e}"))?;
-    }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| e.to_string())?;
+    // One verifier per mesh CA: every mesh CA has the same subject, so a single store of both would
+    // let path building stop at the first anchor whose name matches.
+    let verifiers = std::iter::once(mesh_ca)
+        .chain(previous)
+        .map(|der| {
+            let mut roots = RootCertStore::empty();
+            roots.add(CertificateDer::from(der.to_vec())).map_err(|e| {
+                format!("the mesh CA certificate is not a usable trust anchor: {e}")
+            })?;
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(Arc::new(AnyMeshCa(verifiers)))
         .with_single_cert(chain, PrivateKeyDer::Pkcs8(key))
         .map_err(|e| e.to_string())?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// Accepts a client certificate that one of its verifiers (one per accepted mesh CA) accepts.
+#[derive(Debug)]
+struct AnyMeshCa(Vec<Arc<dyn ClientCertVerifier>>);
+
+impl AnyMeshCa {
+    fn first(&self) -> Result<&Arc<dyn ClientCertVerifier>, rustls::Error> {
+        self.0
+            .first()
+            .ok_or_else(|| rustls::Error::General("no mesh CA to verify against".into()))
+    }
+}
+
+impl ClientCertVerifier for AnyMeshCa {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // Every mesh CA has the same subject: the first one's hint names them all.
+        self.0.first().map_or(&[], |v| v.root_hint_subjects())
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let mut last = rustls::Error::General("no mesh CA to verify against".into());
+        for v in &self.0 {
+            match v.verify_client_cert(end_entity, intermediates, now) {
+                Ok(ok) => return Ok(ok),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.first()?.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.first()?.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0
+            .first()
+            .map_or_else(Vec::new, |v| v.supported_verify_schemes())
+    }
 }
