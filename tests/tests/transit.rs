@@ -311,3 +311,116 @@ fn t_full_outage_then_share_recovery_decrypts_what_was_encrypted_before() {
     hvac.phase("decrypt_many");
     assert_logs_clean(&[&c], &["before the outage"]);
 }
+
+/// The transit port has the limits of every port: silent sockets from one source are closed at once
+/// beyond 16 handshakes in flight and by the 5 s handshake deadline otherwise; a body over 4 MiB is
+/// refused (413) without being kept; a workload is served while the attacker holds its sockets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t_transit_port_bounds_silent_sockets_and_large_bodies() {
+    use tokio::io::AsyncReadExt as _;
+    let env = Env::new();
+    write(&env, "transit-v1.json", env.d.transit_manifest(1, 1));
+    let c = env.start_coordinator("c1");
+    let set = env.set(&c, "transit-v1.json", &["--owner-key", "owner.pem"]);
+    assert!(set.status.success(), "{}", describe(&set));
+    initializer(&env, &c, "transit-v1.json");
+
+    let attacker = std::net::SocketAddr::from(([127, 0, 0, 22], 0));
+    let mut socks = Vec::new();
+    for _ in 0..300 {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind(attacker).unwrap();
+        socks.push(s.connect(c.transit_addr).await.unwrap());
+    }
+    let start = Instant::now();
+    let mut closed_at = vec![None; socks.len()];
+    while start.elapsed() < Duration::from_secs(8) && closed_at.iter().any(Option::is_none) {
+        for (i, s) in socks.iter_mut().enumerate() {
+            let mut b = [0u8; 1];
+            if closed_at[i].is_none()
+                && let Ok(Ok(0) | Err(_)) =
+                    tokio::time::timeout(Duration::from_millis(1), s.read(&mut b)).await
+            {
+                closed_at[i] = Some(start.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let within = |d: Duration| {
+        closed_at
+            .iter()
+            .filter(|t| t.is_some_and(|t| t <= d))
+            .count()
+    };
+    let (fast, all) = (
+        within(Duration::from_secs(1)),
+        within(Duration::from_secs(8)),
+    );
+    eprintln!(
+        "transit: of 300 silent sockets from one source, {fast} closed within 1 s, {all} within 8 s"
+    );
+    assert!(fast >= 300 - 16, "{fast} closed at once");
+    assert_eq!(
+        all, 300,
+        "every silent socket is closed by the handshake deadline"
+    );
+
+    // Another 300 held open while a workload makes a request, and a 5 MiB body.
+    let mut held = Vec::new();
+    for i in 0..300usize {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind(std::net::SocketAddr::from((
+            [127, 0, 0, 30 + (i % 6) as u8],
+            0,
+        )))
+        .unwrap();
+        held.push(s.connect(c.transit_addr).await.unwrap());
+    }
+    let big = env.path("big.json");
+    let mut body = String::from(r#"{"plaintext":""#);
+    body.push_str(&"A".repeat(5 << 20));
+    body.push_str(r#""}"#);
+    std::fs::write(&big, body).unwrap();
+    let tls = env.path("web/tls-config");
+    let started = Instant::now();
+    let curl = |data: &str| {
+        let out = Command::new("curl")
+            .args([
+                "--silent",
+                "--show-error",
+                "--write-out",
+                "\n%{http_code}",
+                "--max-time",
+                "20",
+            ])
+            .arg("--cert")
+            .arg(tls.join("certChain.pem"))
+            .arg("--key")
+            .arg(tls.join("key.pem"))
+            .arg("--cacert")
+            .arg(tls.join("coordinator-root-ca.pem"))
+            .args(["--data-binary", data])
+            .arg(format!(
+                "https://{}/v1/transit/encrypt/orders",
+                c.transit_addr
+            ))
+            .output()
+            .expect("run curl");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        (
+            text.rsplit_once('\n')
+                .map(|(_, c)| c.to_string())
+                .unwrap_or_default(),
+            text,
+        )
+    };
+    let (code, text) = curl(&format!("@{}", big.display()));
+    assert_eq!(code, "413", "{text}");
+    assert!(text.contains("\"errors\""), "{text}");
+    let (code, text) = curl(r#"{"plaintext":"eA=="}"#);
+    assert_eq!(code, "200", "{text}");
+    let took = started.elapsed();
+    eprintln!("a 5 MiB body refused and an encrypt served with 300 sockets held: {took:?}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    drop(held);
+}
