@@ -273,43 +273,42 @@ fn t_full_outage_then_share_recovery_decrypts_what_was_encrypted_before() {
     }
     let env = Env::new();
     write(&env, "transit-v1.json", env.d.transit_manifest(1, 1));
-    let mut c = env.start_coordinator("c1");
-    let set = env.set(&c, "transit-v1.json", &["--owner-key", "owner.pem"]);
+    let mut cluster = env.start_cluster(3);
+    let set = env.set(&cluster[0], "transit-v1.json", &["--owner-key", "owner.pem"]);
     assert!(set.status.success(), "{}", describe(&set));
     let latest = stdout_line(&set);
-    initializer(&env, &c, "transit-v1.json");
-    let hvac = Client::new(&env, &[&c], "web", None);
+    initializer(&env, &cluster[0], "transit-v1.json");
+    let hvac = Client::new(&env, &cluster.iter().collect::<Vec<_>>(), "web", None);
     hvac.phase("encrypt_many");
 
     // Full outage: every replica restarts without its secrets.
-    c.kill();
-    let c = env.start_coordinator("c1");
-    hvac.configure(&[&c], "web", None, &[]);
-    // Recovering, never ready since it started: it has no certificate a workload trusts, so the
+    for c in &mut cluster {
+        c.kill();
+    }
+    for c in &mut cluster {
+        c.restart(&env.flags("coordinator.policy")).expect("restart");
+    }
+    // Recovering, never ready since they started: they have no certificate a workload trusts, so the
     // transit port closes connections (the client sees Vault as unreachable, and retries).
     hvac.phase("unreachable");
 
     for i in 0..2 {
-        let r = env.recover(&c, i, &["--expect-latest", &latest]);
+        let r = env.recover(&cluster[0], i, &["--expect-latest", &latest]);
         assert!(r.status.success(), "{}", describe(&r));
     }
     // User recovery makes a new mesh CA: the workload renews its certificate, as a restarted pod's
-    // initializer does.
+    // initializer does. The other replicas recover from the first; every one decrypts.
     let started = Instant::now();
     loop {
-        let init = env.initializer(&c, "web.policy", "web", "transit-v1.json", 60);
+        let init = env.initializer(&cluster[0], "web.policy", "web", "transit-v1.json", 60);
         if init.status.success() {
             break;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{}",
-            describe(&init)
-        );
+        assert!(started.elapsed() < Duration::from_secs(60), "{}", describe(&init));
         std::thread::sleep(Duration::from_millis(200));
     }
     hvac.phase("decrypt_many");
-    assert_logs_clean(&[&c], &["before the outage"]);
+    assert_logs_clean(&cluster.iter().collect::<Vec<_>>(), &["before the outage"]);
 }
 
 /// The transit port has the limits of every port: silent sockets from one source are closed at once
