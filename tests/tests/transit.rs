@@ -274,7 +274,11 @@ fn t_full_outage_then_share_recovery_decrypts_what_was_encrypted_before() {
     let env = Env::new();
     write(&env, "transit-v1.json", env.d.transit_manifest(1, 1));
     let mut cluster = env.start_cluster(3);
-    let set = env.set(&cluster[0], "transit-v1.json", &["--owner-key", "owner.pem"]);
+    let set = env.set(
+        &cluster[0],
+        "transit-v1.json",
+        &["--owner-key", "owner.pem"],
+    );
     assert!(set.status.success(), "{}", describe(&set));
     let latest = stdout_line(&set);
     initializer(&env, &cluster[0], "transit-v1.json");
@@ -286,7 +290,8 @@ fn t_full_outage_then_share_recovery_decrypts_what_was_encrypted_before() {
         c.kill();
     }
     for c in &mut cluster {
-        c.restart(&env.flags("coordinator.policy")).expect("restart");
+        c.restart(&env.flags("coordinator.policy"))
+            .expect("restart");
     }
     // Recovering, never ready since they started: they have no certificate a workload trusts, so the
     // transit port closes connections (the client sees Vault as unreachable, and retries).
@@ -304,7 +309,11 @@ fn t_full_outage_then_share_recovery_decrypts_what_was_encrypted_before() {
         if init.status.success() {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "{}", describe(&init));
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{}",
+            describe(&init)
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     hvac.phase("decrypt_many");
@@ -422,4 +431,100 @@ async fn t_transit_port_bounds_silent_sockets_and_large_bodies() {
     eprintln!("a 5 MiB body refused and an encrypt served with 300 sockets held: {took:?}");
     assert!(took < Duration::from_secs(10), "{took:?}");
     drop(held);
+}
+
+/// A replica started with `--transit-mesh-ca-grace SECONDS`, killed on drop (the fixture's processes
+/// take no extra flags).
+struct GraceReplica {
+    child: std::process::Child,
+    addrs: concord_cli::process::Addrs,
+}
+
+impl Drop for GraceReplica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn t_the_previous_mesh_ca_is_refused_once_the_grace_period_ends() {
+    if !hvac_available() {
+        return;
+    }
+    let env = Env::new();
+    write(&env, "transit-v1.json", env.d.transit_manifest(1, 1));
+    write(&env, "transit-v2.json", env.d.transit_manifest(2, 1));
+    let addrs = concord_cli::process::Addrs::free().unwrap();
+    let log = std::fs::File::create(env.path("grace.log")).unwrap();
+    let child = Command::new(concord_cli::process::sibling_binary("concord-coordinator"))
+        .arg("--data-dir")
+        .arg(env.path("grace-data"))
+        .args(["--user-listen", &addrs.user.to_string()])
+        .args(["--mesh-listen", &addrs.mesh.to_string()])
+        .args(["--peer-listen", &addrs.peer.to_string()])
+        .args(["--health-listen", &addrs.health.to_string()])
+        .args(["--transit-listen", &addrs.transit.to_string()])
+        .args(["--transit-mesh-ca-grace", "3"])
+        .args(["--node-id", "0"])
+        .args(env.flags("coordinator.policy").args())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start concord-coordinator");
+    let r = GraceReplica { child, addrs };
+    let started = Instant::now();
+    while std::net::TcpStream::connect(r.addrs.user).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the replica did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let set = |manifest: &str| {
+        let out = env.concord(&[
+            "set",
+            "-m",
+            manifest,
+            "-c",
+            &r.addrs.user.to_string(),
+            "--insecure-simulated-attestation",
+            "--shares-dir",
+            "shares",
+            "-p",
+            "coordinator.policy",
+            "-p",
+            "web.policy",
+            "--owner-key",
+            "owner.pem",
+        ]);
+        assert!(out.status.success(), "{}", describe(&out));
+    };
+    set("transit-v1.json");
+    let init = Command::new(concord_cli::process::sibling_binary("concord-initializer"))
+        .args(["--coordinator", &r.addrs.mesh.to_string()])
+        .arg("--root")
+        .arg(env.path("web"))
+        .arg("--manifest")
+        .arg(env.path("transit-v1.json"))
+        .args(["--timeout", "60"])
+        .args(env.flags("web.policy").args())
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", describe(&init));
+    set("transit-v2.json");
+    let cfg = serde_json::json!({
+        "replicas": [r.addrs.transit.to_string()],
+        "tls": env.path("web/tls-config"),
+        "grace": 3,
+    });
+    std::fs::write(env.path("grace.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let out = Command::new("python3")
+        .arg(script())
+        .arg("grace_expires")
+        .arg(env.path("grace.json"))
+        .arg(env.path("grace-state.json"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
 }

@@ -183,6 +183,21 @@ def phase_unreachable(cfg, st):
         raise AssertionError(f"replica {i} served while recovering")
 
 
+def phase_grace_expires(cfg, st):
+    """After a rotation the previous mesh CA's certificate works for the grace period, then is refused:
+    on the connection kept from within the grace (403 at the next request), and at a new handshake."""
+    wait_latest(cfg, 2, 1)
+    kept = client(cfg, 0)
+    assert kept.secrets.transit.read_key("orders")["data"]["latest_version"] == 2
+    time.sleep(cfg["grace"] + 1.5)
+    expect_error(hx.Forbidden, lambda: kept.secrets.transit.read_key("orders"), "no longer accepts")
+    try:
+        client(cfg, 0).secrets.transit.read_key("orders")
+    except (requests.exceptions.SSLError, requests.exceptions.ConnectionError):
+        return
+    raise AssertionError("a new connection with the previous mesh CA's certificate was served after the grace")
+
+
 def phase_hvac_accepts(cfg, st):
     """Responses captured with curl (CONFIG's "captured": [[status, body], ...]) are what hvac takes."""
     for status, body in cfg["captured"]:
@@ -212,6 +227,7 @@ PHASES = {
     "decrypt_many": phase_decrypt_many,
     "hvac_accepts": phase_hvac_accepts,
     "unreachable": phase_unreachable,
+    "grace_expires": phase_grace_expires,
 }
 
 if __name__ == "__main__":
