@@ -528,3 +528,51 @@ fn t_the_previous_mesh_ca_is_refused_once_the_grace_period_ends() {
         .unwrap();
     assert!(out.status.success(), "{}", describe(&out));
 }
+
+/// A replica that was ready and lacks the latest manifest's secrets (it receives the Raft log but cannot
+/// reach a peer to recover from) answers 503 in Vault's shapes, and serves again once it recovered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t_a_replica_that_is_recovering_answers_503_then_serves_again() {
+    if !hvac_available() {
+        return;
+    }
+    let env = Env::new();
+    write(&env, "transit-v1.json", env.d.transit_manifest(1, 1));
+    write(&env, "transit-v2.json", env.d.transit_manifest(2, 1));
+    let (cluster, mesh) = env.start_meshed_cluster(3);
+    let set = env.set(
+        &cluster[0],
+        "transit-v1.json",
+        &["--owner-key", "owner.pem"],
+    );
+    assert!(set.status.success(), "{}", describe(&set));
+    initializer(&env, &cluster[0], "transit-v1.json");
+    let all: Vec<&CoordinatorProcess> = cluster.iter().collect();
+    let hvac = Client::new(&env, &all, "web", None);
+    hvac.phase("serve_all");
+
+    let leader = env.leader_index(&cluster, Duration::from_secs(10)).await;
+    let sealed = (leader + 1) % 3;
+    // The follower keeps receiving the leader's Raft traffic, but cannot dial anyone: no peer recovery.
+    for j in (0..3).filter(|j| *j != sealed) {
+        mesh.proxy(sealed, j).cut();
+    }
+    let set = env.set(
+        &cluster[leader],
+        "transit-v2.json",
+        &["--owner-key", "owner.pem"],
+    );
+    assert!(set.status.success(), "{}", describe(&set));
+    let cfg = serde_json::json!({
+        "replicas": all.iter().map(|c| c.transit_addr.to_string()).collect::<Vec<_>>(),
+        "tls": env.path("web/tls-config"),
+        "sealed": sealed,
+    });
+    std::fs::write(&hvac.config, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    hvac.phase("sealed");
+    mesh.heal_all();
+    // Recovered from a peer: every replica serves the rotated key (the certificate is from the
+    // previous mesh CA, within the grace).
+    hvac.configure(&all, "web", None, &[]);
+    hvac.phase("rotated");
+}

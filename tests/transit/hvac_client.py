@@ -198,6 +198,36 @@ def phase_grace_expires(cfg, st):
     raise AssertionError("a new connection with the previous mesh CA's certificate was served after the grace")
 
 
+def phase_serve_all(cfg, st):
+    """Every replica serves (so each has made its server certificate while ready)."""
+    wait_latest(cfg, 1, 1)
+    c = client(cfg, 0)
+    st.update(
+        v1=c.secrets.transit.encrypt_data("orders", plaintext=b64(b"kept"))["data"]["ciphertext"],
+        secret=b64(b"kept"),
+        wrapped=c.secrets.transit.generate_data_key("orders", key_type="wrapped", bits=512)["data"],
+    )
+
+
+def phase_sealed(cfg, st):
+    """Replica `cfg["sealed"]` lacks the latest manifest's secrets: 503 in Vault's shapes."""
+    i = cfg["sealed"]
+    tls = cfg["tls"]
+    url = f"https://{cfg['replicas'][i]}"
+    kw = dict(cert=(f"{tls}/certChain.pem", f"{tls}/key.pem"), verify=f"{tls}/coordinator-root-ca.pem", timeout=10)
+    deadline = time.time() + 30
+    while True:
+        r = requests.get(f"{url}/v1/sys/health", **kw)
+        if r.status_code == 503:
+            break
+        if time.time() > deadline:
+            raise AssertionError(f"replica {i} still answers {r.status_code} {r.text}")
+        time.sleep(0.2)
+    assert r.json()["sealed"] is True, r.text
+    e = expect_error(hx.VaultDown, lambda: client(cfg, i).secrets.transit.decrypt_data("orders", ciphertext=st["v1"]))
+    assert "not ready" in str(e), e
+
+
 def phase_hvac_accepts(cfg, st):
     """Responses captured with curl (CONFIG's "captured": [[status, body], ...]) are what hvac takes."""
     for status, body in cfg["captured"]:
@@ -228,6 +258,8 @@ PHASES = {
     "hvac_accepts": phase_hvac_accepts,
     "unreachable": phase_unreachable,
     "grace_expires": phase_grace_expires,
+    "serve_all": phase_serve_all,
+    "sealed": phase_sealed,
 }
 
 if __name__ == "__main__":
