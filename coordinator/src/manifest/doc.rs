@@ -21,6 +21,9 @@ struct ManifestDoc {
     reference_values: ReferenceValues,
     workload_owner_keys: Vec<String>,
     seed_share_owners: SeedShareOwnersDoc,
+    /// The transit API's keys (`manifest/transit.rs`).
+    #[serde(default, deserialize_with = "unique_map")]
+    transit_keys: BTreeMap<String, super::transit::TransitKeyDoc>,
 }
 
 #[derive(Deserialize)]
@@ -214,8 +217,11 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Manifest, ManifestError> {
         keys.push(key);
     }
 
+    let transit_keys = super::transit::parse(doc.transit_keys, &policies)?;
+
     Ok(Manifest {
         inner: std::sync::Arc::new(super::Parsed {
+            transit_keys,
             bytes: bytes.to_vec(),
             hash: Hash::of(bytes),
             policies,

@@ -6,6 +6,7 @@
 
 mod doc;
 mod san;
+mod transit;
 
 use std::collections::BTreeMap;
 
@@ -14,6 +15,10 @@ use ed25519_dalek::VerifyingKey;
 
 use crate::hash::Hash;
 pub use san::San;
+pub use transit::{
+    MAX_TRANSIT_KEYS, MAX_TRANSIT_VERSION, TransitKey, TransitOp,
+    valid_name as transit_name_is_valid,
+};
 
 /// The most bytes a manifest may have. Bounds the work of parsing one that nobody authorized yet (the
 /// first manifest cannot be), and the size of a Raft entry. 100 KB manifests fit ten times over.
@@ -38,6 +43,7 @@ struct Parsed {
     reference_values: ReferenceValues,
     workload_owner_keys: Vec<VerifyingKey>,
     seed_share_owners: SeedShareOwners,
+    transit_keys: BTreeMap<String, TransitKey>,
 }
 
 /// What a policy hash is allowed.
@@ -120,6 +126,11 @@ impl Manifest {
 
     pub fn seed_share_owners(&self) -> &SeedShareOwners {
         &self.inner.seed_share_owners
+    }
+
+    /// The transit API's keys by name (the optional `transit_keys` section).
+    pub fn transit_keys(&self) -> &BTreeMap<String, TransitKey> {
+        &self.inner.transit_keys
     }
 
     /// The id of the deployment whose FIRST manifest this is (docs/PROTOCOL.md, "Deployment id"):

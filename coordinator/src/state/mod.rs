@@ -8,6 +8,7 @@ mod coordinator;
 mod peer;
 mod recovery;
 mod secrets;
+mod transit;
 
 pub use coordinator::{
     AuditDraft, Coordinator, MAX_POLICY_DOCUMENT_BYTES, ManifestsView, MeshCertBundle, Prepared,
@@ -17,6 +18,7 @@ pub use peer::{PeerAcceptance, PeerSecrets};
 pub use recovery::{
     AuthenticatedShare, KnownLatest, RecoverProgress, RecoveredSecrets, ShareOutcome,
 };
+pub use transit::{ServiceCert, TransitMaterial};
 
 #[cfg(test)]
 mod tests;
