@@ -1,4 +1,4 @@
-//! The offline proof file of the transparency log (`concord-log-proof-v1`, docs/PROTOCOL.md §14):
+//! The offline proof file of the transparency log (`concord-log-proof-v1`, docs/PROTOCOL.md §15):
 //! checkpoints of one deployment (oldest first, each a C2SP signed note), consistency proofs between
 //! them and inclusion proofs of transitions. `concord history prove` writes it, `concord history audit`
 //! checks it; `tests/independent/tlog.py` checks the same file. Pure: no I/O.

@@ -91,16 +91,19 @@ pub struct Addrs {
     pub mesh: SocketAddr,
     pub peer: SocketAddr,
     pub health: SocketAddr,
+    /// The transit API (Vault's transit paths over mutual TLS).
+    pub transit: SocketAddr,
 }
 
 impl Addrs {
-    /// Four free loopback addresses.
+    /// Five free loopback addresses.
     pub fn free() -> CliResult<Addrs> {
         Ok(Addrs {
             user: free_addr()?,
             mesh: free_addr()?,
             peer: free_addr()?,
             health: free_addr()?,
+            transit: free_addr()?,
         })
     }
 }
@@ -114,6 +117,8 @@ pub struct CoordinatorProcess {
     pub peer_addr: SocketAddr,
     /// Plain HTTP: `/probe/*`, `/health`, `/metrics`.
     pub health_addr: SocketAddr,
+    /// The transit API (HTTPS, mutual TLS with mesh certificates).
+    pub transit_addr: SocketAddr,
     pub node_id: u64,
     /// The cluster's members (id, peer API address), this one included; empty for a lone replica.
     pub peers: Vec<(u64, SocketAddr)>,
@@ -166,6 +171,8 @@ impl CoordinatorProcess {
             .arg(addrs.peer.to_string())
             .arg("--health-listen")
             .arg(addrs.health.to_string())
+            .arg("--transit-listen")
+            .arg(addrs.transit.to_string())
             .arg("--node-id")
             .arg(node_id.to_string());
         for (id, addr) in peers {
@@ -189,6 +196,7 @@ impl CoordinatorProcess {
             mesh_addr: addrs.mesh,
             peer_addr: addrs.peer,
             health_addr: addrs.health,
+            transit_addr: addrs.transit,
             node_id,
             peers: peers.to_vec(),
             data_dir: data_dir.to_path_buf(),
@@ -217,6 +225,7 @@ impl CoordinatorProcess {
                 self.mesh_addr,
                 self.peer_addr,
                 self.health_addr,
+                self.transit_addr,
             ]
             .iter()
             .all(up)
@@ -243,6 +252,7 @@ impl CoordinatorProcess {
             mesh: self.mesh_addr,
             peer: self.peer_addr,
             health: self.health_addr,
+            transit: self.transit_addr,
         };
         let again = Self::start_member(
             &self.data_dir.clone(),

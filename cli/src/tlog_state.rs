@@ -1,4 +1,4 @@
-//! The relying party's memory of a transparency log (`--state-dir`, docs/PROTOCOL.md §14): per
+//! The relying party's memory of a transparency log (`--state-dir`, docs/PROTOCOL.md §15): per
 //! deployment, the last checkpoint it verified, the key that signed it, and the transition hash at its
 //! last leaf. `concord verify` moves it forward only over a verified consistency proof; `concord recover`
 //! refuses a history that does not extend it.

@@ -28,6 +28,7 @@ pub mod state;
 pub mod store;
 #[doc(hidden)]
 pub mod testing;
+pub mod transit;
 pub mod transport;
 pub mod witness;
 

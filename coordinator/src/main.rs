@@ -37,6 +37,22 @@ struct Args {
     /// /health, /metrics.
     #[arg(long, env = "CONCORD_HEALTH_LISTEN", default_value = "0.0.0.0:9102")]
     health_listen: SocketAddr,
+    /// Transit API address (Vault's transit paths over mutual TLS with mesh certificates).
+    #[arg(long, env = "CONCORD_TRANSIT_LISTEN", default_value = "0.0.0.0:8200")]
+    transit_listen: SocketAddr,
+    /// A name (DNS name or IP address) the transit API's server certificate carries: what workloads
+    /// dial (repeat the flag, or separate with commas). The chart passes its Service names.
+    #[arg(
+        long = "transit-san",
+        env = "CONCORD_TRANSIT_SANS",
+        value_delimiter = ',',
+        default_value = "localhost,127.0.0.1"
+    )]
+    transit_sans: Vec<String>,
+    /// Seconds a workload certificate from the previous mesh CA is still accepted by the transit API
+    /// after this replica adopted a new one (a new manifest makes a new mesh CA).
+    #[arg(long, env = "CONCORD_TRANSIT_MESH_CA_GRACE", default_value_t = 3600)]
+    transit_mesh_ca_grace: u64,
     #[command(flatten)]
     members: PeerArgs,
     #[command(flatten)]
@@ -66,6 +82,9 @@ fn config_json(args: &Args, members: &Members) -> serde_json::Value {
         "mesh_listen": args.mesh_listen,
         "peer_listen": args.peer_listen,
         "health_listen": args.health_listen,
+        "transit_listen": args.transit_listen,
+        "transit_sans": args.transit_sans,
+        "transit_mesh_ca_grace": args.transit_mesh_ca_grace,
         "node_id": members.node_id,
         "peers": members.peers,
         "platform": {
@@ -166,6 +185,11 @@ async fn main() -> ExitCode {
         mesh_listen: args.mesh_listen,
         peer_listen: args.peer_listen,
         health_listen: args.health_listen,
+        transit_listen: args.transit_listen,
+        transit: concord_coordinator::transit::TransitSettings {
+            sans: args.transit_sans,
+            mesh_ca_grace: std::time::Duration::from_secs(args.transit_mesh_ca_grace),
+        },
         node_id: members.node_id,
         peers: members.peers,
         platform,

@@ -41,6 +41,9 @@ pub struct Config {
     pub peer_listen: SocketAddr,
     /// Probes and metrics (plain HTTP).
     pub health_listen: SocketAddr,
+    /// The transit API (Vault's transit paths; `crate::transit`).
+    pub transit_listen: SocketAddr,
+    pub transit: crate::transit::TransitSettings,
     /// This replica's id in the cluster.
     pub node_id: NodeId,
     /// Every member's peer API address, this replica included. The lowest id forms a fresh cluster.
@@ -198,11 +201,13 @@ pub async fn run(
     let user_listener = bind(config.user_listen, "user API").await?;
     let mesh_listener = bind(config.mesh_listen, "mesh API").await?;
     let peer_listener = bind(config.peer_listen, "peer API").await?;
+    let transit_listener = bind(config.transit_listen, "transit API").await?;
     info!(
         node_id = config.node_id,
         user_api = %user_listener.local_addr()?,
         mesh_api = %mesh_listener.local_addr()?,
         peer_api = %peer_listener.local_addr()?,
+        transit_api = %transit_listener.local_addr()?,
         members = config.peers.len(),
         state = state.as_str(),
         "coordinator serving"
@@ -256,7 +261,7 @@ pub async fn run(
         .server()
         .layer(RpcTimingLayer)
         .add_service(
-            MeshApiServer::new(MeshService::new(replica))
+            MeshApiServer::new(MeshService::new(replica.clone()))
                 .max_decoding_message_size(limits::MESH_API_MESSAGE_BYTES)
                 .max_encoding_message_size(limits::MESH_API_MESSAGE_BYTES),
         )
@@ -274,9 +279,18 @@ pub async fn run(
         )
         .serve_with_incoming_shutdown(
             crate::transport::incoming(peer_listener, peer_acceptor, "peer", &peer_limits),
-            stopped(stop_rx),
+            stopped(stop_rx.clone()),
         );
-    tokio::try_join!(user, mesh, peer)?;
+    let transit = crate::transit::TransitServer::new(replica, config.transit).serve(
+        transit_listener,
+        limits("transit"),
+        stopped(stop_rx),
+    );
+    let transit = async move {
+        transit.await;
+        Ok::<(), tonic::transport::Error>(())
+    };
+    tokio::try_join!(user, mesh, peer, transit)?;
     let _ = raft.shutdown().await;
     info!("coordinator stopped");
     Ok(())

@@ -107,6 +107,25 @@ impl TestDeployment {
         )
     }
 
+    /// The default manifest with a `transit_keys` section: `orders` (versions `min_decryption` to
+    /// `latest`) that `web` may use for everything, and `ledger`, which only the coordinator's policy
+    /// may use (so `web` is refused).
+    pub fn transit_manifest(&self, latest: u32, min_decryption: u32) -> Vec<u8> {
+        let mut doc: serde_json::Value =
+            serde_json::from_slice(&self.manifest(1)).expect("the default manifest is JSON");
+        let web = self.workload_policy_hash().to_hex();
+        let coordinator = self.coordinator_policy_hash().to_hex();
+        doc["transit_keys"] = serde_json::json!({
+            "orders": {
+                "latest_version": latest,
+                "min_decryption_version": min_decryption,
+                "allow": { "encrypt": [web], "decrypt": [web], "rewrap": [web], "datakey": [web] }
+            },
+            "ledger": { "allow": { "encrypt": [coordinator], "decrypt": [coordinator] } }
+        });
+        serde_json::to_vec_pretty(&doc).expect("json")
+    }
+
     /// A SetManifest request for `manifest` after `previous`, signed by `self.owner`, except a first
     /// manifest that lists no owner key (nobody can sign it).
     pub fn set_request(&self, manifest: Vec<u8>, previous: Hash) -> SetRequest {

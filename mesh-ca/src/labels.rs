@@ -26,6 +26,11 @@ pub const SEED_SHARE: &[u8] = b"concord/v1/seed-share";
 /// `concord/v1/seed-share...`: no label may be a prefix of another.
 pub const SHARE_SUBMISSION: &[u8] = b"concord/v1/share-submission";
 
+/// HKDF info prefix for a transit key (the Vault-compatible encryption API): `u32be(version)` and the
+/// key's name (as the manifest's `transit_keys` spells it) follow it. One label for every name and
+/// version; the fixed-width version before the name keeps two (name, version) pairs from meeting.
+pub const TRANSIT_KEY: &[u8] = b"concord/v1/transit-key/";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -39,6 +44,7 @@ mod tests {
             WORKLOAD_SECRET,
             SEED_SHARE,
             SHARE_SUBMISSION,
+            TRANSIT_KEY,
         ];
         for (i, a) in all.iter().enumerate() {
             assert!(a.starts_with(b"concord/v1/"));

@@ -156,6 +156,13 @@ impl SeedEngine {
     pub fn workload_secret(&self, workload_secret_id: &str) -> Zeroizing<[u8; 32]> {
         self.derive(&[labels::WORKLOAD_SECRET, workload_secret_id.as_bytes()])
     }
+
+    /// The AES-256-GCM key of transit key `name` at `version`:
+    /// `info = "concord/v1/transit-key/" || u32be(version) || name`. It never leaves the replica: the
+    /// transit API answers with results, never with key material.
+    pub fn transit_key(&self, name: &str, version: u32) -> Zeroizing<[u8; 32]> {
+        self.derive(&[labels::TRANSIT_KEY, &version.to_be_bytes(), name.as_bytes()])
+    }
 }
 
 /// Tries candidates for counters 0, 1, 2, ... and returns the first that is a valid P-256
@@ -274,6 +281,30 @@ mod tests {
         assert_ne!(
             engine.workload_secret("").as_ref(),
             engine.workload_secret("default/web").as_ref()
+        );
+    }
+
+    #[test]
+    fn transit_keys_match_golden_vectors_and_differ_per_name_and_version() {
+        // openssl kdf -keylen 32 -kdfopt digest:SHA256 -kdfopt hexkey:<seed> -kdfopt hexsalt:<salt>
+        //   -kdfopt hexinfo:<hex of "concord/v1/transit-key/" || u32be(version) || "orders"> HKDF
+        let engine = golden_engine();
+        assert_eq!(
+            hex::encode(engine.transit_key("orders", 1).as_ref()),
+            "3f7d6057f86710ffdabafe2f22a2cab358feaf4a9e12747e25a93dd7e8359d12"
+        );
+        assert_eq!(
+            hex::encode(engine.transit_key("orders", 2).as_ref()),
+            "b0cbbb460060b38033a93e926fe93d9fca0305e17fba98f700a4aaf30fa4f5c4"
+        );
+        assert_ne!(
+            engine.transit_key("orders", 1).as_ref(),
+            engine.transit_key("order", 1).as_ref()
+        );
+        // Never the workload secret of an id that spells the same bytes.
+        assert_ne!(
+            engine.transit_key("web", 1).as_ref(),
+            engine.workload_secret("web").as_ref()
         );
     }
 

@@ -46,7 +46,7 @@ CHART = REPO / "charts" / "concord"
 CONTAINERFILE = REPO / "Containerfile"
 HERE = Path(__file__).resolve().parent
 NAMESPACE = "concord-test"
-PORTS = {"user": 1313, "mesh": 7777, "peer": 7778, "health": 9102}
+PORTS = {"user": 1313, "mesh": 7777, "peer": 7778, "health": 9102, "transit": 8200}
 PROBES = {
     "startupProbe": "/probe/startup",
     "livenessProbe": "/probe/liveness",
@@ -172,7 +172,7 @@ def check_structure(docs: list[dict[str, Any]], notes: str, values: dict[str, An
     if user and ready:
         check(sorted(p["port"] for p in user["spec"]["ports"]) == [1313], f"{label}: the coordinator Service is not the user API alone")
         check(user["spec"].get("publishNotReadyAddresses") is True, f"{label}: the coordinator Service must reach fresh and recovering replicas")
-        check(sorted(p["port"] for p in ready["spec"]["ports"]) == [1313, 7777], f"{label}: coordinator-ready must serve 1313 and 7777")
+        check(sorted(p["port"] for p in ready["spec"]["ports"]) == [1313, 7777, 8200], f"{label}: coordinator-ready must serve 1313, 7777 and 8200")
         check(not ready["spec"].get("publishNotReadyAddresses", False), f"{label}: coordinator-ready must select only ready pods")
     for s in services.values():
         check(s["spec"]["selector"] == selector, f"{label}: Service {s['metadata']['name']} selects other pods")

@@ -42,7 +42,7 @@ REPORT_DATA = slice(0x50, 0x90)
 ZERO_HASH = bytes(32)
 
 BUNDLE_MEMBERS = {"format", "signing_key", "transitions", "policies", "root_ca", "mesh_ca", "evidence"}
-# §10, §14: the latest checkpoint and its key, together or not at all
+# §10, §15: the latest checkpoint and its key, together or not at all
 BUNDLE_OPTIONAL = {"checkpoint", "checkpoint_key"}
 TRANSITION_MEMBERS = {
     "index", "manifest_hash", "previous", "hash", "signature", "owner_key", "owner_signature", "manifest",

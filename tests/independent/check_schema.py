@@ -102,6 +102,31 @@ def variants(example):
         lambda m: m["workload_owner_keys"].append(m["workload_owner_keys"][0]),
     )
     yield mutate("all-zero share owner key", lambda m: m["seed_share_owners"]["keys"].append("00" * 32))
+    web = policy_keys[1]
+    for description, key in [
+        ("transit key version 0", {"latest_version": 0}),
+        ("transit key unknown field", {"derived": True}),
+        ("transit key unknown operation", {"allow": {"sign": [web]}}),
+        ("transit key allow not a policy hash", {"allow": {"encrypt": ["web"]}}),
+        ("transit key allow listed twice", {"allow": {"encrypt": [web, web]}}),
+    ]:
+        yield mutate(description, lambda m, key=key: m.update(transit_keys={"orders": key}))
+    yield mutate("transit key name with a slash", lambda m: m.update(transit_keys={"a/b": {}}))
+
+
+def transit_example(example):
+    """The example with a `transit_keys` section as MANIFEST.md documents it: must be valid."""
+    manifest = copy.deepcopy(example)
+    web = list(example["policies"])[1]
+    manifest["transit_keys"] = {
+        "orders": {
+            "latest_version": 2,
+            "min_decryption_version": 1,
+            "allow": {"encrypt": [web], "decrypt": [web], "rewrap": [web], "datakey": [web]},
+        },
+        "audit-log.v1": {},
+    }
+    return manifest
 
 
 def main():
@@ -122,6 +147,12 @@ def main():
         failures += 1
     if not errors:
         print(f"ok   {example_path.name} is valid")
+
+    if validator.is_valid(transit_example(example)):
+        print("ok   a manifest with transit_keys is valid")
+    else:
+        print("FAIL a manifest with transit_keys is rejected")
+        failures += 1
 
     for description, manifest in variants(example):
         if validator.is_valid(manifest):

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Independent verifier of Concord's transparency log (docs/PROTOCOL.md §14).
+"""Independent verifier of Concord's transparency log (docs/PROTOCOL.md §15).
 
 Written from RFC 9162 section 2.1 (Merkle tree, inclusion and consistency proofs and their verification
 algorithms) and the C2SP specifications signed-note, tlog-checkpoint and tlog-cosignature, with Python's

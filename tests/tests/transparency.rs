@@ -1,4 +1,4 @@
-//! The transparency log (issue 13, docs/PROTOCOL.md §14) against the real binaries: checkpoints and
+//! The transparency log (issue 13, docs/PROTOCOL.md §15) against the real binaries: checkpoints and
 //! proofs from a three-replica cluster, `concord verify --state-dir` following the history with
 //! consistency proofs only, `history prove`/`audit` and the independent Python verifier on what the
 //! cluster produced, and rollbacks to restored old disks refused by `verify` and `recover`.

@@ -39,7 +39,7 @@ pub struct Recover {
     /// disks would bring the deployment back on an older manifest. Only when no one kept a hash.
     #[arg(long, conflicts_with_all = ["expect_latest", "since", "state_dir"])]
     pub accept_unverified_latest: bool,
-    /// The state directory of `concord verify --state-dir` (docs/PROTOCOL.md §14): the share is sent
+    /// The state directory of `concord verify --state-dir` (docs/PROTOCOL.md §15): the share is sent
     /// only if the coordinator's history extends the last checkpoint kept there (its size and its last
     /// transition, which the coordinator checks as with --since); exit 3 otherwise.
     #[arg(long, value_name = "DIR")]

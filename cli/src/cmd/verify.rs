@@ -32,7 +32,7 @@ pub struct Verify {
     /// one is an earlier transition of it (without this, a latest manifest other than -m's exits 3).
     #[arg(long)]
     pub allow_newer: bool,
-    /// Keep the last verified checkpoint of each deployment here (docs/PROTOCOL.md §14): the next
+    /// Keep the last verified checkpoint of each deployment here (docs/PROTOCOL.md §15): the next
     /// verify requires a consistency proof from it to the coordinator's new checkpoint, so a rollback
     /// or a fork exits 3 without `--since`.
     #[arg(long, env = "CONCORD_STATE_DIR", value_name = "DIR")]

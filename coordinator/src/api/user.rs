@@ -33,7 +33,7 @@ pub struct UserService<S> {
     /// (tens of MB for a long one) plus a fresh report: without this bound, the connection limits
     /// alone would let callers hold thousands of copies.
     bundles: Arc<tokio::sync::Semaphore>,
-    /// Witness cosignatures of the latest checkpoint (PROTOCOL.md §14.5), collected after each write
+    /// Witness cosignatures of the latest checkpoint (PROTOCOL.md §15.5), collected after each write
     /// this replica handles and on GetCheckpoint.
     cosignatures: Arc<crate::witness::client::Cosignatures>,
 }

@@ -33,7 +33,7 @@ pub struct AuditBundle {
     pub root_ca: String,
     pub mesh_ca: String,
     pub evidence: BundleEvidence,
-    /// The latest checkpoint (signed note text, PROTOCOL.md §14) and the hex Ed25519 key that signs
+    /// The latest checkpoint (signed note text, PROTOCOL.md §15) and the hex Ed25519 key that signs
     /// checkpoints; together or not at all. Bound by the report data when present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<String>,

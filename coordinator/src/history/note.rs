@@ -444,7 +444,7 @@ mod tests {
         assert_eq!(B64.decode(parts[2]).unwrap()[0], ALG_ED25519);
     }
 
-    /// PROTOCOL.md §14's worked example, every value computed independently with Python's hashlib and
+    /// PROTOCOL.md §15's worked example, every value computed independently with Python's hashlib and
     /// `cryptography` from the RFC 9162 and C2SP texts: the transitions of §3/§5 (manifest `{}` three
     /// times), the checkpoint key of the §4 seed vector, the deployment id of §8.1's second vector.
     #[test]

@@ -23,6 +23,9 @@ struct ManifestDoc {
     seed_share_owners: SeedShareOwnersDoc,
     #[serde(default)]
     witnesses: Option<super::witnesses::WitnessesDoc>,
+    /// The transit API's keys (`manifest/transit.rs`).
+    #[serde(default, deserialize_with = "unique_map")]
+    transit_keys: BTreeMap<String, super::transit::TransitKeyDoc>,
 }
 
 #[derive(Deserialize)]
@@ -221,10 +224,12 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Manifest, ManifestError> {
         .map(super::witnesses::check)
         .transpose()
         .map_err(|(f, m)| err(f, m))?;
+    let transit_keys = super::transit::parse(doc.transit_keys, &policies)?;
 
     Ok(Manifest {
         inner: std::sync::Arc::new(super::Parsed {
             witnesses,
+            transit_keys,
             bytes: bytes.to_vec(),
             hash: Hash::of(bytes),
             policies,

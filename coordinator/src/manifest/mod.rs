@@ -6,6 +6,7 @@
 
 mod doc;
 mod san;
+mod transit;
 mod witnesses;
 
 use std::collections::BTreeMap;
@@ -15,6 +16,10 @@ use ed25519_dalek::VerifyingKey;
 
 use crate::hash::Hash;
 pub use san::San;
+pub use transit::{
+    MAX_TRANSIT_KEYS, MAX_TRANSIT_VERSION, TransitKey, TransitOp,
+    valid_name as transit_name_is_valid,
+};
 pub use witnesses::{MAX_WITNESSES, WitnessEntry, Witnesses};
 
 /// The most bytes a manifest may have. Bounds the work of parsing one that nobody authorized yet (the
@@ -41,6 +46,7 @@ struct Parsed {
     workload_owner_keys: Vec<VerifyingKey>,
     seed_share_owners: SeedShareOwners,
     witnesses: Option<Witnesses>,
+    transit_keys: BTreeMap<String, TransitKey>,
 }
 
 /// What a policy hash is allowed.
@@ -81,7 +87,7 @@ impl Manifest {
     }
 
     /// The manifest bytes exactly as submitted.
-    /// The transparency-log witnesses, if the manifest lists any (PROTOCOL.md §14).
+    /// The transparency-log witnesses, if the manifest lists any (PROTOCOL.md §15).
     pub fn witnesses(&self) -> Option<&Witnesses> {
         self.inner.witnesses.as_ref()
     }
@@ -128,6 +134,11 @@ impl Manifest {
 
     pub fn seed_share_owners(&self) -> &SeedShareOwners {
         &self.inner.seed_share_owners
+    }
+
+    /// The transit API's keys by name (the optional `transit_keys` section).
+    pub fn transit_keys(&self) -> &BTreeMap<String, TransitKey> {
+        &self.inner.transit_keys
     }
 
     /// The id of the deployment whose FIRST manifest this is (docs/PROTOCOL.md, "Deployment id"):

@@ -298,3 +298,66 @@ fn owner_keys_are_capped_and_checked_for_duplicates_in_linear_time() {
         "{e}"
     );
 }
+
+#[test]
+fn transit_keys_parse_with_defaults_and_authorize_per_operation() {
+    let d = TestDeployment::new();
+    let m = Manifest::parse(&d.transit_manifest(3, 2)).unwrap();
+    let orders = &m.transit_keys()["orders"];
+    assert_eq!(
+        (orders.latest_version, orders.min_decryption_version),
+        (3, 2)
+    );
+    let web = d.workload_policy_hash();
+    assert!(TransitOp::ALL.iter().all(|op| orders.allows(*op, &web)));
+    let ledger = &m.transit_keys()["ledger"];
+    assert_eq!(
+        (ledger.latest_version, ledger.min_decryption_version),
+        (1, 1)
+    );
+    assert!(!ledger.allows(TransitOp::Encrypt, &web));
+    assert!(ledger.allows(TransitOp::Encrypt, &d.coordinator_policy_hash()));
+    assert!(!ledger.allows(TransitOp::Datakey, &d.coordinator_policy_hash()));
+    // Without the section: no keys.
+    assert!(
+        Manifest::parse(&d.manifest(1))
+            .unwrap()
+            .transit_keys()
+            .is_empty()
+    );
+}
+
+#[test]
+fn bad_transit_keys_are_refused_naming_the_field() {
+    let web = TestDeployment::new().workload_policy_hash().to_hex();
+    let cases = [
+        (serde_json::json!({"a/b": {}}), "transit_keys.a/b"),
+        (serde_json::json!({"..": {}}), "transit_keys.."),
+        (
+            serde_json::json!({"k": {"latest_version": 0}}),
+            "transit_keys.k.latest_version",
+        ),
+        (
+            serde_json::json!({"k": {"latest_version": 2000}}),
+            "transit_keys.k.latest_version",
+        ),
+        (
+            serde_json::json!({"k": {"latest_version": 2, "min_decryption_version": 3}}),
+            "transit_keys.k.min_decryption_version",
+        ),
+        (
+            serde_json::json!({"k": {"allow": {"encrypt": ["00".repeat(32)]}}}),
+            "transit_keys.k.allow.encrypt[0]",
+        ),
+        (
+            serde_json::json!({"k": {"allow": {"decrypt": [web, web]}}}),
+            "transit_keys.k.allow.decrypt[1]",
+        ),
+        (serde_json::json!({"k": {"allow": {"sign": []}}}), "sign"),
+        (serde_json::json!({"k": {"derived": true}}), "derived"),
+    ];
+    for (keys, field) in cases {
+        let e = err_of(|v| v["transit_keys"] = keys.clone());
+        assert!(e.contains(field), "{keys}: {e}");
+    }
+}

@@ -1,6 +1,6 @@
 //! The manifest's optional `witnesses` section (MANIFEST.md, "witnesses"): the transparency-log
 //! witnesses whose cosignatures the coordinators collect on every transition, and how many a client
-//! requires on a checkpoint (docs/PROTOCOL.md §14).
+//! requires on a checkpoint (docs/PROTOCOL.md §15).
 
 use ed25519_dalek::VerifyingKey;
 use serde::Deserialize;

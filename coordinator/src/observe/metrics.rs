@@ -31,6 +31,8 @@ pub struct Metrics {
     attestation_failures: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     certificates_issued: AtomicU64,
     rpc_latency: Mutex<BTreeMap<String, Histogram>>,
+    /// Transit API requests by (operation, key name, HTTP status).
+    transit_requests: Mutex<BTreeMap<(&'static str, String, u16), u64>>,
 }
 
 /// A copy of the counters, for rendering.
@@ -39,7 +41,12 @@ pub struct Counters {
     pub attestation_failures: BTreeMap<(&'static str, &'static str), u64>,
     pub certificates_issued: u64,
     pub rpc_latency: BTreeMap<String, Histogram>,
+    pub transit_requests: BTreeMap<(&'static str, String, u16), u64>,
 }
+
+/// Distinct (operation, key, status) series of transit requests kept; later ones count under key
+/// `other`. Key names come from the manifest only, so this bounds what many keys could add.
+pub const MAX_TRANSIT_SERIES: usize = 1024;
 
 static GLOBAL: LazyLock<Metrics> = LazyLock::new(Metrics::default);
 
@@ -82,8 +89,20 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    /// Counts one transit API request: its operation, its key (`-` when none or not in the manifest)
+    /// and its HTTP status.
+    pub fn transit_request(&self, op: &'static str, key: Option<&str>, status: u16) {
+        let mut map = lock(&self.transit_requests);
+        let mut entry = (op, key.unwrap_or("-").to_string(), status);
+        if !map.contains_key(&entry) && map.len() >= MAX_TRANSIT_SERIES {
+            entry.1 = "other".into();
+        }
+        *map.entry(entry).or_insert(0) += 1;
+    }
+
     pub fn counters(&self) -> Counters {
         Counters {
+            transit_requests: lock(&self.transit_requests).clone(),
             attestation_failures: lock(&self.attestation_failures).clone(),
             certificates_issued: self.certificates_issued.load(Ordering::Relaxed),
             rpc_latency: lock(&self.rpc_latency).clone(),
@@ -222,6 +241,18 @@ fn counter_families(e: &mut Exposition, c: &Counters) {
     );
     for (method, h) in &c.rpc_latency {
         e.histogram("concord_rpc_duration_seconds", &[("method", method)], h);
+    }
+    e.family(
+        "concord_transit_requests_total",
+        "Requests to the transit API (port 8200), by operation, key name (`-`: none, or not in the manifest) and HTTP status.",
+        Kind::Counter,
+    );
+    for ((op, key, status), n) in &c.transit_requests {
+        e.sample(
+            "concord_transit_requests_total",
+            &[("op", op), ("key", key), ("code", &status.to_string())],
+            *n as f64,
+        );
     }
 }
 

@@ -668,7 +668,7 @@ impl<S: Store> Coordinator<S> {
             (ReplicaState::Recovering, _) => return Err(CoordinatorError::Recovering),
             _ => return Err(CoordinatorError::NoManifest),
         };
-        // The latest checkpoint travels with the bundle, its key bound by the evidence (§10, §14).
+        // The latest checkpoint travels with the bundle, its key bound by the evidence (§10, §15).
         let checkpoint = self.checkpoint()?;
         let report_data = format::audit_report_data_with_checkpoint_key(
             nonce,
@@ -867,7 +867,7 @@ impl AuditDraft {
         self.report_data
     }
 
-    /// The bundle's checkpoint note (PROTOCOL.md §14), to add the witness cosignatures the replica
+    /// The bundle's checkpoint note (PROTOCOL.md §15), to add the witness cosignatures the replica
     /// holds: signature lines are not bound by the report data (only the checkpoint key is).
     pub fn checkpoint_note_mut(&mut self) -> Option<&mut String> {
         self.bundle.checkpoint.as_mut()

@@ -8,6 +8,7 @@ mod coordinator;
 mod peer;
 mod recovery;
 mod secrets;
+mod transit;
 mod transparency;
 
 pub use coordinator::{
@@ -18,6 +19,7 @@ pub use peer::{PeerAcceptance, PeerSecrets};
 pub use recovery::{
     AuthenticatedShare, KnownLatest, RecoverProgress, RecoveredSecrets, ShareOutcome,
 };
+pub use transit::{ServiceCert, TransitMaterial};
 pub use transparency::CheckpointView;
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! The transparency log of a replica: its latest checkpoint and the RFC 9162 proofs over its verified
-//! history (docs/PROTOCOL.md §14).
+//! history (docs/PROTOCOL.md §15).
 //!
 //! The Merkle tree is derived data: it is synced from the verified chain's transition hashes whenever it
 //! is read (only the new ones are appended; a chain that went back or changed rebuilds it), so it can

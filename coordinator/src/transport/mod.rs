@@ -13,3 +13,6 @@ pub use client::{ConnectError, connect, connect_from};
 pub use gate::{GateLimits, Rate};
 pub use limits::ListenerLimits;
 pub use server::{AtlsIo, PeerInfo, attested_peer, incoming};
+// For listeners that run a TLS handshake of their own (the transit API, `crate::transit`).
+pub(crate) use failure_log::FailureLog;
+pub(crate) use gate::Gate;

@@ -199,6 +199,29 @@ impl AsyncWrite for AtlsIo {
     }
 }
 
+impl AtlsIo {
+    /// A connection whose TLS handshake a listener other than [`incoming`] ran (the transit API's
+    /// mutual TLS with mesh certificates): from here it counts towards `ticket`'s limits and closes
+    /// after `idle_timeout` without traffic, as [`incoming`]'s do.
+    pub(crate) fn established(
+        inner: tokio_rustls::server::TlsStream<TcpStream>,
+        remote: SocketAddr,
+        mut ticket: ConnectionTicket,
+        idle_timeout: Duration,
+    ) -> AtlsIo {
+        let activity = ticket.established(std::time::Instant::now());
+        AtlsIo {
+            inner,
+            info: PeerInfo {
+                remote,
+                verified: None,
+            },
+            idle: Idle::new(idle_timeout, Some(activity)),
+            _ticket: ticket,
+        }
+    }
+}
+
 /// The label a failed handshake is counted and logged under.
 fn failure_label(e: &AttestationError) -> &'static str {
     match e {

@@ -1,5 +1,5 @@
 //! The coordinator's side of C2SP tlog-witness: it asks the manifest's witnesses to cosign its latest
-//! checkpoint and keeps the cosignatures it got (docs/PROTOCOL.md §14.5).
+//! checkpoint and keeps the cosignatures it got (docs/PROTOCOL.md §15.5).
 //!
 //! Availability: every request is bounded ([`REQUEST_TIMEOUT`]), all witnesses are asked at once, and a
 //! witness that is down or refuses only leaves its cosignature missing: writes never wait for witnesses.

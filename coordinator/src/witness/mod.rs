@@ -1,4 +1,4 @@
-//! A transparency-log witness (C2SP `tlog-witness`, docs/PROTOCOL.md §14.5): `concord witness`.
+//! A transparency-log witness (C2SP `tlog-witness`, docs/PROTOCOL.md §15.5): `concord witness`.
 //!
 //! `Witness` owns the decision (pure, tested in memory): it cosigns a checkpoint only if a log key it
 //! was configured with signed it, the old size the caller names is the size it last cosigned for that

@@ -28,6 +28,7 @@ mod mode;
 mod propagation;
 mod table;
 mod tlog;
+mod transit;
 
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
@@ -147,6 +148,13 @@ fn run(mode: &Mode, etcd: Option<&Path>) -> Vec<Row> {
         let replica = runtime.block_on(mesh::replica(&env, mode.mesh_clients, mode.mesh_window))?;
         Ok((replica, crypto))
     });
+    let transit = guarded("transit API throughput", || {
+        let env = concord_tests::Env::new();
+        let aes = transit::aes_alone(mode.crypto_window)?;
+        let (encrypt, decrypt) =
+            runtime.block_on(transit::replica(&env, mode.mesh_clients, mode.mesh_window))?;
+        Ok((encrypt, decrypt, aes))
+    });
 
     let mut rows = Vec::new();
     push(
@@ -218,6 +226,13 @@ fn run(mode: &Mode, etcd: Option<&Path>) -> Vec<Row> {
         "NewMeshCert",
         mesh.as_ref()
             .map(|(replica, crypto)| mesh::rows(replica, crypto, mode.mesh_clients)),
+    );
+    push(
+        &mut rows,
+        "transit",
+        transit
+            .as_ref()
+            .map(|(e, d, aes)| transit::rows(e, d, *aes, mode.mesh_clients)),
     );
     rows
 }

@@ -94,7 +94,7 @@ pub async fn replica(env: &Env, clients: usize, window: Duration) -> Result<Issu
 
 /// The CPU time (user and system) used so far by the process or thread of a `/proc` stat file
 /// (`/proc/PID/stat`, `/proc/thread-self/stat`).
-fn cpu_time(path: &str) -> Result<Duration, String> {
+pub fn cpu_time(path: &str) -> Result<Duration, String> {
     let stat = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
     // The fields after the command name, which is in parentheses and may contain spaces.
     let fields: Vec<&str> = stat
