@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+pub mod amd;
 pub mod device;
 pub mod kds;
 pub mod snp;

@@ -11,6 +11,7 @@
 //! AMD KDS, a cache) passes it as the first certificate of the evidence.
 
 pub(crate) mod amd_chain;
+pub(crate) mod crl;
 pub(crate) mod cross_check;
 pub(crate) mod extensions;
 mod product;
@@ -20,6 +21,7 @@ pub(crate) mod tcb;
 
 use std::time::SystemTime;
 
+pub use crl::{MAX_CRL_LEN, MAX_CRLS, SnpRevocation};
 pub use product::reported_product;
 pub use signer::SignerKind;
 
