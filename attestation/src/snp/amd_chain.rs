@@ -75,6 +75,31 @@ pub(crate) fn verify_signer<'a>(
     Ok(ChainedSigner { cert: signer, key })
 }
 
+/// AMD's CRLs sent with the evidence (`crls`) revoke neither the pinned intermediate for `kind`
+/// nor `signer`, as `expect.revocation` requires (`crl::check`).
+pub(crate) fn check_revocation(
+    product: Product,
+    kind: SignerKind,
+    signer: &ChainedSigner<'_>,
+    crls: &[Vec<u8>],
+    expect: &crate::snp::Expectations<'_>,
+) -> Result<(), AttestationError> {
+    if expect.revocation == crate::snp::SnpRevocation::NotChecked {
+        return Ok(());
+    }
+    let pinned = roots::pinned(product);
+    let ark = parse_pinned(pinned.ark)?;
+    let intermediate = parse_pinned(pinned.intermediate(kind))?;
+    crate::snp::crl::check(
+        crls,
+        &ark,
+        &intermediate,
+        &signer.cert,
+        expect.now,
+        expect.revocation,
+    )
+}
+
 /// The ARK is self-signed and signs the intermediate. Both are pinned bytes, so the outcome cannot
 /// change while the process runs: checked once per product and key kind, then remembered.
 fn check_pinned_links(

@@ -131,6 +131,22 @@ impl TestAmd {
         )
     }
 
+    /// A CRL under the name of the pinned (real) ARK of `product`, signed by this test ARK: what
+    /// anyone but AMD can make.
+    pub fn crl_as_pinned_ark(&self, product: Product, serials: &[u64]) -> Vec<u8> {
+        use x509_parser::prelude::FromDer as _;
+        let (_, ark) =
+            x509_parser::certificate::X509Certificate::from_der(roots::pinned(product).ark)
+                .unwrap();
+        crl(
+            ark.subject().as_raw(),
+            serials,
+            this_update(),
+            next_update(),
+            self.ark_key,
+        )
+    }
+
     /// A CRL under the ARK's name, signed by the ASK's key: a forgery.
     pub fn crl_signed_by_ask(&self, serials: &[u64]) -> Vec<u8> {
         crl(
