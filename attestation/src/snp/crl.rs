@@ -202,10 +202,19 @@ fn tlv_header(bytes: &[u8]) -> Option<(usize, usize)> {
     Some((2 + count, len))
 }
 
-/// A CRL's `nextUpdate` (DER in, nothing checked but the format): for the issuing side's cache,
-/// which refetches a list once it is due. Verifiers check the list in full.
-pub(crate) fn next_update(der: &[u8]) -> Result<Option<SystemTime>, AttestationError> {
+/// For the issuing side (`crate::vcek::CrlSource`), which sends only what a verifier may accept:
+/// `der` is a CRL that `ark_der` (a pinned ARK) issued and signed. Returns its `nextUpdate`
+/// (`None` when it has none). Verifiers check the list in full again.
+pub(crate) fn issued_by(
+    der: &[u8],
+    ark_der: &[u8],
+) -> Result<Option<SystemTime>, AttestationError> {
     let crl = parse(der)?;
+    let ark = crate::chain::parse_cert(ark_der, CertRole::Root)?;
+    if crl.issuer().as_raw() != ark.subject().as_raw() {
+        return Err(RejectReason::CrlMissing { sent: 1 }.into());
+    }
+    check_signature(der, &crl, &ark)?;
     Ok(crl.next_update().map(|t| SystemTime::from(t.to_datetime())))
 }
 
