@@ -11,8 +11,10 @@ mod snp;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use concord_attestation::snp::SnpRevocation;
 use concord_attestation::vcek::KdsConfig;
 use concord_attestation::{
     EvidenceIssuer, Measurement, PlatformTrust, ReferenceValues, Sha256Hex, SimulatedIssuer,
@@ -65,6 +67,50 @@ pub struct PlatformArgs {
     /// when neither the host's table nor the KDS has this chip's.
     #[arg(long, env = "CONCORD_VCEK_DIR")]
     pub vcek_dir: Option<PathBuf>,
+    /// SEV-SNP: accept AMD's CRL (sent with a peer's evidence) for at most this long past its
+    /// nextUpdate, e.g. `12h` or `3d` (at most 30d), when AMD's KDS is down. Default 0: evidence
+    /// without a fresh CRL of the product's ARK is refused (docs/OPERATIONS.md, "AMD revocation").
+    #[arg(long, env = "CONCORD_ACCEPT_STALE_AMD_CRL_FOR", default_value = "0s", value_parser = parse_stale_grace)]
+    pub accept_stale_amd_crl_for: Duration,
+}
+
+/// The longest `--accept-stale-amd-crl-for`: AMD publishes its CRLs with a validity of days, so a
+/// month past nextUpdate is an outage to fix, not to ride out.
+pub const MAX_STALE_AMD_CRL: Duration = Duration::from_secs(30 * 86_400);
+
+/// `--accept-stale-amd-crl-for`: a number with a unit, `s`, `m`, `h` or `d`, at most 30 days.
+pub fn parse_stale_grace(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a number and a unit (s, m, h, d), e.g. 12h"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?}: the unit must be s, m, h or d, e.g. 12h")),
+    };
+    let grace = Duration::from_secs(number.saturating_mul(seconds));
+    if grace > MAX_STALE_AMD_CRL {
+        return Err(format!(
+            "{text:?}: at most 30d; a CRL stale for longer means AMD's KDS is unreachable: fix \
+             that, or put a fresh CRL into --vcek-dir"
+        ));
+    }
+    Ok(grace)
+}
+
+impl PlatformArgs {
+    /// What this process requires of AMD's CRLs in SNP evidence it verifies.
+    pub fn snp_revocation(&self) -> SnpRevocation {
+        SnpRevocation::Required {
+            accept_stale_for: self.accept_stale_amd_crl_for,
+        }
+    }
 }
 
 /// The coordinator's own reference values for its peers before any manifest exists.
@@ -101,6 +147,8 @@ pub struct LaunchedPlatform {
     /// Reference values that accept exactly this process's own launch (its platform and measurement):
     /// what peers must match before any manifest exists.
     pub own_reference: ReferenceValues,
+    /// What SNP evidence must show of AMD's CRLs (`--accept-stale-amd-crl-for`).
+    pub snp_revocation: SnpRevocation,
 }
 
 impl PlatformArgs {
@@ -187,6 +235,7 @@ impl PlatformArgs {
                     trusted_measurements: vec![Measurement(measurement)],
                 }],
             },
+            snp_revocation: self.snp_revocation(),
         })
     }
 }

@@ -74,10 +74,7 @@ pub(crate) fn check(
     let mut fresh = false;
     let mut first_failure: Option<AttestationError> = None;
     for der in crls {
-        let crl = match parse(der) {
-            Ok(crl) => crl,
-            Err(e) => return Err(e),
-        };
+        let crl = parse(der)?;
         if crl.issuer().as_raw() != ark.subject().as_raw() {
             continue;
         }
