@@ -275,3 +275,26 @@ pub fn parse_member(s: &str) -> Result<(u64, String), String> {
     }
     Ok((id, addr.to_string()))
 }
+
+#[cfg(test)]
+mod stale_crl_tests {
+    use super::*;
+
+    #[test]
+    fn the_stale_crl_grace_is_a_bounded_duration_with_a_unit() {
+        assert_eq!(parse_stale_grace("0s").unwrap(), Duration::ZERO);
+        assert_eq!(
+            parse_stale_grace("12h").unwrap(),
+            Duration::from_secs(43_200)
+        );
+        assert_eq!(parse_stale_grace("30d").unwrap(), MAX_STALE_AMD_CRL);
+        assert!(
+            parse_stale_grace("31d")
+                .unwrap_err()
+                .contains("at most 30d")
+        );
+        assert!(parse_stale_grace("12").is_err());
+        assert!(parse_stale_grace("h").is_err());
+        assert!(parse_stale_grace("99999999999999999999d").is_err());
+    }
+}
