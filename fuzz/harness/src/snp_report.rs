@@ -8,6 +8,7 @@
 //! that a report a real signer signed gets through every check; the time of check is fixed.
 
 use concord_attestation::fuzzing::snp_unchained;
+use concord_attestation::snp::SnpRevocation;
 use concord_attestation::{
     AttestationError, Evidence, Measurement, MinimumTcb, Platform, PlatformTrust, Product,
     REPORT_LEN, ReferenceValues, Report, SnpReference, VerifiedReport, Verifier,
