@@ -16,7 +16,7 @@ mod cache;
 mod cert_table;
 mod crl_source;
 mod error;
-mod http;
+pub(crate) mod http;
 mod kds;
 mod offline;
 mod query;
