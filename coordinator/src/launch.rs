@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use concord_attestation::intel_pcs::{CollateralSource, INTEL_PCS, PcsConfig};
 use concord_attestation::snp::SnpRevocation;
 use concord_attestation::vcek::KdsConfig;
 use concord_attestation::{
@@ -72,6 +73,37 @@ pub struct PlatformArgs {
     /// without a fresh CRL of the product's ARK is refused (docs/OPERATIONS.md, "AMD revocation").
     #[arg(long, env = "CONCORD_ACCEPT_STALE_AMD_CRL_FOR", default_value = "0s", value_parser = parse_stale_grace)]
     pub accept_stale_amd_crl_for: Duration,
+    /// TDX: Intel's PCS, or a PCCS, asked for the collateral of this platform's quotes (TCB info,
+    /// QE identity, PCK and root CA CRLs, API v4; http or https, optionally with a path prefix);
+    /// `off` never asks one.
+    #[arg(long, env = "CONCORD_PCCS_URL", default_value = INTEL_PCS)]
+    pub pccs_url: String,
+    /// TDX: where collateral fetched from the PCS is kept until its nextUpdate (default for the
+    /// coordinator: DATA_DIR/tdx-collateral-cache).
+    #[arg(long, env = "CONCORD_TDX_COLLATERAL_CACHE_DIR")]
+    pub tdx_collateral_cache_dir: Option<PathBuf>,
+    /// TDX: a directory of collateral the operator provides, `{FMSPC}-{processor|platform}.json` in
+    /// the collateral layout (docs/OPERATIONS.md), used when the PCS is off or has none.
+    #[arg(long, env = "CONCORD_TDX_COLLATERAL_DIR")]
+    pub tdx_collateral_dir: Option<PathBuf>,
+}
+
+/// The value of `--pccs-url` that never asks a PCS.
+pub const PCCS_OFF: &str = "off";
+
+impl PlatformArgs {
+    /// Where TDX collateral comes from, as `--pccs-url`, `--tdx-collateral-cache-dir` and
+    /// `--tdx-collateral-dir` say: `collateral(fmspc, ca)` on it gives the bytes to send with a
+    /// quote (`concord_attestation::intel_pcs`).
+    pub fn tdx_collateral_source(&self) -> Result<CollateralSource, String> {
+        let pcs = (self.pccs_url != PCCS_OFF).then(|| PcsConfig::new(self.pccs_url.clone()));
+        CollateralSource::new(
+            pcs,
+            self.tdx_collateral_cache_dir.clone(),
+            self.tdx_collateral_dir.clone(),
+        )
+        .map_err(|e| format!("--pccs-url: {e}"))
+    }
 }
 
 /// The longest `--accept-stale-amd-crl-for`: AMD publishes its CRLs with a validity of days, so a
@@ -155,6 +187,7 @@ impl PlatformArgs {
     /// Checks the flags without reading the files or opening the devices they name, for
     /// `--check-config` (run where the pod's mounts do not exist); [`Self::launch`] checks everything.
     pub fn check(&self) -> Result<(), String> {
+        self.tdx_collateral_source()?;
         match self.platform {
             PlatformKind::Snp => snp::check(self),
             PlatformKind::Simulated => {
@@ -277,8 +310,32 @@ pub fn parse_member(s: &str) -> Result<(u64, String), String> {
 }
 
 #[cfg(test)]
-mod stale_crl_tests {
+mod flag_tests {
     use super::*;
+
+    #[test]
+    fn pccs_url_off_and_a_bad_url_is_a_usage_error() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            platform: PlatformArgs,
+        }
+        let flags = |args: &[&str]| {
+            Flags::try_parse_from(std::iter::once("c").chain(args.iter().copied()))
+                .unwrap()
+                .platform
+        };
+        assert_eq!(flags(&[]).pccs_url, INTEL_PCS);
+        flags(&["--pccs-url", "off"])
+            .tdx_collateral_source()
+            .unwrap();
+        flags(&["--pccs-url", "https://pccs.example:8081"])
+            .tdx_collateral_source()
+            .unwrap();
+        let err = flags(&["--pccs-url", "pccs.example"]).check().unwrap_err();
+        assert!(err.contains("--pccs-url") && err.contains("`off`"), "{err}");
+    }
 
     #[test]
     fn the_stale_crl_grace_is_a_bounded_duration_with_a_unit() {
