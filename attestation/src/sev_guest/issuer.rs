@@ -22,6 +22,9 @@ use crate::report::Report;
 use crate::snp::{SignerKind, roots};
 use crate::vcek::{CrlSource, HostCertificates, VcekResolver};
 
+/// How long launch waits for AMD's CRL: the KDS client's attempts (4 × 10 s and backoff) fit.
+const LAUNCH_CRL_WAIT: Duration = Duration::from_secs(60);
+
 /// Issues SEV-SNP evidence from a guest device.
 pub struct SevGuestIssuer {
     device: Mutex<Box<dyn GuestDevice>>,
@@ -139,7 +142,7 @@ impl SevGuestIssuer {
     fn with_crl_at_launch(&self, mut evidence: Evidence) -> Evidence {
         if let (Some(crls), true) = (&self.crls, evidence.crls.is_empty())
             && let Some((product, kind)) = signer_of(&evidence)
-            && let Ok(crl) = crls.refresh(product, kind, self.now())
+            && let Ok(crl) = crls.wait_for(product, kind, self.now(), LAUNCH_CRL_WAIT)
         {
             evidence.crls.push(crl);
         }

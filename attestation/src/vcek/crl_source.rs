@@ -14,7 +14,7 @@
 //! require one refuse it.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::cache::VcekCache;
@@ -46,6 +46,8 @@ struct Inner {
     offline: Option<OfflineDir>,
     ark_of: ArkOf,
     held: Mutex<HashMap<(Product, SignerKind), Held>>,
+    /// Signalled when a lookup ends.
+    looked: Condvar,
 }
 
 #[derive(Default)]
@@ -128,6 +130,7 @@ impl CrlSource {
                 offline,
                 ark_of,
                 held: Mutex::default(),
+                looked: Condvar::new(),
             }),
         }
     }
@@ -152,6 +155,48 @@ impl CrlSource {
         entry.crl.as_ref().map(|c| c.der.clone())
     }
 
+    /// The CRL for `product` and `kind`, waiting for it: a fresh one held is returned at once; a
+    /// lookup in the background is waited for (at most `wait`), not repeated; otherwise one is made
+    /// now ([`refresh`](Self::refresh)). For launch, where nothing else waits on this thread.
+    pub fn wait_for(
+        &self,
+        product: Product,
+        kind: SignerKind,
+        now: SystemTime,
+        wait: Duration,
+    ) -> Result<Vec<u8>, String> {
+        let deadline = Instant::now() + wait;
+        let mut held = self
+            .inner
+            .held
+            .lock()
+            .map_err(|_| "the CRL table's lock is poisoned".to_string())?;
+        loop {
+            let entry = held.entry((product, kind)).or_default();
+            if let Some(crl) = entry.crl.as_ref().filter(|c| c.fresh_at(now)) {
+                return Ok(crl.der.clone());
+            }
+            if !entry.looking {
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err("AMD's CRL is still being looked up".into());
+            }
+            held = self
+                .inner
+                .looked
+                .wait_timeout(held, left)
+                .map_err(|_| "the CRL table's lock is poisoned".to_string())?
+                .0;
+        }
+        if let Some(entry) = held.get_mut(&(product, kind)) {
+            entry.looking = true;
+        }
+        drop(held);
+        self.refresh(product, kind, now)
+    }
+
     /// Looks the CRL up now (cache, KDS, directory), blocking for as long as that takes, and
     /// keeps what it finds: for launch, where nothing waits on this thread, and for tests.
     pub fn refresh(
@@ -172,6 +217,7 @@ impl CrlSource {
                 }
             }
         }
+        self.inner.looked.notify_all();
         result.map(|found| found.der)
     }
 
