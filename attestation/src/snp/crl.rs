@@ -367,6 +367,23 @@ mod tests {
         ));
     }
 
+    /// The cost of one check (an RSA-4096 verification and the list scan):
+    /// `cargo test -p concord-attestation --lib crl_check_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn crl_check_cost() {
+        let amd = amd::milan();
+        let crl = amd.crl(&[amd::UNRELATED_SERIAL]);
+        let crls = [crl];
+        let (ark, ask, vcek) = (parsed(&amd.ark), parsed(&amd.ask), parsed(&amd.vcek));
+        let runs = 200;
+        let started = std::time::Instant::now();
+        for _ in 0..runs {
+            check(&crls, &ark, &ask, &vcek, amd::now(), required()).unwrap();
+        }
+        println!("one CRL check: {:?}", started.elapsed() / runs);
+    }
+
     #[test]
     fn tlv_headers_are_read_within_bounds() {
         assert_eq!(
