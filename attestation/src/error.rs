@@ -273,6 +273,37 @@ pub enum RejectReason {
     /// The aTLS certificate names no deployment (or names it malformed).
     #[error("the peer's aTLS certificate names no deployment (binding v2 is required)")]
     NoDeployment,
+    /// AMD's CRL lists the intermediate (ASK, ASVK) or the signer (VCEK, VLEK).
+    #[error("AMD has revoked the {role} certificate (it is listed in the ARK's CRL)")]
+    CertificateRevoked {
+        /// The revoked certificate's position.
+        role: CertRole,
+    },
+    /// No CRL signed by the product's ARK came with the evidence (or was given to the verifier):
+    /// revocation cannot be checked, so the evidence is refused (fail closed).
+    #[error(
+        "no CRL of this product's AMD root came with the evidence ({sent} CRL(s) sent): the \
+         issuer must send AMD's CRL (its KDS or --amd-crl-dir), or the verifier be given one (--crl)"
+    )]
+    CrlMissing {
+        /// How many CRLs the evidence carried.
+        sent: usize,
+    },
+    /// A CRL under the ARK's name does not carry the ARK's signature.
+    #[error("a CRL naming the AMD root as its issuer is not signed by the pinned AMD root")]
+    CrlSignature,
+    /// AMD's CRL is past its `nextUpdate` (plus the grace the verifier allows).
+    #[error(
+        "AMD's CRL is stale (nextUpdate {next_update}); fetch a fresh one, or allow a stale one \
+         for a bounded time (--accept-stale-crl-for)"
+    )]
+    CrlStale {
+        /// The CRL's `nextUpdate`.
+        next_update: String,
+    },
+    /// AMD's CRL is not valid yet at the time of check (its `thisUpdate` is later).
+    #[error("AMD's CRL is not valid yet at the time of check (thisUpdate is later)")]
+    CrlNotYetValid,
 }
 
 impl RejectReason {
@@ -311,6 +342,11 @@ impl RejectReason {
             Self::ReportCrossCheck(_) => "report_cross_check",
             Self::WrongDeployment { .. } => "wrong_deployment",
             Self::NoDeployment => "no_deployment",
+            Self::CertificateRevoked { .. } => "certificate_revoked",
+            Self::CrlMissing { .. } => "crl_missing",
+            Self::CrlSignature => "crl_signature",
+            Self::CrlStale { .. } => "crl_stale",
+            Self::CrlNotYetValid => "crl_not_yet_valid",
         }
     }
 }

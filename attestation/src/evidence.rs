@@ -53,6 +53,8 @@ pub struct Evidence {
     pub report: Vec<u8>,
     /// DER certificates, signer first, root last.
     pub certificates: Vec<Vec<u8>>,
+    /// SNP: AMD's CRLs (DER), signed by the ARK, so a relying party checks revocation offline.
+    pub crls: Vec<Vec<u8>>,
 }
 
 impl Evidence {
@@ -62,6 +64,7 @@ impl Evidence {
             platform: self.platform.as_str().to_owned(),
             report: self.report.clone(),
             certificates: self.certificates.clone(),
+            crls: self.crls.clone(),
         }
         .encode_to_vec()
     }
@@ -74,6 +77,7 @@ impl Evidence {
             platform: Platform::from_wire(&msg.platform)?,
             report: msg.report,
             certificates: msg.certificates,
+            crls: msg.crls,
         })
     }
 }
@@ -88,6 +92,7 @@ mod tests {
             platform: Platform::Simulated,
             report: vec![1, 2, 3],
             certificates: vec![vec![4], vec![5, 6]],
+            crls: vec![vec![7, 8]],
         };
         assert_eq!(Evidence::from_bytes(&ev.to_bytes()).unwrap(), ev);
         let ev = Evidence {
@@ -103,6 +108,7 @@ mod tests {
             platform: "tdx".into(),
             report: vec![],
             certificates: vec![],
+            crls: vec![],
         }
         .encode_to_vec();
         let err = Evidence::from_bytes(&msg).unwrap_err();

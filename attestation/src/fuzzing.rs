@@ -55,6 +55,7 @@ pub fn snp_unchained(
                     report_data,
                     accept_host_data: &|_| true,
                     now,
+                    revocation: snp::SnpRevocation::NotChecked,
                 },
             );
         }

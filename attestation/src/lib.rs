@@ -23,6 +23,7 @@ mod files;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod intel_pcs;
 pub mod issuer;
 pub mod reference;
 pub mod report;

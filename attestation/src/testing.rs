@@ -7,8 +7,10 @@
 
 use std::sync::Arc;
 
+pub mod amd;
 pub mod device;
 pub mod kds;
+pub mod pcs;
 pub mod snp;
 
 use crate::atls::{DeploymentId, DeploymentPin, StaticPolicy};

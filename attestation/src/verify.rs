@@ -16,7 +16,7 @@ use crate::error::{AttestationError, CertRole, RejectReason};
 use crate::evidence::{Evidence, Platform};
 use crate::reference::{Product, ReferenceValues};
 use crate::report::{Report, Tcb};
-use crate::snp;
+use crate::snp::{self, SnpRevocation};
 
 /// The trust anchors fixed at launch, outside any manifest.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -31,6 +31,7 @@ pub struct PlatformTrust {
 #[derive(Debug, Clone)]
 pub struct Verifier {
     trust: PlatformTrust,
+    snp_revocation: SnpRevocation,
 }
 
 /// Claims of a report that passed every check. Only this crate creates one.
@@ -132,7 +133,27 @@ impl Verifier {
                 "INSECURE: simulated attestation is enabled; evidence from the simulated root is accepted"
             );
         }
-        Self { trust }
+        Self {
+            trust,
+            snp_revocation: SnpRevocation::default(),
+        }
+    }
+
+    /// This verifier with `policy` for AMD's revocation lists. The default requires a fresh CRL
+    /// signed by the ARK with every piece of SNP evidence (fail closed; see [`SnpRevocation`]).
+    pub fn with_snp_revocation(mut self, policy: SnpRevocation) -> Self {
+        if policy == SnpRevocation::NotChecked {
+            tracing::warn!(
+                "revocation of AMD certificates is not checked: a VCEK, VLEK, ASK or ASVK that AMD has revoked is accepted"
+            );
+        }
+        self.snp_revocation = policy;
+        self
+    }
+
+    /// What this verifier requires of AMD's revocation lists.
+    pub fn snp_revocation(&self) -> SnpRevocation {
+        self.snp_revocation
     }
 
     /// The launch configuration.
@@ -170,6 +191,7 @@ impl Verifier {
                     report_data: expected_report_data,
                     accept_host_data,
                     now,
+                    revocation: self.snp_revocation,
                 },
             ),
         };

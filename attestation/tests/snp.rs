@@ -4,6 +4,7 @@
 
 use std::time::SystemTime;
 
+use concord_attestation::snp::SnpRevocation;
 use concord_attestation::testing::snp::{self as vectors, Vector};
 use concord_attestation::{
     AttestationError, CertRole, ChipId, Evidence, Measurement, PlatformTrust, Product, REPORT_LEN,
@@ -11,8 +12,48 @@ use concord_attestation::{
     Verifier,
 };
 
+/// No real AMD CRL is among the vectors (AMD's keys sign them, and none was published with the
+/// reports): these tests judge everything but revocation, which `real_vectors_without_a_crl_*`
+/// and `snp::crl`'s tests (a test AMD hierarchy) cover.
 fn verifier() -> Verifier {
-    Verifier::new(PlatformTrust::default())
+    Verifier::new(PlatformTrust::default()).with_snp_revocation(SnpRevocation::NotChecked)
+}
+
+#[test]
+fn real_vectors_without_a_crl_are_refused_by_default_for_that_reason_only() {
+    for v in vectors::accepted() {
+        let by_default = Verifier::new(PlatformTrust::default()).verify(
+            &v.evidence(),
+            &v.reference_values(),
+            &v.report_data(),
+            &|_| true,
+            v.at,
+        );
+        assert_eq!(
+            by_default,
+            Err(RejectReason::CrlMissing { sent: 0 }.into()),
+            "{}",
+            v.name
+        );
+        verify(&v).unwrap_or_else(|e| panic!("{}: {e}", v.name));
+    }
+}
+
+#[test]
+fn a_crl_of_the_real_product_not_signed_by_amd_is_refused() {
+    // A test ARK signs a CRL under the pinned Milan ARK's exact name.
+    let v = vectors::virtee_milan();
+    let forged = concord_attestation::testing::amd::milan().crl_as_pinned_ark(Product::Milan, &[]);
+    let mut evidence = v.evidence();
+    evidence.crls.push(forged);
+    let result = Verifier::new(PlatformTrust::default()).verify(
+        &evidence,
+        &v.reference_values(),
+        &v.report_data(),
+        &|_| true,
+        concord_attestation::testing::amd::now(),
+    );
+    assert_eq!(result, Err(RejectReason::CrlSignature.into()));
 }
 
 /// Verifies `evidence` as `v`'s verifier would: `v`'s report data, any host data, at `at`.

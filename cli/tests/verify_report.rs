@@ -54,6 +54,9 @@ fn args_for(v: &Vector, reference: &Path) -> Vec<String> {
         path_str(reference).into(),
         "--at".into(),
         AT.into(),
+        // No real AMD CRL is among the vectors: the tests below judge everything else, and
+        // `revocation_*` judge the CRL.
+        "--no-revocation-check".into(),
     ]
 }
 
@@ -80,7 +83,10 @@ fn a_good_report_is_accepted_with_exit_0_and_its_claims() {
     let json = r.json.expect("one JSON object on stdout");
     assert_eq!(json["accepted"], true);
     assert!(json.get("reason").is_none());
-    assert_eq!(json["unchecked"], serde_json::json!(["host_data"]));
+    assert_eq!(
+        json["unchecked"],
+        serde_json::json!(["host_data", "revocation"])
+    );
     assert_eq!(json["at"], AT);
     let claims = &json["claims"];
     assert_eq!(claims["product"], "Milan");
@@ -124,7 +130,7 @@ fn der_and_pem_certificates_are_both_accepted() {
     let json = run_vector(&v, &v.reference(), &[]).json.unwrap();
     assert_eq!(
         json["unchecked"],
-        serde_json::json!(["host_data", "report_data"])
+        serde_json::json!(["host_data", "revocation", "report_data"])
     );
 }
 
@@ -274,4 +280,60 @@ fn the_help_says_what_is_not_checked() {
         help.contains("Without --report-data, report_data is not checked"),
         "{help}"
     );
+}
+
+/// `args_for` without `--no-revocation-check`.
+fn run_with_revocation(v: &Vector, at: &str, extra: &[&str]) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let reference = write_reference(dir.path(), &v.reference());
+    let mut args = args_for(v, &reference);
+    args[7] = at.into();
+    args.pop();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run(&args)
+}
+
+#[test]
+fn revocation_without_a_crl_is_rejected_with_exit_3() {
+    let v = vectors::virtee_milan();
+    let r = run_with_revocation(&v, AT, &[]);
+    assert_eq!(r.code, Some(3), "{}", r.stderr);
+    let json = r.json.expect("one JSON object on stdout");
+    assert_eq!(json["accepted"], false);
+    assert_eq!(json["reason_code"], "crl_missing", "{json}");
+    // With the named switch, the same report is accepted and the JSON says what was not checked.
+    let r = run_vector(&v, &v.reference(), &[]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let unchecked = r.json.unwrap()["unchecked"].clone();
+    assert!(
+        unchecked.as_array().unwrap().contains(&"revocation".into()),
+        "{unchecked}"
+    );
+}
+
+#[test]
+fn revocation_a_crl_not_signed_by_amds_root_is_rejected() {
+    use concord_attestation::testing::amd;
+    let v = vectors::virtee_milan();
+    let dir = tempfile::tempdir().unwrap();
+    let forged = dir.path().join("milan.crl");
+    std::fs::write(
+        &forged,
+        amd::milan().crl_as_pinned_ark(concord_attestation::Product::Milan, &[]),
+    )
+    .unwrap();
+    let r = run_with_revocation(&v, "2026-01-02T00:00:00Z", &["--crl", path_str(&forged)]);
+    assert_eq!(r.code, Some(3), "{}", r.stderr);
+    assert_eq!(r.json.unwrap()["reason_code"], "crl_signature");
+    // An unreadable CRL file is an input error.
+    let r = run_with_revocation(
+        &v,
+        AT,
+        &["--crl", path_str(&dir.path().join("missing.crl"))],
+    );
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    // The switches exclude each other.
+    let r = run_vector(&v, &v.reference(), &["--crl", path_str(&forged)]);
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
 }

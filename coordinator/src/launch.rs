@@ -11,8 +11,11 @@ mod snp;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use concord_attestation::intel_pcs::{CollateralSource, INTEL_PCS, PcsConfig};
+use concord_attestation::snp::SnpRevocation;
 use concord_attestation::vcek::KdsConfig;
 use concord_attestation::{
     EvidenceIssuer, Measurement, PlatformTrust, ReferenceValues, Sha256Hex, SimulatedIssuer,
@@ -65,6 +68,81 @@ pub struct PlatformArgs {
     /// when neither the host's table nor the KDS has this chip's.
     #[arg(long, env = "CONCORD_VCEK_DIR")]
     pub vcek_dir: Option<PathBuf>,
+    /// SEV-SNP: accept AMD's CRL (sent with a peer's evidence) for at most this long past its
+    /// nextUpdate, e.g. `12h` or `3d` (at most 30d), when AMD's KDS is down. Default 0: evidence
+    /// without a fresh CRL of the product's ARK is refused (docs/OPERATIONS.md, "AMD revocation").
+    #[arg(long, env = "CONCORD_ACCEPT_STALE_AMD_CRL_FOR", default_value = "0s", value_parser = parse_stale_grace)]
+    pub accept_stale_amd_crl_for: Duration,
+    /// TDX: Intel's PCS, or a PCCS, asked for the collateral of this platform's quotes (TCB info,
+    /// QE identity, PCK and root CA CRLs, API v4; http or https, optionally with a path prefix);
+    /// `off` never asks one.
+    #[arg(long, env = "CONCORD_PCCS_URL", default_value = INTEL_PCS)]
+    pub pccs_url: String,
+    /// TDX: where collateral fetched from the PCS is kept until its nextUpdate (default for the
+    /// coordinator: DATA_DIR/tdx-collateral-cache).
+    #[arg(long, env = "CONCORD_TDX_COLLATERAL_CACHE_DIR")]
+    pub tdx_collateral_cache_dir: Option<PathBuf>,
+    /// TDX: a directory of collateral the operator provides, `{FMSPC}-{processor|platform}.json` in
+    /// the collateral layout (docs/OPERATIONS.md), used when the PCS is off or has none.
+    #[arg(long, env = "CONCORD_TDX_COLLATERAL_DIR")]
+    pub tdx_collateral_dir: Option<PathBuf>,
+}
+
+/// The value of `--pccs-url` that never asks a PCS.
+pub const PCCS_OFF: &str = "off";
+
+impl PlatformArgs {
+    /// Where TDX collateral comes from, as `--pccs-url`, `--tdx-collateral-cache-dir` and
+    /// `--tdx-collateral-dir` say: `collateral(fmspc, ca)` on it gives the bytes to send with a
+    /// quote (`concord_attestation::intel_pcs`).
+    pub fn tdx_collateral_source(&self) -> Result<CollateralSource, String> {
+        let pcs = (self.pccs_url != PCCS_OFF).then(|| PcsConfig::new(self.pccs_url.clone()));
+        CollateralSource::new(
+            pcs,
+            self.tdx_collateral_cache_dir.clone(),
+            self.tdx_collateral_dir.clone(),
+        )
+        .map_err(|e| format!("--pccs-url: {e}"))
+    }
+}
+
+/// The longest `--accept-stale-amd-crl-for`: AMD publishes its CRLs with a validity of days, so a
+/// month past nextUpdate is an outage to fix, not to ride out.
+pub const MAX_STALE_AMD_CRL: Duration = Duration::from_secs(30 * 86_400);
+
+/// `--accept-stale-amd-crl-for`: a number with a unit, `s`, `m`, `h` or `d`, at most 30 days.
+pub fn parse_stale_grace(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a number and a unit (s, m, h, d), e.g. 12h"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?}: the unit must be s, m, h or d, e.g. 12h")),
+    };
+    let grace = Duration::from_secs(number.saturating_mul(seconds));
+    if grace > MAX_STALE_AMD_CRL {
+        return Err(format!(
+            "{text:?}: at most 30d; a CRL stale for longer means AMD's KDS is unreachable: fix \
+             that, or put a fresh CRL into --vcek-dir"
+        ));
+    }
+    Ok(grace)
+}
+
+impl PlatformArgs {
+    /// What this process requires of AMD's CRLs in SNP evidence it verifies.
+    pub fn snp_revocation(&self) -> SnpRevocation {
+        SnpRevocation::Required {
+            accept_stale_for: self.accept_stale_amd_crl_for,
+        }
+    }
 }
 
 /// The coordinator's own reference values for its peers before any manifest exists.
@@ -101,12 +179,15 @@ pub struct LaunchedPlatform {
     /// Reference values that accept exactly this process's own launch (its platform and measurement):
     /// what peers must match before any manifest exists.
     pub own_reference: ReferenceValues,
+    /// What SNP evidence must show of AMD's CRLs (`--accept-stale-amd-crl-for`).
+    pub snp_revocation: SnpRevocation,
 }
 
 impl PlatformArgs {
     /// Checks the flags without reading the files or opening the devices they name, for
     /// `--check-config` (run where the pod's mounts do not exist); [`Self::launch`] checks everything.
     pub fn check(&self) -> Result<(), String> {
+        self.tdx_collateral_source()?;
         match self.platform {
             PlatformKind::Snp => snp::check(self),
             PlatformKind::Simulated => {
@@ -187,6 +268,7 @@ impl PlatformArgs {
                     trusted_measurements: vec![Measurement(measurement)],
                 }],
             },
+            snp_revocation: self.snp_revocation(),
         })
     }
 }
@@ -225,4 +307,51 @@ pub fn parse_member(s: &str) -> Result<(u64, String), String> {
         return Err(format!("{s:?}: the address {addr:?} has no port"));
     }
     Ok((id, addr.to_string()))
+}
+
+#[cfg(test)]
+mod flag_tests {
+    use super::*;
+
+    #[test]
+    fn pccs_url_off_and_a_bad_url_is_a_usage_error() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            platform: PlatformArgs,
+        }
+        let flags = |args: &[&str]| {
+            Flags::try_parse_from(std::iter::once("c").chain(args.iter().copied()))
+                .unwrap()
+                .platform
+        };
+        assert_eq!(flags(&[]).pccs_url, INTEL_PCS);
+        flags(&["--pccs-url", "off"])
+            .tdx_collateral_source()
+            .unwrap();
+        flags(&["--pccs-url", "https://pccs.example:8081"])
+            .tdx_collateral_source()
+            .unwrap();
+        let err = flags(&["--pccs-url", "pccs.example"]).check().unwrap_err();
+        assert!(err.contains("--pccs-url") && err.contains("`off`"), "{err}");
+    }
+
+    #[test]
+    fn the_stale_crl_grace_is_a_bounded_duration_with_a_unit() {
+        assert_eq!(parse_stale_grace("0s").unwrap(), Duration::ZERO);
+        assert_eq!(
+            parse_stale_grace("12h").unwrap(),
+            Duration::from_secs(43_200)
+        );
+        assert_eq!(parse_stale_grace("30d").unwrap(), MAX_STALE_AMD_CRL);
+        assert!(
+            parse_stale_grace("31d")
+                .unwrap_err()
+                .contains("at most 30d")
+        );
+        assert!(parse_stale_grace("12").is_err());
+        assert!(parse_stale_grace("h").is_err());
+        assert!(parse_stale_grace("99999999999999999999d").is_err());
+    }
 }

@@ -96,6 +96,10 @@ fn config_json(args: &Args, members: &Members) -> serde_json::Value {
             "kds_url": p.kds_url,
             "vcek_cache_dir": p.vcek_cache_dir,
             "vcek_dir": p.vcek_dir,
+            "accept_stale_amd_crl_for_seconds": p.accept_stale_amd_crl_for.as_secs(),
+            "pccs_url": p.pccs_url,
+            "tdx_collateral_cache_dir": p.tdx_collateral_cache_dir,
+            "tdx_collateral_dir": p.tdx_collateral_dir,
             "snp_reference": args.own_reference.snp_reference,
         },
         "log_format": args.log_format,
@@ -149,12 +153,19 @@ async fn shutdown_signal() {
 
 /// The directory under `--data-dir` where fetched VCEKs are kept unless `--vcek-cache-dir` says.
 const VCEK_CACHE_SUBDIR: &str = "vcek-cache";
+/// The directory under `--data-dir` where TDX collateral is kept unless
+/// `--tdx-collateral-cache-dir` says.
+const TDX_COLLATERAL_CACHE_SUBDIR: &str = "tdx-collateral-cache";
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let mut args = Args::parse();
     if args.platform.vcek_cache_dir.is_none() {
         args.platform.vcek_cache_dir = Some(args.data_dir.join(VCEK_CACHE_SUBDIR));
+    }
+    if args.platform.tdx_collateral_cache_dir.is_none() {
+        args.platform.tdx_collateral_cache_dir =
+            Some(args.data_dir.join(TDX_COLLATERAL_CACHE_SUBDIR));
     }
     let members = match args.members.members(args.peer_listen) {
         Ok(m) => m,

@@ -139,7 +139,7 @@ pub async fn run(
     let replica = Arc::new(Replica::new(
         coordinator,
         issuer.clone(),
-        Verifier::new(platform.trust.clone()),
+        Verifier::new(platform.trust.clone()).with_snp_revocation(platform.snp_revocation),
     ));
     info!(deployment = %replica.deployment(), "serving deployment");
     let deployment: Arc<dyn DeploymentSource> = replica.clone();

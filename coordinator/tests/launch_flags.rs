@@ -188,3 +188,48 @@ fn check_config_refuses_a_bad_pod_name_and_mixed_peer_modes_as_usage_errors() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
 }
+
+#[test]
+fn check_config_shows_the_revocation_and_tdx_collateral_flags() {
+    let out = coordinator(&["--check-config", "--data-dir", "/var/lib/concord"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let config: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let platform = &config["platform"];
+    assert_eq!(platform["accept_stale_amd_crl_for_seconds"], 0);
+    assert_eq!(
+        platform["pccs_url"],
+        "https://api.trustedservices.intel.com"
+    );
+    assert_eq!(
+        platform["tdx_collateral_cache_dir"],
+        "/var/lib/concord/tdx-collateral-cache"
+    );
+
+    let out = coordinator(&[
+        "--check-config",
+        "--data-dir",
+        "d",
+        "--pccs-url",
+        "off",
+        "--accept-stale-amd-crl-for",
+        "3d",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let config: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        config["platform"]["accept_stale_amd_crl_for_seconds"],
+        3 * 86_400
+    );
+
+    for bad in [
+        ["--pccs-url", "pccs.example"],
+        ["--accept-stale-amd-crl-for", "31d"],
+    ] {
+        let mut args = vec!["--check-config", "--data-dir", "d"];
+        args.extend(bad);
+        let out = coordinator(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {stderr}");
+        assert!(stderr.contains(bad[0]), "{stderr}");
+    }
+}

@@ -140,6 +140,7 @@ mod tests {
                 platform: Platform::Simulated,
                 report: report_data.to_vec(),
                 certificates: vec![],
+                crls: vec![],
             })
         }
     }

@@ -17,13 +17,19 @@ use super::signers::{NotYet, RetryBackoff, Signers};
 use crate::error::AttestationError;
 use crate::evidence::{Evidence, Platform};
 use crate::issuer::EvidenceIssuer;
+use crate::reference::Product;
 use crate::report::Report;
-use crate::vcek::{HostCertificates, VcekResolver};
+use crate::snp::{SignerKind, roots};
+use crate::vcek::{CrlSource, HostCertificates, VcekResolver};
+
+/// How long launch waits for AMD's CRL: the KDS client's attempts (4 × 10 s and backoff) fit.
+const LAUNCH_CRL_WAIT: Duration = Duration::from_secs(60);
 
 /// Issues SEV-SNP evidence from a guest device.
 pub struct SevGuestIssuer {
     device: Mutex<Box<dyn GuestDevice>>,
     signers: Arc<Signers>,
+    crls: Option<CrlSource>,
     pinned_now: Option<SystemTime>,
 }
 
@@ -81,8 +87,17 @@ impl SevGuestIssuer {
         Self {
             device: Mutex::new(device),
             signers: Arc::new(Signers::new(resolver, backoff)),
+            crls: None,
             pinned_now: None,
         }
+    }
+
+    /// This issuer, sending AMD's CRL for the signer's product and key kind from `crls` with
+    /// each piece of evidence (none while it is being looked up: verifiers that require one then
+    /// refuse the evidence, and [`issue_waiting`](Self::issue_waiting) waits for it at launch).
+    pub fn with_crls(mut self, crls: CrlSource) -> Self {
+        self.crls = Some(crls);
+        self
     }
 
     /// Checks certificate validity at `now` instead of the clock's time (for tests with real,
@@ -108,7 +123,7 @@ impl SevGuestIssuer {
         let deadline = Instant::now() + wait;
         loop {
             match self.try_issue(report_data) {
-                Ok(evidence) => return Ok(evidence),
+                Ok(evidence) => return Ok(self.with_crl_at_launch(evidence)),
                 Err(IssueError::Failed(e)) => return Err(e),
                 Err(IssueError::Pending(report, why)) => {
                     if !self.signers.wait(&report, deadline) {
@@ -122,11 +137,45 @@ impl SevGuestIssuer {
         }
     }
 
+    /// At launch, where waiting is fine: when no CRL is held yet, looks it up now (bounded by the
+    /// KDS client's timeouts and attempts) and adds it.
+    fn with_crl_at_launch(&self, mut evidence: Evidence) -> Evidence {
+        if let (Some(crls), true) = (&self.crls, evidence.crls.is_empty())
+            && let Some((product, kind)) = signer_of(&evidence)
+            && let Ok(crl) = crls.wait_for(product, kind, self.now(), LAUNCH_CRL_WAIT)
+        {
+            evidence.crls.push(crl);
+        }
+        evidence
+    }
+
+    /// The CRL to send with evidence signed by `certificates[0]`, from memory.
+    fn crls_for(&self, report: &Report, certificates: &[Vec<u8>]) -> Vec<Vec<u8>> {
+        let Some(crls) = &self.crls else {
+            return vec![];
+        };
+        let Ok(kind) = SignerKind::of_report(report) else {
+            return vec![];
+        };
+        let Some(product) = certificates
+            .first()
+            .and_then(|signer| roots::product_issuing(kind, signer))
+        else {
+            return vec![];
+        };
+        crls.current(product, kind, self.now())
+            .into_iter()
+            .collect()
+    }
+
     fn try_issue(&self, report_data: &[u8; 64]) -> Result<Evidence, IssueError> {
         let (raw, table) = self.raw_report(report_data)?;
         let report = check_report(&raw, report_data)?;
         match self.signers.certificates(&report, table, self.now()) {
-            Ok(certificates) => Ok(pack(raw, certificates)),
+            Ok(certificates) => {
+                let crls = self.crls_for(&report, &certificates);
+                Ok(pack(raw, certificates, crls))
+            }
             Err(NotYet::Pending(why)) => Err(IssueError::Pending(report, why)),
             Err(NotYet::Failed(why)) => Err(IssueError::Failed(AttestationError::Issuer(why))),
         }
@@ -195,12 +244,22 @@ fn check_report(raw: &[u8], report_data: &[u8; 64]) -> Result<Report, Attestatio
 }
 
 /// SNP evidence: the report as the firmware returned it, and the certificates, signer first.
-fn pack(raw: Vec<u8>, certificates: Vec<Vec<u8>>) -> Evidence {
+fn pack(raw: Vec<u8>, certificates: Vec<Vec<u8>>, crls: Vec<Vec<u8>>) -> Evidence {
     Evidence {
         platform: Platform::Snp,
         report: raw,
         certificates,
+        crls,
     }
+}
+
+/// The product and key kind of SNP evidence's signer, by its certificate's issuer name (the
+/// resolver already checked it chains to that product's ARK).
+fn signer_of(evidence: &Evidence) -> Option<(Product, SignerKind)> {
+    let report = Report::parse(&evidence.report).ok()?;
+    let kind = SignerKind::of_report(&report).ok()?;
+    let product = roots::product_issuing(kind, evidence.certificates.first()?)?;
+    Some((product, kind))
 }
 
 impl EvidenceIssuer for SevGuestIssuer {
@@ -243,7 +302,9 @@ mod tests {
     /// the binding, its host data as the only accepted policy, at the vector's time.
     fn assert_verifies(evidence: &Evidence, v: &Vector) {
         let host_data = *v.report().host_data();
+        // No real AMD CRL is among the vectors: what is under test here is the VCEK's source.
         Verifier::new(PlatformTrust::default())
+            .with_snp_revocation(crate::snp::SnpRevocation::NotChecked)
             .verify(
                 evidence,
                 &v.reference_values(),
@@ -260,6 +321,49 @@ mod tests {
             std::fs::write(dir.path().join(name), bytes).unwrap();
         }
         dir
+    }
+
+    #[test]
+    fn evidence_carries_amds_crl_for_the_signers_product_and_kind() {
+        use crate::testing::amd;
+        use crate::testing::kds::{KdsStub, StubMode};
+        let v = vectors::virtee_milan();
+        let crl = amd::milan().crl(&[]);
+        let stub = KdsStub::start(
+            vec![("/vcek/v1/Milan/crl".into(), crl.clone())],
+            StubMode::Serve,
+        );
+        let mut config = crate::vcek::KdsConfig::new(stub.base_url());
+        config.attempts = 1;
+        let kds = crate::vcek::KdsClient::new(config).unwrap();
+        let cache = tempfile::tempdir().unwrap();
+        let crls = CrlSource::with_ark(
+            Some(kds),
+            Some(crate::vcek::VcekCache::new(cache.path())),
+            None,
+            |_| amd::milan().ark,
+        );
+        let dir = offline_dir_with(&[("vcek.der", &v.cert)]);
+        let resolver = VcekResolver::new(None, None, Some(OfflineDir::new(dir.path())));
+        let issuer = SevGuestIssuer::with_device(Box::new(device(&v)), resolver)
+            .with_crls(crls)
+            .at(amd::now());
+        let evidence = issuer.issue_waiting(&v.report_data(), WAIT).unwrap();
+        assert_eq!(evidence.crls, vec![crl]);
+        assert_eq!(stub.paths(), vec!["/vcek/v1/Milan/crl".to_string()]);
+        // A relying party checks it against the pinned Milan ARK, which did not sign this one.
+        let verdict = Verifier::new(PlatformTrust::default()).verify(
+            &evidence,
+            &v.reference_values(),
+            &v.report_data(),
+            &|_| true,
+            amd::now(),
+        );
+        assert_eq!(
+            verdict,
+            Err(crate::RejectReason::CrlMissing { sent: 1 }.into()),
+            "a test CRL under a test name counts for no real product"
+        );
     }
 
     #[test]

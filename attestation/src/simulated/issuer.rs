@@ -180,6 +180,7 @@ impl EvidenceIssuer for SimulatedIssuer {
             platform: Platform::Simulated,
             report: raw.to_vec(),
             certificates: vec![self.vcek_der.clone(), self.root_der.clone()],
+            crls: vec![],
         })
     }
 }

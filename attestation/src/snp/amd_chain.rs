@@ -15,6 +15,7 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::oid_registry::{OID_NIST_HASH_SHA384, OID_PKCS1_RSASSAPSS};
 use x509_parser::public_key::PublicKey;
 use x509_parser::signature_algorithm::SignatureAlgorithm;
+use x509_parser::x509::AlgorithmIdentifier;
 
 use crate::chain;
 use crate::error::{AttestationError, CertRole, RejectReason};
@@ -25,7 +26,7 @@ use crate::snp::signer::SignerKind;
 /// The RSA modulus length of AMD's ARK, ASK and ASVK.
 const AMD_RSA_BITS: usize = 4096;
 /// The PSS salt length AMD uses: the SHA-384 output length.
-const PSS_SALT_LEN: u32 = 48;
+pub(crate) const PSS_SALT_LEN: u32 = 48;
 /// id-mgf1 (RFC 8017).
 const OID_MGF1: &str = "1.2.840.113549.1.1.8";
 
@@ -72,6 +73,31 @@ pub(crate) fn verify_signer<'a>(
 
     let key = chain::p384_key(&signer, CertRole::Signer)?;
     Ok(ChainedSigner { cert: signer, key })
+}
+
+/// AMD's CRLs sent with the evidence (`crls`) revoke neither the pinned intermediate for `kind`
+/// nor `signer`, as `expect.revocation` requires (`crl::check`).
+pub(crate) fn check_revocation(
+    product: Product,
+    kind: SignerKind,
+    signer: &ChainedSigner<'_>,
+    crls: &[Vec<u8>],
+    expect: &crate::snp::Expectations<'_>,
+) -> Result<(), AttestationError> {
+    if expect.revocation == crate::snp::SnpRevocation::NotChecked {
+        return Ok(());
+    }
+    let pinned = roots::pinned(product);
+    let ark = parse_pinned(pinned.ark)?;
+    let intermediate = parse_pinned(pinned.intermediate(kind))?;
+    crate::snp::crl::check(
+        crls,
+        &ark,
+        &intermediate,
+        &signer.cert,
+        expect.now,
+        expect.revocation,
+    )
 }
 
 /// The ARK is self-signed and signs the intermediate. Both are pinned bytes, so the outcome cannot
@@ -132,7 +158,7 @@ fn parse_pinned(der: &'static [u8]) -> Result<X509Certificate<'static>, Attestat
 }
 
 /// `child` names `issuer` as its issuer and carries its RSASSA-PSS/SHA-384 signature.
-fn check_link(
+pub(crate) fn check_link(
     (child_der, child): (&[u8], &X509Certificate<'_>),
     role: CertRole,
     (issuer_der, issuer): (&[u8], &X509Certificate<'_>),
@@ -154,14 +180,19 @@ fn check_link(
 
 /// Both algorithm identifiers say RSASSA-PSS with SHA-384, MGF1 with SHA-384, a 48-byte salt.
 fn is_amd_pss(cert: &X509Certificate<'_>) -> bool {
-    if cert.signature_algorithm != cert.tbs_certificate.signature
-        || cert.signature_algorithm.algorithm != OID_PKCS1_RSASSAPSS
-    {
+    is_amd_pss_pair(&cert.signature_algorithm, &cert.tbs_certificate.signature)
+}
+
+/// The outer and the signed algorithm identifiers of a certificate or CRL are equal and say
+/// RSASSA-PSS with SHA-384, MGF1 with SHA-384, a 48-byte salt.
+pub(crate) fn is_amd_pss_pair(
+    outer: &AlgorithmIdentifier<'_>,
+    signed: &AlgorithmIdentifier<'_>,
+) -> bool {
+    if outer != signed || outer.algorithm != OID_PKCS1_RSASSAPSS {
         return false;
     }
-    let Ok(SignatureAlgorithm::RSASSA_PSS(params)) =
-        SignatureAlgorithm::try_from(&cert.signature_algorithm)
-    else {
+    let Ok(SignatureAlgorithm::RSASSA_PSS(params)) = SignatureAlgorithm::try_from(outer) else {
         return false;
     };
     let mgf_ok = params
@@ -173,7 +204,7 @@ fn is_amd_pss(cert: &X509Certificate<'_>) -> bool {
         && params.trailer_field() == 1
 }
 
-fn is_rsa_4096(cert: &X509Certificate<'_>) -> bool {
+pub(crate) fn is_rsa_4096(cert: &X509Certificate<'_>) -> bool {
     matches!(cert.public_key().parsed(), Ok(PublicKey::RSA(key)) if key.key_size() == AMD_RSA_BITS)
 }
 

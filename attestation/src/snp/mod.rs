@@ -11,6 +11,7 @@
 //! AMD KDS, a cache) passes it as the first certificate of the evidence.
 
 pub(crate) mod amd_chain;
+pub(crate) mod crl;
 pub(crate) mod cross_check;
 pub(crate) mod extensions;
 mod product;
@@ -20,6 +21,7 @@ pub(crate) mod tcb;
 
 use std::time::SystemTime;
 
+pub use crl::{MAX_CRL_LEN, MAX_CRLS, SnpRevocation};
 pub use product::reported_product;
 pub use signer::SignerKind;
 
@@ -41,6 +43,8 @@ pub(crate) struct Expectations<'a> {
     pub(crate) accept_host_data: &'a dyn Fn(&[u8; 32]) -> bool,
     /// Certificates must be valid at this time.
     pub(crate) now: SystemTime,
+    /// What AMD's CRLs must show (`crl`).
+    pub(crate) revocation: SnpRevocation,
 }
 
 /// Accepts `evidence` if one entry accepts it. When all reject, the reason is that of the first
@@ -67,7 +71,14 @@ pub(crate) fn verify(
 
     let mut rejections = Vec::with_capacity(entries.len());
     for entry in entries {
-        match check_entry(&report, kind, signer_der, sent, entry, expect) {
+        match check_entry(
+            &report,
+            kind,
+            (signer_der, sent),
+            &evidence.crls,
+            entry,
+            expect,
+        ) {
             Ok(verified) => return Ok(verified),
             Err(error) => rejections.push((entry.product, error)),
         }
@@ -81,13 +92,14 @@ pub(crate) fn verify(
 fn check_entry(
     report: &Report,
     kind: SignerKind,
-    signer_der: &[u8],
-    sent: &[Vec<u8>],
+    (signer_der, sent): (&[u8], &[Vec<u8>]),
+    crls: &[Vec<u8>],
     entry: &SnpReference,
     expect: &Expectations<'_>,
 ) -> Result<VerifiedReport, AttestationError> {
     product::check_product(report, entry.product)?;
     let signer = amd_chain::verify_signer(entry.product, kind, signer_der, sent, expect.now)?;
+    amd_chain::check_revocation(entry.product, kind, &signer, crls, expect)?;
     check_signed_report(report, kind, &signer, signer_der, entry, expect)
 }
 

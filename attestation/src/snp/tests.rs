@@ -139,6 +139,7 @@ impl Case {
             report_data: &REPORT_DATA,
             accept_host_data: &|h| h == &HOST_DATA,
             now: SystemTime::now(),
+            revocation: SnpRevocation::NotChecked,
         };
         let kind = SignerKind::of_report(&report)?;
         check_signed_report(&report, kind, &chained, &signer.der, &self.entry, &expect)
@@ -251,6 +252,7 @@ fn a_report_with_reserved_bits_set_is_refused_by_the_second_reading() {
         report_data: &REPORT_DATA,
         accept_host_data: &|_| true,
         now: SystemTime::now(),
+        revocation: SnpRevocation::NotChecked,
     };
     assert_eq!(
         check_signed_report(

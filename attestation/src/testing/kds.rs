@@ -42,8 +42,14 @@ pub struct KdsStub {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// A route's body and extra response headers.
+type Route = (Vec<u8>, Vec<(String, String)>);
+
+/// A path with its query, the body served there, and extra response headers.
+pub type RouteWithHeaders = (String, Vec<u8>, Vec<(String, String)>);
+
 struct State {
-    routes: HashMap<String, Vec<u8>>,
+    routes: HashMap<String, Route>,
     mode: StubMode,
     seen: Arc<Mutex<Vec<String>>>,
 }
@@ -51,12 +57,26 @@ struct State {
 impl KdsStub {
     /// Serves `routes` (path with query → body) as `mode` says.
     pub fn start(routes: Vec<(String, Vec<u8>)>, mode: StubMode) -> Self {
+        Self::start_with_headers(
+            routes
+                .into_iter()
+                .map(|(path, body)| (path, body, Vec::new()))
+                .collect(),
+            mode,
+        )
+    }
+
+    /// Serves `routes` (path with query → body and extra headers) as `mode` says.
+    pub fn start_with_headers(routes: Vec<RouteWithHeaders>, mode: StubMode) -> Self {
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         std_listener.set_nonblocking(true).unwrap();
         let addr = std_listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let state = Arc::new(State {
-            routes: routes.into_iter().collect(),
+            routes: routes
+                .into_iter()
+                .map(|(path, body, headers)| (path, (body, headers)))
+                .collect(),
             mode,
             seen: seen.clone(),
         });
@@ -159,10 +179,13 @@ fn answer(state: &State, request: &Request<hyper::body::Incoming>) -> Response<F
         return response.body(Full::new(Bytes::new())).unwrap();
     }
     match state.routes.get(&path) {
-        Some(body) => Response::builder()
-            .header("Content-Type", "application/pkix-cert")
-            .body(Full::new(Bytes::from(body.clone())))
-            .unwrap(),
+        Some((body, headers)) => {
+            let mut response = Response::builder().header("Content-Type", "application/pkix-cert");
+            for (name, value) in headers {
+                response = response.header(name.as_str(), value.as_str());
+            }
+            response.body(Full::new(Bytes::from(body.clone()))).unwrap()
+        }
         None => Response::builder()
             .status(StatusCode::NOT_FOUND)
             .body(Full::new(Bytes::new()))

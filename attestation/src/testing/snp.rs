@@ -112,6 +112,7 @@ impl Vector {
             platform: Platform::Snp,
             report: self.report.clone(),
             certificates,
+            crls: vec![],
         }
     }
 

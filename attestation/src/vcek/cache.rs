@@ -35,14 +35,15 @@ impl VcekCache {
         &self.dir
     }
 
-    fn path(&self, query: &VcekQuery) -> PathBuf {
-        self.dir.join(query.cache_file_name())
-    }
-
     /// The cached VCEK for `query`: `Ok(None)` when there is none, an error when it cannot be read
     /// or is not a regular file of at most [`MAX_CACHE_FILE`] bytes.
     pub fn get(&self, query: &VcekQuery) -> Result<Option<Vec<u8>>, String> {
-        let path = self.path(query);
+        self.get_named(&query.cache_file_name())
+    }
+
+    /// The cached file `name` (a plain file name, e.g. a CRL's), read as [`get`](Self::get) reads.
+    pub fn get_named(&self, name: &str) -> Result<Option<Vec<u8>>, String> {
+        let path = self.dir.join(name);
         match read_regular_file(&path, MAX_CACHE_FILE) {
             Ok(der) => Ok(Some(der)),
             Err(FileError::NotFound) => Ok(None),
@@ -57,7 +58,12 @@ impl VcekCache {
     /// Stores `der` as the VCEK for `query`, replacing what was there (a file, or a link, which is
     /// replaced itself and not followed).
     pub fn put(&self, query: &VcekQuery, der: &[u8]) -> Result<(), String> {
-        let path = self.path(query);
+        self.put_named(&query.cache_file_name(), der)
+    }
+
+    /// Stores `der` under the plain file name `name`, as [`put`](Self::put) stores.
+    pub fn put_named(&self, name: &str, der: &[u8]) -> Result<(), String> {
+        let path = self.dir.join(name);
         let fail = |what: &str, e: std::io::Error| format!("cannot {what} {}: {e}", path.display());
         std::fs::create_dir_all(&self.dir).map_err(|e| fail("create the directory of", e))?;
         // A new name chosen at random and created with O_EXCL: nothing planted can be opened.

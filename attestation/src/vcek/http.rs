@@ -26,7 +26,7 @@ const MAX_BODY: usize = 64 * 1024;
 
 /// Where the KDS is: scheme, host, port and an optional path prefix (for a mirror).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Endpoint {
+pub(crate) struct Endpoint {
     https: bool,
     host: String,
     port: u16,
@@ -35,7 +35,7 @@ pub(super) struct Endpoint {
 
 impl Endpoint {
     /// Parses `http[s]://host[:port][/prefix]`; a query, a fragment or user info are refused.
-    pub(super) fn parse(base: &str) -> Result<Self, String> {
+    pub(crate) fn parse(base: &str) -> Result<Self, String> {
         let uri: Uri = base
             .parse()
             .map_err(|e| format!("not a URL ({e}); expected e.g. https://kdsintf.amd.com"))?;
@@ -63,7 +63,7 @@ impl Endpoint {
     }
 
     /// The full URL of `path`, for messages.
-    pub(super) fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         let scheme = if self.https { "https" } else { "http" };
         format!("{scheme}://{}{}{path}", self.authority(), self.prefix)
     }
@@ -83,13 +83,15 @@ impl Endpoint {
 
 /// What a GET returned.
 #[derive(Debug)]
-pub(super) struct Response {
+pub(crate) struct Response {
     /// The HTTP status code.
-    pub(super) status: u16,
+    pub(crate) status: u16,
     /// The Retry-After header, when it is a number of seconds.
-    pub(super) retry_after: Option<Duration>,
-    /// The body (at most 64 KiB).
-    pub(super) body: Bytes,
+    pub(crate) retry_after: Option<Duration>,
+    /// The body (at most the client's bound, 64 KiB by default).
+    pub(crate) body: Bytes,
+    /// The response headers (Intel's PCS sends issuer chains in them).
+    pub(crate) headers: http::HeaderMap,
 }
 
 /// Turns a host name into addresses: blocking, as the system's resolver (`getaddrinfo`) is.
@@ -111,10 +113,11 @@ impl Resolve for SystemResolver {
 
 /// Makes GET requests to one endpoint.
 #[derive(Clone)]
-pub(super) struct HttpClient {
+pub(crate) struct HttpClient {
     endpoint: Endpoint,
     tls: Option<TlsConnector>,
     resolver: Arc<dyn Resolve>,
+    max_body: usize,
 }
 
 impl std::fmt::Debug for HttpClient {
@@ -128,7 +131,7 @@ impl std::fmt::Debug for HttpClient {
 impl HttpClient {
     /// A client for `endpoint`; for `https`, TLS 1.2 or 1.3 to a server whose certificate chains
     /// to one of Mozilla's roots.
-    pub(super) fn new(endpoint: Endpoint, resolver: Arc<dyn Resolve>) -> Result<Self, String> {
+    pub(crate) fn new(endpoint: Endpoint, resolver: Arc<dyn Resolve>) -> Result<Self, String> {
         let tls = if endpoint.https {
             Some(tls_connector()?)
         } else {
@@ -138,16 +141,23 @@ impl HttpClient {
             endpoint,
             tls,
             resolver,
+            max_body: MAX_BODY,
         })
     }
 
+    /// This client reading bodies of at most `max_body` bytes (a longer one fails the request).
+    pub(crate) fn with_max_body(mut self, max_body: usize) -> Self {
+        self.max_body = max_body;
+        self
+    }
+
     /// The endpoint.
-    pub(super) fn endpoint(&self) -> &Endpoint {
+    pub(crate) fn endpoint(&self) -> &Endpoint {
         &self.endpoint
     }
 
     /// GET `path` (with its query) on a new connection. The error says which step failed.
-    pub(super) async fn get(&self, path: &str) -> Result<Response, String> {
+    pub(crate) async fn get(&self, path: &str) -> Result<Response, String> {
         let e = &self.endpoint;
         let addrs = self.addresses().await?;
         let tcp = TcpStream::connect(&addrs[..])
@@ -161,7 +171,7 @@ impl HttpClient {
             .body(Empty::<Bytes>::new())
             .map_err(|err| format!("cannot build the request: {err}"))?;
         match &self.tls {
-            None => exchange(tcp, request).await,
+            None => exchange(tcp, request, self.max_body).await,
             Some(tls) => {
                 let name = ServerName::try_from(e.host.clone())
                     .map_err(|err| format!("{:?} is not a TLS server name: {err}", e.host))?;
@@ -169,7 +179,7 @@ impl HttpClient {
                     .connect(name, tcp)
                     .await
                     .map_err(|err| format!("TLS handshake with {}: {err}", e.host))?;
-                exchange(stream, request).await
+                exchange(stream, request, self.max_body).await
             }
         }
     }
@@ -207,7 +217,11 @@ impl HttpClient {
 }
 
 /// Sends `request` on `io` and reads the response.
-async fn exchange<T>(io: T, request: Request<Empty<Bytes>>) -> Result<Response, String>
+async fn exchange<T>(
+    io: T,
+    request: Request<Empty<Bytes>>,
+    max_body: usize,
+) -> Result<Response, String>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -228,15 +242,17 @@ where
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let body = Limited::new(response.into_body(), MAX_BODY)
+        let headers = response.headers().clone();
+        let body = Limited::new(response.into_body(), max_body)
             .collect()
             .await
-            .map_err(|e| format!("reading the response body (at most {MAX_BODY} bytes): {e}"))?
+            .map_err(|e| format!("reading the response body (at most {max_body} bytes): {e}"))?
             .to_bytes();
         Ok(Response {
             status,
             retry_after,
             body,
+            headers,
         })
     }
     .await;

@@ -88,8 +88,14 @@ impl KdsClient {
 
     /// Fetches the VCEK for `query` (DER, unchecked), trying as [`KdsConfig`] says.
     pub async fn fetch(&self, query: &VcekQuery) -> Result<Vec<u8>, VcekError> {
-        let path = query.kds_path();
-        let url = self.url(query);
+        self.fetch_path(&query.kds_path()).await
+    }
+
+    /// Fetches what the KDS serves at `path` (e.g. a CRL, `/vcek/v1/Milan/crl`), unchecked,
+    /// trying as [`KdsConfig`] says.
+    pub async fn fetch_path(&self, path: &str) -> Result<Vec<u8>, VcekError> {
+        let path = path.to_string();
+        let url = self.http.endpoint().url(&path);
         let attempts = self.config.attempts.max(1);
         let mut backoff = self.config.backoff;
         let mut last = String::new();
@@ -128,8 +134,14 @@ impl KdsClient {
     /// blocks the caller for as long as the attempts take, name resolution included: at most
     /// `attempts × timeout` plus the waits between them.
     pub fn fetch_blocking(&self, query: &VcekQuery) -> Result<Vec<u8>, VcekError> {
+        self.fetch_path_blocking(&query.kds_path())
+    }
+
+    /// [`fetch_path`](Self::fetch_path) for synchronous callers, as
+    /// [`fetch_blocking`](Self::fetch_blocking).
+    pub fn fetch_path_blocking(&self, path: &str) -> Result<Vec<u8>, VcekError> {
         let unavailable = |last: String| VcekError::Unavailable {
-            url: self.url(query),
+            url: self.http.endpoint().url(path),
             attempts: 0,
             last,
         };
@@ -140,7 +152,7 @@ impl KdsClient {
                         .enable_all()
                         .build()
                         .map_err(|e| unavailable(format!("cannot start an I/O runtime: {e}")))?;
-                    let result = runtime.block_on(self.fetch(query));
+                    let result = runtime.block_on(self.fetch_path(path));
                     // Nothing of the fetch is left to wait for: do not wait for it.
                     runtime.shutdown_background();
                     result

@@ -14,8 +14,9 @@
 
 mod cache;
 mod cert_table;
+mod crl_source;
 mod error;
-mod http;
+pub(crate) mod http;
 mod kds;
 mod offline;
 mod query;
@@ -27,6 +28,7 @@ pub use cert_table::{
     CertTableError, Guid, MAX_ENTRIES, MAX_TABLE_LEN, TableEntry, encode_cert_table, guid_name,
     parse_cert_table,
 };
+pub use crl_source::{CrlSource, crl_path};
 pub use error::VcekError;
 pub use http::{Resolve, SystemResolver};
 pub use kds::{KdsClient, KdsConfig};

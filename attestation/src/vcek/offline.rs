@@ -69,6 +69,34 @@ impl OfflineDir {
     }
 }
 
+impl OfflineDir {
+    /// Every `*.crl` file directly in the directory (one DER CRL each, as AMD's KDS serves them),
+    /// by file name; unreadable files and files over [`MAX_CRL_LEN`](crate::snp::MAX_CRL_LEN)
+    /// bytes are skipped with a warning. Which CRL counts is `CrlSource`'s decision.
+    pub fn crls(&self) -> Result<Vec<OfflineCertificate>, VcekError> {
+        let unreadable = |what: String| VcekError::OfflineDir {
+            dir: self.dir.display().to_string(),
+            what,
+        };
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .map_err(|e| unreadable(e.to_string()))?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| extension(path) == Some("crl"))
+            .collect();
+        files.sort();
+        let mut found = Vec::new();
+        for file in files {
+            match crate::files::read_regular_file(&file, crate::snp::MAX_CRL_LEN) {
+                Ok(der) => found.push(OfflineCertificate { file, der }),
+                Err(why) => {
+                    tracing::warn!(file = %file.display(), %why, "skipping a CRL file of the VCEK directory");
+                }
+            }
+        }
+        Ok(found)
+    }
+}
+
 fn extension(path: &Path) -> Option<&str> {
     path.extension().and_then(|e| e.to_str())
 }

@@ -95,7 +95,7 @@ impl std::fmt::Display for VcekQuery {
 }
 
 /// The product's name in KDS paths.
-fn product_name(product: Product) -> &'static str {
+pub(crate) fn product_name(product: Product) -> &'static str {
     match product {
         Product::Milan => "Milan",
         Product::Genoa => "Genoa",

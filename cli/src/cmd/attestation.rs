@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use clap::{Args, Subcommand};
-use concord_attestation::snp::{SignerKind, reported_product};
+use concord_attestation::snp::{SignerKind, SnpRevocation, reported_product};
 use concord_attestation::{
     AttestationError, Evidence, GuestPolicy, Platform, PlatformTrust, Product, ReferenceValues,
     Report, SimulatedRoot, SnpReference, Tcb, VerifiedReport, Verifier,
@@ -34,7 +34,10 @@ const VERIFY_REPORT_ABOUT: &str = "\
 Verify a raw AMD SEV-SNP report offline against one reference values entry, with the verifier the \
 coordinator uses: the report's signature by the VCEK or VLEK, that key's chain to AMD's pinned root \
 for the entry's product, certificate validity at --at, the VCEK's chip ID and TCB, VMPL 0, the guest \
-policy, the minimum TCB, the measurement, and (with --report-data) the report data.
+policy, the minimum TCB, the measurement, (with --report-data) the report data, and revocation: \
+AMD's CRL given with --crl must be signed by the product's pinned ARK, fresh at --at (or within \
+--accept-stale-crl-for), and list neither the ASK/ASVK nor the VCEK/VLEK. Without --crl the report \
+is rejected (reason_code crl_missing) unless --no-revocation-check says revocation is not checked.
 
 HOST_DATA is not checked: any value is accepted (the tool has no manifest to look policies up in). \
 Without --report-data, report_data is not checked either, so an acceptance says nothing about \
@@ -64,6 +67,42 @@ pub struct VerifyReport {
     /// The expected report_data, 64 bytes as 128 hex digits. Without it, report_data is NOT checked.
     #[arg(long, value_name = "HEX")]
     report_data: Option<String>,
+    /// AMD's CRL for the report's product and key kind, DER or PEM (as the KDS serves it at
+    /// /vcek/v1/{product}/crl or /vlek/v1/{product}/crl); repeatable. It must be signed by the
+    /// product's pinned ARK and fresh at --at; the ASK/ASVK and the VCEK/VLEK must not be listed.
+    #[arg(long, value_name = "FILE")]
+    crl: Vec<PathBuf>,
+    /// Accept a CRL at most this long past its nextUpdate (e.g. 12h, 3d; at most 30d).
+    #[arg(long, value_name = "DURATION", value_parser = parse_grace)]
+    accept_stale_crl_for: Option<std::time::Duration>,
+    /// Do not check revocation (no CRL needed): for old evidence whose CRL is lost. The JSON then
+    /// lists "revocation" under "unchecked".
+    #[arg(long, conflicts_with_all = ["crl", "accept_stale_crl_for"])]
+    no_revocation_check: bool,
+}
+
+/// `--accept-stale-crl-for`: a number with a unit, `s`, `m`, `h` or `d`, at most 30 days (as the
+/// coordinator's `--accept-stale-amd-crl-for`).
+fn parse_grace(text: &str) -> Result<std::time::Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a number and a unit (s, m, h, d), e.g. 12h"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?}: the unit must be s, m, h or d, e.g. 12h")),
+    };
+    let grace = std::time::Duration::from_secs(number.saturating_mul(seconds));
+    if grace > std::time::Duration::from_secs(30 * 86_400) {
+        return Err(format!("{text:?}: at most 30d"));
+    }
+    Ok(grace)
 }
 
 pub fn run(cmd: Attestation) -> CliResult {
@@ -109,24 +148,36 @@ fn verify_report(args: &VerifyReport) -> CliResult {
         (None, Some(report)) => *report.report_data(),
         (None, None) => [0; 64],
     };
+    let crls = args
+        .crl
+        .iter()
+        .map(|path| read_crl(path))
+        .collect::<CliResult<Vec<_>>>()?;
     let evidence = Evidence {
         platform: Platform::Snp,
         report: report_bytes,
         certificates,
+        crls,
+    };
+    let revocation = if args.no_revocation_check {
+        SnpRevocation::NotChecked
+    } else {
+        SnpRevocation::Required {
+            accept_stale_for: args.accept_stale_crl_for.unwrap_or_default(),
+        }
     };
     let reference = ReferenceValues {
         snp: vec![entry.clone()],
         simulated: vec![],
     };
-    let result = Verifier::new(PlatformTrust::default()).verify(
-        &evidence,
-        &reference,
-        &report_data,
-        &|_| true,
-        at,
-    );
+    let result = Verifier::new(PlatformTrust::default())
+        .with_snp_revocation(revocation)
+        .verify(&evidence, &reference, &report_data, &|_| true, at);
 
     let mut unchecked = vec!["host_data"];
+    if args.no_revocation_check {
+        unchecked.push("revocation");
+    }
     if expected_report_data.is_none() {
         unchecked.push("report_data");
     }
@@ -154,6 +205,22 @@ fn verify_report(args: &VerifyReport) -> CliResult {
 
 /// The certificates of a DER file (one) or a PEM file (every CERTIFICATE block, signer first),
 /// each checked to be an X.509 certificate.
+/// A CRL file: DER, or PEM with one `X509 CRL` block.
+fn read_crl(path: &Path) -> CliResult<Vec<u8>> {
+    let bytes = read_file(path, Limit::ATTESTATION)?;
+    if !bytes.windows(10).any(|w| w == b"-----BEGIN") {
+        return Ok(bytes);
+    }
+    let mut blocks = x509_parser::pem::Pem::iter_from_buffer(&bytes);
+    match (blocks.next(), blocks.next()) {
+        (Some(Ok(pem)), None) if pem.label == "X509 CRL" => Ok(pem.contents),
+        _ => Err(CliError::error(format!(
+            "{}: not a DER CRL or a PEM file with one X509 CRL block",
+            path.display()
+        ))),
+    }
+}
+
 fn read_certificates(path: &Path) -> CliResult<Vec<Vec<u8>>> {
     let bytes = read_file(path, Limit::ATTESTATION)?;
     let not_a_cert = |why: String| {

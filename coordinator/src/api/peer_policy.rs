@@ -117,7 +117,9 @@ mod tests {
         let replica = Replica::new(
             Coordinator::open(MemoryStore::new()).unwrap(),
             Arc::new(d.issuer(&d.coordinator_policy)),
-            Verifier::new(PlatformTrust::default()),
+            // Real vectors, and no real AMD CRL among them: revocation is snp::crl's tests'.
+            Verifier::new(PlatformTrust::default())
+                .with_snp_revocation(concord_attestation::snp::SnpRevocation::NotChecked),
         );
         let own_reference = own_snp_reference(&own.report(), None).unwrap();
         PeerAcceptPolicy::new(
@@ -193,7 +195,8 @@ mod tests {
             let replica = Replica::new(
                 c,
                 Arc::new(d.issuer(&d.coordinator_policy)),
-                Verifier::new(PlatformTrust::default()),
+                Verifier::new(PlatformTrust::default())
+                    .with_snp_revocation(concord_attestation::snp::SnpRevocation::NotChecked),
             );
             PeerAcceptPolicy::new(
                 Arc::new(replica),

@@ -68,6 +68,9 @@ pub struct BundleEvidence {
     /// base64 DER, signer first (optional: an SNP verifier may fetch the VCEK instead).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificates: Option<Vec<String>>,
+    /// SNP: base64 DER of AMD's CRLs sent with the evidence (absent when none was sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crls: Option<Vec<String>>,
 }
 
 impl BundleEvidence {
@@ -83,6 +86,8 @@ impl BundleEvidence {
                     .map(|c| STANDARD.encode(c))
                     .collect(),
             ),
+            crls: (!evidence.crls.is_empty())
+                .then(|| evidence.crls.iter().map(|c| STANDARD.encode(c)).collect()),
         }
     }
 }
@@ -315,10 +320,21 @@ fn check_evidence(
                 .map_err(|err| malformed("certificates", err.to_string()))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let crls = e
+        .crls
+        .iter()
+        .flatten()
+        .map(|c| {
+            STANDARD
+                .decode(c)
+                .map_err(|err| malformed("crls", err.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let evidence = Evidence {
         platform,
         report,
         certificates,
+        crls,
     };
     let expected = format::audit_report_data_with_checkpoint_key(
         &nonce,

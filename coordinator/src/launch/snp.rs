@@ -11,12 +11,13 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use concord_attestation::sev_guest::SEV_GUEST_DEVICE;
+use concord_attestation::snp::SnpRevocation;
 use concord_attestation::vcek::{
-    KdsClient, KdsConfig, OfflineDir, VcekCache, VcekResolver, candidate_products,
+    CrlSource, KdsClient, KdsConfig, OfflineDir, VcekCache, VcekResolver, candidate_products,
 };
 use concord_attestation::{
-    Evidence, Measurement, MinimumTcb, PlatformTrust, ReferenceValues, Report, SevGuestIssuer,
-    SnpReference, Tcb, Verifier,
+    Evidence, Measurement, MinimumTcb, PlatformTrust, ReferenceValues, RejectReason, Report,
+    SevGuestIssuer, SnpReference, Tcb, Verifier,
 };
 use rand::RngCore as _;
 
@@ -48,13 +49,15 @@ pub(super) fn issuer(
     args: &PlatformArgs,
 ) -> Result<(SevGuestIssuer, Evidence, [u8; 64]), LaunchError> {
     let unavailable = |e: String| LaunchError::Unavailable(e);
-    let resolver = VcekResolver::new(
-        kds_client(args).map_err(LaunchError::Usage)?,
-        args.vcek_cache_dir.clone().map(VcekCache::new),
-        args.vcek_dir.clone().map(OfflineDir::new),
-    );
+    let kds = kds_client(args).map_err(LaunchError::Usage)?;
+    let cache = args.vcek_cache_dir.clone().map(VcekCache::new);
+    let offline = args.vcek_dir.clone().map(OfflineDir::new);
+    // AMD's CRL for this chip's product and key kind, sent with every piece of evidence.
+    let crls = CrlSource::new(kds.clone(), cache.clone(), offline.clone());
+    let resolver = VcekResolver::new(kds, cache, offline);
     let issuer = SevGuestIssuer::open(Path::new(SEV_GUEST_DEVICE), resolver)
-        .map_err(|e| unavailable(e.to_string()))?;
+        .map_err(|e| unavailable(e.to_string()))?
+        .with_crls(crls);
     let mut report_data = [0u8; 64];
     rand::rngs::OsRng
         .try_fill_bytes(&mut report_data)
@@ -85,6 +88,7 @@ pub(super) fn launch(
         &report_data,
         reference_file,
         SystemTime::now(),
+        args.snp_revocation(),
     )?;
 
     let policy_hash = Hash(*report.host_data());
@@ -105,6 +109,7 @@ pub(super) fn launch(
         trust: PlatformTrust::default(),
         policy_hash,
         own_reference,
+        snp_revocation: args.snp_revocation(),
     })
 }
 
@@ -186,11 +191,13 @@ fn self_check(
     report_data: &[u8; 64],
     reference_file: Option<&Path>,
     now: SystemTime,
+    revocation: SnpRevocation,
 ) -> Result<(), LaunchError> {
     let report =
         Report::parse(&evidence.report).map_err(|e| LaunchError::Unavailable(e.to_string()))?;
     let own_policy = *report.host_data();
     Verifier::new(PlatformTrust::default())
+        .with_snp_revocation(revocation)
         .verify(
             evidence,
             own_reference,
@@ -200,6 +207,16 @@ fn self_check(
         )
         .map(|_| ())
         .map_err(|e| {
+            if matches!(
+                e.reject_reason(),
+                Some(RejectReason::CrlMissing { .. } | RejectReason::CrlStale { .. })
+            ) {
+                return LaunchError::Unavailable(format!(
+                    "this replica's own SEV-SNP evidence carries no fresh CRL of AMD: {e}; its \
+                     peers would refuse it. Let it reach AMD's KDS (--kds-url), or put AMD's CRL \
+                     for this product (`/vcek/v1/{{product}}/crl`, DER, named *.crl) into --vcek-dir"
+                ));
+            }
             let fix = match reference_file {
                 Some(file) => format!("change {} (--snp-reference)", file.display()),
                 None => "give --snp-reference with the product, minimum TCB and switches this \
@@ -215,10 +232,13 @@ fn self_check(
 
 #[cfg(test)]
 mod tests {
+    use concord_attestation::Product;
     use concord_attestation::testing::snp as vectors;
-    use concord_attestation::{Product, RejectReason};
 
     use super::*;
+
+    /// No real AMD CRL is among the vectors: these tests are about the reference values.
+    const NOT_CHECKED: SnpRevocation = SnpRevocation::NotChecked;
 
     #[test]
     fn derived_own_reference_values_accept_exactly_the_own_launch() {
@@ -245,7 +265,15 @@ mod tests {
         assert_eq!(entry.minimum_tcb.microcode, 115);
         assert!(!entry.allow_debug && !entry.allow_migration_agent);
 
-        self_check(&v.evidence(), &own, &v.report_data(), None, v.at).unwrap();
+        self_check(
+            &v.evidence(),
+            &own,
+            &v.report_data(),
+            None,
+            v.at,
+            NOT_CHECKED,
+        )
+        .unwrap();
 
         // The go-sev-guest report allows debugging: derived values refuse it, and say what to do.
         let debug = vectors::go_sev_guest_debug();
@@ -256,6 +284,7 @@ mod tests {
             &debug.report_data(),
             None,
             debug.at,
+            NOT_CHECKED,
         )
         .unwrap_err();
         let LaunchError::Unavailable(message) = &err else {
@@ -293,13 +322,28 @@ mod tests {
         );
         assert!(own.snp[0].allow_debug, "the file's switches are kept");
         let file = Path::new("/etc/concord/snp-reference.json");
-        self_check(&v.evidence(), &own, &v.report_data(), Some(file), v.at).unwrap();
+        self_check(
+            &v.evidence(),
+            &own,
+            &v.report_data(),
+            Some(file),
+            v.at,
+            NOT_CHECKED,
+        )
+        .unwrap();
 
         // Evidence the file does not accept (a TCB floor above the report's) names the file.
         let mut strict = own.clone();
         strict.snp[0].minimum_tcb.snp += 1;
-        let err =
-            self_check(&v.evidence(), &strict, &v.report_data(), Some(file), v.at).unwrap_err();
+        let err = self_check(
+            &v.evidence(),
+            &strict,
+            &v.report_data(),
+            Some(file),
+            v.at,
+            NOT_CHECKED,
+        )
+        .unwrap_err();
         assert!(
             err.to_string()
                 .contains("change /etc/concord/snp-reference.json"),

@@ -210,6 +210,7 @@ impl EvidenceIssuer for FixedSnp {
             platform: Platform::Snp,
             report: testdata("virtee-sev-report_milan.bin"),
             certificates: vec![testdata("virtee-sev-vcek_milan.der")],
+            crls: vec![],
         })
     }
 }
