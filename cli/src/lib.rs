@@ -9,5 +9,7 @@ pub mod cmd;
 pub mod exit;
 pub mod initializer;
 pub mod keys;
+pub mod log_proof;
 pub mod process;
 pub mod remote;
+pub mod tlog_state;

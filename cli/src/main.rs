@@ -28,6 +28,8 @@ enum Command {
     /// Work with audit bundles offline.
     #[command(subcommand)]
     History(cmd::history::History),
+    /// Run a transparency-log witness (C2SP tlog-witness) for one or more deployments.
+    Witness(cmd::witness::WitnessArgs),
     /// Attestation tools.
     #[command(subcommand)]
     Attestation(cmd::attestation::Attestation),
@@ -52,7 +54,8 @@ async fn main() -> ExitCode {
         Command::Set(c) => cmd::set::run(c).await.map(|_| ()),
         Command::Sign(c) => cmd::sign::run(c),
         Command::Verify(c) => cmd::verify::run(c).await.map(|_| ()),
-        Command::History(c) => cmd::history::run(c),
+        Command::History(c) => cmd::history::run_any(c).await,
+        Command::Witness(c) => cmd::witness::run(c).await,
         Command::Attestation(c) => cmd::attestation::run(c),
         Command::Recover(c) => cmd::recover::run(c).await,
         Command::Cluster(c) => cmd::cluster::run(c).await,

@@ -166,6 +166,9 @@ pub fn expected_deployment(flag: Option<DeploymentId>, manifest: &Manifest) -> D
     flag.unwrap_or_else(|| manifest.deployment_id())
 }
 
+/// The user API client of an attested connection.
+pub type UserClient = UserApiClient<Channel>;
+
 /// An attested connection to a coordinator, with what it was checked against.
 pub struct Connected {
     pub client: UserApiClient<Channel>,

@@ -30,6 +30,7 @@ pub mod store;
 pub mod testing;
 pub mod transit;
 pub mod transport;
+pub mod witness;
 
 pub use error::CoordinatorError;
 pub use hash::Hash;

@@ -9,6 +9,9 @@
 /// HKDF info for the Ed25519 key that signs every transition.
 pub const TRANSITION_SIGNING: &[u8] = b"concord/v1/transition-signing";
 
+/// HKDF info for the Ed25519 key that signs the transparency-log checkpoints (C2SP signed-note).
+pub const CHECKPOINT_SIGNING: &[u8] = b"concord/v1/checkpoint-signing";
+
 /// HKDF info prefix for the root CA's P-256 key; a big-endian `u32` counter follows it.
 pub const ROOT_CA_KEY: &[u8] = b"concord/v1/root-ca-key";
 
@@ -36,6 +39,7 @@ mod tests {
     fn labels_are_distinct_and_prefix_free() {
         let all = [
             TRANSITION_SIGNING,
+            CHECKPOINT_SIGNING,
             ROOT_CA_KEY,
             WORKLOAD_SECRET,
             SEED_SHARE,

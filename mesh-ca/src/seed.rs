@@ -134,6 +134,13 @@ impl SeedEngine {
         ed25519_dalek::SigningKey::from_bytes(&secret)
     }
 
+    /// The Ed25519 key that signs checkpoints of the transparency log:
+    /// `info = "concord/v1/checkpoint-signing"`.
+    pub fn checkpoint_signing_key(&self) -> ed25519_dalek::SigningKey {
+        let secret = self.derive(&[labels::CHECKPOINT_SIGNING]);
+        ed25519_dalek::SigningKey::from_bytes(&secret)
+    }
+
     /// The root CA's P-256 key: `info = "concord/v1/root-ca-key" || u32be(counter)`, for the
     /// first counter from 0 whose output is a valid scalar (nonzero, below the group order).
     pub fn root_ca_key(&self) -> Result<p256::SecretKey, MeshCaError> {
@@ -222,6 +229,21 @@ mod tests {
         message.extend_from_slice(&[0xaa; 32]);
         let signature = key.sign(&message);
         assert_eq!(hex::encode(signature.to_bytes()), TRANSITION_SIGNATURE);
+    }
+
+    /// Computed with Python `cryptography` 48 (HKDF-SHA256 with the label, then
+    /// `Ed25519PrivateKey.from_private_bytes`), not by this crate.
+    #[test]
+    fn checkpoint_signing_key_matches_golden_vector() {
+        let key = golden_engine().checkpoint_signing_key();
+        assert_eq!(
+            hex::encode(key.to_bytes()),
+            "0ef061bfa9c0b09e2c4b3a42efb80eea84bc6659dde42138636602d941139786"
+        );
+        assert_eq!(
+            hex::encode(key.verifying_key().to_bytes()),
+            "832b9fade6a8e23d9426c88710ea2f8abc4cd4945b2a7b4c28dad1d9d21704a3"
+        );
     }
 
     #[test]

@@ -31,6 +31,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography import x509
 
+import tlog
+
 FORMAT = "concord-history-v1"
 TRANSITION_LABEL = b"concord/v1/transition"
 SET_MANIFEST_LABEL = b"concord/v1/set-manifest"
@@ -40,6 +42,8 @@ REPORT_DATA = slice(0x50, 0x90)
 ZERO_HASH = bytes(32)
 
 BUNDLE_MEMBERS = {"format", "signing_key", "transitions", "policies", "root_ca", "mesh_ca", "evidence"}
+# §10, §15: the latest checkpoint and its key, together or not at all
+BUNDLE_OPTIONAL = {"checkpoint", "checkpoint_key"}
 TRANSITION_MEMBERS = {
     "index", "manifest_hash", "previous", "hash", "signature", "owner_key", "owner_signature", "manifest",
 }
@@ -165,10 +169,21 @@ def parse_manifest(data, what):
     return owner_keys, set(policies), (threshold, share_keys)
 
 
+def deployment_id_of(share_owners, owner_keys, first_manifest):
+    """PROTOCOL.md §8.1: the deployment id a first manifest makes."""
+    threshold, share_keys = share_owners
+    data = b"concord/v1/deployment" + bytes([threshold])
+    data += len(share_keys).to_bytes(4, "big") + b"".join(sorted(share_keys))
+    data += len(owner_keys).to_bytes(4, "big") + b"".join(sorted(owner_keys))
+    if not owner_keys:
+        data += sha256(first_manifest)
+    return sha256(data)
+
+
 def audit(bundle_bytes, nonce=None, since=None):
     """Returns (number of transitions, evidence platform), or raises AuditFailure with the first failure."""
     bundle = strict_json(bundle_bytes, "bundle")
-    members(bundle, BUNDLE_MEMBERS, set(), "bundle")
+    members(bundle, BUNDLE_MEMBERS, BUNDLE_OPTIONAL, "bundle")
     if bundle["format"] != FORMAT:
         fail(f"bundle: format is {bundle['format']!r}, expected {FORMAT!r}")
     signing_key = hex_bytes(bundle["signing_key"], 32, "signing_key")
@@ -221,6 +236,8 @@ def audit(bundle_bytes, nonce=None, since=None):
                 fail(f"{what}: owner_key {owner_key.hex()} is not in {whose} workload_owner_keys")
             verify_ed25519(owner_key, owner_signature, SET_MANIFEST_LABEL + this_hash, f"{what}: owner authorization")
 
+        if i == 0:
+            deployment_id = deployment_id_of(share_owners, this_owner_keys, manifest)
         previous_owner_keys = this_owner_keys
         if first_share_owners is None:
             first_share_owners = share_owners
@@ -261,8 +278,23 @@ def audit(bundle_bytes, nonce=None, since=None):
             b64_bytes(cert, f"evidence.certificates[{n}]")
     if nonce is not None and evidence_nonce != nonce:
         fail("evidence.nonce is not the nonce that was sent")
+    checkpoint_key = b""
+    if ("checkpoint" in bundle) != ("checkpoint_key" in bundle):
+        fail("checkpoint and checkpoint_key come together or not at all")
+    if "checkpoint" in bundle:
+        checkpoint_key = hex_bytes(bundle["checkpoint_key"], 32, "checkpoint_key")
+        if not isinstance(bundle["checkpoint"], str):
+            fail("checkpoint: not a string")
+        origin = tlog.origin_for(deployment_id)
+        try:
+            size, root = tlog.verify_checkpoint(bundle["checkpoint"], origin, checkpoint_key)
+        except tlog.TlogFailure as e:
+            fail(f"checkpoint: {e}")
+        if size != len(hashes) or root != tlog.mth(hashes):
+            fail("checkpoint: size or root hash is not the Merkle tree of the history's transition hashes")
     expected_report_data = hashlib.sha512(
         AUDIT_LABEL + evidence_nonce + signing_key + latest + sha256(root_der) + sha256(mesh_der)
+        + checkpoint_key
     ).digest()
     if report[REPORT_DATA] != expected_report_data:
         fail("evidence: report_data does not bind the nonce, signing key, latest transition and CAs")

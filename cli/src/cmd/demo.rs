@@ -454,6 +454,7 @@ async fn scenario(s: &mut Steps, ctx: &Ctx<'_>, cluster: &mut Cluster) -> CliRes
             expect_latest: Some(second.to_hex()),
             since: None,
             accept_unverified_latest: false,
+            state_dir: None,
         })
         .await?;
     }
@@ -554,6 +555,8 @@ async fn verify_and_audit(
         since: since.map(|h| h.to_hex()),
         allow_stale: false,
         allow_newer: false,
+        state_dir: None,
+        checkpoint_only: false,
     })
     .await?;
     history::run(history::History::Audit {
@@ -562,6 +565,8 @@ async fn verify_and_audit(
         insecure_simulated_root: Some(ctx.root_hex.to_string()),
         signing_key: None,
         deployment: None,
+        checkpoint_key: None,
+        witnesses_from: None,
     })
 }
 
@@ -580,6 +585,8 @@ fn tamper_and_audit(ctx: &Ctx<'_>) -> CliResult {
         insecure_simulated_root: Some(ctx.root_hex.to_string()),
         signing_key: None,
         deployment: None,
+        checkpoint_key: None,
+        witnesses_from: None,
     }) {
         Err(e) if e.failure == crate::exit::Failure::Verification => {
             eprintln!("    caught, as it must be (exit code 3): {e}");

@@ -14,6 +14,12 @@ pub enum Keygen {
         #[arg(short, long, default_value = "owner.pem")]
         out: PathBuf,
     },
+    /// A witness key (Ed25519, PKCS#8 PEM) for `concord witness`; list its public key in the
+    /// manifest's `witnesses`.
+    Witness {
+        #[arg(short, long, default_value = "witness.pem")]
+        out: PathBuf,
+    },
     /// A seed share owner key (X25519); list its public key in `seed_share_owners.keys`.
     ShareOwner {
         #[arg(short, long, default_value = "share-owner.key")]
@@ -27,6 +33,14 @@ pub fn run(cmd: Keygen) -> CliResult {
             let key = keys::new_owner_key(&out)?;
             eprintln!(
                 "wrote the owner key to {} (keep it secret); its public key:",
+                out.display()
+            );
+            println!("{}", hex::encode(key.verifying_key().as_bytes()));
+        }
+        Keygen::Witness { out } => {
+            let key = keys::new_owner_key(&out)?;
+            eprintln!(
+                "wrote the witness key to {} (keep it secret); its public key:",
                 out.display()
             );
             println!("{}", hex::encode(key.verifying_key().as_bytes()));

@@ -37,8 +37,13 @@ pub struct Recover {
     pub since: Option<String>,
     /// RISKY: send the share whatever history the coordinator has (it prints its latest). Restored old
     /// disks would bring the deployment back on an older manifest. Only when no one kept a hash.
-    #[arg(long, conflicts_with_all = ["expect_latest", "since"])]
+    #[arg(long, conflicts_with_all = ["expect_latest", "since", "state_dir"])]
     pub accept_unverified_latest: bool,
+    /// The state directory of `concord verify --state-dir` (docs/PROTOCOL.md §15): the share is sent
+    /// only if the coordinator's history extends the last checkpoint kept there (its size and its last
+    /// transition, which the coordinator checks as with --since); exit 3 otherwise.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// The share file `concord set` writes.
@@ -88,14 +93,19 @@ pub async fn run(args: Recover) -> CliResult {
             .map_err(|e| CliError::usage(format!("{flag}: {e}")))
     };
     let expect_latest = hash("--expect-latest", &args.expect_latest)?;
-    let since = hash("--since", &args.since)?;
-    if expect_latest.is_none() && since.is_none() && !args.accept_unverified_latest {
+    let mut since = hash("--since", &args.since)?;
+    if expect_latest.is_none()
+        && since.is_none()
+        && args.state_dir.is_none()
+        && !args.accept_unverified_latest
+    {
         return Err(CliError::usage(
             "say which history you expect, so that restored old disks cannot bring the deployment \
              back on an older manifest with your share: --expect-latest HASH (the latest transition \
              you know: the hash the owner's last `concord set` or a `concord verify` printed, or the \
              last \"hash\" in a history.json) or --since HASH (a transition you saw earlier, which the \
-             coordinator's history must contain). Only if nobody kept one: --accept-unverified-latest",
+             coordinator's history must contain) or --state-dir DIR (the checkpoints `concord verify \
+             --state-dir` kept). Only if nobody kept one: --accept-unverified-latest",
         ));
     }
     let encrypted = read_share(&args.share)?;
@@ -111,7 +121,33 @@ pub async fn run(args: Recover) -> CliResult {
     }
     let share = decrypt_share(&key, &encrypted)
         .map_err(|e| CliError::error(format!("cannot decrypt {}: {e}", args.share.display())))?;
-    let mut client = args.target.connect().await?.client;
+    let connected = args.target.connect().await?;
+    let known = match &args.state_dir {
+        Some(dir) => {
+            let origin =
+                concord_coordinator::history::note::origin_for(connected.deployment.as_bytes());
+            let known = crate::tlog_state::load(dir, &connected.deployment, &origin)?;
+            if known.is_none() && expect_latest.is_none() && since.is_none() {
+                return Err(CliError::usage(format!(
+                    "{} holds no checkpoint of deployment {}: run `concord verify --state-dir` while the \
+                     deployment is up, or give --expect-latest/--since",
+                    dir.display(),
+                    connected.deployment
+                )));
+            }
+            known
+        }
+        None => None,
+    };
+    if let Some(k) = &known {
+        if since.is_some() && since != Some(k.latest) {
+            return Err(CliError::usage(
+                "--since and --state-dir name different transitions; give one of them",
+            ));
+        }
+        since = Some(k.latest);
+    }
+    let mut client = connected.client;
     // What the coordinator says it has (it is attested: genuine code reports its store truthfully).
     let status = client
         .get_status(pb::GetStatusRequest {})
@@ -133,6 +169,23 @@ pub async fn run(args: Recover) -> CliResult {
              rollback (restored old disks?) or a fork, unless {expected} is older than the latest (then \
              use --since {expected}, which checks that the history extends it); your share was not sent",
             status.transitions.saturating_sub(1)
+        )));
+    }
+    if let Some(k) = &known
+        && status.transitions < k.checkpoint.size
+    {
+        return Err(CliError::verification(format!(
+            "ROLLBACK: the coordinator has {} transitions, but you verified a checkpoint of {} \
+             transitions (root {}, latest transition {}) in {}: the history went back (restored old \
+             disks?); your share was not sent",
+            status.transitions,
+            k.checkpoint.size,
+            k.checkpoint.root,
+            k.latest,
+            args.state_dir
+                .as_deref()
+                .unwrap_or(std::path::Path::new("."))
+                .display()
         )));
     }
     if args.accept_unverified_latest {

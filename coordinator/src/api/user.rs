@@ -33,6 +33,9 @@ pub struct UserService<S> {
     /// (tens of MB for a long one) plus a fresh report: without this bound, the connection limits
     /// alone would let callers hold thousands of copies.
     bundles: Arc<tokio::sync::Semaphore>,
+    /// Witness cosignatures of the latest checkpoint (PROTOCOL.md §15.5), collected after each write
+    /// this replica handles and on GetCheckpoint.
+    cosignatures: Arc<crate::witness::client::Cosignatures>,
 }
 
 /// How many audit bundles a replica builds at the same time; more callers wait their turn.
@@ -48,6 +51,7 @@ impl<S: Store> UserService<S> {
             recovery_key: RecoveryKey::generate()?,
             refusals: RefusalLimiter::new(),
             bundles: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_BUNDLES)),
+            cosignatures: Arc::default(),
         })
     }
 }
@@ -157,6 +161,12 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
                     unchanged = out.unchanged,
                     "ok"
                 );
+                // Every transition gets its cosignatures asked for at once, without making the
+                // writer wait for witnesses (bounded per witness; GetCheckpoint asks again).
+                let (replica, cosignatures) = (self.replica.clone(), self.cosignatures.clone());
+                tokio::spawn(async move {
+                    let _ = cosigned_checkpoint(replica, cosignatures).await;
+                });
                 Ok(Response::new(super::node::outcome_to_pb(&out)))
             }
             Err(status) => {
@@ -360,6 +370,56 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
         }))
     }
 
+    async fn get_checkpoint(
+        &self,
+        request: Request<pb::GetCheckpointRequest>,
+    ) -> Result<Response<pb::GetCheckpointResponse>, Status> {
+        self.node.linearize(request.get_ref().allow_stale).await?;
+        let (note, key) = cosigned_checkpoint(self.replica.clone(), self.cosignatures.clone())
+            .await
+            .map_err(|e| {
+                let s = to_status(&e);
+                warn!(rpc = "GetCheckpoint", code = ?s.code(), error = %e, "rejected");
+                s
+            })?;
+        Ok(Response::new(pb::GetCheckpointResponse {
+            checkpoint: note.encode(),
+            checkpoint_key: key.as_bytes().to_vec(),
+        }))
+    }
+
+    async fn get_inclusion_proof(
+        &self,
+        request: Request<pb::GetInclusionProofRequest>,
+    ) -> Result<Response<pb::ProofResponse>, Status> {
+        let r = request.into_inner();
+        let (leaf, proof) = self
+            .read_core("GetInclusionProof", r.allow_stale, move |c| {
+                c.inclusion_proof(r.index, r.size)
+            })
+            .await?;
+        Ok(Response::new(pb::ProofResponse {
+            hashes: proof.iter().map(|h| h.as_bytes().to_vec()).collect(),
+            leaf: leaf.as_bytes().to_vec(),
+        }))
+    }
+
+    async fn get_consistency_proof(
+        &self,
+        request: Request<pb::GetConsistencyProofRequest>,
+    ) -> Result<Response<pb::ProofResponse>, Status> {
+        let r = request.into_inner();
+        let proof = self
+            .read_core("GetConsistencyProof", r.allow_stale, move |c| {
+                c.consistency_proof(r.old_size, r.new_size)
+            })
+            .await?;
+        Ok(Response::new(pb::ProofResponse {
+            hashes: proof.iter().map(|h| h.as_bytes().to_vec()).collect(),
+            leaf: Vec::new(),
+        }))
+    }
+
     async fn set_members(
         &self,
         request: Request<pb::SetMembersRequest>,
@@ -419,6 +479,26 @@ impl<S: Store> UserService<S> {
         })
     }
 
+    /// `f` over the core, linearizable unless `allow_stale`, off the runtime's threads (the first
+    /// proof after a start builds the Merkle tree: O(n) hashes).
+    async fn read_core<T: Send + 'static>(
+        &self,
+        rpc: &'static str,
+        allow_stale: bool,
+        f: impl FnOnce(&crate::state::Coordinator<S>) -> Result<T, CoordinatorError> + Send + 'static,
+    ) -> Result<T, Status> {
+        self.node.linearize(allow_stale).await?;
+        let replica = self.replica.clone();
+        tokio::task::spawn_blocking(move || replica.read().and_then(|c| f(&c)))
+            .await
+            .map_err(|e| Status::internal(format!("the read task failed: {e}")))?
+            .map_err(|e| {
+                let s = to_status(&e);
+                warn!(rpc, code = ?s.code(), error = %e, "rejected");
+                s
+            })
+    }
+
     /// The audit bundle as JSON and its number of transitions, with evidence bound to the caller's
     /// nonce; encoded off the runtime's threads (it grows with the history).
     async fn history_bundle(
@@ -447,6 +527,8 @@ impl<S: Store> UserService<S> {
                 .await
                 .map_err(|e| Status::internal(format!("the read task failed: {e}")))?
                 .map_err(rejected)?;
+        let mut draft = draft;
+        add_held_cosignatures(&mut draft, &self.cosignatures);
         let issuer = self.replica.issuer.clone();
         tokio::task::spawn_blocking(move || {
             let report_data = draft.report_data();
@@ -460,6 +542,62 @@ impl<S: Store> UserService<S> {
         .map_err(|e| Status::internal(format!("the evidence task failed: {e}")))?
         .map_err(rejected)
     }
+}
+
+/// Adds to the bundle's checkpoint the witness cosignatures this replica holds for it (no waiting:
+/// GetCheckpoint is where they are collected).
+fn add_held_cosignatures(
+    draft: &mut crate::state::AuditDraft,
+    cosignatures: &crate::witness::client::Cosignatures,
+) {
+    use crate::history::note::{Checkpoint, SignedNote};
+    let Some(text) = draft.checkpoint_note_mut() else {
+        return;
+    };
+    let Ok(mut note) = SignedNote::parse(text) else {
+        return;
+    };
+    let Ok(cp) = Checkpoint::parse_body(&note.body) else {
+        return;
+    };
+    for sig in cosignatures.held(&cp) {
+        note.add(sig);
+    }
+    *text = note.encode();
+}
+
+/// The latest checkpoint with every witness cosignature this replica holds or could collect now
+/// (each witness bounded by `witness::client::REQUEST_TIMEOUT`, all at once).
+async fn cosigned_checkpoint<S: Store>(
+    replica: Arc<Replica<S>>,
+    cosignatures: Arc<crate::witness::client::Cosignatures>,
+) -> Result<
+    (
+        crate::history::note::SignedNote,
+        ed25519_dalek::VerifyingKey,
+    ),
+    CoordinatorError,
+> {
+    let reader = replica.clone();
+    let view = tokio::task::spawn_blocking(move || reader.read().and_then(|c| c.checkpoint()))
+        .await
+        .map_err(|e| CoordinatorError::Crypto(format!("the read task failed: {e}")))??;
+    let note = match &view.witnesses {
+        Some(w) if !w.list.is_empty() => {
+            let size = view.checkpoint.size;
+            let proof = move |old: u64| {
+                replica
+                    .read()
+                    .ok()
+                    .and_then(|c| c.consistency_proof(old, size).ok())
+            };
+            cosignatures
+                .collect(&view.note, &view.checkpoint, w, proof)
+                .await
+        }
+        _ => view.note,
+    };
+    Ok((note, view.key))
 }
 
 fn view_to_pb(view: ManifestsView) -> pb::GetManifestsResponse {

@@ -14,6 +14,8 @@ use concord_attestation::{Evidence, Platform, PlatformTrust, VerifiedReport, Ver
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 
+use super::merkle::MerkleTree;
+use super::note::{self, Checkpoint, SignedNote};
 use super::{Transition, VerifiedChain, format, verify_chain};
 use crate::hash::Hash;
 use crate::pem;
@@ -31,6 +33,12 @@ pub struct AuditBundle {
     pub root_ca: String,
     pub mesh_ca: String,
     pub evidence: BundleEvidence,
+    /// The latest checkpoint (signed note text, PROTOCOL.md §15) and the hex Ed25519 key that signs
+    /// checkpoints; together or not at all. Bound by the report data when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_key: Option<String>,
 }
 
 /// One transition of the bundle.
@@ -122,6 +130,8 @@ impl AuditBundle {
             root_ca: pem::encode_certificate(root_ca_der),
             mesh_ca: pem::encode_certificate(mesh_ca_der),
             evidence,
+            checkpoint: None,
+            checkpoint_key: None,
         }
     }
 
@@ -151,6 +161,9 @@ pub struct AuditOptions {
 #[derive(Debug, Clone)]
 pub struct AuditReport {
     pub chain: VerifiedChain,
+    /// The bundle's checkpoint, verified: signed by the evidence-bound key, naming this deployment, of
+    /// the whole history's size and Merkle root.
+    pub checkpoint: Option<VerifiedCheckpoint>,
     pub report: VerifiedReport,
     pub root_ca_der: Vec<u8>,
     pub mesh_ca_der: Vec<u8>,
@@ -244,11 +257,13 @@ pub fn audit(bytes: &[u8], options: &AuditOptions) -> Result<AuditReport, AuditE
         pem::decode_certificate(&bundle.root_ca).map_err(|e| malformed("root_ca", e))?;
     let mesh_ca_der =
         pem::decode_certificate(&bundle.mesh_ca).map_err(|e| malformed("mesh_ca", e))?;
+    let checkpoint = check_checkpoint(&bundle, &chain)?;
     let report = check_evidence(
         &bundle.evidence,
         &chain,
         &root_ca_der,
         &mesh_ca_der,
+        checkpoint.as_ref().map(|c| &c.key),
         options,
     )?;
 
@@ -259,6 +274,7 @@ pub fn audit(bytes: &[u8], options: &AuditOptions) -> Result<AuditReport, AuditE
     }
     Ok(AuditReport {
         chain,
+        checkpoint,
         report,
         root_ca_der,
         mesh_ca_der,
@@ -270,6 +286,7 @@ fn check_evidence(
     chain: &VerifiedChain,
     root_ca_der: &[u8],
     mesh_ca_der: &[u8],
+    checkpoint_key: Option<&VerifyingKey>,
     options: &AuditOptions,
 ) -> Result<VerifiedReport, AuditError> {
     let malformed = |what: &str, e: String| AuditError::Malformed(format!("evidence {what}: {e}"));
@@ -319,12 +336,13 @@ fn check_evidence(
         certificates,
         crls,
     };
-    let expected = format::audit_report_data(
+    let expected = format::audit_report_data_with_checkpoint_key(
         &nonce,
         chain.signing_key(),
         &chain.latest_hash(),
         root_ca_der,
         mesh_ca_der,
+        checkpoint_key,
     );
     let manifest = chain.latest_manifest();
     let coordinators = manifest.coordinator_policies();
@@ -343,4 +361,56 @@ fn check_evidence(
             options.now,
         )
         .map_err(|err| AuditError::Evidence(err.to_string()))
+}
+
+/// A checkpoint that verified against its bundle.
+#[derive(Debug, Clone)]
+pub struct VerifiedCheckpoint {
+    pub checkpoint: Checkpoint,
+    pub note: SignedNote,
+    pub key: VerifyingKey,
+}
+
+/// The bundle's checkpoint, if it has one: signed by `checkpoint_key`, naming the chain's deployment,
+/// of the chain's size, with the Merkle root of its transition hashes.
+fn check_checkpoint(
+    bundle: &AuditBundle,
+    chain: &VerifiedChain,
+) -> Result<Option<VerifiedCheckpoint>, AuditError> {
+    let (text, key) = match (&bundle.checkpoint, &bundle.checkpoint_key) {
+        (None, None) => return Ok(None),
+        (Some(t), Some(k)) => (t, k),
+        _ => {
+            return Err(AuditError::Malformed(
+                "checkpoint and checkpoint_key come together or not at all".into(),
+            ));
+        }
+    };
+    let key = hex::decode(key)
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+        .and_then(|b| VerifyingKey::from_bytes(&b).ok())
+        .ok_or_else(|| {
+            AuditError::Malformed("checkpoint_key is not an Ed25519 public key".into())
+        })?;
+    let note = SignedNote::parse(text).map_err(|e| AuditError::Malformed(e.to_string()))?;
+    let origin = note::origin_for(chain.deployment_id().as_bytes());
+    let checkpoint = note
+        .verify_checkpoint(&origin, &key)
+        .map_err(|e| AuditError::Chain(format!("checkpoint: {e}")))?;
+    let hashes: Vec<Hash> = (0..chain.len()).filter_map(|i| chain.hash_at(i)).collect();
+    let root = MerkleTree::from_leaves(&hashes).root();
+    if checkpoint.size != chain.len() as u64 || checkpoint.root != root {
+        return Err(AuditError::Chain(format!(
+            "the checkpoint says size {} root {}, the history has {} transitions with Merkle root {root}",
+            checkpoint.size,
+            checkpoint.root,
+            chain.len()
+        )));
+    }
+    Ok(Some(VerifiedCheckpoint {
+        checkpoint,
+        note,
+        key,
+    }))
 }

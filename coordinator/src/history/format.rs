@@ -92,6 +92,26 @@ pub fn audit_report_data(
     root_ca_der: &[u8],
     mesh_ca_der: &[u8],
 ) -> [u8; 64] {
+    audit_report_data_with_checkpoint_key(
+        nonce,
+        signing_key,
+        latest,
+        root_ca_der,
+        mesh_ca_der,
+        None,
+    )
+}
+
+/// [`audit_report_data`] of a bundle that carries a checkpoint: the checkpoint key's 32 bytes follow
+/// (PROTOCOL.md §10, "Report binding"), so the evidence vouches for the key that signs checkpoints.
+pub fn audit_report_data_with_checkpoint_key(
+    nonce: &[u8],
+    signing_key: &VerifyingKey,
+    latest: &Hash,
+    root_ca_der: &[u8],
+    mesh_ca_der: &[u8],
+    checkpoint_key: Option<&VerifyingKey>,
+) -> [u8; 64] {
     let mut h = Sha512::new();
     h.update(AUDIT_LABEL);
     h.update(nonce);
@@ -99,6 +119,9 @@ pub fn audit_report_data(
     h.update(latest.as_bytes());
     h.update(Sha256::digest(root_ca_der));
     h.update(Sha256::digest(mesh_ca_der));
+    if let Some(key) = checkpoint_key {
+        h.update(key.as_bytes());
+    }
     h.finalize().into()
 }
 

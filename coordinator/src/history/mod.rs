@@ -10,6 +10,8 @@ mod chain;
 pub mod format;
 mod ledger;
 mod members;
+pub mod merkle;
+pub mod note;
 mod transition;
 mod unique_keys;
 

@@ -21,6 +21,8 @@ struct ManifestDoc {
     reference_values: ReferenceValues,
     workload_owner_keys: Vec<String>,
     seed_share_owners: SeedShareOwnersDoc,
+    #[serde(default)]
+    witnesses: Option<super::witnesses::WitnessesDoc>,
     /// The transit API's keys (`manifest/transit.rs`).
     #[serde(default, deserialize_with = "unique_map")]
     transit_keys: BTreeMap<String, super::transit::TransitKeyDoc>,
@@ -217,10 +219,16 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Manifest, ManifestError> {
         keys.push(key);
     }
 
+    let witnesses = doc
+        .witnesses
+        .map(super::witnesses::check)
+        .transpose()
+        .map_err(|(f, m)| err(f, m))?;
     let transit_keys = super::transit::parse(doc.transit_keys, &policies)?;
 
     Ok(Manifest {
         inner: std::sync::Arc::new(super::Parsed {
+            witnesses,
             transit_keys,
             bytes: bytes.to_vec(),
             hash: Hash::of(bytes),

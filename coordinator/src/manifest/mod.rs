@@ -7,6 +7,7 @@
 mod doc;
 mod san;
 mod transit;
+mod witnesses;
 
 use std::collections::BTreeMap;
 
@@ -19,6 +20,7 @@ pub use transit::{
     MAX_TRANSIT_KEYS, MAX_TRANSIT_VERSION, TransitKey, TransitOp,
     valid_name as transit_name_is_valid,
 };
+pub use witnesses::{MAX_WITNESSES, WitnessEntry, Witnesses};
 
 /// The most bytes a manifest may have. Bounds the work of parsing one that nobody authorized yet (the
 /// first manifest cannot be), and the size of a Raft entry. 100 KB manifests fit ten times over.
@@ -43,6 +45,7 @@ struct Parsed {
     reference_values: ReferenceValues,
     workload_owner_keys: Vec<VerifyingKey>,
     seed_share_owners: SeedShareOwners,
+    witnesses: Option<Witnesses>,
     transit_keys: BTreeMap<String, TransitKey>,
 }
 
@@ -84,6 +87,11 @@ impl Manifest {
     }
 
     /// The manifest bytes exactly as submitted.
+    /// The transparency-log witnesses, if the manifest lists any (PROTOCOL.md §15).
+    pub fn witnesses(&self) -> Option<&Witnesses> {
+        self.inner.witnesses.as_ref()
+    }
+
     pub fn bytes(&self) -> &[u8] {
         &self.inner.bytes
     }

@@ -129,6 +129,9 @@ pub struct Coordinator<S> {
     pub(super) pending_shares: Vec<concord_mesh_ca::SeedShare>,
     /// The deployment this replica was launched for (`--deployment-id`), if any.
     pub(super) pin: Option<DeploymentId>,
+    /// The Merkle tree over the transition hashes (derived data, synced from `history` when read:
+    /// `transparency.rs`). Behind its own lock because reads of the core share it.
+    pub(super) tree: std::sync::Mutex<crate::history::merkle::MerkleTree>,
 }
 
 impl<S: Store> Coordinator<S> {
@@ -142,6 +145,7 @@ impl<S: Store> Coordinator<S> {
             secrets: None,
             pending_shares: Vec::new(),
             pin: None,
+            tree: Default::default(),
         })
     }
 
@@ -664,20 +668,25 @@ impl<S: Store> Coordinator<S> {
             (ReplicaState::Recovering, _) => return Err(CoordinatorError::Recovering),
             _ => return Err(CoordinatorError::NoManifest),
         };
-        let report_data = format::audit_report_data(
+        // The latest checkpoint travels with the bundle, its key bound by the evidence (§10, §15).
+        let checkpoint = self.checkpoint()?;
+        let report_data = format::audit_report_data_with_checkpoint_key(
             nonce,
             h.chain.signing_key(),
             &h.chain.latest_hash(),
             &h.root_ca_der,
             &h.mesh.mesh_ca_der,
+            Some(&checkpoint.key),
         );
-        let bundle = AuditBundle::new(
+        let mut bundle = AuditBundle::new(
             &h.chain,
             &h.policies,
             &h.root_ca_der,
             &h.mesh.mesh_ca_der,
             BundleEvidence::default(),
         );
+        bundle.checkpoint = Some(checkpoint.note.encode());
+        bundle.checkpoint_key = Some(hex::encode(checkpoint.key.as_bytes()));
         Ok(AuditDraft {
             bundle,
             report_data,
@@ -856,6 +865,12 @@ impl AuditDraft {
     /// transition and both CA certificates of the bundle.
     pub fn report_data(&self) -> [u8; 64] {
         self.report_data
+    }
+
+    /// The bundle's checkpoint note (PROTOCOL.md §15), to add the witness cosignatures the replica
+    /// holds: signature lines are not bound by the report data (only the checkpoint key is).
+    pub fn checkpoint_note_mut(&mut self) -> Option<&mut String> {
+        self.bundle.checkpoint.as_mut()
     }
 
     /// The bundle with `evidence`, which must carry [`report_data`](Self::report_data) (an auditor

@@ -9,6 +9,7 @@ mod peer;
 mod recovery;
 mod secrets;
 mod transit;
+mod transparency;
 
 pub use coordinator::{
     AuditDraft, Coordinator, MAX_POLICY_DOCUMENT_BYTES, ManifestsView, MeshCertBundle, Prepared,
@@ -19,6 +20,7 @@ pub use recovery::{
     AuthenticatedShare, KnownLatest, RecoverProgress, RecoveredSecrets, ShareOutcome,
 };
 pub use transit::{ServiceCert, TransitMaterial};
+pub use transparency::CheckpointView;
 
 #[cfg(test)]
 mod tests;

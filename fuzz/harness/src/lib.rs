@@ -16,12 +16,13 @@ pub mod seed_share;
 pub mod snp_cert_table;
 pub mod snp_report;
 mod times;
+pub mod witness_request;
 
 /// A target's name (the directory of its corpus and the `cargo fuzz run` name) and its body.
 pub type Target = (&'static str, fn(&[u8]));
 
 /// Every target.
-pub const TARGETS: [Target; 7] = [
+pub const TARGETS: [Target; 8] = [
     ("manifest", manifest::run),
     ("audit_bundle", audit_bundle::run),
     ("seed_share", seed_share::run),
@@ -29,4 +30,5 @@ pub const TARGETS: [Target; 7] = [
     ("atls_evidence", atls_evidence::run),
     ("requests", requests::run),
     ("snp_cert_table", snp_cert_table::run),
+    ("witness_request", witness_request::run),
 ];

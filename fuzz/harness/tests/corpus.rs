@@ -75,6 +75,10 @@ fn valid_seeds_get_through_every_check() {
     assert!(snp_report::verify(&seed("snp_report", "report-only")).is_err());
     assert!(snp_report::verify(&seed("snp_report", "milan-report-turin-vcek")).is_err());
 
+    assert!(concord_fuzz_harness::witness_request::accepted(&seed(
+        "witness_request",
+        "first-checkpoint"
+    )));
     assert!(atls_evidence::accepted(&seed("atls_evidence", "simulated")));
     assert!(!atls_evidence::accepted(&seed(
         "atls_evidence",

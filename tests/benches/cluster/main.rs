@@ -27,6 +27,7 @@ mod mesh;
 mod mode;
 mod propagation;
 mod table;
+mod tlog;
 mod transit;
 
 use std::panic::AssertUnwindSafe;
@@ -202,6 +203,13 @@ fn run(mode: &Mode, etcd: Option<&Path>) -> Vec<Row> {
         );
     }
     push(&mut rows, "audit", audit.as_ref().map(|a| audit::rows(a)));
+    let log = guarded("log proofs", || Ok(tlog::run(&[10, 1_000, 100_000], 200)));
+    push(
+        &mut rows,
+        "log proofs",
+        log.as_ref()
+            .map(|m| tlog::rows(m, audit.as_ref().ok().map(|a| a.as_slice()))),
+    );
     push(
         &mut rows,
         "idle replica RSS",
