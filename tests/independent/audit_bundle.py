@@ -48,7 +48,7 @@ TRANSITION_MEMBERS = {
     "index", "manifest_hash", "previous", "hash", "signature", "owner_key", "owner_signature", "manifest",
 }
 EVIDENCE_REQUIRED = {"platform", "report", "nonce"}
-EVIDENCE_OPTIONAL = {"certificates"}
+EVIDENCE_OPTIONAL = {"certificates", "crls"}
 PEM_CERT = re.compile(
     r"\A-----BEGIN CERTIFICATE-----\r?\n([A-Za-z0-9+/=\r\n]+?)-----END CERTIFICATE-----\r?\n?\Z"
 )
@@ -276,6 +276,14 @@ def audit(bundle_bytes, nonce=None, since=None):
             fail("evidence.certificates: not an array")
         for n, cert in enumerate(certificates):
             b64_bytes(cert, f"evidence.certificates[{n}]")
+    if "crls" in evidence:
+        # AMD's CRLs (PROTOCOL.md, the audit bundle's evidence.crls): decoded here; their signatures and
+        # freshness are the SNP verifier's to check, which this script leaves to `concord attestation`.
+        crls = evidence["crls"]
+        if not isinstance(crls, list):
+            fail("evidence.crls: not an array")
+        for n, crl in enumerate(crls):
+            b64_bytes(crl, f"evidence.crls[{n}]")
     if nonce is not None and evidence_nonce != nonce:
         fail("evidence.nonce is not the nonce that was sent")
     checkpoint_key = b""
