@@ -186,6 +186,7 @@ impl PlatformArgs {
                     root: Sha256Hex(root.hash()),
                     trusted_measurements: vec![Measurement(measurement)],
                 }],
+                tdx: Vec::new(),
             },
         })
     }

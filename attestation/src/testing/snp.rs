@@ -140,6 +140,7 @@ impl Vector {
         ReferenceValues {
             snp: vec![self.reference()],
             simulated: vec![],
+            tdx: vec![],
         }
     }
 }

@@ -122,6 +122,7 @@ fn read_reference(path: &Path) -> Result<SnpReference, LaunchError> {
     ReferenceValues {
         snp: vec![entry.clone()],
         simulated: vec![],
+        tdx: vec![],
     }
     .validate()
     .map_err(usage)?;
@@ -159,6 +160,7 @@ pub fn own_snp_reference(
     Ok(ReferenceValues {
         snp: entries,
         simulated: vec![],
+        tdx: vec![],
     })
 }
 
