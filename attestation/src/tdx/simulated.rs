@@ -167,6 +167,7 @@ pub struct SimulatedTdx {
     tcb_signer_pem: String,
     template: TemplateSignatureData,
     not_before: OffsetDateTime,
+    endorsement_der: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for SimulatedTdx {
@@ -258,7 +259,38 @@ impl SimulatedTdx {
             tcb_signer,
             template,
             not_before,
+            endorsement_der: None,
         })
+    }
+
+    /// A hierarchy whose root is endorsed by the simulated root `sim_root`: a certificate of the
+    /// same name and key, issued by `sim_root`, so that a verifier that trusts `sim_root` (and only
+    /// then) takes this hierarchy's root as its TDX trust anchor. Valid from an hour ago to a day
+    /// before `sim_root` expires.
+    pub fn endorsed_by(
+        sim_root: &crate::simulated::SimulatedRoot,
+    ) -> Result<Self, AttestationError> {
+        let (root_not_before, root_not_after) = sim_root.validity()?;
+        let now = OffsetDateTime::now_utc();
+        let not_after = root_not_after - time::Duration::days(1);
+        if not_after <= now {
+            return Err(AttestationError::Config(format!(
+                "the simulated root expires at {root_not_after}; generate a new one"
+            )));
+        }
+        let not_before = (now - time::Duration::hours(1)).max(root_not_before);
+        let mut hierarchy = Self::generate(not_before, not_after)?;
+        let endorsement = hierarchy
+            .root_params
+            .signed_by(&hierarchy.root.rcgen, &sim_root.issuer())
+            .map_err(issuer_err("endorsing the TDX root with the simulated root"))?;
+        hierarchy.endorsement_der = Some(endorsement.der().to_vec());
+        Ok(hierarchy)
+    }
+
+    /// The endorsement of the root by the simulated root (DER), when made by [`Self::endorsed_by`].
+    pub fn endorsement_der(&self) -> Option<&[u8]> {
+        self.endorsement_der.as_deref()
     }
 
     /// The root certificate (DER): the trust anchor a verifier of these quotes pins.
