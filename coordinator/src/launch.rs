@@ -16,7 +16,7 @@ use clap::{Args, ValueEnum};
 use concord_attestation::vcek::KdsConfig;
 use concord_attestation::{
     EvidenceIssuer, Measurement, PlatformTrust, ReferenceValues, Sha256Hex, SimulatedIssuer,
-    SimulatedReference, SimulatedRoot,
+    SimulatedReference, SimulatedRoot, TdxReference, TdxTcbStatus, simulated::SimulatedTdxIssuer,
 };
 
 pub use snp::own_snp_reference;
@@ -29,6 +29,10 @@ pub enum PlatformKind {
     Snp,
     /// INSECURE simulated attestation (needs --insecure-simulated-attestation).
     Simulated,
+    /// INSECURE simulated attestation with Intel TDX quotes: Intel's quote layout and collateral,
+    /// from a hierarchy the simulated root endorses; the measurement is the MRTD and the policy hash
+    /// is in MRCONFIGID. Same flags as `simulated`.
+    SimulatedTdx,
 }
 
 /// The value of `--kds-url` that never asks AMD's KDS.
@@ -109,7 +113,7 @@ impl PlatformArgs {
     pub fn check(&self) -> Result<(), String> {
         match self.platform {
             PlatformKind::Snp => snp::check(self),
-            PlatformKind::Simulated => {
+            PlatformKind::Simulated | PlatformKind::SimulatedTdx => {
                 let (_, _, measurement) = self.simulated_flags()?;
                 parse_measurement(measurement).map(|_| ())
             }
@@ -122,7 +126,9 @@ impl PlatformArgs {
     pub fn issuer(&self) -> Result<Arc<dyn EvidenceIssuer>, LaunchError> {
         match self.platform {
             PlatformKind::Snp => Ok(Arc::new(snp::issuer(self)?.0)),
-            PlatformKind::Simulated => Ok(self.launch_simulated()?.issuer),
+            PlatformKind::Simulated | PlatformKind::SimulatedTdx => {
+                Ok(self.launch_simulated()?.issuer)
+            }
         }
     }
 
@@ -132,7 +138,7 @@ impl PlatformArgs {
         own.check(self.platform).map_err(LaunchError::Usage)?;
         match self.platform {
             PlatformKind::Snp => snp::launch(self, own.snp_reference.as_deref()),
-            PlatformKind::Simulated => self.launch_simulated(),
+            PlatformKind::Simulated | PlatformKind::SimulatedTdx => self.launch_simulated(),
         }
     }
 
@@ -172,10 +178,19 @@ impl PlatformArgs {
             .map_err(|e| usage(format!("the policy document: {e}")))?;
         let measurement = parse_measurement(measurement).map_err(usage)?;
         let policy_hash = Hash::of(&policy);
-        let issuer = SimulatedIssuer::new(&root, measurement, *policy_hash.as_bytes())
-            .map_err(|e| usage(format!("cannot start the simulated platform: {e}")))?;
+        let start_err = |e| usage(format!("cannot start the simulated platform: {e}"));
+        let (issuer, tdx): (Arc<dyn EvidenceIssuer>, _) =
+            if self.platform == PlatformKind::SimulatedTdx {
+                let issuer = SimulatedTdxIssuer::new(&root, measurement, *policy_hash.as_bytes())
+                    .map_err(start_err)?;
+                (Arc::new(issuer), vec![simulated_tdx_reference(measurement)])
+            } else {
+                let issuer = SimulatedIssuer::new(&root, measurement, *policy_hash.as_bytes())
+                    .map_err(start_err)?;
+                (Arc::new(issuer), Vec::new())
+            };
         Ok(LaunchedPlatform {
-            issuer: Arc::new(issuer),
+            issuer,
             trust: PlatformTrust {
                 insecure_simulated_root: Some(root.hash()),
             },
@@ -186,7 +201,7 @@ impl PlatformArgs {
                     root: Sha256Hex(root.hash()),
                     trusted_measurements: vec![Measurement(measurement)],
                 }],
-                tdx: Vec::new(),
+                tdx,
             },
         })
     }
@@ -196,13 +211,26 @@ impl OwnReferenceArgs {
     /// Checks the flags against the platform, without reading the file.
     pub fn check(&self, platform: PlatformKind) -> Result<(), String> {
         match (platform, &self.snp_reference) {
-            (PlatformKind::Simulated, Some(_)) => Err(
+            (PlatformKind::Simulated | PlatformKind::SimulatedTdx, Some(_)) => Err(
                 "--snp-reference is for --platform snp; on the simulated platform the own reference \
                  values come from --simulated-root and --simulated-measurement"
                     .into(),
             ),
             _ => Ok(()),
         }
+    }
+}
+
+/// The own reference of a simulated TDX replica: its MRTD, Intel's default status (`UpToDate`, what
+/// the simulated hierarchy's TCB info gives), debug off.
+fn simulated_tdx_reference(mrtd: [u8; 48]) -> TdxReference {
+    TdxReference {
+        trusted_mrtd: vec![Measurement(mrtd)],
+        rtmr: None,
+        trusted_mrseam: None,
+        minimum_tee_tcb_svn: None,
+        allowed_tcb_statuses: vec![TdxTcbStatus::UpToDate],
+        allow_debug: false,
     }
 }
 
