@@ -10,6 +10,7 @@
 
 pub mod collateral;
 mod intel;
+pub mod issuer;
 pub mod policy;
 pub mod quote;
 pub mod simulated;
@@ -20,6 +21,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 pub use collateral::Collateral;
+pub use issuer::TdxGuestIssuer;
 pub use quote::{Quote, TdReport};
 
 use crate::error::{AttestationError, RejectReason};
