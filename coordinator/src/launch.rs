@@ -8,6 +8,7 @@
 //! reference values.
 
 mod snp;
+mod tdx;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,6 +30,8 @@ pub enum PlatformKind {
     Snp,
     /// INSECURE simulated attestation (needs --insecure-simulated-attestation).
     Simulated,
+    /// Intel TDX: quotes through configfs-tsm, sent with the collateral of --tdx-collateral.
+    Tdx,
     /// INSECURE simulated attestation with Intel TDX quotes: Intel's quote layout and collateral,
     /// from a hierarchy the simulated root endorses; the measurement is the MRTD and the policy hash
     /// is in MRCONFIGID. Same flags as `simulated`.
@@ -69,6 +72,10 @@ pub struct PlatformArgs {
     /// when neither the host's table nor the KDS has this chip's.
     #[arg(long, env = "CONCORD_VCEK_DIR")]
     pub vcek_dir: Option<PathBuf>,
+    /// Intel TDX: Intel's collateral for this platform (TCB info, QE identity, CRLs; the PCS v4 JSON
+    /// layout of docs/PROTOCOL.md), sent with every quote so relying parties need no network.
+    #[arg(long, env = "CONCORD_TDX_COLLATERAL")]
+    pub tdx_collateral: Option<PathBuf>,
 }
 
 /// The coordinator's own reference values for its peers before any manifest exists.
@@ -113,6 +120,7 @@ impl PlatformArgs {
     pub fn check(&self) -> Result<(), String> {
         match self.platform {
             PlatformKind::Snp => snp::check(self),
+            PlatformKind::Tdx => tdx::check(self),
             PlatformKind::Simulated | PlatformKind::SimulatedTdx => {
                 let (_, _, measurement) = self.simulated_flags()?;
                 parse_measurement(measurement).map(|_| ())
@@ -126,6 +134,7 @@ impl PlatformArgs {
     pub fn issuer(&self) -> Result<Arc<dyn EvidenceIssuer>, LaunchError> {
         match self.platform {
             PlatformKind::Snp => Ok(Arc::new(snp::issuer(self)?.0)),
+            PlatformKind::Tdx => tdx::issuer(self),
             PlatformKind::Simulated | PlatformKind::SimulatedTdx => {
                 Ok(self.launch_simulated()?.issuer)
             }
@@ -138,6 +147,7 @@ impl PlatformArgs {
         own.check(self.platform).map_err(LaunchError::Usage)?;
         match self.platform {
             PlatformKind::Snp => snp::launch(self, own.snp_reference.as_deref()),
+            PlatformKind::Tdx => tdx::launch(self),
             PlatformKind::Simulated | PlatformKind::SimulatedTdx => self.launch_simulated(),
         }
     }
@@ -211,6 +221,11 @@ impl OwnReferenceArgs {
     /// Checks the flags against the platform, without reading the file.
     pub fn check(&self, platform: PlatformKind) -> Result<(), String> {
         match (platform, &self.snp_reference) {
+            (PlatformKind::Tdx, Some(_)) => Err(
+                "--snp-reference is for --platform snp; on TDX the own reference values come from \
+                 this replica's own quote"
+                    .into(),
+            ),
             (PlatformKind::Simulated | PlatformKind::SimulatedTdx, Some(_)) => Err(
                 "--snp-reference is for --platform snp; on the simulated platform the own reference \
                  values come from --simulated-root and --simulated-measurement"

@@ -77,6 +77,7 @@ fn config_json(args: &Args, members: &Members) -> serde_json::Value {
             "kds_url": p.kds_url,
             "vcek_cache_dir": p.vcek_cache_dir,
             "vcek_dir": p.vcek_dir,
+            "tdx_collateral": p.tdx_collateral,
             "snp_reference": args.own_reference.snp_reference,
         },
         "log_format": args.log_format,

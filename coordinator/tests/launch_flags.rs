@@ -188,3 +188,35 @@ fn check_config_refuses_a_bad_pod_name_and_mixed_peer_modes_as_usage_errors() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
 }
+
+#[test]
+fn tdx_needs_its_collateral_and_outside_a_tdx_guest_names_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let out = coordinator(&["--data-dir", data, "--platform", "tdx"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--tdx-collateral"), "{stderr}");
+    if std::path::Path::new("/sys/kernel/config/tsm/report").exists() {
+        eprintln!("skipped the rest: this machine has configfs-tsm");
+        return;
+    }
+    let collateral = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../attestation/src/tdx/vectors/tdx_quote_collateral.json"
+    );
+    let out = coordinator(&[
+        "--data-dir",
+        data,
+        "--platform",
+        "tdx",
+        "--tdx-collateral",
+        collateral,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no configfs-tsm report interface") && stderr.contains("mount -t configfs"),
+        "{stderr}"
+    );
+}
