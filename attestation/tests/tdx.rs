@@ -542,3 +542,31 @@ mod hierarchy {
         );
     }
 }
+
+/// How many real quotes one thread verifies per second with their collateral (PCK chain and CRLs,
+/// TCB info, QE identity, QE report, quote signature, TCB level, policy). A measurement, not a
+/// check: `cargo test -p concord-attestation --test tdx throughput -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn throughput_of_real_quote_verification() {
+    let entry = matching_entry();
+    let c = collateral();
+    let r = parsed().report;
+    let hash = policy_hash_of(&r);
+    let start = std::time::Instant::now();
+    let mut n = 0u32;
+    while start.elapsed() < Duration::from_secs(3) {
+        verify_full(
+            QUOTE,
+            &c,
+            &entry,
+            &r.report_data,
+            &|h| h == &hash,
+            pinned_time(),
+        )
+        .unwrap();
+        n += 1;
+    }
+    let per_second = f64::from(n) / start.elapsed().as_secs_f64();
+    eprintln!("{per_second:.0} TDX quote verifications per second (one thread)");
+}
