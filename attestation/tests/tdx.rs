@@ -500,6 +500,23 @@ mod hierarchy {
     }
 
     #[test]
+    fn a_version_5_quote_is_accepted_and_its_body_descriptor_is_signed() {
+        let h = hierarchy();
+        let quote = h.quote_of_version(&report(false), 5).unwrap();
+        assert_eq!(u16::from_le_bytes([quote[0], quote[1]]), 5);
+        let c = fresh(&h, false);
+        let verified = run(&h, &quote, &c, &entry()).unwrap();
+        assert_eq!(verified.version, 5);
+        assert_eq!(verified.report.mrtd, [0x11; 48]);
+        // The body descriptor and a byte of the body are covered by the signature.
+        for at in [48, 50, 54 + 200] {
+            let mut q = quote.clone();
+            q[at] ^= 1;
+            assert!(run(&h, &q, &c, &entry()).is_err(), "byte {at}");
+        }
+    }
+
+    #[test]
     fn a_pck_listed_in_the_pck_crl_is_rejected() {
         let h = hierarchy();
         let quote = h.quote(&report(false)).unwrap();

@@ -307,8 +307,31 @@ impl SimulatedTdx {
     /// A version 4 quote of `report`, signed by a fresh attestation key certified by the QE report,
     /// which the PCK signs.
     pub fn quote(&self, report: &TdReport) -> Result<Vec<u8>, AttestationError> {
+        self.quote_of_version(report, 4)
+    }
+
+    /// A quote of `report` in version 4 or 5 (version 5: a TD 1.0 body descriptor, type 2, before
+    /// the body, covered by the quote signature).
+    pub fn quote_of_version(
+        &self,
+        report: &TdReport,
+        version: u16,
+    ) -> Result<Vec<u8>, AttestationError> {
         let attestation_key = Key::generate()?;
         let mut signed = TEMPLATE_QUOTE[..HEADER_LEN].to_vec();
+        match version {
+            4 => {}
+            5 => {
+                signed[..2].copy_from_slice(&5u16.to_le_bytes());
+                signed.extend_from_slice(&2u16.to_le_bytes());
+                signed.extend_from_slice(&(TD10_BODY_LEN as u32).to_le_bytes());
+            }
+            other => {
+                return Err(AttestationError::Issuer(format!(
+                    "TDX quote version {other}: only 4 and 5 are made"
+                )));
+            }
+        }
         signed.extend_from_slice(&report.to_bytes());
 
         let att_pub = attestation_key.raw_public();
