@@ -318,7 +318,7 @@ pub enum RejectReason {
     #[error(
         "the TDX quote's PCK certificate chain does not verify to the pinned Intel SGX Root CA: {0}"
     )]
-    TdxPckChain(String),
+    TdxCertificateChain(String),
     /// The QE report's signature does not verify with the PCK.
     #[error("the TDX quote's QE report signature does not verify with the PCK")]
     TdxQeReportSignature,
@@ -422,7 +422,7 @@ impl RejectReason {
             Self::TdxCollateralSignature(_) => "tdx_collateral_signature",
             Self::TdxCrl(_) => "tdx_crl",
             Self::TdxCertificateRevoked => "tdx_certificate_revoked",
-            Self::TdxPckChain(_) => "tdx_pck_chain",
+            Self::TdxCertificateChain(_) => "tdx_certificate_chain",
             Self::TdxQeReportSignature => "tdx_qe_report_signature",
             Self::TdxAttestationKeyBinding => "tdx_attestation_key_binding",
             Self::TdxQeIdentity(_) => "tdx_qe_identity",

@@ -167,7 +167,7 @@ fn each_trust_check_refuses_with_its_own_reason() {
     assert!(matches!(
         rejected(verify_with(&f.verifier(), &as_real, &reference(&f))),
         // The root CA CRL is the first thing Intel's root must have signed.
-        RejectReason::TdxCrl(_) | RejectReason::TdxPckChain(_)
+        RejectReason::TdxCrl(_) | RejectReason::TdxCertificateChain(_)
     ));
 }
 

@@ -77,9 +77,17 @@ pub(crate) fn classify(message: &str) -> AttestationError {
         RejectReason::TdxTcbRevoked
     } else if has("CertRevoked") {
         RejectReason::TdxCertificateRevoked
-    } else if has("Signature is invalid for tcb_info") || has("TCB Info") {
+    } else if has("Signature is invalid for tcb_info")
+        || has("TCB Info signer")
+        || has("Certificate chain is too short for TCB Info")
+        || has("Failed to parse TCB Info leaf")
+    {
         RejectReason::TdxCollateralSignature("TCB info")
-    } else if has("Signature is invalid for qe_identity") || has("QE Identity signer") {
+    } else if has("Signature is invalid for qe_identity")
+        || has("QE Identity signer")
+        || has("Certificate chain is too short for QE Identity")
+        || has("Failed to parse QE Identity leaf")
+    {
         RejectReason::TdxCollateralSignature("QE identity")
     } else if has("TCBInfo expired") {
         RejectReason::TdxCollateralExpired("TCB info")
@@ -89,6 +97,15 @@ pub(crate) fn classify(message: &str) -> AttestationError {
         RejectReason::TdxCollateralNotYetValid("TCB info")
     } else if has("QE Identity issue date is in the future") {
         RejectReason::TdxCollateralNotYetValid("QE identity")
+    } else if has("Fmspc")
+        || has("No matching TCB level")
+        || has("TDX module")
+        || has("tdxModule")
+        || has("non-TDX TCB info")
+        || has("TEE_TCB_SVN")
+        || has("tcbDate")
+    {
+        RejectReason::TdxTcbLevel(message.to_owned())
     } else if has("CRL") || has("Crl") {
         RejectReason::TdxCrl(message.to_owned())
     } else if has("Failed to verify certificate chain")
@@ -97,23 +114,15 @@ pub(crate) fn classify(message: &str) -> AttestationError {
         || has("Too many intermediate certificates")
         || has("Failed to load root ca")
     {
-        RejectReason::TdxPckChain(message.to_owned())
+        RejectReason::TdxCertificateChain(message.to_owned())
     } else if has("Signature is invalid for qe_report") {
         RejectReason::TdxQeReportSignature
     } else if has("QE report hash mismatch") || has("Invalid QE auth data length") {
         RejectReason::TdxAttestationKeyBinding
     } else if has("ISV enclave report signature is invalid") {
         RejectReason::TdxQuoteSignature
-    } else if has("QE Identity") || has("QE report") || has("QE ISVSVN") || has("QE Identity id") {
+    } else if has("QE Identity") || has("QE report") || has("QE ISVSVN") {
         RejectReason::TdxQeIdentity(message.to_owned())
-    } else if has("Fmspc")
-        || has("TCB level")
-        || has("TDX module")
-        || has("TCB info")
-        || has("tdxModule")
-        || has("TEE_TCB_SVN")
-    {
-        RejectReason::TdxTcbLevel(message.to_owned())
     } else if has("TD attributes")
         || has("migration")
         || has("SERVTD_EXT")
@@ -129,4 +138,51 @@ pub(crate) fn classify(message: &str) -> AttestationError {
         RejectReason::TdxQuote(message.to_owned())
     };
     reason.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Messages `dcap-qvl` 0.7.1 gives, each to its reason (the ones real failures do not reach
+    /// in the other tests).
+    #[test]
+    fn each_message_maps_to_its_reason() {
+        let reason = |m: &str| classify(m).reject_reason().map(RejectReason::metric_label);
+        for (message, label) in [
+            (
+                "No TDX module identity with id TDX_03 found in TCB Info",
+                "tdx_tcb_level",
+            ),
+            ("Fmspc mismatch", "tdx_tcb_level"),
+            ("No matching TCB level found", "tdx_tcb_level"),
+            (
+                "Failed to verify certificate chain: UnknownIssuer",
+                "tdx_certificate_chain",
+            ),
+            (
+                "Failed to verify certificate chain: CertRevoked",
+                "tdx_certificate_revoked",
+            ),
+            ("Failed to parse root CA CRL: BadSignature", "tdx_crl"),
+            ("TCB status is invalid: Revoked", "tdx_tcb_revoked"),
+            (
+                "QE ISVSVN 1 is below minimum required 2 from QE Identity",
+                "tdx_qe_identity",
+            ),
+            ("TD migration is enabled", "tdx_td_attributes"),
+            ("SEPT_VE_DISABLE is not enabled", "tdx_td_attributes"),
+            (
+                "TCB Info signer must be issued directly by the root CA",
+                "tdx_collateral_signature",
+            ),
+            ("something new", "tdx_quote"),
+        ] {
+            assert_eq!(reason(message), Some(label), "{message}");
+        }
+        assert!(matches!(
+            classify("Failed to decode quote: short"),
+            AttestationError::Malformed { .. }
+        ));
+    }
 }
