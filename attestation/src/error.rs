@@ -304,6 +304,105 @@ pub enum RejectReason {
     /// AMD's CRL is not valid yet at the time of check (its `thisUpdate` is later).
     #[error("AMD's CRL is not valid yet at the time of check (thisUpdate is later)")]
     CrlNotYetValid,
+    // Intel TDX (tdx/): each check its own reason.
+    /// TDX evidence, and the reference values have no `tdx` entry to check it against.
+    #[error("TDX evidence, but the reference values have no tdx entry")]
+    NoTdxReferenceValues,
+    /// The quote is shorter than its header, body or signature data say.
+    #[error("the TDX quote is truncated")]
+    TdxQuoteTruncated,
+    /// The quote version is not 4 or 5.
+    #[error("TDX quote version {0} is not supported (4 and 5 are)")]
+    TdxQuoteVersion(u16),
+    /// The attestation key type is not ECDSA-256 with P-256 (2).
+    #[error("TDX quote attestation key type {0} is not supported (2, ECDSA-256 with P-256, is)")]
+    TdxAttestationKeyType(u16),
+    /// The quote's TEE type is not TDX (0x81).
+    #[error("the quote's TEE type {0:#x} is not TDX (0x81)")]
+    TdxTeeType(u32),
+    /// The quote's QE vendor is not Intel.
+    #[error("the quote's QE vendor ID is not Intel's")]
+    TdxQeVendor,
+    /// A version 5 quote whose body type is not a TD report (2 or 3).
+    #[error("TDX quote v5 body type {0} is not a TD report (2 or 3)")]
+    TdxBodyType(u16),
+    /// A part of Intel's collateral was issued after the time of check.
+    #[error(
+        "the TDX collateral's {0} is not valid yet at the time of check (before its issueDate)"
+    )]
+    TdxCollateralNotYetValid(&'static str),
+    /// A part of Intel's collateral is stale at the time of check.
+    #[error(
+        "the TDX collateral's {0} is stale at the time of check (after its nextUpdate); fetch fresh collateral"
+    )]
+    TdxCollateralExpired(&'static str),
+    /// A signature over a part of Intel's collateral, or its signer's chain, does not verify.
+    #[error("the TDX collateral's {0} signature or signing chain does not verify")]
+    TdxCollateralSignature(&'static str),
+    /// A CRL of the collateral does not verify or is not current.
+    #[error("a CRL of the TDX collateral does not verify or is not current: {0}")]
+    TdxCrl(String),
+    /// A certificate of the PCK chain (or a collateral signer) is listed in Intel's CRLs.
+    #[error("a certificate of the TDX quote's chain is revoked (listed in the PCK or root CA CRL)")]
+    TdxCertificateRevoked,
+    /// The PCK chain does not lead to Intel's pinned SGX Root CA, or is not valid at the time of check.
+    #[error(
+        "the TDX quote's PCK certificate chain does not verify to the pinned Intel SGX Root CA: {0}"
+    )]
+    TdxCertificateChain(String),
+    /// The QE report's signature does not verify with the PCK.
+    #[error("the TDX quote's QE report signature does not verify with the PCK")]
+    TdxQeReportSignature,
+    /// The QE report does not bind the attestation key (and QE authentication data).
+    #[error("the TDX quote's QE report does not bind its attestation key")]
+    TdxAttestationKeyBinding,
+    /// The QE report does not match Intel's QE identity.
+    #[error("the TDX quote's QE does not match Intel's QE identity: {0}")]
+    TdxQeIdentity(String),
+    /// The quote signature does not verify with the attestation key.
+    #[error("the TDX quote signature does not verify with its attestation key")]
+    TdxQuoteSignature,
+    /// No TCB level of Intel's TCB info matches the platform (or the FMSPC differs).
+    #[error("no TCB level of Intel's TCB info matches the TDX platform: {0}")]
+    TdxTcbLevel(String),
+    /// Intel's TCB info says the platform's TCB is revoked.
+    #[error("Intel's TCB status for this TDX platform is Revoked")]
+    TdxTcbRevoked,
+    /// Intel's TCB status is not one the reference values allow.
+    #[error("Intel's TCB status {0} is not in allowed_tcb_statuses")]
+    TdxTcbStatusNotAllowed(String),
+    /// MRTD is not in `trusted_mrtd`.
+    #[error("the TD's MRTD is not trusted")]
+    TdxMrtdNotTrusted,
+    /// An RTMR holds a value the reference values do not allow.
+    #[error("the TD's RTMR{0} is not an allowed value")]
+    TdxRtmrNotAllowed(u8),
+    /// MRSEAM is not in `trusted_mrseam`.
+    #[error("the TDX module's MRSEAM is not trusted")]
+    TdxMrseamNotTrusted,
+    /// A byte of TEE_TCB_SVN is below `minimum_tee_tcb_svn`.
+    #[error("TEE TCB SVN byte {index} is {reported}, below the minimum {minimum}")]
+    TdxTeeTcbSvnBelowMinimum {
+        /// The byte's index, 0 to 15.
+        index: u8,
+        /// The quote's value.
+        reported: u8,
+        /// The reference values' minimum.
+        minimum: u8,
+    },
+    /// The TD attributes allow debugging (bit 0) or profiling and the reference values do not.
+    #[error("the TD's attributes allow debugging")]
+    TdxDebug,
+    /// The TD attributes have a bit set that Concord never accepts (migration, SEPT_VE_DISABLE off,
+    /// service TDs, reserved bits).
+    #[error("the TD's attributes are not accepted: {0}")]
+    TdxTdAttributes(String),
+    /// MRCONFIGID is not a policy hash of the manifest followed by 16 zero bytes.
+    #[error("MRCONFIGID not accepted: it names no policy of the manifest")]
+    TdxMrConfigIdNotAccepted,
+    /// The Intel-format verifier refused the quote for a reason not listed above.
+    #[error("the TDX quote does not verify: {0}")]
+    TdxQuote(String),
 }
 
 impl RejectReason {
@@ -347,6 +446,34 @@ impl RejectReason {
             Self::CrlSignature => "crl_signature",
             Self::CrlStale { .. } => "crl_stale",
             Self::CrlNotYetValid => "crl_not_yet_valid",
+            Self::NoTdxReferenceValues => "no_tdx_reference_values",
+            Self::TdxQuoteTruncated => "tdx_quote_truncated",
+            Self::TdxQuoteVersion(_) => "tdx_quote_version",
+            Self::TdxAttestationKeyType(_) => "tdx_attestation_key_type",
+            Self::TdxTeeType(_) => "tdx_tee_type",
+            Self::TdxQeVendor => "tdx_qe_vendor",
+            Self::TdxBodyType(_) => "tdx_body_type",
+            Self::TdxCollateralNotYetValid(_) => "tdx_collateral_not_yet_valid",
+            Self::TdxCollateralExpired(_) => "tdx_collateral_expired",
+            Self::TdxCollateralSignature(_) => "tdx_collateral_signature",
+            Self::TdxCrl(_) => "tdx_crl",
+            Self::TdxCertificateRevoked => "tdx_certificate_revoked",
+            Self::TdxCertificateChain(_) => "tdx_certificate_chain",
+            Self::TdxQeReportSignature => "tdx_qe_report_signature",
+            Self::TdxAttestationKeyBinding => "tdx_attestation_key_binding",
+            Self::TdxQeIdentity(_) => "tdx_qe_identity",
+            Self::TdxQuoteSignature => "tdx_quote_signature",
+            Self::TdxTcbLevel(_) => "tdx_tcb_level",
+            Self::TdxTcbRevoked => "tdx_tcb_revoked",
+            Self::TdxTcbStatusNotAllowed(_) => "tdx_tcb_status_not_allowed",
+            Self::TdxMrtdNotTrusted => "tdx_mrtd_not_trusted",
+            Self::TdxRtmrNotAllowed(_) => "tdx_rtmr_not_allowed",
+            Self::TdxMrseamNotTrusted => "tdx_mrseam_not_trusted",
+            Self::TdxTeeTcbSvnBelowMinimum { .. } => "tdx_tee_tcb_svn_below_minimum",
+            Self::TdxDebug => "tdx_debug",
+            Self::TdxTdAttributes(_) => "tdx_td_attributes",
+            Self::TdxMrConfigIdNotAccepted => "tdx_mrconfigid_not_accepted",
+            Self::TdxQuote(_) => "tdx_quote",
         }
     }
 }

@@ -30,6 +30,7 @@ pub mod report;
 pub mod sev_guest;
 pub mod simulated;
 pub mod snp;
+pub mod tdx;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod vcek;
@@ -44,7 +45,7 @@ pub use evidence::{Evidence, Platform};
 pub use issuer::EvidenceIssuer;
 pub use reference::{
     ChipId, Measurement, MinimumTcb, Product, ReferenceValues, Sha256Hex, SimulatedReference,
-    SnpReference,
+    SnpReference, TdxReference, TdxTcbStatus,
 };
 pub use report::{GuestPolicy, REPORT_LEN, Report, ReportBuilder, SIGNED_LEN, Tcb};
 pub use sev_guest::SevGuestIssuer;

@@ -94,6 +94,12 @@ hex_newtype!(
     "chip id"
 );
 hex_newtype!(
+    /// A TDX TEE TCB SVN (16 bytes, one SVN per byte).
+    TeeTcbSvn,
+    16,
+    "TEE TCB SVN"
+);
+hex_newtype!(
     /// A SHA-256 digest (32 bytes).
     Sha256Hex,
     32,
@@ -110,6 +116,122 @@ pub struct ReferenceValues {
     /// Simulated-platform entries (INSECURE: for machines without SEV-SNP).
     #[serde(default)]
     pub simulated: Vec<SimulatedReference>,
+    /// Intel TDX entries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tdx: Vec<TdxReference>,
+}
+
+/// An index of a TDX runtime measurement register, `"0"` to `"3"` in JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum RtmrIndex {
+    /// RTMR0.
+    #[serde(rename = "0")]
+    Rtmr0,
+    /// RTMR1.
+    #[serde(rename = "1")]
+    Rtmr1,
+    /// RTMR2.
+    #[serde(rename = "2")]
+    Rtmr2,
+    /// RTMR3.
+    #[serde(rename = "3")]
+    Rtmr3,
+}
+
+impl RtmrIndex {
+    /// The register number, 0 to 3.
+    pub fn number(self) -> usize {
+        match self {
+            Self::Rtmr0 => 0,
+            Self::Rtmr1 => 1,
+            Self::Rtmr2 => 2,
+            Self::Rtmr3 => 3,
+        }
+    }
+}
+
+/// An Intel TCB status, as Intel's TCB info and QE identity name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TdxTcbStatus {
+    /// The platform is patched.
+    UpToDate,
+    /// Patched; software mitigations are needed.
+    SWHardeningNeeded,
+    /// Patched; a platform configuration is needed.
+    ConfigurationNeeded,
+    /// Patched; configuration and software mitigations are needed.
+    ConfigurationAndSWHardeningNeeded,
+    /// Not patched.
+    OutOfDate,
+    /// Not patched, and a platform configuration is needed.
+    OutOfDateConfigurationNeeded,
+    /// TDX 1.5: the TD launched on an out-of-date TCB, the current one is patched.
+    TDRelaunchAdvised,
+    /// As `TDRelaunchAdvised`, with a platform configuration needed.
+    TDRelaunchAdvisedConfigurationNeeded,
+    /// The platform's keys are compromised: never accepted, not even when listed.
+    Revoked,
+}
+
+impl TdxTcbStatus {
+    /// Intel's name of the status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UpToDate => "UpToDate",
+            Self::SWHardeningNeeded => "SWHardeningNeeded",
+            Self::ConfigurationNeeded => "ConfigurationNeeded",
+            Self::ConfigurationAndSWHardeningNeeded => "ConfigurationAndSWHardeningNeeded",
+            Self::OutOfDate => "OutOfDate",
+            Self::OutOfDateConfigurationNeeded => "OutOfDateConfigurationNeeded",
+            Self::TDRelaunchAdvised => "TDRelaunchAdvised",
+            Self::TDRelaunchAdvisedConfigurationNeeded => "TDRelaunchAdvisedConfigurationNeeded",
+            Self::Revoked => "Revoked",
+        }
+    }
+
+    /// Parses Intel's name; `None` for a name this verifier does not know (which then rejects).
+    pub fn from_intel(name: &str) -> Option<Self> {
+        [
+            Self::UpToDate,
+            Self::SWHardeningNeeded,
+            Self::ConfigurationNeeded,
+            Self::ConfigurationAndSWHardeningNeeded,
+            Self::OutOfDate,
+            Self::OutOfDateConfigurationNeeded,
+            Self::TDRelaunchAdvised,
+            Self::TDRelaunchAdvisedConfigurationNeeded,
+            Self::Revoked,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == name)
+    }
+}
+
+fn default_tcb_statuses() -> Vec<TdxTcbStatus> {
+    vec![TdxTcbStatus::UpToDate]
+}
+
+/// What a TDX quote must show. The field names are normative (issue 10, MANIFEST.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TdxReference {
+    /// Accepted MRTD values (the TD's build-time measurement).
+    pub trusted_mrtd: Vec<Measurement>,
+    /// Per runtime measurement register, the accepted values; a register not named is not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtmr: Option<std::collections::BTreeMap<RtmrIndex, Vec<Measurement>>>,
+    /// When present, the accepted MRSEAM values (the TDX module's measurement).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted_mrseam: Option<Vec<Measurement>>,
+    /// When present, the lowest accepted TEE TCB SVN, compared byte by byte.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum_tee_tcb_svn: Option<TeeTcbSvn>,
+    /// The TCB statuses (Intel's TCB levels) accepted; `UpToDate` unless set. `Revoked` never is.
+    #[serde(default = "default_tcb_statuses")]
+    pub allowed_tcb_statuses: Vec<TdxTcbStatus>,
+    /// Accept TDs whose attributes allow debugging (TD attributes bit 0). Off unless set.
+    #[serde(default)]
+    pub allow_debug: bool,
 }
 
 /// The AMD product generation, which fixes the AMD root key and the TCB layout.
@@ -206,6 +328,42 @@ impl ReferenceValues {
                 ));
             }
         }
+        for (i, e) in self.tdx.iter().enumerate() {
+            if e.trusted_mrtd.is_empty() {
+                return Err(format!(
+                    "reference_values.tdx[{i}]: trusted_mrtd is empty; list at least one MRTD"
+                ));
+            }
+            if let Some((index, _)) = e
+                .rtmr
+                .iter()
+                .flatten()
+                .find(|(_, values)| values.is_empty())
+            {
+                return Err(format!(
+                    "reference_values.tdx[{i}]: rtmr \"{}\" lists no value, so no quote could match; \
+                     omit the register to leave it unchecked",
+                    index.number()
+                ));
+            }
+            if e.trusted_mrseam.as_ref().is_some_and(Vec::is_empty) {
+                return Err(format!(
+                    "reference_values.tdx[{i}]: trusted_mrseam is empty, so no TDX module could match; \
+                     omit it to accept any module Intel's TCB info accepts"
+                ));
+            }
+            if e.allowed_tcb_statuses.is_empty() {
+                return Err(format!(
+                    "reference_values.tdx[{i}]: allowed_tcb_statuses is empty; omit it for [\"UpToDate\"]"
+                ));
+            }
+            if e.allowed_tcb_statuses.contains(&TdxTcbStatus::Revoked) {
+                return Err(format!(
+                    "reference_values.tdx[{i}]: allowed_tcb_statuses lists Revoked, which is never accepted; \
+                     remove it"
+                ));
+            }
+        }
         for (i, e) in self.simulated.iter().enumerate() {
             if e.trusted_measurements.is_empty() {
                 return Err(format!(
@@ -259,8 +417,8 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_errors_that_name_the_field() {
-        let err = parse(r#"{"snp": [], "simulated": [], "tdx": []}"#).unwrap_err();
-        assert!(err.contains("unknown field `tdx`"), "{err}");
+        let err = parse(r#"{"snp": [], "simulated": [], "tdx": [], "sgx": []}"#).unwrap_err();
+        assert!(err.contains("unknown field `sgx`"), "{err}");
         let err = parse(&format!(
             r#"{{"simulated": [{{"root": "{ROOT}", "trusted_measurements": ["{M}"], "debug": true}}]}}"#
         ))
@@ -350,6 +508,70 @@ mod tests {
         assert!(!rv.snp[0].allow_migration_agent);
         assert!(rv.snp[0].allowed_chip_ids.is_none());
         assert!(rv.simulated.is_empty());
+    }
+
+    #[test]
+    fn tdx_entries_parse_with_the_normative_names_and_safe_defaults() {
+        let json = format!(
+            r#"{{"tdx": [{{"trusted_mrtd": ["{M}"], "rtmr": {{"0": ["{M}"], "3": ["{M}", "{M}"]}},
+                "trusted_mrseam": ["{M}"], "minimum_tee_tcb_svn": "0a0b0000000000000000000000000000",
+                "allowed_tcb_statuses": ["UpToDate", "SWHardeningNeeded"], "allow_debug": true}},
+               {{"trusted_mrtd": ["{M}"]}}]}}"#
+        );
+        let rv = parse(&json).unwrap();
+        rv.validate().unwrap();
+        let full = &rv.tdx[0];
+        let rtmr = full.rtmr.as_ref().unwrap();
+        assert_eq!(rtmr[&RtmrIndex::Rtmr3].len(), 2);
+        assert_eq!(full.minimum_tee_tcb_svn.unwrap().0[1], 0x0b);
+        assert!(full.allow_debug);
+        let minimal = &rv.tdx[1];
+        assert_eq!(minimal.allowed_tcb_statuses, vec![TdxTcbStatus::UpToDate]);
+        assert!(!minimal.allow_debug);
+        assert!(minimal.rtmr.is_none() && minimal.trusted_mrseam.is_none());
+        assert_eq!(parse(&serde_json::to_string(&rv).unwrap()).unwrap(), rv);
+        // A register index outside 0..3, an unknown status, an unknown field: errors.
+        for bad in [
+            format!(r#"{{"tdx": [{{"trusted_mrtd": ["{M}"], "rtmr": {{"4": ["{M}"]}}}}]}}"#),
+            format!(
+                r#"{{"tdx": [{{"trusted_mrtd": ["{M}"], "allowed_tcb_statuses": ["Fine"]}}]}}"#
+            ),
+            format!(r#"{{"tdx": [{{"trusted_mrtd": ["{M}"], "mrtd": ["{M}"]}}]}}"#),
+            r#"{"tdx": [{"trusted_mrtd": ["00"]}]}"#.to_owned(),
+        ] {
+            assert!(parse(&bad).is_err(), "{bad}");
+        }
+        // What validate refuses: Revoked, empty lists.
+        for (bad, says) in [
+            (
+                format!(
+                    r#"{{"tdx": [{{"trusted_mrtd": ["{M}"], "allowed_tcb_statuses": ["Revoked"]}}]}}"#
+                ),
+                "Revoked",
+            ),
+            (
+                format!(r#"{{"tdx": [{{"trusted_mrtd": ["{M}"], "allowed_tcb_statuses": []}}]}}"#),
+                "allowed_tcb_statuses is empty",
+            ),
+            (
+                r#"{"tdx": [{"trusted_mrtd": []}]}"#.to_owned(),
+                "trusted_mrtd is empty",
+            ),
+            (
+                format!(r#"{{"tdx": [{{"trusted_mrtd": ["{M}"], "rtmr": {{"1": []}}}}]}}"#),
+                "rtmr \"1\"",
+            ),
+            (
+                format!(r#"{{"tdx": [{{"trusted_mrtd": ["{M}"], "trusted_mrseam": []}}]}}"#),
+                "trusted_mrseam is empty",
+            ),
+        ] {
+            let err = parse(&bad).unwrap().validate().unwrap_err();
+            assert!(
+                err.contains("reference_values.tdx[0]") && err.contains(says),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -74,6 +74,7 @@ impl SimFixture {
                 root: Sha256Hex(self.root.hash()),
                 trusted_measurements: measurements.iter().copied().map(Measurement).collect(),
             }],
+            tdx: vec![],
         }
     }
 

@@ -47,6 +47,7 @@ pub struct VerifiedReport {
     report_data: [u8; 64],
     chip_id: [u8; 64],
     reported_tcb: Tcb,
+    tdx: Option<crate::tdx::TdxClaims>,
 }
 
 impl VerifiedReport {
@@ -67,6 +68,25 @@ impl VerifiedReport {
             report_data: *report.report_data(),
             chip_id: *report.chip_id(),
             reported_tcb,
+            tdx: None,
+        }
+    }
+
+    /// A TDX quote that passed every check: MRTD as the measurement, the policy hash of MRCONFIGID
+    /// as the host data (its role on SNP), the quote version; no chip ID, TCB or VMPL.
+    fn tdx(quote: &crate::tdx::VerifiedQuote) -> Self {
+        Self {
+            platform: Platform::Tdx,
+            product: None,
+            version: u32::from(quote.version),
+            vmpl: 0,
+            policy: quote.report.td_attributes,
+            measurement: quote.report.mrtd,
+            host_data: quote.policy_hash(),
+            report_data: quote.report.report_data,
+            chip_id: [0; 64],
+            reported_tcb: Tcb::new(0, 0, 0, 0),
+            tdx: Some(quote.claims()),
         }
     }
 
@@ -116,6 +136,10 @@ impl VerifiedReport {
     /// The chip identifier.
     pub fn chip_id(&self) -> &[u8; 64] {
         &self.chip_id
+    }
+    /// The TDX claims (MRTD, RTMRs, MRSEAM, TCB status, ...), on the TDX platform only.
+    pub fn tdx_claims(&self) -> Option<&crate::tdx::TdxClaims> {
+        self.tdx.as_ref()
     }
     /// The reported TCB, decoded with the product's layout (`fmc` is `Some` on Turin only); at
     /// least the reference values' minimum and, for SNP, the TCB the signing key was issued for.
@@ -184,6 +208,13 @@ impl Verifier {
                 accept_host_data,
                 now,
             ),
+            Platform::Tdx => self.verify_tdx(
+                evidence,
+                reference,
+                expected_report_data,
+                accept_host_data,
+                now,
+            ),
             Platform::Snp => snp::verify(
                 evidence,
                 &reference.snp,
@@ -199,6 +230,89 @@ impl Verifier {
             tracing::debug!(platform = %evidence.platform, %error, "attestation evidence rejected");
         }
         result
+    }
+
+    /// TDX: one certificate (Intel's collateral) for a real quote, checked against Intel's pinned
+    /// root; four (collateral, simulated TDX root, its endorsement, simulated root) for the INSECURE
+    /// simulated hierarchy, trusted only as simulated SNP evidence is.
+    fn verify_tdx(
+        &self,
+        evidence: &Evidence,
+        reference: &ReferenceValues,
+        expected_report_data: &[u8; 64],
+        accept_host_data: &dyn Fn(&[u8; 32]) -> bool,
+        now: SystemTime,
+    ) -> Result<VerifiedReport, AttestationError> {
+        let expect = crate::tdx::Expectations {
+            report_data: expected_report_data,
+            accept_policy_hash: accept_host_data,
+            now,
+        };
+        let quote = match evidence.certificates.as_slice() {
+            [collateral] => {
+                let collateral = crate::tdx::Collateral::from_json(collateral)?;
+                crate::tdx::verify(&evidence.report, &collateral, &reference.tdx, &expect)?
+            }
+            [collateral, tdx_root_der, endorsement_der, root_der] => {
+                self.trusted_simulated_root(reference, root_der)?;
+                let root = chain::parse_cert(root_der, CertRole::Root)?;
+                let root_key = chain::p384_key(&root, CertRole::Root)?;
+                chain::check_issued_by(&root, CertRole::Root, &root, &root_key)?;
+                chain::check_validity(&root, CertRole::Root, now)?;
+                let endorsement = chain::parse_cert(endorsement_der, CertRole::Intermediate)?;
+                chain::check_issued_by(&endorsement, CertRole::Intermediate, &root, &root_key)?;
+                chain::check_validity(&endorsement, CertRole::Intermediate, now)?;
+                // The endorsement vouches for the TDX root's name and key, which must be the anchor's.
+                let tdx_root = chain::parse_cert(tdx_root_der, CertRole::Intermediate)?;
+                if tdx_root.subject().as_raw() != endorsement.subject().as_raw()
+                    || tdx_root.public_key().raw != endorsement.public_key().raw
+                {
+                    return Err(RejectReason::CertificateChain {
+                        role: CertRole::Intermediate,
+                    }
+                    .into());
+                }
+                let collateral = crate::tdx::Collateral::from_json(collateral)?;
+                crate::tdx::verify_with_root(
+                    &evidence.report,
+                    &collateral,
+                    tdx_root_der,
+                    &reference.tdx,
+                    &expect,
+                )?
+            }
+            other => {
+                return Err(AttestationError::malformed(format!(
+                    "TDX evidence needs 1 certificate (the collateral) or 4 (simulated), got {}",
+                    other.len()
+                )));
+            }
+        };
+        Ok(VerifiedReport::tdx(&quote))
+    }
+
+    /// The simulated root `root_der`, trusted by the launch configuration and named by the
+    /// reference values.
+    fn trusted_simulated_root(
+        &self,
+        reference: &ReferenceValues,
+        root_der: &[u8],
+    ) -> Result<(), AttestationError> {
+        let Some(trusted_root) = self.trust.insecure_simulated_root else {
+            return Err(RejectReason::SimulatedNotEnabled.into());
+        };
+        let root_hash: [u8; 32] = Sha256::digest(root_der).into();
+        if root_hash != trusted_root {
+            return Err(RejectReason::SimulatedRootNotTrusted.into());
+        }
+        if !reference
+            .simulated
+            .iter()
+            .any(|e| e.root.as_bytes() == &root_hash)
+        {
+            return Err(RejectReason::SimulatedRootNotInReferenceValues.into());
+        }
+        Ok(())
     }
 
     fn verify_simulated(

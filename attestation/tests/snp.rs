@@ -74,6 +74,7 @@ fn verify_entry(v: &Vector, entry: SnpReference) -> Result<VerifiedReport, Attes
     let reference = ReferenceValues {
         snp: vec![entry],
         simulated: vec![],
+        tdx: vec![],
     };
     verify_with(v, &v.evidence(), &reference, v.at)
 }
@@ -523,6 +524,7 @@ fn one_accepting_entry_is_enough() {
     let reference = ReferenceValues {
         snp: vec![genoa.reference(), milan.reference()],
         simulated: vec![],
+        tdx: vec![],
     };
     let verified = verify_with(&milan, &milan.evidence(), &reference, milan.at).unwrap();
     assert_eq!(verified.product(), Some(Product::Milan));
@@ -546,6 +548,7 @@ fn when_every_entry_rejects_the_own_product_entry_gives_the_reason() {
         let reference = ReferenceValues {
             snp,
             simulated: vec![],
+            tdx: vec![],
         };
         // Version 2: the product is the one whose ASK the VCEK names as issuer.
         assert_eq!(
@@ -561,6 +564,7 @@ fn when_every_entry_rejects_the_own_product_entry_gives_the_reason() {
     let reference = ReferenceValues {
         snp: vec![milan.reference(), strict_genoa],
         simulated: vec![],
+        tdx: vec![],
     };
     assert_eq!(
         verify_with(&genoa, &genoa.evidence(), &reference, genoa.at),
@@ -574,6 +578,7 @@ fn when_every_entry_rejects_the_own_product_entry_gives_the_reason() {
     let reference = ReferenceValues {
         snp: vec![turin, genoa_entry],
         simulated: vec![],
+        tdx: vec![],
     };
     assert_eq!(
         verify_with(&milan, &milan.evidence(), &reference, milan.at),

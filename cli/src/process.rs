@@ -60,6 +60,8 @@ pub struct SimulatedFlags {
     pub measurement_hex: String,
     /// `--deployment-id` (hex), for coordinators and initializers; `None`: not given.
     pub deployment_id: Option<String>,
+    /// Simulated Intel TDX quotes (`--platform simulated-tdx`) instead of SNP-shaped reports.
+    pub tdx: bool,
 }
 
 impl SimulatedFlags {
@@ -71,7 +73,12 @@ impl SimulatedFlags {
         deployment
             .chain([
                 "--platform".into(),
-                "simulated".into(),
+                if self.tdx {
+                    "simulated-tdx"
+                } else {
+                    "simulated"
+                }
+                .into(),
                 "--insecure-simulated-attestation".into(),
                 "--simulated-root".into(),
                 self.root_dir.display().to_string(),

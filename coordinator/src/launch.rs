@@ -8,6 +8,7 @@
 //! reference values.
 
 mod snp;
+mod tdx;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use concord_attestation::snp::SnpRevocation;
 use concord_attestation::vcek::KdsConfig;
 use concord_attestation::{
     EvidenceIssuer, Measurement, PlatformTrust, ReferenceValues, Sha256Hex, SimulatedIssuer,
-    SimulatedReference, SimulatedRoot,
+    SimulatedReference, SimulatedRoot, TdxReference, TdxTcbStatus, simulated::SimulatedTdxIssuer,
 };
 
 pub use snp::own_snp_reference;
@@ -32,6 +33,12 @@ pub enum PlatformKind {
     Snp,
     /// INSECURE simulated attestation (needs --insecure-simulated-attestation).
     Simulated,
+    /// Intel TDX: quotes through configfs-tsm, sent with the collateral of --tdx-collateral.
+    Tdx,
+    /// INSECURE simulated attestation with Intel TDX quotes: Intel's quote layout and collateral,
+    /// from a hierarchy the simulated root endorses; the measurement is the MRTD and the policy hash
+    /// is in MRCONFIGID. Same flags as `simulated`.
+    SimulatedTdx,
 }
 
 /// The value of `--kds-url` that never asks AMD's KDS.
@@ -86,6 +93,10 @@ pub struct PlatformArgs {
     /// the collateral layout (docs/OPERATIONS.md), used when the PCS is off or has none.
     #[arg(long, env = "CONCORD_TDX_COLLATERAL_DIR")]
     pub tdx_collateral_dir: Option<PathBuf>,
+    /// Intel TDX: Intel's collateral for this platform (TCB info, QE identity, CRLs; the PCS v4 JSON
+    /// layout of docs/PROTOCOL.md), sent with every quote so relying parties need no network.
+    #[arg(long, env = "CONCORD_TDX_COLLATERAL")]
+    pub tdx_collateral: Option<PathBuf>,
 }
 
 /// The value of `--pccs-url` that never asks a PCS.
@@ -190,7 +201,8 @@ impl PlatformArgs {
         self.tdx_collateral_source()?;
         match self.platform {
             PlatformKind::Snp => snp::check(self),
-            PlatformKind::Simulated => {
+            PlatformKind::Tdx => tdx::check(self),
+            PlatformKind::Simulated | PlatformKind::SimulatedTdx => {
                 let (_, _, measurement) = self.simulated_flags()?;
                 parse_measurement(measurement).map(|_| ())
             }
@@ -203,7 +215,10 @@ impl PlatformArgs {
     pub fn issuer(&self) -> Result<Arc<dyn EvidenceIssuer>, LaunchError> {
         match self.platform {
             PlatformKind::Snp => Ok(Arc::new(snp::issuer(self)?.0)),
-            PlatformKind::Simulated => Ok(self.launch_simulated()?.issuer),
+            PlatformKind::Tdx => tdx::issuer(self),
+            PlatformKind::Simulated | PlatformKind::SimulatedTdx => {
+                Ok(self.launch_simulated()?.issuer)
+            }
         }
     }
 
@@ -213,7 +228,8 @@ impl PlatformArgs {
         own.check(self.platform).map_err(LaunchError::Usage)?;
         match self.platform {
             PlatformKind::Snp => snp::launch(self, own.snp_reference.as_deref()),
-            PlatformKind::Simulated => self.launch_simulated(),
+            PlatformKind::Tdx => tdx::launch(self),
+            PlatformKind::Simulated | PlatformKind::SimulatedTdx => self.launch_simulated(),
         }
     }
 
@@ -253,10 +269,19 @@ impl PlatformArgs {
             .map_err(|e| usage(format!("the policy document: {e}")))?;
         let measurement = parse_measurement(measurement).map_err(usage)?;
         let policy_hash = Hash::of(&policy);
-        let issuer = SimulatedIssuer::new(&root, measurement, *policy_hash.as_bytes())
-            .map_err(|e| usage(format!("cannot start the simulated platform: {e}")))?;
+        let start_err = |e| usage(format!("cannot start the simulated platform: {e}"));
+        let (issuer, tdx): (Arc<dyn EvidenceIssuer>, _) =
+            if self.platform == PlatformKind::SimulatedTdx {
+                let issuer = SimulatedTdxIssuer::new(&root, measurement, *policy_hash.as_bytes())
+                    .map_err(start_err)?;
+                (Arc::new(issuer), vec![simulated_tdx_reference(measurement)])
+            } else {
+                let issuer = SimulatedIssuer::new(&root, measurement, *policy_hash.as_bytes())
+                    .map_err(start_err)?;
+                (Arc::new(issuer), Vec::new())
+            };
         Ok(LaunchedPlatform {
-            issuer: Arc::new(issuer),
+            issuer,
             trust: PlatformTrust {
                 insecure_simulated_root: Some(root.hash()),
             },
@@ -267,6 +292,7 @@ impl PlatformArgs {
                     root: Sha256Hex(root.hash()),
                     trusted_measurements: vec![Measurement(measurement)],
                 }],
+                tdx,
             },
             snp_revocation: self.snp_revocation(),
         })
@@ -277,13 +303,31 @@ impl OwnReferenceArgs {
     /// Checks the flags against the platform, without reading the file.
     pub fn check(&self, platform: PlatformKind) -> Result<(), String> {
         match (platform, &self.snp_reference) {
-            (PlatformKind::Simulated, Some(_)) => Err(
+            (PlatformKind::Tdx, Some(_)) => Err(
+                "--snp-reference is for --platform snp; on TDX the own reference values come from \
+                 this replica's own quote"
+                    .into(),
+            ),
+            (PlatformKind::Simulated | PlatformKind::SimulatedTdx, Some(_)) => Err(
                 "--snp-reference is for --platform snp; on the simulated platform the own reference \
                  values come from --simulated-root and --simulated-measurement"
                     .into(),
             ),
             _ => Ok(()),
         }
+    }
+}
+
+/// The own reference of a simulated TDX replica: its MRTD, Intel's default status (`UpToDate`, what
+/// the simulated hierarchy's TCB info gives), debug off.
+fn simulated_tdx_reference(mrtd: [u8; 48]) -> TdxReference {
+    TdxReference {
+        trusted_mrtd: vec![Measurement(mrtd)],
+        rtmr: None,
+        trusted_mrseam: None,
+        minimum_tee_tcb_svn: None,
+        allowed_tcb_statuses: vec![TdxTcbStatus::UpToDate],
+        allow_debug: false,
     }
 }
 

@@ -100,6 +100,7 @@ fn config_json(args: &Args, members: &Members) -> serde_json::Value {
             "pccs_url": p.pccs_url,
             "tdx_collateral_cache_dir": p.tdx_collateral_cache_dir,
             "tdx_collateral_dir": p.tdx_collateral_dir,
+            "tdx_collateral": p.tdx_collateral,
             "snp_reference": args.own_reference.snp_reference,
         },
         "log_format": args.log_format,

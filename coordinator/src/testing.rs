@@ -61,7 +61,10 @@ impl TestDeployment {
                 "simulated": [{
                     "root": hex::encode(self.root.hash()),
                     "trusted_measurements": [hex::encode(self.measurement)]
-                }]
+                }],
+                // For replicas on simulated TDX evidence (`--platform simulated-tdx`): the same
+                // measurement as MRTD.
+                "tdx": [{ "trusted_mrtd": [hex::encode(self.measurement)] }]
             },
             "workload_owner_keys": owner_keys.iter().map(hex::encode).collect::<Vec<_>>(),
             "seed_share_owners": {

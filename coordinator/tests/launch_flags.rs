@@ -233,3 +233,43 @@ fn check_config_shows_the_revocation_and_tdx_collateral_flags() {
         assert!(stderr.contains(bad[0]), "{stderr}");
     }
 }
+
+#[test]
+fn tdx_needs_its_collateral_and_outside_a_tdx_guest_names_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    // No collateral at all: no file, the PCS off, no operator directory.
+    let out = coordinator(&["--data-dir", data, "--platform", "tdx", "--pccs-url", "off"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--tdx-collateral"), "{stderr}");
+    // The PCS by default: the launch needs this TD's own quote to ask for its FMSPC.
+    let out = coordinator(&["--data-dir", data, "--platform", "tdx"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !std::path::Path::new("/sys/kernel/config/tsm/report").exists() {
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("mount -t configfs"), "{stderr}");
+    }
+    if std::path::Path::new("/sys/kernel/config/tsm/report").exists() {
+        eprintln!("skipped the rest: this machine has configfs-tsm");
+        return;
+    }
+    let collateral = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../attestation/src/tdx/vectors/tdx_quote_collateral.json"
+    );
+    let out = coordinator(&[
+        "--data-dir",
+        data,
+        "--platform",
+        "tdx",
+        "--tdx-collateral",
+        collateral,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no configfs-tsm report interface") && stderr.contains("mount -t configfs"),
+        "{stderr}"
+    );
+}

@@ -8,11 +8,21 @@
 //!
 //! | OID | content |
 //! |---|---|
-//! | `1.3.6.1.4.1.58270.2.1` | platform, UTF8String: `"snp"` or `"simulated"` |
+//! | `1.3.6.1.4.1.58270.2.1` | platform, UTF8String: `"snp"`, `"simulated"` or `"tdx"` |
 //! | `1.3.6.1.4.1.58270.2.2` | launch measurement, OCTET STRING (48 bytes) |
 //! | `1.3.6.1.4.1.58270.2.3` | HOST_DATA: the policy hash, OCTET STRING (32 bytes) |
 //! | `1.3.6.1.4.1.58270.2.4` | chip ID, OCTET STRING (64 bytes; zero for a VLEK-signed report) |
 //! | `1.3.6.1.4.1.58270.2.5.{1,2,3,8,9}` | reported TCB: bootloader, TEE, SNP, microcode, FMC (Turin only), each an INTEGER, numbered as in AMD's VCEK extensions |
+//! | `1.3.6.1.4.1.58270.2.6.{1..4}` | TDX only: RTMR0..RTMR3, OCTET STRING (48 bytes each) |
+//! | `1.3.6.1.4.1.58270.2.6.5` | TDX only: MRSEAM, OCTET STRING (48 bytes) |
+//! | `1.3.6.1.4.1.58270.2.6.6` | TDX only: TEE_TCB_SVN, OCTET STRING (16 bytes) |
+//! | `1.3.6.1.4.1.58270.2.6.7` | TDX only: TD attributes, OCTET STRING (8 bytes, as in the quote) |
+//! | `1.3.6.1.4.1.58270.2.6.8` | TDX only: XFAM, OCTET STRING (8 bytes, as in the quote) |
+//! | `1.3.6.1.4.1.58270.2.6.9` | TDX only: Intel's TCB status, UTF8String (e.g. `UpToDate`) |
+//! | `1.3.6.1.4.1.58270.2.6.10` | TDX only: FMSPC, OCTET STRING (6 bytes) |
+//!
+//! On TDX, `.2` is MRTD and `.3` the policy hash from MRCONFIGID; `.4` and `.5` (SNP's chip ID and
+//! TCB) are absent.
 
 use rcgen::CustomExtension;
 
@@ -22,7 +32,7 @@ pub const CLAIMS_ARC: &[u64] = &[1, 3, 6, 1, 4, 1, 58270, 2];
 /// What the coordinator verified about a workload, to put into its leaf certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttestedClaims {
-    /// `"snp"` or `"simulated"`.
+    /// `"snp"`, `"simulated"` or `"tdx"`.
     pub platform: String,
     /// The launch measurement.
     pub measurement: Vec<u8>,
@@ -32,6 +42,27 @@ pub struct AttestedClaims {
     pub chip_id: Vec<u8>,
     /// The reported TCB.
     pub reported_tcb: TcbClaims,
+    /// On TDX: the quote's claims beyond MRTD and the policy hash.
+    pub tdx: Option<TdxLeafClaims>,
+}
+
+/// The TDX claims a leaf carries (`1.3.6.1.4.1.58270.2.6.*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TdxLeafClaims {
+    /// RTMR0..RTMR3, 48 bytes each.
+    pub rtmr: [Vec<u8>; 4],
+    /// MRSEAM, 48 bytes.
+    pub mrseam: Vec<u8>,
+    /// TEE_TCB_SVN, 16 bytes.
+    pub tee_tcb_svn: Vec<u8>,
+    /// TD attributes, 8 bytes as in the quote.
+    pub td_attributes: Vec<u8>,
+    /// XFAM, 8 bytes as in the quote.
+    pub xfam: Vec<u8>,
+    /// Intel's TCB status.
+    pub tcb_status: String,
+    /// FMSPC, 6 bytes.
+    pub fmspc: Vec<u8>,
 }
 
 /// The reported TCB's components.
@@ -47,6 +78,25 @@ pub struct TcbClaims {
 
 /// The claims as non-critical extensions, in OID order.
 pub fn claim_extensions(claims: &AttestedClaims) -> Vec<CustomExtension> {
+    if let Some(tdx) = &claims.tdx {
+        let mut extensions = vec![
+            extension(&[1], der_tlv(0x0c, claims.platform.as_bytes())),
+            extension(&[2], der_tlv(0x04, &claims.measurement)),
+            extension(&[3], der_tlv(0x04, &claims.host_data)),
+        ];
+        for (n, rtmr) in (1..).zip(&tdx.rtmr) {
+            extensions.push(extension(&[6, n], der_tlv(0x04, rtmr)));
+        }
+        extensions.extend([
+            extension(&[6, 5], der_tlv(0x04, &tdx.mrseam)),
+            extension(&[6, 6], der_tlv(0x04, &tdx.tee_tcb_svn)),
+            extension(&[6, 7], der_tlv(0x04, &tdx.td_attributes)),
+            extension(&[6, 8], der_tlv(0x04, &tdx.xfam)),
+            extension(&[6, 9], der_tlv(0x0c, tdx.tcb_status.as_bytes())),
+            extension(&[6, 10], der_tlv(0x04, &tdx.fmspc)),
+        ]);
+        return extensions;
+    }
     let tcb = claims.reported_tcb;
     let mut components = vec![
         (1, tcb.bootloader),
@@ -125,7 +175,56 @@ mod tests {
                 microcode: 209,
                 fmc,
             },
+            tdx: None,
         }
+    }
+
+    #[test]
+    fn a_tdx_leaf_carries_the_tdx_claims_and_no_snp_ones() {
+        use crate::testing::{fixed_now, golden_engine};
+        let root =
+            crate::RootCa::create(&golden_engine().root_ca_key().unwrap(), fixed_now()).unwrap();
+        let mesh = crate::MeshCa::generate(&root, fixed_now()).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
+        let mut c = claims(None);
+        c.platform = "tdx".into();
+        c.tdx = Some(TdxLeafClaims {
+            rtmr: [vec![1; 48], vec![2; 48], vec![3; 48], vec![4; 48]],
+            mrseam: vec![5; 48],
+            tee_tcb_svn: vec![6; 16],
+            td_attributes: vec![0, 0, 0, 0x10, 0, 0, 0, 0],
+            xfam: vec![0xe7, 2, 6, 0, 0, 0, 0, 0],
+            tcb_status: "UpToDate".into(),
+            fmspc: vec![0xb0, 0xc0, 0x6f, 0, 0, 0],
+        });
+        let leaf = mesh
+            .issue_attested(&spki, "web", &[], &c, fixed_now())
+            .unwrap();
+        let (_, cert) = X509Certificate::from_der(&leaf.der).unwrap();
+        let find = |suffix: &str| {
+            let oid = format!("1.3.6.1.4.1.58270.2.{suffix}");
+            cert.extensions()
+                .iter()
+                .find(|e| e.oid.to_id_string() == oid)
+                .map(|e| {
+                    assert!(!e.critical);
+                    e.value.to_vec()
+                })
+        };
+        assert_eq!(find("1").unwrap(), [&[0x0c, 3][..], b"tdx"].concat());
+        assert_eq!(find("2").unwrap(), [&[0x04, 48][..], &[0x4d; 48]].concat());
+        assert_eq!(find("6.1").unwrap(), [&[0x04, 48][..], &[1; 48]].concat());
+        assert_eq!(find("6.4").unwrap(), [&[0x04, 48][..], &[4; 48]].concat());
+        assert_eq!(find("6.5").unwrap(), [&[0x04, 48][..], &[5; 48]].concat());
+        assert_eq!(find("6.6").unwrap(), [&[0x04, 16][..], &[6; 16]].concat());
+        assert_eq!(find("6.7").unwrap()[..2], [0x04, 8]);
+        assert_eq!(find("6.9").unwrap(), [&[0x0c, 8][..], b"UpToDate"].concat());
+        assert_eq!(
+            find("6.10").unwrap(),
+            vec![0x04, 6, 0xb0, 0xc0, 0x6f, 0, 0, 0]
+        );
+        assert!(find("4").is_none() && find("5.1").is_none());
     }
 
     /// Read back by x509-parser (not the writer), every claim is where the table says, non-critical.

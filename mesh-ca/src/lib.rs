@@ -27,7 +27,7 @@ pub mod submission;
 mod testing;
 
 pub use ca::{IssuedCert, MeshCa, RootCa, check_subject_alt_name};
-pub use claims::{AttestedClaims, TcbClaims};
+pub use claims::{AttestedClaims, TcbClaims, TdxLeafClaims};
 pub use error::MeshCaError;
 pub use seed::{Salt, Seed, SeedEngine};
 pub use shares::{

@@ -183,6 +183,39 @@ def main():
         print("FAIL omitted optional reference value members rejected")
         failures += 1
 
+    # reference_values.tdx (issue 10): the normative field names, and what the schema refuses.
+    tdx_entry = {
+        "trusted_mrtd": ["ab" * 48],
+        "rtmr": {"0": ["cd" * 48], "3": ["EF" * 48]},
+        "trusted_mrseam": ["01" * 48],
+        "minimum_tee_tcb_svn": "06010300000000000000000000000000",
+        "allowed_tcb_statuses": ["UpToDate", "SWHardeningNeeded"],
+        "allow_debug": False,
+    }
+    with_tdx = copy.deepcopy(example)
+    with_tdx["reference_values"]["tdx"] = [tdx_entry, {"trusted_mrtd": ["ab" * 48]}]
+    if validator.is_valid(with_tdx):
+        print("ok   a manifest with reference_values.tdx is valid")
+    else:
+        print("FAIL a manifest with reference_values.tdx rejected")
+        failures += 1
+    for description, change in [
+        ("tdx: Revoked among the allowed statuses", lambda e: e["allowed_tcb_statuses"].append("Revoked")),
+        ("tdx: RTMR index 4", lambda e: e["rtmr"].update({"4": ["00" * 48]})),
+        ("tdx: short MRTD", lambda e: e["trusted_mrtd"].append("00" * 32)),
+        ("tdx: short TEE TCB SVN", lambda e: e.update(minimum_tee_tcb_svn="00" * 8)),
+        ("tdx: unknown field", lambda e: e.update(mrtd=["ab" * 48])),
+        ("tdx: no trusted_mrtd", lambda e: e.pop("trusted_mrtd")),
+        ("tdx: empty allowed statuses", lambda e: e.update(allowed_tcb_statuses=[])),
+    ]:
+        manifest = copy.deepcopy(with_tdx)
+        change(manifest["reference_values"]["tdx"][0])
+        if validator.is_valid(manifest):
+            print(f"FAIL accepted: {description}")
+            failures += 1
+        else:
+            print(f"ok   rejected: {description}")
+
     # A minimal, final manifest must stay valid.
     minimal = {
         "policies": {},

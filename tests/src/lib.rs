@@ -25,6 +25,8 @@ pub const MEASUREMENT_HEX: &str = "4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4
 pub struct Env {
     pub dir: TempDir,
     pub d: TestDeployment,
+    /// Processes attest with simulated Intel TDX quotes (`--platform simulated-tdx`).
+    pub tdx: bool,
 }
 
 impl Env {
@@ -37,7 +39,7 @@ impl Env {
             dir.disable_cleanup(true);
             eprintln!("keeping the test directory {}", dir.path().display());
         }
-        let env = Env { dir, d };
+        let env = Env { dir, d, tdx: false };
         env.d.root.save(&env.path("sim-root")).expect("save root");
         std::fs::write(env.path("coordinator.policy"), &env.d.coordinator_policy).unwrap();
         std::fs::write(env.path("web.policy"), &env.d.workload_policy).unwrap();
@@ -57,6 +59,14 @@ impl Env {
         env
     }
 
+    /// [`Env::new`] whose coordinators and initializers attest with simulated Intel TDX quotes.
+    pub fn new_tdx() -> Env {
+        Env {
+            tdx: true,
+            ..Env::new()
+        }
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -74,6 +84,7 @@ impl Env {
             policy: self.path(policy_file),
             measurement_hex: MEASUREMENT_HEX.into(),
             deployment_id: None,
+            tdx: self.tdx,
         }
     }
 

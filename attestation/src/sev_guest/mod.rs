@@ -16,4 +16,4 @@ pub use device::SevGuestDevice;
 pub use device::{GuestDevice, SEV_GUEST_DEVICE, check_device_path};
 pub use issuer::SevGuestIssuer;
 pub use signers::RetryBackoff;
-pub use tsm::{TSM_REPORT_DIR, TsmReports};
+pub use tsm::{TSM_REPORT_DIR, TsmProvider, TsmReports};

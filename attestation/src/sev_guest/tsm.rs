@@ -1,7 +1,9 @@
 //! Extended reports through the kernel's configfs-tsm interface (Linux 6.7 and later), in safe code.
 //!
 //! Owns one request: make a report entry under `/sys/kernel/config/tsm/report/` with a random name,
-//! check its provider is `sev_guest`, write the VMPL (`privlevel`) and the report data (`inblob`),
+//! check its provider is the expected one ([`TsmProvider`]: `sev_guest` for SEV-SNP, `tdx_guest` for
+//! Intel TDX, the kernel's one report ABI for both), write the VMPL (`privlevel`, SNP only) and the
+//! report data (`inblob`),
 //! read the report (`outblob`) and the host's certificate table as raw bytes (`auxblob`), check that
 //! no other writer changed the entry meanwhile (`generation`), and remove the entry. Every read is
 //! bounded ([`crate::files::read_regular_file`]). It must never interpret the table: the raw bytes go
@@ -19,12 +21,32 @@ use crate::files::{FileError, read_regular_file};
 /// Where Linux puts the configfs-tsm report entries.
 pub const TSM_REPORT_DIR: &str = "/sys/kernel/config/tsm/report";
 
-/// The report: 1184 bytes; a page is more than any provider writes.
-const MAX_OUTBLOB: usize = 16 * 1024;
+/// The SNP report: 1184 bytes; a TDX quote with its PEM chain about 5 KiB. 64 KiB is more than
+/// any provider writes.
+const MAX_OUTBLOB: usize = 64 * 1024;
 /// Linux hands at most 16 KiB of certificate table to the guest; the parser refuses above 64 KiB.
 const MAX_AUXBLOB: usize = crate::vcek::MAX_TABLE_LEN;
 /// `provider` and `generation` are one short line each.
 const MAX_ATTRIBUTE: usize = 4096;
+
+/// The kernel driver behind a configfs-tsm report entry (its `provider` attribute).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TsmProvider {
+    /// AMD SEV-SNP (`sev_guest`): `outblob` is the 1184-byte report, `auxblob` the host's table.
+    SevGuest,
+    /// Intel TDX (`tdx_guest`): `outblob` is the quote (from the host's quoting service).
+    TdxGuest,
+}
+
+impl TsmProvider {
+    /// The `provider` attribute's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SevGuest => "sev_guest",
+            Self::TdxGuest => "tdx_guest",
+        }
+    }
+}
 
 /// The configfs-tsm report interface, in `root` (normally [`TSM_REPORT_DIR`]).
 #[derive(Debug, Clone)]
@@ -57,12 +79,38 @@ impl TsmReports {
         })
     }
 
-    /// The report for `report_data` at VMPL `vmpl`, and the host's certificate table (raw; `None`
-    /// when the host gave none). The error says which step failed.
+    /// Tests only: the interface at `root`, with `populate` playing the kernel's part in each entry.
+    #[cfg(test)]
+    pub(crate) fn stand_in(root: &Path, populate: fn(&Path)) -> Self {
+        Self {
+            root: root.to_path_buf(),
+            populate: Some(populate),
+        }
+    }
+
+    /// The SEV-SNP report for `report_data` at VMPL `vmpl`, and the host's certificate table (raw;
+    /// `None` when the host gave none). The error says which step failed.
     pub fn request(
         &self,
         report_data: &[u8; 64],
         vmpl: u32,
+    ) -> Result<(Vec<u8>, Option<Vec<u8>>), String> {
+        self.request_from(TsmProvider::SevGuest, report_data, Some(vmpl))
+    }
+
+    /// The TDX quote for `report_data` (REPORTDATA). The error says which step failed.
+    pub fn request_tdx_quote(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, String> {
+        self.request_from(TsmProvider::TdxGuest, report_data, None)
+            .map(|(quote, _)| quote)
+    }
+
+    /// One request to `provider`: `privlevel` written when `vmpl` is given (SNP), `inblob`, then
+    /// `outblob` and `auxblob` read between two equal `generation`s.
+    fn request_from(
+        &self,
+        provider: TsmProvider,
+        report_data: &[u8; 64],
+        vmpl: Option<u32>,
     ) -> Result<(Vec<u8>, Option<Vec<u8>>), String> {
         let mut name = [0u8; 16];
         rand::rngs::OsRng
@@ -76,14 +124,17 @@ impl TsmReports {
         if let Some(populate) = self.populate {
             populate(&entry.0);
         }
-        let provider = read_attribute(&entry.0, "provider", MAX_ATTRIBUTE)?;
-        if provider.trim_ascii() != b"sev_guest" {
+        let found = read_attribute(&entry.0, "provider", MAX_ATTRIBUTE)?;
+        if found.trim_ascii() != provider.as_str().as_bytes() {
             return Err(format!(
-                "the configfs-tsm provider is {:?}, not sev_guest",
-                String::from_utf8_lossy(provider.trim_ascii())
+                "the configfs-tsm provider is {:?}, not {}",
+                String::from_utf8_lossy(found.trim_ascii()),
+                provider.as_str()
             ));
         }
-        write_attribute(&entry.0, "privlevel", vmpl.to_string().as_bytes())?;
+        if let Some(vmpl) = vmpl {
+            write_attribute(&entry.0, "privlevel", vmpl.to_string().as_bytes())?;
+        }
         write_attribute(&entry.0, "inblob", report_data)?;
         let before = read_attribute(&entry.0, "generation", MAX_ATTRIBUTE)?;
         let report = read_attribute(&entry.0, "outblob", MAX_OUTBLOB)?;
@@ -172,6 +223,37 @@ mod tests {
             std::fs::write(entry.join("auxblob"), b"").unwrap();
         });
         assert_eq!(tsm.request(&[0; 64], 0).unwrap().1, None);
+    }
+
+    fn tdx_guest(entry: &Path) {
+        std::fs::write(entry.join("provider"), "tdx_guest\n").unwrap();
+        std::fs::write(entry.join("generation"), "1\n").unwrap();
+        std::fs::write(entry.join("outblob"), [0x44; 5006]).unwrap();
+    }
+
+    #[test]
+    fn a_tdx_quote_is_read_from_the_tdx_guest_provider() {
+        let (dir, tsm) = stand_in(tdx_guest);
+        assert_eq!(
+            tsm.request_tdx_quote(&[0xCD; 64]).unwrap(),
+            vec![0x44; 5006]
+        );
+        // A plain directory keeps the entry (configfs would remove it): REPORTDATA was written, and
+        // no privlevel (TDX has no VMPL).
+        let entry = std::fs::read_dir(dir.path())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        assert_eq!(std::fs::read(entry.join("inblob")).unwrap(), vec![0xCD; 64]);
+        assert!(!entry.join("privlevel").exists());
+        // An SNP request to a TDX provider and a TDX request to an SNP provider are refused.
+        let err = tsm.request(&[0; 64], 0).unwrap_err();
+        assert!(err.contains("\"tdx_guest\", not sev_guest"), "{err}");
+        let (_dir, snp) = stand_in(sev_guest);
+        let err = snp.request_tdx_quote(&[0; 64]).unwrap_err();
+        assert!(err.contains("\"sev_guest\", not tdx_guest"), "{err}");
     }
 
     #[test]

@@ -141,6 +141,7 @@ impl Vector {
         ReferenceValues {
             snp: vec![self.reference()],
             simulated: vec![],
+            tdx: vec![],
         }
     }
 }

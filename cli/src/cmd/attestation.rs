@@ -1,16 +1,18 @@
 //! `concord attestation ...`: attestation tools. `sim-root` makes the INSECURE simulated root a
 //! deployment without SEV-SNP (CI, laptops, the demo) attests with; `verify-report` checks a real
 //! SEV-SNP report offline, with the same verifier the coordinator uses, and prints the verdict
-//! and the report's claims as one JSON object.
+//! and the report's claims as one JSON object; `verify-quote` does the same for an Intel TDX quote
+//! with Intel's collateral.
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use clap::{Args, Subcommand};
 use concord_attestation::snp::{SignerKind, SnpRevocation, reported_product};
+use concord_attestation::tdx;
 use concord_attestation::{
     AttestationError, Evidence, GuestPolicy, Platform, PlatformTrust, Product, ReferenceValues,
-    Report, SimulatedRoot, SnpReference, Tcb, VerifiedReport, Verifier,
+    Report, SimulatedRoot, SnpReference, Tcb, TdxReference, VerifiedReport, Verifier,
 };
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -28,6 +30,49 @@ pub enum Attestation {
     /// Verify a raw AMD SEV-SNP report offline against one reference values entry.
     #[command(long_about = VERIFY_REPORT_ABOUT)]
     VerifyReport(VerifyReport),
+    /// Verify a raw Intel TDX quote offline with Intel's collateral against one reference values entry.
+    #[command(long_about = VERIFY_QUOTE_ABOUT)]
+    VerifyQuote(VerifyQuote),
+}
+
+const VERIFY_QUOTE_ABOUT: &str = "\
+Verify a raw Intel TDX quote (version 4 or 5, ECDSA-256 attestation key) offline with Intel's collateral \
+against one reference_values.tdx entry, with the verifier the coordinator uses: the PCK chain to Intel's \
+pinned SGX Root CA with the root CA CRL and the PCK CRL, TCB info and QE identity (signatures, chains, \
+FMSPC, issueDate..nextUpdate at --at), the QE report and its binding of the attestation key, the quote \
+signature, Intel's TCB status against allowed_tcb_statuses, MRTD, the RTMRs, MRSEAM, the TEE TCB SVN \
+minimum, the debug attribute, and (with --report-data) the report data.
+
+MRCONFIGID is checked to be 32 bytes then 16 zero bytes, but the 32 bytes may be any policy hash (the \
+tool has no manifest to look policies up in). Without --report-data, report_data is not checked either. \
+The JSON names what was not checked under \"unchecked\".
+
+Prints one JSON object: \"accepted\", \"reason\" and \"reason_code\" when rejected, \"unchecked\", \"at\", and \
+\"claims\" (what the quote says; verified only when accepted; fmspc and tcb_status are null unless \
+Intel's checks passed). Exit codes: 0 accepted, 3 rejected (including a truncated quote or one of an \
+unknown version), 1 when an input cannot be read (a missing file, collateral or reference JSON that does \
+not parse, a bad --at or --report-data).";
+
+#[derive(Debug, Args)]
+pub struct VerifyQuote {
+    /// The raw TDX quote, as the guest's configfs-tsm report (outblob) or the QGS returns it.
+    #[arg(long, value_name = "FILE")]
+    quote: PathBuf,
+    /// Intel's collateral for the quote: a JSON file with the PCS v4 fields (pck_crl_issuer_chain,
+    /// root_ca_crl, pck_crl, tcb_info_issuer_chain, tcb_info, tcb_info_signature,
+    /// qe_identity_issuer_chain, qe_identity, qe_identity_signature; docs/PROTOCOL.md).
+    #[arg(long, value_name = "FILE")]
+    collateral: PathBuf,
+    /// A JSON file holding ONE entry of the manifest's reference_values.tdx (docs/MANIFEST.md),
+    /// parsed as strictly as in a manifest.
+    #[arg(long, value_name = "FILE")]
+    reference: PathBuf,
+    /// Time of check for the collateral, certificates and CRLs, RFC 3339. Default: now.
+    #[arg(long, value_name = "RFC3339")]
+    at: Option<String>,
+    /// The expected report_data, 64 bytes as 128 hex digits. Without it, report_data is NOT checked.
+    #[arg(long, value_name = "HEX")]
+    report_data: Option<String>,
 }
 
 const VERIFY_REPORT_ABOUT: &str = "\
@@ -109,6 +154,7 @@ pub fn run(cmd: Attestation) -> CliResult {
     match cmd {
         Attestation::SimRoot { out } => sim_root(&out),
         Attestation::VerifyReport(args) => verify_report(&args),
+        Attestation::VerifyQuote(args) => verify_quote(&args),
     }
 }
 
@@ -169,6 +215,7 @@ fn verify_report(args: &VerifyReport) -> CliResult {
     let reference = ReferenceValues {
         snp: vec![entry.clone()],
         simulated: vec![],
+        tdx: vec![],
     };
     let result = Verifier::new(PlatformTrust::default())
         .with_snp_revocation(revocation)
@@ -201,6 +248,89 @@ fn verify_report(args: &VerifyReport) -> CliResult {
             args.report.display()
         ))),
     }
+}
+
+fn verify_quote(args: &VerifyQuote) -> CliResult {
+    // Every input is read before anything is verified: an unreadable input is exit 1, not a verdict.
+    let quote = read_file(&args.quote, Limit::ATTESTATION)?;
+    let collateral_bytes = read_file(&args.collateral, Limit::ATTESTATION)?;
+    let collateral = tdx::Collateral::from_json(&collateral_bytes).map_err(|e| {
+        CliError::error(format!(
+            "{}: not TDX collateral in Intel's PCS v4 layout (docs/PROTOCOL.md): {e}",
+            args.collateral.display()
+        ))
+    })?;
+    let entry = read_tdx_reference(&args.reference)?;
+    let at = parse_at(args.at.as_deref())?;
+    let expected_report_data = parse_report_data(args.report_data.as_deref())?;
+
+    let unverified = tdx::Quote::parse(&quote).ok();
+    // As verify-report: without --report-data the quote's own value is expected (a vacuous check,
+    // named under "unchecked").
+    let report_data = match (expected_report_data, &unverified) {
+        (Some(expected), _) => expected,
+        (None, Some(q)) => q.report.report_data,
+        (None, None) => [0; 64],
+    };
+    let result = tdx::verify(
+        &quote,
+        &collateral,
+        std::slice::from_ref(&entry),
+        &tdx::Expectations {
+            report_data: &report_data,
+            accept_policy_hash: &|_| true,
+            now: at,
+        },
+    );
+
+    let mut unchecked = vec!["mrconfigid_policy_hash"];
+    if expected_report_data.is_none() {
+        unchecked.push("report_data");
+    }
+    let mut out = json!({ "accepted": result.is_ok(), "unchecked": unchecked, "at": rfc3339(at) });
+    if let Err(error) = &result {
+        out["reason"] = json!(error.to_string());
+        out["reason_code"] = json!(reason_code(error));
+    }
+    let claims = match &result {
+        Ok(verified) => Some(verified.claims()),
+        Err(_) => tdx::read_claims(&quote),
+    };
+    if let Some(claims) = claims {
+        out["claims"] = json!(claims);
+    }
+    println!("{out:#}");
+
+    match result {
+        Ok(_) => Ok(()),
+        Err(AttestationError::Config(message)) => Err(CliError::error(format!(
+            "cannot verify: the attestation configuration is broken: {message}"
+        ))),
+        Err(error) => Err(CliError::verification(format!(
+            "{}: {error}",
+            args.quote.display()
+        ))),
+    }
+}
+
+/// One `reference_values.tdx` entry, strictly parsed and validated as in a manifest.
+fn read_tdx_reference(path: &Path) -> CliResult<TdxReference> {
+    let bytes = read_file(path, Limit::ATTESTATION)?;
+    let entry: TdxReference = serde_json::from_slice(&bytes).map_err(|e| {
+        CliError::error(format!(
+            "{}: not one reference_values.tdx entry (docs/MANIFEST.md): {e}",
+            path.display()
+        ))
+    })?;
+    let one = ReferenceValues {
+        tdx: vec![entry.clone()],
+        ..ReferenceValues::default()
+    };
+    one.validate().map_err(|e| {
+        let e = e.replace("reference_values.tdx[0]: ", "");
+        CliError::error(format!("{}: {e}", path.display()))
+    })?;
+    Ok(entry)
 }
 
 /// The certificates of a DER file (one) or a PEM file (every CERTIFICATE block, signer first),
@@ -268,6 +398,7 @@ fn read_reference(path: &Path) -> CliResult<SnpReference> {
     let one = ReferenceValues {
         snp: vec![entry.clone()],
         simulated: vec![],
+        tdx: vec![],
     };
     one.validate().map_err(|e| {
         let e = e.replace("reference_values.snp[0]: ", "");

@@ -23,6 +23,19 @@ pub struct Demo {
     /// Where to put everything (default: a new temporary directory, kept).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// The simulated evidence the processes attest with: SNP-shaped reports (`simulated`) or Intel
+    /// TDX quotes with Intel's collateral layout (`tdx`). Both INSECURE.
+    #[arg(long, value_enum, default_value = "simulated")]
+    pub platform: DemoPlatform,
+}
+
+/// What the demo's processes attest with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoPlatform {
+    /// Simulated SEV-SNP-shaped reports.
+    Simulated,
+    /// Simulated Intel TDX quotes (`--platform simulated-tdx`).
+    Tdx,
 }
 
 /// The launch measurement every process of the demo claims (simulated).
@@ -69,7 +82,9 @@ fn manifest_json(
             web.to_hex(): { "name": "web", "sans": sans, "workload_secret_id": "default/web" }
         },
         "reference_values": {
-            "simulated": [{ "root": root, "trusted_measurements": [MEASUREMENT] }]
+            "simulated": [{ "root": root, "trusted_measurements": [MEASUREMENT] }],
+            // With `--platform tdx` the processes quote MEASUREMENT as their MRTD.
+            "tdx": [{ "trusted_mrtd": [MEASUREMENT] }]
         },
         "workload_owner_keys": [owner],
         "seed_share_owners": { "threshold": 2, "keys": shares }
@@ -97,6 +112,11 @@ pub async fn run(args: Demo) -> CliResult {
     };
     eprintln!("Concord demo in {}", dir.display());
     eprintln!("INSECURE: simulated attestation: this demo runs without SEV-SNP hardware");
+    if args.platform == DemoPlatform::Tdx {
+        eprintln!(
+            "the processes attest with simulated Intel TDX quotes (--platform simulated-tdx)"
+        );
+    }
 
     s.step("make the simulated platform root, the policies, the owner key and three seed share owner keys");
     let root_dir = dir.join("platform/sim-root");
@@ -161,6 +181,7 @@ pub async fn run(args: Demo) -> CliResult {
         policy: coordinator_policy.clone(),
         measurement_hex: MEASUREMENT.into(),
         deployment_id: Some(deployment.clone()),
+        tdx: args.platform == DemoPlatform::Tdx,
     };
     let mut cluster = Cluster::start(&dir, &flags, root.hash(), &manifest_v1)?;
     let result = async {
@@ -172,6 +193,7 @@ pub async fn run(args: Demo) -> CliResult {
             manifest_v1: &manifest_v1,
             manifest_v2: &dir.join("manifest-v2.json"),
             deployment: &deployment,
+            tdx: args.platform == DemoPlatform::Tdx,
         };
         write_file(
             ctx.manifest_v2,
@@ -237,6 +259,8 @@ struct Ctx<'a> {
     manifest_v2: &'a Path,
     /// The deployment id (hex) every replica, the initializer and the CLI are pinned to.
     deployment: &'a str,
+    /// The processes attest with simulated TDX quotes.
+    tdx: bool,
 }
 
 /// The demo's replicas, and an attested view of their status.
@@ -503,6 +527,7 @@ fn initializer(ctx: &Ctx<'_>, node: &CoordinatorProcess) -> CliResult {
         policy: ctx.web_policy.to_path_buf(),
         measurement_hex: MEASUREMENT.into(),
         deployment_id: Some(ctx.deployment.to_string()),
+        tdx: ctx.tdx,
     };
     let log = ctx.dir.join("logs/initializer-web.log");
     let log_file = std::fs::File::create(&log)

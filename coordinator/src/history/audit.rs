@@ -305,6 +305,7 @@ fn check_evidence(
     let platform = match e.platform.as_str() {
         "snp" => Platform::Snp,
         "simulated" => Platform::Simulated,
+        "tdx" => Platform::Tdx,
         other => return Err(malformed("platform", format!("unknown platform {other:?}"))),
     };
     let report = STANDARD

@@ -127,6 +127,7 @@ fn read_reference(path: &Path) -> Result<SnpReference, LaunchError> {
     ReferenceValues {
         snp: vec![entry.clone()],
         simulated: vec![],
+        tdx: vec![],
     }
     .validate()
     .map_err(usage)?;
@@ -164,6 +165,7 @@ pub fn own_snp_reference(
     Ok(ReferenceValues {
         snp: entries,
         simulated: vec![],
+        tdx: vec![],
     })
 }
 

@@ -801,6 +801,23 @@ fn leaf_claims(report: &VerifiedReport) -> concord_mesh_ca::AttestedClaims {
             microcode: tcb.microcode,
             fmc: tcb.fmc,
         },
+        tdx: report.tdx_claims().map(|t| {
+            let bytes = |h: &str| hex::decode(h).unwrap_or_default();
+            concord_mesh_ca::TdxLeafClaims {
+                rtmr: [
+                    bytes(&t.rtmr0),
+                    bytes(&t.rtmr1),
+                    bytes(&t.rtmr2),
+                    bytes(&t.rtmr3),
+                ],
+                mrseam: bytes(&t.mrseam),
+                tee_tcb_svn: bytes(&t.tee_tcb_svn),
+                td_attributes: bytes(&t.td_attributes),
+                xfam: bytes(&t.xfam),
+                tcb_status: t.tcb_status.clone().unwrap_or_default(),
+                fmspc: t.fmspc.as_deref().map(bytes).unwrap_or_default(),
+            }
+        }),
     }
 }
 

@@ -53,7 +53,9 @@ impl AcceptPolicy for Accepting {
         }
         let now = match evidence.platform {
             Platform::Snp => times::snp(),
-            Platform::Simulated => times::simulated(),
+            // TDX evidence: no tdx entry here, so it is refused before its quote is read (a TDX
+            // fuzz target is not written yet).
+            Platform::Simulated | Platform::Tdx => times::simulated(),
         };
         Verifier::new(PlatformTrust {
             insecure_simulated_root: root,

@@ -69,5 +69,6 @@ pub(crate) fn accepting(report: &[u8]) -> ReferenceValues {
             .map(entry)
             .collect(),
         simulated: vec![],
+        tdx: vec![],
     }
 }

@@ -155,6 +155,12 @@ fn run(mode: &Mode, etcd: Option<&Path>) -> Vec<Row> {
             runtime.block_on(transit::replica(&env, mode.mesh_clients, mode.mesh_window))?;
         Ok((encrypt, decrypt, aes))
     });
+    let mesh_tdx = guarded("NewMeshCert throughput on TDX", || {
+        let env = concord_tests::Env::new_tdx();
+        let crypto = mesh::crypto_alone(&env, mode.crypto_window)?;
+        let replica = runtime.block_on(mesh::replica(&env, mode.mesh_clients, mode.mesh_window))?;
+        Ok((replica, crypto))
+    });
 
     let mut rows = Vec::new();
     push(
@@ -225,7 +231,14 @@ fn run(mode: &Mode, etcd: Option<&Path>) -> Vec<Row> {
         &mut rows,
         "NewMeshCert",
         mesh.as_ref()
-            .map(|(replica, crypto)| mesh::rows(replica, crypto, mode.mesh_clients)),
+            .map(|(replica, crypto)| mesh::rows(replica, crypto, mode.mesh_clients, false)),
+    );
+    push(
+        &mut rows,
+        "NewMeshCert on TDX",
+        mesh_tdx
+            .as_ref()
+            .map(|(replica, crypto)| mesh::rows(replica, crypto, mode.mesh_clients, true)),
     );
     push(
         &mut rows,

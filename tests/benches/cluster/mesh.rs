@@ -9,6 +9,11 @@
 //! attestation and mesh-ca crates expose it: verifying the workload's evidence against the manifest
 //! (`Verifier::verify`) and signing its leaf (`MeshCa::issue`).
 //!
+//! On TDX (`Env::new_tdx`: the replica on `--platform simulated-tdx`, the workloads sending simulated
+//! TDX quotes with their collateral), the same two rows measure the path with TDX verification:
+//! every quote is checked with its collateral (PCK chain and CRLs, TCB info and QE identity, QE
+//! report, quote signature, TCB level), the collateral coming with the evidence (no fetch).
+//!
 //! Both are also counted per second of CPU time (the replica's process, the crypto's thread), which
 //! the workloads' and other programs' use of the cores does not skew: the target compares those.
 
@@ -57,7 +62,7 @@ pub async fn replica(env: &Env, clients: usize, window: Duration) -> Result<Issu
     let policy = Arc::new(
         concord_cli::remote::coordinator_policy(&manifest, trust).map_err(|e| e.to_string())?,
     );
-    let issuer: Arc<dyn EvidenceIssuer> = Arc::new(env.d.issuer(&env.d.workload_policy));
+    let issuer = workload_issuer(env)?;
     let start = Instant::now();
     let (open, close) = (start + WARMUP, start + WARMUP + window);
     let mut tasks = Vec::new();
@@ -150,6 +155,21 @@ async fn workload(
     Ok(counted)
 }
 
+/// The workloads' issuer: simulated SNP-shaped reports, or simulated TDX quotes on a TDX `env`.
+fn workload_issuer(env: &Env) -> Result<Arc<dyn EvidenceIssuer>, String> {
+    if env.tdx {
+        let issuer = concord_attestation::simulated::SimulatedTdxIssuer::new(
+            &env.d.root,
+            env.d.measurement,
+            *env.d.workload_policy_hash().as_bytes(),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(Arc::new(issuer))
+    } else {
+        Ok(Arc::new(env.d.issuer(&env.d.workload_policy)))
+    }
+}
+
 /// What the crypto alone did.
 pub struct Crypto {
     /// Issuances per second of the window, on one thread.
@@ -178,7 +198,7 @@ pub fn crypto_alone(env: &Env, window: Duration) -> Result<Crypto, String> {
     let spki = key.subject_public_key_info();
 
     // Evidence as workloads send it, made beforehand: making it is the workload's work.
-    let issuer = env.d.issuer(&env.d.workload_policy);
+    let issuer = workload_issuer(env)?;
     let evidence = (0..32u8)
         .map(|i| {
             let report_data = binding(
@@ -222,8 +242,9 @@ pub fn crypto_alone(env: &Env, window: Duration) -> Result<Crypto, String> {
 /// time against the crypto's per second of its thread's. The workloads share the cores with the
 /// replica (and other builds may too), so the certificates per wall-clock second, shown beside,
 /// say as much about the machine as about the replica.
-pub fn rows(replica: &Issued, crypto: &Crypto, clients: usize) -> Vec<Row> {
-    let what = format!("NewMeshCert, 1 replica, {clients} workloads");
+pub fn rows(replica: &Issued, crypto: &Crypto, clients: usize, tdx: bool) -> Vec<Row> {
+    let platform = if tdx { " (TDX quotes)" } else { "" };
+    let what = format!("NewMeshCert{platform}, 1 replica, {clients} workloads");
     let per_cpu = replica.per_second / replica.cores.max(0.01);
     vec![
         Row::new(
