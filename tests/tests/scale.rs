@@ -300,14 +300,56 @@ async fn set_with_retries(
     }
 }
 
-/// Resident set size of a process, from /proc.
-fn rss_mib(pid: u32) -> f64 {
+/// A field of /proc/PID/status in MiB: `VmRSS` (resident now) or `VmHWM` (the peak since start).
+fn status_mib(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// The chart's memory limit for a replica (`resources.limits.memory` in charts/concord/values.yaml),
+/// in MiB: read from the chart so that the test and the chart cannot drift apart.
+fn chart_memory_limit_mib() -> f64 {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/concord/values.yaml");
+    let values = std::fs::read_to_string(path).unwrap();
+    let mut lines = values.lines().skip_while(|l| !l.starts_with("resources:"));
+    let mut in_limits = false;
+    for line in lines.by_ref().skip(1) {
+        if !line.starts_with(' ') && !line.trim().is_empty() {
+            break;
+        }
+        match line.trim() {
+            "limits:" => in_limits = true,
+            l if in_limits && l.starts_with("memory:") => {
+                let v = l.trim_start_matches("memory:").trim();
+                let mib = v.strip_suffix("Mi").map(|n| n.parse::<f64>().unwrap());
+                let gib = v.strip_suffix("Gi").map(|n| n.parse::<f64>().unwrap() * 1024.0);
+                return mib.or(gib).unwrap_or_else(|| panic!("memory limit {v:?}: not Mi or Gi"));
+            }
+            _ => {}
+        }
+    }
+    panic!("no resources.limits.memory in {path}");
+}
+
+/// Prints every replica's resident set now and its peak since it started, after `step`; returns the
+/// largest peak, in MiB.
+fn report_rss<'a>(
+    step: &str,
+    cluster: impl IntoIterator<Item = &'a concord_cli::process::CoordinatorProcess>,
+) -> f64 {
+    let mut peak: f64 = 0.0;
+    let mut line = format!("RSS after {step}:");
+    for c in cluster {
+        let (now, hwm) = (status_mib(c.pid(), "VmRSS"), status_mib(c.pid(), "VmHWM"));
+        line += &format!(" replica {} {now:.0} MiB (peak {hwm:.0})", c.node_id);
+        peak = peak.max(hwm);
+    }
+    eprintln!("{line}");
+    peak
 }
 
 /// Waits until replica `c` is ready with `transitions` transitions; the time it took.
@@ -337,8 +379,9 @@ async fn caught_up(
 
 /// A history of `n` manifests of about 100 KB on three replicas while one of them is stopped; then
 /// `concord verify`, `concord history audit`, the stopped replica catching up, and a leader kill after
-/// which the next SetManifest is acknowledged.
-async fn large_history(n: usize, catch_up_within: Duration) {
+/// which the next SetManifest is acknowledged. No replica's peak resident set (VmHWM, which counts
+/// every transient copy) may reach `rss_bound_mib` at any of those steps.
+async fn large_history(n: usize, catch_up_within: Duration, rss_bound_mib: f64) {
     let env = Env::new();
     let mut cluster = env.start_cluster(3);
     let out = env.set(
@@ -364,6 +407,7 @@ async fn large_history(n: usize, catch_up_within: Duration) {
         "history: {transitions} transitions, {} MB of manifests",
         bytes / 1_000_000
     );
+    let mut peaks = vec![("building", report_rss("building the history", &cluster))];
 
     // What `concord verify` did before: the whole bundle in one GetHistory message. Past the message
     // limit it is refused with a status, not a truncated or unbounded answer.
@@ -421,6 +465,7 @@ async fn large_history(n: usize, catch_up_within: Duration) {
         "concord verify: {verify_took:?} for a bundle of {} MB",
         bundle / 1_000_000
     );
+    peaks.push(("verify", report_rss("verify", &cluster)));
 
     let started = Instant::now();
     let root = hex::encode(env.d.root.hash());
@@ -440,9 +485,7 @@ async fn large_history(n: usize, catch_up_within: Duration) {
         .unwrap();
     let catch_up_took = caught_up(&env, &cluster[f], transitions, catch_up_within).await;
     eprintln!("the stopped replica caught up {n} transitions in {catch_up_took:?}");
-    for c in &cluster {
-        eprintln!("replica {} RSS: {:.0} MiB", c.node_id, rss_mib(c.pid()));
-    }
+    peaks.push(("catching up", report_rss("catching up", &cluster)));
 
     let l = leader(&env, &cluster).await;
     let term = env.status(&cluster[l]).await.unwrap().term;
@@ -503,13 +546,24 @@ async fn large_history(n: usize, catch_up_within: Duration) {
         Duration::from_secs(60),
     )
     .await;
+    let alive = survivors.iter().map(|i| &cluster[*i]);
+    peaks.push(("the leader kill", report_rss("the leader kill", alive)));
+    for (step, peak) in peaks {
+        assert!(
+            peak < rss_bound_mib,
+            "a replica's peak RSS reached {peak:.0} MiB by the end of {step}, over the bound of \
+             {rss_bound_mib:.0} MiB"
+        );
+    }
 }
 
-/// About 6 MB of history: past gRPC's default 4 MiB message, and Concord's 8 MiB user API limit once
-/// base64 in the audit bundle. In the default suite.
+/// About 10 MB of history: past gRPC's default 4 MiB message, and Concord's 8 MiB user API limit.
+/// In the default suite.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_history_past_one_grpc_message_verifies_audits_catches_up_and_fails_over() {
-    large_history(60, Duration::from_secs(120)).await;
+    // Memory must not grow with the history: a third of the chart's limit for a fifth of the
+    // 50 MB history (before: 112 to 156 MiB with 60 manifests).
+    large_history(100, Duration::from_secs(120), chart_memory_limit_mib() / 3.0).await;
 }
 
 /// At least 50 MB of history (500 manifests of about 100 KB). Minutes in a debug build:
@@ -517,5 +571,5 @@ async fn a_history_past_one_grpc_message_verifies_audits_catches_up_and_fails_ov
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "minutes in a debug build; run it for the numbers"]
 async fn fifty_megabytes_of_history() {
-    large_history(500, Duration::from_secs(600)).await;
+    large_history(500, Duration::from_secs(600), chart_memory_limit_mib()).await;
 }

@@ -10,7 +10,7 @@ mod recovery;
 mod secrets;
 
 pub use coordinator::{
-    AuditDraft, Coordinator, MAX_POLICY_DOCUMENT_BYTES, ManifestsView, MeshCertBundle, Prepared,
+    AuditDraft, Coordinator, FinishedBundle, MAX_POLICY_DOCUMENT_BYTES, ManifestsView, MeshCertBundle, Prepared,
     PreparedSet, ReplicaState, SetOutcome, SetRequest, parse_for_set,
 };
 pub use peer::{PeerAcceptance, PeerSecrets};
