@@ -48,6 +48,12 @@ struct Args {
     /// of another deployment is not served. Without it the replica is unpinned until its first manifest.
     #[arg(long, env = "CONCORD_DEPLOYMENT_ID", value_parser = parse_deployment_id)]
     deployment_id: Option<concord_attestation::DeploymentId>,
+    /// Raft takes a snapshot of the history after this many log entries and purges the log before
+    /// it, keeping a fifth as many entries; a follower further behind is caught up by a snapshot.
+    /// Lower it only to exercise snapshots (tests); at least 2.
+    #[arg(long, env = "CONCORD_SNAPSHOT_AFTER_ENTRIES", default_value_t = concord_coordinator::server::SNAPSHOT_AFTER_ENTRIES,
+          value_parser = clap::value_parser!(u64).range(2..))]
+    snapshot_after_entries: u64,
     /// Log format.
     #[arg(long, env = "CONCORD_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -80,6 +86,7 @@ fn config_json(args: &Args, members: &Members) -> serde_json::Value {
             "snp_reference": args.own_reference.snp_reference,
         },
         "log_format": args.log_format,
+        "snapshot_after_entries": args.snapshot_after_entries,
         "deployment_id": args.deployment_id.map(|id| hex::encode(id.as_bytes())),
     })
 }
@@ -170,6 +177,7 @@ async fn main() -> ExitCode {
         peers: members.peers,
         platform,
         deployment_id: args.deployment_id,
+        snapshot_after_entries: args.snapshot_after_entries,
     };
     match run(config, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -48,11 +48,20 @@ pub struct Config {
     pub platform: LaunchedPlatform,
     /// The deployment this replica serves (`--deployment-id`); `None`: unpinned until the first manifest.
     pub deployment_id: Option<DeploymentId>,
+    /// Log entries after which Raft takes a snapshot and purges the log (`--snapshot-after-entries`).
+    pub snapshot_after_entries: u64,
 }
+
+/// The default of `--snapshot-after-entries` (openraft's own default).
+pub const SNAPSHOT_AFTER_ENTRIES: u64 = 5_000;
 
 /// Raft timing: heartbeats every 50 ms, elections after 150 to 300 ms of silence, so a failover completes
 /// well within a second on a local network (a StatefulSet's pods share one).
-fn raft_config() -> anyhow::Result<Arc<openraft::Config>> {
+///
+/// A snapshot is taken every `snapshot_after_entries` log entries; a fifth of that many entries stay in
+/// the log after it (openraft's defaults: 5,000 and 1,000), so a follower a little behind is sent
+/// entries and one far behind (or with an empty disk) a snapshot.
+fn raft_config(snapshot_after_entries: u64) -> anyhow::Result<Arc<openraft::Config>> {
     let config = openraft::Config {
         cluster_name: "concord".into(),
         heartbeat_interval: 50,
@@ -63,6 +72,8 @@ fn raft_config() -> anyhow::Result<Arc<openraft::Config>> {
         max_payload_entries: 64,
         snapshot_max_chunk_size: 512 * 1024,
         install_snapshot_timeout: 2_000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_after_entries),
+        max_in_snapshot_log_to_keep: snapshot_after_entries / 5,
         ..Default::default()
     };
     Ok(Arc::new(config.validate()?))
@@ -158,7 +169,7 @@ pub async fn run(
     let network = PeerNetwork::new(peer_client.clone(), config.peers.clone());
     let raft = Raft::new(
         config.node_id,
-        raft_config()?,
+        raft_config(config.snapshot_after_entries)?,
         network.clone(),
         log_store,
         state_machine,

@@ -326,8 +326,12 @@ fn chart_memory_limit_mib() -> f64 {
             l if in_limits && l.starts_with("memory:") => {
                 let v = l.trim_start_matches("memory:").trim();
                 let mib = v.strip_suffix("Mi").map(|n| n.parse::<f64>().unwrap());
-                let gib = v.strip_suffix("Gi").map(|n| n.parse::<f64>().unwrap() * 1024.0);
-                return mib.or(gib).unwrap_or_else(|| panic!("memory limit {v:?}: not Mi or Gi"));
+                let gib = v
+                    .strip_suffix("Gi")
+                    .map(|n| n.parse::<f64>().unwrap() * 1024.0);
+                return mib
+                    .or(gib)
+                    .unwrap_or_else(|| panic!("memory limit {v:?}: not Mi or Gi"));
             }
             _ => {}
         }
@@ -563,7 +567,12 @@ async fn large_history(n: usize, catch_up_within: Duration, rss_bound_mib: f64) 
 async fn a_history_past_one_grpc_message_verifies_audits_catches_up_and_fails_over() {
     // Memory must not grow with the history: a third of the chart's limit for a fifth of the
     // 50 MB history (before: 112 to 156 MiB with 60 manifests).
-    large_history(100, Duration::from_secs(120), chart_memory_limit_mib() / 3.0).await;
+    large_history(
+        100,
+        Duration::from_secs(120),
+        chart_memory_limit_mib() / 3.0,
+    )
+    .await;
 }
 
 /// At least 50 MB of history (500 manifests of about 100 KB). Minutes in a debug build:
@@ -572,4 +581,107 @@ async fn a_history_past_one_grpc_message_verifies_audits_catches_up_and_fails_ov
 #[ignore = "minutes in a debug build; run it for the numbers"]
 async fn fifty_megabytes_of_history() {
     large_history(500, Duration::from_secs(600), chart_memory_limit_mib()).await;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Issue 9.12: snapshots sent in chunks.
+
+/// A three-replica cluster whose replicas all run with `flags`.
+fn start_cluster_with(
+    env: &Env,
+    flags: &concord_cli::process::SimulatedFlags,
+) -> Vec<concord_cli::process::CoordinatorProcess> {
+    use concord_cli::process::{Addrs, CoordinatorProcess};
+    let addrs: Vec<Addrs> = (0..3).map(|_| Addrs::free().unwrap()).collect();
+    let peers: Vec<(u64, std::net::SocketAddr)> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (i as u64, a.peer))
+        .collect();
+    (0..3)
+        .map(|i| {
+            CoordinatorProcess::start_member(
+                &env.path(&format!("node-{i}")),
+                &env.path(&format!("node-{i}.log")),
+                flags,
+                addrs[i],
+                i as u64,
+                &peers,
+            )
+            .expect("replica starts")
+        })
+        .collect()
+}
+
+/// With `--snapshot-after-entries 10` the replicas snapshot and purge their logs while a history of
+/// 40 manifests of about 100 KB grows (a snapshot of several MB: many 512 KiB chunks). A follower that
+/// then loses its disk can only be caught up by a snapshot: it installs one (after verifying it),
+/// becomes ready with the whole history, and `concord verify` against it succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_lost_its_disk_is_caught_up_by_a_snapshot_in_chunks() {
+    const CHUNK: usize = 512 * 1024;
+    let env = Env::new();
+    let mut flags = env.flags("coordinator.policy");
+    flags.extra = vec!["--snapshot-after-entries".into(), "10".into()];
+    let mut cluster = start_cluster_with(&env, &flags);
+    let out = env.set(
+        &cluster[0],
+        "manifest-v1.json",
+        &["--owner-key", "owner.pem"],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let first = Hash::from_hex(&stdout_line(&out)).unwrap();
+    let l = leader(&env, &cluster).await;
+    let f = (l + 1) % 3;
+    caught_up(&env, &cluster[f], 1, Duration::from_secs(30)).await;
+
+    let mut api = env.user_client(&cluster[l]).await;
+    let n = 40;
+    let latest = grow_history(&env, &mut api, first, n).await;
+    let transitions = n as u64 + 1;
+    for c in &cluster {
+        caught_up(&env, c, transitions, Duration::from_secs(60)).await;
+    }
+
+    // The follower loses its disk and comes back empty.
+    cluster[f].kill();
+    std::fs::remove_dir_all(&cluster[f].data_dir).unwrap();
+    let log_before = std::fs::metadata(&cluster[f].log).unwrap().len() as usize;
+    cluster[f].restart(&flags).unwrap();
+    let took = caught_up(&env, &cluster[f], transitions, Duration::from_secs(180)).await;
+    eprintln!("the replica that lost its disk caught up {n} transitions in {took:?}");
+
+    let log = std::fs::read_to_string(&cluster[f].log).unwrap();
+    let installed = log[log_before..]
+        .lines()
+        .find(|l| l.contains("installed a snapshot after it verified"))
+        .unwrap_or_else(|| {
+            panic!(
+                "the replica was not caught up by a snapshot; its log since the restart:\n{}",
+                &log[log_before..]
+            )
+        });
+    eprintln!("{installed}");
+    let bytes: usize = installed
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("bytes="))
+        .and_then(|b| b.parse().ok())
+        .unwrap();
+    assert!(
+        bytes > 3 * CHUNK,
+        "a snapshot of {bytes} bytes does not span several chunks of {CHUNK}"
+    );
+    eprintln!(
+        "the snapshot held {bytes} bytes: {} chunks",
+        bytes.div_ceil(CHUNK)
+    );
+
+    let out = env.verify(
+        &cluster[f],
+        "manifest-v1.json",
+        "verified",
+        &["--allow-newer"],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(stdout_line(&out), latest.to_hex());
 }

@@ -203,7 +203,9 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
             match bundle.write_json(&mut out) {
                 Ok(()) => Ok(Some(out.bytes)),
                 Err(_) if out.over => Ok(None),
-                Err(e) => Err(CoordinatorError::Ledger(crate::history::LedgerError::Corrupt(e))),
+                Err(e) => Err(CoordinatorError::Ledger(
+                    crate::history::LedgerError::Corrupt(e),
+                )),
             }
         })
         .await
@@ -253,7 +255,11 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
             match result {
                 Ok(()) => info!(rpc = "StreamHistory", transitions, bytes = out.sent, "ok"),
                 Err(_) if out.gone => {
-                    debug!(rpc = "StreamHistory", sent = out.sent, "the caller stopped reading")
+                    debug!(
+                        rpc = "StreamHistory",
+                        sent = out.sent,
+                        "the caller stopped reading"
+                    )
                 }
                 Err(e) => {
                     warn!(rpc = "StreamHistory", error = %e, "failed");

@@ -191,7 +191,10 @@ impl<F: FnMut(usize) -> Result<Vec<u8>, String>> Serialize for BundleWriter<'_, 
         // The fields of `AuditBundle`, in its order.
         let mut st = s.serialize_struct("AuditBundle", 7)?;
         st.serialize_field("format", FORMAT)?;
-        st.serialize_field("signing_key", &hex::encode(self.chain.signing_key().as_bytes()))?;
+        st.serialize_field(
+            "signing_key",
+            &hex::encode(self.chain.signing_key().as_bytes()),
+        )?;
         st.serialize_field("transitions", &LazyTransitions(self))?;
         st.serialize_field("policies", &bundle_policies(self.policies))?;
         st.serialize_field("root_ca", &pem::encode_certificate(self.root_ca_der))?;

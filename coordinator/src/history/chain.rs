@@ -150,7 +150,9 @@ impl VerifiedChain {
 /// What the accessors of a never-empty chain do if it were empty: no constructor makes one.
 #[cold]
 fn unreachable_empty() -> ! {
-    unreachable!("a VerifiedChain is never empty: verify_chain and VerifiedChain::first refuse that")
+    unreachable!(
+        "a VerifiedChain is never empty: verify_chain and VerifiedChain::first refuse that"
+    )
 }
 
 /// Verifies `items` (transitions in order, each with its manifest bytes) under `signing_key`: indexes
