@@ -565,12 +565,12 @@ async fn large_history(n: usize, catch_up_within: Duration, rss_bound_mib: f64) 
 /// In the default suite.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_history_past_one_grpc_message_verifies_audits_catches_up_and_fails_over() {
-    // Memory must not grow with the history: a third of the chart's limit for a fifth of the
-    // 50 MB history (before: 112 to 156 MiB with 60 manifests).
+    // Half the chart's limit for a fifth of the 50 MB history: 64 to 86 MiB measured; a replica that
+    // held every manifest parsed took 112 to 156 MiB with only 60 manifests.
     large_history(
         100,
         Duration::from_secs(120),
-        chart_memory_limit_mib() / 3.0,
+        chart_memory_limit_mib() / 2.0,
     )
     .await;
 }
