@@ -54,6 +54,11 @@ struct Args {
     #[arg(long, env = "CONCORD_SNAPSHOT_AFTER_ENTRIES", default_value_t = concord_coordinator::server::SNAPSHOT_AFTER_ENTRIES,
           value_parser = clap::value_parser!(u64).range(2..))]
     snapshot_after_entries: u64,
+    /// Test fault hook (no environment variable, so the chart cannot set it): while FILE exists, the
+    /// Raft log's appends block like a disk that stopped answering, wedging the Raft core. For tests of
+    /// the liveness probe and of shutdown only.
+    #[arg(long, value_name = "FILE", hide = true)]
+    insecure_test_stall_raft_while: Option<PathBuf>,
     /// Log format.
     #[arg(long, env = "CONCORD_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -178,13 +183,18 @@ async fn main() -> ExitCode {
         platform,
         deployment_id: args.deployment_id,
         snapshot_after_entries: args.snapshot_after_entries,
+        stall_raft_while: args.insecure_test_stall_raft_while,
     };
-    match run(config, shutdown_signal()).await {
-        Ok(()) => ExitCode::SUCCESS,
+    let code = match run(config, shutdown_signal()).await {
+        Ok(()) => 0,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "coordinator failed");
             eprintln!("concord-coordinator: {e:#}");
-            ExitCode::from(1)
+            1
         }
-    }
+    };
+    // Exit here rather than return: dropping the runtime waits for every worker and blocking thread,
+    // and one may be stuck in a flush to a disk that stopped answering (the case the shutdown grace
+    // period in `server::run` is for). Everything acknowledged is already flushed.
+    std::process::exit(code)
 }

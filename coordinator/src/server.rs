@@ -50,6 +50,9 @@ pub struct Config {
     pub deployment_id: Option<DeploymentId>,
     /// Log entries after which Raft takes a snapshot and purges the log (`--snapshot-after-entries`).
     pub snapshot_after_entries: u64,
+    /// The test fault hook (`--insecure-test-stall-raft-while`): while this file exists, the Raft log's
+    /// appends block, wedging the Raft core. `None` in production.
+    pub stall_raft_while: Option<PathBuf>,
 }
 
 /// The default of `--snapshot-after-entries` (openraft's own default).
@@ -131,7 +134,14 @@ pub async fn run(
     if let Some(id) = config.deployment_id {
         coordinator.pin_deployment(id)?;
     }
-    let (log_store, state_machine) = crate::raft::open(&store).map_err(|e| refuse(&e))?;
+    let (mut log_store, state_machine) = crate::raft::open(&store).map_err(|e| refuse(&e))?;
+    if let Some(file) = &config.stall_raft_while {
+        tracing::warn!(
+            file = %file.display(),
+            "INSECURE test fault hook: the Raft core stalls while this file exists; never in production"
+        );
+        log_store.stall_while(file.clone());
+    }
     let state = coordinator.state();
     if let Some(chain) = coordinator.chain() {
         info!(transitions = chain.len(), latest = %chain.latest_hash(), "loaded and verified the stored history");
@@ -240,6 +250,13 @@ pub async fn run(
     tokio::spawn(log_leadership(raft.clone()));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let grace_over = {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        }
+    };
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
@@ -287,11 +304,29 @@ pub async fn run(
             crate::transport::incoming(peer_listener, peer_acceptor, "peer", &peer_limits),
             stopped(stop_rx),
         );
-    tokio::try_join!(user, mesh, peer)?;
-    let _ = raft.shutdown().await;
+    let graceful = async {
+        tokio::try_join!(user, mesh, peer)?;
+        let _ = raft.shutdown().await;
+        Ok::<_, anyhow::Error>(())
+    };
+    // A stop waits for calls in flight and for the Raft core, but not for ever: a core wedged in a
+    // flush (or a call waiting on it) would otherwise keep the process from stopping on SIGTERM
+    // until Kubernetes kills it (issue 9.12). Every acknowledged write is already on disk.
+    tokio::select! {
+        result = graceful => result?,
+        () = grace_over => {
+            tracing::warn!(
+                grace_s = SHUTDOWN_GRACE.as_secs(),
+                "calls in flight or the Raft core did not finish within the shutdown grace period; stopping without them"
+            );
+        }
+    }
     info!("coordinator stopped");
     Ok(())
 }
+
+/// How long a stop waits for calls in flight and the Raft core before the process exits anyway.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Keeps a Raft connection to every member open or being made (`PeerNetwork::warm`), so that the
 /// survivors of a dead leader can ask each other for votes at once.
