@@ -130,11 +130,14 @@ pub async fn run(
             store_dir.display()
         )
     };
-    let mut coordinator = Coordinator::open(store.clone()).map_err(|e| refuse(&e))?;
+    // The state machine loads and verifies the stored history; the core takes that same verified
+    // history rather than verifying it again (issue 11.4: start-up verified it twice).
+    let (mut log_store, state_machine) = crate::raft::open(&store).map_err(|e| refuse(&e))?;
+    let mut coordinator =
+        Coordinator::open_verified(store.clone(), state_machine.history().cloned());
     if let Some(id) = config.deployment_id {
         coordinator.pin_deployment(id)?;
     }
-    let (mut log_store, state_machine) = crate::raft::open(&store).map_err(|e| refuse(&e))?;
     if let Some(file) = &config.stall_raft_while {
         tracing::warn!(
             file = %file.display(),

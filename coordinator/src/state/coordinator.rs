@@ -145,6 +145,19 @@ impl<S: Store> Coordinator<S> {
         })
     }
 
+    /// A replica on `store` with `history`, which this process loaded and verified from this same
+    /// store a moment ago (the Raft state machine's, from `StateMachine::open`): start-up verifies the
+    /// stored history once, not once per reader. `None`: the store holds no history.
+    pub fn open_verified(store: S, history: Option<LoadedHistory>) -> Coordinator<S> {
+        Coordinator {
+            ledger: Ledger::new(store),
+            history,
+            secrets: None,
+            pending_shares: Vec::new(),
+            pin: None,
+        }
+    }
+
     /// Pins the replica to `id` (`--deployment-id`): a first manifest of another deployment is
     /// refused. Refuses (an error) if the stored history belongs to another deployment: the replica
     /// must not serve it under this launch configuration.
