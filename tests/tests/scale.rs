@@ -719,7 +719,10 @@ async fn full_outage(n: usize) {
             scope.spawn(move || c.restart(flags).unwrap());
         }
     });
-    eprintln!("all three restarted and listening after {:?}", started.elapsed());
+    eprintln!(
+        "all three restarted and listening after {:?}",
+        started.elapsed()
+    );
     let (mut two_since, mut longest_two) = (None::<Instant>, Duration::ZERO);
     let mut all_ready = None;
     while started.elapsed() < Duration::from_secs(90) {
@@ -768,7 +771,10 @@ async fn full_outage(n: usize) {
         );
         assert!(!c.is_running(), "replica {} ignored SIGTERM", c.node_id);
     }
-    assert!(all_ready.is_some(), "the replicas were not all ready within 90 s");
+    assert!(
+        all_ready.is_some(),
+        "the replicas were not all ready within 90 s"
+    );
     assert!(
         longest_two < Duration::from_secs(5),
         "two replicas both said they lead for {longest_two:?}"

@@ -17,8 +17,8 @@ use concord_coordinator::history::audit::{AuditBundle, BundleEvidence};
 use concord_coordinator::history::{
     MeshCerts, OwnerAuthorization, Transition, VerifiedChain, format,
 };
-use concord_coordinator::store::{Key, SledStore, Store, Write};
 use concord_coordinator::manifest::Manifest;
+use concord_coordinator::store::{Key, SledStore, Store, Write};
 use concord_mesh_ca::{MeshCa, RootCa, SeedEngine};
 use concord_tests::{Env, Hash};
 use time::OffsetDateTime;
@@ -258,7 +258,10 @@ pub fn rows(audited: &[Audited]) -> Vec<Row> {
         .collect();
     for a in audited {
         let (target, verdict) = if a.transitions >= 10_000 {
-            ("< 500 ms", Verdict::of(a.start_up < Duration::from_millis(500)))
+            (
+                "< 500 ms",
+                Verdict::of(a.start_up < Duration::from_millis(500)),
+            )
         } else {
             ("-", Verdict::Info)
         };
