@@ -62,6 +62,8 @@ pub struct SimulatedFlags {
     pub deployment_id: Option<String>,
     /// Simulated Intel TDX quotes (`--platform simulated-tdx`) instead of SNP-shaped reports.
     pub tdx: bool,
+    /// More coordinator flags, after the platform's (tests: `--snapshot-after-entries`).
+    pub extra: Vec<String>,
 }
 
 impl SimulatedFlags {
@@ -87,6 +89,7 @@ impl SimulatedFlags {
                 "--simulated-measurement".into(),
                 self.measurement_hex.clone(),
             ])
+            .chain(self.extra.iter().cloned())
             .collect()
     }
 }

@@ -64,6 +64,17 @@ struct Args {
     /// of another deployment is not served. Without it the replica is unpinned until its first manifest.
     #[arg(long, env = "CONCORD_DEPLOYMENT_ID", value_parser = parse_deployment_id)]
     deployment_id: Option<concord_attestation::DeploymentId>,
+    /// Raft takes a snapshot of the history after this many log entries and purges the log before
+    /// it, keeping a fifth as many entries; a follower further behind is caught up by a snapshot.
+    /// Lower it only to exercise snapshots (tests); at least 2.
+    #[arg(long, env = "CONCORD_SNAPSHOT_AFTER_ENTRIES", default_value_t = concord_coordinator::server::SNAPSHOT_AFTER_ENTRIES,
+          value_parser = clap::value_parser!(u64).range(2..))]
+    snapshot_after_entries: u64,
+    /// Test fault hook (no environment variable, so the chart cannot set it): while FILE exists, the
+    /// Raft log's appends block like a disk that stopped answering, wedging the Raft core. For tests of
+    /// the liveness probe and of shutdown only.
+    #[arg(long, value_name = "FILE", hide = true)]
+    insecure_test_stall_raft_while: Option<PathBuf>,
     /// Log format.
     #[arg(long, env = "CONCORD_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -104,6 +115,7 @@ fn config_json(args: &Args, members: &Members) -> serde_json::Value {
             "snp_reference": args.own_reference.snp_reference,
         },
         "log_format": args.log_format,
+        "snapshot_after_entries": args.snapshot_after_entries,
         "deployment_id": args.deployment_id.map(|id| hex::encode(id.as_bytes())),
     })
 }
@@ -206,13 +218,19 @@ async fn main() -> ExitCode {
         peers: members.peers,
         platform,
         deployment_id: args.deployment_id,
+        snapshot_after_entries: args.snapshot_after_entries,
+        stall_raft_while: args.insecure_test_stall_raft_while,
     };
-    match run(config, shutdown_signal()).await {
-        Ok(()) => ExitCode::SUCCESS,
+    let code = match run(config, shutdown_signal()).await {
+        Ok(()) => 0,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "coordinator failed");
             eprintln!("concord-coordinator: {e:#}");
-            ExitCode::from(1)
+            1
         }
-    }
+    };
+    // Exit here rather than return: dropping the runtime waits for every worker and blocking thread,
+    // and one may be stuck in a flush to a disk that stopped answering (the case the shutdown grace
+    // period in `server::run` is for). Everything acknowledged is already flushed.
+    std::process::exit(code)
 }

@@ -51,11 +51,23 @@ pub struct Config {
     pub platform: LaunchedPlatform,
     /// The deployment this replica serves (`--deployment-id`); `None`: unpinned until the first manifest.
     pub deployment_id: Option<DeploymentId>,
+    /// Log entries after which Raft takes a snapshot and purges the log (`--snapshot-after-entries`).
+    pub snapshot_after_entries: u64,
+    /// The test fault hook (`--insecure-test-stall-raft-while`): while this file exists, the Raft log's
+    /// appends block, wedging the Raft core. `None` in production.
+    pub stall_raft_while: Option<PathBuf>,
 }
+
+/// The default of `--snapshot-after-entries` (openraft's own default).
+pub const SNAPSHOT_AFTER_ENTRIES: u64 = 5_000;
 
 /// Raft timing: heartbeats every 50 ms, elections after 150 to 300 ms of silence, so a failover completes
 /// well within a second on a local network (a StatefulSet's pods share one).
-fn raft_config() -> anyhow::Result<Arc<openraft::Config>> {
+///
+/// A snapshot is taken every `snapshot_after_entries` log entries; a fifth of that many entries stay in
+/// the log after it (openraft's defaults: 5,000 and 1,000), so a follower a little behind is sent
+/// entries and one far behind (or with an empty disk) a snapshot.
+fn raft_config(snapshot_after_entries: u64) -> anyhow::Result<Arc<openraft::Config>> {
     let config = openraft::Config {
         cluster_name: "concord".into(),
         heartbeat_interval: 50,
@@ -66,6 +78,8 @@ fn raft_config() -> anyhow::Result<Arc<openraft::Config>> {
         max_payload_entries: 64,
         snapshot_max_chunk_size: 512 * 1024,
         install_snapshot_timeout: 2_000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_after_entries),
+        max_in_snapshot_log_to_keep: snapshot_after_entries / 5,
         ..Default::default()
     };
     Ok(Arc::new(config.validate()?))
@@ -119,11 +133,21 @@ pub async fn run(
             store_dir.display()
         )
     };
-    let mut coordinator = Coordinator::open(store.clone()).map_err(|e| refuse(&e))?;
+    // The state machine loads and verifies the stored history; the core takes that same verified
+    // history rather than verifying it again (issue 11.4: start-up verified it twice).
+    let (mut log_store, state_machine) = crate::raft::open(&store).map_err(|e| refuse(&e))?;
+    let mut coordinator =
+        Coordinator::open_verified(store.clone(), state_machine.history().cloned());
     if let Some(id) = config.deployment_id {
         coordinator.pin_deployment(id)?;
     }
-    let (log_store, state_machine) = crate::raft::open(&store).map_err(|e| refuse(&e))?;
+    if let Some(file) = &config.stall_raft_while {
+        tracing::warn!(
+            file = %file.display(),
+            "INSECURE test fault hook: the Raft core stalls while this file exists; never in production"
+        );
+        log_store.stall_while(file.clone());
+    }
     let state = coordinator.state();
     if let Some(chain) = coordinator.chain() {
         info!(transitions = chain.len(), latest = %chain.latest_hash(), "loaded and verified the stored history");
@@ -161,7 +185,7 @@ pub async fn run(
     let network = PeerNetwork::new(peer_client.clone(), config.peers.clone());
     let raft = Raft::new(
         config.node_id,
-        raft_config()?,
+        raft_config(config.snapshot_after_entries)?,
         network.clone(),
         log_store,
         state_machine,
@@ -234,6 +258,13 @@ pub async fn run(
     tokio::spawn(log_leadership(raft.clone()));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let grace_over = {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        }
+    };
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
@@ -290,11 +321,29 @@ pub async fn run(
         transit.await;
         Ok::<(), tonic::transport::Error>(())
     };
-    tokio::try_join!(user, mesh, peer, transit)?;
-    let _ = raft.shutdown().await;
+    let graceful = async {
+        tokio::try_join!(user, mesh, peer, transit)?;
+        let _ = raft.shutdown().await;
+        Ok::<_, anyhow::Error>(())
+    };
+    // A stop waits for calls in flight and for the Raft core, but not for ever: a core wedged in a
+    // flush (or a call waiting on it) would otherwise keep the process from stopping on SIGTERM
+    // until Kubernetes kills it (issue 9.12). Every acknowledged write is already on disk.
+    tokio::select! {
+        result = graceful => result?,
+        () = grace_over => {
+            tracing::warn!(
+                grace_s = SHUTDOWN_GRACE.as_secs(),
+                "calls in flight or the Raft core did not finish within the shutdown grace period; stopping without them"
+            );
+        }
+    }
     info!("coordinator stopped");
     Ok(())
 }
+
+/// How long a stop waits for calls in flight and the Raft core before the process exits anyway.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Keeps a Raft connection to every member open or being made (`PeerNetwork::warm`), so that the
 /// survivors of a dead leader can ask each other for votes at once.

@@ -85,6 +85,7 @@ impl Env {
             measurement_hex: MEASUREMENT_HEX.into(),
             deployment_id: None,
             tdx: self.tdx,
+            extra: Vec::new(),
         }
     }
 

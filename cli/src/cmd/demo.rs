@@ -182,6 +182,7 @@ pub async fn run(args: Demo) -> CliResult {
         measurement_hex: MEASUREMENT.into(),
         deployment_id: Some(deployment.clone()),
         tdx: args.platform == DemoPlatform::Tdx,
+        extra: Vec::new(),
     };
     let mut cluster = Cluster::start(&dir, &flags, root.hash(), &manifest_v1)?;
     let result = async {
@@ -528,6 +529,7 @@ fn initializer(ctx: &Ctx<'_>, node: &CoordinatorProcess) -> CliResult {
         measurement_hex: MEASUREMENT.into(),
         deployment_id: Some(ctx.deployment.to_string()),
         tdx: ctx.tdx,
+        extra: Vec::new(),
     };
     let log = ctx.dir.join("logs/initializer-web.log");
     let log_file = std::fs::File::create(&log)

@@ -128,9 +128,9 @@ pub async fn run(args: Verify) -> CliResult {
     if latest.hash() != expected.hash() {
         let found = report
             .chain
-            .manifests()
+            .transitions()
             .iter()
-            .rposition(|m| m.hash() == expected.hash());
+            .rposition(|t| t.manifest_hash == expected.hash());
         let what = match found {
             Some(i) => format!(
                 "the latest manifest ({}, transition #{}) is NEWER than the one in {} ({}, transition #{i})",

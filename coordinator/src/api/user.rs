@@ -16,7 +16,7 @@ use super::status::to_status;
 use crate::error::CoordinatorError;
 use crate::hash::Hash;
 use crate::history::Transition;
-use crate::state::{ManifestsView, SetRequest};
+use crate::state::{FinishedBundle, ManifestsView, SetRequest};
 use crate::store::Store;
 use concord_proto::limits;
 
@@ -198,13 +198,42 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
         &self,
         request: Request<pb::GetHistoryRequest>,
     ) -> Result<Response<pb::GetHistoryResponse>, Status> {
-        let (bundle, transitions) = self.history_bundle(request.get_ref(), "GetHistory").await?;
-        one_message(
-            "GetHistory",
-            "the audit bundle and its evidence",
-            bundle.len(),
-            "StreamHistory (`concord verify` uses it)",
-        )?;
+        let (bundle, turn) = self.history_bundle(request.get_ref(), "GetHistory").await?;
+        let transitions = bundle.transitions();
+        // Written into a buffer that refuses to grow past one message: a long history is refused
+        // after one message's worth of work and memory, not after the whole bundle.
+        let limit = limits::USER_API_MESSAGE_BYTES - ONE_MESSAGE_HEADROOM;
+        let written = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            let mut out = BoundedBuffer {
+                bytes: Vec::new(),
+                limit,
+                over: false,
+            };
+            match bundle.write_json(&mut out) {
+                Ok(()) => Ok(Some(out.bytes)),
+                Err(_) if out.over => Ok(None),
+                Err(e) => Err(CoordinatorError::Ledger(
+                    crate::history::LedgerError::Corrupt(e),
+                )),
+            }
+        })
+        .await
+        .map_err(|e| Status::internal(format!("the bundle task failed: {e}")))?
+        .map_err(|e| {
+            let s = to_status(&e);
+            warn!(rpc = "GetHistory", code = ?s.code(), error = %e, "rejected");
+            s
+        })?;
+        let Some(bundle) = written else {
+            let s = Status::resource_exhausted(format!(
+                "the audit bundle and its evidence take more than the {} bytes one GetHistory message \
+                 may carry; use StreamHistory (`concord verify` uses it)",
+                limits::USER_API_MESSAGE_BYTES
+            ));
+            warn!(rpc = "GetHistory", code = ?s.code(), error = s.message(), "rejected");
+            return Err(s);
+        };
         info!(rpc = "GetHistory", transitions, bytes = bundle.len(), "ok");
         Ok(Response::new(pb::GetHistoryResponse { bundle }))
     }
@@ -215,20 +244,45 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
         &self,
         request: Request<pb::GetHistoryRequest>,
     ) -> Result<Response<Self::StreamHistoryStream>, Status> {
-        let (bundle, transitions) = self
+        let (bundle, turn) = self
             .history_bundle(request.get_ref(), "StreamHistory")
             .await?;
-        info!(
-            rpc = "StreamHistory",
-            transitions,
-            bytes = bundle.len(),
-            "ok"
-        );
-        let pieces: Vec<_> = bundle
-            .chunks(limits::STREAM_PIECE_BYTES)
-            .map(|c| Ok(pb::GetHistoryResponse { bundle: c.to_vec() }))
-            .collect();
-        Ok(Response::new(Box::pin(tokio_stream::iter(pieces))))
+        let transitions = bundle.transitions();
+        // Written as it is sent: one piece at a time leaves this replica, and the bundle is read
+        // from the store as it goes, so a long history costs a piece and a manifest of memory.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            let mut out = PieceWriter {
+                tx,
+                runtime,
+                piece: Vec::with_capacity(limits::STREAM_PIECE_BYTES),
+                sent: 0,
+                gone: false,
+            };
+            let result = bundle.write_json(&mut out).and_then(|()| out.send_piece());
+            match result {
+                Ok(()) => info!(rpc = "StreamHistory", transitions, bytes = out.sent, "ok"),
+                Err(_) if out.gone => {
+                    debug!(
+                        rpc = "StreamHistory",
+                        sent = out.sent,
+                        "the caller stopped reading"
+                    )
+                }
+                Err(e) => {
+                    warn!(rpc = "StreamHistory", error = %e, "failed");
+                    let status = Status::internal(format!(
+                        "the history could not be read from this replica's store: {e}; ask another replica"
+                    ));
+                    let _ = out.runtime.block_on(out.tx.send(Err(status)));
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     type StreamManifestsStream = Pieces<pb::GetManifestsResponse>;
@@ -237,16 +291,62 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
         &self,
         request: Request<pb::GetManifestsRequest>,
     ) -> Result<Response<Self::StreamManifestsStream>, Status> {
-        let view = self.manifests_view(request.get_ref()).await?;
-        info!(
-            rpc = "StreamManifests",
-            manifests = view.manifests.len(),
-            "ok"
-        );
-        let pieces = manifest_pieces(view, limits::STREAM_PIECE_BYTES);
-        Ok(Response::new(Box::pin(tokio_stream::iter(
-            pieces.into_iter().map(Ok),
-        ))))
+        let req = request.get_ref();
+        if req.only_latest {
+            let view = self.manifests_view(req).await?;
+            let pieces = manifest_pieces(view, limits::STREAM_PIECE_BYTES);
+            return Ok(Response::new(Box::pin(tokio_stream::iter(
+                pieces.into_iter().map(Ok),
+            ))));
+        }
+        self.node.linearize(req.allow_stale).await?;
+        let replica = self.replica.clone();
+        let (view, count, mut reader) = tokio::task::spawn_blocking(move || {
+            replica.read().and_then(|core| core.manifests_on_demand())
+        })
+        .await
+        .map_err(|e| Status::internal(format!("the read task failed: {e}")))?
+        .map_err(|e| {
+            let s = to_status(&e);
+            warn!(rpc = "StreamManifests", code = ?s.code(), error = %e, "rejected");
+            s
+        })?;
+        // Read from the store and sent one piece at a time: a long history costs a piece of memory.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let send = |piece: pb::GetManifestsResponse| {
+                let send = tokio::time::timeout(PIECE_SEND_TIMEOUT, tx.send(Ok(piece)));
+                match runtime.block_on(send) {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(_)) | Err(_) => Err(None),
+                }
+            };
+            let items = (0..count)
+                .map(|i| reader(i).map(|m| (true, m)).map_err(Some))
+                .chain(view.policies.clone().into_iter().map(|p| Ok((false, p))));
+            let head = pb::GetManifestsResponse {
+                manifests: Vec::new(),
+                policies: Vec::new(),
+                root_ca: view.root_ca_pem.clone(),
+                mesh_ca: view.mesh_ca_pem.clone(),
+                latest: view.latest.as_ref().map(|(t, _)| transition_to_pb(t)),
+            };
+            match write_pieces(head, items, limits::STREAM_PIECE_BYTES, send) {
+                Ok(()) => info!(rpc = "StreamManifests", manifests = count, "ok"),
+                Err(None) => debug!(rpc = "StreamManifests", "the caller stopped reading"),
+                Err(Some(e)) => {
+                    warn!(rpc = "StreamManifests", error = %e, "failed");
+                    let status = Status::internal(format!(
+                        "the history could not be read from this replica's store: {e}; ask another replica"
+                    ));
+                    let _ = runtime.block_on(tx.send(Err(status)));
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn recover(
@@ -453,6 +553,86 @@ fn one_message(rpc: &str, what: &str, bytes: usize, instead: &str) -> Result<(),
     Err(s)
 }
 
+/// Room in one message for what is not the bundle (framing).
+const ONE_MESSAGE_HEADROOM: usize = 64 * 1024;
+
+/// A buffer that refuses to grow past `limit` bytes (and says so in `over`).
+struct BoundedBuffer {
+    bytes: Vec<u8>,
+    limit: usize,
+    over: bool,
+}
+
+impl std::io::Write for BoundedBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > self.limit {
+            self.over = true;
+            return Err(std::io::Error::other("past one message"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// How long a streamed answer waits for its caller to take the next piece before giving up: a
+/// caller that stops reading must not hold a bundle's turn (and a blocking thread) for ever.
+const PIECE_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Sends what is written to it as pieces of up to `STREAM_PIECE_BYTES` over `tx`, from a blocking
+/// thread; fails (and sets `gone`) once the caller hung up or stopped reading.
+struct PieceWriter<T> {
+    tx: tokio::sync::mpsc::Sender<Result<T, Status>>,
+    runtime: tokio::runtime::Handle,
+    piece: Vec<u8>,
+    sent: usize,
+    gone: bool,
+}
+
+impl PieceWriter<pb::GetHistoryResponse> {
+    fn send_piece(&mut self) -> Result<(), String> {
+        if self.piece.is_empty() {
+            return Ok(());
+        }
+        let bundle = std::mem::replace(
+            &mut self.piece,
+            Vec::with_capacity(limits::STREAM_PIECE_BYTES),
+        );
+        let len = bundle.len();
+        let send = tokio::time::timeout(
+            PIECE_SEND_TIMEOUT,
+            self.tx.send(Ok(pb::GetHistoryResponse { bundle })),
+        );
+        match self.runtime.block_on(send) {
+            Ok(Ok(())) => {
+                self.sent += len;
+                Ok(())
+            }
+            Ok(Err(_)) | Err(_) => {
+                self.gone = true;
+                Err("the caller stopped reading".into())
+            }
+        }
+    }
+}
+
+impl std::io::Write for PieceWriter<pb::GetHistoryResponse> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let room = limits::STREAM_PIECE_BYTES - self.piece.len();
+        let n = buf.len().min(room);
+        self.piece.extend_from_slice(&buf[..n]);
+        if self.piece.len() == limits::STREAM_PIECE_BYTES {
+            self.send_piece().map_err(std::io::Error::other)?;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A server stream of pieces made ahead.
 pub type Pieces<T> = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
 
@@ -463,12 +643,25 @@ impl<S: Store> UserService<S> {
         self.node.linearize(req.allow_stale).await?;
         let replica = self.replica.clone();
         let only_latest = req.only_latest;
-        tokio::task::spawn_blocking(move || {
-            let core = replica.read()?;
-            match only_latest {
-                true => core.latest_view(),
-                false => core.manifests(),
+        // Past one message's worth the rest is not read: GetManifests refuses it anyway.
+        let budget = limits::USER_API_MESSAGE_BYTES - ONE_MESSAGE_HEADROOM;
+        let view = tokio::task::spawn_blocking(move || {
+            if only_latest {
+                return replica.read()?.latest_view();
             }
+            let (mut view, count, mut reader) = replica.read()?.manifests_on_demand()?;
+            let mut bytes: usize = view.policies.iter().map(Vec::len).sum();
+            for i in 0..count {
+                if bytes > budget {
+                    break;
+                }
+                let m = reader(i).map_err(|e| {
+                    CoordinatorError::Ledger(crate::history::LedgerError::Corrupt(e))
+                })?;
+                bytes += m.len();
+                view.manifests.push(m);
+            }
+            Ok(view)
         })
         .await
         .map_err(|e| Status::internal(format!("the read task failed: {e}")))?
@@ -476,7 +669,8 @@ impl<S: Store> UserService<S> {
             let s = to_status(&e);
             warn!(rpc = "GetManifests", code = ?s.code(), error = %e, "rejected");
             s
-        })
+        })?;
+        Ok(view)
     }
 
     /// `f` over the core, linearizable unless `allow_stale`, off the runtime's threads (the first
@@ -499,18 +693,20 @@ impl<S: Store> UserService<S> {
             })
     }
 
-    /// The audit bundle as JSON and its number of transitions, with evidence bound to the caller's
-    /// nonce; encoded off the runtime's threads (it grows with the history).
+    /// The audit bundle with evidence bound to the caller's nonce, ready to be written (off the
+    /// runtime's threads: writing it grows with the history), and the turn that must be held until
+    /// it is written.
     async fn history_bundle(
         &self,
         req: &pb::GetHistoryRequest,
         rpc: &'static str,
-    ) -> Result<(Vec<u8>, usize), Status> {
+    ) -> Result<(FinishedBundle, tokio::sync::OwnedSemaphorePermit), Status> {
         let nonce = history_nonce(req)?;
-        // Held until the bundle is serialized; the semaphore is never closed.
-        let _turn = self
+        // Held until the bundle is written; the semaphore is never closed.
+        let turn = self
             .bundles
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| Status::unavailable("the replica is shutting down"))?;
         self.node.linearize(req.allow_stale).await?;
@@ -535,12 +731,12 @@ impl<S: Store> UserService<S> {
             let evidence = issuer
                 .issue(&report_data)
                 .map_err(|e| CoordinatorError::Evidence(e.to_string()))?;
-            let bundle = draft.finish(&evidence);
-            Ok::<_, CoordinatorError>((bundle.to_json(), bundle.transitions.len()))
+            Ok::<_, CoordinatorError>(draft.finish(&evidence))
         })
         .await
         .map_err(|e| Status::internal(format!("the evidence task failed: {e}")))?
         .map_err(rejected)
+        .map(|bundle| (bundle, turn))
     }
 }
 
@@ -613,20 +809,39 @@ fn view_to_pb(view: ManifestsView) -> pb::GetManifestsResponse {
 /// GetManifests' answer in pieces of about `budget` bytes (a single larger manifest or document travels
 /// alone): the first carries the CAs and the latest transition; merged in order they are the whole.
 pub fn manifest_pieces(view: ManifestsView, budget: usize) -> Vec<pb::GetManifestsResponse> {
-    let mut pieces = Vec::new();
-    let mut current = pb::GetManifestsResponse {
+    let head = pb::GetManifestsResponse {
         manifests: Vec::new(),
         policies: Vec::new(),
         root_ca: view.root_ca_pem,
         mesh_ca: view.mesh_ca_pem,
         latest: view.latest.map(|(t, _)| transition_to_pb(&t)),
     };
+    let items = (view.manifests.into_iter().map(|m| Ok((true, m))))
+        .chain(view.policies.into_iter().map(|p| Ok((false, p))));
+    let mut pieces = Vec::new();
+    let pushed: Result<(), ()> = write_pieces(head, items, budget, |p| {
+        pieces.push(p);
+        Ok(())
+    });
+    debug_assert!(pushed.is_ok());
+    pieces
+}
+
+/// Gives `emit` the pieces of [`manifest_pieces`] one at a time, as `items` (manifests, then policy
+/// documents) come: `head` (the CAs and the latest transition) starts the first piece. Stops at the
+/// first error of `items` or `emit`.
+fn write_pieces<E>(
+    head: pb::GetManifestsResponse,
+    items: impl Iterator<Item = Result<(bool, Vec<u8>), E>>,
+    budget: usize,
+    mut emit: impl FnMut(pb::GetManifestsResponse) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut current = head;
     let mut size = 0;
-    let items = (view.manifests.into_iter().map(|m| (true, m)))
-        .chain(view.policies.into_iter().map(|p| (false, p)));
-    for (is_manifest, bytes) in items {
+    for item in items {
+        let (is_manifest, bytes) = item?;
         if size > 0 && size + bytes.len() > budget {
-            pieces.push(std::mem::take(&mut current));
+            emit(std::mem::take(&mut current))?;
             size = 0;
         }
         size += bytes.len();
@@ -635,8 +850,7 @@ pub fn manifest_pieces(view: ManifestsView, budget: usize) -> Vec<pb::GetManifes
             false => current.policies.push(bytes),
         }
     }
-    pieces.push(current);
-    pieces
+    emit(current)
 }
 
 pub(crate) fn members_to_pb(

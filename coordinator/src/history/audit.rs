@@ -92,10 +92,31 @@ impl BundleEvidence {
     }
 }
 
+impl BundleTransition {
+    /// Transition `t` of a bundle, with its manifest bytes.
+    pub fn new(t: &Transition, manifest: &[u8]) -> BundleTransition {
+        BundleTransition {
+            index: t.index,
+            manifest_hash: t.manifest_hash.to_hex(),
+            previous: t.previous.to_hex(),
+            hash: t.hash().to_hex(),
+            signature: hex::encode(t.signature.to_bytes()),
+            owner_key: t.owner.as_ref().map(|o| hex::encode(o.key.as_bytes())),
+            owner_signature: t
+                .owner
+                .as_ref()
+                .map(|o| hex::encode(o.signature.to_bytes())),
+            manifest: STANDARD.encode(manifest),
+        }
+    }
+}
+
 impl AuditBundle {
-    /// The bundle of a verified chain.
+    /// The bundle of a verified chain, with `manifests`: the manifest bytes of each of its
+    /// transitions, in order.
     pub fn new(
         chain: &VerifiedChain,
+        manifests: impl IntoIterator<Item = Vec<u8>>,
         policies: &BTreeMap<Hash, Vec<u8>>,
         root_ca_der: &[u8],
         mesh_ca_der: &[u8],
@@ -104,29 +125,14 @@ impl AuditBundle {
         let transitions = chain
             .transitions()
             .iter()
-            .zip(chain.manifests())
-            .map(|(t, m)| BundleTransition {
-                index: t.index,
-                manifest_hash: t.manifest_hash.to_hex(),
-                previous: t.previous.to_hex(),
-                hash: t.hash().to_hex(),
-                signature: hex::encode(t.signature.to_bytes()),
-                owner_key: t.owner.as_ref().map(|o| hex::encode(o.key.as_bytes())),
-                owner_signature: t
-                    .owner
-                    .as_ref()
-                    .map(|o| hex::encode(o.signature.to_bytes())),
-                manifest: STANDARD.encode(m.bytes()),
-            })
+            .zip(manifests)
+            .map(|(t, m)| BundleTransition::new(t, &m))
             .collect();
         AuditBundle {
             format: FORMAT.to_string(),
             signing_key: hex::encode(chain.signing_key().as_bytes()),
             transitions,
-            policies: policies
-                .iter()
-                .map(|(h, doc)| (h.to_hex(), STANDARD.encode(doc)))
-                .collect(),
+            policies: bundle_policies(policies),
             root_ca: pem::encode_certificate(root_ca_der),
             mesh_ca: pem::encode_certificate(mesh_ca_der),
             evidence,
@@ -167,6 +173,76 @@ pub struct AuditReport {
     pub report: VerifiedReport,
     pub root_ca_der: Vec<u8>,
     pub mesh_ca_der: Vec<u8>,
+}
+
+fn bundle_policies(policies: &BTreeMap<Hash, Vec<u8>>) -> BTreeMap<String, String> {
+    policies
+        .iter()
+        .map(|(h, doc)| (h.to_hex(), STANDARD.encode(doc)))
+        .collect()
+}
+
+/// The bundle of a verified chain written as it is serialized, one transition at a time: the same
+/// JSON as [`AuditBundle::to_json`], without the whole history in memory. `manifest(i)` gives the
+/// manifest bytes of transition `i` when its turn comes (a replica reads them from its store).
+pub struct BundleWriter<'a, F> {
+    pub chain: &'a VerifiedChain,
+    pub manifest: std::cell::RefCell<F>,
+    pub policies: &'a BTreeMap<Hash, Vec<u8>>,
+    pub root_ca_der: &'a [u8],
+    pub mesh_ca_der: &'a [u8],
+    pub evidence: &'a BundleEvidence,
+    /// [`AuditBundle::checkpoint`] and [`AuditBundle::checkpoint_key`].
+    pub checkpoint: Option<(&'a str, &'a str)>,
+}
+
+impl<F: FnMut(usize) -> Result<Vec<u8>, String>> BundleWriter<'_, F> {
+    /// Writes the pretty JSON of the bundle, and a newline, to `out`. Fails if `manifest` or `out`
+    /// fails; what was written by then is a prefix of the bundle.
+    pub fn write_json(&self, mut out: impl std::io::Write) -> Result<(), String> {
+        serde_json::to_writer_pretty(&mut out, self).map_err(|e| e.to_string())?;
+        out.write_all(b"\n").map_err(|e| e.to_string())
+    }
+}
+
+impl<F: FnMut(usize) -> Result<Vec<u8>, String>> Serialize for BundleWriter<'_, F> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        // The fields of `AuditBundle`, in its order.
+        let fields = if self.checkpoint.is_some() { 9 } else { 7 };
+        let mut st = s.serialize_struct("AuditBundle", fields)?;
+        st.serialize_field("format", FORMAT)?;
+        st.serialize_field(
+            "signing_key",
+            &hex::encode(self.chain.signing_key().as_bytes()),
+        )?;
+        st.serialize_field("transitions", &LazyTransitions(self))?;
+        st.serialize_field("policies", &bundle_policies(self.policies))?;
+        st.serialize_field("root_ca", &pem::encode_certificate(self.root_ca_der))?;
+        st.serialize_field("mesh_ca", &pem::encode_certificate(self.mesh_ca_der))?;
+        st.serialize_field("evidence", self.evidence)?;
+        if let Some((note, key)) = self.checkpoint {
+            st.serialize_field("checkpoint", note)?;
+            st.serialize_field("checkpoint_key", key)?;
+        }
+        st.end()
+    }
+}
+
+struct LazyTransitions<'w, 'a, F>(&'w BundleWriter<'a, F>);
+
+impl<F: FnMut(usize) -> Result<Vec<u8>, String>> Serialize for LazyTransitions<'_, '_, F> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeSeq};
+        let transitions = self.0.chain.transitions();
+        let mut seq = s.serialize_seq(Some(transitions.len()))?;
+        let mut manifest = self.0.manifest.borrow_mut();
+        for (i, t) in transitions.iter().enumerate() {
+            let bytes = (*manifest)(i).map_err(S::Error::custom)?;
+            seq.serialize_element(&BundleTransition::new(t, &bytes))?;
+        }
+        seq.end()
+    }
 }
 
 /// Why a bundle does not audit. Every variant is a verification failure (exit code 3).
@@ -244,14 +320,16 @@ pub fn audit(bytes: &[u8], options: &AuditOptions) -> Result<AuditReport, AuditE
         }
     }
 
-    for (i, m) in chain.manifests().iter().enumerate() {
-        for h in m.policies().keys() {
-            if !bundle.policies.contains_key(&h.to_hex()) {
-                return Err(AuditError::Chain(format!(
-                    "transition {i}: the document of policy {h} is not in the bundle"
-                )));
-            }
-        }
+    // The first transition at fault, as a check manifest by manifest would name it.
+    if let Some((h, i)) = chain
+        .policy_hashes()
+        .iter()
+        .filter(|(h, _)| !bundle.policies.contains_key(&h.to_hex()))
+        .min_by_key(|(h, i)| (**i, **h))
+    {
+        return Err(AuditError::Chain(format!(
+            "transition {i}: the document of policy {h} is not in the bundle"
+        )));
     }
     let root_ca_der =
         pem::decode_certificate(&bundle.root_ca).map_err(|e| malformed("root_ca", e))?;

@@ -1,6 +1,8 @@
 //! `verify_chain`: checks a whole line of transitions. Pure: the same function serves the replica at
 //! start-up (over what it read from its untrusted store) and `concord history audit` (over a bundle).
 
+use std::collections::BTreeMap;
+
 use ed25519_dalek::VerifyingKey;
 
 use super::{Transition, format};
@@ -8,12 +10,22 @@ use crate::hash::Hash;
 use crate::manifest::Manifest;
 
 /// A history whose every link, hash and signature was checked.
+///
+/// It keeps what the hot paths need and what is small: every transition and its hash, the first
+/// manifest (its seed share owners and deployment id never change), the latest manifest (what the
+/// mesh API admits against and the next transition is checked against), and the set of policy hashes
+/// the history lists. The other manifests stay on the store, content-addressed under the hashes their
+/// verified transitions name, and are read (and hash-checked) on demand: a long history costs a few
+/// hundred bytes per transition in memory, not a parsed manifest each (issue 9, memory).
 #[derive(Debug, Clone)]
 pub struct VerifiedChain {
     signing_key: VerifyingKey,
     transitions: Vec<Transition>,
     hashes: Vec<Hash>,
-    manifests: Vec<Manifest>,
+    first: Option<Manifest>,
+    latest: Option<Manifest>,
+    /// Every policy hash a manifest of the history lists, with the index of the first that does.
+    policies: BTreeMap<Hash, u64>,
 }
 
 /// Why a history does not verify. `index` is the first transition at fault.
@@ -31,8 +43,15 @@ impl VerifiedChain {
     pub fn transitions(&self) -> &[Transition] {
         &self.transitions
     }
-    pub fn manifests(&self) -> &[Manifest] {
-        &self.manifests
+    /// Every policy hash a manifest of this history lists, with the index of the first transition
+    /// whose manifest lists it.
+    pub fn policy_hashes(&self) -> &BTreeMap<Hash, u64> {
+        &self.policies
+    }
+    /// The first manifest (the chain is never empty).
+    pub fn first_manifest(&self) -> &Manifest {
+        // `verify_chain` and `first` refuse an empty history, so there is a first manifest.
+        self.first.as_ref().unwrap_or_else(|| unreachable_empty())
     }
     pub fn hash_at(&self, index: usize) -> Option<Hash> {
         self.hashes.get(index).copied()
@@ -47,19 +66,19 @@ impl VerifiedChain {
     pub fn latest_hash(&self) -> Hash {
         self.hashes.last().copied().unwrap_or(Hash::ZERO)
     }
-    /// The latest manifest (the chain is never empty).
     /// The deployment this history belongs to: its first manifest's id.
     pub fn deployment_id(&self) -> concord_attestation::DeploymentId {
-        self.manifests()
-            .first()
+        self.first
+            .as_ref()
             .map_or(concord_attestation::DeploymentId::UNPINNED, |m| {
                 m.deployment_id()
             })
     }
 
+    /// The latest manifest (the chain is never empty).
     pub fn latest_manifest(&self) -> &Manifest {
-        // `verify_chain` refuses an empty history, so there is a last manifest.
-        &self.manifests[self.manifests.len() - 1]
+        // `verify_chain` and `first` refuse an empty history, so there is a latest manifest.
+        self.latest.as_ref().unwrap_or_else(|| unreachable_empty())
     }
     pub fn latest_transition(&self) -> &Transition {
         // As above: never empty.
@@ -83,9 +102,15 @@ impl VerifiedChain {
         signatures: Signatures,
     ) -> Result<(), ChainError> {
         check_one(self, &transition, &manifest, signatures)?;
+        for hash in manifest.policies().keys() {
+            self.policies.entry(*hash).or_insert(transition.index);
+        }
         self.hashes.push(transition.hash());
         self.transitions.push(transition);
-        self.manifests.push(manifest);
+        if self.first.is_none() {
+            self.first = Some(manifest.clone());
+        }
+        self.latest = Some(manifest);
         Ok(())
     }
 
@@ -105,15 +130,29 @@ impl VerifiedChain {
         transition: Transition,
         manifest: Manifest,
     ) -> Result<VerifiedChain, ChainError> {
-        let mut chain = VerifiedChain {
-            signing_key,
-            transitions: Vec::new(),
-            hashes: Vec::new(),
-            manifests: Vec::new(),
-        };
+        let mut chain = VerifiedChain::empty(signing_key, 1);
         chain.push(transition, manifest)?;
         Ok(chain)
     }
+
+    fn empty(signing_key: VerifyingKey, capacity: usize) -> VerifiedChain {
+        VerifiedChain {
+            signing_key,
+            transitions: Vec::with_capacity(capacity),
+            hashes: Vec::with_capacity(capacity),
+            first: None,
+            latest: None,
+            policies: BTreeMap::new(),
+        }
+    }
+}
+
+/// What the accessors of a never-empty chain do if it were empty: no constructor makes one.
+#[cold]
+fn unreachable_empty() -> ! {
+    unreachable!(
+        "a VerifiedChain is never empty: verify_chain and VerifiedChain::first refuse that"
+    )
 }
 
 /// Verifies `items` (transitions in order, each with its manifest bytes) under `signing_key`: indexes
@@ -130,34 +169,59 @@ pub fn verify_chain(
     signing_key: VerifyingKey,
     items: Vec<(Transition, Vec<u8>)>,
 ) -> Result<VerifiedChain, ChainError> {
-    if items.is_empty() {
-        return Err(ChainError {
-            index: 0,
-            reason: "the history is empty".into(),
+    let mut verifier = ChainVerifier::new(signing_key, items.len());
+    verifier.extend(items)?;
+    verifier.finish()
+}
+
+/// [`verify_chain`] fed in batches, so that a caller reading a long history from a store holds one
+/// batch of manifest bytes at a time, never the whole history (each batch is checked on every core,
+/// then linked in order; the result is the same as one call with every item).
+#[derive(Debug)]
+pub struct ChainVerifier {
+    chain: VerifiedChain,
+}
+
+impl ChainVerifier {
+    /// A verifier expecting about `capacity` transitions.
+    pub fn new(signing_key: VerifyingKey, capacity: usize) -> ChainVerifier {
+        ChainVerifier {
+            chain: VerifiedChain::empty(signing_key, capacity),
+        }
+    }
+
+    /// Verifies the next transitions, in order, after those already given.
+    pub fn extend(&mut self, items: Vec<(Transition, Vec<u8>)>) -> Result<(), ChainError> {
+        let signing_key = *self.chain.signing_key();
+        let offset = self.chain.len();
+        let alone = par_map(&items, |i, (t, bytes)| {
+            let hash = t.hash();
+            let signatures = Signatures::Known {
+                coordinator: format::verify_transition(&signing_key, &hash, &t.signature),
+                owner: t
+                    .owner
+                    .as_ref()
+                    .is_none_or(|o| format::verify_owner(&o.key, &hash, &o.signature)),
+            };
+            parse_at((offset + i) as u64, bytes).map(|m| (m, signatures))
         });
+        for ((t, _), parsed) in items.into_iter().zip(alone) {
+            let (manifest, signatures) = parsed?;
+            self.chain.push_with(t, manifest, signatures)?;
+        }
+        Ok(())
     }
-    let alone = par_map(&items, |i, (t, bytes)| {
-        let hash = t.hash();
-        let signatures = Signatures::Known {
-            coordinator: format::verify_transition(&signing_key, &hash, &t.signature),
-            owner: t
-                .owner
-                .as_ref()
-                .is_none_or(|o| format::verify_owner(&o.key, &hash, &o.signature)),
-        };
-        parse_at(i as u64, bytes).map(|m| (m, signatures))
-    });
-    let mut chain = VerifiedChain {
-        signing_key,
-        transitions: Vec::with_capacity(items.len()),
-        hashes: Vec::with_capacity(items.len()),
-        manifests: Vec::with_capacity(items.len()),
-    };
-    for ((t, _), parsed) in items.into_iter().zip(alone) {
-        let (manifest, signatures) = parsed?;
-        chain.push_with(t, manifest, signatures)?;
+
+    /// The verified chain; refuses an empty history.
+    pub fn finish(self) -> Result<VerifiedChain, ChainError> {
+        if self.chain.is_empty() {
+            return Err(ChainError {
+                index: 0,
+                reason: "the history is empty".into(),
+            });
+        }
+        Ok(self.chain)
     }
-    Ok(chain)
 }
 
 /// `f` over `items` on up to every available core, results in order. Small inputs stay on this thread.
@@ -165,7 +229,7 @@ fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(usize, &T) -> R + Sync) -> 
     let cores = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(8);
-    if cores < 2 || items.len() < 256 {
+    if cores < 2 || items.len() < 16 {
         return items.iter().enumerate().map(|(i, x)| f(i, x)).collect();
     }
     let chunk = items.len().div_ceil(cores);
@@ -220,8 +284,8 @@ fn check_one(
     let signing_key = &chain.signing_key;
     let index = chain.transitions.len();
     let previous_hash = chain.hashes.last().copied();
-    let previous_manifest = chain.manifests.last();
-    let first_manifest = chain.manifests.first();
+    let previous_manifest = chain.latest.as_ref();
+    let first_manifest = chain.first.as_ref();
     let fail = |reason: String| ChainError {
         index: index as u64,
         reason,

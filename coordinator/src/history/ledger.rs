@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 
-use super::{ChainError, Transition, VerifiedChain, verify_chain};
+use super::chain::ChainVerifier;
+use super::{ChainError, Transition, VerifiedChain};
 use crate::hash::Hash;
 use crate::manifest::Manifest;
 use crate::store::{Key, Store, StoreError, Write};
@@ -60,15 +61,30 @@ impl From<ChainError> for LedgerError {
     }
 }
 
-/// The history in a store.
+/// How many manifests [`Ledger::load`] reads and verifies at a time (about 100 KB each at most
+/// sizes seen; 1 MiB at the cap).
+const LOAD_BATCH: usize = 64;
+
+/// The history in a store. Clones share the store (a reader of manifests on demand, such as a
+/// streamed audit bundle, holds one).
 #[derive(Debug)]
 pub struct Ledger<S> {
-    store: S,
+    store: std::sync::Arc<S>,
+}
+
+impl<S> Clone for Ledger<S> {
+    fn clone(&self) -> Ledger<S> {
+        Ledger {
+            store: self.store.clone(),
+        }
+    }
 }
 
 impl<S: Store> Ledger<S> {
     pub fn new(store: S) -> Ledger<S> {
-        Ledger { store }
+        Ledger {
+            store: std::sync::Arc::new(store),
+        }
     }
 
     pub fn store(&self) -> &S {
@@ -95,23 +111,35 @@ impl<S: Store> Ledger<S> {
             .map_err(|e| LedgerError::Corrupt(format!("the latest pointer: {e}")))?;
         let signing_key = self.signing_key()?;
 
-        let mut items = Vec::new();
+        // The line, newest first: transitions only (a few hundred bytes each).
+        let mut line = Vec::new();
         let mut cursor = latest;
         while cursor != Hash::ZERO {
             let t = self.transition(&cursor)?;
-            let manifest = self.object(&t.manifest_hash)?.ok_or_else(|| {
-                LedgerError::Corrupt(format!("manifest {} is missing", t.manifest_hash))
-            })?;
             cursor = t.previous;
-            items.push((t, manifest));
-            if items.len() as u64 > items.first().map_or(0, |(t, _)| t.index) + 1 {
+            line.push(t);
+            if line.len() as u64 > line.first().map_or(0, |t| t.index) + 1 {
                 return Err(LedgerError::Corrupt(
                     "the transitions do not form a line ending at index 0".into(),
                 ));
             }
         }
-        items.reverse();
-        let chain = verify_chain(signing_key, items)?;
+        line.reverse();
+        // Then verified oldest first, a batch of manifests at a time: the whole history is never in
+        // memory at once, and only the first and latest manifests stay parsed.
+        let mut verifier = ChainVerifier::new(signing_key, line.len());
+        let mut line = line.into_iter().peekable();
+        while line.peek().is_some() {
+            let mut batch = Vec::with_capacity(LOAD_BATCH);
+            for t in line.by_ref().take(LOAD_BATCH) {
+                let manifest = self.object(&t.manifest_hash)?.ok_or_else(|| {
+                    LedgerError::Corrupt(format!("manifest {} is missing", t.manifest_hash))
+                })?;
+                batch.push((t, manifest));
+            }
+            verifier.extend(batch)?;
+        }
+        let chain = verifier.finish()?;
 
         let root_ca_der = self
             .store
@@ -119,13 +147,9 @@ impl<S: Store> Ledger<S> {
             .ok_or_else(|| LedgerError::Corrupt("the root CA certificate is missing".into()))?;
         let mesh = self.mesh_certs(&latest)?;
         let mut policies = BTreeMap::new();
-        for m in chain.manifests() {
-            for hash in m.policies().keys() {
-                if !policies.contains_key(hash)
-                    && let Some(doc) = self.object(hash)?
-                {
-                    policies.insert(*hash, doc);
-                }
+        for hash in chain.policy_hashes().keys() {
+            if let Some(doc) = self.object(hash)? {
+                policies.insert(*hash, doc);
             }
         }
         Ok(Some(LoadedHistory {
@@ -237,6 +261,27 @@ impl<S: Store> Ledger<S> {
         self.store
             .apply(vec![Write::Put(Key::MeshCerts(*transition), bytes)])?;
         Ok(())
+    }
+
+    /// The manifest bytes of transition `index` of `chain` (a history verified from this store),
+    /// read again from the store and checked against the hash its verified transition names: a store
+    /// changed since cannot make this return anything else.
+    pub fn manifest_bytes(
+        &self,
+        chain: &VerifiedChain,
+        index: usize,
+    ) -> Result<Vec<u8>, LedgerError> {
+        let Some(t) = chain.transitions().get(index) else {
+            return Err(LedgerError::Corrupt(format!(
+                "transition {index} is past the end of the history"
+            )));
+        };
+        self.object(&t.manifest_hash)?.ok_or_else(|| {
+            LedgerError::Corrupt(format!(
+                "manifest {} of transition {index} is missing",
+                t.manifest_hash
+            ))
+        })
     }
 
     /// Writes a transition and everything that comes with it in one durable batch, and moves `latest`.

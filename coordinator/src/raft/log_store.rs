@@ -38,6 +38,9 @@ pub struct LogStore {
     db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
+    /// The test fault hook (`--insecure-test-stall-raft-while`): while this file exists, an append
+    /// blocks its thread as a disk that stopped answering would.
+    stall_while: Option<std::path::PathBuf>,
 }
 
 impl LogStore {
@@ -53,7 +56,15 @@ impl LogStore {
             db: db.clone(),
             log,
             meta,
+            stall_while: None,
         })
+    }
+
+    /// Arms the test fault hook: while `file` exists, every append blocks the thread that calls it
+    /// (the Raft core's), as a flush to a disk that stopped answering does. Only an availability
+    /// fault, and only for tests of the liveness probe and of shutdown (docs/OPERATIONS.md).
+    pub fn stall_while(&mut self, file: std::path::PathBuf) {
+        self.stall_while = Some(file);
     }
 
     /// The last log index openraft saved as committed, for the metrics; None before the first commit.
@@ -244,6 +255,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        if let Some(file) = &self.stall_while {
+            while file.exists() {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
         // The callback tells openraft the entries are durable, so it runs only after the flush.
         match self.append_entries(entries) {
             Ok(()) => {

@@ -264,9 +264,7 @@ pub(crate) fn verify_history(
         mesh_keys.push(Key::MeshCerts(hash));
         object_keys.push(t.manifest_hash);
     }
-    for m in chain.manifests() {
-        object_keys.extend(m.policies().keys().copied());
-    }
+    object_keys.extend(chain.policy_hashes().keys().copied());
     for key in &mesh_keys {
         named.insert(key.encode());
         // `load` reads only the latest transition's; the others must be certificates too.

@@ -357,6 +357,12 @@ impl StateMachine {
         self.history = self.ledger.load()?;
         self.last_applied = meta.last_log_id;
         self.last_membership = meta.last_membership.clone();
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            bytes = data.len(),
+            transitions = self.history.as_ref().map_or(0, |h| h.chain.len()),
+            "installed a snapshot after it verified"
+        );
         Ok(())
     }
 }

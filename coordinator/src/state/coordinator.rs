@@ -9,7 +9,7 @@ use zeroize::Zeroizing;
 use super::secrets::Secrets;
 use crate::error::CoordinatorError;
 use crate::hash::Hash;
-use crate::history::audit::{AuditBundle, BundleEvidence};
+use crate::history::audit::BundleEvidence;
 use crate::history::format;
 use crate::history::{
     Ledger, LoadedHistory, MeshCerts, NewTransition, OwnerAuthorization, Transition, VerifiedChain,
@@ -147,6 +147,20 @@ impl<S: Store> Coordinator<S> {
             pin: None,
             tree: Default::default(),
         })
+    }
+
+    /// A replica on `store` with `history`, which this process loaded and verified from this same
+    /// store a moment ago (the Raft state machine's, from `StateMachine::open`): start-up verifies the
+    /// stored history once, not once per reader. `None`: the store holds no history.
+    pub fn open_verified(store: S, history: Option<LoadedHistory>) -> Coordinator<S> {
+        Coordinator {
+            ledger: Ledger::new(store),
+            history,
+            secrets: None,
+            pending_shares: Vec::new(),
+            pin: None,
+            tree: Default::default(),
+        }
     }
 
     /// Pins the replica to `id` (`--deployment-id`): a first manifest of another deployment is
@@ -604,6 +618,28 @@ impl<S: Store> Coordinator<S> {
         self.view(true)
     }
 
+    /// StreamManifests: the view without its manifests, and a reader of each manifest (by position,
+    /// oldest first) from the store, hash-checked against its verified transition, for the caller to
+    /// send one piece at a time. Refused like GetManifests.
+    pub fn manifests_on_demand(
+        &self,
+    ) -> Result<(ManifestsView, usize, ManifestReader), CoordinatorError> {
+        let mut view = self.view(false)?;
+        let Some(h) = &self.history else {
+            return Ok((view, 0, Box::new(|_| Err("no history".into()))));
+        };
+        if view.latest.is_none() {
+            return Ok((view, 0, Box::new(|_| Err("no history".into()))));
+        }
+        view.policies = h.policies.values().cloned().collect();
+        let ledger = self.ledger.clone();
+        let chain = h.chain.clone();
+        let count = chain.len();
+        let reader: ManifestReader =
+            Box::new(move |i| ledger.manifest_bytes(&chain, i).map_err(|e| e.to_string()));
+        Ok((view, count, reader))
+    }
+
     /// GetManifests with `only_latest`: the CAs and the latest transition, without copying the history.
     pub fn latest_view(&self) -> Result<ManifestsView, CoordinatorError> {
         self.view(false)
@@ -625,12 +661,9 @@ impl<S: Store> Coordinator<S> {
             }
             (_, Some(h)) => Ok(ManifestsView {
                 manifests: match with_history {
-                    true => h
-                        .chain
-                        .manifests()
-                        .iter()
-                        .map(|m| m.bytes().to_vec())
-                        .collect(),
+                    true => (0..h.chain.len())
+                        .map(|i| self.ledger.manifest_bytes(&h.chain, i))
+                        .collect::<Result<_, _>>()?,
                     false => Vec::new(),
                 },
                 policies: match with_history {
@@ -649,7 +682,7 @@ impl<S: Store> Coordinator<S> {
         &self,
         nonce: &[u8; 32],
         issuer: &dyn EvidenceIssuer,
-    ) -> Result<AuditBundle, CoordinatorError> {
+    ) -> Result<FinishedBundle, CoordinatorError> {
         let draft = self.audit_draft(nonce)?;
         let evidence = issuer
             .issue(&draft.report_data())
@@ -678,19 +711,17 @@ impl<S: Store> Coordinator<S> {
             &h.mesh.mesh_ca_der,
             Some(&checkpoint.key),
         );
-        let mut bundle = AuditBundle::new(
-            &h.chain,
-            &h.policies,
-            &h.root_ca_der,
-            &h.mesh.mesh_ca_der,
-            BundleEvidence::default(),
-        );
-        bundle.checkpoint = Some(checkpoint.note.encode());
-        bundle.checkpoint_key = Some(hex::encode(checkpoint.key.as_bytes()));
+        let ledger = self.ledger.clone();
+        let chain = h.chain.clone();
+        let manifests: ManifestReader =
+            Box::new(move |i| ledger.manifest_bytes(&chain, i).map_err(|e| e.to_string()));
         Ok(AuditDraft {
-            bundle,
+            history: h.clone(),
+            manifests,
             report_data,
             nonce: *nonce,
+            checkpoint: checkpoint.note.encode(),
+            checkpoint_key: hex::encode(checkpoint.key.as_bytes()),
         })
     }
 
@@ -869,12 +900,28 @@ fn authorize_first(
     }
 }
 
-/// An audit bundle waiting for its evidence ([`Coordinator::audit_draft`]).
-#[derive(Debug)]
+/// Reads the manifest bytes of transition `i` of a draft's history from the store, hash-checked.
+pub type ManifestReader = Box<dyn FnMut(usize) -> Result<Vec<u8>, String> + Send>;
+
+/// An audit bundle waiting for its evidence ([`Coordinator::audit_draft`]). It holds the verified
+/// history's small parts and a reader of the store: manifests are read when the bundle is written.
 pub struct AuditDraft {
-    bundle: AuditBundle,
+    history: LoadedHistory,
+    manifests: ManifestReader,
     report_data: [u8; 64],
     nonce: [u8; 32],
+    /// The latest checkpoint's note text and the hex key that signs checkpoints (§15).
+    checkpoint: String,
+    checkpoint_key: String,
+}
+
+impl std::fmt::Debug for AuditDraft {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditDraft")
+            .field("transitions", &self.history.chain.len())
+            .field("latest", &self.history.chain.latest_hash())
+            .finish()
+    }
 }
 
 impl AuditDraft {
@@ -887,13 +934,68 @@ impl AuditDraft {
     /// The bundle's checkpoint note (PROTOCOL.md §15), to add the witness cosignatures the replica
     /// holds: signature lines are not bound by the report data (only the checkpoint key is).
     pub fn checkpoint_note_mut(&mut self) -> Option<&mut String> {
-        self.bundle.checkpoint.as_mut()
+        Some(&mut self.checkpoint)
     }
 
     /// The bundle with `evidence`, which must carry [`report_data`](Self::report_data) (an auditor
-    /// rejects it otherwise).
-    pub fn finish(mut self, evidence: &concord_attestation::Evidence) -> AuditBundle {
-        self.bundle.evidence = BundleEvidence::new(evidence, &self.nonce);
-        self.bundle
+    /// rejects it otherwise), ready to be written.
+    pub fn finish(self, evidence: &concord_attestation::Evidence) -> FinishedBundle {
+        FinishedBundle {
+            evidence: BundleEvidence::new(evidence, &self.nonce),
+            history: self.history,
+            manifests: self.manifests,
+            checkpoint: self.checkpoint,
+            checkpoint_key: self.checkpoint_key,
+        }
+    }
+}
+
+/// An audit bundle with its evidence, written as JSON one transition at a time.
+pub struct FinishedBundle {
+    history: LoadedHistory,
+    manifests: ManifestReader,
+    evidence: BundleEvidence,
+    checkpoint: String,
+    checkpoint_key: String,
+}
+
+impl std::fmt::Debug for FinishedBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FinishedBundle")
+            .field("transitions", &self.history.chain.len())
+            .finish()
+    }
+}
+
+impl FinishedBundle {
+    /// How many transitions the bundle holds.
+    pub fn transitions(&self) -> usize {
+        self.history.chain.len()
+    }
+
+    /// Writes the bundle's JSON (`history.json`) to `out`, reading each manifest from the store when
+    /// its turn comes: memory stays at one manifest, whatever the history's length. Fails if a
+    /// manifest cannot be read or no longer hashes to what its verified transition names, or if
+    /// `out` fails.
+    pub fn write_json(self, out: impl std::io::Write) -> Result<(), String> {
+        let h = &self.history;
+        crate::history::audit::BundleWriter {
+            chain: &h.chain,
+            manifest: std::cell::RefCell::new(self.manifests),
+            policies: &h.policies,
+            root_ca_der: &h.root_ca_der,
+            mesh_ca_der: &h.mesh.mesh_ca_der,
+            evidence: &self.evidence,
+            checkpoint: Some((&self.checkpoint, &self.checkpoint_key)),
+        }
+        .write_json(out)
+    }
+
+    /// The bundle's JSON in memory (tests, and GetHistory's one message: see `write_json` with a
+    /// bounded writer for that).
+    pub fn to_json(self) -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        self.write_json(&mut out)?;
+        Ok(out)
     }
 }

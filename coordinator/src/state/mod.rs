@@ -12,8 +12,8 @@ mod transit;
 mod transparency;
 
 pub use coordinator::{
-    AuditDraft, Coordinator, MAX_POLICY_DOCUMENT_BYTES, ManifestsView, MeshCertBundle, Prepared,
-    PreparedSet, ReplicaState, SetOutcome, SetRequest, parse_for_set,
+    AuditDraft, Coordinator, FinishedBundle, MAX_POLICY_DOCUMENT_BYTES, ManifestsView,
+    MeshCertBundle, Prepared, PreparedSet, ReplicaState, SetOutcome, SetRequest, parse_for_set,
 };
 pub use peer::{PeerAcceptance, PeerSecrets};
 pub use recovery::{

@@ -235,7 +235,7 @@ impl<S: Store> Coordinator<S> {
     ) -> Result<AuthenticatedShare, CoordinatorError> {
         let history = self.recoverable_history()?;
         let chain = &history.chain;
-        let owners = chain.manifests()[0].seed_share_owners();
+        let owners = chain.first_manifest().seed_share_owners();
         let share = key.open(submission, &owners.keys).map_err(|e| match e {
             MeshCaError::UnknownShareOwner { .. }
             | MeshCaError::SubmissionNotAuthentic { .. }
@@ -306,7 +306,7 @@ impl<S: Store> Coordinator<S> {
             return Err(CoordinatorError::NoManifest);
         };
         let chain = &history.chain;
-        let owners = chain.manifests()[0].seed_share_owners().clone();
+        let owners = chain.first_manifest().seed_share_owners().clone();
         // Authenticated to its owner: a second submission for an index is that owner's own.
         match self
             .pending_shares

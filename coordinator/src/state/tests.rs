@@ -371,7 +371,7 @@ fn the_audit_draft_is_made_under_the_lock_and_finished_after_it() {
         .issuer(&d.coordinator_policy)
         .issue(&draft.report_data())
         .unwrap();
-    let bundle = draft.finish(&evidence).to_json();
+    let bundle = draft.finish(&evidence).to_json().unwrap();
     let options = AuditOptions {
         trust: PlatformTrust {
             insecure_simulated_root: Some(d.root.hash()),
@@ -392,7 +392,7 @@ fn the_audit_bundle_audits_clean_and_binds_the_nonce() {
         .unwrap();
     let issuer = d.issuer(&d.coordinator_policy);
     let nonce = [9; 32];
-    let bundle = c.audit_bundle(&nonce, &issuer).unwrap().to_json();
+    let bundle = c.audit_bundle(&nonce, &issuer).unwrap().to_json().unwrap();
     let options = AuditOptions {
         trust: PlatformTrust {
             insecure_simulated_root: Some(d.root.hash()),
@@ -895,7 +895,7 @@ fn a_long_history_is_verified_in_parallel_and_faults_are_found_in_order() {
             .transitions()
             .iter()
             .cloned()
-            .zip(chain.manifests().iter().map(|m| m.bytes().to_vec()))
+            .zip((1..=300).map(|v| d.manifest(v)))
             .collect()
     };
     let key = *chain.signing_key();

@@ -6,6 +6,12 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+/// sled's page cache. Its default (1 GiB) let a replica with a long history (the manifests, the
+/// Raft log and snapshots all live in this database) grow far past the chart's 256 Mi memory limit;
+/// the hot paths keep what they need in memory (the latest manifest, the transitions), so the cache
+/// only speeds up reads of old history (audit bundles, catching a follower up).
+pub const CACHE_BYTES: u64 = 16 << 20;
+
 /// How long `open` waits for a lock that a closing process still holds.
 pub const LOCK_WAIT: Duration = Duration::from_secs(3);
 
@@ -29,7 +35,11 @@ impl SledStore {
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
         let start = Instant::now();
         loop {
-            match sled::open(dir) {
+            match sled::Config::new()
+                .path(dir)
+                .cache_capacity(CACHE_BYTES)
+                .open()
+            {
                 Ok(db) => return Ok(SledStore { db }),
                 Err(e) if is_lock_held(&e) && start.elapsed() < LOCK_WAIT => {
                     std::thread::sleep(Duration::from_millis(20));

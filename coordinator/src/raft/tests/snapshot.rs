@@ -197,6 +197,17 @@ async fn a_snapshot_that_does_not_verify_is_refused_and_changes_nothing() {
             "disagree",
         ),
         (
+            "a snapshot cut short in transit",
+            Snapshot {
+                meta: good.meta.clone(),
+                snapshot: Box::new(std::io::Cursor::new({
+                    let bytes = good.snapshot.get_ref();
+                    bytes[..bytes.len() / 2].to_vec()
+                })),
+            },
+            "does not decode",
+        ),
+        (
             "bytes that are not a snapshot",
             Snapshot {
                 meta: good.meta.clone(),
