@@ -49,7 +49,6 @@ pub fn snp_unchained(
                 &report,
                 kind,
                 &signer,
-                signer_der,
                 entry,
                 &snp::Expectations {
                     report_data,
@@ -64,7 +63,7 @@ pub fn snp_unchained(
         let reported = tcb::reported(&report, product);
         let _ = extensions::check_hw_id(&cert, &report, product);
         let _ = extensions::check_tcb(&cert, reported, product);
-        let _ = cross_check::check_with_sev(&report, product, signer_der);
+        let _ = cross_check::check_with_sev(&report, product);
         let _ = tcb::check_minimum(reported, &MinimumTcb::from(reported));
     }
     let _ = claims::check_guest(

@@ -35,7 +35,7 @@ pub(crate) struct ChainedSigner<'a> {
     /// The VCEK or VLEK, parsed.
     pub(crate) cert: X509Certificate<'a>,
     /// Its ECDSA P-384 key, which must have signed the report.
-    pub(crate) key: p384::ecdsa::VerifyingKey,
+    pub(crate) key: chain::P384Key,
 }
 
 /// Checks `signer_der` (a VCEK for `kind` VCEK, a VLEK for VLEK) up to the ARK of `product` at

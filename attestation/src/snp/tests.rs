@@ -133,7 +133,7 @@ impl Case {
         let report = Report::parse(&raw).unwrap();
         let chained = ChainedSigner {
             cert: chain::parse_cert(&signer.der, CertRole::Signer).unwrap(),
-            key: *signer.key.verifying_key(),
+            key: crate::chain::P384Key::from_p384(signer.key.verifying_key()),
         };
         let expect = Expectations {
             report_data: &REPORT_DATA,
@@ -141,7 +141,7 @@ impl Case {
             now: SystemTime::now(),
         };
         let kind = SignerKind::of_report(&report)?;
-        check_signed_report(&report, kind, &chained, &signer.der, &self.entry, &expect)
+        check_signed_report(&report, kind, &chained, &self.entry, &expect)
     }
 
     fn check(&self) -> Result<VerifiedReport, AttestationError> {
@@ -245,7 +245,7 @@ fn a_report_with_reserved_bits_set_is_refused_by_the_second_reading() {
     let report = Report::parse(&raw).unwrap();
     let chained = ChainedSigner {
         cert: chain::parse_cert(&signer.der, CertRole::Signer).unwrap(),
-        key: *signer.key.verifying_key(),
+        key: crate::chain::P384Key::from_p384(signer.key.verifying_key()),
     };
     let expect = Expectations {
         report_data: &REPORT_DATA,
@@ -253,14 +253,7 @@ fn a_report_with_reserved_bits_set_is_refused_by_the_second_reading() {
         now: SystemTime::now(),
     };
     assert_eq!(
-        check_signed_report(
-            &report,
-            SignerKind::Vcek,
-            &chained,
-            &signer.der,
-            &case.entry,
-            &expect
-        ),
+        check_signed_report(&report, SignerKind::Vcek, &chained, &case.entry, &expect),
         Err(e(RejectReason::ReportCrossCheck(
             "it cannot parse the report"
         )))
