@@ -6,6 +6,8 @@
 //! requires (no path builder). It must never decide which root is trusted: callers pin the
 //! anchor, this module only checks links.
 
+use std::collections::BTreeSet;
+use std::sync::{Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use p384::pkcs8::DecodePublicKey as _;
@@ -81,9 +83,79 @@ pub(crate) fn p384_key(
     })
 }
 
+/// Certificate links that passed their check, remembered by the exact DER bytes of both
+/// certificates, so that the chain of a VCEK (simulated or AMD's) is verified once, not at every
+/// handshake.
+///
+/// What a link check decides (the names, the algorithm identifiers, the signature) is a function of
+/// the two certificates' bytes alone, never of the time or of any configuration: a remembered success
+/// is exactly what a fresh check would conclude. Validity periods depend on the time and are never
+/// remembered: callers check them at every verification. Failures are not remembered (a peer could
+/// fill the set with them). Bounded: when full it is emptied, which costs fresh checks, never a
+/// wrong verdict.
+pub(crate) struct VerifiedLinks {
+    links: Mutex<BTreeSet<Vec<u8>>>,
+}
+
+/// Links remembered at most: a cluster sees a few VCEKs per chip and TCB, not thousands.
+const VERIFIED_LINKS_MAX: usize = 256;
+
+impl VerifiedLinks {
+    pub(crate) const fn new() -> VerifiedLinks {
+        VerifiedLinks {
+            links: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    /// `check()`'s verdict on the link `issuer_der` → `child_der`, from memory when it passed before.
+    pub(crate) fn check(
+        &self,
+        issuer_der: &[u8],
+        child_der: &[u8],
+        check: impl FnOnce() -> Result<(), AttestationError>,
+    ) -> Result<(), AttestationError> {
+        // The issuer's length first, so that no two pairs of certificates share a key.
+        let mut key = Vec::with_capacity(8 + issuer_der.len() + child_der.len());
+        key.extend_from_slice(&(issuer_der.len() as u64).to_be_bytes());
+        key.extend_from_slice(issuer_der);
+        key.extend_from_slice(child_der);
+        if self.lock().contains(&key) {
+            return Ok(());
+        }
+        check()?;
+        let mut links = self.lock();
+        if links.len() >= VERIFIED_LINKS_MAX {
+            links.clear();
+        }
+        links.insert(key);
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<Vec<u8>>> {
+        // The set holds only successes, each complete once inserted: a panic elsewhere while the
+        // lock was held leaves nothing half-written.
+        self.links.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The links of every chain this process verified (simulated and AMD).
+pub(crate) static VERIFIED_LINKS: VerifiedLinks = VerifiedLinks::new();
+
 /// Checks that `child` names `issuer` as its issuer and carries an ECDSA P-384/SHA-384 signature
-/// by `issuer_key` over its TBS bytes. For a self-signed root, pass the root twice.
+/// by `issuer_key` over its TBS bytes. For a self-signed root, pass the root twice. The key must be
+/// `issuer`'s (as [`p384_key`] read it): a success is remembered by the two certificates' bytes.
 pub(crate) fn check_issued_by(
+    child: &X509Certificate<'_>,
+    role: CertRole,
+    issuer: &X509Certificate<'_>,
+    issuer_key: &P384Key,
+) -> Result<(), AttestationError> {
+    VERIFIED_LINKS.check(issuer.as_raw(), child.as_raw(), || {
+        check_issued_by_now(child, role, issuer, issuer_key)
+    })
+}
+
+fn check_issued_by_now(
     child: &X509Certificate<'_>,
     role: CertRole,
     issuer: &X509Certificate<'_>,
@@ -133,4 +205,44 @@ fn asn1_time(now: SystemTime) -> Result<ASN1Time, AttestationError> {
         .map_err(|_| AttestationError::Config("the time of check is out of range".into()))?;
     ASN1Time::from_timestamp(secs)
         .map_err(|e| AttestationError::Config(format!("the time of check is out of range: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    #[test]
+    fn verified_links_remember_successes_of_exactly_these_bytes() {
+        let links = VerifiedLinks::new();
+        let calls = Cell::new(0);
+        let pass = || {
+            calls.set(calls.get() + 1);
+            Ok(())
+        };
+        let fail = || {
+            calls.set(calls.get() + 1);
+            Err(RejectReason::CertificateSignature {
+                role: CertRole::Signer,
+            }
+            .into())
+        };
+        links.check(b"issuer", b"child", pass).unwrap();
+        links.check(b"issuer", b"child", fail).unwrap();
+        assert_eq!(calls.get(), 1, "remembered");
+        // Other bytes are checked afresh, also when the concatenations are equal.
+        assert!(links.check(b"issuer", b"child2", fail).is_err());
+        assert!(links.check(b"issuerchild", b"", fail).is_err());
+        assert!(links.check(b"issue", b"rchild", fail).is_err());
+        assert_eq!(calls.get(), 4);
+        // Failures are not remembered.
+        assert!(links.check(b"issuer", b"child2", fail).is_err());
+        assert_eq!(calls.get(), 5);
+        // Bounded.
+        for i in 0..3 * VERIFIED_LINKS_MAX {
+            links.check(b"issuer", &i.to_be_bytes(), pass).unwrap();
+        }
+        assert!(links.lock().len() <= VERIFIED_LINKS_MAX);
+    }
 }

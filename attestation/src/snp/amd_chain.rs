@@ -131,8 +131,20 @@ fn parse_pinned(der: &'static [u8]) -> Result<X509Certificate<'static>, Attestat
     })
 }
 
-/// `child` names `issuer` as its issuer and carries its RSASSA-PSS/SHA-384 signature.
+/// `child` names `issuer` as its issuer and carries its RSASSA-PSS/SHA-384 signature. A success is
+/// remembered by both certificates' bytes (`chain::VERIFIED_LINKS`): the RSA check of a VCEK runs
+/// once, not at every handshake.
 fn check_link(
+    (child_der, child): (&[u8], &X509Certificate<'_>),
+    role: CertRole,
+    (issuer_der, issuer): (&[u8], &X509Certificate<'_>),
+) -> Result<(), AttestationError> {
+    chain::VERIFIED_LINKS.check(issuer_der, child_der, || {
+        check_link_now((child_der, child), role, (issuer_der, issuer))
+    })
+}
+
+fn check_link_now(
     (child_der, child): (&[u8], &X509Certificate<'_>),
     role: CertRole,
     (issuer_der, issuer): (&[u8], &X509Certificate<'_>),
