@@ -196,6 +196,38 @@ pub(crate) fn check_validity(
     Ok(())
 }
 
+/// The seconds during which every certificate of a chain is valid: what [`check_validity`] of each
+/// accepts, so that a verdict can be reused exactly while the time stays inside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Window {
+    from: i64,
+    until: i64,
+}
+
+impl Window {
+    /// The validity of `cert`.
+    pub(crate) fn of(cert: &X509Certificate<'_>) -> Window {
+        let validity = cert.validity();
+        Window {
+            from: validity.not_before.timestamp(),
+            until: validity.not_after.timestamp(),
+        }
+    }
+
+    /// The seconds in both windows.
+    pub(crate) fn and(self, other: Window) -> Window {
+        Window {
+            from: self.from.max(other.from),
+            until: self.until.min(other.until),
+        }
+    }
+
+    /// Whether [`check_validity`] would accept every certificate of the window at `now`.
+    pub(crate) fn contains(&self, now: SystemTime) -> bool {
+        asn1_time(now).is_ok_and(|t| (self.from..=self.until).contains(&t.timestamp()))
+    }
+}
+
 fn asn1_time(now: SystemTime) -> Result<ASN1Time, AttestationError> {
     let secs = now
         .duration_since(UNIX_EPOCH)

@@ -41,6 +41,7 @@ pub fn snp_unchained(
     };
     if let Ok(key) = chain::p384_key(&cert, CertRole::Signer) {
         let signer = snp::amd_chain::ChainedSigner {
+            window: chain::Window::of(&cert),
             cert: cert.clone(),
             key,
         };

@@ -46,6 +46,8 @@ pub struct VerifiedReport {
     report_data: [u8; 64],
     chip_id: [u8; 64],
     reported_tcb: Tcb,
+    /// When every certificate of the chain that vouched for the report is valid.
+    window: chain::Window,
 }
 
 impl VerifiedReport {
@@ -54,6 +56,7 @@ impl VerifiedReport {
         product: Option<Product>,
         report: &Report,
         reported_tcb: Tcb,
+        window: chain::Window,
     ) -> Self {
         Self {
             platform,
@@ -66,18 +69,30 @@ impl VerifiedReport {
             report_data: *report.report_data(),
             chip_id: *report.chip_id(),
             reported_tcb,
+            window,
         }
     }
 
     /// An SNP report that passed every check of an entry for `product`.
-    pub(crate) fn snp(report: &Report, product: Product, reported_tcb: Tcb) -> Self {
-        Self::from_report(Platform::Snp, Some(product), report, reported_tcb)
+    pub(crate) fn snp(
+        report: &Report,
+        product: Product,
+        reported_tcb: Tcb,
+        window: chain::Window,
+    ) -> Self {
+        Self::from_report(Platform::Snp, Some(product), report, reported_tcb, window)
     }
 
     /// A simulated report (Milan/Genoa TCB layout) that passed every check.
-    fn simulated(report: &Report) -> Self {
+    fn simulated(report: &Report, window: chain::Window) -> Self {
         let tcb = Tcb::from_milan_genoa(report.reported_tcb());
-        Self::from_report(Platform::Simulated, None, report, tcb)
+        Self::from_report(Platform::Simulated, None, report, tcb, window)
+    }
+
+    /// Whether the certificates that vouched for the report are all valid at `now`: with the same
+    /// evidence, binding and policy, a fresh verification at `now` would reach the same verdict.
+    pub(crate) fn chain_valid_at(&self, now: SystemTime) -> bool {
+        self.window.contains(now)
     }
 
     /// The platform that produced the evidence.
@@ -239,6 +254,9 @@ impl Verifier {
         )?;
         claims::check_host_data(&report, accept_host_data)?;
         claims::check_report_data(&report, expected_report_data)?;
-        Ok(VerifiedReport::simulated(&report))
+        Ok(VerifiedReport::simulated(
+            &report,
+            chain::Window::of(&root).and(chain::Window::of(&signer)),
+        ))
     }
 }

@@ -155,6 +155,87 @@ async fn mutual_attestation_gives_both_sides_the_verified_peer() {
     );
 }
 
+/// A policy whose fingerprint the test sets, counting its verifications.
+#[derive(Debug)]
+struct Fingerprinted {
+    inner: concord_attestation::StaticPolicy,
+    fingerprint: std::sync::Mutex<Option<[u8; 32]>>,
+    verifications: std::sync::atomic::AtomicUsize,
+}
+
+impl concord_attestation::AcceptPolicy for Fingerprinted {
+    fn verify(
+        &self,
+        evidence: &concord_attestation::Evidence,
+        expected_report_data: &[u8; 64],
+    ) -> Result<concord_attestation::VerifiedReport, AttestationError> {
+        self.verifications
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.verify(evidence, expected_report_data)
+    }
+    fn deployment_pin(&self) -> DeploymentPin {
+        self.inner.deployment_pin()
+    }
+    fn fingerprint(&self) -> Option<[u8; 32]> {
+        *self.fingerprint.lock().unwrap()
+    }
+}
+
+/// Issue 11: a NewMeshCert on a fresh connection checks the evidence once. Reverifying under the
+/// fingerprint the handshake was verified under reuses its verdict; any other fingerprint, or none,
+/// verifies afresh, and a policy that changed its verdict is heard.
+#[tokio::test]
+async fn reverify_reuses_the_verdict_only_under_the_same_fingerprint() {
+    use concord_attestation::AcceptPolicy as _;
+    use std::sync::atomic::Ordering::SeqCst;
+    let s = Setup::new();
+    let policy = Arc::new(Fingerprinted {
+        inner: s.f.policy_with(&[CLIENT_MEASUREMENT], &[CLIENT_HOST_DATA]),
+        fingerprint: std::sync::Mutex::new(Some([1; 32])),
+        verifications: Default::default(),
+    });
+    let (addr, server) = serve_once(s.acceptor(ClientAuth::Required(policy.clone()))).await;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut tls, _) = s.mutual_client().connect(tcp, server_name()).await.unwrap();
+    echo(&mut tls).await;
+    let peer = server.await.unwrap().unwrap().peer.unwrap();
+    assert_eq!(policy.verifications.load(SeqCst), 1, "the handshake");
+
+    assert_eq!(&peer.reverify(&*policy).unwrap(), peer.report());
+    assert_eq!(policy.verifications.load(SeqCst), 1, "reused");
+
+    // Another fingerprint: verified afresh (and still accepted by the unchanged inner policy).
+    *policy.fingerprint.lock().unwrap() = Some([2; 32]);
+    peer.reverify(&*policy).unwrap();
+    assert_eq!(policy.verifications.load(SeqCst), 2);
+    // No fingerprint: afresh too.
+    *policy.fingerprint.lock().unwrap() = None;
+    peer.reverify(&*policy).unwrap();
+    assert_eq!(policy.verifications.load(SeqCst), 3);
+
+    // A policy that now refuses, under a fingerprint of its own, is heard.
+    let dropped = Fingerprinted {
+        inner: s.f.policy_with(&[[0x77; 48]], &[CLIENT_HOST_DATA]),
+        fingerprint: std::sync::Mutex::new(Some([3; 32])),
+        verifications: Default::default(),
+    };
+    assert_eq!(
+        rejected(peer.reverify(&dropped)),
+        RejectReason::MeasurementNotTrusted
+    );
+    // And the pin is checked on reuse too.
+    let mut pinned = s.f.policy_with(&[CLIENT_MEASUREMENT], &[CLIENT_HOST_DATA]);
+    pinned.deployment = DeploymentPin::Exactly(DeploymentId([9; 32]));
+    let pinned = Fingerprinted {
+        inner: pinned,
+        fingerprint: std::sync::Mutex::new(Some([1; 32])),
+        verifications: Default::default(),
+    };
+    assert!(pinned.fingerprint().is_some());
+    assert!(peer.reverify(&pinned).is_err());
+    assert_eq!(pinned.verifications.load(SeqCst), 0, "reused, pin refused");
+}
+
 /// A kept connection is only as trusted as its evidence under the policy as it is now: the
 /// handshake's evidence is checked again, and a policy that dropped the peer's measurement or
 /// policy rejects it, while the unchanged policy still accepts it.

@@ -48,6 +48,9 @@ impl PeerSlot {
         nonce: &[u8; NONCE_LEN],
         end_entity: &CertificateDer<'_>,
     ) -> Result<(), rustls::Error> {
+        // Before the verification: a policy that changes during it cannot lend its new
+        // fingerprint to a verdict reached under the old one.
+        let fingerprint = policy.fingerprint();
         let checked = extract_evidence(end_entity).and_then(|cert| {
             let binding = binding(&cert.spki_der, nonce, &cert.deployment);
             let report = policy.verify(&cert.evidence, &binding)?;
@@ -59,6 +62,7 @@ impl PeerSlot {
                 evidence: cert.evidence,
                 binding,
                 deployment: cert.deployment,
+                fingerprint,
             })
         });
         match checked {

@@ -36,6 +36,8 @@ pub(crate) struct ChainedSigner<'a> {
     pub(crate) cert: X509Certificate<'a>,
     /// Its ECDSA P-384 key, which must have signed the report.
     pub(crate) key: chain::P384Key,
+    /// When the whole chain (ARK, intermediate, signer) is valid.
+    pub(crate) window: chain::Window,
 }
 
 /// Checks `signer_der` (a VCEK for `kind` VCEK, a VLEK for VLEK) up to the ARK of `product` at
@@ -71,7 +73,14 @@ pub(crate) fn verify_signer<'a>(
     chain::check_validity(&signer, CertRole::Signer, now)?;
 
     let key = chain::p384_key(&signer, CertRole::Signer)?;
-    Ok(ChainedSigner { cert: signer, key })
+    let window = chain::Window::of(&ark)
+        .and(chain::Window::of(&intermediate))
+        .and(chain::Window::of(&signer));
+    Ok(ChainedSigner {
+        cert: signer,
+        key,
+        window,
+    })
 }
 
 /// The ARK is self-signed and signs the intermediate. Both are pinned bytes, so the outcome cannot

@@ -123,7 +123,12 @@ pub(crate) fn check_signed_report(
     claims::check_host_data(report, expect.accept_host_data)?;
     claims::check_report_data(report, expect.report_data)?;
     claims::check_chip_id_allowed(report, entry.allowed_chip_ids.as_deref())?;
-    Ok(VerifiedReport::snp(report, product, reported_tcb))
+    Ok(VerifiedReport::snp(
+        report,
+        product,
+        reported_tcb,
+        signer.window,
+    ))
 }
 
 /// Whether `signer_der` can be the certificate of the key that signed `report` on `product`: it

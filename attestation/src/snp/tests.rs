@@ -134,6 +134,9 @@ impl Case {
         let chained = ChainedSigner {
             cert: chain::parse_cert(&signer.der, CertRole::Signer).unwrap(),
             key: crate::chain::P384Key::from_p384(signer.key.verifying_key()),
+            window: crate::chain::Window::of(
+                &chain::parse_cert(&signer.der, CertRole::Signer).unwrap(),
+            ),
         };
         let expect = Expectations {
             report_data: &REPORT_DATA,
@@ -246,6 +249,9 @@ fn a_report_with_reserved_bits_set_is_refused_by_the_second_reading() {
     let chained = ChainedSigner {
         cert: chain::parse_cert(&signer.der, CertRole::Signer).unwrap(),
         key: crate::chain::P384Key::from_p384(signer.key.verifying_key()),
+        window: crate::chain::Window::of(
+            &chain::parse_cert(&signer.der, CertRole::Signer).unwrap(),
+        ),
     };
     let expect = Expectations {
         report_data: &REPORT_DATA,
