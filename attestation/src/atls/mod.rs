@@ -15,6 +15,7 @@
 //! skip the evidence check) and never negotiate TLS 1.2. It does not decide what evidence is
 //! acceptable: an [`AcceptPolicy`] does.
 
+pub mod batch;
 pub(crate) mod cert;
 mod client;
 mod deployment;
@@ -28,6 +29,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha512};
 
+pub use batch::{BATCH_OID, BatchProof};
 pub use cert::{AtlsCertificate, extract_evidence};
 pub use client::{AtlsClient, ClientIdentity};
 pub use deployment::{
