@@ -48,6 +48,8 @@ pub struct Config {
     pub platform: LaunchedPlatform,
     /// The deployment this replica serves (`--deployment-id`); `None`: unpinned until the first manifest.
     pub deployment_id: Option<DeploymentId>,
+    /// `--evidence batched`: handshakes that wait together share one report (binding v3).
+    pub evidence_batching: bool,
 }
 
 /// Raft timing: heartbeats every 50 ms, elections after 150 to 300 ms of silence, so a failover completes
@@ -172,19 +174,23 @@ pub async fn run(
         PeerLinks::new(peer_client, peer_policy.clone()),
     ));
 
-    let user_acceptor = Arc::new(AtlsAcceptor::new(
+    let batching = |acceptor: AtlsAcceptor| match config.evidence_batching {
+        true => Arc::new(acceptor),
+        false => Arc::new(acceptor.one_report_per_handshake()),
+    };
+    let user_acceptor = batching(AtlsAcceptor::new(
         issuer.clone(),
         key.clone(),
         deployment.clone(),
         ClientAuth::None,
     )?);
-    let mesh_acceptor = Arc::new(AtlsAcceptor::new(
+    let mesh_acceptor = batching(AtlsAcceptor::new(
         issuer.clone(),
         key.clone(),
         deployment.clone(),
         ClientAuth::Required(Arc::new(MeshAcceptPolicy::new(replica.clone()))),
     )?);
-    let peer_acceptor = Arc::new(AtlsAcceptor::new(
+    let peer_acceptor = batching(AtlsAcceptor::new(
         issuer,
         key,
         deployment,

@@ -8,8 +8,10 @@
 
 mod issuer;
 mod root;
+mod throttled;
 
 #[cfg(any(test, feature = "testing"))]
 pub(crate) use issuer::sign_report;
 pub use issuer::{SIMULATED_TCB, SimulatedIssuer};
 pub use root::{ROOT_CERT_FILE, ROOT_KEY_FILE, SimulatedRoot};
+pub use throttled::ThrottledIssuer;
