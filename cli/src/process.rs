@@ -60,6 +60,8 @@ pub struct SimulatedFlags {
     pub measurement_hex: String,
     /// `--deployment-id` (hex), for coordinators and initializers; `None`: not given.
     pub deployment_id: Option<String>,
+    /// More flags after these (benchmarks: `--evidence`, the simulated issuer's delay).
+    pub extra: Vec<String>,
 }
 
 impl SimulatedFlags {
@@ -80,6 +82,7 @@ impl SimulatedFlags {
                 "--simulated-measurement".into(),
                 self.measurement_hex.clone(),
             ])
+            .chain(self.extra.iter().cloned())
             .collect()
     }
 }

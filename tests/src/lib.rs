@@ -74,6 +74,7 @@ impl Env {
             policy: self.path(policy_file),
             measurement_hex: MEASUREMENT_HEX.into(),
             deployment_id: None,
+            extra: Vec::new(),
         }
     }
 

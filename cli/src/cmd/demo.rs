@@ -161,6 +161,7 @@ pub async fn run(args: Demo) -> CliResult {
         policy: coordinator_policy.clone(),
         measurement_hex: MEASUREMENT.into(),
         deployment_id: Some(deployment.clone()),
+        extra: Vec::new(),
     };
     let mut cluster = Cluster::start(&dir, &flags, root.hash(), &manifest_v1)?;
     let result = async {
@@ -502,6 +503,7 @@ fn initializer(ctx: &Ctx<'_>, node: &CoordinatorProcess) -> CliResult {
         policy: ctx.web_policy.to_path_buf(),
         measurement_hex: MEASUREMENT.into(),
         deployment_id: Some(ctx.deployment.to_string()),
+        extra: Vec::new(),
     };
     let log = ctx.dir.join("logs/initializer-web.log");
     let log_file = std::fs::File::create(&log)

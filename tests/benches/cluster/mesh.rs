@@ -12,6 +12,7 @@
 //! Both are also counted per second of CPU time (the replica's process, the crypto's thread), which
 //! the workloads' and other programs' use of the cores does not skew: the target compares those.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -20,7 +21,7 @@ use concord_attestation::{
     AtlsClient, ClientIdentity, EvidenceIssuer, PlatformTrust, Verifier, atls::binding,
 };
 use concord_coordinator::manifest::Manifest;
-use concord_coordinator::transport::connect;
+use concord_coordinator::transport::connect_from;
 use concord_mesh_ca::{MeshCa, RootCa, SeedEngine};
 use concord_proto::v1 as pb;
 use concord_proto::v1::mesh_api_client::MeshApiClient;
@@ -61,7 +62,7 @@ pub async fn replica(env: &Env, clients: usize, window: Duration) -> Result<Issu
     let start = Instant::now();
     let (open, close) = (start + WARMUP, start + WARMUP + window);
     let mut tasks = Vec::new();
-    for _ in 0..clients {
+    for w in 0..clients {
         let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
         let identity = ClientIdentity {
             issuer: issuer.clone(),
@@ -71,7 +72,7 @@ pub async fn replica(env: &Env, clients: usize, window: Duration) -> Result<Issu
         let client =
             Arc::new(AtlsClient::new(policy.clone(), Some(identity)).map_err(|e| e.to_string())?);
         let addr = node.mesh_addr.to_string();
-        tasks.push(tokio::spawn(workload(addr, client, open, close)));
+        tasks.push(tokio::spawn(workload(addr, w, client, open, close)));
     }
     let (replica_stat, clients_stat) = (format!("/proc/{}/stat", node.pid()), "/proc/self/stat");
     let cpu = || -> Result<_, String> { Ok((cpu_time(&replica_stat)?, cpu_time(clients_stat)?)) };
@@ -94,7 +95,7 @@ pub async fn replica(env: &Env, clients: usize, window: Duration) -> Result<Issu
 
 /// The CPU time (user and system) used so far by the process or thread of a `/proc` stat file
 /// (`/proc/PID/stat`, `/proc/thread-self/stat`).
-fn cpu_time(path: &str) -> Result<Duration, String> {
+pub(crate) fn cpu_time(path: &str) -> Result<Duration, String> {
     let stat = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
     // The fields after the command name, which is in parentheses and may contain spaces.
     let fields: Vec<&str> = stat
@@ -122,16 +123,22 @@ fn clock_ticks() -> f64 {
 }
 
 /// One workload's loop: a new attested connection and one NewMeshCert each time, until `close`;
-/// returns how many certificates arrived between `open` and `close`.
+/// returns how many certificates arrived between `open` and `close`. Each connection comes from
+/// another loopback address (127.2.W.x), as new pods would: one source would meet the listener's
+/// per-source handshake rate (50/s), which is not what this measures.
 async fn workload(
     addr: String,
+    w: usize,
     client: Arc<AtlsClient>,
     open: Instant,
     close: Instant,
 ) -> Result<u64, String> {
     let mut counted = 0;
+    let mut n = 0usize;
     while Instant::now() < close {
-        let (channel, _) = connect(&addr, client.clone())
+        n += 1;
+        let source = IpAddr::V4(Ipv4Addr::new(127, 2, w as u8, (n % 250) as u8 + 1));
+        let (channel, _) = connect_from(&addr, Some(source), client.clone())
             .await
             .map_err(|e| e.to_string())?;
         let answer = MeshApiClient::new(channel)
@@ -219,22 +226,32 @@ pub fn crypto_alone(env: &Env, window: Duration) -> Result<Crypto, String> {
 }
 
 /// The target compares CPU time with CPU time: the replica's certificates per second of its own CPU
-/// time against the crypto's per second of its thread's. The workloads share the cores with the
-/// replica (and other builds may too), so the certificates per wall-clock second, shown beside,
-/// say as much about the machine as about the replica.
-pub fn rows(replica: &Issued, crypto: &Crypto, clients: usize) -> Vec<Row> {
+/// time, and the crypto pipeline's per second of its thread's, against the floor (`floor`: what the
+/// signatures one NewMeshCert needs allow per CPU second, with ring). The workloads share the cores
+/// with the replica (and other builds may too), so the certificates per wall-clock second, shown
+/// beside, say as much about the machine as about the replica.
+pub fn rows(replica: &Issued, crypto: &Crypto, clients: usize, floor: f64) -> Vec<Row> {
     let what = format!("NewMeshCert, 1 replica, {clients} workloads");
     let per_cpu = replica.per_second / replica.cores.max(0.01);
+    let reference = format!("floor: {floor:.0} per CPU second");
     vec![
         Row::new(
             format!("{what}: certs per CPU second"),
+            format!("{per_cpu:.0} ({:.0}%)", 100.0 * per_cpu / floor),
+            reference.clone(),
+            ">= 50% of the floor",
+            Verdict::of(per_cpu >= floor / 2.0),
+        ),
+        Row::new(
+            "NewMeshCert crypto, simulated evidence (verify + issue, 1 thread)",
             format!(
-                "{per_cpu:.0} ({:.0}%)",
-                100.0 * per_cpu / crypto.per_cpu_second
+                "{:.0} per CPU second ({:.0}%)",
+                crypto.per_cpu_second,
+                100.0 * crypto.per_cpu_second / floor
             ),
-            format!("crypto alone: {:.0} per CPU second", crypto.per_cpu_second),
-            ">= 50% of crypto alone",
-            Verdict::of(per_cpu >= crypto.per_cpu_second / 2.0),
+            reference,
+            ">= 50% of the floor",
+            Verdict::of(crypto.per_cpu_second >= floor / 2.0),
         ),
         Row::new(
             format!(
