@@ -33,6 +33,12 @@ pub const MAX_BATCH_DEPTH: usize = 8;
 /// The most bindings one report commits to.
 pub const MAX_BATCH: usize = 1 << MAX_BATCH_DEPTH;
 
+/// How long a batcher that was idle waits for more handshakes before it asks for a report: what lets
+/// handshakes that arrive within a few milliseconds of each other share one even when reports are
+/// fast (the simulated platform's take about a millisecond of CPU each). Later batches need no
+/// wait: the handshakes that arrived during the previous report are already there.
+pub const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(2);
+
 const LEAF_PREFIX: u8 = 0x00;
 const NODE_PREFIX: u8 = 0x01;
 const PAD_PREFIX: u8 = 0x02;
@@ -212,6 +218,7 @@ impl Batcher {
 
     /// Issues batches until nobody waits.
     fn drain(&self) {
+        std::thread::sleep(BATCH_WINDOW);
         loop {
             let batch: Vec<([u8; 64], Reply)> = {
                 let mut state = self.lock();
