@@ -277,4 +277,27 @@ mod tests {
         }
         assert!(links.lock().len() <= VERIFIED_LINKS_MAX);
     }
+
+    #[test]
+    fn a_window_holds_exactly_where_every_validity_check_passes() {
+        let root = crate::simulated::SimulatedRoot::generate().unwrap();
+        let cert = parse_cert(root.cert_der(), CertRole::Root).unwrap();
+        let window = Window::of(&cert);
+        let v = cert.validity();
+        let at = |secs: i64| UNIX_EPOCH + std::time::Duration::from_secs(secs as u64);
+        let (from, until) = (v.not_before.timestamp(), v.not_after.timestamp());
+        for t in [from - 1, from, from + 1, until - 1, until, until + 1] {
+            assert_eq!(
+                window.contains(at(t)),
+                check_validity(&cert, CertRole::Root, at(t)).is_ok(),
+                "at {t}"
+            );
+        }
+        let narrower = Window {
+            from: from + 10,
+            until: until - 10,
+        };
+        assert_eq!(window.and(narrower), narrower);
+        assert!(!window.and(narrower).contains(at(from + 5)));
+    }
 }

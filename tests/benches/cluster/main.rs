@@ -174,7 +174,13 @@ fn run(mode: &Mode, etcd: Option<&Path>) -> Vec<Row> {
             let crypto = mesh::crypto_alone(&env, mode.crypto_window)?;
             let replica =
                 runtime.block_on(mesh::replica(&env, mode.mesh_clients, mode.mesh_window))?;
-            Ok((replica, crypto))
+            let env = concord_tests::Env::new();
+            let saturated = runtime.block_on(mesh::replica(
+                &env,
+                mode.mesh_clients_saturating,
+                mode.mesh_window,
+            ))?;
+            Ok((replica, saturated, crypto))
         });
         match &floor {
             Some(Ok(f)) => {
@@ -182,8 +188,13 @@ fn run(mode: &Mode, etcd: Option<&Path>) -> Vec<Row> {
                 push(
                     &mut rows,
                     "NewMeshCert",
-                    mesh.as_ref().map(|(replica, crypto)| {
-                        mesh::rows(replica, crypto, mode.mesh_clients, f.per_cpu_second())
+                    mesh.as_ref().map(|(replica, saturated, crypto)| {
+                        mesh::rows(
+                            (replica, mode.mesh_clients),
+                            (saturated, mode.mesh_clients_saturating),
+                            crypto,
+                            f.per_cpu_second(),
+                        )
                     }),
                 );
             }
