@@ -6,10 +6,12 @@
 //! requires (no path builder). It must never decide which root is trusted: callers pin the
 //! anchor, this module only checks links.
 
+use std::collections::BTreeSet;
+use std::sync::{Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use p384::ecdsa::signature::Verifier as _;
 use p384::pkcs8::DecodePublicKey as _;
+use ring::signature::{ECDSA_P384_SHA384_ASN1, ECDSA_P384_SHA384_FIXED, UnparsedPublicKey};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::oid_registry::OID_SIG_ECDSA_WITH_SHA384;
 use x509_parser::prelude::FromDer as _;
@@ -33,23 +35,131 @@ pub(crate) fn parse_cert(
     }
 }
 
-/// The certificate's key, which must be ECDSA on P-384.
+/// An ECDSA P-384 public key that parsed as one (a point on the curve), verified with ring's
+/// assembly arithmetic: one P-384 verification is most of what a NewMeshCert costs, and ring's is
+/// several times faster than the `p384` crate's (the benchmark's crypto floor row measures it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct P384Key {
+    /// The uncompressed SEC1 point (0x04 || x || y).
+    point: Vec<u8>,
+}
+
+impl P384Key {
+    /// The key of a `p384` verifying key (tests sign with `p384`).
+    #[cfg(test)]
+    pub(crate) fn from_p384(key: &p384::ecdsa::VerifyingKey) -> P384Key {
+        P384Key {
+            point: key.to_encoded_point(false).as_bytes().to_vec(),
+        }
+    }
+
+    /// Verifies a fixed-size signature (`r || s`, big-endian, 48 bytes each) over `message`.
+    pub(crate) fn verify_fixed(&self, message: &[u8], r_s: &[u8; 96]) -> bool {
+        UnparsedPublicKey::new(&ECDSA_P384_SHA384_FIXED, &self.point)
+            .verify(message, r_s)
+            .is_ok()
+    }
+
+    /// Verifies a DER-encoded (X9.62) signature over `message`.
+    pub(crate) fn verify_der(&self, message: &[u8], der: &[u8]) -> bool {
+        UnparsedPublicKey::new(&ECDSA_P384_SHA384_ASN1, &self.point)
+            .verify(message, der)
+            .is_ok()
+    }
+}
+
+/// The certificate's key, which must be ECDSA on P-384. The `p384` crate judges the
+/// SubjectPublicKeyInfo (algorithm, curve, a point on the curve), as it always did; ring verifies.
 pub(crate) fn p384_key(
     cert: &X509Certificate<'_>,
     role: CertRole,
-) -> Result<p384::ecdsa::VerifyingKey, AttestationError> {
-    p384::ecdsa::VerifyingKey::from_public_key_der(cert.public_key().raw).map_err(|e| {
-        AttestationError::malformed(format!("{role} certificate: not an ECDSA P-384 key: {e}"))
+) -> Result<P384Key, AttestationError> {
+    let key =
+        p384::ecdsa::VerifyingKey::from_public_key_der(cert.public_key().raw).map_err(|e| {
+            AttestationError::malformed(format!("{role} certificate: not an ECDSA P-384 key: {e}"))
+        })?;
+    Ok(P384Key {
+        point: key.to_encoded_point(false).as_bytes().to_vec(),
     })
 }
 
+/// Certificate links that passed their check, remembered by the exact DER bytes of both
+/// certificates, so that the chain of a VCEK (simulated or AMD's) is verified once, not at every
+/// handshake.
+///
+/// What a link check decides (the names, the algorithm identifiers, the signature) is a function of
+/// the two certificates' bytes alone, never of the time or of any configuration: a remembered success
+/// is exactly what a fresh check would conclude. Validity periods depend on the time and are never
+/// remembered: callers check them at every verification. Failures are not remembered (a peer could
+/// fill the set with them). Bounded: when full it is emptied, which costs fresh checks, never a
+/// wrong verdict.
+pub(crate) struct VerifiedLinks {
+    links: Mutex<BTreeSet<Vec<u8>>>,
+}
+
+/// Links remembered at most: a cluster sees a few VCEKs per chip and TCB, not thousands.
+const VERIFIED_LINKS_MAX: usize = 256;
+
+impl VerifiedLinks {
+    pub(crate) const fn new() -> VerifiedLinks {
+        VerifiedLinks {
+            links: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    /// `check()`'s verdict on the link `issuer_der` → `child_der`, from memory when it passed before.
+    pub(crate) fn check(
+        &self,
+        issuer_der: &[u8],
+        child_der: &[u8],
+        check: impl FnOnce() -> Result<(), AttestationError>,
+    ) -> Result<(), AttestationError> {
+        // The issuer's length first, so that no two pairs of certificates share a key.
+        let mut key = Vec::with_capacity(8 + issuer_der.len() + child_der.len());
+        key.extend_from_slice(&(issuer_der.len() as u64).to_be_bytes());
+        key.extend_from_slice(issuer_der);
+        key.extend_from_slice(child_der);
+        if self.lock().contains(&key) {
+            return Ok(());
+        }
+        check()?;
+        let mut links = self.lock();
+        if links.len() >= VERIFIED_LINKS_MAX {
+            links.clear();
+        }
+        links.insert(key);
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<Vec<u8>>> {
+        // The set holds only successes, each complete once inserted: a panic elsewhere while the
+        // lock was held leaves nothing half-written.
+        self.links.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The links of every chain this process verified (simulated and AMD).
+pub(crate) static VERIFIED_LINKS: VerifiedLinks = VerifiedLinks::new();
+
 /// Checks that `child` names `issuer` as its issuer and carries an ECDSA P-384/SHA-384 signature
-/// by `issuer_key` over its TBS bytes. For a self-signed root, pass the root twice.
+/// by `issuer_key` over its TBS bytes. For a self-signed root, pass the root twice. The key must be
+/// `issuer`'s (as [`p384_key`] read it): a success is remembered by the two certificates' bytes.
 pub(crate) fn check_issued_by(
     child: &X509Certificate<'_>,
     role: CertRole,
     issuer: &X509Certificate<'_>,
-    issuer_key: &p384::ecdsa::VerifyingKey,
+    issuer_key: &P384Key,
+) -> Result<(), AttestationError> {
+    VERIFIED_LINKS.check(issuer.as_raw(), child.as_raw(), || {
+        check_issued_by_now(child, role, issuer, issuer_key)
+    })
+}
+
+fn check_issued_by_now(
+    child: &X509Certificate<'_>,
+    role: CertRole,
+    issuer: &X509Certificate<'_>,
+    issuer_key: &P384Key,
 ) -> Result<(), AttestationError> {
     if child.issuer().as_raw() != issuer.subject().as_raw() {
         return Err(RejectReason::CertificateChain { role }.into());
@@ -62,11 +172,11 @@ pub(crate) fn check_issued_by(
     {
         return Err(bad_signature());
     }
-    let signature = p384::ecdsa::Signature::from_der(&child.signature_value.data)
-        .map_err(|_| bad_signature())?;
-    issuer_key
-        .verify(child.tbs_certificate.as_ref(), &signature)
-        .map_err(|_| bad_signature())
+    // Strict DER, as `p384::ecdsa::Signature::from_der` read it before: ring refuses anything else.
+    if !issuer_key.verify_der(child.tbs_certificate.as_ref(), &child.signature_value.data) {
+        return Err(bad_signature());
+    }
+    Ok(())
 }
 
 /// Checks `not_before <= now <= not_after`.
@@ -86,6 +196,51 @@ pub(crate) fn check_validity(
     Ok(())
 }
 
+/// The seconds during which every certificate of a chain is valid: what [`check_validity`] of each
+/// accepts, so that a verdict can be reused exactly while the time stays inside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Window {
+    from: i64,
+    until: i64,
+}
+
+impl Window {
+    /// The validity of `cert`.
+    pub(crate) fn of(cert: &X509Certificate<'_>) -> Window {
+        let validity = cert.validity();
+        Window {
+            from: validity.not_before.timestamp(),
+            until: validity.not_after.timestamp(),
+        }
+    }
+
+    /// This window, ending at `until` (Unix seconds) at the latest.
+    pub(crate) fn ending_by(self, until: i64) -> Window {
+        Window {
+            from: self.from,
+            until: self.until.min(until),
+        }
+    }
+
+    /// A window no time is in: a verdict that must never be reused.
+    pub(crate) fn empty() -> Window {
+        Window { from: 1, until: 0 }
+    }
+
+    /// The seconds in both windows.
+    pub(crate) fn and(self, other: Window) -> Window {
+        Window {
+            from: self.from.max(other.from),
+            until: self.until.min(other.until),
+        }
+    }
+
+    /// Whether [`check_validity`] would accept every certificate of the window at `now`.
+    pub(crate) fn contains(&self, now: SystemTime) -> bool {
+        asn1_time(now).is_ok_and(|t| (self.from..=self.until).contains(&t.timestamp()))
+    }
+}
+
 fn asn1_time(now: SystemTime) -> Result<ASN1Time, AttestationError> {
     let secs = now
         .duration_since(UNIX_EPOCH)
@@ -95,4 +250,67 @@ fn asn1_time(now: SystemTime) -> Result<ASN1Time, AttestationError> {
         .map_err(|_| AttestationError::Config("the time of check is out of range".into()))?;
     ASN1Time::from_timestamp(secs)
         .map_err(|e| AttestationError::Config(format!("the time of check is out of range: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    #[test]
+    fn verified_links_remember_successes_of_exactly_these_bytes() {
+        let links = VerifiedLinks::new();
+        let calls = Cell::new(0);
+        let pass = || {
+            calls.set(calls.get() + 1);
+            Ok(())
+        };
+        let fail = || {
+            calls.set(calls.get() + 1);
+            Err(RejectReason::CertificateSignature {
+                role: CertRole::Signer,
+            }
+            .into())
+        };
+        links.check(b"issuer", b"child", pass).unwrap();
+        links.check(b"issuer", b"child", fail).unwrap();
+        assert_eq!(calls.get(), 1, "remembered");
+        // Other bytes are checked afresh, also when the concatenations are equal.
+        assert!(links.check(b"issuer", b"child2", fail).is_err());
+        assert!(links.check(b"issuerchild", b"", fail).is_err());
+        assert!(links.check(b"issue", b"rchild", fail).is_err());
+        assert_eq!(calls.get(), 4);
+        // Failures are not remembered.
+        assert!(links.check(b"issuer", b"child2", fail).is_err());
+        assert_eq!(calls.get(), 5);
+        // Bounded.
+        for i in 0..3 * VERIFIED_LINKS_MAX {
+            links.check(b"issuer", &i.to_be_bytes(), pass).unwrap();
+        }
+        assert!(links.lock().len() <= VERIFIED_LINKS_MAX);
+    }
+
+    #[test]
+    fn a_window_holds_exactly_where_every_validity_check_passes() {
+        let root = crate::simulated::SimulatedRoot::generate().unwrap();
+        let cert = parse_cert(root.cert_der(), CertRole::Root).unwrap();
+        let window = Window::of(&cert);
+        let v = cert.validity();
+        let at = |secs: i64| UNIX_EPOCH + std::time::Duration::from_secs(secs as u64);
+        let (from, until) = (v.not_before.timestamp(), v.not_after.timestamp());
+        for t in [from - 1, from, from + 1, until - 1, until, until + 1] {
+            assert_eq!(
+                window.contains(at(t)),
+                check_validity(&cert, CertRole::Root, at(t)).is_ok(),
+                "at {t}"
+            );
+        }
+        let narrower = Window {
+            from: from + 10,
+            until: until - 10,
+        };
+        assert_eq!(window.and(narrower), narrower);
+        assert!(!window.and(narrower).contains(at(from + 5)));
+    }
 }

@@ -5,8 +5,7 @@
 //! reports with the same code and differ only in how they establish the signing key. It must
 //! never establish trust in a key or read certificates: callers pass an already-chained key.
 
-use p384::ecdsa::signature::Verifier as _;
-
+use crate::chain::P384Key;
 use crate::error::{AttestationError, RejectReason};
 use crate::reference::{ChipId, Measurement};
 use crate::report::{Report, SIG_ALGO_ECDSA_P384_SHA384};
@@ -32,31 +31,35 @@ pub(crate) fn check_format(report: &Report) -> Result<(), AttestationError> {
 /// would be a change nobody can detect.
 pub(crate) fn check_report_signature(
     report: &Report,
-    key: &p384::ecdsa::VerifyingKey,
+    key: &P384Key,
 ) -> Result<(), AttestationError> {
     let bad = || AttestationError::from(RejectReason::ReportSignature);
     if report.signature_reserved().iter().any(|&b| b != 0) {
         return Err(bad());
     }
-    let r = scalar_from_le(report.signature_r()).ok_or_else(bad)?;
-    let s = scalar_from_le(report.signature_s()).ok_or_else(bad)?;
-    let signature = p384::ecdsa::Signature::from_scalars(r, s).map_err(|_| bad())?;
-    key.verify(report.signed_bytes(), &signature)
-        .map_err(|_| bad())
+    let mut r_s = [0u8; 2 * P384_SCALAR_LEN];
+    let (r, s) = r_s.split_at_mut(P384_SCALAR_LEN);
+    scalar_from_le(report.signature_r(), r).ok_or_else(bad)?;
+    scalar_from_le(report.signature_s(), s).ok_or_else(bad)?;
+    // ring refuses r or s of zero or not below the group order, as `p384` did.
+    if !key.verify_fixed(report.signed_bytes(), &r_s) {
+        return Err(bad());
+    }
+    Ok(())
 }
 
-/// A little-endian, zero-padded 72-byte field as a big-endian P-384 scalar encoding; `None` when
-/// the padding is not zero (a signature with junk there is not one the hardware produced).
-fn scalar_from_le(field: &[u8; 72]) -> Option<p384::FieldBytes> {
+/// Writes a little-endian, zero-padded 72-byte field into `be` as a big-endian P-384 scalar;
+/// `None` when the padding is not zero (a signature with junk there is not one the hardware
+/// produced).
+fn scalar_from_le(field: &[u8; 72], be: &mut [u8]) -> Option<()> {
     let (value, padding) = field.split_at(P384_SCALAR_LEN);
     if padding.iter().any(|&b| b != 0) {
         return None;
     }
-    let mut be = p384::FieldBytes::default();
     for (dst, src) in be.iter_mut().zip(value.iter().rev()) {
         *dst = *src;
     }
-    Some(be)
+    Some(())
 }
 
 /// What the reference values allow about the guest.
@@ -144,7 +147,7 @@ mod tests {
     use crate::error::CertRole;
 
     /// Real hardware reports and the VCEKs that signed them (origins in testdata/README.md).
-    fn vector(report: &str, vcek: &str) -> (Report, p384::ecdsa::VerifyingKey) {
+    fn vector(report: &str, vcek: &str) -> (Report, P384Key) {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/");
         let report = Report::parse(&std::fs::read(format!("{dir}{report}")).unwrap()).unwrap();
         let der = std::fs::read(format!("{dir}{vcek}")).unwrap();

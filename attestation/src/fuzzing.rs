@@ -41,6 +41,7 @@ pub fn snp_unchained(
     };
     if let Ok(key) = chain::p384_key(&cert, CertRole::Signer) {
         let signer = snp::amd_chain::ChainedSigner {
+            window: chain::Window::of(&cert),
             cert: cert.clone(),
             key,
         };
@@ -49,7 +50,6 @@ pub fn snp_unchained(
                 &report,
                 kind,
                 &signer,
-                signer_der,
                 entry,
                 &snp::Expectations {
                     report_data,
@@ -65,7 +65,7 @@ pub fn snp_unchained(
         let reported = tcb::reported(&report, product);
         let _ = extensions::check_hw_id(&cert, &report, product);
         let _ = extensions::check_tcb(&cert, reported, product);
-        let _ = cross_check::check_with_sev(&report, product, signer_der);
+        let _ = cross_check::check_with_sev(&report, product);
         let _ = tcb::check_minimum(reported, &MinimumTcb::from(reported));
     }
     let _ = claims::check_guest(

@@ -49,6 +49,6 @@ pub use reference::{
 };
 pub use report::{GuestPolicy, REPORT_LEN, Report, ReportBuilder, SIGNED_LEN, Tcb};
 pub use sev_guest::SevGuestIssuer;
-pub use simulated::{SimulatedIssuer, SimulatedRoot};
+pub use simulated::{SimulatedIssuer, SimulatedRoot, ThrottledIssuer};
 pub use snp::SignerKind;
 pub use verify::{PlatformTrust, VerifiedReport, Verifier};

@@ -48,6 +48,9 @@ pub struct VerifiedReport {
     chip_id: [u8; 64],
     reported_tcb: Tcb,
     tdx: Option<crate::tdx::TdxClaims>,
+    /// When every certificate of the chain that vouched for the report is valid (and, for SNP with
+    /// revocation checked, the CRL is fresh).
+    window: chain::Window,
 }
 
 impl VerifiedReport {
@@ -56,6 +59,7 @@ impl VerifiedReport {
         product: Option<Product>,
         report: &Report,
         reported_tcb: Tcb,
+        window: chain::Window,
     ) -> Self {
         Self {
             platform,
@@ -69,6 +73,7 @@ impl VerifiedReport {
             chip_id: *report.chip_id(),
             reported_tcb,
             tdx: None,
+            window,
         }
     }
 
@@ -87,18 +92,38 @@ impl VerifiedReport {
             chip_id: [0; 64],
             reported_tcb: Tcb::new(0, 0, 0, 0),
             tdx: Some(quote.claims()),
+            // Intel's collateral (TCB info, QE identity, CRLs) has windows of its own that this
+            // window does not track: a TDX verdict is never reused, every check is fresh.
+            window: chain::Window::empty(),
         }
     }
 
+    /// The same verdict, reusable only until `until` (Unix seconds) at the latest.
+    pub(crate) fn valid_until(mut self, until: i64) -> Self {
+        self.window = self.window.ending_by(until);
+        self
+    }
+
     /// An SNP report that passed every check of an entry for `product`.
-    pub(crate) fn snp(report: &Report, product: Product, reported_tcb: Tcb) -> Self {
-        Self::from_report(Platform::Snp, Some(product), report, reported_tcb)
+    pub(crate) fn snp(
+        report: &Report,
+        product: Product,
+        reported_tcb: Tcb,
+        window: chain::Window,
+    ) -> Self {
+        Self::from_report(Platform::Snp, Some(product), report, reported_tcb, window)
     }
 
     /// A simulated report (Milan/Genoa TCB layout) that passed every check.
-    fn simulated(report: &Report) -> Self {
+    fn simulated(report: &Report, window: chain::Window) -> Self {
         let tcb = Tcb::from_milan_genoa(report.reported_tcb());
-        Self::from_report(Platform::Simulated, None, report, tcb)
+        Self::from_report(Platform::Simulated, None, report, tcb, window)
+    }
+
+    /// Whether the certificates that vouched for the report are all valid at `now`: with the same
+    /// evidence, binding and policy, a fresh verification at `now` would reach the same verdict.
+    pub(crate) fn chain_valid_at(&self, now: SystemTime) -> bool {
+        self.window.contains(now)
     }
 
     /// The platform that produced the evidence.
@@ -375,6 +400,9 @@ impl Verifier {
         )?;
         claims::check_host_data(&report, accept_host_data)?;
         claims::check_report_data(&report, expected_report_data)?;
-        Ok(VerifiedReport::simulated(&report))
+        Ok(VerifiedReport::simulated(
+            &report,
+            chain::Window::of(&root).and(chain::Window::of(&signer)),
+        ))
     }
 }

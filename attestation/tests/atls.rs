@@ -155,6 +155,87 @@ async fn mutual_attestation_gives_both_sides_the_verified_peer() {
     );
 }
 
+/// A policy whose fingerprint the test sets, counting its verifications.
+#[derive(Debug)]
+struct Fingerprinted {
+    inner: concord_attestation::StaticPolicy,
+    fingerprint: std::sync::Mutex<Option<[u8; 32]>>,
+    verifications: std::sync::atomic::AtomicUsize,
+}
+
+impl concord_attestation::AcceptPolicy for Fingerprinted {
+    fn verify(
+        &self,
+        evidence: &concord_attestation::Evidence,
+        expected_report_data: &[u8; 64],
+    ) -> Result<concord_attestation::VerifiedReport, AttestationError> {
+        self.verifications
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.verify(evidence, expected_report_data)
+    }
+    fn deployment_pin(&self) -> DeploymentPin {
+        self.inner.deployment_pin()
+    }
+    fn fingerprint(&self) -> Option<[u8; 32]> {
+        *self.fingerprint.lock().unwrap()
+    }
+}
+
+/// Issue 11: a NewMeshCert on a fresh connection checks the evidence once. Reverifying under the
+/// fingerprint the handshake was verified under reuses its verdict; any other fingerprint, or none,
+/// verifies afresh, and a policy that changed its verdict is heard.
+#[tokio::test]
+async fn reverify_reuses_the_verdict_only_under_the_same_fingerprint() {
+    use concord_attestation::AcceptPolicy as _;
+    use std::sync::atomic::Ordering::SeqCst;
+    let s = Setup::new();
+    let policy = Arc::new(Fingerprinted {
+        inner: s.f.policy_with(&[CLIENT_MEASUREMENT], &[CLIENT_HOST_DATA]),
+        fingerprint: std::sync::Mutex::new(Some([1; 32])),
+        verifications: Default::default(),
+    });
+    let (addr, server) = serve_once(s.acceptor(ClientAuth::Required(policy.clone()))).await;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut tls, _) = s.mutual_client().connect(tcp, server_name()).await.unwrap();
+    echo(&mut tls).await;
+    let peer = server.await.unwrap().unwrap().peer.unwrap();
+    assert_eq!(policy.verifications.load(SeqCst), 1, "the handshake");
+
+    assert_eq!(&peer.reverify(&*policy).unwrap(), peer.report());
+    assert_eq!(policy.verifications.load(SeqCst), 1, "reused");
+
+    // Another fingerprint: verified afresh (and still accepted by the unchanged inner policy).
+    *policy.fingerprint.lock().unwrap() = Some([2; 32]);
+    peer.reverify(&*policy).unwrap();
+    assert_eq!(policy.verifications.load(SeqCst), 2);
+    // No fingerprint: afresh too.
+    *policy.fingerprint.lock().unwrap() = None;
+    peer.reverify(&*policy).unwrap();
+    assert_eq!(policy.verifications.load(SeqCst), 3);
+
+    // A policy that now refuses, under a fingerprint of its own, is heard.
+    let dropped = Fingerprinted {
+        inner: s.f.policy_with(&[[0x77; 48]], &[CLIENT_HOST_DATA]),
+        fingerprint: std::sync::Mutex::new(Some([3; 32])),
+        verifications: Default::default(),
+    };
+    assert_eq!(
+        rejected(peer.reverify(&dropped)),
+        RejectReason::MeasurementNotTrusted
+    );
+    // And the pin is checked on reuse too.
+    let mut pinned = s.f.policy_with(&[CLIENT_MEASUREMENT], &[CLIENT_HOST_DATA]);
+    pinned.deployment = DeploymentPin::Exactly(DeploymentId([9; 32]));
+    let pinned = Fingerprinted {
+        inner: pinned,
+        fingerprint: std::sync::Mutex::new(Some([1; 32])),
+        verifications: Default::default(),
+    };
+    assert!(pinned.fingerprint().is_some());
+    assert!(peer.reverify(&pinned).is_err());
+    assert_eq!(pinned.verifications.load(SeqCst), 0, "reused, pin refused");
+}
+
 /// A kept connection is only as trusted as its evidence under the policy as it is now: the
 /// handshake's evidence is checked again, and a policy that dropped the peer's measurement or
 /// policy rejects it, while the unchanged policy still accepts it.
@@ -508,4 +589,97 @@ async fn a_kept_connection_is_checked_again_for_its_deployment() {
             RejectReason::WrongDeployment { .. }
         ))
     ));
+}
+
+/// An issuer that takes 30 ms per report, one at a time, counting its calls (a secure processor).
+#[derive(Debug)]
+struct SlowIssuer {
+    inner: Arc<dyn concord_attestation::EvidenceIssuer>,
+    calls: std::sync::atomic::AtomicUsize,
+    one_at_a_time: std::sync::Mutex<()>,
+}
+
+impl concord_attestation::EvidenceIssuer for SlowIssuer {
+    fn platform(&self) -> concord_attestation::Platform {
+        self.inner.platform()
+    }
+    fn issue(
+        &self,
+        report_data: &[u8; 64],
+    ) -> Result<concord_attestation::Evidence, AttestationError> {
+        let _one = self.one_at_a_time.lock().unwrap();
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(30));
+        self.inner.issue(report_data)
+    }
+}
+
+/// Accepts `n` connections concurrently and connects `n` clients at once; returns the issuer calls.
+async fn storm(s: &Setup, n: usize, one_report_per_handshake: bool) -> usize {
+    let issuer = Arc::new(SlowIssuer {
+        inner: s.f.issuer.clone(),
+        calls: Default::default(),
+        one_at_a_time: Default::default(),
+    });
+    let mut acceptor = AtlsAcceptor::new(
+        issuer.clone(),
+        s.server_key.clone(),
+        Arc::new(DEPLOYMENT),
+        ClientAuth::None,
+    )
+    .unwrap();
+    if one_report_per_handshake {
+        acceptor = acceptor.one_report_per_handshake();
+    }
+    let acceptor = Arc::new(acceptor);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let mut served = Vec::new();
+        for _ in 0..n {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            served.push(tokio::spawn(async move {
+                let (mut tls, _) = acceptor.accept(tcp).await.unwrap();
+                let mut buf = [0u8; 4];
+                tls.read_exact(&mut buf).await.unwrap();
+                tls.write_all(&buf).await.unwrap();
+                tls.flush().await.unwrap();
+            }));
+        }
+        for s in served {
+            s.await.unwrap();
+        }
+    });
+    let client = Arc::new(s.client(None));
+    let clients: Vec<_> = (0..n)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let tcp = TcpStream::connect(addr).await.unwrap();
+                // Each client checks the server's evidence against its own nonce.
+                let (mut tls, peer) = client.connect(tcp, server_name()).await.unwrap();
+                assert_eq!(peer.deployment(), DEPLOYMENT);
+                echo(&mut tls).await;
+            })
+        })
+        .collect();
+    for c in clients {
+        c.await.unwrap();
+    }
+    server.await.unwrap();
+    issuer.calls.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Issue 11 item 2: handshakes that arrive together share reports (binding v3), each client still
+/// verifying evidence bound to its own nonce; turned off, one report per handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_handshakes_share_reports_and_each_verifies_its_own_nonce() {
+    let s = Setup::new();
+    let n = 40;
+    let batched = storm(&s, n, false).await;
+    // 40 clients at once, 30 ms per report: a handful of reports, not 40 (a loaded machine may
+    // spread the arrivals).
+    assert!(batched <= n / 4, "{batched} reports for {n} handshakes");
+    assert_eq!(storm(&s, n, true).await, n);
 }

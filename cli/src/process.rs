@@ -62,7 +62,8 @@ pub struct SimulatedFlags {
     pub deployment_id: Option<String>,
     /// Simulated Intel TDX quotes (`--platform simulated-tdx`) instead of SNP-shaped reports.
     pub tdx: bool,
-    /// More coordinator flags, after the platform's (tests: `--snapshot-after-entries`).
+    /// More coordinator flags, after the platform's (tests: `--snapshot-after-entries`; benchmarks:
+    /// `--evidence`, the simulated issuer's delay).
     pub extra: Vec<String>,
 }
 

@@ -10,6 +10,13 @@ use concord_coordinator::launch::{LaunchError, OwnReferenceArgs, PlatformArgs};
 use concord_coordinator::peer_args::{Members, PeerArgs};
 use concord_coordinator::server::{Config, run};
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum EvidenceMode {
+    Batched,
+    PerHandshake,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 enum LogFormat {
@@ -75,6 +82,16 @@ struct Args {
     /// the liveness probe and of shutdown only.
     #[arg(long, value_name = "FILE", hide = true)]
     insecure_test_stall_raft_while: Option<PathBuf>,
+    /// Evidence for client handshakes: `batched` makes one report for every handshake that waits
+    /// while the previous one is made (binding v3, docs/PROTOCOL.md §8), so the secure processor
+    /// sees a bounded number of calls whatever the number of clients; `per-handshake` makes one per
+    /// handshake (binding v2 only), for clients from before binding v3.
+    #[arg(long, env = "CONCORD_EVIDENCE", value_enum, default_value = "batched")]
+    evidence: EvidenceMode,
+    /// INSECURE, benchmarks only (--platform simulated): every simulated report takes this many
+    /// milliseconds, one at a time, as a secure processor's would.
+    #[arg(long, env = "CONCORD_INSECURE_SIMULATED_ISSUER_DELAY_MS", hide = true)]
+    insecure_simulated_issuer_delay_ms: Option<u64>,
     /// Log format.
     #[arg(long, env = "CONCORD_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -114,6 +131,8 @@ fn config_json(args: &Args, members: &Members) -> serde_json::Value {
             "tdx_collateral": p.tdx_collateral,
             "snp_reference": args.own_reference.snp_reference,
         },
+        "evidence": args.evidence,
+        "insecure_simulated_issuer_delay_ms": args.insecure_simulated_issuer_delay_ms,
         "log_format": args.log_format,
         "snapshot_after_entries": args.snapshot_after_entries,
         "deployment_id": args.deployment_id.map(|id| hex::encode(id.as_bytes())),
@@ -194,7 +213,14 @@ async fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logs(args.log_format);
-    let platform = match args.platform.launch(&args.own_reference) {
+    if args.insecure_simulated_issuer_delay_ms.is_some()
+        && args.platform.platform != concord_coordinator::launch::PlatformKind::Simulated
+    {
+        return usage_error(
+            "--insecure-simulated-issuer-delay-ms is for --platform simulated (benchmarks) only",
+        );
+    }
+    let mut platform = match args.platform.launch(&args.own_reference) {
         Ok(p) => p,
         Err(LaunchError::Usage(e)) => return usage_error(&e),
         Err(LaunchError::Unavailable(e)) => {
@@ -203,6 +229,16 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Some(ms) = args.insecure_simulated_issuer_delay_ms {
+        tracing::warn!(
+            delay_ms = ms,
+            "INSECURE benchmark setting: every simulated report is slowed down, one at a time"
+        );
+        platform.issuer = std::sync::Arc::new(concord_attestation::ThrottledIssuer::new(
+            platform.issuer,
+            std::time::Duration::from_millis(ms),
+        ));
+    }
     let config = Config {
         data_dir: args.data_dir,
         user_listen: args.user_listen,
@@ -220,6 +256,7 @@ async fn main() -> ExitCode {
         deployment_id: args.deployment_id,
         snapshot_after_entries: args.snapshot_after_entries,
         stall_raft_while: args.insecure_test_stall_raft_while,
+        evidence_batching: args.evidence == EvidenceMode::Batched,
     };
     let code = match run(config, shutdown_signal()).await {
         Ok(()) => 0,

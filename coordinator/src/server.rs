@@ -56,6 +56,8 @@ pub struct Config {
     /// The test fault hook (`--insecure-test-stall-raft-while`): while this file exists, the Raft log's
     /// appends block, wedging the Raft core. `None` in production.
     pub stall_raft_while: Option<PathBuf>,
+    /// `--evidence batched`: handshakes that wait together share one report (binding v3).
+    pub evidence_batching: bool,
 }
 
 /// The default of `--snapshot-after-entries` (openraft's own default).
@@ -199,19 +201,23 @@ pub async fn run(
         PeerLinks::new(peer_client, peer_policy.clone()),
     ));
 
-    let user_acceptor = Arc::new(AtlsAcceptor::new(
+    let batching = |acceptor: AtlsAcceptor| match config.evidence_batching {
+        true => Arc::new(acceptor),
+        false => Arc::new(acceptor.one_report_per_handshake()),
+    };
+    let user_acceptor = batching(AtlsAcceptor::new(
         issuer.clone(),
         key.clone(),
         deployment.clone(),
         ClientAuth::None,
     )?);
-    let mesh_acceptor = Arc::new(AtlsAcceptor::new(
+    let mesh_acceptor = batching(AtlsAcceptor::new(
         issuer.clone(),
         key.clone(),
         deployment.clone(),
         ClientAuth::Required(Arc::new(MeshAcceptPolicy::new(replica.clone()))),
     )?);
-    let peer_acceptor = Arc::new(AtlsAcceptor::new(
+    let peer_acceptor = batching(AtlsAcceptor::new(
         issuer,
         key,
         deployment,

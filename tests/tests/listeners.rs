@@ -61,8 +61,25 @@ fn watch_rss(pid: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
 /// A legitimate `GetManifests` on a new connection (a new aTLS handshake), timed.
 async fn timed_get_manifests(env: &Env, c: &concord_cli::process::CoordinatorProcess) -> Duration {
     let start = Instant::now();
+    let manifest = concord_coordinator::manifest::Manifest::parse(&env.d.manifest(1)).unwrap();
+    let trust = concord_cli::remote::trust_for(&manifest, true).unwrap();
     let call = async {
-        let mut user = env.user_client(c).await;
+        // A refused or dropped connection is an outage to a client, which dials again
+        // (docs/PROTOCOL.md §8, Connections): right after a flood whose connections are all younger
+        // than the gate's eviction guard (1 s), the first dial may be closed.
+        let mut user = loop {
+            match concord_cli::remote::user_api(
+                &c.user_addr.to_string(),
+                &manifest,
+                trust.clone(),
+                concord_tests::pin(&manifest),
+            )
+            .await
+            {
+                Ok((user, _)) => break user,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
         user.get_manifests(pb::GetManifestsRequest::default())
             .await
             .map(|_| ())

@@ -7,6 +7,7 @@ use time::{Duration, OffsetDateTime};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer as _;
 
+use super::batch::{BATCH_OID, BatchProof};
 use super::{DEPLOYMENT_OID, DeploymentId, EVIDENCE_OID, NONCE_LEN, binding};
 use crate::error::{AttestationError, RejectReason};
 use crate::evidence::Evidence;
@@ -23,6 +24,17 @@ pub(crate) fn make_certificate(
     deployment: &DeploymentId,
 ) -> Result<CertificateDer<'static>, AttestationError> {
     let evidence = issuer.issue(&binding(&key.subject_public_key_info(), nonce, deployment))?;
+    certificate(key, &evidence, None, deployment)
+}
+
+/// A fresh certificate of `key` carrying `evidence`, the proof of its binding when the evidence
+/// is a batch's (binding v3), and `deployment`.
+pub(crate) fn certificate(
+    key: &KeyPair,
+    evidence: &Evidence,
+    proof: Option<&BatchProof>,
+    deployment: &DeploymentId,
+) -> Result<CertificateDer<'static>, AttestationError> {
     let mut params = CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
     params.distinguished_name.push(DnType::CommonName, CN);
@@ -43,6 +55,14 @@ pub(crate) fn make_certificate(
             DEPLOYMENT_OID,
             deployment.as_bytes().to_vec(),
         ));
+    if let Some(proof) = proof {
+        params
+            .custom_extensions
+            .push(CustomExtension::from_oid_content(
+                BATCH_OID,
+                proof.to_bytes(),
+            ));
+    }
     let cert = params
         .self_signed(key)
         .map_err(|e| AttestationError::Issuer(format!("making the aTLS certificate: {e}")))?;
@@ -66,6 +86,20 @@ pub struct AtlsCertificate {
     pub spki_der: Vec<u8>,
     /// The deployment the certificate names.
     pub deployment: DeploymentId,
+    /// Where the binding sits in the batch the evidence commits to (binding v3), if it is a batch's.
+    pub batch: Option<BatchProof>,
+}
+
+impl AtlsCertificate {
+    /// The report data the evidence must carry for the relying side's `nonce`: the binding v2 value,
+    /// or, with a batch proof, the batch's report data computed from that binding (binding v3).
+    pub fn expected_report_data(&self, nonce: &[u8; NONCE_LEN]) -> [u8; 64] {
+        let binding = binding(&self.spki_der, nonce, &self.deployment);
+        match &self.batch {
+            None => binding,
+            Some(proof) => proof.report_data(&binding),
+        }
+    }
 }
 
 /// The evidence of an aTLS certificate, its SubjectPublicKeyInfo (DER) and the deployment it names.
@@ -116,10 +150,26 @@ pub fn extract_evidence(cert_der: &[u8]) -> Result<AtlsCertificate, AttestationE
             ));
         }
     };
+    let mut proofs = cert
+        .extensions()
+        .iter()
+        .filter(|ext| is_oid(&ext.oid, BATCH_OID));
+    let batch = match (proofs.next(), proofs.next()) {
+        (None, _) => None,
+        (Some(ext), None) => Some(BatchProof::from_bytes(ext.value).ok_or_else(|| {
+            AttestationError::malformed("aTLS certificate: the batch proof is not well-formed")
+        })?),
+        (Some(_), Some(_)) => {
+            return Err(AttestationError::malformed(
+                "aTLS certificate: more than one batch proof extension",
+            ));
+        }
+    };
     Ok(AtlsCertificate {
         evidence,
         spki_der: cert.public_key().raw.to_vec(),
         deployment,
+        batch,
     })
 }
 

@@ -15,6 +15,7 @@
 //! skip the evidence check) and never negotiate TLS 1.2. It does not decide what evidence is
 //! acceptable: an [`AcceptPolicy`] does.
 
+pub mod batch;
 pub(crate) mod cert;
 mod client;
 mod deployment;
@@ -28,6 +29,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha512};
 
+pub use batch::{BATCH_OID, BatchProof};
 pub use cert::{AtlsCertificate, extract_evidence};
 pub use client::{AtlsClient, ClientIdentity};
 pub use deployment::{
@@ -78,13 +80,26 @@ pub struct VerifiedPeer {
     binding: [u8; 64],
     /// The deployment the certificate named and the evidence binds.
     deployment: DeploymentId,
+    /// The policy's fingerprint, taken before the handshake's verification.
+    fingerprint: Option<[u8; 32]>,
 }
 
 impl VerifiedPeer {
     /// Checks the handshake's evidence again, under `policy` as it is now. A connection outlives the
     /// policy it was accepted under (a new manifest can drop a measurement or a policy), so a relying
     /// side that keeps connections open calls this before it trusts the peer with anything new.
+    ///
+    /// When the policy's [`AcceptPolicy::fingerprint`] is the one the handshake was verified under
+    /// and the evidence's certificates are still valid, the verdict is the handshake's (a fresh
+    /// verification would repeat it: issue 11, one signature check per NewMeshCert).
     pub fn reverify(&self, policy: &dyn AcceptPolicy) -> Result<VerifiedReport, AttestationError> {
+        if let (Some(then), Some(now)) = (self.fingerprint, policy.fingerprint())
+            && then == now
+            && self.report.chain_valid_at(std::time::SystemTime::now())
+        {
+            policy.deployment_pin().check(&self.deployment)?;
+            return Ok(self.report.clone());
+        }
         let report = policy.verify(&self.evidence, &self.binding)?;
         policy.deployment_pin().check(&self.deployment)?;
         Ok(report)

@@ -9,7 +9,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::CertificateDer;
 use rustls::{CertificateError, DigitallySignedStruct, OtherError};
 
-use super::{AcceptPolicy, NONCE_LEN, VerifiedPeer, binding, extract_evidence};
+use super::{AcceptPolicy, NONCE_LEN, VerifiedPeer, extract_evidence};
 use crate::error::AttestationError;
 
 /// One connection's verification state, shared by its rustls callbacks and its caller.
@@ -48,8 +48,13 @@ impl PeerSlot {
         nonce: &[u8; NONCE_LEN],
         end_entity: &CertificateDer<'_>,
     ) -> Result<(), rustls::Error> {
+        // Before the verification: a policy that changes during it cannot lend its new
+        // fingerprint to a verdict reached under the old one.
+        let fingerprint = policy.fingerprint();
         let checked = extract_evidence(end_entity).and_then(|cert| {
-            let binding = binding(&cert.spki_der, nonce, &cert.deployment);
+            // Binding v2, or v3 when the certificate carries a batch proof: computed from this
+            // side's nonce either way, so evidence for another nonce cannot match.
+            let binding = cert.expected_report_data(nonce);
             let report = policy.verify(&cert.evidence, &binding)?;
             // Only now is the id known to be the one the evidence binds.
             policy.deployment_pin().check(&cert.deployment)?;
@@ -59,6 +64,7 @@ impl PeerSlot {
                 evidence: cert.evidence,
                 binding,
                 deployment: cert.deployment,
+                fingerprint,
             })
         });
         match checked {
@@ -124,7 +130,7 @@ mod tests {
     use rcgen::{CertificateParams, CustomExtension, KeyPair, PublicKeyData as _};
 
     use super::*;
-    use crate::atls::{DEPLOYMENT_OID, DeploymentId, DeploymentPin, EVIDENCE_OID};
+    use crate::atls::{DEPLOYMENT_OID, DeploymentId, DeploymentPin, EVIDENCE_OID, binding};
     use crate::error::RejectReason;
     use crate::issuer::EvidenceIssuer as _;
     use crate::testing::SimFixture;
@@ -205,5 +211,85 @@ mod tests {
             check(&f, DeploymentPin::Any, &unnamed),
             Err(RejectReason::NoDeployment.into())
         );
+    }
+
+    /// A certificate naming `id` whose evidence carries `report_data`, with `proof` (raw bytes) in
+    /// the batch extension.
+    fn batched(
+        f: &SimFixture,
+        key: &KeyPair,
+        report_data: &[u8; 64],
+        id: DeploymentId,
+        proof: &[u8],
+    ) -> Vec<u8> {
+        let evidence = f.issuer.issue(report_data).unwrap();
+        let mut params = CertificateParams::default();
+        for (oid, content) in [
+            (EVIDENCE_OID, evidence.to_bytes()),
+            (DEPLOYMENT_OID, id.0.to_vec()),
+            (crate::atls::BATCH_OID, proof.to_vec()),
+        ] {
+            params
+                .custom_extensions
+                .push(CustomExtension::from_oid_content(oid, content));
+        }
+        params.self_signed(key).unwrap().der().to_vec()
+    }
+
+    /// Binding v3: a batch's evidence passes for the nonce whose binding the proof places in the
+    /// batch, and for nothing else.
+    #[test]
+    fn batched_evidence_is_accepted_only_for_its_own_nonce() {
+        use crate::atls::batch::{BatchProof, build_batch};
+        let f = SimFixture::new();
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let spki = key.subject_public_key_info();
+        let id = DeploymentId([0xa1; 32]);
+        let other_nonce = [7; NONCE_LEN];
+        let bindings = [
+            binding(&spki, &[1; NONCE_LEN], &id),
+            binding(&spki, &NONCE, &id),
+            binding(&spki, &other_nonce, &id),
+        ];
+        let (report_data, proofs) = build_batch(&bindings);
+        let ours = proofs[1].to_bytes();
+        let pin = || DeploymentPin::Exactly(id);
+        let mismatch = Err(RejectReason::ReportDataMismatch.into());
+
+        check(&f, pin(), &batched(&f, &key, &report_data, id, &ours)).unwrap();
+        // The proof of another nonce's binding, in a certificate presented to us.
+        let theirs = proofs[2].to_bytes();
+        assert_eq!(
+            check(&f, pin(), &batched(&f, &key, &report_data, id, &theirs)),
+            mismatch
+        );
+        // Our proof, shortened by a level or lengthened by one.
+        let truncated = &ours[..ours.len() - 64];
+        assert_eq!(
+            check(&f, pin(), &batched(&f, &key, &report_data, id, truncated)),
+            mismatch
+        );
+        let extended = [&ours[..], &[0u8; 64]].concat();
+        assert_eq!(
+            check(&f, pin(), &batched(&f, &key, &report_data, id, &extended)),
+            mismatch
+        );
+        // Our proof, but the report carries another batch's root.
+        let (elsewhere, _) = build_batch(&[bindings[0], bindings[2]]);
+        assert_eq!(
+            check(&f, pin(), &batched(&f, &key, &elsewhere, id, &ours)),
+            mismatch
+        );
+        // Plain v2 evidence of our binding, with a proof added: refused (the proof makes it v3).
+        assert_eq!(
+            check(&f, pin(), &batched(&f, &key, &bindings[1], id, &ours)),
+            mismatch
+        );
+        // A proof that is not one: malformed.
+        assert!(matches!(
+            check(&f, pin(), &batched(&f, &key, &report_data, id, &ours[..10])),
+            Err(AttestationError::Malformed { .. })
+        ));
+        assert!(BatchProof::from_bytes(&ours).is_some());
     }
 }

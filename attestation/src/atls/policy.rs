@@ -21,6 +21,17 @@ pub trait AcceptPolicy: Send + Sync + std::fmt::Debug {
     /// The deployments accepted for the peer, checked against the id its certificate names once
     /// [`AcceptPolicy::verify`] proved the evidence binds that id.
     fn deployment_pin(&self) -> DeploymentPin;
+
+    /// A fingerprint of everything [`AcceptPolicy::verify`] and [`AcceptPolicy::deployment_pin`]
+    /// judge by besides the evidence, the report data and the time: the reference values, the
+    /// accepted host data, the pin, any revocation data. While it stays the same and the evidence's
+    /// certificates stay valid, [`super::VerifiedPeer::reverify`] reuses the handshake's verdict,
+    /// which a fresh verification would repeat, instead of verifying the signatures again. `None`
+    /// (the default): always verify afresh. A policy must return `None` rather than a fingerprint
+    /// that misses something its verdict depends on.
+    fn fingerprint(&self) -> Option<[u8; 32]> {
+        None
+    }
 }
 
 /// A fixed policy: these reference values, these accepted host data, checked at the current time.

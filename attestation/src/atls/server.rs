@@ -14,10 +14,11 @@ use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureSc
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::LazyConfigAcceptor;
 
+use super::batch::Batcher;
 use super::peer::{PeerSlot, refuse_tls12};
 use super::{
-    ALPN_H2, AcceptPolicy, DeploymentSource, HANDSHAKE_TIMEOUT, NONCE_LEN, VerifiedPeer, cert,
-    load_signing_key, nonce, provider,
+    ALPN_H2, AcceptPolicy, DeploymentSource, HANDSHAKE_TIMEOUT, NONCE_LEN, VerifiedPeer, binding,
+    cert, load_signing_key, nonce, provider,
 };
 use crate::error::AttestationError;
 use crate::issuer::EvidenceIssuer;
@@ -34,7 +35,8 @@ pub enum ClientAuth {
 /// Accepts aTLS connections.
 #[derive(Debug)]
 pub struct AtlsAcceptor {
-    issuer: Arc<dyn EvidenceIssuer>,
+    /// Makes the evidence of each handshake, batched (binding v3) unless turned off.
+    batcher: Arc<Batcher>,
     key: Arc<KeyPair>,
     deployment: Arc<dyn DeploymentSource>,
     signing_key: Arc<dyn rustls::sign::SigningKey>,
@@ -44,7 +46,9 @@ pub struct AtlsAcceptor {
 
 impl AtlsAcceptor {
     /// A server attesting with `issuer` for the TLS key `key`, naming (and binding) the deployment
-    /// `deployment` gives at each handshake. Fails if the key is not usable for TLS.
+    /// `deployment` gives at each handshake. Fails if the key is not usable for TLS. Handshakes
+    /// that wait for evidence together share one report (binding v3, [`super::batch`]); see
+    /// [`Self::one_report_per_handshake`].
     pub fn new(
         issuer: Arc<dyn EvidenceIssuer>,
         key: Arc<KeyPair>,
@@ -54,13 +58,21 @@ impl AtlsAcceptor {
         let provider = provider();
         let signing_key = load_signing_key(&provider, &key)?;
         Ok(Self {
-            issuer,
+            batcher: Arc::new(Batcher::new(issuer, true)),
             key,
             deployment,
             signing_key,
             client_auth,
             provider,
         })
+    }
+
+    /// One issuer call per handshake, every certificate with binding v2 evidence: what verifiers
+    /// from before batching require, at the cost of an issuer call (on SEV-SNP, a secure-processor
+    /// call) per client.
+    pub fn one_report_per_handshake(mut self) -> Self {
+        self.batcher = Arc::new(Batcher::new(self.batcher.issuer(), false));
+        self
     }
 
     /// Performs the server side of the handshake, within [`HANDSHAKE_TIMEOUT`]. Returns the
@@ -100,15 +112,15 @@ impl AtlsAcceptor {
             })?;
         let client_nonce = nonce::from_alpn(start.client_hello().alpn().into_iter().flatten())?;
         // Evidence is a device call (and, for the simulated platform, a signature): off the
-        // runtime's workers, so a slow device cannot stall other connections, and within the
-        // handshake's deadline, which can fire while it runs.
-        let (issuer, key) = (self.issuer.clone(), self.key.clone());
+        // runtime's workers (the batcher's blocking task), so a slow device cannot stall other
+        // connections, and within the handshake's deadline, which can fire while it runs.
         let deployment = self.deployment.deployment();
-        let certificate = tokio::task::spawn_blocking(move || {
-            cert::make_certificate(&*issuer, &key, &client_nonce, &deployment)
-        })
-        .await
-        .map_err(|e| AttestationError::Issuer(format!("the evidence task failed: {e}")))??;
+        let spki = rcgen::PublicKeyData::subject_public_key_info(&*self.key);
+        let (evidence, proof) = self
+            .batcher
+            .evidence(binding(&spki, &client_nonce, &deployment))
+            .await?;
+        let certificate = cert::certificate(&self.key, &evidence, proof.as_ref(), &deployment)?;
 
         let slot = Arc::new(PeerSlot::default());
         let builder = ServerConfig::builder_with_provider(self.provider.clone())

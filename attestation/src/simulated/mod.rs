@@ -10,9 +10,11 @@
 mod issuer;
 mod root;
 mod tdx;
+mod throttled;
 
 #[cfg(any(test, feature = "testing"))]
 pub(crate) use issuer::sign_report;
 pub use issuer::{SIMULATED_TCB, SimulatedIssuer};
 pub use root::{ROOT_CERT_FILE, ROOT_KEY_FILE, SimulatedRoot};
 pub use tdx::SimulatedTdxIssuer;
+pub use throttled::ThrottledIssuer;

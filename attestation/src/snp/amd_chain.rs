@@ -36,7 +36,9 @@ pub(crate) struct ChainedSigner<'a> {
     /// The VCEK or VLEK, parsed.
     pub(crate) cert: X509Certificate<'a>,
     /// Its ECDSA P-384 key, which must have signed the report.
-    pub(crate) key: p384::ecdsa::VerifyingKey,
+    pub(crate) key: chain::P384Key,
+    /// When the whole chain (ARK, intermediate, signer) is valid.
+    pub(crate) window: chain::Window,
 }
 
 /// Checks `signer_der` (a VCEK for `kind` VCEK, a VLEK for VLEK) up to the ARK of `product` at
@@ -72,7 +74,14 @@ pub(crate) fn verify_signer<'a>(
     chain::check_validity(&signer, CertRole::Signer, now)?;
 
     let key = chain::p384_key(&signer, CertRole::Signer)?;
-    Ok(ChainedSigner { cert: signer, key })
+    let window = chain::Window::of(&ark)
+        .and(chain::Window::of(&intermediate))
+        .and(chain::Window::of(&signer));
+    Ok(ChainedSigner {
+        cert: signer,
+        key,
+        window,
+    })
 }
 
 /// AMD's CRLs sent with the evidence (`crls`) revoke neither the pinned intermediate for `kind`
@@ -83,9 +92,9 @@ pub(crate) fn check_revocation(
     signer: &ChainedSigner<'_>,
     crls: &[Vec<u8>],
     expect: &crate::snp::Expectations<'_>,
-) -> Result<(), AttestationError> {
+) -> Result<Option<i64>, AttestationError> {
     if expect.revocation == crate::snp::SnpRevocation::NotChecked {
-        return Ok(());
+        return Ok(None);
     }
     let pinned = roots::pinned(product);
     let ark = parse_pinned(pinned.ark)?;
@@ -157,8 +166,20 @@ fn parse_pinned(der: &'static [u8]) -> Result<X509Certificate<'static>, Attestat
     })
 }
 
-/// `child` names `issuer` as its issuer and carries its RSASSA-PSS/SHA-384 signature.
+/// `child` names `issuer` as its issuer and carries its RSASSA-PSS/SHA-384 signature. A success is
+/// remembered by both certificates' bytes (`chain::VERIFIED_LINKS`): the RSA check of a VCEK runs
+/// once, not at every handshake.
 pub(crate) fn check_link(
+    (child_der, child): (&[u8], &X509Certificate<'_>),
+    role: CertRole,
+    (issuer_der, issuer): (&[u8], &X509Certificate<'_>),
+) -> Result<(), AttestationError> {
+    chain::VERIFIED_LINKS.check(issuer_der, child_der, || {
+        check_link_now((child_der, child), role, (issuer_der, issuer))
+    })
+}
+
+fn check_link_now(
     (child_der, child): (&[u8], &X509Certificate<'_>),
     role: CertRole,
     (issuer_der, issuer): (&[u8], &X509Certificate<'_>),

@@ -61,9 +61,9 @@ pub(crate) fn check(
     signer: &X509Certificate<'_>,
     now: SystemTime,
     policy: SnpRevocation,
-) -> Result<(), AttestationError> {
+) -> Result<Option<i64>, AttestationError> {
     let SnpRevocation::Required { accept_stale_for } = policy else {
-        return Ok(());
+        return Ok(None);
     };
     if crls.len() > MAX_CRLS {
         return Err(AttestationError::malformed(format!(
@@ -71,7 +71,9 @@ pub(crate) fn check(
             crls.len()
         )));
     }
-    let mut fresh = false;
+    // The latest time (Unix seconds) until which a fresh CRL of these makes the same verdict:
+    // its nextUpdate plus the grace. A verdict may be reused only until then.
+    let mut fresh: Option<i64> = None;
     let mut first_failure: Option<AttestationError> = None;
     for der in crls {
         let crl = parse(der)?;
@@ -94,14 +96,20 @@ pub(crate) fn check(
             }
         }
         match check_freshness(&crl, now, accept_stale_for) {
-            Ok(()) => fresh = true,
+            Ok(()) => {
+                let grace = i64::try_from(accept_stale_for.as_secs()).unwrap_or(i64::MAX);
+                let until = crl
+                    .next_update()
+                    .map_or(i64::MIN, |t| t.timestamp().saturating_add(grace));
+                fresh = Some(fresh.map_or(until, |f| f.max(until)));
+            }
             Err(e) => {
                 first_failure.get_or_insert(e);
             }
         }
     }
-    if fresh {
-        return Ok(());
+    if let Some(until) = fresh {
+        return Ok(Some(until));
     }
     Err(first_failure.unwrap_or_else(|| RejectReason::CrlMissing { sent: crls.len() }.into()))
 }
@@ -239,6 +247,7 @@ mod tests {
             now,
             policy,
         )
+        .map(|_| ())
     }
 
     fn required() -> SnpRevocation {

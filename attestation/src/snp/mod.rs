@@ -4,7 +4,7 @@
 //! Owns the order of the checks and the choice among several entries; each check lives in the
 //! module named after it: `roots` (the pinned AMD certificates), `amd_chain` (ARK → ASK/ASVK →
 //! VCEK/VLEK), `signer` (VCEK or VLEK), `product` (CPUID), `extensions` (hwID and TCB in the
-//! VCEK), `tcb` (minimums), `cross_check` (a second reading by the `sev` crate), and
+//! VCEK), `tcb` (minimums), `cross_check` (a second reading of the fields by the `sev` crate), and
 //! `crate::claims` for what SNP shares with the simulated platform. It must never accept evidence
 //! that fails any check of the entry that accepts it, never trust a certificate that does not
 //! chain to a pinned ARK, and never fetch anything: a caller that obtained a VCEK elsewhere (the
@@ -99,8 +99,14 @@ fn check_entry(
 ) -> Result<VerifiedReport, AttestationError> {
     product::check_product(report, entry.product)?;
     let signer = amd_chain::verify_signer(entry.product, kind, signer_der, sent, expect.now)?;
-    amd_chain::check_revocation(entry.product, kind, &signer, crls, expect)?;
-    check_signed_report(report, kind, &signer, signer_der, entry, expect)
+    let crl_until = amd_chain::check_revocation(entry.product, kind, &signer, crls, expect)?;
+    let verified = check_signed_report(report, kind, &signer, entry, expect)?;
+    // A verdict reused later (NewMeshCert on the handshake's connection) must not outlive the CRL
+    // that made it: past its nextUpdate (plus the grace), a fresh check would refuse.
+    Ok(match crl_until {
+        Some(until) => verified.valid_until(until),
+        None => verified,
+    })
 }
 
 /// The checks once the signer's certificate chains to the entry's ARK: the report's signature,
@@ -109,13 +115,12 @@ pub(crate) fn check_signed_report(
     report: &Report,
     kind: SignerKind,
     signer: &ChainedSigner<'_>,
-    signer_der: &[u8],
     entry: &SnpReference,
     expect: &Expectations<'_>,
 ) -> Result<VerifiedReport, AttestationError> {
     let product = entry.product;
     claims::check_report_signature(report, &signer.key)?;
-    cross_check::check_with_sev(report, product, signer_der)?;
+    cross_check::check_with_sev(report, product)?;
 
     let reported_tcb = tcb::reported(report, product);
     if kind == SignerKind::Vcek {
@@ -136,7 +141,12 @@ pub(crate) fn check_signed_report(
     claims::check_host_data(report, expect.accept_host_data)?;
     claims::check_report_data(report, expect.report_data)?;
     claims::check_chip_id_allowed(report, entry.allowed_chip_ids.as_deref())?;
-    Ok(VerifiedReport::snp(report, product, reported_tcb))
+    Ok(VerifiedReport::snp(
+        report,
+        product,
+        reported_tcb,
+        signer.window,
+    ))
 }
 
 /// Whether `signer_der` can be the certificate of the key that signed `report` on `product`: it

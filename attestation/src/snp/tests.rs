@@ -133,7 +133,10 @@ impl Case {
         let report = Report::parse(&raw).unwrap();
         let chained = ChainedSigner {
             cert: chain::parse_cert(&signer.der, CertRole::Signer).unwrap(),
-            key: *signer.key.verifying_key(),
+            key: crate::chain::P384Key::from_p384(signer.key.verifying_key()),
+            window: crate::chain::Window::of(
+                &chain::parse_cert(&signer.der, CertRole::Signer).unwrap(),
+            ),
         };
         let expect = Expectations {
             report_data: &REPORT_DATA,
@@ -142,7 +145,7 @@ impl Case {
             revocation: SnpRevocation::NotChecked,
         };
         let kind = SignerKind::of_report(&report)?;
-        check_signed_report(&report, kind, &chained, &signer.der, &self.entry, &expect)
+        check_signed_report(&report, kind, &chained, &self.entry, &expect)
     }
 
     fn check(&self) -> Result<VerifiedReport, AttestationError> {
@@ -246,7 +249,10 @@ fn a_report_with_reserved_bits_set_is_refused_by_the_second_reading() {
     let report = Report::parse(&raw).unwrap();
     let chained = ChainedSigner {
         cert: chain::parse_cert(&signer.der, CertRole::Signer).unwrap(),
-        key: *signer.key.verifying_key(),
+        key: crate::chain::P384Key::from_p384(signer.key.verifying_key()),
+        window: crate::chain::Window::of(
+            &chain::parse_cert(&signer.der, CertRole::Signer).unwrap(),
+        ),
     };
     let expect = Expectations {
         report_data: &REPORT_DATA,
@@ -255,14 +261,7 @@ fn a_report_with_reserved_bits_set_is_refused_by_the_second_reading() {
         revocation: SnpRevocation::NotChecked,
     };
     assert_eq!(
-        check_signed_report(
-            &report,
-            SignerKind::Vcek,
-            &chained,
-            &signer.der,
-            &case.entry,
-            &expect
-        ),
+        check_signed_report(&report, SignerKind::Vcek, &chained, &case.entry, &expect),
         Err(e(RejectReason::ReportCrossCheck(
             "it cannot parse the report"
         )))

@@ -61,6 +61,14 @@ impl<S: Store> AcceptPolicy for MeshAcceptPolicy<S> {
     fn deployment_pin(&self) -> DeploymentPin {
         DeploymentPin::Any
     }
+
+    /// The serving manifest's hash: the verdict depends on the manifest (reference values,
+    /// policies), the launch-time trust and the time alone; `None` while not ready, so that
+    /// [`MeshService`] then verifies afresh and refuses.
+    fn fingerprint(&self) -> Option<[u8; 32]> {
+        let coordinator = self.replica.read().ok()?;
+        coordinator.serving_manifest().map(|m| m.hash().0)
+    }
 }
 
 /// The mesh API service.

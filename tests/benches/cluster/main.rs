@@ -4,6 +4,7 @@
 //! ```sh
 //! cargo bench -p concord-tests --bench cluster              # full: about 1.5 minutes
 //! cargo bench -p concord-tests --bench cluster -- --quick   # small N, for CI: under 2 minutes
+//! cargo bench -p concord-tests --bench cluster -- --quick --only mesh,storm   # some sections
 //! ```
 //!
 //! It builds the `concord-coordinator` and `concord` binaries with its own profile (release, for
@@ -22,10 +23,12 @@ mod concord;
 mod etcd;
 mod etcd_client;
 mod failover;
+mod floor;
 mod memory;
 mod mesh;
 mod mode;
 mod propagation;
+mod storm;
 mod table;
 mod tlog;
 mod transit;
@@ -49,6 +52,14 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let mode = Mode::from_args(&args);
+    if !mode.unknown_sections().is_empty() {
+        eprintln!(
+            "error: unknown sections {:?}; --only takes some of {:?}",
+            mode.unknown_sections(),
+            mode::SECTIONS
+        );
+        return ExitCode::FAILURE;
+    }
     let profile = match binaries::build_binaries() {
         Ok(profile) => profile,
         Err(e) => {
@@ -128,43 +139,153 @@ fn run(mode: &Mode, etcd: Option<&Path>) -> Vec<Row> {
     let value = |i: usize| d.manifest(i as u32 + 1);
     let value_len = value(0).len();
 
-    let concord = guarded("Concord, 3 replicas", || {
-        Ok(runtime.block_on(concord_cluster(mode)))
-    })
-    .unwrap_or_else(ConcordCluster::failed);
-    let etcd = match etcd {
-        Some(bin) => guarded("etcd, 3 members", || Ok(etcd_cluster(mode, bin, &value)))
-            .unwrap_or_else(EtcdResults::failed),
-        None => EtcdResults::failed(NO_REFERENCE.into()),
-    };
-    let audit = guarded("audit", || {
-        let env = concord_tests::Env::new();
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        audit::run(&env, dir.path(), mode.audit_sizes, mode.audit_runs)
-    });
-    let mesh = guarded("NewMeshCert throughput", || {
-        let env = concord_tests::Env::new();
-        let crypto = mesh::crypto_alone(&env, mode.crypto_window)?;
-        let replica = runtime.block_on(mesh::replica(&env, mode.mesh_clients, mode.mesh_window))?;
-        Ok((replica, crypto))
-    });
-    let transit = guarded("transit API throughput", || {
-        let env = concord_tests::Env::new();
-        let aes = transit::aes_alone(mode.crypto_window)?;
-        let (encrypt, decrypt) =
-            runtime.block_on(transit::replica(&env, mode.mesh_clients, mode.mesh_window))?;
-        Ok((encrypt, decrypt, aes))
-    });
-    let mesh_tdx = guarded("NewMeshCert throughput on TDX", || {
-        let env = concord_tests::Env::new_tdx();
-        let crypto = mesh::crypto_alone(&env, mode.crypto_window)?;
-        let replica = runtime.block_on(mesh::replica(&env, mode.mesh_clients, mode.mesh_window))?;
-        Ok((replica, crypto))
-    });
-
     let mut rows = Vec::new();
+    if mode.runs("cluster") {
+        let concord = guarded("Concord, 3 replicas", || {
+            Ok(runtime.block_on(concord_cluster(mode)))
+        })
+        .unwrap_or_else(ConcordCluster::failed);
+        let etcd = match etcd {
+            Some(bin) if mode.runs("etcd") => {
+                guarded("etcd, 3 members", || Ok(etcd_cluster(mode, bin, &value)))
+                    .unwrap_or_else(EtcdResults::failed)
+            }
+            Some(_) => EtcdResults::failed("not run (--only)".into()),
+            None => EtcdResults::failed(NO_REFERENCE.into()),
+        };
+        cluster_rows(&mut rows, mode, &concord, &etcd, value_len);
+    }
+    if mode.runs("audit") {
+        let audit = guarded("audit", || {
+            let env = concord_tests::Env::new();
+            let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+            audit::run(&env, dir.path(), mode.audit_sizes, mode.audit_runs)
+        });
+        push(&mut rows, "audit", audit.as_ref().map(|a| audit::rows(a)));
+        let log = guarded("log proofs", || Ok(tlog::run(&[10, 1_000, 100_000], 200)));
+        push(
+            &mut rows,
+            "log proofs",
+            log.as_ref()
+                .map(|m| tlog::rows(m, audit.as_ref().ok().map(|a| a.as_slice()))),
+        );
+    }
+    // The crypto floor of issue 11, the reference of the NewMeshCert and storm rows.
+    let floor = (mode.runs("mesh") || mode.runs("storm"))
+        .then(|| guarded("crypto floor", || floor::measure(mode.floor_window)));
+    if mode.runs("mesh") {
+        let openssl = floor::openssl_speed();
+        let snp = guarded("NewMeshCert crypto, SNP evidence", || {
+            floor::snp_pipeline(mode.crypto_window)
+        });
+        let mesh = guarded("NewMeshCert throughput", || {
+            let env = concord_tests::Env::new();
+            let crypto = mesh::crypto_alone(&env, mode.crypto_window)?;
+            let replica =
+                runtime.block_on(mesh::replica(&env, mode.mesh_clients, mode.mesh_window))?;
+            let env = concord_tests::Env::new();
+            let saturated = runtime.block_on(mesh::replica(
+                &env,
+                mode.mesh_clients_saturating,
+                mode.mesh_window,
+            ))?;
+            Ok((replica, saturated, crypto))
+        });
+        match &floor {
+            Some(Ok(f)) => {
+                rows.extend(floor::rows(f, &openssl, snp));
+                push(
+                    &mut rows,
+                    "NewMeshCert",
+                    mesh.as_ref().map(|(replica, saturated, crypto)| {
+                        mesh::rows(
+                            (replica, mode.mesh_clients),
+                            (saturated, mode.mesh_clients_saturating),
+                            crypto,
+                            f.per_cpu_second(),
+                        )
+                    }),
+                );
+            }
+            Some(Err(e)) => rows.push(Row::error("crypto floor", e)),
+            None => {}
+        }
+        let mesh_tdx = guarded("NewMeshCert throughput on TDX", || {
+            let env = concord_tests::Env::new_tdx();
+            let crypto = mesh::crypto_alone(&env, mode.crypto_window)?;
+            let replica =
+                runtime.block_on(mesh::replica(&env, mode.mesh_clients, mode.mesh_window))?;
+            Ok((replica, crypto))
+        });
+        push(
+            &mut rows,
+            "NewMeshCert on TDX",
+            mesh_tdx.as_ref().map(|(replica, crypto)| {
+                mesh::rows_against_crypto(replica, crypto, mode.mesh_clients, true)
+            }),
+        );
+    }
+    if mode.runs("transit") {
+        let transit = guarded("transit API throughput", || {
+            let env = concord_tests::Env::new();
+            let aes = transit::aes_alone(mode.crypto_window)?;
+            let (encrypt, decrypt) =
+                runtime.block_on(transit::replica(&env, mode.mesh_clients, mode.mesh_window))?;
+            Ok((encrypt, decrypt, aes))
+        });
+        push(
+            &mut rows,
+            "transit",
+            transit
+                .as_ref()
+                .map(|(e, d, aes)| transit::rows(e, d, *aes, mode.mesh_clients)),
+        );
+    }
+    if mode.runs("storm") {
+        let batched = guarded("initializers against a 20 ms issuer, batched", || {
+            runtime.block_on(storm::run(
+                mode.evidence_initializers,
+                &["--insecure-simulated-issuer-delay-ms", "20"],
+            ))
+        });
+        let per_handshake = guarded("initializers against a 20 ms issuer, per handshake", || {
+            runtime.block_on(storm::run(
+                mode.evidence_initializers,
+                &[
+                    "--insecure-simulated-issuer-delay-ms",
+                    "20",
+                    "--evidence",
+                    "per-handshake",
+                ],
+            ))
+        });
+        rows.extend(storm::evidence_rows(
+            &batched,
+            &per_handshake,
+            mode.evidence_bound,
+        ));
+        let storm = guarded("pod-start storm", || {
+            runtime.block_on(storm::run(mode.storm_initializers, &[]))
+        });
+        match &floor {
+            Some(Ok(f)) => rows.extend(storm::storm_rows(&storm, f.per_cpu_second())),
+            Some(Err(e)) => rows.push(Row::error("crypto floor", e)),
+            None => {}
+        }
+    }
+    rows
+}
+
+/// The rows of the Concord cluster and etcd sections.
+fn cluster_rows(
+    rows: &mut Vec<Row>,
+    mode: &Mode,
+    concord: &ConcordCluster,
+    etcd: &EtcdResults,
+    value_len: usize,
+) {
     push(
-        &mut rows,
+        rows,
         "SetManifest commit",
         concord
             .commit
@@ -172,7 +293,7 @@ fn run(mode: &Mode, etcd: Option<&Path>) -> Vec<Row> {
             .map(|c| commit::rows(c, etcd.commit.as_ref().map_err(String::as_str), value_len)),
     );
     push(
-        &mut rows,
+        rows,
         "failover",
         concord.rounds.as_ref().map(|r| {
             failover::failover_rows(
@@ -185,7 +306,7 @@ fn run(mode: &Mode, etcd: Option<&Path>) -> Vec<Row> {
         }),
     );
     push(
-        &mut rows,
+        rows,
         "peer recovery",
         concord
             .rounds
@@ -193,7 +314,7 @@ fn run(mode: &Mode, etcd: Option<&Path>) -> Vec<Row> {
             .map(|r| failover::restart_rows(&r.restart_to_ready)),
     );
     push(
-        &mut rows,
+        rows,
         "first SetManifest",
         concord
             .first
@@ -202,22 +323,14 @@ fn run(mode: &Mode, etcd: Option<&Path>) -> Vec<Row> {
     );
     for p in &concord.propagation {
         push(
-            &mut rows,
+            rows,
             "after SetManifest",
             p.as_ref()
                 .map(|(s, history)| propagation::rows(s, *history)),
         );
     }
-    push(&mut rows, "audit", audit.as_ref().map(|a| audit::rows(a)));
-    let log = guarded("log proofs", || Ok(tlog::run(&[10, 1_000, 100_000], 200)));
     push(
-        &mut rows,
-        "log proofs",
-        log.as_ref()
-            .map(|m| tlog::rows(m, audit.as_ref().ok().map(|a| a.as_slice()))),
-    );
-    push(
-        &mut rows,
+        rows,
         "idle replica RSS",
         concord.rss.as_ref().map(|rss| {
             memory::rows(
@@ -227,27 +340,6 @@ fn run(mode: &Mode, etcd: Option<&Path>) -> Vec<Row> {
             )
         }),
     );
-    push(
-        &mut rows,
-        "NewMeshCert",
-        mesh.as_ref()
-            .map(|(replica, crypto)| mesh::rows(replica, crypto, mode.mesh_clients, false)),
-    );
-    push(
-        &mut rows,
-        "NewMeshCert on TDX",
-        mesh_tdx
-            .as_ref()
-            .map(|(replica, crypto)| mesh::rows(replica, crypto, mode.mesh_clients, true)),
-    );
-    push(
-        &mut rows,
-        "transit",
-        transit
-            .as_ref()
-            .map(|(e, d, aes)| transit::rows(e, d, *aes, mode.mesh_clients)),
-    );
-    rows
 }
 
 fn push(rows: &mut Vec<Row>, what: &str, section: Result<Vec<Row>, &String>) {

@@ -18,8 +18,20 @@ pub struct Mode {
     pub audit_sizes: &'static [usize],
     pub audit_runs: usize,
     pub mesh_clients: usize,
+    /// Workloads of the second NewMeshCert run, which loads the replica fully: its certificates per
+    /// CPU second are the ones judged against the floor.
+    pub mesh_clients_saturating: usize,
     pub mesh_window: Duration,
     pub crypto_window: Duration,
+    /// CPU time per operation measured for the crypto floor.
+    pub floor_window: Duration,
+    /// Initializers against the 20 ms issuer (issue 11 item 2), and the bound they must meet.
+    pub evidence_initializers: usize,
+    pub evidence_bound: Duration,
+    /// Initializers of the pod-start storm (issue 11 item 6).
+    pub storm_initializers: usize,
+    /// The sections to run (`--only a,b` or `CONCORD_BENCH_ONLY=a,b`); `None`: all.
+    pub only: Option<Vec<String>>,
 }
 
 impl Mode {
@@ -34,8 +46,14 @@ impl Mode {
             audit_sizes: &[1_000, 5_000, 10_000],
             audit_runs: 3,
             mesh_clients: 8,
+            mesh_clients_saturating: 32,
             mesh_window: Duration::from_secs(10),
             crypto_window: Duration::from_secs(3),
+            floor_window: Duration::from_secs(1),
+            evidence_initializers: 500,
+            evidence_bound: Duration::from_secs(10),
+            storm_initializers: 1000,
+            only: None,
         }
     }
 
@@ -50,18 +68,55 @@ impl Mode {
             audit_sizes: &[1_000, 5_000, 10_000],
             audit_runs: 1,
             mesh_clients: 8,
+            mesh_clients_saturating: 32,
             mesh_window: Duration::from_secs(3),
             crypto_window: Duration::from_secs(1),
+            floor_window: Duration::from_millis(500),
+            evidence_initializers: 500,
+            evidence_bound: Duration::from_secs(10),
+            storm_initializers: 1000,
+            only: None,
         }
     }
 
-    /// `--quick` among the arguments, or `CONCORD_BENCH_QUICK=1`.
+    /// `--quick` among the arguments, or `CONCORD_BENCH_QUICK=1`; `--only SECTIONS` or
+    /// `CONCORD_BENCH_ONLY=SECTIONS` (comma-separated, of [`SECTIONS`]).
     pub fn from_args(args: &[String]) -> Mode {
         let env = std::env::var("CONCORD_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
-        if env || args.iter().any(|a| a == "--quick") {
+        let mut mode = if env || args.iter().any(|a| a == "--quick") {
             Mode::quick()
         } else {
             Mode::full()
-        }
+        };
+        let only = args
+            .iter()
+            .position(|a| a == "--only")
+            .and_then(|i| args.get(i + 1).cloned())
+            .or_else(|| std::env::var("CONCORD_BENCH_ONLY").ok());
+        mode.only = only.map(|o| o.split(',').map(|s| s.trim().to_string()).collect());
+        mode
+    }
+
+    /// Whether the section `name` (one of [`SECTIONS`]) runs.
+    pub fn runs(&self, name: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|o| o == name))
+    }
+}
+
+/// The sections `--only` can name: the Concord cluster's rows (commit, failover, propagation,
+/// memory), etcd's, the audit, NewMeshCert with its crypto floor, and the initializer storms.
+pub const SECTIONS: &[&str] = &["cluster", "etcd", "audit", "mesh", "transit", "storm"];
+
+impl Mode {
+    /// Section names of `--only` that do not exist.
+    pub fn unknown_sections(&self) -> Vec<String> {
+        self.only
+            .iter()
+            .flatten()
+            .filter(|o| !SECTIONS.contains(&o.as_str()))
+            .cloned()
+            .collect()
     }
 }
