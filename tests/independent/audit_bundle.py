@@ -39,6 +39,33 @@ SET_MANIFEST_LABEL = b"concord/v1/set-manifest"
 AUDIT_LABEL = b"concord/v1/audit"
 REPORT_SIZE = 1184
 REPORT_DATA = slice(0x50, 0x90)
+# Intel TDX quotes (PROTOCOL.md, TDX evidence; Intel's DCAP quote format): a 48-byte header whose first
+# two bytes are the version (little-endian); v4: the TD report body follows; v5: a body descriptor (u16
+# type, 2 = TD report 1.0 or 3 = TD report 1.5, u32 size) comes first. REPORTDATA is at offset 520 of
+# the body, 64 bytes. Only where the report data sits is read here: the quote's signatures and Intel's
+# collateral are `concord attestation verify-quote`'s to check.
+TDX_HEADER = 48
+TDX_REPORT_DATA_IN_BODY = 520
+
+
+def tdx_report_data(quote: bytes) -> slice:
+    """The slice of a TDX quote that holds REPORTDATA, or raises AuditFailure."""
+    if len(quote) < TDX_HEADER + 6:
+        fail(f"evidence.report: a TDX quote of {len(quote)} bytes is truncated")
+    version = int.from_bytes(quote[0:2], "little")
+    if version == 4:
+        body = TDX_HEADER
+    elif version == 5:
+        body_type = int.from_bytes(quote[TDX_HEADER:TDX_HEADER + 2], "little")
+        if body_type not in (2, 3):
+            fail(f"evidence.report: TDX quote v5 body type {body_type} is not a TD report")
+        body = TDX_HEADER + 6
+    else:
+        fail(f"evidence.report: TDX quote version {version} (4 and 5 are known)")
+    start = body + TDX_REPORT_DATA_IN_BODY
+    if len(quote) < start + 64:
+        fail(f"evidence.report: a TDX quote of {len(quote)} bytes is truncated")
+    return slice(start, start + 64)
 ZERO_HASH = bytes(32)
 
 BUNDLE_MEMBERS = {"format", "signing_key", "transitions", "policies", "root_ca", "mesh_ca", "evidence"}
@@ -264,11 +291,15 @@ def audit(bundle_bytes, nonce=None, since=None):
 
     evidence = bundle["evidence"]
     members(evidence, EVIDENCE_REQUIRED, EVIDENCE_OPTIONAL, "evidence")
-    if evidence["platform"] not in ("snp", "simulated"):
+    if evidence["platform"] not in ("snp", "simulated", "tdx"):
         fail(f"evidence: unknown platform {evidence['platform']!r}")
     report = b64_bytes(evidence["report"], "evidence.report")
-    if len(report) != REPORT_SIZE:
+    if evidence["platform"] == "tdx":
+        report_data_at = tdx_report_data(report)
+    elif len(report) != REPORT_SIZE:
         fail(f"evidence.report: {len(report)} bytes, expected {REPORT_SIZE}")
+    else:
+        report_data_at = REPORT_DATA
     evidence_nonce = hex_bytes(evidence["nonce"], 32, "evidence.nonce")
     if "certificates" in evidence:
         certificates = evidence["certificates"]
@@ -304,7 +335,7 @@ def audit(bundle_bytes, nonce=None, since=None):
         AUDIT_LABEL + evidence_nonce + signing_key + latest + sha256(root_der) + sha256(mesh_der)
         + checkpoint_key
     ).digest()
-    if report[REPORT_DATA] != expected_report_data:
+    if report[report_data_at] != expected_report_data:
         fail("evidence: report_data does not bind the nonce, signing key, latest transition and CAs")
 
     if since is not None and since not in hashes:

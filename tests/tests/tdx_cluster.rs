@@ -116,6 +116,21 @@ async fn three_tdx_replicas_set_initialize_verify_audit_fail_over_and_recover() 
     );
     let a = audit(&env, "verify/history.json", &first);
     assert!(a.status.success(), "{}", describe(&a));
+    // The independent auditor (Python, from PROTOCOL.md) finds REPORTDATA in the TDX quote and agrees.
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("independent/audit_bundle.py");
+    let py = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(env.path("verify/history.json"))
+        .output();
+    match py {
+        Ok(out) => assert!(
+            out.status.success(),
+            "independent auditor: {}",
+            describe(&out)
+        ),
+        Err(e) => assert!(std::env::var("CI").is_err(), "CI must run python3: {e}"),
+    }
 
     // Kill -9 the leader; the next write succeeds on a survivor.
     let old_leader = env.leader_index(&cluster, Duration::from_secs(20)).await;
