@@ -251,6 +251,9 @@ def check_structure(docs: list[dict[str, Any]], notes: str, values: dict[str, An
     simulated = v["attestation"]["platform"] == "simulated"
     check(("INSECURE" in notes) == simulated, f"{label}: NOTES must say INSECURE exactly when attestation is simulated")
     check("concord set" in notes and "concord verify" in notes and "port-forward" in notes, f"{label}: NOTES lacks the next steps")
+    tdx = v["attestation"]["platform"] == "tdx"
+    check(("Intel TDX" in notes) == tdx, f"{label}: NOTES must describe the TDX setup exactly when attestation is tdx")
+    check(("uid 0" in notes) == (tdx and v["attestation"]["tdx"]["reportAccess"] == "root"), f"{label}: NOTES must say the container runs as uid 0 exactly when it does")
     image = c["image"]
     if v["image"]["digest"]:
         check(image.endswith("@" + v["image"]["digest"]), f"{label}: image {image} is not pinned to the digest {v['image']['digest']}")
@@ -472,6 +475,8 @@ def check_refusals() -> None:
         ({"attestation": {"platform": "sev"}}, "'snp', 'tdx', 'simulated'"),
         ({"attestation": {"evidence": "sometimes"}}, "'batched', 'per-handshake'"),
         ({"attestation": {"snp": {"acceptStaleAmdCrlFor": "3 days"}}}, "acceptStaleAmdCrlFor"),
+        (deep_merge(SNP_REQUIRED, {"attestation": {"snp": {"acceptStaleAmdCrlFor": "31d"}}}), "at most 30d"),
+        (deep_merge(SNP_REQUIRED, {"attestation": {"snp": {"acceptStaleAmdCrlFor": "721h"}}}), "at most 30d"),
         ({"attestation": {"tdx": {"pccsUrl": "api.trustedservices.intel.com"}}}, "pccsUrl"),
         ({"attestation": {"tdx": {"reportAccess": "group"}}}, "'', 'root', 'runtime'"),
         ({"attestation": {"snp": {"kdsUrl": "kdsintf.amd.com"}}}, "kdsUrl"),
@@ -684,6 +689,7 @@ SCENARIOS = [
         deep_merge(SNP_REQUIRED, {"attestation": {"evidence": "per-handshake", "snp": {"acceptStaleAmdCrlFor": "3d"}}}),
         "concord",
     ),
+    ("acceptStaleAmdCrlFor=720h, the limit", None, deep_merge(SNP_REQUIRED, {"attestation": {"snp": {"acceptStaleAmdCrlFor": "720h"}}}), "concord"),
     ("values-5-replicas.yaml", "values-5-replicas.yaml", {}, "ha"),
     ("values-simulated.yaml", "values-simulated.yaml", {}, "concord"),
     ("values-snp.yaml", "values-snp.yaml", {}, "concord"),

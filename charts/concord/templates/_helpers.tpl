@@ -126,6 +126,11 @@ the chart cannot see, so the budget stays conservative. podDisruptionBudget.maxU
 {{- if not $tdx.reportAccess }}{{ fail "attestation.platform=tdx needs attestation.tdx.reportAccess: configfs-tsm report entries are root-owned (inblob mode 0200), so uid 65532 without capabilities cannot request a quote: root (the container runs as uid 0 in the trust domain, every capability still dropped) or runtime (your runtime makes the entries writable for uid 65532); see docs/OPERATIONS.md, Intel TDX" }}{{ end }}
 {{- if and (eq $tdx.pccsUrl "off") (not $tdx.collateralConfigMap) }}{{ fail "attestation.platform=tdx with attestation.tdx.pccsUrl=off needs attestation.tdx.collateralConfigMap: the replicas would have no source of Intel's collateral (give a PCS/PCCS URL, or a ConfigMap of {FMSPC}-{processor|platform}.json files)" }}{{ end }}
 {{- end }}
+{{- $stale := .Values.attestation.snp.acceptStaleAmdCrlFor | default "0s" }}
+{{- $staleSeconds := mul (regexFind "^[0-9]+" $stale | int64) (get (dict "s" 1 "m" 60 "h" 3600 "d" 86400) (regexFind "[smhd]$" $stale) | int64) }}
+{{- if gt $staleSeconds 2592000 }}
+{{- fail (printf "attestation.snp.acceptStaleAmdCrlFor %q: at most 30d (the coordinator refuses more); a CRL stale for longer means AMD's KDS is unreachable: fix that, or put a fresh CRL into attestation.snp.vcekConfigMap" $stale) }}
+{{- end }}
 {{- if and .Values.networkPolicy.enabled (not .Values.networkPolicy.egress.dns) }}
 {{- fail "networkPolicy.egress.dns is empty: the replicas could not resolve their peers' names (an empty `to` would instead admit every destination); give the DNS servers as NetworkPolicy peers" }}
 {{- end }}
