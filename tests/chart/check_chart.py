@@ -7,11 +7,13 @@
     (kubernetes-validate, strict: unknown fields are errors);
 (c) asserts what the design requires: Parallel pods, the peer Service publishing not-ready pods, a
     PodDisruptionBudget that keeps the Raft quorum (1, 3 and 5 replicas; an override above it is
-    refused), the NetworkPolicy (9102 only from the scraper and node CIDRs; egress only to DNS, the peers
-    and the KDS), the probes, the checksum annotation (and that it changes with the configuration), the
-    labels, the security settings; on SEV-SNP a runtime class, an image by digest and a way for uid 65532
-    to open /dev/sev-guest (each refused when missing); and that the Containerfile pins its base images
-    by digest;
+    refused), the NetworkPolicy (9102 only from the scraper and node CIDRs; egress only to DNS, the peers,
+    the KDS on SEV-SNP and the PCS/PCCS on TDX), the probes, the checksum annotation (and that it changes
+    with the configuration), the labels, the security settings; on SEV-SNP a runtime class, an image by
+    digest and a way for uid 65532 to open /dev/sev-guest (each refused when missing); on Intel TDX a
+    runtime class, an image by digest, a chosen way to write configfs-tsm report entries (uid 0 with no
+    capability, or the runtime's) and a source of Intel's collateral (each refused when missing); and
+    that the Containerfile pins its base images by digest;
 (d) runs the real binaries with every flag and environment variable the rendered StatefulSet gives each
     container, plus --check-config, as two of its pods would (POD_NAME etc. substituted), so the chart
     and the binaries cannot drift apart.
@@ -209,7 +211,7 @@ def check_structure(docs: list[dict[str, Any]], notes: str, values: dict[str, An
     want_ports = set(PORTS.values()) - (set() if health_open else {9102})
     check(admitted == want_ports, f"{label}: the NetworkPolicy admits {sorted(admitted)}, want {sorted(want_ports)}")
     check_health_ingress(rules, health, label)
-    egress = {"dns": [], "kdsCidrs": [], "kdsPort": 443, **v["networkPolicy"].get("egress", {})}
+    egress = {"dns": [], "kdsCidrs": [], "kdsPort": 443, "pccsCidrs": [], "pccsPort": 443, **v["networkPolicy"].get("egress", {})}
     check_egress(policy, v["attestation"], egress, selector, label)
 
     # Probes on the health port.
@@ -225,7 +227,9 @@ def check_structure(docs: list[dict[str, Any]], notes: str, values: dict[str, An
     # Security: non-root, read-only root, no capability, no token, no RBAC.
     pod_spec = pod["spec"]
     ctx = c.get("securityContext", {})
-    check(pod_spec.get("securityContext", {}).get("runAsNonRoot") is True, f"{label}: pods may run as root")
+    tdx_root = v["attestation"]["platform"] == "tdx" and v["attestation"]["tdx"]["reportAccess"] == "root"
+    if not tdx_root:
+        check(pod_spec.get("securityContext", {}).get("runAsNonRoot") is True, f"{label}: pods may run as root")
     check(ctx.get("readOnlyRootFilesystem") is True, f"{label}: the root file system is writable")
     check(ctx.get("allowPrivilegeEscalation") is False, f"{label}: privilege escalation is allowed")
     check(ctx.get("capabilities", {}).get("drop") == ["ALL"], f"{label}: capabilities are not all dropped")
@@ -247,6 +251,9 @@ def check_structure(docs: list[dict[str, Any]], notes: str, values: dict[str, An
     simulated = v["attestation"]["platform"] == "simulated"
     check(("INSECURE" in notes) == simulated, f"{label}: NOTES must say INSECURE exactly when attestation is simulated")
     check("concord set" in notes and "concord verify" in notes and "port-forward" in notes, f"{label}: NOTES lacks the next steps")
+    tdx = v["attestation"]["platform"] == "tdx"
+    check(("Intel TDX" in notes) == tdx, f"{label}: NOTES must describe the TDX setup exactly when attestation is tdx")
+    check(("uid 0" in notes) == (tdx and v["attestation"]["tdx"]["reportAccess"] == "root"), f"{label}: NOTES must say the container runs as uid 0 exactly when it does")
     image = c["image"]
     if v["image"]["digest"]:
         check(image.endswith("@" + v["image"]["digest"]), f"{label}: image {image} is not pinned to the digest {v['image']['digest']}")
@@ -254,9 +261,19 @@ def check_structure(docs: list[dict[str, Any]], notes: str, values: dict[str, An
         tag = v["image"]["tag"] or app_version()
         check(image.endswith(":" + tag), f"{label}: image {image} is not pinned to {tag} (image.tag, else appVersion)")
     if not simulated:
-        check("@sha256:" in image, f"{label}: on SEV-SNP the image must be pinned by digest, not {image}")
-        check(bool(pod_spec.get("runtimeClassName")), f"{label}: on SEV-SNP the pods need a runtimeClassName (a confidential VM)")
+        check("@sha256:" in image, f"{label}: on SEV-SNP and TDX the image must be pinned by digest, not {image}")
+        check(bool(pod_spec.get("runtimeClassName")), f"{label}: on SEV-SNP and TDX the pods need a runtimeClassName (a confidential VM)")
+    if v["attestation"]["platform"] == "snp":
         check_device_access(pod_spec, c, v["attestation"]["snp"], label)
+    else:
+        check(not c.get("resources", {}).get("limits", {}).keys() - {"cpu", "memory"}, f"{label}: a device resource is requested off SEV-SNP")
+        check(not pod_spec.get("securityContext", {}).get("supplementalGroups"), f"{label}: supplementalGroups off SEV-SNP")
+        check(not any(vol.get("hostPath", {}).get("path") == "/dev/sev-guest" for vol in pod_spec.get("volumes", [])), f"{label}: /dev/sev-guest mounted off SEV-SNP")
+    if v["attestation"]["platform"] == "tdx":
+        check_tsm_access(pod_spec, c, v["attestation"]["tdx"], label)
+    else:
+        check(not any(vol.get("hostPath", {}).get("path") == "/sys/kernel/config" for vol in pod_spec.get("volumes", [])), f"{label}: configfs mounted off TDX")
+        check(pod_spec.get("securityContext", {}).get("runAsUser") == 65532, f"{label}: off TDX the pod must run as uid 65532")
 
 
 def check_health_ingress(rules: list[dict[str, Any]], health: dict[str, Any], label: str) -> None:
@@ -280,7 +297,7 @@ def check_health_ingress(rules: list[dict[str, Any]], health: dict[str, Any], la
 
 
 def check_egress(policy: dict[str, Any], attestation: dict[str, Any], egress: dict[str, Any], selector: dict[str, str], label: str) -> None:
-    """Egress only to DNS, the peers' 7778 and (SEV-SNP) the KDS: never to any destination."""
+    """Egress only to DNS, the peers' 7778, (SEV-SNP) the KDS and (TDX) the PCS/PCCS: never to any destination."""
     spec = policy.get("spec", {})
     check("Egress" in spec.get("policyTypes", []), f"{label}: the NetworkPolicy does not restrict egress")
     allowed: set[tuple[int, str]] = set()
@@ -294,12 +311,17 @@ def check_egress(policy: dict[str, Any], attestation: dict[str, Any], egress: di
             check(to == [{"podSelector": {"matchLabels": selector}}], f"{label}: egress to 7778 goes beyond the coordinator pods: {to}")
         elif ports == {(53, "UDP"), (53, "TCP")}:
             check(to == egress["dns"], f"{label}: egress to DNS goes elsewhere than networkPolicy.egress.dns: {to}")
+        elif attestation["platform"] == "tdx":
+            check(ports == {(egress["pccsPort"], "TCP")}, f"{label}: unexpected egress ports {sorted(ports)}")
+            check(to == [{"ipBlock": {"cidr": c}} for c in egress["pccsCidrs"]], f"{label}: egress to the PCS/PCCS goes beyond pccsCidrs: {to}")
         else:
             check(ports == {(egress["kdsPort"], "TCP")}, f"{label}: unexpected egress ports {sorted(ports)}")
             check(to == [{"ipBlock": {"cidr": c}} for c in egress["kdsCidrs"]], f"{label}: egress to the KDS goes beyond kdsCidrs: {to}")
     want = {(7778, "TCP"), (53, "UDP"), (53, "TCP")}
     if attestation["platform"] == "snp" and attestation["snp"]["kdsUrl"] != "off" and egress["kdsCidrs"]:
         want.add((egress["kdsPort"], "TCP"))
+    if attestation["platform"] == "tdx" and attestation["tdx"]["pccsUrl"] != "off" and egress["pccsCidrs"]:
+        want.add((egress["pccsPort"], "TCP"))
     check(allowed == want, f"{label}: egress admits {sorted(allowed)}, want {sorted(want)}")
 
 
@@ -320,6 +342,36 @@ def check_device_access(pod_spec: dict[str, Any], c: dict[str, Any], snp: dict[s
         check(not groups, f"{label}: supplementalGroups {groups} without deviceAccess=group")
     else:
         check(False, f"{label}: on SEV-SNP uid 65532 has no way to open /dev/sev-guest (deviceAccess {access!r})")
+
+
+def check_tsm_access(pod_spec: dict[str, Any], c: dict[str, Any], tdx: dict[str, Any], label: str) -> None:
+    """configfs-tsm report entries are root-owned (inblob mode 0200): with reportAccess=root the container
+    runs as uid 0, and nothing else is given up (no capability, no escalation, read-only root, gid 65532);
+    with reportAccess=runtime it stays uid 65532. configfs is mounted read-write iff mountConfigfs."""
+    ctx = pod_spec.get("securityContext", {})
+    cctx = c.get("securityContext", {})
+    access = tdx.get("reportAccess")
+    if access == "root":
+        check(ctx.get("runAsUser") == 0 and ctx.get("runAsNonRoot") is False, f"{label}: reportAccess=root, but the pod runs as {ctx.get('runAsUser')} (runAsNonRoot {ctx.get('runAsNonRoot')})")
+    elif access == "runtime":
+        check(ctx.get("runAsUser") == 65532 and ctx.get("runAsNonRoot") is True, f"{label}: reportAccess=runtime must keep uid 65532")
+    else:
+        check(False, f"{label}: on TDX no way to write configfs-tsm report entries was chosen (reportAccess {access!r})")
+    check(ctx.get("runAsGroup") == 65532 and ctx.get("fsGroup") == 65532, f"{label}: the pod's group is not 65532")
+    check("runAsUser" not in cctx and "runAsNonRoot" not in cctx, f"{label}: the container overrides the pod's user")
+    check(cctx.get("capabilities", {}).get("drop") == ["ALL"] and not cctx.get("capabilities", {}).get("add"), f"{label}: the TDX container holds a capability")
+    check(cctx.get("privileged") is False and cctx.get("allowPrivilegeEscalation") is False, f"{label}: the TDX container is privileged or may escalate")
+    check(cctx.get("readOnlyRootFilesystem") is True, f"{label}: the TDX container's root file system is writable")
+    volumes = {vol["name"]: vol for vol in pod_spec.get("volumes", [])}
+    mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
+    configfs = mounts.get("/sys/kernel/config")
+    check((configfs is not None) == bool(tdx["mountConfigfs"]), f"{label}: /sys/kernel/config mounted iff mountConfigfs")
+    if configfs is not None:
+        check(not configfs.get("readOnly", False), f"{label}: configfs is mounted read-only: no quote can be requested")
+        check(volumes.get(configfs["name"], {}).get("hostPath", {}).get("path") == "/sys/kernel/config", f"{label}: the configfs mount is not the hostPath /sys/kernel/config")
+    for path, m in mounts.items():
+        if path != "/sys/kernel/config" and path != "/var/lib/concord":
+            check(m.get("readOnly") is True, f"{label}: {path} is mounted writable")
 
 
 def check_containerfile() -> None:
@@ -394,9 +446,17 @@ def check_checksum() -> None:
         {"cluster": {"domain": "corp.example"}},
         {"attestation": {"snp": {"kdsUrl": "off"}}},
         {"attestation": {"snp": {"reference": {"product": "Milan"}}}},
+        {"attestation": {"snp": {"acceptStaleAmdCrlFor": "12h"}}},
+        {"attestation": {"evidence": "per-handshake"}},
     ):
         check(checksum_with(change) != base, f"checksum/config does not change when {change} changes")
     check(checksum_with({"podAnnotations": {"a": "b"}}) == base, "checksum/config changes with values outside the configuration")
+    tdx_base = checksum(TDX_REQUIRED)
+    for change in (
+        {"attestation": {"tdx": {"pccsUrl": "https://pccs.example.org"}}},
+        {"attestation": {"tdx": {"collateralConfigMap": "tdx-collateral"}}},
+    ):
+        check(checksum(deep_merge(TDX_REQUIRED, change)) != tdx_base, f"checksum/config does not change when {change} changes on TDX")
 
 
 DIGEST = "sha256:" + "ab" * 32
@@ -412,7 +472,13 @@ SIMULATED = {
 def check_refusals() -> None:
     for values, says in (
         # values.schema.json
-        ({"attestation": {"platform": "sev"}}, "'snp', 'simulated'"),
+        ({"attestation": {"platform": "sev"}}, "'snp', 'tdx', 'simulated'"),
+        ({"attestation": {"evidence": "sometimes"}}, "'batched', 'per-handshake'"),
+        ({"attestation": {"snp": {"acceptStaleAmdCrlFor": "3 days"}}}, "acceptStaleAmdCrlFor"),
+        (deep_merge(SNP_REQUIRED, {"attestation": {"snp": {"acceptStaleAmdCrlFor": "31d"}}}), "at most 30d"),
+        (deep_merge(SNP_REQUIRED, {"attestation": {"snp": {"acceptStaleAmdCrlFor": "721h"}}}), "at most 30d"),
+        ({"attestation": {"tdx": {"pccsUrl": "api.trustedservices.intel.com"}}}, "pccsUrl"),
+        ({"attestation": {"tdx": {"reportAccess": "group"}}}, "'', 'root', 'runtime'"),
         ({"attestation": {"snp": {"kdsUrl": "kdsintf.amd.com"}}}, "kdsUrl"),
         ({"podAntiAffinity": "maybe"}, "'soft', 'hard', 'none'"),
         ({"deploymentId": "AB" * 32}, "deploymentId"),
@@ -440,6 +506,11 @@ def check_refusals() -> None:
             },
             "mountDevice must be false",
         ),
+        # Intel TDX: a trust domain, an image by digest, a way to write report entries, a collateral source
+        (deep_merge(TDX_REQUIRED, {"runtimeClassName": ""}), "attestation.platform=tdx needs runtimeClassName"),
+        (deep_merge(TDX_REQUIRED, {"image": {"digest": ""}}), "attestation.platform=tdx needs image.digest"),
+        (deep_merge(TDX_REQUIRED, {"attestation": {"tdx": {"reportAccess": ""}}}), "needs attestation.tdx.reportAccess"),
+        (deep_merge(TDX_REQUIRED, {"attestation": {"tdx": {"pccsUrl": "off"}}}), "needs attestation.tdx.collateralConfigMap"),
         # the PodDisruptionBudget's override never lets evictions break the quorum
         ({**SIMULATED, "replicas": 3, "podDisruptionBudget": {"maxUnavailable": 2}}, "break the Raft quorum"),
         ({**SIMULATED, "replicas": 5, "podDisruptionBudget": {"maxUnavailable": 3}}, "break the Raft quorum"),
@@ -534,6 +605,13 @@ def check_binaries(docs: list[dict[str, Any]], values: dict[str, Any], bin_dir: 
                     check(any(path.startswith(m) for m in mounts), f"{where}: {key} {path} is not on a mounted volume")
             if config["platform"]["kind"] == "snp":
                 check_snp_config(config, v["attestation"]["snp"], mounts, docs, where)
+            if config["platform"]["kind"] == "tdx":
+                check_tdx_config(config, v["attestation"]["tdx"], mounts, where)
+            check(config.get("evidence") == v["attestation"]["evidence"], f"{where}: evidence {config.get('evidence')!r}, the values say {v['attestation']['evidence']!r}")
+            if config["platform"]["kind"] in ("snp", "tdx"):
+                stale = duration_seconds(v["attestation"]["snp"]["acceptStaleAmdCrlFor"])
+                got = config["platform"].get("accept_stale_amd_crl_for_seconds")
+                check(got == stale, f"{where}: accepts a stale AMD CRL for {got} s, the values say {stale} s")
             want_id = v.get("deploymentId") or None
             check(config.get("deployment_id") == want_id, f"{where}: deployment id {config.get('deployment_id')!r}, the values say {want_id!r}")
             literal = any(e["name"] == "CONCORD_DEPLOYMENT_ID" and "value" in e for e in c.get("env", []))
@@ -559,6 +637,26 @@ def check_snp_config(config: dict[str, Any], snp: dict[str, Any], mounts: set[st
             check(json.loads(data[0].get("reference.json", "null")) == snp["reference"], f"{where}: reference.json is not the reference value")
 
 
+def check_tdx_config(config: dict[str, Any], tdx: dict[str, Any], mounts: set[str], where: str) -> None:
+    """The TDX flags the coordinator reads are the chart's values, and every path it reads is mounted."""
+    p = config["platform"]
+    check(p["pccs_url"] == tdx["pccsUrl"], f"{where}: pccs_url {p['pccs_url']}, the values say {tdx['pccsUrl']}")
+    cache = p["tdx_collateral_cache_dir"] or ""
+    check(cache.startswith(config["data_dir"] + "/"), f"{where}: the collateral cache {cache} is not on the data volume")
+    check(p["tdx_collateral"] is None, f"{where}: a fixed --tdx-collateral file {p['tdx_collateral']!r} would never be refreshed")
+    path = p["tdx_collateral_dir"]
+    wanted = bool(tdx["collateralConfigMap"])
+    check((path is not None) == wanted, f"{where}: tdx_collateral_dir is {path!r} but the values {'do' if wanted else 'do not'} give it")
+    if path is not None:
+        check(any(path == m or path.startswith(m + "/") for m in mounts), f"{where}: tdx_collateral_dir {path} is not on a mounted volume")
+    check(p["vcek_dir"] is None and p["snp_reference"] is None, f"{where}: SEV-SNP paths given on TDX")
+
+
+def duration_seconds(text: str) -> int:
+    """`12h`, `3d`, ... as the coordinator's --accept-stale-amd-crl-for reads them."""
+    return int(text[:-1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[text[-1]]
+
+
 # --- main ----------------------------------------------------------------------------------------
 
 
@@ -566,9 +664,32 @@ def check_snp_config(config: dict[str, Any], snp: dict[str, Any], mounts: set[st
 # how the container opens /dev/sev-guest.
 SNP_REQUIRED = {"runtimeClassName": "kata-cc-isolation", "image": {"digest": DIGEST}, **SNP_GROUP}
 
+# The least that platform tdx needs: a trust-domain runtime, an image by digest, and how report entries
+# are written (Intel's PCS is the default collateral source).
+TDX_REQUIRED = {
+    "runtimeClassName": "kata-qemu-tdx",
+    "image": {"digest": DIGEST},
+    "attestation": {"platform": "tdx", "tdx": {"reportAccess": "root"}},
+}
+
 SCENARIOS = [
     # (label, values file, extra values, release name)
     ("defaults + the SNP values they require", None, SNP_REQUIRED, "concord"),
+    ("platform=tdx + the values it requires", None, TDX_REQUIRED, "concord"),
+    ("values-tdx.yaml", "values-tdx.yaml", {}, "concord"),
+    (
+        "platform=tdx, reportAccess=runtime, no configfs mount",
+        None,
+        {**TDX_REQUIRED, "attestation": {"platform": "tdx", "tdx": {"reportAccess": "runtime", "mountConfigfs": False}}},
+        "concord",
+    ),
+    (
+        "evidence=per-handshake, a stale AMD CRL accepted for 3d",
+        None,
+        deep_merge(SNP_REQUIRED, {"attestation": {"evidence": "per-handshake", "snp": {"acceptStaleAmdCrlFor": "3d"}}}),
+        "concord",
+    ),
+    ("acceptStaleAmdCrlFor=720h, the limit", None, deep_merge(SNP_REQUIRED, {"attestation": {"snp": {"acceptStaleAmdCrlFor": "720h"}}}), "concord"),
     ("values-5-replicas.yaml", "values-5-replicas.yaml", {}, "ha"),
     ("values-simulated.yaml", "values-simulated.yaml", {}, "concord"),
     ("values-snp.yaml", "values-snp.yaml", {}, "concord"),

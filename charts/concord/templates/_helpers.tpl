@@ -101,8 +101,8 @@ the chart cannot see, so the budget stays conservative. podDisruptionBudget.maxU
 {{/* Fails rendering on values that cannot work, with what to set. */}}
 {{- define "concord.validate" -}}
 {{- $p := .Values.attestation.platform }}
-{{- if not (has $p (list "snp" "simulated")) }}
-{{- fail (printf "attestation.platform %q: use snp (production) or simulated (INSECURE, tests and demos)" $p) }}
+{{- if not (has $p (list "snp" "tdx" "simulated")) }}
+{{- fail (printf "attestation.platform %q: use snp or tdx (production) or simulated (INSECURE, tests and demos)" $p) }}
 {{- end }}
 {{- if eq $p "simulated" }}
 {{- $s := .Values.attestation.simulated }}
@@ -118,6 +118,18 @@ the chart cannot see, so the budget stays conservative. podDisruptionBudget.maxU
 {{- if and (eq $snp.deviceAccess "group") (not $snp.deviceGroup) }}{{ fail "attestation.snp.deviceAccess=group needs attestation.snp.deviceGroup: the GID that owns /dev/sev-guest in the guest" }}{{ end }}
 {{- if and (eq $snp.deviceAccess "resource") (not $snp.deviceResource) }}{{ fail "attestation.snp.deviceAccess=resource needs attestation.snp.deviceResource: the device plugin's extended resource for /dev/sev-guest" }}{{ end }}
 {{- if and (eq $snp.deviceAccess "resource") $snp.mountDevice }}{{ fail "attestation.snp.deviceAccess=resource: the device plugin gives the container /dev/sev-guest, so attestation.snp.mountDevice must be false (a hostPath mount would hide the plugin's device)" }}{{ end }}
+{{- end }}
+{{- if eq $p "tdx" }}
+{{- $tdx := .Values.attestation.tdx }}
+{{- if not .Values.runtimeClassName }}{{ fail "attestation.platform=tdx needs runtimeClassName: the RuntimeClass that runs the pods in Intel TDX trust domains (e.g. kata-qemu-tdx, or Contrast's contrast-cc class); without it the pods run outside a trust domain and cannot attest" }}{{ end }}
+{{- if not .Values.image.digest }}{{ fail "attestation.platform=tdx needs image.digest (sha256:...): the manifest pins the coordinator's MRTD and policy, which name one build, and a tag can be moved to another image" }}{{ end }}
+{{- if not $tdx.reportAccess }}{{ fail "attestation.platform=tdx needs attestation.tdx.reportAccess: configfs-tsm report entries are root-owned (inblob mode 0200), so uid 65532 without capabilities cannot request a quote: root (the container runs as uid 0 in the trust domain, every capability still dropped) or runtime (your runtime makes the entries writable for uid 65532); see docs/OPERATIONS.md, Intel TDX" }}{{ end }}
+{{- if and (eq $tdx.pccsUrl "off") (not $tdx.collateralConfigMap) }}{{ fail "attestation.platform=tdx with attestation.tdx.pccsUrl=off needs attestation.tdx.collateralConfigMap: the replicas would have no source of Intel's collateral (give a PCS/PCCS URL, or a ConfigMap of {FMSPC}-{processor|platform}.json files)" }}{{ end }}
+{{- end }}
+{{- $stale := .Values.attestation.snp.acceptStaleAmdCrlFor | default "0s" }}
+{{- $staleSeconds := mul (regexFind "^[0-9]+" $stale | int64) (get (dict "s" 1 "m" 60 "h" 3600 "d" 86400) (regexFind "[smhd]$" $stale) | int64) }}
+{{- if gt $staleSeconds 2592000 }}
+{{- fail (printf "attestation.snp.acceptStaleAmdCrlFor %q: at most 30d (the coordinator refuses more); a CRL stale for longer means AMD's KDS is unreachable: fix that, or put a fresh CRL into attestation.snp.vcekConfigMap" $stale) }}
 {{- end }}
 {{- if and .Values.networkPolicy.enabled (not .Values.networkPolicy.egress.dns) }}
 {{- fail "networkPolicy.egress.dns is empty: the replicas could not resolve their peers' names (an empty `to` would instead admit every destination); give the DNS servers as NetworkPolicy peers" }}
