@@ -224,6 +224,13 @@ pub(super) fn launch(args: &PlatformArgs) -> Result<LaunchedPlatform, LaunchErro
         allowed_tcb_statuses: vec![verified.tcb_status],
         ..any_status
     };
+    tracing::info!(
+        mrtd = %hex::encode(own.report.mrtd),
+        policy_hash = %hex::encode(policy_hash),
+        tcb_status = ?verified.tcb_status,
+        "Intel TDX: this replica's MRTD and policy hash (MRCONFIGID); the manifest must list the policy \
+         hash with \"role\": \"coordinator\" and the MRTD in reference_values.tdx"
+    );
     refresh_in_background(args, Arc::clone(&issuer), evidence.report.clone());
     Ok(LaunchedPlatform {
         issuer,
