@@ -100,3 +100,31 @@ pub fn atls_certificate(
     crate::atls::cert::make_certificate(issuer, key, nonce, &crate::atls::DeploymentId::UNPINNED)
         .map(|c| c.to_vec())
 }
+
+/// AMD's CRL check (`snp::crl`) on `crl` as given, against the pinned Milan ARK and ASK, with the
+/// ASK standing in for the signer: parsing, the issuer and signature checks, the revoked-serial
+/// scan and the freshness check, at `now`. Reaching past the ARK's signature is not possible for a
+/// fuzzer (AMD's key), so [`crate::fuzzing`]'s rule holds: nothing is accepted here.
+pub fn amd_crl(crl: &[u8], now: SystemTime) {
+    let _ = snp::crl::parse(crl);
+    let [ark, ask] = snp::pinned_chain(crate::Product::Milan, SignerKind::Vcek);
+    let (Ok((_, ark)), Ok((_, ask))) = (
+        x509_parser::parse_x509_certificate(ark),
+        x509_parser::parse_x509_certificate(ask),
+    ) else {
+        return;
+    };
+    for accept_stale_for in [
+        std::time::Duration::ZERO,
+        std::time::Duration::from_secs(86_400),
+    ] {
+        let _ = snp::crl::check(
+            &[crl.to_vec()],
+            &ark,
+            &ask,
+            &ask,
+            now,
+            snp::SnpRevocation::Required { accept_stale_for },
+        );
+    }
+}

@@ -8,6 +8,7 @@
 //! runaway allocations count: what a parser answers is dropped.
 #![forbid(unsafe_code)]
 
+pub mod amd_crl;
 pub mod atls_evidence;
 pub mod audit_bundle;
 pub mod manifest;
@@ -15,6 +16,7 @@ pub mod requests;
 pub mod seed_share;
 pub mod snp_cert_table;
 pub mod snp_report;
+pub mod tdx_quote;
 mod times;
 pub mod witness_request;
 
@@ -22,7 +24,7 @@ pub mod witness_request;
 pub type Target = (&'static str, fn(&[u8]));
 
 /// Every target.
-pub const TARGETS: [Target; 8] = [
+pub const TARGETS: [Target; 10] = [
     ("manifest", manifest::run),
     ("audit_bundle", audit_bundle::run),
     ("seed_share", seed_share::run),
@@ -31,4 +33,6 @@ pub const TARGETS: [Target; 8] = [
     ("requests", requests::run),
     ("snp_cert_table", snp_cert_table::run),
     ("witness_request", witness_request::run),
+    ("tdx_quote", tdx_quote::run),
+    ("amd_crl", amd_crl::run),
 ];

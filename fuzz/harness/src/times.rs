@@ -13,3 +13,8 @@ pub(crate) fn snp() -> SystemTime {
 pub(crate) fn simulated() -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(1_798_761_600)
 }
+
+/// 2025-07-01T00:00:00Z: inside the window of the real TDX collateral (`attestation/src/tdx/vectors/`).
+pub(crate) fn tdx() -> std::time::SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_751_328_000)
+}
