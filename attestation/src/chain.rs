@@ -222,6 +222,11 @@ impl Window {
         }
     }
 
+    /// The seconds from `from` to `until` (Unix seconds, both included).
+    pub(crate) fn between(from: i64, until: i64) -> Window {
+        Window { from, until }
+    }
+
     /// A window no time is in: a verdict that must never be reused.
     pub(crate) fn empty() -> Window {
         Window { from: 1, until: 0 }

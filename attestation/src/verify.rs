@@ -79,7 +79,7 @@ impl VerifiedReport {
 
     /// A TDX quote that passed every check: MRTD as the measurement, the policy hash of MRCONFIGID
     /// as the host data (its role on SNP), the quote version; no chip ID, TCB or VMPL.
-    fn tdx(quote: &crate::tdx::VerifiedQuote) -> Self {
+    fn tdx(quote: &crate::tdx::VerifiedQuote, window: chain::Window) -> Self {
         Self {
             platform: Platform::Tdx,
             product: None,
@@ -92,9 +92,7 @@ impl VerifiedReport {
             chip_id: [0; 64],
             reported_tcb: Tcb::new(0, 0, 0, 0),
             tdx: Some(quote.claims()),
-            // Intel's collateral (TCB info, QE identity, CRLs) has windows of its own that this
-            // window does not track: a TDX verdict is never reused, every check is fresh.
-            window: chain::Window::empty(),
+            window,
         }
     }
 
@@ -313,7 +311,7 @@ impl Verifier {
                 )));
             }
         };
-        Ok(VerifiedReport::tdx(&quote))
+        Ok(VerifiedReport::tdx(&quote, tdx_window(evidence, now)))
     }
 
     /// The simulated root `root_der`, trusted by the launch configuration and named by the
@@ -404,5 +402,128 @@ impl Verifier {
             &report,
             chain::Window::of(&root).and(chain::Window::of(&signer)),
         ))
+    }
+}
+
+/// When a TDX verdict reached at `now` stays what a fresh check would say: from `now` (every
+/// `issueDate`, `thisUpdate` and `notBefore` had passed then) until the earliest of the
+/// collateral's `nextUpdate`s (TCB info, QE identity, both CRLs) and the `notAfter` of every
+/// certificate that vouched (the PCK chain in the quote, the collateral's issuer chains, and the
+/// simulated hierarchy's certificates). Anything unreadable gives a window no time is in: the
+/// verdict is then never reused.
+fn tdx_window(evidence: &Evidence, now: SystemTime) -> chain::Window {
+    let Some((collateral_json, others)) = evidence.certificates.split_first() else {
+        return chain::Window::empty();
+    };
+    let unix = |t: SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .and_then(|d| i64::try_from(d.as_secs()).ok())
+    };
+    let (Some(from), Some(mut until)) = (
+        unix(now),
+        // A fresh check needs `now < nextUpdate`: the last second it passes is one before.
+        crate::intel_pcs::next_update(collateral_json)
+            .and_then(unix)
+            .map(|next| next - 1),
+    ) else {
+        return chain::Window::empty();
+    };
+    let Ok(collateral) = crate::tdx::Collateral::from_json(collateral_json) else {
+        return chain::Window::empty();
+    };
+    let Ok(mut ders) = dcap_qvl::quote::Quote::parse(&evidence.report)
+        .and_then(|q| dcap_qvl::intel::extract_cert_chain(&q))
+    else {
+        return chain::Window::empty();
+    };
+    for chain_pem in [
+        &collateral.pck_crl_issuer_chain,
+        &collateral.tcb_info_issuer_chain,
+        &collateral.qe_identity_issuer_chain,
+    ] {
+        for pem in x509_parser::pem::Pem::iter_from_buffer(chain_pem.as_bytes()) {
+            match pem {
+                Ok(pem) => ders.push(pem.contents),
+                Err(_) => return chain::Window::empty(),
+            }
+        }
+    }
+    ders.extend(others.iter().cloned());
+    for der in &ders {
+        match x509_parser::parse_x509_certificate(der) {
+            Ok((_, cert)) => until = until.min(cert.validity().not_after.timestamp()),
+            Err(_) => return chain::Window::empty(),
+        }
+    }
+    chain::Window::between(from, until)
+}
+
+#[cfg(test)]
+mod tdx_window_tests {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use crate::evidence::{Evidence, Platform};
+    use crate::reference::{Measurement, ReferenceValues, TdxReference, TdxTcbStatus};
+    use crate::verify::Verifier;
+
+    const QUOTE: &[u8] = include_bytes!("tdx/vectors/tdx_quote");
+    const COLLATERAL: &[u8] = include_bytes!("tdx/vectors/tdx_quote_collateral.json");
+
+    fn at(unix: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(unix)
+    }
+
+    /// A TDX verdict is reused (NewMeshCert on the handshake's connection) only while a fresh check
+    /// would still accept: not at or past the earliest nextUpdate of the collateral (one of the
+    /// vector's CRLs, 2025-07-19T10:00:35Z), and not before the time it was reached.
+    #[test]
+    fn a_tdx_verdict_is_reusable_only_inside_the_collateral_window() {
+        let quote = crate::tdx::Quote::parse(QUOTE).unwrap();
+        let reference = ReferenceValues {
+            tdx: vec![TdxReference {
+                trusted_mrtd: vec![Measurement(quote.report.mrtd)],
+                rtmr: None,
+                trusted_mrseam: None,
+                minimum_tee_tcb_svn: None,
+                allowed_tcb_statuses: vec![TdxTcbStatus::UpToDate, TdxTcbStatus::OutOfDate],
+                allow_debug: false,
+            }],
+            ..ReferenceValues::default()
+        };
+        let evidence = Evidence {
+            platform: Platform::Tdx,
+            report: QUOTE.to_vec(),
+            certificates: vec![COLLATERAL.to_vec()],
+            crls: vec![],
+        };
+        let checked = at(1_751_328_000); // 2025-07-01T00:00:00Z
+        let verdict = Verifier::new(crate::PlatformTrust::default())
+            .verify(
+                &evidence,
+                &reference,
+                &quote.report.report_data,
+                &|_| true,
+                checked,
+            )
+            .unwrap();
+        assert!(verdict.chain_valid_at(checked));
+        assert!(verdict.chain_valid_at(at(1_751_328_000 + 86_400)));
+        // 2025-07-19T10:00:35Z is a CRL's nextUpdate: a fresh check from then on says stale.
+        assert!(verdict.chain_valid_at(at(1_752_919_234)));
+        assert!(!verdict.chain_valid_at(at(1_752_919_235)));
+        assert!(!verdict.chain_valid_at(at(1_751_328_000 - 1)));
+        // And the fresh check agrees past the window's end.
+        assert!(
+            Verifier::new(crate::PlatformTrust::default())
+                .verify(
+                    &evidence,
+                    &reference,
+                    &quote.report.report_data,
+                    &|_| true,
+                    at(1_752_919_235),
+                )
+                .is_err()
+        );
     }
 }

@@ -222,7 +222,7 @@ fn collateral_after_next_update_or_before_issue_date() {
         RejectReason::TdxCollateralNotYetValid("QE identity")
     );
     // The window opens at the QE identity's issueDate. It closes before the TCB info's nextUpdate:
-    // a CRL of the vector is stale from 2025-07-19T09:20:35Z (its nextUpdate), and a stale CRL
+    // a CRL of the vector is stale from 2025-07-19T10:00:35Z (its nextUpdate), and a stale CRL
     // rejects too.
     at(1_750_329_147).unwrap();
     at(1_752_919_234).unwrap();

@@ -100,7 +100,10 @@ pub(crate) fn check(
                 let grace = i64::try_from(accept_stale_for.as_secs()).unwrap_or(i64::MAX);
                 let until = crl
                     .next_update()
-                    .map_or(i64::MIN, |t| t.timestamp().saturating_add(grace));
+                    // Fresh while `now < nextUpdate + grace`: the last whole second is one before.
+                    .map_or(i64::MIN, |t| {
+                        t.timestamp().saturating_add(grace).saturating_sub(1)
+                    });
                 fresh = Some(fresh.map_or(until, |f| f.max(until)));
             }
             Err(e) => {

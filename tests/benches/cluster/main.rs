@@ -213,15 +213,18 @@ fn run(mode: &Mode, etcd: Option<&Path>) -> Vec<Row> {
         let mesh_tdx = guarded("NewMeshCert throughput on TDX", || {
             let env = concord_tests::Env::new_tdx();
             let crypto = mesh::crypto_alone(&env, mode.crypto_window)?;
-            let replica =
-                runtime.block_on(mesh::replica(&env, mode.mesh_clients, mode.mesh_window))?;
+            let replica = runtime.block_on(mesh::replica(
+                &env,
+                mode.mesh_clients_saturating,
+                mode.mesh_window,
+            ))?;
             Ok((replica, crypto))
         });
         push(
             &mut rows,
             "NewMeshCert on TDX",
             mesh_tdx.as_ref().map(|(replica, crypto)| {
-                mesh::rows_against_crypto(replica, crypto, mode.mesh_clients, true)
+                mesh::rows_against_crypto(replica, crypto, mode.mesh_clients_saturating, true)
             }),
         );
     }
