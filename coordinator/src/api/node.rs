@@ -645,8 +645,8 @@ impl<S: Store> Node<S> {
                 outcome
             })
             .await
-                .map_err(|e| Status::internal(format!("the commit task failed: {e}")))?
-                .map_err(|e| to_status(&e))
+            .map_err(|e| Status::internal(format!("the commit task failed: {e}")))?
+            .map_err(|e| to_status(&e))
         });
         match tokio::time::timeout(LEADER_WAIT, commit).await {
             Ok(joined) => {

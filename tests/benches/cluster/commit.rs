@@ -182,7 +182,9 @@ pub fn rows(commits: &Commits, etcd: Result<&Samples, &str>, value_len: usize) -
                 .map(|p| p.mean)
         })
     };
-    let own = leader_mean("prepare").zip(leader_mean("apply")).map(|(p, a)| p + a);
+    let own = leader_mean("prepare")
+        .zip(leader_mean("apply"))
+        .map(|(p, a)| p + a);
     let p50 = match (etcd, own) {
         (Ok(e), Some(own)) => Verdict::of(concord.median() <= e.median() + own),
         (Ok(_), None) => Verdict::NoReference("no phase metrics".into()),
