@@ -579,10 +579,13 @@ impl<S: Store> Node<S> {
 
     /// SetManifest on the leader: prepared, written through Raft, committed.
     async fn set_on_leader(&self, req: SetRequest) -> Result<SetOutcome, Status> {
+        let phases = crate::observe::global();
+        let queued = std::time::Instant::now();
         let _gate = self.write_gate.lock().await;
-        let started = std::time::Instant::now();
         self.applied_whole_log().await;
         self.refresh().await.map_err(|e| to_status(&e))?;
+        phases.commit_phase("queue", queued.elapsed());
+        let started = std::time::Instant::now();
         let now = time::OffsetDateTime::now_utc();
         // Off the runtime's threads: the caps bound it, but parsing, key generation and (first
         // manifest) share encryption are CPU work. The manifest is parsed outside the lock, and only
@@ -606,10 +609,12 @@ impl<S: Store> Node<S> {
         let raft = self.raft.clone();
         let replica = self.replica.clone();
         let prepared_in = started.elapsed();
+        phases.commit_phase("prepare", prepared_in);
         let commit = tokio::spawn(async move {
             let command = Command::Append(AppendTransition::new(&p.new));
             let written = raft.client_write(command).await;
             let committed_in = started.elapsed();
+            phases.commit_phase("raft_write", committed_in - prepared_in);
             debug!(
                 prepare_us = prepared_in.as_micros() as u64,
                 raft_write_us = (committed_in - prepared_in).as_micros() as u64,
@@ -633,10 +638,15 @@ impl<S: Store> Node<S> {
                     )));
                 }
             }
-            tokio::task::spawn_blocking(move || replica.write()?.commit_set(*p))
-                .await
-                .map_err(|e| Status::internal(format!("the commit task failed: {e}")))?
-                .map_err(|e| to_status(&e))
+            tokio::task::spawn_blocking(move || {
+                let adopted = std::time::Instant::now();
+                let outcome = replica.write()?.commit_set(*p);
+                phases.commit_phase("commit", adopted.elapsed());
+                outcome
+            })
+            .await
+            .map_err(|e| Status::internal(format!("the commit task failed: {e}")))?
+            .map_err(|e| to_status(&e))
         });
         match tokio::time::timeout(LEADER_WAIT, commit).await {
             Ok(joined) => {

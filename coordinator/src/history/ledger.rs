@@ -286,6 +286,18 @@ impl<S: Store> Ledger<S> {
 
     /// Writes a transition and everything that comes with it in one durable batch, and moves `latest`.
     pub fn append(&self, new: &NewTransition) -> Result<(), LedgerError> {
+        self.store.apply(Self::append_batch(new))?;
+        Ok(())
+    }
+
+    /// [`Ledger::append`] without waiting until the write is durable ([`Store::apply_unflushed`]):
+    /// for the Raft state machine, whose writes the committed log makes again after a crash.
+    pub fn append_unflushed(&self, new: &NewTransition) -> Result<(), LedgerError> {
+        self.store.apply_unflushed(Self::append_batch(new))?;
+        Ok(())
+    }
+
+    fn append_batch(new: &NewTransition) -> Vec<Write> {
         let hash = new.transition.hash();
         let mut batch = vec![Write::Put(
             Key::Object(Hash::of(&new.manifest_bytes)),
@@ -303,8 +315,7 @@ impl<S: Store> Ledger<S> {
             batch.push(Write::Put(Key::RootCa, root.clone()));
         }
         batch.push(Write::Put(Key::Latest, hash.as_bytes().to_vec()));
-        self.store.apply(batch)?;
-        Ok(())
+        batch
     }
 }
 

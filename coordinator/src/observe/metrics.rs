@@ -23,6 +23,17 @@ pub const MAX_METHODS: usize = 64;
 /// The label of RPCs that no service implements (a scanner's paths), so they cannot add labels.
 pub const UNIMPLEMENTED_METHOD: &str = "unimplemented";
 
+/// The phases of `concord_set_manifest_phase_seconds`.
+pub const COMMIT_PHASES: &[&str] = &[
+    "queue",
+    "prepare",
+    "raft_write",
+    "commit",
+    "log_append",
+    "replicate",
+    "apply",
+];
+
 /// The process's counters and histograms. One per process ([`global`]): the metrics of a process, as
 /// Prometheus scrapes it.
 #[derive(Debug, Default)]
@@ -33,6 +44,8 @@ pub struct Metrics {
     rpc_latency: Mutex<BTreeMap<String, Histogram>>,
     /// Transit API requests by (operation, key name, HTTP status).
     transit_requests: Mutex<BTreeMap<(&'static str, String, u16), u64>>,
+    /// Where a SetManifest's (and a Raft write's) time goes, by phase (a fixed set of names).
+    commit_phases: Mutex<BTreeMap<&'static str, Histogram>>,
 }
 
 /// A copy of the counters, for rendering.
@@ -42,6 +55,7 @@ pub struct Counters {
     pub certificates_issued: u64,
     pub rpc_latency: BTreeMap<String, Histogram>,
     pub transit_requests: BTreeMap<(&'static str, String, u16), u64>,
+    pub commit_phases: BTreeMap<&'static str, Histogram>,
 }
 
 /// Distinct (operation, key, status) series of transit requests kept; later ones count under key
@@ -89,6 +103,15 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    /// Records the time one phase of a commit took (`phase` is one of a fixed set of names, see
+    /// [`COMMIT_PHASES`]), for `concord_set_manifest_phase_seconds`.
+    pub fn commit_phase(&self, phase: &'static str, elapsed: Duration) {
+        lock(&self.commit_phases)
+            .entry(phase)
+            .or_insert_with(|| Histogram::new(LATENCY_BOUNDS))
+            .observe(elapsed.as_secs_f64());
+    }
+
     /// Counts one transit API request: its operation, its key (`-` when none or not in the manifest)
     /// and its HTTP status.
     pub fn transit_request(&self, op: &'static str, key: Option<&str>, status: u16) {
@@ -106,6 +129,7 @@ impl Metrics {
             attestation_failures: lock(&self.attestation_failures).clone(),
             certificates_issued: self.certificates_issued.load(Ordering::Relaxed),
             rpc_latency: lock(&self.rpc_latency).clone(),
+            commit_phases: lock(&self.commit_phases).clone(),
         }
     }
 }
@@ -241,6 +265,17 @@ fn counter_families(e: &mut Exposition, c: &Counters) {
     );
     for (method, h) in &c.rpc_latency {
         e.histogram("concord_rpc_duration_seconds", &[("method", method)], h);
+    }
+    e.family(
+        "concord_set_manifest_phase_seconds",
+        "Where a SetManifest's time goes, by phase: on the leader `queue` (waiting for earlier writes and \
+         the applied log), `prepare`, `raft_write` (append, replication, commit and apply), `commit` \
+         (adopting the new secrets); on every replica `log_append` (encode, write and flush log entries), \
+         `apply` (the state machine) and, on the leader, `replicate` (one AppendEntries round trip to a follower).",
+        Kind::Histogram,
+    );
+    for (phase, h) in &c.commit_phases {
+        e.histogram("concord_set_manifest_phase_seconds", &[("phase", phase)], h);
     }
     e.family(
         "concord_transit_requests_total",

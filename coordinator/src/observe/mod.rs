@@ -24,7 +24,7 @@ mod sample;
 pub use beacon::{Beacon, Phase, View};
 pub use exposition::CONTENT_TYPE;
 pub use health_server::HealthServer;
-pub use metrics::{Counters, Metrics, global, render};
+pub use metrics::{COMMIT_PHASES, Counters, Metrics, global, render};
 pub use probe::{Verdict, liveness, readiness, startup};
 pub use rpc_timing::RpcTimingLayer;
 pub use sample::{Fault, Sample, health_json, role_name, sees_quorum};

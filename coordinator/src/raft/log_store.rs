@@ -261,7 +261,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
         }
         // The callback tells openraft the entries are durable, so it runs only after the flush.
-        match self.append_entries(entries) {
+        let started = std::time::Instant::now();
+        let appended = self.append_entries(entries);
+        crate::observe::global().commit_phase("log_append", started.elapsed());
+        match appended {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
                 Ok(())

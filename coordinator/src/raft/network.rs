@@ -282,7 +282,14 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
                 PayloadTooLarge::new_entries_hint(n),
             ));
         }
-        self.call("append_entries", &rpc, &option).await
+        if rpc.entries.is_empty() {
+            return self.call("append_entries", &rpc, &option).await;
+        }
+        // Only RPCs that carry entries: the round trip a write waits for (heartbeats are not timed).
+        let started = std::time::Instant::now();
+        let answer = self.call("append_entries", &rpc, &option).await;
+        crate::observe::global().commit_phase("replicate", started.elapsed());
+        answer
     }
 
     async fn install_snapshot(

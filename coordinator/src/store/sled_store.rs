@@ -85,6 +85,17 @@ impl Store for SledStore {
     }
 
     fn apply(&self, batch: Vec<Write>) -> Result<(), StoreError> {
+        self.apply_unflushed(batch)?;
+        self.db.flush().map_err(|e| StoreError::Io {
+            op: "flush to disk",
+            reason: e.to_string(),
+        })?;
+        Ok(())
+    }
+
+    /// One sled batch (atomic), not flushed: sled writes its log in order, so a later flush (of any
+    /// tree of this database) makes it durable with everything written before it.
+    fn apply_unflushed(&self, batch: Vec<Write>) -> Result<(), StoreError> {
         let mut b = sled::Batch::default();
         for write in batch {
             match write {
@@ -95,12 +106,7 @@ impl Store for SledStore {
         self.db.apply_batch(b).map_err(|e| StoreError::Io {
             op: "write a batch",
             reason: e.to_string(),
-        })?;
-        self.db.flush().map_err(|e| StoreError::Io {
-            op: "flush to disk",
-            reason: e.to_string(),
-        })?;
-        Ok(())
+        })
     }
 }
 

@@ -101,3 +101,40 @@ async fn a_log_entry_moved_to_another_index_is_reported() {
     let err = log.try_get_log_entries(0..5).await.unwrap_err().to_string();
     assert!(err.contains("it says it is entry 1"), "{err}");
 }
+
+/// `apply` does not flush the history it writes (the committed log holds it); should a disk ever keep
+/// the applied log id but lose the history write it counts, the replica refuses to start rather than
+/// serve a history without a committed transition that openraft would not apply again.
+#[tokio::test]
+async fn a_history_behind_its_applied_log_id_is_refused() {
+    let history = History::new(2);
+    let disk = Disk::new();
+    {
+        let (_log, mut sm) = disk.open();
+        apply_one(&mut sm, command_entry(1, history.command(0))).await;
+        apply_one(&mut sm, command_entry(2, history.command(1))).await;
+    }
+    // The disk lost the second transition's write, but not the applied log id after it.
+    let db = disk.store.db();
+    db.remove(crate::store::Key::Transition(history.hashes[1]).encode())
+        .unwrap();
+    db.insert(
+        crate::store::Key::Latest.encode(),
+        history.hashes[0].as_bytes().to_vec(),
+    )
+    .unwrap();
+    let err = crate::raft::StateMachine::open(&disk.store)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("the disk lost writes"), "{err}");
+    // Intact, it opens.
+    let disk2 = Disk::new();
+    {
+        let (_log, mut sm) = disk2.open();
+        apply_one(&mut sm, command_entry(1, history.command(0))).await;
+        apply_one(&mut sm, command_entry(2, history.command(1))).await;
+    }
+    let disk2 = disk2.reopen();
+    let (_log, sm) = disk2.open();
+    assert_eq!(sm.history().unwrap().chain.latest_hash(), history.hashes[1]);
+}
