@@ -114,6 +114,8 @@ pub async fn keep_sampling<S: Store>(node: Arc<Node<S>>, log: LogStore, beacon: 
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut core_answered = tokio::time::Instant::now();
+    let mut pending: Option<tokio::task::JoinHandle<Sample>> = None;
+    let mut last: Option<Sample> = None;
     loop {
         tick.tick().await;
         // A request through the Raft core's own loop: answered whatever the quorum, the role or the
@@ -122,15 +124,48 @@ pub async fn keep_sampling<S: Store>(node: Arc<Node<S>>, log: LogStore, beacon: 
         if let Ok(Ok(())) = tokio::time::timeout(CORE_PING_WAIT, ping).await {
             core_answered = tokio::time::Instant::now();
         }
-        // Off the runtime: a reload after many applied transitions parses each of them.
-        let (n, l) = (node.clone(), log.clone());
-        let Ok(mut sample) = tokio::task::spawn_blocking(move || take(&n, &l)).await else {
+        // Off the runtime: a reload after many applied transitions parses each of them. A sample
+        // reads the store and the core's lock, which a wedged Raft core can hold (a write waiting
+        // on a flush that never returns): the runtime then still publishes, the last state with the
+        // core's silence growing, so liveness names the Raft core instead of a wedged runtime. At
+        // most one sample is in flight: a stuck one is not joined by another thread each tick.
+        if pending.is_none() {
+            let (n, l) = (node.clone(), log.clone());
+            pending = Some(tokio::task::spawn_blocking(move || take(&n, &l)));
+        }
+        let fresh = match pending.as_mut() {
+            Some(task) => match tokio::time::timeout(SAMPLE_WAIT, task).await {
+                Ok(joined) => {
+                    pending = None;
+                    joined.ok()
+                }
+                Err(_) => None,
+            },
+            None => None,
+        };
+        let stuck = fresh.is_none();
+        if let Some(sample) = fresh {
+            last = Some(sample);
+        }
+        let Some(mut sample) = last.clone() else {
             continue;
         };
+        if stuck {
+            // Not ready while the store or the core's lock does not answer.
+            sample.fault.get_or_insert(Fault::Store(format!(
+                "reading the replica's state has not finished within {} s (the store or the \
+                 Raft core is stuck)",
+                SAMPLE_WAIT.as_secs()
+            )));
+        }
         sample.raft_core_silent_ms = core_answered.elapsed().as_millis() as u64;
         beacon.publish(sample);
     }
 }
+
+/// How long the sampler waits for one sample of the store and the core before it publishes the
+/// last one again (with the Raft core's silence brought up to date).
+pub const SAMPLE_WAIT: Duration = Duration::from_secs(2);
 
 /// The Raft role as `concord status` names it.
 pub fn role_name(state: ServerState) -> &'static str {
