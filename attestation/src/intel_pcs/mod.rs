@@ -1,7 +1,7 @@
 //! Intel TDX collateral from Intel's Provisioning Certification Service (PCS) or a caching service
 //! (PCCS), for the issuing side to send with a quote so relying parties need no network.
 //!
-//! Owns getting the bytes, in the layout of `testdata/intel-pcs/tdx_quote_collateral.json` (the
+//! Owns getting the bytes, in the layout of `src/tdx/vectors/tdx_quote_collateral.json` (the
 //! collateral document the TDX verifier reads): per FMSPC and PCK CA ([`Ca`]), PCS API v4's
 //! `GET /sgx/certification/v4/pckcrl?ca=..&encoding=der` (issuer chain in `SGX-PCK-CRL-Issuer-Chain`),
 //! `GET /tdx/certification/v4/tcb?fmspc=..` (`TCB-Info-Issuer-Chain`), `GET

@@ -1,5 +1,5 @@
 //! A stand-in for Intel's PCS (API v4) on loopback, serving the pieces of the real collateral in
-//! `testdata/intel-pcs/` as Intel's PCS does: the PCK CRL (DER) with `SGX-PCK-CRL-Issuer-Chain`,
+//! `src/tdx/vectors/` (the TDX vector's collateral) as Intel's PCS does: the PCK CRL (DER) with `SGX-PCK-CRL-Issuer-Chain`,
 //! TCB info and QE identity as `{"tcbInfo"|"enclaveIdentity": ..., "signature": ...}` with their
 //! issuer-chain headers (URL-encoded PEM), and the root CA CRL at a PCCS's path. Built on the
 //! KDS stand-in ([`KdsStub`]), so it misbehaves the same ways on demand.
@@ -13,7 +13,7 @@ pub const CA: &str = "platform";
 
 /// The real collateral document, as bytes.
 pub fn collateral_bytes() -> Vec<u8> {
-    super::snp::read("intel-pcs/tdx_quote_collateral.json")
+    include_bytes!("../tdx/vectors/tdx_quote_collateral.json").to_vec()
 }
 
 /// The real collateral document, parsed.
