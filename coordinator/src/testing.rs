@@ -185,6 +185,17 @@ impl TestDeployment {
         SimulatedIssuer::new(&self.root, self.measurement, *Hash::of(policy).as_bytes())
             .expect("simulated issuer")
     }
+
+    /// An issuer that produces simulated TDX quotes for `policy` (in MRCONFIGID), the measurement
+    /// as MRTD, on a fresh simulated Intel hierarchy this deployment's simulated root endorses.
+    pub fn tdx_issuer(&self, policy: &[u8]) -> concord_attestation::simulated::SimulatedTdxIssuer {
+        concord_attestation::simulated::SimulatedTdxIssuer::new(
+            &self.root,
+            self.measurement,
+            *Hash::of(policy).as_bytes(),
+        )
+        .expect("simulated TDX issuer")
+    }
 }
 
 impl Default for TestDeployment {

@@ -18,6 +18,9 @@ use crate::tdx::simulated::SimulatedTdx;
 /// Issues simulated TDX evidence for one MRTD and one policy hash (in MRCONFIGID).
 pub struct SimulatedTdxIssuer {
     hierarchy: SimulatedTdx,
+    /// The collateral sent with every quote, and when it was made: made again once an hour old (it
+    /// is current for a week), as a PCCS serves the same collateral to every quote, not per quote.
+    collateral: std::sync::Mutex<Option<(OffsetDateTime, Vec<u8>)>>,
     root_der: Vec<u8>,
     mrtd: [u8; 48],
     policy_hash: [u8; 32],
@@ -47,10 +50,34 @@ impl SimulatedTdxIssuer {
         );
         Ok(Self {
             hierarchy,
+            collateral: std::sync::Mutex::new(None),
             root_der: root.cert_der().to_vec(),
             mrtd,
             policy_hash,
         })
+    }
+}
+
+impl SimulatedTdxIssuer {
+    /// The collateral to send at `now`: the one made within the last hour, else a new one, current
+    /// from an hour before `now` for a week (Intel's is current for a month).
+    fn collateral_json(&self, now: OffsetDateTime) -> Result<Vec<u8>, AttestationError> {
+        let mut cached = self
+            .collateral
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((made, json)) = cached.as_ref()
+            && now >= *made
+            && now - *made < Duration::hours(1)
+        {
+            return Ok(json.clone());
+        }
+        let json = self
+            .hierarchy
+            .collateral(now - Duration::hours(1), now + Duration::days(7), false)?
+            .to_json();
+        *cached = Some((now, json.clone()));
+        Ok(json)
     }
 }
 
@@ -69,11 +96,7 @@ impl EvidenceIssuer for SimulatedTdxIssuer {
         report.rtmr = [[0; 48]; 4];
         report.report_data = *report_data;
         let quote = self.hierarchy.quote(&report)?;
-        // Fresh collateral with every quote: current for a week, as Intel's is for a month.
-        let now = OffsetDateTime::now_utc();
-        let collateral =
-            self.hierarchy
-                .collateral(now - Duration::hours(1), now + Duration::days(7), false)?;
+        let collateral = self.collateral_json(OffsetDateTime::now_utc())?;
         let endorsement = self.hierarchy.endorsement_der().ok_or_else(|| {
             AttestationError::Issuer("the simulated TDX root is not endorsed".into())
         })?;
@@ -81,7 +104,7 @@ impl EvidenceIssuer for SimulatedTdxIssuer {
             platform: Platform::Tdx,
             report: quote,
             certificates: vec![
-                collateral.to_json(),
+                collateral,
                 self.hierarchy.root_der().to_vec(),
                 endorsement.to_vec(),
                 self.root_der.clone(),

@@ -151,6 +151,73 @@ fn template_sgx_extension(pck_leaf_der: &[u8]) -> Option<Vec<u8>> {
         .map(|e| e.value.to_vec())
 }
 
+/// The quoting enclave's attestation key, as a real QE keeps it: made once, certified once by a QE
+/// report the PCK signs, then used for every quote (one signature each, with ring's assembly
+/// P-256, so that a replica's own simulated quotes cost what a real TD's do: nothing of its CPU
+/// beyond the report call).
+struct AttestationKey {
+    key: ring::signature::EcdsaKeyPair,
+    rng: ring::rand::SystemRandom,
+    /// x || y, Intel's layout.
+    public: [u8; 64],
+    /// Certification data type 6: the QE report binding `public`, its PCK signature, the QE
+    /// authentication data, and type 5 with the PCK chain.
+    cert6_body: Vec<u8>,
+}
+
+impl AttestationKey {
+    fn generate(
+        pck: &Key,
+        template: &TemplateSignatureData,
+        chain: &str,
+    ) -> Result<Self, AttestationError> {
+        let key = Key::generate()?;
+        let rng = ring::rand::SystemRandom::new();
+        let ring_key = ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            key.rcgen.serialized_der(),
+            &rng,
+        )
+        .map_err(|e| AttestationError::Issuer(format!("loading the attestation key: {e}")))?;
+        let public = key.raw_public();
+        let mut qe_report = template.qe_report;
+        let mut binding = Sha256::new();
+        binding.update(public);
+        binding.update(&template.qe_auth_data);
+        // The QE report's REPORTDATA is at offset 320: SHA-256(attestation key || auth data), zeros.
+        qe_report[320..352].copy_from_slice(&binding.finalize());
+        qe_report[352..384].fill(0);
+        let qe_report_sig = pck.sign(&qe_report);
+
+        let auth_len = u16::try_from(template.qe_auth_data.len())
+            .map_err(|_| AttestationError::Issuer("QE auth data too long".into()))?;
+        let mut cert5 = Vec::new();
+        cert5.extend_from_slice(&5u16.to_le_bytes());
+        cert5.extend_from_slice(&(chain.len() as u32).to_le_bytes());
+        cert5.extend_from_slice(chain.as_bytes());
+        let mut cert6_body = Vec::new();
+        cert6_body.extend_from_slice(&qe_report);
+        cert6_body.extend_from_slice(&qe_report_sig);
+        cert6_body.extend_from_slice(&auth_len.to_le_bytes());
+        cert6_body.extend_from_slice(&template.qe_auth_data);
+        cert6_body.extend_from_slice(&cert5);
+        Ok(Self {
+            key: ring_key,
+            rng,
+            public,
+            cert6_body,
+        })
+    }
+
+    /// ECDSA P-256 with SHA-256, as r || s.
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, AttestationError> {
+        self.key
+            .sign(&self.rng, message)
+            .map(|s| s.as_ref().to_vec())
+            .map_err(|e| AttestationError::Issuer(format!("signing a simulated quote: {e}")))
+    }
+}
+
 /// A simulated Intel hierarchy (INSECURE).
 pub struct SimulatedTdx {
     root: Key,
@@ -160,12 +227,10 @@ pub struct SimulatedTdx {
     pck_ca: Key,
     pck_ca_params: CertificateParams,
     pck_ca_pem: String,
-    pck: Key,
-    pck_pem: String,
     pck_serial: Vec<u8>,
     tcb_signer: Key,
     tcb_signer_pem: String,
-    template: TemplateSignatureData,
+    attestation_key: AttestationKey,
     not_before: OffsetDateTime,
     endorsement_der: Option<Vec<u8>>,
 }
@@ -244,6 +309,9 @@ impl SimulatedTdx {
             .signed_by(&tcb_signer.rcgen, &root_issuer)
             .map_err(issuer_err("certifying the TCB signer"))?;
 
+        let chain = format!("{}{}{}", pck_cert.pem(), pck_ca_cert.pem(), root_cert.pem());
+        let attestation_key = AttestationKey::generate(&pck, &template, &chain)?;
+
         Ok(Self {
             root_der: root_cert.der().to_vec(),
             root_pem: root_cert.pem(),
@@ -252,12 +320,10 @@ impl SimulatedTdx {
             pck_ca_pem: pck_ca_cert.pem(),
             pck_ca,
             pck_ca_params,
-            pck_pem: pck_cert.pem(),
-            pck,
             pck_serial,
             tcb_signer_pem: tcb_cert.pem(),
             tcb_signer,
-            template,
+            attestation_key,
             not_before,
             endorsement_der: None,
         })
@@ -304,8 +370,8 @@ impl SimulatedTdx {
         Ok(Quote::parse(TEMPLATE_QUOTE)?.report)
     }
 
-    /// A version 4 quote of `report`, signed by a fresh attestation key certified by the QE report,
-    /// which the PCK signs.
+    /// A version 4 quote of `report`, signed by this hierarchy's attestation key, which the QE
+    /// report certifies and the PCK signs.
     pub fn quote(&self, report: &TdReport) -> Result<Vec<u8>, AttestationError> {
         self.quote_of_version(report, 4)
     }
@@ -317,7 +383,6 @@ impl SimulatedTdx {
         report: &TdReport,
         version: u16,
     ) -> Result<Vec<u8>, AttestationError> {
-        let attestation_key = Key::generate()?;
         let mut signed = TEMPLATE_QUOTE[..HEADER_LEN].to_vec();
         match version {
             4 => {}
@@ -334,36 +399,12 @@ impl SimulatedTdx {
         }
         signed.extend_from_slice(&report.to_bytes());
 
-        let att_pub = attestation_key.raw_public();
-        let mut qe_report = self.template.qe_report;
-        let mut binding = Sha256::new();
-        binding.update(att_pub);
-        binding.update(&self.template.qe_auth_data);
-        // The QE report's REPORTDATA is at offset 320: SHA-256(attestation key || auth data), zeros.
-        qe_report[320..352].copy_from_slice(&binding.finalize());
-        qe_report[352..384].fill(0);
-        let qe_report_sig = self.pck.sign(&qe_report);
-
-        let chain = format!("{}{}{}", self.pck_pem, self.pck_ca_pem, self.root_pem);
-        let auth_len = u16::try_from(self.template.qe_auth_data.len())
-            .map_err(|_| AttestationError::Issuer("QE auth data too long".into()))?;
-        let mut cert5 = Vec::new();
-        cert5.extend_from_slice(&5u16.to_le_bytes());
-        cert5.extend_from_slice(&(chain.len() as u32).to_le_bytes());
-        cert5.extend_from_slice(chain.as_bytes());
-        let mut cert6_body = Vec::new();
-        cert6_body.extend_from_slice(&qe_report);
-        cert6_body.extend_from_slice(&qe_report_sig);
-        cert6_body.extend_from_slice(&auth_len.to_le_bytes());
-        cert6_body.extend_from_slice(&self.template.qe_auth_data);
-        cert6_body.extend_from_slice(&cert5);
-
-        let mut sig_data = Vec::new();
-        sig_data.extend_from_slice(&attestation_key.sign(&signed));
-        sig_data.extend_from_slice(&att_pub);
+        let ak = &self.attestation_key;
+        let mut sig_data = ak.sign(&signed)?;
+        sig_data.extend_from_slice(&ak.public);
         sig_data.extend_from_slice(&6u16.to_le_bytes());
-        sig_data.extend_from_slice(&(cert6_body.len() as u32).to_le_bytes());
-        sig_data.extend_from_slice(&cert6_body);
+        sig_data.extend_from_slice(&(ak.cert6_body.len() as u32).to_le_bytes());
+        sig_data.extend_from_slice(&ak.cert6_body);
 
         let mut quote = signed;
         quote.extend_from_slice(&(sig_data.len() as u32).to_le_bytes());

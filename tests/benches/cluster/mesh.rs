@@ -58,7 +58,7 @@ pub async fn replica(env: &Env, clients: usize, window: Duration) -> Result<Issu
     let policy = Arc::new(
         concord_cli::remote::coordinator_policy(&manifest, trust).map_err(|e| e.to_string())?,
     );
-    let issuer: Arc<dyn EvidenceIssuer> = Arc::new(env.d.issuer(&env.d.workload_policy));
+    let issuer = workload_issuer(env);
     let start = Instant::now();
     let (open, close) = (start + WARMUP, start + WARMUP + window);
     let mut tasks = Vec::new();
@@ -91,6 +91,15 @@ pub async fn replica(env: &Env, clients: usize, window: Duration) -> Result<Issu
         cores: (replica_at_close - replica_at_open).as_secs_f64() / window.as_secs_f64(),
         client_cores: (clients_at_close - clients_at_open).as_secs_f64() / window.as_secs_f64(),
     })
+}
+
+/// What a workload attests with: TDX quotes on a TDX deployment, else simulated SNP reports.
+fn workload_issuer(env: &Env) -> Arc<dyn EvidenceIssuer> {
+    if env.tdx {
+        Arc::new(env.d.tdx_issuer(&env.d.workload_policy))
+    } else {
+        Arc::new(env.d.issuer(&env.d.workload_policy))
+    }
 }
 
 /// The CPU time (user and system) used so far by the process or thread of a `/proc` stat file
@@ -185,7 +194,7 @@ pub fn crypto_alone(env: &Env, window: Duration) -> Result<Crypto, String> {
     let spki = key.subject_public_key_info();
 
     // Evidence as workloads send it, made beforehand: making it is the workload's work.
-    let issuer = env.d.issuer(&env.d.workload_policy);
+    let issuer = workload_issuer(env);
     let evidence = (0..32u8)
         .map(|i| {
             let report_data = binding(
