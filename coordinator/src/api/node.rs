@@ -37,6 +37,9 @@ pub struct Node<S> {
     pub links: PeerLinks,
     /// Serializes this node's writes, so two calls do not prepare against the same latest.
     write_gate: tokio::sync::Mutex<()>,
+    /// The predecessors the SetManifests on this leader are written against: a call racing another
+    /// on the same predecessor is refused before it queues on `write_gate` (`api::write_claims`).
+    write_claims: super::write_claims::WriteClaims,
     /// Started with an empty Raft state and not yet known to be a safe voter (`api::join`).
     joining: std::sync::atomic::AtomicBool,
     /// While rejoining: the nonce this replica put in its Join, which it confirms to the leader.
@@ -67,6 +70,7 @@ impl<S: Store> Node<S> {
             peers,
             links,
             write_gate: tokio::sync::Mutex::new(()),
+            write_claims: super::write_claims::WriteClaims::default(),
             joining: std::sync::atomic::AtomicBool::new(false),
             join_nonce: std::sync::Mutex::new(None),
             membership_gate: tokio::sync::Mutex::new(()),
@@ -581,6 +585,12 @@ impl<S: Store> Node<S> {
     async fn set_on_leader(&self, req: SetRequest) -> Result<SetOutcome, Status> {
         let phases = crate::observe::global();
         let queued = std::time::Instant::now();
+        // Before queueing: of the calls on one predecessor only one can commit, so a call racing
+        // one already under way is refused now, not after that one's commit (issue 11.3).
+        let _claim = self
+            .write_claims
+            .claim(req.expected_previous, crate::hash::Hash::of(&req.manifest))
+            .map_err(|e| to_status(&e))?;
         let _gate = self.write_gate.lock().await;
         self.applied_whole_log().await;
         self.refresh().await.map_err(|e| to_status(&e))?;
