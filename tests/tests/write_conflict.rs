@@ -93,6 +93,7 @@ async fn a_racing_set_manifest_is_refused_at_once_and_succeeds_after_re_reading(
     for version in [3, 4] {
         loser_apis.push((version, l, env.user_client(&cluster[l]).await));
     }
+    let mut stale_api = env.user_client(&cluster[l]).await;
 
     // The winner: its entry reaches no follower's disk until the stall files go.
     let prepared_before = prepared(cluster[l].health_addr);
@@ -144,6 +145,21 @@ async fn a_racing_set_manifest_is_refused_at_once_and_succeeds_after_re_reading(
             "{status:?}"
         );
     }
+    // A stale caller (it names the empty history as the latest) is refused at once as well.
+    let sent = Instant::now();
+    let stale = tokio::time::timeout(
+        REFUSED_WITHIN,
+        stale_api.set_manifest(env.set_manifest_request(5, Hash::ZERO)),
+    )
+    .await
+    .expect("a stale SetManifest queued behind the in-flight one")
+    .expect_err("a stale SetManifest was accepted");
+    eprintln!("stale caller refused in {:?}: {stale:?}", sent.elapsed());
+    assert_eq!(stale.code(), Code::FailedPrecondition, "{stale:?}");
+    assert!(
+        stale.message().starts_with("previous transition mismatch"),
+        "{stale:?}"
+    );
     assert!(
         !winner.is_finished(),
         "the winner must still be in flight while the losers are refused"
