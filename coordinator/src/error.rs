@@ -18,6 +18,12 @@ pub enum CoordinatorError {
         "previous transition mismatch: the request expects {expected} as the latest transition, but the latest is {latest}; fetch the latest history, re-sign and retry"
     )]
     PreviousMismatch { expected: Hash, latest: Hash },
+    /// Another SetManifest after the same transition, with another manifest, is being committed now:
+    /// at most one of them can commit, so this one is refused before it queues (`api::write_claims`).
+    #[error(
+        "write conflict: another SetManifest after transition {previous} is being committed now, so this one (after the same transition) cannot commit; nothing was written: fetch the latest history, re-sign against it and retry"
+    )]
+    WriteConflict { previous: Hash },
     /// The latest manifest has no owner keys: the history is closed.
     #[error(
         "the latest manifest lists no workload owner keys, so it is final: no update is accepted"

@@ -383,9 +383,12 @@ fn classify(status: &tonic::Status) -> Answer {
         {
             Answer::Mismatch
         }
-        Code::FailedPrecondition | Code::PermissionDenied | Code::InvalidArgument => {
-            Answer::Refused(what)
-        }
+        // Aborted: refused before queueing, as another write on the same predecessor was under way
+        // (a write conflict); nothing was written.
+        Code::FailedPrecondition
+        | Code::PermissionDenied
+        | Code::InvalidArgument
+        | Code::Aborted => Answer::Refused(what),
         _ => Answer::Indefinite(what),
     }
 }

@@ -12,6 +12,7 @@ mod refusals;
 pub mod replica;
 mod status;
 pub(crate) mod user;
+pub mod write_claims;
 
 pub use links::PeerLinks;
 pub use mesh::{MeshAcceptPolicy, MeshService};

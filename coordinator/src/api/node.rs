@@ -37,6 +37,9 @@ pub struct Node<S> {
     pub links: PeerLinks,
     /// Serializes this node's writes, so two calls do not prepare against the same latest.
     write_gate: tokio::sync::Mutex<()>,
+    /// The predecessors the SetManifests on this leader are written against: a call racing another
+    /// on the same predecessor is refused before it queues on `write_gate` (`api::write_claims`).
+    write_claims: super::write_claims::WriteClaims,
     /// Started with an empty Raft state and not yet known to be a safe voter (`api::join`).
     joining: std::sync::atomic::AtomicBool,
     /// While rejoining: the nonce this replica put in its Join, which it confirms to the leader.
@@ -67,6 +70,7 @@ impl<S: Store> Node<S> {
             peers,
             links,
             write_gate: tokio::sync::Mutex::new(()),
+            write_claims: super::write_claims::WriteClaims::default(),
             joining: std::sync::atomic::AtomicBool::new(false),
             join_nonce: std::sync::Mutex::new(None),
             membership_gate: tokio::sync::Mutex::new(()),
@@ -581,6 +585,22 @@ impl<S: Store> Node<S> {
     async fn set_on_leader(&self, req: SetRequest) -> Result<SetOutcome, Status> {
         let phases = crate::observe::global();
         let queued = std::time::Instant::now();
+        // Before queueing: of the calls on one predecessor only one can commit, so a call racing
+        // one already under way is refused now, not after that one's commit (issue 11.3); and a
+        // stale one too, when the core is known to be as new as the applied log and nothing but
+        // claimed calls can move the latest (refreshed in this leader's term, nothing applied since).
+        let fresh_at = self.applied_in_own_term();
+        if fresh_at.is_some() {
+            self.refresh().await.map_err(|e| to_status(&e))?;
+        }
+        let claim = self
+            .write_claims
+            .claim(
+                req.expected_previous,
+                crate::hash::Hash::of(&req.manifest),
+                || self.settled_latest(fresh_at),
+            )
+            .map_err(|e| to_status(&e))?;
         let _gate = self.write_gate.lock().await;
         self.applied_whole_log().await;
         self.refresh().await.map_err(|e| to_status(&e))?;
@@ -611,6 +631,9 @@ impl<S: Store> Node<S> {
         let prepared_in = started.elapsed();
         phases.commit_phase("prepare", prepared_in);
         let commit = tokio::spawn(async move {
+            // Held until the commit is over, also when the caller stopped waiting: until then the
+            // latest may still move to this transition.
+            let _claim = claim;
             let command = Command::Append(AppendTransition::new(&p.new));
             let written = raft.client_write(command).await;
             let committed_in = started.elapsed();
@@ -654,6 +677,29 @@ impl<S: Store> Node<S> {
             }
             Err(_) => Err(not_committed_in_time()),
         }
+    }
+
+    /// The last applied log index, if it is of this leader's term: then every entry of earlier
+    /// terms is applied, and what is not applied yet was appended by this leader, the transitions
+    /// among it by SetManifests that hold a claim until their commit is over. Else None.
+    fn applied_in_own_term(&self) -> Option<u64> {
+        let m = self.raft.metrics().borrow().clone();
+        let applied = m.last_applied?;
+        (m.state == openraft::ServerState::Leader && applied.leader_id.term == m.current_term)
+            .then_some(applied.index)
+    }
+
+    /// The latest transition's hash and its manifest's hash as the core holds them, if nothing was
+    /// applied since `fresh_at` (the applied index at which the core was refreshed from the store,
+    /// see [`Node::applied_in_own_term`]) and the core is free to read; else None.
+    fn settled_latest(
+        &self,
+        fresh_at: Option<u64>,
+    ) -> Option<(crate::hash::Hash, crate::hash::Hash)> {
+        let fresh_at = fresh_at?;
+        (self.applied_in_own_term() == Some(fresh_at))
+            .then(|| self.replica.try_latest())
+            .flatten()
     }
 
     /// Waits (up to [`APPLY_WAIT`]) until this replica applied every entry of its log. A leader just

@@ -40,6 +40,14 @@ impl<S: Store> Replica<S> {
         })
     }
 
+    /// The latest transition's hash and its manifest's hash, if the core can be read without waiting
+    /// (a writer holds it only briefly, but the caller is on the runtime's threads) and has a history.
+    pub fn try_latest(&self) -> Option<(crate::hash::Hash, crate::hash::Hash)> {
+        let core = self.coordinator.try_read().ok()?;
+        let chain = core.chain()?;
+        Some((chain.latest_hash(), chain.latest_manifest().hash()))
+    }
+
     /// Whether a handler panicked while holding the core: the replica must be restarted (the liveness
     /// probe fails).
     pub fn is_poisoned(&self) -> bool {

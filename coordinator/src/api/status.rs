@@ -19,6 +19,8 @@ pub fn to_status(e: &CoordinatorError) -> Status {
         CoordinatorError::Ledger(LedgerError::Corrupt(_)) => Code::DataLoss,
         CoordinatorError::Ledger(_) => Code::Unavailable,
         CoordinatorError::Crypto(_) | CoordinatorError::Evidence(_) => Code::Internal,
+        // A concurrency conflict the caller resolves by re-reading and retrying (gRPC's Aborted).
+        CoordinatorError::WriteConflict { .. } => Code::Aborted,
     };
     Status::new(code, e.to_string())
 }
@@ -48,6 +50,12 @@ mod tests {
             ),
             (CoordinatorError::Recovering, Code::FailedPrecondition),
             (CoordinatorError::FinalManifest, Code::FailedPrecondition),
+            (
+                CoordinatorError::WriteConflict {
+                    previous: Hash::ZERO,
+                },
+                Code::Aborted,
+            ),
         ];
         for (e, code) in cases {
             assert_eq!(to_status(&e).code(), code, "{e}");

@@ -35,7 +35,8 @@ const LAST_PURGED: &[u8] = b"last-purged";
 /// tasks use.
 #[derive(Debug, Clone)]
 pub struct LogStore {
-    db: sled::Db,
+    /// The flush of the whole database (sled's, then `fdatasync`): what makes an entry durable.
+    durable: crate::store::DurableFlush,
     log: sled::Tree,
     meta: sled::Tree,
     /// The test fault hook (`--insecure-test-stall-raft-while`): while this file exists, an append
@@ -45,7 +46,10 @@ pub struct LogStore {
 
 impl LogStore {
     /// Opens (or creates) the log's trees in `db`.
-    pub fn open(db: &sled::Db) -> Result<LogStore, RaftStoreError> {
+    pub fn open(
+        db: &sled::Db,
+        durable: crate::store::DurableFlush,
+    ) -> Result<LogStore, RaftStoreError> {
         let log = db
             .open_tree(LOG_TREE)
             .map_err(|e| RaftStoreError::io("open the raft-log tree", e))?;
@@ -53,7 +57,7 @@ impl LogStore {
             .open_tree(META_TREE)
             .map_err(|e| RaftStoreError::io("open the raft-meta tree", e))?;
         Ok(LogStore {
-            db: db.clone(),
+            durable,
             log,
             meta,
             stall_while: None,
@@ -74,10 +78,7 @@ impl LogStore {
     }
 
     fn flush(&self, op: &'static str) -> Result<(), RaftStoreError> {
-        self.db
-            .flush()
-            .map(|_| ())
-            .map_err(|e| RaftStoreError::io(op, e))
+        self.durable.flush().map_err(|e| RaftStoreError::io(op, e))
     }
 
     fn read_meta<T: DeserializeOwned>(

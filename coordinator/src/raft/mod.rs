@@ -44,7 +44,10 @@ use crate::store::SledStore;
 /// Opens the Raft log and state machine on `store`'s database. Fails if the stored history does not
 /// verify or the Raft trees cannot be read.
 pub fn open(store: &SledStore) -> Result<(LogStore, StateMachine), RaftStoreError> {
-    Ok((LogStore::open(store.db())?, StateMachine::open(store)?))
+    Ok((
+        LogStore::open(store.db(), store.durable().clone())?,
+        StateMachine::open(store)?,
+    ))
 }
 
 #[cfg(test)]

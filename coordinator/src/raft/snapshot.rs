@@ -110,14 +110,15 @@ impl SnapshotContent {
 /// even though openraft builds in another task while entries keep being applied.
 #[derive(Debug)]
 pub struct SnapshotBuilder {
-    db: sled::Db,
+    /// Flushes the database durably once the snapshot is stored.
+    db: crate::store::DurableFlush,
     tree: sled::Tree,
     captured: Result<SnapshotContent, String>,
 }
 
 impl SnapshotBuilder {
     pub(crate) fn new(
-        db: sled::Db,
+        db: crate::store::DurableFlush,
         tree: sled::Tree,
         captured: Result<SnapshotContent, RaftStoreError>,
     ) -> SnapshotBuilder {

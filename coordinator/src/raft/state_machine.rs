@@ -387,7 +387,9 @@ impl StateMachine {
             .map_err(|e| {
                 RaftStoreError::io("replace the history with a snapshot", format!("{e:?}"))
             })?;
-        self.db()
+        self.ledger
+            .store()
+            .durable()
             .flush()
             .map_err(|e| RaftStoreError::io("flush the installed snapshot to disk", e))?;
         // Read back what is on disk now, through the same verification as at start-up.
@@ -460,7 +462,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
         let captured =
             SnapshotContent::capture(self.db(), self.last_applied, self.last_membership.clone());
-        SnapshotBuilder::new(self.db().clone(), self.tree.clone(), captured)
+        SnapshotBuilder::new(
+            self.ledger.store().durable().clone(),
+            self.tree.clone(),
+            captured,
+        )
     }
 
     async fn begin_receiving_snapshot(

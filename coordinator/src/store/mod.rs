@@ -4,10 +4,12 @@
 //! moves bytes; everything read through it is checked by the history layer before use, and nothing secret
 //! is ever written to it. Writes are atomic batches that are durable (flushed) when `apply` returns.
 
+mod durable;
 mod key;
 mod memory;
 mod sled_store;
 
+pub use durable::DurableFlush;
 pub use key::Key;
 pub use memory::MemoryStore;
 pub use sled_store::SledStore;

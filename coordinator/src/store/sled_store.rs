@@ -1,7 +1,7 @@
 //! `SledStore`: the store on disk, in one sled tree.
 //!
-//! A batch is applied with sled's atomic `apply_batch` and acknowledged only after `flush` returns, so an
-//! acknowledged write survives a crash. sled is not trusted for integrity: a host can edit its files.
+//! A batch is applied with sled's atomic `apply_batch` and acknowledged only after a durable flush
+//! returns (`DurableFlush`: sled's flush, then `fdatasync`), so an acknowledged write survives a crash. sled is not trusted for integrity: a host can edit its files.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -20,12 +20,13 @@ fn is_lock_held(e: &sled::Error) -> bool {
         || io.to_string().contains("could not acquire lock"))
 }
 
-use super::{Key, Store, StoreError, Write};
+use super::{DurableFlush, Key, Store, StoreError, Write};
 
 /// A [`Store`] on a sled database.
 #[derive(Debug, Clone)]
 pub struct SledStore {
     db: sled::Db,
+    durable: DurableFlush,
 }
 
 impl SledStore {
@@ -40,7 +41,14 @@ impl SledStore {
                 .cache_capacity(CACHE_BYTES)
                 .open()
             {
-                Ok(db) => return Ok(SledStore { db }),
+                Ok(db) => {
+                    let durable =
+                        DurableFlush::new(db.clone(), dir).map_err(|e| StoreError::Open {
+                            path: dir.display().to_string(),
+                            reason: format!("cannot open sled's files to sync them: {e}"),
+                        })?;
+                    return Ok(SledStore { db, durable });
+                }
                 Err(e) if is_lock_held(&e) && start.elapsed() < LOCK_WAIT => {
                     std::thread::sleep(Duration::from_millis(20));
                 }
@@ -66,6 +74,11 @@ impl SledStore {
         &self.db
     }
 
+    /// The flush that returns once everything written is on stable storage (sled's own does not).
+    pub fn durable(&self) -> &DurableFlush {
+        &self.durable
+    }
+
     /// Writes `value` under `key` without any check: for tests that play a hostile host.
     #[doc(hidden)]
     pub fn tamper_put(&self, key: &Key, value: &[u8]) -> Result<(), StoreError> {
@@ -86,7 +99,7 @@ impl Store for SledStore {
 
     fn apply(&self, batch: Vec<Write>) -> Result<(), StoreError> {
         self.apply_unflushed(batch)?;
-        self.db.flush().map_err(|e| StoreError::Io {
+        self.durable.flush().map_err(|e| StoreError::Io {
             op: "flush to disk",
             reason: e.to_string(),
         })?;

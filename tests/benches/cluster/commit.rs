@@ -33,6 +33,8 @@ pub struct Phase {
 type PhaseTotals = std::collections::BTreeMap<String, (f64, u64)>;
 
 const PHASE_METRIC: &str = "concord_set_manifest_phase_seconds";
+/// The name the rows give the server side of the SetManifest RPC (`concord_rpc_duration_seconds`).
+const SERVER_RPC: &str = "SetManifest RPC, server side";
 
 fn phase_totals(addr: std::net::SocketAddr) -> Result<PhaseTotals, String> {
     let (status, body) = concord_tests::http_get(addr, "/metrics")?;
@@ -41,6 +43,16 @@ fn phase_totals(addr: std::net::SocketAddr) -> Result<PhaseTotals, String> {
     }
     let mut totals = PhaseTotals::new();
     for line in body.lines() {
+        // The whole SetManifest on the server, from the request to the response headers: what the
+        // client's time adds to it is the client's, the network's, TLS's and gRPC's.
+        let line = &line.replace(
+            "concord_rpc_duration_seconds_sum{method=\"concord.v1.UserApi/SetManifest\"}",
+            &format!("{PHASE_METRIC}_sum{{phase=\"{SERVER_RPC}\"}}"),
+        );
+        let line = &line.replace(
+            "concord_rpc_duration_seconds_count{method=\"concord.v1.UserApi/SetManifest\"}",
+            &format!("{PHASE_METRIC}_count{{phase=\"{SERVER_RPC}\"}}"),
+        );
         let Some(rest) = line.strip_prefix(PHASE_METRIC) else {
             continue;
         };
@@ -85,7 +97,11 @@ fn phases(before: &[PhaseTotals], after: &[PhaseTotals]) -> Vec<Phase> {
     };
     let mut out = Vec::new();
     for on_leader in [true, false] {
-        for name in concord_coordinator::observe::COMMIT_PHASES {
+        for name in concord_coordinator::observe::COMMIT_PHASES
+            .iter()
+            .copied()
+            .chain([SERVER_RPC])
+        {
             let (mut sum, mut count) = (0.0, 0);
             for (b, a) in before.iter().zip(after) {
                 let leads = grew(b, a, "raft_write").1 > 0;
@@ -203,6 +219,13 @@ pub fn rows(commits: &Commits, etcd: Result<&Samples, &str>, value_len: usize) -
             format!("{what}: p99"),
             ms(concord.percentile(99.0)),
             reference(99.0),
+            "-",
+            Verdict::Info,
+        ),
+        Row::new(
+            format!("{what}: mean, as the client sees it"),
+            ms(commits.in_order.iter().sum::<Duration>() / concord.len().max(1) as u32),
+            format!("beside \"{SERVER_RPC}\" below: the rest is the client, TLS, gRPC, loopback"),
             "-",
             Verdict::Info,
         ),

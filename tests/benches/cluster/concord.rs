@@ -168,6 +168,19 @@ impl Writer {
         }
     }
 
+    /// The manifest version of the latest acknowledged transition.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// Takes over after writes made elsewhere: `answer` acknowledged the latest of them, and no
+    /// manifest version above `version` was used.
+    pub fn adopt(&mut self, answer: &pb::SetManifestResponse, version: u32) -> Result<(), String> {
+        self.acknowledged(answer)?;
+        self.version = version;
+        Ok(())
+    }
+
     /// Records the answer to the request `next` made.
     pub fn acknowledged(&mut self, answer: &pb::SetManifestResponse) -> Result<(), String> {
         let t = answer

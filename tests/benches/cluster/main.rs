@@ -20,6 +20,8 @@ mod audit;
 mod binaries;
 mod commit;
 mod concord;
+mod concurrent;
+mod durability;
 mod etcd;
 mod etcd_client;
 mod failover;
@@ -141,6 +143,16 @@ fn run(mode: &Mode, etcd: Option<&Path>) -> Vec<Row> {
 
     let mut rows = Vec::new();
     if mode.runs("cluster") {
+        // What one durable append costs on this disk, raw and through sled (the Raft log's store),
+        // for an entry about the size of a SetManifest's (the manifest, base64 in JSON, and more).
+        let durability = guarded("durability: fdatasync and sled flush", || {
+            durability::measure(mode.durability_appends, 4 * value_len)
+        });
+        push(
+            &mut rows,
+            "durability",
+            durability.as_ref().map(durability::rows),
+        );
         let concord = guarded("Concord, 3 replicas", || {
             Ok(runtime.block_on(concord_cluster(mode)))
         })
@@ -295,6 +307,19 @@ fn cluster_rows(
             .as_ref()
             .map(|c| commit::rows(c, etcd.commit.as_ref().map_err(String::as_str), value_len)),
     );
+    let sequential_p50 = concord
+        .commit
+        .as_ref()
+        .ok()
+        .map(|c| Samples::new(c.in_order.clone()).median());
+    push(
+        rows,
+        "concurrent SetManifests",
+        concord
+            .concurrent
+            .as_ref()
+            .map(|c| concurrent::rows(c, sequential_p50)),
+    );
     push(
         rows,
         "failover",
@@ -359,6 +384,7 @@ struct ConcordCluster {
     /// On a short history, then after the commit latency run made it long.
     propagation: [Result<(Samples, u64), String>; 2],
     commit: Result<commit::Commits, String>,
+    concurrent: Result<concurrent::Concurrent, String>,
     rss: Result<Vec<u64>, String>,
     rounds: Result<failover::ConcordRounds, String>,
 }
@@ -369,6 +395,7 @@ impl ConcordCluster {
             first: Err(e.clone()),
             propagation: [Err(e.clone()), Err(e.clone())],
             commit: Err(e.clone()),
+            concurrent: Err(e.clone()),
             rss: Err(e.clone()),
             rounds: Err(e),
         }
@@ -391,6 +418,16 @@ async fn concord_cluster(mode: &Mode) -> ConcordCluster {
         .await
         .map(|s| (s, cluster.writer.transitions()));
     let commit = commit::concord(&mut cluster, mode.writes).await;
+    let concurrent = concurrent::concord(
+        &mut cluster,
+        mode.concurrent_clients,
+        mode.concurrent_writes,
+    )
+    .await
+    .and_then(|c| {
+        cluster.writer.adopt(&c.latest.0, c.latest.1)?;
+        Ok(c)
+    });
     tokio::time::sleep(mode.idle).await;
     let rss = cluster
         .nodes
@@ -405,6 +442,7 @@ async fn concord_cluster(mode: &Mode) -> ConcordCluster {
         first: Ok(first),
         propagation: [short, long],
         commit,
+        concurrent,
         rss,
         rounds,
     }

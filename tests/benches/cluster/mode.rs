@@ -8,6 +8,11 @@ pub struct Mode {
     pub name: &'static str,
     /// Timed SetManifest calls (and etcd puts).
     pub writes: usize,
+    /// Clients writing SetManifests at once, and the writes each one makes (issue 11.3).
+    pub concurrent_clients: usize,
+    pub concurrent_writes: usize,
+    /// Appends timed for the raw cost of durability (fdatasync against sled's flush).
+    pub durability_appends: usize,
     /// SetManifest rounds timed until every replica serves the new mesh CA.
     pub propagation_rounds: usize,
     /// Leader kills (each also restarts the killed replica: the peer recovery samples).
@@ -39,6 +44,9 @@ impl Mode {
         Mode {
             name: "full",
             writes: 200,
+            concurrent_clients: 3,
+            concurrent_writes: 50,
+            durability_appends: 500,
             propagation_rounds: 20,
             failovers: 7,
             etcd_like_concord: true,
@@ -61,6 +69,9 @@ impl Mode {
         Mode {
             name: "quick",
             writes: 30,
+            concurrent_clients: 3,
+            concurrent_writes: 10,
+            durability_appends: 100,
             propagation_rounds: 5,
             failovers: 3,
             etcd_like_concord: false,

@@ -1,0 +1,121 @@
+//! `DurableFlush`: sled's `flush`, then what makes it durable.
+//!
+//! sled 0.34's `Db::flush` writes its log buffers with `pwrite` and waits for them with
+//! `sync_file_range` (pagecache/iobuf.rs), which writes the pages but neither the file's size nor the
+//! disk's volatile write cache (sync_file_range(2): "there are no guarantees that the data will be
+//! available after a crash"); sled's background thread calls `fsync` only every 500 ms. Values larger
+//! than a quarter of a segment (128 KiB: a large manifest, a snapshot) go to files under `blobs/`,
+//! which sled never syncs at all. Raft acknowledges an entry as durable, and answers a vote, only after
+//! the flush returns, so a power cut (which the host controls) could take back an acknowledged entry
+//! from a majority: a committed transition lost, a rollback. After sled's flush, this `fdatasync`s
+//! sled's log file and every blob file created since the last call, and the `blobs/` directory when
+//! there were any (the new names must survive too).
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// sled's database with a flush that returns only once everything flushed is on stable storage.
+/// Cloning shares the file handles.
+#[derive(Debug, Clone)]
+pub struct DurableFlush {
+    db: sled::Db,
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// sled's one log file (`<dir>/db`).
+    log: File,
+    blobs: PathBuf,
+    /// Blob files already synced, with the length they had when synced: sled writes a blob once,
+    /// front to back, so one still being written (by a write this flush does not cover) is synced
+    /// again once it grew. Serializes the syncs too: a flush that returns has seen every blob file
+    /// that existed when it began synced, whoever synced it.
+    synced_blobs: Mutex<HashSet<(OsString, u64)>>,
+}
+
+impl DurableFlush {
+    /// For the sled database `db` opened at `dir`.
+    pub fn new(db: sled::Db, dir: &Path) -> std::io::Result<DurableFlush> {
+        let log = File::open(dir.join("db"))?;
+        let blobs = dir.join("blobs");
+        // Blobs that exist at open were written by an earlier process: sync them once now, since
+        // nothing says that process did.
+        let flush = DurableFlush {
+            db,
+            inner: Arc::new(Inner {
+                log,
+                blobs,
+                synced_blobs: Mutex::new(HashSet::new()),
+            }),
+        };
+        flush.sync_new_blobs()?;
+        Ok(flush)
+    }
+
+    /// sled's flush, then `fdatasync` of its log file and of every new blob file. Returns once all
+    /// that was written to the database before the call is on stable storage.
+    pub fn flush(&self) -> std::io::Result<()> {
+        self.db.flush().map_err(std::io::Error::other)?;
+        self.inner.log.sync_data()?;
+        self.sync_new_blobs()
+    }
+
+    fn sync_new_blobs(&self) -> std::io::Result<()> {
+        let mut synced = self
+            .inner
+            .synced_blobs
+            .lock()
+            // A set of names stays valid whatever a panicking holder did.
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entries = match std::fs::read_dir(&self.inner.blobs) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mut any = false;
+        let mut present = HashSet::new();
+        for entry in entries {
+            let entry = entry?;
+            // The length before the sync: whatever is written after it is synced by a later flush.
+            let key = (entry.file_name(), entry.metadata()?.len());
+            if !synced.contains(&key) {
+                File::open(entry.path())?.sync_data()?;
+                any = true;
+            }
+            present.insert(key);
+        }
+        if any {
+            File::open(&self.inner.blobs)?.sync_all()?;
+        }
+        // Names sled removed are forgotten, so the set does not grow with garbage collection.
+        *synced = present;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flush_syncs_the_log_and_each_new_blob_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let flush = DurableFlush::new(db.clone(), dir.path()).unwrap();
+        db.insert(b"small", &b"x"[..]).unwrap();
+        flush.flush().unwrap();
+        // Above sled's blob threshold (a quarter of its 512 KiB segments).
+        db.insert(b"large", vec![7u8; 300 << 10]).unwrap();
+        flush.flush().unwrap();
+        let blobs = flush.inner.synced_blobs.lock().unwrap().len();
+        assert!(blobs >= 1, "the large value's blob file was synced");
+        drop(flush);
+        drop(db);
+        let db = sled::open(dir.path()).unwrap();
+        assert_eq!(db.get(b"large").unwrap().unwrap().len(), 300 << 10);
+    }
+}

@@ -1,0 +1,282 @@
+//! Concurrent SetManifests (issue 11.3): several clients write at once, each after the latest
+//! transition it knows. Clients that race on one predecessor conflict; the loser must be refused at
+//! once (Aborted, "retry"), re-read the history, re-sign and retry, rather than queue behind the
+//! winner's commit. Measured per write: the time of each successful attempt (its own commit plus any
+//! queueing on the leader), of each refused attempt, and each write's total from its first attempt,
+//! beside the leader's mean queue wait (`concord_set_manifest_phase_seconds{phase="queue"}`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use concord_coordinator::history::format;
+use concord_proto::v1 as pb;
+use concord_tests::{Env, Hash};
+use tonic::Code;
+
+use crate::concord::{Cluster, UserClient};
+use crate::table::{Row, Samples, Verdict, ms};
+
+/// A client gives up a write after this many refusals (it would mean the refusals never end).
+const MAX_ATTEMPTS: usize = 1_000;
+
+pub struct Concurrent {
+    pub clients: usize,
+    /// Successful attempts, send to acknowledgement.
+    pub committed: Samples,
+    /// Refused attempts (a racing write on the same predecessor), send to refusal.
+    pub refused: Samples,
+    /// Each write from its first attempt (re-reads and retries included) to its acknowledgement.
+    pub total: Samples,
+    /// The leader's mean wait in its write queue over these writes, and how many it counted.
+    pub queue_mean: Option<(Duration, u64)>,
+    /// The last acknowledged transition and the highest manifest version used.
+    pub latest: (pb::SetManifestResponse, u32),
+}
+
+/// The deployment's key and documents, shared by the client tasks. Each write has its own manifest
+/// version (client `c`'s write `w` is `manifests[w * clients + c]`), kept across its retries: a
+/// refused attempt wrote nothing, and racing writes must differ to conflict.
+struct Shared {
+    owner: ed25519_dalek::SigningKey,
+    policies: Vec<Vec<u8>>,
+    manifests: Vec<Vec<u8>>,
+    clients: usize,
+}
+
+fn request(shared: &Shared, manifest: &[u8], previous: Hash) -> pb::SetManifestRequest {
+    let t = format::transition_hash(&Hash::of(manifest), &previous);
+    pb::SetManifestRequest {
+        manifest: manifest.to_vec(),
+        policies: shared.policies.clone(),
+        expected_previous: previous.as_bytes().to_vec(),
+        owner_key: shared.owner.verifying_key().to_bytes().to_vec(),
+        owner_signature: format::sign_owner(&shared.owner, &t).to_bytes().to_vec(),
+    }
+}
+
+async fn latest(client: &mut UserClient) -> Result<Hash, String> {
+    let t = client
+        .get_manifests(pb::GetManifestsRequest::default())
+        .await
+        .map_err(|s| format!("GetManifests failed ({:?}): {}", s.code(), s.message()))?
+        .into_inner()
+        .latest
+        .ok_or("GetManifests answered without a latest transition")?;
+    Hash::from_slice(&t.hash)
+}
+
+#[derive(Default)]
+struct ClientResult {
+    committed: Vec<Duration>,
+    refused: Vec<Duration>,
+    total: Vec<Duration>,
+    last: Option<pb::SetManifestResponse>,
+}
+
+async fn client(
+    shared: Arc<Shared>,
+    id: usize,
+    mut api: UserClient,
+    writes: usize,
+) -> Result<ClientResult, String> {
+    let mut out = ClientResult::default();
+    let mut head = latest(&mut api).await?;
+    for w in 0..writes {
+        let manifest = &shared.manifests[w * shared.clients + id];
+        let first = Instant::now();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            if attempts > MAX_ATTEMPTS {
+                return Err(format!("a write was refused {MAX_ATTEMPTS} times in a row"));
+            }
+            let req = request(&shared, manifest, head);
+            let sent = Instant::now();
+            match api.set_manifest(req).await {
+                Ok(answer) => {
+                    out.committed.push(sent.elapsed());
+                    out.total.push(first.elapsed());
+                    let answer = answer.into_inner();
+                    let t = answer.transition.as_ref().ok_or("no transition")?;
+                    head = Hash::from_slice(&t.hash)?;
+                    out.last = Some(answer);
+                    break;
+                }
+                Err(s)
+                    if s.code() == Code::Aborted
+                        || (s.code() == Code::FailedPrecondition
+                            && s.message().starts_with("previous transition mismatch")) =>
+                {
+                    out.refused.push(sent.elapsed());
+                    head = latest(&mut api).await?;
+                }
+                Err(s) => {
+                    return Err(format!(
+                        "SetManifest failed ({:?}): {}",
+                        s.code(),
+                        s.message()
+                    ));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// (sum, count) of the leader's queue phase, summed over every replica's `/metrics` (only the leader
+/// queues writes).
+fn queue_totals(cluster: &Cluster) -> Option<(f64, u64)> {
+    let mut sum = 0.0;
+    let mut count = 0;
+    for n in &cluster.nodes {
+        let (_, body) = concord_tests::http_get(n.health_addr, "/metrics").ok()?;
+        for l in body.lines() {
+            if let Some(v) =
+                l.strip_prefix("concord_set_manifest_phase_seconds_sum{phase=\"queue\"} ")
+            {
+                sum += v.trim().parse::<f64>().ok()?;
+            }
+            if let Some(v) =
+                l.strip_prefix("concord_set_manifest_phase_seconds_count{phase=\"queue\"} ")
+            {
+                count += v.trim().parse::<f64>().ok()? as u64;
+            }
+        }
+    }
+    Some((sum, count))
+}
+
+/// `clients` clients on the leader, `writes` writes each, all at once.
+pub async fn concord(
+    cluster: &mut Cluster,
+    clients: usize,
+    writes: usize,
+) -> Result<Concurrent, String> {
+    let env: &Env = &cluster.env;
+    let first = cluster.writer.version() + 1;
+    let used = first + (clients * writes) as u32 - 1;
+    let shared = Arc::new(Shared {
+        owner: env.d.owner.clone(),
+        policies: vec![
+            env.d.coordinator_policy.clone(),
+            env.d.workload_policy.clone(),
+        ],
+        manifests: (first..=used).map(|v| env.d.manifest(v)).collect(),
+        clients,
+    });
+    let mut apis = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        apis.push(cluster.leader_client().await?);
+    }
+    let before = queue_totals(cluster);
+    let tasks: Vec<_> = apis
+        .into_iter()
+        .enumerate()
+        .map(|(id, api)| tokio::spawn(client(shared.clone(), id, api, writes)))
+        .collect();
+    let mut all = ClientResult::default();
+    for t in tasks {
+        let r = t
+            .await
+            .map_err(|e| format!("a client task failed: {e}"))??;
+        all.committed.extend(r.committed);
+        all.refused.extend(r.refused);
+        all.total.extend(r.total);
+        if let Some(last) = r.last {
+            let index = |a: &pb::SetManifestResponse| a.transition.as_ref().map_or(0, |t| t.index);
+            if all.last.as_ref().is_none_or(|l| index(&last) > index(l)) {
+                all.last = Some(last);
+            }
+        }
+    }
+    let after = queue_totals(cluster);
+    let queue_mean = before.zip(after).and_then(|((sb, nb), (sa, na))| {
+        (na > nb).then(|| {
+            (
+                Duration::from_secs_f64((sa - sb).max(0.0) / (na - nb) as f64),
+                na - nb,
+            )
+        })
+    });
+    Ok(Concurrent {
+        clients,
+        committed: Samples::new(all.committed),
+        refused: Samples::new(all.refused),
+        total: Samples::new(all.total),
+        queue_mean,
+        latest: (all.last.ok_or("no write succeeded")?, used),
+    })
+}
+
+/// The rows: successful attempts beside the sequential commit; refusals; the leader's queue wait.
+pub fn rows(c: &Concurrent, sequential_p50: Option<Duration>) -> Vec<Row> {
+    let n = c.clients;
+    let reference = sequential_p50.map_or("no sequential run".to_string(), |p| {
+        format!("sequential commit p50: {}", ms(p))
+    });
+    // A write may wait for the one commit ahead of it, never for more: its attempt stays under twice
+    // the sequential commit (its own commit plus at most one other).
+    let committed = match sequential_p50 {
+        Some(p) => Verdict::of(c.committed.percentile(99.0) <= 2 * p),
+        None => Verdict::NoReference("no sequential run".into()),
+    };
+    let refused = match sequential_p50 {
+        Some(p) if c.refused.len() > 0 => Verdict::of(c.refused.percentile(99.0) <= p),
+        Some(_) => Verdict::Info,
+        None => Verdict::NoReference("no sequential run".into()),
+    };
+    let queue = match (c.queue_mean, sequential_p50) {
+        (Some((q, count)), Some(p)) => Row::new(
+            format!("{n} concurrent writers: leader queue wait, mean"),
+            format!("{} over {count} writes", ms(q)),
+            reference.clone(),
+            "< the commit itself",
+            Verdict::of(q < p),
+        ),
+        _ => Row::new(
+            format!("{n} concurrent writers: leader queue wait, mean"),
+            "no queue metrics",
+            reference.clone(),
+            "",
+            Verdict::Info,
+        ),
+    };
+    vec![
+        Row::new(
+            format!("{n} concurrent writers: committed attempt p50 / p99"),
+            format!(
+                "{} / {} ({} writes)",
+                ms(c.committed.median()),
+                ms(c.committed.percentile(99.0)),
+                c.committed.len()
+            ),
+            reference.clone(),
+            "p99 <= 2 x sequential p50",
+            committed,
+        ),
+        Row::new(
+            format!("{n} concurrent writers: refused attempt p50 / p99"),
+            format!(
+                "{} / {} ({} refusals)",
+                ms(c.refused.median()),
+                ms(c.refused.percentile(99.0)),
+                c.refused.len()
+            ),
+            reference.clone(),
+            "p99 <= sequential p50",
+            refused,
+        ),
+        Row::new(
+            format!("{n} concurrent writers: a write, first attempt to ack, p50 / p99"),
+            format!(
+                "{} / {}",
+                ms(c.total.median()),
+                ms(c.total.percentile(99.0))
+            ),
+            reference,
+            "",
+            Verdict::Info,
+        ),
+        queue,
+    ]
+}

@@ -1,0 +1,203 @@
+//! Issue 11.3: concurrent SetManifests must not queue behind one another longer than the commit
+//! itself. Each transition names its predecessor, so of several calls on one predecessor only one can
+//! commit; the others must be refused at once with a clear "retry" (Aborted), not after waiting for the
+//! winner's commit. A caller that then re-reads the history and re-signs succeeds.
+//!
+//! The winner is held in flight by the coordinator's test fault hook on both followers
+//! (`--insecure-test-stall-raft-while FILE`: their log appends block while FILE exists), so its entry
+//! cannot reach a quorum until the test lets it; the losers are sent to the leader meanwhile. (Through
+//! a follower, the leader's refusal comes back unchanged: forwarding passes non-transport statuses on.)
+
+use std::time::{Duration, Instant};
+
+use concord_cli::process::{Addrs, CoordinatorProcess, SimulatedFlags};
+use concord_proto::v1 as pb;
+use concord_tests::{Env, Hash, describe, http_get, stdout_line};
+use tonic::Code;
+
+/// A refused loser must be answered within this, while the winner is still in flight. The winner is
+/// held for far longer (until the test releases it), so a loser queued behind it misses the bound.
+const REFUSED_WITHIN: Duration = Duration::from_secs(5);
+
+fn start_cluster_with_hooks(env: &Env) -> (Vec<CoordinatorProcess>, Vec<std::path::PathBuf>) {
+    let addrs: Vec<Addrs> = (0..3).map(|_| Addrs::free().unwrap()).collect();
+    let peers: Vec<(u64, std::net::SocketAddr)> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (i as u64, a.peer))
+        .collect();
+    let files: Vec<_> = (0..3).map(|i| env.path(&format!("stall-{i}"))).collect();
+    let cluster = (0..3)
+        .map(|i| {
+            let flags = SimulatedFlags {
+                extra: vec![
+                    "--insecure-test-stall-raft-while".into(),
+                    files[i].display().to_string(),
+                ],
+                ..env.flags("coordinator.policy")
+            };
+            CoordinatorProcess::start_member(
+                &env.path(&format!("node-{i}")),
+                &env.path(&format!("node-{i}.log")),
+                &flags,
+                addrs[i],
+                i as u64,
+                &peers,
+            )
+            .expect("replica starts")
+        })
+        .collect();
+    (cluster, files)
+}
+
+/// How many SetManifests the replica at `health` has prepared (its phase metric's count).
+fn prepared(health: std::net::SocketAddr) -> u64 {
+    let (_, body) = http_get(health, "/metrics").unwrap_or_default();
+    body.lines()
+        .find_map(|l| {
+            l.strip_prefix("concord_set_manifest_phase_seconds_count{phase=\"prepare\"} ")
+        })
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+async fn latest(env: &Env, c: &CoordinatorProcess) -> Hash {
+    let mut api = env.user_client(c).await;
+    let t = api
+        .get_manifests(pb::GetManifestsRequest::default())
+        .await
+        .expect("GetManifests")
+        .into_inner()
+        .latest
+        .expect("a latest transition");
+    Hash::from_slice(&t.hash).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_racing_set_manifest_is_refused_at_once_and_succeeds_after_re_reading() {
+    let env = Env::new();
+    let (mut cluster, files) = start_cluster_with_hooks(&env);
+    let out = env.set(
+        &cluster[0],
+        "manifest-v1.json",
+        &["--owner-key", "owner.pem"],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let first = Hash::from_hex(&stdout_line(&out)).unwrap();
+    let l = env.leader_index(&cluster, Duration::from_secs(20)).await;
+    let followers: Vec<usize> = (0..3).filter(|i| *i != l).collect();
+
+    // Two losers' connections to the leader (a stalled follower cannot serve as a way in: the stall
+    // blocks one of its runtime's threads, as a wedged disk would).
+    let mut loser_apis = Vec::new();
+    for version in [3, 4] {
+        loser_apis.push((version, l, env.user_client(&cluster[l]).await));
+    }
+    let mut stale_api = env.user_client(&cluster[l]).await;
+
+    // The winner: its entry reaches no follower's disk until the stall files go.
+    let prepared_before = prepared(cluster[l].health_addr);
+    for f in &followers {
+        std::fs::write(&files[*f], b"stall").unwrap();
+    }
+    let mut winner_api = env.user_client(&cluster[l]).await;
+    let winner_request = env.set_manifest_request(2, first);
+    let winner = tokio::spawn(async move {
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            winner_api.set_manifest(winner_request),
+        )
+        .await
+    });
+    let started = Instant::now();
+    while prepared(cluster[l].health_addr) == prepared_before {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the leader never prepared the winner"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Two losers on the same predecessor.
+    for (version, via, mut api) in loser_apis {
+        let sent = Instant::now();
+        let answer = tokio::time::timeout(
+            REFUSED_WITHIN,
+            api.set_manifest(env.set_manifest_request(version, first)),
+        )
+        .await;
+        let took = sent.elapsed();
+        let status = match answer {
+            Err(_) => panic!(
+                "a SetManifest racing the in-flight one on the same predecessor (sent to replica \
+                 {via}) was not answered within {REFUSED_WITHIN:?}: it queued behind the winner's commit"
+            ),
+            Ok(Ok(r)) => panic!(
+                "a second SetManifest on the same predecessor was accepted: {:?}",
+                r.into_inner().transition
+            ),
+            Ok(Err(s)) => s,
+        };
+        eprintln!("loser v{version} via replica {via} refused in {took:?}: {status:?}");
+        assert_eq!(status.code(), Code::Aborted, "{status:?}");
+        assert!(
+            status.message().contains("retry") && status.message().contains("nothing was written"),
+            "{status:?}"
+        );
+    }
+    // A stale caller (it names the empty history as the latest) is refused at once as well.
+    let sent = Instant::now();
+    let stale = tokio::time::timeout(
+        REFUSED_WITHIN,
+        stale_api.set_manifest(env.set_manifest_request(5, Hash::ZERO)),
+    )
+    .await
+    .expect("a stale SetManifest queued behind the in-flight one")
+    .expect_err("a stale SetManifest was accepted");
+    eprintln!("stale caller refused in {:?}: {stale:?}", sent.elapsed());
+    assert_eq!(stale.code(), Code::FailedPrecondition, "{stale:?}");
+    assert!(
+        stale.message().starts_with("previous transition mismatch"),
+        "{stale:?}"
+    );
+    assert!(
+        !winner.is_finished(),
+        "the winner must still be in flight while the losers are refused"
+    );
+
+    // Let the winner commit.
+    for f in &followers {
+        std::fs::remove_file(&files[*f]).unwrap();
+    }
+    let winner = winner
+        .await
+        .unwrap()
+        .expect("the winner answered within 60 s");
+    eprintln!("winner answered: {:?}", winner.as_ref().map(|_| "ok"));
+
+    // A loser re-reads, re-signs against the latest and succeeds.
+    let started = Instant::now();
+    loop {
+        let head = latest(&env, &cluster[followers[1]]).await;
+        let mut api = env.user_client(&cluster[followers[1]]).await;
+        match api.set_manifest(env.set_manifest_request(3, head)).await {
+            Ok(r) => {
+                let t = r.into_inner().transition.expect("a transition");
+                assert_eq!(Hash::from_slice(&t.previous).unwrap(), head);
+                break;
+            }
+            Err(s) => {
+                // Only while the cluster settles after the stall (a new election, the winner's
+                // entry still being applied) may the retry need another round.
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "the loser's retry after re-reading never succeeded: {s:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    for c in &mut cluster {
+        c.kill();
+    }
+}
