@@ -122,10 +122,9 @@ impl SealKey {
         let rejected = |reason: &str| MeshCaError::SealedKeyRejected {
             reason: reason.into(),
         };
-        let encapsulated_key = <Kem as hpke::Kem>::EncappedKey::from_bytes(
-            &sealed.encapsulated_key,
-        )
-        .map_err(|_| rejected("its encapsulated key is not 32 bytes"))?;
+        let encapsulated_key =
+            <Kem as hpke::Kem>::EncappedKey::from_bytes(&sealed.encapsulated_key)
+                .map_err(|_| rejected("its encapsulated key is not 32 bytes"))?;
         let plaintext = Zeroizing::new(
             hpke::single_shot_open::<Aead, Kdf, Kem>(
                 &OpModeR::Base,

@@ -143,12 +143,16 @@ async fn t115_a_committed_mesh_ca_survives_its_leader_killed_before_any_follower
     }
 
     // A workload gets a certificate under the new transition's mesh CA from a survivor.
-    let init = env.initializer(&cluster[survivor], "web.policy", "web", "manifest-v3.json", 30);
+    let init = env.initializer(
+        &cluster[survivor],
+        "web.policy",
+        "web",
+        "manifest-v3.json",
+        30,
+    );
     assert!(init.status.success(), "{}", concord_tests::describe(&init));
-    let got = std::fs::read_to_string(
-        env.path("web").join(concord_cli::initializer::MESH_CA),
-    )
-    .unwrap();
+    let got =
+        std::fs::read_to_string(env.path("web").join(concord_cli::initializer::MESH_CA)).unwrap();
     assert_eq!(got, third.mesh_ca);
     for c in &mut cluster {
         c.kill();

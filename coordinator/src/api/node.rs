@@ -35,6 +35,11 @@ pub struct Node<S> {
     pub peers: BTreeMap<NodeId, String>,
     /// Attested connections to the peers, kept open (outside Raft's own).
     pub links: PeerLinks,
+    /// This process's seal key: the leader seals new mesh CA keys to it (`state::sealed`). Random
+    /// per process, in memory only.
+    pub seal_key: Arc<concord_mesh_ca::SealKey>,
+    /// Where the state machine leaves the sealed mesh CA keys of the entries it applied.
+    sealed_inbox: crate::raft::SealedInbox,
     /// Serializes this node's writes, so two calls do not prepare against the same latest.
     write_gate: tokio::sync::Mutex<()>,
     /// Started with an empty Raft state and not yet known to be a safe voter (`api::join`).
@@ -59,6 +64,8 @@ impl<S: Store> Node<S> {
         raft: Raft<TypeConfig>,
         peers: BTreeMap<NodeId, String>,
         links: PeerLinks,
+        seal_key: Arc<concord_mesh_ca::SealKey>,
+        sealed_inbox: crate::raft::SealedInbox,
     ) -> Node<S> {
         Node {
             id,
@@ -66,6 +73,8 @@ impl<S: Store> Node<S> {
             raft,
             peers,
             links,
+            seal_key,
+            sealed_inbox,
             write_gate: tokio::sync::Mutex::new(()),
             joining: std::sync::atomic::AtomicBool::new(false),
             join_nonce: std::sync::Mutex::new(None),
@@ -453,18 +462,19 @@ impl<S: Store> Node<S> {
         if self.replica.read()?.is_stale()? {
             self.replica.write()?.refresh()?;
         }
-        Ok(())
+        adopt_sealed(&self.replica, self.id, &self.seal_key, &self.sealed_inbox)
     }
 
     /// [`Node::refresh_now`] off the runtime's threads: a replica that just caught up on many
     /// transitions parses them all, which must not hold up the Raft core or the handshakes.
     pub async fn refresh(&self) -> Result<(), CoordinatorError> {
         let replica = self.replica.clone();
+        let (id, key, inbox) = (self.id, self.seal_key.clone(), self.sealed_inbox.clone());
         tokio::task::spawn_blocking(move || {
             if replica.read()?.is_stale()? {
                 replica.write()?.refresh()?;
             }
-            Ok(())
+            adopt_sealed(&replica, id, &key, &inbox)
         })
         .await
         .map_err(|e| {
@@ -591,17 +601,31 @@ impl<S: Store> Node<S> {
         // manifest) share encryption are CPU work. The manifest is parsed outside the lock, and only
         // after the cheap checks (compare-and-swap, the owner's signature) passed.
         let replica = self.replica.clone();
+        // The other voters whose seal key this replica holds (asked on link setup, never here).
+        let targets = self.links.seal_targets(self.other_voters());
         let prepared = tokio::task::spawn_blocking(move || {
             replica.read()?.authorize_set(&req)?;
             let manifest = crate::state::parse_for_set(&req.manifest)?;
-            replica.read()?.prepare_parsed(manifest, req, now)
+            let serving = Coordinators::of(&manifest);
+            let prepared = replica.read()?.prepare_parsed(manifest, req, now)?;
+            // The new mesh CA key, sealed to each voter whose evidence matches a `coordinator`
+            // policy of the manifest the key will serve. Local work only: a few milliseconds.
+            let sealed = match &prepared {
+                Prepared::Append(p) => {
+                    let deployment = replica.read()?.deployment_id();
+                    let recipients = serving.recipients(&replica.verifier, deployment, &targets);
+                    p.seal_mesh_ca(deployment.0, &recipients)
+                }
+                Prepared::Unchanged(_) => Vec::new(),
+            };
+            Ok::<_, CoordinatorError>((prepared, sealed))
         })
         .await
         .map_err(|e| Status::internal(format!("the prepare task failed: {e}")))?
         .map_err(|e| to_status(&e))?;
-        let p = match prepared {
-            Prepared::Unchanged(outcome) => return Ok(*outcome),
-            Prepared::Append(p) => p,
+        let (p, sealed) = match prepared {
+            (Prepared::Unchanged(outcome), _) => return Ok(*outcome),
+            (Prepared::Append(p), sealed) => (p, sealed),
         };
         // The commit runs on in its own task when the caller stops waiting: should the entry commit
         // after all, this replica still adopts the new secrets, so nothing acknowledged by the
@@ -611,7 +635,14 @@ impl<S: Store> Node<S> {
         let prepared_in = started.elapsed();
         phases.commit_phase("prepare", prepared_in);
         let commit = tokio::spawn(async move {
-            let command = Command::Append(AppendTransition::new(&p.new));
+            debug!(
+                sealed_to = ?sealed.iter().map(|c| c.recipient).collect::<Vec<_>>(),
+                "the new mesh CA key is sealed to these replicas in the entry"
+            );
+            let command = Command::Append(AppendTransition {
+                sealed,
+                ..AppendTransition::new(&p.new)
+            });
             let written = raft.client_write(command).await;
             let committed_in = started.elapsed();
             phases.commit_phase("raft_write", committed_in - prepared_in);
@@ -765,9 +796,11 @@ impl<S: Store> Node<S> {
             crate::state::ShareOutcome::Progress(p) => return Ok((index, p)),
             crate::state::ShareOutcome::Recovered(r) => r,
         };
+        // Not sealed: after a full outage no other replica holds the seed, so none could use it.
         let command = Command::RotateMeshCa(crate::raft::RotateMeshCa {
             transition: recovered.latest,
             mesh: recovered.mesh.clone(),
+            sealed: Vec::new(),
         });
         match self.write_command(command).await? {
             CommandResponse::Applied { .. } => {}
@@ -789,14 +822,30 @@ impl<S: Store> Node<S> {
     /// The mesh CA of the latest transition was lost (its maker died before any peer fetched it): make
     /// a new one, record it through Raft, adopt it. Only for a replica that holds the seed.
     pub async fn rotate_lost_mesh_ca(&self) -> Result<(), Status> {
-        let rotated = self
-            .replica
-            .read()
-            .and_then(|c| c.rotate_lost_mesh_ca(time::OffsetDateTime::now_utc()))
-            .map_err(|e| to_status(&e))?;
+        let targets = self.links.seal_targets(self.other_voters());
+        let replica = self.replica.clone();
+        let (rotated, sealed) = tokio::task::spawn_blocking(move || {
+            let core = replica.read()?;
+            let rotated = core.rotate_lost_mesh_ca(time::OffsetDateTime::now_utc())?;
+            // Sealed to the other voters that hold the seed too, so they need not fetch it.
+            let sealed = match core.chain() {
+                Some(chain) => {
+                    let deployment = chain.deployment_id();
+                    let serving = Coordinators::of(chain.latest_manifest());
+                    let recipients = serving.recipients(&replica.verifier, deployment, &targets);
+                    rotated.seal_mesh_ca(deployment.0, &recipients)
+                }
+                None => Vec::new(),
+            };
+            Ok::<_, CoordinatorError>((rotated, sealed))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("the rotation task failed: {e}")))?
+        .map_err(|e| to_status(&e))?;
         let command = Command::RotateMeshCa(crate::raft::RotateMeshCa {
             transition: rotated.latest,
             mesh: rotated.mesh.clone(),
+            sealed,
         });
         match self.write_command(command).await? {
             CommandResponse::Applied { .. } => {}
@@ -811,6 +860,7 @@ impl<S: Store> Node<S> {
             .write()
             .and_then(|mut c| c.commit_recovery(rotated))
             .map_err(|e| to_status(&e))?;
+        crate::observe::global().mesh_ca_handoff("rotated");
         tracing::warn!("the latest mesh CA was lost with the replica that made it; made a new one");
         Ok(())
     }
@@ -859,6 +909,7 @@ impl<S: Store> Node<S> {
                     self.refresh().await?;
                     match self.replica.write()?.adopt_from_peer(secrets) {
                         Ok(()) => {
+                            crate::observe::global().mesh_ca_handoff("peer");
                             info!(peer = id, "recovered the secrets from a peer; ready");
                             return Ok(true);
                         }
@@ -935,6 +986,18 @@ impl<S: Store> Node<S> {
         }
     }
 
+    /// The voters of the membership other than this replica.
+    fn other_voters(&self) -> Vec<NodeId> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .filter(|v| *v != self.id)
+            .collect()
+    }
+
     /// The leader's peer API address, or why there is none.
     fn leader_addr(&self, leader: NodeId) -> Result<String, Status> {
         self.peer_addr(leader).ok_or_else(|| {
@@ -943,6 +1006,94 @@ impl<S: Store> Node<S> {
             ))
         })
     }
+}
+
+/// The `coordinator`-role policies and reference values of a manifest: whom a mesh CA key that serves
+/// it may be sealed to.
+struct Coordinators {
+    policies: Vec<[u8; 32]>,
+    reference: concord_attestation::ReferenceValues,
+}
+
+impl Coordinators {
+    fn of(manifest: &crate::manifest::Manifest) -> Coordinators {
+        Coordinators {
+            policies: manifest
+                .coordinator_policies()
+                .iter()
+                .map(|h| *h.as_bytes())
+                .collect(),
+            reference: manifest.reference_values().clone(),
+        }
+    }
+
+    /// The targets whose link evidence, checked again now, matches a `coordinator`-role policy of
+    /// this manifest and this deployment (or a replica not pinned yet, as the peer API admits).
+    fn recipients(
+        &self,
+        verifier: &concord_attestation::Verifier,
+        deployment: concord_attestation::DeploymentId,
+        targets: &[super::links::SealTarget],
+    ) -> Vec<crate::state::SealRecipient> {
+        let policy = concord_attestation::StaticPolicy {
+            verifier: verifier.clone(),
+            reference: self.reference.clone(),
+            host_data: self.policies.clone(),
+            deployment: concord_attestation::DeploymentPin::ThisOrUnpinned(deployment),
+        };
+        targets
+            .iter()
+            .filter(|t| match t.peer.reverify(&policy) {
+                Ok(_) => true,
+                Err(e) => {
+                    debug!(peer = t.id, error = %e, "not sealing the mesh CA key to a peer whose evidence does not match the manifest");
+                    false
+                }
+            })
+            .map(|t| crate::state::SealRecipient {
+                node: t.id,
+                seal_key: t.seal_key,
+            })
+            .collect()
+    }
+}
+
+/// A recovering replica that holds the seed opens its copy of the latest transition's mesh CA key,
+/// if the state machine applied one sealed to this process (`Coordinator::adopt_sealed`). A copy
+/// that does not check out is ignored: the replica recovers from a peer as before.
+fn adopt_sealed<S: Store>(
+    replica: &Replica<S>,
+    own: NodeId,
+    key: &concord_mesh_ca::SealKey,
+    inbox: &crate::raft::SealedInbox,
+) -> Result<(), CoordinatorError> {
+    let latest = {
+        let core = replica.read()?;
+        if core.state() != ReplicaState::Recovering || !core.holds_seed() {
+            return Ok(());
+        }
+        match core.chain() {
+            Some(chain) => chain.latest_hash(),
+            None => return Ok(()),
+        }
+    };
+    let Some(delivery) = inbox.for_transition(&latest) else {
+        return Ok(());
+    };
+    let mut core = replica.write()?;
+    if core.state() != ReplicaState::Recovering {
+        return Ok(());
+    }
+    match core.adopt_sealed(own, key, &delivery) {
+        Ok(()) => {
+            crate::observe::global().mesh_ca_handoff("sealed");
+            info!(transition = %latest, "opened the mesh CA key the leader sealed to this replica; ready");
+        }
+        Err(e) => {
+            debug!(transition = %latest, error = %e, "a sealed mesh CA key was not adopted; recovering from a peer")
+        }
+    }
+    Ok(())
 }
 
 /// The checks of a Join request that need no state: not this replica, a host:port address.
