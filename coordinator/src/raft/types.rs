@@ -209,3 +209,47 @@ impl AppendTransition {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Entries written before sealed copies existed (on disk, in snapshots' logs, from older
+    /// leaders) decode with none; an entry without copies is written exactly as before, and one with
+    /// copies round-trips. Unknown fields are still refused.
+    #[test]
+    fn sealed_copies_are_optional_in_the_log_format() {
+        let old = serde_json::json!({
+            "transition": "AA==", "manifest": "AA==", "policies": [],
+            "mesh": serde_json::to_value(MeshCerts { mesh_ca_der: vec![1], intermediate_der: vec![2] }).unwrap(),
+            "genesis": null
+        });
+        let cmd: AppendTransition = serde_json::from_value(old.clone()).unwrap();
+        assert!(cmd.sealed.is_empty());
+        assert_eq!(serde_json::to_value(&cmd).unwrap(), old);
+
+        let with = AppendTransition {
+            sealed: vec![SealedMeshCaKey {
+                recipient: 2,
+                recipient_key: [7; 32],
+                encapsulated_key: vec![1; 32],
+                ciphertext: vec![2; 48],
+            }],
+            ..cmd
+        };
+        let json = serde_json::to_vec(&Command::Append(with.clone())).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Command>(&json).unwrap(),
+            Command::Append(with)
+        );
+        let mut extra = old;
+        extra["sealed_by"] = serde_json::json!(1);
+        assert!(serde_json::from_value::<AppendTransition>(extra).is_err());
+        let rotate: RotateMeshCa = serde_json::from_value(serde_json::json!({
+            "transition": Hash([3; 32]),
+            "mesh": MeshCerts { mesh_ca_der: vec![1], intermediate_der: vec![2] },
+        }))
+        .unwrap();
+        assert!(rotate.sealed.is_empty());
+    }
+}

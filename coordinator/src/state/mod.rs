@@ -21,6 +21,8 @@ pub use recovery::{
     AuthenticatedShare, KnownLatest, RecoverProgress, RecoveredSecrets, ShareOutcome,
 };
 pub use sealed::SealRecipient;
+#[cfg(test)]
+pub(crate) use sealed::sealed_for_tests;
 pub use transit::{ServiceCert, TransitMaterial};
 pub use transparency::CheckpointView;
 

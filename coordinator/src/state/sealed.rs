@@ -168,3 +168,29 @@ impl<S: Store> Coordinator<S> {
         Ok(())
     }
 }
+
+/// A copy of `key` sealed to `recipient` as a leader would seal it, for tests that need a copy of a
+/// key no mesh CA of theirs holds.
+#[cfg(test)]
+pub(crate) fn sealed_for_tests(
+    deployment: [u8; 32],
+    transition: Hash,
+    mesh_ca_der: &[u8],
+    recipient: NodeId,
+    recipient_key: &SealKey,
+    key: &[u8; 32],
+) -> SealedMeshCaKey {
+    let context = SealContext {
+        deployment,
+        transition: *transition.as_bytes(),
+        mesh_ca_der_sha256: SealContext::cert_hash(mesh_ca_der),
+        recipient,
+    };
+    let sealed = seal_mesh_ca_key(&recipient_key.public_key(), &context, key).unwrap();
+    SealedMeshCaKey {
+        recipient,
+        recipient_key: recipient_key.public_key(),
+        encapsulated_key: sealed.encapsulated_key,
+        ciphertext: sealed.ciphertext,
+    }
+}

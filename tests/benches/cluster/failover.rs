@@ -266,7 +266,10 @@ pub async fn concurrent(rounds: usize) -> Result<ConcurrentRounds, String> {
                     continue;
                 };
                 version += 1;
-                match client.set_manifest(env.set_manifest_request(version, latest)).await {
+                match client
+                    .set_manifest(env.set_manifest_request(version, latest))
+                    .await
+                {
                     Ok(a) if !a.get_ref().unchanged => {
                         *last_ack.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
                         writes.fetch_add(1, Ordering::Relaxed);
