@@ -424,6 +424,7 @@ async fn keep_seal_keys<S: crate::store::Store>(node: Arc<Node<S>>) {
             }
         }
         crate::observe::global().set_peer_seal_keys(known);
+        node.check_seal_recipients_ahead().await;
         tokio::time::sleep(EVERY).await;
     }
 }

@@ -45,6 +45,28 @@ async fn t115_a_committed_mesh_ca_survives_its_leader_killed_before_any_follower
         .expect("the first manifest is set")
         .into_inner();
     let first_hash = Hash::from_slice(&first.transition.unwrap().hash).unwrap();
+    // Every replica holds the seed (a sealed key is of use only to a replica that does).
+    for c in &cluster {
+        let mut client = env.user_client(c).await;
+        let start = Instant::now();
+        loop {
+            let status = client
+                .get_status(pb::GetStatusRequest {})
+                .await
+                .map(|r| r.into_inner());
+            if status
+                .as_ref()
+                .is_ok_and(|s| s.state == "ready" && s.transitions == 1)
+            {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "not ready: {status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
     // The leader fetches each peer's seal key when it sets up its link, ahead of any commit.
     let keys_known = metric_holds(&cluster[leader], Duration::from_secs(10), |m| {
         gauge(m, "concord_peer_seal_keys").is_some_and(|n| n >= 2.0)

@@ -42,7 +42,14 @@ struct Link {
     dial: u64,
     /// The peer process's seal key, once asked on this connection.
     seal_key: Option<[u8; 32]>,
+    /// The last time this connection's evidence was checked for sealing, and under which policy
+    /// (`Coordinators::fingerprint` in `node.rs`): a check younger than [`SEAL_VERDICT_TTL`] under
+    /// the same policy is not repeated on the commit path.
+    seal_verdict: Option<([u8; 32], std::time::Instant)>,
 }
+
+/// How long a check of a link's evidence for sealing stands (under an unchanged policy).
+pub const SEAL_VERDICT_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A peer the leader may seal a mesh CA key to: its id, its link's verified evidence (to check again
 /// under the manifest the key will serve) and the seal key asked on that link.
@@ -51,6 +58,10 @@ pub struct SealTarget {
     pub id: NodeId,
     pub peer: VerifiedPeer,
     pub seal_key: [u8; 32],
+    /// Which dial made the link (to record a verdict on that connection only).
+    pub dial: u64,
+    /// The policy fingerprint this link's evidence was accepted under within [`SEAL_VERDICT_TTL`].
+    pub verdict: Option<[u8; 32]>,
 }
 
 impl std::fmt::Debug for PeerLinks {
@@ -109,6 +120,7 @@ impl PeerLinks {
                 .dials
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             seal_key: None,
+            seal_verdict: None,
         };
         self.lock().insert(id, link.clone());
         Ok(link)
@@ -170,9 +182,22 @@ impl PeerLinks {
                     id,
                     peer: l.peer.clone(),
                     seal_key: l.seal_key?,
+                    dial: l.dial,
+                    verdict: l
+                        .seal_verdict
+                        .filter(|(_, at)| at.elapsed() < SEAL_VERDICT_TTL)
+                        .map(|(f, _)| f),
                 })
             })
             .collect()
+    }
+
+    /// Records that the evidence of the link to `id` made by `dial` was accepted for sealing under
+    /// the policy `fingerprint` just now.
+    pub fn record_seal_verdict(&self, id: NodeId, dial: u64, fingerprint: [u8; 32]) {
+        if let Some(l) = self.lock().get_mut(&id).filter(|l| l.dial == dial) {
+            l.seal_verdict = Some((fingerprint, std::time::Instant::now()));
+        }
     }
 
     /// Forgets the connection to `id` after a transport failure, so the next call dials again.

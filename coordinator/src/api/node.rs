@@ -610,22 +610,29 @@ impl<S: Store> Node<S> {
             let prepared = replica.read()?.prepare_parsed(manifest, req, now)?;
             // The new mesh CA key, sealed to each voter whose evidence matches a `coordinator`
             // policy of the manifest the key will serve. Local work only: a few milliseconds.
-            let sealed = match &prepared {
+            let (sealed, checked) = match &prepared {
                 Prepared::Append(p) => {
                     let deployment = replica.read()?.deployment_id();
-                    let recipients = serving.recipients(&replica.verifier, deployment, &targets);
-                    p.seal_mesh_ca(deployment.0, &recipients)
+                    let (recipients, checked) =
+                        serving.recipients(&replica.verifier, deployment, &targets);
+                    let checked = (serving.fingerprint(deployment), checked);
+                    (p.seal_mesh_ca(deployment.0, &recipients), checked)
                 }
-                Prepared::Unchanged(_) => Vec::new(),
+                Prepared::Unchanged(_) => (Vec::new(), ([0; 32], Vec::new())),
             };
-            Ok::<_, CoordinatorError>((prepared, sealed))
+            Ok::<_, CoordinatorError>((prepared, sealed, checked))
         })
         .await
         .map_err(|e| Status::internal(format!("the prepare task failed: {e}")))?
         .map_err(|e| to_status(&e))?;
         let (p, sealed) = match prepared {
-            (Prepared::Unchanged(outcome), _) => return Ok(*outcome),
-            (Prepared::Append(p), sealed) => (p, sealed),
+            (Prepared::Unchanged(outcome), _, _) => return Ok(*outcome),
+            (Prepared::Append(p), sealed, (fingerprint, checked)) => {
+                for (id, dial) in checked {
+                    self.links.record_seal_verdict(id, dial, fingerprint);
+                }
+                (p, sealed)
+            }
         };
         // The commit runs on in its own task when the caller stops waiting: should the entry commit
         // after all, this replica still adopts the new secrets, so nothing acknowledged by the
@@ -832,7 +839,8 @@ impl<S: Store> Node<S> {
                 Some(chain) => {
                     let deployment = chain.deployment_id();
                     let serving = Coordinators::of(chain.latest_manifest());
-                    let recipients = serving.recipients(&replica.verifier, deployment, &targets);
+                    let (recipients, _) =
+                        serving.recipients(&replica.verifier, deployment, &targets);
                     rotated.seal_mesh_ca(deployment.0, &recipients)
                 }
                 None => Vec::new(),
@@ -986,6 +994,37 @@ impl<S: Store> Node<S> {
         }
     }
 
+    /// Checks, off the commit path, the link evidence of the voters whose seal key this replica holds
+    /// under the latest manifest's `coordinator` role, so that the next SetManifest (whose manifest
+    /// usually keeps the same coordinator policies and reference values) need not.
+    pub async fn check_seal_recipients_ahead(&self) {
+        let Some((serving, deployment)) = self.replica.read().ok().and_then(|core| {
+            let chain = core.chain()?;
+            Some((
+                Coordinators::of(chain.latest_manifest()),
+                chain.deployment_id(),
+            ))
+        }) else {
+            return;
+        };
+        let fingerprint = serving.fingerprint(deployment);
+        let targets = self.links.seal_targets(self.other_voters());
+        if targets.iter().all(|t| t.verdict == Some(fingerprint)) {
+            return;
+        }
+        let replica = self.replica.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            serving
+                .recipients(&replica.verifier, deployment, &targets)
+                .1
+        })
+        .await
+        .unwrap_or_default();
+        for (id, dial) in checked {
+            self.links.record_seal_verdict(id, dial, fingerprint);
+        }
+    }
+
     /// The voters of the membership other than this replica.
     fn other_voters(&self) -> Vec<NodeId> {
         self.raft
@@ -1027,34 +1066,62 @@ impl Coordinators {
         }
     }
 
-    /// The targets whose link evidence, checked again now, matches a `coordinator`-role policy of
-    /// this manifest and this deployment (or a replica not pinned yet, as the peer API admits).
+    /// What the check of [`Coordinators::recipients`] depends on besides the evidence: the
+    /// reference values, the policies and the deployment. Equal fingerprints, equal verdicts.
+    fn fingerprint(&self, deployment: concord_attestation::DeploymentId) -> [u8; 32] {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update(b"concord/seal-recipients");
+        h.update(serde_json::to_vec(&self.reference).unwrap_or_default());
+        for p in &self.policies {
+            h.update(p);
+        }
+        h.update(deployment.0);
+        h.finalize().into()
+    }
+
+    /// The targets whose link evidence matches a `coordinator`-role policy of this manifest and this
+    /// deployment (or a replica not pinned yet, as the peer API admits): checked now, unless it was
+    /// under the same fingerprint within `SEAL_VERDICT_TTL` (`keep_seal_keys` checks ahead, under the
+    /// latest manifest, so the commit path usually verifies nothing). Also returns the (id, dial) of
+    /// the links checked now, to record.
     fn recipients(
         &self,
         verifier: &concord_attestation::Verifier,
         deployment: concord_attestation::DeploymentId,
         targets: &[super::links::SealTarget],
-    ) -> Vec<crate::state::SealRecipient> {
+    ) -> (Vec<crate::state::SealRecipient>, Vec<(NodeId, u64)>) {
+        let fingerprint = self.fingerprint(deployment);
         let policy = concord_attestation::StaticPolicy {
             verifier: verifier.clone(),
             reference: self.reference.clone(),
             host_data: self.policies.clone(),
             deployment: concord_attestation::DeploymentPin::ThisOrUnpinned(deployment),
         };
-        targets
+        let mut checked = Vec::new();
+        let recipients = targets
             .iter()
-            .filter(|t| match t.peer.reverify(&policy) {
-                Ok(_) => true,
-                Err(e) => {
-                    debug!(peer = t.id, error = %e, "not sealing the mesh CA key to a peer whose evidence does not match the manifest");
-                    false
+            .filter(|t| {
+                if t.verdict == Some(fingerprint) {
+                    return true;
+                }
+                match t.peer.reverify(&policy) {
+                    Ok(_) => {
+                        checked.push((t.id, t.dial));
+                        true
+                    }
+                    Err(e) => {
+                        debug!(peer = t.id, error = %e, "not sealing the mesh CA key to a peer whose evidence does not match the manifest");
+                        false
+                    }
                 }
             })
             .map(|t| crate::state::SealRecipient {
                 node: t.id,
                 seal_key: t.seal_key,
             })
-            .collect()
+            .collect();
+        (recipients, checked)
     }
 }
 
