@@ -31,6 +31,9 @@ pub struct PeerLinks {
     links: Mutex<HashMap<NodeId, Link>>,
     /// Counts dials, so a seal key asked on one connection is never cached on a later one.
     dials: std::sync::atomic::AtomicU64,
+    /// Peers that last answered `SealKey` with Unimplemented (an older build, which would refuse
+    /// to decode a Raft entry that carries sealed copies).
+    without_sealing: Mutex<std::collections::HashSet<NodeId>>,
 }
 
 #[derive(Clone)]
@@ -79,6 +82,7 @@ impl PeerLinks {
             policy,
             links: Mutex::new(HashMap::new()),
             dials: std::sync::atomic::AtomicU64::new(0),
+            without_sealing: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -142,7 +146,10 @@ impl PeerLinks {
             let mut api = link.api.clone();
             let answer = match api.seal_key(pb::SealKeyRequest {}).await {
                 Ok(a) => a.into_inner(),
-                Err(s) if s.code() == tonic::Code::Unimplemented => return Ok(None),
+                Err(s) if s.code() == tonic::Code::Unimplemented => {
+                    self.sealing_support(id, false);
+                    return Ok(None);
+                }
                 Err(s) => {
                     if is_transport(&s) {
                         self.forget(id);
@@ -156,6 +163,7 @@ impl PeerLinks {
                     answer.public_key.len()
                 ))
             })?;
+            self.sealing_support(id, true);
             if link.seal_key.is_some_and(|cached| cached != key) {
                 self.forget(id);
                 return Ok(None);
@@ -170,6 +178,28 @@ impl PeerLinks {
                 "replica {id} did not answer its seal key within {within:?}"
             ))
         })?
+    }
+
+    fn sealing_support(&self, id: NodeId, supported: bool) {
+        let mut set = self
+            .without_sealing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if supported {
+            set.remove(&id);
+        } else {
+            set.insert(id);
+        }
+    }
+
+    /// Whether one of `ids` last said it does not know sealed copies (an older build): a leader then
+    /// writes entries without them, which every build decodes.
+    pub fn any_without_sealing(&self, ids: &[NodeId]) -> bool {
+        let set = self
+            .without_sealing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        ids.iter().any(|id| set.contains(id))
     }
 
     /// The peers among `ids` whose seal key is cached with a live link: no I/O, for the commit path.

@@ -601,8 +601,9 @@ impl<S: Store> Node<S> {
         // manifest) share encryption are CPU work. The manifest is parsed outside the lock, and only
         // after the cheap checks (compare-and-swap, the owner's signature) passed.
         let replica = self.replica.clone();
-        // The other voters whose seal key this replica holds (asked on link setup, never here).
-        let targets = self.links.seal_targets(self.other_voters());
+        // The other voters whose seal key this replica holds (asked on link setup, never here). If
+        // a member runs an older build that cannot decode sealed copies, none are written.
+        let targets = self.seal_targets();
         let prepared = tokio::task::spawn_blocking(move || {
             replica.read()?.authorize_set(&req)?;
             let manifest = crate::state::parse_for_set(&req.manifest)?;
@@ -829,7 +830,7 @@ impl<S: Store> Node<S> {
     /// The mesh CA of the latest transition was lost (its maker died before any peer fetched it): make
     /// a new one, record it through Raft, adopt it. Only for a replica that holds the seed.
     pub async fn rotate_lost_mesh_ca(&self) -> Result<(), Status> {
-        let targets = self.links.seal_targets(self.other_voters());
+        let targets = self.seal_targets();
         let replica = self.replica.clone();
         let (rotated, sealed) = tokio::task::spawn_blocking(move || {
             let core = replica.read()?;
@@ -1023,6 +1024,23 @@ impl<S: Store> Node<S> {
         for (id, dial) in checked {
             self.links.record_seal_verdict(id, dial, fingerprint);
         }
+    }
+
+    /// The other voters to seal a new mesh CA key to: those whose seal key is cached with their
+    /// link; none while a member says it cannot decode sealed copies (an older build).
+    fn seal_targets(&self) -> Vec<super::links::SealTarget> {
+        let members: Vec<NodeId> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect();
+        if self.links.any_without_sealing(&members) {
+            return Vec::new();
+        }
+        self.links.seal_targets(self.other_voters())
     }
 
     /// The voters of the membership other than this replica.
