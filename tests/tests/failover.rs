@@ -176,6 +176,57 @@ async fn t115_a_committed_mesh_ca_survives_its_leader_killed_before_any_follower
     let got =
         std::fs::read_to_string(env.path("web").join(concord_cli::initializer::MESH_CA)).unwrap();
     assert_eq!(got, third.mesh_ca);
+
+    // The killed replica restarts with a new seal key: copies sealed to its predecessor are useless
+    // to it, so it recovers from a peer; the leader learns its new key on the link, and seals the
+    // next updates to it.
+    mesh.heal_all();
+    cluster[leader]
+        .restart(&env.flags("coordinator.policy"))
+        .unwrap();
+    let mut latest = Hash::from_slice(&third.transition.unwrap().hash).unwrap();
+    let mut version = 4;
+    let mut opened_by_restarted = false;
+    let mut client = env.user_client(&cluster[survivor]).await;
+    while !opened_by_restarted && version < 8 {
+        // Every replica ready at the latest before the next update.
+        for c in &cluster {
+            let mut status_client = env.user_client(c).await;
+            let start = Instant::now();
+            loop {
+                let status = status_client
+                    .get_status(pb::GetStatusRequest {})
+                    .await
+                    .map(|r| r.into_inner());
+                if status
+                    .as_ref()
+                    .is_ok_and(|s| s.state == "ready" && s.latest == latest.as_bytes())
+                {
+                    break;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "not ready: {status:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        let answer = client
+            .set_manifest(env.set_manifest_request(version, latest))
+            .await
+            .expect("an update after the restart")
+            .into_inner();
+        latest = Hash::from_slice(&answer.transition.unwrap().hash).unwrap();
+        version += 1;
+        opened_by_restarted = metric_holds(&cluster[leader], Duration::from_secs(3), |m| {
+            m.contains("concord_mesh_ca_handoffs_total{how=\"sealed\"}")
+        })
+        .await;
+    }
+    assert!(
+        opened_by_restarted,
+        "the restarted replica never opened a sealed key: the leader kept its predecessor's seal key"
+    );
     for c in &mut cluster {
         c.kill();
     }
