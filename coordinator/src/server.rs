@@ -56,6 +56,9 @@ pub struct Config {
     /// The test fault hook (`--insecure-test-stall-raft-while`): while this file exists, the Raft log's
     /// appends block, wedging the Raft core. `None` in production.
     pub stall_raft_while: Option<PathBuf>,
+    /// The test hook `--insecure-test-no-sealed-mesh-ca`: ask no peer for its seal key, so that as
+    /// leader this replica seals no mesh CA key into entries. `false` in production.
+    pub no_sealed_mesh_ca: bool,
     /// `--evidence batched`: handshakes that wait together share one report (binding v3).
     pub evidence_batching: bool,
 }
@@ -268,7 +271,13 @@ pub async fn run(
         config.peers.clone(),
     ));
     tokio::spawn(log_leadership(raft.clone()));
-    tokio::spawn(keep_seal_keys(node.clone()));
+    if config.no_sealed_mesh_ca {
+        warn!(
+            "INSECURE test hook: no seal keys are asked, so no mesh CA key is sealed into Raft entries; never in production"
+        );
+    } else {
+        tokio::spawn(keep_seal_keys(node.clone()));
+    }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let grace_over = {
