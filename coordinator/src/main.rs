@@ -82,6 +82,11 @@ struct Args {
     /// the liveness probe and of shutdown only.
     #[arg(long, value_name = "FILE", hide = true)]
     insecure_test_stall_raft_while: Option<PathBuf>,
+    /// Test hook (no environment variable): this replica never asks its peers for their seal keys,
+    /// so as leader it seals no mesh CA key into Raft entries (PROTOCOL.md §7.1) and its followers
+    /// fetch every new key by peer recovery. For tests of a replica left recovering only.
+    #[arg(long, hide = true)]
+    insecure_test_no_sealed_mesh_ca: bool,
     /// Evidence for client handshakes: `batched` makes one report for every handshake that waits
     /// while the previous one is made (binding v3, docs/PROTOCOL.md §8), so the secure processor
     /// sees a bounded number of calls whatever the number of clients; `per-handshake` makes one per
@@ -256,6 +261,7 @@ async fn main() -> ExitCode {
         deployment_id: args.deployment_id,
         snapshot_after_entries: args.snapshot_after_entries,
         stall_raft_while: args.insecure_test_stall_raft_while,
+        no_sealed_mesh_ca: args.insecure_test_no_sealed_mesh_ca,
         evidence_batching: args.evidence == EvidenceMode::Batched,
     };
     let code = match run(config, shutdown_signal()).await {

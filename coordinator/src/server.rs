@@ -56,6 +56,9 @@ pub struct Config {
     /// The test fault hook (`--insecure-test-stall-raft-while`): while this file exists, the Raft log's
     /// appends block, wedging the Raft core. `None` in production.
     pub stall_raft_while: Option<PathBuf>,
+    /// The test hook `--insecure-test-no-sealed-mesh-ca`: ask no peer for its seal key, so that as
+    /// leader this replica seals no mesh CA key into entries. `false` in production.
+    pub no_sealed_mesh_ca: bool,
     /// `--evidence batched`: handshakes that wait together share one report (binding v3).
     pub evidence_batching: bool,
 }
@@ -184,6 +187,10 @@ pub async fn run(
         }),
     )?);
     let sampled_log = log_store.clone();
+    let sealed_inbox = state_machine.sealed_inbox();
+    // Random per process, never stored: a restarted replica cannot open what was sealed to its
+    // predecessor (it recovers from a peer instead).
+    let seal_key = Arc::new(concord_mesh_ca::SealKey::generate()?);
     let network = PeerNetwork::new(peer_client.clone(), config.peers.clone());
     let raft = Raft::new(
         config.node_id,
@@ -199,6 +206,8 @@ pub async fn run(
         raft.clone(),
         config.peers.clone(),
         PeerLinks::new(peer_client, peer_policy.clone()),
+        seal_key,
+        sealed_inbox,
     ));
 
     let batching = |acceptor: AtlsAcceptor| match config.evidence_batching {
@@ -262,6 +271,13 @@ pub async fn run(
         config.peers.clone(),
     ));
     tokio::spawn(log_leadership(raft.clone()));
+    if config.no_sealed_mesh_ca {
+        warn!(
+            "INSECURE test hook: no seal keys are asked, so no mesh CA key is sealed into Raft entries; never in production"
+        );
+    } else {
+        tokio::spawn(keep_seal_keys(node.clone()));
+    }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let grace_over = {
@@ -373,6 +389,52 @@ async fn keep_links_warm(
             }
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Keeps every other member's seal key at hand, asked on the attested link when it is set up (and
+/// again after a redial), so that a leader seals a new mesh CA key without any I/O on the commit
+/// path. A link that fails is forgotten and dialed again on the next round.
+async fn keep_seal_keys<S: crate::store::Store>(node: Arc<Node<S>>) {
+    const EVERY: Duration = Duration::from_millis(250);
+    const WITHIN: Duration = Duration::from_secs(1);
+    loop {
+        let members: Vec<NodeId> = node
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .nodes()
+            .map(|(id, _)| *id)
+            .filter(|id| *id != node.id)
+            .collect();
+        let asks = members.iter().filter_map(|&id| {
+            let addr = node.peer_addr(id)?;
+            let node = node.clone();
+            Some(tokio::spawn(async move {
+                match node.links.seal_key(id, &addr, WITHIN).await {
+                    Ok(key) => key.is_some(),
+                    Err(e) => {
+                        debug!(
+                            peer = id,
+                            error = e.message(),
+                            "no seal key from a peer yet"
+                        );
+                        false
+                    }
+                }
+            }))
+        });
+        let asks: Vec<_> = asks.collect();
+        let mut known = 0;
+        for ask in asks {
+            if ask.await.unwrap_or(false) {
+                known += 1;
+            }
+        }
+        crate::observe::global().set_peer_seal_keys(known);
+        node.check_seal_recipients_ahead().await;
+        tokio::time::sleep(EVERY).await;
     }
 }
 

@@ -262,6 +262,25 @@ pub enum MeshCaError {
         index: u8,
     },
 
+    /// A sealed copy of a mesh CA key did not open for this replica: not sealed to its current seal
+    /// key (it restarted since), for another recipient, transition or mesh CA, or changed on the way.
+    #[error(
+        "the sealed mesh CA key does not open: {reason}; this replica recovers the key from a peer \
+         instead; nothing changed"
+    )]
+    SealedKeyRejected {
+        /// What failed (never key bytes).
+        reason: String,
+    },
+
+    /// HPKE sealing of a mesh CA key failed: the recipient's seal key is not a usable X25519
+    /// public key, or the library failed.
+    #[error("sealing the mesh CA key to a replica failed: {reason}")]
+    SealFailed {
+        /// What failed (never key bytes).
+        reason: String,
+    },
+
     /// HPKE sealing failed for another reason. A bug, not bad input.
     #[error("seed share encryption failed: {reason}; this is a bug in concord-mesh-ca, report it")]
     ShareEncryptionFailed {

@@ -26,6 +26,10 @@ pub const SEED_SHARE: &[u8] = b"concord/v1/seed-share";
 /// `concord/v1/seed-share...`: no label may be a prefix of another.
 pub const SHARE_SUBMISSION: &[u8] = b"concord/v1/share-submission";
 
+/// HPKE info of a mesh CA key sealed by the leader to another replica's per-process seal key, in
+/// the Raft entry of the transition it belongs to (PROTOCOL.md, "Sealed mesh CA keys").
+pub const MESH_CA_SEAL: &[u8] = b"concord/v1/mesh-ca-seal";
+
 /// HKDF info prefix for a transit key (the Vault-compatible encryption API): `u32be(version)` and the
 /// key's name (as the manifest's `transit_keys` spells it) follow it. One label for every name and
 /// version; the fixed-width version before the name keeps two (name, version) pairs from meeting.
@@ -45,6 +49,7 @@ mod tests {
             SEED_SHARE,
             SHARE_SUBMISSION,
             TRANSIT_KEY,
+            MESH_CA_SEAL,
         ];
         for (i, a) in all.iter().enumerate() {
             assert!(a.starts_with(b"concord/v1/"));

@@ -9,6 +9,7 @@
 //! - [`seed`]: [`SeedEngine`], the HKDF derivations from the seed.
 //! - [`ca`]: [`RootCa`], [`MeshCa`] and leaf issuance ([`IssuedCert`]).
 //! - [`shares`]: Shamir sharing of the seed and HPKE encryption of each share.
+//! - [`seal`]: a mesh CA key sealed to another replica's per-process seal key (HPKE).
 //! - [`labels`]: the domain-separation labels, each used once.
 
 #![forbid(unsafe_code)]
@@ -19,6 +20,7 @@ mod error;
 mod gf256;
 pub mod labels;
 mod rng;
+pub mod seal;
 pub mod seed;
 pub mod shares;
 pub mod submission;
@@ -29,6 +31,7 @@ mod testing;
 pub use ca::{IssuedCert, MeshCa, RootCa, check_subject_alt_name};
 pub use claims::{AttestedClaims, TcbClaims, TdxLeafClaims};
 pub use error::MeshCaError;
+pub use seal::{SealContext, SealKey, SealedKey, seal_mesh_ca_key};
 pub use seed::{Salt, Seed, SeedEngine};
 pub use shares::{
     EncryptedShare, SHARE_LEN, SHARE_MAGIC, SeedShare, ShareOwnerKeyPair, combine, decrypt_share,

@@ -154,6 +154,17 @@ impl Env {
     /// [`Mesh`](fault::Mesh) of proxies: node `i` lists node `j` at `mesh.addr_for(i, j)`, so a test
     /// can cut, delay or blackhole each direction of each link.
     pub fn start_meshed_cluster(&self, n: u64) -> (Vec<CoordinatorProcess>, fault::Mesh) {
+        self.start_meshed_cluster_with(n, &[])
+    }
+
+    /// [`Env::start_meshed_cluster`] with `extra` arguments for every replica.
+    pub fn start_meshed_cluster_with(
+        &self,
+        n: u64,
+        extra: &[&str],
+    ) -> (Vec<CoordinatorProcess>, fault::Mesh) {
+        let mut flags = self.flags("coordinator.policy");
+        flags.extra.extend(extra.iter().map(|a| a.to_string()));
         let addrs: Vec<Addrs> = (0..n).map(|_| Addrs::free().expect("free ports")).collect();
         let upstreams: Vec<_> = addrs.iter().map(|a| a.peer).collect();
         let mesh = fault::Mesh::new(&upstreams).expect("the proxy mesh starts");
@@ -172,7 +183,7 @@ impl Env {
                 CoordinatorProcess::start_member(
                     &self.path(&format!("node-{i}")),
                     &self.path(&format!("node-{i}.log")),
-                    &self.flags("coordinator.policy"),
+                    &flags,
                     addrs[i],
                     i as u64,
                     &peers,

@@ -6,11 +6,17 @@
 //! transport, then dialed again. A kept connection was accepted under the policy of its handshake:
 //! callers that hand a peer something new (secrets) check its evidence again under the policy as it is
 //! now ([`VerifiedPeer::reverify`]). This module must never skip that for a caller: it only caches.
+//!
+//! With each link it caches the peer process's seal key (PeerApi `SealKey`), asked over that same
+//! attested connection when it is set up ([`PeerLinks::seal_key`]): the leader seals new mesh CA keys
+//! to it (`state::sealed`). A redial forgets it, so a key always comes from the connection whose
+//! evidence was checked.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use concord_attestation::{AcceptPolicy, AtlsClient, VerifiedPeer};
+use concord_proto::v1 as pb;
 use concord_proto::v1::peer_api_client::PeerApiClient;
 use tonic::Status;
 use tonic::transport::Channel;
@@ -23,6 +29,11 @@ pub struct PeerLinks {
     client: Arc<AtlsClient>,
     policy: Arc<dyn AcceptPolicy>,
     links: Mutex<HashMap<NodeId, Link>>,
+    /// Counts dials, so a seal key asked on one connection is never cached on a later one.
+    dials: std::sync::atomic::AtomicU64,
+    /// Peers that last answered `SealKey` with Unimplemented (an older build, which would refuse
+    /// to decode a Raft entry that carries sealed copies).
+    without_sealing: Mutex<std::collections::HashSet<NodeId>>,
 }
 
 #[derive(Clone)]
@@ -30,6 +41,30 @@ struct Link {
     addr: String,
     api: PeerApiClient<Channel>,
     peer: VerifiedPeer,
+    /// Which dial made this connection.
+    dial: u64,
+    /// The peer process's seal key, once asked on this connection.
+    seal_key: Option<[u8; 32]>,
+    /// The last time this connection's evidence was checked for sealing, and under which policy
+    /// (`Coordinators::fingerprint` in `node.rs`): a check younger than [`SEAL_VERDICT_TTL`] under
+    /// the same policy is not repeated on the commit path.
+    seal_verdict: Option<([u8; 32], std::time::Instant)>,
+}
+
+/// How long a check of a link's evidence for sealing stands (under an unchanged policy).
+pub const SEAL_VERDICT_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A peer the leader may seal a mesh CA key to: its id, its link's verified evidence (to check again
+/// under the manifest the key will serve) and the seal key asked on that link.
+#[derive(Debug, Clone)]
+pub struct SealTarget {
+    pub id: NodeId,
+    pub peer: VerifiedPeer,
+    pub seal_key: [u8; 32],
+    /// Which dial made the link (to record a verdict on that connection only).
+    pub dial: u64,
+    /// The policy fingerprint this link's evidence was accepted under within [`SEAL_VERDICT_TTL`].
+    pub verdict: Option<[u8; 32]>,
 }
 
 impl std::fmt::Debug for PeerLinks {
@@ -46,6 +81,8 @@ impl PeerLinks {
             client,
             policy,
             links: Mutex::new(HashMap::new()),
+            dials: std::sync::atomic::AtomicU64::new(0),
+            without_sealing: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -67,8 +104,12 @@ impl PeerLinks {
         id: NodeId,
         addr: &str,
     ) -> Result<(PeerApiClient<Channel>, VerifiedPeer), Status> {
+        self.link(id, addr).await.map(|l| (l.api, l.peer))
+    }
+
+    async fn link(&self, id: NodeId, addr: &str) -> Result<Link, Status> {
         if let Some(link) = self.lock().get(&id).filter(|l| l.addr == addr).cloned() {
-            return Ok((link.api, link.peer));
+            return Ok(link);
         }
         let (channel, peer) = connect(addr, self.client.clone()).await.map_err(|e| {
             Status::unavailable(format!("cannot reach replica {id} at {addr}: {e}"))
@@ -79,9 +120,114 @@ impl PeerLinks {
                 .max_decoding_message_size(concord_proto::limits::PEER_API_MESSAGE_BYTES)
                 .max_encoding_message_size(concord_proto::limits::PEER_API_MESSAGE_BYTES),
             peer,
+            dial: self
+                .dials
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            seal_key: None,
+            seal_verdict: None,
         };
         self.lock().insert(id, link.clone());
-        Ok((link.api, link.peer))
+        Ok(link)
+    }
+
+    /// Asks replica `id` at `addr` for its seal key on the link (dialed if need be) within
+    /// `within`, and caches it with the link. `Ok(None)`: the peer offers none (an older build), or
+    /// its key changed under the same link (tonic reconnected to a restarted process, whose
+    /// evidence this link did not record): the link is then forgotten, to be dialed and attested
+    /// afresh on the next call.
+    pub async fn seal_key(
+        &self,
+        id: NodeId,
+        addr: &str,
+        within: std::time::Duration,
+    ) -> Result<Option<[u8; 32]>, Status> {
+        let ask = async {
+            let link = self.link(id, addr).await?;
+            let mut api = link.api.clone();
+            let answer = match api.seal_key(pb::SealKeyRequest {}).await {
+                Ok(a) => a.into_inner(),
+                Err(s) if s.code() == tonic::Code::Unimplemented => {
+                    self.sealing_support(id, false);
+                    return Ok(None);
+                }
+                Err(s) => {
+                    if is_transport(&s) {
+                        self.forget(id);
+                    }
+                    return Err(s);
+                }
+            };
+            let key = <[u8; 32]>::try_from(answer.public_key.as_slice()).map_err(|_| {
+                Status::invalid_argument(format!(
+                    "replica {id} answered a seal key of {} bytes, not 32",
+                    answer.public_key.len()
+                ))
+            })?;
+            self.sealing_support(id, true);
+            if link.seal_key.is_some_and(|cached| cached != key) {
+                self.forget(id);
+                return Ok(None);
+            }
+            if let Some(l) = self.lock().get_mut(&id).filter(|l| l.dial == link.dial) {
+                l.seal_key = Some(key);
+            }
+            Ok(Some(key))
+        };
+        tokio::time::timeout(within, ask).await.map_err(|_| {
+            Status::deadline_exceeded(format!(
+                "replica {id} did not answer its seal key within {within:?}"
+            ))
+        })?
+    }
+
+    fn sealing_support(&self, id: NodeId, supported: bool) {
+        let mut set = self
+            .without_sealing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if supported {
+            set.remove(&id);
+        } else {
+            set.insert(id);
+        }
+    }
+
+    /// Whether one of `ids` last said it does not know sealed copies (an older build): a leader then
+    /// writes entries without them, which every build decodes.
+    pub fn any_without_sealing(&self, ids: &[NodeId]) -> bool {
+        let set = self
+            .without_sealing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        ids.iter().any(|id| set.contains(id))
+    }
+
+    /// The peers among `ids` whose seal key is cached with a live link: no I/O, for the commit path.
+    pub fn seal_targets(&self, ids: impl IntoIterator<Item = NodeId>) -> Vec<SealTarget> {
+        let links = self.lock();
+        ids.into_iter()
+            .filter_map(|id| {
+                let l = links.get(&id)?;
+                Some(SealTarget {
+                    id,
+                    peer: l.peer.clone(),
+                    seal_key: l.seal_key?,
+                    dial: l.dial,
+                    verdict: l
+                        .seal_verdict
+                        .filter(|(_, at)| at.elapsed() < SEAL_VERDICT_TTL)
+                        .map(|(f, _)| f),
+                })
+            })
+            .collect()
+    }
+
+    /// Records that the evidence of the link to `id` made by `dial` was accepted for sealing under
+    /// the policy `fingerprint` just now.
+    pub fn record_seal_verdict(&self, id: NodeId, dial: u64, fingerprint: [u8; 32]) {
+        if let Some(l) = self.lock().get_mut(&id).filter(|l| l.dial == dial) {
+            l.seal_verdict = Some((fingerprint, std::time::Instant::now()));
+        }
     }
 
     /// Forgets the connection to `id` after a transport failure, so the next call dials again.

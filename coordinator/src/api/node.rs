@@ -35,6 +35,11 @@ pub struct Node<S> {
     pub peers: BTreeMap<NodeId, String>,
     /// Attested connections to the peers, kept open (outside Raft's own).
     pub links: PeerLinks,
+    /// This process's seal key: the leader seals new mesh CA keys to it (`state::sealed`). Random
+    /// per process, in memory only.
+    pub seal_key: Arc<concord_mesh_ca::SealKey>,
+    /// Where the state machine leaves the sealed mesh CA keys of the entries it applied.
+    sealed_inbox: crate::raft::SealedInbox,
     /// Serializes this node's writes, so two calls do not prepare against the same latest.
     write_gate: tokio::sync::Mutex<()>,
     /// The predecessors the SetManifests on this leader are written against: a call racing another
@@ -62,6 +67,8 @@ impl<S: Store> Node<S> {
         raft: Raft<TypeConfig>,
         peers: BTreeMap<NodeId, String>,
         links: PeerLinks,
+        seal_key: Arc<concord_mesh_ca::SealKey>,
+        sealed_inbox: crate::raft::SealedInbox,
     ) -> Node<S> {
         Node {
             id,
@@ -69,6 +76,8 @@ impl<S: Store> Node<S> {
             raft,
             peers,
             links,
+            seal_key,
+            sealed_inbox,
             write_gate: tokio::sync::Mutex::new(()),
             write_claims: super::write_claims::WriteClaims::default(),
             joining: std::sync::atomic::AtomicBool::new(false),
@@ -457,18 +466,19 @@ impl<S: Store> Node<S> {
         if self.replica.read()?.is_stale()? {
             self.replica.write()?.refresh()?;
         }
-        Ok(())
+        adopt_sealed(&self.replica, self.id, &self.seal_key, &self.sealed_inbox)
     }
 
     /// [`Node::refresh_now`] off the runtime's threads: a replica that just caught up on many
     /// transitions parses them all, which must not hold up the Raft core or the handshakes.
     pub async fn refresh(&self) -> Result<(), CoordinatorError> {
         let replica = self.replica.clone();
+        let (id, key, inbox) = (self.id, self.seal_key.clone(), self.sealed_inbox.clone());
         tokio::task::spawn_blocking(move || {
             if replica.read()?.is_stale()? {
                 replica.write()?.refresh()?;
             }
-            Ok(())
+            adopt_sealed(&replica, id, &key, &inbox)
         })
         .await
         .map_err(|e| {
@@ -611,17 +621,39 @@ impl<S: Store> Node<S> {
         // manifest) share encryption are CPU work. The manifest is parsed outside the lock, and only
         // after the cheap checks (compare-and-swap, the owner's signature) passed.
         let replica = self.replica.clone();
+        // The other voters whose seal key this replica holds (asked on link setup, never here). If
+        // a member runs an older build that cannot decode sealed copies, none are written.
+        let targets = self.seal_targets();
         let prepared = tokio::task::spawn_blocking(move || {
             replica.read()?.authorize_set(&req)?;
             let manifest = crate::state::parse_for_set(&req.manifest)?;
-            replica.read()?.prepare_parsed(manifest, req, now)
+            let serving = Coordinators::of(&manifest);
+            let prepared = replica.read()?.prepare_parsed(manifest, req, now)?;
+            // The new mesh CA key, sealed to each voter whose evidence matches a `coordinator`
+            // policy of the manifest the key will serve. Local work only: a few milliseconds.
+            let (sealed, checked) = match &prepared {
+                Prepared::Append(p) => {
+                    let deployment = replica.read()?.deployment_id();
+                    let (recipients, checked) =
+                        serving.recipients(&replica.verifier, deployment, &targets);
+                    let checked = (serving.fingerprint(deployment), checked);
+                    (p.seal_mesh_ca(deployment.0, &recipients), checked)
+                }
+                Prepared::Unchanged(_) => (Vec::new(), ([0; 32], Vec::new())),
+            };
+            Ok::<_, CoordinatorError>((prepared, sealed, checked))
         })
         .await
         .map_err(|e| Status::internal(format!("the prepare task failed: {e}")))?
         .map_err(|e| to_status(&e))?;
-        let p = match prepared {
-            Prepared::Unchanged(outcome) => return Ok(*outcome),
-            Prepared::Append(p) => p,
+        let (p, sealed) = match prepared {
+            (Prepared::Unchanged(outcome), _, _) => return Ok(*outcome),
+            (Prepared::Append(p), sealed, (fingerprint, checked)) => {
+                for (id, dial) in checked {
+                    self.links.record_seal_verdict(id, dial, fingerprint);
+                }
+                (p, sealed)
+            }
         };
         // The commit runs on in its own task when the caller stops waiting: should the entry commit
         // after all, this replica still adopts the new secrets, so nothing acknowledged by the
@@ -634,7 +666,14 @@ impl<S: Store> Node<S> {
             // Held until the commit is over, also when the caller stopped waiting: until then the
             // latest may still move to this transition.
             let _claim = claim;
-            let command = Command::Append(AppendTransition::new(&p.new));
+            debug!(
+                sealed_to = ?sealed.iter().map(|c| c.recipient).collect::<Vec<_>>(),
+                "the new mesh CA key is sealed to these replicas in the entry"
+            );
+            let command = Command::Append(AppendTransition {
+                sealed,
+                ..AppendTransition::new(&p.new)
+            });
             let written = raft.client_write(command).await;
             let committed_in = started.elapsed();
             phases.commit_phase("raft_write", committed_in - prepared_in);
@@ -811,9 +850,11 @@ impl<S: Store> Node<S> {
             crate::state::ShareOutcome::Progress(p) => return Ok((index, p)),
             crate::state::ShareOutcome::Recovered(r) => r,
         };
+        // Not sealed: after a full outage no other replica holds the seed, so none could use it.
         let command = Command::RotateMeshCa(crate::raft::RotateMeshCa {
             transition: recovered.latest,
             mesh: recovered.mesh.clone(),
+            sealed: Vec::new(),
         });
         match self.write_command(command).await? {
             CommandResponse::Applied { .. } => {}
@@ -835,14 +876,31 @@ impl<S: Store> Node<S> {
     /// The mesh CA of the latest transition was lost (its maker died before any peer fetched it): make
     /// a new one, record it through Raft, adopt it. Only for a replica that holds the seed.
     pub async fn rotate_lost_mesh_ca(&self) -> Result<(), Status> {
-        let rotated = self
-            .replica
-            .read()
-            .and_then(|c| c.rotate_lost_mesh_ca(time::OffsetDateTime::now_utc()))
-            .map_err(|e| to_status(&e))?;
+        let targets = self.seal_targets();
+        let replica = self.replica.clone();
+        let (rotated, sealed) = tokio::task::spawn_blocking(move || {
+            let core = replica.read()?;
+            let rotated = core.rotate_lost_mesh_ca(time::OffsetDateTime::now_utc())?;
+            // Sealed to the other voters that hold the seed too, so they need not fetch it.
+            let sealed = match core.chain() {
+                Some(chain) => {
+                    let deployment = chain.deployment_id();
+                    let serving = Coordinators::of(chain.latest_manifest());
+                    let (recipients, _) =
+                        serving.recipients(&replica.verifier, deployment, &targets);
+                    rotated.seal_mesh_ca(deployment.0, &recipients)
+                }
+                None => Vec::new(),
+            };
+            Ok::<_, CoordinatorError>((rotated, sealed))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("the rotation task failed: {e}")))?
+        .map_err(|e| to_status(&e))?;
         let command = Command::RotateMeshCa(crate::raft::RotateMeshCa {
             transition: rotated.latest,
             mesh: rotated.mesh.clone(),
+            sealed,
         });
         match self.write_command(command).await? {
             CommandResponse::Applied { .. } => {}
@@ -857,6 +915,7 @@ impl<S: Store> Node<S> {
             .write()
             .and_then(|mut c| c.commit_recovery(rotated))
             .map_err(|e| to_status(&e))?;
+        crate::observe::global().mesh_ca_handoff("rotated");
         tracing::warn!("the latest mesh CA was lost with the replica that made it; made a new one");
         Ok(())
     }
@@ -905,6 +964,7 @@ impl<S: Store> Node<S> {
                     self.refresh().await?;
                     match self.replica.write()?.adopt_from_peer(secrets) {
                         Ok(()) => {
+                            crate::observe::global().mesh_ca_handoff("peer");
                             info!(peer = id, "recovered the secrets from a peer; ready");
                             return Ok(true);
                         }
@@ -981,6 +1041,66 @@ impl<S: Store> Node<S> {
         }
     }
 
+    /// Checks, off the commit path, the link evidence of the voters whose seal key this replica holds
+    /// under the latest manifest's `coordinator` role, so that the next SetManifest (whose manifest
+    /// usually keeps the same coordinator policies and reference values) need not.
+    pub async fn check_seal_recipients_ahead(&self) {
+        let Some((serving, deployment)) = self.replica.read().ok().and_then(|core| {
+            let chain = core.chain()?;
+            Some((
+                Coordinators::of(chain.latest_manifest()),
+                chain.deployment_id(),
+            ))
+        }) else {
+            return;
+        };
+        let fingerprint = serving.fingerprint(deployment);
+        let targets = self.links.seal_targets(self.other_voters());
+        if targets.iter().all(|t| t.verdict == Some(fingerprint)) {
+            return;
+        }
+        let replica = self.replica.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            serving
+                .recipients(&replica.verifier, deployment, &targets)
+                .1
+        })
+        .await
+        .unwrap_or_default();
+        for (id, dial) in checked {
+            self.links.record_seal_verdict(id, dial, fingerprint);
+        }
+    }
+
+    /// The other voters to seal a new mesh CA key to: those whose seal key is cached with their
+    /// link; none while a member says it cannot decode sealed copies (an older build).
+    fn seal_targets(&self) -> Vec<super::links::SealTarget> {
+        let members: Vec<NodeId> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect();
+        if self.links.any_without_sealing(&members) {
+            return Vec::new();
+        }
+        self.links.seal_targets(self.other_voters())
+    }
+
+    /// The voters of the membership other than this replica.
+    fn other_voters(&self) -> Vec<NodeId> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .filter(|v| *v != self.id)
+            .collect()
+    }
+
     /// The leader's peer API address, or why there is none.
     fn leader_addr(&self, leader: NodeId) -> Result<String, Status> {
         self.peer_addr(leader).ok_or_else(|| {
@@ -989,6 +1109,122 @@ impl<S: Store> Node<S> {
             ))
         })
     }
+}
+
+/// The `coordinator`-role policies and reference values of a manifest: whom a mesh CA key that serves
+/// it may be sealed to.
+struct Coordinators {
+    policies: Vec<[u8; 32]>,
+    reference: concord_attestation::ReferenceValues,
+}
+
+impl Coordinators {
+    fn of(manifest: &crate::manifest::Manifest) -> Coordinators {
+        Coordinators {
+            policies: manifest
+                .coordinator_policies()
+                .iter()
+                .map(|h| *h.as_bytes())
+                .collect(),
+            reference: manifest.reference_values().clone(),
+        }
+    }
+
+    /// What the check of [`Coordinators::recipients`] depends on besides the evidence: the
+    /// reference values, the policies and the deployment. Equal fingerprints, equal verdicts.
+    fn fingerprint(&self, deployment: concord_attestation::DeploymentId) -> [u8; 32] {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update(b"concord/seal-recipients");
+        h.update(serde_json::to_vec(&self.reference).unwrap_or_default());
+        for p in &self.policies {
+            h.update(p);
+        }
+        h.update(deployment.0);
+        h.finalize().into()
+    }
+
+    /// The targets whose link evidence matches a `coordinator`-role policy of this manifest and this
+    /// deployment (or a replica not pinned yet, as the peer API admits): checked now, unless it was
+    /// under the same fingerprint within `SEAL_VERDICT_TTL` (`keep_seal_keys` checks ahead, under the
+    /// latest manifest, so the commit path usually verifies nothing). Also returns the (id, dial) of
+    /// the links checked now, to record.
+    fn recipients(
+        &self,
+        verifier: &concord_attestation::Verifier,
+        deployment: concord_attestation::DeploymentId,
+        targets: &[super::links::SealTarget],
+    ) -> (Vec<crate::state::SealRecipient>, Vec<(NodeId, u64)>) {
+        let fingerprint = self.fingerprint(deployment);
+        let policy = concord_attestation::StaticPolicy {
+            verifier: verifier.clone(),
+            reference: self.reference.clone(),
+            host_data: self.policies.clone(),
+            deployment: concord_attestation::DeploymentPin::ThisOrUnpinned(deployment),
+        };
+        let mut checked = Vec::new();
+        let recipients = targets
+            .iter()
+            .filter(|t| {
+                if t.verdict == Some(fingerprint) {
+                    return true;
+                }
+                match t.peer.reverify(&policy) {
+                    Ok(_) => {
+                        checked.push((t.id, t.dial));
+                        true
+                    }
+                    Err(e) => {
+                        debug!(peer = t.id, error = %e, "not sealing the mesh CA key to a peer whose evidence does not match the manifest");
+                        false
+                    }
+                }
+            })
+            .map(|t| crate::state::SealRecipient {
+                node: t.id,
+                seal_key: t.seal_key,
+            })
+            .collect();
+        (recipients, checked)
+    }
+}
+
+/// A recovering replica that holds the seed opens its copy of the latest transition's mesh CA key,
+/// if the state machine applied one sealed to this process (`Coordinator::adopt_sealed`). A copy
+/// that does not check out is ignored: the replica recovers from a peer as before.
+fn adopt_sealed<S: Store>(
+    replica: &Replica<S>,
+    own: NodeId,
+    key: &concord_mesh_ca::SealKey,
+    inbox: &crate::raft::SealedInbox,
+) -> Result<(), CoordinatorError> {
+    let latest = {
+        let core = replica.read()?;
+        if core.state() != ReplicaState::Recovering || !core.holds_seed() {
+            return Ok(());
+        }
+        match core.chain() {
+            Some(chain) => chain.latest_hash(),
+            None => return Ok(()),
+        }
+    };
+    let Some(delivery) = inbox.for_transition(&latest) else {
+        return Ok(());
+    };
+    let mut core = replica.write()?;
+    if core.state() != ReplicaState::Recovering {
+        return Ok(());
+    }
+    match core.adopt_sealed(own, key, &delivery) {
+        Ok(()) => {
+            crate::observe::global().mesh_ca_handoff("sealed");
+            info!(transition = %latest, "opened the mesh CA key the leader sealed to this replica; ready");
+        }
+        Err(e) => {
+            debug!(transition = %latest, error = %e, "a sealed mesh CA key was not adopted; recovering from a peer")
+        }
+    }
+    Ok(())
 }
 
 /// The checks of a Join request that need no state: not this replica, a host:port address.

@@ -230,6 +230,17 @@ impl<S: Store> pb::peer_api_server::PeerApi for PeerService<S> {
         Ok(Response::new(pb::ConfirmJoinResponse { confirmed }))
     }
 
+    async fn seal_key(
+        &self,
+        _request: Request<pb::SealKeyRequest>,
+    ) -> Result<Response<pb::SealKeyResponse>, Status> {
+        // The peer API admits only attested coordinators (PeerAcceptPolicy); the key is public, and
+        // what it is worth comes from this connection's evidence, which the caller checked.
+        Ok(Response::new(pb::SealKeyResponse {
+            public_key: self.node.seal_key.public_key().to_vec(),
+        }))
+    }
+
     async fn forward_command(
         &self,
         request: Request<pb::RaftMessage>,

@@ -46,6 +46,10 @@ pub struct Metrics {
     transit_requests: Mutex<BTreeMap<(&'static str, String, u16), u64>>,
     /// Where a SetManifest's (and a Raft write's) time goes, by phase (a fixed set of names).
     commit_phases: Mutex<BTreeMap<&'static str, Histogram>>,
+    /// How this replica got the mesh CA key of a transition it did not make, by how (a fixed set).
+    mesh_ca_handoffs: Mutex<BTreeMap<&'static str, u64>>,
+    /// Other members whose seal key this replica holds on a live attested link.
+    peer_seal_keys: AtomicU64,
 }
 
 /// A copy of the counters, for rendering.
@@ -56,6 +60,8 @@ pub struct Counters {
     pub rpc_latency: BTreeMap<String, Histogram>,
     pub transit_requests: BTreeMap<(&'static str, String, u16), u64>,
     pub commit_phases: BTreeMap<&'static str, Histogram>,
+    pub mesh_ca_handoffs: BTreeMap<&'static str, u64>,
+    pub peer_seal_keys: u64,
 }
 
 /// Distinct (operation, key, status) series of transit requests kept; later ones count under key
@@ -123,8 +129,21 @@ impl Metrics {
         *map.entry(entry).or_insert(0) += 1;
     }
 
+    /// Counts one mesh CA key this replica got for a transition it did not make: `sealed` (opened
+    /// from the Raft entry), `peer` (peer recovery) or `rotated` (lost with its maker: a new one).
+    pub fn mesh_ca_handoff(&self, how: &'static str) {
+        *lock(&self.mesh_ca_handoffs).entry(how).or_insert(0) += 1;
+    }
+
+    /// How many other members' seal keys this replica holds.
+    pub fn set_peer_seal_keys(&self, n: u64) {
+        self.peer_seal_keys.store(n, Ordering::Relaxed);
+    }
+
     pub fn counters(&self) -> Counters {
         Counters {
+            mesh_ca_handoffs: lock(&self.mesh_ca_handoffs).clone(),
+            peer_seal_keys: self.peer_seal_keys.load(Ordering::Relaxed),
             transit_requests: lock(&self.transit_requests).clone(),
             attestation_failures: lock(&self.attestation_failures).clone(),
             certificates_issued: self.certificates_issued.load(Ordering::Relaxed),
@@ -236,6 +255,20 @@ fn raft_gauges(e: &mut Exposition, s: &Sample) {
 }
 
 fn counter_families(e: &mut Exposition, c: &Counters) {
+    e.family(
+        "concord_mesh_ca_handoffs_total",
+        "Mesh CA keys this replica got for a transition another replica made, by how: sealed (opened from the Raft entry with this process's seal key), peer (peer recovery), rotated (the key was lost with its maker and this replica made a new one).",
+        Kind::Counter,
+    );
+    for (how, n) in &c.mesh_ca_handoffs {
+        e.sample("concord_mesh_ca_handoffs_total", &[("how", how)], *n as f64);
+    }
+    gauge(
+        e,
+        "concord_peer_seal_keys",
+        "Other members whose per-process seal key this replica holds on a live attested link (a leader seals new mesh CA keys to them).",
+        c.peer_seal_keys as f64,
+    );
     e.family(
         "concord_attestation_failures_total",
         "aTLS handshakes refused because the other side's evidence failed a check, by API (user, mesh, peer: inbound; dial: a server this replica dialed) and reason.",

@@ -26,17 +26,19 @@ mod encoding;
 mod error;
 mod log_store;
 pub mod network;
+pub mod sealed;
 pub(crate) mod snapshot;
 mod state_machine;
 pub mod types;
 
 pub use error::RaftStoreError;
 pub use log_store::{LOG_TREE, LogStore, META_TREE};
+pub use sealed::{SealedDelivery, SealedInbox};
 pub use snapshot::{SNAPSHOT_FORMAT, SnapshotBuilder};
 pub use state_machine::{SM_TREE, StateMachine, membership_index};
 pub use types::{
     AppendTransition, AuthorizeMembers, Command, CommandResponse, Genesis, NodeId, RotateMeshCa,
-    TypeConfig,
+    SealedMeshCaKey, TypeConfig,
 };
 
 use crate::store::SledStore;

@@ -51,6 +51,8 @@ pub struct StateMachine {
     /// The verified history as on disk: loaded (and verified) at open, then kept in step with every
     /// write, so that applying an entry does not re-read the whole line.
     history: Option<LoadedHistory>,
+    /// Where the sealed mesh CA keys of applied entries go, for the core to open.
+    inbox: super::SealedInbox,
 }
 
 /// A command that passed every check.
@@ -115,7 +117,29 @@ impl StateMachine {
             last_applied,
             last_membership,
             history,
+            inbox: super::SealedInbox::default(),
         })
+    }
+
+    /// Where this state machine leaves the sealed mesh CA keys of the entries it applies.
+    pub fn sealed_inbox(&self) -> super::SealedInbox {
+        self.inbox.clone()
+    }
+
+    /// Hands the sealed copies of an applied entry to the core: only when the entry's transition is
+    /// now the latest with exactly these certificates.
+    fn deliver(&self, transition: Hash, mesh: &MeshCerts, copies: &[super::SealedMeshCaKey]) {
+        let current = self
+            .history
+            .as_ref()
+            .is_some_and(|h| h.chain.latest_hash() == transition && h.mesh == *mesh);
+        if current && !copies.is_empty() {
+            self.inbox.put(super::SealedDelivery {
+                transition,
+                mesh: mesh.clone(),
+                copies: copies.to_vec(),
+            });
+        }
     }
 
     /// The verified history, as applied so far; `None` before the first transition.
@@ -430,10 +454,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let response = match entry.payload {
                 EntryPayload::Blank => CommandResponse::NoCommand,
                 EntryPayload::Normal(Command::Append(cmd)) => {
-                    self.apply_append(&cmd).map_err(failed)?
+                    let response = self.apply_append(&cmd).map_err(failed)?;
+                    if let CommandResponse::Applied { hash } = &response {
+                        self.deliver(*hash, &cmd.mesh, &cmd.sealed);
+                    }
+                    response
                 }
                 EntryPayload::Normal(Command::RotateMeshCa(cmd)) => {
-                    self.apply_rotate(&cmd).map_err(failed)?
+                    let response = self.apply_rotate(&cmd).map_err(failed)?;
+                    if let CommandResponse::Applied { hash } = &response {
+                        self.deliver(*hash, &cmd.mesh, &cmd.sealed);
+                    }
+                    response
                 }
                 EntryPayload::Normal(Command::AuthorizeMembers(cmd)) => self.apply_authorize(&cmd),
                 EntryPayload::Membership(membership) => {

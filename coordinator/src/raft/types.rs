@@ -3,8 +3,10 @@
 //! A [`Command`] is public by construction (DESIGN.md, Replication): it carries the signed transition
 //! record, the manifest and policy documents it names, the public mesh CA certificates and, for the first
 //! transition, the signing *public* key and the root CA certificate. No field can hold a seed, a share,
-//! a private key or a workload secret; adding one would break Invariant 1 on every replica's disk and
-//! on the wire. Byte fields are base64 (hex for the 32-byte key) because serde_json is the log format.
+//! a private key or a workload secret in the clear; adding one would break Invariant 1 on every
+//! replica's disk and on the wire. The one secret a command carries is sealed: the new mesh CA key,
+//! HPKE-sealed to other replicas' per-process seal keys ([`SealedMeshCaKey`], PROTOCOL.md "Sealed
+//! mesh CA keys"), which only those processes can open (not the disk, not a seed holder). Byte fields are base64 (hex for the 32-byte key) because serde_json is the log format.
 
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
@@ -91,6 +93,28 @@ impl AuthorizeMembers {
 pub struct RotateMeshCa {
     pub transition: Hash,
     pub mesh: MeshCerts,
+    /// The new mesh CA key sealed to other replicas (absent in entries written before them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sealed: Vec<SealedMeshCaKey>,
+}
+
+/// The mesh CA key of an entry, sealed by the leader to one replica process's seal key
+/// (`concord_mesh_ca::seal`). Public: only that process can open it, and only for this entry's
+/// deployment, transition and mesh CA certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SealedMeshCaKey {
+    /// The recipient's node id.
+    pub recipient: NodeId,
+    /// The recipient process's seal key (X25519 public key) the copy is sealed to.
+    #[serde(with = "hex_32")]
+    pub recipient_key: [u8; 32],
+    /// HPKE's encapsulated key.
+    #[serde(with = "base64_bytes")]
+    pub encapsulated_key: Vec<u8>,
+    /// The sealed 32-byte P-256 scalar with its tag.
+    #[serde(with = "base64_bytes")]
+    pub ciphertext: Vec<u8>,
 }
 
 /// A transition and the public material written with it, as carried by the log. Unverified: see
@@ -111,6 +135,10 @@ pub struct AppendTransition {
     pub mesh: MeshCerts,
     /// Only on the first transition: the public half of the transition signing key and the root CA.
     pub genesis: Option<Genesis>,
+    /// The new mesh CA key sealed to other replicas (absent in entries written before them, and on
+    /// the first transition: no other replica holds the seed yet).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sealed: Vec<SealedMeshCaKey>,
 }
 
 /// What the first transition brings with it.
@@ -154,6 +182,7 @@ impl AppendTransition {
                 signing_key: key.to_bytes(),
                 root_ca_der: root.clone(),
             }),
+            sealed: Vec::new(),
         }
     }
 
@@ -178,5 +207,49 @@ impl AppendTransition {
             mesh: self.mesh.clone(),
             genesis,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Entries written before sealed copies existed (on disk, in snapshots' logs, from older
+    /// leaders) decode with none; an entry without copies is written exactly as before, and one with
+    /// copies round-trips. Unknown fields are still refused.
+    #[test]
+    fn sealed_copies_are_optional_in_the_log_format() {
+        let old = serde_json::json!({
+            "transition": "AA==", "manifest": "AA==", "policies": [],
+            "mesh": serde_json::to_value(MeshCerts { mesh_ca_der: vec![1], intermediate_der: vec![2] }).unwrap(),
+            "genesis": null
+        });
+        let cmd: AppendTransition = serde_json::from_value(old.clone()).unwrap();
+        assert!(cmd.sealed.is_empty());
+        assert_eq!(serde_json::to_value(&cmd).unwrap(), old);
+
+        let with = AppendTransition {
+            sealed: vec![SealedMeshCaKey {
+                recipient: 2,
+                recipient_key: [7; 32],
+                encapsulated_key: vec![1; 32],
+                ciphertext: vec![2; 48],
+            }],
+            ..cmd
+        };
+        let json = serde_json::to_vec(&Command::Append(with.clone())).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Command>(&json).unwrap(),
+            Command::Append(with)
+        );
+        let mut extra = old;
+        extra["sealed_by"] = serde_json::json!(1);
+        assert!(serde_json::from_value::<AppendTransition>(extra).is_err());
+        let rotate: RotateMeshCa = serde_json::from_value(serde_json::json!({
+            "transition": Hash([3; 32]),
+            "mesh": MeshCerts { mesh_ca_der: vec![1], intermediate_der: vec![2] },
+        }))
+        .unwrap();
+        assert!(rotate.sealed.is_empty());
     }
 }

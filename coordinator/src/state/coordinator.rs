@@ -79,6 +79,18 @@ pub struct PreparedSet {
     seed_shares: Vec<EncryptedShare>,
 }
 
+impl PreparedSet {
+    /// Whether this is the first transition (which makes the seed).
+    pub(super) fn is_genesis(&self) -> bool {
+        self.genesis.is_some()
+    }
+
+    /// The new mesh CA (its key never leaves this value except through `state::sealed`).
+    pub(super) fn mesh_ca(&self) -> &MeshCa {
+        &self.mesh_ca
+    }
+}
+
 impl std::fmt::Debug for PreparedSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PreparedSet")

@@ -7,6 +7,7 @@
 mod coordinator;
 mod peer;
 mod recovery;
+mod sealed;
 mod secrets;
 mod transit;
 mod transparency;
@@ -19,6 +20,9 @@ pub use peer::{PeerAcceptance, PeerSecrets};
 pub use recovery::{
     AuthenticatedShare, KnownLatest, RecoverProgress, RecoveredSecrets, ShareOutcome,
 };
+pub use sealed::SealRecipient;
+#[cfg(test)]
+pub(crate) use sealed::sealed_for_tests;
 pub use transit::{ServiceCert, TransitMaterial};
 pub use transparency::CheckpointView;
 

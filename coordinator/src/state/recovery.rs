@@ -60,6 +60,11 @@ pub struct RecoveredSecrets {
 }
 
 impl RecoveredSecrets {
+    /// The new mesh CA (for `state::sealed`).
+    pub(super) fn mesh_ca(&self) -> &MeshCa {
+        &self.secrets.mesh_ca
+    }
+
     /// Secrets from `engine` with a new `mesh_ca` for `latest`.
     fn new(
         engine: SeedEngine,

@@ -1275,3 +1275,145 @@ fn set_manifest_caps_are_enforced_with_their_numbers() {
         "{e}"
     );
 }
+
+/// Issue 11.5: `a` (the leader) seals transition 3's new mesh CA key to `b`'s seal key; `b`, which
+/// holds the seed, applies the entry (a store append, as through Raft) and opens its copy. Every copy
+/// that is not exactly `b`'s for this transition and this mesh CA is refused and changes nothing; a
+/// replica with the seed and the disk but another process's seal key cannot open it.
+#[test]
+fn t115_a_sealed_mesh_ca_key_is_adopted_only_by_its_recipient_for_its_transition() {
+    use crate::raft::SealedDelivery;
+    use concord_mesh_ca::SealKey;
+
+    let d = TestDeployment::new();
+    let (mut a, mut b, dirs) = ready_and_recovering(&d);
+    let secrets = || {
+        a.secrets_for_peer(&coordinator_report(&d, &a, &d.coordinator_policy))
+            .unwrap()
+    };
+    b.adopt_from_peer(secrets()).unwrap();
+    // `c` holds the seed and a copy of the same disk: a seed holder, for the last check.
+    let dir_c = tempfile::tempdir().unwrap();
+    copy_dir(dirs[1].path(), dir_c.path());
+    let mut c = Coordinator::open(SledStore::open(dir_c.path()).unwrap()).unwrap();
+    c.adopt_from_peer(secrets()).unwrap();
+
+    let (b_id, b_key, c_key) = (
+        2,
+        SealKey::generate().unwrap(),
+        SealKey::generate().unwrap(),
+    );
+    let deployment = a.deployment_id().0;
+    let latest = a.chain().unwrap().latest_hash();
+    let Prepared::Append(p) = a
+        .prepare_set(d.set_request(d.manifest(3), latest), now())
+        .unwrap()
+    else {
+        panic!("expected a transition")
+    };
+    let to = |node, key: &SealKey| crate::state::SealRecipient {
+        node,
+        seal_key: key.public_key(),
+    };
+    let sealed = p.seal_mesh_ca(deployment, &[to(b_id, &b_key), to(3, &c_key)]);
+    assert_eq!(sealed.len(), 2);
+    let delivery = SealedDelivery {
+        transition: p.hash,
+        mesh: p.new.mesh.clone(),
+        copies: sealed.clone(),
+    };
+    for other in [&a, &b, &c] {
+        crate::history::Ledger::new(other.store().clone())
+            .append(&p.new)
+            .unwrap();
+    }
+    b.refresh().unwrap();
+    c.refresh().unwrap();
+    assert_eq!(b.state(), ReplicaState::Recovering);
+
+    let refused =
+        |b: &mut Coordinator<SledStore>, own, key: &SealKey, delivery: &SealedDelivery| {
+            let err = b.adopt_sealed(own, key, delivery).unwrap_err();
+            assert_eq!(b.state(), ReplicaState::Recovering, "{err}");
+            err.to_string()
+        };
+    // Another node's copy (sealed to node 3), even under b's id: nothing for b.
+    refused(&mut b, 3, &b_key, &delivery);
+    // b's copy presented as node 3's (the recipient id is bound): refused.
+    let mut renamed = delivery.clone();
+    renamed.copies[0].recipient = 3;
+    renamed.copies.truncate(1);
+    refused(&mut b, 3, &b_key, &renamed);
+    // A flipped bit anywhere in b's copy.
+    for i in 0..sealed[0].ciphertext.len() {
+        let mut flipped = delivery.clone();
+        flipped.copies[0].ciphertext[i] ^= 0x01;
+        refused(&mut b, b_id, &b_key, &flipped);
+    }
+    let mut flipped = delivery.clone();
+    flipped.copies[0].encapsulated_key[0] ^= 0x80;
+    refused(&mut b, b_id, &b_key, &flipped);
+    // Sealed to another key (a restarted process of b), though addressed to b.
+    let restarted = SealKey::generate().unwrap();
+    refused(&mut b, b_id, &restarted, &delivery);
+    let mut other_key = delivery.clone();
+    other_key.copies[0].recipient_key = restarted.public_key();
+    refused(&mut b, b_id, &restarted, &other_key);
+    // Replayed from another transition: a copy made for transition 2's hash, or the delivery
+    // claimed for another transition, or with other certificates.
+    let mut replay = delivery.clone();
+    replay.transition = latest;
+    refused(&mut b, b_id, &b_key, &replay);
+    let mut replay = delivery.clone();
+    replay.copies = vec![crate::state::sealed_for_tests(
+        deployment,
+        latest,
+        &p.new.mesh.mesh_ca_der,
+        b_id,
+        &b_key,
+        &[5; 32],
+    )];
+    let err = refused(&mut b, b_id, &b_key, &replay);
+    assert!(err.contains("does not open"), "{err}");
+    let mut other_mesh = delivery.clone();
+    other_mesh.mesh.mesh_ca_der[40] ^= 1;
+    refused(&mut b, b_id, &b_key, &other_mesh);
+    // A key that opens but is not the recorded mesh CA's (sealed by a leader of another history).
+    let wrong = crate::state::sealed_for_tests(
+        deployment,
+        p.hash,
+        &p.new.mesh.mesh_ca_der,
+        b_id,
+        &b_key,
+        &p256::SecretKey::random(&mut rand::rngs::OsRng)
+            .to_bytes()
+            .into(),
+    );
+    let mut wrong_key = delivery.clone();
+    wrong_key.copies = vec![wrong];
+    let err = refused(&mut b, b_id, &b_key, &wrong_key);
+    assert!(err.contains("not the key of the mesh CA"), "{err}");
+
+    // A seed holder with the disk (c) and its own process key cannot open b's copy: the seal key is
+    // random per process, with no path from the seed to it.
+    refused(&mut c, b_id, &c_key, &delivery);
+    assert_ne!(b_key.public_key(), c_key.public_key());
+
+    // A replica that never held the seed gets nothing from its copy.
+    let dir_e = tempfile::tempdir().unwrap();
+    copy_dir(dirs[1].path(), dir_e.path());
+    let mut e = Coordinator::open(SledStore::open(dir_e.path()).unwrap()).unwrap();
+    assert!(!e.holds_seed());
+    refused(&mut e, b_id, &b_key, &delivery);
+
+    // b's own copy: ready at once, with the mesh CA the leader commits.
+    b.adopt_sealed(b_id, &b_key, &delivery).unwrap();
+    assert_eq!(b.state(), ReplicaState::Ready);
+    let committed = a.commit_set(*p).unwrap();
+    assert_eq!(b.manifests().unwrap().mesh_ca_pem, committed.mesh_ca_pem);
+    // Once ready, a copy changes nothing.
+    assert!(b.adopt_sealed(b_id, &b_key, &delivery).is_err());
+    // c, the other recipient, opens its own.
+    c.adopt_sealed(3, &c_key, &delivery).unwrap();
+    assert_eq!(c.manifests().unwrap().mesh_ca_pem, committed.mesh_ca_pem);
+}

@@ -213,7 +213,8 @@ impl Writer {
 pub struct Cluster {
     // Dropped in this order: the replicas are killed before their directory is removed.
     pub nodes: Vec<CoordinatorProcess>,
-    pub env: Env,
+    /// Shared with the writer tasks of the failover under load.
+    pub env: std::sync::Arc<Env>,
     pub dialer: Dialer,
     pub writer: Writer,
 }
@@ -226,7 +227,7 @@ impl Cluster {
         Ok(Cluster {
             nodes,
             dialer: Dialer::new(&env)?,
-            env,
+            env: std::sync::Arc::new(env),
             writer: Writer::new(),
         })
     }

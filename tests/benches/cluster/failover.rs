@@ -4,6 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+use concord_proto::v1 as pb;
+use concord_tests::Hash;
+
 use crate::concord::Cluster;
 use crate::etcd::EtcdCluster;
 use crate::table::{Row, Samples, Verdict, ms};
@@ -201,6 +204,195 @@ pub fn restart_rows(restart: &Samples) -> Vec<Row> {
             format!("{what}: max"),
             ms(restart.max()),
             "-",
+            "-",
+            Verdict::Info,
+        ),
+    ]
+}
+
+/// Concurrent writers of the failover-under-load rounds (issue 11.5).
+const WRITERS: usize = 3;
+
+/// What the rounds under concurrent writers measured.
+pub struct ConcurrentRounds {
+    /// Leader killed to the next acknowledged write of any writer.
+    pub failover: Samples,
+    /// Writes acknowledged over all rounds (to show the writers kept writing).
+    pub writes: u64,
+}
+
+/// `rounds` times, with [`WRITERS`] writers each sending SetManifests to random replicas: kill -9 the
+/// leader, time it to the next acknowledged write (of any writer), restart the killed replica and wait
+/// until all three replicas were seen ready again.
+pub async fn concurrent(rounds: usize) -> Result<ConcurrentRounds, String> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let mut cluster = Cluster::start(3)?;
+    let mut first = cluster.leader_client().await?;
+    cluster.writer.set(&cluster.env, &mut first).await?;
+    cluster.wait_all_ready().await?;
+    let addrs: Vec<std::net::SocketAddr> = cluster.nodes.iter().map(|n| n.user_addr).collect();
+    let last_ack: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let writes = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let env = cluster.env.clone();
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let (dialer, addrs, env) = (cluster.dialer.clone(), addrs.clone(), env.clone());
+        let (last_ack, writes, stop) = (last_ack.clone(), writes.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut clients: Vec<Option<crate::concord::UserClient>> = vec![None; addrs.len()];
+            let mut version = 1_000_000 + 100_000 * w as u32;
+            while !stop.load(Ordering::Relaxed) {
+                let i = rand::random::<usize>() % addrs.len();
+                if clients[i].is_none() {
+                    clients[i] = dialer.user(addrs[i]).await.ok();
+                }
+                let Some(client) = clients[i].as_mut() else {
+                    tokio::time::sleep(RETRY).await;
+                    continue;
+                };
+                let latest = match client.get_status(pb::GetStatusRequest {}).await {
+                    Ok(s) => s.into_inner().latest,
+                    Err(_) => {
+                        clients[i] = None;
+                        tokio::time::sleep(RETRY).await;
+                        continue;
+                    }
+                };
+                let Ok(latest) = Hash::from_slice(&latest) else {
+                    tokio::time::sleep(RETRY).await;
+                    continue;
+                };
+                version += 1;
+                match client
+                    .set_manifest(env.set_manifest_request(version, latest))
+                    .await
+                {
+                    Ok(a) if !a.get_ref().unchanged => {
+                        *last_ack.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                        writes.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(_) => {}
+                    // A lost compare-and-swap race, or the leader gone: retry, as a client would.
+                    Err(s) => {
+                        if s.code() == tonic::Code::Unavailable || s.code() == tonic::Code::Unknown
+                        {
+                            clients[i] = None;
+                        }
+                        tokio::time::sleep(RETRY).await;
+                    }
+                }
+            }
+        }));
+    }
+    let acked_after = |t: Instant| {
+        last_ack
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|a| a > t)
+    };
+    let mut samples = Vec::new();
+    let mut outcome = Ok(());
+    for _ in 0..rounds {
+        // The writers are writing before the kill.
+        let warm = Instant::now();
+        while !acked_after(warm) && warm.elapsed() < GIVE_UP {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let leader = match cluster.dialer.leader(&cluster.nodes).await {
+            Ok(l) => l,
+            Err(e) => {
+                outcome = Err(e);
+                break;
+            }
+        };
+        cluster.nodes[leader].kill();
+        let killed = Instant::now();
+        while !acked_after(killed) && killed.elapsed() < GIVE_UP {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let Some(ack) = *last_ack.lock().unwrap_or_else(|p| p.into_inner()) else {
+            outcome = Err("no write was acknowledged".into());
+            break;
+        };
+        if ack <= killed {
+            outcome = Err(format!(
+                "no write was acknowledged within {GIVE_UP:?} of killing the leader; see {}",
+                cluster.nodes[(leader + 1) % 3].log.display()
+            ));
+            break;
+        }
+        samples.push(ack - killed);
+        let flags = cluster.env.flags("coordinator.policy");
+        let node = &mut cluster.nodes[leader];
+        if let Err(e) = tokio::task::block_in_place(|| node.restart(&flags)) {
+            outcome = Err(e.to_string());
+            break;
+        }
+        // All three ready again (each seen ready once: the writers keep moving the latest).
+        for node in &cluster.nodes {
+            let start = Instant::now();
+            loop {
+                let ready = cluster
+                    .dialer
+                    .status(node.user_addr)
+                    .await
+                    .is_ok_and(|s| s.state == "ready");
+                if ready {
+                    break;
+                }
+                if start.elapsed() > GIVE_UP {
+                    outcome = Err(format!(
+                        "replica {} was not ready again within {GIVE_UP:?}; see {}",
+                        node.node_id,
+                        node.log.display()
+                    ));
+                    break;
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        }
+        if outcome.is_err() {
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    outcome?;
+    Ok(ConcurrentRounds {
+        failover: Samples::new(samples),
+        writes: writes.load(Ordering::Relaxed),
+    })
+}
+
+/// The rows of the failover under concurrent writers, beside the sequential failover of the same run
+/// (when the `cluster` section ran).
+pub fn concurrent_rows(rounds: &ConcurrentRounds, sequential: Result<&Samples, &str>) -> Vec<Row> {
+    let what = format!(
+        "failover under {WRITERS} writers on random replicas, leader kill -9 -> next ack ({} kills, {} writes)",
+        rounds.failover.len(),
+        rounds.writes
+    );
+    let reference = |f: fn(&Samples) -> Duration| match sequential {
+        Ok(s) => format!("sequential failover: {}", ms(f(s))),
+        Err(why) => format!("sequential failover: {why}"),
+    };
+    vec![
+        Row::new(
+            format!("{what}: median"),
+            ms(rounds.failover.median()),
+            reference(Samples::median),
+            "< 1 s",
+            Verdict::of(rounds.failover.median() < Duration::from_secs(1)),
+        ),
+        Row::new(
+            format!("{what}: max"),
+            ms(rounds.failover.max()),
+            reference(Samples::max),
             "-",
             Verdict::Info,
         ),

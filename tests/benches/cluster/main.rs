@@ -142,6 +142,8 @@ fn run(mode: &Mode, etcd: Option<&Path>) -> Vec<Row> {
     let value_len = value(0).len();
 
     let mut rows = Vec::new();
+    // The sequential failover of the cluster section, beside which the concurrent one is printed.
+    let mut sequential: Option<Result<Samples, String>> = None;
     if mode.runs("cluster") {
         // What one durable append costs on this disk, raw and through sled (the Raft log's store),
         // for an entry about the size of a SetManifest's (the manifest, base64 in JSON, and more).
@@ -166,6 +168,24 @@ fn run(mode: &Mode, etcd: Option<&Path>) -> Vec<Row> {
             None => EtcdResults::failed(NO_REFERENCE.into()),
         };
         cluster_rows(&mut rows, mode, &concord, &etcd, value_len);
+        sequential = Some(concord.rounds.map(|r| r.failover));
+    }
+    if mode.runs("failover") {
+        let rounds = guarded("failover under concurrent writers", || {
+            runtime.block_on(failover::concurrent(mode.concurrent_failovers))
+        });
+        let sequential = match &sequential {
+            Some(Ok(s)) => Ok(s),
+            Some(Err(e)) => Err(e.as_str()),
+            None => Err("not run (--only)"),
+        };
+        push(
+            &mut rows,
+            "failover under concurrent writers",
+            rounds
+                .as_ref()
+                .map(|r| failover::concurrent_rows(r, sequential)),
+        );
     }
     if mode.runs("audit") {
         let audit = guarded("audit", || {

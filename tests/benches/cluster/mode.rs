@@ -17,6 +17,8 @@ pub struct Mode {
     pub propagation_rounds: usize,
     /// Leader kills (each also restarts the killed replica: the peer recovery samples).
     pub failovers: usize,
+    /// Leader kills under concurrent writers (issue 11.5; section `failover`).
+    pub concurrent_failovers: usize,
     /// Whether to time etcd's failover also with Concord's election timeouts.
     pub etcd_like_concord: bool,
     pub idle: Duration,
@@ -49,6 +51,7 @@ impl Mode {
             durability_appends: 500,
             propagation_rounds: 20,
             failovers: 7,
+            concurrent_failovers: 12,
             etcd_like_concord: true,
             idle: Duration::from_secs(5),
             audit_sizes: &[1_000, 5_000, 10_000],
@@ -74,6 +77,7 @@ impl Mode {
             durability_appends: 100,
             propagation_rounds: 5,
             failovers: 3,
+            concurrent_failovers: 10,
             etcd_like_concord: false,
             idle: Duration::from_secs(2),
             audit_sizes: &[1_000, 5_000, 10_000],
@@ -117,8 +121,11 @@ impl Mode {
 }
 
 /// The sections `--only` can name: the Concord cluster's rows (commit, failover, propagation,
-/// memory), etcd's, the audit, NewMeshCert with its crypto floor, and the initializer storms.
-pub const SECTIONS: &[&str] = &["cluster", "etcd", "audit", "mesh", "transit", "storm"];
+/// memory), etcd's, the failover under concurrent writers, the audit, NewMeshCert with its crypto
+/// floor, and the initializer storms.
+pub const SECTIONS: &[&str] = &[
+    "cluster", "etcd", "failover", "audit", "mesh", "transit", "storm",
+];
 
 impl Mode {
     /// Section names of `--only` that do not exist.

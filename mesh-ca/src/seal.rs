@@ -1,0 +1,300 @@
+//! Sealed mesh CA keys: how the leader hands a new mesh CA key to the other replicas inside the Raft
+//! entry that commits it, so that the key survives the leader's death (issue 11.5).
+//!
+//! Every replica process makes a [`SealKey`] at start: a random X25519 key held only in memory, never
+//! written, never derived from the seed (so no seed holder, and nobody who reads a disk, can open
+//! what is sealed to it; a restart makes a new one). Peers learn its public half only over the
+//! mutually attested peer link, whose TLS session is bound to the replica's evidence. The leader
+//! seals the new mesh CA key with HPKE (RFC 9180 base mode, DHKEM(X25519, HKDF-SHA256), HKDF-SHA256,
+//! ChaCha20-Poly1305) with `info = "concord/v1/mesh-ca-seal"` and an AAD that names the deployment,
+//! the transition, the mesh CA certificate, the recipient's node id and its public key
+//! ([`SealContext::aad`]): a copy opens only for that recipient process, for that transition and
+//! that certificate (PROTOCOL.md, "Sealed mesh CA keys").
+//!
+//! This module owns the format and both of its ends. It must never put key bytes in an error or in
+//! `Debug`, and never return a key that did not authenticate under the full context.
+
+use std::fmt;
+
+use hpke::aead::ChaCha20Poly1305;
+use hpke::kdf::HkdfSha256;
+use hpke::kem::X25519HkdfSha256;
+use hpke::{Deserializable as _, OpModeR, OpModeS, Serializable as _};
+use rand::rngs::OsRng;
+use rand::{CryptoRng, RngCore};
+use sha2::{Digest as _, Sha256};
+use zeroize::Zeroizing;
+
+use crate::rng::{self, FailureRecordingRng};
+use crate::shares::x25519_private_key;
+use crate::{MeshCaError, labels};
+
+type Kem = X25519HkdfSha256;
+type Kdf = HkdfSha256;
+type Aead = ChaCha20Poly1305;
+
+/// What a sealed copy is bound to, besides the recipient's key. Every field is public.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealContext {
+    /// The deployment id (SHA-256 of the first manifest's deployment binding).
+    pub deployment: [u8; 32],
+    /// The transition whose mesh CA this is.
+    pub transition: [u8; 32],
+    /// The mesh CA certificate (DER) the key belongs to.
+    pub mesh_ca_der_sha256: [u8; 32],
+    /// The recipient replica's node id.
+    pub recipient: u64,
+}
+
+impl SealContext {
+    /// `deployment || transition || SHA-256(mesh CA DER) || u64be(recipient) || recipient key`.
+    pub fn aad(&self, recipient_key: &[u8; 32]) -> Vec<u8> {
+        let mut aad = Vec::with_capacity(32 * 4 + 8);
+        aad.extend_from_slice(&self.deployment);
+        aad.extend_from_slice(&self.transition);
+        aad.extend_from_slice(&self.mesh_ca_der_sha256);
+        aad.extend_from_slice(&self.recipient.to_be_bytes());
+        aad.extend_from_slice(recipient_key);
+        aad
+    }
+
+    /// SHA-256 of a mesh CA certificate, for [`SealContext::mesh_ca_der_sha256`].
+    pub fn cert_hash(mesh_ca_der: &[u8]) -> [u8; 32] {
+        Sha256::digest(mesh_ca_der).into()
+    }
+}
+
+/// A mesh CA key sealed to one replica's seal key. Public: only that process can open it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedKey {
+    /// HPKE's encapsulated key, 32 bytes.
+    pub encapsulated_key: Vec<u8>,
+    /// The 32-byte P-256 scalar of the mesh CA key, sealed, with its 16-byte tag.
+    pub ciphertext: Vec<u8>,
+}
+
+/// A replica process's X25519 key for sealed mesh CA keys: random, made at start, kept only in
+/// memory (wiped on drop), never written or derived from the seed.
+pub struct SealKey {
+    secret: Zeroizing<[u8; 32]>,
+    public_key: [u8; 32],
+}
+
+impl fmt::Debug for SealKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SealKey")
+            .field("public_key", &hex::encode(self.public_key))
+            .field("secret", &"[redacted]")
+            .finish()
+    }
+}
+
+impl SealKey {
+    /// A new key from the OS CSPRNG.
+    pub fn generate() -> Result<SealKey, MeshCaError> {
+        Self::generate_with(&mut OsRng)
+    }
+
+    pub(crate) fn generate_with<R: RngCore + CryptoRng + ?Sized>(
+        rng: &mut R,
+    ) -> Result<SealKey, MeshCaError> {
+        let mut secret = Zeroizing::new([0u8; 32]);
+        rng::fill(rng, secret.as_mut(), "generating the mesh CA seal key")?;
+        let public_key = <Kem as hpke::Kem>::sk_to_pk(&x25519_private_key(&secret))
+            .to_bytes()
+            .into();
+        Ok(SealKey { secret, public_key })
+    }
+
+    /// What the leader seals to; handed to peers only over the attested peer link.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.public_key
+    }
+
+    /// Opens `sealed` under `context` (which must name this key's owner as the recipient): the mesh
+    /// CA key, or an error that changes nothing. The caller still checks that the key matches the
+    /// certificate it expects.
+    pub fn open(
+        &self,
+        context: &SealContext,
+        sealed: &SealedKey,
+    ) -> Result<Zeroizing<[u8; 32]>, MeshCaError> {
+        let rejected = |reason: &str| MeshCaError::SealedKeyRejected {
+            reason: reason.into(),
+        };
+        let encapsulated_key =
+            <Kem as hpke::Kem>::EncappedKey::from_bytes(&sealed.encapsulated_key)
+                .map_err(|_| rejected("its encapsulated key is not 32 bytes"))?;
+        let plaintext = Zeroizing::new(
+            hpke::single_shot_open::<Aead, Kdf, Kem>(
+                &OpModeR::Base,
+                &x25519_private_key(&self.secret),
+                &encapsulated_key,
+                labels::MESH_CA_SEAL,
+                &sealed.ciphertext,
+                &context.aad(&self.public_key),
+            )
+            .map_err(|_| {
+                rejected(
+                    "the ciphertext does not verify under this process's seal key and the \
+                     transition, mesh CA and recipient it names",
+                )
+            })?,
+        );
+        let key = <[u8; 32]>::try_from(plaintext.as_slice())
+            .map_err(|_| rejected("the sealed key is not 32 bytes"))?;
+        Ok(Zeroizing::new(key))
+    }
+}
+
+/// The leader's side: seals the mesh CA key (`key`, a P-256 scalar) to `recipient_key` under `context`.
+pub fn seal_mesh_ca_key(
+    recipient_key: &[u8; 32],
+    context: &SealContext,
+    key: &[u8; 32],
+) -> Result<SealedKey, MeshCaError> {
+    seal_with(&mut OsRng, recipient_key, context, key)
+}
+
+pub(crate) fn seal_with<R: RngCore + CryptoRng + ?Sized>(
+    rng: &mut R,
+    recipient_key: &[u8; 32],
+    context: &SealContext,
+    key: &[u8; 32],
+) -> Result<SealedKey, MeshCaError> {
+    let recipient = <Kem as hpke::Kem>::PublicKey::from_bytes(recipient_key).map_err(|_| {
+        MeshCaError::SealFailed {
+            reason: "the recipient's seal key is not 32 bytes".into(),
+        }
+    })?;
+    let mut rng = FailureRecordingRng::new(rng);
+    let sealed = hpke::single_shot_seal::<Aead, Kdf, Kem, _>(
+        &OpModeS::Base,
+        &recipient,
+        labels::MESH_CA_SEAL,
+        key,
+        &context.aad(recipient_key),
+        &mut rng,
+    );
+    rng.check("sealing a mesh CA key")?;
+    let (encapsulated_key, ciphertext) = sealed.map_err(|e| MeshCaError::SealFailed {
+        reason: match e {
+            hpke::HpkeError::EncapError => {
+                "the recipient's seal key is a low-order X25519 point, which no key pair produces"
+                    .into()
+            }
+            other => other.to_string(),
+        },
+    })?;
+    Ok(SealedKey {
+        encapsulated_key: encapsulated_key.to_bytes().to_vec(),
+        ciphertext,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context() -> SealContext {
+        SealContext {
+            deployment: [1; 32],
+            transition: [2; 32],
+            mesh_ca_der_sha256: [3; 32],
+            recipient: 2,
+        }
+    }
+
+    #[test]
+    fn the_recipient_opens_its_copy() {
+        let key = SealKey::generate().unwrap();
+        let sealed = seal_mesh_ca_key(&key.public_key(), &context(), &[9; 32]).unwrap();
+        assert_eq!(*key.open(&context(), &sealed).unwrap(), [9; 32]);
+        assert_eq!(sealed.encapsulated_key.len(), 32);
+        assert_eq!(sealed.ciphertext.len(), 48);
+    }
+
+    #[test]
+    fn another_context_key_or_byte_does_not_open() {
+        let key = SealKey::generate().unwrap();
+        let sealed = seal_mesh_ca_key(&key.public_key(), &context(), &[9; 32]).unwrap();
+        let other_contexts = [
+            SealContext {
+                recipient: 3,
+                ..context()
+            },
+            SealContext {
+                transition: [7; 32],
+                ..context()
+            },
+            SealContext {
+                deployment: [7; 32],
+                ..context()
+            },
+            SealContext {
+                mesh_ca_der_sha256: [7; 32],
+                ..context()
+            },
+        ];
+        for c in &other_contexts {
+            assert!(matches!(
+                key.open(c, &sealed),
+                Err(MeshCaError::SealedKeyRejected { .. })
+            ));
+        }
+        let restarted = SealKey::generate().unwrap();
+        assert!(restarted.open(&context(), &sealed).is_err());
+        for i in 0..sealed.ciphertext.len() {
+            let mut bad = sealed.clone();
+            bad.ciphertext[i] ^= 1;
+            assert!(key.open(&context(), &bad).is_err());
+        }
+        for i in 0..sealed.encapsulated_key.len() {
+            let mut bad = sealed.clone();
+            bad.encapsulated_key[i] ^= 1;
+            assert!(key.open(&context(), &bad).is_err());
+        }
+        let mut short = sealed.clone();
+        short.encapsulated_key.pop();
+        assert!(key.open(&context(), &short).is_err());
+    }
+
+    #[test]
+    fn seal_keys_are_random_per_process() {
+        // No input: nothing (no seed, no disk) determines the key, so two processes never share one.
+        let a = SealKey::generate().unwrap();
+        let b = SealKey::generate().unwrap();
+        assert_ne!(a.public_key(), b.public_key());
+        assert_ne!(*a.secret, *b.secret);
+        let text = format!("{a:?}");
+        assert!(text.contains("redacted"));
+        assert!(!text.contains(&hex::encode(a.secret.as_ref())));
+    }
+
+    #[test]
+    fn a_failing_random_source_is_an_error() {
+        struct Failing;
+        impl RngCore for Failing {
+            fn next_u32(&mut self) -> u32 {
+                0
+            }
+            fn next_u64(&mut self) -> u64 {
+                0
+            }
+            fn fill_bytes(&mut self, _: &mut [u8]) {}
+            fn try_fill_bytes(&mut self, _: &mut [u8]) -> Result<(), rand::Error> {
+                Err(rand::Error::new("no entropy"))
+            }
+        }
+        impl CryptoRng for Failing {}
+        assert!(matches!(
+            SealKey::generate_with(&mut Failing),
+            Err(MeshCaError::EntropyUnavailable { .. })
+        ));
+        let key = SealKey::generate().unwrap();
+        assert!(matches!(
+            seal_with(&mut Failing, &key.public_key(), &context(), &[9; 32]),
+            Err(MeshCaError::EntropyUnavailable { .. })
+        ));
+    }
+}

@@ -1,0 +1,233 @@
+//! Issue 11.5: a committed transition's mesh CA key survives its leader's death. The leader seals the
+//! new key to each other voter's per-process seal key in the Raft entry; a follower opens its copy when
+//! it applies the entry, so the survivors of a leader killed right after an acknowledged SetManifest
+//! serve that transition's mesh CA at once: no grace period, no rotation, no recovery round trip.
+
+use std::time::{Duration, Instant};
+
+use concord_proto::v1 as pb;
+use concord_tests::{Env, Hash, http_get};
+
+/// Waits up to `within` until `pred` holds for replica `c`'s `/metrics`; returns whether it did.
+async fn metric_holds(
+    c: &concord_cli::process::CoordinatorProcess,
+    within: Duration,
+    pred: impl Fn(&str) -> bool,
+) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if http_get(c.health_addr, "/metrics").is_ok_and(|(code, body)| code == 200 && pred(&body))
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// The value of the unlabelled gauge `name` in a `/metrics` document.
+fn gauge(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t115_a_committed_mesh_ca_survives_its_leader_killed_before_any_follower_fetched_it() {
+    let env = Env::new();
+    let (mut cluster, mesh) = env.start_meshed_cluster(3);
+    let leader = env.leader_index(&cluster, Duration::from_secs(10)).await;
+    let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+
+    let mut to_leader = env.user_client(&cluster[leader]).await;
+    let first = to_leader
+        .set_manifest(env.set_manifest_request(1, Hash::ZERO))
+        .await
+        .expect("the first manifest is set")
+        .into_inner();
+    let first_hash = Hash::from_slice(&first.transition.unwrap().hash).unwrap();
+    // Every replica holds the seed (a sealed key is of use only to a replica that does).
+    for c in &cluster {
+        let mut client = env.user_client(c).await;
+        let start = Instant::now();
+        loop {
+            let status = client
+                .get_status(pb::GetStatusRequest {})
+                .await
+                .map(|r| r.into_inner());
+            if status
+                .as_ref()
+                .is_ok_and(|s| s.state == "ready" && s.transitions == 1)
+            {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "not ready: {status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    // The leader fetches each peer's seal key when it sets up its link, ahead of any commit.
+    let keys_known = metric_holds(&cluster[leader], Duration::from_secs(10), |m| {
+        gauge(m, "concord_peer_seal_keys").is_some_and(|n| n >= 2.0)
+    })
+    .await;
+    eprintln!("the leader holds both followers' seal keys: {keys_known}");
+
+    // The followers can no longer dial the leader: the leader's Raft replication (its own dials)
+    // goes on, but no follower can fetch the new mesh CA key from it by peer recovery.
+    for &f in &followers {
+        mesh.proxy(f, leader).cut();
+    }
+    let second = to_leader
+        .set_manifest(env.set_manifest_request(2, first_hash))
+        .await
+        .expect("the update is acknowledged")
+        .into_inner();
+    let second_hash = Hash::from_slice(&second.transition.unwrap().hash).unwrap();
+    let committed_mesh_ca = second.mesh_ca;
+    cluster[leader].kill();
+    let killed = Instant::now();
+
+    // Every survivor becomes ready at the committed transition, with its mesh CA: not a new one.
+    for &f in &followers {
+        let mut client = env.user_client(&cluster[f]).await;
+        loop {
+            let status = client
+                .get_status(pb::GetStatusRequest {})
+                .await
+                .map(|r| r.into_inner());
+            if status
+                .as_ref()
+                .is_ok_and(|s| s.state == "ready" && s.transitions == 2)
+            {
+                break;
+            }
+            assert!(
+                killed.elapsed() < Duration::from_secs(20),
+                "replica {f} did not become ready after the leader's death: {status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let served = client
+            .get_manifests(pb::GetManifestsRequest {
+                only_latest: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            served.mesh_ca, committed_mesh_ca,
+            "replica {f} serves another mesh CA than the committed transition's: it was rotated"
+        );
+    }
+
+    // The next write on a survivor is acknowledged without the 2 s grace of a lost mesh CA.
+    let survivor = followers[0];
+    let mut client = env.user_client(&cluster[survivor]).await;
+    let third = loop {
+        match client
+            .set_manifest(env.set_manifest_request(3, second_hash))
+            .await
+        {
+            Ok(r) => break r.into_inner(),
+            Err(s) => {
+                assert!(
+                    killed.elapsed() < Duration::from_secs(20),
+                    "no write was acknowledged after the leader's death: {s:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    let kill_to_write = killed.elapsed();
+    eprintln!("leader killed to the next acknowledged write: {kill_to_write:?}");
+    assert!(
+        kill_to_write < Duration::from_millis(1500),
+        "the next write took {kill_to_write:?} after the leader's death: the survivors waited for a lost mesh CA"
+    );
+
+    for &f in &followers {
+        let log = std::fs::read_to_string(&cluster[f].log).unwrap();
+        assert!(
+            !log.contains("was lost with the replica that made it"),
+            "replica {f} rotated the committed mesh CA"
+        );
+        assert!(
+            metric_holds(&cluster[f], Duration::from_secs(5), |m| {
+                m.contains("concord_mesh_ca_handoffs_total{how=\"sealed\"}")
+                    && !m.contains("concord_mesh_ca_handoffs_total{how=\"rotated\"}")
+            })
+            .await,
+            "replica {f} did not count a sealed hand-off, or counted a rotation"
+        );
+    }
+
+    // A workload gets a certificate under the new transition's mesh CA from a survivor.
+    let init = env.initializer(
+        &cluster[survivor],
+        "web.policy",
+        "web",
+        "manifest-v3.json",
+        30,
+    );
+    assert!(init.status.success(), "{}", concord_tests::describe(&init));
+    let got =
+        std::fs::read_to_string(env.path("web").join(concord_cli::initializer::MESH_CA)).unwrap();
+    assert_eq!(got, third.mesh_ca);
+
+    // The killed replica restarts with a new seal key: copies sealed to its predecessor are useless
+    // to it, so it recovers from a peer; the leader learns its new key on the link, and seals the
+    // next updates to it.
+    mesh.heal_all();
+    cluster[leader]
+        .restart(&env.flags("coordinator.policy"))
+        .unwrap();
+    let mut latest = Hash::from_slice(&third.transition.unwrap().hash).unwrap();
+    let mut version = 4;
+    let mut opened_by_restarted = false;
+    let mut client = env.user_client(&cluster[survivor]).await;
+    while !opened_by_restarted && version < 8 {
+        // Every replica ready at the latest before the next update.
+        for c in &cluster {
+            let mut status_client = env.user_client(c).await;
+            let start = Instant::now();
+            loop {
+                let status = status_client
+                    .get_status(pb::GetStatusRequest {})
+                    .await
+                    .map(|r| r.into_inner());
+                if status
+                    .as_ref()
+                    .is_ok_and(|s| s.state == "ready" && s.latest == latest.as_bytes())
+                {
+                    break;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "not ready: {status:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        let answer = client
+            .set_manifest(env.set_manifest_request(version, latest))
+            .await
+            .expect("an update after the restart")
+            .into_inner();
+        latest = Hash::from_slice(&answer.transition.unwrap().hash).unwrap();
+        version += 1;
+        opened_by_restarted = metric_holds(&cluster[leader], Duration::from_secs(3), |m| {
+            m.contains("concord_mesh_ca_handoffs_total{how=\"sealed\"}")
+        })
+        .await;
+    }
+    assert!(
+        opened_by_restarted,
+        "the restarted replica never opened a sealed key: the leader kept its predecessor's seal key"
+    );
+    for c in &mut cluster {
+        c.kill();
+    }
+}
