@@ -603,14 +603,23 @@ impl<S: Store> Node<S> {
         if fresh_at.is_some() {
             self.refresh().await.map_err(|e| to_status(&e))?;
         }
-        let claim = self
-            .write_claims
-            .claim(
-                req.expected_previous,
-                crate::hash::Hash::of(&req.manifest),
-                || self.settled_latest(fresh_at),
+        // Only a call an owner signed may hold a claim: an unsigned or forged one could otherwise
+        // claim the latest transition and have the owner's own update refused as a conflict. It
+        // queues instead, and is refused by `authorize_set` (a cheap check) once its turn comes.
+        let signed = self.replica.read().is_ok_and(|c| c.owner_signed(&req));
+        let claim = if signed {
+            Some(
+                self.write_claims
+                    .claim(
+                        req.expected_previous,
+                        crate::hash::Hash::of(&req.manifest),
+                        || self.settled_latest(fresh_at),
+                    )
+                    .map_err(|e| to_status(&e))?,
             )
-            .map_err(|e| to_status(&e))?;
+        } else {
+            None
+        };
         let _gate = self.write_gate.lock().await;
         self.applied_whole_log().await;
         self.refresh().await.map_err(|e| to_status(&e))?;

@@ -327,6 +327,27 @@ impl<S: Store> Coordinator<S> {
         }
     }
 
+    /// Whether `req` carries a workload owner's signature over the transition it names (its
+    /// manifest after `expected_previous`) by a key the latest manifest lists (any key for a first
+    /// manifest, whose keys are known only once it is parsed). Cheap (one Ed25519 verification) and
+    /// changes nothing: the leader lets only such calls hold a write claim (`api::write_claims`), so a
+    /// caller without an owner key can neither hold one nor make a legitimate caller's call refused.
+    /// [`Coordinator::authorize_set`] still decides.
+    pub fn owner_signed(&self, req: &SetRequest) -> bool {
+        let Some((owner_key, owner_signature)) = &req.owner else {
+            return false;
+        };
+        let listed = match self.chain() {
+            Some(chain) => chain
+                .latest_manifest()
+                .workload_owner_keys()
+                .contains(owner_key),
+            None => req.expected_previous == Hash::ZERO,
+        };
+        let hash = format::transition_hash(&Hash::of(&req.manifest), &req.expected_previous);
+        listed && format::verify_owner(owner_key, &hash, owner_signature)
+    }
+
     /// Checks a SetManifest against the history and builds the transition, signed, with its new mesh CA
     /// (and, for the first manifest, the new seed, root CA and shares). Writes nothing: the caller has the
     /// transition written (through Raft, which re-verifies it) and then calls [`Coordinator::commit_set`].

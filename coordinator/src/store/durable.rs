@@ -78,13 +78,25 @@ impl DurableFlush {
         };
         let mut any = false;
         let mut present = HashSet::new();
+        // sled removes blob files it no longer needs (a value overwritten or deleted, garbage
+        // collection) at any time, also between this listing and the sync: a file gone is not
+        // needed to recover anything, so it is skipped rather than failing the flush.
+        let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
         for entry in entries {
             let entry = entry?;
             // The length before the sync: whatever is written after it is synced by a later flush.
-            let key = (entry.file_name(), entry.metadata()?.len());
+            let len = match entry.metadata() {
+                Ok(m) => m.len(),
+                Err(e) if gone(&e) => continue,
+                Err(e) => return Err(e),
+            };
+            let key = (entry.file_name(), len);
             if !synced.contains(&key) {
-                File::open(entry.path())?.sync_data()?;
-                any = true;
+                match File::open(entry.path()).and_then(|f| f.sync_data()) {
+                    Ok(()) => any = true,
+                    Err(e) if gone(&e) => continue,
+                    Err(e) => return Err(e),
+                }
             }
             present.insert(key);
         }
