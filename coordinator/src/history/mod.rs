@@ -6,6 +6,7 @@
 //! of a membership change; `audit` is the bundle for third parties.
 
 pub mod audit;
+mod batch;
 mod chain;
 pub mod format;
 mod ledger;
