@@ -263,7 +263,10 @@ fn signature_verdicts(
 
 /// `f` over consecutive chunks of `items`, one chunk per available core (`f` is given the index of
 /// its chunk's first item), results in order. Small inputs stay on this thread.
-fn par_chunks<T: Sync, R: Send>(items: &[T], f: impl Fn(usize, &[T]) -> Vec<R> + Sync) -> Vec<R> {
+pub(super) fn par_chunks<T: Sync, R: Send>(
+    items: &[T],
+    f: impl Fn(usize, &[T]) -> Vec<R> + Sync,
+) -> Vec<R> {
     let cores = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(8);

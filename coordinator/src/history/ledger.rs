@@ -69,6 +69,7 @@ const LOAD_BATCH: usize = 64;
 #[derive(Debug, Default)]
 struct LoadTimes {
     line: std::time::Duration,
+    /// Waiting for the reader thread's next batch of manifests.
     manifests: std::time::Duration,
     verify: std::time::Duration,
     rest: std::time::Duration,
@@ -138,23 +139,46 @@ impl<S: Store> Ledger<S> {
         line.reverse();
         took.line = started.elapsed();
         // Then verified oldest first, a batch of manifests at a time: the whole history is never in
-        // memory at once, and only the first and latest manifests stay parsed.
+        // memory at once, and only the first and latest manifests stay parsed. One thread reads the
+        // next batch from the store while this one verifies the last (on every core): at most three
+        // batches are held.
         let mut verifier = ChainVerifier::new(signing_key, line.len());
-        let mut line = line.into_iter().peekable();
-        while line.peek().is_some() {
-            let mut batch = Vec::with_capacity(LOAD_BATCH);
-            let reading = std::time::Instant::now();
-            for t in line.by_ref().take(LOAD_BATCH) {
-                let manifest = self.object(&t.manifest_hash)?.ok_or_else(|| {
-                    LedgerError::Corrupt(format!("manifest {} is missing", t.manifest_hash))
-                })?;
-                batch.push((t, manifest));
+        std::thread::scope(|scope| -> Result<(), LedgerError> {
+            let (batches, arriving) = std::sync::mpsc::sync_channel(1);
+            scope.spawn(move || {
+                let mut line = line.into_iter().peekable();
+                while line.peek().is_some() {
+                    let batch = line
+                        .by_ref()
+                        .take(LOAD_BATCH)
+                        .map(|t| {
+                            let manifest = self.object(&t.manifest_hash)?.ok_or_else(|| {
+                                LedgerError::Corrupt(format!(
+                                    "manifest {} is missing",
+                                    t.manifest_hash
+                                ))
+                            })?;
+                            Ok((t, manifest))
+                        })
+                        .collect::<Result<Vec<_>, LedgerError>>();
+                    let failed = batch.is_err();
+                    // The verifier stopped (it found a fault): nothing more to read.
+                    if batches.send(batch).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+            loop {
+                let waiting = std::time::Instant::now();
+                let Ok(batch) = arriving.recv() else {
+                    return Ok(());
+                };
+                let verifying = std::time::Instant::now();
+                took.manifests += verifying - waiting;
+                verifier.extend(batch?)?;
+                took.verify += verifying.elapsed();
             }
-            let verifying = std::time::Instant::now();
-            took.manifests += verifying - reading;
-            verifier.extend(batch)?;
-            took.verify += verifying.elapsed();
-        }
+        })?;
         let chain = verifier.finish()?;
         let rest = std::time::Instant::now();
 
@@ -174,11 +198,12 @@ impl<S: Store> Ledger<S> {
             transitions = chain.len(),
             total_ms = started.elapsed().as_millis() as u64,
             line_ms = took.line.as_millis() as u64,
-            manifests_ms = took.manifests.as_millis() as u64,
+            manifests_wait_ms = took.manifests.as_millis() as u64,
             verify_ms = took.verify.as_millis() as u64,
             rest_ms = took.rest.as_millis() as u64,
             "read and verified the stored history (line: transitions read and hash-checked; \
-             manifests: read and hash-checked; verify: parsed, signatures checked, linked)"
+             manifests_wait: waited for manifests read and hash-checked on another thread; \
+             verify: parsed, signatures checked, linked)"
         );
         Ok(Some(LoadedHistory {
             chain,

@@ -159,7 +159,8 @@ fn start_once(env: &Env, data: &Path, log: &Path) -> Result<Duration, String> {
 }
 
 /// The replica's own account of its history load (`Ledger::load`'s log line): total, transitions
-/// read, manifests read, verification (parsing, signatures, links) and the rest, in ms.
+/// read, waiting for manifests read on another thread, verification (parsing, signatures, links)
+/// and the rest, in ms.
 fn load_breakdown(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let Some(line) = text
