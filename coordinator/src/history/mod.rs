@@ -19,5 +19,6 @@ mod unique_keys;
 pub use chain::{ChainError, GENESIS_UNAUTHORIZED, VerifiedChain, verify_chain};
 pub use ledger::{Ledger, LedgerError, LoadedHistory, MeshCerts, NewTransition};
 pub use members::{MembersAuthorization, MembersRefusal};
+pub(crate) use transition::verifying_key;
 pub use transition::{OwnerAuthorization, Transition};
 pub use unique_keys::check_unique_keys;

@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use concord_attestation::ReferenceValues;
-use ed25519_dalek::VerifyingKey;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
@@ -181,8 +180,8 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Manifest, ManifestError> {
         if !seen.insert(bytes) {
             return Err(err(field, "listed twice".into()));
         }
-        let key = VerifyingKey::from_bytes(&bytes)
-            .map_err(|_| err(field.clone(), "not a valid Ed25519 public key".into()))?;
+        let key = crate::history::verifying_key(&bytes)
+            .ok_or_else(|| err(field.clone(), "not a valid Ed25519 public key".into()))?;
         workload_owner_keys.push(key);
     }
 

@@ -172,7 +172,7 @@ fn load_breakdown(log: &Path) -> String {
     [
         "total_ms",
         "line_ms",
-        "manifests_ms",
+        "manifests_wait_ms",
         "verify_ms",
         "rest_ms",
     ]
