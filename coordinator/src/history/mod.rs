@@ -1,7 +1,8 @@
 //! The history: the hash-linked, signed line of manifest transitions (DESIGN.md, History and audit bundle).
 //!
 //! `format` holds the normative byte strings; `transition` the record; `chain` verifies a whole line of
-//! transitions (used at start-up and by the offline audit alike); `ledger` reads and writes the history in a
+//! transitions (used at start-up and by the offline audit alike), its signatures checked together by `batch`;
+//! `ledger` reads and writes the history in a
 //! [`crate::store::Store`], hash-checking everything it reads; `members` checks an owner's authorization
 //! of a membership change; `audit` is the bundle for third parties.
 
