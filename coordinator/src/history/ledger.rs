@@ -61,9 +61,12 @@ impl From<ChainError> for LedgerError {
     }
 }
 
-/// How many manifests [`Ledger::load`] reads and verifies at a time (about 100 KB each at most
-/// sizes seen; 1 MiB at the cap).
-const LOAD_BATCH: usize = 64;
+/// How many manifests [`Ledger::load`] reads and verifies at a time, at most: enough that each core's
+/// share of their signatures fills a batch (`history::batch`), and cut at [`LOAD_BATCH_BYTES`].
+const LOAD_BATCH: usize = 256;
+/// The manifest bytes of one batch, at most (a manifest is 1 MiB at the cap); the load holds up to
+/// three batches (one verified, one waiting, one being read): 48 MiB.
+const LOAD_BATCH_BYTES: usize = 16 << 20;
 
 /// Where [`Ledger::load`]'s time went, logged with its result (issue 11.4: start-up time).
 #[derive(Debug, Default)]
@@ -148,19 +151,23 @@ impl<S: Store> Ledger<S> {
             scope.spawn(move || {
                 let mut line = line.into_iter().peekable();
                 while line.peek().is_some() {
-                    let batch = line
-                        .by_ref()
-                        .take(LOAD_BATCH)
-                        .map(|t| {
+                    let mut bytes = 0;
+                    let mut read = || -> Result<Vec<_>, LedgerError> {
+                        let mut batch = Vec::with_capacity(LOAD_BATCH);
+                        while batch.len() < LOAD_BATCH && bytes < LOAD_BATCH_BYTES {
+                            let Some(t) = line.next() else { break };
                             let manifest = self.object(&t.manifest_hash)?.ok_or_else(|| {
                                 LedgerError::Corrupt(format!(
                                     "manifest {} is missing",
                                     t.manifest_hash
                                 ))
                             })?;
-                            Ok((t, manifest))
-                        })
-                        .collect::<Result<Vec<_>, LedgerError>>();
+                            bytes += manifest.len();
+                            batch.push((t, manifest));
+                        }
+                        Ok(batch)
+                    };
+                    let batch = read();
                     let failed = batch.is_err();
                     // The verifier stopped (it found a fault): nothing more to read.
                     if batches.send(batch).is_err() || failed {
