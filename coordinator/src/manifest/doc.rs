@@ -95,6 +95,12 @@ fn too_many_policies(n: usize) -> String {
 }
 
 pub(super) fn parse(bytes: &[u8]) -> Result<Manifest, ManifestError> {
+    // Without the path first: tracking it costs about as much as the parse, and a history of 10,000
+    // manifests is parsed at every start (issue 11.4). Only a document that fails is read again, with
+    // the path, for the message; the same `Deserialize` decides both times.
+    if let Ok(doc) = serde_json::from_slice::<ManifestDoc>(bytes) {
+        return checked(bytes, doc);
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     let doc: ManifestDoc = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -105,6 +111,11 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Manifest, ManifestError> {
             ManifestError(format!("at `{path}`: {inner}"))
         }
     })?;
+    checked(bytes, doc)
+}
+
+/// The manifest `doc` (read from `bytes`) once every rule the types do not express holds.
+fn checked(bytes: &[u8], doc: ManifestDoc) -> Result<Manifest, ManifestError> {
     let err = |field: String, msg: String| ManifestError(format!("at `{field}`: {msg}"));
 
     let mut policies = BTreeMap::new();
