@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use ed25519_dalek::VerifyingKey;
 
+use super::batch::{self, SignatureCheck};
 use super::{Transition, format};
 use crate::hash::Hash;
 use crate::manifest::Manifest;
@@ -194,16 +195,15 @@ impl ChainVerifier {
     pub fn extend(&mut self, items: Vec<(Transition, Vec<u8>)>) -> Result<(), ChainError> {
         let signing_key = *self.chain.signing_key();
         let offset = self.chain.len();
-        let alone = par_map(&items, |i, (t, bytes)| {
-            let hash = t.hash();
-            let signatures = Signatures::Known {
-                coordinator: format::verify_transition(&signing_key, &hash, &t.signature),
-                owner: t
-                    .owner
-                    .as_ref()
-                    .is_none_or(|o| format::verify_owner(&o.key, &hash, &o.signature)),
-            };
-            parse_at((offset + i) as u64, bytes).map(|m| (m, signatures))
+        let alone = par_chunks(&items, |first, part| {
+            let verdicts = signature_verdicts(&signing_key, part);
+            part.iter()
+                .zip(verdicts)
+                .enumerate()
+                .map(|(j, ((_, bytes), signatures))| {
+                    parse_at((offset + first + j) as u64, bytes).map(|m| (m, signatures))
+                })
+                .collect()
         });
         for ((t, _), parsed) in items.into_iter().zip(alone) {
             let (manifest, signatures) = parsed?;
@@ -224,13 +224,54 @@ impl ChainVerifier {
     }
 }
 
-/// `f` over `items` on up to every available core, results in order. Small inputs stay on this thread.
-fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(usize, &T) -> R + Sync) -> Vec<R> {
+/// The verdicts on each transition's coordinator signature (under `signing_key`) and owner
+/// authorization (true when it carries none), all checked together ([`batch::verify_strict_all`]:
+/// the same verdicts as `format::verify_transition` and `format::verify_owner` one by one).
+fn signature_verdicts(
+    signing_key: &VerifyingKey,
+    part: &[(Transition, Vec<u8>)],
+) -> Vec<Signatures> {
+    let mut checks = Vec::with_capacity(part.len() * 2);
+    for (t, _) in part {
+        let hash = t.hash();
+        checks.push(SignatureCheck {
+            key: *signing_key,
+            message: format::coordinator_message(&hash),
+            signature: t.signature,
+        });
+        if let Some(owner) = &t.owner {
+            checks.push(SignatureCheck {
+                key: owner.key,
+                message: format::owner_message(&hash),
+                signature: owner.signature,
+            });
+        }
+    }
+    let mut verdicts = batch::verify_strict_all(&checks).into_iter();
+    part.iter()
+        .map(|(t, _)| {
+            // One verdict per check pushed above, in the same order.
+            let coordinator = verdicts.next().unwrap_or(false);
+            let owner = match t.owner {
+                Some(_) => verdicts.next().unwrap_or(false),
+                None => true,
+            };
+            Signatures::Known { coordinator, owner }
+        })
+        .collect()
+}
+
+/// `f` over consecutive chunks of `items`, one chunk per available core (`f` is given the index of
+/// its chunk's first item), results in order. Small inputs stay on this thread.
+pub(super) fn par_chunks<T: Sync, R: Send>(
+    items: &[T],
+    f: impl Fn(usize, &[T]) -> Vec<R> + Sync,
+) -> Vec<R> {
     let cores = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(8);
     if cores < 2 || items.len() < 16 {
-        return items.iter().enumerate().map(|(i, x)| f(i, x)).collect();
+        return f(0, items);
     }
     let chunk = items.len().div_ceil(cores);
     std::thread::scope(|scope| {
@@ -238,14 +279,7 @@ fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(usize, &T) -> R + Sync) -> 
         let handles: Vec<_> = items
             .chunks(chunk)
             .enumerate()
-            .map(|(c, part)| {
-                scope.spawn(move || {
-                    part.iter()
-                        .enumerate()
-                        .map(|(j, x)| f(c * chunk + j, x))
-                        .collect::<Vec<R>>()
-                })
-            })
+            .map(|(c, part)| scope.spawn(move || f(c * chunk, part)))
             .collect();
         handles
             .into_iter()

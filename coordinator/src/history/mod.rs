@@ -1,11 +1,13 @@
 //! The history: the hash-linked, signed line of manifest transitions (DESIGN.md, History and audit bundle).
 //!
 //! `format` holds the normative byte strings; `transition` the record; `chain` verifies a whole line of
-//! transitions (used at start-up and by the offline audit alike); `ledger` reads and writes the history in a
+//! transitions (used at start-up and by the offline audit alike), its signatures checked together by `batch`;
+//! `ledger` reads and writes the history in a
 //! [`crate::store::Store`], hash-checking everything it reads; `members` checks an owner's authorization
 //! of a membership change; `audit` is the bundle for third parties.
 
 pub mod audit;
+mod batch;
 mod chain;
 pub mod format;
 mod ledger;
@@ -18,5 +20,6 @@ mod unique_keys;
 pub use chain::{ChainError, GENESIS_UNAUTHORIZED, VerifiedChain, verify_chain};
 pub use ledger::{Ledger, LedgerError, LoadedHistory, MeshCerts, NewTransition};
 pub use members::{MembersAuthorization, MembersRefusal};
+pub(crate) use transition::verifying_key;
 pub use transition::{OwnerAuthorization, Transition};
 pub use unique_keys::check_unique_keys;

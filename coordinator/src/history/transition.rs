@@ -80,8 +80,8 @@ impl Transition {
                         .as_slice(),
                 )
                 .map_err(|_| "owner_key: expected 32 bytes".to_string())?;
-                let key = VerifyingKey::from_bytes(&key)
-                    .map_err(|_| "owner_key: not an Ed25519 public key".to_string())?;
+                let key = verifying_key(&key)
+                    .ok_or_else(|| "owner_key: not an Ed25519 public key".to_string())?;
                 let signature = parse_signature(s).map_err(|e| format!("owner_signature: {e}"))?;
                 Some(OwnerAuthorization { key, signature })
             }
@@ -95,6 +95,30 @@ impl Transition {
             owner,
         })
     }
+}
+
+/// `VerifyingKey::from_bytes`, remembered for the last few distinct keys: a history of 10,000
+/// transitions names a handful of owner keys 20,000 times (each record and each manifest), and each
+/// decoding costs a field exponentiation (issue 11.4: start-up time). The memo holds only what
+/// `from_bytes` itself computed from the same bytes, so it cannot answer anything else.
+pub(crate) fn verifying_key(bytes: &[u8; 32]) -> Option<VerifyingKey> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    /// Distinct keys remembered; later ones are decoded each time.
+    const REMEMBERED: usize = 256;
+    static KEYS: OnceLock<Mutex<HashMap<[u8; 32], VerifyingKey>>> = OnceLock::new();
+    let keys = KEYS.get_or_init(Mutex::default);
+    // A poisoned memo (a panic elsewhere while it was held) is only a cache: decode without it.
+    if let Some(key) = keys.lock().ok().and_then(|k| k.get(bytes).copied()) {
+        return Some(key);
+    }
+    let key = VerifyingKey::from_bytes(bytes).ok()?;
+    if let Ok(mut keys) = keys.lock()
+        && keys.len() < REMEMBERED
+    {
+        keys.insert(*bytes, key);
+    }
+    Some(key)
 }
 
 fn parse_signature(s: &str) -> Result<Signature, String> {

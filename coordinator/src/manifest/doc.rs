@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use concord_attestation::ReferenceValues;
-use ed25519_dalek::VerifyingKey;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
@@ -96,6 +95,12 @@ fn too_many_policies(n: usize) -> String {
 }
 
 pub(super) fn parse(bytes: &[u8]) -> Result<Manifest, ManifestError> {
+    // Without the path first: tracking it costs about as much as the parse, and a history of 10,000
+    // manifests is parsed at every start (issue 11.4). Only a document that fails is read again, with
+    // the path, for the message; the same `Deserialize` decides both times.
+    if let Ok(doc) = serde_json::from_slice::<ManifestDoc>(bytes) {
+        return checked(bytes, doc);
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     let doc: ManifestDoc = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -106,6 +111,11 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Manifest, ManifestError> {
             ManifestError(format!("at `{path}`: {inner}"))
         }
     })?;
+    checked(bytes, doc)
+}
+
+/// The manifest `doc` (read from `bytes`) once every rule the types do not express holds.
+fn checked(bytes: &[u8], doc: ManifestDoc) -> Result<Manifest, ManifestError> {
     let err = |field: String, msg: String| ManifestError(format!("at `{field}`: {msg}"));
 
     let mut policies = BTreeMap::new();
@@ -181,8 +191,8 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Manifest, ManifestError> {
         if !seen.insert(bytes) {
             return Err(err(field, "listed twice".into()));
         }
-        let key = VerifyingKey::from_bytes(&bytes)
-            .map_err(|_| err(field.clone(), "not a valid Ed25519 public key".into()))?;
+        let key = crate::history::verifying_key(&bytes)
+            .ok_or_else(|| err(field.clone(), "not a valid Ed25519 public key".into()))?;
         workload_owner_keys.push(key);
     }
 

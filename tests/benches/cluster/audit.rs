@@ -32,11 +32,62 @@ pub struct Audited {
     pub transitions: usize,
     pub took: Duration,
     pub start_up: Duration,
+    /// Where the replica's history load went (its log's breakdown line), of the median start.
+    pub load: String,
+    /// The raw Ed25519 rates of this run, for the floor row beside each length.
+    pub floor: Ed25519Floor,
+}
+
+/// Ed25519 verification on this machine, measured in the same run: one core, one by one
+/// (`verify_strict`) and batched (`verify_batch`), and the cores the verification spreads over.
+#[derive(Debug, Clone, Copy)]
+pub struct Ed25519Floor {
+    pub strict_per_sec: f64,
+    pub batch_per_sec: f64,
+    pub cores: usize,
+}
+
+impl Ed25519Floor {
+    /// Measures both rates over a few thousand signatures (a second or two).
+    pub fn measure() -> Ed25519Floor {
+        use ed25519_dalek::{Signer, SigningKey};
+        let key = SigningKey::from_bytes(&[5; 32]);
+        let messages: Vec<Vec<u8>> = (0..2048u32).map(|i| i.to_be_bytes().to_vec()).collect();
+        let signatures: Vec<_> = messages.iter().map(|m| key.sign(m)).collect();
+        let public = key.verifying_key();
+        let start = Instant::now();
+        let strict_ok = messages
+            .iter()
+            .zip(&signatures)
+            .all(|(m, s)| public.verify_strict(m, s).is_ok());
+        let strict = start.elapsed();
+        let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+        // Batches of 256, as `coordinator/src/history/batch.rs` makes them.
+        let keys = vec![public; 256];
+        let start = Instant::now();
+        let batch_ok = refs
+            .chunks(256)
+            .zip(signatures.chunks(256))
+            .all(|(m, s)| ed25519_dalek::verify_batch(m, s, &keys[..m.len()]).is_ok());
+        let batch = start.elapsed();
+        assert!(strict_ok && batch_ok, "the floor's own signatures verify");
+        Ed25519Floor {
+            strict_per_sec: messages.len() as f64 / strict.as_secs_f64(),
+            batch_per_sec: messages.len() as f64 / batch.as_secs_f64(),
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+
+    /// The time `signatures` take batched on every core: what no verifier of them can beat.
+    fn all_cores(&self, signatures: usize) -> Duration {
+        Duration::from_secs_f64(signatures as f64 / (self.batch_per_sec * self.cores as f64))
+    }
 }
 
 /// Builds histories of each of `sizes` transitions (ascending) in one pass, writes each as a bundle
 /// under `dir` and times `concord history audit` on it `runs` times.
 pub fn run(env: &Env, dir: &Path, sizes: &[usize], runs: usize) -> Result<Vec<Audited>, String> {
+    let floor = Ed25519Floor::measure();
     let mut out = Vec::new();
     for (size, bundle, store) in bundles(env, sizes)? {
         let path = dir.join(format!("history-{size}.json"));
@@ -48,14 +99,20 @@ pub fn run(env: &Env, dir: &Path, sizes: &[usize], runs: usize) -> Result<Vec<Au
         times.sort();
         let data = dir.join(format!("replica-{size}"));
         write_store(&data.join("store"), store)?;
-        let mut starts: Vec<Duration> = (0..runs)
-            .map(|i| start_once(env, &data, &dir.join(format!("replica-{size}-{i}.log"))))
+        let mut starts: Vec<(Duration, String)> = (0..runs)
+            .map(|i| {
+                let log = dir.join(format!("replica-{size}-{i}.log"));
+                start_once(env, &data, &log).map(|took| (took, load_breakdown(&log)))
+            })
             .collect::<Result<_, _>>()?;
-        starts.sort();
+        starts.sort_by_key(|(took, _)| *took);
+        let (start_up, load) = starts.swap_remove(starts.len() / 2);
         out.push(Audited {
             transitions: size,
             took: times[times.len() / 2],
-            start_up: starts[starts.len() / 2],
+            start_up,
+            load,
+            floor,
         });
     }
     Ok(out)
@@ -100,6 +157,36 @@ fn start_once(env: &Env, data: &Path, log: &Path) -> Result<Duration, String> {
         .ok_or("the startup probe did not pass within 120 s")?;
     replica.stop();
     Ok(passed.duration_since(start))
+}
+
+/// The replica's own account of its history load (`Ledger::load`'s log line): total, transitions
+/// read, waiting for manifests read on another thread, verification (parsing, signatures, links)
+/// and the rest, in ms.
+fn load_breakdown(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let Some(line) = text
+        .lines()
+        .find(|l| l.contains("read and verified the stored history"))
+    else {
+        return "no breakdown in the log".into();
+    };
+    [
+        "total_ms",
+        "line_ms",
+        "manifests_wait_ms",
+        "verify_ms",
+        "rest_ms",
+    ]
+    .iter()
+    .map(|key| {
+        let value = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{key}=")))
+            .unwrap_or("?");
+        format!("{} {value}", key.trim_end_matches("_ms"))
+    })
+    .collect::<Vec<_>>()
+    .join(", ")
 }
 
 /// One run of the real CLI, as a data owner runs it.
@@ -250,7 +337,7 @@ pub fn rows(audited: &[Audited]) -> Vec<Row> {
             Row::new(
                 format!("concord history audit, {} transitions", a.transitions),
                 ms(a.took),
-                "-",
+                format!("Ed25519 {}", ms(a.floor.all_cores(2 * a.transitions))),
                 target,
                 verdict,
             )
@@ -271,9 +358,34 @@ pub fn rows(audited: &[Audited]) -> Vec<Row> {
                 a.transitions
             ),
             ms(a.start_up),
-            "-",
+            format!("Ed25519 {}", ms(a.floor.all_cores(2 * a.transitions))),
             target,
             verdict,
+        ));
+    }
+    for a in audited {
+        rows.push(Row::new(
+            format!("  where the start's history load went, {}", a.transitions),
+            a.load.clone(),
+            "-",
+            "ms",
+            Verdict::Info,
+        ));
+    }
+    if let Some(a) = audited.first() {
+        rows.push(Row::new(
+            format!(
+                "  Ed25519 verifications per second, one core (the reference: 2 per transition, \
+                 batched, on {} cores)",
+                a.floor.cores
+            ),
+            format!(
+                "{:.0} one by one, {:.0} batched",
+                a.floor.strict_per_sec, a.floor.batch_per_sec
+            ),
+            "-",
+            "-",
+            Verdict::Info,
         ));
     }
     let per = |a: &Audited| a.took.as_secs_f64() * 1e6 / a.transitions as f64;
