@@ -400,12 +400,8 @@ async fn keep_seal_keys<S: crate::store::Store>(node: Arc<Node<S>>) {
     const WITHIN: Duration = Duration::from_secs(1);
     loop {
         let members: Vec<NodeId> = node
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .nodes()
-            .map(|(id, _)| *id)
+            .members()
+            .into_iter()
             .filter(|id| *id != node.id)
             .collect();
         let asks = members.iter().filter_map(|&id| {

@@ -606,15 +606,24 @@ impl<S: Store> Node<S> {
         // Only a call an owner signed may hold a claim: an unsigned or forged one could otherwise
         // claim the latest transition and have the owner's own update refused as a conflict. It
         // queues instead, and is refused by `authorize_set` (a cheap check) once its turn comes.
-        let signed = self.replica.read().is_ok_and(|c| c.owner_signed(&req));
+        // Hashing a manifest of up to the size cap, and the signature check, off the runtime's
+        // threads: neither is authenticated yet.
+        let replica = self.replica.clone();
+        let (req, manifest_hash, signed) = tokio::task::spawn_blocking(move || {
+            let manifest_hash = crate::hash::Hash::of(&req.manifest);
+            let signed = replica
+                .read()
+                .is_ok_and(|c| c.owner_signed(&req, &manifest_hash));
+            (req, manifest_hash, signed)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("the authorization task failed: {e}")))?;
         let claim = if signed {
             Some(
                 self.write_claims
-                    .claim(
-                        req.expected_previous,
-                        crate::hash::Hash::of(&req.manifest),
-                        || self.settled_latest(fresh_at),
-                    )
+                    .claim(req.expected_previous, manifest_hash, || {
+                        self.settled_latest(fresh_at)
+                    })
                     .map_err(|e| to_status(&e))?,
             )
         } else {
@@ -1084,18 +1093,21 @@ impl<S: Store> Node<S> {
     /// The other voters to seal a new mesh CA key to: those whose seal key is cached with their
     /// link; none while a member says it cannot decode sealed copies (an older build).
     fn seal_targets(&self) -> Vec<super::links::SealTarget> {
-        let members: Vec<NodeId> = self
-            .raft
+        if self.links.any_without_sealing(&self.members()) {
+            return Vec::new();
+        }
+        self.links.seal_targets(self.other_voters())
+    }
+
+    /// Every member of the membership (voters and learners), this replica included.
+    pub(crate) fn members(&self) -> Vec<NodeId> {
+        self.raft
             .metrics()
             .borrow()
             .membership_config
             .nodes()
             .map(|(id, _)| *id)
-            .collect();
-        if self.links.any_without_sealing(&members) {
-            return Vec::new();
-        }
-        self.links.seal_targets(self.other_voters())
+            .collect()
     }
 
     /// The voters of the membership other than this replica.

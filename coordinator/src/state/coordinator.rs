@@ -333,7 +333,9 @@ impl<S: Store> Coordinator<S> {
     /// changes nothing: the leader lets only such calls hold a write claim (`api::write_claims`), so a
     /// caller without an owner key can neither hold one nor make a legitimate caller's call refused.
     /// [`Coordinator::authorize_set`] still decides.
-    pub fn owner_signed(&self, req: &SetRequest) -> bool {
+    /// `manifest_hash` is `Hash::of(&req.manifest)`, which the caller computes off the runtime's
+    /// threads (a manifest may be megabytes).
+    pub fn owner_signed(&self, req: &SetRequest, manifest_hash: &Hash) -> bool {
         let Some((owner_key, owner_signature)) = &req.owner else {
             return false;
         };
@@ -344,7 +346,7 @@ impl<S: Store> Coordinator<S> {
                 .contains(owner_key),
             None => req.expected_previous == Hash::ZERO,
         };
-        let hash = format::transition_hash(&Hash::of(&req.manifest), &req.expected_previous);
+        let hash = format::transition_hash(manifest_hash, &req.expected_previous);
         listed && format::verify_owner(owner_key, &hash, owner_signature)
     }
 
