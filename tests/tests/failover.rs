@@ -26,6 +26,27 @@ async fn metric_holds(
 }
 
 /// The value of the unlabelled gauge `name` in a `/metrics` document.
+/// Polls `client`'s status every `poll` until `done` holds; `still_waiting` sees each other answer
+/// (and asserts the deadline).
+async fn until_status(
+    client: &mut pb::user_api_client::UserApiClient<tonic::transport::Channel>,
+    done: impl Fn(&pb::GetStatusResponse) -> bool,
+    still_waiting: impl Fn(&Result<pb::GetStatusResponse, tonic::Status>),
+    poll: Duration,
+) {
+    loop {
+        let status = client
+            .get_status(pb::GetStatusRequest {})
+            .await
+            .map(|r| r.into_inner());
+        if status.as_ref().is_ok_and(&done) {
+            return;
+        }
+        still_waiting(&status);
+        tokio::time::sleep(poll).await;
+    }
+}
+
 fn gauge(body: &str, name: &str) -> Option<f64> {
     body.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
@@ -49,23 +70,18 @@ async fn t115_a_committed_mesh_ca_survives_its_leader_killed_before_any_follower
     for c in &cluster {
         let mut client = env.user_client(c).await;
         let start = Instant::now();
-        loop {
-            let status = client
-                .get_status(pb::GetStatusRequest {})
-                .await
-                .map(|r| r.into_inner());
-            if status
-                .as_ref()
-                .is_ok_and(|s| s.state == "ready" && s.transitions == 1)
-            {
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "not ready: {status:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        until_status(
+            &mut client,
+            |s| s.state == "ready" && s.transitions == 1,
+            |status| {
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "not ready: {status:?}"
+                )
+            },
+            Duration::from_millis(5),
+        )
+        .await;
     }
     // The leader fetches each peer's seal key when it sets up its link, ahead of any commit.
     let keys_known = metric_holds(&cluster[leader], Duration::from_secs(10), |m| {
@@ -92,23 +108,18 @@ async fn t115_a_committed_mesh_ca_survives_its_leader_killed_before_any_follower
     // Every survivor becomes ready at the committed transition, with its mesh CA: not a new one.
     for &f in &followers {
         let mut client = env.user_client(&cluster[f]).await;
-        loop {
-            let status = client
-                .get_status(pb::GetStatusRequest {})
-                .await
-                .map(|r| r.into_inner());
-            if status
-                .as_ref()
-                .is_ok_and(|s| s.state == "ready" && s.transitions == 2)
-            {
-                break;
-            }
-            assert!(
-                killed.elapsed() < Duration::from_secs(20),
-                "replica {f} did not become ready after the leader's death: {status:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        until_status(
+            &mut client,
+            |s| s.state == "ready" && s.transitions == 2,
+            |status| {
+                assert!(
+                    killed.elapsed() < Duration::from_secs(20),
+                    "replica {f} did not become ready after the leader's death: {status:?}"
+                )
+            },
+            Duration::from_millis(5),
+        )
+        .await;
         let served = client
             .get_manifests(pb::GetManifestsRequest {
                 only_latest: true,
@@ -193,23 +204,18 @@ async fn t115_a_committed_mesh_ca_survives_its_leader_killed_before_any_follower
         for c in &cluster {
             let mut status_client = env.user_client(c).await;
             let start = Instant::now();
-            loop {
-                let status = status_client
-                    .get_status(pb::GetStatusRequest {})
-                    .await
-                    .map(|r| r.into_inner());
-                if status
-                    .as_ref()
-                    .is_ok_and(|s| s.state == "ready" && s.latest == latest.as_bytes())
-                {
-                    break;
-                }
-                assert!(
-                    start.elapsed() < Duration::from_secs(20),
-                    "not ready: {status:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            until_status(
+                &mut status_client,
+                |s| s.state == "ready" && s.latest == latest.as_bytes(),
+                |status| {
+                    assert!(
+                        start.elapsed() < Duration::from_secs(20),
+                        "not ready: {status:?}"
+                    )
+                },
+                Duration::from_millis(10),
+            )
+            .await;
         }
         let answer = client
             .set_manifest(env.set_manifest_request(version, latest))
