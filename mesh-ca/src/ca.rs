@@ -11,7 +11,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use base64::Engine as _;
-use p256::ecdsa::signature::{Signer as _, Verifier as _};
+use p256::ecdsa::signature::Signer as _;
 use p256::pkcs8::DecodePublicKey as _;
 use rand::rngs::OsRng;
 use rand::{CryptoRng, RngCore};
@@ -731,10 +731,16 @@ fn check_ecdsa_sha256_signature(
     if cert.signature_algorithm.algorithm != OID_SIG_ECDSA_WITH_SHA256 {
         return Err("it is not signed with ECDSA-SHA256".into());
     }
-    let signature = p256::ecdsa::Signature::from_der(&cert.signature_value.data)
-        .map_err(|_| "its signature is not a DER ECDSA signature".to_string())?;
-    key.verify(cert.tbs_certificate.as_ref(), &signature)
-        .map_err(|_| failure.to_string())
+    // ring's assembly P-256, not RustCrypto's: about six times faster here, and every replica checks
+    // two or three of these certificates for each manifest update. Only public values are involved,
+    // so RustCrypto's wipe-on-drop (why signing stays with it) does not matter.
+    let point = key.to_encoded_point(false);
+    ring::signature::UnparsedPublicKey::new(
+        &ring::signature::ECDSA_P256_SHA256_ASN1,
+        point.as_bytes(),
+    )
+    .verify(cert.tbs_certificate.as_ref(), &cert.signature_value.data)
+    .map_err(|_| failure.to_string())
 }
 
 /// The subject must be exactly one attribute, the common name `common_name`.

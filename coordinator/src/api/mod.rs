@@ -2,6 +2,7 @@
 //! Every error becomes a gRPC status in one place (`status`). Handlers log one line per request with
 //! its outcome and never a secret.
 
+mod in_flight;
 pub mod join;
 pub mod links;
 mod mesh;

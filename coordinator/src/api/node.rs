@@ -23,6 +23,25 @@ use crate::store::Store;
 /// How long a write waits for a leader to be elected before answering Unavailable.
 pub const LEADER_WAIT: Duration = Duration::from_secs(5);
 
+/// What [`Node::refresh`] does, in a value a blocking task can own: reload the core if the store
+/// moved on, then open a sealed mesh CA key the latest entry brought for this replica.
+struct Refresher<S> {
+    replica: Arc<Replica<S>>,
+    id: NodeId,
+    key: Arc<concord_mesh_ca::SealKey>,
+    inbox: crate::raft::SealedInbox,
+}
+
+impl<S: Store> Refresher<S> {
+    /// Blocking: verifies what was appended since the last reload.
+    fn run(&self) -> Result<(), CoordinatorError> {
+        if self.replica.read()?.is_stale()? {
+            self.replica.write()?.refresh()?;
+        }
+        adopt_sealed(&self.replica, self.id, &self.key, &self.inbox)
+    }
+}
+
 /// How long a write waits for this leader to apply the entries its log already holds.
 pub const APPLY_WAIT: Duration = Duration::from_secs(2);
 
@@ -45,6 +64,9 @@ pub struct Node<S> {
     /// The predecessors the SetManifests on this leader are written against: a call racing another
     /// on the same predecessor is refused before it queues on `write_gate` (`api::write_claims`).
     write_claims: super::write_claims::WriteClaims,
+    /// The transitions this leader is committing: peer recovery does not ask for their secrets,
+    /// which the write adopts itself (`api::in_flight`).
+    in_flight: super::in_flight::InFlight,
     /// Started with an empty Raft state and not yet known to be a safe voter (`api::join`).
     joining: std::sync::atomic::AtomicBool,
     /// While rejoining: the nonce this replica put in its Join, which it confirms to the leader.
@@ -80,6 +102,7 @@ impl<S: Store> Node<S> {
             sealed_inbox,
             write_gate: tokio::sync::Mutex::new(()),
             write_claims: super::write_claims::WriteClaims::default(),
+            in_flight: super::in_flight::InFlight::default(),
             joining: std::sync::atomic::AtomicBool::new(false),
             join_nonce: std::sync::Mutex::new(None),
             membership_gate: tokio::sync::Mutex::new(()),
@@ -472,18 +495,21 @@ impl<S: Store> Node<S> {
     /// [`Node::refresh_now`] off the runtime's threads: a replica that just caught up on many
     /// transitions parses them all, which must not hold up the Raft core or the handshakes.
     pub async fn refresh(&self) -> Result<(), CoordinatorError> {
-        let replica = self.replica.clone();
-        let (id, key, inbox) = (self.id, self.seal_key.clone(), self.sealed_inbox.clone());
-        tokio::task::spawn_blocking(move || {
-            if replica.read()?.is_stale()? {
-                replica.write()?.refresh()?;
-            }
-            adopt_sealed(&replica, id, &key, &inbox)
-        })
-        .await
-        .map_err(|e| {
-            CoordinatorError::Crypto(format!("internal error: the reload task failed: {e}"))
-        })?
+        let refresh = self.refresher();
+        tokio::task::spawn_blocking(move || refresh.run())
+            .await
+            .map_err(|e| {
+                CoordinatorError::Crypto(format!("internal error: the reload task failed: {e}"))
+            })?
+    }
+
+    fn refresher(&self) -> Refresher<S> {
+        Refresher {
+            replica: self.replica.clone(),
+            id: self.id,
+            key: self.seal_key.clone(),
+            inbox: self.sealed_inbox.clone(),
+        }
     }
 
     /// The current leader, waiting up to [`LEADER_WAIT`] for an election.
@@ -600,24 +626,26 @@ impl<S: Store> Node<S> {
         // stale one too, when the core is known to be as new as the applied log and nothing but
         // claimed calls can move the latest (refreshed in this leader's term, nothing applied since).
         let fresh_at = self.applied_in_own_term();
-        if fresh_at.is_some() {
-            self.refresh().await.map_err(|e| to_status(&e))?;
-        }
         // Only a call an owner signed may hold a claim: an unsigned or forged one could otherwise
         // claim the latest transition and have the owner's own update refused as a conflict. It
         // queues instead, and is refused by `authorize_set` (a cheap check) once its turn comes.
         // Hashing a manifest of up to the size cap, and the signature check, off the runtime's
-        // threads: neither is authenticated yet.
+        // threads: neither is authenticated yet. One blocking task for that and the refresh.
+        let refresh = fresh_at.is_some().then(|| self.refresher());
         let replica = self.replica.clone();
         let (req, manifest_hash, signed) = tokio::task::spawn_blocking(move || {
+            if let Some(refresh) = refresh {
+                refresh.run()?;
+            }
             let manifest_hash = crate::hash::Hash::of(&req.manifest);
             let signed = replica
                 .read()
                 .is_ok_and(|c| c.owner_signed(&req, &manifest_hash));
-            (req, manifest_hash, signed)
+            Ok::<_, CoordinatorError>((req, manifest_hash, signed))
         })
         .await
-        .map_err(|e| Status::internal(format!("the authorization task failed: {e}")))?;
+        .map_err(|e| Status::internal(format!("the authorization task failed: {e}")))?
+        .map_err(|e| to_status(&e))?;
         let claim = if signed {
             Some(
                 self.write_claims
@@ -631,8 +659,7 @@ impl<S: Store> Node<S> {
         };
         let _gate = self.write_gate.lock().await;
         self.applied_whole_log().await;
-        self.refresh().await.map_err(|e| to_status(&e))?;
-        phases.commit_phase("queue", queued.elapsed());
+        let queue_wait = queued.elapsed();
         let started = std::time::Instant::now();
         let now = time::OffsetDateTime::now_utc();
         // Off the runtime's threads: the caps bound it, but parsing, key generation and (first
@@ -642,7 +669,13 @@ impl<S: Store> Node<S> {
         // The other voters whose seal key this replica holds (asked on link setup, never here). If
         // a member runs an older build that cannot decode sealed copies, none are written.
         let targets = self.seal_targets();
+        let refresh = self.refresher();
         let prepared = tokio::task::spawn_blocking(move || {
+            // Against the latest this replica applied: what the writes before this one made.
+            // Timed as part of the queue: it is catching up, not this call's own work.
+            let refreshing = std::time::Instant::now();
+            refresh.run()?;
+            let refreshed = refreshing.elapsed();
             replica.read()?.authorize_set(&req)?;
             let manifest = crate::state::parse_for_set(&req.manifest)?;
             let serving = Coordinators::of(&manifest);
@@ -659,11 +692,13 @@ impl<S: Store> Node<S> {
                 }
                 Prepared::Unchanged(_) => (Vec::new(), ([0; 32], Vec::new())),
             };
-            Ok::<_, CoordinatorError>((prepared, sealed, checked))
+            Ok::<_, CoordinatorError>((prepared, sealed, checked, refreshed))
         })
         .await
         .map_err(|e| Status::internal(format!("the prepare task failed: {e}")))?
         .map_err(|e| to_status(&e))?;
+        let (prepared, refreshed) = ((prepared.0, prepared.1, prepared.2), prepared.3);
+        phases.commit_phase("queue", queue_wait + refreshed);
         let (p, sealed) = match prepared {
             (Prepared::Unchanged(outcome), _, _) => return Ok(*outcome),
             (Prepared::Append(p), sealed, (fingerprint, checked)) => {
@@ -678,12 +713,16 @@ impl<S: Store> Node<S> {
         // cluster is left without them.
         let raft = self.raft.clone();
         let replica = self.replica.clone();
-        let prepared_in = started.elapsed();
+        let prepared_in = started.elapsed().saturating_sub(refreshed);
         phases.commit_phase("prepare", prepared_in);
+        let writing = std::time::Instant::now();
+        // Marked before the write: the entry is applied here before `commit_set` adopts its mesh CA.
+        let committing = self.in_flight.start(p.hash);
         let commit = tokio::spawn(async move {
             // Held until the commit is over, also when the caller stopped waiting: until then the
-            // latest may still move to this transition.
+            // latest may still move to this transition, and this replica adopts its secrets itself.
             let _claim = claim;
+            let _committing = committing;
             debug!(
                 sealed_to = ?sealed.iter().map(|c| c.recipient).collect::<Vec<_>>(),
                 "the new mesh CA key is sealed to these replicas in the entry"
@@ -693,11 +732,11 @@ impl<S: Store> Node<S> {
                 ..AppendTransition::new(&p.new)
             });
             let written = raft.client_write(command).await;
-            let committed_in = started.elapsed();
-            phases.commit_phase("raft_write", committed_in - prepared_in);
+            let raft_write = writing.elapsed();
+            phases.commit_phase("raft_write", raft_write);
             debug!(
                 prepare_us = prepared_in.as_micros() as u64,
-                raft_write_us = (committed_in - prepared_in).as_micros() as u64,
+                raft_write_us = raft_write.as_micros() as u64,
                 "SetManifest written through Raft"
             );
             let written =
@@ -951,6 +990,10 @@ impl<S: Store> Node<S> {
             }
             replica.chain().map(|c| c.latest_hash())
         };
+        // This leader's own write, applied and about to adopt the mesh CA it made: nothing to ask.
+        if wanted.is_some_and(|h| self.in_flight.contains(&h)) {
+            return Ok(false);
+        }
         let leader = self.raft.current_leader().await;
         let mut order: Vec<NodeId> = leader.into_iter().filter(|l| *l != self.id).collect();
         order.extend(
