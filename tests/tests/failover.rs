@@ -309,6 +309,28 @@ async fn a_replica_whose_coordinator_policy_an_update_drops_gets_no_sealed_copy(
         }
     }
 
+    // Seal key evidence is made once per link, not on every round of the 250 ms loop that keeps
+    // the keys (3 replicas each asking 2 peers would make 16 reports per replica in 2 s).
+    let reports = |c: usize| gauge(&metrics(c), "concord_seal_key_reports_total").unwrap_or(0.0);
+    assert!(
+        metric_holds(&cluster[leader], Duration::from_secs(10), |m| {
+            gauge(m, "concord_peer_seal_keys").is_some_and(|n| n >= 2.0)
+        })
+        .await,
+        "the leader never held both followers' seal keys"
+    );
+    let before: Vec<f64> = (0..3).map(reports).collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (c, then) in before.iter().enumerate() {
+        let now = reports(c);
+        eprintln!("replica {c}: {then} seal key reports, {now} two seconds later");
+        assert!(
+            now - then < 4.0,
+            "replica {c} made {} seal key reports in 2 s of a settled cluster",
+            now - then
+        );
+    }
+
     // Replica `dropped` comes back as build B (its disk kept): manifest 1 admits it, so it recovers
     // the secrets from a peer and becomes ready.
     cluster[dropped]

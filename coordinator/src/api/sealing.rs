@@ -209,6 +209,9 @@ impl SealEvidenceGate {
                 ))
             });
         *last = Some(tokio::time::Instant::now());
+        if evidence.is_ok() {
+            crate::observe::global().seal_key_report();
+        }
         evidence
     }
 }
