@@ -415,8 +415,9 @@ async fn a_replica_whose_coordinator_policy_an_update_drops_gets_no_sealed_copy(
     // It asked the replica that stays a coordinator (its only reachable peer) and was refused.
     let log = std::fs::read_to_string(&cluster[kept].log).unwrap();
     assert!(
-        log.lines().any(|l| l.contains("refused rpc=\"PeerRecover\"")
-            && l.contains("not a coordinator of the latest manifest")),
+        log.lines()
+            .any(|l| l.contains("refused rpc=\"PeerRecover\"")
+                && l.contains("not a coordinator of the latest manifest")),
         "replica {kept} did not refuse the dropped replica's recovery as no longer a coordinator"
     );
     for c in &mut cluster {

@@ -17,11 +17,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use concord_attestation::{AcceptPolicy, AtlsClient, VerifiedPeer};
-use tracing::warn;
 use concord_proto::v1 as pb;
 use concord_proto::v1::peer_api_client::PeerApiClient;
 use tonic::Status;
 use tonic::transport::Channel;
+use tracing::warn;
 
 use super::sealing::SealKeyEvidence;
 use crate::raft::NodeId;

@@ -255,13 +255,15 @@ impl<S: Store> pb::peer_api_server::PeerApi for PeerService<S> {
             })?,
         };
         let deployment = concord_attestation::DeploymentSource::deployment(&*self.node.replica);
-        let report_data =
-            concord_mesh_ca::seal_key_report_data(&nonce, &public_key, &deployment.0);
+        let report_data = concord_mesh_ca::seal_key_report_data(&nonce, &public_key, &deployment.0);
         let evidence = self
             .seal_evidence
             .issue(self.node.replica.issuer.clone(), report_data)
             .await?;
-        debug!(rpc = "SealKey", "answered the seal key with evidence that binds it");
+        debug!(
+            rpc = "SealKey",
+            "answered the seal key with evidence that binds it"
+        );
         Ok(Response::new(pb::SealKeyResponse {
             public_key: public_key.to_vec(),
             evidence: evidence.to_bytes(),

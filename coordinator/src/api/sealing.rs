@@ -54,14 +54,12 @@ impl SealKeyEvidence {
         })?;
         let deployment = <[u8; 32]>::try_from(answer.deployment.as_slice())
             .map(DeploymentId)
-            .map_err(|_| {
-                AttestationError::Malformed {
-                    what: format!(
-                        "seal key answer: a deployment id of {} bytes, not 32 (a build that does \
+            .map_err(|_| AttestationError::Malformed {
+                what: format!(
+                    "seal key answer: a deployment id of {} bytes, not 32 (a build that does \
                          not bind its seal key to evidence?)",
-                        answer.deployment.len()
-                    ),
-                }
+                    answer.deployment.len()
+                ),
             })?;
         let evidence = Evidence::from_bytes(&answer.evidence)?;
         let report_data = concord_mesh_ca::seal_key_report_data(nonce, &key, &deployment.0);
@@ -253,10 +251,15 @@ mod tests {
             bound_key: &[u8; 32],
             deployment: DeploymentId,
         ) -> pb::SealKeyResponse {
-            let report_data = concord_mesh_ca::seal_key_report_data(nonce, bound_key, &deployment.0);
+            let report_data =
+                concord_mesh_ca::seal_key_report_data(nonce, bound_key, &deployment.0);
             pb::SealKeyResponse {
                 public_key: self.key.public_key().to_vec(),
-                evidence: d.issuer(&self.policy).issue(&report_data).unwrap().to_bytes(),
+                evidence: d
+                    .issuer(&self.policy)
+                    .issue(&report_data)
+                    .unwrap()
+                    .to_bytes(),
                 deployment: deployment.0.to_vec(),
             }
         }
@@ -344,11 +347,8 @@ mod tests {
         );
         assert_eq!(checked, vec![(3, 3)]);
         // Under the old manifest, B's key would be sealed to: the check is the manifest's.
-        let (recipients, _) = Coordinators::of(&old).recipients(
-            &verifier(&d),
-            DEPLOYMENT,
-            &[target(2, from_b)],
-        );
+        let (recipients, _) =
+            Coordinators::of(&old).recipients(&verifier(&d), DEPLOYMENT, &[target(2, from_b)]);
         assert_eq!(recipients.len(), 1);
 
         // And B's copy, had one been made for A's evidence, is useless to anyone else: sealing
@@ -416,7 +416,9 @@ mod tests {
         let asks: Vec<_> = (0..5)
             .map(|i| {
                 let (gate, issuer) = (gate.clone(), issuer.clone());
-                tokio::spawn(async move { gate.issue(issuer, [i; 64]).await.map(|_| start.elapsed()) })
+                tokio::spawn(
+                    async move { gate.issue(issuer, [i; 64]).await.map(|_| start.elapsed()) },
+                )
             })
             .collect();
         let mut at = Vec::new();
