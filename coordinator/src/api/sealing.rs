@@ -229,8 +229,7 @@ mod tests {
 
     const DEPLOYMENT: DeploymentId = DeploymentId([0x5e; 32]);
 
-    /// A process running `policy`: its seal key and its answer to a nonce (or its evidence for
-    /// `bound_key` and `bound_nonce` when those differ from what it answers).
+    /// A process running `policy`, with its seal key.
     struct Process {
         policy: Vec<u8>,
         key: concord_mesh_ca::SealKey,
@@ -244,6 +243,8 @@ mod tests {
             }
         }
 
+        /// Its answer to `nonce`, with evidence from its platform over `bound_key` and `deployment`
+        /// (what an honest process binds: its own key and its deployment).
         fn answer_binding(
             &self,
             d: &TestDeployment,
@@ -264,6 +265,7 @@ mod tests {
             }
         }
 
+        /// Its honest answer to `nonce`.
         fn answer(&self, d: &TestDeployment, nonce: &[u8; 32]) -> pb::SealKeyResponse {
             self.answer_binding(d, nonce, &self.key.public_key(), DEPLOYMENT)
         }
@@ -350,9 +352,6 @@ mod tests {
         let (recipients, _) =
             Coordinators::of(&old).recipients(&verifier(&d), DEPLOYMENT, &[target(2, from_b)]);
         assert_eq!(recipients.len(), 1);
-
-        // And B's copy, had one been made for A's evidence, is useless to anyone else: sealing
-        // follows the key the evidence binds.
     }
 
     /// An answer whose evidence binds another key, another nonce or another deployment than the
