@@ -405,6 +405,257 @@ mod tests {
         assert!(SealKeyEvidence::accept(&policy, &n, &a.answer(&d, &n)).is_ok());
     }
 
+    /// A stand-in replica process on the peer port: mutual aTLS with its own evidence, and a
+    /// `SealKey` that answers as a real replica does; everything else is unimplemented.
+    struct StandIn {
+        issuer: Arc<dyn EvidenceIssuer>,
+        key: concord_mesh_ca::SealKey,
+        asked: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    #[tonic::async_trait]
+    impl pb::peer_api_server::PeerApi for StandIn {
+        async fn append_entries(
+            &self,
+            _: tonic::Request<pb::RaftMessage>,
+        ) -> Result<tonic::Response<pb::RaftMessage>, Status> {
+            Err(Status::unimplemented("stand-in"))
+        }
+
+        async fn vote(
+            &self,
+            _: tonic::Request<pb::RaftMessage>,
+        ) -> Result<tonic::Response<pb::RaftMessage>, Status> {
+            Err(Status::unimplemented("stand-in"))
+        }
+
+        async fn install_snapshot(
+            &self,
+            _: tonic::Request<pb::RaftMessage>,
+        ) -> Result<tonic::Response<pb::RaftMessage>, Status> {
+            Err(Status::unimplemented("stand-in"))
+        }
+
+        async fn recover(
+            &self,
+            _: tonic::Request<pb::PeerRecoverRequest>,
+        ) -> Result<tonic::Response<pb::PeerRecoverResponse>, Status> {
+            Err(Status::unimplemented("stand-in"))
+        }
+
+        async fn forward_set_manifest(
+            &self,
+            _: tonic::Request<pb::SetManifestRequest>,
+        ) -> Result<tonic::Response<pb::SetManifestResponse>, Status> {
+            Err(Status::unimplemented("stand-in"))
+        }
+
+        async fn forward_command(
+            &self,
+            _: tonic::Request<pb::RaftMessage>,
+        ) -> Result<tonic::Response<pb::RaftMessage>, Status> {
+            Err(Status::unimplemented("stand-in"))
+        }
+
+        async fn read_index(
+            &self,
+            _: tonic::Request<pb::ReadIndexRequest>,
+        ) -> Result<tonic::Response<pb::ReadIndexResponse>, Status> {
+            Err(Status::unimplemented("stand-in"))
+        }
+
+        async fn forward_set_members(
+            &self,
+            _: tonic::Request<pb::SetMembersRequest>,
+        ) -> Result<tonic::Response<pb::SetMembersResponse>, Status> {
+            Err(Status::unimplemented("stand-in"))
+        }
+
+        async fn peer_state(
+            &self,
+            _: tonic::Request<pb::PeerStateRequest>,
+        ) -> Result<tonic::Response<pb::PeerStateResponse>, Status> {
+            Err(Status::unimplemented("stand-in"))
+        }
+
+        async fn join(
+            &self,
+            _: tonic::Request<pb::JoinRequest>,
+        ) -> Result<tonic::Response<pb::SetMembersResponse>, Status> {
+            Err(Status::unimplemented("stand-in"))
+        }
+
+        async fn confirm_join(
+            &self,
+            _: tonic::Request<pb::ConfirmJoinRequest>,
+        ) -> Result<tonic::Response<pb::ConfirmJoinResponse>, Status> {
+            Err(Status::unimplemented("stand-in"))
+        }
+
+        async fn seal_key(
+            &self,
+            request: tonic::Request<pb::SealKeyRequest>,
+        ) -> Result<tonic::Response<pb::SealKeyResponse>, Status> {
+            self.asked
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let public_key = self.key.public_key();
+            let mut answer = pb::SealKeyResponse {
+                public_key: public_key.to_vec(),
+                ..Default::default()
+            };
+            if let Ok(nonce) = <[u8; 32]>::try_from(request.get_ref().nonce.as_slice()) {
+                let report_data =
+                    concord_mesh_ca::seal_key_report_data(&nonce, &public_key, &DEPLOYMENT.0);
+                answer.evidence = self.issuer.issue(&report_data).unwrap().to_bytes();
+                answer.deployment = DEPLOYMENT.0.to_vec();
+            }
+            Ok(tonic::Response::new(answer))
+        }
+    }
+
+    /// Serves a stand-in for `policy` on loopback; returns its address, seal key and ask counter.
+    async fn stand_in(
+        d: &TestDeployment,
+        policy: &[u8],
+        admission: StaticPolicy,
+    ) -> (
+        std::net::SocketAddr,
+        [u8; 32],
+        Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        let issuer: Arc<dyn EvidenceIssuer> = Arc::new(d.issuer(policy));
+        let acceptor = concord_attestation::AtlsAcceptor::new(
+            issuer.clone(),
+            Arc::new(rcgen::KeyPair::generate().unwrap()),
+            Arc::new(DEPLOYMENT),
+            concord_attestation::ClientAuth::Required(Arc::new(admission)),
+        )
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let key = concord_mesh_ca::SealKey::generate().unwrap();
+        let public_key = key.public_key();
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let service = StandIn {
+            issuer,
+            key,
+            asked: asked.clone(),
+        };
+        let limits = crate::transport::ListenerLimits::for_api("peer");
+        let incoming = crate::transport::incoming(listener, Arc::new(acceptor), "peer", &limits);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(pb::peer_api_server::PeerApiServer::new(service))
+                .serve_with_incoming(incoming),
+        );
+        (addr, public_key, asked)
+    }
+
+    /// A TCP relay the "host" controls: it forwards new connections to its current upstream, and
+    /// `switch` points it elsewhere and cuts the connections it carries.
+    struct Relay {
+        addr: std::net::SocketAddr,
+        upstream: Arc<std::sync::Mutex<std::net::SocketAddr>>,
+        carried: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    }
+
+    impl Relay {
+        async fn start(upstream: std::net::SocketAddr) -> Relay {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let relay = Relay {
+                addr: listener.local_addr().unwrap(),
+                upstream: Arc::new(std::sync::Mutex::new(upstream)),
+                carried: Arc::default(),
+            };
+            let (upstream, carried) = (relay.upstream.clone(), relay.carried.clone());
+            tokio::spawn(async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    let to = *upstream.lock().unwrap();
+                    let task = tokio::spawn(async move {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                    carried.lock().unwrap().push(task);
+                }
+            });
+            relay
+        }
+
+        fn switch(&self, to: std::net::SocketAddr) {
+            *self.upstream.lock().unwrap() = to;
+            for task in self.carried.lock().unwrap().drain(..) {
+                task.abort();
+            }
+        }
+    }
+
+    /// "Not mended", through the real `PeerLinks`: the leader's link to replica 2 is dialed and
+    /// attested with process A; the host then points the address at process B (a build only the old
+    /// manifest admits) and cuts the connection, so tonic reconnects the kept channel to B before
+    /// the first `SealKey`. B's key is what the link caches; the evidence it is checked with under
+    /// the new manifest must be B's, so nothing is sealed to it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_kept_link_reconnected_to_another_process_does_not_lend_it_the_first_evidence() {
+        let d = TestDeployment::new();
+        let (a_policy, b_policy) = (b"build A".as_slice(), b"build B, dropped".as_slice());
+        let old = manifest(&d, &[a_policy, b_policy]);
+        let new = manifest(&d, &[a_policy]);
+        let (a_addr, a_key, _) = stand_in(&d, a_policy, admission(&d, &old)).await;
+        let (b_addr, b_key, b_asked) = stand_in(&d, b_policy, admission(&d, &old)).await;
+        let relay = Relay::start(a_addr).await;
+        let leader = Arc::new(
+            concord_attestation::AtlsClient::new(
+                Arc::new(admission(&d, &old)),
+                Some(concord_attestation::ClientIdentity {
+                    issuer: Arc::new(d.issuer(a_policy)),
+                    key: Arc::new(rcgen::KeyPair::generate().unwrap()),
+                    deployment: Arc::new(DEPLOYMENT),
+                }),
+            )
+            .unwrap(),
+        );
+        let links = super::super::links::PeerLinks::new(leader, Arc::new(admission(&d, &old)));
+        let at = relay.addr.to_string();
+
+        // The link is dialed and attested: process A.
+        let (_, peer) = links.get(2, &at).await.unwrap();
+        assert_eq!(peer.report().host_data(), Hash::of(a_policy).as_bytes());
+        // The host moves the address to B and cuts the connection; once tonic has seen it close, the
+        // kept channel reconnects (to B) on the next call, without a new link being recorded.
+        relay.switch(b_addr);
+        let start = std::time::Instant::now();
+        let key = loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            match links.seal_key(2, &at, Duration::from_secs(5)).await {
+                Ok(Some(key)) => break key,
+                other => assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "no seal key: {other:?}"
+                ),
+            }
+        };
+        assert_eq!(key, b_key, "the answer came from B, over the kept link");
+        assert!(b_asked.load(std::sync::atomic::Ordering::SeqCst) > 0);
+        assert_ne!(key, a_key);
+        // The link still carries A's handshake: the pairing of the old code (B's key, A's evidence).
+        let (_, still) = links.get(2, &at).await.unwrap();
+        assert_eq!(
+            still.report().host_data(),
+            Hash::of(a_policy).as_bytes(),
+            "the link was dialed again rather than reconnected: not the case under test"
+        );
+
+        let targets = links.seal_targets([2]);
+        let (recipients, _) =
+            Coordinators::of(&new).recipients(&verifier(&d), DEPLOYMENT, &targets);
+        assert!(
+            recipients.iter().all(|r| r.seal_key != b_key),
+            "the new mesh CA key was sealed to process B's key, which the new manifest does not admit"
+        );
+    }
+
     /// The serving side makes at most one report per gap, however many ask at once.
     #[tokio::test]
     async fn seal_key_evidence_is_made_one_at_a_time_and_spaced() {
