@@ -496,8 +496,7 @@ mod tests {
             &self,
             request: tonic::Request<pb::SealKeyRequest>,
         ) -> Result<tonic::Response<pb::SealKeyResponse>, Status> {
-            self.asked
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let public_key = self.key.public_key();
             let mut answer = pb::SealKeyResponse {
                 public_key: public_key.to_vec(),
