@@ -30,6 +30,10 @@ pub const SHARE_SUBMISSION: &[u8] = b"concord/v1/share-submission";
 /// the Raft entry of the transition it belongs to (PROTOCOL.md, "Sealed mesh CA keys").
 pub const MESH_CA_SEAL: &[u8] = b"concord/v1/mesh-ca-seal";
 
+/// Domain label of the report data that binds a replica's seal key to the evidence it answers
+/// `PeerApi.SealKey` with ([`crate::seal::seal_key_report_data`]).
+pub const SEAL_KEY_BINDING: &[u8] = b"concord/v1/seal-key";
+
 /// HKDF info prefix for a transit key (the Vault-compatible encryption API): `u32be(version)` and the
 /// key's name (as the manifest's `transit_keys` spells it) follow it. One label for every name and
 /// version; the fixed-width version before the name keeps two (name, version) pairs from meeting.
@@ -50,6 +54,7 @@ mod tests {
             SHARE_SUBMISSION,
             TRANSIT_KEY,
             MESH_CA_SEAL,
+            SEAL_KEY_BINDING,
         ];
         for (i, a) in all.iter().enumerate() {
             assert!(a.starts_with(b"concord/v1/"));

@@ -3,8 +3,10 @@
 //!
 //! Every replica process makes a [`SealKey`] at start: a random X25519 key held only in memory, never
 //! written, never derived from the seed (so no seed holder, and nobody who reads a disk, can open
-//! what is sealed to it; a restart makes a new one). Peers learn its public half only over the
-//! mutually attested peer link, whose TLS session is bound to the replica's evidence. The leader
+//! what is sealed to it; a restart makes a new one). Peers learn its public half only with fresh
+//! evidence whose report data commits to it and to the asking peer's nonce
+//! ([`seal_key_report_data`]): the evidence checked against the manifest is the evidence of the
+//! process that holds the key, whatever connection carried the answer. The leader
 //! seals the new mesh CA key with HPKE (RFC 9180 base mode, DHKEM(X25519, HKDF-SHA256), HKDF-SHA256,
 //! ChaCha20-Poly1305) with `info = "concord/v1/mesh-ca-seal"` and an AAD that names the deployment,
 //! the transition, the mesh CA certificate, the recipient's node id and its public key
@@ -22,7 +24,7 @@ use hpke::kem::X25519HkdfSha256;
 use hpke::{Deserializable as _, OpModeR, OpModeS, Serializable as _};
 use rand::rngs::OsRng;
 use rand::{CryptoRng, RngCore};
-use sha2::{Digest as _, Sha256};
+use sha2::{Digest as _, Sha256, Sha512};
 use zeroize::Zeroizing;
 
 use crate::rng::{self, FailureRecordingRng};
@@ -106,7 +108,8 @@ impl SealKey {
         Ok(SealKey { secret, public_key })
     }
 
-    /// What the leader seals to; handed to peers only over the attested peer link.
+    /// What the leader seals to; handed to peers only with evidence that binds it
+    /// ([`seal_key_report_data`]).
     pub fn public_key(&self) -> [u8; 32] {
         self.public_key
     }
@@ -145,6 +148,31 @@ impl SealKey {
             .map_err(|_| rejected("the sealed key is not 32 bytes"))?;
         Ok(Zeroizing::new(key))
     }
+}
+
+/// The report data of the evidence that binds a replica's seal key (PROTOCOL.md §7.1):
+///
+/// ```text
+/// SHA-512( u32be(19) || "concord/v1/seal-key" || u32be(32) || nonce
+///          || u32be(32) || seal public key || u32be(32) || deployment id )
+/// ```
+///
+/// `nonce` is the asking peer's, so the evidence is fresh; `deployment` the one the answering replica
+/// serves. Every field is length-prefixed, so no two inputs meet; the first byte (0x00) differs from
+/// that of every aTLS binding (an SPKI DER starts with 0x30, a batch label with `c`), so no evidence
+/// made for a handshake passes as a seal key's or the other way round.
+pub fn seal_key_report_data(
+    nonce: &[u8; 32],
+    public_key: &[u8; 32],
+    deployment: &[u8; 32],
+) -> [u8; 64] {
+    let mut h = Sha512::new();
+    for field in [labels::SEAL_KEY_BINDING, nonce, public_key, deployment] {
+        // Each field is at most a few dozen bytes.
+        h.update((field.len() as u32).to_be_bytes());
+        h.update(field);
+    }
+    h.finalize().into()
 }
 
 /// The leader's side: seals the mesh CA key (`key`, a P-256 scalar) to `recipient_key` under `context`.
@@ -195,6 +223,26 @@ pub(crate) fn seal_with<R: RngCore + CryptoRng + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The binding is normative (PROTOCOL.md §7.1): this vector pins it, and each input changes it.
+    #[test]
+    fn the_seal_key_binding_commits_to_every_field() {
+        let (nonce, key, deployment) = ([1; 32], [2; 32], [3; 32]);
+        let bound = seal_key_report_data(&nonce, &key, &deployment);
+        let mut by_hand = Vec::new();
+        by_hand.extend_from_slice(&[0, 0, 0, 19]);
+        by_hand.extend_from_slice(b"concord/v1/seal-key");
+        for field in [nonce, key, deployment] {
+            by_hand.extend_from_slice(&[0, 0, 0, 32]);
+            by_hand.extend_from_slice(&field);
+        }
+        assert_eq!(bound, <[u8; 64]>::from(Sha512::digest(&by_hand)));
+        assert_ne!(bound, seal_key_report_data(&[9; 32], &key, &deployment));
+        assert_ne!(bound, seal_key_report_data(&nonce, &[9; 32], &deployment));
+        assert_ne!(bound, seal_key_report_data(&nonce, &key, &[9; 32]));
+        // The fields are not interchangeable.
+        assert_ne!(bound, seal_key_report_data(&key, &nonce, &deployment));
+    }
 
     fn context() -> SealContext {
         SealContext {

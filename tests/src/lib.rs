@@ -368,7 +368,19 @@ impl Env {
         version: u32,
         previous: Hash,
     ) -> concord_proto::v1::SetManifestRequest {
-        let req = self.d.set_request(self.d.manifest(version), previous);
+        self.set_manifest_request_for(self.d.manifest(version), &[], previous)
+    }
+
+    /// The `SetManifest` request for `manifest` after `previous`, authorized by the owner, with
+    /// `extra_policies` (documents) beside the deployment's coordinator and workload policies.
+    pub fn set_manifest_request_for(
+        &self,
+        manifest: Vec<u8>,
+        extra_policies: &[Vec<u8>],
+        previous: Hash,
+    ) -> concord_proto::v1::SetManifestRequest {
+        let mut req = self.d.set_request(manifest, previous);
+        req.policies.extend_from_slice(extra_policies);
         let (owner_key, owner_signature) = req
             .owner
             .map(|(k, s)| (k.to_bytes().to_vec(), s.to_bytes().to_vec()))

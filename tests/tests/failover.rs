@@ -237,3 +237,190 @@ async fn t115_a_committed_mesh_ca_survives_its_leader_killed_before_any_follower
         c.kill();
     }
 }
+
+/// The value of the gauge sample `name{labels}` (a whole label set, as exposed) in a `/metrics`
+/// document.
+fn sample(body: &str, name_and_labels: &str) -> Option<f64> {
+    body.lines().find_map(|l| {
+        l.strip_prefix(name_and_labels)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// `manifest` (JSON) with `policy` (a document) added as a second `coordinator`-role policy.
+fn with_coordinator(manifest: &[u8], policy: &[u8]) -> Vec<u8> {
+    let mut doc: serde_json::Value = serde_json::from_slice(manifest).unwrap();
+    doc["policies"].as_object_mut().unwrap().insert(
+        Hash::of(policy).to_hex(),
+        serde_json::json!({ "name": "coordinator-b", "sans": ["coordinator"], "role": "coordinator" }),
+    );
+    serde_json::to_vec_pretty(&doc).unwrap()
+}
+
+/// Issue 11.5 follow-up: an update whose manifest drops a replica's `coordinator` policy seals that
+/// replica no copy of the new mesh CA key, while the replica that stays a coordinator still opens
+/// its copy (it cannot fetch the key from the leader: that link is cut). The dropped replica applies
+/// the entry like every member, but stays recovering: its peers refuse it the secrets, since the
+/// latest manifest no longer admits its build.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_coordinator_policy_an_update_drops_gets_no_sealed_copy() {
+    let env = Env::new();
+    let build_b = b"coordinator policy, build B".to_vec();
+    std::fs::write(env.path("coordinator-b.policy"), &build_b).unwrap();
+    let (mut cluster, mesh) = env.start_meshed_cluster(3);
+    let leader = env.leader_index(&cluster, Duration::from_secs(10)).await;
+    let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let (kept, dropped) = (followers[0], followers[1]);
+    // Health addresses survive a restart.
+    let health: Vec<_> = cluster.iter().map(|c| c.health_addr).collect();
+    let metrics = |c: usize| {
+        http_get(health[c], "/metrics")
+            .ok()
+            .filter(|(code, _)| *code == 200)
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    };
+
+    // Manifest 1 admits both builds as coordinators.
+    let mut to_leader = env.user_client(&cluster[leader]).await;
+    let first = to_leader
+        .set_manifest(env.set_manifest_request_for(
+            with_coordinator(&env.d.manifest(1), &build_b),
+            std::slice::from_ref(&build_b),
+            Hash::ZERO,
+        ))
+        .await
+        .expect("the first manifest is set")
+        .into_inner();
+    let first_hash = Hash::from_slice(&first.transition.unwrap().hash).unwrap();
+    for &c in &followers {
+        let start = Instant::now();
+        while !(sample(&metrics(c), "concord_replica_state{state=\"ready\"}") == Some(1.0)
+            && gauge(&metrics(c), "concord_manifest_generation") == Some(1.0))
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "replica {c} not ready at the first manifest"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    // Seal key evidence is made once per link, not on every round of the 250 ms loop that keeps
+    // the keys (3 replicas each asking 2 peers would make 16 reports per replica in 2 s).
+    let reports = |c: usize| gauge(&metrics(c), "concord_seal_key_reports_total").unwrap_or(0.0);
+    assert!(
+        metric_holds(&cluster[leader], Duration::from_secs(10), |m| {
+            gauge(m, "concord_peer_seal_keys").is_some_and(|n| n >= 2.0)
+        })
+        .await,
+        "the leader never held both followers' seal keys"
+    );
+    let before: Vec<f64> = (0..3).map(reports).collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (c, then) in before.iter().enumerate() {
+        let now = reports(c);
+        eprintln!("replica {c}: {then} seal key reports, {now} two seconds later");
+        assert!(
+            now - then < 4.0,
+            "replica {c} made {} seal key reports in 2 s of a settled cluster",
+            now - then
+        );
+    }
+
+    // Replica `dropped` comes back as build B (its disk kept): manifest 1 admits it, so it recovers
+    // the secrets from a peer and becomes ready.
+    cluster[dropped]
+        .restart(&env.flags("coordinator-b.policy"))
+        .unwrap();
+    let start = Instant::now();
+    while !(sample(&metrics(dropped), "concord_replica_state{state=\"ready\"}") == Some(1.0)
+        && gauge(&metrics(dropped), "concord_manifest_generation") == Some(1.0))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the replica restarted as build B did not become ready under the manifest that admits it"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The leader holds both followers' seal keys (the restarted one's with its new evidence).
+    assert!(
+        metric_holds(&cluster[leader], Duration::from_secs(10), |m| {
+            gauge(m, "concord_peer_seal_keys").is_some_and(|n| n >= 2.0)
+        })
+        .await,
+        "the leader never held both followers' seal keys"
+    );
+
+    // Manifest 2 drops build B. Neither follower can fetch the new key from the leader.
+    for &f in &followers {
+        mesh.proxy(f, leader).cut();
+    }
+    let second = to_leader
+        .set_manifest(env.set_manifest_request(2, first_hash))
+        .await
+        .expect("the update is acknowledged")
+        .into_inner();
+    let second_hash = Hash::from_slice(&second.transition.unwrap().hash).unwrap();
+
+    // The replica that stays a coordinator opens its copy: ready at once, no recovery round trip.
+    let mut client = env.user_client(&cluster[kept]).await;
+    until_status(
+        &mut client,
+        |s| s.state == "ready" && s.latest == second_hash.as_bytes(),
+        |status| {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "replica {kept} did not become ready at the update: {status:?}"
+            )
+        },
+        Duration::from_millis(10),
+    )
+    .await;
+    assert!(
+        metric_holds(&cluster[kept], Duration::from_secs(5), |m| {
+            m.contains("concord_mesh_ca_handoffs_total{how=\"sealed\"}")
+        })
+        .await,
+        "replica {kept}, still a coordinator, did not open its sealed copy"
+    );
+
+    // The dropped replica applies the update but holds no copy: it stays recovering, however long
+    // we look, and never counts a sealed hand-off.
+    let applied = Instant::now();
+    while gauge(&metrics(dropped), "concord_manifest_generation") != Some(2.0) {
+        assert!(
+            applied.elapsed() < Duration::from_secs(20),
+            "the dropped replica never applied the update"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(3) {
+        let m = metrics(dropped);
+        assert_eq!(
+            sample(&m, "concord_replica_state{state=\"ready\"}"),
+            Some(0.0),
+            "the replica whose policy the update dropped became ready at it"
+        );
+        assert!(
+            !m.contains("concord_mesh_ca_handoffs_total{how=\"sealed\"}"),
+            "the replica whose policy the update dropped opened a sealed copy"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // It asked the replica that stays a coordinator (its only reachable peer) and was refused.
+    let log = std::fs::read_to_string(&cluster[kept].log).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("refused rpc=\"PeerRecover\"")
+                && l.contains("not a coordinator of the latest manifest")),
+        "replica {kept} did not refuse the dropped replica's recovery as no longer a coordinator"
+    );
+    for c in &mut cluster {
+        c.kill();
+    }
+}

@@ -7,10 +7,11 @@
 //! callers that hand a peer something new (secrets) check its evidence again under the policy as it is
 //! now ([`VerifiedPeer::reverify`]). This module must never skip that for a caller: it only caches.
 //!
-//! With each link it caches the peer process's seal key (PeerApi `SealKey`), asked over that same
-//! attested connection when it is set up ([`PeerLinks::seal_key`]): the leader seals new mesh CA keys
-//! to it (`state::sealed`). A redial forgets it, so a key always comes from the connection whose
-//! evidence was checked.
+//! With each link it caches the peer process's seal key (PeerApi `SealKey`) with the fresh evidence
+//! that binds it to this replica's nonce ([`PeerLinks::seal_key`], `api::sealing`): the leader seals
+//! new mesh CA keys to it (`state::sealed`) if that evidence, not the link's, matches the manifest.
+//! Evidence is asked for only when the link is new or has no key; afterwards a bare `SealKey` (no
+//! nonce, no report made) only checks that the key is unchanged. A redial forgets it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -20,7 +21,9 @@ use concord_proto::v1 as pb;
 use concord_proto::v1::peer_api_client::PeerApiClient;
 use tonic::Status;
 use tonic::transport::Channel;
+use tracing::warn;
 
+use super::sealing::SealKeyEvidence;
 use crate::raft::NodeId;
 use crate::transport::connect;
 
@@ -43,8 +46,8 @@ struct Link {
     peer: VerifiedPeer,
     /// Which dial made this connection.
     dial: u64,
-    /// The peer process's seal key, once asked on this connection.
-    seal_key: Option<[u8; 32]>,
+    /// The peer process's seal key with the evidence that binds it, once asked on this connection.
+    seal: Option<Arc<SealKeyEvidence>>,
     /// The last time this connection's evidence was checked for sealing, and under which policy
     /// (`Coordinators::fingerprint` in `node.rs`): a check younger than [`SEAL_VERDICT_TTL`] under
     /// the same policy is not repeated on the commit path.
@@ -54,13 +57,12 @@ struct Link {
 /// How long a check of a link's evidence for sealing stands (under an unchanged policy).
 pub const SEAL_VERDICT_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// A peer the leader may seal a mesh CA key to: its id, its link's verified evidence (to check again
-/// under the manifest the key will serve) and the seal key asked on that link.
+/// A peer the leader may seal a mesh CA key to: its id and its seal key with the evidence that binds
+/// it (to check under the manifest the key will serve).
 #[derive(Debug, Clone)]
 pub struct SealTarget {
     pub id: NodeId,
-    pub peer: VerifiedPeer,
-    pub seal_key: [u8; 32],
+    pub sealing: Arc<SealKeyEvidence>,
     /// Which dial made the link (to record a verdict on that connection only).
     pub dial: u64,
     /// The policy fingerprint this link's evidence was accepted under within [`SEAL_VERDICT_TTL`].
@@ -123,18 +125,20 @@ impl PeerLinks {
             dial: self
                 .dials
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            seal_key: None,
+            seal: None,
             seal_verdict: None,
         };
         self.lock().insert(id, link.clone());
         Ok(link)
     }
 
-    /// Asks replica `id` at `addr` for its seal key on the link (dialed if need be) within
-    /// `within`, and caches it with the link. `Ok(None)`: the peer offers none (an older build), or
-    /// its key changed under the same link (tonic reconnected to a restarted process, whose
-    /// evidence this link did not record): the link is then forgotten, to be dialed and attested
-    /// afresh on the next call.
+    /// Replica `id`'s seal key, learned on the link (dialed if need be) within `within` and cached
+    /// with it. On a link without a key, the request carries a fresh nonce and the answer's evidence
+    /// must bind the key, the nonce and the deployment and pass the peer admission policy, or it is
+    /// refused (PermissionDenied) and nothing is cached. On a link with one, a bare request (no
+    /// evidence made) checks that it is unchanged. `Ok(None)`: the peer offers none (an older
+    /// build), or its key changed under the same link (tonic reconnected to a restarted process):
+    /// the link is then forgotten, to be dialed, attested and asked afresh on the next call.
     pub async fn seal_key(
         &self,
         id: NodeId,
@@ -143,8 +147,14 @@ impl PeerLinks {
     ) -> Result<Option<[u8; 32]>, Status> {
         let ask = async {
             let link = self.link(id, addr).await?;
-            let mut api = link.api.clone();
-            let answer = match api.seal_key(pb::SealKeyRequest {}).await {
+            let nonce = match &link.seal {
+                Some(_) => None,
+                None => Some(rand::random::<[u8; 32]>()),
+            };
+            let request = pb::SealKeyRequest {
+                nonce: nonce.map(|n| n.to_vec()).unwrap_or_default(),
+            };
+            let answer = match link.api.clone().seal_key(request).await {
                 Ok(a) => a.into_inner(),
                 Err(s) if s.code() == tonic::Code::Unimplemented => {
                     self.sealing_support(id, false);
@@ -157,19 +167,39 @@ impl PeerLinks {
                     return Err(s);
                 }
             };
-            let key = <[u8; 32]>::try_from(answer.public_key.as_slice()).map_err(|_| {
-                Status::invalid_argument(format!(
-                    "replica {id} answered a seal key of {} bytes, not 32",
-                    answer.public_key.len()
-                ))
-            })?;
             self.sealing_support(id, true);
-            if link.seal_key.is_some_and(|cached| cached != key) {
-                self.forget(id);
-                return Ok(None);
-            }
+            let Some(nonce) = nonce else {
+                // A key is bound on this link: the answer only says whether it is still the one.
+                let unchanged = link
+                    .seal
+                    .as_ref()
+                    .filter(|s| answer.public_key.as_slice() == s.key().as_slice());
+                return match unchanged {
+                    Some(s) => Ok(Some(s.key())),
+                    None => {
+                        self.forget(id);
+                        Ok(None)
+                    }
+                };
+            };
+            let policy = self.policy.clone();
+            let accepted = tokio::task::spawn_blocking(move || {
+                SealKeyEvidence::accept(policy.as_ref(), &nonce, &answer)
+            })
+            .await
+            .map_err(|e| Status::internal(format!("the seal key check failed: {e}")))?;
+            let sealing = match accepted {
+                Ok(s) => Arc::new(s),
+                Err(e) => {
+                    warn!(peer = id, error = %e, "refused a seal key whose evidence does not bind it to this replica's nonce or does not pass the peer policy; no mesh CA key is sealed to it");
+                    return Err(Status::permission_denied(format!(
+                        "replica {id} answered a seal key its evidence does not bind: {e}"
+                    )));
+                }
+            };
+            let key = sealing.key();
             if let Some(l) = self.lock().get_mut(&id).filter(|l| l.dial == link.dial) {
-                l.seal_key = Some(key);
+                l.seal = Some(sealing);
             }
             Ok(Some(key))
         };
@@ -210,8 +240,7 @@ impl PeerLinks {
                 let l = links.get(&id)?;
                 Some(SealTarget {
                     id,
-                    peer: l.peer.clone(),
-                    seal_key: l.seal_key?,
+                    sealing: l.seal.clone()?,
                     dial: l.dial,
                     verdict: l
                         .seal_verdict

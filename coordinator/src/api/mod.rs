@@ -11,6 +11,7 @@ pub(crate) mod peer;
 mod peer_policy;
 mod refusals;
 pub mod replica;
+pub mod sealing;
 mod status;
 pub(crate) mod user;
 pub mod write_claims;

@@ -13,6 +13,7 @@ use tracing::{debug, info};
 
 use super::links::PeerLinks;
 use super::replica::Replica;
+use super::sealing::Coordinators;
 use super::status::to_status;
 use crate::error::CoordinatorError;
 use crate::raft::network::peer_address;
@@ -1172,84 +1173,6 @@ impl<S: Store> Node<S> {
                 "the leader is replica {leader}, whose address is unknown here"
             ))
         })
-    }
-}
-
-/// The `coordinator`-role policies and reference values of a manifest: whom a mesh CA key that serves
-/// it may be sealed to.
-struct Coordinators {
-    policies: Vec<[u8; 32]>,
-    reference: concord_attestation::ReferenceValues,
-}
-
-impl Coordinators {
-    fn of(manifest: &crate::manifest::Manifest) -> Coordinators {
-        Coordinators {
-            policies: manifest
-                .coordinator_policies()
-                .iter()
-                .map(|h| *h.as_bytes())
-                .collect(),
-            reference: manifest.reference_values().clone(),
-        }
-    }
-
-    /// What the check of [`Coordinators::recipients`] depends on besides the evidence: the
-    /// reference values, the policies and the deployment. Equal fingerprints, equal verdicts.
-    fn fingerprint(&self, deployment: concord_attestation::DeploymentId) -> [u8; 32] {
-        use sha2::Digest as _;
-        let mut h = sha2::Sha256::new();
-        h.update(b"concord/seal-recipients");
-        h.update(serde_json::to_vec(&self.reference).unwrap_or_default());
-        for p in &self.policies {
-            h.update(p);
-        }
-        h.update(deployment.0);
-        h.finalize().into()
-    }
-
-    /// The targets whose link evidence matches a `coordinator`-role policy of this manifest and this
-    /// deployment (or a replica not pinned yet, as the peer API admits): checked now, unless it was
-    /// under the same fingerprint within `SEAL_VERDICT_TTL` (`keep_seal_keys` checks ahead, under the
-    /// latest manifest, so the commit path usually verifies nothing). Also returns the (id, dial) of
-    /// the links checked now, to record.
-    fn recipients(
-        &self,
-        verifier: &concord_attestation::Verifier,
-        deployment: concord_attestation::DeploymentId,
-        targets: &[super::links::SealTarget],
-    ) -> (Vec<crate::state::SealRecipient>, Vec<(NodeId, u64)>) {
-        let fingerprint = self.fingerprint(deployment);
-        let policy = concord_attestation::StaticPolicy {
-            verifier: verifier.clone(),
-            reference: self.reference.clone(),
-            host_data: self.policies.clone(),
-            deployment: concord_attestation::DeploymentPin::ThisOrUnpinned(deployment),
-        };
-        let mut checked = Vec::new();
-        let recipients = targets
-            .iter()
-            .filter(|t| {
-                if t.verdict == Some(fingerprint) {
-                    return true;
-                }
-                match t.peer.reverify(&policy) {
-                    Ok(_) => {
-                        checked.push((t.id, t.dial));
-                        true
-                    }
-                    Err(e) => {
-                        debug!(peer = t.id, error = %e, "not sealing the mesh CA key to a peer whose evidence does not match the manifest");
-                        false
-                    }
-                }
-            })
-            .map(|t| crate::state::SealRecipient {
-                node: t.id,
-                seal_key: t.seal_key,
-            })
-            .collect();
-        (recipients, checked)
     }
 }
 

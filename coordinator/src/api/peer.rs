@@ -22,11 +22,16 @@ use crate::store::Store;
 #[derive(Debug)]
 pub struct PeerService<S> {
     node: Arc<Node<S>>,
+    /// Bounds the reports `SealKey` answers cost (one at a time, spaced).
+    seal_evidence: super::sealing::SealEvidenceGate,
 }
 
 impl<S: Store> PeerService<S> {
     pub fn new(node: Arc<Node<S>>) -> PeerService<S> {
-        PeerService { node }
+        PeerService {
+            node,
+            seal_evidence: super::sealing::SealEvidenceGate::default(),
+        }
     }
 }
 
@@ -232,12 +237,37 @@ impl<S: Store> pb::peer_api_server::PeerApi for PeerService<S> {
 
     async fn seal_key(
         &self,
-        _request: Request<pb::SealKeyRequest>,
+        request: Request<pb::SealKeyRequest>,
     ) -> Result<Response<pb::SealKeyResponse>, Status> {
-        // The peer API admits only attested coordinators (PeerAcceptPolicy); the key is public, and
-        // what it is worth comes from this connection's evidence, which the caller checked.
+        // The peer API admits only attested coordinators (PeerAcceptPolicy). The key is public; what
+        // it is worth comes from the evidence that binds it to the caller's nonce (PROTOCOL.md §7.1),
+        // made at most once per SEAL_EVIDENCE_GAP. Without a nonce: the key alone, no report.
+        let public_key = self.node.seal_key.public_key();
+        let nonce = match request.get_ref().nonce.as_slice() {
+            [] => {
+                return Ok(Response::new(pb::SealKeyResponse {
+                    public_key: public_key.to_vec(),
+                    ..Default::default()
+                }));
+            }
+            n => <[u8; 32]>::try_from(n).map_err(|_| {
+                Status::invalid_argument(format!("nonce: {} bytes, not 32 (or none)", n.len()))
+            })?,
+        };
+        let deployment = concord_attestation::DeploymentSource::deployment(&*self.node.replica);
+        let report_data = concord_mesh_ca::seal_key_report_data(&nonce, &public_key, &deployment.0);
+        let evidence = self
+            .seal_evidence
+            .issue(self.node.replica.issuer.clone(), report_data)
+            .await?;
+        debug!(
+            rpc = "SealKey",
+            "answered the seal key with evidence that binds it"
+        );
         Ok(Response::new(pb::SealKeyResponse {
-            public_key: self.node.seal_key.public_key().to_vec(),
+            public_key: public_key.to_vec(),
+            evidence: evidence.to_bytes(),
+            deployment: deployment.0.to_vec(),
         }))
     }
 

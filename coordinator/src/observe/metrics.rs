@@ -50,6 +50,8 @@ pub struct Metrics {
     mesh_ca_handoffs: Mutex<BTreeMap<&'static str, u64>>,
     /// Other members whose seal key this replica holds on a live attested link.
     peer_seal_keys: AtomicU64,
+    /// Reports made to answer `PeerApi.SealKey` with evidence.
+    seal_key_reports: AtomicU64,
 }
 
 /// A copy of the counters, for rendering.
@@ -62,6 +64,7 @@ pub struct Counters {
     pub commit_phases: BTreeMap<&'static str, Histogram>,
     pub mesh_ca_handoffs: BTreeMap<&'static str, u64>,
     pub peer_seal_keys: u64,
+    pub seal_key_reports: u64,
 }
 
 /// Distinct (operation, key, status) series of transit requests kept; later ones count under key
@@ -135,6 +138,11 @@ impl Metrics {
         *lock(&self.mesh_ca_handoffs).entry(how).or_insert(0) += 1;
     }
 
+    /// Counts one report made to answer `PeerApi.SealKey` (evidence binding the seal key).
+    pub fn seal_key_report(&self) {
+        self.seal_key_reports.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// How many other members' seal keys this replica holds.
     pub fn set_peer_seal_keys(&self, n: u64) {
         self.peer_seal_keys.store(n, Ordering::Relaxed);
@@ -144,6 +152,7 @@ impl Metrics {
         Counters {
             mesh_ca_handoffs: lock(&self.mesh_ca_handoffs).clone(),
             peer_seal_keys: self.peer_seal_keys.load(Ordering::Relaxed),
+            seal_key_reports: self.seal_key_reports.load(Ordering::Relaxed),
             transit_requests: lock(&self.transit_requests).clone(),
             attestation_failures: lock(&self.attestation_failures).clone(),
             certificates_issued: self.certificates_issued.load(Ordering::Relaxed),
@@ -268,6 +277,16 @@ fn counter_families(e: &mut Exposition, c: &Counters) {
         "concord_peer_seal_keys",
         "Other members whose per-process seal key this replica holds on a live attested link (a leader seals new mesh CA keys to them).",
         c.peer_seal_keys as f64,
+    );
+    e.family(
+        "concord_seal_key_reports_total",
+        "Reports (evidence) this replica made to answer PeerApi.SealKey: each binds its seal key to a peer's nonce. Peers ask once per link and when a key changed; a steady climb means a peer keeps redialing.",
+        Kind::Counter,
+    );
+    e.sample(
+        "concord_seal_key_reports_total",
+        &[],
+        c.seal_key_reports as f64,
     );
     e.family(
         "concord_attestation_failures_total",
