@@ -17,7 +17,7 @@ pub mod note;
 mod transition;
 mod unique_keys;
 
-pub use chain::{ChainError, GENESIS_UNAUTHORIZED, VerifiedChain, verify_chain};
+pub use chain::{ChainError, CheckedNext, GENESIS_UNAUTHORIZED, VerifiedChain, verify_chain};
 pub use ledger::{Ledger, LedgerError, LoadedHistory, MeshCerts, NewTransition};
 pub use members::{MembersAuthorization, MembersRefusal};
 pub(crate) use transition::verifying_key;

@@ -69,7 +69,7 @@ enum Growth {
     /// The first transition: the whole history.
     Genesis(Box<LoadedHistory>),
     /// A later one, checked against the history (`VerifiedChain::check_next`), with its parsed manifest.
-    Append(Manifest),
+    Append(Manifest, crate::history::CheckedNext),
 }
 
 impl StateMachine {
@@ -187,11 +187,12 @@ impl StateMachine {
                 self.ledger.append_unflushed(&new)?;
                 match (growth, self.history.as_mut()) {
                     (Growth::Genesis(history), _) => self.history = Some(*history),
-                    (Growth::Append(manifest), Some(history)) => {
-                        // Checked against this same history a moment ago, under `&mut self`.
+                    (Growth::Append(manifest, checked), Some(history)) => {
+                        // Checked against this same history a moment ago, under `&mut self`: its
+                        // signatures are not verified twice.
                         history
                             .chain
-                            .push(new.transition.clone(), manifest)
+                            .push_checked(new.transition.clone(), manifest, &checked)
                             .map_err(|e| RaftStoreError::Corrupt {
                                 what: "transition".into(),
                                 reason: e.to_string(),
@@ -201,7 +202,7 @@ impl StateMachine {
                             history.policies.insert(Hash::of(doc), doc.clone());
                         }
                     }
-                    (Growth::Append(_), None) => {
+                    (Growth::Append(..), None) => {
                         return Err(RaftStoreError::Corrupt {
                             what: "history".into(),
                             reason: "a transition was verified against a history that is gone"
@@ -311,9 +312,9 @@ impl StateMachine {
                 return Err("the command carries a signing key and root CA, which only the first transition may: a later one must not replace them".into());
             }
             (Some(h), None) => {
-                h.chain.check_next(t, &manifest).map_err(chain_error)?;
+                let checked = h.chain.check_next(t, &manifest).map_err(chain_error)?;
                 (
-                    Growth::Append(manifest),
+                    Growth::Append(manifest, checked),
                     h.root_ca_der.as_slice(),
                     Some(&h.policies),
                 )
@@ -323,7 +324,7 @@ impl StateMachine {
         // `set_manifest` requires, so the history holds what every policy hash stands for.
         let listed = match &growth {
             Growth::Genesis(h) => h.chain.latest_manifest(),
-            Growth::Append(m) => m,
+            Growth::Append(m, _) => m,
         };
         for doc in &new.policies {
             let h = Hash::of(doc);

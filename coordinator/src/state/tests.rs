@@ -931,6 +931,54 @@ fn a_long_history_is_verified_in_parallel_and_faults_are_found_in_order() {
     assert!(err.reason.contains("owner authorization"), "{err}");
 }
 
+/// `push_checked` skips the signature checks only for the transition `check_next` verified, on the
+/// chain end it verified it against: a token for another transition, or from before the chain moved,
+/// gets the full check, so a forged signature never rides on another's verdict.
+#[test]
+fn a_checked_transition_is_appended_without_a_second_check_and_only_that_one() {
+    let d = TestDeployment::new();
+    let mut c = Coordinator::open(MemoryStore::new()).unwrap();
+    let mut latest = Hash::ZERO;
+    for v in 1..=3 {
+        latest = c
+            .set_manifest(d.set_request(d.manifest(v), latest), now())
+            .unwrap()
+            .hash;
+    }
+    let full = c.chain().unwrap().clone();
+    let manifest = |v| crate::manifest::Manifest::parse(&d.manifest(v)).unwrap();
+    let key = *full.signing_key();
+    let [t1, t2, t3] = [0, 1, 2].map(|i| full.transitions()[i].clone());
+    let shorter = crate::history::VerifiedChain::first(key, t1, manifest(1)).unwrap();
+    let mut chain = shorter.clone();
+    chain.push(t2.clone(), manifest(2)).unwrap();
+    let forged = {
+        let mut t = t3.clone();
+        let mut sig = t.signature.to_bytes();
+        sig[0] ^= 1;
+        t.signature = ed25519_dalek::Signature::from_bytes(&sig);
+        t
+    };
+    // The genuine third transition's token does not vouch for a forged one.
+    let checked = chain.check_next(&t3, &manifest(3)).unwrap();
+    let err = chain
+        .clone()
+        .push_checked(forged.clone(), manifest(3), &checked)
+        .unwrap_err();
+    assert!(err.reason.contains("coordinator signature"), "{err}");
+    // Nor does a token from another chain end (for a transition with the same hash: the hash does
+    // not cover the signatures).
+    let stale = shorter.check_next(&t2, &manifest(2)).unwrap();
+    let err = chain
+        .clone()
+        .push_checked(forged, manifest(3), &stale)
+        .unwrap_err();
+    assert!(err.reason.contains("coordinator signature"), "{err}");
+    // Its own token appends it.
+    chain.push_checked(t3, manifest(3), &checked).unwrap();
+    assert_eq!(chain.latest_hash(), latest);
+}
+
 #[test]
 fn a_pinned_replica_refuses_a_first_manifest_of_another_deployment() {
     use concord_attestation::DeploymentId;
