@@ -143,6 +143,7 @@ pub async fn run(
     let (mut log_store, state_machine) = crate::raft::open(&store).map_err(|e| refuse(&e))?;
     let mut coordinator =
         Coordinator::open_verified(store.clone(), state_machine.history().cloned());
+    coordinator.follow(state_machine.verified_feed());
     if let Some(id) = config.deployment_id {
         coordinator.pin_deployment(id)?;
     }

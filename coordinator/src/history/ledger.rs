@@ -269,6 +269,37 @@ impl<S: Store> Ledger<S> {
         Ok(Some(history))
     }
 
+    /// Extends `known` up to the stored latest transition with what the state machine verified and
+    /// applied (`feed`), without reading those transitions back or verifying their signatures again
+    /// (`VerifiedChain::push_checked` takes a verdict only for the exact transition and chain end it
+    /// was reached on). `Ok(false)`: the feed does not hold the whole line from `known`'s end to the
+    /// stored latest, and nothing changed. On an error, `known` holds a verified prefix of the line.
+    pub fn extend_from_feed(
+        &self,
+        known: &mut LoadedHistory,
+        feed: &super::feed::VerifiedFeed,
+    ) -> Result<bool, LedgerError> {
+        let Some(latest) = self.store.get(&Key::Latest)? else {
+            return Ok(false);
+        };
+        let latest = Hash::from_slice(&latest)
+            .map_err(|e| LedgerError::Corrupt(format!("the latest pointer: {e}")))?;
+        let Some(line) = feed.between(known.chain.latest_hash(), latest) else {
+            return Ok(false);
+        };
+        let mesh = self.mesh_certs(&latest)?;
+        for v in line {
+            known
+                .chain
+                .push_checked(v.transition, v.manifest, &v.checked)?;
+            for (hash, doc) in v.policies {
+                known.policies.entry(hash).or_insert(doc);
+            }
+        }
+        known.mesh = mesh;
+        Ok(true)
+    }
+
     /// Reads transition `hash` and checks it hashes to its name.
     fn transition(&self, hash: &Hash) -> Result<Transition, LedgerError> {
         let bytes = self

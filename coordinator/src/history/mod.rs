@@ -2,13 +2,14 @@
 //!
 //! `format` holds the normative byte strings; `transition` the record; `chain` verifies a whole line of
 //! transitions (used at start-up and by the offline audit alike), its signatures checked together by `batch`;
-//! `ledger` reads and writes the history in a
+//! `feed` hands the transitions the state machine verified to the core; `ledger` reads and writes the history in a
 //! [`crate::store::Store`], hash-checking everything it reads; `members` checks an owner's authorization
 //! of a membership change; `audit` is the bundle for third parties.
 
 pub mod audit;
 mod batch;
 mod chain;
+pub mod feed;
 pub mod format;
 mod ledger;
 mod members;

@@ -53,6 +53,8 @@ pub struct StateMachine {
     history: Option<LoadedHistory>,
     /// Where the sealed mesh CA keys of applied entries go, for the core to open.
     inbox: super::SealedInbox,
+    /// Where it leaves each transition it verified and applied, for the core to catch up with.
+    feed: crate::history::feed::VerifiedFeed,
 }
 
 /// A command that passed every check.
@@ -118,12 +120,18 @@ impl StateMachine {
             last_membership,
             history,
             inbox: super::SealedInbox::default(),
+            feed: Default::default(),
         })
     }
 
     /// Where this state machine leaves the sealed mesh CA keys of the entries it applies.
     pub fn sealed_inbox(&self) -> super::SealedInbox {
         self.inbox.clone()
+    }
+
+    /// The transitions this state machine verified and applied (`history::feed`).
+    pub fn verified_feed(&self) -> crate::history::feed::VerifiedFeed {
+        self.feed.clone()
     }
 
     /// Hands the sealed copies of an applied entry to the core: only when the entry's transition is
@@ -192,15 +200,26 @@ impl StateMachine {
                         // signatures are not verified twice.
                         history
                             .chain
-                            .push_checked(new.transition.clone(), manifest, &checked)
+                            .push_checked(new.transition.clone(), manifest.clone(), &checked)
                             .map_err(|e| RaftStoreError::Corrupt {
                                 what: "transition".into(),
                                 reason: e.to_string(),
                             })?;
                         history.mesh = new.mesh.clone();
-                        for doc in &new.policies {
-                            history.policies.insert(Hash::of(doc), doc.clone());
+                        let policies: Vec<_> = new
+                            .policies
+                            .iter()
+                            .map(|d| (Hash::of(d), d.clone()))
+                            .collect();
+                        for (hash, doc) in &policies {
+                            history.policies.insert(*hash, doc.clone());
                         }
+                        self.feed.publish(crate::history::feed::Verified {
+                            transition: new.transition.clone(),
+                            manifest,
+                            checked,
+                            policies,
+                        });
                     }
                     (Growth::Append(..), None) => {
                         return Err(RaftStoreError::Corrupt {

@@ -144,6 +144,9 @@ pub struct Coordinator<S> {
     /// The Merkle tree over the transition hashes (derived data, synced from `history` when read:
     /// `transparency.rs`). Behind its own lock because reads of the core share it.
     pub(super) tree: std::sync::Mutex<crate::history::merkle::MerkleTree>,
+    /// The transitions this process's Raft state machine verified and applied, to catch up with
+    /// without verifying them again (`history::feed`). None: only the store (tests, tools).
+    pub(super) feed: Option<crate::history::feed::VerifiedFeed>,
 }
 
 impl<S: Store> Coordinator<S> {
@@ -158,6 +161,7 @@ impl<S: Store> Coordinator<S> {
             pending_shares: Vec::new(),
             pin: None,
             tree: Default::default(),
+            feed: None,
         })
     }
 
@@ -172,7 +176,13 @@ impl<S: Store> Coordinator<S> {
             pending_shares: Vec::new(),
             pin: None,
             tree: Default::default(),
+            feed: None,
         }
+    }
+
+    /// Catches up from `feed` (the state machine's verified transitions) when it can.
+    pub fn follow(&mut self, feed: crate::history::feed::VerifiedFeed) {
+        self.feed = Some(feed);
     }
 
     /// Pins the replica to `id` (`--deployment-id`): a first manifest of another deployment is
@@ -560,17 +570,21 @@ impl<S: Store> Coordinator<S> {
     /// verified history and adopts the secrets that belong to the new transition. Fails (and adopts
     /// nothing) if the store's latest is not this transition: another write won the race.
     pub fn commit_set(&mut self, p: PreparedSet) -> Result<SetOutcome, CoordinatorError> {
-        let history = self.reload()?.ok_or_else(|| {
-            CoordinatorError::Crypto("the transition was written but the store is empty".into())
-        })?;
-        let latest = history.chain.latest_hash();
+        self.refresh()?;
+        let latest = self
+            .history
+            .as_ref()
+            .ok_or_else(|| {
+                CoordinatorError::Crypto("the transition was written but the store is empty".into())
+            })?
+            .chain
+            .latest_hash();
         if latest != p.hash {
             return Err(CoordinatorError::PreviousMismatch {
                 expected: p.new.transition.previous,
                 latest,
             });
         }
-        self.history = Some(history);
         let PreparedSet {
             new,
             hash,
@@ -634,8 +648,25 @@ impl<S: Store> Coordinator<S> {
     /// older transition is recovering until it gets the new one from a peer.
     pub fn refresh(&mut self) -> Result<(), CoordinatorError> {
         if self.is_stale()? {
-            self.history = self.reload()?;
+            self.catch_up()?;
         }
+        Ok(())
+    }
+
+    /// Brings the verified history up to the store: from the state machine's feed when it holds
+    /// the whole line (nothing read back, no signature verified twice), else by [`Self::reload`].
+    fn catch_up(&mut self) -> Result<(), CoordinatorError> {
+        if let (Some(feed), Some(known)) = (&self.feed, self.history.as_mut()) {
+            match self.ledger.extend_from_feed(known, feed) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                // What was pushed is verified; the store path verifies the rest, or names the fault.
+                Err(e) => {
+                    tracing::debug!(error = %e, "catching up from the state machine failed; reading the store")
+                }
+            }
+        }
+        self.history = self.reload()?;
         Ok(())
     }
 

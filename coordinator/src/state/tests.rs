@@ -979,6 +979,93 @@ fn a_checked_transition_is_appended_without_a_second_check_and_only_that_one() {
     assert_eq!(chain.latest_hash(), latest);
 }
 
+/// A replica catches up from its state machine's verified transitions (`history::feed`) without
+/// reading them back from the store, and the result equals a full load; an entry whose signature was
+/// changed after its check is not taken on the check's word: the store's line is verified instead.
+#[test]
+fn the_core_catches_up_from_the_state_machines_verdicts_and_only_for_what_was_checked() {
+    use crate::history::feed::{Verified, VerifiedFeed};
+    use crate::manifest::Manifest;
+    let d = TestDeployment::new();
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let mut writer = Coordinator::open(store.clone()).unwrap();
+    let mut latest = Hash::ZERO;
+    for v in 1..=3 {
+        latest = writer
+            .set_manifest(d.set_request(d.manifest(v), latest), now())
+            .unwrap()
+            .hash;
+    }
+    let mut reader = Coordinator::open(store.clone()).unwrap();
+    let mut forger = Coordinator::open(store.clone()).unwrap();
+    for v in 4..=5 {
+        latest = writer
+            .set_manifest(d.set_request(d.manifest(v), latest), now())
+            .unwrap()
+            .hash;
+    }
+    let line = writer.chain().unwrap().clone();
+    let (t4, t5) = (line.transitions()[3].clone(), line.transitions()[4].clone());
+    let (m4, m5) = (
+        Manifest::parse(&d.manifest(4)).unwrap(),
+        Manifest::parse(&d.manifest(5)).unwrap(),
+    );
+    // What the state machine does on apply: check against its chain, then publish.
+    let mut sm_chain = reader.chain().unwrap().clone();
+    let feed = VerifiedFeed::default();
+    let mut checks = Vec::new();
+    for (t, m) in [(&t4, &m4), (&t5, &m5)] {
+        let checked = sm_chain.check_next(t, m).unwrap();
+        sm_chain
+            .push_checked(t.clone(), m.clone(), &checked)
+            .unwrap();
+        checks.push(checked.clone());
+        feed.publish(Verified {
+            transition: t.clone(),
+            manifest: m.clone(),
+            checked,
+            policies: Vec::new(),
+        });
+    }
+    // The store no longer holds transition 4: only the feed can bring a replica past it.
+    store
+        .apply(vec![crate::store::Write::Delete(Key::Transition(
+            t4.hash(),
+        ))])
+        .unwrap();
+    let mut cut_off = Coordinator::open_verified(store.clone(), None);
+    assert!(
+        cut_off.refresh().is_err(),
+        "the store alone no longer verifies"
+    );
+    reader.follow(feed);
+    reader.refresh().unwrap();
+    assert_eq!(reader.chain().unwrap().transitions(), line.transitions());
+
+    // Transition 5 with another signature than the one checked (its hash is the same: the hash does
+    // not cover signatures), riding on the genuine one's verdict: refused, and the store's genuine
+    // transition 5 is verified and taken instead.
+    let mut forged = t5.clone();
+    let mut sig = forged.signature.to_bytes();
+    sig[0] ^= 1;
+    forged.signature = ed25519_dalek::Signature::from_bytes(&sig);
+    assert_eq!(forged.hash(), t5.hash());
+    let feed = VerifiedFeed::default();
+    for (t, m, checked) in [(t4, m4, &checks[0]), (forged, m5, &checks[1])] {
+        feed.publish(Verified {
+            transition: t,
+            manifest: m,
+            checked: checked.clone(),
+            policies: Vec::new(),
+        });
+    }
+    forger.follow(feed);
+    forger.refresh().unwrap();
+    assert_eq!(forger.chain().unwrap().latest_transition(), &t5);
+    assert_eq!(forger.chain().unwrap().transitions(), line.transitions());
+}
+
 #[test]
 fn a_pinned_replica_refuses_a_first_manifest_of_another_deployment() {
     use concord_attestation::DeploymentId;

@@ -1,0 +1,72 @@
+//! `VerifiedFeed`: the transitions the Raft state machine just verified and applied, handed to the
+//! replica's core in memory.
+//!
+//! Every replica verifies each appended transition when its state machine applies it. The core keeps
+//! its own verified history and catches up after each apply; reading the new transition back from
+//! the store, it would have to verify it again (the store is the host's disk: Invariant 2). The feed
+//! lets it take the state machine's verdict instead: each entry carries the [`CheckedNext`] the state
+//! machine's check produced, and [`VerifiedChain::push_checked`] accepts that verdict only for the
+//! exact transition on a chain that ends where the checked one ended, else verifies in full. Bounded:
+//! a core that fell further behind reads the store as before.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use super::chain::CheckedNext;
+use super::transition::Transition;
+use crate::hash::Hash;
+use crate::manifest::Manifest;
+
+/// How many applied transitions the feed keeps for the core to catch up with.
+const CAPACITY: usize = 64;
+
+/// One applied transition, as the state machine verified it.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub transition: Transition,
+    pub manifest: Manifest,
+    /// What the state machine's check verified (`VerifiedChain::check_next`).
+    pub checked: CheckedNext,
+    /// The policy documents uploaded with it, by hash.
+    pub policies: Vec<(Hash, Vec<u8>)>,
+}
+
+/// Shared between the state machine (which publishes) and the core (which reads).
+#[derive(Debug, Clone, Default)]
+pub struct VerifiedFeed(Arc<Mutex<VecDeque<Verified>>>);
+
+impl VerifiedFeed {
+    /// Adds an applied transition, dropping the oldest beyond [`CAPACITY`].
+    pub fn publish(&self, verified: Verified) {
+        let mut q = self.lock();
+        if q.len() == CAPACITY {
+            q.pop_front();
+        }
+        q.push_back(verified);
+    }
+
+    /// The applied transitions that lead from the chain end `from` to the transition `to`, oldest
+    /// first, if the feed holds that whole line; else None (also when `from` is `to`).
+    pub fn between(&self, from: Hash, to: Hash) -> Option<Vec<Verified>> {
+        let q = self.lock();
+        let start = q.iter().position(|v| v.transition.previous == from)?;
+        let mut line = Vec::new();
+        let mut end = from;
+        for v in q.iter().skip(start) {
+            if v.transition.previous != end {
+                break;
+            }
+            end = v.transition.hash();
+            line.push(v.clone());
+            if end == to {
+                return Some(line);
+            }
+        }
+        None
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Verified>> {
+        // Pushes and pops only: a panic while holding it cannot leave it inconsistent.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
