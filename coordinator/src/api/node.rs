@@ -24,6 +24,9 @@ use crate::store::Store;
 /// How long a write waits for a leader to be elected before answering Unavailable.
 pub const LEADER_WAIT: Duration = Duration::from_secs(5);
 
+/// How long a write waits for this leader to apply the entries its log already holds.
+pub const APPLY_WAIT: Duration = Duration::from_secs(2);
+
 /// What [`Node::refresh`] does, in a value a blocking task can own: reload the core if the store
 /// moved on, then open a sealed mesh CA key the latest entry brought for this replica.
 struct Refresher<S> {
@@ -42,9 +45,6 @@ impl<S: Store> Refresher<S> {
         adopt_sealed(&self.replica, self.id, &self.key, &self.inbox)
     }
 }
-
-/// How long a write waits for this leader to apply the entries its log already holds.
-pub const APPLY_WAIT: Duration = Duration::from_secs(2);
 
 /// One replica: core, Raft, peers.
 pub struct Node<S> {
