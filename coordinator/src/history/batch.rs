@@ -67,16 +67,78 @@ fn verify_batch_into(checks: &[SignatureCheck], batch: &[usize], verdicts: &mut 
     if batch.is_empty() {
         return;
     }
-    let messages: Vec<&[u8]> = batch
-        .iter()
-        .map(|&i| checks[i].message.as_slice())
-        .collect();
-    let signatures: Vec<Signature> = batch.iter().map(|&i| checks[i].signature).collect();
-    let keys: Vec<VerifyingKey> = batch.iter().map(|&i| checks[i].key).collect();
-    let all_good = ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok();
+    let all_good = batch_equation_holds(checks, batch);
     for &i in batch {
         verdicts[i] = all_good || verify_one(&checks[i]);
     }
+}
+
+/// The batch equation of ed25519-dalek's `verify_batch` over the signatures `batch` names,
+/// `[Σ z·s]B = Σ z·R + Σ (z·k)A`, with the terms of each distinct key `A` added up first:
+/// `Σ_A (Σ_{i: A_i = A} z_i·k_i)A` is the same group element as `Σ_i (z_i·k_i)A_i`, so the verdict is
+/// that of `verify_batch` with the same `z`, but the multiscalar multiplication has one point per
+/// signature and one per distinct key (a history has a handful) instead of two per signature: about
+/// half the work (issue 11.4: start-up time).
+///
+/// Each `z` is a fresh 128-bit random scalar (the process's CSPRNG), as in the batch verification
+/// of Bernstein et al.; ed25519-dalek derives its `z` from the batch's inputs instead, which lets a
+/// signer predict them. A non-canonical `s` or an `R` that is no point fails the batch (then each
+/// signature gets `verify_strict`'s verdict alone), as `verify_batch` fails on them.
+fn batch_equation_holds(checks: &[SignatureCheck], batch: &[usize]) -> bool {
+    use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
+    use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
+    use curve25519_dalek::scalar::Scalar;
+    use curve25519_dalek::traits::{IsIdentity, VartimeMultiscalarMul};
+    use rand::Rng;
+    use sha2::{Digest, Sha512};
+
+    let mut rng = rand::thread_rng();
+    let mut basepoint = Scalar::ZERO;
+    let mut r_scalars = Vec::with_capacity(batch.len());
+    let mut r_points = Vec::with_capacity(batch.len());
+    // Per distinct key: its point and the sum of its signatures' z·k.
+    let mut key_at: HashMap<[u8; 32], usize> = HashMap::new();
+    let mut key_scalars: Vec<Scalar> = Vec::new();
+    let mut key_points: Vec<EdwardsPoint> = Vec::new();
+    for &i in batch {
+        let check = &checks[i];
+        let Some(s) =
+            Option::<Scalar>::from(Scalar::from_canonical_bytes(*check.signature.s_bytes()))
+        else {
+            return false;
+        };
+        let Some(r) = CompressedEdwardsY(*check.signature.r_bytes()).decompress() else {
+            return false;
+        };
+        let k = Scalar::from_bytes_mod_order_wide(
+            &Sha512::new()
+                .chain_update(check.signature.r_bytes())
+                .chain_update(check.key.as_bytes())
+                .chain_update(&check.message)
+                .finalize()
+                .into(),
+        );
+        let z = Scalar::from(rng.r#gen::<u128>());
+        basepoint += z * s;
+        r_scalars.push(z);
+        r_points.push(r);
+        let at = *key_at.entry(check.key.to_bytes()).or_insert_with(|| {
+            key_scalars.push(Scalar::ZERO);
+            key_points.push(check.key.to_edwards());
+            key_points.len() - 1
+        });
+        key_scalars[at] += z * k;
+    }
+    // -[Σ z·s]B + Σ z·R + Σ_A (Σ z·k)A = 0
+    EdwardsPoint::vartime_multiscalar_mul(
+        std::iter::once(-basepoint)
+            .chain(r_scalars)
+            .chain(key_scalars),
+        std::iter::once(ED25519_BASEPOINT_POINT)
+            .chain(r_points)
+            .chain(key_points),
+    )
+    .is_identity()
 }
 
 /// Whether a signature's `R` may join a batch: canonically encoded (`verify_strict` compares the

@@ -1,7 +1,7 @@
 //! `Ledger`: the history in a [`Store`]. Everything read is hash-checked and the whole line verified
 //! before it is used; every write is one atomic, durable batch.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
@@ -127,10 +127,18 @@ impl<S: Store> Ledger<S> {
         let mut took = LoadTimes::default();
 
         // The line, newest first: transitions only (a few hundred bytes each).
+        let mut stored = self.stored_transitions()?;
         let mut line = Vec::new();
         let mut cursor = latest;
         while cursor != Hash::ZERO {
-            let t = self.transition(&cursor)?;
+            let t = match &mut stored {
+                Some(stored) => stored.remove(&cursor).unwrap_or_else(|| {
+                    Err(LedgerError::Corrupt(format!(
+                        "transition {cursor} is missing"
+                    )))
+                })?,
+                None => self.transition(&cursor)?,
+            };
             cursor = t.previous;
             line.push(t);
             if line.len() as u64 > line.first().map_or(0, |t| t.index) + 1 {
@@ -275,7 +283,34 @@ impl<S: Store> Ledger<S> {
             .store
             .get(&Key::Transition(*hash))?
             .ok_or_else(|| LedgerError::Corrupt(format!("transition {hash} is missing")))?;
-        let t = Transition::decode(&bytes)
+        Self::named_transition(hash, &bytes)
+    }
+
+    /// Every transition record the store holds, decoded and checked against its name on every core,
+    /// by name; `None` if the store cannot list them (see [`Store::transition_records`]). A record
+    /// that does not decode or does not hash to its name is kept as its error: it is refused only if
+    /// the line reaches it, as a lookup of it would be. Names that are not a hash are no transition's.
+    #[allow(clippy::type_complexity)]
+    fn stored_transitions(
+        &self,
+    ) -> Result<Option<HashMap<Hash, Result<Transition, LedgerError>>>, LedgerError> {
+        let Some(records) = self.store.transition_records()? else {
+            return Ok(None);
+        };
+        let decoded = super::chain::par_chunks(&records, |_, part| {
+            part.iter()
+                .filter_map(|(name, bytes)| {
+                    let hash = Hash::from_slice(name).ok()?;
+                    Some((hash, Self::named_transition(&hash, bytes)))
+                })
+                .collect()
+        });
+        Ok(Some(decoded.into_iter().collect()))
+    }
+
+    /// Decodes the record stored under transition `hash` and checks it hashes to that name.
+    fn named_transition(hash: &Hash, bytes: &[u8]) -> Result<Transition, LedgerError> {
+        let t = Transition::decode(bytes)
             .map_err(|e| LedgerError::Corrupt(format!("transition {hash}: {e}")))?;
         if t.hash() != *hash {
             return Err(LedgerError::Corrupt(format!(

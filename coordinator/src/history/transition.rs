@@ -1,5 +1,7 @@
 //! `Transition`: one step of the history, as stored and as checked.
 
+use std::borrow::Cow;
+
 use ed25519_dalek::{Signature, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
@@ -37,12 +39,15 @@ impl Transition {
             index: self.index,
             manifest_hash: self.manifest_hash,
             previous: self.previous,
-            signature: hex::encode(self.signature.to_bytes()),
-            owner_key: self.owner.as_ref().map(|o| hex::encode(o.key.as_bytes())),
+            signature: hex::encode(self.signature.to_bytes()).into(),
+            owner_key: self
+                .owner
+                .as_ref()
+                .map(|o| hex::encode(o.key.as_bytes()).into()),
             owner_signature: self
                 .owner
                 .as_ref()
-                .map(|o| hex::encode(o.signature.to_bytes())),
+                .map(|o| hex::encode(o.signature.to_bytes()).into()),
         };
         // Serializing a struct of strings and integers to JSON cannot fail.
         serde_json::to_vec(&record).unwrap_or_default()
@@ -74,12 +79,15 @@ impl Transition {
         let owner = match (owner_key, owner_signature) {
             (None, None) => None,
             (Some(k), Some(s)) => {
-                let key = <[u8; 32]>::try_from(
-                    hex::decode(k)
-                        .map_err(|e| format!("owner_key: {e}"))?
-                        .as_slice(),
-                )
-                .map_err(|_| "owner_key: expected 32 bytes".to_string())?;
+                let mut key = [0u8; 32];
+                if hex::decode_to_slice(k, &mut key).is_err() {
+                    key = <[u8; 32]>::try_from(
+                        hex::decode(k)
+                            .map_err(|e| format!("owner_key: {e}"))?
+                            .as_slice(),
+                    )
+                    .map_err(|_| "owner_key: expected 32 bytes".to_string())?;
+                }
                 let key = verifying_key(&key)
                     .ok_or_else(|| "owner_key: not an Ed25519 public key".to_string())?;
                 let signature = parse_signature(s).map_err(|e| format!("owner_signature: {e}"))?;
@@ -122,19 +130,29 @@ pub(crate) fn verifying_key(bytes: &[u8; 32]) -> Option<VerifyingKey> {
 }
 
 fn parse_signature(s: &str) -> Result<Signature, String> {
+    // The common case without an allocation (issue 11.4: every record is decoded at start).
+    let mut out = [0u8; 64];
+    if hex::decode_to_slice(s, &mut out).is_ok() {
+        return Ok(Signature::from_bytes(&out));
+    }
     let bytes = hex::decode(s).map_err(|e| e.to_string())?;
     let bytes = <[u8; 64]>::try_from(bytes.as_slice())
         .map_err(|_| format!("expected 64 bytes, got {}", bytes.len()))?;
     Ok(Signature::from_bytes(&bytes))
 }
 
+/// The stored record. The hex fields borrow from the bytes being decoded when they can (they hold no
+/// escapes unless a host wrote some): a replica decodes every stored record at start (issue 11.4).
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Record {
+struct Record<'a> {
     index: u64,
     manifest_hash: Hash,
     previous: Hash,
-    signature: String,
-    owner_key: Option<String>,
-    owner_signature: Option<String>,
+    #[serde(borrow)]
+    signature: Cow<'a, str>,
+    #[serde(borrow)]
+    owner_key: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    owner_signature: Option<Cow<'a, str>>,
 }

@@ -20,11 +20,14 @@ pub enum Key {
 }
 
 impl Key {
+    /// What every [`Key::Transition`] starts with; its transition hash follows.
+    pub const TRANSITION_PREFIX: &'static [u8] = b"transition/";
+
     /// The bytes stored on disk for this key.
     pub fn encode(&self) -> Vec<u8> {
         let (prefix, hash): (&[u8], Option<&Hash>) = match self {
             Key::Object(h) => (b"obj/", Some(h)),
-            Key::Transition(h) => (b"transition/", Some(h)),
+            Key::Transition(h) => (Key::TRANSITION_PREFIX, Some(h)),
             Key::MeshCerts(h) => (b"mesh-certs/", Some(h)),
             Key::Latest => (b"meta/latest", None),
             Key::SigningKey => (b"meta/signing-key", None),

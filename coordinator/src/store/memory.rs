@@ -41,6 +41,17 @@ impl Store for MemoryStore {
         }
         Ok(())
     }
+
+    fn transition_records(&self) -> Result<Option<Vec<(Vec<u8>, Vec<u8>)>>, StoreError> {
+        let prefix = Key::TRANSITION_PREFIX;
+        Ok(Some(
+            self.lock()?
+                .range(prefix.to_vec()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .map(|(k, v)| (k[prefix.len()..].to_vec(), v.clone()))
+                .collect(),
+        ))
+    }
 }
 
 impl MemoryStore {

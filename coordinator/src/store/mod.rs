@@ -43,4 +43,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn apply_unflushed(&self, batch: Vec<Write>) -> Result<(), StoreError> {
         self.apply(batch)
     }
+    /// Every stored transition record, as (the name under its key, the bytes), in one pass over
+    /// the store's key order: a replica at start-up decodes them on every core instead of looking
+    /// each one up in turn as it walks the line (issue 11.4). `None` if this store cannot list its
+    /// keys; then the line is walked with [`Store::get`]. Not verified: callers check every record
+    /// they use against its name, and ignore the others.
+    fn transition_records(&self) -> Result<Option<Vec<(Vec<u8>, Vec<u8>)>>, StoreError> {
+        Ok(None)
+    }
 }

@@ -106,6 +106,22 @@ impl Store for SledStore {
         Ok(())
     }
 
+    fn transition_records(&self) -> Result<Option<Vec<(Vec<u8>, Vec<u8>)>>, StoreError> {
+        let prefix = Key::TRANSITION_PREFIX;
+        self.db
+            .scan_prefix(prefix)
+            .map(|entry| {
+                entry
+                    .map(|(k, v)| (k[prefix.len()..].to_vec(), v.to_vec()))
+                    .map_err(|e| StoreError::Io {
+                        op: "read the transitions",
+                        reason: e.to_string(),
+                    })
+            })
+            .collect::<Result<_, _>>()
+            .map(Some)
+    }
+
     /// One sled batch (atomic), not flushed: sled writes its log in order, so a later flush (of any
     /// tree of this database) makes it durable with everything written before it.
     fn apply_unflushed(&self, batch: Vec<Write>) -> Result<(), StoreError> {
