@@ -63,7 +63,7 @@ impl From<ChainError> for LedgerError {
 
 /// How many manifests [`Ledger::load`] reads and verifies at a time, at most: enough that each core's
 /// share of their signatures fills a batch (`history::batch`), and cut at [`LOAD_BATCH_BYTES`].
-const LOAD_BATCH: usize = 256;
+const LOAD_BATCH: usize = 1024;
 /// The manifest bytes of one batch, at most, plus the one manifest that passes it (1 MiB at the
 /// cap); the load holds up to three batches (one verified, one waiting, one being read): 51 MiB.
 const LOAD_BATCH_BYTES: usize = 16 << 20;
@@ -286,26 +286,64 @@ impl<S: Store> Ledger<S> {
         Self::named_transition(hash, &bytes)
     }
 
-    /// Every transition record the store holds, decoded and checked against its name on every core,
-    /// by name; `None` if the store cannot list them (see [`Store::transition_records`]). A record
-    /// that does not decode or does not hash to its name is kept as its error: it is refused only if
-    /// the line reaches it, as a lookup of it would be. Names that are not a hash are no transition's.
+    /// Every transition record the store holds, read in one range per core and decoded and checked
+    /// against its name there, by name; `None` if the store cannot list them (see
+    /// [`Store::transition_records`]). A record that does not decode or does not hash to its name is
+    /// kept as its error: it is refused only if the line reaches it, as a lookup of it would be.
+    /// Names that are not a hash are no transition's.
     #[allow(clippy::type_complexity)]
     fn stored_transitions(
         &self,
     ) -> Result<Option<HashMap<Hash, Result<Transition, LedgerError>>>, LedgerError> {
-        let Some(records) = self.store.transition_records()? else {
-            return Ok(None);
-        };
-        let decoded = super::chain::par_chunks(&records, |_, part| {
-            part.iter()
+        let parts = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 8);
+        // Ranges of the hash's first byte, one per part, together 0..=255.
+        let ranges: Vec<std::ops::RangeInclusive<u8>> = (0..parts)
+            .map(|p| {
+                let byte = |p: usize| u8::try_from(p * 256 / parts).unwrap_or(u8::MAX);
+                let end = if p + 1 == parts {
+                    u8::MAX
+                } else {
+                    byte(p + 1) - 1
+                };
+                byte(p)..=end
+            })
+            .collect();
+        let read = |range: &std::ops::RangeInclusive<u8>| {
+            let Some(records) = self.store.transition_records(range.clone())? else {
+                return Ok(None);
+            };
+            let decoded: Vec<(Hash, Result<Transition, LedgerError>)> = records
+                .iter()
                 .filter_map(|(name, bytes)| {
                     let hash = Hash::from_slice(name).ok()?;
                     Some((hash, Self::named_transition(&hash, bytes)))
                 })
-                .collect()
+                .collect();
+            Ok::<_, LedgerError>(Some(decoded))
+        };
+        let parts: Vec<_> = std::thread::scope(|scope| {
+            let handles: Vec<_> = ranges[1..]
+                .iter()
+                .map(|range| scope.spawn(move || read(range)))
+                .collect();
+            let mut parts = vec![read(&ranges[0])];
+            parts.extend(
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))),
+            );
+            parts
         });
-        Ok(Some(decoded.into_iter().collect()))
+        let mut stored = HashMap::new();
+        for part in parts {
+            let Some(decoded) = part? else {
+                return Ok(None);
+            };
+            stored.extend(decoded);
+        }
+        Ok(Some(stored))
     }
 
     /// Decodes the record stored under transition `hash` and checks it hashes to that name.

@@ -108,24 +108,26 @@ impl Transition {
 /// `VerifyingKey::from_bytes`, remembered for the last few distinct keys: a history of 10,000
 /// transitions names a handful of owner keys 20,000 times (each record and each manifest), and each
 /// decoding costs a field exponentiation (issue 11.4: start-up time). The memo holds only what
-/// `from_bytes` itself computed from the same bytes, so it cannot answer anything else.
+/// `from_bytes` itself computed from the same bytes, so it cannot answer anything else. One memo per
+/// thread: start-up decodes on every core, and a shared memo's lock was taken 20,000 times.
 pub(crate) fn verifying_key(bytes: &[u8; 32]) -> Option<VerifyingKey> {
+    use std::cell::RefCell;
     use std::collections::HashMap;
-    use std::sync::{Mutex, OnceLock};
-    /// Distinct keys remembered; later ones are decoded each time.
+    /// Distinct keys remembered per thread; later ones are decoded each time.
     const REMEMBERED: usize = 256;
-    static KEYS: OnceLock<Mutex<HashMap<[u8; 32], VerifyingKey>>> = OnceLock::new();
-    let keys = KEYS.get_or_init(Mutex::default);
-    // A poisoned memo (a panic elsewhere while it was held) is only a cache: decode without it.
-    if let Some(key) = keys.lock().ok().and_then(|k| k.get(bytes).copied()) {
+    thread_local! {
+        static KEYS: RefCell<HashMap<[u8; 32], VerifyingKey>> = RefCell::new(HashMap::new());
+    }
+    if let Some(key) = KEYS.with(|k| k.borrow().get(bytes).copied()) {
         return Some(key);
     }
     let key = VerifyingKey::from_bytes(bytes).ok()?;
-    if let Ok(mut keys) = keys.lock()
-        && keys.len() < REMEMBERED
-    {
-        keys.insert(*bytes, key);
-    }
+    KEYS.with(|k| {
+        let mut keys = k.borrow_mut();
+        if keys.len() < REMEMBERED {
+            keys.insert(*bytes, key);
+        }
+    });
     Some(key)
 }
 
