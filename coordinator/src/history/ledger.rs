@@ -62,7 +62,8 @@ impl From<ChainError> for LedgerError {
 }
 
 /// How many manifests [`Ledger::load`] reads and verifies at a time, at most: enough that each core's
-/// share of their signatures fills a batch (`history::batch`), and cut at [`LOAD_BATCH_BYTES`].
+/// share of their signatures fills a batch (`history::batch`) on two cores, and cut at
+/// [`LOAD_BATCH_BYTES`].
 const LOAD_BATCH: usize = 1024;
 /// The manifest bytes of one batch, at most, plus the one manifest that passes it (1 MiB at the
 /// cap); the load holds up to three batches (one verified, one waiting, one being read): 51 MiB.
