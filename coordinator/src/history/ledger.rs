@@ -159,11 +159,14 @@ impl<S: Store> Ledger<S> {
             let (batches, arriving) = std::sync::mpsc::sync_channel(1);
             scope.spawn(move || {
                 let mut line = line.into_iter().peekable();
+                // The first batches are smaller, so the verifier starts sooner (it waits for the
+                // first one with nothing else to do): 128, 256, 512, then LOAD_BATCH.
+                let mut size = LOAD_BATCH / 8;
                 while line.peek().is_some() {
                     let mut bytes = 0;
                     let mut read = || -> Result<Vec<_>, LedgerError> {
-                        let mut batch = Vec::with_capacity(LOAD_BATCH);
-                        while batch.len() < LOAD_BATCH && bytes < LOAD_BATCH_BYTES {
+                        let mut batch = Vec::with_capacity(size);
+                        while batch.len() < size && bytes < LOAD_BATCH_BYTES {
                             let Some(t) = line.next() else { break };
                             let manifest = self.object(&t.manifest_hash)?.ok_or_else(|| {
                                 LedgerError::Corrupt(format!(
@@ -177,6 +180,7 @@ impl<S: Store> Ledger<S> {
                         Ok(batch)
                     };
                     let batch = read();
+                    size = (size * 2).min(LOAD_BATCH);
                     let failed = batch.is_err();
                     // The verifier stopped (it found a fault): nothing more to read.
                     if batches.send(batch).is_err() || failed {
