@@ -296,6 +296,20 @@ mod tests {
         assert_eq!(verdicts.iter().filter(|&&ok| !ok).count(), 2);
     }
 
+    /// The batch equation itself (not only the verdicts, which the one-by-one fallback would make
+    /// right even if every batch failed): it holds for good signatures by many keys, so the fast path
+    /// is taken, and fails as soon as one signature is another key's.
+    #[test]
+    fn the_batch_equation_holds_for_good_signatures_by_many_keys_only() {
+        let mut checks: Vec<SignatureCheck> =
+            (1..=5).flat_map(|seed| good(&key(seed), 30)).collect();
+        let all: Vec<usize> = (0..checks.len()).collect();
+        assert!(batch_equation_holds(&checks, &all));
+        assert!(batch_equation_holds(&checks, &all[..1]));
+        checks[77].key = key(9).verifying_key();
+        assert!(!batch_equation_holds(&checks, &all));
+    }
+
     /// What plain batch verification accepts and `verify_strict` refuses: a weak (small-order) key
     /// with a small-order `R`, canonically and non-canonically encoded. ed25519-dalek's
     /// `verify_batch` accepts both; `verify_strict_all` must not.
