@@ -24,6 +24,11 @@ impl Hash {
 
     /// Parses 64 hex characters; the error says what was wrong.
     pub fn from_hex(s: &str) -> Result<Hash, String> {
+        // The common case without an allocation: a replica reads tens of thousands at start.
+        let mut out = [0u8; 32];
+        if hex::decode_to_slice(s, &mut out).is_ok() {
+            return Ok(Hash(out));
+        }
         let bytes = hex::decode(s.trim()).map_err(|e| format!("{s:?} is not hex: {e}"))?;
         Hash::from_slice(&bytes).map_err(|_| {
             format!(
@@ -65,8 +70,18 @@ impl Serialize for Hash {
 
 impl<'de> Deserialize<'de> for Hash {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Hash, D::Error> {
-        let s = String::deserialize(d)?;
-        Hash::from_hex(&s).map_err(serde::de::Error::custom)
+        /// Takes the string where it is (no copy), borrowed or not.
+        struct HexHash;
+        impl serde::de::Visitor<'_> for HexHash {
+            type Value = Hash;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a SHA-256 hash in hex (64 characters)")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Hash, E> {
+                Hash::from_hex(s).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(HexHash)
     }
 }
 

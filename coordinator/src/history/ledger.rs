@@ -1,7 +1,7 @@
 //! `Ledger`: the history in a [`Store`]. Everything read is hash-checked and the whole line verified
 //! before it is used; every write is one atomic, durable batch.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
@@ -62,8 +62,9 @@ impl From<ChainError> for LedgerError {
 }
 
 /// How many manifests [`Ledger::load`] reads and verifies at a time, at most: enough that each core's
-/// share of their signatures fills a batch (`history::batch`), and cut at [`LOAD_BATCH_BYTES`].
-const LOAD_BATCH: usize = 256;
+/// share of their signatures fills a batch (`history::batch`) on two cores, and cut at
+/// [`LOAD_BATCH_BYTES`].
+const LOAD_BATCH: usize = 1024;
 /// The manifest bytes of one batch, at most, plus the one manifest that passes it (1 MiB at the
 /// cap); the load holds up to three batches (one verified, one waiting, one being read): 51 MiB.
 const LOAD_BATCH_BYTES: usize = 16 << 20;
@@ -127,10 +128,18 @@ impl<S: Store> Ledger<S> {
         let mut took = LoadTimes::default();
 
         // The line, newest first: transitions only (a few hundred bytes each).
+        let mut stored = self.stored_transitions()?;
         let mut line = Vec::new();
         let mut cursor = latest;
         while cursor != Hash::ZERO {
-            let t = self.transition(&cursor)?;
+            let t = match &mut stored {
+                Some(stored) => stored.remove(&cursor).unwrap_or_else(|| {
+                    Err(LedgerError::Corrupt(format!(
+                        "transition {cursor} is missing"
+                    )))
+                })?,
+                None => self.transition(&cursor)?,
+            };
             cursor = t.previous;
             line.push(t);
             if line.len() as u64 > line.first().map_or(0, |t| t.index) + 1 {
@@ -150,11 +159,14 @@ impl<S: Store> Ledger<S> {
             let (batches, arriving) = std::sync::mpsc::sync_channel(1);
             scope.spawn(move || {
                 let mut line = line.into_iter().peekable();
+                // The first batches are smaller, so the verifier starts sooner (it waits for the
+                // first one with nothing else to do): 128, 256, 512, then LOAD_BATCH.
+                let mut size = LOAD_BATCH / 8;
                 while line.peek().is_some() {
                     let mut bytes = 0;
                     let mut read = || -> Result<Vec<_>, LedgerError> {
-                        let mut batch = Vec::with_capacity(LOAD_BATCH);
-                        while batch.len() < LOAD_BATCH && bytes < LOAD_BATCH_BYTES {
+                        let mut batch = Vec::with_capacity(size);
+                        while batch.len() < size && bytes < LOAD_BATCH_BYTES {
                             let Some(t) = line.next() else { break };
                             let manifest = self.object(&t.manifest_hash)?.ok_or_else(|| {
                                 LedgerError::Corrupt(format!(
@@ -168,6 +180,7 @@ impl<S: Store> Ledger<S> {
                         Ok(batch)
                     };
                     let batch = read();
+                    size = (size * 2).min(LOAD_BATCH);
                     let failed = batch.is_err();
                     // The verifier stopped (it found a fault): nothing more to read.
                     if batches.send(batch).is_err() || failed {
@@ -306,7 +319,72 @@ impl<S: Store> Ledger<S> {
             .store
             .get(&Key::Transition(*hash))?
             .ok_or_else(|| LedgerError::Corrupt(format!("transition {hash} is missing")))?;
-        let t = Transition::decode(&bytes)
+        Self::named_transition(hash, &bytes)
+    }
+
+    /// Every transition record the store holds, read in one range per core and decoded and checked
+    /// against its name there, by name; `None` if the store cannot list them (see
+    /// [`Store::transition_records`]). A record that does not decode or does not hash to its name is
+    /// kept as its error: it is refused only if the line reaches it, as a lookup of it would be.
+    /// Names that are not a hash are no transition's.
+    #[allow(clippy::type_complexity)]
+    fn stored_transitions(
+        &self,
+    ) -> Result<Option<HashMap<Hash, Result<Transition, LedgerError>>>, LedgerError> {
+        let parts = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 8);
+        // Ranges of the hash's first byte, one per part, together 0..=255.
+        let ranges: Vec<std::ops::RangeInclusive<u8>> = (0..parts)
+            .map(|p| {
+                let byte = |p: usize| u8::try_from(p * 256 / parts).unwrap_or(u8::MAX);
+                let end = if p + 1 == parts {
+                    u8::MAX
+                } else {
+                    byte(p + 1) - 1
+                };
+                byte(p)..=end
+            })
+            .collect();
+        let read = |range: &std::ops::RangeInclusive<u8>| {
+            let Some(records) = self.store.transition_records(range.clone())? else {
+                return Ok(None);
+            };
+            let decoded: Vec<(Hash, Result<Transition, LedgerError>)> = records
+                .iter()
+                .filter_map(|(name, bytes)| {
+                    let hash = Hash::from_slice(name).ok()?;
+                    Some((hash, Self::named_transition(&hash, bytes)))
+                })
+                .collect();
+            Ok::<_, LedgerError>(Some(decoded))
+        };
+        let parts: Vec<_> = std::thread::scope(|scope| {
+            let handles: Vec<_> = ranges[1..]
+                .iter()
+                .map(|range| scope.spawn(move || read(range)))
+                .collect();
+            let mut parts = vec![read(&ranges[0])];
+            parts.extend(
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))),
+            );
+            parts
+        });
+        let mut stored = HashMap::new();
+        for part in parts {
+            let Some(decoded) = part? else {
+                return Ok(None);
+            };
+            stored.extend(decoded);
+        }
+        Ok(Some(stored))
+    }
+
+    /// Decodes the record stored under transition `hash` and checks it hashes to that name.
+    fn named_transition(hash: &Hash, bytes: &[u8]) -> Result<Transition, LedgerError> {
+        let t = Transition::decode(bytes)
             .map_err(|e| LedgerError::Corrupt(format!("transition {hash}: {e}")))?;
         if t.hash() != *hash {
             return Err(LedgerError::Corrupt(format!(

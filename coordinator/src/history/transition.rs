@@ -1,5 +1,7 @@
 //! `Transition`: one step of the history, as stored and as checked.
 
+use std::borrow::Cow;
+
 use ed25519_dalek::{Signature, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
@@ -37,12 +39,15 @@ impl Transition {
             index: self.index,
             manifest_hash: self.manifest_hash,
             previous: self.previous,
-            signature: hex::encode(self.signature.to_bytes()),
-            owner_key: self.owner.as_ref().map(|o| hex::encode(o.key.as_bytes())),
+            signature: hex::encode(self.signature.to_bytes()).into(),
+            owner_key: self
+                .owner
+                .as_ref()
+                .map(|o| hex::encode(o.key.as_bytes()).into()),
             owner_signature: self
                 .owner
                 .as_ref()
-                .map(|o| hex::encode(o.signature.to_bytes())),
+                .map(|o| hex::encode(o.signature.to_bytes()).into()),
         };
         // Serializing a struct of strings and integers to JSON cannot fail.
         serde_json::to_vec(&record).unwrap_or_default()
@@ -74,12 +79,15 @@ impl Transition {
         let owner = match (owner_key, owner_signature) {
             (None, None) => None,
             (Some(k), Some(s)) => {
-                let key = <[u8; 32]>::try_from(
-                    hex::decode(k)
-                        .map_err(|e| format!("owner_key: {e}"))?
-                        .as_slice(),
-                )
-                .map_err(|_| "owner_key: expected 32 bytes".to_string())?;
+                let mut key = [0u8; 32];
+                if hex::decode_to_slice(k, &mut key).is_err() {
+                    key = <[u8; 32]>::try_from(
+                        hex::decode(k)
+                            .map_err(|e| format!("owner_key: {e}"))?
+                            .as_slice(),
+                    )
+                    .map_err(|_| "owner_key: expected 32 bytes".to_string())?;
+                }
                 let key = verifying_key(&key)
                     .ok_or_else(|| "owner_key: not an Ed25519 public key".to_string())?;
                 let signature = parse_signature(s).map_err(|e| format!("owner_signature: {e}"))?;
@@ -100,41 +108,53 @@ impl Transition {
 /// `VerifyingKey::from_bytes`, remembered for the last few distinct keys: a history of 10,000
 /// transitions names a handful of owner keys 20,000 times (each record and each manifest), and each
 /// decoding costs a field exponentiation (issue 11.4: start-up time). The memo holds only what
-/// `from_bytes` itself computed from the same bytes, so it cannot answer anything else.
+/// `from_bytes` itself computed from the same bytes, so it cannot answer anything else. One memo per
+/// thread: start-up decodes on every core, and a shared memo's lock was taken 20,000 times.
 pub(crate) fn verifying_key(bytes: &[u8; 32]) -> Option<VerifyingKey> {
+    use std::cell::RefCell;
     use std::collections::HashMap;
-    use std::sync::{Mutex, OnceLock};
-    /// Distinct keys remembered; later ones are decoded each time.
+    /// Distinct keys remembered per thread; later ones are decoded each time.
     const REMEMBERED: usize = 256;
-    static KEYS: OnceLock<Mutex<HashMap<[u8; 32], VerifyingKey>>> = OnceLock::new();
-    let keys = KEYS.get_or_init(Mutex::default);
-    // A poisoned memo (a panic elsewhere while it was held) is only a cache: decode without it.
-    if let Some(key) = keys.lock().ok().and_then(|k| k.get(bytes).copied()) {
+    thread_local! {
+        static KEYS: RefCell<HashMap<[u8; 32], VerifyingKey>> = RefCell::new(HashMap::new());
+    }
+    if let Some(key) = KEYS.with(|k| k.borrow().get(bytes).copied()) {
         return Some(key);
     }
     let key = VerifyingKey::from_bytes(bytes).ok()?;
-    if let Ok(mut keys) = keys.lock()
-        && keys.len() < REMEMBERED
-    {
-        keys.insert(*bytes, key);
-    }
+    KEYS.with(|k| {
+        let mut keys = k.borrow_mut();
+        if keys.len() < REMEMBERED {
+            keys.insert(*bytes, key);
+        }
+    });
     Some(key)
 }
 
 fn parse_signature(s: &str) -> Result<Signature, String> {
+    // The common case without an allocation (issue 11.4: every record is decoded at start).
+    let mut out = [0u8; 64];
+    if hex::decode_to_slice(s, &mut out).is_ok() {
+        return Ok(Signature::from_bytes(&out));
+    }
     let bytes = hex::decode(s).map_err(|e| e.to_string())?;
     let bytes = <[u8; 64]>::try_from(bytes.as_slice())
         .map_err(|_| format!("expected 64 bytes, got {}", bytes.len()))?;
     Ok(Signature::from_bytes(&bytes))
 }
 
+/// The stored record. The hex fields borrow from the bytes being decoded when they can (they hold no
+/// escapes unless a host wrote some): a replica decodes every stored record at start (issue 11.4).
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Record {
+struct Record<'a> {
     index: u64,
     manifest_hash: Hash,
     previous: Hash,
-    signature: String,
-    owner_key: Option<String>,
-    owner_signature: Option<String>,
+    #[serde(borrow)]
+    signature: Cow<'a, str>,
+    #[serde(borrow)]
+    owner_key: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    owner_signature: Option<Cow<'a, str>>,
 }

@@ -320,6 +320,32 @@ fn a_tampered_store_is_refused_at_open() {
                     .unwrap();
             }),
         ),
+        // Start-up reads every transition record in one pass and decodes them all (issue 11.4):
+        // a record on the line that does not decode, or that is another transition's, is refused
+        // as a lookup of it would be.
+        (
+            "a transition record that is not a record",
+            Box::new(|s: &SledStore| {
+                s.tamper_put(&Key::Transition(first.hash), b"{\"index\": 0")
+                    .unwrap();
+            }),
+        ),
+        (
+            "a transition record swapped for another's",
+            Box::new(|s: &SledStore| {
+                s.tamper_put(&Key::Transition(first.hash), &second.transition.encode())
+                    .unwrap();
+            }),
+        ),
+        (
+            "a transition record removed",
+            Box::new(|s: &SledStore| {
+                s.apply(vec![crate::store::Write::Delete(Key::Transition(
+                    first.hash,
+                ))])
+                .unwrap();
+            }),
+        ),
     ];
     for (what, tamper) in tampers {
         let copy = tempfile::tempdir().unwrap();
@@ -338,6 +364,44 @@ fn a_tampered_store_is_refused_at_open() {
             result.map(|c| c.state())
         );
     }
+}
+
+/// Start-up reads every stored transition record, not only those on the line (issue 11.4): records
+/// the line never reaches (undecodable, or a well-formed transition of another history, at any
+/// first byte of the name) change nothing, as when the line was walked one lookup at a time.
+#[test]
+fn transition_records_off_the_line_are_ignored_at_open() {
+    let d = TestDeployment::new();
+    let dir = tempfile::tempdir().unwrap();
+    let second = {
+        let mut c = Coordinator::open(SledStore::open(dir.path()).unwrap()).unwrap();
+        let first = c
+            .set_manifest(d.set_request(d.manifest(1), Hash::ZERO), now())
+            .unwrap();
+        c.set_manifest(d.set_request(d.manifest(2), first.hash), now())
+            .unwrap()
+    };
+    {
+        let s = SledStore::open(dir.path()).unwrap();
+        let stray = Transition {
+            index: 7,
+            previous: Hash([9; 32]),
+            ..second.transition.clone()
+        };
+        for first_byte in [0x00, 0x7f, 0x80, 0xff] {
+            let mut name = [first_byte; 32];
+            s.tamper_put(&Key::Transition(Hash(name)), b"not a record")
+                .unwrap();
+            name[1] = 1;
+            s.tamper_put(&Key::Transition(Hash(name)), &stray.encode())
+                .unwrap();
+        }
+        s.tamper_put(&Key::Transition(stray.hash()), &stray.encode())
+            .unwrap();
+    }
+    let c = Coordinator::open(SledStore::open(dir.path()).unwrap()).unwrap();
+    assert_eq!(c.chain().unwrap().latest_hash(), second.hash);
+    assert_eq!(c.chain().unwrap().len(), 2);
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {

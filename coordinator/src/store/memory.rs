@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use super::{Key, Store, StoreError, Write};
+use super::{Key, Records, Store, StoreError, Write};
 
 type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -40,6 +40,20 @@ impl Store for MemoryStore {
             };
         }
         Ok(())
+    }
+
+    fn transition_records(
+        &self,
+        first: std::ops::RangeInclusive<u8>,
+    ) -> Result<Option<Records>, StoreError> {
+        let skip = Key::TRANSITION_PREFIX.len();
+        let (from, to) = Key::transition_range(&first);
+        Ok(Some(
+            self.lock()?
+                .range(from..to)
+                .map(|(k, v)| (k[skip..].to_vec(), v.clone()))
+                .collect(),
+        ))
     }
 }
 

@@ -24,6 +24,9 @@ pub enum StoreError {
     Io { op: &'static str, reason: String },
 }
 
+/// Stored records as (the rest of the key after its prefix, the value).
+pub type Records = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// One write in a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Write {
@@ -42,5 +45,18 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// next [`Store::apply`] on the same store makes them durable too, in order.
     fn apply_unflushed(&self, batch: Vec<Write>) -> Result<(), StoreError> {
         self.apply(batch)
+    }
+    /// The stored transition records whose names (transition hashes) start with a byte in `first`,
+    /// as (name, bytes), in key order: a replica at start-up reads every record in a few ranges at
+    /// once, one per core, and decodes them there, instead of looking each one up in turn as it
+    /// walks the line (issue 11.4). `None` if this store cannot list its keys; then the line is
+    /// walked with [`Store::get`]. Not verified: callers check every record they use against its
+    /// name, and ignore the others.
+    fn transition_records(
+        &self,
+        first: std::ops::RangeInclusive<u8>,
+    ) -> Result<Option<Records>, StoreError> {
+        let _ = first;
+        Ok(None)
     }
 }

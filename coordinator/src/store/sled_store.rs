@@ -20,7 +20,7 @@ fn is_lock_held(e: &sled::Error) -> bool {
         || io.to_string().contains("could not acquire lock"))
 }
 
-use super::{DurableFlush, Key, Store, StoreError, Write};
+use super::{DurableFlush, Key, Records, Store, StoreError, Write};
 
 /// A [`Store`] on a sled database.
 #[derive(Debug, Clone)]
@@ -104,6 +104,26 @@ impl Store for SledStore {
             reason: e.to_string(),
         })?;
         Ok(())
+    }
+
+    fn transition_records(
+        &self,
+        first: std::ops::RangeInclusive<u8>,
+    ) -> Result<Option<Records>, StoreError> {
+        let skip = Key::TRANSITION_PREFIX.len();
+        let (from, to) = Key::transition_range(&first);
+        self.db
+            .range(from..to)
+            .map(|entry| {
+                entry
+                    .map(|(k, v)| (k[skip..].to_vec(), v.to_vec()))
+                    .map_err(|e| StoreError::Io {
+                        op: "read the transitions",
+                        reason: e.to_string(),
+                    })
+            })
+            .collect::<Result<_, _>>()
+            .map(Some)
     }
 
     /// One sled batch (atomic), not flushed: sled writes its log in order, so a later flush (of any
