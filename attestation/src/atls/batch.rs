@@ -190,12 +190,8 @@ impl Batcher {
         binding: [u8; 64],
     ) -> Result<Batched, AttestationError> {
         let failed = |e: String| AttestationError::Issuer(format!("the evidence task failed: {e}"));
-        if !self.batching {
-            let issuer = self.issuer.clone();
-            return tokio::task::spawn_blocking(move || issuer.issue(&binding).map(|e| (e, None)))
-                .await
-                .map_err(|e| failed(e.to_string()))?;
-        }
+        // Both modes queue: one issuer call at a time, and a request whose handshake gave up
+        // (its deadline) while it waited costs no call (`drain`). Unbatched, each call serves one.
         let (reply, answer) = oneshot::channel();
         let start = {
             let mut state = self.lock();
@@ -216,17 +212,24 @@ impl Batcher {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Issues batches until nobody waits.
+    /// Issues batches until nobody waits. Requests whose handshake gave up are dropped first: under
+    /// a flood of handshakes that time out, the issuer (on SEV-SNP the secure processor, one call at
+    /// a time) would otherwise spend itself on reports nobody waits for, and the handshakes that
+    /// could still finish would time out behind them.
     fn drain(&self) {
-        std::thread::sleep(BATCH_WINDOW);
+        if self.batching {
+            std::thread::sleep(BATCH_WINDOW);
+        }
+        let most = if self.batching { MAX_BATCH } else { 1 };
         loop {
             let batch: Vec<([u8; 64], Reply)> = {
                 let mut state = self.lock();
+                state.waiting.retain(|(_, reply)| !reply.is_closed());
                 if state.waiting.is_empty() {
                     state.draining = false;
                     return;
                 }
-                let n = state.waiting.len().min(MAX_BATCH);
+                let n = state.waiting.len().min(most);
                 state.waiting.drain(..n).collect()
             };
             self.issue(batch);
@@ -379,5 +382,42 @@ mod tests {
         let unbatched = Arc::new(Batcher::new(issuer.clone(), false));
         let (evidence, proof) = unbatched.evidence([7; 64]).await.unwrap();
         assert_eq!((evidence.report, proof), ([7; 64].to_vec(), None));
+    }
+
+    /// A flood of handshakes that give up before their evidence comes (their deadline) must not keep
+    /// the issuer busy with reports nobody waits for, in either mode. Before, one report per handshake
+    /// ran one issuer call for every abandoned handshake (40 calls, 2 s of a one-at-a-time device).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn abandoned_requests_cost_no_issuer_calls() {
+        for batching in [false, true] {
+            let issuer = Arc::new(Counting(Default::default()));
+            let batcher = Arc::new(Batcher::new(issuer.clone(), batching));
+            let tasks: Vec<_> = bindings(40)
+                .into_iter()
+                .map(|b| {
+                    let batcher = batcher.clone();
+                    tokio::spawn(async move {
+                        // Each call takes 50 ms: all but the first few give up while waiting.
+                        tokio::time::timeout(
+                            std::time::Duration::from_millis(60),
+                            batcher.evidence(b),
+                        )
+                        .await
+                    })
+                })
+                .collect();
+            for task in tasks {
+                let _ = task.await.unwrap();
+            }
+            // Let the queue run dry, then a request that waits gets its evidence.
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            let calls = issuer.0.load(std::sync::atomic::Ordering::SeqCst);
+            assert!(
+                calls <= 6,
+                "batching {batching}: {calls} issuer calls for 40 handshakes that gave up after 60 ms"
+            );
+            let (evidence, _) = batcher.evidence([9; 64]).await.unwrap();
+            assert_eq!(evidence.report, [9; 64].to_vec());
+        }
     }
 }
