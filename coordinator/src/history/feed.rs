@@ -17,8 +17,11 @@ use super::transition::Transition;
 use crate::hash::Hash;
 use crate::manifest::Manifest;
 
-/// How many applied transitions the feed keeps for the core to catch up with.
-const CAPACITY: usize = 64;
+/// How many applied transitions the feed keeps for the core to catch up with, and their bytes (the
+/// manifests and policy documents as submitted) at most: a core more than that behind reads the store.
+/// The core takes what it catches up with, so the feed usually holds one transition or none.
+const CAPACITY: usize = 16;
+const CAPACITY_BYTES: usize = 8 << 20;
 
 /// One applied transition, as the state machine verified it.
 #[derive(Debug, Clone)]
@@ -29,40 +32,47 @@ pub struct Verified {
     pub checked: CheckedNext,
     /// The policy documents uploaded with it, by hash.
     pub policies: Vec<(Hash, Vec<u8>)>,
+    /// The manifest's size as submitted, plus the documents': what this entry costs in memory.
+    pub bytes: usize,
 }
 
-/// Shared between the state machine (which publishes) and the core (which reads).
+/// Shared between the state machine (which publishes) and the core (which takes).
 #[derive(Debug, Clone, Default)]
 pub struct VerifiedFeed(Arc<Mutex<VecDeque<Verified>>>);
 
 impl VerifiedFeed {
-    /// Adds an applied transition, dropping the oldest beyond [`CAPACITY`].
+    /// Adds an applied transition, dropping the oldest beyond [`CAPACITY`] or [`CAPACITY_BYTES`].
     pub fn publish(&self, verified: Verified) {
         let mut q = self.lock();
-        if q.len() == CAPACITY {
+        q.push_back(verified);
+        while q.len() > CAPACITY
+            || (q.len() > 1 && q.iter().map(|v| v.bytes).sum::<usize>() > CAPACITY_BYTES)
+        {
             q.pop_front();
         }
-        q.push_back(verified);
     }
 
-    /// The applied transitions that lead from the chain end `from` to the transition `to`, oldest
-    /// first, if the feed holds that whole line; else None (also when `from` is `to`).
-    pub fn between(&self, from: Hash, to: Hash) -> Option<Vec<Verified>> {
-        let q = self.lock();
+    /// Takes the applied transitions that lead from the chain end `from` to the transition `to`,
+    /// oldest first, if the feed holds that whole line (and drops what came before them); else None
+    /// (also when `from` is `to`), and the feed is unchanged.
+    pub fn take_between(&self, from: Hash, to: Hash) -> Option<Vec<Verified>> {
+        let mut q = self.lock();
         let start = q.iter().position(|v| v.transition.previous == from)?;
-        let mut line = Vec::new();
         let mut end = from;
-        for v in q.iter().skip(start) {
+        let mut last = None;
+        for (i, v) in q.iter().enumerate().skip(start) {
             if v.transition.previous != end {
                 break;
             }
             end = v.transition.hash();
-            line.push(v.clone());
             if end == to {
-                return Some(line);
+                last = Some(i);
+                break;
             }
         }
-        None
+        let last = last?;
+        let line = q.drain(..=last).skip(start).collect();
+        Some(line)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Verified>> {

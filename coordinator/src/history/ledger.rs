@@ -297,7 +297,7 @@ impl<S: Store> Ledger<S> {
         };
         let latest = Hash::from_slice(&latest)
             .map_err(|e| LedgerError::Corrupt(format!("the latest pointer: {e}")))?;
-        let Some(line) = feed.between(known.chain.latest_hash(), latest) else {
+        let Some(line) = feed.take_between(known.chain.latest_hash(), latest) else {
             return Ok(false);
         };
         let mesh = self.mesh_certs(&latest)?;

@@ -216,11 +216,14 @@ impl StateMachine {
                         for (hash, doc) in &policies {
                             history.policies.insert(*hash, doc.clone());
                         }
+                        let bytes = new.manifest_bytes.len()
+                            + policies.iter().map(|(_, d)| d.len()).sum::<usize>();
                         self.feed.publish(crate::history::feed::Verified {
                             transition: new.transition.clone(),
                             manifest,
                             checked,
                             policies,
+                            bytes,
                         });
                     }
                     (Growth::Append(..), None) => {

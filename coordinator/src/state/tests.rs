@@ -1090,6 +1090,7 @@ fn the_core_catches_up_from_the_state_machines_verdicts_and_only_for_what_was_ch
             manifest: m.clone(),
             checked,
             policies: Vec::new(),
+            bytes: 0,
         });
     }
     // The store no longer holds transition 4: only the feed can bring a replica past it.
@@ -1122,6 +1123,7 @@ fn the_core_catches_up_from_the_state_machines_verdicts_and_only_for_what_was_ch
             manifest: m,
             checked: checked.clone(),
             policies: Vec::new(),
+            bytes: 0,
         });
     }
     forger.follow(feed);
