@@ -24,6 +24,12 @@ pub enum CoordinatorError {
         "write conflict: another SetManifest after transition {previous} is being committed now, so this one (after the same transition) cannot commit; nothing was written: fetch the latest history, re-sign against it and retry"
     )]
     WriteConflict { previous: Hash },
+    /// The transition was committed, but a later one was committed before this replica answered
+    /// (leadership moved while the write was in flight) and this replica cannot vouch for it further.
+    #[error(
+        "transition {transition} was committed, but a later transition ({latest}) replaced it before this replica could answer; the write took effect: fetch the latest history to see both"
+    )]
+    CommittedThenSuperseded { transition: Hash, latest: Hash },
     /// The latest manifest has no owner keys: the history is closed.
     #[error(
         "the latest manifest lists no workload owner keys, so it is final: no update is accepted"

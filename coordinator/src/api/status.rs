@@ -21,6 +21,8 @@ pub fn to_status(e: &CoordinatorError) -> Status {
         CoordinatorError::Crypto(_) | CoordinatorError::Evidence(_) => Code::Internal,
         // A concurrency conflict the caller resolves by re-reading and retrying (gRPC's Aborted).
         CoordinatorError::WriteConflict { .. } => Code::Aborted,
+        // Not a refusal: the write happened (the message says so); the caller re-reads.
+        CoordinatorError::CommittedThenSuperseded { .. } => Code::Unavailable,
     };
     Status::new(code, e.to_string())
 }

@@ -571,15 +571,35 @@ impl<S: Store> Coordinator<S> {
     /// nothing) if the store's latest is not this transition: another write won the race.
     pub fn commit_set(&mut self, p: PreparedSet) -> Result<SetOutcome, CoordinatorError> {
         self.refresh()?;
-        let latest = self
+        let chain = &self
             .history
             .as_ref()
             .ok_or_else(|| {
                 CoordinatorError::Crypto("the transition was written but the store is empty".into())
             })?
-            .chain
-            .latest_hash();
+            .chain;
+        let latest = chain.latest_hash();
         if latest != p.hash {
+            // Committed, and already followed by another transition (leadership moved while the
+            // write was in flight, and the next leader committed it and more): the write took
+            // effect, so it must not be answered as a mismatch. This replica does not adopt the
+            // superseded mesh CA.
+            if chain.position(&p.hash).is_some() {
+                return match (&p.genesis, &self.secrets) {
+                    (None, Some(secrets)) => Ok(SetOutcome {
+                        root_ca_pem: secrets.root_ca.cert_pem(),
+                        mesh_ca_pem: p.mesh_ca.mesh_ca_pem(),
+                        transition: p.new.transition,
+                        hash: p.hash,
+                        seed_shares: Vec::new(),
+                        unchanged: false,
+                    }),
+                    _ => Err(CoordinatorError::CommittedThenSuperseded {
+                        transition: p.hash,
+                        latest,
+                    }),
+                };
+            }
             return Err(CoordinatorError::PreviousMismatch {
                 expected: p.new.transition.previous,
                 latest,
