@@ -140,7 +140,9 @@ pub async fn run(
     };
     // The state machine loads and verifies the stored history; the core takes that same verified
     // history rather than verifying it again (issue 11.4: start-up verified it twice).
-    let (mut log_store, state_machine) = crate::raft::open(&store).map_err(|e| refuse(&e))?;
+    let (mut log_store, state_machine) =
+        crate::raft::open(&store, &config.data_dir.join(crate::raft::LOG_DIR))
+            .map_err(|e| refuse(&e))?;
     let mut coordinator =
         Coordinator::open_verified(store.clone(), state_machine.history().cloned());
     coordinator.follow(state_machine.verified_feed());

@@ -1,15 +1,21 @@
-//! `LogStore`: the Raft log, the vote and the committed and purged log ids, in two trees of the
-//! replica's sled database (the same one the history lives in).
+//! `LogStore`: the Raft log, the vote and the committed and purged log ids, in the replica's own
+//! log file ([`Wal`], `<data dir>/raft/log`).
 //!
-//! `raft-log` maps a big-endian `u64` index (so sled's byte order is index order) to the entry as JSON;
-//! `raft-meta` holds `vote`, `committed` and `last-purged` as JSON. An append, a vote, a truncation and
-//! a purge return (and an append calls openraft back) only after `flush` returned: Raft's safety rests on
-//! a replica never forgetting what it acknowledged. The log is not trusted for integrity (the host can
-//! edit sled's files): the state machine re-verifies every command it applies, and an entry whose key
-//! and log id disagree is reported as damage rather than used.
+//! An entry is stored as its JSON, under its index; the vote, the committed id and the purge mark as
+//! JSON too. An append, a vote, a truncation and a purge return (and an append calls openraft back)
+//! only after the file was synced: Raft's safety rests on a replica never forgetting what it
+//! acknowledged. The log is not trusted for integrity (the host can edit the file): the state machine
+//! re-verifies every command it applies, and an entry whose index and log id disagree is reported as
+//! damage rather than used.
+//!
+//! Until issue 11.3 the log lived in two trees of the sled database (`raft-log`, `raft-meta`); a
+//! replica that still has them moves them into its log file the first time it opens, before it
+//! answers anything, and then drops the trees.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{
@@ -21,45 +27,56 @@ use serde::de::DeserializeOwned;
 
 use super::error::RaftStoreError;
 use super::types::{NodeId, TypeConfig};
+use super::wal::Wal;
 
-/// The sled tree of log entries.
+/// The sled tree the log was kept in before it had its own file.
 pub const LOG_TREE: &str = "raft-log";
-/// The sled tree of the log's metadata.
+/// The sled tree of the log's metadata before it had its own file.
 pub const META_TREE: &str = "raft-meta";
 
 const VOTE: &[u8] = b"vote";
 const COMMITTED: &[u8] = b"committed";
 const LAST_PURGED: &[u8] = b"last-purged";
 
-/// The Raft log on sled. Cloning shares the trees: a clone is the log reader openraft's replication
-/// tasks use.
+/// The Raft log in its file. Cloning shares the file: a clone is the log reader openraft's
+/// replication tasks use.
 #[derive(Debug, Clone)]
 pub struct LogStore {
-    /// The flush of the whole database (sled's, then `fdatasync`): what makes an entry durable.
-    durable: crate::store::DurableFlush,
-    log: sled::Tree,
-    meta: sled::Tree,
+    wal: Arc<Mutex<Wal>>,
     /// The test fault hook (`--insecure-test-stall-raft-while`): while this file exists, an append
     /// blocks its thread as a disk that stopped answering would.
     stall_while: Option<std::path::PathBuf>,
 }
 
 impl LogStore {
-    /// Opens (or creates) the log's trees in `db`.
+    /// Opens (or creates) the log in `dir`; a log still in `db`'s trees from an older version is
+    /// moved into the file first.
     pub fn open(
+        dir: &Path,
         db: &sled::Db,
-        durable: crate::store::DurableFlush,
+        durable: &crate::store::DurableFlush,
     ) -> Result<LogStore, RaftStoreError> {
-        let log = db
-            .open_tree(LOG_TREE)
-            .map_err(|e| RaftStoreError::io("open the raft-log tree", e))?;
-        let meta = db
-            .open_tree(META_TREE)
-            .map_err(|e| RaftStoreError::io("open the raft-meta tree", e))?;
+        let wal = if Wal::exists(dir) {
+            Wal::open(dir)?
+        } else {
+            import_from_sled(dir, db)?
+        };
+        // After the file holds them (a crash before this line leaves both, and the file counts).
+        for tree in [LOG_TREE, META_TREE] {
+            if db
+                .tree_names()
+                .iter()
+                .any(|n| n.as_ref() == tree.as_bytes())
+            {
+                db.drop_tree(tree)
+                    .map_err(|e| RaftStoreError::io("drop the old Raft log tree", e))?;
+                durable
+                    .flush()
+                    .map_err(|e| RaftStoreError::io("flush the dropped Raft log tree", e))?;
+            }
+        }
         Ok(LogStore {
-            durable,
-            log,
-            meta,
+            wal: Arc::new(Mutex::new(wal)),
             stall_while: None,
         })
     }
@@ -73,67 +90,34 @@ impl LogStore {
 
     /// The last log index openraft saved as committed, for the metrics; None before the first commit.
     pub fn committed_index(&self) -> Result<Option<u64>, RaftStoreError> {
-        let committed: Option<Option<LogId<NodeId>>> = self.read_meta(COMMITTED)?;
+        let committed: Option<Option<LogId<NodeId>>> =
+            decode_value(COMMITTED, self.wal().committed())?;
         Ok(committed.flatten().map(|l| l.index))
     }
 
-    fn flush(&self, op: &'static str) -> Result<(), RaftStoreError> {
-        self.durable.flush().map_err(|e| RaftStoreError::io(op, e))
+    /// The log file's size in bytes, for the tests and the benchmark.
+    pub fn file_len(&self) -> u64 {
+        self.wal().file_len()
     }
 
-    fn read_meta<T: DeserializeOwned>(
-        &self,
-        key: &'static [u8],
-    ) -> Result<Option<T>, RaftStoreError> {
-        let what = || format!("raft-meta/{}", String::from_utf8_lossy(key));
-        match self
-            .meta
-            .get(key)
-            .map_err(|e| RaftStoreError::io("read the raft-meta tree", e))?
-        {
-            None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| RaftStoreError::corrupt(what(), e)),
-        }
+    fn wal(&self) -> MutexGuard<'_, Wal> {
+        // The log keeps its own consistency (`Wal::broken`) whatever a panicking holder did.
+        self.wal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn write_meta<T: Serialize>(
-        &self,
-        key: &'static [u8],
-        value: &T,
-    ) -> Result<(), RaftStoreError> {
-        let bytes = serde_json::to_vec(value)
-            .map_err(|e| RaftStoreError::io("encode a raft-meta value", e))?;
-        self.meta
-            .insert(key, bytes)
-            .map(|_| ())
-            .map_err(|e| RaftStoreError::io("write the raft-meta tree", e))
-    }
-
-    fn decode_entry(key: &[u8], value: &[u8]) -> Result<Entry<TypeConfig>, RaftStoreError> {
-        let index = <[u8; 8]>::try_from(key)
-            .map(u64::from_be_bytes)
-            .map_err(|_| RaftStoreError::corrupt("raft-log key", "is not 8 bytes"))?;
+    fn decode_entry(index: u64, value: &[u8]) -> Result<Entry<TypeConfig>, RaftStoreError> {
         let entry: Entry<TypeConfig> = serde_json::from_slice(value)
-            .map_err(|e| RaftStoreError::corrupt(format!("raft-log entry {index}"), e))?;
-        // A host that moves entries between keys must not make openraft read one index as another.
+            .map_err(|e| RaftStoreError::corrupt(format!("raft log entry {index}"), e))?;
+        // A host that moves entries between indexes must not make openraft read one as another.
         if entry.log_id.index != index {
             return Err(RaftStoreError::corrupt(
-                format!("raft-log entry {index}"),
+                format!("raft log entry {index}"),
                 format!("it says it is entry {}", entry.log_id.index),
             ));
         }
         Ok(entry)
-    }
-
-    fn range(&self, start: Bound<u64>, end: Bound<u64>) -> sled::Iter {
-        let key = |b: Bound<u64>| match b {
-            Bound::Included(i) => Bound::Included(i.to_be_bytes()),
-            Bound::Excluded(i) => Bound::Excluded(i.to_be_bytes()),
-            Bound::Unbounded => Bound::Unbounded,
-        };
-        self.log.range::<[u8; 8], _>((key(start), key(end)))
     }
 
     fn entries(
@@ -141,53 +125,88 @@ impl LogStore {
         start: Bound<u64>,
         end: Bound<u64>,
     ) -> Result<Vec<Entry<TypeConfig>>, RaftStoreError> {
-        self.range(start, end)
-            .map(|kv| {
-                let (k, v) = kv.map_err(|e| RaftStoreError::io("read the raft-log tree", e))?;
-                Self::decode_entry(&k, &v)
-            })
+        let raw = self.wal().read((start, end))?;
+        raw.iter()
+            .map(|(index, bytes)| Self::decode_entry(*index, bytes))
             .collect()
     }
 
     fn last_log_id(&self) -> Result<Option<LogId<NodeId>>, RaftStoreError> {
-        match self
-            .log
-            .last()
-            .map_err(|e| RaftStoreError::io("read the raft-log tree", e))?
-        {
-            None => Ok(None),
-            Some((k, v)) => Ok(Some(Self::decode_entry(&k, &v)?.log_id)),
-        }
+        let Some(last) = self.wal().last_index() else {
+            return Ok(None);
+        };
+        Ok(self
+            .entries(Bound::Included(last), Bound::Included(last))?
+            .pop()
+            .map(|e| e.log_id))
     }
 
     fn append_entries(
         &self,
         entries: impl IntoIterator<Item = Entry<TypeConfig>>,
     ) -> Result<(), RaftStoreError> {
-        let mut batch = sled::Batch::default();
-        for entry in entries {
-            let bytes = serde_json::to_vec(&entry)
-                .map_err(|e| RaftStoreError::io("encode a log entry", e))?;
-            batch.insert(&entry.log_id.index.to_be_bytes(), bytes);
-        }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| RaftStoreError::io("append to the raft-log tree", e))?;
-        self.flush("flush appended log entries to disk")
+        let encoded = entries
+            .into_iter()
+            .map(|entry| {
+                serde_json::to_vec(&entry)
+                    .map(|bytes| (entry.log_id.index, bytes))
+                    .map_err(|e| RaftStoreError::io("encode a log entry", e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.wal().append(encoded)
     }
+}
 
-    /// Removes the entries whose index is in `range`, as one batch, and flushes.
-    fn remove_entries(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), RaftStoreError> {
-        // By key, without decoding: a damaged entry must not keep openraft from removing it.
-        let mut batch = sled::Batch::default();
-        for key in self.range(start, end).keys() {
-            batch.remove(key.map_err(|e| RaftStoreError::io("read the raft-log tree", e))?);
+fn encode_value<T: Serialize>(value: &T) -> Result<Vec<u8>, RaftStoreError> {
+    serde_json::to_vec(value).map_err(|e| RaftStoreError::io("encode a raft log value", e))
+}
+
+fn decode_value<T: DeserializeOwned>(
+    name: &[u8],
+    bytes: Option<&[u8]>,
+) -> Result<Option<T>, RaftStoreError> {
+    bytes
+        .map(|b| {
+            serde_json::from_slice(b).map_err(|e| {
+                RaftStoreError::corrupt(format!("raft log {}", String::from_utf8_lossy(name)), e)
+            })
+        })
+        .transpose()
+}
+
+/// Writes the log an older version kept in `db`'s trees to a new log file in `dir`.
+fn import_from_sled(dir: &Path, db: &sled::Db) -> Result<Wal, RaftStoreError> {
+    let io = |e| RaftStoreError::io("read the old Raft log tree", e);
+    let meta = db.open_tree(META_TREE).map_err(io)?;
+    let log = db.open_tree(LOG_TREE).map_err(io)?;
+    let value = |key: &[u8]| -> Result<Option<Vec<u8>>, RaftStoreError> {
+        Ok(meta.get(key).map_err(io)?.map(|v| v.to_vec()))
+    };
+    let purged = match value(LAST_PURGED)? {
+        None => None,
+        Some(bytes) => {
+            let id: LogId<NodeId> =
+                decode_value(LAST_PURGED, Some(&bytes))?.expect("a value was given");
+            Some((id.index, bytes))
         }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| RaftStoreError::io("remove entries from the raft-log tree", e))?;
-        self.flush("flush removed log entries to disk")
+    };
+    let mut entries = Vec::new();
+    for kv in log.iter() {
+        let (k, v) = kv.map_err(io)?;
+        let index = <[u8; 8]>::try_from(k.as_ref())
+            .map(u64::from_be_bytes)
+            .map_err(|_| RaftStoreError::corrupt("old raft-log key", "is not 8 bytes"))?;
+        LogStore::decode_entry(index, &v)?;
+        entries.push((index, v.to_vec()));
     }
+    if !entries.is_empty() || purged.is_some() {
+        tracing::info!(
+            entries = entries.len(),
+            dir = %dir.display(),
+            "moving the Raft log from the sled database into its own file"
+        );
+    }
+    Wal::create(dir, value(VOTE)?, value(COMMITTED)?, purged, entries)
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -205,7 +224,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
         let read = || -> Result<LogState<TypeConfig>, RaftStoreError> {
-            let last_purged_log_id: Option<LogId<NodeId>> = self.read_meta(LAST_PURGED)?;
+            let last_purged_log_id: Option<LogId<NodeId>> =
+                decode_value(LAST_PURGED, self.wal().purged().map(|(_, mark)| mark))?;
             // With every entry purged, the last log id is the last purged one (openraft's contract).
             let last_log_id = self.last_log_id()?.or(last_purged_log_id);
             Ok(LogState {
@@ -221,13 +241,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
-        self.write_meta(VOTE, vote)
-            .and_then(|()| self.flush("flush the vote to disk"))
+        encode_value(vote)
+            .and_then(|bytes| self.wal().set_vote(bytes))
             .map_err(|e| e.into_storage(ErrorSubject::Vote, ErrorVerb::Write))
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
-        self.read_meta(VOTE)
+        decode_value(VOTE, self.wal().vote())
             .map_err(|e| e.into_storage(ErrorSubject::Vote, ErrorVerb::Read))
     }
 
@@ -235,14 +255,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
-        // Not flushed on its own: openraft tolerates losing it (it only spares re-applying entries
-        // after a restart), and the next append or vote flushes it anyway.
-        self.write_meta(COMMITTED, &committed)
+        // Not synced on its own: openraft tolerates losing it (it only spares re-applying entries
+        // after a restart), and the next append or vote syncs it anyway.
+        encode_value(&committed)
+            .and_then(|bytes| self.wal().set_committed(bytes))
             .map_err(|e| e.into_storage(ErrorSubject::Store, ErrorVerb::Write))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
-        self.read_meta::<Option<LogId<NodeId>>>(COMMITTED)
+        decode_value::<Option<LogId<NodeId>>>(COMMITTED, self.wal().committed())
             .map(Option::flatten)
             .map_err(|e| e.into_storage(ErrorSubject::Store, ErrorVerb::Read))
     }
@@ -261,7 +282,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
         }
-        // The callback tells openraft the entries are durable, so it runs only after the flush.
+        // The callback tells openraft the entries are durable, so it runs only after the sync.
         let started = std::time::Instant::now();
         let appended = self.append_entries(entries);
         crate::observe::global().commit_phase("log_append", started.elapsed());
@@ -278,16 +299,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        self.remove_entries(Bound::Included(log_id.index), Bound::Unbounded)
+        self.wal()
+            .truncate(log_id.index)
             .map_err(|e| e.into_storage(ErrorSubject::Log(log_id), ErrorVerb::Delete))
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        // The purge mark is durable before any entry goes, so a crash in between leaves a log state
-        // that still accounts for the removed entries.
-        self.write_meta(LAST_PURGED, &log_id)
-            .and_then(|()| self.flush("flush the purge mark to disk"))
-            .and_then(|()| self.remove_entries(Bound::Unbounded, Bound::Included(log_id.index)))
+        // The mark and the removal are one record: a crash leaves both or neither.
+        encode_value(&log_id)
+            .and_then(|mark| self.wal().purge(log_id.index, mark))
             .map_err(|e| e.into_storage(ErrorSubject::Log(log_id), ErrorVerb::Delete))
     }
 }

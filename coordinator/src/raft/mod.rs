@@ -1,8 +1,8 @@
-//! Raft storage (DESIGN.md, Replication): openraft 0.9's log store and state machine on the replica's
-//! sled database, beside the history.
+//! Raft storage (DESIGN.md, Replication): openraft 0.9's log store in its own file and the state
+//! machine on the replica's sled database, beside the history.
 //!
 //! What it owns: the type configuration and the commands ([`types`]), the log with the vote and the
-//! committed and purged log ids ([`LogStore`], trees `raft-log` and `raft-meta`), and the state machine
+//! committed and purged log ids ([`LogStore`] on [`wal`]'s file), and the state machine
 //! that applies committed commands to the history ([`StateMachine`], tree `raft-sm`; the history itself
 //! stays where [`SledStore`] and [`Ledger`](crate::history::Ledger) keep it, in the default tree), with
 //! its snapshots ([`SnapshotBuilder`]). The network and the `Raft` instance come later and plug into
@@ -30,6 +30,7 @@ pub mod sealed;
 pub(crate) mod snapshot;
 mod state_machine;
 pub mod types;
+pub mod wal;
 
 pub use error::RaftStoreError;
 pub use log_store::{LOG_TREE, LogStore, META_TREE};
@@ -43,11 +44,17 @@ pub use types::{
 
 use crate::store::SledStore;
 
-/// Opens the Raft log and state machine on `store`'s database. Fails if the stored history does not
-/// verify or the Raft trees cannot be read.
-pub fn open(store: &SledStore) -> Result<(LogStore, StateMachine), RaftStoreError> {
+/// The Raft log's directory in a replica's data directory.
+pub const LOG_DIR: &str = "raft";
+
+/// Opens the Raft log in `log_dir` and the state machine on `store`'s database. Fails if the stored
+/// history does not verify or the log or the Raft trees cannot be read.
+pub fn open(
+    store: &SledStore,
+    log_dir: &std::path::Path,
+) -> Result<(LogStore, StateMachine), RaftStoreError> {
     Ok((
-        LogStore::open(store.db(), store.durable().clone())?,
+        LogStore::open(log_dir, store.db(), store.durable())?,
         StateMachine::open(store)?,
     ))
 }

@@ -55,6 +55,8 @@ pub struct StateMachine {
     inbox: super::SealedInbox,
     /// Where it leaves each transition it verified and applied, for the core to catch up with.
     feed: crate::history::feed::VerifiedFeed,
+    /// Makes what `apply` wrote durable shortly after, off the commit's path.
+    flush_soon: crate::store::FlushSoon,
 }
 
 /// A command that passed every check.
@@ -123,6 +125,7 @@ impl StateMachine {
             history,
             inbox: super::SealedInbox::default(),
             feed: Default::default(),
+            flush_soon: crate::store::FlushSoon::new(store.durable().clone()),
         })
     }
 
@@ -507,11 +510,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // Neither the history writes nor the applied log id are flushed here (they were two more
         // fsyncs on every commit's path): the committed entries are durable in the log on a
         // majority before they commit, and this replica's log holds every entry it applies until
-        // a snapshot (whose build flushes the database) covers it. The next flush of this database
-        // (the next log append, or sled's own every 500 ms) makes them durable, in the order they
-        // were written (sled's log). Losing them in a crash only moves the applied log id back:
-        // openraft applies the entries after it again from the log, a transition already written
-        // as `AlreadyLatest`. `open` refuses a history behind its applied log id.
+        // a snapshot (whose build flushes the database) covers it. A background flush made
+        // shortly after (`FlushSoon`, which also syncs sled's blob files; sled's own every 500 ms
+        // does not) makes them durable, in the order they were written (sled's log). Losing them
+        // in a crash only moves the applied log id back: openraft applies the entries after it
+        // again from the log, a transition already written as `AlreadyLatest`. `open` refuses a
+        // history behind its applied log id.
+        self.flush_soon.request();
         crate::observe::global().commit_phase("apply", started.elapsed());
         Ok(responses)
     }

@@ -109,6 +109,60 @@ impl DurableFlush {
     }
 }
 
+/// How long `FlushSoon` waits before it flushes: writes in that time share the flush, and its syncs
+/// do not queue on the file system beside every commit's Raft log sync.
+const FLUSH_LAG: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// A [`DurableFlush`] made by a background thread shortly after it is asked for, once for all the
+/// requests that came meanwhile: for writes that are durable elsewhere already (the state machine's,
+/// whose entries are in the Raft log) and only must not stay unflushed for long. The thread ends,
+/// after a last flush if one was asked for, when this value is dropped.
+#[derive(Debug)]
+pub struct FlushSoon {
+    /// None if the thread could not be started: then each request flushes at once.
+    requests: Option<std::sync::mpsc::SyncSender<()>>,
+    flush: DurableFlush,
+}
+
+impl FlushSoon {
+    pub fn new(flush: DurableFlush) -> FlushSoon {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let background = flush.clone();
+        let started = std::thread::Builder::new()
+            .name("concord-flush".into())
+            .spawn(move || {
+                while rx.recv().is_ok() {
+                    std::thread::sleep(FLUSH_LAG);
+                    while rx.try_recv().is_ok() {}
+                    if let Err(e) = background.flush() {
+                        tracing::warn!(error = %e, "the background flush of the store failed; the Raft log still holds what it would have made durable, and the next flush tries again");
+                    }
+                }
+            });
+        let requests = match started {
+            Ok(_) => Some(tx),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the background flush thread; flushing at each write instead");
+                None
+            }
+        };
+        FlushSoon { requests, flush }
+    }
+
+    /// Asks for a flush soon; returns at once.
+    pub fn request(&self) {
+        match &self.requests {
+            // Full: a flush is asked for already, and it covers this write.
+            Some(tx) => drop(tx.try_send(())),
+            None => {
+                if let Err(e) = self.flush.flush() {
+                    tracing::warn!(error = %e, "flushing the store failed");
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,5 +183,21 @@ mod tests {
         drop(db);
         let db = sled::open(dir.path()).unwrap();
         assert_eq!(db.get(b"large").unwrap().unwrap().len(), 300 << 10);
+    }
+
+    #[test]
+    fn a_flush_asked_for_soon_is_made_by_the_background_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let flush = DurableFlush::new(db.clone(), dir.path()).unwrap();
+        let soon = FlushSoon::new(flush.clone());
+        db.insert(b"large", vec![7u8; 300 << 10]).unwrap();
+        soon.request();
+        soon.request();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while flush.inner.synced_blobs.lock().unwrap().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "no background flush");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 }

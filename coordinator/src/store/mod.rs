@@ -9,7 +9,7 @@ mod key;
 mod memory;
 mod sled_store;
 
-pub use durable::DurableFlush;
+pub use durable::{DurableFlush, FlushSoon};
 pub use key::Key;
 pub use memory::MemoryStore;
 pub use sled_store::SledStore;

@@ -6,7 +6,9 @@
 //! - sled's `Db::flush` after one insert: `sync_file_range`, which is not durable (it neither commits
 //!   the file's size nor flushes the disk's write cache): what the log store paid before;
 //! - `DurableFlush`: sled's flush, then `fdatasync` of its file (and of new blob files): what the log
-//!   store pays now for each append, vote, truncation and purge.
+//!   store paid for each append until issue 11.3, and what the state machine's background flush pays;
+//! - the Raft log's own file (`raft::wal::Wal`): a checksummed record written at the end, then
+//!   `fdatasync`: what the log store pays now for each append.
 //!
 //! Also the bytes each one hands the disk per entry (`/proc/self/io`'s `write_bytes`).
 
@@ -14,6 +16,7 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
+use concord_coordinator::raft::wal::Wal;
 use concord_coordinator::store::DurableFlush;
 
 use crate::table::{Row, Samples, Verdict, ms};
@@ -24,6 +27,7 @@ pub struct Durability {
     pub append: (Samples, Option<u64>),
     pub sled_flush: (Samples, Option<u64>),
     pub durable_flush: (Samples, Option<u64>),
+    pub wal: (Samples, Option<u64>),
 }
 
 fn write_bytes() -> Option<u64> {
@@ -108,12 +112,18 @@ pub fn measure(n: usize, entry_len: usize) -> Result<Durability, String> {
             .map_err(|e| format!("sled insert: {e}"))?;
         durable.flush().map_err(io("durable flush"))
     })?;
+    let mut wal = Wal::open(&dir.path().join("raft")).map_err(|e| format!("the log file: {e}"))?;
+    let wal = timed(n, |i| {
+        wal.append([(i + 1, entry.clone())])
+            .map_err(|e| format!("the log file: {e}"))
+    })?;
     Ok(Durability {
         entry_len,
         overwrite,
         append,
         sled_flush,
         durable_flush,
+        wal,
     })
 }
 
@@ -144,8 +154,19 @@ pub fn rows(d: &Durability) -> Vec<Row> {
             Verdict::Info,
         ),
         Row::new(
-            format!("durability, {len} B entry: sled insert + durable flush (the log store's)"),
+            format!(
+                "durability, {len} B entry: sled insert + durable flush (the log store's until 11.3)"
+            ),
             line(&d.durable_flush),
+            reference.clone(),
+            "-",
+            Verdict::Info,
+        ),
+        Row::new(
+            format!(
+                "durability, {len} B entry: Raft log file append + fdatasync (the log store's)"
+            ),
+            line(&d.wal),
             reference,
             "-",
             Verdict::Info,

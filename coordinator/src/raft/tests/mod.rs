@@ -32,20 +32,25 @@ pub(super) struct Disk {
 impl Disk {
     pub fn new() -> Disk {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SledStore::open(&dir.path().join("store")).unwrap();
         Disk { dir, store }
+    }
+
+    /// The Raft log's directory on this disk.
+    pub fn log_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join(super::LOG_DIR)
     }
 
     /// The Raft log and state machine on this disk.
     pub fn open(&self) -> (LogStore, StateMachine) {
-        super::open(&self.store).unwrap()
+        super::open(&self.store, &self.log_dir()).unwrap()
     }
 
     /// Closes the database and opens it again from the directory, as after a restart.
     pub fn reopen(self) -> Disk {
         let Disk { dir, store } = self;
         drop(store);
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SledStore::open(&dir.path().join("store")).unwrap();
         Disk { dir, store }
     }
 

@@ -5,7 +5,8 @@ use openraft::storage::{RaftLogReaderExt, RaftLogStorage, RaftLogStorageExt, Raf
 use openraft::{RaftLogReader, Vote};
 
 use super::{Disk, History, apply_one, command_entry, log_id, membership_entry};
-use crate::raft::LOG_TREE;
+use crate::raft::wal::Wal;
+use crate::raft::{LOG_TREE, LogStore, META_TREE};
 
 #[tokio::test]
 async fn the_log_vote_and_committed_id_survive_reopening() {
@@ -91,50 +92,83 @@ async fn the_applied_state_and_history_survive_reopening() {
 #[tokio::test]
 async fn a_log_entry_moved_to_another_index_is_reported() {
     let disk = Disk::new();
+    {
+        let (mut log, _sm) = disk.open();
+        log.blocking_append([membership_entry(1, &[1])])
+            .await
+            .unwrap();
+    }
+    // The host writes entry 1's bytes again, as entry 2, with a checksum that holds.
+    {
+        let mut wal = Wal::open(&disk.log_dir()).unwrap();
+        let (_, entry) = wal.read(1..=1).unwrap().pop().unwrap();
+        wal.append([(2, entry)]).unwrap();
+    }
     let (mut log, _sm) = disk.open();
-    log.blocking_append([membership_entry(1, &[1])])
-        .await
-        .unwrap();
-    let tree = disk.store.db().open_tree(LOG_TREE).unwrap();
-    let entry = tree.get(1u64.to_be_bytes()).unwrap().unwrap();
-    tree.insert(2u64.to_be_bytes(), entry).unwrap();
     let err = log.try_get_log_entries(0..5).await.unwrap_err().to_string();
     assert!(err.contains("it says it is entry 1"), "{err}");
 }
 
-/// `apply` does not flush the history it writes (the committed log holds it); should a disk ever keep
-/// the applied log id but lose the history write it counts, the replica refuses to start rather than
-/// serve a history without a committed transition that openraft would not apply again.
+/// A replica that kept its log in sled's trees (before issue 11.3) finds it in its log file after
+/// the upgrade: entries, vote, committed id and purge mark; the trees are gone.
 #[tokio::test]
-async fn a_history_behind_its_applied_log_id_is_refused() {
-    let history = History::new(2);
+async fn a_log_kept_in_sled_trees_moves_into_the_log_file() {
+    let history = History::new(1);
     let disk = Disk::new();
-    {
-        let (_log, mut sm) = disk.open();
-        apply_one(&mut sm, command_entry(1, history.command(0))).await;
-        apply_one(&mut sm, command_entry(2, history.command(1))).await;
-    }
-    // The disk lost the second transition's write, but not the applied log id after it.
     let db = disk.store.db();
-    db.remove(crate::store::Key::Transition(history.hashes[1]).encode())
-        .unwrap();
-    db.insert(
-        crate::store::Key::Latest.encode(),
-        history.hashes[0].as_bytes().to_vec(),
+    let (log_tree, meta) = (
+        db.open_tree(LOG_TREE).unwrap(),
+        db.open_tree(META_TREE).unwrap(),
+    );
+    let entries = [
+        membership_entry(2, &[1, 2, 3]),
+        command_entry(3, history.command(0)),
+    ];
+    for entry in &entries {
+        log_tree
+            .insert(
+                entry.log_id.index.to_be_bytes(),
+                serde_json::to_vec(entry).unwrap(),
+            )
+            .unwrap();
+    }
+    let json = |v: serde_json::Value| serde_json::to_vec(&v).unwrap();
+    meta.insert(
+        "vote",
+        json(serde_json::json!(Vote::<u64>::new_committed(4, 2))),
     )
     .unwrap();
-    let err = crate::raft::StateMachine::open(&disk.store)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("the disk lost writes"), "{err}");
-    // Intact, it opens.
-    let disk2 = Disk::new();
-    {
-        let (_log, mut sm) = disk2.open();
-        apply_one(&mut sm, command_entry(1, history.command(0))).await;
-        apply_one(&mut sm, command_entry(2, history.command(1))).await;
-    }
-    let disk2 = disk2.reopen();
-    let (_log, sm) = disk2.open();
-    assert_eq!(sm.history().unwrap().chain.latest_hash(), history.hashes[1]);
+    meta.insert("committed", json(serde_json::json!(Some(log_id(2)))))
+        .unwrap();
+    meta.insert("last-purged", json(serde_json::json!(log_id(1))))
+        .unwrap();
+    disk.store.durable().flush().unwrap();
+
+    let mut log = LogStore::open(&disk.log_dir(), db, disk.store.durable()).unwrap();
+    assert_eq!(
+        log.read_vote().await.unwrap(),
+        Some(Vote::new_committed(4, 2))
+    );
+    assert_eq!(log.read_committed().await.unwrap(), Some(log_id(2)));
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(log_id(1)));
+    assert_eq!(state.last_log_id, Some(log_id(3)));
+    assert_eq!(
+        log.get_log_entries(2..4).await.unwrap()[1].payload,
+        entries[1].payload
+    );
+    let names = db.tree_names();
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.as_ref() == LOG_TREE.as_bytes() || n.as_ref() == META_TREE.as_bytes()),
+        "the old trees are dropped"
+    );
+    // Opened again, the file is what counts.
+    drop(log);
+    let mut log = LogStore::open(&disk.log_dir(), db, disk.store.durable()).unwrap();
+    assert_eq!(
+        log.get_log_state().await.unwrap().last_log_id,
+        Some(log_id(3))
+    );
 }
