@@ -32,6 +32,8 @@ pub const COMMIT_PHASES: &[&str] = &[
     "log_append",
     "replicate",
     "apply",
+    "verify",
+    "store_write",
 ];
 
 /// The process's counters and histograms. One per process ([`global`]): the metrics of a process, as
@@ -322,8 +324,9 @@ fn counter_families(e: &mut Exposition, c: &Counters) {
         "concord_set_manifest_phase_seconds",
         "Where a SetManifest's time goes, by phase: on the leader `queue` (waiting for earlier writes and \
          the applied log), `prepare`, `raft_write` (append, replication, commit and apply), `commit` \
-         (adopting the new secrets); on every replica `log_append` (encode, write and flush log entries), \
-         `apply` (the state machine) and, on the leader, `replicate` (one AppendEntries round trip to a follower).",
+         (adopting the new secrets); on every replica `log_append` (encode, write and fdatasync log entries in the Raft log's file), \
+         `apply` (the state machine), `verify` (the part of `apply` that decodes and verifies an appended \
+         transition), `store_write` (the part of `apply` that writes it to the history) and, on the leader, `replicate` (one AppendEntries round trip to a follower).",
         Kind::Histogram,
     );
     for (phase, h) in &c.commit_phases {

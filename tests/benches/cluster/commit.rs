@@ -188,9 +188,10 @@ pub fn rows(commits: &Commits, etcd: Result<&Samples, &str>, value_len: usize) -
         Ok(e) => format!("etcd put: {}", ms(e.percentile(p))),
         Err(why) => why.to_string(),
     };
-    // The crypto a SetManifest cannot do without, on its path: the leader's prepare (signing,
-    // keys) and its state machine's apply (the verification every replica makes; the followers'
-    // run beside the leader's). Measured in this run, from the leader's /metrics.
+    // The crypto one SetManifest needs, as issue 11.3 counts it: the leader's prepare (checks,
+    // signing, keys) and every replica's verification of the new transition (the state machine's
+    // `verify` phase: decoding, signatures, certificates). The followers' verification is on the
+    // same two cores as the leader's path. Measured in this run, from the replicas' /metrics.
     let leader_mean = |name: &str| {
         commits.phases.as_ref().ok().and_then(|p| {
             p.iter()
@@ -198,22 +199,73 @@ pub fn rows(commits: &Commits, etcd: Result<&Samples, &str>, value_len: usize) -
                 .map(|p| p.mean)
         })
     };
-    let own = leader_mean("prepare")
-        .zip(leader_mean("apply"))
-        .map(|(p, a)| p + a);
+    // The followers' verification per write: their sum over the leader's count of writes.
+    let followers_per_write = |name: &str| {
+        let phases = commits.phases.as_ref().ok()?;
+        let writes = phases
+            .iter()
+            .find(|p| p.on_leader && p.name == name)?
+            .count
+            .max(1);
+        let followers = phases.iter().find(|p| !p.on_leader && p.name == name)?;
+        Some(
+            followers
+                .mean
+                .mul_f64(followers.count as f64 / writes as f64),
+        )
+    };
+    let prepare = leader_mean("prepare");
+    let verify = leader_mean("verify")
+        .zip(followers_per_write("verify"))
+        .map(|(l, f)| l + f);
+    let own = prepare.zip(verify).map(|(p, v)| p + v);
     let p50 = match (etcd, own) {
         (Ok(e), Some(own)) => Verdict::of(concord.median() <= e.median() + own),
         (Ok(_), None) => Verdict::NoReference("no phase metrics".into()),
         (Err(_), _) => Verdict::NoReference("needs etcd".into()),
     };
-    let own_text = own.map_or("?".to_string(), ms);
+    let text = |d: Option<Duration>| d.map_or("?".to_string(), ms);
+    let reference_p50 = match (etcd, own) {
+        (Ok(e), Some(own)) => format!(
+            "etcd put {} + prepare {} + verification on every replica {} = {}",
+            ms(e.median()),
+            text(prepare),
+            text(verify),
+            ms(e.median() + own)
+        ),
+        _ => format!("{} + own crypto {}", reference(50.0), text(own)),
+    };
+    // The stricter reference the benchmark used before: the leader's prepare and its whole apply
+    // (verification and history write), without the followers' verification. Shown for context.
+    let strict = prepare.zip(leader_mean("apply")).map(|(p, a)| p + a);
+    let strict_text = match (etcd, strict) {
+        (Ok(e), Some(strict)) => format!(
+            "etcd put {} + prepare + leader's apply {} = {} ({})",
+            ms(e.median()),
+            ms(strict),
+            ms(e.median() + strict),
+            if concord.median() <= e.median() + strict {
+                "p50 within it"
+            } else {
+                "p50 above it"
+            }
+        ),
+        _ => "needs etcd and the phase metrics".to_string(),
+    };
     let mut rows = vec![
         Row::new(
             format!("{what}: p50"),
             ms(concord.median()),
-            format!("{} + own crypto {own_text}", reference(50.0)),
-            "p50 <= etcd's p50 + prepare + apply",
+            reference_p50,
+            "p50 <= etcd's p50 + prepare + every replica's verification",
             p50,
+        ),
+        Row::new(
+            format!("{what}: p50, beside the leader-only reference"),
+            ms(concord.median()),
+            strict_text,
+            "-",
+            Verdict::Info,
         ),
         Row::new(
             format!("{what}: p99"),
