@@ -46,6 +46,16 @@ fn now() -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(1_767_225_600).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
+/// A Raft log file as the host could leave it on the replica's disk: replayed and every live entry
+/// decoded as the log store reads it (`raft::wal`, `raft::log_store`).
+pub fn raft_log(data: &[u8]) {
+    if let Ok(entries) = crate::raft::wal::replay_bytes(data) {
+        for (index, bytes) in entries {
+            let _ = crate::raft::LogStore::decode_entry(index, &bytes);
+        }
+    }
+}
+
 /// `data[0]` selects a request kind of [`REQUEST_KINDS`]; the rest is its protobuf encoding.
 pub fn request(data: &[u8]) {
     let Some((&kind, body)) = data.split_first() else {

@@ -107,7 +107,11 @@ impl LogStore {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn decode_entry(index: u64, value: &[u8]) -> Result<Entry<TypeConfig>, RaftStoreError> {
+    /// An entry as stored under `index`; refused if it does not decode or names another index.
+    pub(crate) fn decode_entry(
+        index: u64,
+        value: &[u8],
+    ) -> Result<Entry<TypeConfig>, RaftStoreError> {
         let entry: Entry<TypeConfig> = serde_json::from_slice(value)
             .map_err(|e| RaftStoreError::corrupt(format!("raft log entry {index}"), e))?;
         // A host that moves entries between indexes must not make openraft read one as another.

@@ -72,8 +72,29 @@ impl Slot {
     }
 }
 
-/// The Raft log's file and, in memory, where each live entry is in it and the latest vote,
+/// What the records say, in memory: where each live entry is in the file and the latest vote,
 /// committed id and purge mark, as their log store encoded them.
+#[derive(Debug, Default)]
+struct Index {
+    entries: BTreeMap<u64, Slot>,
+    /// Bytes of the records of live entries, to tell when a rewrite pays.
+    live: u64,
+    vote: Option<Vec<u8>>,
+    committed: Option<Vec<u8>>,
+    purged: Option<(u64, Vec<u8>)>,
+}
+
+/// How the records of a file end.
+#[derive(Debug, PartialEq)]
+enum Ending {
+    /// At this offset, where the zeros the file was grown with (or the file) begin.
+    Clean(u64),
+    /// In a record cut short or garbled at `at`, with only zeros after it up to `until`: what a
+    /// write that never completed leaves.
+    Torn { at: u64, until: u64 },
+}
+
+/// The Raft log's file and its [`Index`].
 #[derive(Debug)]
 pub struct Wal {
     dir: PathBuf,
@@ -82,12 +103,7 @@ pub struct Wal {
     end: u64,
     /// The file's size: zeros from `end` on.
     allocated: u64,
-    entries: BTreeMap<u64, Slot>,
-    /// Bytes of the records of live entries, to tell when a rewrite pays.
-    live: u64,
-    vote: Option<Vec<u8>>,
-    committed: Option<Vec<u8>>,
-    purged: Option<(u64, Vec<u8>)>,
+    index: Index,
     /// Set when a write failed part-way: what is in memory may no longer be what is on disk, so
     /// nothing more is written or read (the replica's Raft stops on the error and a restart replays
     /// the file).
@@ -128,11 +144,7 @@ impl Wal {
             file,
             end: 0,
             allocated: 0,
-            entries: BTreeMap::new(),
-            live: 0,
-            vote: None,
-            committed: None,
-            purged: None,
+            index: Index::default(),
             broken: None,
         };
         wal.replay()?;
@@ -170,22 +182,22 @@ impl Wal {
 
     /// The latest vote written.
     pub fn vote(&self) -> Option<&[u8]> {
-        self.vote.as_deref()
+        self.index.vote.as_deref()
     }
 
     /// The latest committed id written.
     pub fn committed(&self) -> Option<&[u8]> {
-        self.committed.as_deref()
+        self.index.committed.as_deref()
     }
 
     /// The latest purge: up to which index, and its mark.
     pub fn purged(&self) -> Option<(u64, &[u8])> {
-        self.purged.as_ref().map(|(i, m)| (*i, m.as_slice()))
+        self.index.purged.as_ref().map(|(i, m)| (*i, m.as_slice()))
     }
 
     /// The index of the last live entry.
     pub fn last_index(&self) -> Option<u64> {
-        self.entries.last_key_value().map(|(i, _)| *i)
+        self.index.entries.last_key_value().map(|(i, _)| *i)
     }
 
     /// The bytes on disk, for the tests and the benchmark.
@@ -212,7 +224,7 @@ impl Wal {
         }
         self.write(&buf, true)?;
         for (index, slot) in slots {
-            self.put(index, slot);
+            self.index.put(index, slot);
         }
         Ok(())
     }
@@ -223,7 +235,7 @@ impl Wal {
         let mut buf = Vec::new();
         encode(&mut buf, TRUNCATE, &index.to_le_bytes(), &[])?;
         self.write(&buf, true)?;
-        self.cut_from(index);
+        self.index.cut_from(index);
         Ok(())
     }
 
@@ -234,9 +246,10 @@ impl Wal {
         let mut buf = Vec::new();
         encode(&mut buf, PURGE, &index.to_le_bytes(), &mark)?;
         self.write(&buf, true)?;
-        self.cut_to(index);
-        self.purged = Some((index, mark));
-        if self.end - self.live > self.live + REWRITE_SLACK {
+        self.index.cut_to(index);
+        self.index.purged = Some((index, mark));
+        let live = self.index.live;
+        if self.end - live > live + REWRITE_SLACK {
             self.rewrite()?;
         }
         Ok(())
@@ -248,7 +261,7 @@ impl Wal {
         let mut buf = Vec::new();
         encode(&mut buf, VOTE, &[], &vote)?;
         self.write(&buf, true)?;
-        self.vote = Some(vote);
+        self.index.vote = Some(vote);
         Ok(())
     }
 
@@ -258,7 +271,7 @@ impl Wal {
         let mut buf = Vec::new();
         encode(&mut buf, COMMITTED, &[], &committed)?;
         self.write(&buf, false)?;
-        self.committed = Some(committed);
+        self.index.committed = Some(committed);
         Ok(())
     }
 
@@ -268,7 +281,8 @@ impl Wal {
         range: impl std::ops::RangeBounds<u64>,
     ) -> Result<Vec<(u64, Vec<u8>)>, RaftStoreError> {
         self.usable()?;
-        self.entries
+        self.index
+            .entries
             .range(range)
             .map(|(index, slot)| Ok((*index, self.read_entry(*index, *slot)?)))
             .collect()
@@ -290,24 +304,6 @@ impl Wal {
             ));
         }
         Ok(body[8..].to_vec())
-    }
-
-    fn put(&mut self, index: u64, slot: Slot) {
-        self.live += slot.bytes_on_disk();
-        if let Some(old) = self.entries.insert(index, slot) {
-            self.live -= old.bytes_on_disk();
-        }
-    }
-
-    fn cut_from(&mut self, index: u64) {
-        let gone = self.entries.split_off(&index);
-        self.live -= gone.values().map(Slot::bytes_on_disk).sum::<u64>();
-    }
-
-    fn cut_to(&mut self, index: u64) {
-        let kept = self.entries.split_off(&index.saturating_add(1));
-        let gone = std::mem::replace(&mut self.entries, kept);
-        self.live -= gone.values().map(Slot::bytes_on_disk).sum::<u64>();
     }
 
     fn usable(&self) -> Result<(), RaftStoreError> {
@@ -372,7 +368,7 @@ impl Wal {
         }
     }
 
-    /// Replays the file into the index and values; zeroes a record cut short at the end.
+    /// Replays the file into the index; zeroes a record cut short at the end of the log.
     fn replay(&mut self) -> Result<(), RaftStoreError> {
         let file_len = self
             .file
@@ -383,117 +379,21 @@ impl Wal {
             .file
             .try_clone()
             .map_err(|e| RaftStoreError::io("read the Raft log's file", e))?;
-        let mut reader = BufReader::with_capacity(1 << 20, handle);
-        let read_err = |e| RaftStoreError::io("read the Raft log's file", e);
-        let mut header = [0u8; 16];
-        reader
-            .read_exact(&mut header)
-            .ok()
-            .filter(|()| &header == HEADER)
-            .ok_or_else(|| {
-                RaftStoreError::corrupt("the Raft log's file", "it does not start with its header")
-            })?;
-        let mut at = HEADER.len() as u64;
-        let mut record = Vec::new();
-        while at < file_len {
-            let left = file_len - at;
-            if left < RECORD_HEADER {
-                self.drop_tail(at, file_len)?;
-                break;
-            }
-            let mut head = [0u8; RECORD_HEADER as usize];
-            reader.read_exact(&mut head).map_err(read_err)?;
-            if head == [0; RECORD_HEADER as usize] {
-                // The zeros the file was grown with: the log ends here, if nothing follows.
-                self.zeros_follow(at + RECORD_HEADER, &mut reader)?;
-                break;
-            }
-            let len = u64::from(u32::from_le_bytes(head[..4].try_into().expect("4 bytes")));
-            if len > left - RECORD_HEADER {
-                // The length reaches past the file's end: the tail of a write that never completed.
-                self.drop_tail(at, file_len)?;
-                break;
-            }
-            record.clear();
-            record.extend_from_slice(&head);
-            record.resize((RECORD_HEADER + len) as usize, 0);
-            reader
-                .read_exact(&mut record[RECORD_HEADER as usize..])
-                .map_err(read_err)?;
-            let Some((kind, body)) = decode(&record) else {
-                // Whole in length but not in content: the last write did not complete, if only
-                // zeros follow it.
-                self.zeros_follow(at + RECORD_HEADER + len, &mut reader)
-                    .map_err(|_| {
-                        RaftStoreError::corrupt(
-                            "the Raft log's file",
-                            format!(
-                                "the record at byte {at} fails its checksum, and records follow it"
-                            ),
-                        )
-                    })?;
-                self.drop_tail(at, at + RECORD_HEADER + len)?;
-                break;
-            };
-            let slot = Slot {
-                at,
-                len: len as u32,
-            };
-            self.replay_record(kind, body, slot).map_err(|reason| {
-                RaftStoreError::corrupt(
-                    "the Raft log's file",
-                    format!("the record at byte {at} {reason}"),
-                )
-            })?;
-            at += RECORD_HEADER + len;
-        }
-        self.end = at.min(file_len);
+        let mut index = Index::default();
+        let ending = scan(
+            BufReader::with_capacity(1 << 20, handle),
+            file_len,
+            &mut index,
+        )?;
+        self.index = index;
         self.allocated = file_len;
-        Ok(())
-    }
-
-    /// Fails unless everything `reader` has left (from byte `from` on) is zero.
-    fn zeros_follow(&self, from: u64, reader: &mut impl Read) -> Result<(), RaftStoreError> {
-        let mut buf = vec![0u8; 64 << 10];
-        let mut at = from;
-        loop {
-            let n = reader
-                .read(&mut buf)
-                .map_err(|e| RaftStoreError::io("read the Raft log's file", e))?;
-            if n == 0 {
-                return Ok(());
+        self.end = match ending {
+            Ending::Clean(end) => end,
+            Ending::Torn { at, until } => {
+                self.drop_tail(at, until)?;
+                at
             }
-            if let Some(i) = buf[..n].iter().position(|b| *b != 0) {
-                return Err(RaftStoreError::corrupt(
-                    "the Raft log's file",
-                    format!(
-                        "it has bytes at {} after the end of its log (zeros up to there)",
-                        at + i as u64
-                    ),
-                ));
-            }
-            at += n as u64;
-        }
-    }
-
-    fn replay_record(&mut self, kind: u8, body: &[u8], slot: Slot) -> Result<(), String> {
-        let index = || {
-            body.get(..8)
-                .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
-                .ok_or_else(|| "is too short for its kind".to_string())
         };
-        match kind {
-            ENTRY => self.put(index()?, slot),
-            TRUNCATE => self.cut_from(index()?),
-            PURGE => {
-                let index = index()?;
-                self.cut_to(index);
-                self.purged = Some((index, body[8..].to_vec()));
-            }
-            VOTE => self.vote = Some(body.to_vec()),
-            COMMITTED => self.committed = Some(body.to_vec()),
-            other => return Err(format!("is of unknown kind {other}")),
-        }
         Ok(())
     }
 
@@ -513,14 +413,14 @@ impl Wal {
 
     /// Writes the live state to a new file, syncs it and renames it over the old one.
     fn rewrite(&mut self) -> Result<(), RaftStoreError> {
-        let mut entries = Vec::with_capacity(self.entries.len());
-        for (index, slot) in &self.entries {
+        let mut entries = Vec::with_capacity(self.index.entries.len());
+        for (index, slot) in &self.index.entries {
             entries.push((*index, self.read_entry(*index, *slot)?));
         }
         let (vote, committed, purged) = (
-            self.vote.clone(),
-            self.committed.clone(),
-            self.purged.clone(),
+            self.index.vote.clone(),
+            self.index.committed.clone(),
+            self.index.purged.clone(),
         );
         let dir = self.dir.clone();
         let tmp = dir.join(REWRITE);
@@ -548,11 +448,170 @@ impl Wal {
         tracing::info!(
             before,
             after = self.end,
-            entries = self.entries.len(),
+            entries = self.index.entries.len(),
             "rewrote the Raft log's file without its purged entries"
         );
         Ok(())
     }
+}
+
+impl Index {
+    fn put(&mut self, index: u64, slot: Slot) {
+        self.live += slot.bytes_on_disk();
+        if let Some(old) = self.entries.insert(index, slot) {
+            self.live -= old.bytes_on_disk();
+        }
+    }
+
+    fn cut_from(&mut self, index: u64) {
+        let gone = self.entries.split_off(&index);
+        self.live -= gone.values().map(Slot::bytes_on_disk).sum::<u64>();
+    }
+
+    fn cut_to(&mut self, index: u64) {
+        let kept = self.entries.split_off(&index.saturating_add(1));
+        let gone = std::mem::replace(&mut self.entries, kept);
+        self.live -= gone.values().map(Slot::bytes_on_disk).sum::<u64>();
+    }
+
+    fn replay_record(&mut self, kind: u8, body: &[u8], slot: Slot) -> Result<(), String> {
+        let index = || {
+            body.get(..8)
+                .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+                .ok_or_else(|| "is too short for its kind".to_string())
+        };
+        match kind {
+            ENTRY => self.put(index()?, slot),
+            TRUNCATE => self.cut_from(index()?),
+            PURGE => {
+                let index = index()?;
+                self.cut_to(index);
+                self.purged = Some((index, body[8..].to_vec()));
+            }
+            VOTE => self.vote = Some(body.to_vec()),
+            COMMITTED => self.committed = Some(body.to_vec()),
+            other => return Err(format!("is of unknown kind {other}")),
+        }
+        Ok(())
+    }
+}
+
+/// Reads the records of a log file of `file_len` bytes from `reader` into `index`: pure, so that the
+/// fuzzer runs it on any bytes (`crate::fuzzing::raft_log`).
+fn scan(mut reader: impl Read, file_len: u64, index: &mut Index) -> Result<Ending, RaftStoreError> {
+    let read_err = |e| RaftStoreError::io("read the Raft log's file", e);
+    let mut header = [0u8; 16];
+    reader
+        .read_exact(&mut header)
+        .ok()
+        .filter(|()| &header == HEADER)
+        .ok_or_else(|| {
+            RaftStoreError::corrupt("the Raft log's file", "it does not start with its header")
+        })?;
+    let mut at = HEADER.len() as u64;
+    let mut record = Vec::new();
+    while at < file_len {
+        let left = file_len - at;
+        if left < RECORD_HEADER {
+            return Ok(Ending::Torn {
+                at,
+                until: file_len,
+            });
+        }
+        let mut head = [0u8; RECORD_HEADER as usize];
+        reader.read_exact(&mut head).map_err(read_err)?;
+        if head == [0; RECORD_HEADER as usize] {
+            // The zeros the file was grown with: the log ends here, if nothing follows.
+            zeros_follow(at + RECORD_HEADER, &mut reader)?;
+            return Ok(Ending::Clean(at));
+        }
+        let len = u64::from(u32::from_le_bytes(head[..4].try_into().expect("4 bytes")));
+        if len > left - RECORD_HEADER {
+            // The length reaches past the file's end: the tail of a write that never completed.
+            return Ok(Ending::Torn {
+                at,
+                until: file_len,
+            });
+        }
+        record.clear();
+        record.extend_from_slice(&head);
+        record.resize((RECORD_HEADER + len) as usize, 0);
+        reader
+            .read_exact(&mut record[RECORD_HEADER as usize..])
+            .map_err(read_err)?;
+        let Some((kind, body)) = decode(&record) else {
+            // Whole in length but not in content: the last write did not complete, if only
+            // zeros follow it.
+            zeros_follow(at + RECORD_HEADER + len, &mut reader).map_err(|_| {
+                RaftStoreError::corrupt(
+                    "the Raft log's file",
+                    format!("the record at byte {at} fails its checksum, and records follow it"),
+                )
+            })?;
+            return Ok(Ending::Torn {
+                at,
+                until: at + RECORD_HEADER + len,
+            });
+        };
+        let slot = Slot {
+            at,
+            len: len as u32,
+        };
+        index.replay_record(kind, body, slot).map_err(|reason| {
+            RaftStoreError::corrupt(
+                "the Raft log's file",
+                format!("the record at byte {at} {reason}"),
+            )
+        })?;
+        at += RECORD_HEADER + len;
+    }
+    Ok(Ending::Clean(at))
+}
+
+/// Fails unless everything `reader` has left (from byte `from` on) is zero.
+fn zeros_follow(from: u64, reader: &mut impl Read) -> Result<(), RaftStoreError> {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut at = from;
+    loop {
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| RaftStoreError::io("read the Raft log's file", e))?;
+        if n == 0 {
+            return Ok(());
+        }
+        if let Some(i) = buf[..n].iter().position(|b| *b != 0) {
+            return Err(RaftStoreError::corrupt(
+                "the Raft log's file",
+                format!(
+                    "it has bytes at {} after the end of its log (zeros up to there)",
+                    at + i as u64
+                ),
+            ));
+        }
+        at += n as u64;
+    }
+}
+
+/// Replays `file` (a whole log file's bytes) and reads back every live entry as the log store
+/// would: for the fuzzer. Returns the entries' indexes and bytes, or what the file was refused for.
+#[cfg(feature = "fuzzing")]
+pub fn replay_bytes(file: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, RaftStoreError> {
+    let mut index = Index::default();
+    scan(file, file.len() as u64, &mut index)?;
+    index
+        .entries
+        .iter()
+        .map(|(i, slot)| {
+            let start = usize::try_from(slot.at).unwrap_or(usize::MAX);
+            let record = start
+                .checked_add(slot.bytes_on_disk() as usize)
+                .and_then(|end| file.get(start..end))
+                .ok_or_else(|| RaftStoreError::corrupt("an entry", "past the end"))?;
+            let (_, body) =
+                decode(record).ok_or_else(|| RaftStoreError::corrupt("an entry", "checksum"))?;
+            Ok((*i, body[8..].to_vec()))
+        })
+        .collect()
 }
 
 /// Appends one record to `buf`; returns its `len`.

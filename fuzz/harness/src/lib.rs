@@ -12,6 +12,7 @@ pub mod amd_crl;
 pub mod atls_evidence;
 pub mod audit_bundle;
 pub mod manifest;
+pub mod raft_log;
 pub mod requests;
 pub mod seed_share;
 pub mod snp_cert_table;
@@ -24,7 +25,7 @@ pub mod witness_request;
 pub type Target = (&'static str, fn(&[u8]));
 
 /// Every target.
-pub const TARGETS: [Target; 10] = [
+pub const TARGETS: [Target; 11] = [
     ("manifest", manifest::run),
     ("audit_bundle", audit_bundle::run),
     ("seed_share", seed_share::run),
@@ -35,4 +36,5 @@ pub const TARGETS: [Target; 10] = [
     ("witness_request", witness_request::run),
     ("tdx_quote", tdx_quote::run),
     ("amd_crl", amd_crl::run),
+    ("raft_log", raft_log::run),
 ];

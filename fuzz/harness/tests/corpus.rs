@@ -105,3 +105,15 @@ fn valid_seeds_get_through_every_check() {
         1
     );
 }
+
+/// The `raft_log` seed is a whole log (vote, entries, a truncation, a purge, the zeros the file is
+/// grown with) that replays to entries 2 and 3, so the fuzzer starts past the header and checksums.
+#[test]
+fn the_raft_log_seed_replays_to_its_live_entries() {
+    let entries = concord_coordinator::raft::wal::replay_bytes(&seed("raft_log", "log")).unwrap();
+    assert_eq!(entries.iter().map(|e| e.0).collect::<Vec<_>>(), vec![2, 3]);
+    let err = concord_coordinator::raft::wal::replay_bytes(&seed("raft_log", "damaged"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("fails its checksum"), "{err}");
+}
