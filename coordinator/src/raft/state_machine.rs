@@ -518,8 +518,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // fsyncs on every commit's path): the committed entries are durable in the log on a
         // majority before they commit, and this replica's log holds every entry it applies until
         // a snapshot (whose build flushes the database) covers it. A background flush made
-        // shortly after (`FlushSoon`, which also syncs sled's blob files; sled's own every 500 ms
-        // does not) makes them durable, in the order they were written (sled's log). Losing them
+        // shortly after (`FlushSoon`, which also syncs sled's blob files; sled's own flusher, which
+        // did not, is off) makes them durable, in the order they were written (sled's log). Losing them
         // in a crash only moves the applied log id back: openraft applies the entries after it
         // again from the log, a transition already written as `AlreadyLatest`. `open` refuses a
         // history behind its applied log id.

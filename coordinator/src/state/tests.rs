@@ -1618,3 +1618,78 @@ fn t115_a_sealed_mesh_ca_key_is_adopted_only_by_its_recipient_for_its_transition
     c.adopt_sealed(3, &c_key, &delivery).unwrap();
     assert_eq!(c.manifests().unwrap().mesh_ca_pem, committed.mesh_ca_pem);
 }
+
+/// A write that committed but was superseded before its leader answered (leadership moved while it
+/// was in flight; the next leader committed it and a write of its own after it) is answered as
+/// committed, never as a mismatch, and its leader does not adopt the superseded mesh CA; a write that
+/// lost to another on the same predecessor is a mismatch. The linearizability test found the first
+/// answered as "previous transition mismatch" although a get had returned it (issue 11.3).
+#[test]
+fn a_committed_write_superseded_before_its_answer_is_answered_as_committed() {
+    use crate::raft::SealedDelivery;
+    use concord_mesh_ca::SealKey;
+
+    let d = TestDeployment::new();
+    let (mut a, mut b, _dirs) = ready_and_recovering(&d);
+    b.adopt_from_peer(
+        a.secrets_for_peer(&coordinator_report(&d, &a, &d.coordinator_policy))
+            .unwrap(),
+    )
+    .unwrap();
+    let base = a.chain().unwrap().latest_hash();
+    let prepare = |c: &Coordinator<SledStore>, version, previous| match c
+        .prepare_set(d.set_request(d.manifest(version), previous), now())
+        .unwrap()
+    {
+        Prepared::Append(p) => p,
+        Prepared::Unchanged(_) => panic!("expected a transition"),
+    };
+    let mine = prepare(&a, 3, base);
+    let lost = prepare(&a, 4, base);
+    let append = |p: &crate::state::PreparedSet, on: [&Coordinator<SledStore>; 2]| {
+        for c in on {
+            crate::history::Ledger::new(c.store().clone())
+                .append(&p.new)
+                .unwrap();
+        }
+    };
+    // Raft commits `mine` on both; `b`, the next leader, gets its mesh CA key sealed in the entry.
+    let b_key = SealKey::generate().unwrap();
+    let copies = mine.seal_mesh_ca(
+        a.deployment_id().0,
+        &[crate::state::SealRecipient {
+            node: 2,
+            seal_key: b_key.public_key(),
+        }],
+    );
+    append(&mine, [&a, &b]);
+    b.refresh().unwrap();
+    b.adopt_sealed(
+        2,
+        &b_key,
+        &SealedDelivery {
+            transition: mine.hash,
+            mesh: mine.new.mesh.clone(),
+            copies,
+        },
+    )
+    .unwrap();
+    // `b` writes on top of it before `a` answers.
+    let next = prepare(&b, 5, mine.hash);
+    let next_hash = next.hash;
+    append(&next, [&a, &b]);
+    b.commit_set(*next).unwrap();
+
+    let mine_hash = mine.hash;
+    let answered = a.commit_set(*mine).unwrap();
+    assert_eq!(answered.hash, mine_hash);
+    assert!(!answered.unchanged);
+    assert_eq!(a.chain().unwrap().latest_hash(), next_hash);
+    // The superseded mesh CA is not adopted: `a` recovers the latest one like any follower.
+    assert_eq!(a.state(), ReplicaState::Recovering);
+
+    assert!(matches!(
+        a.commit_set(*lost),
+        Err(CoordinatorError::PreviousMismatch { latest, .. }) if latest == next_hash
+    ));
+}

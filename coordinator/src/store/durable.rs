@@ -3,7 +3,8 @@
 //! sled 0.34's `Db::flush` writes its log buffers with `pwrite` and waits for them with
 //! `sync_file_range` (pagecache/iobuf.rs), which writes the pages but neither the file's size nor the
 //! disk's volatile write cache (sync_file_range(2): "there are no guarantees that the data will be
-//! available after a crash"); sled's background thread calls `fsync` only every 500 ms. Values larger
+//! available after a crash"); sled's background thread (which `SledStore::open` turns off) calls `fsync`
+//! only every 500 ms. Values larger
 //! than a quarter of a segment (128 KiB: a large manifest, a snapshot) go to files under `blobs/`,
 //! which sled never syncs at all. Raft acknowledges an entry as durable, and answers a vote, only after
 //! the flush returns, so a power cut (which the host controls) could take back an acknowledged entry
