@@ -132,7 +132,7 @@ impl Wal {
         }
         let path = dir.join(FILE);
         if !path.exists() {
-            write_new(dir, &path, |_| Ok(()))?;
+            replace_with(dir, None, None, None, &[])?;
         }
         let file = OpenOptions::new()
             .read(true)
@@ -162,21 +162,13 @@ impl Wal {
     ) -> Result<Wal, RaftStoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| RaftStoreError::io("create the Raft log's directory", e))?;
-        write_new(dir, &dir.join(FILE), |out| {
-            if let Some(v) = &vote {
-                out.record(VOTE, &[], v)?;
-            }
-            if let Some(c) = &committed {
-                out.record(COMMITTED, &[], c)?;
-            }
-            if let Some((index, mark)) = &purged {
-                out.record(PURGE, &index.to_le_bytes(), mark)?;
-            }
-            for (index, bytes) in &entries {
-                out.record(ENTRY, &index.to_le_bytes(), bytes)?;
-            }
-            Ok(())
-        })?;
+        replace_with(
+            dir,
+            vote.as_deref(),
+            committed.as_deref(),
+            purged.as_ref().map(|(i, m)| (*i, m.as_slice())),
+            &entries,
+        )?;
         Wal::open(dir)
     }
 
@@ -417,32 +409,14 @@ impl Wal {
         for (index, slot) in &self.index.entries {
             entries.push((*index, self.read_entry(*index, *slot)?));
         }
-        let (vote, committed, purged) = (
-            self.index.vote.clone(),
-            self.index.committed.clone(),
-            self.index.purged.clone(),
-        );
-        let dir = self.dir.clone();
-        let tmp = dir.join(REWRITE);
-        write_new(&dir, &tmp, |out| {
-            if let Some(v) = &vote {
-                out.record(VOTE, &[], v)?;
-            }
-            if let Some(c) = &committed {
-                out.record(COMMITTED, &[], c)?;
-            }
-            if let Some((index, mark)) = &purged {
-                out.record(PURGE, &index.to_le_bytes(), mark)?;
-            }
-            for (index, bytes) in &entries {
-                out.record(ENTRY, &index.to_le_bytes(), bytes)?;
-            }
-            Ok(())
-        })?;
-        std::fs::rename(&tmp, dir.join(FILE))
-            .and_then(|()| sync_dir(&dir))
-            .map_err(|e| RaftStoreError::io("put the rewritten Raft log in place", e))?;
-        let fresh = Wal::open(&dir)?;
+        replace_with(
+            &self.dir,
+            self.index.vote.as_deref(),
+            self.index.committed.as_deref(),
+            self.index.purged.as_ref().map(|(i, m)| (*i, m.as_slice())),
+            &entries,
+        )?;
+        let fresh = Wal::open(&self.dir)?;
         let before = self.end;
         *self = fresh;
         tracing::info!(
@@ -652,18 +626,36 @@ impl NewFile {
     }
 }
 
-/// Creates `path` with the header and what `fill` writes, synced, and syncs `dir` so the name lasts.
-fn write_new(
+/// Writes a log file holding exactly this state beside the log (`REWRITE`), syncs it, and renames it
+/// over the log or into place: a crash at any point leaves the old file (or none) whole, and an
+/// unfinished new one that `Wal::open` removes.
+fn replace_with(
     dir: &Path,
-    path: &Path,
-    fill: impl FnOnce(&mut NewFile) -> std::io::Result<()>,
+    vote: Option<&[u8]>,
+    committed: Option<&[u8]>,
+    purged: Option<(u64, &[u8])>,
+    entries: &[(u64, Vec<u8>)],
 ) -> Result<(), RaftStoreError> {
+    let tmp = dir.join(REWRITE);
     let written = (|| {
-        let mut out = NewFile(BufWriter::new(File::create(path)?));
+        let mut out = NewFile(BufWriter::new(File::create(&tmp)?));
         out.0.write_all(HEADER)?;
-        fill(&mut out)?;
+        if let Some(v) = vote {
+            out.record(VOTE, &[], v)?;
+        }
+        if let Some(c) = committed {
+            out.record(COMMITTED, &[], c)?;
+        }
+        if let Some((index, mark)) = purged {
+            out.record(PURGE, &index.to_le_bytes(), mark)?;
+        }
+        for (index, bytes) in entries {
+            out.record(ENTRY, &index.to_le_bytes(), bytes)?;
+        }
         let file = out.0.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
+        drop(file);
+        std::fs::rename(&tmp, dir.join(FILE))?;
         sync_dir(dir)
     })();
     written.map_err(|e| RaftStoreError::io("write a new Raft log file", e))
