@@ -95,11 +95,6 @@ impl LogStore {
         Ok(committed.flatten().map(|l| l.index))
     }
 
-    /// The log file's size in bytes, for the tests and the benchmark.
-    pub fn file_len(&self) -> u64 {
-        self.wal().file_len()
-    }
-
     fn wal(&self) -> MutexGuard<'_, Wal> {
         // The log keeps its own consistency (`Wal::broken`) whatever a panicking holder did.
         self.wal

@@ -192,7 +192,8 @@ impl Wal {
         self.index.entries.last_key_value().map(|(i, _)| *i)
     }
 
-    /// The bytes on disk, for the tests and the benchmark.
+    /// The length of the log's records, for the tests and the benchmark (the file itself is longer:
+    /// it is grown ahead with zeros).
     pub fn file_len(&self) -> u64 {
         self.end
     }
