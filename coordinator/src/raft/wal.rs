@@ -224,10 +224,7 @@ impl Wal {
 
     /// Removes the entries from `index` on, durably.
     pub fn truncate(&mut self, index: u64) -> Result<(), RaftStoreError> {
-        self.usable()?;
-        let mut buf = Vec::new();
-        encode(&mut buf, TRUNCATE, &index.to_le_bytes(), &[])?;
-        self.write(&buf, true)?;
+        self.write_record(TRUNCATE, &index.to_le_bytes(), &[], true)?;
         self.index.cut_from(index);
         Ok(())
     }
@@ -235,10 +232,7 @@ impl Wal {
     /// Removes the entries up to `index` and records `mark` as the purge, durably; rewrites the file
     /// when most of it is dead.
     pub fn purge(&mut self, index: u64, mark: Vec<u8>) -> Result<(), RaftStoreError> {
-        self.usable()?;
-        let mut buf = Vec::new();
-        encode(&mut buf, PURGE, &index.to_le_bytes(), &mark)?;
-        self.write(&buf, true)?;
+        self.write_record(PURGE, &index.to_le_bytes(), &mark, true)?;
         self.index.cut_to(index);
         self.index.purged = Some((index, mark));
         let live = self.index.live;
@@ -250,20 +244,14 @@ impl Wal {
 
     /// Records the vote, durably.
     pub fn set_vote(&mut self, vote: Vec<u8>) -> Result<(), RaftStoreError> {
-        self.usable()?;
-        let mut buf = Vec::new();
-        encode(&mut buf, VOTE, &[], &vote)?;
-        self.write(&buf, true)?;
+        self.write_record(VOTE, &[], &vote, true)?;
         self.index.vote = Some(vote);
         Ok(())
     }
 
     /// Records the committed id, without a sync of its own: the next durable write carries it.
     pub fn set_committed(&mut self, committed: Vec<u8>) -> Result<(), RaftStoreError> {
-        self.usable()?;
-        let mut buf = Vec::new();
-        encode(&mut buf, COMMITTED, &[], &committed)?;
-        self.write(&buf, false)?;
+        self.write_record(COMMITTED, &[], &committed, false)?;
         self.index.committed = Some(committed);
         Ok(())
     }
@@ -310,6 +298,20 @@ impl Wal {
                 ),
             }),
         }
+    }
+
+    /// Writes one record at the end (and syncs if `sync`), unless an earlier write failed.
+    fn write_record(
+        &mut self,
+        kind: u8,
+        prefix: &[u8],
+        body: &[u8],
+        sync: bool,
+    ) -> Result<(), RaftStoreError> {
+        self.usable()?;
+        let mut buf = Vec::new();
+        encode(&mut buf, kind, prefix, body)?;
+        self.write(&buf, sync)
     }
 
     /// Writes `buf` at the end and, if `sync`, waits until it is on stable storage.

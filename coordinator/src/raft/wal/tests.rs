@@ -1,12 +1,15 @@
 //! The log file keeps what it acknowledged across reopening, drops only a write cut short at its end,
 //! and reports any other damage.
 
-use std::io::{Seek, SeekFrom, Write};
-
 use super::*;
 
 fn entries(range: std::ops::Range<u64>, size: usize) -> Vec<(u64, Vec<u8>)> {
     range.map(|i| (i, vec![i as u8; size])).collect()
+}
+
+/// Writes `bytes` at `at` in the log file, as the host can.
+fn poke(dir: &Path, at: u64, bytes: &[u8]) {
+    file(dir).write_all_at(bytes, at).unwrap();
 }
 
 fn file(dir: &Path) -> File {
@@ -91,9 +94,7 @@ fn a_last_record_that_fails_its_checksum_is_dropped() {
         wal.append(entries(1..3, 50)).unwrap();
         wal.file_len()
     };
-    let mut f = file(dir.path());
-    f.seek(SeekFrom::Start(len - 3)).unwrap();
-    f.write_all(b"xyz").unwrap();
+    poke(dir.path(), len - 3, b"xyz");
     let wal = Wal::open(dir.path()).unwrap();
     assert_eq!(wal.last_index(), Some(1));
 }
@@ -106,9 +107,7 @@ fn a_damaged_record_before_the_end_is_reported_not_skipped() {
         let mut wal = Wal::open(dir.path()).unwrap();
         wal.append(entries(1..4, 50)).unwrap();
     }
-    let mut f = file(dir.path());
-    f.seek(SeekFrom::Start(HEADER.len() as u64 + 30)).unwrap();
-    f.write_all(b"!").unwrap();
+    poke(dir.path(), HEADER.len() as u64 + 30, b"!");
     let err = Wal::open(dir.path()).unwrap_err().to_string();
     assert!(
         err.contains("fails its checksum, and records follow it"),
@@ -125,9 +124,7 @@ fn bytes_after_the_end_of_the_log_are_reported() {
         wal.append(entries(1..3, 50)).unwrap();
         wal.file_len()
     };
-    let mut f = file(dir.path());
-    f.seek(SeekFrom::Start(end + 1000)).unwrap();
-    f.write_all(b"?").unwrap();
+    poke(dir.path(), end + 1000, b"?");
     let err = Wal::open(dir.path()).unwrap_err().to_string();
     assert!(err.contains("after the end of its log"), "{err}");
 }
@@ -146,9 +143,7 @@ fn an_entry_changed_after_opening_is_reported_when_read() {
     let dir = tempfile::tempdir().unwrap();
     let mut wal = Wal::open(dir.path()).unwrap();
     wal.append(entries(1..3, 50)).unwrap();
-    let mut f = file(dir.path());
-    f.seek(SeekFrom::Start(HEADER.len() as u64 + 30)).unwrap();
-    f.write_all(b"!").unwrap();
+    poke(dir.path(), HEADER.len() as u64 + 30, b"!");
     let err = wal.read(..).unwrap_err().to_string();
     assert!(err.contains("Raft log entry 1"), "{err}");
     assert_eq!(wal.read(2..).unwrap(), entries(2..3, 50));
