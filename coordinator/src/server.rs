@@ -143,6 +143,9 @@ pub async fn run(
     let (mut log_store, state_machine) =
         crate::raft::open(&store, &config.data_dir.join(crate::raft::LOG_DIR))
             .map_err(|e| refuse(&e))?;
+    // The transitions this replica appends as the leader are verified while they are flushed and
+    // replicated (`raft::early`).
+    log_store.check_early(state_machine.early_checks(), config.node_id);
     let mut coordinator =
         Coordinator::open_verified(store.clone(), state_machine.history().cloned());
     coordinator.follow(state_machine.verified_feed());

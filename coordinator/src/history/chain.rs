@@ -38,6 +38,34 @@ pub struct CheckedNext {
     transition: Transition,
 }
 
+/// A transition whose coordinator signature verified under `signing_key`, and whose owner
+/// authorization, if it carries one, verified under the owner key it names. Both signatures cover the
+/// transition's hash alone, so these verdicts hold wherever the transition is offered: they can be
+/// reached before its place in a history is known ([`VerifiedChain::check_next_with`] checks the
+/// place, and whether the owner key may authorize it there). Only [`VerifiedSignatures::verify`]
+/// makes one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedSignatures {
+    signing_key: VerifyingKey,
+    transition: Transition,
+}
+
+impl VerifiedSignatures {
+    /// Verifies both signatures of `transition`; `None` if either does not verify.
+    pub fn verify(signing_key: &VerifyingKey, transition: &Transition) -> Option<Self> {
+        let hash = transition.hash();
+        let coordinator = format::verify_transition(signing_key, &hash, &transition.signature);
+        let owner = transition
+            .owner
+            .as_ref()
+            .is_none_or(|o| format::verify_owner(&o.key, &hash, &o.signature));
+        (coordinator && owner).then(|| VerifiedSignatures {
+            signing_key: *signing_key,
+            transition: transition.clone(),
+        })
+    }
+}
+
 /// Why a history does not verify. `index` is the first transition at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("transition {index}: {reason}")]
@@ -163,6 +191,32 @@ impl VerifiedChain {
             Signatures::Verify
         };
         self.push_with(transition, manifest, signatures)
+    }
+
+    /// [`check_next`](Self::check_next), with the signatures' verdicts taken from `verified` when it
+    /// holds them for exactly `transition` (signatures included) under this chain's signing key;
+    /// otherwise (or with `None`) they are verified here. Every other check runs as in `check_next`.
+    pub fn check_next_with(
+        &self,
+        transition: &Transition,
+        manifest: &Manifest,
+        verified: Option<&VerifiedSignatures>,
+    ) -> Result<CheckedNext, ChainError> {
+        let signatures = match verified {
+            Some(v) if v.signing_key == self.signing_key && v.transition == *transition => {
+                Signatures::Known {
+                    coordinator: true,
+                    owner: true,
+                }
+            }
+            _ => Signatures::Verify,
+        };
+        check_one(self, transition, manifest, signatures)?;
+        Ok(CheckedNext {
+            after: self.latest_hash(),
+            signing_key: self.signing_key,
+            transition: transition.clone(),
+        })
     }
 
     /// A chain of one: the first transition.

@@ -19,7 +19,9 @@ mod transition;
 mod unique_keys;
 
 pub use batch::{SignatureCheck, verify_strict_all};
-pub use chain::{ChainError, CheckedNext, GENESIS_UNAUTHORIZED, VerifiedChain, verify_chain};
+pub use chain::{
+    ChainError, CheckedNext, GENESIS_UNAUTHORIZED, VerifiedChain, VerifiedSignatures, verify_chain,
+};
 pub use ledger::{Ledger, LedgerError, LoadedHistory, MeshCerts, NewTransition};
 pub use members::{MembersAuthorization, MembersRefusal};
 pub(crate) use transition::verifying_key;

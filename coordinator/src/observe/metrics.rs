@@ -33,6 +33,7 @@ pub const COMMIT_PHASES: &[&str] = &[
     "replicate",
     "apply",
     "verify",
+    "verify_wait",
     "store_write",
 ];
 

@@ -19,14 +19,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{
-    Entry, ErrorSubject, ErrorVerb, LogId, LogState, OptionalSend, RaftLogReader, StorageError,
-    Vote,
+    Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, LogState, OptionalSend, RaftLogReader,
+    StorageError, Vote,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::early::EarlyChecks;
 use super::error::RaftStoreError;
-use super::types::{NodeId, TypeConfig};
+use super::types::{Command, NodeId, TypeConfig};
 use super::wal::Wal;
 
 /// The sled tree the log was kept in before it had its own file.
@@ -46,6 +47,9 @@ pub struct LogStore {
     /// The test fault hook (`--insecure-test-stall-raft-while`): while this file exists, an append
     /// blocks its thread as a disk that stopped answering would.
     stall_while: Option<std::path::PathBuf>,
+    /// Where the checks of a transition this replica appends as the leader start, while the entry is
+    /// flushed and replicated; with this replica's id.
+    early: Option<(EarlyChecks, NodeId)>,
 }
 
 impl LogStore {
@@ -78,6 +82,7 @@ impl LogStore {
         Ok(LogStore {
             wal: Arc::new(Mutex::new(wal)),
             stall_while: None,
+            early: None,
         })
     }
 
@@ -86,6 +91,13 @@ impl LogStore {
     /// fault, and only for tests of the liveness probe and of shutdown (docs/OPERATIONS.md).
     pub fn stall_while(&mut self, file: std::path::PathBuf) {
         self.stall_while = Some(file);
+    }
+
+    /// Starts the early checks (`raft::early`) of every transition that replica `own` (this one)
+    /// appends as the leader from now on. A follower verifies when it applies: its checks would run
+    /// while it appends and acknowledges, on the cores the leader's commit waits for.
+    pub fn check_early(&mut self, early: EarlyChecks, own: NodeId) {
+        self.early = Some((early, own));
     }
 
     /// The last log index openraft saved as committed, for the metrics; None before the first commit.
@@ -283,6 +295,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         // The callback tells openraft the entries are durable, so it runs only after the sync.
         let started = std::time::Instant::now();
+        let entries: Vec<_> = entries.into_iter().collect();
+        // Started before the write: the checks run while this thread waits for the sync.
+        if let Some((early, own)) = &self.early {
+            for entry in &entries {
+                if let EntryPayload::Normal(Command::Append(cmd)) = &entry.payload
+                    && entry.log_id.leader_id.node_id == *own
+                {
+                    early.start(entry.log_id.index, cmd);
+                }
+            }
+        }
         let appended = self.append_entries(entries);
         crate::observe::global().commit_phase("log_append", started.elapsed());
         match appended {

@@ -22,6 +22,7 @@
 //! that rolls them back can make this replica vote twice in a term, which Raft cannot detect; the
 //! history itself stays verified.
 
+pub(crate) mod early;
 mod encoding;
 mod error;
 mod log_store;

@@ -20,6 +20,9 @@ use serde::de::DeserializeOwned;
 use sled::Transactional;
 use x509_parser::certificate::X509Certificate;
 
+use std::time::Duration;
+
+use super::early::{Anchors, Checked, EarlyChecks};
 use super::error::RaftStoreError;
 use super::snapshot::{
     SNAPSHOT_DATA, SNAPSHOT_META, SnapshotBuilder, SnapshotContent, load_current, verify_history,
@@ -57,6 +60,10 @@ pub struct StateMachine {
     feed: crate::history::feed::VerifiedFeed,
     /// Makes what `apply` wrote durable shortly after, off the commit's path.
     flush_soon: crate::store::FlushSoon,
+    /// The verdicts of the checks the log store started when it appended an entry.
+    early: EarlyChecks,
+    /// The history's anchors (its signing key and root CA), as `early` knows them.
+    anchors: Option<Anchors>,
 }
 
 /// A command that passed every check.
@@ -117,7 +124,7 @@ impl StateMachine {
             }
         }
         let last_membership = read_json(&tree, MEMBERSHIP)?.unwrap_or_default();
-        Ok(StateMachine {
+        let mut sm = StateMachine {
             ledger,
             tree,
             last_applied,
@@ -126,7 +133,28 @@ impl StateMachine {
             inbox: super::SealedInbox::default(),
             feed: Default::default(),
             flush_soon: crate::store::FlushSoon::new(store.durable().clone()),
-        })
+            early: EarlyChecks::default(),
+            anchors: None,
+        };
+        sm.refresh_anchors();
+        Ok(sm)
+    }
+
+    /// The early checks this state machine takes its verdicts from: the log store starts them.
+    pub fn early_checks(&self) -> EarlyChecks {
+        self.early.clone()
+    }
+
+    /// Makes the anchors follow the history (at open, after its first transition, after a snapshot).
+    fn refresh_anchors(&mut self) {
+        let anchors = self.history.as_ref().map(|h| Anchors {
+            signing_key: *h.chain.signing_key(),
+            root_ca_der: h.root_ca_der.as_slice().into(),
+        });
+        if anchors != self.anchors {
+            self.early.set_anchors(anchors.clone());
+            self.anchors = anchors;
+        }
     }
 
     /// Where this state machine leaves the sealed mesh CA keys of the entries it applies.
@@ -187,12 +215,25 @@ impl StateMachine {
             .map_err(|e| RaftStoreError::io("write the applied log id", e))
     }
 
-    fn apply_append(&mut self, cmd: &AppendTransition) -> Result<CommandResponse, RaftStoreError> {
+    fn apply_append(
+        &mut self,
+        index: u64,
+        cmd: &AppendTransition,
+    ) -> Result<CommandResponse, RaftStoreError> {
+        let phases = crate::observe::global();
+        let waiting = std::time::Instant::now();
+        let early = match &self.anchors {
+            Some(anchors) => self.early.take(index, cmd, anchors),
+            None => None,
+        };
+        // Waiting for the early checks still under way (or running them, had they not started).
+        phases.commit_phase("verify_wait", waiting.elapsed());
         let started = std::time::Instant::now();
-        let verified = self.verify_append(cmd);
-        // The verification alone (decoding, signatures, certificates): the crypto every replica
-        // spends on a SetManifest, which the benchmark's reference counts (issue 11.3).
-        crate::observe::global().commit_phase("verify", started.elapsed());
+        let early_took = early.as_ref().map_or(Duration::ZERO, |e| e.took);
+        let verified = self.verify_append(cmd, early.map(|e| e.checked));
+        // The verification (decoding, signatures, certificates), early and here: the crypto every
+        // replica spends on a SetManifest, which the benchmark's reference counts (issue 11.3).
+        phases.commit_phase("verify", early_took + started.elapsed());
         match verified {
             Err(reason) => {
                 tracing::warn!(%reason, "a command from the Raft log was rejected");
@@ -206,7 +247,10 @@ impl StateMachine {
                 self.ledger.append_unflushed(&new)?;
                 crate::observe::global().commit_phase("store_write", writing.elapsed());
                 match (growth, self.history.as_mut()) {
-                    (Growth::Genesis(history), _) => self.history = Some(*history),
+                    (Growth::Genesis(history), _) => {
+                        self.history = Some(*history);
+                        self.refresh_anchors();
+                    }
                     (Growth::Append(manifest, checked), Some(history)) => {
                         // Checked against this same history a moment ago, under `&mut self`: its
                         // signatures are not verified twice.
@@ -310,17 +354,32 @@ impl StateMachine {
     }
 
     /// Every check `Coordinator::set_manifest` makes that does not need a secret, against the
-    /// verified history. The error is the reason for the rejection.
-    fn verify_append(&self, cmd: &AppendTransition) -> Result<Verified, String> {
-        let new = cmd.decode()?;
+    /// verified history. The error is the reason for the rejection. `early` is what the early checks
+    /// found for exactly this command under this history's anchors (`EarlyChecks::take`): its
+    /// decoding, manifest, signatures and certificates are not checked again.
+    fn verify_append(
+        &self,
+        cmd: &AppendTransition,
+        early: Option<Checked>,
+    ) -> Result<Verified, String> {
+        let (new, parsed, signatures) = match early {
+            Some(c) => (c.new, Some(c.manifest), Some(c.signatures)),
+            None => (cmd.decode()?, None, None),
+        };
+        // Only a later transition has an early verdict: its certificates were checked under the
+        // history's root CA, which a first transition does not use.
+        let certificates_checked = signatures.is_some() && new.genesis.is_none();
         let t = &new.transition;
         if let Some(h) = &self.history
             && h.chain.latest_transition() == t
         {
             return Ok(Verified::AlreadyLatest(t.hash()));
         }
-        let manifest = Manifest::parse(&new.manifest_bytes)
-            .map_err(|e| format!("the manifest does not parse: {e}"))?;
+        let manifest = match parsed {
+            Some(manifest) => manifest,
+            None => Manifest::parse(&new.manifest_bytes)
+                .map_err(|e| format!("the manifest does not parse: {e}"))?,
+        };
         // The chain checks: index, previous, manifest hash, coordinator signature, owner
         // authorization by the previous manifest, seed share owners unchanged.
         let chain_error = |e: crate::history::ChainError| e.to_string();
@@ -346,7 +405,10 @@ impl StateMachine {
                 return Err("the command carries a signing key and root CA, which only the first transition may: a later one must not replace them".into());
             }
             (Some(h), None) => {
-                let checked = h.chain.check_next(t, &manifest).map_err(chain_error)?;
+                let checked = h
+                    .chain
+                    .check_next_with(t, &manifest, signatures.as_ref())
+                    .map_err(chain_error)?;
                 (
                     Growth::Append(manifest, checked),
                     h.root_ca_der.as_slice(),
@@ -379,7 +441,10 @@ impl StateMachine {
                 "the policy document {missing} is neither carried nor stored"
             ));
         }
-        check_certificates(&new.mesh, root_ca_der)?;
+        // Checked early under this history's root CA (`early`'s anchors are this history's).
+        if !certificates_checked {
+            check_certificates(&new.mesh, root_ca_der)?;
+        }
         let growth = match growth {
             Growth::Genesis(mut h) => {
                 for doc in &new.policies {
@@ -453,6 +518,7 @@ impl StateMachine {
             .map_err(|e| RaftStoreError::io("flush the installed snapshot to disk", e))?;
         // Read back what is on disk now, through the same verification as at start-up.
         self.history = self.ledger.load()?;
+        self.refresh_anchors();
         self.last_applied = meta.last_log_id;
         self.last_membership = meta.last_membership.clone();
         tracing::info!(
@@ -489,7 +555,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let response = match entry.payload {
                 EntryPayload::Blank => CommandResponse::NoCommand,
                 EntryPayload::Normal(Command::Append(cmd)) => {
-                    let response = self.apply_append(&cmd).map_err(failed)?;
+                    let response = self.apply_append(log_id.index, &cmd).map_err(failed)?;
                     if let CommandResponse::Applied { hash } = &response {
                         self.deliver(*hash, &cmd.mesh, &cmd.sealed);
                     }
@@ -591,7 +657,7 @@ fn read_json<T: DeserializeOwned>(
 /// the intermediate certifies the mesh CA's key and is signed by the root CA's key, which only a
 /// replica holding the seed has. No clock is read (the state machine must be deterministic), so
 /// validity periods are not checked here.
-fn check_certificates(mesh: &MeshCerts, root_ca_der: &[u8]) -> Result<(), String> {
+pub(super) fn check_certificates(mesh: &MeshCerts, root_ca_der: &[u8]) -> Result<(), String> {
     let root = parse_certificate("the root CA certificate", root_ca_der)?;
     root.verify_signature(None)
         .map_err(|e| format!("the root CA certificate is not self-signed: {e}"))?;

@@ -1043,6 +1043,67 @@ fn a_checked_transition_is_appended_without_a_second_check_and_only_that_one() {
     assert_eq!(chain.latest_hash(), latest);
 }
 
+/// Signature verdicts reached before a transition's place is known (`VerifiedSignatures`, what the
+/// early checks hand the state machine) vouch for that transition under that key only; its place and
+/// its owner key are checked all the same.
+#[test]
+fn early_signature_verdicts_vouch_only_for_their_transition_under_their_key() {
+    use crate::history::VerifiedSignatures;
+    let d = TestDeployment::new();
+    let mut c = Coordinator::open(MemoryStore::new()).unwrap();
+    let mut latest = Hash::ZERO;
+    for v in 1..=3 {
+        latest = c
+            .set_manifest(d.set_request(d.manifest(v), latest), now())
+            .unwrap()
+            .hash;
+    }
+    let full = c.chain().unwrap().clone();
+    let manifest = |v| crate::manifest::Manifest::parse(&d.manifest(v)).unwrap();
+    let key = *full.signing_key();
+    let [t1, t2, t3] = [0, 1, 2].map(|i| full.transitions()[i].clone());
+    let mut chain = crate::history::VerifiedChain::first(key, t1, manifest(1)).unwrap();
+    chain.push(t2.clone(), manifest(2)).unwrap();
+    let forged = {
+        let mut t = t3.clone();
+        let mut sig = t.signature.to_bytes();
+        sig[0] ^= 1;
+        t.signature = ed25519_dalek::Signature::from_bytes(&sig);
+        t
+    };
+    assert!(VerifiedSignatures::verify(&key, &forged).is_none());
+    let genuine = VerifiedSignatures::verify(&key, &t3).unwrap();
+    // The genuine transition's verdicts do not vouch for a forged one.
+    let err = chain
+        .check_next_with(&forged, &manifest(3), Some(&genuine))
+        .unwrap_err();
+    assert!(err.reason.contains("coordinator signature"), "{err}");
+    // Verdicts under another signing key are not taken either.
+    let other_key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let resigned = {
+        let mut t = forged.clone();
+        t.signature = crate::history::format::sign_transition(&other_key, &t.hash());
+        t
+    };
+    let foreign = VerifiedSignatures::verify(&other_key.verifying_key(), &resigned).unwrap();
+    let err = chain
+        .check_next_with(&resigned, &manifest(3), Some(&foreign))
+        .unwrap_err();
+    assert!(err.reason.contains("coordinator signature"), "{err}");
+    // Genuine verdicts do not excuse a transition from its place: the second one again is refused.
+    let second = VerifiedSignatures::verify(&key, &t2).unwrap();
+    let err = chain
+        .check_next_with(&t2, &manifest(2), Some(&second))
+        .unwrap_err();
+    assert!(err.reason.contains("index"), "{err}");
+    // Its own verdicts append it, without a second check.
+    let checked = chain
+        .check_next_with(&t3, &manifest(3), Some(&genuine))
+        .unwrap();
+    chain.push_checked(t3, manifest(3), &checked).unwrap();
+    assert_eq!(chain.latest_hash(), latest);
+}
+
 /// A replica catches up from its state machine's verified transitions (`history::feed`) without
 /// reading them back from the store, and the result equals a full load; an entry whose signature was
 /// changed after its check is not taken on the check's word: the store's line is verified instead.

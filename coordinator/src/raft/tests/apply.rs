@@ -354,3 +354,63 @@ async fn a_state_machine_does_not_open_on_a_tampered_history() {
     let err = StateMachine::open(&disk.store).unwrap_err().to_string();
     assert!(err.contains("does not verify"), "{err}");
 }
+
+/// The log store starts early checks of what it appends (`raft::early`); a verdict reached for the
+/// genuine command at an index never lets a different command at that index through: each tampered
+/// command is refused for the same reason as without early checks, and the genuine one then applies
+/// with its verdict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_verdict_never_lets_another_command_through() {
+    use openraft::storage::RaftLogStorageExt;
+
+    let history = History::new(2);
+    let disk = Disk::new();
+    let (mut log, mut sm) = disk.open();
+    let early = sm.early_checks();
+    // As the leader of the entries' term (`log_id` names node 0).
+    log.check_early(early.clone(), 0);
+    apply_one(&mut sm, command_entry(1, history.command(0))).await;
+    let before = disk.history_dump();
+
+    let mut index = 2;
+    for tamper in tampered_second_commands(&history) {
+        // The genuine command was appended (and checked early) at this index; the tampered one is
+        // what gets applied there, as if the log had been edited in between.
+        early.start(index, &history.command(1));
+        match apply_one(&mut sm, command_entry(index, tamper.cmd)).await {
+            CommandResponse::Rejected { reason } => assert!(
+                reason.contains(tamper.reason),
+                "{}: the reason {reason:?} does not say {:?}",
+                tamper.what,
+                tamper.reason
+            ),
+            other => panic!("{} was not rejected: {other:?}", tamper.what),
+        }
+        assert_eq!(disk.history_dump(), before, "{}", tamper.what);
+        index += 1;
+    }
+    assert_eq!(early.used(), 0);
+
+    // Appended through the log store by the leader, the genuine command is checked early and
+    // applied with it; appended by a follower (another leader's entry), it is verified at apply.
+    let follower = openraft::LogId::new(openraft::CommittedLeaderId::new(1, 7), index);
+    log.blocking_append([openraft::Entry {
+        log_id: follower,
+        payload: openraft::EntryPayload::Normal(crate::raft::Command::Append(history.command(1))),
+    }])
+    .await
+    .unwrap();
+    assert_eq!(early.pending(), 0, "a follower's append starts no checks");
+    log.blocking_append([command_entry(index, history.command(1))])
+        .await
+        .unwrap();
+    let response = apply_one(&mut sm, command_entry(index, history.command(1))).await;
+    assert_eq!(
+        response,
+        CommandResponse::Applied {
+            hash: history.hashes[1]
+        }
+    );
+    assert_eq!(early.used(), 1);
+    assert_eq!(disk.latest(), Some(history.hashes[1]));
+}

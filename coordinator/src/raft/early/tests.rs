@@ -1,0 +1,119 @@
+//! An early verdict is handed out only for the command and anchors it was reached for, only if every
+//! check passed, and the pending checks stay bounded.
+
+use super::{Anchors, EarlyChecks, MAX_PENDING};
+use crate::history::Transition;
+use crate::raft::AppendTransition;
+use crate::raft::tests::History;
+
+fn anchors_of(history: &History) -> Anchors {
+    let (signing_key, root_ca_der) = history.new_transition(0).genesis.unwrap();
+    Anchors {
+        signing_key,
+        root_ca_der: root_ca_der.into(),
+    }
+}
+
+fn with_anchors(anchors: &Anchors) -> EarlyChecks {
+    let early = EarlyChecks::default();
+    early.set_anchors(Some(anchors.clone()));
+    early
+}
+
+/// `cmd` with one bit of its coordinator signature flipped.
+fn flipped(cmd: &AppendTransition) -> AppendTransition {
+    let mut t = Transition::decode(&cmd.transition).unwrap();
+    let mut signature = t.signature.to_bytes();
+    signature[5] ^= 1;
+    t.signature = ed25519_dalek::Signature::from_bytes(&signature);
+    AppendTransition {
+        transition: t.encode(),
+        ..cmd.clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verdict_is_used_only_for_its_own_command_under_its_own_anchors() {
+    let history = History::new(3);
+    let anchors = anchors_of(&history);
+    let good = history.command(1);
+
+    let early = with_anchors(&anchors);
+    early.start(2, &good);
+    let taken = early
+        .take(2, &good, &anchors)
+        .expect("a verdict for the genuine command");
+    assert_eq!(taken.checked.new.transition.hash(), history.hashes[1]);
+    assert_eq!(early.used(), 1);
+
+    // The same index, another command (a tampered copy, or another transition): no verdict.
+    for other in [flipped(&good), history.command(2)] {
+        early.start(2, &good);
+        assert!(early.take(2, &other, &anchors).is_none());
+    }
+    // Another history's anchors: no verdict.
+    let stranger = anchors_of(&History::new(1));
+    early.start(2, &good);
+    assert!(early.take(2, &good, &stranger).is_none());
+    // Another index: no verdict, and nothing started there.
+    early.start(2, &good);
+    assert!(early.take(3, &good, &anchors).is_none());
+    assert_eq!(early.used(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_fails_a_check_gets_no_verdict() {
+    let history = History::new(2);
+    let anchors = anchors_of(&history);
+    let good = history.command(1);
+    let mut foreign_mesh = good.clone();
+    foreign_mesh.mesh = History::new(2).command(1).mesh;
+    let mut unparsable = good.clone();
+    unparsable.manifest = b"{not json".to_vec();
+
+    let early = with_anchors(&anchors);
+    for (what, bad) in [
+        ("a flipped coordinator signature", flipped(&good)),
+        ("a mesh CA under another root CA", foreign_mesh),
+        ("a manifest that does not parse", unparsable),
+    ] {
+        early.start(2, &bad);
+        assert!(early.take(2, &bad, &anchors).is_none(), "{what}");
+    }
+    // Before the history has anchors, and for a first transition, nothing starts.
+    let unanchored = EarlyChecks::default();
+    unanchored.start(2, &good);
+    assert!(unanchored.take(2, &good, &anchors).is_none());
+    early.start(1, &history.command(0));
+    assert!(early.take(1, &history.command(0), &anchors).is_none());
+    assert_eq!(early.used() + unanchored.used(), 0);
+}
+
+#[test]
+fn checks_not_started_run_when_taken_and_the_pending_ones_are_bounded() {
+    let history = History::new(2);
+    let anchors = anchors_of(&history);
+    let good = history.command(1);
+    // Outside a runtime nothing runs the checks in the background: `take` runs them.
+    let early = with_anchors(&anchors);
+    for index in 2..2 + MAX_PENDING as u64 + 3 {
+        early.start(index, &good);
+    }
+    let last = 2 + MAX_PENDING as u64 - 1;
+    let held: Vec<u64> = early.lock().slots.iter().map(|(i, _)| *i).collect();
+    assert_eq!(
+        held,
+        (2..=last).collect::<Vec<_>>(),
+        "none started past the bound"
+    );
+    // Taking one forgets those before it; the one taken ran here.
+    assert!(early.take(last, &good, &anchors).is_some());
+    assert!(early.lock().slots.is_empty());
+    assert_eq!(early.lock().bytes, 0);
+    // An entry appended again at an index replaces the one before.
+    early.start(5, &flipped(&good));
+    early.start(5, &good);
+    assert_eq!(early.lock().slots.len(), 1);
+    assert!(early.take(5, &good, &anchors).is_some());
+    assert_eq!(early.used(), 2);
+}
