@@ -728,20 +728,63 @@ fn check_ecdsa_sha256_signature(
     key: &p256::ecdsa::VerifyingKey,
     failure: &str,
 ) -> Result<(), String> {
+    verify_certificate_signature(cert, key.to_encoded_point(false).as_bytes())
+        .map_err(|e| e.unwrap_or_else(|| failure.to_string()))
+}
+
+/// Whether `cert` is signed with ECDSA-SHA256 by the P-256 key `issuer_point` (SEC1). `Err(None)`
+/// if the signature does not verify; `Err(Some(reason))` if it is not an ECDSA-SHA256 signature.
+///
+/// A replica checks the same mesh CA certificates when it applies a transition and again when it
+/// opens the mesh CA key sealed to it (`MeshCa::from_parts`), so the last verdicts that held are
+/// kept ([`VERIFIED_KEPT`]), each under the SHA-256 of exactly what it depends on: the key, the
+/// signed bytes and the signature, each with its length. A kept verdict is only found for those very
+/// bytes, which a fresh check would accept too.
+pub fn verify_certificate_signature(
+    cert: &X509Certificate<'_>,
+    issuer_point: &[u8],
+) -> Result<(), Option<String>> {
     if cert.signature_algorithm.algorithm != OID_SIG_ECDSA_WITH_SHA256 {
-        return Err("it is not signed with ECDSA-SHA256".into());
+        return Err(Some("it is not signed with ECDSA-SHA256".into()));
+    }
+    let signed: &[u8] = cert.tbs_certificate.as_ref();
+    let signature: &[u8] = &cert.signature_value.data;
+    let digest = {
+        let mut h = Sha256::new();
+        for part in [issuer_point, signed, signature] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part);
+        }
+        <[u8; 32]>::from(h.finalize())
+    };
+    let verified = || {
+        VERIFIED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    if verified().contains(&digest) {
+        return Ok(());
     }
     // ring's assembly P-256, not RustCrypto's: about six times faster here, and every replica checks
     // two or three of these certificates for each manifest update. Only public values are involved,
     // so RustCrypto's wipe-on-drop (why signing stays with it) does not matter.
-    let point = key.to_encoded_point(false);
-    ring::signature::UnparsedPublicKey::new(
-        &ring::signature::ECDSA_P256_SHA256_ASN1,
-        point.as_bytes(),
-    )
-    .verify(cert.tbs_certificate.as_ref(), &cert.signature_value.data)
-    .map_err(|_| failure.to_string())
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, issuer_point)
+        .verify(signed, signature)
+        .map_err(|_| None)?;
+    let mut kept = verified();
+    if kept.len() >= VERIFIED_KEPT {
+        kept.pop_front();
+    }
+    kept.push_back(digest);
+    Ok(())
 }
+
+/// How many certificate signature verdicts [`verify_certificate_signature`] keeps.
+pub const VERIFIED_KEPT: usize = 32;
+
+/// The digests of the last certificate signatures that verified, oldest first.
+static VERIFIED: std::sync::Mutex<std::collections::VecDeque<[u8; 32]>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
 
 /// The subject must be exactly one attribute, the common name `common_name`.
 fn check_sole_common_name(cert: &X509Certificate<'_>, common_name: &str) -> Result<(), String> {
@@ -949,6 +992,69 @@ mod tests {
 
     fn write(dir: &Path, name: &str, pem: impl AsRef<str>) {
         std::fs::write(dir.join(name), pem.as_ref()).unwrap();
+    }
+
+    /// A kept verdict holds only for the exact key, signed bytes and signature it was reached for,
+    /// and only verdicts that held are kept, at most `VERIFIED_KEPT` of them.
+    #[test]
+    fn a_kept_signature_verdict_holds_only_for_its_own_bytes() {
+        let root = golden_root();
+        let mesh = MeshCa::generate(&root, fixed_now()).unwrap();
+        let root_point = parse(root.cert_der())
+            .public_key()
+            .subject_public_key
+            .data
+            .to_vec();
+        let der = mesh.intermediate_der().to_vec();
+        let intermediate = parse(&der);
+        let mesh_point = intermediate.public_key().subject_public_key.data.to_vec();
+        assert_eq!(
+            verify_certificate_signature(&intermediate, &root_point),
+            Ok(())
+        );
+        // Kept now: the same bytes again, and nothing else.
+        assert_eq!(
+            verify_certificate_signature(&intermediate, &root_point),
+            Ok(())
+        );
+        assert_eq!(
+            verify_certificate_signature(&intermediate, &mesh_point),
+            Err(None),
+            "another key"
+        );
+        let mut forged = der.clone();
+        let at = forged.len() - 5;
+        forged[at] ^= 1;
+        assert_eq!(
+            verify_certificate_signature(&parse(&forged), &root_point),
+            Err(None),
+            "a changed signature"
+        );
+        let kept = |d: &[u8], point: &[u8]| {
+            let cert = parse(d);
+            let mut h = Sha256::new();
+            for part in [
+                point,
+                cert.tbs_certificate.as_ref(),
+                &cert.signature_value.data,
+            ] {
+                h.update((part.len() as u64).to_be_bytes());
+                h.update(part);
+            }
+            VERIFIED
+                .lock()
+                .unwrap()
+                .contains(&<[u8; 32]>::from(h.finalize()))
+        };
+        assert!(!kept(&forged, &root_point) && !kept(&der, &mesh_point));
+        // Bounded: after as many other verdicts as are kept, the first is gone.
+        for _ in 0..VERIFIED_KEPT {
+            let other = MeshCa::generate(&root, fixed_now()).unwrap();
+            let cert = parse(other.intermediate_der());
+            assert_eq!(verify_certificate_signature(&cert, &root_point), Ok(()));
+        }
+        assert!(VERIFIED.lock().unwrap().len() <= VERIFIED_KEPT);
+        assert!(!kept(&der, &root_point));
     }
 
     #[test]

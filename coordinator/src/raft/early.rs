@@ -141,7 +141,7 @@ fn check(cmd: AppendTransition, anchors: Anchors) -> Verdict {
         let new = cmd.decode().ok()?;
         let manifest = Manifest::parse(&new.manifest_bytes).ok()?;
         let signatures = VerifiedSignatures::verify(&anchors.signing_key, &new.transition)?;
-        super::state_machine::check_certificates(&new.mesh, &anchors.root_ca_der).ok()?;
+        super::state_machine::check_certificates(&new.mesh, &anchors.root_ca_der, false).ok()?;
         Some(Checked {
             new,
             manifest,

@@ -315,7 +315,7 @@ impl StateMachine {
         if history.mesh == cmd.mesh {
             return Ok(CommandResponse::Applied { hash: latest });
         }
-        if let Err(reason) = check_certificates(&cmd.mesh, &history.root_ca_der) {
+        if let Err(reason) = check_certificates(&cmd.mesh, &history.root_ca_der, false) {
             return reject(reason);
         }
         self.ledger.replace_mesh_certs(&latest, &cmd.mesh)?;
@@ -443,7 +443,7 @@ impl StateMachine {
         }
         // Checked early under this history's root CA (`early`'s anchors are this history's).
         if !certificates_checked {
-            check_certificates(&new.mesh, root_ca_der)?;
+            check_certificates(&new.mesh, root_ca_der, new.genesis.is_some())?;
         }
         let growth = match growth {
             Growth::Genesis(mut h) => {
@@ -655,16 +655,26 @@ fn read_json<T: DeserializeOwned>(
 
 /// The public certificates carried with a transition fit the history: the mesh CA is self-signed, and
 /// the intermediate certifies the mesh CA's key and is signed by the root CA's key, which only a
-/// replica holding the seed has. No clock is read (the state machine must be deterministic), so
-/// validity periods are not checked here.
-pub(super) fn check_certificates(mesh: &MeshCerts, root_ca_der: &[u8]) -> Result<(), String> {
+/// replica holding the seed has. The root CA's own self-signature is checked with the first transition
+/// (`new_root`), which brings it; later ones take it from the verified history. No clock is read (the
+/// state machine must be deterministic), so validity periods are not checked here. The signatures go
+/// through `concord_mesh_ca::ca::verify_certificate_signature`, which keeps the last verdicts: the core
+/// checks the same certificates again when it opens the mesh CA key sealed to this replica.
+pub(super) fn check_certificates(
+    mesh: &MeshCerts,
+    root_ca_der: &[u8],
+    new_root: bool,
+) -> Result<(), String> {
+    use concord_mesh_ca::ca::verify_certificate_signature;
+    let why = |e: Option<String>| e.unwrap_or_else(|| "the signature does not verify".into());
     let root = parse_certificate("the root CA certificate", root_ca_der)?;
-    root.verify_signature(None)
-        .map_err(|e| format!("the root CA certificate is not self-signed: {e}"))?;
+    if new_root {
+        root.verify_signature(None)
+            .map_err(|e| format!("the root CA certificate is not self-signed: {e}"))?;
+    }
     let mesh_ca = parse_certificate("the mesh CA certificate", &mesh.mesh_ca_der)?;
-    mesh_ca
-        .verify_signature(None)
-        .map_err(|e| format!("the mesh CA certificate is not self-signed: {e}"))?;
+    verify_certificate_signature(&mesh_ca, &mesh_ca.public_key().subject_public_key.data)
+        .map_err(|e| format!("the mesh CA certificate is not self-signed: {}", why(e)))?;
     let intermediate = parse_certificate(
         "the mesh CA intermediate certificate",
         &mesh.intermediate_der,
@@ -675,9 +685,13 @@ pub(super) fn check_certificates(mesh: &MeshCerts, root_ca_der: &[u8]) -> Result
     if intermediate.issuer().as_raw() != root.subject().as_raw() {
         return Err("the mesh CA intermediate does not name the root CA as its issuer".into());
     }
-    intermediate
-        .verify_signature(Some(root.public_key()))
-        .map_err(|e| format!("the mesh CA intermediate is not signed by the root CA: {e}"))?;
+    verify_certificate_signature(&intermediate, &root.public_key().subject_public_key.data)
+        .map_err(|e| {
+            format!(
+                "the mesh CA intermediate is not signed by the root CA: {}",
+                why(e)
+            )
+        })?;
     Ok(())
 }
 
