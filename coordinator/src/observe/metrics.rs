@@ -35,6 +35,7 @@ pub const COMMIT_PHASES: &[&str] = &[
     "verify",
     "verify_wait",
     "store_write",
+    "applied_write",
 ];
 
 /// The process's counters and histograms. One per process ([`global`]): the metrics of a process, as

@@ -40,9 +40,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn get(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError>;
     /// Applies every write or none, and returns only once they are durable.
     fn apply(&self, batch: Vec<Write>) -> Result<(), StoreError>;
-    /// Applies every write or none, without waiting until they are durable: for writes that can be
-    /// made again from a durable source after a crash (the Raft state machine's, from the log). The
-    /// next [`Store::apply`] on the same store makes them durable too, in order.
+    /// Applies the writes one after the other, without waiting until they are durable and without
+    /// making them one atomic unit: for writes that can be made again from a durable source after a
+    /// crash (the Raft state machine's, from the log). A crash keeps a prefix of them, in order, so
+    /// the caller puts last the write that makes the others count (the history's `Latest`); readers
+    /// see each write once it is made. The next [`Store::apply`] on the same store makes them durable
+    /// too, in order.
     fn apply_unflushed(&self, batch: Vec<Write>) -> Result<(), StoreError> {
         self.apply(batch)
     }
