@@ -466,7 +466,9 @@ impl<S: Store> Ledger<S> {
         Ok(())
     }
 
-    fn append_batch(new: &NewTransition) -> Vec<Write> {
+    /// The writes of `new`, in the order they are made: the objects, then `Latest`, which makes them
+    /// count ([`Store::apply_unflushed`] keeps a prefix after a crash).
+    pub(crate) fn append_batch(new: &NewTransition) -> Vec<Write> {
         let hash = new.transition.hash();
         let mut batch = vec![Write::Put(
             Key::Object(Hash::of(&new.manifest_bytes)),

@@ -172,3 +172,37 @@ async fn a_log_kept_in_sled_trees_moves_into_the_log_file() {
         Some(log_id(3))
     );
 }
+
+/// The state machine's history writes are single sled inserts in order (`Store::apply_unflushed`), so
+/// a crash keeps a prefix of them: every prefix must leave a history that loads and verifies, the
+/// old one until the last write (`Latest`) and the new one with it.
+#[tokio::test]
+async fn any_prefix_of_a_state_machine_write_leaves_a_history_that_loads() {
+    use crate::history::Ledger;
+    use crate::store::{Key, Store, Write};
+
+    let history = History::new(2);
+    let writes = Ledger::<crate::store::SledStore>::append_batch(&history.new_transition(1));
+    assert!(
+        matches!(writes.last(), Some(Write::Put(Key::Latest, _))),
+        "the write that makes the others count comes last"
+    );
+    for kept in 0..=writes.len() {
+        let disk = Disk::new();
+        let (_log, mut sm) = disk.open();
+        apply_one(&mut sm, command_entry(1, history.command(0))).await;
+        drop(sm);
+        disk.store.apply_unflushed(writes[..kept].to_vec()).unwrap();
+        let loaded = Ledger::new(disk.store.clone())
+            .load()
+            .unwrap_or_else(|e| panic!("{kept} of {} writes: {e}", writes.len()))
+            .unwrap();
+        let expected = if kept == writes.len() { 1 } else { 0 };
+        assert_eq!(
+            loaded.chain.latest_hash(),
+            history.hashes[expected],
+            "{kept} of {} writes",
+            writes.len()
+        );
+    }
+}
