@@ -151,6 +151,19 @@ pub async fn run(
     coordinator.follow(state_machine.verified_feed());
     if let Some(id) = config.deployment_id {
         coordinator.pin_deployment(id)?;
+        // And the history the Raft log would apply again (see `LogStore::first_manifest`).
+        let first = log_store.first_manifest().map_err(|e| refuse(&e))?;
+        if let Some(stored) = first
+            .and_then(|m| crate::manifest::Manifest::parse(&m).ok())
+            .map(|m| m.deployment_id())
+            .filter(|stored| *stored != id)
+        {
+            anyhow::bail!(
+                "this replica was started for deployment {id} (--deployment-id), but the history in its \
+                 Raft log belongs to deployment {stored}: fix the launch configuration (the chart's \
+                 deploymentId), or move the data directory aside if it is another deployment's"
+            );
+        }
     }
     if let Some(file) = &config.stall_raft_while {
         tracing::warn!(
@@ -349,9 +362,19 @@ pub async fn run(
         transit.await;
         Ok::<(), tonic::transport::Error>(())
     };
+    let durable = store.durable().clone();
     let graceful = async {
         tokio::try_join!(user, mesh, peer, transit)?;
         let _ = raft.shutdown().await;
+        // What the state machine applied becomes durable up to 200 ms later (`FlushSoon`); a stop
+        // makes it durable now, so a stopped replica's store holds all it applied.
+        match tokio::task::spawn_blocking(move || durable.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "the store's last flush failed; the Raft log still holds what it would have made durable")
+            }
+            Err(e) => tracing::warn!(error = %e, "the store's last flush did not run"),
+        }
         Ok::<_, anyhow::Error>(())
     };
     // A stop waits for calls in flight and for the Raft core, but not for ever: a core wedged in a

@@ -100,6 +100,29 @@ impl LogStore {
         self.early = Some((early, own));
     }
 
+    /// The manifest of the first transition in the log, if the log still holds it: the first command
+    /// that appends a transition, when it is a first transition (one that brings its signing key).
+    /// A replica pinned to a deployment checks it at start-up beside its stored history: the state
+    /// machine applies the log again after a crash that lost its latest writes (or on a disk the host
+    /// prepared), so a history can come from the log as well as from the store.
+    pub fn first_manifest(&self) -> Result<Option<Vec<u8>>, RaftStoreError> {
+        const WINDOW: u64 = 16;
+        let Some(mut from) = self.wal().first_index() else {
+            return Ok(None);
+        };
+        let last = self.wal().last_index().unwrap_or(from);
+        while from <= last {
+            let to = from.saturating_add(WINDOW - 1).min(last);
+            for entry in self.entries(Bound::Included(from), Bound::Included(to))? {
+                if let EntryPayload::Normal(Command::Append(cmd)) = entry.payload {
+                    return Ok(cmd.genesis.is_some().then_some(cmd.manifest));
+                }
+            }
+            from = to + 1;
+        }
+        Ok(None)
+    }
+
     /// The last log index openraft saved as committed, for the metrics; None before the first commit.
     pub fn committed_index(&self) -> Result<Option<u64>, RaftStoreError> {
         let committed: Option<Option<LogId<NodeId>>> =

@@ -10,6 +10,7 @@
 //! key signed and a listed workload owner authorized.
 
 use std::io::Cursor;
+use std::time::Duration;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -19,8 +20,6 @@ use openraft::{
 use serde::de::DeserializeOwned;
 use sled::Transactional;
 use x509_parser::certificate::X509Certificate;
-
-use std::time::Duration;
 
 use super::early::{Anchors, Checked, EarlyChecks};
 use super::error::RaftStoreError;
@@ -579,8 +578,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     CommandResponse::NoCommand
                 }
             };
-            // Written after the history (whose append is flushed): a crash in between leaves the
-            // applied log id behind, and the entry is applied again as `AlreadyLatest`.
+            // Written after the history: a crash in between leaves the applied log id behind (sled
+            // keeps a prefix of its log), and the entry is applied again as `AlreadyLatest`.
             self.last_applied = Some(log_id);
             let writing = std::time::Instant::now();
             self.persist_applied().map_err(failed)?;

@@ -187,6 +187,11 @@ impl Wal {
         self.index.purged.as_ref().map(|(i, m)| (*i, m.as_slice()))
     }
 
+    /// The index of the first live entry.
+    pub fn first_index(&self) -> Option<u64> {
+        self.index.entries.first_key_value().map(|(i, _)| *i)
+    }
+
     /// The index of the last live entry.
     pub fn last_index(&self) -> Option<u64> {
         self.index.entries.last_key_value().map(|(i, _)| *i)

@@ -206,3 +206,27 @@ async fn any_prefix_of_a_state_machine_write_leaves_a_history_that_loads() {
         );
     }
 }
+
+/// A pinned replica checks the history its log would apply again (`LogStore::first_manifest`): the
+/// first transition's manifest while the log holds it, nothing once it is purged.
+#[tokio::test]
+async fn the_log_names_its_first_transitions_manifest_until_it_is_purged() {
+    let history = History::new(2);
+    let disk = Disk::new();
+    let (mut log, _sm) = disk.open();
+    assert_eq!(log.first_manifest().unwrap(), None);
+    log.blocking_append([
+        membership_entry(1, &[1, 2, 3]),
+        openraft::testing::blank_ent(1, 0, 2),
+        command_entry(3, history.command(0)),
+        command_entry(4, history.command(1)),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(
+        log.first_manifest().unwrap(),
+        Some(history.command(0).manifest)
+    );
+    log.purge(log_id(3)).await.unwrap();
+    assert_eq!(log.first_manifest().unwrap(), None, "a later transition");
+}
