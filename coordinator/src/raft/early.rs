@@ -101,8 +101,14 @@ impl Slot {
                 }
             }
         };
-        let verdict = check(cmd, anchors);
-        *self.lock() = State::Done(Box::new(verdict));
+        // A panic must not leave `take` waiting for ever (the state machine, and with it the Raft
+        // core, would stop): then there is no verdict, and `apply` verifies in full.
+        let verdict =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(cmd, anchors)));
+        *self.lock() = match verdict {
+            Ok(verdict) => State::Done(Box::new(verdict)),
+            Err(_) => State::Gone,
+        };
         self.done.notify_all();
     }
 
