@@ -22,6 +22,18 @@ fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
 }
 
+/// Sets manifest versions `1..=n` of `d` on `c` in turn; the latest transition's hash.
+fn set_versions<S: Store>(c: &mut Coordinator<S>, d: &TestDeployment, n: u32) -> Hash {
+    let mut latest = Hash::ZERO;
+    for v in 1..=n {
+        latest = c
+            .set_manifest(d.set_request(d.manifest(v), latest), now())
+            .unwrap()
+            .hash;
+    }
+    latest
+}
+
 fn ready(d: &TestDeployment) -> (Coordinator<MemoryStore>, SetOutcome) {
     let mut c = Coordinator::open(MemoryStore::new()).unwrap();
     assert_eq!(c.state(), ReplicaState::Fresh);
@@ -896,13 +908,7 @@ fn incremental_reload_equals_a_full_load_and_refuses_what_it_refuses() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path()).unwrap();
     let mut c = Coordinator::open(store.clone()).unwrap();
-    let mut latest = Hash::ZERO;
-    for v in 1..=3 {
-        latest = c
-            .set_manifest(d.set_request(d.manifest(v), latest), now())
-            .unwrap()
-            .hash;
-    }
+    let mut latest = set_versions(&mut c, &d, 3);
     let ledger = Ledger::new(store.clone());
     let known = ledger.load().unwrap().unwrap();
     for v in 4..=6 {
@@ -946,13 +952,7 @@ fn a_long_history_is_verified_in_parallel_and_faults_are_found_in_order() {
     use crate::history::verify_chain;
     let d = TestDeployment::new();
     let mut c = Coordinator::open(MemoryStore::new()).unwrap();
-    let mut latest = Hash::ZERO;
-    for v in 1..=300 {
-        latest = c
-            .set_manifest(d.set_request(d.manifest(v), latest), now())
-            .unwrap()
-            .hash;
-    }
+    let latest = set_versions(&mut c, &d, 300);
     let chain = c.chain().unwrap().clone();
     let items = || -> Vec<(Transition, Vec<u8>)> {
         chain
@@ -1002,13 +1002,7 @@ fn a_long_history_is_verified_in_parallel_and_faults_are_found_in_order() {
 fn a_checked_transition_is_appended_without_a_second_check_and_only_that_one() {
     let d = TestDeployment::new();
     let mut c = Coordinator::open(MemoryStore::new()).unwrap();
-    let mut latest = Hash::ZERO;
-    for v in 1..=3 {
-        latest = c
-            .set_manifest(d.set_request(d.manifest(v), latest), now())
-            .unwrap()
-            .hash;
-    }
+    let latest = set_versions(&mut c, &d, 3);
     let full = c.chain().unwrap().clone();
     let manifest = |v| crate::manifest::Manifest::parse(&d.manifest(v)).unwrap();
     let key = *full.signing_key();
@@ -1051,13 +1045,7 @@ fn early_signature_verdicts_vouch_only_for_their_transition_under_their_key() {
     use crate::history::VerifiedSignatures;
     let d = TestDeployment::new();
     let mut c = Coordinator::open(MemoryStore::new()).unwrap();
-    let mut latest = Hash::ZERO;
-    for v in 1..=3 {
-        latest = c
-            .set_manifest(d.set_request(d.manifest(v), latest), now())
-            .unwrap()
-            .hash;
-    }
+    let latest = set_versions(&mut c, &d, 3);
     let full = c.chain().unwrap().clone();
     let manifest = |v| crate::manifest::Manifest::parse(&d.manifest(v)).unwrap();
     let key = *full.signing_key();
@@ -1115,13 +1103,7 @@ fn the_core_catches_up_from_the_state_machines_verdicts_and_only_for_what_was_ch
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path()).unwrap();
     let mut writer = Coordinator::open(store.clone()).unwrap();
-    let mut latest = Hash::ZERO;
-    for v in 1..=3 {
-        latest = writer
-            .set_manifest(d.set_request(d.manifest(v), latest), now())
-            .unwrap()
-            .hash;
-    }
+    let mut latest = set_versions(&mut writer, &d, 3);
     let mut reader = Coordinator::open(store.clone()).unwrap();
     let mut forger = Coordinator::open(store.clone()).unwrap();
     for v in 4..=5 {

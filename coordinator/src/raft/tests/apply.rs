@@ -151,6 +151,19 @@ fn tampered_second_commands(history: &History) -> Vec<Tamper> {
     ]
 }
 
+/// `response` refuses `tamper`'s command for the reason it must give.
+fn assert_refused(response: CommandResponse, tamper: &Tamper) {
+    match response {
+        CommandResponse::Rejected { reason } => assert!(
+            reason.contains(tamper.reason),
+            "{}: the reason {reason:?} does not say {:?}",
+            tamper.what,
+            tamper.reason
+        ),
+        other => panic!("{} was not rejected: {other:?}", tamper.what),
+    }
+}
+
 #[tokio::test]
 async fn a_tampered_command_is_rejected_and_not_written() {
     let history = History::new(2);
@@ -161,16 +174,8 @@ async fn a_tampered_command_is_rejected_and_not_written() {
 
     let mut index = 2;
     for tamper in tampered_second_commands(&history) {
-        let response = apply_one(&mut sm, command_entry(index, tamper.cmd)).await;
-        match response {
-            CommandResponse::Rejected { reason } => assert!(
-                reason.contains(tamper.reason),
-                "{}: the reason {reason:?} does not say {:?}",
-                tamper.what,
-                tamper.reason
-            ),
-            other => panic!("{} was not rejected: {other:?}", tamper.what),
-        }
+        let response = apply_one(&mut sm, command_entry(index, tamper.cmd.clone())).await;
+        assert_refused(response, &tamper);
         assert_eq!(
             disk.history_dump(),
             before,
@@ -377,15 +382,8 @@ async fn an_early_verdict_never_lets_another_command_through() {
         // The genuine command was appended (and checked early) at this index; the tampered one is
         // what gets applied there, as if the log had been edited in between.
         early.start(index, &history.command(1));
-        match apply_one(&mut sm, command_entry(index, tamper.cmd)).await {
-            CommandResponse::Rejected { reason } => assert!(
-                reason.contains(tamper.reason),
-                "{}: the reason {reason:?} does not say {:?}",
-                tamper.what,
-                tamper.reason
-            ),
-            other => panic!("{} was not rejected: {other:?}", tamper.what),
-        }
+        let response = apply_one(&mut sm, command_entry(index, tamper.cmd.clone())).await;
+        assert_refused(response, &tamper);
         assert_eq!(disk.history_dump(), before, "{}", tamper.what);
         index += 1;
     }
