@@ -48,6 +48,15 @@ impl<S: Store> Replica<S> {
         Some((chain.latest_hash(), chain.latest_manifest().hash()))
     }
 
+    /// Whether the latest manifest names witnesses, or the core is busy (a writer holds it) and the
+    /// caller must look on another thread. A write makes a checkpoint for witnesses only when there
+    /// are some: signing one nobody asks for costs the next write a core.
+    pub fn may_name_witnesses(&self) -> bool {
+        self.coordinator
+            .try_read()
+            .map_or(true, |c| c.names_witnesses())
+    }
+
     /// Whether a handler panicked while holding the core: the replica must be restarted (the liveness
     /// probe fails).
     pub fn is_poisoned(&self) -> bool {

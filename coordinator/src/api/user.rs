@@ -162,11 +162,14 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
                     "ok"
                 );
                 // Every transition gets its cosignatures asked for at once, without making the
-                // writer wait for witnesses (bounded per witness; GetCheckpoint asks again).
-                let (replica, cosignatures) = (self.replica.clone(), self.cosignatures.clone());
-                tokio::spawn(async move {
-                    let _ = cosigned_checkpoint(replica, cosignatures).await;
-                });
+                // writer wait for witnesses (bounded per witness; GetCheckpoint asks again). Without
+                // witnesses there is nobody to ask, and no checkpoint is signed.
+                if self.replica.may_name_witnesses() {
+                    let (replica, cosignatures) = (self.replica.clone(), self.cosignatures.clone());
+                    tokio::spawn(async move {
+                        let _ = cosigned_checkpoint(replica, cosignatures).await;
+                    });
+                }
                 Ok(Response::new(super::node::outcome_to_pb(&out)))
             }
             Err(status) => {

@@ -191,6 +191,20 @@ impl LogStore {
     }
 }
 
+/// Runs `f`, which waits for the disk, without holding up the other tasks of this runtime worker. On a
+/// multi-threaded runtime (the coordinator's) the worker's queue moves to another thread while `f`
+/// runs, its LIFO slot too, which no other worker steals from: a task the Raft core woke just before
+/// (the liveness sampler, whose ping it answered) would otherwise wait for the disk with it. A disk
+/// that stops answering then stalls the Raft core alone, and the liveness probe says so.
+fn off_the_workers<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 fn encode_value<T: Serialize>(value: &T) -> Result<Vec<u8>, RaftStoreError> {
     serde_json::to_vec(value).map_err(|e| RaftStoreError::io("encode a raft log value", e))
 }
@@ -275,8 +289,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
-        encode_value(vote)
-            .and_then(|bytes| self.wal().set_vote(bytes))
+        off_the_workers(|| encode_value(vote).and_then(|bytes| self.wal().set_vote(bytes)))
             .map_err(|e| e.into_storage(ErrorSubject::Vote, ErrorVerb::Write))
     }
 
@@ -312,9 +325,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         if let Some(file) = &self.stall_while {
-            while file.exists() {
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
+            off_the_workers(|| {
+                while file.exists() {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+            });
         }
         // The callback tells openraft the entries are durable, so it runs only after the sync.
         let started = std::time::Instant::now();
@@ -329,7 +344,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 }
             }
         }
-        let appended = self.append_entries(entries);
+        let appended = off_the_workers(|| self.append_entries(entries));
         crate::observe::global().commit_phase("log_append", started.elapsed());
         match appended {
             Ok(()) => {
@@ -344,15 +359,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        self.wal()
-            .truncate(log_id.index)
+        off_the_workers(|| self.wal().truncate(log_id.index))
             .map_err(|e| e.into_storage(ErrorSubject::Log(log_id), ErrorVerb::Delete))
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         // The mark and the removal are one record: a crash leaves both or neither.
-        encode_value(&log_id)
-            .and_then(|mark| self.wal().purge(log_id.index, mark))
-            .map_err(|e| e.into_storage(ErrorSubject::Log(log_id), ErrorVerb::Delete))
+        off_the_workers(|| {
+            encode_value(&log_id).and_then(|mark| self.wal().purge(log_id.index, mark))
+        })
+        .map_err(|e| e.into_storage(ErrorSubject::Log(log_id), ErrorVerb::Delete))
     }
 }

@@ -48,6 +48,13 @@ impl<S: Store> Coordinator<S> {
     }
 
     /// The latest checkpoint, signed with the checkpoint key.
+    /// Whether the latest manifest names at least one witness.
+    pub fn names_witnesses(&self) -> bool {
+        self.chain()
+            .and_then(|c| c.latest_manifest().witnesses())
+            .is_some_and(|w| !w.list.is_empty())
+    }
+
     pub fn checkpoint(&self) -> Result<CheckpointView, CoordinatorError> {
         let chain = self.proof_chain()?;
         let secrets = self.secrets.as_ref().ok_or(CoordinatorError::Recovering)?;
