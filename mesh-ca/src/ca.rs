@@ -51,7 +51,12 @@ const MAX_COMMON_NAME_CHARS: usize = 64;
 /// A P-256 key that rcgen can sign with. Built on the RustCrypto key, which wipes itself on
 /// drop, rather than on rcgen's ring key pair, which keeps an unwiped PKCS#8 copy.
 struct P256Signer {
-    key: p256::ecdsa::SigningKey,
+    secret: p256::SecretKey,
+    /// The signing key, made from `secret` on the first signature: making it derives the public
+    /// key, a scalar multiplication that RustCrypto takes about 0.2 ms for, and a replica that
+    /// opens a mesh CA key sealed to it after every manifest update may never sign with it.
+    key: std::sync::OnceLock<p256::ecdsa::SigningKey>,
+    verifying_key: p256::ecdsa::VerifyingKey,
     /// Uncompressed SEC1 point, what rcgen writes into the SubjectPublicKeyInfo.
     public_point: Vec<u8>,
 }
@@ -59,12 +64,43 @@ struct P256Signer {
 impl P256Signer {
     fn new(secret: &p256::SecretKey) -> Self {
         let key = p256::ecdsa::SigningKey::from(secret);
-        let public_point = key
-            .verifying_key()
-            .to_encoded_point(false)
-            .as_bytes()
-            .to_vec();
-        P256Signer { key, public_point }
+        let verifying_key = *key.verifying_key();
+        let public_point = verifying_key.to_encoded_point(false).as_bytes().to_vec();
+        P256Signer {
+            secret: secret.clone(),
+            key: std::sync::OnceLock::from(key),
+            verifying_key,
+            public_point,
+        }
+    }
+
+    /// The signer of `secret`, whose public key a certificate says is `public`; None if it is not.
+    ///
+    /// The check derives `secret`'s public key with ring's assembly P-256 (about a tenth of
+    /// RustCrypto's time here). ring's key pair, made for the check alone and dropped at once, is
+    /// not wiped on drop; neither are the temporaries of RustCrypto's own scalar multiplication.
+    fn certified(secret: &p256::SecretKey, public: &p256::PublicKey) -> Option<Self> {
+        let verifying_key = p256::ecdsa::VerifyingKey::from(public);
+        let public_point = verifying_key.to_encoded_point(false).as_bytes().to_vec();
+        let scalar = Zeroizing::new(secret.to_bytes());
+        ring::signature::EcdsaKeyPair::from_private_key_and_public_key(
+            &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            scalar.as_slice(),
+            &public_point,
+            &ring::rand::SystemRandom::new(),
+        )
+        .ok()?;
+        Some(P256Signer {
+            secret: secret.clone(),
+            key: std::sync::OnceLock::new(),
+            verifying_key,
+            public_point,
+        })
+    }
+
+    fn signing_key(&self) -> &p256::ecdsa::SigningKey {
+        self.key
+            .get_or_init(|| p256::ecdsa::SigningKey::from(&self.secret))
     }
 }
 
@@ -91,7 +127,7 @@ impl rcgen::SigningKey for P256Signer {
     fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
         // RFC 6979 deterministic nonces: no randomness needed, so no entropy failure here.
         let signature: p256::ecdsa::Signature = self
-            .key
+            .signing_key()
             .try_sign(msg)
             .map_err(|_| rcgen::Error::RemoteKeyError)?;
         Ok(signature.to_der().as_bytes().to_vec())
@@ -281,7 +317,24 @@ impl MeshCa {
         root: &RootCa,
     ) -> Result<MeshCa, MeshCaError> {
         let secret = mesh_ca_key_from_bytes(key)?;
-        let signer = P256Signer::new(&secret);
+        // The key the self-signed certificate names, which `check_mesh_ca_certificates` holds both
+        // certificates to; the signer only for a key that is that key's private half.
+        let named = parse_whole_certificate(&mesh_ca_der)
+            .and_then(|cert| {
+                p256::PublicKey::from_public_key_der(cert.public_key().raw)
+                    .map_err(|_| "its public key is not a P-256 key".to_string())
+            })
+            .map_err(|reason| MeshCaError::MeshCaCertificateRejected {
+                certificate: MESH_CA_CERT_NAME,
+                reason,
+            })?;
+        let signer = P256Signer::certified(&secret, &named).ok_or_else(|| {
+            MeshCaError::MeshCaCertificateRejected {
+                certificate: MESH_CA_CERT_NAME,
+                reason: "its public key is not the public key of the mesh CA key sent with it"
+                    .into(),
+            }
+        })?;
         drop(secret);
         let not_after = check_mesh_ca_certificates(&mesh_ca_der, &intermediate_der, &signer, root)?;
         // rcgen reads the issuer's subject, key identifier and key usages from the certificate:
@@ -313,7 +366,7 @@ impl MeshCa {
     /// never store it (on disk or anywhere the host can read), never put it into Raft, and never
     /// hand it to anything derived from the seed (Invariant 3).
     pub fn key_for_attested_peer(&self) -> Zeroizing<[u8; 32]> {
-        let scalar = Zeroizing::new(self.issuer.key().key.to_bytes());
+        let scalar = Zeroizing::new(self.issuer.key().secret.to_bytes());
         let mut out = Zeroizing::new([0u8; 32]);
         out.copy_from_slice(&scalar);
         out
@@ -569,7 +622,7 @@ fn check_root_certificate(
     .map_err(reject)?;
     check_ecdsa_sha256_signature(
         &cert,
-        signer.key.verifying_key(),
+        &signer.verifying_key,
         "its self-signature does not verify",
     )
     .map_err(reject)?;
@@ -604,7 +657,7 @@ fn check_mesh_ca_certificates(
         certificate: INTERMEDIATE_CERT_NAME,
         reason,
     };
-    let public_key = signer.key.verifying_key();
+    let public_key = &signer.verifying_key;
     let expected_key = p256::PublicKey::from(public_key);
     let key_name = "the public key of the mesh CA key sent with it";
 
@@ -622,7 +675,7 @@ fn check_mesh_ca_certificates(
     let root_key = root.issuer.key();
     check_ecdsa_sha256_signature(
         &intermediate,
-        root_key.key.verifying_key(),
+        &root_key.verifying_key,
         "its signature does not verify with this deployment's root CA key",
     )
     .map_err(reject_intermediate)?;

@@ -27,6 +27,7 @@ use serde::de::DeserializeOwned;
 
 use super::early::EarlyChecks;
 use super::error::RaftStoreError;
+use super::recent::Recent;
 use super::types::{Command, NodeId, TypeConfig};
 use super::wal::Wal;
 
@@ -50,7 +51,14 @@ pub struct LogStore {
     /// Where the checks of a transition this replica appends as the leader start, while the entry is
     /// flushed and replicated; with this replica's id.
     early: Option<(EarlyChecks, NodeId)>,
+    /// The last entries appended, decoded: what replication and apply read back right after.
+    /// Locked after `wal`, and changed only under it.
+    recent: Arc<Mutex<Recent<Entry<TypeConfig>>>>,
 }
+
+/// How many of the last appended entries [`LogStore`] keeps decoded, and their encoded bytes at most.
+const RECENT_ENTRIES: usize = 64;
+const RECENT_BYTES: usize = 4 << 20;
 
 impl LogStore {
     /// Opens (or creates) the log in `dir`; a log still in `db`'s trees from an older version is
@@ -83,6 +91,7 @@ impl LogStore {
             wal: Arc::new(Mutex::new(wal)),
             stall_while: None,
             early: None,
+            recent: Arc::new(Mutex::new(Recent::new(RECENT_ENTRIES, RECENT_BYTES))),
         })
     }
 
@@ -137,6 +146,12 @@ impl LogStore {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn recent(&self) -> MutexGuard<'_, Recent<Entry<TypeConfig>>> {
+        self.recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// An entry as stored under `index`; refused if it does not decode or names another index.
     pub(crate) fn decode_entry(
         index: u64,
@@ -154,7 +169,29 @@ impl LogStore {
         Ok(entry)
     }
 
-    fn entries(
+    pub(crate) fn entries(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> Result<Vec<Entry<TypeConfig>>, RaftStoreError> {
+        let wal = self.wal();
+        if let Some(kept) = wal
+            .live_range(start, end)
+            .and_then(|(first, last)| self.recent().get(first, last))
+        {
+            return Ok(kept);
+        }
+        let raw = wal.read((start, end))?;
+        drop(wal);
+        raw.iter()
+            .map(|(index, bytes)| Self::decode_entry(*index, bytes))
+            .collect()
+    }
+
+    /// The entries in `start..end` as the file holds them, never from [`LogStore::recent`]: for the
+    /// tests that check the two agree.
+    #[cfg(test)]
+    pub(crate) fn entries_from_file(
         &self,
         start: Bound<u64>,
         end: Bound<u64>,
@@ -179,15 +216,27 @@ impl LogStore {
         &self,
         entries: impl IntoIterator<Item = Entry<TypeConfig>>,
     ) -> Result<(), RaftStoreError> {
+        let entries: Vec<_> = entries.into_iter().collect();
         let encoded = entries
-            .into_iter()
+            .iter()
             .map(|entry| {
-                serde_json::to_vec(&entry)
+                serde_json::to_vec(entry)
                     .map(|bytes| (entry.log_id.index, bytes))
                     .map_err(|e| RaftStoreError::io("encode a log entry", e))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        self.wal().append(encoded)
+        let kept = entries
+            .into_iter()
+            .zip(&encoded)
+            .map(|(entry, (index, bytes))| (*index, entry, bytes.len()))
+            .collect();
+        let mut wal = self.wal();
+        let appended = wal.append(encoded);
+        match &appended {
+            Ok(()) => self.recent().appended(kept),
+            Err(_) => self.recent().clear(),
+        }
+        appended
     }
 }
 
@@ -359,14 +408,29 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        off_the_workers(|| self.wal().truncate(log_id.index))
+        off_the_workers(|| {
+            let mut wal = self.wal();
+            let truncated = wal.truncate(log_id.index);
+            match &truncated {
+                Ok(()) => self.recent().truncated(log_id.index),
+                Err(_) => self.recent().clear(),
+            }
+            truncated
+        })
             .map_err(|e| e.into_storage(ErrorSubject::Log(log_id), ErrorVerb::Delete))
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         // The mark and the removal are one record: a crash leaves both or neither.
         off_the_workers(|| {
-            encode_value(&log_id).and_then(|mark| self.wal().purge(log_id.index, mark))
+            let mark = encode_value(&log_id)?;
+            let mut wal = self.wal();
+            let purged = wal.purge(log_id.index, mark);
+            match &purged {
+                Ok(()) => self.recent().purged(log_id.index),
+                Err(_) => self.recent().clear(),
+            }
+            purged
         })
         .map_err(|e| e.into_storage(ErrorSubject::Log(log_id), ErrorVerb::Delete))
     }

@@ -27,6 +27,7 @@ mod encoding;
 mod error;
 mod log_store;
 pub mod network;
+mod recent;
 pub mod sealed;
 pub(crate) mod snapshot;
 mod state_machine;

@@ -34,6 +34,7 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
 use super::error::RaftStoreError;
@@ -195,6 +196,25 @@ impl Wal {
     /// The index of the last live entry.
     pub fn last_index(&self) -> Option<u64> {
         self.index.entries.last_key_value().map(|(i, _)| *i)
+    }
+
+    /// The first and last live index within `start..end`, if the log is usable and any entry lies
+    /// there (the range may still have holes: only openraft's storage suite writes any).
+    pub fn live_range(&self, start: Bound<u64>, end: Bound<u64>) -> Option<(u64, u64)> {
+        self.usable().ok()?;
+        let first = match start {
+            Bound::Included(s) => s,
+            Bound::Excluded(s) => s.checked_add(1)?,
+            Bound::Unbounded => 0,
+        }
+        .max(self.first_index()?);
+        let last = match end {
+            Bound::Included(e) => e,
+            Bound::Excluded(e) => e.checked_sub(1)?,
+            Bound::Unbounded => u64::MAX,
+        }
+        .min(self.last_index()?);
+        (first <= last).then_some((first, last))
     }
 
     /// The length of the log's records, for the tests and the benchmark (the file itself is longer:

@@ -659,8 +659,15 @@ impl<S: Store> Coordinator<S> {
             return Ok(true);
         }
         // The latest transition's mesh CA can be rotated (user recovery) without a new transition.
-        let mesh = get(&Key::MeshCerts(latest))?
-            .and_then(|b| serde_json::from_slice::<crate::history::MeshCerts>(&b).ok());
+        let Some(stored) = get(&Key::MeshCerts(latest))? else {
+            return Ok(true);
+        };
+        // Asked before every write and after every apply: the stored bytes are the known certificates'
+        // encoding unless they were rotated, so compare bytes first and decode only when they differ.
+        if serde_json::to_vec(&h.mesh).is_ok_and(|known| known == stored) {
+            return Ok(false);
+        }
+        let mesh = serde_json::from_slice::<crate::history::MeshCerts>(&stored).ok();
         Ok(mesh.as_ref() != Some(&h.mesh))
     }
 

@@ -230,3 +230,57 @@ async fn the_log_names_its_first_transitions_manifest_until_it_is_purged() {
     log.purge(log_id(3)).await.unwrap();
     assert_eq!(log.first_manifest().unwrap(), None, "a later transition");
 }
+
+/// The log answers a read right after an append from the entries it kept decoded (`raft::recent`):
+/// after appends, a truncation, a purge and an index written again, every read gives what its file
+/// holds, entry for entry.
+#[tokio::test]
+async fn entries_read_back_from_memory_are_the_ones_the_file_holds() {
+    use std::ops::Bound::{Excluded, Included, Unbounded};
+    let history = History::new(3);
+    let disk = Disk::new();
+    let (mut log, _sm) = disk.open();
+    let check = |log: &LogStore, what: &str| {
+        let json = |v: Vec<openraft::Entry<crate::raft::types::TypeConfig>>| {
+            serde_json::to_string(&v).unwrap()
+        };
+        for (start, end) in [
+            (Unbounded, Unbounded),
+            (Included(2), Included(4)),
+            (Included(3), Excluded(5)),
+            (Excluded(1), Unbounded),
+            (Included(4), Included(4)),
+            (Included(0), Included(100)),
+        ] {
+            assert_eq!(
+                json(log.entries(start, end).unwrap()),
+                json(log.entries_from_file(start, end).unwrap()),
+                "{what}: {start:?}..{end:?}"
+            );
+        }
+    };
+    log.blocking_append([
+        membership_entry(1, &[1, 2, 3]),
+        command_entry(2, history.command(0)),
+        command_entry(3, history.command(1)),
+    ])
+    .await
+    .unwrap();
+    check(&log, "after the first append");
+    log.blocking_append([
+        command_entry(4, history.command(2)),
+        openraft::testing::blank_ent(1, 0, 5),
+    ])
+    .await
+    .unwrap();
+    check(&log, "after a second append");
+    log.truncate(log_id(4)).await.unwrap();
+    check(&log, "after a truncation");
+    log.blocking_append([openraft::testing::blank_ent(2, 1, 4)])
+        .await
+        .unwrap();
+    check(&log, "after an index written again");
+    log.purge(log_id(2)).await.unwrap();
+    check(&log, "after a purge");
+    assert_eq!(log.entries(Included(3), Included(4)).unwrap().len(), 2);
+}
