@@ -124,7 +124,10 @@ mod tests {
     fn a_read_is_answered_only_when_the_whole_range_is_kept() {
         let mut r = Recent::new(100, 10_000);
         r.appended(run(5..=9));
-        assert_eq!(names(&r, 6, 8), Some(vec!["e6".into(), "e7".into(), "e8".into()]));
+        assert_eq!(
+            names(&r, 6, 8),
+            Some(vec!["e6".into(), "e7".into(), "e8".into()])
+        );
         assert_eq!(names(&r, 5, 9).map(|v| v.len()), Some(5));
         assert_eq!(names(&r, 4, 6), None, "4 is not kept");
         assert_eq!(names(&r, 8, 10), None, "10 is not kept");
@@ -168,7 +171,11 @@ mod tests {
         assert_eq!(names(&r, 1, 1), None, "30 bytes do not fit in 25");
         assert!(names(&r, 2, 3).is_some());
         r.appended(vec![(4, "huge".into(), 1_000)]);
-        assert_eq!(names(&r, 4, 4), None, "an entry over the byte bound is not kept");
+        assert_eq!(
+            names(&r, 4, 4),
+            None,
+            "an entry over the byte bound is not kept"
+        );
         assert_eq!(names(&r, 3, 3), None);
     }
 }

@@ -177,16 +177,59 @@ pub fn etcd(
     Ok(Samples::new(samples))
 }
 
+/// `n` sequential puts of the values `value(i)` on the etcd leader's gRPC API over TLS
+/// ([`etcd::EtcdCluster::start_tls`]), on one kept connection: the same client stack and link
+/// security as the Concord client's SetManifest calls.
+pub fn etcd_tls(
+    etcd: &EtcdCluster,
+    n: usize,
+    value: impl Fn(usize) -> Vec<u8>,
+) -> Result<Samples, String> {
+    let leader = etcd.leader()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime for the gRPC client: {e}"))?;
+    runtime.block_on(async {
+        let mut client = etcd.grpc_client(leader).await?;
+        let mut samples = Vec::with_capacity(n);
+        for i in 0..WARMUP + n {
+            let value = value(i);
+            let start = Instant::now();
+            client.put(b"concord/manifest", &value).await?;
+            if i >= WARMUP {
+                samples.push(start.elapsed());
+            }
+        }
+        Ok(Samples::new(samples))
+    })
+}
+
 /// The p50 row (the target), the p99 row, and how the p50 moves as the history grows.
-pub fn rows(commits: &Commits, etcd: Result<&Samples, &str>, value_len: usize) -> Vec<Row> {
+///
+/// The target's etcd is `etcd`: puts over etcd's gRPC API with TLS on the client and peer links, as
+/// Concord's SetManifest travels (gRPC over aTLS, TLS between replicas) and as Kubernetes runs etcd.
+/// `etcd_plain`, puts through etcd's JSON gateway without TLS (the reference until issue 11.3's
+/// fifth pass), is shown beside it.
+pub fn rows(
+    commits: &Commits,
+    etcd: Result<&Samples, &str>,
+    etcd_plain: Result<&Samples, &str>,
+    value_len: usize,
+) -> Vec<Row> {
     let concord = &Samples::new(commits.in_order.clone());
     let what = format!(
         "SetManifest commit, 3 replicas, fsync ({} calls, {value_len} B)",
         concord.len()
     );
-    let reference = |p: f64| match etcd {
-        Ok(e) => format!("etcd put: {}", ms(e.percentile(p))),
-        Err(why) => why.to_string(),
+    let reference = |p: f64| match (etcd, etcd_plain) {
+        (Ok(e), Ok(plain)) => format!(
+            "etcd put, gRPC and TLS: {}; JSON gateway, no TLS: {}",
+            ms(e.percentile(p)),
+            ms(plain.percentile(p))
+        ),
+        (Ok(e), Err(_)) => format!("etcd put, gRPC and TLS: {}", ms(e.percentile(p))),
+        (Err(why), _) => why.to_string(),
     };
     // The crypto one SetManifest needs, as issue 11.3 counts it: the leader's prepare (checks,
     // signing, keys) and every replica's verification of the new transition (the state machine's
@@ -227,7 +270,7 @@ pub fn rows(commits: &Commits, etcd: Result<&Samples, &str>, value_len: usize) -
     let text = |d: Option<Duration>| d.map_or("?".to_string(), ms);
     let reference_p50 = match (etcd, own) {
         (Ok(e), Some(own)) => format!(
-            "etcd put {} + prepare {} + verification on every replica {} = {}",
+            "etcd put (gRPC, TLS) {} + prepare {} + verification on every replica {} = {}",
             ms(e.median()),
             text(prepare),
             text(verify),
@@ -252,6 +295,21 @@ pub fn rows(commits: &Commits, etcd: Result<&Samples, &str>, value_len: usize) -
         ),
         _ => "needs etcd and the phase metrics".to_string(),
     };
+    let plain_text = match (etcd_plain, own) {
+        (Ok(e), Some(own)) => format!(
+            "etcd put (JSON gateway, no TLS) {} + the same {} = {} ({})",
+            ms(e.median()),
+            ms(own),
+            ms(e.median() + own),
+            if concord.median() <= e.median() + own {
+                "p50 within it"
+            } else {
+                "p50 above it"
+            }
+        ),
+        (Err(why), _) => why.to_string(),
+        (Ok(_), None) => "no phase metrics".to_string(),
+    };
     let mut rows = vec![
         Row::new(
             format!("{what}: p50"),
@@ -259,6 +317,13 @@ pub fn rows(commits: &Commits, etcd: Result<&Samples, &str>, value_len: usize) -
             reference_p50,
             "p50 <= etcd's p50 + prepare + every replica's verification",
             p50,
+        ),
+        Row::new(
+            format!("{what}: p50, beside etcd without TLS"),
+            ms(concord.median()),
+            plain_text,
+            "-",
+            Verdict::Info,
         ),
         Row::new(
             format!("{what}: p50, beside the leader-only reference"),

@@ -62,9 +62,72 @@ pub enum Timing {
 #[derive(Debug)]
 struct Member {
     name: String,
+    /// Plain HTTP: the JSON gateway client's, and the health checks'.
     client: SocketAddr,
+    /// TLS with client certificates, in a cluster started with [`EtcdCluster::start_tls`].
+    secure_client: Option<SocketAddr>,
     peer: SocketAddr,
     child: Option<Child>,
+}
+
+/// A cluster's TLS: one CA, one certificate for every member (server and client, 127.0.0.1), the
+/// same one for the benchmark's client; as Kubernetes runs etcd, TLS on client and peer links both.
+#[derive(Debug)]
+struct Tls {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    client: std::sync::Arc<rustls::ClientConfig>,
+}
+
+impl Tls {
+    fn make(dir: &Path) -> Result<Tls, String> {
+        use rcgen::{
+            BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+            SanType,
+        };
+        let err = |e: rcgen::Error| format!("cannot make etcd's TLS certificates: {e}");
+        let ca_key = KeyPair::generate().map_err(err)?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).map_err(err)?;
+        let ca = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().map_err(err)?;
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+        params.subject_alt_names = vec![SanType::IpAddress([127, 0, 0, 1].into())];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = params.signed_by(&key, &ca).map_err(err)?;
+        let write = |name: &str, pem: String| {
+            let path = dir.join(name);
+            std::fs::write(&path, pem)
+                .map(|()| path)
+                .map_err(|e| format!("cannot write {name}: {e}"))
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(ca_cert.der().clone())
+            .map_err(|e| format!("cannot trust etcd's CA: {e}"))?;
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .map_err(|e| format!("cannot use the client certificate: {e}"))?;
+        client.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Tls {
+            ca: write("ca.pem", ca_cert.pem())?,
+            cert: write("member.pem", cert.pem())?,
+            key: write("member-key.pem", key.serialize_pem())?,
+            client: std::sync::Arc::new(client),
+        })
+    }
 }
 
 /// A running 3-member cluster.
@@ -75,17 +138,39 @@ pub struct EtcdCluster {
     timing: Timing,
     token: String,
     members: Vec<Member>,
+    tls: Option<Tls>,
 }
 
 impl EtcdCluster {
     /// Starts `n` members and waits until they elected a leader.
     pub fn start(binary: &Path, n: usize, timing: Timing) -> Result<EtcdCluster, String> {
+        Self::start_with(binary, n, timing, false)
+    }
+
+    /// Starts `n` members with TLS on their client and peer links (client certificates required),
+    /// as Kubernetes runs etcd; each also serves plain HTTP on [`Member::client`] for the health
+    /// checks. With etcd's default timing.
+    pub fn start_tls(binary: &Path, n: usize) -> Result<EtcdCluster, String> {
+        Self::start_with(binary, n, Timing::Default, true)
+    }
+
+    fn start_with(
+        binary: &Path,
+        n: usize,
+        timing: Timing,
+        tls: bool,
+    ) -> Result<EtcdCluster, String> {
         let dir = tempfile::tempdir().map_err(|e| format!("cannot make a temporary dir: {e}"))?;
         let mut members = Vec::new();
         for i in 0..n {
             members.push(Member {
                 name: format!("m{i}"),
                 client: free_addr().map_err(|e| e.to_string())?,
+                secure_client: if tls {
+                    Some(free_addr().map_err(|e| e.to_string())?)
+                } else {
+                    None
+                },
                 peer: free_addr().map_err(|e| e.to_string())?,
                 child: None,
             });
@@ -100,7 +185,11 @@ impl EtcdCluster {
                 rand::random::<u32>()
             ),
             members,
+            tls: None,
         };
+        if tls {
+            cluster.tls = Some(Tls::make(cluster.dir.path())?);
+        }
         for i in 0..n {
             cluster.spawn(i)?;
         }
@@ -110,6 +199,16 @@ impl EtcdCluster {
 
     pub fn len(&self) -> usize {
         self.members.len()
+    }
+
+    /// A client of member `i`'s gRPC API over TLS, if the cluster was started with TLS.
+    pub async fn grpc_client(&self, i: usize) -> Result<crate::etcd_grpc::EtcdGrpc, String> {
+        match (&self.tls, self.members[i].secure_client) {
+            (Some(tls), Some(addr)) => {
+                crate::etcd_grpc::EtcdGrpc::connect(addr, tls.client.clone()).await
+            }
+            _ => Err("this etcd cluster was started without TLS".into()),
+        }
     }
 
     /// A client of member `i`.
@@ -157,7 +256,7 @@ impl EtcdCluster {
         let initial_cluster: Vec<String> = self
             .members
             .iter()
-            .map(|m| format!("{}=http://{}", m.name, m.peer))
+            .map(|m| format!("{}={}://{}", m.name, self.scheme(), m.peer))
             .collect();
         let m = &self.members[i];
         let log_path = self.dir.path().join(format!("{}.log", m.name));
@@ -173,13 +272,19 @@ impl EtcdCluster {
             .arg("--data-dir")
             .arg(self.dir.path().join(&m.name))
             .arg("--listen-client-urls")
-            .arg(format!("http://{}", m.client))
+            .arg(match m.secure_client {
+                Some(secure) => format!("https://{secure},http://{}", m.client),
+                None => format!("http://{}", m.client),
+            })
             .arg("--advertise-client-urls")
-            .arg(format!("http://{}", m.client))
+            .arg(match m.secure_client {
+                Some(secure) => format!("https://{secure}"),
+                None => format!("http://{}", m.client),
+            })
             .arg("--listen-peer-urls")
-            .arg(format!("http://{}", m.peer))
+            .arg(format!("{}://{}", self.scheme(), m.peer))
             .arg("--initial-advertise-peer-urls")
-            .arg(format!("http://{}", m.peer))
+            .arg(format!("{}://{}", self.scheme(), m.peer))
             // Read only on the first start; a restart finds the member in its data directory.
             .arg("--initial-cluster")
             .arg(initial_cluster.join(","))
@@ -189,6 +294,19 @@ impl EtcdCluster {
             .arg(&self.token)
             .arg("--logger")
             .arg("zap");
+        if let Some(tls) = &self.tls {
+            for (flag, path) in [
+                ("--cert-file", &tls.cert),
+                ("--key-file", &tls.key),
+                ("--trusted-ca-file", &tls.ca),
+                ("--peer-cert-file", &tls.cert),
+                ("--peer-key-file", &tls.key),
+                ("--peer-trusted-ca-file", &tls.ca),
+            ] {
+                cmd.arg(flag).arg(path);
+            }
+            cmd.args(["--client-cert-auth", "--peer-client-cert-auth"]);
+        }
         if let Timing::LikeConcord = self.timing {
             cmd.args(["--heartbeat-interval", "30", "--election-timeout", "150"]);
         }
@@ -200,6 +318,10 @@ impl EtcdCluster {
             .map_err(|e| format!("cannot start {}: {e}", self.binary.display()))?;
         self.members[i].child = Some(child);
         Ok(())
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
     }
 
     /// Waits until every running member answers and one of them leads.

@@ -24,6 +24,7 @@ mod concurrent;
 mod durability;
 mod etcd;
 mod etcd_client;
+mod etcd_grpc;
 mod failover;
 mod floor;
 mod memory;
@@ -322,10 +323,14 @@ fn cluster_rows(
     push(
         rows,
         "SetManifest commit",
-        concord
-            .commit
-            .as_ref()
-            .map(|c| commit::rows(c, etcd.commit.as_ref().map_err(String::as_str), value_len)),
+        concord.commit.as_ref().map(|c| {
+            commit::rows(
+                c,
+                etcd.commit_tls.as_ref().map_err(String::as_str),
+                etcd.commit.as_ref().map_err(String::as_str),
+                value_len,
+            )
+        }),
     );
     let sequential_p50 = concord
         .commit
@@ -471,6 +476,8 @@ async fn concord_cluster(mode: &Mode) -> ConcordCluster {
 /// What the etcd clusters measured.
 struct EtcdResults {
     commit: Result<Samples, String>,
+    /// Puts over etcd's gRPC API with TLS on client and peer links (`EtcdCluster::start_tls`).
+    commit_tls: Result<Samples, String>,
     rss: Result<Vec<u64>, String>,
     failover: Result<Samples, String>,
     like_concord: Option<Result<Samples, String>>,
@@ -480,6 +487,7 @@ impl EtcdResults {
     fn failed(e: String) -> EtcdResults {
         EtcdResults {
             commit: Err(e.clone()),
+            commit_tls: Err(e.clone()),
             rss: Err(e.clone()),
             failover: Err(e),
             like_concord: None,
@@ -499,12 +507,16 @@ fn etcd_cluster(mode: &Mode, bin: &Path, value: &dyn Fn(usize) -> Vec<u8>) -> Et
         .collect();
     let failover = failover::etcd(&mut cluster, mode.failovers, &value(0));
     drop(cluster);
+    let commit_tls = etcd::EtcdCluster::start_tls(bin, 3)
+        .map_err(|e| format!("etcd with TLS did not start: {e}"))
+        .and_then(|c| commit::etcd_tls(&c, mode.writes, value));
     let like_concord = mode.etcd_like_concord.then(|| {
         etcd::EtcdCluster::start(bin, 3, etcd::Timing::LikeConcord)
             .and_then(|mut c| failover::etcd(&mut c, mode.failovers, &value(0)))
     });
     EtcdResults {
         commit,
+        commit_tls,
         rss,
         failover,
         like_concord,
