@@ -485,6 +485,49 @@ async fn log_leadership(raft: Raft<crate::raft::TypeConfig>) {
     }
 }
 
+/// What peer recovery acts on in Raft's metrics: the last applied log id (a new transition, or a new
+/// mesh CA for the latest), the leader and the membership. The metrics change several times per write
+/// for other reasons (each follower's acknowledgement on the leader, the commit index); each used to
+/// wake the loop for a reload check off the runtime, on the cores the next write waits for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RecoveryInputs {
+    applied: Option<openraft::LogId<NodeId>>,
+    leader: Option<NodeId>,
+    membership: Option<openraft::LogId<NodeId>>,
+}
+
+impl RecoveryInputs {
+    fn of(m: &openraft::RaftMetrics<NodeId, openraft::BasicNode>) -> RecoveryInputs {
+        RecoveryInputs {
+            applied: m.last_applied,
+            leader: m.current_leader,
+            membership: *m.membership_config.log_id(),
+        }
+    }
+
+    /// Waits at most `within` until the inputs differ from these; whether they did.
+    async fn wait_for_change(
+        &self,
+        metrics: &mut tokio::sync::watch::Receiver<
+            openraft::RaftMetrics<NodeId, openraft::BasicNode>,
+        >,
+        within: Duration,
+    ) -> bool {
+        let changed = async {
+            loop {
+                if RecoveryInputs::of(&metrics.borrow_and_update()) != *self {
+                    return;
+                }
+                if metrics.changed().await.is_err() {
+                    // Raft stopped: nothing will change; the caller's timeout ends the wait.
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::time::timeout(within, changed).await.is_ok()
+    }
+}
+
 /// Peer recovery starts at once when the replica starts or falls behind (the state machine applied a
 /// transition whose secrets it lacks), retries with backoff, and otherwise waits for the next change.
 async fn keep_recovering<S: crate::store::Store>(node: Arc<Node<S>>) {
@@ -505,6 +548,7 @@ async fn keep_recovering<S: crate::store::Store>(node: Arc<Node<S>>) {
     let mut failing_since: Option<tokio::time::Instant> = None;
     let mut reported: Option<(String, tokio::time::Instant)> = None;
     loop {
+        let seen = RecoveryInputs::of(&metrics.borrow_and_update());
         let outcome = node.recover_from_peers().await;
         match (&outcome, failing_since) {
             (Err(e), Some(since)) if since.elapsed() >= REPORT_AFTER => {
@@ -547,14 +591,17 @@ async fn keep_recovering<S: crate::store::Store>(node: Arc<Node<S>>) {
             Ok(true) => delay = FIRST,
             Ok(false) => {
                 delay = FIRST;
-                let _ = tokio::time::timeout(Duration::from_secs(1), metrics.changed()).await;
+                seen.wait_for_change(&mut metrics, Duration::from_secs(1))
+                    .await;
             }
             Err(e) => {
                 debug!(error = %e, retry_in_ms = delay.as_millis() as u64, "peer recovery did not succeed yet");
-                match tokio::time::timeout(delay, metrics.changed()).await {
-                    // Raft applied something: try again at once, from the start of the backoff.
-                    Ok(_) => delay = FIRST,
-                    Err(_) => delay = (delay * 2).min(MAX),
+                if seen.wait_for_change(&mut metrics, delay).await {
+                    // Raft applied something, or the leader or membership changed: try again at
+                    // once, from the start of the backoff.
+                    delay = FIRST;
+                } else {
+                    delay = (delay * 2).min(MAX);
                 }
             }
         }
