@@ -278,6 +278,14 @@ pub fn rows(
         ),
         _ => format!("{} + own crypto {}", reference(50.0), text(own)),
     };
+    // Where the p50 stands against a reference shown for context only.
+    let within = |limit: Duration| {
+        if concord.median() <= limit {
+            "p50 within it"
+        } else {
+            "p50 above it"
+        }
+    };
     // The stricter reference the benchmark used before: the leader's prepare and its whole apply
     // (verification and history write), without the followers' verification. Shown for context.
     let strict = prepare.zip(leader_mean("apply")).map(|(p, a)| p + a);
@@ -287,11 +295,7 @@ pub fn rows(
             ms(e.median()),
             ms(strict),
             ms(e.median() + strict),
-            if concord.median() <= e.median() + strict {
-                "p50 within it"
-            } else {
-                "p50 above it"
-            }
+            within(e.median() + strict)
         ),
         _ => "needs etcd and the phase metrics".to_string(),
     };
@@ -301,11 +305,7 @@ pub fn rows(
             ms(e.median()),
             ms(own),
             ms(e.median() + own),
-            if concord.median() <= e.median() + own {
-                "p50 within it"
-            } else {
-                "p50 above it"
-            }
+            within(e.median() + own)
         ),
         (Err(why), _) => why.to_string(),
         (Ok(_), None) => "no phase metrics".to_string(),
