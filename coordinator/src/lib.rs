@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod background;
 pub mod error;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

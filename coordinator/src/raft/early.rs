@@ -2,8 +2,9 @@
 //! flushed and replicated, so that applying it only checks its place in the history (issue 11.3).
 //!
 //! The log store hands every appended [`AppendTransition`] to [`EarlyChecks::start`], which checks it
-//! on the blocking pool, off the Raft core and the state machine, while the entry is being written,
-//! sent and acknowledged: time the replica otherwise spends waiting for the disk and the network.
+//! on the background threads (`crate::background`, at a lower CPU priority), off the Raft core and the
+//! state machine, while the entry is being written, sent and acknowledged: time the replica otherwise
+//! spends waiting for the disk and the network.
 //! The state machine then takes the verdict with [`EarlyChecks::take`] when it applies the entry.
 //!
 //! What is checked early is a pure function of the command's bytes and of the two things a history
@@ -192,8 +193,8 @@ impl EarlyChecks {
         self.lock().anchors = anchors;
     }
 
-    /// Starts checking `cmd`, appended at `index`, on the blocking pool of the current runtime (outside
-    /// one, `take` runs the checks). Does nothing for a first transition (it brings its own anchors),
+    /// Starts checking `cmd`, appended at `index`, on the background threads (`crate::background`)
+    /// when called in a runtime (outside one, `take` runs the checks). Does nothing for a first transition (it brings its own anchors),
     /// before the history has anchors, or when `MAX_PENDING` commands or `MAX_PENDING_BYTES` are
     /// pending.
     pub fn start(&self, index: u64, cmd: &AppendTransition) {
@@ -222,8 +223,10 @@ impl EarlyChecks {
             pending.slots.push((index, slot.clone()));
             slot
         };
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            drop(runtime.spawn_blocking(move || slot.run()));
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // At a lower priority than the work the commit waits for (`background`). Not queued
+            // when the pool is full: `take` runs it.
+            crate::background::spawn(move || slot.run());
         }
     }
 

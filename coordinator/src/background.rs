@@ -1,0 +1,130 @@
+//! `background`: a few threads, at a lower CPU priority than the rest of the process, for verification
+//! that no caller is waiting on yet (issue 11.3).
+//!
+//! The early checks of a transition (`raft::early`) run while its entry is flushed and replicated, and
+//! are needed only when the entry is applied. On the blocking pool they ran at the priority of the
+//! work a commit waits for: the followers' appends and acknowledgements, the leader's apply and answer.
+//! Here they take the cores only when those do not want them. A check that is still queued when its
+//! verdict is wanted is run by the one who wants it, at that one's priority (`raft::early`), so a
+//! starved pool delays nothing that waits on it.
+//!
+//! The queue is bounded; a job that does not fit is refused, not run ([`spawn`] says so), and its
+//! owner does the work itself when it needs the result.
+
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// The nice value of the pool's threads (0 is the default, 19 the lowest priority). At 10 the
+/// scheduler gives a busy request thread about nine tenths of a contended core, and the pool the
+/// rest: it is never starved outright.
+pub const NICE: i32 = 10;
+
+/// Jobs queued and not yet taken by a thread.
+pub const QUEUE: usize = 32;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+struct Pool {
+    tx: SyncSender<Job>,
+}
+
+fn pool() -> Option<&'static Pool> {
+    static POOL: OnceLock<Option<Pool>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let (tx, rx) = sync_channel::<Job>(QUEUE);
+        let rx = Arc::new(Mutex::new(rx));
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
+        let mut started = 0;
+        for i in 0..threads {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("concord-bg-{i}"))
+                .spawn(move || serve(&rx));
+            match spawned {
+                Ok(_) => started += 1,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start a background verification thread")
+                }
+            }
+        }
+        (started > 0).then_some(Pool { tx })
+    })
+    .as_ref()
+}
+
+fn serve(rx: &Mutex<Receiver<Job>>) {
+    if let Err(e) = lower_own_priority() {
+        // Still useful at the default priority: the work is off the runtime's threads.
+        tracing::debug!(error = %e, "cannot lower the priority of a background thread");
+    }
+    loop {
+        let job = match rx.lock() {
+            Ok(rx) => rx.recv(),
+            Err(poisoned) => poisoned.into_inner().recv(),
+        };
+        let Ok(job) = job else { return };
+        // A job's panic is its owner's to notice (`raft::early` finds no verdict); the thread lives on.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn lower_own_priority() -> std::io::Result<()> {
+    // On Linux the nice value belongs to the thread, not the process. A process started at a lower
+    // priority than `NICE` keeps its own: raising it back would need a privilege.
+    let own = Some(rustix::thread::gettid());
+    if rustix::process::getpriority_process(own)? >= NICE {
+        return Ok(());
+    }
+    rustix::process::setpriority_process(own, NICE).map_err(std::io::Error::from)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_own_priority() -> std::io::Result<()> {
+    Err(std::io::Error::other(
+        "per-thread priority is set on Linux only",
+    ))
+}
+
+/// Queues `job` for a background thread. False if it was not queued (the queue is full, or no thread
+/// could be started): the caller then does without, or does the work itself.
+pub fn spawn(job: impl FnOnce() + Send + 'static) -> bool {
+    let Some(pool) = pool() else { return false };
+    pool.tx.try_send(Box::new(job)).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_runs_on_a_thread_of_lower_priority() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        assert!(spawn(move || {
+            let own = rustix::process::getpriority_process(Some(rustix::thread::gettid()));
+            let name = std::thread::current().name().map(str::to_owned);
+            let _ = tx.send((own.ok(), name));
+        }));
+        let (nice, name) = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the job ran");
+        assert!(name.is_some_and(|n| n.starts_with("concord-bg-")));
+        assert!(
+            nice.is_some_and(|n| n >= NICE),
+            "the pool's threads run at nice {NICE} or lower priority, not {nice:?}"
+        );
+    }
+
+    #[test]
+    fn a_panicking_job_leaves_the_pool_serving() {
+        for _ in 0..2 {
+            assert!(spawn(|| panic!("a job's own failure")));
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        assert!(spawn(move || {
+            let _ = tx.send(());
+        }));
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("a job after panicking ones still runs");
+    }
+}
