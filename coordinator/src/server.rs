@@ -146,6 +146,8 @@ pub async fn run(
     // The transitions this replica appends as the leader are verified while they are flushed and
     // replicated (`raft::early`).
     log_store.check_early(state_machine.early_checks(), config.node_id);
+    // And synced while they are replicated: the leader's sync and the followers' round trip overlap.
+    log_store.sync_own_appends_later(config.node_id);
     let mut coordinator =
         Coordinator::open_verified(store.clone(), state_machine.history().cloned());
     coordinator.follow(state_machine.verified_feed());

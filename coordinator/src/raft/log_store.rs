@@ -29,7 +29,7 @@ use super::early::EarlyChecks;
 use super::error::RaftStoreError;
 use super::recent::Recent;
 use super::types::{Command, NodeId, TypeConfig};
-use super::wal::Wal;
+use super::wal::{Syncer, Wal};
 
 /// The sled tree the log was kept in before it had its own file.
 pub const LOG_TREE: &str = "raft-log";
@@ -51,6 +51,12 @@ pub struct LogStore {
     /// Where the checks of a transition this replica appends as the leader start, while the entry is
     /// flushed and replicated; with this replica's id.
     early: Option<(EarlyChecks, NodeId)>,
+    /// This replica's id, when the entries it appends as the leader are synced on the blocking pool
+    /// after `append` returns (`sync_own_appends_later`).
+    sync_later: Option<NodeId>,
+    /// For the tests: while held, the syncs `sync_own_appends_later` defers do not start.
+    #[cfg(test)]
+    pub(crate) held_syncs: Option<Arc<crate::raft::tests::Hold>>,
     /// The last entries appended, decoded: what replication and apply read back right after.
     /// Locked after `wal`, and changed only under it.
     recent: Arc<Mutex<Recent<Entry<TypeConfig>>>>,
@@ -91,6 +97,9 @@ impl LogStore {
             wal: Arc::new(Mutex::new(wal)),
             stall_while: None,
             early: None,
+            sync_later: None,
+            #[cfg(test)]
+            held_syncs: None,
             recent: Arc::new(Mutex::new(Recent::new(RECENT_ENTRIES, RECENT_BYTES))),
         })
     }
@@ -107,6 +116,17 @@ impl LogStore {
     /// while it appends and acknowledges, on the cores the leader's commit waits for.
     pub fn check_early(&mut self, early: EarlyChecks, own: NodeId) {
         self.early = Some((early, own));
+    }
+
+    /// From now on, entries that replica `own` (this one) appends as the leader are written by
+    /// `append` and synced after it returned, on the blocking pool; the flush callback reports the
+    /// sync. The patched openraft (vendor/README.md) sends them to the followers meanwhile and counts
+    /// the leader's own copy toward the quorum only when the callback came: the leader's sync and the
+    /// replication round trip overlap instead of following each other. Every other append (a
+    /// follower's, for which openraft waits for the callback before it acknowledges) is synced
+    /// before `append` returns. Either way the callback comes only after the sync.
+    pub fn sync_own_appends_later(&mut self, own: NodeId) {
+        self.sync_later = Some(own);
     }
 
     /// The manifest of the first transition in the log, if the log still holds it: the first command
@@ -140,10 +160,7 @@ impl LogStore {
     }
 
     fn wal(&self) -> MutexGuard<'_, Wal> {
-        // The log keeps its own consistency (`Wal::broken`) whatever a panicking holder did.
-        self.wal
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock_wal(&self.wal)
     }
 
     fn recent(&self) -> MutexGuard<'_, Recent<Entry<TypeConfig>>> {
@@ -212,10 +229,12 @@ impl LogStore {
             .map(|e| e.log_id))
     }
 
+    /// Writes `entries`; syncs them too if `sync`, else returns what syncs them.
     fn append_entries(
         &self,
         entries: impl IntoIterator<Item = Entry<TypeConfig>>,
-    ) -> Result<(), RaftStoreError> {
+        sync: bool,
+    ) -> Result<Option<Syncer>, RaftStoreError> {
         let entries: Vec<_> = entries.into_iter().collect();
         let encoded = entries
             .iter()
@@ -231,13 +250,23 @@ impl LogStore {
             .map(|(entry, (index, bytes))| (*index, entry, bytes.len()))
             .collect();
         let mut wal = self.wal();
-        let appended = wal.append(encoded);
+        let appended = match sync {
+            true => wal.append(encoded),
+            false => wal.append_unsynced(encoded),
+        };
         match &appended {
             Ok(()) => self.recent().appended(kept),
             Err(_) => self.recent().clear(),
         }
-        appended
+        appended?;
+        (!sync).then(|| wal.syncer()).transpose()
     }
+}
+
+fn lock_wal(wal: &Mutex<Wal>) -> MutexGuard<'_, Wal> {
+    // The log keeps its own consistency (`Wal::broken`) whatever a panicking holder did.
+    wal.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Runs `f`, which waits for the disk, without holding up the other tasks of this runtime worker. On a
@@ -393,10 +422,45 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 }
             }
         }
-        let appended = off_the_workers(|| self.append_entries(entries));
+        let later = self
+            .sync_later
+            .is_some_and(|own| entries.iter().all(|e| e.log_id.leader_id.node_id == own))
+            && tokio::runtime::Handle::try_current().is_ok();
+        if later {
+            // Written here (into the page cache: no disk wait), synced on the blocking pool.
+            match self.append_entries(entries, false) {
+                Ok(Some(syncer)) => {
+                    let wal = self.wal.clone();
+                    #[cfg(test)]
+                    let held = self.held_syncs.clone();
+                    tokio::task::spawn_blocking(move || {
+                        #[cfg(test)]
+                        if let Some(held) = held {
+                            held.wait();
+                        }
+                        let synced = syncer.sync();
+                        if let Err(e) = &synced {
+                            lock_wal(&wal).sync_failed(&e.to_string());
+                        }
+                        crate::observe::global().commit_phase("log_append", started.elapsed());
+                        callback.log_io_completed(synced);
+                    });
+                    return Ok(());
+                }
+                Ok(None) => {
+                    callback.log_io_completed(Ok(()));
+                    return Ok(());
+                }
+                Err(e) => {
+                    callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                    return Err(e.into_storage(ErrorSubject::Logs, ErrorVerb::Write));
+                }
+            }
+        }
+        let appended = off_the_workers(|| self.append_entries(entries, true));
         crate::observe::global().commit_phase("log_append", started.elapsed());
         match appended {
-            Ok(()) => {
+            Ok(_) => {
                 callback.log_io_completed(Ok(()));
                 Ok(())
             }

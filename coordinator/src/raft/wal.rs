@@ -229,6 +229,39 @@ impl Wal {
         &mut self,
         entries: impl IntoIterator<Item = (u64, Vec<u8>)>,
     ) -> Result<(), RaftStoreError> {
+        self.append_with(entries, true)
+    }
+
+    /// Writes `entries` as [`Wal::append`] does, without the sync: they are readable at once and
+    /// durable only after a [`Syncer::sync`] started after this returned (or any later synced write).
+    pub fn append_unsynced(
+        &mut self,
+        entries: impl IntoIterator<Item = (u64, Vec<u8>)>,
+    ) -> Result<(), RaftStoreError> {
+        self.append_with(entries, false)
+    }
+
+    /// What syncs this log's file from another thread, without its lock.
+    pub fn syncer(&self) -> Result<Syncer, RaftStoreError> {
+        self.usable()?;
+        self.file
+            .try_clone()
+            .map(Syncer)
+            .map_err(|e| RaftStoreError::io("open the Raft log's file again for a sync", e))
+    }
+
+    /// Marks the log unusable after a sync that failed elsewhere ([`Syncer`]): what the file holds
+    /// is then unknown, and only a restart, which replays it, may use it again.
+    pub fn sync_failed(&mut self, why: &str) {
+        self.broken
+            .get_or_insert_with(|| format!("a sync failed: {why}"));
+    }
+
+    fn append_with(
+        &mut self,
+        entries: impl IntoIterator<Item = (u64, Vec<u8>)>,
+        sync: bool,
+    ) -> Result<(), RaftStoreError> {
         self.usable()?;
         let mut buf = Vec::new();
         let mut slots = Vec::new();
@@ -240,7 +273,7 @@ impl Wal {
         if slots.is_empty() {
             return Ok(());
         }
-        self.write(&buf, true)?;
+        self.write(&buf, sync)?;
         for (index, slot) in slots {
             self.index.put(index, slot);
         }
@@ -591,6 +624,18 @@ fn zeros_follow(from: u64, reader: &mut impl Read) -> Result<(), RaftStoreError>
             ));
         }
         at += n as u64;
+    }
+}
+
+/// Syncs a [`Wal`]'s file without holding the log: every write that returned before
+/// [`Syncer::sync`] was called is durable when it returns `Ok`. The file of a log rewritten since
+/// is synced to no purpose, and harmlessly: the rewrite synced its new file before it took its place.
+#[derive(Debug)]
+pub struct Syncer(File);
+
+impl Syncer {
+    pub fn sync(&self) -> std::io::Result<()> {
+        self.0.sync_data()
     }
 }
 

@@ -7,6 +7,9 @@ mod no_secret;
 mod persistence;
 mod snapshot;
 mod suite;
+mod sync_later;
+
+pub(crate) use sync_later::Hold;
 
 use std::collections::BTreeSet;
 
