@@ -427,8 +427,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .is_some_and(|own| entries.iter().all(|e| e.log_id.leader_id.node_id == own))
             && tokio::runtime::Handle::try_current().is_ok();
         if later {
-            // Written here (into the page cache: no disk wait), synced on the blocking pool.
-            match self.append_entries(entries, false) {
+            // Written here, synced on the blocking pool. The write goes to the page cache, but a disk
+            // that stopped answering blocks it too once enough is dirty: off the workers as well.
+            match off_the_workers(|| self.append_entries(entries, false)) {
                 Ok(Some(syncer)) => {
                     let wal = self.wal.clone();
                     #[cfg(test)]
