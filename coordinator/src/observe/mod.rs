@@ -13,6 +13,7 @@
 //! fail it); block the APIs or the Raft core to answer a probe.
 
 mod beacon;
+mod cpu;
 mod exposition;
 mod health_server;
 mod histogram;
@@ -22,6 +23,7 @@ mod rpc_timing;
 mod sample;
 
 pub use beacon::{Beacon, Phase, View};
+pub use cpu::thread_cpu_time;
 pub use exposition::CONTENT_TYPE;
 pub use health_server::HealthServer;
 pub use metrics::{COMMIT_PHASES, Counters, Metrics, global, render};
