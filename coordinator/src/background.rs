@@ -5,8 +5,8 @@
 //! are needed only when the entry is applied. On the blocking pool they ran at the priority of the
 //! work a commit waits for: the followers' appends and acknowledgements, the leader's apply and answer.
 //! Here they take the cores only when those do not want them. A check that is still queued when its
-//! verdict is wanted is run by the one who wants it, at that one's priority (`raft::early`), so a
-//! starved pool delays nothing that waits on it.
+//! verdict is wanted is run by the one who wants it, at that one's priority (`raft::early`); one that
+//! is already running is waited for, and runs on with at least the share of a core `NICE` leaves it.
 //!
 //! The queue is bounded; a job that does not fit is refused, not run ([`spawn`] says so), and its
 //! owner does the work itself when it needs the result.
