@@ -160,11 +160,11 @@ pub async fn run(
             .map(|m| m.deployment_id())
             .filter(|stored| *stored != id)
         {
-            anyhow::bail!(
-                "this replica was started for deployment {id} (--deployment-id), but the history in its \
-                 Raft log belongs to deployment {stored}: fix the launch configuration (the chart's \
-                 deploymentId), or move the data directory aside if it is another deployment's"
-            );
+            anyhow::bail!(crate::state::started_for_another_deployment(
+                id,
+                "the history in its Raft log",
+                stored,
+            ));
         }
     }
     if let Some(file) = &config.stall_raft_while {

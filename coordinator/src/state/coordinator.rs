@@ -192,11 +192,9 @@ impl<S: Store> Coordinator<S> {
         if let Some(chain) = self.chain() {
             let stored = chain.deployment_id();
             if stored != id {
-                return Err(CoordinatorError::FailedPrecondition(format!(
-                    "this replica was started for deployment {id} (--deployment-id), but its stored \
-                     history belongs to deployment {stored}: fix the launch configuration (the chart's \
-                     deploymentId), or move the data directory aside if it is another deployment's"
-                )));
+                return Err(CoordinatorError::FailedPrecondition(
+                    started_for_another_deployment(id, "its stored history", stored),
+                ));
             }
         }
         self.pin = Some(id);
@@ -1091,4 +1089,18 @@ impl FinishedBundle {
         self.write_json(&mut out)?;
         Ok(out)
     }
+}
+
+/// Why a replica pinned to `id` (`--deployment-id`) refuses to start on `what` (its stored history,
+/// or the one its Raft log would apply again), which belongs to deployment `stored`.
+pub fn started_for_another_deployment(
+    id: DeploymentId,
+    what: &str,
+    stored: DeploymentId,
+) -> String {
+    format!(
+        "this replica was started for deployment {id} (--deployment-id), but {what} belongs to \
+         deployment {stored}: fix the launch configuration (the chart's deploymentId), or move the \
+         data directory aside if it is another deployment's"
+    )
 }

@@ -15,6 +15,7 @@ mod transparency;
 pub use coordinator::{
     AuditDraft, Coordinator, FinishedBundle, MAX_POLICY_DOCUMENT_BYTES, ManifestsView,
     MeshCertBundle, Prepared, PreparedSet, ReplicaState, SetOutcome, SetRequest, parse_for_set,
+    started_for_another_deployment,
 };
 pub use peer::{PeerAcceptance, PeerSecrets};
 pub use recovery::{
