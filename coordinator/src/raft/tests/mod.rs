@@ -8,6 +8,7 @@ mod persistence;
 mod snapshot;
 mod suite;
 mod sync_later;
+mod vendored;
 
 pub(crate) use sync_later::Hold;
 

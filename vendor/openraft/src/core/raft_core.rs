@@ -1613,7 +1613,12 @@ where
         if let Some(condition) = condition {
             match condition {
                 Condition::LogFlushed { .. } => {
-                    todo!()
+                    // Concord patch (vendor/README.md): upstream panicked here (a todo). No command of 0.9.25 waits
+                    // on this condition; should one ever, the core stops with an error, not a panic.
+                    return Err(StorageIOError::write_logs(AnyError::error(
+                        "a command waits for a log flush, which this openraft does not track",
+                    ))
+                    .into());
                 }
                 Condition::Applied { log_id } => {
                     if self.engine.state.io_applied() < log_id.as_ref() {
