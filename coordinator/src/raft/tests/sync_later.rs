@@ -56,6 +56,15 @@ impl Hold {
     }
 }
 
+/// The stores on `disk`, the log deferring the syncs of `own`'s entries behind the returned gate.
+fn open_syncing_later(disk: &Disk, own: NodeId) -> (LogStore, StateMachine, Arc<Hold>) {
+    let (mut log, sm) = disk.open();
+    log.sync_own_appends_later(own);
+    let hold = Arc::new(Hold::default());
+    log.held_syncs = Some(hold.clone());
+    (log, sm, hold)
+}
+
 /// The node id of the entries openraft's storage suite appends.
 const SUITE_NODE: NodeId = 0;
 
@@ -81,11 +90,8 @@ async fn entries_synced_later_are_readable_at_once_and_survive_reopening() {
     let history = History::new(3);
     let disk = Disk::new();
     {
-        let (mut log, _sm) = disk.open();
         // The fixtures' entries are leader 0's.
-        log.sync_own_appends_later(0);
-        let hold = Arc::new(Hold::default());
-        log.held_syncs = Some(hold.clone());
+        let (mut log, _sm, hold) = open_syncing_later(&disk, 0);
         let held = hold.hold();
         // `append` returns, the callback waits for the held sync.
         let mut writer = log.clone();
@@ -177,10 +183,7 @@ impl RaftNetwork<TypeConfig> for Alone {
 async fn a_leader_counts_its_own_copy_only_once_it_is_synced() {
     let history = History::new(2);
     let disk = Disk::new();
-    let (mut log, sm) = disk.open();
-    log.sync_own_appends_later(1);
-    let hold = Arc::new(Hold::default());
-    log.held_syncs = Some(hold.clone());
+    let (log, sm, hold) = open_syncing_later(&disk, 1);
     let config = openraft::Config {
         heartbeat_interval: 50,
         election_timeout_min: 150,
