@@ -15,6 +15,7 @@
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
@@ -54,6 +55,8 @@ pub struct LogStore {
     /// This replica's id, when the entries it appends as the leader are synced on the blocking pool
     /// after `append` returns (`sync_own_appends_later`).
     sync_later: Option<NodeId>,
+    /// Deferred syncs started and not finished, at most `MAX_DEFERRED_SYNCS`.
+    deferred: Arc<AtomicUsize>,
     /// For the tests: while held, the syncs `sync_own_appends_later` defers do not start.
     #[cfg(test)]
     pub(crate) held_syncs: Option<Arc<crate::raft::tests::Hold>>,
@@ -61,6 +64,11 @@ pub struct LogStore {
     /// Locked after `wal`, and changed only under it.
     recent: Arc<Mutex<Recent<Entry<TypeConfig>>>>,
 }
+
+/// The most syncs deferred at once (`LogStore::sync_own_appends_later`). A disk that stops answering
+/// holds this many blocking-pool threads; the next append syncs on the Raft core, which then stalls as
+/// it did before syncs were deferred, and the liveness probe says so.
+pub const MAX_DEFERRED_SYNCS: usize = 4;
 
 /// How many of the last appended entries [`LogStore`] keeps decoded, and their encoded bytes at most.
 const RECENT_ENTRIES: usize = 64;
@@ -98,6 +106,7 @@ impl LogStore {
             stall_while: None,
             early: None,
             sync_later: None,
+            deferred: Arc::new(AtomicUsize::new(0)),
             #[cfg(test)]
             held_syncs: None,
             recent: Arc::new(Mutex::new(Recent::new(RECENT_ENTRIES, RECENT_BYTES))),
@@ -263,6 +272,15 @@ impl LogStore {
     }
 }
 
+/// One deferred sync, counted in `LogStore::deferred` while this lives.
+struct Deferred(Arc<AtomicUsize>);
+
+impl Drop for Deferred {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 fn lock_wal(wal: &Mutex<Wal>) -> MutexGuard<'_, Wal> {
     // The log keeps its own consistency (`Wal::broken`) whatever a panicking holder did.
     wal.lock()
@@ -425,8 +443,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let later = self
             .sync_later
             .is_some_and(|own| entries.iter().all(|e| e.log_id.leader_id.node_id == own))
-            && tokio::runtime::Handle::try_current().is_ok();
+            && tokio::runtime::Handle::try_current().is_ok()
+            && self
+                .deferred
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < MAX_DEFERRED_SYNCS).then_some(n + 1)
+                })
+                .is_ok();
         if later {
+            // Counted until the sync is over, or its task is dropped unrun.
+            let deferred = Deferred(self.deferred.clone());
             // Written here, synced on the blocking pool. The write goes to the page cache, but a disk
             // that stopped answering blocks it too once enough is dirty: off the workers as well.
             match off_the_workers(|| self.append_entries(entries, false)) {
@@ -435,6 +461,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     #[cfg(test)]
                     let held = self.held_syncs.clone();
                     tokio::task::spawn_blocking(move || {
+                        let _deferred = deferred;
                         #[cfg(test)]
                         if let Some(held) = held {
                             held.wait();

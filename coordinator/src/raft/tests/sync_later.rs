@@ -18,6 +18,7 @@ use openraft::{BasicNode, RaftLogReader, StorageError};
 use tempfile::TempDir;
 
 use super::{Disk, History, command_entry};
+use crate::raft::log_store::MAX_DEFERRED_SYNCS;
 use crate::raft::{Command, CommandResponse, LogStore, NodeId, StateMachine, TypeConfig};
 
 /// A gate the deferred syncs wait at while it is held.
@@ -124,6 +125,51 @@ async fn entries_synced_later_are_readable_at_once_and_survive_reopening() {
     let disk = disk.reopen();
     let (mut log, _sm) = disk.open();
     assert_eq!(log.try_get_log_entries(1..2).await.unwrap().len(), 1);
+}
+
+/// A host whose disk stops answering syncs: the leader defers a few, then syncs on the Raft core
+/// (which stalls there, as the liveness probe reports), instead of holding one more blocking thread
+/// and file handle for every write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_that_stops_syncing_holds_only_a_few_deferred_syncs() {
+    let disk = Disk::new();
+    let (log, _sm, hold) = open_syncing_later(&disk, 0);
+    let held = hold.hold();
+    let append = |index: u64| {
+        let mut writer = log.clone();
+        tokio::spawn(async move {
+            writer
+                .blocking_append([openraft::testing::blank_ent::<TypeConfig>(1, 0, index)])
+                .await
+        })
+    };
+    let mut waiting = Vec::new();
+    for index in 1..=MAX_DEFERRED_SYNCS as u64 {
+        waiting.push(append(index));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        waiting.iter().all(|a| !a.is_finished()),
+        "the deferred syncs wait for the disk"
+    );
+    // One more: synced before `append` returns, not deferred behind the others.
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        append(MAX_DEFERRED_SYNCS as u64 + 1),
+    )
+    .await
+    .expect("past the bound, the append syncs itself")
+    .unwrap()
+    .unwrap();
+    drop(held);
+    for a in waiting {
+        tokio::time::timeout(Duration::from_secs(10), a)
+            .await
+            .expect("the deferred syncs finish once the disk answers")
+            .unwrap()
+            .unwrap();
+    }
 }
 
 /// A network with no other replica in it.
