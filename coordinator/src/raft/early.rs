@@ -196,9 +196,9 @@ impl EarlyChecks {
     }
 
     /// Starts checking `cmd`, appended at `index`, on the background threads (`crate::background`)
-    /// when called in a runtime (outside one, `take` runs the checks). Does nothing for a first transition (it brings its own anchors),
-    /// before the history has anchors, or when `MAX_PENDING` commands or `MAX_PENDING_BYTES` are
-    /// pending.
+    /// when called in a runtime (outside one, `take` runs the checks). Does nothing for a first
+    /// transition (it brings its own anchors), before the history has anchors, or when `MAX_PENDING`
+    /// commands or `MAX_PENDING_BYTES` are pending.
     pub fn start(&self, index: u64, cmd: &AppendTransition) {
         if cmd.genesis.is_some() {
             return;
