@@ -1,12 +1,20 @@
-//! `background`: a few threads, at a lower CPU priority than the rest of the process, for verification
+//! `background`: a few threads that run only when no other thread wants a core, for verification
 //! that no caller is waiting on yet (issue 11.3).
 //!
 //! The early checks of a transition (`raft::early`) run while its entry is flushed and replicated, and
 //! are needed only when the entry is applied. On the blocking pool they ran at the priority of the
 //! work a commit waits for: the followers' appends and acknowledgements, the leader's apply and answer.
-//! Here they take the cores only when those do not want them. A check that is still queued when its
-//! verdict is wanted is run by the one who wants it, at that one's priority (`raft::early`); one that
-//! is already running is waited for, and runs on with at least the share of a core `NICE` leaves it.
+//! Here they take the cores only when those do not want them.
+//!
+//! On Linux the threads are `SCHED_IDLE`: a thread of normal priority that wakes on their core takes
+//! it at once, and the scheduler counts a core running only them as idle when it places a woken
+//! thread. At nice 10 (the first version) a check kept its core for up to a third of a millisecond
+//! while a follower's thread, woken by the end of its log sync on that core, waited behind it and the
+//! other core sat idle (seen in `perf sched` traces of the cluster benchmark). A `SCHED_IDLE` thread
+//! can be starved for as long as the cores stay busy, so nobody waits for one: a check still queued
+//! when its verdict is wanted is run by the one who wants it, at that one's priority, and one already
+//! running is abandoned to finish unread (`raft::early`). Where `SCHED_IDLE` is refused, the threads
+//! run at nice `NICE`.
 //!
 //! The queue is bounded; a job that does not fit is refused, not run ([`spawn`] says so), and its
 //! owner does the work itself when it needs the result.
@@ -14,9 +22,8 @@
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, OnceLock};
 
-/// The nice value of the pool's threads (0 is the default, 19 the lowest priority). At 10 the
-/// scheduler gives a busy request thread about nine tenths of a contended core, and the pool the
-/// rest: it is never starved outright.
+/// The nice value of the pool's threads where `SCHED_IDLE` is refused (0 is the default, 19 the lowest
+/// priority). At 10 the scheduler gives a busy request thread about nine tenths of a contended core.
 pub const NICE: i32 = 10;
 
 /// Jobs queued and not yet taken by a thread.
@@ -70,6 +77,22 @@ fn serve(rx: &Mutex<Receiver<Job>>) {
 
 #[cfg(target_os = "linux")]
 fn lower_own_priority() -> std::io::Result<()> {
+    use thread_priority::{
+        NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
+        set_thread_priority_and_policy, thread_native_id,
+    };
+    // Lowering needs no privilege. Only this thread's policy changes (pthread_setschedparam).
+    let idle = set_thread_priority_and_policy(
+        thread_native_id(),
+        ThreadPriority::Min,
+        ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+    );
+    match idle {
+        Ok(()) => return Ok(()),
+        Err(e) => {
+            tracing::debug!(error = ?e, "SCHED_IDLE refused; lowering the nice value instead")
+        }
+    }
     // On Linux the nice value belongs to the thread, not the process. A process started at a lower
     // priority than `NICE` keeps its own: raising it back would need a privilege.
     let own = Some(rustix::thread::gettid());
@@ -97,21 +120,33 @@ pub fn spawn(job: impl FnOnce() + Send + 'static) -> bool {
 mod tests {
     use super::*;
 
+    #[cfg(target_os = "linux")]
     #[test]
-    fn a_job_runs_on_a_thread_of_lower_priority() {
+    fn a_job_runs_on_a_thread_that_takes_only_idle_cores() {
+        use thread_priority::{NormalThreadSchedulePolicy, ThreadSchedulePolicy};
         let (tx, rx) = std::sync::mpsc::channel();
         assert!(spawn(move || {
-            let own = rustix::process::getpriority_process(Some(rustix::thread::gettid()));
+            let policy = thread_priority::thread_schedule_policy();
             let name = std::thread::current().name().map(str::to_owned);
-            let _ = tx.send((own.ok(), name));
+            let _ = tx.send((policy.ok(), name));
         }));
-        let (nice, name) = rx
+        let (policy, name) = rx
             .recv_timeout(std::time::Duration::from_secs(10))
             .expect("the job ran");
         assert!(name.is_some_and(|n| n.starts_with("concord-bg-")));
-        assert!(
-            nice.is_some_and(|n| n >= NICE),
-            "the pool's threads run at nice {NICE} or lower priority, not {nice:?}"
+        assert_eq!(
+            policy,
+            Some(ThreadSchedulePolicy::Normal(
+                NormalThreadSchedulePolicy::Idle
+            )),
+            "the pool's threads are SCHED_IDLE"
+        );
+        // The test's own thread is not: only the pool's threads change.
+        assert_eq!(
+            thread_priority::thread_schedule_policy().ok(),
+            Some(ThreadSchedulePolicy::Normal(
+                NormalThreadSchedulePolicy::Other
+            ))
         );
     }
 

@@ -52,6 +52,8 @@ pub struct Metrics {
     commit_phases: Mutex<BTreeMap<&'static str, Histogram>>,
     /// How this replica got the mesh CA key of a transition it did not make, by how (a fixed set).
     mesh_ca_handoffs: Mutex<BTreeMap<&'static str, u64>>,
+    /// Transitions applied, by what became of their early checks (a fixed set, `raft::early`).
+    early_checks: Mutex<BTreeMap<&'static str, u64>>,
     /// Other members whose seal key this replica holds on a live attested link.
     peer_seal_keys: AtomicU64,
     /// Reports made to answer `PeerApi.SealKey` with evidence.
@@ -67,6 +69,7 @@ pub struct Counters {
     pub transit_requests: BTreeMap<(&'static str, String, u16), u64>,
     pub commit_phases: BTreeMap<&'static str, Histogram>,
     pub mesh_ca_handoffs: BTreeMap<&'static str, u64>,
+    pub early_checks: BTreeMap<&'static str, u64>,
     pub peer_seal_keys: u64,
     pub seal_key_reports: u64,
 }
@@ -142,6 +145,14 @@ impl Metrics {
         *lock(&self.mesh_ca_handoffs).entry(how).or_insert(0) += 1;
     }
 
+    /// Counts one transition applied, by what became of its early checks: `used` (their verdict
+    /// spared the state machine the signatures and certificates), `running` (still under way on a
+    /// background thread, so verified in full instead of waited for) or `none` (never started, failed,
+    /// or reached for another command).
+    pub fn early_check(&self, outcome: &'static str) {
+        *lock(&self.early_checks).entry(outcome).or_insert(0) += 1;
+    }
+
     /// Counts one report made to answer `PeerApi.SealKey` (evidence binding the seal key).
     pub fn seal_key_report(&self) {
         self.seal_key_reports.fetch_add(1, Ordering::Relaxed);
@@ -155,6 +166,7 @@ impl Metrics {
     pub fn counters(&self) -> Counters {
         Counters {
             mesh_ca_handoffs: lock(&self.mesh_ca_handoffs).clone(),
+            early_checks: lock(&self.early_checks).clone(),
             peer_seal_keys: self.peer_seal_keys.load(Ordering::Relaxed),
             seal_key_reports: self.seal_key_reports.load(Ordering::Relaxed),
             transit_requests: lock(&self.transit_requests).clone(),
@@ -275,6 +287,18 @@ fn counter_families(e: &mut Exposition, c: &Counters) {
     );
     for (how, n) in &c.mesh_ca_handoffs {
         e.sample("concord_mesh_ca_handoffs_total", &[("how", how)], *n as f64);
+    }
+    e.family(
+        "concord_early_checks_total",
+        "Transitions applied, by what became of the checks started for them when their entry was appended: used (the verdict spared the apply its signature and certificate checks), running (still under way on a background thread, so the apply verified in full rather than wait), none (not started, failed, or for another command).",
+        Kind::Counter,
+    );
+    for (outcome, n) in &c.early_checks {
+        e.sample(
+            "concord_early_checks_total",
+            &[("outcome", outcome)],
+            *n as f64,
+        );
     }
     gauge(
         e,

@@ -5,7 +5,11 @@
 //! on the background threads (`crate::background`, at a lower CPU priority), off the Raft core and the
 //! state machine, while the entry is being written, sent and acknowledged: time the replica otherwise
 //! spends waiting for the disk and the network.
-//! The state machine then takes the verdict with [`EarlyChecks::take`] when it applies the entry.
+//! The state machine then takes the verdict with [`EarlyChecks::take`] when it applies the entry. A
+//! check that has not started by then is run by the state machine itself; one still running is not
+//! waited for: the background threads run only when nothing else wants a core (`SCHED_IDLE`), so the
+//! state machine, at normal priority, verifies the command in full instead, at the cost it would
+//! have without early checks, and the background verdict is dropped when it comes.
 //!
 //! What is checked early is a pure function of the command's bytes and of the two things a history
 //! fixes at its first transition (the [`Anchors`]: the transition signing key and the root CA
@@ -19,7 +23,7 @@
 //! failed). So a verdict can never make the state machine accept what a fresh check would refuse; at
 //! worst a missing one costs the time it would have saved.
 
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use ed25519_dalek::VerifyingKey;
@@ -79,8 +83,17 @@ enum State {
 #[derive(Debug)]
 struct Slot {
     state: Mutex<State>,
-    done: Condvar,
     bytes: usize,
+}
+
+/// What became of a command's early checks when the state machine wanted their verdict.
+#[derive(Debug)]
+enum Outcome {
+    Done(Box<Verdict>),
+    /// Under way on a background thread: not waited for.
+    Running,
+    /// Never started, or it panicked.
+    Gone,
 }
 
 impl Slot {
@@ -110,7 +123,6 @@ impl Slot {
             Ok(verdict) => State::Done(Box::new(verdict)),
             Err(_) => State::Gone,
         };
-        self.done.notify_all();
     }
 
     /// Drops the checks if they have not started: nobody will ask for the verdict.
@@ -121,22 +133,19 @@ impl Slot {
         }
     }
 
-    /// The verdict: run here if not started, waited for if running.
-    fn verdict(&self) -> Option<Verdict> {
+    /// The verdict, run here if not started. One under way is not waited for: a background thread
+    /// runs only when no other thread wants its core, so waiting for it could take as long as the
+    /// cores stay busy, while running the checks here costs what they cost.
+    fn verdict(&self) -> Outcome {
         self.run();
         let mut state = self.lock();
-        loop {
-            match std::mem::replace(&mut *state, State::Gone) {
-                State::Done(verdict) => return Some(*verdict),
-                State::Running => {
-                    *state = State::Running;
-                    state = self
-                        .done
-                        .wait(state)
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                }
-                State::Queued(..) | State::Gone => return None,
+        match std::mem::replace(&mut *state, State::Gone) {
+            State::Done(verdict) => Outcome::Done(verdict),
+            State::Running => {
+                *state = State::Running;
+                Outcome::Running
             }
+            State::Queued(..) | State::Gone => Outcome::Gone,
         }
     }
 }
@@ -174,6 +183,8 @@ struct Pending {
     bytes: usize,
     /// Verdicts used by `take`, for tests and the metrics.
     used: u64,
+    /// Checks `take` found still under way, and did not wait for.
+    running: u64,
 }
 
 /// The early checks of one replica, shared by its log store and its state machine.
@@ -218,7 +229,6 @@ impl EarlyChecks {
             }
             let slot = Arc::new(Slot {
                 state: Mutex::new(State::Queued(Box::new((cmd.clone(), anchors)))),
-                done: Condvar::new(),
                 bytes,
             });
             pending.bytes += bytes;
@@ -233,9 +243,37 @@ impl EarlyChecks {
     }
 
     /// The early verdict for `cmd` at `index`, if one was started for exactly this command under
-    /// exactly `anchors` and it passed; waits for checks under way, runs them here if they have not
-    /// started. Forgets every verdict up to `index`, used or not.
+    /// exactly `anchors`, it passed, and it is reached: checks not started yet run here, checks under
+    /// way are not waited for (None; the caller verifies in full). Forgets every verdict up to
+    /// `index`, used or not. Counts what it found in the metrics (`concord_early_checks_total`).
     pub fn take(&self, index: u64, cmd: &AppendTransition, anchors: &Anchors) -> Option<Taken> {
+        let taken = self.find(index, cmd, anchors);
+        let outcome = match &taken {
+            Ok(_) => "used",
+            Err(Outcome::Running) => "running",
+            Err(_) => "none",
+        };
+        crate::observe::global().early_check(outcome);
+        let mut pending = self.lock();
+        match taken {
+            Ok(taken) => {
+                pending.used += 1;
+                Some(taken)
+            }
+            Err(Outcome::Running) => {
+                pending.running += 1;
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    fn find(
+        &self,
+        index: u64,
+        cmd: &AppendTransition,
+        anchors: &Anchors,
+    ) -> Result<Taken, Outcome> {
         let slot = {
             let mut pending = self.lock();
             let mut found = None;
@@ -248,15 +286,17 @@ impl EarlyChecks {
                     slot.cancel();
                 }
             }
-            found?
+            found.ok_or(Outcome::Gone)?
         };
-        let verdict = slot.verdict()?;
+        let verdict = match slot.verdict() {
+            Outcome::Done(verdict) => verdict,
+            other => return Err(other),
+        };
         if verdict.cmd != *cmd || verdict.anchors != *anchors {
-            return None;
+            return Err(Outcome::Gone);
         }
-        let checked = verdict.checked?;
-        self.lock().used += 1;
-        Some(Taken {
+        let checked = verdict.checked.ok_or(Outcome::Gone)?;
+        Ok(Taken {
             checked,
             took: verdict.took,
         })
@@ -270,6 +310,28 @@ impl EarlyChecks {
     /// How many verdicts `take` has handed out.
     pub fn used(&self) -> u64 {
         self.lock().used
+    }
+
+    /// How many checks `take` found under way and did not wait for.
+    pub fn running(&self) -> u64 {
+        self.lock().running
+    }
+
+    /// Waits until the background threads finished every pending check, so that a test's `take`
+    /// finds each one done. Only for checks started in a runtime (outside one nothing runs them).
+    #[cfg(test)]
+    pub fn settle(&self) {
+        let slots: Vec<_> = self.lock().slots.iter().map(|(_, s)| s.clone()).collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        for slot in slots {
+            while matches!(*slot.lock(), State::Queued(..) | State::Running) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the background threads did not finish a check within 30 s"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
     }
 }
 

@@ -228,9 +228,13 @@ impl StateMachine {
         let waiting = std::time::Instant::now();
         let early = match &self.anchors {
             Some(anchors) => self.early.take(index, cmd, anchors),
-            None => None,
+            None => {
+                // The first transition: it brings the anchors early checks need.
+                phases.early_check("none");
+                None
+            }
         };
-        // Waiting for the early checks still under way (or running them, had they not started).
+        // Running the early checks, had they not started (ones under way are not waited for).
         phases.commit_phase("verify_wait", waiting.elapsed());
         let started = crate::observe::thread_cpu_time();
         let early_took = early.as_ref().map_or(Duration::ZERO, |e| e.took);

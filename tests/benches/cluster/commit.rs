@@ -33,6 +33,10 @@ pub struct Phase {
 type PhaseTotals = std::collections::BTreeMap<String, (f64, u64)>;
 
 const PHASE_METRIC: &str = "concord_set_manifest_phase_seconds";
+/// What became of the early checks of the transitions a replica applied, by outcome.
+const EARLY_METRIC: &str = "concord_early_checks_total{outcome=\"";
+/// The outcomes of [`EARLY_METRIC`], as `raft::early` counts them.
+const EARLY_OUTCOMES: [&str; 3] = ["used", "running", "none"];
 /// The name the rows give the server side of the SetManifest RPC (`concord_rpc_duration_seconds`).
 const SERVER_RPC: &str = "SetManifest RPC, server side";
 
@@ -53,6 +57,18 @@ fn phase_totals(addr: std::net::SocketAddr) -> Result<PhaseTotals, String> {
             "concord_rpc_duration_seconds_count{method=\"concord.v1.UserApi/SetManifest\"}",
             &format!("{PHASE_METRIC}_count{{phase=\"{SERVER_RPC}\"}}"),
         );
+        // Counted as a phase of no duration, `early <outcome>`.
+        if let Some((outcome, value)) = line
+            .strip_prefix(EARLY_METRIC)
+            .and_then(|rest| rest.split_once("\"} "))
+        {
+            let n: f64 = value
+                .trim()
+                .parse()
+                .map_err(|e| format!("{addr}/metrics: {line:?}: {e}"))?;
+            totals.insert(format!("early {outcome}"), (0.0, n as u64));
+            continue;
+        }
         let Some(rest) = line.strip_prefix(PHASE_METRIC) else {
             continue;
         };
@@ -89,6 +105,7 @@ fn all_totals(cluster: &Cluster) -> Result<Vec<PhaseTotals>, String> {
 }
 
 /// The per-phase means between two scrapes: the leader is the replica whose `raft_write` count grew.
+/// The early checks' outcomes come as phases named `early <outcome>`, of a mean of zero.
 fn phases(before: &[PhaseTotals], after: &[PhaseTotals]) -> Vec<Phase> {
     let grew = |b: &PhaseTotals, a: &PhaseTotals, phase: &str| {
         let (sum_b, n_b) = b.get(phase).copied().unwrap_or((0.0, 0));
@@ -97,10 +114,12 @@ fn phases(before: &[PhaseTotals], after: &[PhaseTotals]) -> Vec<Phase> {
     };
     let mut out = Vec::new();
     for on_leader in [true, false] {
+        let early = EARLY_OUTCOMES.map(|o| format!("early {o}"));
         for name in concord_coordinator::observe::COMMIT_PHASES
             .iter()
             .copied()
             .chain([SERVER_RPC])
+            .chain(early.iter().map(String::as_str))
         {
             let (mut sum, mut count) = (0.0, 0);
             for (b, a) in before.iter().zip(after) {
@@ -350,6 +369,16 @@ pub fn rows(
     ];
     match &commits.phases {
         Ok(phases) => rows.extend(phases.iter().map(|p| {
+            let side = if p.on_leader { "leader" } else { "followers" };
+            if let Some(outcome) = p.name.strip_prefix("early ") {
+                return Row::new(
+                    format!("  where it goes: transitions applied with early checks {outcome}, on the {side}"),
+                    p.count.to_string(),
+                    "used: their verdict was ready; running: not waited for, verified in full; none: not started or failed",
+                    "-",
+                    Verdict::Info,
+                );
+            }
             Row::new(
                 format!(
                     "  where it goes: {} on the {} (mean of {})",

@@ -40,6 +40,7 @@ async fn a_verdict_is_used_only_for_its_own_command_under_its_own_anchors() {
 
     let early = with_anchors(&anchors);
     early.start(2, &good);
+    early.settle();
     let taken = early
         .take(2, &good, &anchors)
         .expect("a verdict for the genuine command");
@@ -49,16 +50,20 @@ async fn a_verdict_is_used_only_for_its_own_command_under_its_own_anchors() {
     // The same index, another command (a tampered copy, or another transition): no verdict.
     for other in [flipped(&good), history.command(2)] {
         early.start(2, &good);
+        early.settle();
         assert!(early.take(2, &other, &anchors).is_none());
     }
     // Another history's anchors: no verdict.
     let stranger = anchors_of(&History::new(1));
     early.start(2, &good);
+    early.settle();
     assert!(early.take(2, &good, &stranger).is_none());
     // Another index: no verdict, and nothing started there.
     early.start(2, &good);
+    early.settle();
     assert!(early.take(3, &good, &anchors).is_none());
     assert_eq!(early.used(), 1);
+    assert_eq!(early.running(), 0, "every check was over when taken");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,6 +83,7 @@ async fn a_command_that_fails_a_check_gets_no_verdict() {
         ("a manifest that does not parse", unparsable),
     ] {
         early.start(2, &bad);
+        early.settle();
         assert!(early.take(2, &bad, &anchors).is_none(), "{what}");
     }
     // Before the history has anchors, and for a first transition, nothing starts.
@@ -85,8 +91,10 @@ async fn a_command_that_fails_a_check_gets_no_verdict() {
     unanchored.start(2, &good);
     assert!(unanchored.take(2, &good, &anchors).is_none());
     early.start(1, &history.command(0));
+    early.settle();
     assert!(early.take(1, &history.command(0), &anchors).is_none());
     assert_eq!(early.used() + unanchored.used(), 0);
+    assert_eq!(early.running(), 0, "every check was over when taken");
 }
 
 #[test]
@@ -116,4 +124,34 @@ fn checks_not_started_run_when_taken_and_the_pending_ones_are_bounded() {
     assert_eq!(early.lock().slots.len(), 1);
     assert!(early.take(5, &good, &anchors).is_some());
     assert_eq!(early.used(), 2);
+}
+
+/// A check still under way on a background thread is not waited for: `take` answers at once, without
+/// a verdict, and the state machine verifies in full. The background threads run only when no other
+/// thread wants a core, so a wait could last as long as the cores stay busy.
+#[test]
+fn a_check_under_way_is_not_waited_for() {
+    let history = History::new(2);
+    let anchors = anchors_of(&history);
+    let good = history.command(1);
+    let early = with_anchors(&anchors);
+    // Outside a runtime nothing takes the check; it is marked as taken by a background thread that
+    // never finishes it.
+    early.start(2, &good);
+    let slot = early.lock().slots[0].1.clone();
+    *slot.lock() = super::State::Running;
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    let taking = early.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(taking.take(2, &good, &anchors).is_none());
+    });
+    let answered = rx.recv_timeout(std::time::Duration::from_secs(10));
+    assert_eq!(
+        answered,
+        Ok(true),
+        "take waited for a check under way, or found a verdict where none was reached"
+    );
+    assert_eq!((early.used(), early.running()), (0, 1));
+    assert_eq!(early.pending(), 0, "the slot is forgotten");
 }

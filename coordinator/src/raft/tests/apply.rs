@@ -382,6 +382,7 @@ async fn an_early_verdict_never_lets_another_command_through() {
         // The genuine command was appended (and checked early) at this index; the tampered one is
         // what gets applied there, as if the log had been edited in between.
         early.start(index, &history.command(1));
+        early.settle();
         let response = apply_one(&mut sm, command_entry(index, tamper.cmd.clone())).await;
         assert_refused(response, &tamper);
         assert_eq!(disk.history_dump(), before, "{}", tamper.what);
@@ -402,6 +403,7 @@ async fn an_early_verdict_never_lets_another_command_through() {
     log.blocking_append([command_entry(index, history.command(1))])
         .await
         .unwrap();
+    early.settle();
     let response = apply_one(&mut sm, command_entry(index, history.command(1))).await;
     assert_eq!(
         response,
