@@ -196,6 +196,79 @@ pub fn etcd(
     Ok(Samples::new(samples))
 }
 
+/// etcd's own WAL fsync time, summed over its members: (seconds, count) of
+/// `etcd_disk_wal_fsync_duration_seconds`, from each member's `/metrics`.
+pub fn etcd_wal_fsync_totals(etcd: &EtcdCluster) -> Result<(f64, u64), String> {
+    let mut totals = (0.0, 0);
+    for i in 0..etcd.len() {
+        let text = etcd.client(i, Duration::from_secs(10)).metrics()?;
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| {
+                    l.strip_prefix(name)?
+                        .strip_prefix(' ')?
+                        .trim()
+                        .parse::<f64>()
+                        .ok()
+                })
+                .ok_or_else(|| format!("etcd member {i}'s /metrics has no {name}"))
+        };
+        totals.0 += value("etcd_disk_wal_fsync_duration_seconds_sum")?;
+        totals.1 += value("etcd_disk_wal_fsync_duration_seconds_count")? as u64;
+    }
+    Ok(totals)
+}
+
+/// The mean of etcd's WAL fsyncs between two [`etcd_wal_fsync_totals`].
+pub fn etcd_wal_fsync_mean(
+    before: Result<(f64, u64), String>,
+    after: Result<(f64, u64), String>,
+) -> Result<(Duration, u64), String> {
+    let ((sum_b, n_b), (sum_a, n_a)) = (before?, after?);
+    let n = n_a.saturating_sub(n_b);
+    if n == 0 {
+        return Err("etcd counted no WAL fsync during the puts".into());
+    }
+    Ok((
+        Duration::from_secs_f64((sum_a - sum_b).max(0.0) / n as f64),
+        n,
+    ))
+}
+
+/// The row that sets etcd's own WAL fsync time (its metrics, over the puts of the no-TLS reference)
+/// beside Concord's log appends: on this virtual machine a sync's cost depends on how long the core
+/// was idle before it, so the two show what each write path pays for the same disk.
+pub fn fsync_row(commits: &Commits, etcd_fsync: Result<&(Duration, u64), &str>) -> Row {
+    let appends = |leader: bool| {
+        commits.phases.as_ref().ok().and_then(|phases| {
+            phases
+                .iter()
+                .find(|p| p.name == "log_append" && p.on_leader == leader)
+                .map(|p| ms(p.mean))
+        })
+    };
+    let concord = match (appends(true), appends(false)) {
+        (Some(l), Some(f)) => {
+            format!("Concord's log_append (write + fdatasync): leader {l}, followers {f}")
+        }
+        _ => "Concord's log_append: no phase metrics".to_string(),
+    };
+    let (value, what) = match etcd_fsync {
+        Ok((mean, n)) => (
+            ms(*mean),
+            format!("{concord}; etcd: {n} fsyncs on 3 members"),
+        ),
+        Err(e) => ("-".to_string(), format!("{concord}; etcd: {e}")),
+    };
+    Row::new(
+        "  etcd's own WAL fsync, mean (its metrics, over the no-TLS puts and their warm-up)",
+        value,
+        what,
+        "-",
+        Verdict::Info,
+    )
+}
+
 /// `n` sequential puts of the values `value(i)` on the etcd leader's gRPC API over TLS
 /// ([`etcd::EtcdCluster::start_tls`]), on one kept connection: the same client stack and link
 /// security as the Concord client's SetManifest calls.

@@ -39,6 +39,22 @@ impl EtcdClient {
         self.post("/v3/maintenance/status", &json!({}))
     }
 
+    /// The member's Prometheus metrics (`GET /metrics`), as text.
+    pub fn metrics(&mut self) -> Result<String, String> {
+        let result = self.try_request("GET", "/metrics", "");
+        if result.is_err() {
+            self.conn = None;
+        }
+        let (status, text) = result?;
+        if status != 200 {
+            return Err(format!(
+                "etcd at {} answered {status} to /metrics",
+                self.addr
+            ));
+        }
+        Ok(text)
+    }
+
     /// Whether this member is the leader.
     pub fn is_leader(&mut self) -> Result<bool, String> {
         let s = self.status()?;
@@ -56,20 +72,30 @@ impl EtcdClient {
     }
 
     fn try_post(&mut self, path: &str, body: &Value) -> Result<Value, String> {
-        let body = body.to_string();
         let addr = self.addr;
-        let conn = self.connection()?;
-        let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        let io = |e: std::io::Error| format!("etcd at {addr}: {e}");
-        conn.get_mut().write_all(request.as_bytes()).map_err(io)?;
-        let (status, text) = read_response(conn).map_err(io)?;
+        let (status, text) = self.try_request("POST", path, &body.to_string())?;
         if status != 200 {
             return Err(format!("etcd at {addr} answered {status}: {}", text.trim()));
         }
         serde_json::from_str(&text).map_err(|e| format!("etcd at {addr}: not JSON ({e}): {text}"))
+    }
+
+    /// One request on the kept connection: the status and the body.
+    fn try_request(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> Result<(u16, String), String> {
+        let addr = self.addr;
+        let conn = self.connection()?;
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let io = |e: std::io::Error| format!("etcd at {addr}: {e}");
+        conn.get_mut().write_all(request.as_bytes()).map_err(io)?;
+        read_response(conn).map_err(io)
     }
 
     fn connection(&mut self) -> Result<&mut BufReader<TcpStream>, String> {

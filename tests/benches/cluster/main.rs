@@ -324,12 +324,17 @@ fn cluster_rows(
         rows,
         "SetManifest commit",
         concord.commit.as_ref().map(|c| {
-            commit::rows(
+            let mut commit_rows = commit::rows(
                 c,
                 etcd.commit_tls.as_ref().map_err(String::as_str),
                 etcd.commit.as_ref().map_err(String::as_str),
                 value_len,
-            )
+            );
+            commit_rows.push(commit::fsync_row(
+                c,
+                etcd.wal_fsync.as_ref().map_err(String::as_str),
+            ));
+            commit_rows
         }),
     );
     let sequential_p50 = concord
@@ -476,6 +481,8 @@ async fn concord_cluster(mode: &Mode) -> ConcordCluster {
 /// What the etcd clusters measured.
 struct EtcdResults {
     commit: Result<Samples, String>,
+    /// etcd's own mean WAL fsync over those puts, and how many it counted (its metrics).
+    wal_fsync: Result<(Duration, u64), String>,
     /// Puts over etcd's gRPC API with TLS on client and peer links (`EtcdCluster::start_tls`).
     commit_tls: Result<Samples, String>,
     rss: Result<Vec<u64>, String>,
@@ -487,6 +494,7 @@ impl EtcdResults {
     fn failed(e: String) -> EtcdResults {
         EtcdResults {
             commit: Err(e.clone()),
+            wal_fsync: Err(e.clone()),
             commit_tls: Err(e.clone()),
             rss: Err(e.clone()),
             failover: Err(e),
@@ -500,7 +508,10 @@ fn etcd_cluster(mode: &Mode, bin: &Path, value: &dyn Fn(usize) -> Vec<u8>) -> Et
         Ok(c) => c,
         Err(e) => return EtcdResults::failed(format!("etcd did not start: {e}")),
     };
+    let fsyncs_before = commit::etcd_wal_fsync_totals(&cluster);
     let commit = commit::etcd(&cluster, mode.writes, value);
+    let wal_fsync =
+        commit::etcd_wal_fsync_mean(fsyncs_before, commit::etcd_wal_fsync_totals(&cluster));
     std::thread::sleep(mode.idle);
     let rss = (0..cluster.len())
         .map(|i| memory::rss(cluster.pid(i).unwrap_or(0)))
@@ -516,6 +527,7 @@ fn etcd_cluster(mode: &Mode, bin: &Path, value: &dyn Fn(usize) -> Vec<u8>) -> Et
     });
     EtcdResults {
         commit,
+        wal_fsync,
         commit_tls,
         rss,
         failover,
