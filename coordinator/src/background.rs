@@ -142,11 +142,12 @@ mod tests {
             "the pool's threads are SCHED_IDLE"
         );
         // The test's own thread is not: only the pool's threads change.
-        assert_eq!(
+        assert_ne!(
             thread_priority::thread_schedule_policy().ok(),
             Some(ThreadSchedulePolicy::Normal(
-                NormalThreadSchedulePolicy::Other
-            ))
+                NormalThreadSchedulePolicy::Idle
+            )),
+            "the caller's thread was made SCHED_IDLE too"
         );
     }
 
