@@ -1,6 +1,6 @@
-//! The vendored openraft (vendor/README.md): its non-test code keeps two kinds of upstream placeholder
-//! that panic, and none is reachable in Concord's build. This fails when an update or a patch adds one,
-//! or makes one reachable, so that it is looked at.
+//! The vendored openraft (vendor/README.md): the patch took out upstream's placeholders that panic
+//! (`todo!`, `unimplemented!`) from its non-test code. This fails when an update or a patch brings one
+//! back, so that it is looked at.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,7 +28,7 @@ fn non_test_sources(dir: &Path, out: &mut Vec<(String, String)>) {
 }
 
 #[test]
-fn the_vendored_openraft_panics_only_where_concord_never_goes() {
+fn the_vendored_openraft_has_no_panicking_placeholders() {
     let mut sources = Vec::new();
     non_test_sources(&vendored_src(), &mut sources);
     assert!(sources.len() > 100, "the vendored sources are there");
@@ -42,13 +42,9 @@ fn the_vendored_openraft_panics_only_where_concord_never_goes() {
         .collect();
     assert_eq!(
         placeholders,
-        BTreeMap::from([
-            // `IntoNodes::has_nodes` and `node_ids`: deprecated defaults that nothing calls.
-            ("membership/into_nodes.rs", 2),
-            // `RaftNetwork::install_snapshot`'s default under the `generic-snapshot-data` feature.
-            ("network/network.rs", 1),
-        ]),
-        "a placeholder was added or removed: say in vendor/README.md why it cannot be reached"
+        BTreeMap::new(),
+        "a placeholder came back: replace it in vendor/openraft.patch, or say in vendor/README.md why \
+         it cannot be reached"
     );
     let workspace =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"))
@@ -59,6 +55,6 @@ fn the_vendored_openraft_panics_only_where_concord_never_goes() {
         .unwrap();
     assert!(
         !openraft.contains("generic-snapshot-data"),
-        "with that feature the default install_snapshot panics: {openraft}"
+        "that feature's snapshot path is not what Concord uses or tests: {openraft}"
     );
 }

@@ -58,7 +58,11 @@ where C: RaftTypeConfig
         crate::raft::InstallSnapshotResponse<C::NodeId>,
         RPCError<C::NodeId, C::Node, RaftError<C::NodeId, crate::error::InstallSnapshotError>>,
     > {
-        unimplemented!()
+        // Concord's patch: an error, where upstream panics, for a network that does not send
+        // snapshots in chunks (`full_snapshot` is the way with this feature).
+        Err(RPCError::Unreachable(crate::error::Unreachable::new(&crate::AnyError::error(
+            "this network sends snapshots with full_snapshot, not install_snapshot",
+        ))))
     }
 
     /// Send an InstallSnapshot RPC to the target.
