@@ -21,6 +21,14 @@ fn with_anchors(anchors: &Anchors) -> EarlyChecks {
 }
 
 /// `cmd` with one bit of its coordinator signature flipped.
+/// A history's anchors, its second transition's command, and early checks under those anchors.
+fn second_transition_and_its_checks() -> (Anchors, AppendTransition, EarlyChecks) {
+    let history = History::new(2);
+    let anchors = anchors_of(&history);
+    let early = with_anchors(&anchors);
+    (anchors, history.command(1), early)
+}
+
 fn flipped(cmd: &AppendTransition) -> AppendTransition {
     let mut t = Transition::decode(&cmd.transition).unwrap();
     let mut signature = t.signature.to_bytes();
@@ -99,11 +107,8 @@ async fn a_command_that_fails_a_check_gets_no_verdict() {
 
 #[test]
 fn checks_not_started_run_when_taken_and_the_pending_ones_are_bounded() {
-    let history = History::new(2);
-    let anchors = anchors_of(&history);
-    let good = history.command(1);
     // Outside a runtime nothing runs the checks in the background: `take` runs them.
-    let early = with_anchors(&anchors);
+    let (anchors, good, early) = second_transition_and_its_checks();
     for index in 2..2 + MAX_PENDING as u64 + 3 {
         early.start(index, &good);
     }
@@ -131,10 +136,7 @@ fn checks_not_started_run_when_taken_and_the_pending_ones_are_bounded() {
 /// thread wants a core, so a wait could last as long as the cores stay busy.
 #[test]
 fn a_check_under_way_is_not_waited_for() {
-    let history = History::new(2);
-    let anchors = anchors_of(&history);
-    let good = history.command(1);
-    let early = with_anchors(&anchors);
+    let (anchors, good, early) = second_transition_and_its_checks();
     // Outside a runtime nothing takes the check; it is marked as taken by a background thread that
     // never finishes it.
     early.start(2, &good);
