@@ -17,6 +17,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod hash;
 pub mod history;
+pub mod in_place;
 pub mod input_file;
 pub mod launch;
 pub mod manifest;

@@ -758,14 +758,14 @@ impl<S: Store> Node<S> {
                     )));
                 }
             }
-            tokio::task::spawn_blocking(move || {
+            // On this thread: short work (the core catches up from the state machine's feed and
+            // takes the new mesh CA) that a wake-up of the blocking pool would double (`in_place`).
+            crate::in_place::off_the_workers(move || {
                 let adopted = std::time::Instant::now();
                 let outcome = replica.write()?.commit_set(*p);
                 phases.commit_phase("commit", adopted.elapsed());
                 outcome
             })
-            .await
-            .map_err(|e| Status::internal(format!("the commit task failed: {e}")))?
             .map_err(|e| to_status(&e))
         });
         match tokio::time::timeout(LEADER_WAIT, commit).await {

@@ -68,9 +68,9 @@ pub fn sign_transition(key: &SigningKey, transition: &Hash) -> Signature {
 }
 
 /// Checks a coordinator signature (strict Ed25519: no malleable signatures).
+/// A signature that verified moments ago is not verified again (`history::verified`).
 pub fn verify_transition(key: &VerifyingKey, transition: &Hash, sig: &Signature) -> bool {
-    key.verify_strict(&coordinator_message(transition), sig)
-        .is_ok()
+    super::verified::verify_strict(TRANSITION_LABEL, key, transition, sig)
 }
 
 /// A workload owner's authorization of `transition`.
@@ -79,8 +79,9 @@ pub fn sign_owner(key: &SigningKey, transition: &Hash) -> Signature {
 }
 
 /// Checks a workload owner's authorization.
+/// A signature that verified moments ago is not verified again (`history::verified`).
 pub fn verify_owner(key: &VerifyingKey, transition: &Hash, sig: &Signature) -> bool {
-    key.verify_strict(&owner_message(transition), sig).is_ok()
+    super::verified::verify_strict(SET_MANIFEST_LABEL, key, transition, sig)
 }
 
 /// The report data of the evidence in an audit bundle:

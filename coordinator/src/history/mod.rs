@@ -17,6 +17,7 @@ pub mod merkle;
 pub mod note;
 mod transition;
 mod unique_keys;
+mod verified;
 
 pub use batch::{SignatureCheck, verify_strict_all};
 pub use chain::{

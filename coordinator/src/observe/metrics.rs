@@ -31,6 +31,7 @@ pub const COMMIT_PHASES: &[&str] = &[
     "commit",
     "log_append",
     "replicate",
+    "peer_append",
     "apply",
     "verify",
     "verify_wait",

@@ -31,6 +31,7 @@ use super::error::RaftStoreError;
 use super::recent::Recent;
 use super::types::{Command, NodeId, TypeConfig};
 use super::wal::{Syncer, Wal};
+use crate::in_place::off_the_workers;
 
 /// The sled tree the log was kept in before it had its own file.
 pub const LOG_TREE: &str = "raft-log";
@@ -285,20 +286,6 @@ fn lock_wal(wal: &Mutex<Wal>) -> MutexGuard<'_, Wal> {
     // The log keeps its own consistency (`Wal::broken`) whatever a panicking holder did.
     wal.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Runs `f`, which waits for the disk, without holding up the other tasks of this runtime worker. On a
-/// multi-threaded runtime (the coordinator's) the worker's queue moves to another thread while `f`
-/// runs, its LIFO slot too, which no other worker steals from: a task the Raft core woke just before
-/// (the liveness sampler, whose ping it answered) would otherwise wait for the disk with it. A disk
-/// that stops answering then stalls the Raft core alone, and the liveness probe says so.
-fn off_the_workers<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
-    }
 }
 
 fn encode_value<T: Serialize>(value: &T) -> Result<Vec<u8>, RaftStoreError> {
