@@ -630,22 +630,20 @@ impl<S: Store> Node<S> {
         // Only a call an owner signed may hold a claim: an unsigned or forged one could otherwise
         // claim the latest transition and have the owner's own update refused as a conflict. It
         // queues instead, and is refused by `authorize_set` (a cheap check) once its turn comes.
-        // Hashing a manifest of up to the size cap, and the signature check, off the runtime's
-        // threads: neither is authenticated yet. One blocking task for that and the refresh.
-        let refresh = fresh_at.is_some().then(|| self.refresher());
-        let replica = self.replica.clone();
-        let (req, manifest_hash, signed) = tokio::task::spawn_blocking(move || {
-            if let Some(refresh) = refresh {
-                refresh.run()?;
+        // Hashing a manifest of up to the size cap, the signature check and the refresh: in place,
+        // with this worker's other tasks handed to another thread meanwhile (`in_place`), which
+        // spares the caller the blocking pool's two wake-ups (0.06 to 0.1 ms measured in `queue`).
+        let (manifest_hash, signed) = crate::in_place::off_the_workers(|| {
+            if fresh_at.is_some() {
+                self.refresher().run()?;
             }
             let manifest_hash = crate::hash::Hash::of(&req.manifest);
-            let signed = replica
+            let signed = self
+                .replica
                 .read()
                 .is_ok_and(|c| c.owner_signed(&req, &manifest_hash));
-            Ok::<_, CoordinatorError>((req, manifest_hash, signed))
+            Ok::<_, CoordinatorError>((manifest_hash, signed))
         })
-        .await
-        .map_err(|e| Status::internal(format!("the authorization task failed: {e}")))?
         .map_err(|e| to_status(&e))?;
         let claim = if signed {
             Some(
