@@ -1,6 +1,6 @@
 //! Concurrent SetManifests (issue 11.3): several clients write at once, each after the latest
 //! transition it knows. Clients that race on one predecessor conflict; the loser must be refused at
-//! once (Aborted, "retry"), re-read the history, re-sign and retry, rather than queue behind the
+//! once (Aborted, "retry"), re-read the latest transition, re-sign and retry, rather than queue behind the
 //! winner's commit. Measured per write: the time of each successful attempt (its own commit plus any
 //! queueing on the leader), of each refused attempt, and each write's total from its first attempt,
 //! beside the leader's mean queue wait (`concord_set_manifest_phase_seconds{phase="queue"}`).
@@ -54,9 +54,14 @@ fn request(shared: &Shared, manifest: &[u8], previous: Hash) -> pb::SetManifestR
     }
 }
 
+/// The latest transition, read as `concord set` reads it (`only_latest`: the history's manifests are
+/// not copied).
 async fn latest(client: &mut UserClient) -> Result<Hash, String> {
     let t = client
-        .get_manifests(pb::GetManifestsRequest::default())
+        .get_manifests(pb::GetManifestsRequest {
+            only_latest: true,
+            ..Default::default()
+        })
         .await
         .map_err(|s| format!("GetManifests failed ({:?}): {}", s.code(), s.message()))?
         .into_inner()
