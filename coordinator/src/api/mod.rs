@@ -9,6 +9,7 @@ mod mesh;
 pub mod node;
 pub(crate) mod peer;
 mod peer_policy;
+mod read_rounds;
 mod refusals;
 pub mod replica;
 pub mod sealing;

@@ -65,6 +65,9 @@ pub struct Node<S> {
     /// The predecessors the SetManifests on this leader are written against: a call racing another
     /// on the same predecessor is refused before it queues on `write_gate` (`api::write_claims`).
     write_claims: super::write_claims::WriteClaims,
+    /// Leadership confirmations shared by the linearizable reads that arrive together
+    /// (`api::read_rounds`).
+    read_rounds: super::read_rounds::ReadRounds,
     /// The transitions this leader is committing: peer recovery does not ask for their secrets,
     /// which the write adopts itself (`api::in_flight`).
     in_flight: super::in_flight::InFlight,
@@ -103,6 +106,7 @@ impl<S: Store> Node<S> {
             sealed_inbox,
             write_gate: tokio::sync::Mutex::new(()),
             write_claims: super::write_claims::WriteClaims::default(),
+            read_rounds: super::read_rounds::ReadRounds::default(),
             in_flight: super::in_flight::InFlight::default(),
             joining: std::sync::atomic::AtomicBool::new(false),
             join_nonce: std::sync::Mutex::new(None),
@@ -562,16 +566,24 @@ impl<S: Store> Node<S> {
         loop {
             let leader = self.leader().await?;
             let answer = if leader == self.id {
-                // A leader cut off from its quorum waits for heartbeat answers that never come.
-                match tokio::time::timeout_at(deadline, self.raft.ensure_linearizable()).await {
-                    Ok(confirmed) => confirmed.map(|id| id.map_or(0, |l| l.index)).map_err(|e| {
-                        Status::unavailable(format!("cannot confirm leadership for a read: {e}"))
-                    }),
-                    Err(_) => Err(Status::unavailable(format!(
-                        "cannot confirm leadership for a read: no quorum answered within {LEADER_WAIT:?}; \
-                         retry when a majority of the replicas is reachable, or ask for a possibly stale read"
-                    ))),
-                }
+                // One confirmation for the reads that arrive together (`api::read_rounds`). A leader
+                // cut off from its quorum waits for heartbeat answers that never come.
+                let round = || async {
+                    match tokio::time::timeout_at(deadline, self.raft.ensure_linearizable()).await {
+                        Ok(confirmed) => {
+                            confirmed.map(|id| id.map_or(0, |l| l.index)).map_err(|e| {
+                                Status::unavailable(format!(
+                                    "cannot confirm leadership for a read: {e}"
+                                ))
+                            })
+                        }
+                        Err(_) => Err(Status::unavailable(format!(
+                            "cannot confirm leadership for a read: no quorum answered within {LEADER_WAIT:?}; \
+                             retry when a majority of the replicas is reachable, or ask for a possibly stale read"
+                        ))),
+                    }
+                };
+                self.read_rounds.read_index(round).await
             } else {
                 let addr = self.leader_addr(leader)?;
                 self.links
