@@ -558,6 +558,28 @@ impl<S: Store> Node<S> {
         self.refresh().await.map_err(|e| to_status(&e))
     }
 
+    /// On the leader: its commit index, confirmed by a heartbeat round a quorum answered after the
+    /// call, shared with the reads that arrive together (`api::read_rounds`), by `deadline`. For this
+    /// replica's reads and for its followers' (the peer API's ReadIndex).
+    pub(crate) async fn confirmed_read_index(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Result<u64, Status> {
+        // A leader cut off from its quorum waits for heartbeat answers that never come.
+        let round = || async {
+            match tokio::time::timeout_at(deadline, self.raft.ensure_linearizable()).await {
+                Ok(confirmed) => confirmed.map(|id| id.map_or(0, |l| l.index)).map_err(|e| {
+                    Status::unavailable(format!("cannot confirm leadership for a read: {e}"))
+                }),
+                Err(_) => Err(Status::unavailable(format!(
+                    "cannot confirm leadership for a read: no quorum answered within {LEADER_WAIT:?}; \
+                     retry when a majority of the replicas is reachable, or ask for a possibly stale read"
+                ))),
+            }
+        };
+        self.read_rounds.read_index(round).await
+    }
+
     /// The log index a linearizable read must see: confirmed by the leader with a quorum. One heartbeat
     /// round can fail right after a peer restarted (a stale connection), so failures are retried within
     /// the window a write waits for a leader.
@@ -566,24 +588,7 @@ impl<S: Store> Node<S> {
         loop {
             let leader = self.leader().await?;
             let answer = if leader == self.id {
-                // One confirmation for the reads that arrive together (`api::read_rounds`). A leader
-                // cut off from its quorum waits for heartbeat answers that never come.
-                let round = || async {
-                    match tokio::time::timeout_at(deadline, self.raft.ensure_linearizable()).await {
-                        Ok(confirmed) => {
-                            confirmed.map(|id| id.map_or(0, |l| l.index)).map_err(|e| {
-                                Status::unavailable(format!(
-                                    "cannot confirm leadership for a read: {e}"
-                                ))
-                            })
-                        }
-                        Err(_) => Err(Status::unavailable(format!(
-                            "cannot confirm leadership for a read: no quorum answered within {LEADER_WAIT:?}; \
-                             retry when a majority of the replicas is reachable, or ask for a possibly stale read"
-                        ))),
-                    }
-                };
-                self.read_rounds.read_index(round).await
+                self.confirmed_read_index(deadline).await
             } else {
                 let addr = self.leader_addr(leader)?;
                 self.links

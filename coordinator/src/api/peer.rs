@@ -304,13 +304,8 @@ impl<S: Store> pb::peer_api_server::PeerApi for PeerService<S> {
         if self.node.raft.current_leader().await != Some(self.node.id) {
             return Err(Status::unavailable("this replica is not the leader; retry"));
         }
-        let index = self
-            .node
-            .raft
-            .ensure_linearizable()
-            .await
-            .map_err(|e| Status::unavailable(format!("cannot confirm leadership for a read: {e}")))?
-            .map_or(0, |l| l.index);
+        let deadline = tokio::time::Instant::now() + super::node::LEADER_WAIT;
+        let index = self.node.confirmed_read_index(deadline).await?;
         Ok(Response::new(pb::ReadIndexResponse { index }))
     }
 
