@@ -11,7 +11,6 @@ use std::fmt;
 use std::net::IpAddr;
 
 use base64::Engine as _;
-use p256::ecdsa::signature::Signer as _;
 use p256::pkcs8::DecodePublicKey as _;
 use rand::rngs::OsRng;
 use rand::{CryptoRng, RngCore};
@@ -48,59 +47,57 @@ const SERIAL_LEN: usize = 16;
 /// RFC 5280's upper bound for a common name (ub-common-name).
 const MAX_COMMON_NAME_CHARS: usize = 64;
 
-/// A P-256 key that rcgen can sign with. Built on the RustCrypto key, which wipes itself on
-/// drop, rather than on rcgen's ring key pair, which keeps an unwiped PKCS#8 copy.
+/// A P-256 key that rcgen can sign with. The key it keeps is RustCrypto's, which wipes itself on
+/// drop, rather than rcgen's ring key pair, which keeps an unwiped PKCS#8 copy for as long as it
+/// lives. Signatures are ring's (assembly): for each one a ring key pair is made on the stack from
+/// the kept key and dropped at once, about 30 µs in all where RustCrypto's signature took 140 µs
+/// here (issue 11.1). Like the temporaries of any scalar multiplication, that key pair is not wiped
+/// (docs/THREAT_MODEL.md, "Secrets in memory").
 struct P256Signer {
     secret: p256::SecretKey,
-    /// The signing key, made from `secret` on the first signature: making it derives the public
-    /// key, a scalar multiplication that RustCrypto takes about 0.2 ms for, and a replica that
-    /// opens a mesh CA key sealed to it after every manifest update may never sign with it.
-    key: std::sync::OnceLock<p256::ecdsa::SigningKey>,
     verifying_key: p256::ecdsa::VerifyingKey,
-    /// Uncompressed SEC1 point, what rcgen writes into the SubjectPublicKeyInfo.
+    /// Uncompressed SEC1 point, what rcgen writes into the SubjectPublicKeyInfo and ring checks
+    /// the key pair against.
     public_point: Vec<u8>,
 }
 
 impl P256Signer {
+    /// The signer of `secret`, whose public key it derives (RustCrypto: one scalar multiplication,
+    /// about 0.12 ms here).
     fn new(secret: &p256::SecretKey) -> Self {
-        let key = p256::ecdsa::SigningKey::from(secret);
-        let verifying_key = *key.verifying_key();
-        let public_point = verifying_key.to_encoded_point(false).as_bytes().to_vec();
-        P256Signer {
-            secret: secret.clone(),
-            key: std::sync::OnceLock::from(key),
-            verifying_key,
-            public_point,
-        }
+        Self::with_public(secret, &secret.public_key())
     }
 
     /// The signer of `secret`, whose public key a certificate says is `public`; None if it is not.
     ///
     /// The check derives `secret`'s public key with ring's assembly P-256 (about a tenth of
-    /// RustCrypto's time here). ring's key pair, made for the check alone and dropped at once, is
-    /// not wiped on drop; neither are the temporaries of RustCrypto's own scalar multiplication.
+    /// RustCrypto's time here), as every signature does again.
     fn certified(secret: &p256::SecretKey, public: &p256::PublicKey) -> Option<Self> {
+        let signer = Self::with_public(secret, public);
+        signer.ring_key_pair().ok()?;
+        Some(signer)
+    }
+
+    fn with_public(secret: &p256::SecretKey, public: &p256::PublicKey) -> Self {
         let verifying_key = p256::ecdsa::VerifyingKey::from(public);
         let public_point = verifying_key.to_encoded_point(false).as_bytes().to_vec();
-        let scalar = Zeroizing::new(secret.to_bytes());
+        P256Signer {
+            secret: secret.clone(),
+            verifying_key,
+            public_point,
+        }
+    }
+
+    /// ring's key pair for this key, checked against the public key (ring refuses a pair whose
+    /// halves do not match). Made per use and dropped by the caller at once.
+    fn ring_key_pair(&self) -> Result<ring::signature::EcdsaKeyPair, ring::error::KeyRejected> {
+        let scalar = Zeroizing::new(self.secret.to_bytes());
         ring::signature::EcdsaKeyPair::from_private_key_and_public_key(
             &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
             scalar.as_slice(),
-            &public_point,
+            &self.public_point,
             &ring::rand::SystemRandom::new(),
         )
-        .ok()?;
-        Some(P256Signer {
-            secret: secret.clone(),
-            key: std::sync::OnceLock::new(),
-            verifying_key,
-            public_point,
-        })
-    }
-
-    fn signing_key(&self) -> &p256::ecdsa::SigningKey {
-        self.key
-            .get_or_init(|| p256::ecdsa::SigningKey::from(&self.secret))
     }
 }
 
@@ -125,12 +122,15 @@ impl rcgen::PublicKeyData for P256Signer {
 
 impl rcgen::SigningKey for P256Signer {
     fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
-        // RFC 6979 deterministic nonces: no randomness needed, so no entropy failure here.
-        let signature: p256::ecdsa::Signature = self
-            .signing_key()
-            .try_sign(msg)
+        // ring draws each nonce from the OS and mixes the key and the message into it, so a weak
+        // draw does not expose the key; a failed draw fails the signature.
+        let rng = ring::rand::SystemRandom::new();
+        let signature = self
+            .ring_key_pair()
+            .map_err(|_| rcgen::Error::RemoteKeyError)?
+            .sign(&rng, msg)
             .map_err(|_| rcgen::Error::RemoteKeyError)?;
-        Ok(signature.to_der().as_bytes().to_vec())
+        Ok(signature.as_ref().to_vec())
     }
 }
 
