@@ -819,8 +819,7 @@ pub fn verify_certificate_signature(
         return Ok(());
     }
     // ring's assembly P-256, not RustCrypto's: about six times faster here, and every replica checks
-    // two or three of these certificates for each manifest update. Only public values are involved,
-    // so RustCrypto's wipe-on-drop (why signing stays with it) does not matter.
+    // two or three of these certificates for each manifest update.
     ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, issuer_point)
         .verify(signed, signature)
         .map_err(|_| None)?;

@@ -493,10 +493,38 @@ impl<S: Store> Ledger<S> {
 mod hex_bytes {
     use serde::{Deserialize, Deserializer, Serializer};
 
+    /// Through `encode_to_slice` (a table per byte), not `hex::encode`, which builds the string
+    /// a `char` at a time: these are whole certificates, encoded several times per manifest update
+    /// (log entry, each AppendEntries, the store), and `hex::encode` showed in the leader's profile.
     pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&hex::encode(v))
+        let mut text = vec![0; v.len() * 2];
+        hex::encode_to_slice(v, &mut text).map_err(serde::ser::Error::custom)?;
+        s.serialize_str(std::str::from_utf8(&text).map_err(serde::ser::Error::custom)?)
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         hex::decode(String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MeshCerts;
+
+    #[test]
+    fn mesh_certificates_are_stored_as_lowercase_hex_and_read_back() {
+        let certs = MeshCerts {
+            mesh_ca_der: vec![0x00, 0xab, 0xff, 0x10],
+            intermediate_der: vec![],
+        };
+        let json = serde_json::to_string(&certs).unwrap();
+        assert_eq!(json, r#"{"mesh_ca_der":"00abff10","intermediate_der":""}"#);
+        assert_eq!(serde_json::from_str::<MeshCerts>(&json).unwrap(), certs);
+        let long = MeshCerts {
+            mesh_ca_der: (0..=255).collect(),
+            intermediate_der: vec![7; 1000],
+        };
+        let json = serde_json::to_vec(&long).unwrap();
+        assert_eq!(serde_json::from_slice::<MeshCerts>(&json).unwrap(), long);
+        assert!(String::from_utf8(json).unwrap().contains(&hex::encode(&long.mesh_ca_der)));
     }
 }
