@@ -525,6 +525,10 @@ mod tests {
         };
         let json = serde_json::to_vec(&long).unwrap();
         assert_eq!(serde_json::from_slice::<MeshCerts>(&json).unwrap(), long);
-        assert!(String::from_utf8(json).unwrap().contains(&hex::encode(&long.mesh_ca_der)));
+        assert!(
+            String::from_utf8(json)
+                .unwrap()
+                .contains(&hex::encode(&long.mesh_ca_der))
+        );
     }
 }

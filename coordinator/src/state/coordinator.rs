@@ -1,7 +1,9 @@
 //! `Coordinator`: one replica's state and the operations of the user and mesh APIs.
 
 use concord_attestation::{DeploymentId, EvidenceIssuer, VerifiedReport};
-use concord_mesh_ca::{EncryptedShare, MeshCa, RootCa, SeedEngine, encrypt_share, split};
+use concord_mesh_ca::{
+    EncryptedShare, MeshCa, MeshCaKey, RootCa, SeedEngine, encrypt_share, split,
+};
 use ed25519_dalek::{Signature, VerifyingKey};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
@@ -147,6 +149,10 @@ pub struct Coordinator<S> {
     /// The transitions this process's Raft state machine verified and applied, to catch up with
     /// without verifying them again (`history::feed`). None: only the store (tests, tools).
     pub(super) feed: Option<crate::history::feed::VerifiedFeed>,
+    /// The key of the next manifest update's mesh CA, made on the background threads after the last
+    /// one was taken ([`MeshCaKey`]), so that the leader's prepare does not wait for its public key
+    /// (issue 11.3). Taken at most once; None until made, and then the prepare makes its own.
+    pub(super) spare_mesh_ca_key: std::sync::Arc<std::sync::Mutex<Option<MeshCaKey>>>,
 }
 
 impl<S: Store> Coordinator<S> {
@@ -162,6 +168,7 @@ impl<S: Store> Coordinator<S> {
             pin: None,
             tree: Default::default(),
             feed: None,
+            spare_mesh_ca_key: Default::default(),
         })
     }
 
@@ -177,6 +184,7 @@ impl<S: Store> Coordinator<S> {
             pin: None,
             tree: Default::default(),
             feed: None,
+            spare_mesh_ca_key: Default::default(),
         }
     }
 
@@ -533,8 +541,7 @@ impl<S: Store> Coordinator<S> {
             ));
         };
 
-        let mesh_ca = MeshCa::generate(&secrets.root_ca, now)
-            .map_err(|e| CoordinatorError::Crypto(e.to_string()))?;
+        let mesh_ca = self.next_mesh_ca(&secrets.root_ca, now)?;
         let transition = Transition {
             index: chain.len() as u64,
             manifest_hash: manifest.hash(),
@@ -562,6 +569,31 @@ impl<S: Store> Coordinator<S> {
             genesis: None,
             seed_shares: Vec::new(),
         })))
+    }
+
+    /// A new mesh CA under `root` for a manifest update, from the key made ahead if there is one;
+    /// then asks the background threads to make the next key. Each key is taken once.
+    fn next_mesh_ca(&self, root: &RootCa, now: OffsetDateTime) -> Result<MeshCa, CoordinatorError> {
+        let spare = lock_spare(&self.spare_mesh_ca_key).take();
+        let made = match spare {
+            Some(key) => MeshCa::generate_from(key, root, now),
+            None => MeshCa::generate(root, now),
+        };
+        let slot = self.spare_mesh_ca_key.clone();
+        // Refused when the background queue is full: the next update then makes its own key.
+        crate::background::spawn(move || {
+            if lock_spare(&slot).is_some() {
+                return;
+            }
+            match MeshCaKey::generate() {
+                Ok(key) => drop(lock_spare(&slot).get_or_insert(key)),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "cannot make the next mesh CA key ahead of need; the next manifest update makes its own"
+                ),
+            }
+        });
+        made.map_err(|e| CoordinatorError::Crypto(e.to_string()))
     }
 
     /// After the prepared transition was written (by Raft or by [`Coordinator::set_manifest`]): reloads the
@@ -1103,4 +1135,12 @@ pub fn started_for_another_deployment(
          deployment {stored}: fix the launch configuration (the chart's deploymentId), or move the \
          data directory aside if it is another deployment's"
     )
+}
+
+fn lock_spare(
+    slot: &std::sync::Mutex<Option<MeshCaKey>>,
+) -> std::sync::MutexGuard<'_, Option<MeshCaKey>> {
+    // An Option stays valid whatever a panicking holder did.
+    slot.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -858,6 +858,58 @@ fn peer_recovery_refuses_callers_and_secrets_that_do_not_match() {
     ));
 }
 
+/// Each manifest update certifies a mesh CA key of its own, whether the key was made ahead on the
+/// background threads or by the prepare itself, and a key made ahead is used for one update only.
+#[test]
+fn each_update_gets_its_own_mesh_ca_key_made_ahead_or_not() {
+    let d = TestDeployment::new();
+    let (c, _) = ready(&d);
+    let latest = c.chain().unwrap().latest_hash();
+    let public_of_prepared = || {
+        let Prepared::Append(p) = c
+            .prepare_set(d.set_request(d.manifest(2), latest), now())
+            .unwrap()
+        else {
+            panic!("expected a transition")
+        };
+        let scalar = p.mesh_ca().key_for_attested_peer();
+        p256::SecretKey::from_bytes(scalar.as_slice().into())
+            .unwrap()
+            .public_key()
+    };
+    let spare = || {
+        c.spare_mesh_ca_key
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|k| k.public_key())
+    };
+    let wait_for_spare = || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if let Some(key) = spare() {
+                return key;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no key was made ahead"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    };
+    assert!(spare().is_none(), "nothing is made before the first update");
+    let first = public_of_prepared();
+    let ahead = wait_for_spare();
+    assert_ne!(ahead, first);
+    let second = public_of_prepared();
+    assert_eq!(second, ahead, "the key made ahead was used");
+    let next_ahead = wait_for_spare();
+    assert_ne!(next_ahead, second, "and never again");
+    let third = public_of_prepared();
+    assert_eq!(third, next_ahead);
+    assert_ne!(third, first);
+}
+
 /// The replica that made a transition's mesh CA died before anyone fetched it: a replica holding the
 /// seed makes a new one (random: Invariant 3) rather than stay recovering forever.
 #[test]
