@@ -380,17 +380,16 @@ impl MeshCa {
         root: &RootCa,
     ) -> Result<MeshCa, MeshCaError> {
         let secret = mesh_ca_key_from_bytes(key)?;
+        let reject = |reason| MeshCaError::MeshCaCertificateRejected {
+            certificate: MESH_CA_CERT_NAME,
+            reason,
+        };
+        // Parsed once, for the key here and for every check below.
+        let own = parse_whole_certificate(&mesh_ca_der).map_err(reject)?;
         // The key the self-signed certificate names, which `check_mesh_ca_certificates` holds both
         // certificates to; the signer only for a key that is that key's private half.
-        let named = parse_whole_certificate(&mesh_ca_der)
-            .and_then(|cert| {
-                p256::PublicKey::from_public_key_der(cert.public_key().raw)
-                    .map_err(|_| "its public key is not a P-256 key".to_string())
-            })
-            .map_err(|reason| MeshCaError::MeshCaCertificateRejected {
-                certificate: MESH_CA_CERT_NAME,
-                reason,
-            })?;
+        let named = p256::PublicKey::from_public_key_der(own.public_key().raw)
+            .map_err(|_| reject("its public key is not a P-256 key".into()))?;
         let signer = P256Signer::certified(&secret, &named).ok_or_else(|| {
             MeshCaError::MeshCaCertificateRejected {
                 certificate: MESH_CA_CERT_NAME,
@@ -399,7 +398,7 @@ impl MeshCa {
             }
         })?;
         drop(secret);
-        let not_after = check_mesh_ca_certificates(&mesh_ca_der, &intermediate_der, &signer, root)?;
+        let not_after = check_mesh_ca_certificates(&own, &intermediate_der, &signer, root)?;
         // rcgen reads the issuer's subject, key identifier and key usages from the certificate:
         // the checks above made sure they are what `generate` puts there, so leaves name the
         // same issuer and authority key identifier as the peer's do.
@@ -707,7 +706,7 @@ fn check_root_certificate(
 /// subject (CN=Concord mesh CA) and key identifier, CA with path length 0, allowed to sign
 /// certificates; one self-signed, the other signed by `root` and naming it as its issuer.
 fn check_mesh_ca_certificates(
-    mesh_ca_der: &[u8],
+    own: &X509Certificate<'_>,
     intermediate_der: &[u8],
     signer: &P256Signer,
     root: &RootCa,
@@ -724,14 +723,13 @@ fn check_mesh_ca_certificates(
     let expected_key = p256::PublicKey::from(public_key);
     let key_name = "the public key of the mesh CA key sent with it";
 
-    let own = parse_whole_certificate(mesh_ca_der).map_err(reject_own)?;
-    check_certificate_key(&own, &expected_key, key_name).map_err(reject_own)?;
-    check_ecdsa_sha256_signature(&own, public_key, "its self-signature does not verify")
+    check_certificate_key(own, &expected_key, key_name).map_err(reject_own)?;
+    check_ecdsa_sha256_signature(own, public_key, "its self-signature does not verify")
         .map_err(reject_own)?;
     if own.issuer().as_raw() != own.subject().as_raw() {
         return Err(reject_own("it is not self-issued".into()));
     }
-    check_mesh_ca_fields(&own, signer).map_err(reject_own)?;
+    check_mesh_ca_fields(own, signer).map_err(reject_own)?;
 
     let intermediate = parse_whole_certificate(intermediate_der).map_err(reject_intermediate)?;
     check_certificate_key(&intermediate, &expected_key, key_name).map_err(reject_intermediate)?;
