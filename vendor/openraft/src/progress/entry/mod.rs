@@ -310,6 +310,3 @@ impl<NID: NodeId> Validate for ProgressEntry<NID> {
         Ok(())
     }
 }
-
-#[cfg(test)]
-mod tests;
