@@ -74,16 +74,21 @@ mod tests {
         Ok(at_start)
     }
 
+    /// A read on its own task whose round takes `ms` and confirms `index`.
+    fn spawn_read(
+        rounds: &Arc<ReadRounds>,
+        index: &Arc<AtomicU64>,
+        ms: u64,
+    ) -> tokio::task::JoinHandle<Result<u64, Status>> {
+        let (rounds, index) = (rounds.clone(), index.clone());
+        tokio::spawn(async move { rounds.read_index(|| round(index, ms)).await })
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_burst_of_reads_shares_at_most_two_rounds() {
         let rounds = Arc::new(ReadRounds::default());
         let index = Arc::new(AtomicU64::new(7));
-        let reads: Vec<_> = (0..20)
-            .map(|_| {
-                let (rounds, index) = (rounds.clone(), index.clone());
-                tokio::spawn(async move { rounds.read_index(|| round(index, 10)).await })
-            })
-            .collect();
+        let reads: Vec<_> = (0..20).map(|_| spawn_read(&rounds, &index, 10)).collect();
         for r in reads {
             assert_eq!(r.await.unwrap().unwrap(), 7);
         }
@@ -97,18 +102,12 @@ mod tests {
         let rounds = Arc::new(ReadRounds::default());
         let index = Arc::new(AtomicU64::new(1));
         // A round starts and confirms index 1...
-        let early = {
-            let (rounds, index) = (rounds.clone(), index.clone());
-            tokio::spawn(async move { rounds.read_index(|| round(index, 10)).await })
-        };
+        let early = spawn_read(&rounds, &index, 10);
         tokio::time::sleep(Duration::from_millis(2)).await;
         assert_eq!(rounds.rounds(), 1);
         // ...then a write commits at index 2 and a read arrives: it must see 2, not the round under way.
         index.store(2, Ordering::SeqCst);
-        let late = {
-            let (rounds, index) = (rounds.clone(), index.clone());
-            tokio::spawn(async move { rounds.read_index(|| round(index, 10)).await })
-        };
+        let late = spawn_read(&rounds, &index, 10);
         assert_eq!(early.await.unwrap().unwrap(), 1);
         assert_eq!(late.await.unwrap().unwrap(), 2);
         assert_eq!(rounds.rounds(), 2);
@@ -155,10 +154,7 @@ mod tests {
     async fn a_caller_that_stops_waiting_leaves_the_next_one_to_run_the_round() {
         let rounds = Arc::new(ReadRounds::default());
         let index = Arc::new(AtomicU64::new(4));
-        let gone = {
-            let (rounds, index) = (rounds.clone(), index.clone());
-            tokio::spawn(async move { rounds.read_index(|| round(index, 1_000)).await })
-        };
+        let gone = spawn_read(&rounds, &index, 1_000);
         tokio::time::sleep(Duration::from_millis(5)).await;
         gone.abort();
         let _ = gone.await;
