@@ -863,7 +863,13 @@ fn peer_recovery_refuses_callers_and_secrets_that_do_not_match() {
 #[test]
 fn each_update_gets_its_own_mesh_ca_key_made_ahead_or_not() {
     let d = TestDeployment::new();
-    let (c, _) = ready(&d);
+    let (c, first_outcome) = ready(&d);
+    // Invariant 3 on this path too: no key is the seed's (the root CA key is the P-256 key it gives).
+    let seed_key = p256_public_from(&combine(&open_shares(&d, &first_outcome)).unwrap());
+    let from_seed = |key: &p256::PublicKey| {
+        use p256::elliptic_curve::sec1::ToEncodedPoint;
+        key.to_encoded_point(false).as_bytes() == seed_key.as_slice()
+    };
     let latest = c.chain().unwrap().latest_hash();
     let public_of_prepared = || {
         let Prepared::Append(p) = c
@@ -908,6 +914,7 @@ fn each_update_gets_its_own_mesh_ca_key_made_ahead_or_not() {
     let third = public_of_prepared();
     assert_eq!(third, next_ahead);
     assert_ne!(third, first);
+    assert!(![first, second, third].iter().any(from_seed));
 }
 
 /// The replica that made a transition's mesh CA died before anyone fetched it: a replica holding the
