@@ -18,7 +18,20 @@ pub struct Commits {
     pub in_order: Vec<Duration>,
     pub history_before: u64,
     pub phases: Result<Vec<Phase>, String>,
+    /// Round trips of a trivial RPC on the same connection, back to back and after an idle pause.
+    pub wake_ups: Result<WakeUps, String>,
 }
+
+/// What the machine charges a round trip for waking idle cores: a trivial RPC (GetStatus) timed back
+/// to back, and again after each of [`IDLE_PAUSE`] without traffic, as a commit's hops come after its
+/// disk syncs. Context for the commit's row, not a target.
+pub struct WakeUps {
+    pub back_to_back: Samples,
+    pub after_pause: Samples,
+}
+
+/// The pause before each of the second set of round trips: about a commit's length.
+const IDLE_PAUSE: Duration = Duration::from_millis(2);
 
 /// The mean time of one phase over the timed calls, on the leader or over the followers
 /// (`concord_set_manifest_phase_seconds`, the difference of its sum and count before and after).
@@ -146,6 +159,7 @@ fn phases(before: &[PhaseTotals], after: &[PhaseTotals]) -> Vec<Phase> {
 /// `n` sequential SetManifest calls on the leader, each timed from send to acknowledgement.
 pub async fn concord(cluster: &mut Cluster, n: usize) -> Result<Commits, String> {
     let mut client = cluster.leader_client().await?;
+    let wake_ups = wake_ups(&mut client, n).await;
     let mut samples = Vec::with_capacity(n);
     let mut history_before = 0;
     let mut before = Err("no scrape before the timed calls".to_string());
@@ -174,6 +188,36 @@ pub async fn concord(cluster: &mut Cluster, n: usize) -> Result<Commits, String>
         in_order: samples,
         history_before,
         phases,
+        wake_ups,
+    })
+}
+
+/// `n` GetStatus round trips back to back, then `n` each after [`IDLE_PAUSE`].
+async fn wake_ups(client: &mut crate::concord::UserClient, n: usize) -> Result<WakeUps, String> {
+    let mut back_to_back = Vec::with_capacity(n);
+    let mut after_pause = Vec::with_capacity(n);
+    for pause in [false, true] {
+        for _ in 0..WARMUP + n {
+            if pause {
+                tokio::time::sleep(IDLE_PAUSE).await;
+            }
+            let start = Instant::now();
+            client
+                .get_status(concord_proto::v1::GetStatusRequest {})
+                .await
+                .map_err(|s| format!("GetStatus failed ({:?}): {}", s.code(), s.message()))?;
+            let samples = if pause {
+                &mut after_pause
+            } else {
+                &mut back_to_back
+            };
+            samples.push(start.elapsed());
+        }
+    }
+    // The first calls of each set warm up.
+    Ok(WakeUps {
+        back_to_back: Samples::new(back_to_back.split_off(WARMUP)),
+        after_pause: Samples::new(after_pause.split_off(WARMUP)),
     })
 }
 
@@ -439,6 +483,7 @@ pub fn rows(
             Verdict::Info,
         ),
         growth(commits),
+        wake_up_row(&commits.wake_ups),
     ];
     match &commits.phases {
         Ok(phases) => rows.extend(phases.iter().map(|p| {
@@ -474,6 +519,34 @@ pub fn rows(
         )),
     }
     rows
+}
+
+/// A trivial RPC's round trip back to back and after an idle pause: the difference is what waking
+/// idle cores costs on this machine, which a commit pays on its hops after each disk sync.
+fn wake_up_row(wake_ups: &Result<WakeUps, String>) -> Row {
+    let metric = format!(
+        "  GetStatus round trip p50: back to back / after {} ms idle",
+        IDLE_PAUSE.as_millis()
+    );
+    match wake_ups {
+        Ok(w) => Row::new(
+            metric,
+            format!(
+                "{} / {}",
+                ms(w.back_to_back.median()),
+                ms(w.after_pause.median())
+            ),
+            format!(
+                "the difference ({}) is the machine waking idle cores, on every hop that follows a wait",
+                ms(w.after_pause
+                    .median()
+                    .saturating_sub(w.back_to_back.median()))
+            ),
+            "-",
+            Verdict::Info,
+        ),
+        Err(e) => Row::new(metric, "-", e.clone(), "-", Verdict::Info),
+    }
 }
 
 /// The p50 of the first and of the last tenth of the calls, with the history lengths they ran at:
