@@ -567,14 +567,13 @@ impl<S: Store> Node<S> {
     ) -> Result<u64, Status> {
         // A leader cut off from its quorum waits for heartbeat answers that never come.
         let round = || async {
+            // The round's own wait, which is shorter than LEADER_WAIT when its runner came late.
+            let started = tokio::time::Instant::now();
             match tokio::time::timeout_at(deadline, self.raft.ensure_linearizable()).await {
                 Ok(confirmed) => confirmed.map(|id| id.map_or(0, |l| l.index)).map_err(|e| {
                     Status::unavailable(format!("cannot confirm leadership for a read: {e}"))
                 }),
-                Err(_) => Err(Status::unavailable(format!(
-                    "cannot confirm leadership for a read: no quorum answered within {LEADER_WAIT:?}; \
-                     retry when a majority of the replicas is reachable, or ask for a possibly stale read"
-                ))),
+                Err(_) => Err(Status::unavailable(no_quorum_for_read(started.elapsed()))),
             }
         };
         self.read_rounds.read_index(round).await
@@ -1191,6 +1190,17 @@ impl<S: Store> Node<S> {
     }
 }
 
+/// Why a read's leadership round failed when no quorum answered within the `waited` it had (at most
+/// [`LEADER_WAIT`]; less when it ran a round for reads that had already waited).
+fn no_quorum_for_read(waited: Duration) -> String {
+    format!(
+        "cannot confirm leadership for a read: no quorum answered within {} ms (a read waits at most \
+         {} ms); retry when a majority of the replicas is reachable, or ask for a possibly stale read",
+        waited.as_millis(),
+        LEADER_WAIT.as_millis()
+    )
+}
+
 /// A recovering replica that holds the seed opens its copy of the latest transition's mesh CA key,
 /// if the state machine applied one sealed to this process (`Coordinator::adopt_sealed`). A copy
 /// that does not check out is ignored: the replica recovers from a peer as before.
@@ -1395,4 +1405,20 @@ pub(crate) fn outcome_from_pb(r: pb::SetManifestResponse) -> Result<SetOutcome, 
         mesh_ca_pem: r.mesh_ca,
         unchanged: r.unchanged,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_read_round_names_the_time_it_waited_not_the_longest_wait() {
+        let why = no_quorum_for_read(Duration::from_millis(1234));
+        assert!(why.contains("within 1234 ms"), "{why}");
+        assert!(
+            why.contains(&format!("at most {} ms", LEADER_WAIT.as_millis())),
+            "{why}"
+        );
+        assert!(why.contains("retry when a majority"), "{why}");
+    }
 }
