@@ -18,6 +18,13 @@
 //!
 //! The queue is bounded; a job that does not fit is refused, not run ([`spawn`] says so), and its
 //! owner does the work itself when it needs the result.
+//!
+//! [`run_within`] is for work that nobody waits for but that should not lag far behind either: a
+//! replica's catch-up after it applied a transition (`server::keep_recovering`: the core's refresh and
+//! the opening of the mesh CA key sealed to it). Right after a commit the followers' catch-up ran at
+//! normal priority on the cores that the leader's answer, and the next request, were waiting for.
+//! Here it runs when a core is free, and its caller does it itself, at its own priority, if no core
+//! was free within the bound.
 
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -109,6 +116,21 @@ fn lower_own_priority() -> std::io::Result<()> {
     ))
 }
 
+/// Runs `job` on a background thread and waits up to `limit` for its result: `None` if it was not
+/// queued or has not finished by then (it still runs when a core frees up, its result dropped).
+pub async fn run_within<T: Send + 'static>(
+    job: impl FnOnce() -> T + Send + 'static,
+    limit: std::time::Duration,
+) -> Option<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if !spawn(move || {
+        let _ = tx.send(job());
+    }) {
+        return None;
+    }
+    tokio::time::timeout(limit, rx).await.ok()?.ok()
+}
+
 /// Queues `job` for a background thread. False if it was not queued (the queue is full, or no thread
 /// could be started): the caller then does without, or does the work itself.
 pub fn spawn(job: impl FnOnce() + Send + 'static) -> bool {
@@ -148,6 +170,30 @@ mod tests {
                 NormalThreadSchedulePolicy::Idle
             )),
             "the caller's thread was made SCHED_IDLE too"
+        );
+    }
+
+    #[tokio::test]
+    async fn run_within_gives_the_result_from_a_pool_thread_or_nothing_after_the_limit() {
+        let name = run_within(
+            || std::thread::current().name().map(str::to_owned),
+            std::time::Duration::from_secs(10),
+        )
+        .await;
+        assert!(
+            name.flatten().is_some_and(|n| n.starts_with("concord-bg-")),
+            "the job ran on a background thread and its result came back"
+        );
+        let started = std::time::Instant::now();
+        let late = run_within(
+            || std::thread::sleep(std::time::Duration::from_millis(300)),
+            std::time::Duration::from_millis(20),
+        )
+        .await;
+        assert!(late.is_none(), "a job past the limit gives no result");
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(250),
+            "the caller did not wait for the job beyond the limit"
         );
     }
 

@@ -551,6 +551,12 @@ async fn keep_recovering<S: crate::store::Store>(node: Arc<Node<S>>) {
     let mut reported: Option<(String, tokio::time::Instant)> = None;
     loop {
         let seen = RecoveryInputs::of(&metrics.borrow_and_update());
+        // Catching up with what was applied is nobody's request: the costly part, opening a sealed
+        // mesh CA key, waits for a free core first (`Node::catch_up`); `recover_from_peers` then
+        // finds it done, or does it itself.
+        if let Err(e) = node.catch_up().await {
+            debug!(error = %e, "catching up with the applied transitions failed; recovering as usual");
+        }
         let outcome = node.recover_from_peers().await;
         match (&outcome, failing_since) {
             (Err(e), Some(since)) if since.elapsed() >= REPORT_AFTER => {

@@ -18,7 +18,7 @@ use super::status::to_status;
 use crate::error::CoordinatorError;
 use crate::raft::network::peer_address;
 use crate::raft::{AppendTransition, Command, CommandResponse, NodeId, TypeConfig};
-use crate::state::{Prepared, ReplicaState, SetOutcome, SetRequest};
+use crate::state::{OpenedMeshCa, Prepared, ReplicaState, SealedOpening, SetOutcome, SetRequest};
 use crate::store::Store;
 
 /// How long a write waits for a leader to be elected before answering Unavailable.
@@ -26,6 +26,10 @@ pub const LEADER_WAIT: Duration = Duration::from_secs(5);
 
 /// How long a write waits for this leader to apply the entries its log already holds.
 pub const APPLY_WAIT: Duration = Duration::from_secs(2);
+/// How long a catch-up waits for a free core to open a sealed mesh CA key before it leaves the opening
+/// to a normal-priority refresh ([`Node::catch_up`]): a few commits long, and far below the 2 s and
+/// 6 s after which an unrecovered mesh CA counts as lost (`server::keep_recovering`).
+pub const IDLE_OPEN_WAIT: Duration = Duration::from_millis(20);
 
 /// What [`Node::refresh`] does, in a value a blocking task can own: reload the core if the store
 /// moved on, then open a sealed mesh CA key the latest entry brought for this replica.
@@ -505,6 +509,48 @@ impl<S: Store> Node<S> {
             .await
             .map_err(|e| {
                 CoordinatorError::Crypto(format!("internal error: the reload task failed: {e}"))
+            })?
+    }
+
+    /// Catches up with what the state machine applied, for `server::keep_recovering`, which nobody
+    /// waits for: the core's reload on the blocking pool, as [`Node::refresh`] does, and the opening of
+    /// a mesh CA key sealed to this process (HPKE and the certificates' checks: the costly part) on the
+    /// background threads, which take a core only when no other thread wants it, and without a lock
+    /// (`background::run_within`). Right after a commit the followers' openings ran at normal priority,
+    /// on the cores that the leader's answer and the next request were waiting for. An opening that
+    /// found no free core within [`IDLE_OPEN_WAIT`] is left to the next [`Node::refresh`], which opens
+    /// it on the blocking pool.
+    pub async fn catch_up(&self) -> Result<(), CoordinatorError> {
+        let (replica, id, key, inbox) = (
+            self.replica.clone(),
+            self.id,
+            self.seal_key.clone(),
+            self.sealed_inbox.clone(),
+        );
+        let opening = tokio::task::spawn_blocking(move || {
+            if replica.read()?.is_stale()? {
+                replica.write()?.refresh()?;
+            }
+            sealed_opening(&replica, id, &key, &inbox)
+        })
+        .await
+        .map_err(|e| {
+            CoordinatorError::Crypto(format!("internal error: the reload task failed: {e}"))
+        })??;
+        let Some(opening) = opening else {
+            return Ok(());
+        };
+        let key = self.seal_key.clone();
+        let Some(opened) =
+            crate::background::run_within(move || opening.open(&key), IDLE_OPEN_WAIT).await
+        else {
+            return Ok(());
+        };
+        let replica = self.replica.clone();
+        tokio::task::spawn_blocking(move || install_opened(&replica, opened))
+            .await
+            .map_err(|e| {
+                CoordinatorError::Crypto(format!("internal error: the install task failed: {e}"))
             })?
     }
 
@@ -1210,30 +1256,55 @@ fn adopt_sealed<S: Store>(
     key: &concord_mesh_ca::SealKey,
     inbox: &crate::raft::SealedInbox,
 ) -> Result<(), CoordinatorError> {
-    let latest = {
-        let core = replica.read()?;
-        if core.state() != ReplicaState::Recovering || !core.holds_seed() {
-            return Ok(());
-        }
-        match core.chain() {
-            Some(chain) => chain.latest_hash(),
-            None => return Ok(()),
-        }
+    if let Some(opening) = sealed_opening(replica, own, key, inbox)? {
+        install_opened(replica, opening.open(key))?;
+    }
+    Ok(())
+}
+
+/// What opening this process's sealed copy of the latest mesh CA key needs, checked under a read
+/// lock of the core: `None` if there is none to open, or it does not check out (logged).
+fn sealed_opening<S: Store>(
+    replica: &Replica<S>,
+    own: NodeId,
+    key: &concord_mesh_ca::SealKey,
+    inbox: &crate::raft::SealedInbox,
+) -> Result<Option<SealedOpening>, CoordinatorError> {
+    let core = replica.read()?;
+    if core.state() != ReplicaState::Recovering || !core.holds_seed() {
+        return Ok(None);
+    }
+    let Some(latest) = core.chain().map(|c| c.latest_hash()) else {
+        return Ok(None);
     };
     let Some(delivery) = inbox.for_transition(&latest) else {
-        return Ok(());
+        return Ok(None);
     };
-    let mut core = replica.write()?;
-    if core.state() != ReplicaState::Recovering {
-        return Ok(());
-    }
-    match core.adopt_sealed(own, key, &delivery) {
-        Ok(()) => {
-            crate::observe::global().mesh_ca_handoff("sealed");
-            info!(transition = %latest, "opened the mesh CA key the leader sealed to this replica; ready");
-        }
+    match core.sealed_opening(own, &key.public_key(), &delivery) {
+        Ok(opening) => Ok(Some(opening)),
         Err(e) => {
-            debug!(transition = %latest, error = %e, "a sealed mesh CA key was not adopted; recovering from a peer")
+            debug!(transition = %latest, error = %e, "a sealed mesh CA key was not adopted; recovering from a peer");
+            Ok(None)
+        }
+    }
+}
+
+/// Adopts what [`SealedOpening::open`] gave, under the core's write lock (the opening itself ran
+/// without a lock).
+fn install_opened<S: Store>(
+    replica: &Replica<S>,
+    opened: Result<OpenedMeshCa, CoordinatorError>,
+) -> Result<(), CoordinatorError> {
+    let transition = opened.as_ref().ok().map(OpenedMeshCa::transition);
+    let installed = opened.and_then(|o| replica.write()?.install_opened(o));
+    match (installed, transition) {
+        (Ok(()), Some(transition)) => {
+            crate::observe::global().mesh_ca_handoff("sealed");
+            info!(%transition, "opened the mesh CA key the leader sealed to this replica; ready");
+        }
+        (Ok(()), None) => {}
+        (Err(e), _) => {
+            debug!(error = %e, "a sealed mesh CA key was not adopted; recovering from a peer")
         }
     }
     Ok(())

@@ -21,9 +21,9 @@ pub use peer::{PeerAcceptance, PeerSecrets};
 pub use recovery::{
     AuthenticatedShare, KnownLatest, RecoverProgress, RecoveredSecrets, ShareOutcome,
 };
-pub use sealed::SealRecipient;
 #[cfg(test)]
 pub(crate) use sealed::sealed_for_tests;
+pub use sealed::{OpenedMeshCa, SealRecipient, SealedOpening};
 pub use transit::{ServiceCert, TransitMaterial};
 pub use transparency::CheckpointView;
 

@@ -156,7 +156,7 @@ impl<S: Store> Coordinator<S> {
         self.secrets = Some(Secrets {
             engine,
             signing_key,
-            root_ca,
+            root_ca: std::sync::Arc::new(root_ca),
             mesh_ca,
             mesh_for: latest,
         });

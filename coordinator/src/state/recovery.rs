@@ -79,7 +79,7 @@ impl RecoveredSecrets {
             secrets: Secrets {
                 engine,
                 signing_key,
-                root_ca,
+                root_ca: std::sync::Arc::new(root_ca),
                 mesh_ca,
                 mesh_for: latest,
             },

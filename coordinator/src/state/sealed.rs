@@ -93,6 +93,56 @@ impl RecoveredSecrets {
     }
 }
 
+/// This replica's sealed copy of its latest transition's mesh CA key, checked against the core
+/// ([`Coordinator::sealed_opening`]) and opened without it ([`SealedOpening::open`]): the HPKE opening
+/// and the certificates' checks take no lock, and can run on any thread.
+pub struct SealedOpening {
+    latest: Hash,
+    context: SealContext,
+    sealed: SealedKey,
+    mesh_ca_der: Vec<u8>,
+    intermediate_der: Vec<u8>,
+    root_ca: std::sync::Arc<concord_mesh_ca::RootCa>,
+}
+
+/// A mesh CA opened from a sealed copy, for [`Coordinator::install_opened`].
+pub struct OpenedMeshCa {
+    latest: Hash,
+    mesh_ca: MeshCa,
+}
+
+impl OpenedMeshCa {
+    /// The transition whose mesh CA this is.
+    pub fn transition(&self) -> Hash {
+        self.latest
+    }
+}
+
+impl SealedOpening {
+    /// Opens the copy with `key`, this process's seal key, and checks that the opened key is the key
+    /// of the mesh CA certificate the history records, under this deployment's root CA.
+    pub fn open(self, key: &SealKey) -> Result<OpenedMeshCa, CoordinatorError> {
+        let opened = key
+            .open(&self.context, &self.sealed)
+            .map_err(|e| CoordinatorError::PermissionDenied(e.to_string()))?;
+        let mesh_ca = MeshCa::from_parts(
+            &opened,
+            self.mesh_ca_der,
+            self.intermediate_der,
+            &self.root_ca,
+        )
+        .map_err(|e| {
+            CoordinatorError::PermissionDenied(format!(
+                "the sealed key is not the key of the mesh CA this history records: {e}"
+            ))
+        })?;
+        Ok(OpenedMeshCa {
+            latest: self.latest,
+            mesh_ca,
+        })
+    }
+}
+
 impl<S: Store> Coordinator<S> {
     /// Opens this replica's copy in `delivery` (what the state machine applied for the latest
     /// transition) with `key`, this process's seal key, and adopts the mesh CA: only if this replica
@@ -105,11 +155,25 @@ impl<S: Store> Coordinator<S> {
         key: &SealKey,
         delivery: &SealedDelivery,
     ) -> Result<(), CoordinatorError> {
+        let opened = self
+            .sealed_opening(own, &key.public_key(), delivery)?
+            .open(key)?;
+        self.install_opened(opened)
+    }
+
+    /// The checks of [`Coordinator::adopt_sealed`] that need the core, and what opening the copy
+    /// sealed to `own`'s process key `public` needs without it.
+    pub fn sealed_opening(
+        &self,
+        own: NodeId,
+        public: &[u8; 32],
+        delivery: &SealedDelivery,
+    ) -> Result<SealedOpening, CoordinatorError> {
         let refused = |m: String| CoordinatorError::FailedPrecondition(m);
         if self.state() != ReplicaState::Recovering {
             return Err(refused("this replica is not recovering".into()));
         }
-        let (Some(h), Some(secrets)) = (&self.history, &mut self.secrets) else {
+        let (Some(h), Some(secrets)) = (&self.history, &self.secrets) else {
             return Err(refused(
                 "this replica does not hold the seed: a sealed mesh CA key is of no use to it"
                     .into(),
@@ -127,44 +191,55 @@ impl<S: Store> Coordinator<S> {
                 delivery.transition
             )));
         }
-        let public = key.public_key();
         let Some(copy) = delivery
             .copies
             .iter()
-            .find(|c| c.recipient == own && c.recipient_key == public)
+            .find(|c| c.recipient == own && c.recipient_key == *public)
         else {
             return Err(refused(
                 "no copy is sealed to this replica process's seal key".into(),
             ));
         };
-        let context = SealContext {
-            deployment: h.chain.deployment_id().0,
-            transition: *latest.as_bytes(),
-            mesh_ca_der_sha256: SealContext::cert_hash(&h.mesh.mesh_ca_der),
-            recipient: own,
+        Ok(SealedOpening {
+            latest,
+            context: SealContext {
+                deployment: h.chain.deployment_id().0,
+                transition: *latest.as_bytes(),
+                mesh_ca_der_sha256: SealContext::cert_hash(&h.mesh.mesh_ca_der),
+                recipient: own,
+            },
+            sealed: SealedKey {
+                encapsulated_key: copy.encapsulated_key.clone(),
+                ciphertext: copy.ciphertext.clone(),
+            },
+            mesh_ca_der: h.mesh.mesh_ca_der.clone(),
+            intermediate_der: h.mesh.intermediate_der.clone(),
+            root_ca: secrets.root_ca.clone(),
+        })
+    }
+
+    /// Adopts a mesh CA opened from a sealed copy ([`SealedOpening::open`]) if this replica is still
+    /// recovering at the transition it was opened for, with the same certificates and the seed it had
+    /// then; otherwise nothing changes.
+    pub fn install_opened(&mut self, opened: OpenedMeshCa) -> Result<(), CoordinatorError> {
+        let refused = |m: String| CoordinatorError::FailedPrecondition(m);
+        if self.state() != ReplicaState::Recovering {
+            return Err(refused("this replica is not recovering".into()));
+        }
+        let (Some(h), Some(secrets)) = (&self.history, &mut self.secrets) else {
+            return Err(refused("this replica no longer holds the seed".into()));
         };
-        let opened = key
-            .open(
-                &context,
-                &SealedKey {
-                    encapsulated_key: copy.encapsulated_key.clone(),
-                    ciphertext: copy.ciphertext.clone(),
-                },
-            )
-            .map_err(|e| CoordinatorError::PermissionDenied(e.to_string()))?;
-        let mesh_ca = MeshCa::from_parts(
-            &opened,
-            h.mesh.mesh_ca_der.clone(),
-            h.mesh.intermediate_der.clone(),
-            &secrets.root_ca,
-        )
-        .map_err(|e| {
-            CoordinatorError::PermissionDenied(format!(
-                "the sealed key is not the key of the mesh CA this history records: {e}"
-            ))
-        })?;
-        secrets.mesh_ca = mesh_ca;
-        secrets.mesh_for = latest;
+        if h.chain.latest_hash() != opened.latest
+            || h.mesh.mesh_ca_der != opened.mesh_ca.mesh_ca_der()
+            || secrets.signing_key.verifying_key() != *h.chain.signing_key()
+        {
+            return Err(refused(format!(
+                "the history moved on while the sealed key for transition {} was opened",
+                opened.latest
+            )));
+        }
+        secrets.mesh_ca = opened.mesh_ca;
+        secrets.mesh_for = opened.latest;
         Ok(())
     }
 }

@@ -7,7 +7,8 @@ use ed25519_dalek::SigningKey;
 pub(crate) struct Secrets {
     pub engine: SeedEngine,
     pub signing_key: SigningKey,
-    pub root_ca: RootCa,
+    /// Shared with the mesh CA openings under way (`state::sealed::SealedOpening`), which run unlocked.
+    pub root_ca: std::sync::Arc<RootCa>,
     pub mesh_ca: MeshCa,
     /// The transition `mesh_ca` belongs to: the replica is ready only while it is the latest.
     pub mesh_for: crate::hash::Hash,

@@ -1721,6 +1721,23 @@ fn t115_a_sealed_mesh_ca_key_is_adopted_only_by_its_recipient_for_its_transition
     assert_eq!(c.manifests().unwrap().mesh_ca_pem, committed.mesh_ca_pem);
 }
 
+/// `a`, ready, and `b`, which recovered the secrets from it: two replicas that hold the seed.
+fn two_seed_holders(
+    d: &TestDeployment,
+) -> (
+    Coordinator<SledStore>,
+    Coordinator<SledStore>,
+    Vec<tempfile::TempDir>,
+) {
+    let (a, mut b, dirs) = ready_and_recovering(d);
+    b.adopt_from_peer(
+        a.secrets_for_peer(&coordinator_report(d, &a, &d.coordinator_policy))
+            .unwrap(),
+    )
+    .unwrap();
+    (a, b, dirs)
+}
+
 /// A write that committed but was superseded before its leader answered (leadership moved while it
 /// was in flight; the next leader committed it and a write of its own after it) is answered as
 /// committed, never as a mismatch, and its leader does not adopt the superseded mesh CA; a write that
@@ -1732,12 +1749,7 @@ fn a_committed_write_superseded_before_its_answer_is_answered_as_committed() {
     use concord_mesh_ca::SealKey;
 
     let d = TestDeployment::new();
-    let (mut a, mut b, _dirs) = ready_and_recovering(&d);
-    b.adopt_from_peer(
-        a.secrets_for_peer(&coordinator_report(&d, &a, &d.coordinator_policy))
-            .unwrap(),
-    )
-    .unwrap();
+    let (mut a, mut b, _dirs) = two_seed_holders(&d);
     let base = a.chain().unwrap().latest_hash();
     let prepare = |c: &Coordinator<SledStore>, version, previous| match c
         .prepare_set(d.set_request(d.manifest(version), previous), now())
@@ -1794,4 +1806,77 @@ fn a_committed_write_superseded_before_its_answer_is_answered_as_committed() {
         a.commit_set(*lost),
         Err(CoordinatorError::PreviousMismatch { latest, .. }) if latest == next_hash
     ));
+}
+
+/// A sealed mesh CA key is opened without the core's lock (`SealedOpening::open`, on a background
+/// thread in `Node::catch_up`) and installed after: a mesh CA opened for a transition that is no
+/// longer the latest when it is installed is refused and changes nothing, and one opened for the
+/// latest is adopted.
+#[test]
+fn a_mesh_ca_opened_unlocked_is_installed_only_while_its_transition_is_the_latest() {
+    use crate::raft::SealedDelivery;
+    use concord_mesh_ca::SealKey;
+
+    let d = TestDeployment::new();
+    let (mut a, mut b, _dirs) = two_seed_holders(&d);
+    let b_key = SealKey::generate().unwrap();
+    let to_b = [crate::state::SealRecipient {
+        node: 2,
+        seal_key: b_key.public_key(),
+    }];
+    let prepare = |c: &Coordinator<SledStore>, version| {
+        let latest = c.chain().unwrap().latest_hash();
+        match c
+            .prepare_set(d.set_request(d.manifest(version), latest), now())
+            .unwrap()
+        {
+            Prepared::Append(p) => p,
+            Prepared::Unchanged(_) => panic!("expected a transition"),
+        }
+    };
+    let apply = |p: &crate::state::PreparedSet, on: [&Coordinator<SledStore>; 2]| {
+        for c in on {
+            crate::history::Ledger::new(c.store().clone())
+                .append(&p.new)
+                .unwrap();
+        }
+    };
+    let deployment = a.deployment_id().0;
+    let deliver = |p: &crate::state::PreparedSet| SealedDelivery {
+        transition: p.hash,
+        mesh: p.new.mesh.clone(),
+        copies: p.seal_mesh_ca(deployment, &to_b),
+    };
+
+    let third = prepare(&a, 3);
+    let third_delivery = deliver(&third);
+    apply(&third, [&a, &b]);
+    b.refresh().unwrap();
+    let opened_third = b
+        .sealed_opening(2, &b_key.public_key(), &third_delivery)
+        .unwrap()
+        .open(&b_key)
+        .unwrap();
+    assert_eq!(opened_third.transition(), third.hash);
+    a.commit_set(*third).unwrap();
+
+    // The history moves on while the copy is opened: the opened mesh CA is of no use any more.
+    let fourth = prepare(&a, 4);
+    let fourth_delivery = deliver(&fourth);
+    apply(&fourth, [&a, &b]);
+    b.refresh().unwrap();
+    let err = b.install_opened(opened_third).unwrap_err();
+    assert!(err.to_string().contains("moved on"), "{err}");
+    assert_eq!(b.state(), ReplicaState::Recovering);
+
+    // The latest transition's copy, opened the same way, is adopted.
+    let opened_fourth = b
+        .sealed_opening(2, &b_key.public_key(), &fourth_delivery)
+        .unwrap()
+        .open(&b_key)
+        .unwrap();
+    b.install_opened(opened_fourth).unwrap();
+    assert_eq!(b.state(), ReplicaState::Ready);
+    let committed = a.commit_set(*fourth).unwrap();
+    assert_eq!(b.manifests().unwrap().mesh_ca_pem, committed.mesh_ca_pem);
 }
