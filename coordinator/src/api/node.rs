@@ -1295,15 +1295,16 @@ fn install_opened<S: Store>(
     replica: &Replica<S>,
     opened: Result<OpenedMeshCa, CoordinatorError>,
 ) -> Result<(), CoordinatorError> {
-    let transition = opened.as_ref().ok().map(OpenedMeshCa::transition);
-    let installed = opened.and_then(|o| replica.write()?.install_opened(o));
-    match (installed, transition) {
-        (Ok(()), Some(transition)) => {
+    let installed = opened.and_then(|o| {
+        let transition = o.transition();
+        replica.write()?.install_opened(o).map(|()| transition)
+    });
+    match installed {
+        Ok(transition) => {
             crate::observe::global().mesh_ca_handoff("sealed");
             info!(%transition, "opened the mesh CA key the leader sealed to this replica; ready");
         }
-        (Ok(()), None) => {}
-        (Err(e), _) => {
+        Err(e) => {
             debug!(error = %e, "a sealed mesh CA key was not adopted; recovering from a peer")
         }
     }
