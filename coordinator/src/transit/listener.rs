@@ -361,19 +361,26 @@ impl<S: Store> TransitServer<S> {
                 br#"{"errors":["permission denied: the client certificate is from a mesh CA this coordinator no longer accepts; renew it (run the initializer again)"]}"#.to_vec(),
             );
         }
+        let too_large = || {
+            json_response(
+                413,
+                format!(
+                    r#"{{"errors":["the request body is larger than the {} bytes Concord accepts, or broken; split the batch"]}}"#,
+                    limits.max_message_bytes
+                )
+                .into_bytes(),
+            )
+        };
+        // A declared length over the limit is refused before any of the body is read: hyper then sends
+        // no `100 Continue`, so a client that waits for one sends nothing more, and the answer is not
+        // lost to a reset of a connection closed with the body still unread.
+        if hyper::body::Body::size_hint(req.body()).lower() > limits.max_message_bytes as u64 {
+            return too_large();
+        }
         let body = Limited::new(req.into_body(), limits.max_message_bytes);
         let body = match tokio::time::timeout(limits.request_timeout, body.collect()).await {
             Ok(Ok(b)) => b.to_bytes(),
-            Ok(Err(_)) => {
-                return json_response(
-                    413,
-                    format!(
-                        r#"{{"errors":["the request body is larger than the {} bytes Concord accepts, or broken; split the batch"]}}"#,
-                        limits.max_message_bytes
-                    )
-                    .into_bytes(),
-                );
-            }
+            Ok(Err(_)) => return too_large(),
             Err(_) => {
                 return json_response(
                     408,
