@@ -218,7 +218,8 @@ pub async fn run(
         raft_config(config.snapshot_after_entries)?,
         network.clone(),
         log_store,
-        state_machine,
+        // The entries other replicas led are applied on the background threads.
+        crate::raft::FollowerApply::new(state_machine, config.node_id),
     )
     .await?;
     let node = Arc::new(Node::new(

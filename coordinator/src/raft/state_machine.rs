@@ -541,21 +541,15 @@ impl StateMachine {
     }
 }
 
-impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotBuilder = SnapshotBuilder;
-
-    async fn applied_state(
+impl StateMachine {
+    /// Applies committed entries in order: what `RaftStateMachine::apply` does, on whichever thread
+    /// calls it (`follower_apply` moves a follower's to the background threads).
+    // openraft's error type, as `RaftStateMachine::apply` returns it.
+    #[allow(clippy::result_large_err)]
+    pub(super) fn apply_entries(
         &mut self,
-    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>), StorageError<NodeId>>
-    {
-        Ok((self.last_applied, self.last_membership.clone()))
-    }
-
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResponse>, StorageError<NodeId>>
-    where
-        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
-        I::IntoIter: OptionalSend,
-    {
+        entries: impl IntoIterator<Item = Entry<TypeConfig>>,
+    ) -> Result<Vec<CommandResponse>, StorageError<NodeId>> {
         let started = std::time::Instant::now();
         let mut responses = Vec::new();
         for entry in entries {
@@ -604,6 +598,25 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.flush_soon.request();
         crate::observe::global().commit_phase("apply", started.elapsed());
         Ok(responses)
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>), StorageError<NodeId>>
+    {
+        Ok((self.last_applied, self.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResponse>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        self.apply_entries(entries)
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {

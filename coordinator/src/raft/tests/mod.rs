@@ -2,6 +2,7 @@
 //! transitions made by a `Coordinator` in memory, and log entries that carry them.
 
 mod apply;
+mod follower_apply;
 mod membership;
 mod no_secret;
 mod persistence;
