@@ -11,10 +11,11 @@
 //! thread. At nice 10 (the first version) a check kept its core for up to a third of a millisecond
 //! while a follower's thread, woken by the end of its log sync on that core, waited behind it and the
 //! other core sat idle (seen in `perf sched` traces of the cluster benchmark). A `SCHED_IDLE` thread
-//! can be starved for as long as the cores stay busy, so nobody waits for one: a check still queued
-//! when its verdict is wanted is run by the one who wants it, at that one's priority, and one already
-//! running is abandoned to finish unread (`raft::early`). Where `SCHED_IDLE` is refused, the threads
-//! run at nice `NICE`.
+//! can be starved for as long as the cores stay busy, so nobody waits for one for long: a check still
+//! queued when its verdict is wanted is run by the one who wants it, at that one's priority, and one
+//! already running is abandoned to finish unread (`raft::early`); a follower, whose apply no commit
+//! waits for, gives the threads up to 10 ms first. Where `SCHED_IDLE` is refused, the threads run at
+//! nice `NICE`.
 //!
 //! The queue is bounded; a job that does not fit is refused, not run ([`spawn`] says so), and its
 //! owner does the work itself when it needs the result.
@@ -25,12 +26,6 @@
 //! normal priority on the cores that the leader's answer, and the next request, were waiting for.
 //! Here it runs when a core is free, and its caller does it itself, at its own priority, if no core
 //! was free within the bound.
-//!
-//! [`run_or_take_back`] is for work that its caller waits for but no commit does: a follower's apply
-//! (`raft::follower_apply`). The job goes to a background thread; if none has taken it within the
-//! bound, the caller takes it back and runs it itself, so it runs exactly once. A job already taken is
-//! waited for: it can be slowed, while the cores stay busy, to what the scheduler gives `SCHED_IDLE`
-//! (a weight of 3 against a normal thread's 1024; docs/THREAT_MODEL.md, "A follower's apply").
 
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -46,8 +41,6 @@ type Job = Box<dyn FnOnce() + Send>;
 
 struct Pool {
     tx: SyncSender<Job>,
-    #[cfg_attr(not(test), allow(dead_code))]
-    threads: usize,
 }
 
 fn pool() -> Option<&'static Pool> {
@@ -69,10 +62,7 @@ fn pool() -> Option<&'static Pool> {
                 }
             }
         }
-        (started > 0).then_some(Pool {
-            tx,
-            threads: started,
-        })
+        (started > 0).then_some(Pool { tx })
     })
     .as_ref()
 }
@@ -142,47 +132,6 @@ pub async fn run_within<T: Send + 'static>(
     tokio::time::timeout(limit, rx).await.ok()?.ok()
 }
 
-/// Runs `job` on a background thread and waits for its result. If no background thread has taken the
-/// job within `limit` (no core was free for one, or the queue was full), the caller takes it back and
-/// runs it itself, at its own priority: the job runs exactly once, here or there, and a panic in it
-/// reaches the caller either way. Blocks the calling thread: off the runtime's workers
-/// (`in_place::off_the_workers`).
-///
-/// For work that someone waits for but that should give way to work others wait for: a follower's
-/// apply (`raft::follower_apply`), which no commit waits for, on the cores its acknowledgements and
-/// the leader's answer need.
-pub fn run_or_take_back<T: Send + 'static>(
-    job: impl FnOnce() -> T + Send + 'static,
-    limit: std::time::Duration,
-) -> T {
-    let slot = Arc::new(Mutex::new(Some(job)));
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    let theirs = slot.clone();
-    let queued = spawn(move || {
-        let job = lock(&theirs).take();
-        if let Some(job) = job {
-            let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)));
-        }
-    });
-    if queued && let Ok(outcome) = rx.recv_timeout(limit) {
-        return outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-    }
-    // Not queued, not taken within the limit, or dropped unrun: the job is still in its slot, ours.
-    let job = lock(&slot).take();
-    if let Some(job) = job {
-        return job();
-    }
-    // A background thread took it, and sends what became of it before its sender goes.
-    let outcome = rx
-        .recv()
-        .expect("a background thread that took the job sends its outcome before it lets go");
-    outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// Queues `job` for a background thread. False if it was not queued (the queue is full, or no thread
 /// could be started): the caller then does without, or does the work itself.
 pub fn spawn(job: impl FnOnce() + Send + 'static) -> bool {
@@ -247,97 +196,6 @@ mod tests {
             started.elapsed() < std::time::Duration::from_millis(250),
             "the caller did not wait for the job beyond the limit"
         );
-    }
-
-    /// Holds every thread of the pool until dropped.
-    struct Blocked(Arc<(Mutex<bool>, std::sync::Condvar)>);
-
-    impl Blocked {
-        fn every_thread() -> Blocked {
-            let gate = Arc::new((Mutex::new(true), std::sync::Condvar::new()));
-            let (tx, rx) = std::sync::mpsc::channel();
-            let threads = pool().expect("the pool started").threads;
-            for _ in 0..threads {
-                let (gate, tx) = (gate.clone(), tx.clone());
-                assert!(spawn(move || {
-                    let _ = tx.send(());
-                    let (held, cv) = &*gate;
-                    let mut held = lock(held);
-                    while *held {
-                        held = cv.wait(held).unwrap();
-                    }
-                }));
-            }
-            for _ in 0..threads {
-                rx.recv_timeout(std::time::Duration::from_secs(10))
-                    .expect("every pool thread took a blocking job");
-            }
-            Blocked(gate)
-        }
-    }
-
-    impl Drop for Blocked {
-        fn drop(&mut self) {
-            *lock(&self.0.0) = false;
-            self.0.1.notify_all();
-        }
-    }
-
-    #[test]
-    fn run_or_take_back_runs_a_job_once_there_or_here_when_no_thread_took_it_in_time() {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        let on = || std::thread::current().name().map(str::to_owned);
-        let there = run_or_take_back(on, std::time::Duration::from_secs(10));
-        assert!(
-            there.is_some_and(|n| n.starts_with("concord-bg-")),
-            "a free background thread takes the job"
-        );
-
-        // Every background thread busy: the caller takes the job back after the limit.
-        let runs = Arc::new(AtomicUsize::new(0));
-        let counted = runs.clone();
-        let blocked = Blocked::every_thread();
-        let started = std::time::Instant::now();
-        let here = run_or_take_back(
-            move || {
-                counted.fetch_add(1, Ordering::SeqCst);
-                on()
-            },
-            std::time::Duration::from_millis(30),
-        );
-        assert!(started.elapsed() >= std::time::Duration::from_millis(30));
-        assert_eq!(here, on(), "the caller ran the job itself");
-        // Once the threads are free, the queued job finds its slot empty and does not run it again.
-        drop(blocked);
-        assert!(run_or_take_back(on, std::time::Duration::from_secs(10)).is_some());
-        let drained = std::time::Instant::now();
-        while drained.elapsed() < std::time::Duration::from_millis(200) {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        assert_eq!(runs.load(Ordering::SeqCst), 1, "the job ran exactly once");
-    }
-
-    #[test]
-    fn a_panic_in_a_job_run_or_taken_back_reaches_the_caller() {
-        let there = std::panic::catch_unwind(|| {
-            run_or_take_back(
-                || panic!("the job's own failure"),
-                std::time::Duration::from_secs(10),
-            )
-        });
-        assert!(
-            there.is_err(),
-            "a panic on a background thread is resumed here"
-        );
-        let blocked = Blocked::every_thread();
-        let here = std::panic::catch_unwind(|| {
-            run_or_take_back(
-                || panic!("the job's own failure"),
-                std::time::Duration::from_millis(10),
-            )
-        });
-        drop(blocked);
-        assert!(here.is_err(), "and so is one in a job taken back");
     }
 
     #[test]

@@ -140,12 +140,14 @@ pub async fn run(
     };
     // The state machine loads and verifies the stored history; the core takes that same verified
     // history rather than verifying it again (issue 11.4: start-up verified it twice).
-    let (mut log_store, state_machine) =
+    let (mut log_store, mut state_machine) =
         crate::raft::open(&store, &config.data_dir.join(crate::raft::LOG_DIR))
             .map_err(|e| refuse(&e))?;
     // The transitions this replica appends as the leader are verified while they are flushed and
     // replicated (`raft::early`).
     log_store.check_early(state_machine.early_checks(), config.node_id);
+    // Those other replicas led are verified on the background threads when they are applied.
+    state_machine.check_others_early(config.node_id);
     // And synced while they are replicated: the leader's sync and the followers' round trip overlap.
     log_store.sync_own_appends_later(config.node_id);
     let mut coordinator =
@@ -218,8 +220,7 @@ pub async fn run(
         raft_config(config.snapshot_after_entries)?,
         network.clone(),
         log_store,
-        // The entries other replicas led are applied on the background threads.
-        crate::raft::FollowerApply::new(state_machine, config.node_id),
+        state_machine,
     )
     .await?;
     let node = Arc::new(Node::new(

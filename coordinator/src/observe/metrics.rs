@@ -33,7 +33,6 @@ pub const COMMIT_PHASES: &[&str] = &[
     "replicate",
     "peer_append",
     "apply",
-    "apply_queue",
     "verify",
     "verify_wait",
     "store_write",
@@ -353,7 +352,7 @@ fn counter_families(e: &mut Exposition, c: &Counters) {
         "Where a SetManifest's time goes, by phase: on the leader `queue` (waiting for earlier writes and \
          the applied log), `prepare`, `raft_write` (append, replication, commit and apply), `commit` \
          (adopting the new secrets); on every replica `log_append` (encode, write and fdatasync log entries in the Raft log's file), \
-         `apply` (the state machine), `apply_queue` (on a follower, the wait for a background thread to take its apply), `verify` (the part of `apply` that decodes and verifies an appended \
+         `apply` (the state machine), `verify` (the part of `apply` that decodes and verifies an appended \
          transition), `store_write` (the part of `apply` that writes it to the history) and, on the leader, `replicate` (one AppendEntries round trip to a follower).",
         Kind::Histogram,
     );

@@ -11,6 +11,11 @@
 //! state machine, at normal priority, verifies the command in full instead, at the cost it would
 //! have without early checks, and the background verdict is dropped when it comes.
 //!
+//! A follower's state machine starts the checks of the transitions another replica led when it applies
+//! them (`StateMachine::check_others_early`), and takes each verdict with [`EarlyChecks::take_within`],
+//! which waits for the background threads up to a bound first: no commit waits for a follower's apply,
+//! so its verification can give way to the work that one does, but never for longer than the bound.
+//!
 //! What is checked early is a pure function of the command's bytes and of the two things a history
 //! fixes at its first transition (the [`Anchors`]: the transition signing key and the root CA
 //! certificate): decoding, the manifest's parse, the coordinator's and the owner's signatures, and the
@@ -83,6 +88,8 @@ enum State {
 #[derive(Debug)]
 struct Slot {
     state: Mutex<State>,
+    /// Notified when the checks are over (`run`).
+    over: std::sync::Condvar,
     bytes: usize,
 }
 
@@ -123,6 +130,26 @@ impl Slot {
             Ok(verdict) => State::Done(Box::new(verdict)),
             Err(_) => State::Gone,
         };
+        self.over.notify_all();
+    }
+
+    /// The verdict, waiting up to `wait` for a background thread to start and finish the checks;
+    /// then as [`Slot::verdict`]: run here if still not started, not waited for if under way.
+    fn verdict_within(&self, wait: Duration) -> Outcome {
+        let deadline = std::time::Instant::now() + wait;
+        let mut state = self.lock();
+        while matches!(*state, State::Queued(..) | State::Running) {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                break;
+            }
+            state = self
+                .over
+                .wait_timeout(state, deadline - now)
+                .map_or_else(|p| p.into_inner().0, |(s, _)| s);
+        }
+        drop(state);
+        self.verdict()
     }
 
     /// Drops the checks if they have not started: nobody will ask for the verdict.
@@ -229,6 +256,7 @@ impl EarlyChecks {
             }
             let slot = Arc::new(Slot {
                 state: Mutex::new(State::Queued(Box::new((cmd.clone(), anchors)))),
+                over: std::sync::Condvar::new(),
                 bytes,
             });
             pending.bytes += bytes;
@@ -247,7 +275,18 @@ impl EarlyChecks {
     /// way are not waited for (None; the caller verifies in full). Forgets every verdict up to
     /// `index`, used or not. Counts what it found in the metrics (`concord_early_checks_total`).
     pub fn take(&self, index: u64, cmd: &AppendTransition, anchors: &Anchors) -> Option<Taken> {
-        let taken = self.find(index, cmd, anchors);
+        self.take_within(index, cmd, anchors, Duration::ZERO)
+    }
+
+    /// As [`EarlyChecks::take`], waiting up to `wait` for the background threads to reach the verdict.
+    pub fn take_within(
+        &self,
+        index: u64,
+        cmd: &AppendTransition,
+        anchors: &Anchors,
+        wait: Duration,
+    ) -> Option<Taken> {
+        let taken = self.find(index, cmd, anchors, wait);
         let outcome = match &taken {
             Ok(_) => "used",
             Err(Outcome::Running) => "running",
@@ -273,6 +312,7 @@ impl EarlyChecks {
         index: u64,
         cmd: &AppendTransition,
         anchors: &Anchors,
+        wait: Duration,
     ) -> Result<Taken, Outcome> {
         let slot = {
             let mut pending = self.lock();
@@ -288,7 +328,7 @@ impl EarlyChecks {
             }
             found.ok_or(Outcome::Gone)?
         };
-        let verdict = match slot.verdict() {
+        let verdict = match slot.verdict_within(wait) {
             Outcome::Done(verdict) => verdict,
             other => return Err(other),
         };

@@ -122,8 +122,9 @@ impl LogStore {
     }
 
     /// Starts the early checks (`raft::early`) of every transition that replica `own` (this one)
-    /// appends as the leader from now on. A follower verifies when it applies: its checks would run
-    /// while it appends and acknowledges, on the cores the leader's commit waits for.
+    /// appends as the leader from now on. A follower's checks start when it applies
+    /// (`StateMachine::check_others_early`): at append they would run while it acknowledges, on the
+    /// cores the leader's commit waits for.
     pub fn check_early(&mut self, early: EarlyChecks, own: NodeId) {
         self.early = Some((early, own));
     }

@@ -25,7 +25,6 @@
 pub(crate) mod early;
 mod encoding;
 mod error;
-mod follower_apply;
 mod log_store;
 pub mod network;
 mod recent;
@@ -36,7 +35,6 @@ pub mod types;
 pub mod wal;
 
 pub use error::RaftStoreError;
-pub use follower_apply::FollowerApply;
 pub use log_store::{LOG_TREE, LogStore, META_TREE};
 pub use sealed::{SealedDelivery, SealedInbox};
 pub use snapshot::{SNAPSHOT_FORMAT, SnapshotBuilder};

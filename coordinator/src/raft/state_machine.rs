@@ -43,6 +43,10 @@ const APPLIED: &[u8] = b"applied";
 const APPLIED_LATEST: &[u8] = b"applied-latest";
 const MEMBERSHIP: &[u8] = b"membership";
 
+/// How long applying a transition another replica led waits for the background threads' verdict
+/// on it (`check_others_early`): then the state machine verifies it in full, at its own priority.
+pub const OTHERS_VERDICT_WAIT: Duration = Duration::from_millis(10);
+
 /// The Raft state machine over the history.
 #[derive(Debug)]
 pub struct StateMachine {
@@ -63,6 +67,9 @@ pub struct StateMachine {
     early: EarlyChecks,
     /// The history's anchors (its signing key and root CA), as `early` knows them.
     anchors: Option<Anchors>,
+    /// This replica, once [`StateMachine::check_others_early`] was called: the entries others led
+    /// are checked early when they are applied.
+    own: Option<NodeId>,
 }
 
 /// A command that passed every check.
@@ -134,14 +141,27 @@ impl StateMachine {
             flush_soon: crate::store::FlushSoon::new(store.durable().clone()),
             early: EarlyChecks::default(),
             anchors: None,
+            own: None,
         };
         sm.refresh_anchors();
         Ok(sm)
     }
 
-    /// The early checks this state machine takes its verdicts from: the log store starts them.
+    /// The early checks this state machine takes its verdicts from: the log store starts them for
+    /// the entries this replica leads, and the state machine for those others led
+    /// ([`StateMachine::check_others_early`]).
     pub fn early_checks(&self) -> EarlyChecks {
         self.early.clone()
+    }
+
+    /// From now on, the transitions that a replica other than `own` (this one) led are checked on
+    /// the background threads when they are applied, and the apply waits up to
+    /// [`OTHERS_VERDICT_WAIT`] for the verdict before it verifies in full itself. No commit waits for
+    /// a follower's apply, but it comes when the leader answers and the next request arrives: the
+    /// verification then gives way to the work they want (docs/THREAT_MODEL.md, "A follower's
+    /// verification").
+    pub fn check_others_early(&mut self, own: NodeId) {
+        self.own = Some(own);
     }
 
     /// Makes the anchors follow the history (at open, after its first transition, after a snapshot).
@@ -219,15 +239,17 @@ impl StateMachine {
         )
     }
 
+    /// Applies one transition, waiting up to `wait` for its early verdict (`EarlyChecks::take_within`).
     fn apply_append(
         &mut self,
         index: u64,
         cmd: &AppendTransition,
+        wait: Duration,
     ) -> Result<CommandResponse, RaftStoreError> {
         let phases = crate::observe::global();
         let waiting = std::time::Instant::now();
         let early = match &self.anchors {
-            Some(anchors) => self.early.take(index, cmd, anchors),
+            Some(anchors) => self.early.take_within(index, cmd, anchors, wait),
             None => {
                 // The first transition: it brings the anchors early checks need.
                 phases.early_check("none");
@@ -542,13 +564,33 @@ impl StateMachine {
 }
 
 impl StateMachine {
-    /// Applies committed entries in order: what `RaftStateMachine::apply` does, on whichever thread
-    /// calls it (`follower_apply` moves a follower's to the background threads).
+    /// Whether `entry` is one that another replica led, when this replica checks those early.
+    fn led_by_another(&self, entry: &Entry<TypeConfig>) -> bool {
+        self.own
+            .is_some_and(|own| entry.log_id.leader_id.node_id != own)
+    }
+
+    /// Starts the early checks of the transitions in `entries` that another replica led (only after
+    /// [`StateMachine::check_others_early`]). True if any was started.
+    fn start_others_checks(&self, entries: &[Entry<TypeConfig>]) -> bool {
+        let mut started = false;
+        for entry in entries {
+            if let EntryPayload::Normal(Command::Append(cmd)) = &entry.payload
+                && self.led_by_another(entry)
+            {
+                self.early.start(entry.log_id.index, cmd);
+                started = true;
+            }
+        }
+        started
+    }
+
+    /// Applies committed entries in order.
     // openraft's error type, as `RaftStateMachine::apply` returns it.
     #[allow(clippy::result_large_err)]
-    pub(super) fn apply_entries(
+    fn apply_entries(
         &mut self,
-        entries: impl IntoIterator<Item = Entry<TypeConfig>>,
+        entries: Vec<Entry<TypeConfig>>,
     ) -> Result<Vec<CommandResponse>, StorageError<NodeId>> {
         let started = std::time::Instant::now();
         let mut responses = Vec::new();
@@ -556,10 +598,17 @@ impl StateMachine {
             let log_id = entry.log_id;
             let failed =
                 |e: RaftStoreError| e.into_storage(ErrorSubject::Apply(log_id), ErrorVerb::Write);
+            let wait = if self.led_by_another(&entry) {
+                OTHERS_VERDICT_WAIT
+            } else {
+                Duration::ZERO
+            };
             let response = match entry.payload {
                 EntryPayload::Blank => CommandResponse::NoCommand,
                 EntryPayload::Normal(Command::Append(cmd)) => {
-                    let response = self.apply_append(log_id.index, &cmd).map_err(failed)?;
+                    let response = self
+                        .apply_append(log_id.index, &cmd, wait)
+                        .map_err(failed)?;
                     if let CommandResponse::Applied { hash } = &response {
                         self.deliver(*hash, &cmd.mesh, &cmd.sealed);
                     }
@@ -616,7 +665,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        self.apply_entries(entries)
+        let entries: Vec<_> = entries.into_iter().collect();
+        // openraft's error type, as this method returns it.
+        #[allow(clippy::result_large_err)]
+        if self.start_others_checks(&entries) {
+            // Waits for the background threads' verdicts: off the runtime's workers.
+            crate::in_place::off_the_workers(|| self.apply_entries(entries))
+        } else {
+            self.apply_entries(entries)
+        }
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {

@@ -157,3 +157,69 @@ fn a_check_under_way_is_not_waited_for() {
     assert_eq!((early.used(), early.running()), (0, 1));
     assert_eq!(early.pending(), 0, "the slot is forgotten");
 }
+
+/// `take_within` waits for a check under way, but only up to its bound: then it answers without a
+/// verdict, and the state machine verifies in full at its own priority.
+#[test]
+fn a_check_under_way_is_waited_for_only_up_to_the_bound() {
+    let (anchors, good, early) = second_transition_and_its_checks();
+    early.start(2, &good);
+    let slot = early.lock().slots[0].1.clone();
+    *slot.lock() = super::State::Running;
+
+    let wait = std::time::Duration::from_millis(50);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let taking = early.clone();
+    std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        let taken = taking.take_within(2, &good, &anchors, wait).is_some();
+        let _ = tx.send((taken, started.elapsed()));
+    });
+    let (taken, took) = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("take_within waited past its bound for a check that never ends");
+    assert!(!taken, "a verdict where none was reached");
+    assert!(took >= wait, "answered after {took:?}, before the bound");
+    assert_eq!((early.used(), early.running()), (0, 1));
+}
+
+/// A wait ends as soon as the background thread is done, not at the bound.
+#[test]
+fn a_wait_for_a_verdict_ends_when_the_check_does() {
+    let (anchors, good, early) = second_transition_and_its_checks();
+    early.start(2, &good);
+    let slot = early.lock().slots[0].1.clone();
+    *slot.lock() = super::State::Running;
+    let finishing = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        // As when the check panicked: over, and no verdict.
+        *slot.lock() = super::State::Gone;
+        slot.over.notify_all();
+    });
+    let started = std::time::Instant::now();
+    let taken = early.take_within(2, &good, &anchors, std::time::Duration::from_secs(20));
+    let took = started.elapsed();
+    finishing.join().unwrap();
+    assert!(
+        taken.is_none(),
+        "a check that ended without a verdict gives none"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "the wait lasted {took:?}: it did not end with the check"
+    );
+    assert_eq!((early.used(), early.running()), (0, 0));
+}
+
+/// A check nobody has started by the bound is run by the one who waited, and its verdict used.
+#[test]
+fn a_check_not_started_by_the_bound_is_run_by_the_caller() {
+    // Outside a runtime nothing runs it in the background.
+    let (anchors, good, early) = second_transition_and_its_checks();
+    early.start(2, &good);
+    let wait = std::time::Duration::from_millis(20);
+    let started = std::time::Instant::now();
+    assert!(early.take_within(2, &good, &anchors, wait).is_some());
+    assert!(started.elapsed() >= wait);
+    assert_eq!(early.used(), 1);
+}

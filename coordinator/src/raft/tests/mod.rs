@@ -2,9 +2,9 @@
 //! transitions made by a `Coordinator` in memory, and log entries that carry them.
 
 mod apply;
-mod follower_apply;
 mod membership;
 mod no_secret;
+mod others_early;
 mod persistence;
 mod snapshot;
 mod suite;
