@@ -660,14 +660,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((self.last_applied, self.last_membership.clone()))
     }
 
+    // openraft's error type, which `off_the_workers` below passes on.
+    #[allow(clippy::result_large_err)]
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResponse>, StorageError<NodeId>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<_> = entries.into_iter().collect();
-        // openraft's error type, as this method returns it.
-        #[allow(clippy::result_large_err)]
         if self.start_others_checks(&entries) {
             // Waits for the background threads' verdicts: off the runtime's workers.
             crate::in_place::off_the_workers(|| self.apply_entries(entries))
