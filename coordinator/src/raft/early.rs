@@ -93,6 +93,15 @@ struct Slot {
     bytes: usize,
 }
 
+/// Which checks a new start replaces.
+#[derive(Debug, Clone, Copy)]
+enum Replace {
+    /// Those at its index and after: the log was truncated there.
+    FromIndex,
+    /// Only one at its index.
+    AtIndex,
+}
+
 /// What became of a command's early checks when the state machine wanted their verdict.
 #[derive(Debug)]
 enum Outcome {
@@ -238,6 +247,17 @@ impl EarlyChecks {
     /// transition (it brings its own anchors), before the history has anchors, or when `MAX_PENDING`
     /// commands or `MAX_PENDING_BYTES` are pending.
     pub fn start(&self, index: u64, cmd: &AppendTransition) {
+        self.start_at(index, cmd, Replace::FromIndex);
+    }
+
+    /// As [`EarlyChecks::start`], for an entry that another replica led, as it is applied
+    /// (`StateMachine::check_others_early`): the checks started for later entries stay, since a
+    /// replica that became the leader has appended its own after the ones it applies from before.
+    pub fn start_at_apply(&self, index: u64, cmd: &AppendTransition) {
+        self.start_at(index, cmd, Replace::AtIndex);
+    }
+
+    fn start_at(&self, index: u64, cmd: &AppendTransition, replace: Replace) {
         if cmd.genesis.is_some() {
             return;
         }
@@ -249,8 +269,11 @@ impl EarlyChecks {
             let Some(anchors) = pending.anchors.clone() else {
                 return;
             };
-            // An entry appended again at an index replaces the one before (a truncated log).
-            pending.remove_from(index);
+            match replace {
+                // An entry appended again at an index replaces the one before (a truncated log).
+                Replace::FromIndex => pending.remove_from(index),
+                Replace::AtIndex => pending.remove_at(index),
+            }
             if pending.slots.len() >= MAX_PENDING || pending.bytes + bytes > MAX_PENDING_BYTES {
                 return;
             }
@@ -260,7 +283,9 @@ impl EarlyChecks {
                 bytes,
             });
             pending.bytes += bytes;
-            pending.slots.push((index, slot.clone()));
+            // In index order, which `find` relies on.
+            let at = pending.slots.partition_point(|(i, _)| *i < index);
+            pending.slots.insert(at, (index, slot.clone()));
             slot
         };
         if tokio::runtime::Handle::try_current().is_ok() {
@@ -380,6 +405,15 @@ impl Pending {
     fn remove_from(&mut self, index: u64) {
         let keep = self.slots.partition_point(|(i, _)| *i < index);
         for (_, slot) in self.slots.drain(keep..) {
+            self.bytes -= slot.bytes;
+            slot.cancel();
+        }
+    }
+
+    /// Forgets the slot at `index`, if any.
+    fn remove_at(&mut self, index: u64) {
+        if let Ok(at) = self.slots.binary_search_by_key(&index, |(i, _)| *i) {
+            let (_, slot) = self.slots.remove(at);
             self.bytes -= slot.bytes;
             slot.cancel();
         }

@@ -578,7 +578,7 @@ impl StateMachine {
             if let EntryPayload::Normal(Command::Append(cmd)) = &entry.payload
                 && self.led_by_another(entry)
             {
-                self.early.start(entry.log_id.index, cmd);
+                self.early.start_at_apply(entry.log_id.index, cmd);
                 started = true;
             }
         }

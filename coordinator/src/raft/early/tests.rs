@@ -223,3 +223,32 @@ fn a_check_not_started_by_the_bound_is_run_by_the_caller() {
     assert!(started.elapsed() >= wait);
     assert_eq!(early.used(), 1);
 }
+
+/// A replica that became the leader applies entries from before its term after it appended its own:
+/// starting the checks of one it applies keeps those of its own later entries, in index order.
+#[test]
+fn checks_started_at_apply_keep_the_later_ones_and_their_order() {
+    let history = History::new(4);
+    let anchors = anchors_of(&history);
+    let early = with_anchors(&anchors);
+    early.start(4, &history.command(3));
+    early.start_at_apply(2, &flipped(&history.command(1)));
+    // Applied again at the same index: only that one is replaced.
+    early.start_at_apply(2, &history.command(1));
+    early.start_at_apply(3, &history.command(2));
+    let held: Vec<u64> = early.lock().slots.iter().map(|(i, _)| *i).collect();
+    assert_eq!(held, [2, 3, 4]);
+    for i in 1..4 {
+        assert!(
+            early
+                .take(i as u64 + 1, &history.command(i), &anchors)
+                .is_some(),
+            "transition {i}'s verdict"
+        );
+    }
+    assert_eq!(early.used(), 3);
+    // A start from the log store still replaces everything from its index on (a truncated log).
+    early.start_at_apply(6, &history.command(3));
+    early.start(5, &history.command(2));
+    assert_eq!(early.pending(), 1);
+}
