@@ -47,10 +47,10 @@ async fn a_first_and_a_second_transition_are_verified_and_written() {
 }
 
 /// A tampered command, and what its rejection must say.
-struct Tamper {
-    what: &'static str,
-    reason: &'static str,
-    cmd: AppendTransition,
+pub(super) struct Tamper {
+    pub what: &'static str,
+    pub reason: &'static str,
+    pub cmd: AppendTransition,
 }
 
 fn resigned(cmd: &AppendTransition, f: impl FnOnce(&mut Transition)) -> AppendTransition {
@@ -62,7 +62,7 @@ fn resigned(cmd: &AppendTransition, f: impl FnOnce(&mut Transition)) -> AppendTr
     }
 }
 
-fn tampered_second_commands(history: &History) -> Vec<Tamper> {
+pub(super) fn tampered_second_commands(history: &History) -> Vec<Tamper> {
     let good = history.command(1);
     let first = history.command(0);
     let other = History::new(2);
@@ -152,7 +152,7 @@ fn tampered_second_commands(history: &History) -> Vec<Tamper> {
 }
 
 /// `response` refuses `tamper`'s command for the reason it must give.
-fn assert_refused(response: CommandResponse, tamper: &Tamper) {
+pub(super) fn assert_refused(response: CommandResponse, tamper: &Tamper) {
     match response {
         CommandResponse::Rejected { reason } => assert!(
             reason.contains(tamper.reason),

@@ -7,6 +7,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::testing::{StoreBuilder, Suite};
 use tempfile::TempDir;
 
+use super::apply::{assert_refused, tampered_second_commands};
 use super::{Disk, History, apply_one, command_entry};
 use crate::raft::{CommandResponse, LogStore, StateMachine, TypeConfig};
 
@@ -47,6 +48,34 @@ async fn transitions_others_led_are_checked_early_at_apply_and_a_leaders_own_are
     }
     assert_eq!(disks[0].latest(), Some(history.hashes[2]));
     assert_eq!(disks[0].history_dump(), disks[1].history_dump());
+}
+
+/// Invariant 2 on a follower: every tampered command another replica led is checked early at apply
+/// (the checks of its own bytes; some pass them, as an index or a previous that is not the next one)
+/// and is refused all the same, for the reason a state machine without early checks gives, with the
+/// history unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_refuses_every_tampered_command_it_checks_early() {
+    let history = History::new(2);
+    let disk = Disk::new();
+    let (_log, mut sm) = disk.open();
+    sm.check_others_early(FOLLOWER);
+    let early = sm.early_checks();
+    apply_one(&mut sm, command_entry(1, history.command(0))).await;
+    let before = disk.history_dump();
+    let tampers = tampered_second_commands(&history);
+    for (i, tamper) in tampers.iter().enumerate() {
+        let index = i as u64 + 2;
+        let response = apply_one(&mut sm, command_entry(index, tamper.cmd.clone())).await;
+        assert_refused(response, tamper);
+        assert_eq!(disk.history_dump(), before, "{}", tamper.what);
+    }
+    // Each was checked early; some of those verdicts passed and were used, and still refused.
+    assert!(
+        early.used() + early.running() > 0,
+        "no tampered command passed the checks of its own bytes"
+    );
+    assert_eq!(early.pending(), 0);
 }
 
 struct FollowerBuilder;
