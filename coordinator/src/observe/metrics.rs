@@ -291,7 +291,7 @@ fn counter_families(e: &mut Exposition, c: &Counters) {
     }
     e.family(
         "concord_early_checks_total",
-        "Transitions applied, by what became of the checks started for them when their entry was appended: used (the verdict spared the apply its signature and certificate checks), running (still under way on a background thread, so the apply verified in full rather than wait), none (not started, failed, or for another command).",
+        "Transitions applied, by what became of the checks started for them (by the leader when it appended their entry, by a follower when it applies one another replica led): used (the verdict spared the apply its signature and certificate checks), running (still under way on a background thread, so the apply verified in full rather than wait, or wait longer than 10 ms on a follower), none (not started, failed, or for another command).",
         Kind::Counter,
     );
     for (outcome, n) in &c.early_checks {

@@ -492,7 +492,7 @@ pub fn rows(
                 return Row::new(
                     format!("  where it goes: transitions applied with early checks {outcome}, on the {side}"),
                     p.count.to_string(),
-                    "used: their verdict was ready; running: not waited for, verified in full; none: not started or failed",
+                    "used: their verdict was ready; running: not waited for (a follower waits up to 10 ms), verified in full; none: not started or failed",
                     "-",
                     Verdict::Info,
                 );
