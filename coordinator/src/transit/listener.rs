@@ -8,7 +8,9 @@
 //!
 //! What a client can cost: the port's [`ListenerLimits`] (connections per source and in all, a 5 s
 //! handshake deadline, the idle timeout), then per connection one request at a time of at most
-//! `max_message_bytes` of body and 64 KiB of headers, each read within the request timeout.
+//! `max_message_bytes` of body and 64 KiB of headers, each read within the request timeout; and when
+//! the connection ends, at most [`LINGER_TIME`] and `4 × max_message_bytes` read and discarded after
+//! the last answer ([`linger_close`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -340,9 +342,11 @@ impl<S: Store> TransitServer<S> {
             .header_read_timeout(limits.handshake_deadline)
             .max_buf_size(64 * 1024)
             .keep_alive(true)
-            .serve_connection(TokioIo::new(io), service);
-        if let Err(e) = conn.await {
-            debug!(%remote, error = %e, "transit connection ended with an error");
+            .serve_connection(TokioIo::new(io), service)
+            .without_shutdown();
+        match conn.await {
+            Ok(parts) => linger_close(parts.io.into_inner(), &limits).await,
+            Err(e) => debug!(%remote, error = %e, "transit connection ended with an error"),
         }
     }
 
@@ -422,6 +426,36 @@ impl<S: Store> TransitServer<S> {
         }
         json_response(reply.status, reply.body)
     }
+}
+
+/// The longest a connection is kept, after its last answer, to read and discard what the client still
+/// sends.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+
+/// Closes a connection hyper is done with without losing its last answer (a lingering close, as
+/// Apache and nginx do): the write side first (TLS `close_notify`, then the TCP FIN), then what the
+/// client still sends is read and discarded until it closes too, for at most [`LINGER_TIME`] and
+/// `4 × max_message_bytes`. Vault's clients (`requests`, Go's `net/http`) send a whole body before
+/// they read the answer: after a 413 for a body over the limit, a connection closed with that body
+/// unread would be reset, and the reset can reach the client before the answer (or while it still
+/// sends, so it never reads it). The connection keeps its place in the port's limits meanwhile.
+async fn linger_close(mut io: AtlsIo, limits: &ListenerLimits) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if io.shutdown().await.is_err() {
+        return;
+    }
+    let budget = 4 * limits.max_message_bytes;
+    let drain = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut read = 0;
+        while read < budget {
+            match io.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => read += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
 }
 
 fn json_response(status: u16, body: Vec<u8>) -> Response<Full<Bytes>> {
