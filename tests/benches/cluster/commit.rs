@@ -2,6 +2,8 @@
 //!
 //! Both clients keep one connection to the leader and send one request at a time; each Concord
 //! request is a new manifest version (a new transition), each etcd put a value of the same bytes.
+//! The reference's puts (etcd with TLS, gRPC) are made between the Concord calls, [`BLOCK`] at a
+//! time, both clusters running: a change on the machine during the run weighs on both alike.
 
 use std::time::{Duration, Instant};
 
@@ -156,8 +158,95 @@ fn phases(before: &[PhaseTotals], after: &[PhaseTotals]) -> Vec<Phase> {
     out
 }
 
-/// `n` sequential SetManifest calls on the leader, each timed from send to acknowledgement.
-pub async fn concord(cluster: &mut Cluster, n: usize) -> Result<Commits, String> {
+/// The Concord calls and the reference's etcd puts alternate in blocks of this many, so that what
+/// changes on the machine during a run (the disk's sync regime, which moves a commit's p50 by about
+/// 0.4 ms from one minute to the next here, or another process) weighs on both alike. Blocks rather
+/// than single calls, so that each side still runs back to back as it would alone.
+pub const BLOCK: usize = 10;
+
+/// The reference measured between the Concord calls: puts of `value(i)` on the leader of `etcd`, a
+/// cluster started with TLS ([`EtcdCluster::start_tls`]), over its gRPC API on one kept connection:
+/// the same client stack and link security as the Concord client's SetManifest calls.
+pub struct Interleaved<'a> {
+    pub etcd: &'a EtcdCluster,
+    pub value: &'a dyn Fn(usize) -> Vec<u8>,
+}
+
+/// What the interleaved etcd puts measured.
+pub struct EtcdPuts {
+    pub samples: Samples,
+    /// etcd's own mean WAL fsync over the timed puts, and how many it counted (its metrics).
+    pub wal_fsync: Result<(Duration, u64), String>,
+}
+
+/// The etcd side of an interleaved run, until it fails.
+struct EtcdSide<'a> {
+    client: crate::etcd_grpc::EtcdGrpc,
+    reference: Interleaved<'a>,
+    made: usize,
+    samples: Vec<Duration>,
+    fsyncs_before: Result<(f64, u64), String>,
+}
+
+impl<'a> EtcdSide<'a> {
+    async fn connect(reference: Interleaved<'a>) -> Result<EtcdSide<'a>, String> {
+        let client = reference.etcd.grpc_client(reference.etcd.leader()?).await?;
+        Ok(EtcdSide {
+            client,
+            reference,
+            made: 0,
+            samples: Vec::new(),
+            fsyncs_before: Err("no scrape before the timed puts".into()),
+        })
+    }
+
+    /// `count` sequential puts; timed ones are kept, and etcd's fsync totals taken before the first.
+    async fn puts(&mut self, count: usize, timed: bool) -> Result<(), String> {
+        if timed && self.samples.is_empty() {
+            self.fsyncs_before = etcd_wal_fsync_totals(self.reference.etcd);
+        }
+        for _ in 0..count {
+            let value = (self.reference.value)(self.made);
+            self.made += 1;
+            let start = Instant::now();
+            self.client.put(b"concord/manifest", &value).await?;
+            if timed {
+                self.samples.push(start.elapsed());
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> EtcdPuts {
+        let after = etcd_wal_fsync_totals(self.reference.etcd);
+        EtcdPuts {
+            samples: Samples::new(self.samples),
+            wal_fsync: etcd_wal_fsync_mean(self.fsyncs_before, after),
+        }
+    }
+}
+
+/// `n` sequential SetManifest calls on the leader, each timed from send to acknowledgement; with a
+/// `reference`, `n` etcd puts too, [`BLOCK`] after each [`BLOCK`] Concord calls (and as many warm-up
+/// puts as warm-up calls). A failure of etcd ends its side only.
+pub async fn concord(
+    cluster: &mut Cluster,
+    n: usize,
+    reference: Option<Interleaved<'_>>,
+) -> (Result<Commits, String>, Option<Result<EtcdPuts, String>>) {
+    let mut etcd = match reference {
+        Some(r) => Some(EtcdSide::connect(r).await),
+        None => None,
+    };
+    let commits = concord_calls(cluster, n, &mut etcd).await;
+    (commits, etcd.map(|side| side.map(EtcdSide::finish)))
+}
+
+async fn concord_calls(
+    cluster: &mut Cluster,
+    n: usize,
+    etcd: &mut Option<Result<EtcdSide<'_>, String>>,
+) -> Result<Commits, String> {
     let mut client = cluster.leader_client().await?;
     let wake_ups = wake_ups(&mut client, n).await;
     let mut samples = Vec::with_capacity(n);
@@ -181,6 +270,21 @@ pub async fn concord(cluster: &mut Cluster, n: usize) -> Result<Commits, String>
         }
         if i >= WARMUP {
             samples.push(took);
+        }
+        // The etcd puts of this block: after the warm-up calls, and after each block of timed ones.
+        let due = match i + 1 {
+            done if done == WARMUP => Some((WARMUP, false)),
+            done if done > WARMUP
+                && ((done - WARMUP).is_multiple_of(BLOCK) || done == WARMUP + n) =>
+            {
+                Some(((done - WARMUP - 1) % BLOCK + 1, true))
+            }
+            _ => None,
+        };
+        if let (Some((count, timed)), Some(Ok(side))) = (due, etcd.as_mut())
+            && let Err(e) = side.puts(count, timed).await
+        {
+            *etcd = Some(Err(e));
         }
     }
     let phases = before.and_then(|b| Ok(phases(&b, &all_totals(cluster)?)));
@@ -279,22 +383,27 @@ pub fn etcd_wal_fsync_mean(
     ))
 }
 
-/// The row that sets etcd's own WAL fsync time (its metrics, over the puts of the no-TLS reference)
-/// beside Concord's log appends: on this virtual machine a sync's cost depends on how long the core
+/// The row that sets etcd's own WAL fsync time (its metrics, over the TLS puts made between the
+/// Concord calls) beside Concord's log appends over the calls: on this virtual machine a sync's cost depends on how long the core
 /// was idle before it, so the two show what each write path pays for the same disk.
 pub fn fsync_row(commits: &Commits, etcd_fsync: Result<&(Duration, u64), &str>) -> Row {
-    let appends = |leader: bool| {
+    let mean = |name: &str, leader: bool| {
         commits.phases.as_ref().ok().and_then(|phases| {
             phases
                 .iter()
-                .find(|p| p.name == "log_append" && p.on_leader == leader)
+                .find(|p| p.name == name && p.on_leader == leader)
                 .map(|p| ms(p.mean))
         })
     };
-    let concord = match (appends(true), appends(false)) {
-        (Some(l), Some(f)) => {
-            format!("Concord's log_append (write + fdatasync): leader {l}, followers {f}")
-        }
+    let concord = match (
+        mean("log_append", true),
+        mean("log_append", false),
+        mean("log_sync", true),
+        mean("log_sync", false),
+    ) {
+        (Some(l), Some(f), Some(sl), Some(sf)) => format!(
+            "Concord's log_append (write + fdatasync): leader {l}, followers {f}; its fdatasync alone: {sl}, {sf}"
+        ),
         _ => "Concord's log_append: no phase metrics".to_string(),
     };
     let (value, what) = match etcd_fsync {
@@ -305,40 +414,12 @@ pub fn fsync_row(commits: &Commits, etcd_fsync: Result<&(Duration, u64), &str>) 
         Err(e) => ("-".to_string(), format!("{concord}; etcd: {e}")),
     };
     Row::new(
-        "  etcd's own WAL fsync, mean (its metrics, over the no-TLS puts and their warm-up)",
+        "  etcd's own WAL fsync, mean (its metrics, over the TLS puts between the calls)",
         value,
         what,
         "-",
         Verdict::Info,
     )
-}
-
-/// `n` sequential puts of the values `value(i)` on the etcd leader's gRPC API over TLS
-/// ([`etcd::EtcdCluster::start_tls`]), on one kept connection: the same client stack and link
-/// security as the Concord client's SetManifest calls.
-pub fn etcd_tls(
-    etcd: &EtcdCluster,
-    n: usize,
-    value: impl Fn(usize) -> Vec<u8>,
-) -> Result<Samples, String> {
-    let leader = etcd.leader()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start a runtime for the gRPC client: {e}"))?;
-    runtime.block_on(async {
-        let mut client = etcd.grpc_client(leader).await?;
-        let mut samples = Vec::with_capacity(n);
-        for i in 0..WARMUP + n {
-            let value = value(i);
-            let start = Instant::now();
-            client.put(b"concord/manifest", &value).await?;
-            if i >= WARMUP {
-                samples.push(start.elapsed());
-            }
-        }
-        Ok(Samples::new(samples))
-    })
 }
 
 /// The p50 row (the target), the p99 row, and how the p50 moves as the history grows.

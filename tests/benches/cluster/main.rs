@@ -156,8 +156,9 @@ fn run(mode: &Mode, etcd: Option<&Path>) -> Vec<Row> {
             "durability",
             durability.as_ref().map(durability::rows),
         );
-        let concord = guarded("Concord, 3 replicas", || {
-            Ok(runtime.block_on(concord_cluster(mode)))
+        let reference = etcd.filter(|_| mode.runs("etcd"));
+        let mut concord = guarded("Concord, 3 replicas", || {
+            Ok(runtime.block_on(concord_cluster(mode, reference, &value)))
         })
         .unwrap_or_else(ConcordCluster::failed);
         let etcd = match etcd {
@@ -168,7 +169,14 @@ fn run(mode: &Mode, etcd: Option<&Path>) -> Vec<Row> {
             Some(_) => EtcdResults::failed("not run (--only)".into()),
             None => EtcdResults::failed(NO_REFERENCE.into()),
         };
-        cluster_rows(&mut rows, mode, &concord, &etcd, value_len);
+        // The TLS puts were made between the Concord calls (`commit::BLOCK`).
+        let etcd_tls = concord.etcd_tls.take().unwrap_or_else(|| {
+            Err(match etcd.commit.as_ref() {
+                Err(e) => e.clone(),
+                Ok(_) => "not measured".into(),
+            })
+        });
+        cluster_rows(&mut rows, mode, &concord, &etcd, &etcd_tls, value_len);
         sequential = Some(concord.rounds.map(|r| r.failover));
     }
     if mode.runs("failover") {
@@ -318,6 +326,7 @@ fn cluster_rows(
     mode: &Mode,
     concord: &ConcordCluster,
     etcd: &EtcdResults,
+    etcd_tls: &Result<commit::EtcdPuts, String>,
     value_len: usize,
 ) {
     push(
@@ -326,13 +335,17 @@ fn cluster_rows(
         concord.commit.as_ref().map(|c| {
             let mut commit_rows = commit::rows(
                 c,
-                etcd.commit_tls.as_ref().map_err(String::as_str),
+                etcd_tls
+                    .as_ref()
+                    .map(|p| &p.samples)
+                    .map_err(String::as_str),
                 etcd.commit.as_ref().map_err(String::as_str),
                 value_len,
             );
+            let fsync = etcd_tls.as_ref().map_err(String::as_str);
             commit_rows.push(commit::fsync_row(
                 c,
-                etcd.wal_fsync.as_ref().map_err(String::as_str),
+                fsync.and_then(|p| p.wal_fsync.as_ref().map_err(String::as_str)),
             ));
             commit_rows
         }),
@@ -414,6 +427,8 @@ struct ConcordCluster {
     /// On a short history, then after the commit latency run made it long.
     propagation: [Result<(Samples, u64), String>; 2],
     commit: Result<commit::Commits, String>,
+    /// etcd puts over gRPC and TLS, made between the commit calls, if an etcd binary was given.
+    etcd_tls: Option<Result<commit::EtcdPuts, String>>,
     concurrent: Result<concurrent::Concurrent, String>,
     rss: Result<Vec<u64>, String>,
     rounds: Result<failover::ConcordRounds, String>,
@@ -425,6 +440,7 @@ impl ConcordCluster {
             first: Err(e.clone()),
             propagation: [Err(e.clone()), Err(e.clone())],
             commit: Err(e.clone()),
+            etcd_tls: None,
             concurrent: Err(e.clone()),
             rss: Err(e.clone()),
             rounds: Err(e),
@@ -434,8 +450,13 @@ impl ConcordCluster {
 
 /// One 3-replica cluster for its first manifest, metrics 4, 1, 6, 4 again, then 2 and 3: the mesh
 /// CA propagation on a short history and on the long one the commit latency run leaves, the idle
-/// memory before any replica was restarted.
-async fn concord_cluster(mode: &Mode) -> ConcordCluster {
+/// memory before any replica was restarted. With `etcd`, a 3-member etcd cluster with TLS runs
+/// during the commit latency run only, for the puts made between its calls.
+async fn concord_cluster(
+    mode: &Mode,
+    etcd: Option<&Path>,
+    value: &dyn Fn(usize) -> Vec<u8>,
+) -> ConcordCluster {
     let mut cluster = match concord::Cluster::start(3) {
         Ok(c) => c,
         Err(e) => return ConcordCluster::failed(e),
@@ -447,7 +468,21 @@ async fn concord_cluster(mode: &Mode) -> ConcordCluster {
     let short = propagation::concord(&mut cluster, mode.propagation_rounds)
         .await
         .map(|s| (s, cluster.writer.transitions()));
-    let commit = commit::concord(&mut cluster, mode.writes).await;
+    let etcd_tls = etcd.map(|bin| {
+        etcd::EtcdCluster::start_tls(bin, 3)
+            .map_err(|e| format!("etcd with TLS did not start: {e}"))
+    });
+    let (commit, etcd_tls) = match &etcd_tls {
+        Some(Ok(etcd)) => {
+            let reference = commit::Interleaved { etcd, value };
+            commit::concord(&mut cluster, mode.writes, Some(reference)).await
+        }
+        Some(Err(e)) => (
+            commit::concord(&mut cluster, mode.writes, None).await.0,
+            Some(Err(e.clone())),
+        ),
+        None => commit::concord(&mut cluster, mode.writes, None).await,
+    };
     let concurrent = concurrent::concord(
         &mut cluster,
         mode.concurrent_clients,
@@ -472,6 +507,7 @@ async fn concord_cluster(mode: &Mode) -> ConcordCluster {
         first: Ok(first),
         propagation: [short, long],
         commit,
+        etcd_tls,
         concurrent,
         rss,
         rounds,
@@ -480,11 +516,8 @@ async fn concord_cluster(mode: &Mode) -> ConcordCluster {
 
 /// What the etcd clusters measured.
 struct EtcdResults {
+    /// Puts through the JSON gateway without TLS (the TLS ones are made with the Concord calls).
     commit: Result<Samples, String>,
-    /// etcd's own mean WAL fsync over those puts, and how many it counted (its metrics).
-    wal_fsync: Result<(Duration, u64), String>,
-    /// Puts over etcd's gRPC API with TLS on client and peer links (`EtcdCluster::start_tls`).
-    commit_tls: Result<Samples, String>,
     rss: Result<Vec<u64>, String>,
     failover: Result<Samples, String>,
     like_concord: Option<Result<Samples, String>>,
@@ -494,8 +527,6 @@ impl EtcdResults {
     fn failed(e: String) -> EtcdResults {
         EtcdResults {
             commit: Err(e.clone()),
-            wal_fsync: Err(e.clone()),
-            commit_tls: Err(e.clone()),
             rss: Err(e.clone()),
             failover: Err(e),
             like_concord: None,
@@ -508,27 +539,19 @@ fn etcd_cluster(mode: &Mode, bin: &Path, value: &dyn Fn(usize) -> Vec<u8>) -> Et
         Ok(c) => c,
         Err(e) => return EtcdResults::failed(format!("etcd did not start: {e}")),
     };
-    let fsyncs_before = commit::etcd_wal_fsync_totals(&cluster);
     let commit = commit::etcd(&cluster, mode.writes, value);
-    let wal_fsync =
-        commit::etcd_wal_fsync_mean(fsyncs_before, commit::etcd_wal_fsync_totals(&cluster));
     std::thread::sleep(mode.idle);
     let rss = (0..cluster.len())
         .map(|i| memory::rss(cluster.pid(i).unwrap_or(0)))
         .collect();
     let failover = failover::etcd(&mut cluster, mode.failovers, &value(0));
     drop(cluster);
-    let commit_tls = etcd::EtcdCluster::start_tls(bin, 3)
-        .map_err(|e| format!("etcd with TLS did not start: {e}"))
-        .and_then(|c| commit::etcd_tls(&c, mode.writes, value));
     let like_concord = mode.etcd_like_concord.then(|| {
         etcd::EtcdCluster::start(bin, 3, etcd::Timing::LikeConcord)
             .and_then(|mut c| failover::etcd(&mut c, mode.failovers, &value(0)))
     });
     EtcdResults {
         commit,
-        wal_fsync,
-        commit_tls,
         rss,
         failover,
         like_concord,
