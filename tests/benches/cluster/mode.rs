@@ -45,7 +45,7 @@ impl Mode {
     fn full() -> Mode {
         Mode {
             name: "full",
-            writes: 30,
+            writes: 200,
             concurrent_clients: 3,
             concurrent_writes: 50,
             durability_appends: 500,
