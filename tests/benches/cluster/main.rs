@@ -468,11 +468,11 @@ async fn concord_cluster(
     let short = propagation::concord(&mut cluster, mode.propagation_rounds)
         .await
         .map(|s| (s, cluster.writer.transitions()));
-    let etcd_tls = etcd.map(|bin| {
+    let reference = etcd.map(|bin| {
         etcd::EtcdCluster::start_tls(bin, 3)
             .map_err(|e| format!("etcd with TLS did not start: {e}"))
     });
-    let (commit, etcd_tls) = match &etcd_tls {
+    let (commit, etcd_tls) = match &reference {
         Some(Ok(etcd)) => {
             let reference = commit::Interleaved { etcd, value };
             commit::concord(&mut cluster, mode.writes, Some(reference)).await
@@ -483,6 +483,8 @@ async fn concord_cluster(
         ),
         None => commit::concord(&mut cluster, mode.writes, None).await,
     };
+    // Stopped before the sections that follow, which it would only disturb.
+    drop(reference);
     let concurrent = concurrent::concord(
         &mut cluster,
         mode.concurrent_clients,
