@@ -273,6 +273,23 @@ def phase_too_large(cfg, st):
     print(f"a client that kept sending after the answer was cut off after {sent >> 20} MiB, {took:.2f} s",
           file=sys.stderr)
     assert sent < (48 << 20) and took < 8, (sent, took)
+    # And in time: a client that keeps trickling after the answer (well within the idle timeout) is cut
+    # off after about 2 s.
+    sent, started = 0, time.time()
+    with socket.create_connection((host, int(port)), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname=host) as s:
+            s.sendall(b"POST /v1/transit/encrypt/orders HTTP/1.1\r\nHost: x\r\n"
+                      b"Content-Type: application/json\r\nContent-Length: 1073741824\r\n\r\n")
+            try:
+                while time.time() - started < 20:
+                    s.sendall(b"A" * 1024)
+                    sent += 1024
+                    time.sleep(0.05)
+            except OSError:
+                pass
+    took = time.time() - started
+    print(f"a client that trickled after the answer was cut off after {took:.2f} s", file=sys.stderr)
+    assert took < 8, (sent, took)
     # The connection's slot is given back: a normal request still works.
     assert client(cfg, 0).secrets.transit.encrypt_data("orders", plaintext=b64(b"small"))["data"]["ciphertext"]
 
