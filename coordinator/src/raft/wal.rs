@@ -639,8 +639,9 @@ impl Syncer {
     }
 }
 
-/// `fdatasync` of an append, timed as the `log_sync` phase: the part of `log_append` that etcd's
-/// `etcd_disk_wal_fsync_duration_seconds` measures of its own appends.
+/// `fdatasync` of the log's file after a record that must be durable (an append's entries, and the
+/// rare vote, truncation and purge), timed as the `log_sync` phase, as etcd's
+/// `etcd_disk_wal_fsync_duration_seconds` times every sync of its WAL.
 fn timed_sync(file: &File) -> std::io::Result<()> {
     let started = std::time::Instant::now();
     let synced = file.sync_data();
