@@ -258,36 +258,31 @@ def phase_too_large(cfg, st):
     ctx = ssl.create_default_context(cafile=f"{tls}/coordinator-root-ca.pem")
     ctx.load_cert_chain(f"{tls}/certChain.pem", f"{tls}/key.pem")
     host, port = cfg["replicas"][0].rsplit(":", 1)
-    sent, started = 0, time.time()
-    with socket.create_connection((host, int(port)), timeout=10) as raw:
-        with ctx.wrap_socket(raw, server_hostname=host) as s:
-            s.sendall(b"POST /v1/transit/encrypt/orders HTTP/1.1\r\nHost: x\r\n"
-                      b"Content-Type: application/json\r\nContent-Length: 1073741824\r\n\r\n")
-            try:
-                while sent < (1 << 30):
-                    s.sendall(b"A" * (64 << 10))
-                    sent += 64 << 10
-            except OSError:
-                pass
-    took = time.time() - started
+
+    def declare_1_gib_and_send(chunk, pause, within):
+        """Sends chunks of a body declared as 1 GiB until the replica cuts the connection or
+        `within` seconds pass; returns the bytes sent and the seconds taken."""
+        sent, started = 0, time.time()
+        with socket.create_connection((host, int(port)), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname=host) as s:
+                s.sendall(b"POST /v1/transit/encrypt/orders HTTP/1.1\r\nHost: x\r\n"
+                          b"Content-Type: application/json\r\nContent-Length: 1073741824\r\n\r\n")
+                try:
+                    while sent < (1 << 30) and time.time() - started < within:
+                        s.sendall(b"A" * chunk)
+                        sent += chunk
+                        time.sleep(pause)
+                except OSError:
+                    pass
+        return sent, time.time() - started
+
+    sent, took = declare_1_gib_and_send(64 << 10, 0, 20)
     print(f"a client that kept sending after the answer was cut off after {sent >> 20} MiB, {took:.2f} s",
           file=sys.stderr)
     assert sent < (48 << 20) and took < 8, (sent, took)
     # And in time: a client that keeps trickling after the answer (well within the idle timeout) is cut
     # off after about 2 s.
-    sent, started = 0, time.time()
-    with socket.create_connection((host, int(port)), timeout=10) as raw:
-        with ctx.wrap_socket(raw, server_hostname=host) as s:
-            s.sendall(b"POST /v1/transit/encrypt/orders HTTP/1.1\r\nHost: x\r\n"
-                      b"Content-Type: application/json\r\nContent-Length: 1073741824\r\n\r\n")
-            try:
-                while time.time() - started < 20:
-                    s.sendall(b"A" * 1024)
-                    sent += 1024
-                    time.sleep(0.05)
-            except OSError:
-                pass
-    took = time.time() - started
+    sent, took = declare_1_gib_and_send(1024, 0.05, 20)
     print(f"a client that trickled after the answer was cut off after {took:.2f} s", file=sys.stderr)
     assert took < 8, (sent, took)
     # The connection's slot is given back: a normal request still works.
