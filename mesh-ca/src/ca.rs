@@ -134,26 +134,14 @@ impl rcgen::SigningKey for P256Signer {
     }
 }
 
-/// A new mesh CA key and its public key, made ahead of need: deriving the public key is a scalar
-/// multiplication that takes RustCrypto about 0.12 ms here, the largest part of a new mesh CA once
-/// its signatures are ring's. Random from the OS CSPRNG like every mesh CA key (never from the seed:
-/// Invariant 3), kept only in memory and wiped on drop; [`MeshCa::generate_from`] consumes it.
-pub struct MeshCaKey {
+/// A new mesh CA key and its public key. Random from the OS CSPRNG like every mesh CA key (never from
+/// the seed: Invariant 3), kept only in memory and wiped on drop; certifying it consumes it.
+pub(crate) struct MeshCaKey {
     secret: p256::SecretKey,
     public: p256::PublicKey,
 }
 
 impl MeshCaKey {
-    /// A new random key from the OS CSPRNG, with its public key.
-    pub fn generate() -> Result<MeshCaKey, MeshCaError> {
-        Self::generate_with(&mut OsRng)
-    }
-
-    /// The public key: what the mesh CA certificates made from this key name.
-    pub fn public_key(&self) -> p256::PublicKey {
-        self.public
-    }
-
     fn generate_with<R: RngCore + CryptoRng + ?Sized>(
         rng: &mut R,
     ) -> Result<MeshCaKey, MeshCaError> {
@@ -299,16 +287,6 @@ impl MeshCa {
     /// not beyond the root certificate).
     pub fn generate(root: &RootCa, now: OffsetDateTime) -> Result<MeshCa, MeshCaError> {
         Self::generate_with(&mut OsRng, root, now)
-    }
-
-    /// [`MeshCa::generate`] with a key made ahead of need ([`MeshCaKey::generate`]), so that the
-    /// caller does not wait for its public key. The key is consumed: a key certifies one mesh CA.
-    pub fn generate_from(
-        key: MeshCaKey,
-        root: &RootCa,
-        now: OffsetDateTime,
-    ) -> Result<MeshCa, MeshCaError> {
-        Self::certify(&mut OsRng, key, root, now)
     }
 
     pub(crate) fn generate_with<R: RngCore + CryptoRng + ?Sized>(
@@ -1428,27 +1406,6 @@ mod tests {
         assert_eq!(key, mesh.key_for_attested_peer());
         let other = MeshCa::generate(&golden_root(), fixed_now()).unwrap();
         assert_ne!(key, other.key_for_attested_peer());
-    }
-
-    #[test]
-    fn a_mesh_ca_from_a_key_made_ahead_certifies_exactly_that_key() {
-        let root = golden_root();
-        let key = MeshCaKey::generate().unwrap();
-        let scalar = key.secret.to_bytes();
-        let public = key.public;
-        let mesh = MeshCa::generate_from(key, &root, fixed_now()).unwrap();
-        assert_eq!(mesh.key_for_attested_peer().as_slice(), scalar.as_slice());
-        // from_parts checks everything a received mesh CA must pass: both certificates for exactly
-        // this key, self-signed and signed by the root, Concord's names and extensions.
-        let rebuilt = rebuild(&mesh, &root).unwrap();
-        assert_eq!(rebuilt.mesh_ca_der(), mesh.mesh_ca_der());
-        let named =
-            p256::PublicKey::from_public_key_der(parse(mesh.mesh_ca_der()).public_key().raw)
-                .unwrap();
-        assert_eq!(named, public);
-        let other = MeshCaKey::generate().unwrap();
-        assert_ne!(other.secret.to_bytes(), scalar);
-        assert!(!format!("{other:?}").contains(&hex::encode(other.secret.to_bytes())));
     }
 
     #[test]

@@ -28,10 +28,12 @@ pub mod submission;
 #[cfg(test)]
 mod testing;
 
-pub use ca::{IssuedCert, MeshCa, MeshCaKey, RootCa, check_subject_alt_name};
+pub use ca::{IssuedCert, MeshCa, RootCa, check_subject_alt_name};
 pub use claims::{AttestedClaims, TcbClaims, TdxLeafClaims};
 pub use error::MeshCaError;
-pub use seal::{SealContext, SealKey, SealedKey, seal_key_report_data, seal_mesh_ca_key};
+pub use seal::{
+    SealAhead, SealContext, SealKey, SealedKey, seal_key_report_data, seal_mesh_ca_key,
+};
 pub use seed::{Salt, Seed, SeedEngine};
 pub use shares::{
     EncryptedShare, SHARE_LEN, SHARE_MAGIC, SeedShare, ShareOwnerKeyPair, combine, decrypt_share,

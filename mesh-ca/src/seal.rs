@@ -190,34 +190,96 @@ pub(crate) fn seal_with<R: RngCore + CryptoRng + ?Sized>(
     context: &SealContext,
     key: &[u8; 32],
 ) -> Result<SealedKey, MeshCaError> {
-    let recipient = <Kem as hpke::Kem>::PublicKey::from_bytes(recipient_key).map_err(|_| {
-        MeshCaError::SealFailed {
-            reason: "the recipient's seal key is not 32 bytes".into(),
-        }
-    })?;
-    let mut rng = FailureRecordingRng::new(rng);
-    let sealed = hpke::single_shot_seal::<Aead, Kdf, Kem, _>(
-        &OpModeS::Base,
-        &recipient,
-        labels::MESH_CA_SEAL,
-        key,
-        &context.aad(recipient_key),
-        &mut rng,
-    );
-    rng.check("sealing a mesh CA key")?;
-    let (encapsulated_key, ciphertext) = sealed.map_err(|e| MeshCaError::SealFailed {
-        reason: match e {
-            hpke::HpkeError::EncapError => {
-                "the recipient's seal key is a low-order X25519 point, which no key pair produces"
-                    .into()
+    SealAhead::encapsulate_with(rng, recipient_key)?.seal(context, key)
+}
+
+/// The costly half of sealing a mesh CA key to one recipient, done before the key and the transition
+/// are known: HPKE's encapsulation (an ephemeral X25519 key and its Diffie-Hellman with the
+/// recipient's seal key, about 0.1 ms here), which depends on nothing but the recipient's key. The
+/// leader makes these ahead of need on its background threads with the next mesh CA (issue 11.3);
+/// [`SealAhead::seal`] then only encrypts, under the full [`SealContext`].
+///
+/// A `SealAhead` seals once (it is consumed), so no two copies share an encapsulation, and what it
+/// makes is exactly what [`seal_mesh_ca_key`] makes: `seal_mesh_ca_key` is this, in one step. Its
+/// secrets (HPKE's key schedule) are wiped on drop and never shown by `Debug`.
+pub struct SealAhead {
+    recipient_key: [u8; 32],
+    encapsulated_key: [u8; 32],
+    context: hpke::aead::AeadCtxS<Aead, Kdf, Kem>,
+}
+
+impl fmt::Debug for SealAhead {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SealAhead")
+            .field("recipient_key", &hex::encode(self.recipient_key))
+            .field("key_schedule", &"[redacted]")
+            .finish()
+    }
+}
+
+impl SealAhead {
+    /// The encapsulation to `recipient_key`, from the OS CSPRNG.
+    pub fn encapsulate(recipient_key: &[u8; 32]) -> Result<SealAhead, MeshCaError> {
+        Self::encapsulate_with(&mut OsRng, recipient_key)
+    }
+
+    pub(crate) fn encapsulate_with<R: RngCore + CryptoRng + ?Sized>(
+        rng: &mut R,
+        recipient_key: &[u8; 32],
+    ) -> Result<SealAhead, MeshCaError> {
+        let recipient = <Kem as hpke::Kem>::PublicKey::from_bytes(recipient_key).map_err(|_| {
+            MeshCaError::SealFailed {
+                reason: "the recipient's seal key is not 32 bytes".into(),
             }
-            other => other.to_string(),
-        },
-    })?;
-    Ok(SealedKey {
-        encapsulated_key: encapsulated_key.to_bytes().to_vec(),
-        ciphertext,
-    })
+        })?;
+        let mut rng = FailureRecordingRng::new(rng);
+        let setup = hpke::setup_sender::<Aead, Kdf, Kem, _>(
+            &OpModeS::Base,
+            &recipient,
+            labels::MESH_CA_SEAL,
+            &mut rng,
+        );
+        rng.check("sealing a mesh CA key")?;
+        let (encapsulated_key, context) = setup.map_err(|e| MeshCaError::SealFailed {
+            reason: match e {
+                hpke::HpkeError::EncapError => {
+                    "the recipient's seal key is a low-order X25519 point, which no key pair produces"
+                        .into()
+                }
+                other => other.to_string(),
+            },
+        })?;
+        Ok(SealAhead {
+            recipient_key: *recipient_key,
+            encapsulated_key: encapsulated_key.to_bytes().into(),
+            context,
+        })
+    }
+
+    /// The seal key this encapsulation is to.
+    pub fn recipient_key(&self) -> &[u8; 32] {
+        &self.recipient_key
+    }
+
+    /// HPKE's encapsulated key (public): what the sealed copy will carry.
+    pub fn encapsulated_key(&self) -> &[u8; 32] {
+        &self.encapsulated_key
+    }
+
+    /// Seals the mesh CA key (`key`, a P-256 scalar) under `context`: the second half of
+    /// [`seal_mesh_ca_key`].
+    pub fn seal(mut self, context: &SealContext, key: &[u8; 32]) -> Result<SealedKey, MeshCaError> {
+        let ciphertext = self
+            .context
+            .seal(key, &context.aad(&self.recipient_key))
+            .map_err(|e| MeshCaError::SealFailed {
+                reason: e.to_string(),
+            })?;
+        Ok(SealedKey {
+            encapsulated_key: self.encapsulated_key.to_vec(),
+            ciphertext,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -305,6 +367,35 @@ mod tests {
         let mut short = sealed.clone();
         short.encapsulated_key.pop();
         assert!(key.open(&context(), &short).is_err());
+    }
+
+    #[test]
+    fn a_copy_sealed_ahead_opens_as_one_sealed_at_once_and_only_under_its_context() {
+        let key = SealKey::generate().unwrap();
+        let ahead = SealAhead::encapsulate(&key.public_key()).unwrap();
+        assert_eq!(ahead.recipient_key(), &key.public_key());
+        let text = format!("{ahead:?}");
+        assert!(text.contains("redacted"), "{text}");
+        let encapsulated = *ahead.encapsulated_key();
+        let sealed = ahead.seal(&context(), &[9; 32]).unwrap();
+        assert_eq!(*key.open(&context(), &sealed).unwrap(), [9; 32]);
+        assert_eq!(sealed.encapsulated_key, encapsulated);
+        assert_eq!(sealed.ciphertext.len(), 48);
+        let other = SealContext {
+            transition: [7; 32],
+            ..context()
+        };
+        assert!(key.open(&other, &sealed).is_err());
+        assert!(
+            SealKey::generate()
+                .unwrap()
+                .open(&context(), &sealed)
+                .is_err()
+        );
+        // Two encapsulations to the same key never share an ephemeral key.
+        let a = SealAhead::encapsulate(&key.public_key()).unwrap();
+        let b = SealAhead::encapsulate(&key.public_key()).unwrap();
+        assert_ne!(a.encapsulated_key, b.encapsulated_key);
     }
 
     #[test]

@@ -740,10 +740,16 @@ impl<S: Store> Node<S> {
             replica.read()?.authorize_set(&req)?;
             let manifest = crate::state::parse_for_set(&req.manifest)?;
             let serving = Coordinators::of(&manifest);
-            let prepared = replica.read()?.prepare_parsed(manifest, req, now)?;
+            // The next update's mesh CA key will likely be sealed to the same replicas: their
+            // encapsulations are made ahead with it.
+            let seal_keys: Vec<[u8; 32]> = targets.iter().map(|t| t.sealing.key()).collect();
+            let prepared = replica
+                .read()?
+                .prepare_parsed(manifest, req, now, &seal_keys)?;
             // The new mesh CA key, sealed to each voter whose evidence matches a `coordinator`
             // policy of the manifest the key will serve. Local work only: a few milliseconds.
-            let (sealed, checked) = match &prepared {
+            let mut prepared = prepared;
+            let (sealed, checked) = match &mut prepared {
                 Prepared::Append(p) => {
                     let deployment = replica.read()?.deployment_id();
                     let (recipients, checked) =

@@ -27,6 +27,7 @@ pub const UNIMPLEMENTED_METHOD: &str = "unimplemented";
 pub const COMMIT_PHASES: &[&str] = &[
     "queue",
     "prepare",
+    "ahead",
     "raft_write",
     "commit",
     "log_append",
@@ -351,7 +352,8 @@ fn counter_families(e: &mut Exposition, c: &Counters) {
     e.family(
         "concord_set_manifest_phase_seconds",
         "Where a SetManifest's time goes, by phase: on the leader `queue` (waiting for earlier writes and \
-         the applied log), `prepare`, `raft_write` (append, replication, commit and apply), `commit` \
+         the applied log), `prepare`, `ahead` (making the next update's mesh CA and its seal encapsulations \
+         on the background threads, in their CPU time), `raft_write` (append, replication, commit and apply), `commit` \
          (adopting the new secrets); on every replica `log_append` (encode, write and fdatasync log entries in the Raft log's file), `log_sync` (its fdatasync alone; also the rare synced vote, truncation and purge), \
          `apply` (the state machine), `verify` (the part of `apply` that decodes and verifies an appended \
          transition), `store_write` (the part of `apply` that writes it to the history) and, on the leader, `replicate` (one AppendEntries round trip to a follower).",

@@ -2,7 +2,7 @@
 
 use concord_attestation::{DeploymentId, EvidenceIssuer, VerifiedReport};
 use concord_mesh_ca::{
-    EncryptedShare, MeshCa, MeshCaKey, RootCa, SeedEngine, encrypt_share, split,
+    EncryptedShare, MeshCa, RootCa, SealAhead, SeedEngine, encrypt_share, split,
 };
 use ed25519_dalek::{Signature, VerifyingKey};
 use time::OffsetDateTime;
@@ -77,6 +77,8 @@ pub struct PreparedSet {
     pub new: NewTransition,
     pub hash: Hash,
     mesh_ca: MeshCa,
+    /// Encapsulations to seal `mesh_ca`'s key with, made ahead (`state::ahead`); used at most once.
+    pub(super) seals_ahead: Vec<SealAhead>,
     genesis: Option<(SeedEngine, RootCa)>,
     seed_shares: Vec<EncryptedShare>,
 }
@@ -149,10 +151,10 @@ pub struct Coordinator<S> {
     /// The transitions this process's Raft state machine verified and applied, to catch up with
     /// without verifying them again (`history::feed`). None: only the store (tests, tools).
     pub(super) feed: Option<crate::history::feed::VerifiedFeed>,
-    /// The key of the next manifest update's mesh CA, made on the background threads after the last
-    /// one was taken ([`MeshCaKey`]), so that the leader's prepare does not wait for its public key
-    /// (issue 11.3). Taken at most once; None until made, and then the prepare makes its own.
-    pub(super) spare_mesh_ca_key: std::sync::Arc<std::sync::Mutex<Option<MeshCaKey>>>,
+    /// The next manifest update's mesh CA and the encapsulations to seal its key with, made on the
+    /// background threads after each prepare (`state::ahead`, issue 11.3), so that the leader's
+    /// prepare does not wait for them. Taken at most once; until made, the prepare makes its own.
+    pub(super) ahead: super::ahead::Ahead,
 }
 
 impl<S: Store> Coordinator<S> {
@@ -168,7 +170,7 @@ impl<S: Store> Coordinator<S> {
             pin: None,
             tree: Default::default(),
             feed: None,
-            spare_mesh_ca_key: Default::default(),
+            ahead: Default::default(),
         })
     }
 
@@ -184,7 +186,7 @@ impl<S: Store> Coordinator<S> {
             pin: None,
             tree: Default::default(),
             feed: None,
-            spare_mesh_ca_key: Default::default(),
+            ahead: Default::default(),
         }
     }
 
@@ -378,16 +380,19 @@ impl<S: Store> Coordinator<S> {
     ) -> Result<Prepared, CoordinatorError> {
         self.authorize_set(&req)?;
         let manifest = parse_for_set(&req.manifest)?;
-        self.prepare_parsed(manifest, req, now)
+        self.prepare_parsed(manifest, req, now, &[])
     }
 
     /// [`Coordinator::prepare_set`] for a manifest already parsed from `req.manifest`. Authorizes again
-    /// (cheap): the history may have moved since the caller's first check.
+    /// (cheap): the history may have moved since the caller's first check. `seal_keys` are the seal
+    /// keys of the replicas the next update's mesh CA key will likely be sealed to: the background
+    /// threads make encapsulations to them ahead, with the next mesh CA (`state::ahead`).
     pub fn prepare_parsed(
         &self,
         manifest: Manifest,
         req: SetRequest,
         now: OffsetDateTime,
+        seal_keys: &[[u8; 32]],
     ) -> Result<Prepared, CoordinatorError> {
         self.authorize_set(&req)?;
         if manifest.hash() != Hash::of(&req.manifest) {
@@ -426,7 +431,7 @@ impl<S: Store> Coordinator<S> {
         match self.state() {
             ReplicaState::Recovering => Err(CoordinatorError::Recovering),
             ReplicaState::Fresh => self.prepare_first(manifest, req, now),
-            ReplicaState::Ready => self.prepare_next(manifest, req, now),
+            ReplicaState::Ready => self.prepare_next(manifest, req, now, seal_keys),
         }
     }
 
@@ -500,6 +505,7 @@ impl<S: Store> Coordinator<S> {
             new,
             hash,
             mesh_ca,
+            seals_ahead: Vec::new(),
             genesis: Some((engine, root_ca)),
             seed_shares,
         })))
@@ -510,6 +516,7 @@ impl<S: Store> Coordinator<S> {
         manifest: Manifest,
         req: SetRequest,
         now: OffsetDateTime,
+        seal_keys: &[[u8; 32]],
     ) -> Result<Prepared, CoordinatorError> {
         let (Some(history), Some(secrets)) = (&self.history, &self.secrets) else {
             return Err(CoordinatorError::Recovering);
@@ -541,7 +548,7 @@ impl<S: Store> Coordinator<S> {
             ));
         };
 
-        let mesh_ca = self.next_mesh_ca(&secrets.root_ca, now)?;
+        let next = self.next_mesh_ca(&secrets.root_ca, now, seal_keys)?;
         let transition = Transition {
             index: chain.len() as u64,
             manifest_hash: manifest.hash(),
@@ -559,41 +566,39 @@ impl<S: Store> Coordinator<S> {
             transition,
             manifest_bytes: req.manifest,
             policies: req.policies,
-            mesh: mesh_certs(&mesh_ca),
+            mesh: mesh_certs(&next.mesh_ca),
             genesis: None,
         };
         Ok(Prepared::Append(Box::new(PreparedSet {
             new,
             hash,
-            mesh_ca,
+            mesh_ca: next.mesh_ca,
+            seals_ahead: next.seals,
             genesis: None,
             seed_shares: Vec::new(),
         })))
     }
 
-    /// A new mesh CA under `root` for a manifest update, from the key made ahead if there is one;
-    /// then asks the background threads to make the next key. Each key is taken once.
-    fn next_mesh_ca(&self, root: &RootCa, now: OffsetDateTime) -> Result<MeshCa, CoordinatorError> {
-        let spare = lock_spare(&self.spare_mesh_ca_key).take();
-        let made = match spare {
-            Some(key) => MeshCa::generate_from(key, root, now),
-            None => MeshCa::generate(root, now),
+    /// The mesh CA for a manifest update under `root` at `now`: the one made ahead if it fits,
+    /// else a new one. Then asks the background threads to make the next, with encapsulations to
+    /// `seal_keys`. Each is taken once.
+    fn next_mesh_ca(
+        &self,
+        root: &std::sync::Arc<RootCa>,
+        now: OffsetDateTime,
+        seal_keys: &[[u8; 32]],
+    ) -> Result<super::ahead::NextMeshCa, CoordinatorError> {
+        let next = match self.ahead.take(root, now) {
+            Some(next) => Ok(next),
+            None => MeshCa::generate(root, now)
+                .map(|mesh_ca| super::ahead::NextMeshCa {
+                    mesh_ca,
+                    seals: Vec::new(),
+                })
+                .map_err(|e| CoordinatorError::Crypto(e.to_string())),
         };
-        let slot = self.spare_mesh_ca_key.clone();
-        // Refused when the background queue is full: the next update then makes its own key.
-        crate::background::spawn(move || {
-            if lock_spare(&slot).is_some() {
-                return;
-            }
-            match MeshCaKey::generate() {
-                Ok(key) => drop(lock_spare(&slot).get_or_insert(key)),
-                Err(e) => tracing::warn!(
-                    error = %e,
-                    "cannot make the next mesh CA key ahead of need; the next manifest update makes its own"
-                ),
-            }
-        });
-        made.map_err(|e| CoordinatorError::Crypto(e.to_string()))
+        self.ahead.refill(root.clone(), now, seal_keys.to_vec());
+        next
     }
 
     /// After the prepared transition was written (by Raft or by [`Coordinator::set_manifest`]): reloads the
@@ -641,6 +646,7 @@ impl<S: Store> Coordinator<S> {
             mesh_ca,
             genesis,
             seed_shares,
+            seals_ahead: _,
         } = p;
         match (genesis, self.secrets.take()) {
             (Some((engine, root_ca)), _) => {
@@ -1135,12 +1141,4 @@ pub fn started_for_another_deployment(
          deployment {stored}: fix the launch configuration (the chart's deploymentId), or move the \
          data directory aside if it is another deployment's"
     )
-}
-
-fn lock_spare(
-    slot: &std::sync::Mutex<Option<MeshCaKey>>,
-) -> std::sync::MutexGuard<'_, Option<MeshCaKey>> {
-    // An Option stays valid whatever a panicking holder did.
-    slot.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

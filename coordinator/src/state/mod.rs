@@ -4,6 +4,7 @@
 //! It must never write a secret to the store or return one to anyone but an attested workload (its own
 //! workload secret) or the seed share owners (encrypted shares).
 
+mod ahead;
 mod coordinator;
 mod peer;
 mod recovery;

@@ -10,7 +10,9 @@
 //! derived from the seed, so a seed holder cannot open a copy; Invariant 1: a copy opens only inside
 //! the attested process it was sealed to.
 
-use concord_mesh_ca::{MeshCa, SealContext, SealKey, SealedKey, seal_mesh_ca_key};
+#[cfg(test)]
+use concord_mesh_ca::seal_mesh_ca_key;
+use concord_mesh_ca::{MeshCa, SealAhead, SealContext, SealKey, SealedKey};
 
 use super::ReplicaState;
 use super::coordinator::{Coordinator, PreparedSet};
@@ -29,13 +31,16 @@ pub struct SealRecipient {
     pub seal_key: [u8; 32],
 }
 
-/// Seals `mesh_ca`'s key to each recipient, bound to the deployment and `transition`. A recipient
-/// whose key does not seal (not a usable X25519 key) is left out: it recovers from a peer.
+/// Seals `mesh_ca`'s key to each recipient, bound to the deployment and `transition`, with an
+/// encapsulation made ahead to the recipient's very seal key if `ahead` holds one (each is used once;
+/// the rest are dropped). A recipient whose key does not seal (not a usable X25519 key) is left out:
+/// it recovers from a peer.
 fn seal_all(
     mesh_ca: &MeshCa,
     deployment: [u8; 32],
     transition: Hash,
     recipients: &[SealRecipient],
+    mut ahead: Vec<SealAhead>,
 ) -> Vec<SealedMeshCaKey> {
     let key = mesh_ca.key_for_attested_peer();
     let mesh_ca_der_sha256 = SealContext::cert_hash(mesh_ca.mesh_ca_der());
@@ -48,7 +53,11 @@ fn seal_all(
                 mesh_ca_der_sha256,
                 recipient: r.node,
             };
-            match seal_mesh_ca_key(&r.seal_key, &context, &key) {
+            let encapsulated = match ahead.iter().position(|a| *a.recipient_key() == r.seal_key) {
+                Some(i) => Ok(ahead.swap_remove(i)),
+                None => SealAhead::encapsulate(&r.seal_key),
+            };
+            match encapsulated.and_then(|a| a.seal(&context, &key)) {
                 Ok(SealedKey {
                     encapsulated_key,
                     ciphertext,
@@ -70,15 +79,17 @@ fn seal_all(
 impl PreparedSet {
     /// The new mesh CA key sealed to `recipients` for this transition of deployment `deployment`.
     /// Empty for the first transition: no other replica holds the seed yet, so none could use it.
+    /// Uses (and so empties) the encapsulations made ahead for this mesh CA.
     pub fn seal_mesh_ca(
-        &self,
+        &mut self,
         deployment: [u8; 32],
         recipients: &[SealRecipient],
     ) -> Vec<SealedMeshCaKey> {
+        let ahead = std::mem::take(&mut self.seals_ahead);
         if self.is_genesis() {
             return Vec::new();
         }
-        seal_all(self.mesh_ca(), deployment, self.hash, recipients)
+        seal_all(self.mesh_ca(), deployment, self.hash, recipients, ahead)
     }
 }
 
@@ -89,7 +100,13 @@ impl RecoveredSecrets {
         deployment: [u8; 32],
         recipients: &[SealRecipient],
     ) -> Vec<SealedMeshCaKey> {
-        seal_all(self.mesh_ca(), deployment, self.latest, recipients)
+        seal_all(
+            self.mesh_ca(),
+            deployment,
+            self.latest,
+            recipients,
+            Vec::new(),
+        )
     }
 }
 

@@ -858,8 +858,8 @@ fn peer_recovery_refuses_callers_and_secrets_that_do_not_match() {
     ));
 }
 
-/// Each manifest update certifies a mesh CA key of its own, whether the key was made ahead on the
-/// background threads or by the prepare itself, and a key made ahead is used for one update only.
+/// Each manifest update certifies a mesh CA key of its own, whether its mesh CA was made ahead on the
+/// background threads or by the prepare itself, and a mesh CA made ahead is used for one update only.
 #[test]
 fn each_update_gets_its_own_mesh_ca_key_made_ahead_or_not() {
     let d = TestDeployment::new();
@@ -883,26 +883,8 @@ fn each_update_gets_its_own_mesh_ca_key_made_ahead_or_not() {
             .unwrap()
             .public_key()
     };
-    let spare = || {
-        c.spare_mesh_ca_key
-            .lock()
-            .unwrap()
-            .as_ref()
-            .map(|k| k.public_key())
-    };
-    let wait_for_spare = || {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            if let Some(key) = spare() {
-                return key;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no key was made ahead"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-    };
+    let spare = || c.ahead.made().map(|(key, _)| key);
+    let wait_for_spare = || c.ahead.wait_until_made().0;
     assert!(spare().is_none(), "nothing is made before the first update");
     let first = public_of_prepared();
     let ahead = wait_for_spare();
@@ -915,6 +897,70 @@ fn each_update_gets_its_own_mesh_ca_key_made_ahead_or_not() {
     assert_eq!(third, next_ahead);
     assert_ne!(third, first);
     assert!(![first, second, third].iter().any(from_seed));
+}
+
+/// The leader's next update seals its mesh CA key with the encapsulations made ahead to the seal
+/// keys it was given, each once; a recipient whose seal key is not among them (a restarted process)
+/// gets a copy sealed at once. Every copy opens for its recipient under the transition's context,
+/// and for nobody else.
+#[test]
+fn copies_sealed_with_encapsulations_made_ahead_open_for_their_recipients_only() {
+    use concord_mesh_ca::{SealContext, SealKey, SealedKey};
+    let d = TestDeployment::new();
+    let (c, _) = ready(&d);
+    let (b, old_c, new_c) = (
+        SealKey::generate().unwrap(),
+        SealKey::generate().unwrap(),
+        SealKey::generate().unwrap(),
+    );
+    let latest = c.chain().unwrap().latest_hash();
+    let prepare = |version| {
+        let req = d.set_request(d.manifest(version), latest);
+        let manifest = crate::state::parse_for_set(&req.manifest).unwrap();
+        let keys = [b.public_key(), old_c.public_key()];
+        match c.prepare_parsed(manifest, req, now(), &keys).unwrap() {
+            Prepared::Append(p) => p,
+            Prepared::Unchanged(_) => panic!("expected a transition"),
+        }
+    };
+    let first = prepare(2);
+    assert!(first.seals_ahead.is_empty(), "nothing was made ahead yet");
+    let (_, sealed_to) = c.ahead.wait_until_made();
+    assert_eq!(sealed_to, [b.public_key(), old_c.public_key()]);
+    let mut p = prepare(2);
+    assert_eq!(p.seals_ahead.len(), 2);
+    let deployment = c.deployment_id().0;
+    let to = |node, key: &SealKey| crate::state::SealRecipient {
+        node,
+        seal_key: key.public_key(),
+    };
+    let made_for_b = p
+        .seals_ahead
+        .iter()
+        .find(|s| *s.recipient_key() == b.public_key())
+        .map(|s| *s.encapsulated_key())
+        .unwrap();
+    let copies = p.seal_mesh_ca(deployment, &[to(2, &b), to(3, &new_c)]);
+    assert!(p.seals_ahead.is_empty(), "used or dropped, never kept");
+    assert_eq!(copies.len(), 2);
+    let key = p.mesh_ca().key_for_attested_peer();
+    let context = |recipient| SealContext {
+        deployment,
+        transition: *p.hash.as_bytes(),
+        mesh_ca_der_sha256: SealContext::cert_hash(&p.new.mesh.mesh_ca_der),
+        recipient,
+    };
+    let sealed = |i: usize| SealedKey {
+        encapsulated_key: copies[i].encapsulated_key.clone(),
+        ciphertext: copies[i].ciphertext.clone(),
+    };
+    assert_eq!(*b.open(&context(2), &sealed(0)).unwrap(), *key);
+    assert_eq!(*new_c.open(&context(3), &sealed(1)).unwrap(), *key);
+    assert!(old_c.open(&context(3), &sealed(1)).is_err());
+    assert!(b.open(&context(3), &sealed(0)).is_err());
+    assert!(new_c.open(&context(2), &sealed(0)).is_err());
+    // b's copy was sealed with the encapsulation made ahead to b.
+    assert_eq!(copies[0].encapsulated_key, made_for_b);
 }
 
 /// The replica that made a transition's mesh CA died before anyone fetched it: a replica holding the
@@ -1608,7 +1654,7 @@ fn t115_a_sealed_mesh_ca_key_is_adopted_only_by_its_recipient_for_its_transition
     );
     let deployment = a.deployment_id().0;
     let latest = a.chain().unwrap().latest_hash();
-    let Prepared::Append(p) = a
+    let Prepared::Append(mut p) = a
         .prepare_set(d.set_request(d.manifest(3), latest), now())
         .unwrap()
     else {
@@ -1758,7 +1804,7 @@ fn a_committed_write_superseded_before_its_answer_is_answered_as_committed() {
         Prepared::Append(p) => p,
         Prepared::Unchanged(_) => panic!("expected a transition"),
     };
-    let mine = prepare(&a, 3, base);
+    let mut mine = prepare(&a, 3, base);
     let lost = prepare(&a, 4, base);
     let append = |p: &crate::state::PreparedSet, on: [&Coordinator<SledStore>; 2]| {
         for c in on {
@@ -1842,14 +1888,14 @@ fn a_mesh_ca_opened_unlocked_is_installed_only_while_its_transition_is_the_lates
         }
     };
     let deployment = a.deployment_id().0;
-    let deliver = |p: &crate::state::PreparedSet| SealedDelivery {
+    let deliver = |p: &mut crate::state::PreparedSet| SealedDelivery {
         transition: p.hash,
         mesh: p.new.mesh.clone(),
         copies: p.seal_mesh_ca(deployment, &to_b),
     };
 
-    let third = prepare(&a, 3);
-    let third_delivery = deliver(&third);
+    let mut third = prepare(&a, 3);
+    let third_delivery = deliver(&mut third);
     apply(&third, [&a, &b]);
     b.refresh().unwrap();
     let opened_third = b
@@ -1861,8 +1907,8 @@ fn a_mesh_ca_opened_unlocked_is_installed_only_while_its_transition_is_the_lates
     a.commit_set(*third).unwrap();
 
     // The history moves on while the copy is opened: the opened mesh CA is of no use any more.
-    let fourth = prepare(&a, 4);
-    let fourth_delivery = deliver(&fourth);
+    let mut fourth = prepare(&a, 4);
+    let fourth_delivery = deliver(&mut fourth);
     apply(&fourth, [&a, &b]);
     b.refresh().unwrap();
     let err = b.install_opened(opened_third).unwrap_err();
