@@ -42,6 +42,9 @@ pub struct NextMeshCa {
 #[derive(Clone, Default)]
 pub struct Ahead {
     slot: Arc<Mutex<Option<MadeAhead>>>,
+    /// Whether a job that fills the slot is queued or running: at most one is, so that updates in a
+    /// burst (each finding the slot empty) do not queue one each beside the early checks.
+    making: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Ahead {
@@ -77,14 +80,14 @@ impl Ahead {
     /// encapsulation to each of `seal_keys`, unless one is made already. Returns at once; refused
     /// when the background queue is full (the next prepare then makes its own).
     pub fn refill(&self, root: Arc<RootCa>, now: OffsetDateTime, seal_keys: Vec<[u8; 32]>) {
-        if self.lock().is_some() {
+        use std::sync::atomic::Ordering;
+        if self.lock().is_some() || self.making.swap(true, Ordering::AcqRel) {
             return;
         }
         let ahead = self.clone();
-        crate::background::spawn(move || {
-            if ahead.lock().is_some() {
-                return;
-            }
+        let queued = crate::background::spawn(move || {
+            // Cleared however the job ends, a panic included.
+            let _making = Making(ahead.making.clone());
             let started = crate::observe::thread_cpu_time();
             match make(&root, now, &seal_keys) {
                 Ok(made) => drop(ahead.lock().get_or_insert(made)),
@@ -98,6 +101,9 @@ impl Ahead {
             let took = crate::observe::thread_cpu_time().saturating_sub(started);
             crate::observe::global().commit_phase("ahead", took);
         });
+        if !queued {
+            self.making.store(false, Ordering::Release);
+        }
     }
 
     #[cfg(test)]
@@ -126,6 +132,15 @@ impl Ahead {
             );
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
+    }
+}
+
+/// Clears [`Ahead::making`] when dropped.
+struct Making(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Making {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Release);
     }
 }
 
@@ -202,7 +217,7 @@ mod tests {
     }
 
     /// `refill` makes one on the background threads, with an encapsulation to each seal key, and
-    /// leaves one that waits alone.
+    /// leaves one that waits alone; while one is being made, another refill queues nothing.
     #[test]
     fn refill_makes_the_next_mesh_ca_and_its_encapsulations_once() {
         let now = OffsetDateTime::now_utc();
@@ -213,6 +228,7 @@ mod tests {
         ];
         let ahead = Ahead::default();
         ahead.refill(root.clone(), now, keys.to_vec());
+        ahead.refill(root.clone(), now, Vec::new());
         let (made, sealed_to) = ahead.wait_until_made();
         assert_eq!(sealed_to, keys);
         ahead.refill(root.clone(), now, Vec::new());
