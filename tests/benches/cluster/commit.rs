@@ -519,31 +519,28 @@ pub fn rows(
             "p50 above it"
         }
     };
-    // The same without the work made ahead: only what the prepare itself took. Shown for context.
-    let unaided = prepare_alone.zip(verify).map(|(p, v)| p + v);
-    let unaided_text = match (etcd, unaided) {
-        (Ok(e), Some(unaided)) => format!(
-            "etcd put {} + prepare alone + verification on every replica {} = {} ({})",
+    // A context row's reference: etcd's put plus `own`, named `what`, and where the p50 stands.
+    let beside = |what: &str, own: Option<Duration>| match (etcd, own) {
+        (Ok(e), Some(own)) => format!(
+            "etcd put {} + {what} {} = {} ({})",
             ms(e.median()),
-            ms(unaided),
-            ms(e.median() + unaided),
-            within(e.median() + unaided)
+            ms(own),
+            ms(e.median() + own),
+            within(e.median() + own)
         ),
         _ => "needs etcd and the phase metrics".to_string(),
     };
+    // The same without the work made ahead: only what the prepare itself took.
+    let unaided_text = beside(
+        "prepare alone + verification on every replica",
+        prepare_alone.zip(verify).map(|(p, v)| p + v),
+    );
     // The stricter reference the benchmark used before: the leader's prepare (alone) and its whole
-    // apply (verification and history write), without the followers' verification. For context.
-    let strict = prepare_alone.zip(leader_mean("apply")).map(|(p, a)| p + a);
-    let strict_text = match (etcd, strict) {
-        (Ok(e), Some(strict)) => format!(
-            "etcd put {} + prepare + leader's apply {} = {} ({})",
-            ms(e.median()),
-            ms(strict),
-            ms(e.median() + strict),
-            within(e.median() + strict)
-        ),
-        _ => "needs etcd and the phase metrics".to_string(),
-    };
+    // apply (verification and history write), without the followers' verification.
+    let strict_text = beside(
+        "prepare + leader's apply",
+        prepare_alone.zip(leader_mean("apply")).map(|(p, a)| p + a),
+    );
     let plain_text = match (etcd_plain, own) {
         (Ok(e), Some(own)) => format!(
             "etcd put (JSON gateway, no TLS) {} + the same {} = {} ({})",
