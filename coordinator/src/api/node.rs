@@ -50,6 +50,10 @@ impl<S: Store> Refresher<S> {
     }
 }
 
+/// The largest manifest whose hash a SetManifest computes in place on a runtime worker (about
+/// 40 µs here); larger ones are hashed with the worker's queue handed to another thread.
+const BRIEF_MANIFEST_BYTES: usize = 64 << 10;
+
 /// One replica: core, Raft, peers.
 pub struct Node<S> {
     pub id: NodeId,
@@ -504,6 +508,10 @@ impl<S: Store> Node<S> {
     /// [`Node::refresh_now`] off the runtime's threads: a replica that just caught up on many
     /// transitions parses them all, which must not hold up the Raft core or the handshakes.
     pub async fn refresh(&self) -> Result<(), CoordinatorError> {
+        // The usual case, a core already current: no hop to the blocking pool and back.
+        if self.replica.settled() {
+            return Ok(());
+        }
         let refresh = self.refresher();
         tokio::task::spawn_blocking(move || refresh.run())
             .await
@@ -692,10 +700,13 @@ impl<S: Store> Node<S> {
         // Only a call an owner signed may hold a claim: an unsigned or forged one could otherwise
         // claim the latest transition and have the owner's own update refused as a conflict. It
         // queues instead, and is refused by `authorize_set` (a cheap check) once its turn comes.
-        // Hashing a manifest of up to the size cap, the signature check and the refresh: in place,
-        // with this worker's other tasks handed to another thread meanwhile (`in_place`), which
-        // spares the caller the blocking pool's two wake-ups (0.06 to 0.1 ms measured in `queue`).
-        let (manifest_hash, signed) = crate::in_place::off_the_workers(|| {
+        // Hashing the manifest, the signature check and the refresh. Brief when the manifest is
+        // small and the core current: tens of microseconds, run right here (`in_place::brief_or_off`).
+        // Else (a manifest of up to the size cap, a core to catch up) in place with this worker's
+        // other tasks handed to another thread meanwhile, which spares the caller the blocking
+        // pool's two wake-ups.
+        let brief = req.manifest.len() <= BRIEF_MANIFEST_BYTES && self.replica.settled();
+        let (manifest_hash, signed) = crate::in_place::brief_or_off(brief, || {
             if fresh_at.is_some() {
                 self.refresher().run()?;
             }
@@ -824,9 +835,12 @@ impl<S: Store> Node<S> {
                     )));
                 }
             }
-            // On this thread: short work (the core catches up from the state machine's feed and
-            // takes the new mesh CA) that a wake-up of the blocking pool would double (`in_place`).
-            crate::in_place::off_the_workers(move || {
+            // Right here: brief work (the core takes the one transition the state machine fed it
+            // and the new mesh CA, 0.03 to 0.06 ms) that a hand-over of this worker's queue would
+            // more than double (`in_place::brief_or_off`). A core that must catch up on more than
+            // this write moves the worker's queue away first.
+            let brief = replica.is_one_behind(&p.new.transition.previous, &p.hash);
+            crate::in_place::brief_or_off(brief, move || {
                 let adopted = std::time::Instant::now();
                 let outcome = replica.write()?.commit_set(*p);
                 phases.commit_phase("commit", adopted.elapsed());

@@ -646,6 +646,15 @@ impl<S: Store> UserService<S> {
         self.node.linearize(req.allow_stale).await?;
         let replica = self.replica.clone();
         let only_latest = req.only_latest;
+        // Only the latest, the core free: microseconds of work, answered right here rather than
+        // after a hop to the blocking pool and back (a writer re-reading after a conflict waits on it).
+        if only_latest && let Some(view) = replica.try_latest_view() {
+            return view.map_err(|e| {
+                let s = to_status(&e);
+                warn!(rpc = "GetManifests", code = ?s.code(), error = %e, "rejected");
+                s
+            });
+        }
         // Past one message's worth the rest is not read: GetManifests refuses it anyway.
         let budget = limits::USER_API_MESSAGE_BYTES - ONE_MESSAGE_HEADROOM;
         let view = tokio::task::spawn_blocking(move || {

@@ -707,6 +707,16 @@ impl<S: Store> Coordinator<S> {
         Ok(mesh.as_ref() != Some(&h.mesh))
     }
 
+    /// Whether committing the transition `hash` after `previous` takes at most that one transition
+    /// into this core: the core's latest is `previous` or `hash` itself. Then [`Self::commit_set`]
+    /// is brief work (the caller may run it in place on a runtime worker).
+    pub fn is_one_behind(&self, previous: &Hash, hash: &Hash) -> bool {
+        self.history.as_ref().is_some_and(|h| {
+            let latest = h.chain.latest_hash();
+            latest == *previous || latest == *hash
+        })
+    }
+
     /// Reloads and verifies the history if the store moved on. A replica whose mesh CA belongs to an
     /// older transition is recovering until it gets the new one from a peer.
     pub fn refresh(&mut self) -> Result<(), CoordinatorError> {

@@ -1926,3 +1926,39 @@ fn a_mesh_ca_opened_unlocked_is_installed_only_while_its_transition_is_the_lates
     let committed = a.commit_set(*fourth).unwrap();
     assert_eq!(b.manifests().unwrap().mesh_ca_pem, committed.mesh_ca_pem);
 }
+
+#[test]
+fn a_commit_is_brief_only_when_the_core_is_at_most_its_one_transition_behind() {
+    let d = TestDeployment::new();
+    let (mut c, first) = ready(&d);
+    let h1 = first.hash;
+    let unknown = Hash::of(b"a transition this core never saw");
+    assert!(
+        c.is_one_behind(&h1, &unknown),
+        "the core's latest is the predecessor"
+    );
+    let h2 = set_versions_after(&mut c, &d, h1, 2);
+    assert!(c.is_one_behind(&h1, &h2), "the core already took it");
+    assert!(
+        !c.is_one_behind(&h1, &unknown),
+        "the core is past the predecessor: catching up is not this one transition"
+    );
+    assert!(!c.is_one_behind(&unknown, &Hash::ZERO));
+    let empty = Coordinator::open(MemoryStore::new()).unwrap();
+    assert!(
+        !empty.is_one_behind(&Hash::ZERO, &unknown),
+        "a core without history takes a whole first transition: not brief"
+    );
+}
+
+/// Sets manifest version `v` after `previous`; the new transition's hash.
+fn set_versions_after<S: Store>(
+    c: &mut Coordinator<S>,
+    d: &TestDeployment,
+    previous: Hash,
+    v: u32,
+) -> Hash {
+    c.set_manifest(d.set_request(d.manifest(v), previous), now())
+        .unwrap()
+        .hash
+}

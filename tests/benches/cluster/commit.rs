@@ -22,6 +22,9 @@ pub struct Commits {
     pub phases: Result<Vec<Phase>, String>,
     /// Round trips of a trivial RPC on the same connection, back to back and after an idle pause.
     pub wake_ups: Result<WakeUps, String>,
+    /// The CPU the timed calls cost, per call (the etcd puts between them run in other processes;
+    /// their client's share is in the clients' part).
+    pub cpu: Result<crate::cpu::CpuPerWrite, String>,
 }
 
 /// What the machine charges a round trip for waking idle cores: a trivial RPC (GetStatus) timed back
@@ -45,7 +48,7 @@ pub struct Phase {
 }
 
 /// (sum in seconds, count) by phase, from one replica's `/metrics`.
-type PhaseTotals = std::collections::BTreeMap<String, (f64, u64)>;
+pub type PhaseTotals = std::collections::BTreeMap<String, (f64, u64)>;
 
 const PHASE_METRIC: &str = "concord_set_manifest_phase_seconds";
 /// What became of the early checks of the transitions a replica applied, by outcome.
@@ -111,7 +114,7 @@ fn phase_totals(addr: std::net::SocketAddr) -> Result<PhaseTotals, String> {
     Ok(totals)
 }
 
-fn all_totals(cluster: &Cluster) -> Result<Vec<PhaseTotals>, String> {
+pub fn all_totals(cluster: &Cluster) -> Result<Vec<PhaseTotals>, String> {
     cluster
         .nodes
         .iter()
@@ -121,7 +124,7 @@ fn all_totals(cluster: &Cluster) -> Result<Vec<PhaseTotals>, String> {
 
 /// The per-phase means between two scrapes: the leader is the replica whose `raft_write` count grew.
 /// The early checks' outcomes come as phases named `early <outcome>`, of a mean of zero.
-fn phases(before: &[PhaseTotals], after: &[PhaseTotals]) -> Vec<Phase> {
+pub fn phases(before: &[PhaseTotals], after: &[PhaseTotals]) -> Vec<Phase> {
     let grew = |b: &PhaseTotals, a: &PhaseTotals, phase: &str| {
         let (sum_b, n_b) = b.get(phase).copied().unwrap_or((0.0, 0));
         let (sum_a, n_a) = a.get(phase).copied().unwrap_or((0.0, 0));
@@ -252,9 +255,11 @@ async fn concord_calls(
     let mut samples = Vec::with_capacity(n);
     let mut history_before = 0;
     let mut before = Err("no scrape before the timed calls".to_string());
+    let mut cpu_mark = None;
     for i in 0..WARMUP + n {
         if i == WARMUP {
             before = all_totals(cluster);
+            cpu_mark = Some(crate::cpu::CpuMark::start(cluster));
         }
         let request = cluster.writer.next(&cluster.env);
         let start = Instant::now();
@@ -288,11 +293,17 @@ async fn concord_calls(
         }
     }
     let phases = before.and_then(|b| Ok(phases(&b, &all_totals(cluster)?)));
+    let cpu = match cpu_mark {
+        Some(Ok(mark)) => mark.per_write(cluster, n),
+        Some(Err(e)) => Err(e),
+        None => Err("no mark before the timed calls".to_string()),
+    };
     Ok(Commits {
         in_order: samples,
         history_before,
         phases,
         wake_ups,
+        cpu,
     })
 }
 
@@ -597,9 +608,34 @@ pub fn rows(
         ),
         growth(commits),
         wake_up_row(&commits.wake_ups),
+        crate::cpu::row(
+            &what,
+            &commits.cpu,
+            commits.in_order.iter().sum::<Duration>() / concord.len().max(1) as u32,
+        ),
     ];
-    match &commits.phases {
-        Ok(phases) => rows.extend(phases.iter().map(|p| {
+    rows.extend(phase_rows(&commits.phases));
+    rows
+}
+
+/// The "where it goes" rows: each phase's mean on the leader and on the followers, and the early
+/// checks' outcomes.
+pub fn phase_rows(phases: &Result<Vec<Phase>, String>) -> Vec<Row> {
+    let phases = match phases {
+        Ok(p) => p,
+        Err(e) => {
+            return vec![Row::new(
+                "  where it goes",
+                "-",
+                format!("no phase metrics: {e}"),
+                "-",
+                Verdict::Info,
+            )];
+        }
+    };
+    phases
+        .iter()
+        .map(|p| {
             let side = if p.on_leader { "leader" } else { "followers" };
             if let Some(outcome) = p.name.strip_prefix("early ") {
                 return Row::new(
@@ -611,27 +647,14 @@ pub fn rows(
                 );
             }
             Row::new(
-                format!(
-                    "  where it goes: {} on the {} (mean of {})",
-                    p.name,
-                    if p.on_leader { "leader" } else { "followers" },
-                    p.count
-                ),
+                format!("  where it goes: {} on the {side} (mean of {})", p.name, p.count),
                 ms(p.mean),
                 "-",
                 "-",
                 Verdict::Info,
             )
-        })),
-        Err(e) => rows.push(Row::new(
-            "  where it goes",
-            "-",
-            format!("no phase metrics: {e}"),
-            "-",
-            Verdict::Info,
-        )),
-    }
-    rows
+        })
+        .collect()
 }
 
 /// A trivial RPC's round trip back to back and after an idle pause: the difference is what waking

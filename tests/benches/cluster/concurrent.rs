@@ -3,7 +3,8 @@
 //! once (Aborted, "retry"), re-read the latest transition, re-sign and retry, rather than queue behind the
 //! winner's commit. Measured per write: the time of each successful attempt (its own commit plus any
 //! queueing on the leader), of each refused attempt, and each write's total from its first attempt,
-//! beside the leader's mean queue wait (`concord_set_manifest_phase_seconds{phase="queue"}`).
+//! beside the leader's mean queue wait (`concord_set_manifest_phase_seconds{phase="queue"}`) and
+//! where the time went, phase by phase, as for the sequential commits.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,6 +14,7 @@ use concord_proto::v1 as pb;
 use concord_tests::{Env, Hash};
 use tonic::Code;
 
+use crate::commit;
 use crate::concord::{Cluster, UserClient};
 use crate::table::{Row, Samples, Verdict, ms};
 
@@ -29,6 +31,11 @@ pub struct Concurrent {
     pub total: Samples,
     /// The leader's mean wait in its write queue over these writes, and how many it counted.
     pub queue_mean: Option<(Duration, u64)>,
+    /// Where the time went over these writes (the replicas' `/metrics`).
+    pub phases: Result<Vec<commit::Phase>, String>,
+    /// The CPU these writes cost, and the run's wall time, per acknowledged write.
+    pub cpu: Result<crate::cpu::CpuPerWrite, String>,
+    pub wall_per_write: Duration,
     /// The last acknowledged transition and the highest manifest version used.
     pub latest: (pb::SetManifestResponse, u32),
 }
@@ -128,29 +135,6 @@ async fn client(
     Ok(out)
 }
 
-/// (sum, count) of the leader's queue phase, summed over every replica's `/metrics` (only the leader
-/// queues writes).
-fn queue_totals(cluster: &Cluster) -> Option<(f64, u64)> {
-    let mut sum = 0.0;
-    let mut count = 0;
-    for n in &cluster.nodes {
-        let (_, body) = concord_tests::http_get(n.health_addr, "/metrics").ok()?;
-        for l in body.lines() {
-            if let Some(v) =
-                l.strip_prefix("concord_set_manifest_phase_seconds_sum{phase=\"queue\"} ")
-            {
-                sum += v.trim().parse::<f64>().ok()?;
-            }
-            if let Some(v) =
-                l.strip_prefix("concord_set_manifest_phase_seconds_count{phase=\"queue\"} ")
-            {
-                count += v.trim().parse::<f64>().ok()? as u64;
-            }
-        }
-    }
-    Some((sum, count))
-}
-
 /// `clients` clients on the leader, `writes` writes each, all at once.
 pub async fn concord(
     cluster: &mut Cluster,
@@ -173,7 +157,9 @@ pub async fn concord(
     for _ in 0..clients {
         apis.push(cluster.leader_client().await?);
     }
-    let before = queue_totals(cluster);
+    let before = commit::all_totals(cluster);
+    let cpu_mark = crate::cpu::CpuMark::start(cluster);
+    let started = Instant::now();
     let tasks: Vec<_> = apis
         .into_iter()
         .enumerate()
@@ -194,14 +180,13 @@ pub async fn concord(
             }
         }
     }
-    let after = queue_totals(cluster);
-    let queue_mean = before.zip(after).and_then(|((sb, nb), (sa, na))| {
-        (na > nb).then(|| {
-            (
-                Duration::from_secs_f64((sa - sb).max(0.0) / (na - nb) as f64),
-                na - nb,
-            )
-        })
+    let wall = started.elapsed();
+    let cpu = cpu_mark.and_then(|m| m.per_write(cluster, clients * writes));
+    let phases = before.and_then(|b| Ok(commit::phases(&b, &commit::all_totals(cluster)?)));
+    let queue_mean = phases.as_ref().ok().and_then(|p| {
+        p.iter()
+            .find(|p| p.on_leader && p.name == "queue")
+            .map(|q| (q.mean, q.count))
     });
     Ok(Concurrent {
         clients,
@@ -209,20 +194,39 @@ pub async fn concord(
         refused: Samples::new(all.refused),
         total: Samples::new(all.total),
         queue_mean,
+        phases,
+        cpu,
+        wall_per_write: wall / (clients * writes).max(1) as u32,
         latest: (all.last.ok_or("no write succeeded")?, used),
     })
 }
 
 /// The rows: successful attempts beside the sequential commit; refusals; the leader's queue wait.
-pub fn rows(c: &Concurrent, sequential_p50: Option<Duration>) -> Vec<Row> {
+///
+/// A committed attempt is its own commit plus what it waited for on the leader, which may be the
+/// one commit ahead of it, never more: so its time stays within twice the sequential commit's,
+/// percentile by percentile. The tail is judged against the sequential commit's own tail plus one
+/// commit at its median. (Until the fourteenth pass the tail was judged against twice the
+/// sequential *median*, a bar that the sequential commit alone missed on this machine in most
+/// runs, its p99 being 2 to 3 times its p50 with no write beside it: that row printed the
+/// machine's tail, not a queue.) A refused attempt must not wait for the winner's commit: its
+/// p99 stays under the sequential commit's median.
+pub fn rows(c: &Concurrent, sequential: Option<&Samples>) -> Vec<Row> {
     let n = c.clients;
-    let reference = sequential_p50.map_or("no sequential run".to_string(), |p| {
-        format!("sequential commit p50: {}", ms(p))
+    let sequential = sequential.filter(|s| s.len() > 0);
+    let sequential_p50 = sequential.map(Samples::median);
+    let reference = sequential.map_or("no sequential run".to_string(), |s| {
+        format!(
+            "sequential commit p50 / p99: {} / {}",
+            ms(s.median()),
+            ms(s.percentile(99.0))
+        )
     });
-    // A write may wait for the one commit ahead of it, never for more: its attempt stays under twice
-    // the sequential commit (its own commit plus at most one other).
-    let committed = match sequential_p50 {
-        Some(p) => Verdict::of(c.committed.percentile(99.0) <= 2 * p),
+    let committed = match sequential {
+        Some(s) => Verdict::of(
+            c.committed.median() <= 2 * s.median()
+                && c.committed.percentile(99.0) <= s.percentile(99.0) + s.median(),
+        ),
         None => Verdict::NoReference("no sequential run".into()),
     };
     let refused = match sequential_p50 {
@@ -246,7 +250,7 @@ pub fn rows(c: &Concurrent, sequential_p50: Option<Duration>) -> Vec<Row> {
             Verdict::Info,
         ),
     };
-    vec![
+    let mut rows = vec![
         Row::new(
             format!("{n} concurrent writers: committed attempt p50 / p99"),
             format!(
@@ -256,7 +260,7 @@ pub fn rows(c: &Concurrent, sequential_p50: Option<Duration>) -> Vec<Row> {
                 c.committed.len()
             ),
             reference.clone(),
-            "p99 <= 2 x sequential p50",
+            "p50 <= 2 x sequential p50, p99 <= sequential p99 + p50",
             committed,
         ),
         Row::new(
@@ -283,5 +287,8 @@ pub fn rows(c: &Concurrent, sequential_p50: Option<Duration>) -> Vec<Row> {
             Verdict::Info,
         ),
         queue,
-    ]
+        crate::cpu::row(&format!("{n} concurrent writers"), &c.cpu, c.wall_per_write),
+    ];
+    rows.extend(commit::phase_rows(&c.phases));
+    rows
 }

@@ -21,6 +21,7 @@ mod binaries;
 mod commit;
 mod concord;
 mod concurrent;
+mod cpu;
 mod durability;
 mod etcd;
 mod etcd_client;
@@ -350,18 +351,18 @@ fn cluster_rows(
             commit_rows
         }),
     );
-    let sequential_p50 = concord
+    let sequential = concord
         .commit
         .as_ref()
         .ok()
-        .map(|c| Samples::new(c.in_order.clone()).median());
+        .map(|c| Samples::new(c.in_order.clone()));
     push(
         rows,
         "concurrent SetManifests",
         concord
             .concurrent
             .as_ref()
-            .map(|c| concurrent::rows(c, sequential_p50)),
+            .map(|c| concurrent::rows(c, sequential.as_ref())),
     );
     push(
         rows,
