@@ -796,6 +796,7 @@ impl<S: Store> Node<S> {
         let writing = std::time::Instant::now();
         // Marked before the write: the entry is applied here before `commit_set` adopts its mesh CA.
         let committing = self.in_flight.start(p.hash);
+        let (previous, hash) = (p.new.transition.previous, p.hash);
         let commit = tokio::spawn(async move {
             // Held until the commit is over, also when the caller stopped waiting: until then the
             // latest may still move to this transition, and this replica adopts its secrets itself.
@@ -835,17 +836,24 @@ impl<S: Store> Node<S> {
                     )));
                 }
             }
-            // Right here: brief work (the core takes the one transition the state machine fed it
-            // and the new mesh CA, 0.03 to 0.06 ms) that a hand-over of this worker's queue would
-            // more than double (`in_place::brief_or_off`). A core that must catch up on more than
-            // this write moves the worker's queue away first.
-            let brief = replica.is_one_behind(&p.new.transition.previous, &p.hash);
-            crate::in_place::brief_or_off(brief, move || {
+            // Right here when the core's lock is free and the core has only this transition to
+            // take: brief work (the one transition the state machine fed it and the new mesh CA,
+            // 0.03 to 0.06 ms) that a hand-over of this worker's queue would more than double
+            // (`in_place::brief_or_off`). Otherwise (a reader holds the core, or it must catch up on
+            // more) the worker's queue moves away first, as before.
+            let commit = move |core: &mut crate::state::Coordinator<S>| {
                 let adopted = std::time::Instant::now();
-                let outcome = replica.write()?.commit_set(*p);
+                let outcome = core.commit_set(*p);
                 phases.commit_phase("commit", adopted.elapsed());
                 outcome
-            })
+            };
+            match replica
+                .try_write()
+                .filter(|core| core.is_one_behind(&previous, &hash))
+            {
+                Some(mut core) => commit(&mut core),
+                None => crate::in_place::off_the_workers(|| commit(&mut *replica.write()?)),
+            }
             .map_err(|e| to_status(&e))
         });
         match tokio::time::timeout(LEADER_WAIT, commit).await {

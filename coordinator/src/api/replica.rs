@@ -57,13 +57,6 @@ impl<S: Store> Replica<S> {
         })
     }
 
-    /// [`Coordinator::is_one_behind`], seen without waiting for the core (a writer holds it: false).
-    pub fn is_one_behind(&self, previous: &crate::hash::Hash, hash: &crate::hash::Hash) -> bool {
-        self.coordinator
-            .try_read()
-            .is_ok_and(|c| c.is_one_behind(previous, hash))
-    }
-
     /// The view `only_latest` asks for, if the core can be read without waiting (a writer holds it
     /// only briefly, but the caller is on the runtime's threads): the certificates and the latest
     /// transition, nothing read from the store.
@@ -84,6 +77,12 @@ impl<S: Store> Replica<S> {
     /// probe fails).
     pub fn is_poisoned(&self) -> bool {
         self.coordinator.is_poisoned()
+    }
+
+    /// The core for writing if no one holds it now (None also when the lock is poisoned: the caller
+    /// then takes the waiting path, [`Replica::write`], which reports it).
+    pub fn try_write(&self) -> Option<RwLockWriteGuard<'_, Coordinator<S>>> {
+        self.coordinator.try_write().ok()
     }
 
     pub fn write(&self) -> Result<RwLockWriteGuard<'_, Coordinator<S>>, CoordinatorError> {

@@ -208,7 +208,7 @@ pub async fn concord(
 /// percentile by percentile. The tail is judged against the sequential commit's own tail plus one
 /// commit at its median. (Until the fourteenth pass the tail was judged against twice the
 /// sequential *median*, a bar that the sequential commit alone missed on this machine in most
-/// runs, its p99 being 2 to 3 times its p50 with no write beside it: that row printed the
+/// runs, its p99 being 1.8 to 2.9 times its p50 with no write beside it: that row printed the
 /// machine's tail, not a queue.) A refused attempt must not wait for the winner's commit: its
 /// p99 stays under the sequential commit's median.
 pub fn rows(c: &Concurrent, sequential: Option<&Samples>) -> Vec<Row> {
