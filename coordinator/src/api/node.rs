@@ -701,13 +701,15 @@ impl<S: Store> Node<S> {
         // claim the latest transition and have the owner's own update refused as a conflict. It
         // queues instead, and is refused by `authorize_set` (a cheap check) once its turn comes.
         // Hashing the manifest, the signature check and the refresh. Brief when the manifest is
-        // small and the core current: tens of microseconds, run right here (`in_place::brief_or_off`).
-        // Else (a manifest of up to the size cap, a core to catch up) in place with this worker's
-        // other tasks handed to another thread meanwhile, which spares the caller the blocking
-        // pool's two wake-ups.
-        let brief = req.manifest.len() <= BRIEF_MANIFEST_BYTES && self.replica.settled();
+        // small and the core current (then it is as new as the store, so as the log applied at
+        // `fresh_at`, and the refresh has nothing to do): tens of microseconds, run right here
+        // (`in_place::brief_or_off`). Else (a manifest of up to the size cap, a core to catch up)
+        // in place with this worker's other tasks handed to another thread meanwhile, which spares
+        // the caller the blocking pool's two wake-ups.
+        let settled = self.replica.settled();
+        let brief = req.manifest.len() <= BRIEF_MANIFEST_BYTES && settled;
         let (manifest_hash, signed) = crate::in_place::brief_or_off(brief, || {
-            if fresh_at.is_some() {
+            if fresh_at.is_some() && !settled {
                 self.refresher().run()?;
             }
             let manifest_hash = crate::hash::Hash::of(&req.manifest);
@@ -839,8 +841,8 @@ impl<S: Store> Node<S> {
             // Right here when the core's lock is free and the core has only this transition to
             // take: brief work (the one transition the state machine fed it and the new mesh CA,
             // 0.03 to 0.06 ms) that a hand-over of this worker's queue would more than double
-            // (`in_place::brief_or_off`). Otherwise (a reader holds the core, or it must catch up on
-            // more) the worker's queue moves away first, as before.
+            // (`coordinator/src/in_place.rs`). Otherwise (a reader holds the core, or it must catch
+            // up on more) the worker's queue moves away first, as before.
             let commit = move |core: &mut crate::state::Coordinator<S>| {
                 let adopted = std::time::Instant::now();
                 let outcome = core.commit_set(*p);
