@@ -27,4 +27,7 @@ pub mod limits {
     /// The most bytes of history one message of `StreamHistory` or `StreamManifests` carries (a single
     /// manifest or policy document larger than this travels alone).
     pub const STREAM_PIECE_BYTES: usize = 1 << 20;
+    /// The longest a `GetManifests` (or `StreamManifests`) with `changed_from` waits for the latest
+    /// transition to change before it answers with the unchanged one.
+    pub const LATEST_CHANGE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 }

@@ -1,7 +1,9 @@
 //! Issue 11.3: concurrent SetManifests must not queue behind one another longer than the commit
 //! itself. Each transition names its predecessor, so of several calls on one predecessor only one can
 //! commit; the others must be refused at once with a clear "retry" (Aborted), not after waiting for the
-//! winner's commit. A caller that then re-reads the history and re-signs succeeds.
+//! winner's commit. A caller that then re-reads the history and re-signs succeeds. A caller that asks
+//! for the latest transition once it changed from the one it lost on (`changed_from`) is answered
+//! when the winner's transition is applied, not before.
 //!
 //! The winner is held in flight by the coordinator's test fault hook on both followers
 //! (`--insecure-test-stall-raft-while FILE`: their log appends block while FILE exists), so its entry
@@ -73,10 +75,18 @@ async fn latest(env: &Env, c: &CoordinatorProcess) -> Hash {
     Hash::from_slice(&t.hash).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_racing_set_manifest_is_refused_at_once_and_succeeds_after_re_reading() {
-    let env = Env::new();
-    let (mut cluster, files) = start_cluster_with_hooks(&env);
+/// Three replicas with the stall hook, the first manifest committed: the cluster, the stall files,
+/// the first transition, the leader and the followers.
+struct Started {
+    cluster: Vec<CoordinatorProcess>,
+    files: Vec<std::path::PathBuf>,
+    first: Hash,
+    leader: usize,
+    followers: Vec<usize>,
+}
+
+async fn start_with_first_manifest(env: &Env) -> Started {
+    let (cluster, files) = start_cluster_with_hooks(env);
     let out = env.set(
         &cluster[0],
         "manifest-v1.json",
@@ -84,24 +94,34 @@ async fn a_racing_set_manifest_is_refused_at_once_and_succeeds_after_re_reading(
     );
     assert!(out.status.success(), "{}", describe(&out));
     let first = Hash::from_hex(&stdout_line(&out)).unwrap();
-    let l = env.leader_index(&cluster, Duration::from_secs(20)).await;
-    let followers: Vec<usize> = (0..3).filter(|i| *i != l).collect();
-
-    // Two losers' connections to the leader (a stalled follower cannot serve as a way in: the stall
-    // blocks one of its runtime's threads, as a wedged disk would).
-    let mut loser_apis = Vec::new();
-    for version in [3, 4] {
-        loser_apis.push((version, l, env.user_client(&cluster[l]).await));
+    let leader = env.leader_index(&cluster, Duration::from_secs(20)).await;
+    let followers = (0..3).filter(|i| *i != leader).collect();
+    Started {
+        cluster,
+        files,
+        first,
+        leader,
+        followers,
     }
-    let mut stale_api = env.user_client(&cluster[l]).await;
+}
 
-    // The winner: its entry reaches no follower's disk until the stall files go.
-    let prepared_before = prepared(cluster[l].health_addr);
-    for f in &followers {
-        std::fs::write(&files[*f], b"stall").unwrap();
+type Winner = tokio::task::JoinHandle<
+    Result<
+        Result<tonic::Response<pb::SetManifestResponse>, tonic::Status>,
+        tokio::time::error::Elapsed,
+    >,
+>;
+
+/// Sends the winner (version 2 after the first transition) to the leader and returns once the leader
+/// prepared it: its entry reaches no follower's disk until [`release`].
+async fn hold_winner(env: &Env, s: &Started) -> Winner {
+    let l = s.leader;
+    let prepared_before = prepared(s.cluster[l].health_addr);
+    for f in &s.followers {
+        std::fs::write(&s.files[*f], b"stall").unwrap();
     }
-    let mut winner_api = env.user_client(&cluster[l]).await;
-    let winner_request = env.set_manifest_request(2, first);
+    let mut winner_api = env.user_client(&s.cluster[l]).await;
+    let winner_request = env.set_manifest_request(2, s.first);
     let winner = tokio::spawn(async move {
         tokio::time::timeout(
             Duration::from_secs(60),
@@ -110,13 +130,40 @@ async fn a_racing_set_manifest_is_refused_at_once_and_succeeds_after_re_reading(
         .await
     });
     let started = Instant::now();
-    while prepared(cluster[l].health_addr) == prepared_before {
+    while prepared(s.cluster[l].health_addr) == prepared_before {
         assert!(
             started.elapsed() < Duration::from_secs(20),
             "the leader never prepared the winner"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    winner
+}
+
+/// Lets the winner's entry reach the followers' disks.
+fn release(s: &Started) {
+    for f in &s.followers {
+        std::fs::remove_file(&s.files[*f]).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_racing_set_manifest_is_refused_at_once_and_succeeds_after_re_reading() {
+    let env = Env::new();
+    let mut started = start_with_first_manifest(&env).await;
+    let (l, first) = (started.leader, started.first);
+    let followers = started.followers.clone();
+
+    // Two losers' connections to the leader (a stalled follower cannot serve as a way in: the stall
+    // blocks one of its runtime's threads, as a wedged disk would).
+    let mut loser_apis = Vec::new();
+    for version in [3, 4] {
+        loser_apis.push((version, l, env.user_client(&started.cluster[l]).await));
+    }
+    let mut stale_api = env.user_client(&started.cluster[l]).await;
+
+    // The winner: its entry reaches no follower's disk until the stall files go.
+    let winner = hold_winner(&env, &started).await;
 
     // Two losers on the same predecessor.
     for (version, via, mut api) in loser_apis {
@@ -166,9 +213,7 @@ async fn a_racing_set_manifest_is_refused_at_once_and_succeeds_after_re_reading(
     );
 
     // Let the winner commit.
-    for f in &followers {
-        std::fs::remove_file(&files[*f]).unwrap();
-    }
+    release(&started);
     let winner = winner
         .await
         .unwrap()
@@ -176,7 +221,8 @@ async fn a_racing_set_manifest_is_refused_at_once_and_succeeds_after_re_reading(
     eprintln!("winner answered: {:?}", winner.as_ref().map(|_| "ok"));
 
     // A loser re-reads, re-signs against the latest and succeeds.
-    let started = Instant::now();
+    let retrying = Instant::now();
+    let cluster = &mut started.cluster;
     loop {
         let head = latest(&env, &cluster[followers[1]]).await;
         let mut api = env.user_client(&cluster[followers[1]]).await;
@@ -190,14 +236,108 @@ async fn a_racing_set_manifest_is_refused_at_once_and_succeeds_after_re_reading(
                 // Only while the cluster settles after the stall (a new election, the winner's
                 // entry still being applied) may the retry need another round.
                 assert!(
-                    started.elapsed() < Duration::from_secs(30),
+                    retrying.elapsed() < Duration::from_secs(30),
                     "the loser's retry after re-reading never succeeded: {s:?}"
                 );
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
     }
-    for c in &mut cluster {
+    for c in cluster.iter_mut() {
+        c.kill();
+    }
+}
+
+fn changed_from(hash: &[u8]) -> pb::GetManifestsRequest {
+    pb::GetManifestsRequest {
+        only_latest: true,
+        changed_from: hash.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn latest_of(answer: tonic::Response<pb::GetManifestsResponse>) -> Hash {
+    let t = answer.into_inner().latest.expect("a latest transition");
+    Hash::from_slice(&t.hash).unwrap()
+}
+
+/// `changed_from` (issue 11.3): a writer that lost a race asks for the latest transition once it is
+/// another than the one it lost on. It is answered when the winner's transition is applied, not
+/// before; at once when the latest is another already; after `LATEST_CHANGE_WAIT` with the unchanged
+/// latest when nothing is written; and a hash of the wrong length is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_waiting_for_the_latest_to_change_is_answered_when_the_winner_is_applied() {
+    let env = Env::new();
+    let mut started = start_with_first_manifest(&env).await;
+    let (l, first) = (started.leader, started.first);
+    let mut waiter_api = env.user_client(&started.cluster[l]).await;
+    let mut api = env.user_client(&started.cluster[l]).await;
+
+    let winner = hold_winner(&env, &started).await;
+    let waiter = tokio::spawn(async move {
+        let asked = Instant::now();
+        let answer = waiter_api
+            .get_manifests(changed_from(first.as_bytes()))
+            .await;
+        (answer, asked.elapsed())
+    });
+
+    // Another predecessor than the latest: answered at once, with the latest.
+    let answer = tokio::time::timeout(
+        REFUSED_WITHIN,
+        api.get_manifests(changed_from(Hash::ZERO.as_bytes())),
+    )
+    .await
+    .expect("a caller whose predecessor is not the latest waited")
+    .expect("GetManifests");
+    assert_eq!(latest_of(answer), first);
+    let bad = api
+        .get_manifests(changed_from(&[7; 31]))
+        .await
+        .expect_err("a 31-byte changed_from was accepted");
+    assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
+    assert!(bad.message().contains("changed_from"), "{bad:?}");
+
+    // The winner is held: the waiter has nothing to be told yet.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !waiter.is_finished(),
+        "the wait for a change ended while the latest was still the first transition"
+    );
+
+    release(&started);
+    let winner = winner
+        .await
+        .unwrap()
+        .expect("the winner answered within 60 s")
+        .expect("the winner committed")
+        .into_inner()
+        .transition
+        .expect("a transition");
+    let (answer, took) = tokio::time::timeout(Duration::from_secs(30), waiter)
+        .await
+        .expect("the waiter was not answered after the winner committed")
+        .unwrap();
+    let now = latest_of(answer.expect("GetManifests with changed_from"));
+    eprintln!("the waiter was answered after {took:?}");
+    assert_eq!(now, Hash::from_slice(&winner.hash).unwrap());
+
+    // Nothing more is written: answered with the unchanged latest once the bound has passed.
+    let asked = Instant::now();
+    let answer = tokio::time::timeout(
+        concord_proto::limits::LATEST_CHANGE_WAIT + Duration::from_secs(30),
+        api.get_manifests(changed_from(now.as_bytes())),
+    )
+    .await
+    .expect("a wait for a change that never comes did not end")
+    .expect("GetManifests");
+    let waited = asked.elapsed();
+    assert_eq!(latest_of(answer), now);
+    assert!(
+        waited >= concord_proto::limits::LATEST_CHANGE_WAIT - Duration::from_secs(1),
+        "answered after {waited:?}, before the latest changed and before the bound"
+    );
+    for c in &mut started.cluster {
         c.kill();
     }
 }

@@ -16,6 +16,8 @@ pub struct Replica<S> {
     pub issuer: Arc<dyn EvidenceIssuer>,
     /// How this replica verifies others' evidence (its launch configuration's trust).
     pub verifier: Verifier,
+    /// Changes each time the state machine applies a transition (`Coordinator::transitions_applied`).
+    applied: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 impl<S: Store> Replica<S> {
@@ -25,10 +27,17 @@ impl<S: Store> Replica<S> {
         verifier: Verifier,
     ) -> Replica<S> {
         Replica {
+            applied: coordinator.transitions_applied(),
             coordinator: RwLock::new(coordinator),
             issuer,
             verifier,
         }
+    }
+
+    /// A receiver that changes each time this replica's state machine applies a transition, for a
+    /// reader waiting for the latest to change; None when the core follows no state machine.
+    pub fn transitions_applied(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.applied.clone()
     }
 
     /// Reads the core. A poisoned lock means a handler panicked mid-way: refuse rather than guess.
@@ -62,6 +71,12 @@ impl<S: Store> Replica<S> {
     /// transition, nothing read from the store.
     pub fn try_latest_view(&self) -> Option<Result<crate::state::ManifestsView, CoordinatorError>> {
         Some(self.coordinator.try_read().ok()?.latest_view())
+    }
+
+    /// The latest transition's hash if the core can be read without waiting (see
+    /// [`Replica::try_latest_view`]).
+    pub fn try_latest_hash(&self) -> Option<Option<crate::hash::Hash>> {
+        Some(self.coordinator.try_read().ok()?.latest_hash())
     }
 
     /// Whether the latest manifest names witnesses, or the core is busy (a writer holds it) and the

@@ -302,7 +302,7 @@ impl<S: Store> pb::user_api_server::UserApi for UserService<S> {
                 pieces.into_iter().map(Ok),
             ))));
         }
-        self.node.linearize(req.allow_stale).await?;
+        self.read_after(req).await?;
         let replica = self.replica.clone();
         let (view, count, mut reader) = tokio::task::spawn_blocking(move || {
             replica.read().and_then(|core| core.manifests_on_demand())
@@ -643,7 +643,7 @@ impl<S: Store> UserService<S> {
     /// The manifests (or only the latest transition and CAs), linearizable unless `allow_stale`;
     /// copied off the runtime's threads.
     async fn manifests_view(&self, req: &pb::GetManifestsRequest) -> Result<ManifestsView, Status> {
-        self.node.linearize(req.allow_stale).await?;
+        self.read_after(req).await?;
         let replica = self.replica.clone();
         let only_latest = req.only_latest;
         // Only the latest, the core free: microseconds of work, answered right here rather than
@@ -683,6 +683,65 @@ impl<S: Store> UserService<S> {
             s
         })?;
         Ok(view)
+    }
+
+    /// What a GetManifests or StreamManifests waits for before it reads the core: a read round
+    /// (linearizable) unless `allow_stale`, or with `changed_from`, the latest transition's change.
+    async fn read_after(&self, req: &pb::GetManifestsRequest) -> Result<(), Status> {
+        if req.changed_from.is_empty() {
+            return self.node.linearize(req.allow_stale).await;
+        }
+        let from = Hash::from_slice(&req.changed_from).map_err(|e| {
+            Status::invalid_argument(format!(
+                "changed_from must be a transition hash or empty: {e}"
+            ))
+        })?;
+        self.wait_for_change(from).await
+    }
+
+    /// Until this replica's latest transition is another than `from`, or for at most
+    /// `LATEST_CHANGE_WAIT`; the core refreshed as for a stale-allowed read. Woken by each transition
+    /// this replica's state machine applies, not by polling, and by nothing else (a heartbeat wakes
+    /// no waiter): a writer that lost a race waits here for the winner's transition without a read
+    /// round, and without refusals meanwhile (issue 11.3). A latest moved otherwise (a snapshot
+    /// installed) is seen at the bound.
+    async fn wait_for_change(&self, from: Hash) -> Result<(), Status> {
+        let deadline = tokio::time::Instant::now() + limits::LATEST_CHANGE_WAIT;
+        let mut applied = self.replica.transitions_applied();
+        loop {
+            // Marked before the latest is read, so that a transition applied in between ends the
+            // wait below at once.
+            if let Some(applied) = applied.as_mut() {
+                applied.borrow_and_update();
+            }
+            self.node.linearize(true).await?;
+            if self.latest_hash().await? != Some(from) {
+                return Ok(());
+            }
+            // A core that follows no state machine (tests, tools) has nothing to wait on.
+            let Some(applied) = applied.as_mut() else {
+                return Ok(());
+            };
+            match tokio::time::timeout_at(deadline, applied.changed()).await {
+                // Answered with the unchanged latest: the caller asks again or reads as it likes.
+                Err(_) => return Ok(()),
+                Ok(Err(_)) => return Err(Status::unavailable("the replica is shutting down")),
+                Ok(Ok(())) => {}
+            }
+        }
+    }
+
+    /// The latest transition's hash in the core (None before the first manifest): right here when
+    /// the core is free, else off the runtime's threads.
+    async fn latest_hash(&self) -> Result<Option<Hash>, Status> {
+        if let Some(latest) = self.replica.try_latest_hash() {
+            return Ok(latest);
+        }
+        let replica = self.replica.clone();
+        tokio::task::spawn_blocking(move || replica.read().map(|c| c.latest_hash()))
+            .await
+            .map_err(|e| Status::internal(format!("the read task failed: {e}")))?
+            .map_err(|e| to_status(&e))
     }
 
     /// `f` over the core, linearizable unless `allow_stale`, off the runtime's threads (the first

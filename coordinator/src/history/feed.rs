@@ -37,19 +37,43 @@ pub struct Verified {
 }
 
 /// Shared between the state machine (which publishes) and the core (which takes).
-#[derive(Debug, Clone, Default)]
-pub struct VerifiedFeed(Arc<Mutex<VecDeque<Verified>>>);
+#[derive(Debug, Clone)]
+pub struct VerifiedFeed {
+    queue: Arc<Mutex<VecDeque<Verified>>>,
+    /// How many transitions were published: a reader waiting for the latest transition to change
+    /// (GetManifests' `changed_from`) wakes on each, rather than polling.
+    published: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Default for VerifiedFeed {
+    fn default() -> Self {
+        VerifiedFeed {
+            queue: Arc::default(),
+            published: Arc::new(tokio::sync::watch::Sender::new(0)),
+        }
+    }
+}
 
 impl VerifiedFeed {
-    /// Adds an applied transition, dropping the oldest beyond [`CAPACITY`] or [`CAPACITY_BYTES`].
+    /// Adds an applied transition, dropping the oldest beyond [`CAPACITY`] or [`CAPACITY_BYTES`],
+    /// and wakes the subscribers.
     pub fn publish(&self, verified: Verified) {
-        let mut q = self.lock();
-        q.push_back(verified);
-        while q.len() > CAPACITY
-            || (q.len() > 1 && q.iter().map(|v| v.bytes).sum::<usize>() > CAPACITY_BYTES)
         {
-            q.pop_front();
+            let mut q = self.lock();
+            q.push_back(verified);
+            while q.len() > CAPACITY
+                || (q.len() > 1 && q.iter().map(|v| v.bytes).sum::<usize>() > CAPACITY_BYTES)
+            {
+                q.pop_front();
+            }
         }
+        self.published.send_modify(|n| *n += 1);
+    }
+
+    /// Changes each time a transition is published: after the state machine wrote it to the store,
+    /// so a core refreshed after the change sees it.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.published.subscribe()
     }
 
     /// Takes the applied transitions that lead from the chain end `from` to the transition `to`,
@@ -77,6 +101,6 @@ impl VerifiedFeed {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Verified>> {
         // Pushes and pops only: a panic while holding it cannot leave it inconsistent.
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

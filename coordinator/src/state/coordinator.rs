@@ -195,6 +195,12 @@ impl<S: Store> Coordinator<S> {
         self.feed = Some(feed);
     }
 
+    /// Changes each time the state machine applies a transition (None when the core follows no
+    /// state machine: tests, tools).
+    pub fn transitions_applied(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.feed.as_ref().map(|f| f.subscribe())
+    }
+
     /// Pins the replica to `id` (`--deployment-id`): a first manifest of another deployment is
     /// refused. Refuses (an error) if the stored history belongs to another deployment: the replica
     /// must not serve it under this launch configuration.
@@ -782,6 +788,15 @@ impl<S: Store> Coordinator<S> {
     /// GetManifests with `only_latest`: the CAs and the latest transition, without copying the history.
     pub fn latest_view(&self) -> Result<ManifestsView, CoordinatorError> {
         self.view(false)
+    }
+
+    /// The latest transition's hash, as [`Coordinator::latest_view`] names it (None before the first
+    /// manifest), without the certificates.
+    pub fn latest_hash(&self) -> Option<Hash> {
+        match (self.state(), &self.history) {
+            (ReplicaState::Fresh, _) | (_, None) => None,
+            (_, Some(h)) => Some(h.chain.latest_hash()),
+        }
     }
 
     fn view(&self, with_history: bool) -> Result<ManifestsView, CoordinatorError> {

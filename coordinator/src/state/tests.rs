@@ -1226,6 +1226,9 @@ fn the_core_catches_up_from_the_state_machines_verdicts_and_only_for_what_was_ch
     // What the state machine does on apply: check against its chain, then publish.
     let mut sm_chain = reader.chain().unwrap().clone();
     let feed = VerifiedFeed::default();
+    // What a GetManifests with `changed_from` waits on: it changes with each publication.
+    let mut applied = feed.subscribe();
+    assert!(!applied.has_changed().unwrap());
     let mut checks = Vec::new();
     for (t, m) in [(&t4, &m4), (&t5, &m5)] {
         let checked = sm_chain.check_next(t, m).unwrap();
@@ -1241,6 +1244,8 @@ fn the_core_catches_up_from_the_state_machines_verdicts_and_only_for_what_was_ch
             bytes: 0,
         });
     }
+    assert!(applied.has_changed().unwrap());
+    assert_eq!(*applied.borrow_and_update(), 2);
     // The store no longer holds transition 4: only the feed can bring a replica past it.
     store
         .apply(vec![crate::store::Write::Delete(Key::Transition(
@@ -1252,9 +1257,12 @@ fn the_core_catches_up_from_the_state_machines_verdicts_and_only_for_what_was_ch
         cut_off.refresh().is_err(),
         "the store alone no longer verifies"
     );
+    assert!(reader.transitions_applied().is_none());
     reader.follow(feed);
+    assert!(reader.transitions_applied().is_some());
     reader.refresh().unwrap();
     assert_eq!(reader.chain().unwrap().transitions(), line.transitions());
+    assert_eq!(reader.latest_hash(), Some(line.latest_hash()));
 
     // Transition 5 with another signature than the one checked (its hash is the same: the hash does
     // not cover signatures), riding on the genuine one's verdict: refused, and the store's genuine

@@ -287,6 +287,7 @@ fn requests(
         pb::GetManifestsRequest {
             allow_stale: true,
             only_latest: false,
+            changed_from: Vec::new(),
         }
         .encode_to_vec()
     });

@@ -1,7 +1,7 @@
 //! Concurrent SetManifests (issue 11.3): several clients write at once, each after the latest
 //! transition it knows. Clients that race on one predecessor conflict; the loser must be refused at
-//! once (Aborted, "retry"), re-read the latest transition, re-sign and retry, rather than queue behind the
-//! winner's commit. Measured per write: the time of each successful attempt (its own commit plus any
+//! once (Aborted, "retry"), rather than queue behind the winner's commit, then learn the winner's
+//! transition (GetManifests with `changed_from`: answered when it is applied), re-sign and retry. Measured per write: the time of each successful attempt (its own commit plus any
 //! queueing on the leader), of each refused attempt, and each write's total from its first attempt,
 //! beside the leader's mean queue wait (`concord_set_manifest_phase_seconds{phase="queue"}`) and
 //! where the time went, phase by phase, as for the sequential commits.
@@ -62,11 +62,13 @@ fn request(shared: &Shared, manifest: &[u8], previous: Hash) -> pb::SetManifestR
 }
 
 /// The latest transition, read as `concord set` reads it (`only_latest`: the history's manifests are
-/// not copied).
-async fn latest(client: &mut UserClient) -> Result<Hash, String> {
+/// not copied). With `changed_from`, once it is another than that one (a writer that lost a race
+/// waits for the winner's transition).
+async fn latest(client: &mut UserClient, changed_from: Option<Hash>) -> Result<Hash, String> {
     let t = client
         .get_manifests(pb::GetManifestsRequest {
             only_latest: true,
+            changed_from: changed_from.map_or_else(Vec::new, |h| h.as_bytes().to_vec()),
             ..Default::default()
         })
         .await
@@ -92,7 +94,7 @@ async fn client(
     writes: usize,
 ) -> Result<ClientResult, String> {
     let mut out = ClientResult::default();
-    let mut head = latest(&mut api).await?;
+    let mut head = latest(&mut api, None).await?;
     for w in 0..writes {
         let manifest = &shared.manifests[w * shared.clients + id];
         let first = Instant::now();
@@ -120,7 +122,7 @@ async fn client(
                             && s.message().starts_with("previous transition mismatch")) =>
                 {
                     out.refused.push(sent.elapsed());
-                    head = latest(&mut api).await?;
+                    head = latest(&mut api, Some(head)).await?;
                 }
                 Err(s) => {
                     return Err(format!(
