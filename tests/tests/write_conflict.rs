@@ -192,6 +192,15 @@ async fn a_racing_set_manifest_is_refused_at_once_and_succeeds_after_re_reading(
             "{status:?}"
         );
     }
+    // A forged call on the same predecessor (the owner's key, another signature) is refused at once
+    // as a conflict too: that check comes before the signature's, and claims nothing.
+    let mut forged = env.set_manifest_request(6, first);
+    forged.owner_signature[0] ^= 1;
+    let refused = tokio::time::timeout(REFUSED_WITHIN, stale_api.set_manifest(forged))
+        .await
+        .expect("a forged SetManifest racing the winner queued behind it")
+        .expect_err("a forged SetManifest was accepted");
+    assert_eq!(refused.code(), Code::Aborted, "{refused:?}");
     // A stale caller (it names the empty history as the latest) is refused at once as well.
     let sent = Instant::now();
     let stale = tokio::time::timeout(

@@ -700,19 +700,31 @@ impl<S: Store> Node<S> {
         // Only a call an owner signed may hold a claim: an unsigned or forged one could otherwise
         // claim the latest transition and have the owner's own update refused as a conflict. It
         // queues instead, and is refused by `authorize_set` (a cheap check) once its turn comes.
-        // Hashing the manifest, the signature check and the refresh. Brief when the manifest is
-        // small and the core current (then it is as new as the store, so as the log applied at
-        // `fresh_at`, and the refresh has nothing to do): tens of microseconds, run right here
-        // (`in_place::brief_or_off`). Else (a manifest of up to the size cap, a core to catch up)
-        // in place with this worker's other tasks handed to another thread meanwhile, which spares
-        // the caller the blocking pool's two wake-ups.
+        let small = req.manifest.len() <= BRIEF_MANIFEST_BYTES;
+        // First of all, for a small manifest (hashed right here): a call racing an owner-signed one
+        // under way on its predecessor is refused before its signature is checked or the core is
+        // read (`WriteClaims::refuse_a_conflict`). Writers that lost a race and learned the
+        // winner's transition together arrive together, while the core catches up with that
+        // transition; they are answered without waiting for the core or a thread.
+        let early_hash = small.then(|| crate::hash::Hash::of(&req.manifest));
+        if let Some(manifest_hash) = early_hash {
+            self.write_claims
+                .refuse_a_conflict(req.expected_previous, manifest_hash)
+                .map_err(|e| to_status(&e))?;
+        }
+        // The signature check, the refresh, and hashing a larger manifest. Brief when the
+        // manifest is small and the core current (then it is as new as the store, so as the log
+        // applied at `fresh_at`, and the refresh has nothing to do): tens of microseconds, run
+        // right here (`in_place::brief_or_off`). Else (a manifest of up to the size cap, a core to
+        // catch up) in place with this worker's other tasks handed to another thread meanwhile,
+        // which spares the caller the blocking pool's two wake-ups.
         let settled = self.replica.settled();
-        let brief = req.manifest.len() <= BRIEF_MANIFEST_BYTES && settled;
+        let brief = small && settled;
         let (manifest_hash, signed) = crate::in_place::brief_or_off(brief, || {
             if fresh_at.is_some() && !settled {
                 self.refresher().run()?;
             }
-            let manifest_hash = crate::hash::Hash::of(&req.manifest);
+            let manifest_hash = early_hash.unwrap_or_else(|| crate::hash::Hash::of(&req.manifest));
             let signed = self
                 .replica
                 .read()

@@ -57,12 +57,7 @@ impl WriteClaims {
         latest: impl FnOnce() -> Option<(Hash, Hash)>,
     ) -> Result<Claim, CoordinatorError> {
         let mut c = self.lock();
-        if c.open
-            .iter()
-            .any(|(_, p, m)| *p == previous && *m != manifest)
-        {
-            return Err(CoordinatorError::WriteConflict { previous });
-        }
+        c.refuse_a_conflict(previous, manifest)?;
         if let Some((latest, latest_manifest)) = latest() {
             let made_by_a_claim = c
                 .open
@@ -85,6 +80,19 @@ impl WriteClaims {
         })
     }
 
+    /// Refuses a call as [`WriteClaims::claim`] would for a racing one, without claiming anything:
+    /// for the check made before the call's signature is. A call is refused here only when an
+    /// owner-signed call on the same predecessor with another manifest is under way; the refusal
+    /// writes nothing, and tells the caller no more than that an owner's write on the transition it
+    /// names is being committed (which it sees in the history a moment later).
+    pub fn refuse_a_conflict(
+        &self,
+        previous: Hash,
+        manifest: Hash,
+    ) -> Result<(), CoordinatorError> {
+        self.lock().refuse_a_conflict(previous, manifest)
+    }
+
     /// How many claims are open (for tests).
     pub fn open(&self) -> usize {
         self.lock().open.len()
@@ -92,6 +100,20 @@ impl WriteClaims {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Claims> {
         lock(&self.claims)
+    }
+}
+
+impl Claims {
+    /// A WriteConflict if a call with another manifest holds a claim on `previous`.
+    fn refuse_a_conflict(&self, previous: Hash, manifest: Hash) -> Result<(), CoordinatorError> {
+        let racing = self
+            .open
+            .iter()
+            .any(|(_, p, m)| *p == previous && *m != manifest);
+        match racing {
+            true => Err(CoordinatorError::WriteConflict { previous }),
+            false => Ok(()),
+        }
     }
 }
 
@@ -126,8 +148,23 @@ mod tests {
             claims.claim(h(0), h(2), || None),
             Err(CoordinatorError::WriteConflict { previous }) if previous == h(0)
         ));
+        // The check made before a call's signature is: the same verdict, nothing claimed.
+        assert!(matches!(
+            claims.refuse_a_conflict(h(0), h(2)),
+            Err(CoordinatorError::WriteConflict { previous }) if previous == h(0)
+        ));
+        claims
+            .refuse_a_conflict(h(0), h(1))
+            .expect("the same transition is not a conflict");
+        claims
+            .refuse_a_conflict(h(5), h(2))
+            .expect("another predecessor is not a conflict");
+        assert_eq!(claims.open(), 1);
         drop(winner);
         assert_eq!(claims.open(), 0);
+        claims
+            .refuse_a_conflict(h(0), h(2))
+            .expect("no conflict once the winner answered");
         let _retry = claims
             .claim(h(0), h(2), || None)
             .expect("free again once the winner answered");

@@ -568,7 +568,7 @@ pub fn rows(
             format!("{what}: p50"),
             ms(concord.median()),
             reference_p50,
-            "p50 <= etcd's p50 + prepare + every replica's verification",
+            "p50 <= etcd's p50 + prepare, with the work made ahead, + every replica's verification",
             p50,
         ),
         Row::new(
