@@ -203,7 +203,8 @@ pub async fn concord(
     })
 }
 
-/// The rows: successful attempts beside the sequential commit; refusals; the leader's queue wait.
+/// The rows: successful attempts beside the sequential commit (calls made right before the writers,
+/// on the same cluster); refusals; the leader's queue wait.
 ///
 /// A committed attempt is its own commit plus what it waited for on the leader, which may be the
 /// one commit ahead of it, never more: so its time stays within twice the sequential commit's,
@@ -219,7 +220,8 @@ pub fn rows(c: &Concurrent, sequential: Option<&Samples>) -> Vec<Row> {
     let sequential_p50 = sequential.map(Samples::median);
     let reference = sequential.map_or("no sequential run".to_string(), |s| {
         format!(
-            "sequential commit p50 / p99: {} / {}",
+            "sequential commit right before ({} calls) p50 / p99: {} / {}",
+            s.len(),
             ms(s.median()),
             ms(s.percentile(99.0))
         )

@@ -351,18 +351,14 @@ fn cluster_rows(
             commit_rows
         }),
     );
-    let sequential = concord
-        .commit
-        .as_ref()
-        .ok()
-        .map(|c| Samples::new(c.in_order.clone()));
+    let sequential = concord.concurrent_reference.as_ref().ok();
     push(
         rows,
         "concurrent SetManifests",
         concord
             .concurrent
             .as_ref()
-            .map(|c| concurrent::rows(c, sequential.as_ref())),
+            .map(|c| concurrent::rows(c, sequential)),
     );
     push(
         rows,
@@ -430,6 +426,8 @@ struct ConcordCluster {
     commit: Result<commit::Commits, String>,
     /// etcd puts over gRPC and TLS, made between the commit calls, if an etcd binary was given.
     etcd_tls: Option<Result<commit::EtcdPuts, String>>,
+    /// Sequential calls made right before the concurrent writers, their reference.
+    concurrent_reference: Result<Samples, String>,
     concurrent: Result<concurrent::Concurrent, String>,
     rss: Result<Vec<u64>, String>,
     rounds: Result<failover::ConcordRounds, String>,
@@ -442,6 +440,7 @@ impl ConcordCluster {
             propagation: [Err(e.clone()), Err(e.clone())],
             commit: Err(e.clone()),
             etcd_tls: None,
+            concurrent_reference: Err(e.clone()),
             concurrent: Err(e.clone()),
             rss: Err(e.clone()),
             rounds: Err(e),
@@ -451,7 +450,8 @@ impl ConcordCluster {
 
 /// One 3-replica cluster for its first manifest, metrics 4, 1, 6, 4 again, then 2 and 3: the mesh
 /// CA propagation on a short history and on the long one the commit latency run leaves, the idle
-/// memory before any replica was restarted. With `etcd`, a 3-member etcd cluster with TLS runs
+/// memory before any replica was restarted; then the concurrent writers and their sequential
+/// reference. With `etcd`, a 3-member etcd cluster with TLS runs
 /// during the commit latency run only, for the puts made between its calls.
 async fn concord_cluster(
     mode: &Mode,
@@ -486,16 +486,6 @@ async fn concord_cluster(
     };
     // Stopped before the sections that follow, which it would only disturb.
     drop(reference);
-    let concurrent = concurrent::concord(
-        &mut cluster,
-        mode.concurrent_clients,
-        mode.concurrent_writes,
-    )
-    .await
-    .and_then(|c| {
-        cluster.writer.adopt(&c.latest.0, c.latest.1)?;
-        Ok(c)
-    });
     tokio::time::sleep(mode.idle).await;
     let rss = cluster
         .nodes
@@ -506,11 +496,29 @@ async fn concord_cluster(
         .await
         .map(|s| (s, cluster.writer.transitions()));
     let rounds = failover::concord(&mut cluster, mode.failovers).await;
+    // Last, so that their writes lengthen no history the rows above measure: the concurrent
+    // writers, beside sequential calls made right before them on this same cluster.
+    let concurrent_reference =
+        commit::concord(&mut cluster, mode.concurrent_reference_writes, None)
+            .await
+            .0
+            .map(|c| Samples::new(c.in_order));
+    let concurrent = concurrent::concord(
+        &mut cluster,
+        mode.concurrent_clients,
+        mode.concurrent_writes,
+    )
+    .await
+    .and_then(|c| {
+        cluster.writer.adopt(&c.latest.0, c.latest.1)?;
+        Ok(c)
+    });
     ConcordCluster {
         first: Ok(first),
         propagation: [short, long],
         commit,
         etcd_tls,
+        concurrent_reference,
         concurrent,
         rss,
         rounds,
