@@ -1,8 +1,9 @@
 //! Concurrent SetManifests (issue 11.3): several clients write at once, each after the latest
 //! transition it knows. Clients that race on one predecessor conflict; the loser must be refused at
 //! once (Aborted, "retry"), rather than queue behind the winner's commit, then learn the winner's
-//! transition (GetManifests with `changed_from`: answered when it is applied), re-sign and retry. Measured per write: the time of each successful attempt (its own commit plus any
-//! queueing on the leader), of each refused attempt, and each write's total from its first attempt,
+//! transition (GetManifests with `changed_from`: answered when it is applied), re-sign and retry.
+//! Measured per write: the time of each successful attempt (its own commit plus any queueing on
+//! the leader), of each refused attempt, and each write's total from its first attempt,
 //! beside the leader's mean queue wait (`concord_set_manifest_phase_seconds{phase="queue"}`) and
 //! where the time went, phase by phase, as for the sequential commits.
 
