@@ -699,7 +699,8 @@ impl<S: Store> Node<S> {
         let fresh_at = self.applied_in_own_term();
         // Only a call an owner signed may hold a claim: an unsigned or forged one could otherwise
         // claim the latest transition and have the owner's own update refused as a conflict. It
-        // queues instead, and is refused by `authorize_set` (a cheap check) once its turn comes.
+        // queues instead (unless it races a claimed call: refused first thing below), and is
+        // refused by `authorize_set` (a cheap check) once its turn comes.
         let small = req.manifest.len() <= BRIEF_MANIFEST_BYTES;
         // First of all, for a small manifest (hashed right here): a call racing an owner-signed one
         // under way on its predecessor is refused before its signature is checked or the core is
