@@ -65,14 +65,11 @@ fn prepared(health: std::net::SocketAddr) -> u64 {
 
 async fn latest(env: &Env, c: &CoordinatorProcess) -> Hash {
     let mut api = env.user_client(c).await;
-    let t = api
-        .get_manifests(pb::GetManifestsRequest::default())
-        .await
-        .expect("GetManifests")
-        .into_inner()
-        .latest
-        .expect("a latest transition");
-    Hash::from_slice(&t.hash).unwrap()
+    latest_of(
+        api.get_manifests(pb::GetManifestsRequest::default())
+            .await
+            .expect("GetManifests"),
+    )
 }
 
 /// Three replicas with the stall hook, the first manifest committed: the cluster, the stall files,
@@ -346,6 +343,71 @@ async fn a_reader_waiting_for_the_latest_to_change_is_answered_when_the_winner_i
         waited >= concord_proto::limits::LATEST_CHANGE_WAIT - Duration::from_secs(1),
         "answered after {waited:?}, before the latest changed and before the bound"
     );
+    for c in &mut started.cluster {
+        c.kill();
+    }
+}
+
+/// Anyone may hold waiting GetManifests (`changed_from`; the history is public): a flood of them, up
+/// to the streams of several connections, neither delays an owner's write nor is left waiting after
+/// it. Every waiter is answered with the new transition, well before the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_waiting_readers_neither_delays_a_write_nor_misses_it() {
+    const CONNECTIONS: usize = 4;
+    const PER_CONNECTION: usize = 50;
+    let env = Env::new();
+    let mut started = start_with_first_manifest(&env).await;
+    let (l, first) = (started.leader, started.first);
+    let mut waiters = tokio::task::JoinSet::new();
+    for _ in 0..CONNECTIONS {
+        let api = env.user_client(&started.cluster[l]).await;
+        for _ in 0..PER_CONNECTION {
+            let mut api = api.clone();
+            waiters.spawn(async move { api.get_manifests(changed_from(first.as_bytes())).await });
+        }
+    }
+    // Let the waiters arrive and settle into their wait.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        waiters.try_join_next().is_none(),
+        "a waiter was answered while the latest was still the first transition"
+    );
+
+    let mut api = env.user_client(&started.cluster[l]).await;
+    let sent = Instant::now();
+    let written = tokio::time::timeout(
+        REFUSED_WITHIN,
+        api.set_manifest(env.set_manifest_request(2, first)),
+    )
+    .await
+    .expect("the owner's write waited behind the waiting readers")
+    .expect("the owner's write")
+    .into_inner()
+    .transition
+    .expect("a transition");
+    eprintln!(
+        "written in {:?} beside {} waiters",
+        sent.elapsed(),
+        CONNECTIONS * PER_CONNECTION
+    );
+    let written = Hash::from_slice(&written.hash).unwrap();
+
+    // Answered when the write is applied, not at the 10 s bound (which answers the old latest).
+    let mut answered = 0;
+    let all = tokio::time::timeout(REFUSED_WITHIN, async {
+        while let Some(answer) = waiters.join_next().await {
+            let answer = answer.unwrap().expect("GetManifests with changed_from");
+            assert_eq!(latest_of(answer), written);
+            answered += 1;
+        }
+    })
+    .await;
+    assert!(
+        all.is_ok(),
+        "{answered} of {} waiters answered within {REFUSED_WITHIN:?} of the write",
+        CONNECTIONS * PER_CONNECTION
+    );
+    assert_eq!(answered, CONNECTIONS * PER_CONNECTION);
     for c in &mut started.cluster {
         c.kill();
     }
