@@ -25,6 +25,7 @@ pub mod observe;
 pub mod peer_args;
 pub mod pem;
 pub mod raft;
+pub mod record_file;
 pub mod server;
 pub mod state;
 pub mod store;

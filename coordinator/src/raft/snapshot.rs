@@ -25,7 +25,7 @@ use super::error::RaftStoreError;
 use super::types::{NodeId, TypeConfig};
 use crate::hash::Hash;
 use crate::history::{Ledger, LoadedHistory, MeshCerts};
-use crate::store::{Key, Store, StoreError, Write};
+use crate::store::{Key, SledStore, Store, StoreError, Write};
 
 /// The `format` of a snapshot.
 pub const SNAPSHOT_FORMAT: &str = "concord-raft-snapshot-v1";
@@ -55,13 +55,15 @@ pub(crate) struct SnapshotItem {
 }
 
 impl SnapshotContent {
-    /// Reads the history's whole tree (the default tree of `db`).
+    /// Reads the whole history: the default tree of the store's sled database and its objects
+    /// file, in key order.
     pub fn capture(
-        db: &sled::Db,
+        store: &SledStore,
         last_applied: Option<LogId<NodeId>>,
         last_membership: StoredMembership<NodeId, BasicNode>,
     ) -> Result<SnapshotContent, RaftStoreError> {
-        let history = db
+        let mut history = store
+            .db()
             .iter()
             .map(|kv| {
                 kv.map(|(k, v)| SnapshotItem {
@@ -71,6 +73,20 @@ impl SnapshotContent {
                 .map_err(|e| RaftStoreError::io("read the history for a snapshot", e))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let objects = store.objects();
+        for key in objects.keys() {
+            // Held a moment ago: only this state machine deletes objects, and it is borrowed.
+            if let Some(value) = objects
+                .get(&key)
+                .map_err(|e| RaftStoreError::io("read the history for a snapshot", e))?
+            {
+                history.push(SnapshotItem {
+                    key: key.key().encode(),
+                    value,
+                });
+            }
+        }
+        history.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(SnapshotContent {
             format: SNAPSHOT_FORMAT.into(),
             last_applied,

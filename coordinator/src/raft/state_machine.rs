@@ -32,6 +32,7 @@ use super::types::{
 use crate::hash::Hash;
 use crate::history::{Ledger, LoadedHistory, MeshCerts, NewTransition, VerifiedChain};
 use crate::manifest::Manifest;
+use crate::store::objects::ObjectKey;
 use crate::store::{SledStore, Store};
 
 /// The sled tree of the state machine's own metadata.
@@ -515,6 +516,22 @@ impl StateMachine {
         let applied = serde_json::to_vec(&meta.last_log_id).map_err(encode)?;
         let membership = serde_json::to_vec(&meta.last_membership).map_err(encode)?;
         let meta_bytes = serde_json::to_vec(meta).map_err(encode)?;
+        // The snapshot's objects go to the objects file first (synced), so that the history the
+        // transaction below writes never names one that is missing; the objects only the history
+        // being replaced names are deleted after it, once nothing names them.
+        let (objects, items): (Vec<_>, Vec<_>) = content
+            .history
+            .iter()
+            .partition(|item| ObjectKey::decode_key(&item.key).is_some());
+        let objects: Vec<(ObjectKey, Vec<u8>)> = objects
+            .into_iter()
+            .filter_map(|item| Some((ObjectKey::decode_key(&item.key)?, item.value.clone())))
+            .collect();
+        let kept: std::collections::HashSet<ObjectKey> = objects.iter().map(|(k, _)| *k).collect();
+        let object_file = self.ledger.store().objects();
+        object_file
+            .write(objects, &[])
+            .map_err(|e| RaftStoreError::io("write the snapshot's objects", e))?;
         // The keys to drop are read before the transaction: this state machine is the only writer
         // of the history (it holds `&mut self`), so none appears meanwhile.
         let old: Vec<sled::IVec> = self
@@ -530,7 +547,7 @@ impl StateMachine {
                     for key in &old {
                         kv.remove(key)?;
                     }
-                    for item in &content.history {
+                    for item in &items {
                         kv.insert(item.key.as_slice(), item.value.as_slice())?;
                     }
                     sm.insert(APPLIED, applied.as_slice())?;
@@ -548,6 +565,14 @@ impl StateMachine {
             .durable()
             .flush()
             .map_err(|e| RaftStoreError::io("flush the installed snapshot to disk", e))?;
+        let stale: Vec<ObjectKey> = object_file
+            .keys()
+            .into_iter()
+            .filter(|k| !kept.contains(k))
+            .collect();
+        object_file
+            .write(Vec::new(), &stale)
+            .map_err(|e| RaftStoreError::io("delete the replaced history's objects", e))?;
         // Read back what is on disk now, through the same verification as at start-up.
         self.history = self.ledger.load()?;
         self.refresh_anchors();
@@ -677,8 +702,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
-        let captured =
-            SnapshotContent::capture(self.db(), self.last_applied, self.last_membership.clone());
+        let captured = SnapshotContent::capture(
+            self.ledger.store(),
+            self.last_applied,
+            self.last_membership.clone(),
+        );
         SnapshotBuilder::new(
             self.ledger.store().durable().clone(),
             self.tree.clone(),

@@ -38,14 +38,13 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::error::RaftStoreError;
+use crate::record_file::{self, Ending, RECORD_HEADER, ScanError, Slot, decode};
 
 /// The log's file in its directory.
 pub const FILE: &str = "log";
 /// Where a rewrite is built before it replaces `FILE`.
 const REWRITE: &str = "log.rewrite";
 const HEADER: &[u8; 16] = b"concord/raftlog1";
-/// Record header: length and checksum.
-const RECORD_HEADER: u64 = 8;
 /// A rewrite happens only once at least this much of the file is dead, so a small log is never
 /// rewritten.
 const REWRITE_SLACK: u64 = 4 << 20;
@@ -58,21 +57,6 @@ const PURGE: u8 = 3;
 const VOTE: u8 = 4;
 const COMMITTED: u8 = 5;
 
-/// Where an entry's bytes are in the file.
-#[derive(Debug, Clone, Copy)]
-struct Slot {
-    /// The offset of the record (its header).
-    at: u64,
-    /// The record's `len` (kind, index and entry).
-    len: u32,
-}
-
-impl Slot {
-    fn bytes_on_disk(&self) -> u64 {
-        RECORD_HEADER + u64::from(self.len)
-    }
-}
-
 /// What the records say, in memory: where each live entry is in the file and the latest vote,
 /// committed id and purge mark, as their log store encoded them.
 #[derive(Debug, Default)]
@@ -83,16 +67,6 @@ struct Index {
     vote: Option<Vec<u8>>,
     committed: Option<Vec<u8>>,
     purged: Option<(u64, Vec<u8>)>,
-}
-
-/// How the records of a file end.
-#[derive(Debug, PartialEq)]
-enum Ending {
-    /// At this offset, where the zeros the file was grown with (or the file) begin.
-    Clean(u64),
-    /// In a record cut short or garbled at `at`, with only zeros after it up to `until`: what a
-    /// write that never completed leaves.
-    Torn { at: u64, until: u64 },
 }
 
 /// The Raft log's file and its [`Index`].
@@ -399,17 +373,7 @@ impl Wal {
 
     /// Grows the file with zeros to `size`, synced.
     fn grow(&mut self, size: u64) -> Result<(), RaftStoreError> {
-        let zeros = vec![0u8; 1 << 20];
-        let mut at = self.allocated;
-        let grown = (|| {
-            while at < size {
-                let n = (size - at).min(zeros.len() as u64) as usize;
-                self.file.write_all_at(&zeros[..n], at)?;
-                at += n as u64;
-            }
-            self.file.sync_data()
-        })();
-        match grown {
+        match record_file::grow(&self.file, self.allocated, size) {
             Ok(()) => {
                 self.allocated = size;
                 Ok(())
@@ -533,98 +497,14 @@ impl Index {
 
 /// Reads the records of a log file of `file_len` bytes from `reader` into `index`: pure, so that the
 /// fuzzer runs it on any bytes (`crate::fuzzing::raft_log`).
-fn scan(mut reader: impl Read, file_len: u64, index: &mut Index) -> Result<Ending, RaftStoreError> {
-    let read_err = |e| RaftStoreError::io("read the Raft log's file", e);
-    let mut header = [0u8; 16];
-    reader
-        .read_exact(&mut header)
-        .ok()
-        .filter(|()| &header == HEADER)
-        .ok_or_else(|| {
-            RaftStoreError::corrupt("the Raft log's file", "it does not start with its header")
-        })?;
-    let mut at = HEADER.len() as u64;
-    let mut record = Vec::new();
-    while at < file_len {
-        let left = file_len - at;
-        if left < RECORD_HEADER {
-            return Ok(Ending::Torn {
-                at,
-                until: file_len,
-            });
-        }
-        let mut head = [0u8; RECORD_HEADER as usize];
-        reader.read_exact(&mut head).map_err(read_err)?;
-        if head == [0; RECORD_HEADER as usize] {
-            // The zeros the file was grown with: the log ends here, if nothing follows.
-            zeros_follow(at + RECORD_HEADER, &mut reader)?;
-            return Ok(Ending::Clean(at));
-        }
-        let len = u64::from(u32::from_le_bytes(head[..4].try_into().expect("4 bytes")));
-        if len > left - RECORD_HEADER {
-            // The length reaches past the file's end: the tail of a write that never completed.
-            return Ok(Ending::Torn {
-                at,
-                until: file_len,
-            });
-        }
-        record.clear();
-        record.extend_from_slice(&head);
-        record.resize((RECORD_HEADER + len) as usize, 0);
-        reader
-            .read_exact(&mut record[RECORD_HEADER as usize..])
-            .map_err(read_err)?;
-        let Some((kind, body)) = decode(&record) else {
-            // Whole in length but not in content: the last write did not complete, if only
-            // zeros follow it.
-            zeros_follow(at + RECORD_HEADER + len, &mut reader).map_err(|_| {
-                RaftStoreError::corrupt(
-                    "the Raft log's file",
-                    format!("the record at byte {at} fails its checksum, and records follow it"),
-                )
-            })?;
-            return Ok(Ending::Torn {
-                at,
-                until: at + RECORD_HEADER + len,
-            });
-        };
-        let slot = Slot {
-            at,
-            len: len as u32,
-        };
-        index.replay_record(kind, body, slot).map_err(|reason| {
-            RaftStoreError::corrupt(
-                "the Raft log's file",
-                format!("the record at byte {at} {reason}"),
-            )
-        })?;
-        at += RECORD_HEADER + len;
-    }
-    Ok(Ending::Clean(at))
-}
-
-/// Fails unless everything `reader` has left (from byte `from` on) is zero.
-fn zeros_follow(from: u64, reader: &mut impl Read) -> Result<(), RaftStoreError> {
-    let mut buf = vec![0u8; 64 << 10];
-    let mut at = from;
-    loop {
-        let n = reader
-            .read(&mut buf)
-            .map_err(|e| RaftStoreError::io("read the Raft log's file", e))?;
-        if n == 0 {
-            return Ok(());
-        }
-        if let Some(i) = buf[..n].iter().position(|b| *b != 0) {
-            return Err(RaftStoreError::corrupt(
-                "the Raft log's file",
-                format!(
-                    "it has bytes at {} after the end of its log (zeros up to there)",
-                    at + i as u64
-                ),
-            ));
-        }
-        at += n as u64;
-    }
+fn scan(reader: impl Read, file_len: u64, index: &mut Index) -> Result<Ending, RaftStoreError> {
+    record_file::scan(reader, file_len, HEADER, |kind, body, slot| {
+        index.replay_record(kind, body, slot)
+    })
+    .map_err(|e| match e {
+        ScanError::Io(e) => RaftStoreError::io("read the Raft log's file", e),
+        ScanError::Corrupt(why) => RaftStoreError::corrupt("the Raft log's file", why),
+    })
 }
 
 /// Syncs a [`Wal`]'s file without holding the log: every write that returned before
@@ -673,29 +553,8 @@ pub fn replay_bytes(file: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, RaftStoreError> 
 
 /// Appends one record to `buf`; returns its `len`.
 fn encode(buf: &mut Vec<u8>, kind: u8, prefix: &[u8], body: &[u8]) -> Result<u32, RaftStoreError> {
-    let len = u32::try_from(1 + prefix.len() + body.len())
-        .map_err(|_| RaftStoreError::io("append to the Raft log", "an entry of 4 GiB or more"))?;
-    let start = buf.len();
-    buf.extend_from_slice(&len.to_le_bytes());
-    buf.extend_from_slice(&[0; 4]);
-    buf.push(kind);
-    buf.extend_from_slice(prefix);
-    buf.extend_from_slice(body);
-    let crc = crc32fast::hash(&buf[start + RECORD_HEADER as usize..]);
-    buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-    Ok(len)
-}
-
-/// A whole record's kind and body, if its length and checksum hold.
-fn decode(record: &[u8]) -> Option<(u8, &[u8])> {
-    let head = record.get(..RECORD_HEADER as usize)?;
-    let len = u32::from_le_bytes(head[..4].try_into().ok()?) as usize;
-    let crc = u32::from_le_bytes(head[4..8].try_into().ok()?);
-    let rest = &record[RECORD_HEADER as usize..];
-    if len == 0 || rest.len() != len || crc32fast::hash(rest) != crc {
-        return None;
-    }
-    Some((rest[0], &rest[1..]))
+    record_file::encode(buf, kind, prefix, body)
+        .ok_or_else(|| RaftStoreError::io("append to the Raft log", "an entry of 4 GiB or more"))
 }
 
 /// Writes records to a new file.

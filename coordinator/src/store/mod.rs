@@ -7,6 +7,7 @@
 mod durable;
 mod key;
 mod memory;
+pub mod objects;
 mod sled_store;
 
 pub use durable::{DurableFlush, FlushSoon};

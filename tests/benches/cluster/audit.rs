@@ -34,6 +34,8 @@ pub struct Audited {
     pub start_up: Duration,
     /// Where the replica's history load went (its log's breakdown line), of the median start.
     pub load: String,
+    /// The replica's resident memory once started and idle (the largest of the runs).
+    pub rss: u64,
     /// The raw Ed25519 rates of this run, for the floor row beside each length.
     pub floor: Ed25519Floor,
 }
@@ -122,19 +124,21 @@ pub fn run(env: &Env, dir: &Path, sizes: &[usize], runs: usize) -> Result<Vec<Au
         times.sort();
         let data = dir.join(format!("replica-{size}"));
         write_store(&data.join("store"), store)?;
-        let mut starts: Vec<(Duration, String)> = (0..runs)
+        let mut starts: Vec<(Duration, u64, String)> = (0..runs)
             .map(|i| {
                 let log = dir.join(format!("replica-{size}-{i}.log"));
-                start_once(env, &data, &log).map(|took| (took, load_breakdown(&log)))
+                start_once(env, &data, &log).map(|(took, rss)| (took, rss, load_breakdown(&log)))
             })
             .collect::<Result<_, _>>()?;
-        starts.sort_by_key(|(took, _)| *took);
-        let (start_up, load) = starts.swap_remove(starts.len() / 2);
+        let rss = starts.iter().map(|(_, rss, _)| *rss).max().unwrap_or(0);
+        starts.sort_by_key(|(took, _, _)| *took);
+        let (start_up, _, load) = starts.swap_remove(starts.len() / 2);
         out.push(Audited {
             transitions: size,
             took: times[times.len() / 2],
             start_up,
             load,
+            rss,
             floor,
         });
     }
@@ -148,9 +152,13 @@ fn write_store(dir: &Path, writes: Vec<Write>) -> Result<(), String> {
     store.apply(writes).map_err(|e| e.to_string())
 }
 
+/// How long a started replica is left idle before its memory is read.
+const IDLE_BEFORE_RSS: Duration = Duration::from_secs(1);
+
 /// Starts a lone `concord-coordinator` on `data` and times process start to its startup probe's 200
-/// (the stored history loaded and verified, every port listening); then stops it.
-fn start_once(env: &Env, data: &Path, log: &Path) -> Result<Duration, String> {
+/// (the stored history loaded and verified, every port listening); then, after it idled a moment,
+/// reads its resident memory, and stops it.
+fn start_once(env: &Env, data: &Path, log: &Path) -> Result<(Duration, u64), String> {
     use concord_cli::process::{Addrs, CoordinatorProcess};
     let addrs = Addrs::free().map_err(|e| e.to_string())?;
     let health = addrs.health;
@@ -178,8 +186,10 @@ fn start_once(env: &Env, data: &Path, log: &Path) -> Result<Duration, String> {
         .join()
         .map_err(|_| "the probe thread panicked".to_string())?
         .ok_or("the startup probe did not pass within 120 s")?;
+    std::thread::sleep(IDLE_BEFORE_RSS);
+    let rss = crate::memory::rss(replica.pid());
     replica.stop();
-    Ok(passed.duration_since(start))
+    Ok((passed.duration_since(start), rss?))
 }
 
 /// The replica's own account of its history load (`Ledger::load`'s log line): total, transitions
@@ -382,6 +392,24 @@ pub fn rows(audited: &[Audited]) -> Vec<Row> {
             ),
             ms(a.start_up),
             format!("Ed25519 {}", ms(a.floor.all_cores(2 * a.transitions))),
+            target,
+            verdict,
+        ));
+    }
+    for a in audited {
+        let (target, verdict) = if a.transitions >= 10_000 {
+            ("< 50 MB", Verdict::of(a.rss < 50_000_000))
+        } else {
+            ("-", Verdict::Info)
+        };
+        rows.push(Row::new(
+            format!(
+                "idle replica RSS after that start, {} transitions on disk (idle {} s)",
+                a.transitions,
+                IDLE_BEFORE_RSS.as_secs()
+            ),
+            format!("{:.1} MB", a.rss as f64 / 1e6),
+            "-",
             target,
             verdict,
         ));

@@ -126,7 +126,7 @@ fn bytes_after_the_end_of_the_log_are_reported() {
     };
     poke(dir.path(), end + 1000, b"?");
     let err = Wal::open(dir.path()).unwrap_err().to_string();
-    assert!(err.contains("after the end of its log"), "{err}");
+    assert!(err.contains("after the end of its records"), "{err}");
 }
 
 #[test]
