@@ -9,7 +9,7 @@ use std::time::Duration;
 use concord_proto::v1 as pb;
 use openraft::Raft;
 use tonic::Status;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::links::PeerLinks;
 use super::replica::Replica;
@@ -785,12 +785,14 @@ impl<S: Store> Node<S> {
                 }
                 Prepared::Unchanged(_) => (Vec::new(), ([0; 32], Vec::new())),
             };
-            Ok::<_, CoordinatorError>((prepared, sealed, checked, refreshed))
+            let ahead = replica.read()?.store().objects_ahead();
+            Ok::<_, CoordinatorError>((prepared, sealed, checked, refreshed, ahead))
         })
         .await
         .map_err(|e| Status::internal(format!("the prepare task failed: {e}")))?
         .map_err(|e| to_status(&e))?;
-        let (prepared, refreshed) = ((prepared.0, prepared.1, prepared.2), prepared.3);
+        let (prepared, refreshed, ahead) =
+            ((prepared.0, prepared.1, prepared.2), prepared.3, prepared.4);
         phases.commit_phase("queue", queue_wait + refreshed);
         let (p, sealed) = match prepared {
             (Prepared::Unchanged(outcome), _, _) => return Ok(*outcome),
@@ -825,7 +827,23 @@ impl<S: Store> Node<S> {
                 sealed,
                 ..AppendTransition::new(&p.new)
             });
+            // The transition's manifest and records, written and synced beside the Raft write
+            // (`ObjectsAhead`): applying it here then finds them written.
+            let ahead = ahead.map(|ahead| {
+                let batch = crate::history::Ledger::<S>::append_batch(&p.new);
+                tokio::task::spawn_blocking(move || ahead.write(&batch))
+            });
             let written = raft.client_write(command).await;
+            if let Some(ahead) = ahead {
+                match ahead.await {
+                    Ok(Ok(())) => {}
+                    // The apply writes them itself, or fails with the same error.
+                    Ok(Err(e)) => warn!(error = %e, "writing a transition's records ahead failed"),
+                    Err(e) => {
+                        warn!(error = %e, "the task writing a transition's records ahead failed")
+                    }
+                }
+            }
             let raft_write = writing.elapsed();
             phases.commit_phase("raft_write", raft_write);
             debug!(

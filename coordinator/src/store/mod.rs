@@ -63,4 +63,31 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         let _ = first;
         Ok(None)
     }
+    /// What writes a transition's content-addressed records ahead of its commit, if this store
+    /// syncs them on a write of their own ([`ObjectsAhead`]).
+    fn objects_ahead(&self) -> Option<ObjectsAhead> {
+        None
+    }
+}
+
+/// Writes a transition's content-addressed records (its manifest, policy documents and transition
+/// record: the [`Key::Object`] and [`Key::Transition`] writes of a batch, nothing else) durably,
+/// from any thread, before the transition commits. The leader's SetManifest starts it beside its
+/// Raft write, so that applying the transition finds them written and the objects file's sync
+/// costs the commit nothing. What it writes for a transition that never commits is named by no
+/// history and never read.
+#[derive(Debug, Clone)]
+pub struct ObjectsAhead(std::sync::Arc<objects::ObjectFile>);
+
+impl ObjectsAhead {
+    pub fn write(&self, batch: &[Write]) -> Result<(), StoreError> {
+        let puts = batch
+            .iter()
+            .filter_map(|w| match w {
+                Write::Put(k, v) => Some((objects::ObjectKey::of(k)?, v.clone())),
+                Write::Delete(_) => None,
+            })
+            .collect();
+        self.0.write(puts, &[])
+    }
 }

@@ -32,7 +32,7 @@ use std::fs::{File, OpenOptions};
 use std::io::BufReader;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 
 use super::{Key, StoreError};
 use crate::hash::Hash;
@@ -114,12 +114,16 @@ impl ObjectKey {
 #[derive(Debug)]
 pub struct ObjectFile {
     file: File,
-    state: Mutex<State>,
+    /// Held by a write through its `fdatasync`: writes go one at a time, and a write that finds a
+    /// value held already (written by the one before it) writes nothing.
+    writer: Mutex<Writer>,
+    /// Where each key's latest record is; held only to look up or to update, never across I/O, so
+    /// reads do not wait for a write's sync.
+    index: RwLock<HashMap<ObjectKey, Slot>>,
 }
 
 #[derive(Debug, Default)]
-struct State {
-    index: HashMap<ObjectKey, Slot>,
+struct Writer {
     /// The end of the last whole record: where the next one goes.
     end: u64,
     /// The file's size: zeros from `end` on.
@@ -160,17 +164,29 @@ impl ObjectFile {
         };
         let objects = ObjectFile {
             file,
-            state: Mutex::new(State::default()),
+            writer: Mutex::new(Writer::default()),
+            index: RwLock::new(HashMap::new()),
         };
         objects.replay()?;
         Ok(objects)
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        // The index is only changed after a write succeeded, so it is whole whatever a panicking
-        // holder did.
-        self.state
+    // A panicking holder leaves both whole: the index changes only after a write succeeded.
+    fn writer(&self) -> std::sync::MutexGuard<'_, Writer> {
+        self.writer
             .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn index(&self) -> std::sync::RwLockReadGuard<'_, HashMap<ObjectKey, Slot>> {
+        self.index
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn index_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<ObjectKey, Slot>> {
+        self.index
+            .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
@@ -202,8 +218,8 @@ impl ObjectFile {
                 at
             }
         };
-        *self.state() = State {
-            index,
+        *self.index_mut() = index;
+        *self.writer() = Writer {
             end,
             allocated: len,
             broken: None,
@@ -213,7 +229,7 @@ impl ObjectFile {
 
     /// The value stored under `key`, if any, its record's checksum checked.
     pub fn get(&self, key: &ObjectKey) -> Result<Option<Vec<u8>>, StoreError> {
-        let Some(slot) = self.state().index.get(key).copied() else {
+        let Some(slot) = self.index().get(key).copied() else {
             return Ok(None);
         };
         self.read(key, slot).map(Some)
@@ -244,8 +260,8 @@ impl ObjectFile {
         puts: Vec<(ObjectKey, Vec<u8>)>,
         deletes: &[ObjectKey],
     ) -> Result<(), StoreError> {
-        let mut state = self.state();
-        if let Some(why) = &state.broken {
+        let mut writer = self.writer();
+        if let Some(why) = &writer.broken {
             return Err(io(
                 "write the history's objects file",
                 format!(
@@ -256,12 +272,13 @@ impl ObjectFile {
         let mut buf = Vec::new();
         let mut placed = Vec::new();
         for (key, value) in puts {
-            if let Some(slot) = state.index.get(&key).copied()
+            let held = self.index().get(&key).copied();
+            if let Some(slot) = held
                 && self.read(&key, slot).is_ok_and(|held| held == value)
             {
                 continue;
             }
-            let at = state.end + buf.len() as u64;
+            let at = writer.end + buf.len() as u64;
             let len = record_file::encode(&mut buf, PUT, &key.name(), &value).ok_or_else(|| {
                 io(
                     "write the history's objects file",
@@ -271,7 +288,7 @@ impl ObjectFile {
             placed.push((key, Some(Slot { at, len })));
         }
         for key in deletes {
-            if state.index.contains_key(key) {
+            if self.index().contains_key(key) {
                 record_file::encode(&mut buf, DELETE, &key.name(), &[])
                     .ok_or_else(|| io("write the history's objects file", "too long"))?;
                 placed.push((*key, None));
@@ -280,27 +297,28 @@ impl ObjectFile {
         if buf.is_empty() {
             return Ok(());
         }
-        let need = state.end + buf.len() as u64;
+        let need = writer.end + buf.len() as u64;
         let written = (|| {
-            if need > state.allocated {
-                record_file::grow(&self.file, state.allocated, need + GROW)?;
-                state.allocated = need + GROW;
+            if need > writer.allocated {
+                record_file::grow(&self.file, writer.allocated, need + GROW)?;
+                writer.allocated = need + GROW;
             }
-            self.file.write_all_at(&buf, state.end)?;
+            self.file.write_all_at(&buf, writer.end)?;
             self.file.sync_data()
         })();
         if let Err(e) = written {
             // Whatever part of `buf` reached the file is zeroed again if it can be; in any case
             // nothing more is written until a restart replays the file.
-            let _ = self.file.write_all_at(&vec![0; buf.len()], state.end);
-            state.broken = Some(e.to_string());
+            let _ = self.file.write_all_at(&vec![0; buf.len()], writer.end);
+            writer.broken = Some(e.to_string());
             return Err(io("write the history's objects file", e));
         }
-        state.end = need;
+        writer.end = need;
+        let mut index = self.index_mut();
         for (key, slot) in placed {
             match slot {
-                Some(slot) => state.index.insert(key, slot),
-                None => state.index.remove(&key),
+                Some(slot) => index.insert(key, slot),
+                None => index.remove(&key),
             };
         }
         Ok(())
@@ -308,7 +326,7 @@ impl ObjectFile {
 
     /// Every key held, in key order.
     pub fn keys(&self) -> Vec<ObjectKey> {
-        let mut keys: Vec<ObjectKey> = self.state().index.keys().copied().collect();
+        let mut keys: Vec<ObjectKey> = self.index().keys().copied().collect();
         keys.sort();
         keys
     }
@@ -319,8 +337,7 @@ impl ObjectFile {
         first: &std::ops::RangeInclusive<u8>,
     ) -> Result<Vec<(Hash, Vec<u8>)>, StoreError> {
         let mut slots: Vec<(Hash, Slot)> = self
-            .state()
-            .index
+            .index()
             .iter()
             .filter_map(|(key, slot)| match key {
                 ObjectKey::Transition(h) if first.contains(&h.as_bytes()[0]) => Some((*h, *slot)),
@@ -411,9 +428,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let objects = ObjectFile::open(dir.path()).unwrap();
         objects.write(vec![(key(1), b"one".to_vec())], &[]).unwrap();
-        let end = objects.state().end;
+        let end = objects.writer().end;
         objects.write(vec![(key(1), b"one".to_vec())], &[]).unwrap();
-        assert_eq!(objects.state().end, end);
+        assert_eq!(objects.writer().end, end);
         objects.write(vec![(key(1), b"uno".to_vec())], &[]).unwrap();
         assert_eq!(objects.get(&key(1)).unwrap(), Some(b"uno".to_vec()));
     }

@@ -229,6 +229,10 @@ impl Store for SledStore {
         self.objects.write(Vec::new(), &deletes)
     }
 
+    fn objects_ahead(&self) -> Option<super::ObjectsAhead> {
+        Some(super::ObjectsAhead(self.objects.clone()))
+    }
+
     fn transition_records(
         &self,
         first: std::ops::RangeInclusive<u8>,

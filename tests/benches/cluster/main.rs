@@ -408,6 +408,14 @@ fn cluster_rows(
             )
         }),
     );
+    push(
+        rows,
+        "idle replica RSS after the writes",
+        concord
+            .rss_after_writes
+            .as_ref()
+            .map(|(rss, history)| memory::rows_after_writes(rss, *history, mode.idle.as_secs())),
+    );
 }
 
 fn push(rows: &mut Vec<Row>, what: &str, section: Result<Vec<Row>, &String>) {
@@ -430,6 +438,8 @@ struct ConcordCluster {
     concurrent_reference: Result<Samples, String>,
     concurrent: Result<concurrent::Concurrent, String>,
     rss: Result<Vec<u64>, String>,
+    /// Once more after every write of the run (and an idle pause), with the history's length then.
+    rss_after_writes: Result<(Vec<u64>, u64), String>,
     rounds: Result<failover::ConcordRounds, String>,
 }
 
@@ -443,6 +453,7 @@ impl ConcordCluster {
             concurrent_reference: Err(e.clone()),
             concurrent: Err(e.clone()),
             rss: Err(e.clone()),
+            rss_after_writes: Err(e.clone()),
             rounds: Err(e),
         }
     }
@@ -513,6 +524,13 @@ async fn concord_cluster(
         cluster.writer.adopt(&c.latest.0, c.latest.1)?;
         Ok(c)
     });
+    tokio::time::sleep(mode.idle).await;
+    let rss_after_writes = cluster
+        .nodes
+        .iter()
+        .map(|n| memory::rss(n.pid()))
+        .collect::<Result<Vec<_>, _>>()
+        .map(|rss| (rss, cluster.writer.transitions()));
     ConcordCluster {
         first: Ok(first),
         propagation: [short, long],
@@ -521,6 +539,7 @@ async fn concord_cluster(
         concurrent_reference,
         concurrent,
         rss,
+        rss_after_writes,
         rounds,
     }
 }

@@ -41,3 +41,21 @@ pub fn rows(concord: &[u64], etcd: Result<&[u64], &str>, idle_secs: u64) -> Vec<
         Verdict::of(max < 50_000_000),
     )]
 }
+
+/// The same, read once more after every write of the run (the concurrent writers last), when the
+/// history is `history` transitions long: the target holds as the history grows, too.
+pub fn rows_after_writes(concord: &[u64], history: u64, idle_secs: u64) -> Vec<Row> {
+    let max = concord.iter().copied().max().unwrap_or(0);
+    let all: Vec<String> = concord.iter().map(|b| mb(*b)).collect();
+    vec![Row::new(
+        format!(
+            "idle replica RSS after every write, history {history}, max of {} ({}; idle {idle_secs} s)",
+            concord.len(),
+            all.join(", ")
+        ),
+        mb(max),
+        "-",
+        "< 50 MB",
+        Verdict::of(max < 50_000_000),
+    )]
+}
