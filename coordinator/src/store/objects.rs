@@ -120,6 +120,8 @@ pub struct ObjectFile {
     /// Where each key's latest record is; held only to look up or to update, never across I/O, so
     /// reads do not wait for a write's sync.
     index: RwLock<HashMap<ObjectKey, Slot>>,
+    /// Writes that reached the file (each with its sync), for the tests.
+    syncs: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -166,6 +168,7 @@ impl ObjectFile {
             file,
             writer: Mutex::new(Writer::default()),
             index: RwLock::new(HashMap::new()),
+            syncs: std::sync::atomic::AtomicU64::new(0),
         };
         objects.replay()?;
         Ok(objects)
@@ -314,6 +317,8 @@ impl ObjectFile {
             return Err(io("write the history's objects file", e));
         }
         writer.end = need;
+        self.syncs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut index = self.index_mut();
         for (key, slot) in placed {
             match slot {
@@ -322,6 +327,11 @@ impl ObjectFile {
             };
         }
         Ok(())
+    }
+
+    /// How many writes reached the file (each synced) since it was opened.
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Every key held, in key order.

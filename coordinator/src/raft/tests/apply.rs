@@ -46,6 +46,34 @@ async fn a_first_and_a_second_transition_are_verified_and_written() {
     );
 }
 
+/// A replica catching up applies several transitions at once: their records reach the objects
+/// file in one synced write, not one per transition, and the history is the same.
+#[tokio::test]
+async fn transitions_applied_together_sync_the_objects_file_once() {
+    let history = History::new(4);
+    let disk = Disk::new();
+    let (_log, mut sm) = disk.open();
+    apply_one(&mut sm, command_entry(1, history.command(0))).await;
+    let before = disk.store.objects().syncs();
+    let responses = sm
+        .apply((1..4).map(|i| command_entry(i as u64 + 1, history.command(i))))
+        .await
+        .unwrap();
+    assert_eq!(
+        responses,
+        (1..4)
+            .map(|i| CommandResponse::Applied {
+                hash: history.hashes[i]
+            })
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(disk.store.objects().syncs() - before, 1);
+    assert_eq!(sm.history().unwrap().chain.latest_hash(), history.hashes[3]);
+    drop(sm);
+    let replica = Coordinator::open(disk.store.clone()).unwrap();
+    assert_eq!(replica.chain().unwrap().latest_hash(), history.hashes[3]);
+}
+
 /// A tampered command, and what its rejection must say.
 pub(super) struct Tamper {
     pub what: &'static str,
