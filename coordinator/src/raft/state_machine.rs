@@ -610,9 +610,6 @@ impl StateMachine {
         started
     }
 
-    /// Applies committed entries in order.
-    // openraft's error type, as `RaftStateMachine::apply` returns it.
-    #[allow(clippy::result_large_err)]
     /// With several transitions to apply at once (a replica catching up), writes their records to
     /// the objects file in one synced write first, so that each apply finds them written instead of
     /// syncing the file once per entry. Unverified, and harmless: a record is named by its hash, and
@@ -642,6 +639,9 @@ impl StateMachine {
         }
     }
 
+    /// Applies committed entries in order.
+    // openraft's error type, as `RaftStateMachine::apply` returns it.
+    #[allow(clippy::result_large_err)]
     fn apply_entries(
         &mut self,
         entries: Vec<Entry<TypeConfig>>,
