@@ -8,7 +8,8 @@
 //! `fdatasync` of the same bytes. Raft needs nothing sled offers for its log: it appends at the end,
 //! cuts the end (a conflict) or the front (a purge after a snapshot), and reads recent ranges.
 //!
-//! The format (little-endian), after a 16-byte header `concord/raftlog1`, is one record after another:
+//! The format (little-endian; `crate::record_file`, shared with the history's objects file), after a
+//! 16-byte header `concord/raftlog1`, is one record after another:
 //! `len: u32`, `crc32: u32` of the `len` bytes that follow, `kind: u8` and `len - 1` bytes of body:
 //! - `ENTRY`: `index: u64` and the entry as its log store encodes it;
 //! - `TRUNCATE`: `index: u64`; the entries from that index on are gone;

@@ -10,6 +10,7 @@
 //! objects file is trusted for integrity: a host can edit both.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// sled's page cache. Its default (1 GiB) let a replica with a long history grow far past the
@@ -24,8 +25,6 @@ fn is_lock_held(e: &sled::Error) -> bool {
     matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock
         || io.to_string().contains("could not acquire lock"))
 }
-
-use std::sync::Arc;
 
 use super::objects::{ObjectFile, ObjectKey};
 use super::{DurableFlush, Key, Records, Store, StoreError, Write};
