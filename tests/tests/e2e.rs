@@ -274,3 +274,42 @@ fn restart_verifies_the_store_and_refuses_a_tampered_one() {
     .expect_err("a tampered store must not be served");
     assert!(err.message.contains("does not verify"), "{}", err.message);
 }
+
+/// The host edits the history's objects file itself, below the store's API (a byte of the stored
+/// manifest flipped, so its record's checksum fails): the replica refuses to start and says the
+/// file was damaged, and it never serves the manifest.
+#[test]
+fn a_replica_refuses_to_start_on_an_objects_file_edited_on_disk() {
+    let env = Env::new();
+    let mut c = env.start_coordinator("c1");
+    assert!(
+        env.set(&c, "manifest-v1.json", &["--owner-key", "owner.pem"])
+            .status
+            .success()
+    );
+    c.stop();
+
+    let path = env.path("c1/store/objects");
+    let mut file = std::fs::read(&path).unwrap();
+    let manifest = env.d.manifest(1);
+    let at = file
+        .windows(manifest.len())
+        .position(|w| w == manifest.as_slice())
+        .expect("the manifest is in the objects file");
+    file[at + manifest.len() / 2] ^= 0x20;
+    std::fs::write(&path, &file).unwrap();
+
+    let err = concord_cli::process::CoordinatorProcess::start(
+        &env.path("c1"),
+        &env.path("c1-edited.log"),
+        &env.flags("coordinator.policy"),
+    )
+    .expect_err("a store whose objects file was edited must not be served");
+    // The manifest's record comes first, and the transition's follows it: not the torn end a
+    // crash leaves, so the file is refused whole.
+    assert!(
+        err.message.contains("fails its checksum") && err.message.contains("damaged on disk"),
+        "{}",
+        err.message
+    );
+}
