@@ -235,9 +235,8 @@ fn the_first_manifest_is_authorized_by_its_own_owner_key_also_signed_externally(
     assert_eq!(bundle["transitions"][0]["owner_key"], public.as_str());
 }
 
-#[test]
-fn restart_verifies_the_store_and_refuses_a_tampered_one() {
-    let env = Env::new();
+/// Starts `c1`, sets the first manifest (owner-signed) and stops it: a store holding one transition.
+fn store_one_transition(env: &Env) {
     let mut c = env.start_coordinator("c1");
     assert!(
         env.set(&c, "manifest-v1.json", &["--owner-key", "owner.pem"])
@@ -245,6 +244,23 @@ fn restart_verifies_the_store_and_refuses_a_tampered_one() {
             .success()
     );
     c.stop();
+}
+
+/// Starts a coordinator on `c1`'s store, which must refuse to start; returns what it said.
+fn refused_start(env: &Env, log: &str) -> String {
+    concord_cli::process::CoordinatorProcess::start(
+        &env.path("c1"),
+        &env.path(log),
+        &env.flags("coordinator.policy"),
+    )
+    .expect_err("a tampered store must not be served")
+    .message
+}
+
+#[test]
+fn restart_verifies_the_store_and_refuses_a_tampered_one() {
+    let env = Env::new();
+    store_one_transition(&env);
 
     // Restarted on the same store: verifies it, then is recovering (the secrets were only in memory).
     let c = env.start_coordinator("c1");
@@ -266,13 +282,8 @@ fn restart_verifies_the_store_and_refuses_a_tampered_one() {
         m[5] ^= 0x20;
         store.tamper_put(&Key::Object(h), &m).unwrap();
     }
-    let err = concord_cli::process::CoordinatorProcess::start(
-        &env.path("c1"),
-        &env.path("c1-tampered.log"),
-        &env.flags("coordinator.policy"),
-    )
-    .expect_err("a tampered store must not be served");
-    assert!(err.message.contains("does not verify"), "{}", err.message);
+    let err = refused_start(&env, "c1-tampered.log");
+    assert!(err.contains("does not verify"), "{err}");
 }
 
 /// The host edits the history's objects file itself, below the store's API (a byte of the stored
@@ -281,13 +292,7 @@ fn restart_verifies_the_store_and_refuses_a_tampered_one() {
 #[test]
 fn a_replica_refuses_to_start_on_an_objects_file_edited_on_disk() {
     let env = Env::new();
-    let mut c = env.start_coordinator("c1");
-    assert!(
-        env.set(&c, "manifest-v1.json", &["--owner-key", "owner.pem"])
-            .status
-            .success()
-    );
-    c.stop();
+    store_one_transition(&env);
 
     let path = env.path("c1/store/objects");
     let mut file = std::fs::read(&path).unwrap();
@@ -299,17 +304,11 @@ fn a_replica_refuses_to_start_on_an_objects_file_edited_on_disk() {
     file[at + manifest.len() / 2] ^= 0x20;
     std::fs::write(&path, &file).unwrap();
 
-    let err = concord_cli::process::CoordinatorProcess::start(
-        &env.path("c1"),
-        &env.path("c1-edited.log"),
-        &env.flags("coordinator.policy"),
-    )
-    .expect_err("a store whose objects file was edited must not be served");
+    let err = refused_start(&env, "c1-edited.log");
     // The manifest's record comes first, and the transition's follows it: not the torn end a
     // crash leaves, so the file is refused whole.
     assert!(
-        err.message.contains("fails its checksum") && err.message.contains("damaged on disk"),
-        "{}",
-        err.message
+        err.contains("fails its checksum") && err.contains("damaged on disk"),
+        "{err}"
     );
 }

@@ -519,14 +519,14 @@ impl StateMachine {
         // The snapshot's objects go to the objects file first (synced), so that the history the
         // transaction below writes never names one that is missing; the objects only the history
         // being replaced names are deleted after it, once nothing names them.
-        let (objects, items): (Vec<_>, Vec<_>) = content
-            .history
-            .iter()
-            .partition(|item| ObjectKey::decode_key(&item.key).is_some());
-        let objects: Vec<(ObjectKey, Vec<u8>)> = objects
-            .into_iter()
-            .filter_map(|item| Some((ObjectKey::decode_key(&item.key)?, item.value.clone())))
-            .collect();
+        let mut objects: Vec<(ObjectKey, Vec<u8>)> = Vec::new();
+        let mut items = Vec::new();
+        for item in &content.history {
+            match ObjectKey::decode_key(&item.key) {
+                Some(key) => objects.push((key, item.value.clone())),
+                None => items.push(item),
+            }
+        }
         let kept: std::collections::HashSet<ObjectKey> = objects.iter().map(|(k, _)| *k).collect();
         let object_file = self.ledger.store().objects();
         object_file
