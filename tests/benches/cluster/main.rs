@@ -200,8 +200,10 @@ fn run(mode: &Mode, etcd: Option<&Path>) -> Vec<Row> {
     if mode.runs("audit") {
         let audit = guarded("audit", || {
             let env = concord_tests::Env::new();
-            let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-            audit::run(&env, dir.path(), mode.audit_sizes, mode.audit_runs)
+            // Inside the environment's directory, which CONCORD_KEEP_TEST_DIRS=1 keeps.
+            let dir = env.path("audit");
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            audit::run(&env, &dir, mode.audit_sizes, mode.audit_runs)
         });
         push(&mut rows, "audit", audit.as_ref().map(|a| audit::rows(a)));
         let log = guarded("log proofs", || Ok(tlog::run(&[10, 1_000, 100_000], 200)));
