@@ -293,10 +293,19 @@ fn decode_transition(t: &BundleTransition) -> Result<(Transition, Vec<u8>), Audi
 /// Audits a bundle. See the module documentation for what is checked.
 pub fn audit(bytes: &[u8], options: &AuditOptions) -> Result<AuditReport, AuditError> {
     let malformed = |what: &str, e: String| AuditError::Malformed(format!("{what}: {e}"));
-    // Before decoding: serde_json's maps keep the last of two equal names, another parser the first.
-    super::check_unique_keys(bytes).map_err(|e| malformed("history.json", e))?;
-    let bundle: AuditBundle =
-        serde_json::from_slice(bytes).map_err(|e| malformed("history.json", e.to_string()))?;
+    // serde_json's maps keep the last of two equal names, another parser the first: a document with
+    // a duplicate is refused, with that reason, whatever its decoding says. The two passes over the
+    // bytes are independent, so they run side by side (each is about a tenth of a long audit).
+    let (unique, bundle) = std::thread::scope(|scope| {
+        let unique = scope.spawn(|| super::check_unique_keys(bytes));
+        let bundle = serde_json::from_slice::<AuditBundle>(bytes);
+        let unique = unique
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (unique, bundle)
+    });
+    unique.map_err(|e| malformed("history.json", e))?;
+    let bundle = bundle.map_err(|e| malformed("history.json", e.to_string()))?;
     if bundle.format != FORMAT {
         return Err(AuditError::Malformed(format!(
             "format is {:?}, this tool reads {FORMAT:?}",

@@ -8,7 +8,7 @@
 
 pub mod audit;
 mod batch;
-mod chain;
+pub(crate) mod chain;
 pub mod feed;
 pub mod format;
 mod ledger;
