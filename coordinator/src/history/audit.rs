@@ -5,6 +5,7 @@
 //! authorization and manifest hash, the evidence and its binding to the latest transition and signing key,
 //! and optionally that a transition seen before is an ancestor of the latest (rollback and fork detection).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
@@ -14,21 +15,24 @@ use concord_attestation::{Evidence, Platform, PlatformTrust, VerifiedReport, Ver
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 
+use super::chain::{self, ChainVerifier};
 use super::merkle::MerkleTree;
 use super::note::{self, Checkpoint, SignedNote};
-use super::{Transition, VerifiedChain, format, verify_chain};
+use super::{Transition, VerifiedChain, format};
 use crate::hash::Hash;
 use crate::pem;
 
 pub const FORMAT: &str = "concord-history-v1";
 
-/// `history.json`.
+/// `history.json`. Decoded, its transitions borrow their strings from the document where they can
+/// (most of a long history's bytes are its manifests' base64: copying them was a tenth of an audit).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AuditBundle {
+pub struct AuditBundle<'a> {
     pub format: String,
     pub signing_key: String,
-    pub transitions: Vec<BundleTransition>,
+    #[serde(borrow)]
+    pub transitions: Vec<BundleTransition<'a>>,
     pub policies: BTreeMap<String, String>,
     pub root_ca: String,
     pub mesh_ca: String,
@@ -44,16 +48,21 @@ pub struct AuditBundle {
 /// One transition of the bundle.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BundleTransition {
+pub struct BundleTransition<'a> {
     pub index: u64,
-    pub manifest_hash: String,
-    pub previous: String,
-    pub hash: String,
-    pub signature: String,
+    #[serde(borrow)]
+    pub manifest_hash: Cow<'a, str>,
+    #[serde(borrow)]
+    pub previous: Cow<'a, str>,
+    #[serde(borrow)]
+    pub hash: Cow<'a, str>,
+    #[serde(borrow)]
+    pub signature: Cow<'a, str>,
     pub owner_key: Option<String>,
     pub owner_signature: Option<String>,
     /// base64 of the manifest bytes.
-    pub manifest: String,
+    #[serde(borrow)]
+    pub manifest: Cow<'a, str>,
 }
 
 /// The coordinator's evidence over the bundle (empty by default, until a draft is finished).
@@ -92,26 +101,26 @@ impl BundleEvidence {
     }
 }
 
-impl BundleTransition {
+impl BundleTransition<'static> {
     /// Transition `t` of a bundle, with its manifest bytes.
-    pub fn new(t: &Transition, manifest: &[u8]) -> BundleTransition {
+    pub fn new(t: &Transition, manifest: &[u8]) -> BundleTransition<'static> {
         BundleTransition {
             index: t.index,
-            manifest_hash: t.manifest_hash.to_hex(),
-            previous: t.previous.to_hex(),
-            hash: t.hash().to_hex(),
-            signature: hex::encode(t.signature.to_bytes()),
+            manifest_hash: t.manifest_hash.to_hex().into(),
+            previous: t.previous.to_hex().into(),
+            hash: t.hash().to_hex().into(),
+            signature: hex::encode(t.signature.to_bytes()).into(),
             owner_key: t.owner.as_ref().map(|o| hex::encode(o.key.as_bytes())),
             owner_signature: t
                 .owner
                 .as_ref()
                 .map(|o| hex::encode(o.signature.to_bytes())),
-            manifest: STANDARD.encode(manifest),
+            manifest: STANDARD.encode(manifest).into(),
         }
     }
 }
 
-impl AuditBundle {
+impl AuditBundle<'static> {
     /// The bundle of a verified chain, with `manifests`: the manifest bytes of each of its
     /// transitions, in order.
     pub fn new(
@@ -121,7 +130,7 @@ impl AuditBundle {
         root_ca_der: &[u8],
         mesh_ca_der: &[u8],
         evidence: BundleEvidence,
-    ) -> AuditBundle {
+    ) -> AuditBundle<'static> {
         let transitions = chain
             .transitions()
             .iter()
@@ -140,7 +149,9 @@ impl AuditBundle {
             checkpoint_key: None,
         }
     }
+}
 
+impl AuditBundle<'_> {
     /// Pretty JSON, as written to `history.json`.
     pub fn to_json(&self) -> Vec<u8> {
         // A struct of strings, integers and maps of strings always serializes.
@@ -285,7 +296,7 @@ fn decode_transition(t: &BundleTransition) -> Result<(Transition, Vec<u8>), Audi
         )));
     }
     let manifest = STANDARD
-        .decode(&t.manifest)
+        .decode(t.manifest.as_bytes())
         .map_err(|e| malformed(&format!("{at} manifest"), e.to_string()))?;
     Ok((transition, manifest))
 }
@@ -318,13 +329,23 @@ pub fn audit(bytes: &[u8], options: &AuditOptions) -> Result<AuditReport, AuditE
         .and_then(|b| VerifyingKey::from_bytes(&b).ok())
         .ok_or_else(|| AuditError::Malformed("signing_key is not an Ed25519 public key".into()))?;
 
-    // Decoded on every core (hex, base64 and a hash per transition); the first fault in order wins.
-    let items = super::chain::par_chunks(&bundle.transitions, |_, part| {
-        part.iter().map(decode_transition).collect()
-    })
-    .into_iter()
-    .collect::<Result<Vec<_>, AuditError>>()?;
-    let chain = verify_chain(signing_key, items).map_err(|e| AuditError::Chain(e.to_string()))?;
+    // A round at a time: decoded on every core (hex, base64 and a hash per transition), then
+    // verified, so that only one round's manifest bytes are held (decoding all of them first had
+    // every one land on fresh pages). The first transition at fault wins, in order.
+    let mut verifier = ChainVerifier::new(signing_key, bundle.transitions.len());
+    for round in bundle.transitions.chunks(chain::ROUND) {
+        let items = chain::par_chunks(round, |_, part| {
+            part.iter().map(decode_transition).collect()
+        })
+        .into_iter()
+        .collect::<Result<Vec<_>, AuditError>>()?;
+        verifier
+            .extend(items)
+            .map_err(|e| AuditError::Chain(e.to_string()))?;
+    }
+    let chain = verifier
+        .finish()
+        .map_err(|e| AuditError::Chain(e.to_string()))?;
 
     for (key, doc) in &bundle.policies {
         let doc = STANDARD

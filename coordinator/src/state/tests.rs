@@ -479,6 +479,25 @@ fn the_audit_bundle_audits_clean_and_binds_the_nonce() {
     };
     let report = audit(&bundle, &options).unwrap();
     assert_eq!(report.chain.len(), 2);
+    // The same bundle with JSON escapes in its transitions' strings (which the decoding cannot
+    // borrow from the document) audits the same; an escape of another character does not.
+    let text = String::from_utf8(bundle.clone()).unwrap();
+    let escape_first = |text: &str, field: &str, shift: u8| {
+        let key = format!("\"{field}\": \"");
+        let at = text.find(&key).unwrap() + key.len();
+        let c = text.as_bytes()[at] + shift;
+        format!("{}\\u{c:04x}{}", &text[..at], &text[at + 1..])
+    };
+    let escaped = escape_first(&escape_first(&text, "manifest", 0), "signature", 0);
+    assert!(escaped.contains("\"manifest\": \"\\u00"), "{escaped:.300}");
+    assert_eq!(
+        audit(escaped.as_bytes(), &options)
+            .unwrap()
+            .chain
+            .latest_hash(),
+        report.chain.latest_hash()
+    );
+    assert!(audit(escape_first(&text, "signature", 1).as_bytes(), &options).is_err());
     // Another nonce: a replayed bundle.
     let replay = AuditOptions {
         expected_nonce: Some([8; 32]),

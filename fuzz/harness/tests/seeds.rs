@@ -112,7 +112,7 @@ fn audit_bundles(d: &TestDeployment, core: &Coordinator<MemoryStore>) {
     one.transitions.truncate(1);
     write(t, "wrong-latest", &one.to_json());
     let mut tampered = bundle.clone();
-    tampered.transitions[1].signature = hex::encode([0x55; 64]);
+    tampered.transitions[1].signature = hex::encode([0x55; 64]).into();
     write(t, "bad-signature", &tampered.to_json());
     let mut no_certs = bundle.clone();
     no_certs.evidence.certificates = None;

@@ -245,7 +245,10 @@ fn audit_once(env: &Env, bundle: &Path) -> Result<Duration, String> {
 }
 
 /// The bundle of the first `size` transitions, for each of `sizes`.
-fn bundles(env: &Env, sizes: &[usize]) -> Result<Vec<(usize, AuditBundle, Vec<Write>)>, String> {
+fn bundles(
+    env: &Env,
+    sizes: &[usize],
+) -> Result<Vec<(usize, AuditBundle<'static>, Vec<Write>)>, String> {
     let crypto = |e: concord_mesh_ca::MeshCaError| e.to_string();
     let now = OffsetDateTime::now_utc();
     let engine = SeedEngine::generate().map_err(crypto)?;
@@ -259,29 +262,30 @@ fn bundles(env: &Env, sizes: &[usize]) -> Result<Vec<(usize, AuditBundle, Vec<Wr
         .into_iter()
         .map(|doc| (Hash::of(doc), doc.clone()))
         .collect();
-    let bundle = |chain: &VerifiedChain, manifests: &[Vec<u8>]| -> Result<AuditBundle, String> {
-        let nonce = [7u8; 32];
-        let report_data = format::audit_report_data(
-            &nonce,
-            chain.signing_key(),
-            &chain.latest_hash(),
-            root_ca.cert_der(),
-            mesh_ca.mesh_ca_der(),
-        );
-        let evidence = env
-            .d
-            .issuer(&env.d.coordinator_policy)
-            .issue(&report_data)
-            .map_err(|e| e.to_string())?;
-        Ok(AuditBundle::new(
-            chain,
-            manifests.iter().cloned(),
-            &policies,
-            root_ca.cert_der(),
-            mesh_ca.mesh_ca_der(),
-            BundleEvidence::new(&evidence, &nonce),
-        ))
-    };
+    let bundle =
+        |chain: &VerifiedChain, manifests: &[Vec<u8>]| -> Result<AuditBundle<'static>, String> {
+            let nonce = [7u8; 32];
+            let report_data = format::audit_report_data(
+                &nonce,
+                chain.signing_key(),
+                &chain.latest_hash(),
+                root_ca.cert_der(),
+                mesh_ca.mesh_ca_der(),
+            );
+            let evidence = env
+                .d
+                .issuer(&env.d.coordinator_policy)
+                .issue(&report_data)
+                .map_err(|e| e.to_string())?;
+            Ok(AuditBundle::new(
+                chain,
+                manifests.iter().cloned(),
+                &policies,
+                root_ca.cert_der(),
+                mesh_ca.mesh_ca_der(),
+                BundleEvidence::new(&evidence, &nonce),
+            ))
+        };
 
     // The store of a replica with the same history: what `Ledger::append` writes for each transition.
     let mesh_certs = serde_json::to_vec(&MeshCerts {
