@@ -56,6 +56,24 @@ pub fn raft_log(data: &[u8]) {
     }
 }
 
+/// The history's objects file as the host could leave it on the replica's disk (`store::objects`):
+/// scanned, every live record read back, and each checked as the ledger reads it (a transition
+/// decoded and hashed to its name, a manifest or policy document hashed to its name).
+pub fn objects_file(data: &[u8]) {
+    use crate::store::objects::ObjectKey;
+    if let Ok(records) = crate::store::objects::replay_bytes(data) {
+        for (key, value) in records {
+            let named = match key {
+                ObjectKey::Transition(h) => {
+                    crate::history::Transition::decode(&value).is_ok_and(|t| t.hash() == h)
+                }
+                ObjectKey::Object(h) => crate::hash::Hash::of(&value) == h,
+            };
+            std::hint::black_box(named);
+        }
+    }
+}
+
 /// `data[0]` selects a request kind of [`REQUEST_KINDS`]; the rest is its protobuf encoding.
 pub fn request(data: &[u8]) {
     let Some((&kind, body)) = data.split_first() else {

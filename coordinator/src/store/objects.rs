@@ -243,18 +243,7 @@ impl ObjectFile {
         self.file
             .read_exact_at(&mut record, slot.at)
             .map_err(|e| io("read the history's objects file", e))?;
-        match record_file::decode(&record) {
-            Some((PUT, body)) if body.len() >= NAME && body[..NAME] == key.name() => {
-                Ok(body[NAME..].to_vec())
-            }
-            _ => Err(io(
-                "read the history's objects file",
-                format!(
-                    "the record of {key:?} at byte {} changed on disk since it was written",
-                    slot.at
-                ),
-            )),
-        }
+        value_of(key, slot, &record)
     }
 
     /// Writes `puts` (skipping any whose value is held already) and then `deletes`, and syncs.
@@ -334,6 +323,11 @@ impl ObjectFile {
         self.syncs.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Where the file's records end (past it: the zeros it was grown with).
+    pub fn end(&self) -> u64 {
+        self.writer().end
+    }
+
     /// Every key held, in key order.
     pub fn keys(&self) -> Vec<ObjectKey> {
         let mut keys: Vec<ObjectKey> = self.index().keys().copied().collect();
@@ -363,6 +357,43 @@ impl ObjectFile {
         out.sort_by_key(|a| a.0);
         Ok(out)
     }
+}
+
+/// The value `record` (the bytes at `slot`) holds for `key`, if it is whole and still names it.
+fn value_of(key: &ObjectKey, slot: Slot, record: &[u8]) -> Result<Vec<u8>, StoreError> {
+    match record_file::decode(record) {
+        Some((PUT, body)) if body.len() >= NAME && body[..NAME] == key.name() => {
+            Ok(body[NAME..].to_vec())
+        }
+        _ => Err(io(
+            "read the history's objects file",
+            format!(
+                "the record of {key:?} at byte {} changed on disk since it was written",
+                slot.at
+            ),
+        )),
+    }
+}
+
+/// Scans `file` (a whole objects file's bytes) and reads back every live record as the store
+/// would: for the fuzzer. Returns the keys and values, in key order, or what the file was refused
+/// for.
+#[cfg(feature = "fuzzing")]
+pub fn replay_bytes(file: &[u8]) -> Result<Vec<(ObjectKey, Vec<u8>)>, StoreError> {
+    let mut index = HashMap::new();
+    scan(file, file.len() as u64, &mut index)?;
+    let mut live: Vec<(ObjectKey, Slot)> = index.into_iter().collect();
+    live.sort_by_key(|(key, _)| *key);
+    live.into_iter()
+        .map(|(key, slot)| {
+            let start = usize::try_from(slot.at).unwrap_or(usize::MAX);
+            let record = start
+                .checked_add(slot.bytes_on_disk() as usize)
+                .and_then(|end| file.get(start..end))
+                .unwrap_or_default();
+            value_of(&key, slot, record).map(|value| (key, value))
+        })
+        .collect()
 }
 
 /// Reads the records of an objects file of `file_len` bytes from `reader` into `index`: pure, so

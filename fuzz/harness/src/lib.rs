@@ -12,6 +12,7 @@ pub mod amd_crl;
 pub mod atls_evidence;
 pub mod audit_bundle;
 pub mod manifest;
+pub mod objects_file;
 pub mod raft_log;
 pub mod requests;
 pub mod seed_share;
@@ -25,7 +26,7 @@ pub mod witness_request;
 pub type Target = (&'static str, fn(&[u8]));
 
 /// Every target.
-pub const TARGETS: [Target; 11] = [
+pub const TARGETS: [Target; 12] = [
     ("manifest", manifest::run),
     ("audit_bundle", audit_bundle::run),
     ("seed_share", seed_share::run),
@@ -37,4 +38,5 @@ pub const TARGETS: [Target; 11] = [
     ("tdx_quote", tdx_quote::run),
     ("amd_crl", amd_crl::run),
     ("raft_log", raft_log::run),
+    ("objects_file", objects_file::run),
 ];

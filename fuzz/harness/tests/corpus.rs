@@ -106,6 +106,35 @@ fn valid_seeds_get_through_every_check() {
     );
 }
 
+/// The `objects_file` seed is a whole file the store wrote (a manifest, a transition record, a
+/// policy document put and deleted) that reads back to its two live records, each under its name;
+/// cut in its last record it still opens, without that record (the torn tail is what a crash
+/// leaves); a changed byte is refused.
+#[test]
+fn the_objects_file_seed_replays_to_its_live_records() {
+    use concord_coordinator::store::objects::{ObjectKey, replay_bytes};
+    let records = replay_bytes(&seed("objects_file", "file")).unwrap();
+    assert_eq!(records.len(), 2, "{records:?}");
+    for (key, value) in &records {
+        match key {
+            ObjectKey::Object(h) => assert_eq!(concord_coordinator::Hash::of(value), *h),
+            ObjectKey::Transition(h) => assert_eq!(
+                concord_coordinator::history::Transition::decode(value)
+                    .unwrap()
+                    .hash(),
+                *h
+            ),
+        }
+    }
+    // The tail cut is the delete's record: as if it had never been written, the policy is live.
+    let torn = replay_bytes(&seed("objects_file", "torn-tail")).unwrap();
+    assert_eq!(torn.len(), 3);
+    let err = replay_bytes(&seed("objects_file", "damaged"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("checksum"), "{err}");
+}
+
 /// The `raft_log` seed is a whole log (vote, entries, a truncation, a purge, the zeros the file is
 /// grown with) that replays to entries 2 and 3, so the fuzzer starts past the header and checksums.
 #[test]

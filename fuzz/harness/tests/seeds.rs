@@ -70,6 +70,47 @@ fn write_seed_corpus() {
     snp_reports();
     atls_certificates(&d);
     requests(&d, &core, &first, &second);
+    objects_files(&d, &core);
+}
+
+/// An objects file written by the store itself: the first transition's record and manifest, a
+/// policy document put and then deleted; the zeros it is grown with cut off (a scan ends at the
+/// file's end as at zeros). Then the same file cut in its last record, and with a byte of the
+/// manifest changed (its record's checksum then fails).
+fn objects_files(d: &TestDeployment, core: &Coordinator<MemoryStore>) {
+    use concord_coordinator::store::objects::{ObjectFile, ObjectKey};
+    let dir = std::env::temp_dir().join(format!("concord-objects-seed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let chain = core.chain().unwrap();
+    let t = &chain.transitions()[0];
+    let manifest = d.manifest(1);
+    let policy = d.workload_policy.clone();
+    let file = ObjectFile::open(&dir).unwrap();
+    file.write(
+        vec![
+            (ObjectKey::Object(Hash::of(&manifest)), manifest.clone()),
+            (ObjectKey::Transition(t.hash()), t.encode()),
+            (ObjectKey::Object(Hash::of(&policy)), policy.clone()),
+        ],
+        &[],
+    )
+    .unwrap();
+    file.write(Vec::new(), &[ObjectKey::Object(Hash::of(&policy))])
+        .unwrap();
+    let end = file.end() as usize;
+    drop(file);
+    let mut bytes = std::fs::read(dir.join(concord_coordinator::store::objects::FILE)).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    bytes.truncate(end);
+    write("objects_file", "file", &bytes);
+    write("objects_file", "torn-tail", &bytes[..bytes.len() - 20]);
+    let mut damaged = bytes.clone();
+    let at = damaged
+        .windows(manifest.len())
+        .position(|w| w == manifest.as_slice())
+        .unwrap();
+    damaged[at + 10] ^= 1;
+    write("objects_file", "damaged", &damaged);
 }
 
 fn manifests(d: &TestDeployment) {
