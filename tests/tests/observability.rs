@@ -205,6 +205,22 @@ fn metrics_parse_with_prometheus_client_and_count_what_happened() {
     assert!(gauge("concord_raft_term", &[]) >= 1.0);
     assert!(gauge("concord_raft_commit_index", &[]) >= 1.0);
 
+    // The SetManifest's records (its manifest and transition record at least) were offered ahead
+    // by the leader beside its Raft write (`ObjectsAhead`), so its apply syncs nothing; whichever
+    // came first wrote them, and the other found them held.
+    // Written or held, summed over both (either may be absent).
+    let records = |path: &str| -> f64 {
+        families["concord_history_records"]["samples"]
+            .as_array()
+            .expect("the concord_history_records family")
+            .iter()
+            .filter(|s| s[0] == "concord_history_records_total" && s[1]["path"] == path)
+            .filter_map(|s| s[2].as_f64())
+            .sum()
+    };
+    assert!(records("ahead") >= 2.0, "{}", records("ahead"));
+    assert!(records("store") >= 2.0, "the apply offers them too");
+
     assert_eq!(families["concord_certificates_issued"]["type"], "counter");
     assert_eq!(
         value(

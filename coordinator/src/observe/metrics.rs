@@ -57,6 +57,8 @@ pub struct Metrics {
     mesh_ca_handoffs: Mutex<BTreeMap<&'static str, u64>>,
     /// Transitions applied, by what became of their early checks (a fixed set, `raft::early`).
     early_checks: Mutex<BTreeMap<&'static str, u64>>,
+    /// Records offered to the history's objects file, by (path, what became of them): fixed sets.
+    history_records: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     /// Other members whose seal key this replica holds on a live attested link.
     peer_seal_keys: AtomicU64,
     /// Reports made to answer `PeerApi.SealKey` with evidence.
@@ -73,6 +75,7 @@ pub struct Counters {
     pub commit_phases: BTreeMap<&'static str, Histogram>,
     pub mesh_ca_handoffs: BTreeMap<&'static str, u64>,
     pub early_checks: BTreeMap<&'static str, u64>,
+    pub history_records: BTreeMap<(&'static str, &'static str), u64>,
     pub peer_seal_keys: u64,
     pub seal_key_reports: u64,
 }
@@ -156,6 +159,14 @@ impl Metrics {
         *lock(&self.early_checks).entry(outcome).or_insert(0) += 1;
     }
 
+    /// Counts `n` records of the history offered to the objects file on `path` (`ahead` of their
+    /// apply, or `store`: any other write) that were `written` to it or already `held` there.
+    pub fn history_records(&self, path: &'static str, how: &'static str, n: u64) {
+        if n > 0 {
+            *lock(&self.history_records).entry((path, how)).or_insert(0) += n;
+        }
+    }
+
     /// Counts one report made to answer `PeerApi.SealKey` (evidence binding the seal key).
     pub fn seal_key_report(&self) {
         self.seal_key_reports.fetch_add(1, Ordering::Relaxed);
@@ -170,6 +181,7 @@ impl Metrics {
         Counters {
             mesh_ca_handoffs: lock(&self.mesh_ca_handoffs).clone(),
             early_checks: lock(&self.early_checks).clone(),
+            history_records: lock(&self.history_records).clone(),
             peer_seal_keys: self.peer_seal_keys.load(Ordering::Relaxed),
             seal_key_reports: self.seal_key_reports.load(Ordering::Relaxed),
             transit_requests: lock(&self.transit_requests).clone(),
@@ -290,6 +302,18 @@ fn counter_families(e: &mut Exposition, c: &Counters) {
     );
     for (how, n) in &c.mesh_ca_handoffs {
         e.sample("concord_mesh_ca_handoffs_total", &[("how", how)], *n as f64);
+    }
+    e.family(
+        "concord_history_records_total",
+        "Records of the history (manifests, policy documents, transition records) offered to the objects file, by path: ahead (the leader writes a SetManifest's records beside its Raft write, and a catching-up replica those of the entries it applies together, so that the applies find them held and sync nothing) or store (every other write, the applies' included); and by what became of them: written, or held (already there with the same value).",
+        Kind::Counter,
+    );
+    for ((path, how), n) in &c.history_records {
+        e.sample(
+            "concord_history_records_total",
+            &[("path", path), ("how", how)],
+            *n as f64,
+        );
     }
     e.family(
         "concord_early_checks_total",

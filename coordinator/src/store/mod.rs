@@ -88,6 +88,6 @@ impl ObjectsAhead {
                 Write::Delete(_) => None,
             })
             .collect();
-        self.0.write(puts, &[])
+        self.0.write_ahead(puts)
     }
 }

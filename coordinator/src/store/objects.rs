@@ -252,6 +252,21 @@ impl ObjectFile {
         puts: Vec<(ObjectKey, Vec<u8>)>,
         deletes: &[ObjectKey],
     ) -> Result<(), StoreError> {
+        self.write_counted(puts, deletes, "store")
+    }
+
+    /// [`write`](Self::write) of records offered ahead of the apply that names them
+    /// ([`super::ObjectsAhead`]), counted apart in `concord_history_records_total{path="ahead"}`.
+    pub fn write_ahead(&self, puts: Vec<(ObjectKey, Vec<u8>)>) -> Result<(), StoreError> {
+        self.write_counted(puts, &[], "ahead")
+    }
+
+    fn write_counted(
+        &self,
+        puts: Vec<(ObjectKey, Vec<u8>)>,
+        deletes: &[ObjectKey],
+        path: &'static str,
+    ) -> Result<(), StoreError> {
         let mut writer = self.writer();
         if let Some(why) = &writer.broken {
             return Err(io(
@@ -263,11 +278,13 @@ impl ObjectFile {
         }
         let mut buf = Vec::new();
         let mut placed = Vec::new();
+        let mut held_puts = 0;
         for (key, value) in puts {
             let held = self.index().get(&key).copied();
             if let Some(slot) = held
                 && self.read(&key, slot).is_ok_and(|held| held == value)
             {
+                held_puts += 1;
                 continue;
             }
             let at = writer.end + buf.len() as u64;
@@ -286,6 +303,8 @@ impl ObjectFile {
                 placed.push((*key, None));
             }
         }
+        let metrics = crate::observe::global();
+        metrics.history_records(path, "held", held_puts);
         if buf.is_empty() {
             return Ok(());
         }
@@ -308,6 +327,11 @@ impl ObjectFile {
         writer.end = need;
         self.syncs
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics.history_records(
+            path,
+            "written",
+            placed.iter().filter(|(_, slot)| slot.is_some()).count() as u64,
+        );
         let mut index = self.index_mut();
         for (key, slot) in placed {
             match slot {
