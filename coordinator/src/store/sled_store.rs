@@ -81,18 +81,28 @@ impl SledStore {
                 .open()
             {
                 Ok(db) => {
+                    let sled_ms = start.elapsed().as_millis() as u64;
                     let durable =
                         DurableFlush::new(db.clone(), dir).map_err(|e| StoreError::Open {
                             path: dir.display().to_string(),
                             reason: format!("cannot open sled's files to sync them: {e}"),
                         })?;
+                    let scanning = Instant::now();
                     let objects = Arc::new(ObjectFile::open(dir)?);
+                    let objects_ms = scanning.elapsed().as_millis() as u64;
                     let store = SledStore {
                         db,
                         durable,
                         objects,
                     };
                     store.move_objects_out_of_sled()?;
+                    tracing::info!(
+                        sled_ms,
+                        objects_ms,
+                        total_ms = start.elapsed().as_millis() as u64,
+                        "opened the store (sled: its database opened and recovered; objects: the \
+                         history's objects file scanned and checked)"
+                    );
                     return Ok(store);
                 }
                 Err(e) if is_lock_held(&e) && start.elapsed() < LOCK_WAIT => {

@@ -192,34 +192,41 @@ fn start_once(env: &Env, data: &Path, log: &Path) -> Result<(Duration, u64), Str
     Ok((passed.duration_since(start), rss?))
 }
 
-/// The replica's own account of its history load (`Ledger::load`'s log line): total, transitions
+/// The replica's own account of its start (its log lines): the store's open (`SledStore::open`:
+/// sled, then the objects file's scan), then the history load (`Ledger::load`): total, transitions
 /// read, waiting for manifests read on another thread, verification (parsing, signatures, links)
 /// and the rest, in ms.
 fn load_breakdown(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    let Some(line) = text
-        .lines()
-        .find(|l| l.contains("read and verified the stored history"))
-    else {
-        return "no breakdown in the log".into();
+    let fields = |says: &str, keys: &[&str]| -> Option<Vec<String>> {
+        let line = text.lines().find(|l| l.contains(says))?;
+        Some(
+            keys.iter()
+                .map(|key| {
+                    let value = line
+                        .split_whitespace()
+                        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+                        .unwrap_or("?");
+                    format!("{} {value}", key.trim_end_matches("_ms"))
+                })
+                .collect(),
+        )
     };
-    [
-        "total_ms",
-        "line_ms",
-        "manifests_wait_ms",
-        "verify_ms",
-        "rest_ms",
-    ]
-    .iter()
-    .map(|key| {
-        let value = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{key}=")))
-            .unwrap_or("?");
-        format!("{} {value}", key.trim_end_matches("_ms"))
-    })
-    .collect::<Vec<_>>()
-    .join(", ")
+    let open = fields("opened the store", &["sled_ms", "objects_ms"]);
+    let load = fields(
+        "read and verified the stored history",
+        &[
+            "total_ms",
+            "line_ms",
+            "manifests_wait_ms",
+            "verify_ms",
+            "rest_ms",
+        ],
+    );
+    match (open, load) {
+        (Some(open), Some(load)) => format!("open: {}; load: {}", open.join(", "), load.join(", ")),
+        _ => "no breakdown in the log".into(),
+    }
 }
 
 /// One run of the real CLI, as a data owner runs it.
@@ -426,7 +433,7 @@ pub fn rows(audited: &[Audited]) -> Vec<Row> {
     }
     for a in audited {
         rows.push(Row::new(
-            format!("  where the start's history load went, {}", a.transitions),
+            format!("  where the start went, {}", a.transitions),
             a.load.clone(),
             "-",
             "ms",
