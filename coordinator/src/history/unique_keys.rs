@@ -4,8 +4,9 @@
 //! last value, Python's `json` too, other parsers the first or an error. An audit bundle with two
 //! entries for one policy hash, or two `manifest` fields in a transition, could then mean one thing to
 //! Concord's auditor and another to a third party's. PROTOCOL.md §10 makes duplicates an error; this
-//! pass enforces it for the whole document before it is decoded. It must never accept a document that
-//! serde_json would read differently from a parser that keeps the first value.
+//! pass enforces it for the whole document before anything decoded from it is used (the audit runs it
+//! beside serde's decoding, on another thread, and refuses on its verdict first). It must never accept
+//! a document that serde_json would read differently from a parser that keeps the first value.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
