@@ -7,7 +7,7 @@
 //! the records. A record cut short or garbled at the end, with nothing but zeros after it, is what
 //! a crash in the middle of a write leaves ([`Ending::Torn`]); any other damage is an error.
 
-use std::io::Read;
+use std::io::{BufRead, Read};
 
 /// A record's header: length and checksum.
 pub const RECORD_HEADER: u64 = 8;
@@ -62,9 +62,13 @@ pub fn encode(buf: &mut Vec<u8>, kind: u8, prefix: &[u8], body: &[u8]) -> Option
 /// A whole record's kind and body, if its length and checksum hold.
 pub fn decode(record: &[u8]) -> Option<(u8, &[u8])> {
     let head = record.get(..RECORD_HEADER as usize)?;
-    let len = u32::from_le_bytes(head[..4].try_into().ok()?) as usize;
-    let crc = u32::from_le_bytes(head[4..8].try_into().ok()?);
-    let rest = &record[RECORD_HEADER as usize..];
+    decode_parts(head, &record[RECORD_HEADER as usize..])
+}
+
+/// [`decode`] of a record whose header and the rest are apart.
+fn decode_parts<'a>(head: &[u8], rest: &'a [u8]) -> Option<(u8, &'a [u8])> {
+    let len = u32::from_le_bytes(head.get(..4)?.try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(head.get(4..8)?.try_into().ok()?);
     if len == 0 || rest.len() != len || crc32fast::hash(rest) != crc {
         return None;
     }
@@ -75,7 +79,7 @@ pub fn decode(record: &[u8]) -> Option<(u8, &[u8])> {
 /// handing each whole record to `each` (its kind, body and place); `each` refuses a record by
 /// saying what is wrong with it. Pure, so that the fuzzers run it on any bytes.
 pub fn scan(
-    mut reader: impl Read,
+    mut reader: impl BufRead,
     file_len: u64,
     header: &[u8; 16],
     mut each: impl FnMut(u8, &[u8], Slot) -> Result<(), String>,
@@ -111,13 +115,24 @@ pub fn scan(
                 until: file_len,
             });
         }
-        record.clear();
-        record.extend_from_slice(&head);
-        record.resize((RECORD_HEADER + len) as usize, 0);
-        reader
-            .read_exact(&mut record[RECORD_HEADER as usize..])
-            .map_err(ScanError::Io)?;
-        let Some((kind, body)) = decode(&record) else {
+        // A record wholly in the reader's buffer is checked there; only one that is not is copied
+        // out (a replica scans every record at start: issue 11.4).
+        let rest_len = len as usize;
+        let buffered = reader.fill_buf().map_err(ScanError::Io)?.len() >= rest_len;
+        if !buffered {
+            record.clear();
+            record.resize(rest_len, 0);
+            reader.read_exact(&mut record).map_err(ScanError::Io)?;
+        }
+        let rest = if buffered {
+            &reader.fill_buf().map_err(ScanError::Io)?[..rest_len]
+        } else {
+            &record[..]
+        };
+        let Some((kind, body)) = decode_parts(&head, rest) else {
+            if buffered {
+                reader.consume(rest_len);
+            }
             // Whole in length but not in content: the last write did not complete, if only
             // zeros follow it.
             zeros_follow(at + RECORD_HEADER + len, &mut reader).map_err(|_| {
@@ -136,6 +151,9 @@ pub fn scan(
         };
         each(kind, body, slot)
             .map_err(|reason| ScanError::Corrupt(format!("the record at byte {at} {reason}")))?;
+        if buffered {
+            reader.consume(rest_len);
+        }
         at += RECORD_HEADER + len;
     }
     Ok(Ending::Clean(at))
@@ -150,7 +168,7 @@ fn zeros_follow(from: u64, reader: &mut impl Read) -> Result<(), ScanError> {
         if n == 0 {
             return Ok(());
         }
-        if let Some(i) = buf[..n].iter().position(|b| *b != 0) {
+        if let Some(i) = first_nonzero(&buf[..n]) {
             return Err(ScanError::Corrupt(format!(
                 "it has bytes at {} after the end of its records (zeros up to there)",
                 at + i as u64
@@ -158,6 +176,20 @@ fn zeros_follow(from: u64, reader: &mut impl Read) -> Result<(), ScanError> {
         }
         at += n as u64;
     }
+}
+
+/// Where the first byte that is not zero is. Blocks are or-ed together first (the compiler
+/// vectorizes that; a search byte by byte does not): a file is grown by megabytes of zeros, and every
+/// open reads them all (issue 11.4: start-up time).
+fn first_nonzero(bytes: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    for block in bytes.chunks(4096) {
+        if block.iter().fold(0u8, |acc, b| acc | b) != 0 {
+            return block.iter().position(|b| *b != 0).map(|i| at + i);
+        }
+        at += block.len();
+    }
+    None
 }
 
 /// Writes `zeros` up to `size` from `from` on, then syncs: how a file is grown ahead of its records,
@@ -172,4 +204,23 @@ pub fn grow(file: &std::fs::File, from: u64, size: u64) -> std::io::Result<()> {
         at += n as u64;
     }
     file.sync_data()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_nonzero;
+
+    #[test]
+    fn the_first_byte_that_is_not_zero_is_found_in_any_block() {
+        assert_eq!(first_nonzero(&[]), None);
+        assert_eq!(first_nonzero(&[0; 10_000]), None);
+        for at in [0, 1, 4095, 4096, 4097, 9_999] {
+            let mut bytes = vec![0u8; 10_000];
+            bytes[at] = 0x80;
+            if at + 1 < bytes.len() {
+                bytes[at + 1] = 1;
+            }
+            assert_eq!(first_nonzero(&bytes), Some(at), "a byte at {at}");
+        }
+    }
 }

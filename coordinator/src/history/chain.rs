@@ -320,7 +320,7 @@ impl ChainVerifier {
         let signing_key = *self.chain.signing_key();
         let offset = self.chain.len();
         let alone = par_chunks(&items, |first, part| {
-            let verdicts = signature_verdicts(&signing_key, part);
+            let verdicts = signature_verdicts(&signing_key, part.iter().map(|(t, _)| t));
             part.iter()
                 .zip(verdicts)
                 .enumerate()
@@ -337,6 +337,30 @@ impl ChainVerifier {
     }
 
     /// The verified chain; refuses an empty history.
+    /// Links a round that [`parse_round`] parsed, in order, with the signature verdicts its
+    /// transitions carry, so the first transition at fault is named as [`extend`](Self::extend)
+    /// names it. The round must start where this chain ends (the caller parses the next round while
+    /// this one is linked).
+    pub fn link_round(&mut self, round: ParsedRound) -> Result<(), ChainError> {
+        if round.offset != self.chain.len() {
+            return Err(ChainError {
+                index: self.chain.len() as u64,
+                reason: format!(
+                    "a round parsed for index {} was offered at index {}",
+                    round.offset,
+                    self.chain.len()
+                ),
+            });
+        }
+        let signing_key = *self.chain.signing_key();
+        for (signed, manifest) in round.items {
+            let signatures = signed.signatures_under(&signing_key);
+            self.chain
+                .push_with(signed.transition, manifest?, signatures)?;
+        }
+        Ok(())
+    }
+
     pub fn finish(self) -> Result<VerifiedChain, ChainError> {
         if self.chain.is_empty() {
             return Err(ChainError {
@@ -351,12 +375,12 @@ impl ChainVerifier {
 /// The verdicts on each transition's coordinator signature (under `signing_key`) and owner
 /// authorization (true when it carries none), all checked together ([`batch::verify_strict_all`]:
 /// the same verdicts as `format::verify_transition` and `format::verify_owner` one by one).
-fn signature_verdicts(
+fn signature_verdicts<'a>(
     signing_key: &VerifyingKey,
-    part: &[(Transition, Vec<u8>)],
+    part: impl Iterator<Item = &'a Transition> + Clone,
 ) -> Vec<Signatures> {
-    let mut checks = Vec::with_capacity(part.len() * 2);
-    for (t, _) in part {
+    let mut checks = Vec::with_capacity(part.size_hint().0 * 2);
+    for t in part.clone() {
         let hash = t.hash();
         checks.push(SignatureCheck {
             key: *signing_key,
@@ -372,17 +396,141 @@ fn signature_verdicts(
         }
     }
     let mut verdicts = batch::verify_strict_all(&checks).into_iter();
-    part.iter()
-        .map(|(t, _)| {
-            // One verdict per check pushed above, in the same order.
-            let coordinator = verdicts.next().unwrap_or(false);
-            let owner = match t.owner {
-                Some(_) => verdicts.next().unwrap_or(false),
-                None => true,
-            };
-            Signatures::Known { coordinator, owner }
-        })
-        .collect()
+    part.map(|t| {
+        // One verdict per check pushed above, in the same order.
+        let coordinator = verdicts.next().unwrap_or(false);
+        let owner = match t.owner {
+            Some(_) => verdicts.next().unwrap_or(false),
+            None => true,
+        };
+        Signatures::Known { coordinator, owner }
+    })
+    .collect()
+}
+
+/// A transition with the verdicts of its two signatures under one signing key, reached before its
+/// place in a history is known: both signatures cover the transition's hash alone, so the verdicts
+/// hold wherever it is linked. Made only by [`check_all`](Self::check_all), which checks them, or
+/// [`unchecked`](Self::unchecked), which leaves them to [`ChainVerifier::link_round`]. A `false`
+/// verdict is kept, not reported: the transition may be off the line, and on it, it is reported where
+/// it is linked.
+#[derive(Debug)]
+pub struct SignedTransition {
+    transition: Transition,
+    verdicts: Option<(VerifyingKey, Signatures)>,
+}
+
+impl SignedTransition {
+    /// Checks the signatures of every transition under `signing_key` (the coordinator's) and the
+    /// owner key each names, in batches on this thread (`batch::verify_strict_all`: the verdicts of
+    /// `verify_strict`).
+    pub fn check_all(
+        signing_key: &VerifyingKey,
+        transitions: Vec<Transition>,
+    ) -> Vec<SignedTransition> {
+        let verdicts = signature_verdicts(signing_key, transitions.iter());
+        transitions
+            .into_iter()
+            .zip(verdicts)
+            .map(|(transition, verdicts)| SignedTransition {
+                transition,
+                verdicts: Some((*signing_key, verdicts)),
+            })
+            .collect()
+    }
+
+    /// `transition`, its signatures not checked yet.
+    pub fn unchecked(transition: Transition) -> SignedTransition {
+        SignedTransition {
+            transition,
+            verdicts: None,
+        }
+    }
+
+    pub fn transition(&self) -> &Transition {
+        &self.transition
+    }
+
+    /// The verdicts, if they were reached under `signing_key`; otherwise they are to be reached.
+    fn signatures_under(&self, signing_key: &VerifyingKey) -> Signatures {
+        match self.verdicts {
+            Some((key, verdicts)) if key == *signing_key => verdicts,
+            _ => Signatures::Verify,
+        }
+    }
+}
+
+/// Transitions whose manifests [`parse_round`] parsed, to be linked by
+/// [`ChainVerifier::link_round`] at index `offset`.
+#[derive(Debug)]
+pub struct ParsedRound {
+    offset: usize,
+    items: Vec<(SignedTransition, Result<Manifest, ChainError>)>,
+}
+
+/// Parses the manifests of transitions `offset..` (each with its manifest bytes), on every core,
+/// handed out a few at a time to whichever thread is free. A manifest that does not parse is kept as
+/// its error, reported where it is linked. The caller holds the round's parsed manifests until it is
+/// linked: rounds of at most [`ROUND`] keep that bounded.
+pub fn parse_round(offset: usize, items: Vec<(SignedTransition, Vec<u8>)>) -> ParsedRound {
+    let parsed = par_map(&items, PARSE_CHUNK, |i, (_, bytes)| {
+        parse_at((offset + i) as u64, bytes)
+    });
+    ParsedRound {
+        offset,
+        items: items
+            .into_iter()
+            .map(|(signed, _)| signed)
+            .zip(parsed)
+            .collect(),
+    }
+}
+
+/// Manifests a thread of [`parse_round`] takes at a time: small, so that a thread
+/// slowed by another (the store's reader shares the cores) leaves the rest to the others.
+const PARSE_CHUNK: usize = 32;
+
+/// `f` over every item (with its index), on every available core, results in order. The items are
+/// handed out `chunk` at a time to whichever thread asks next, this one included, so the threads end
+/// together however the cores are shared. Small inputs stay on this thread.
+pub(super) fn par_map<T: Sync, R: Send>(
+    items: &[T],
+    chunk: usize,
+    f: impl Fn(usize, &T) -> R + Sync,
+) -> Vec<R> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let cores = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8);
+    let chunk = chunk.max(1);
+    if cores < 2 || items.len() <= chunk {
+        return items.iter().enumerate().map(|(i, t)| f(i, t)).collect();
+    }
+    let next = AtomicUsize::new(0);
+    let work = || {
+        let mut done = Vec::new();
+        loop {
+            let start = next.fetch_add(chunk, Ordering::Relaxed);
+            if start >= items.len() {
+                return done;
+            }
+            let end = (start + chunk).min(items.len());
+            let results: Vec<R> = (start..end).map(|i| f(i, &items[i])).collect();
+            done.push((start, results));
+        }
+    };
+    let mut done = std::thread::scope(|scope| {
+        let handles: Vec<_> = (1..cores.min(items.len().div_ceil(chunk)))
+            .map(|_| scope.spawn(work))
+            .collect();
+        let mut done = work();
+        for h in handles {
+            done.extend(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+        }
+        done
+    });
+    done.sort_unstable_by_key(|(start, _)| *start);
+    done.into_iter().flat_map(|(_, results)| results).collect()
 }
 
 /// `f` over consecutive chunks of `items`, one chunk per available core (`f` is given the index of

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 
-use super::chain::ChainVerifier;
+use super::chain::{self, ChainVerifier, ParsedRound, SignedTransition};
 use super::{ChainError, Transition, VerifiedChain};
 use crate::hash::Hash;
 use crate::manifest::Manifest;
@@ -73,6 +73,8 @@ const LOAD_BATCH_BYTES: usize = 16 << 20;
 #[derive(Debug, Default)]
 struct LoadTimes {
     line: std::time::Duration,
+    /// Of `line`: reading, decoding and checking the records (on every core), before the walk.
+    records: std::time::Duration,
     /// Waiting for the reader thread's next batch of manifests.
     manifests: std::time::Duration,
     verify: std::time::Duration,
@@ -127,8 +129,10 @@ impl<S: Store> Ledger<S> {
         let started = std::time::Instant::now();
         let mut took = LoadTimes::default();
 
-        // The line, newest first: transitions only (a few hundred bytes each).
-        let mut stored = self.stored_transitions()?;
+        // The line, newest first: transitions only (a few hundred bytes each), their signatures
+        // checked where they were read, on every core.
+        let mut stored = self.stored_transitions(&signing_key)?;
+        took.records = started.elapsed();
         let mut line = Vec::new();
         let mut cursor = latest;
         while cursor != Hash::ZERO {
@@ -138,11 +142,11 @@ impl<S: Store> Ledger<S> {
                         "transition {cursor} is missing"
                     )))
                 })?,
-                None => self.transition(&cursor)?,
+                None => SignedTransition::unchecked(self.transition(&cursor)?),
             };
-            cursor = t.previous;
+            cursor = t.transition().previous;
             line.push(t);
-            if line.len() as u64 > line.first().map_or(0, |t| t.index) + 1 {
+            if line.len() as u64 > line.first().map_or(0, |t| t.transition().index) + 1 {
                 return Err(LedgerError::Corrupt(
                     "the transitions do not form a line ending at index 0".into(),
                 ));
@@ -168,11 +172,9 @@ impl<S: Store> Ledger<S> {
                         let mut batch = Vec::with_capacity(size);
                         while batch.len() < size && bytes < LOAD_BATCH_BYTES {
                             let Some(t) = line.next() else { break };
-                            let manifest = self.object(&t.manifest_hash)?.ok_or_else(|| {
-                                LedgerError::Corrupt(format!(
-                                    "manifest {} is missing",
-                                    t.manifest_hash
-                                ))
+                            let hash = t.transition().manifest_hash;
+                            let manifest = self.object(&hash)?.ok_or_else(|| {
+                                LedgerError::Corrupt(format!("manifest {hash} is missing"))
                             })?;
                             bytes += manifest.len();
                             batch.push((t, manifest));
@@ -188,14 +190,43 @@ impl<S: Store> Ledger<S> {
                     }
                 }
             });
+            // Each batch is parsed (on every core) while the one before it is linked (on this
+            // thread), so that no core waits for the links.
+            let mut parsed: Option<ParsedRound> = None;
+            let mut offset = 0;
             loop {
                 let waiting = std::time::Instant::now();
-                let Ok(batch) = arriving.recv() else {
-                    return Ok(());
-                };
+                let arrived = arriving.recv();
                 let verifying = std::time::Instant::now();
                 took.manifests += verifying - waiting;
-                verifier.extend(batch?)?;
+                let linking = parsed.take();
+                let parsing = match arrived {
+                    Ok(Ok(batch)) => {
+                        let first = offset;
+                        offset += batch.len();
+                        Some(scope.spawn(move || chain::parse_round(first, batch)))
+                    }
+                    // The reader's fault is in a later transition than those read before it.
+                    Ok(Err(e)) => {
+                        if let Some(round) = linking {
+                            verifier.link_round(round)?;
+                        }
+                        return Err(e);
+                    }
+                    Err(_) => None,
+                };
+                if let Some(round) = linking {
+                    verifier.link_round(round)?;
+                }
+                let Some(parsing) = parsing else {
+                    took.verify += verifying.elapsed();
+                    return Ok(());
+                };
+                parsed = Some(
+                    parsing
+                        .join()
+                        .unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                );
                 took.verify += verifying.elapsed();
             }
         })?;
@@ -218,12 +249,14 @@ impl<S: Store> Ledger<S> {
             transitions = chain.len(),
             total_ms = started.elapsed().as_millis() as u64,
             line_ms = took.line.as_millis() as u64,
+            records_ms = took.records.as_millis() as u64,
             manifests_wait_ms = took.manifests.as_millis() as u64,
             verify_ms = took.verify.as_millis() as u64,
             rest_ms = took.rest.as_millis() as u64,
-            "read and verified the stored history (line: transitions read and hash-checked; \
-             manifests_wait: waited for manifests read and hash-checked on another thread; \
-             verify: parsed, signatures checked, linked)"
+            "read and verified the stored history (line: transitions read, hash-checked and \
+             their signatures checked, then walked from the latest; records: of line, before the \
+             walk; manifests_wait: waited for manifests read and hash-checked on another thread; \
+             verify: manifests parsed, transitions linked)"
         );
         Ok(Some(LoadedHistory {
             chain,
@@ -326,11 +359,13 @@ impl<S: Store> Ledger<S> {
     /// against its name there, by name; `None` if the store cannot list them (see
     /// [`Store::transition_records`]). A record that does not decode or does not hash to its name is
     /// kept as its error: it is refused only if the line reaches it, as a lookup of it would be.
-    /// Names that are not a hash are no transition's.
-    #[allow(clippy::type_complexity)]
+    /// Names that are not a hash are no transition's. The signatures of each record are checked
+    /// there too, under `signing_key` (in batches): their verdicts are reported where the line is
+    /// verified, so a bad one on the line is refused there, and one off it is ignored.
     fn stored_transitions(
         &self,
-    ) -> Result<Option<HashMap<Hash, Result<Transition, LedgerError>>>, LedgerError> {
+        signing_key: &VerifyingKey,
+    ) -> Result<Option<StoredTransitions>, LedgerError> {
         let parts = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .clamp(1, 8);
@@ -350,13 +385,25 @@ impl<S: Store> Ledger<S> {
             let Some(records) = self.store.transition_records(range.clone())? else {
                 return Ok(None);
             };
-            let decoded: Vec<(Hash, Result<Transition, LedgerError>)> = records
-                .iter()
-                .filter_map(|(name, bytes)| {
-                    let hash = Hash::from_slice(name).ok()?;
-                    Some((hash, Self::named_transition(&hash, bytes)))
-                })
-                .collect();
+            let mut decoded = HashMap::with_capacity(records.len());
+            let (mut names, mut transitions) = (Vec::new(), Vec::new());
+            for (name, bytes) in &records {
+                let Ok(hash) = Hash::from_slice(name) else {
+                    continue;
+                };
+                match Self::named_transition(&hash, bytes) {
+                    Ok(t) => {
+                        names.push(hash);
+                        transitions.push(t);
+                    }
+                    Err(e) => {
+                        decoded.insert(hash, Err(e));
+                    }
+                }
+            }
+            drop(records);
+            let signed = SignedTransition::check_all(signing_key, transitions);
+            decoded.extend(names.into_iter().zip(signed.into_iter().map(Ok)));
             Ok::<_, LedgerError>(Some(decoded))
         };
         let parts: Vec<_> = std::thread::scope(|scope| {
@@ -372,14 +419,14 @@ impl<S: Store> Ledger<S> {
             );
             parts
         });
-        let mut stored = HashMap::new();
-        for part in parts {
+        let mut stored = Vec::with_capacity(parts.len());
+        for (part, range) in parts.into_iter().zip(ranges) {
             let Some(decoded) = part? else {
                 return Ok(None);
             };
-            stored.extend(decoded);
+            stored.push((range, decoded));
         }
-        Ok(Some(stored))
+        Ok(Some(StoredTransitions(stored)))
     }
 
     /// Decodes the record stored under transition `hash` and checks it hashes to that name.
@@ -487,6 +534,25 @@ impl<S: Store> Ledger<S> {
         }
         batch.push(Write::Put(Key::Latest, hash.as_bytes().to_vec()));
         batch
+    }
+}
+
+/// The decoded transition records of a store, in one map per range of the hash's first byte (each
+/// built on its own core).
+struct StoredTransitions(
+    Vec<(
+        std::ops::RangeInclusive<u8>,
+        HashMap<Hash, Result<SignedTransition, LedgerError>>,
+    )>,
+);
+
+impl StoredTransitions {
+    fn remove(&mut self, hash: &Hash) -> Option<Result<SignedTransition, LedgerError>> {
+        let first = hash.as_bytes()[0];
+        self.0
+            .iter_mut()
+            .find(|(range, _)| range.contains(&first))
+            .and_then(|(_, part)| part.remove(hash))
     }
 }
 

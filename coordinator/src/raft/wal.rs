@@ -33,7 +33,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Write};
 use std::ops::Bound;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -498,7 +498,11 @@ impl Index {
 
 /// Reads the records of a log file of `file_len` bytes from `reader` into `index`: pure, so that the
 /// fuzzer runs it on any bytes (`crate::fuzzing::raft_log`).
-fn scan(reader: impl Read, file_len: u64, index: &mut Index) -> Result<Ending, RaftStoreError> {
+fn scan(
+    reader: impl std::io::BufRead,
+    file_len: u64,
+    index: &mut Index,
+) -> Result<Ending, RaftStoreError> {
     record_file::scan(reader, file_len, HEADER, |kind, body, slot| {
         index.replay_record(kind, body, slot)
     })

@@ -1141,6 +1141,92 @@ fn a_long_history_is_verified_in_parallel_and_faults_are_found_in_order() {
     assert_eq!(rounds.policy_hashes(), chain.policy_hashes());
 }
 
+/// At start-up the signatures are checked where the records are read, before the line is walked
+/// (`SignedTransition::check_all`), and the manifests of one round are parsed while the round before
+/// it is linked (`parse_round`, `link_round`). The first transition at fault and its reason must be
+/// those of a one-by-one check; verdicts reached under another key count for nothing; a round is
+/// linked only where it was parsed for.
+#[test]
+fn signatures_checked_before_the_line_is_walked_name_the_same_faults() {
+    use crate::history::chain::{ChainVerifier, SignedTransition, parse_round};
+    let d = TestDeployment::new();
+    let mut c = Coordinator::open(MemoryStore::new()).unwrap();
+    let latest = set_versions(&mut c, &d, 300);
+    let chain = c.chain().unwrap().clone();
+    let key = *chain.signing_key();
+    let transitions = || chain.transitions().to_vec();
+    // In rounds of 64, each parsed before the one before it is linked, as `Ledger::load` does.
+    let load = |checked_under: &ed25519_dalek::VerifyingKey, transitions: Vec<Transition>| {
+        let signed = SignedTransition::check_all(checked_under, transitions);
+        let mut items: Vec<_> = signed
+            .into_iter()
+            .zip((1..=300).map(|v| d.manifest(v)))
+            .collect();
+        let mut verifier = ChainVerifier::new(key, items.len());
+        let mut parsed = None;
+        let mut offset = 0;
+        while !items.is_empty() {
+            let rest = items.split_off(items.len().min(64));
+            let round = parse_round(offset, std::mem::replace(&mut items, rest));
+            offset += 64;
+            if let Some(before) = parsed.replace(round) {
+                verifier.link_round(before)?;
+            }
+        }
+        verifier.link_round(parsed.unwrap())?;
+        verifier.finish()
+    };
+    let loaded = load(&key, transitions()).unwrap();
+    assert_eq!(loaded.latest_hash(), latest);
+    assert_eq!(loaded.policy_hashes(), chain.policy_hashes());
+    assert_eq!(
+        loaded.latest_manifest().hash(),
+        chain.latest_manifest().hash()
+    );
+
+    let flip = |sig: &mut ed25519_dalek::Signature, byte: usize| {
+        let mut bytes = sig.to_bytes();
+        bytes[byte] ^= 1;
+        *sig = ed25519_dalek::Signature::from_bytes(&bytes);
+    };
+    let mut bad = transitions();
+    flip(&mut bad[150].signature, 0);
+    flip(&mut bad[200].owner.as_mut().unwrap().signature, 1);
+    let err = load(&key, bad.clone()).unwrap_err();
+    assert_eq!(err.index, 150, "{err}");
+    assert!(err.reason.contains("coordinator signature"), "{err}");
+    bad[100].previous = Hash([9; 32]);
+    let err = load(&key, bad).unwrap_err();
+    assert_eq!(err.index, 100, "{err}");
+    assert!(err.reason.contains("previous"), "{err}");
+    let mut bad = transitions();
+    flip(&mut bad[280].owner.as_mut().unwrap().signature, 1);
+    let err = load(&key, bad).unwrap_err();
+    assert_eq!(err.index, 280, "{err}");
+    assert!(err.reason.contains("owner authorization"), "{err}");
+
+    // Verdicts reached under another key are not taken: the genuine history checked under a wrong
+    // key (every coordinator verdict false) still verifies, and a forged one checked under it is
+    // still refused.
+    let other = ed25519_dalek::SigningKey::from_bytes(&[3; 32]).verifying_key();
+    assert_eq!(load(&other, transitions()).unwrap().latest_hash(), latest);
+    let mut forged = transitions();
+    flip(&mut forged[7].signature, 2);
+    let err = load(&other, forged).unwrap_err();
+    assert_eq!(err.index, 7, "{err}");
+    assert!(err.reason.contains("coordinator signature"), "{err}");
+
+    // A round offered anywhere but where it was parsed for is refused.
+    let signed = SignedTransition::check_all(&key, transitions()[..2].to_vec());
+    let items: Vec<_> = signed
+        .into_iter()
+        .zip([d.manifest(1), d.manifest(2)])
+        .collect();
+    let mut verifier = ChainVerifier::new(key, 2);
+    let err = verifier.link_round(parse_round(1, items)).unwrap_err();
+    assert_eq!(err.index, 0, "{err}");
+}
+
 /// `push_checked` skips the signature checks only for the transition `check_next` verified, on the
 /// chain end it verified it against: a token for another transition, or from before the chain moved,
 /// gets the full check, so a forged signature never rides on another's verdict.

@@ -423,7 +423,7 @@ pub fn replay_bytes(file: &[u8]) -> Result<Vec<(ObjectKey, Vec<u8>)>, StoreError
 /// Reads the records of an objects file of `file_len` bytes from `reader` into `index`: pure, so
 /// that a fuzzer can run it on any bytes.
 fn scan(
-    reader: impl std::io::Read,
+    reader: impl std::io::BufRead,
     file_len: u64,
     index: &mut HashMap<ObjectKey, Slot>,
 ) -> Result<Ending, StoreError> {

@@ -193,9 +193,10 @@ fn start_once(env: &Env, data: &Path, log: &Path) -> Result<(Duration, u64), Str
 }
 
 /// The replica's own account of its start (its log lines): the store's open (`SledStore::open`:
-/// sled, then the objects file's scan), then the history load (`Ledger::load`): total, transitions
-/// read, waiting for manifests read on another thread, verification (parsing, signatures, links)
-/// and the rest, in ms.
+/// sled, then the objects file's scan), then the history load (`Ledger::load`): total, the line
+/// (transitions read and their signatures checked, then walked), of which the records (before the
+/// walk), waiting for manifests read on another thread, verification (parsing, links) and the rest,
+/// in ms.
 fn load_breakdown(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let fields = |says: &str, keys: &[&str]| -> Option<Vec<String>> {
@@ -218,6 +219,7 @@ fn load_breakdown(log: &Path) -> String {
         &[
             "total_ms",
             "line_ms",
+            "records_ms",
             "manifests_wait_ms",
             "verify_ms",
             "rest_ms",
