@@ -7,7 +7,7 @@ use ed25519_dalek::VerifyingKey;
 
 use super::batch::{self, SignatureCheck};
 use super::{Transition, format};
-use crate::hash::Hash;
+use crate::hash::{Hash, Hashed};
 use crate::manifest::Manifest;
 
 /// A history whose every link, hash and signature was checked.
@@ -468,13 +468,16 @@ pub struct ParsedRound {
     items: Vec<(SignedTransition, Result<Manifest, ChainError>)>,
 }
 
-/// Parses the manifests of transitions `offset..` (each with its manifest bytes), on every core,
+/// Parses the manifests of transitions `offset..` (each with its manifest bytes and their hash), on every core,
 /// handed out a few at a time to whichever thread is free. A manifest that does not parse is kept as
 /// its error, reported where it is linked. The caller holds the round's parsed manifests until it is
 /// linked: rounds of at most [`ROUND`] keep that bounded.
-pub fn parse_round(offset: usize, items: Vec<(SignedTransition, Vec<u8>)>) -> ParsedRound {
-    let parsed = par_map(&items, PARSE_CHUNK, |i, (_, bytes)| {
-        parse_at((offset + i) as u64, bytes)
+pub fn parse_round(offset: usize, items: Vec<(SignedTransition, Hashed)>) -> ParsedRound {
+    let parsed = par_map(&items, PARSE_CHUNK, |i, (_, manifest)| {
+        Manifest::parse_hashed(manifest).map_err(|e| ChainError {
+            index: (offset + i) as u64,
+            reason: e.to_string(),
+        })
     });
     ParsedRound {
         offset,

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::chain::{self, ChainVerifier, ParsedRound, SignedTransition};
 use super::{ChainError, Transition, VerifiedChain};
-use crate::hash::Hash;
+use crate::hash::{Hash, Hashed};
 use crate::manifest::Manifest;
 use crate::store::{Key, Store, StoreError, Write};
 
@@ -109,9 +109,14 @@ impl<S: Store> Ledger<S> {
 
     /// Reads a content-addressed object and checks it hashes to its name.
     pub fn object(&self, hash: &Hash) -> Result<Option<Vec<u8>>, LedgerError> {
-        match self.store.get(&Key::Object(*hash))? {
+        Ok(self.hashed_object(hash)?.map(Hashed::into_bytes))
+    }
+
+    /// [`object`](Self::object), with the hash it was checked by.
+    fn hashed_object(&self, hash: &Hash) -> Result<Option<Hashed>, LedgerError> {
+        match self.store.get(&Key::Object(*hash))?.map(Hashed::new) {
             None => Ok(None),
-            Some(bytes) if Hash::of(&bytes) == *hash => Ok(Some(bytes)),
+            Some(object) if object.hash() == *hash => Ok(Some(object)),
             Some(_) => Err(LedgerError::Corrupt(format!(
                 "object {hash} does not hash to its name"
             ))),
@@ -173,10 +178,10 @@ impl<S: Store> Ledger<S> {
                         while batch.len() < size && bytes < LOAD_BATCH_BYTES {
                             let Some(t) = line.next() else { break };
                             let hash = t.transition().manifest_hash;
-                            let manifest = self.object(&hash)?.ok_or_else(|| {
+                            let manifest = self.hashed_object(&hash)?.ok_or_else(|| {
                                 LedgerError::Corrupt(format!("manifest {hash} is missing"))
                             })?;
-                            bytes += manifest.len();
+                            bytes += manifest.bytes().len();
                             batch.push((t, manifest));
                         }
                         Ok(batch)

@@ -94,12 +94,13 @@ fn too_many_policies(n: usize) -> String {
     )
 }
 
-pub(super) fn parse(bytes: &[u8]) -> Result<Manifest, ManifestError> {
+/// Parses `bytes`, whose SHA-256 is `hash`.
+pub(super) fn parse(bytes: &[u8], hash: Hash) -> Result<Manifest, ManifestError> {
     // Without the path first: tracking it costs about as much as the parse, and a history of 10,000
     // manifests is parsed at every start (issue 11.4). Only a document that fails is read again, with
     // the path, for the message; the same `Deserialize` decides both times.
     if let Ok(doc) = serde_json::from_slice::<ManifestDoc>(bytes) {
-        return checked(bytes, doc);
+        return checked(bytes, hash, doc);
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     let doc: ManifestDoc = serde_path_to_error::deserialize(de).map_err(|e| {
@@ -111,11 +112,11 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Manifest, ManifestError> {
             ManifestError(format!("at `{path}`: {inner}"))
         }
     })?;
-    checked(bytes, doc)
+    checked(bytes, hash, doc)
 }
 
 /// The manifest `doc` (read from `bytes`) once every rule the types do not express holds.
-fn checked(bytes: &[u8], doc: ManifestDoc) -> Result<Manifest, ManifestError> {
+fn checked(bytes: &[u8], manifest_hash: Hash, doc: ManifestDoc) -> Result<Manifest, ManifestError> {
     let err = |field: String, msg: String| ManifestError(format!("at `{field}`: {msg}"));
 
     let mut policies = BTreeMap::new();
@@ -243,7 +244,7 @@ fn checked(bytes: &[u8], doc: ManifestDoc) -> Result<Manifest, ManifestError> {
             witnesses,
             transit_keys,
             bytes: bytes.to_vec(),
-            hash: Hash::of(bytes),
+            hash: manifest_hash,
             policies,
             reference_values: doc.reference_values,
             workload_owner_keys,

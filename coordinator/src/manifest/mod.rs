@@ -83,7 +83,17 @@ impl Manifest {
         if bytes.len() > MAX_MANIFEST_BYTES {
             return Err(ManifestError(too_large(bytes.len())));
         }
-        doc::parse(bytes)
+        doc::parse(bytes, Hash::of(bytes))
+    }
+
+    /// [`parse`](Self::parse), with the hash [`Hashed`](crate::hash::Hashed) computed from the
+    /// same bytes.
+    pub fn parse_hashed(hashed: &crate::hash::Hashed) -> Result<Manifest, ManifestError> {
+        let bytes = hashed.bytes();
+        if bytes.len() > MAX_MANIFEST_BYTES {
+            return Err(ManifestError(too_large(bytes.len())));
+        }
+        doc::parse(bytes, hashed.hash())
     }
 
     /// The manifest bytes exactly as submitted.

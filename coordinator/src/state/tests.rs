@@ -1148,6 +1148,7 @@ fn a_long_history_is_verified_in_parallel_and_faults_are_found_in_order() {
 /// linked only where it was parsed for.
 #[test]
 fn signatures_checked_before_the_line_is_walked_name_the_same_faults() {
+    use crate::hash::Hashed;
     use crate::history::chain::{ChainVerifier, SignedTransition, parse_round};
     let d = TestDeployment::new();
     let mut c = Coordinator::open(MemoryStore::new()).unwrap();
@@ -1160,7 +1161,7 @@ fn signatures_checked_before_the_line_is_walked_name_the_same_faults() {
         let signed = SignedTransition::check_all(checked_under, transitions);
         let mut items: Vec<_> = signed
             .into_iter()
-            .zip((1..=300).map(|v| d.manifest(v)))
+            .zip((1..=300).map(|v| Hashed::new(d.manifest(v))))
             .collect();
         let mut verifier = ChainVerifier::new(key, items.len());
         let mut parsed = None;
@@ -1220,7 +1221,7 @@ fn signatures_checked_before_the_line_is_walked_name_the_same_faults() {
     let signed = SignedTransition::check_all(&key, transitions()[..2].to_vec());
     let items: Vec<_> = signed
         .into_iter()
-        .zip([d.manifest(1), d.manifest(2)])
+        .zip([1, 2].map(|v| Hashed::new(d.manifest(v))))
         .collect();
     let mut verifier = ChainVerifier::new(key, 2);
     let err = verifier.link_round(parse_round(1, items)).unwrap_err();
