@@ -544,12 +544,11 @@ impl<S: Store> Ledger<S> {
 
 /// The decoded transition records of a store, in one map per range of the hash's first byte (each
 /// built on its own core).
-struct StoredTransitions(
-    Vec<(
-        std::ops::RangeInclusive<u8>,
-        HashMap<Hash, Result<SignedTransition, LedgerError>>,
-    )>,
-);
+struct StoredTransitions(Vec<(std::ops::RangeInclusive<u8>, StoredRange)>);
+
+/// The records of one range, by name: each decoded, hash-checked and its signatures checked, or why
+/// it could not be.
+type StoredRange = HashMap<Hash, Result<SignedTransition, LedgerError>>;
 
 impl StoredTransitions {
     fn remove(&mut self, hash: &Hash) -> Option<Result<SignedTransition, LedgerError>> {
