@@ -339,8 +339,8 @@ impl ChainVerifier {
     /// The verified chain; refuses an empty history.
     /// Links a round that [`parse_round`] parsed, in order, with the signature verdicts its
     /// transitions carry, so the first transition at fault is named as [`extend`](Self::extend)
-    /// names it. The round must start where this chain ends (the caller parses the next round while
-    /// this one is linked).
+    /// names it. The round must start where this chain ends (a caller may parse the next round
+    /// while this one is linked).
     pub fn link_round(&mut self, round: ParsedRound) -> Result<(), ChainError> {
         if round.offset != self.chain.len() {
             return Err(ChainError {

@@ -1142,8 +1142,9 @@ fn a_long_history_is_verified_in_parallel_and_faults_are_found_in_order() {
 }
 
 /// At start-up the signatures are checked where the records are read, before the line is walked
-/// (`SignedTransition::check_all`), and the manifests of one round are parsed while the round before
-/// it is linked (`parse_round`, `link_round`). The first transition at fault and its reason must be
+/// (`SignedTransition::check_all`), and the manifests are parsed a round at a time and linked
+/// (`parse_round`, `link_round`; here each round is parsed before the one before it is linked, which
+/// the API allows). The first transition at fault and its reason must be
 /// those of a one-by-one check; verdicts reached under another key count for nothing; a round is
 /// linked only where it was parsed for.
 #[test]
@@ -1156,7 +1157,7 @@ fn signatures_checked_before_the_line_is_walked_name_the_same_faults() {
     let chain = c.chain().unwrap().clone();
     let key = *chain.signing_key();
     let transitions = || chain.transitions().to_vec();
-    // In rounds of 64, each parsed before the one before it is linked, as `Ledger::load` does.
+    // In rounds of 64, each parsed before the one before it is linked.
     let load = |checked_under: &ed25519_dalek::VerifyingKey, transitions: Vec<Transition>| {
         let signed = SignedTransition::check_all(checked_under, transitions);
         let mut items: Vec<_> = signed
