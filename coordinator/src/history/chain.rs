@@ -429,6 +429,25 @@ impl SignedTransition {
         transitions: Vec<Transition>,
     ) -> Vec<SignedTransition> {
         let verdicts = signature_verdicts(signing_key, transitions.iter());
+        Self::with_verdicts(signing_key, transitions, verdicts)
+    }
+
+    /// [`check_all`](Self::check_all), on every core.
+    pub fn check_all_on_every_core(
+        signing_key: &VerifyingKey,
+        transitions: Vec<Transition>,
+    ) -> Vec<SignedTransition> {
+        let verdicts = par_chunks(&transitions, |_, part| {
+            signature_verdicts(signing_key, part.iter())
+        });
+        Self::with_verdicts(signing_key, transitions, verdicts)
+    }
+
+    fn with_verdicts(
+        signing_key: &VerifyingKey,
+        transitions: Vec<Transition>,
+        verdicts: Vec<Signatures>,
+    ) -> Vec<SignedTransition> {
         transitions
             .into_iter()
             .zip(verdicts)
@@ -449,6 +468,10 @@ impl SignedTransition {
 
     pub fn transition(&self) -> &Transition {
         &self.transition
+    }
+
+    pub fn into_transition(self) -> Transition {
+        self.transition
     }
 
     /// The verdicts, if they were reached under `signing_key`; otherwise they are to be reached.
