@@ -410,7 +410,8 @@ fn signature_verdicts<'a>(
 
 /// A transition with the verdicts of its two signatures under one signing key, reached before its
 /// place in a history is known: both signatures cover the transition's hash alone, so the verdicts
-/// hold wherever it is linked. Made only by [`check_all`](Self::check_all), which checks them, or
+/// hold wherever it is linked. Made only by [`check_all`](Self::check_all) and
+/// [`check_all_on_every_core`](Self::check_all_on_every_core), which check them, or
 /// [`unchecked`](Self::unchecked), which leaves them to [`ChainVerifier::link_round`]. A `false`
 /// verdict is kept, not reported: the transition may be off the line, and on it, it is reported where
 /// it is linked.
@@ -491,9 +492,9 @@ pub struct ParsedRound {
     items: Vec<(SignedTransition, Result<Manifest, ChainError>)>,
 }
 
-/// Parses the manifests of transitions `offset..` (each with its manifest bytes and their hash), on every core,
-/// handed out a few at a time to whichever thread is free. A manifest that does not parse is kept as
-/// its error, reported where it is linked. The caller holds the round's parsed manifests until it is
+/// Parses the manifests of transitions `offset..` (each with its manifest bytes and their hash), on
+/// every core, handed out a few at a time to whichever thread is free. A manifest that does not parse
+/// is kept as its error, reported where it is linked. The caller holds the round's parsed manifests until it is
 /// linked: rounds of at most [`ROUND`] keep that bounded.
 pub fn parse_round(offset: usize, items: Vec<(SignedTransition, Hashed)>) -> ParsedRound {
     let parsed = par_map(&items, PARSE_CHUNK, |i, (_, manifest)| {
