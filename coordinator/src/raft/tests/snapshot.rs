@@ -138,6 +138,21 @@ async fn a_snapshot_that_does_not_verify_is_refused_and_changes_nothing() {
             "does not verify",
         ),
         (
+            // The transition's name (its hash) does not cover its signatures, so a forged one keeps
+            // its key: only the signature check, batched over the walked line, refuses it.
+            "a coordinator signature forged in a transition record",
+            edited(&good, |items| {
+                let item = item_mut(items, &Key::Transition(history.hashes[2]));
+                let bytes = STANDARD.decode(item["value"].as_str().unwrap()).unwrap();
+                let mut record: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                let signature = record["signature"].as_str().unwrap();
+                let flipped = if signature.starts_with('0') { "1" } else { "0" };
+                record["signature"] = format!("{flipped}{}", &signature[1..]).into();
+                item["value"] = STANDARD.encode(serde_json::to_vec(&record).unwrap()).into();
+            }),
+            "coordinator signature does not verify",
+        ),
+        (
             "the latest pointer moved back (a rollback inside the snapshot)",
             edited(&good, |items| {
                 item_mut(items, &Key::Latest)["value"] =
