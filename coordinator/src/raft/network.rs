@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use concord_attestation::AtlsClient;
 use concord_proto::v1::RaftMessage;
@@ -21,27 +22,41 @@ use openraft::raft::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::watch;
 use tonic::transport::Channel;
 
 use super::types::{NodeId, TypeConfig};
 use crate::transport::connect;
 
 /// Makes a [`PeerConnection`] per target replica. Connections are shared by all of them and dialed in
-/// the background: openraft bounds each RPC by the heartbeat interval, and an aTLS handshake (evidence
-/// made and checked on both sides) can take longer than that, so no RPC ever waits for one.
+/// the background: an aTLS handshake (evidence made and checked on both sides) can take longer than
+/// openraft gives an RPC (it cancels an AppendEntries after one heartbeat interval), so a dial is
+/// never tied to one RPC. An RPC waits for a dial under way until its own time is up, and a dial that
+/// failed is not repeated for [`REDIAL_AFTER`]: openraft retries a failed RPC at once, so answering
+/// "still connecting" at once made each replica's replication a busy loop while a peer was down or
+/// being dialed (about one failed RPC a millisecond per peer, on both sides of a restart), taking the
+/// cores the handshakes needed.
 #[derive(Debug, Clone)]
 pub struct PeerNetwork {
     client: Arc<AtlsClient>,
     /// This replica's own view of where its peers listen (its `--peer` list).
     local: Arc<BTreeMap<NodeId, String>>,
-    links: Arc<Mutex<HashMap<NodeId, Link>>>,
+    links: Links,
 }
+
+type Links = Arc<Mutex<HashMap<NodeId, Link>>>;
+
+/// How long after a failed dial to a peer the next one may start.
+pub const REDIAL_AFTER: Duration = Duration::from_millis(10);
 
 /// The state of the connection to one peer.
 #[derive(Debug, Clone)]
 enum Link {
     Up(PeerApiClient<Channel>),
-    Dialing,
+    /// Being dialed: the dial drops its sender when it ends, which wakes the waiters.
+    Dialing(watch::Receiver<()>),
+    /// The last dial failed; the next may start at this instant.
+    Failed(Instant),
 }
 
 impl PeerNetwork {
@@ -66,25 +81,29 @@ impl PeerNetwork {
     }
 }
 
-/// The live connection to `target`, or an error while one is being dialed in the background (a dial
-/// is started if none is under way).
-fn link(
-    links: &Arc<Mutex<HashMap<NodeId, Link>>>,
-    client: &Arc<AtlsClient>,
-    target: NodeId,
-    addr: &str,
-) -> Result<PeerApiClient<Channel>, PeerError> {
+/// What [`link`] found.
+enum LinkState {
+    Up(PeerApiClient<Channel>),
+    /// A dial is under way (perhaps started by this call): wait on this for it to end.
+    Dialing(watch::Receiver<()>),
+    /// The last dial failed; the next may start at this instant.
+    Resting(Instant),
+}
+
+/// The live connection to `target`, or how to wait for one: a dial is started if none is under way
+/// and the last one did not fail within [`REDIAL_AFTER`].
+fn link(links: &Links, client: &Arc<AtlsClient>, target: NodeId, addr: &str) -> LinkState {
     let mut map = links
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     match map.get(&target) {
-        Some(Link::Up(api)) => return Ok(api.clone()),
-        Some(Link::Dialing) => {
-            return Err(PeerError(format!("still connecting to replica {target}")));
-        }
-        None => {}
+        Some(Link::Up(api)) => return LinkState::Up(api.clone()),
+        Some(Link::Dialing(ended)) => return LinkState::Dialing(ended.clone()),
+        Some(Link::Failed(next)) if *next > Instant::now() => return LinkState::Resting(*next),
+        Some(Link::Failed(_)) | None => {}
     }
-    map.insert(target, Link::Dialing);
+    let (dial_ended, ended) = watch::channel(());
+    map.insert(target, Link::Dialing(ended.clone()));
     drop(map);
     let (addr, client, shared) = (addr.to_owned(), client.clone(), links.clone());
     tokio::spawn(async move {
@@ -101,11 +120,44 @@ fn link(
             }
             Err(e) => {
                 tracing::debug!(target, error = %e, "cannot connect to a peer yet");
-                links.remove(&target);
+                links.insert(target, Link::Failed(Instant::now() + REDIAL_AFTER));
             }
         }
+        drop(links);
+        drop(dial_ended);
     });
-    Err(PeerError(format!("connecting to replica {target}")))
+    LinkState::Dialing(ended)
+}
+
+/// The live connection to `target`, waiting until `deadline` at most for a dial under way, or for
+/// the pause after a failed one and the dial after it. Ends with an error when the deadline passes
+/// first, or when the dial it waited for failed.
+async fn api_by(
+    links: &Links,
+    client: &Arc<AtlsClient>,
+    target: NodeId,
+    addr: &str,
+    deadline: Instant,
+) -> Result<PeerApiClient<Channel>, PeerError> {
+    let still = || PeerError(format!("still connecting to replica {target}"));
+    let mut waited_for_dial = false;
+    // At most: a pause after a failed dial, a dial, then what it left.
+    for _ in 0..3 {
+        match link(links, client, target, addr) {
+            LinkState::Up(api) => return Ok(api),
+            LinkState::Dialing(_) | LinkState::Resting(_) if waited_for_dial => break,
+            LinkState::Dialing(mut ended) => {
+                // Ends (`Err`) when the dial drops its sender.
+                let _ = tokio::time::timeout_at(deadline.into(), ended.changed())
+                    .await
+                    .map_err(|_| still())?;
+                waited_for_dial = true;
+            }
+            LinkState::Resting(next) if next >= deadline => break,
+            LinkState::Resting(next) => tokio::time::sleep_until(next.into()).await,
+        }
+    }
+    Err(PeerError(format!("cannot connect to replica {target} yet")))
 }
 
 /// Where to dial member `id`: this replica's own peer list wins, else the address the replicated
@@ -141,7 +193,7 @@ pub struct PeerConnection {
     target: NodeId,
     addr: String,
     client: Arc<AtlsClient>,
-    links: Arc<Mutex<HashMap<NodeId, Link>>>,
+    links: Links,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -158,9 +210,9 @@ impl PeerConnection {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The live connection, or an error while one is being dialed in the background.
-    fn api(&self) -> Result<PeerApiClient<Channel>, PeerError> {
-        link(&self.links, &self.client, self.target, &self.addr)
+    /// The live connection, waiting for one until `deadline` at most.
+    async fn api(&self, deadline: Instant) -> Result<PeerApiClient<Channel>, PeerError> {
+        api_by(&self.links, &self.client, self.target, &self.addr, deadline).await
     }
 
     /// Forgets a broken connection, so the next RPC dials again.
@@ -185,9 +237,12 @@ impl PeerConnection {
             ))))
         })?;
         // A missing connection is a network error, not `Unreachable`: openraft backs off from
-        // unreachable peers, which would delay catching up a replica that just restarted.
+        // unreachable peers, which would delay catching up a replica that just restarted. The wait
+        // for one counts against the RPC's own time.
+        let deadline = Instant::now() + option.hard_ttl();
         let mut api = self
-            .api()
+            .api(deadline)
+            .await
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let message = RaftMessage { json };
         let call = async {
@@ -197,7 +252,7 @@ impl PeerConnection {
                 _ => api.install_snapshot(message).await,
             }
         };
-        let reply = match tokio::time::timeout(option.hard_ttl(), call).await {
+        let reply = match tokio::time::timeout_at(deadline.into(), call).await {
             Ok(Ok(r)) => r.into_inner(),
             Ok(Err(status)) => {
                 if status.code() == tonic::Code::Unavailable
@@ -311,7 +366,98 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use concord_attestation::{AcceptPolicy, AttestationError, DeploymentPin, Evidence};
+
     use super::*;
+
+    /// Accepts no peer: these tests never get as far as evidence.
+    #[derive(Debug)]
+    struct AcceptsNone;
+
+    impl AcceptPolicy for AcceptsNone {
+        fn verify(
+            &self,
+            _: &Evidence,
+            _: &[u8; 64],
+        ) -> Result<concord_attestation::VerifiedReport, AttestationError> {
+            Err(AttestationError::Malformed {
+                what: "nothing is accepted here".into(),
+            })
+        }
+
+        fn deployment_pin(&self) -> DeploymentPin {
+            DeploymentPin::Any
+        }
+    }
+
+    /// A peer port that accepts connections and counts them; `hold` keeps them open without a word
+    /// (a dial that never ends), else each is closed at once (a dial that fails at once).
+    async fn peer_port(hold: bool) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                if hold {
+                    held.push(socket);
+                }
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn client() -> Arc<AtlsClient> {
+        Arc::new(AtlsClient::new(Arc::new(AcceptsNone), None).unwrap())
+    }
+
+    /// openraft retries a failed RPC at once: a peer whose dials fail must not be dialed again on
+    /// every retry (hundreds of dials in 200 ms before `REDIAL_AFTER`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_whose_dials_fail_is_dialed_again_only_after_a_pause() {
+        let (addr, accepted) = peer_port(false).await;
+        let (links, client) = (Links::default(), client());
+        let (start, mut calls) = (Instant::now(), 0);
+        while start.elapsed() < Duration::from_millis(200) {
+            let deadline = Instant::now() + Duration::from_millis(5);
+            assert!(api_by(&links, &client, 1, &addr, deadline).await.is_err());
+            calls += 1;
+        }
+        let dials = accepted.load(Ordering::SeqCst);
+        let most = (200 / REDIAL_AFTER.as_millis() + 2) as usize;
+        assert!(
+            dials >= 2,
+            "the peer was dialed again after a pause: {dials} dials"
+        );
+        assert!(
+            dials <= most,
+            "{dials} dials in 200 ms ({calls} RPCs); at most {most} expected"
+        );
+    }
+
+    /// An RPC that finds a dial under way waits for it until its own deadline, instead of failing
+    /// at once (and being retried at once), and starts no second dial.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_rpc_waits_for_a_dial_under_way_until_its_deadline() {
+        let (addr, accepted) = peer_port(true).await;
+        let (links, client) = (Links::default(), client());
+        for _ in 0..3 {
+            let started = Instant::now();
+            let deadline = started + Duration::from_millis(60);
+            let answer = api_by(&links, &client, 1, &addr, deadline).await;
+            assert!(answer.is_err(), "the held dial never ends");
+            assert!(
+                started.elapsed() >= Duration::from_millis(55),
+                "gave up after {:?}, before its deadline",
+                started.elapsed()
+            );
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "one dial, waited for");
+    }
 
     #[test]
     fn a_batch_is_cut_where_the_bytes_run_out_but_one_entry_always_goes() {
