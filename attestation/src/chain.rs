@@ -10,8 +10,8 @@ use std::collections::BTreeSet;
 use std::sync::{Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use aws_lc_rs::signature::{ECDSA_P384_SHA384_ASN1, ECDSA_P384_SHA384_FIXED, UnparsedPublicKey};
 use p384::pkcs8::DecodePublicKey as _;
-use ring::signature::{ECDSA_P384_SHA384_ASN1, ECDSA_P384_SHA384_FIXED, UnparsedPublicKey};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::oid_registry::OID_SIG_ECDSA_WITH_SHA384;
 use x509_parser::prelude::FromDer as _;
@@ -35,9 +35,10 @@ pub(crate) fn parse_cert(
     }
 }
 
-/// An ECDSA P-384 public key that parsed as one (a point on the curve), verified with ring's
-/// assembly arithmetic: one P-384 verification is most of what a NewMeshCert costs, and ring's is
-/// several times faster than the `p384` crate's (the benchmark's crypto floor row measures it).
+/// An ECDSA P-384 public key that parsed as one (a point on the curve), verified with AWS-LC's
+/// assembly arithmetic (`aws-lc-rs`): one P-384 verification is most of what a NewMeshCert costs, and
+/// AWS-LC's is about 3.7 times ring's on the benchmark's machine, ring's several times the `p384`
+/// crate's (the benchmark's crypto floor row measures ring and AWS-LC side by side).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct P384Key {
     /// The uncompressed SEC1 point (0x04 || x || y).
@@ -69,7 +70,7 @@ impl P384Key {
 }
 
 /// The certificate's key, which must be ECDSA on P-384. The `p384` crate judges the
-/// SubjectPublicKeyInfo (algorithm, curve, a point on the curve), as it always did; ring verifies.
+/// SubjectPublicKeyInfo (algorithm, curve, a point on the curve), as it always did; AWS-LC verifies.
 pub(crate) fn p384_key(
     cert: &X509Certificate<'_>,
     role: CertRole,
@@ -262,6 +263,133 @@ mod tests {
     use std::cell::Cell;
 
     use super::*;
+
+    /// The P-384 group order.
+    const N: [u8; 48] = [
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xc7, 0x63, 0x4d, 0x81, 0xf4, 0x37,
+        0x2d, 0xdf, 0x58, 0x1a, 0x0d, 0xb2, 0x48, 0xb0, 0xa7, 0x7a, 0xec, 0xec, 0x19, 0x6a, 0xcc,
+        0xc5, 0x29, 0x73,
+    ];
+
+    /// `N - x`, big-endian (for `0 < x < N`).
+    fn order_minus(x: &[u8; 48]) -> [u8; 48] {
+        let mut out = [0u8; 48];
+        let mut borrow = 0i16;
+        for i in (0..48).rev() {
+            let d = i16::from(N[i]) - i16::from(x[i]) - borrow;
+            (out[i], borrow) = if d < 0 {
+                ((d + 256) as u8, 1)
+            } else {
+                (d as u8, 0)
+            };
+        }
+        out
+    }
+
+    /// DER of `SEQUENCE { INTEGER r, INTEGER s }` with each integer given as its content bytes.
+    fn der(r: &[u8], s: &[u8]) -> Vec<u8> {
+        let mut body = vec![0x02, r.len() as u8];
+        body.extend_from_slice(r);
+        body.extend([0x02, s.len() as u8]);
+        body.extend_from_slice(s);
+        let mut out = vec![0x30, body.len() as u8];
+        out.extend(body);
+        out
+    }
+
+    /// The minimal INTEGER content of a positive big-endian number.
+    fn minimal(x: &[u8]) -> Vec<u8> {
+        let x = &x[x.iter().position(|&b| b != 0).unwrap_or(x.len() - 1)..];
+        let mut out = if x[0] & 0x80 != 0 { vec![0] } else { vec![] };
+        out.extend_from_slice(x);
+        out
+    }
+
+    /// AWS-LC (the verifier now) gives each signature the verdict ring (the verifier before it) gave,
+    /// at the edges too: out-of-range scalars, the other valid `s`, and DER that is not strict.
+    #[test]
+    fn aws_lc_and_ring_agree_on_p384_signatures_at_the_edges() {
+        use p384::ecdsa::signature::Signer as _;
+        let signer = p384::ecdsa::SigningKey::from_slice(&[7; 48]).unwrap();
+        let key = P384Key::from_p384(signer.verifying_key());
+        let message = b"the signed part of a report";
+        let signature: p384::ecdsa::Signature = signer.sign(message);
+        let (r, s): ([u8; 48], [u8; 48]) = (
+            signature.r().to_bytes().into(),
+            signature.s().to_bytes().into(),
+        );
+        let fixed = |r: &[u8; 48], s: &[u8; 48]| -> [u8; 96] {
+            let mut out = [0; 96];
+            out[..48].copy_from_slice(r);
+            out[48..].copy_from_slice(s);
+            out
+        };
+        let ring_fixed = |sig: &[u8; 96]| {
+            ring::signature::UnparsedPublicKey::new(
+                &ring::signature::ECDSA_P384_SHA384_FIXED,
+                &key.point,
+            )
+            .verify(message, sig)
+            .is_ok()
+        };
+        let ring_der = |sig: &[u8]| {
+            ring::signature::UnparsedPublicKey::new(
+                &ring::signature::ECDSA_P384_SHA384_ASN1,
+                &key.point,
+            )
+            .verify(message, sig)
+            .is_ok()
+        };
+        let (zero, mut one) = ([0u8; 48], [0u8; 48]);
+        one[47] = 1;
+        let high_s = order_minus(&s);
+        let fixed_cases = [
+            ("as signed", fixed(&r, &s), true),
+            ("the other valid s (N - s)", fixed(&r, &high_s), true),
+            ("r = 0", fixed(&zero, &s), false),
+            ("s = 0", fixed(&r, &zero), false),
+            ("r = N", fixed(&N, &s), false),
+            ("s = N", fixed(&r, &N), false),
+            ("s = 1", fixed(&r, &one), false),
+        ];
+        for (case, sig, expected) in &fixed_cases {
+            assert_eq!(key.verify_fixed(message, sig), ring_fixed(sig), "{case}");
+            assert_eq!(key.verify_fixed(message, sig), *expected, "{case}");
+        }
+        assert!(!key.verify_fixed(b"another message", &fixed(&r, &s)));
+
+        let (r_der, s_der) = (minimal(&r), minimal(&s));
+        let strict = der(&r_der, &s_der);
+        let mut padded_r = vec![0];
+        padded_r.extend_from_slice(&r_der);
+        let mut trailing = strict.clone();
+        trailing.push(0);
+        let mut long_length = vec![0x30, 0x81, strict[1]];
+        long_length.extend_from_slice(&strict[2..]);
+        let mut negative_r = r_der.clone();
+        if negative_r[0] == 0 {
+            negative_r.remove(0);
+        } else {
+            negative_r.insert(0, 0xff);
+        }
+        let der_cases = [
+            ("strict DER", strict.clone(), true),
+            ("the other valid s", der(&r_der, &minimal(&high_s)), true),
+            (
+                "r with a needless leading zero",
+                der(&padded_r, &s_der),
+                false,
+            ),
+            ("a byte after the sequence", trailing, false),
+            ("the sequence's length in long form", long_length, false),
+            ("r read as negative", der(&negative_r, &s_der), false),
+        ];
+        for (case, sig, expected) in &der_cases {
+            assert_eq!(key.verify_der(message, sig), ring_der(sig), "{case}");
+            assert_eq!(key.verify_der(message, sig), *expected, "{case}");
+        }
+    }
 
     #[test]
     fn verified_links_remember_successes_of_exactly_these_bytes() {

@@ -98,9 +98,12 @@ fn link(links: &Links, client: &Arc<AtlsClient>, target: NodeId, addr: &str) -> 
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     match map.get(&target) {
         Some(Link::Up(api)) => return LinkState::Up(api.clone()),
-        Some(Link::Dialing(ended)) => return LinkState::Dialing(ended.clone()),
+        // A dial whose sender is gone without an answer (its task ended early) is dialed again.
+        Some(Link::Dialing(ended)) if ended.has_changed().is_ok() => {
+            return LinkState::Dialing(ended.clone());
+        }
         Some(Link::Failed(next)) if *next > Instant::now() => return LinkState::Resting(*next),
-        Some(Link::Failed(_)) | None => {}
+        Some(Link::Dialing(_) | Link::Failed(_)) | None => {}
     }
     let (dial_ended, ended) = watch::channel(());
     map.insert(target, Link::Dialing(ended.clone()));
