@@ -174,6 +174,10 @@ impl<S: Store> Ledger<S> {
             let transitions = line.into_iter().map(SignedTransition::into_transition);
             line = SignedTransition::check_all_on_every_core(&signing_key, transitions.collect());
         }
+        // The records off the line, and the tables of the ranges, go before the manifests come: held
+        // through the load, they sat beneath its later allocations and kept about 9 MB resident after
+        // a start at 10,000 transitions (idle RSS 50.9 against 42.3 MB, median of 3 starts each).
+        drop(stored);
         took.line = started.elapsed();
         // Then verified oldest first, a batch of manifests at a time: the whole history is never in
         // memory at once, and only the first and latest manifests stay parsed. One thread reads the
