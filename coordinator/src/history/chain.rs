@@ -494,8 +494,8 @@ pub struct ParsedRound {
 
 /// Parses the manifests of transitions `offset..` (each with its manifest bytes and their hash), on
 /// every core, handed out a few at a time to whichever thread is free. A manifest that does not parse
-/// is kept as its error, reported where it is linked. The caller holds the round's parsed manifests until it is
-/// linked: rounds of at most [`ROUND`] keep that bounded.
+/// is kept as its error, reported where it is linked. The caller holds the round's parsed manifests
+/// until it is linked: rounds of at most [`ROUND`] keep that bounded.
 pub fn parse_round(offset: usize, items: Vec<(SignedTransition, Hashed)>) -> ParsedRound {
     let parsed = par_map(&items, PARSE_CHUNK, |i, (_, manifest)| {
         Manifest::parse_hashed(manifest).map_err(|e| ChainError {
