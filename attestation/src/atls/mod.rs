@@ -93,16 +93,34 @@ impl VerifiedPeer {
     /// and the evidence's certificates are still valid, the verdict is the handshake's (a fresh
     /// verification would repeat it: issue 11, one signature check per NewMeshCert).
     pub fn reverify(&self, policy: &dyn AcceptPolicy) -> Result<VerifiedReport, AttestationError> {
-        if let (Some(then), Some(now)) = (self.fingerprint, policy.fingerprint())
-            && then == now
-            && self.report.chain_valid_at(std::time::SystemTime::now())
-        {
-            policy.deployment_pin().check(&self.deployment)?;
-            return Ok(self.report.clone());
+        if let Some(verdict) = self.reverify_unchanged(policy) {
+            return verdict;
         }
         let report = policy.verify(&self.evidence, &self.binding)?;
         policy.deployment_pin().check(&self.deployment)?;
         Ok(report)
+    }
+
+    /// [`Self::reverify`]'s verdict when it needs no signature check (the policy's fingerprint is
+    /// the handshake's and the evidence's certificates are still valid): cheap enough for an async
+    /// task. `None` when the evidence must be verified afresh, which belongs off the runtime's
+    /// worker threads.
+    pub fn reverify_unchanged(
+        &self,
+        policy: &dyn AcceptPolicy,
+    ) -> Option<Result<VerifiedReport, AttestationError>> {
+        let (Some(then), Some(now)) = (self.fingerprint, policy.fingerprint()) else {
+            return None;
+        };
+        if then != now || !self.report.chain_valid_at(std::time::SystemTime::now()) {
+            return None;
+        }
+        Some(
+            policy
+                .deployment_pin()
+                .check(&self.deployment)
+                .map(|()| self.report.clone()),
+        )
     }
 
     /// The deployment the peer serves: named in its certificate and bound by its evidence.

@@ -99,13 +99,21 @@ impl<S: Store> pb::mesh_api_server::MeshApi for MeshService<S> {
         request: Request<pb::NewMeshCertRequest>,
     ) -> Result<Response<pb::NewMeshCertResponse>, Status> {
         let peer = crate::transport::attested_peer(&request, "mesh API")?;
-        // Signature checks over the evidence: off the runtime's worker threads.
-        let policy = self.policy.clone();
-        let checked = peer.clone();
-        let report = tokio::task::spawn_blocking(move || checked.reverify(&*policy))
-            .await
-            .map_err(|e| Status::internal(format!("checking the workload's evidence: {e}")))?
-            .map_err(|e| {
+        // The handshake's verdict while the manifest is the same (no signature check, so no hop to
+        // another thread); else signature checks over the evidence, off the runtime's workers.
+        let verdict = match peer.reverify_unchanged(&*self.policy) {
+            Some(verdict) => verdict,
+            None => {
+                let policy = self.policy.clone();
+                let checked = peer.clone();
+                tokio::task::spawn_blocking(move || checked.reverify(&*policy))
+                    .await
+                    .map_err(|e| {
+                        Status::internal(format!("checking the workload's evidence: {e}"))
+                    })?
+            }
+        };
+        let report = verdict.map_err(|e| {
                 crate::observe::global().attestation_failed("mesh", &e);
                 match e {
                     // MeshAcceptPolicy's only Config error: this replica is not ready.
