@@ -366,6 +366,26 @@ pub async fn run(
         transit.await;
         Ok::<(), tonic::transport::Error>(())
     };
+    // Each server is a task of its own, so that the handshake task that hands a connection to its
+    // server wakes it on the same worker pool, instead of waking the main thread (which polls this
+    // function's future) once per connection: that was a thread switch per NewMeshCert.
+    // A server task ends with the future that waits for it: a stop that gives up on the grace
+    // period leaves no server running.
+    let serving = |server: ServerFuture| {
+        let mut task = AbortOnDrop(tokio::spawn(server));
+        async move {
+            match (&mut task.0).await {
+                Ok(result) => result.map_err(anyhow::Error::from),
+                Err(e) => Err(anyhow::anyhow!("a server task ended abnormally: {e}")),
+            }
+        }
+    };
+    let (user, mesh, peer, transit) = (
+        serving(Box::pin(user)),
+        serving(Box::pin(mesh)),
+        serving(Box::pin(peer)),
+        serving(Box::pin(transit)),
+    );
     let durable = store.durable().clone();
     let graceful = async {
         tokio::try_join!(user, mesh, peer, transit)?;
@@ -396,6 +416,19 @@ pub async fn run(
     info!("coordinator stopped");
     Ok(())
 }
+
+/// A task aborted when this handle is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A server's future, boxed so that the four can be spawned alike.
+type ServerFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>>;
 
 /// How long a stop waits for calls in flight and the Raft core before the process exits anyway.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
