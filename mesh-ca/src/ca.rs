@@ -47,57 +47,51 @@ const SERIAL_LEN: usize = 16;
 /// RFC 5280's upper bound for a common name (ub-common-name).
 const MAX_COMMON_NAME_CHARS: usize = 64;
 
-/// A P-256 key that rcgen can sign with. The key it keeps is RustCrypto's, which wipes itself on
-/// drop, rather than rcgen's ring key pair, which keeps an unwiped PKCS#8 copy for as long as it
-/// lives. Signatures are ring's (assembly): for each one a ring key pair is made on the stack from
-/// the kept key and dropped at once, about 30 µs in all where RustCrypto's signature took 140 µs
-/// here (issue 11.1). Like the temporaries of any scalar multiplication, that key pair is not wiped
-/// (docs/THREAT_MODEL.md, "Secrets in memory").
+/// A P-256 key that rcgen can sign with. It keeps RustCrypto's `SecretKey` (wiped on drop; what
+/// [`MeshCa::key_for_attested_peer`] reads) and one AWS-LC key pair made from it when the signer is
+/// made, checked there against the public key. Signatures are AWS-LC's (assembly, one scalar
+/// multiplication each): ring's key pair, made afresh for every signature so that no unwiped copy
+/// outlived it, derived the public key again each time, which doubled a signature's cost (issue
+/// 11.1). AWS-LC's copy of the scalar is wiped when the key pair drops: every allocation AWS-LC
+/// frees is cleansed first (`OPENSSL_free`).
 struct P256Signer {
     secret: p256::SecretKey,
     verifying_key: p256::ecdsa::VerifyingKey,
-    /// Uncompressed SEC1 point, what rcgen writes into the SubjectPublicKeyInfo and ring checks
+    /// Uncompressed SEC1 point, what rcgen writes into the SubjectPublicKeyInfo and AWS-LC checked
     /// the key pair against.
     public_point: Vec<u8>,
+    signing: aws_lc_rs::signature::EcdsaKeyPair,
 }
 
 impl P256Signer {
     /// The signer of `secret`, whose public key it derives (RustCrypto: one scalar multiplication,
     /// about 0.12 ms here).
-    fn new(secret: &p256::SecretKey) -> Self {
-        Self::with_public(secret, &secret.public_key())
+    fn new(secret: &p256::SecretKey) -> Result<Self, MeshCaError> {
+        Self::with_public(secret, &secret.public_key()).ok_or_else(|| {
+            MeshCaError::CertificateGeneration(
+                "AWS-LC refused a P-256 key that RustCrypto accepted".into(),
+            )
+        })
     }
 
-    /// The signer of `secret`, whose public key a certificate says is `public`; None if it is not.
-    ///
-    /// The check derives `secret`'s public key with ring's assembly P-256 (about a tenth of
-    /// RustCrypto's time here), as every signature does again.
-    fn certified(secret: &p256::SecretKey, public: &p256::PublicKey) -> Option<Self> {
-        let signer = Self::with_public(secret, public);
-        signer.ring_key_pair().ok()?;
-        Some(signer)
-    }
-
-    fn with_public(secret: &p256::SecretKey, public: &p256::PublicKey) -> Self {
+    /// The signer of `secret`, whose public key a certificate says is `public`; None if it is not
+    /// (AWS-LC derives `secret`'s public key and compares).
+    fn with_public(secret: &p256::SecretKey, public: &p256::PublicKey) -> Option<Self> {
         let verifying_key = p256::ecdsa::VerifyingKey::from(public);
         let public_point = verifying_key.to_encoded_point(false).as_bytes().to_vec();
-        P256Signer {
+        let scalar = Zeroizing::new(secret.to_bytes());
+        let signing = aws_lc_rs::signature::EcdsaKeyPair::from_private_key_and_public_key(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            scalar.as_slice(),
+            &public_point,
+        )
+        .ok()?;
+        Some(P256Signer {
             secret: secret.clone(),
             verifying_key,
             public_point,
-        }
-    }
-
-    /// ring's key pair for this key, checked against the public key (ring refuses a pair whose
-    /// halves do not match). Made per use and dropped by the caller at once.
-    fn ring_key_pair(&self) -> Result<ring::signature::EcdsaKeyPair, ring::error::KeyRejected> {
-        let scalar = Zeroizing::new(self.secret.to_bytes());
-        ring::signature::EcdsaKeyPair::from_private_key_and_public_key(
-            &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
-            scalar.as_slice(),
-            &self.public_point,
-            &ring::rand::SystemRandom::new(),
-        )
+            signing,
+        })
     }
 }
 
@@ -122,13 +116,11 @@ impl rcgen::PublicKeyData for P256Signer {
 
 impl rcgen::SigningKey for P256Signer {
     fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
-        // ring draws each nonce from the OS and mixes the key and the message into it, so a weak
-        // draw does not expose the key; a failed draw fails the signature.
-        let rng = ring::rand::SystemRandom::new();
+        // AWS-LC draws each nonce from its own DRBG (seeded from the OS) and mixes the key and the
+        // message into it, so a weak draw does not expose the key; the `rng` argument is unused.
         let signature = self
-            .ring_key_pair()
-            .map_err(|_| rcgen::Error::RemoteKeyError)?
-            .sign(&rng, msg)
+            .signing
+            .sign(&aws_lc_rs::rand::SystemRandom::new(), msg)
             .map_err(|_| rcgen::Error::RemoteKeyError)?;
         Ok(signature.as_ref().to_vec())
     }
@@ -203,7 +195,7 @@ impl RootCa {
         key: &p256::SecretKey,
         now: OffsetDateTime,
     ) -> Result<RootCa, MeshCaError> {
-        let signer = P256Signer::new(key);
+        let signer = P256Signer::new(key)?;
         let (not_before, not_after) = validity(now, CA_LIFETIME, None)?;
         let params = ca_params(
             ROOT_CA_COMMON_NAME,
@@ -225,7 +217,7 @@ impl RootCa {
     /// came from disk or the network, so it is checked (Invariant 2): it must be a self-signed CA
     /// certificate named "Concord root CA" for exactly this key.
     pub fn from_parts(cert_der: Vec<u8>, key: &p256::SecretKey) -> Result<RootCa, MeshCaError> {
-        let signer = P256Signer::new(key);
+        let signer = P256Signer::new(key)?;
         let not_after = check_root_certificate(&cert_der, key, &signer)?;
         // The checks above made sure that the certificate's subject and key identifier are
         // what these parameters give, so certificates issued now chain to the stored one.
@@ -305,7 +297,11 @@ impl MeshCa {
         root: &RootCa,
         now: OffsetDateTime,
     ) -> Result<MeshCa, MeshCaError> {
-        let signer = P256Signer::with_public(&key.secret, &key.public);
+        let signer = P256Signer::with_public(&key.secret, &key.public).ok_or_else(|| {
+            MeshCaError::CertificateGeneration(
+                "AWS-LC refused a freshly generated mesh CA key".into(),
+            )
+        })?;
         drop(key);
         let (not_before, not_after) = validity(now, CA_LIFETIME, Some(root.not_after))?;
         // Path length 0: the mesh CA signs leaves, never another CA.
@@ -368,7 +364,7 @@ impl MeshCa {
         // certificates to; the signer only for a key that is that key's private half.
         let named = p256::PublicKey::from_public_key_der(own.public_key().raw)
             .map_err(|_| reject("its public key is not a P-256 key".into()))?;
-        let signer = P256Signer::certified(&secret, &named).ok_or_else(|| {
+        let signer = P256Signer::with_public(&secret, &named).ok_or_else(|| {
             MeshCaError::MeshCaCertificateRejected {
                 certificate: MESH_CA_CERT_NAME,
                 reason: "its public key is not the public key of the mesh CA key sent with it"
@@ -1343,7 +1339,7 @@ mod tests {
         cap: OffsetDateTime,
         tweak: impl Fn(&mut CertificateParams, bool),
     ) -> (Vec<u8>, Vec<u8>) {
-        let signer = P256Signer::new(&p256::SecretKey::from_bytes(key.into()).unwrap());
+        let signer = P256Signer::new(&p256::SecretKey::from_bytes(key.into()).unwrap()).unwrap();
         let (not_before, not_after) = validity(fixed_now(), CA_LIFETIME, Some(cap)).unwrap();
         let serial = || random_serial(&mut OsRng, "test serial").unwrap();
         let mut params = ca_params(
@@ -1729,7 +1725,7 @@ mod tests {
         );
 
         // Signed by the root key, but naming another issuer, or another authority key.
-        let root_signer = || P256Signer::new(&golden_engine().root_ca_key().unwrap());
+        let root_signer = || P256Signer::new(&golden_engine().root_ca_key().unwrap()).unwrap();
         let mut renamed = CertificateParams::default();
         renamed.distinguished_name = common_name_dn("Concord other root CA");
         let renamed = Issuer::new(renamed, root_signer());
@@ -1746,7 +1742,7 @@ mod tests {
         let mut named_root = CertificateParams::default();
         named_root.distinguished_name = common_name_dn(ROOT_CA_COMMON_NAME);
         let mesh_signer =
-            P256Signer::new(&p256::SecretKey::from_bytes(key.as_ref().into()).unwrap());
+            P256Signer::new(&p256::SecretKey::from_bytes(key.as_ref().into()).unwrap()).unwrap();
         let posing = Issuer::new(named_root, mesh_signer);
         let (own, _) = mesh_certs_with(&key, &root.issuer, root.not_after, |_, _| {});
         let (_, not_self_issued) = mesh_certs_with(&key, &posing, root.not_after, |_, _| {});
