@@ -427,8 +427,9 @@ impl<T> Drop for AbortOnDrop<T> {
 }
 
 /// A server's future, boxed so that the four can be spawned alike.
-type ServerFuture =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>>;
+type ServerFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>,
+>;
 
 /// How long a stop waits for calls in flight and the Raft core before the process exits anyway.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);

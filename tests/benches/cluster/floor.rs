@@ -237,8 +237,20 @@ fn milan_vector() -> Result<(Evidence, ReferenceValues, [u8; 64]), String> {
     Ok((evidence, reference, report_data))
 }
 
-/// The floor rows, and the SNP pipeline against it.
-pub fn rows(floor: &Floor, openssl: &str, snp: Result<f64, String>) -> Vec<Row> {
+/// The reference of rows measured between two floor measurements, `before` and `after`: the mean
+/// of the two (the machine's speed drifts; neither end is favoured).
+pub fn bracketing(before: &Floor, after: &Floor) -> f64 {
+    (before.per_cpu_second() + after.per_cpu_second()) / 2.0
+}
+
+/// The floor rows (the floor measured again after the replica rows, when it was), and the SNP
+/// pipeline against the first measurement, which it follows.
+pub fn rows(
+    floor: &Floor,
+    after: Option<&Floor>,
+    openssl: &str,
+    snp: Result<f64, String>,
+) -> Vec<Row> {
     let per_cpu = floor.per_cpu_second();
     let ops = |name: &str, o: &Ops| {
         Row::new(
@@ -263,6 +275,18 @@ pub fn rows(floor: &Floor, openssl: &str, snp: Result<f64, String>) -> Vec<Row> 
             Verdict::Info,
         ),
     ];
+    if let Some(after) = after {
+        rows.push(Row::new(
+            "NewMeshCert crypto floor, measured again after the replica rows",
+            format!("{:.0} per CPU second", after.per_cpu_second()),
+            format!(
+                "the replica rows' reference: the mean of the two, {:.0}",
+                bracketing(floor, after)
+            ),
+            "-",
+            Verdict::Info,
+        ));
+    }
     rows.push(match snp {
         Ok(snp) => Row::new(
             "NewMeshCert crypto, SNP evidence (real Milan report, pinned time, no CRL)",

@@ -236,7 +236,8 @@ pub fn crypto_alone(env: &Env, window: Duration) -> Result<Crypto, String> {
 
 /// The target compares CPU time with CPU time: the replica's certificates per second of its own CPU
 /// time, and the crypto pipeline's per second of its thread's, against the floor (`floor`: what the
-/// signatures one NewMeshCert needs allow per CPU second, with ring). The workloads share the cores
+/// signatures one NewMeshCert needs allow per CPU second, with the faster of ring and AWS-LC for
+/// each; the mean of the measurements before and after the replica runs). The workloads share the cores
 /// with the replica (and other builds may too), so the certificates per wall-clock second, shown
 /// beside, say as much about the machine as about the replica.
 pub fn rows(
