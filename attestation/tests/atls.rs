@@ -683,3 +683,91 @@ async fn concurrent_handshakes_share_reports_and_each_verifies_its_own_nonce() {
     assert!(batched <= n / 4, "{batched} reports for {n} handshakes");
     assert_eq!(storm(&s, n, true).await, n);
 }
+
+/// Accepts any server certificate: only for a test about what the server picks, not whom it is.
+#[derive(Debug)]
+struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("TLS 1.2".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Both sides prefer TLS_AES_128_GCM_SHA256 (the connection's keys give 128-bit security anyway,
+/// and SHA-256 has instructions of its own where SHA-384 has none), and the server picks it even
+/// for a client that lists AES-256 first, as ring's default order does.
+#[tokio::test]
+async fn the_server_picks_aes_128_gcm_sha256_whatever_the_clients_order() {
+    let s = Setup::new();
+    let (addr, _server) = serve_once(s.mutual_acceptor()).await;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (tls, _) = s.mutual_client().connect(tcp, server_name()).await.unwrap();
+    let ours = tls.get_ref().1.negotiated_cipher_suite().unwrap().suite();
+    assert_eq!(ours, rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    drop(tls);
+
+    let provider = ring();
+    assert_eq!(
+        provider.cipher_suites[0].suite(),
+        rustls::CipherSuite::TLS13_AES_256_GCM_SHA384,
+        "this test needs a client that prefers AES-256"
+    );
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
+        .with_no_client_auth();
+    // A nonce as PROTOCOL.md §8 carries it, in the ALPN list.
+    config.alpn_protocols = vec![
+        b"h2".to_vec(),
+        format!("concord-atls-v1:{}", "07".repeat(32)).into_bytes(),
+    ];
+    let (addr, _server) = serve_once(s.acceptor(ClientAuth::None)).await;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(server_name(), tcp)
+        .await;
+    match tls {
+        Ok(tls) => assert_eq!(
+            tls.get_ref().1.negotiated_cipher_suite().unwrap().suite(),
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+        ),
+        Err(e) => panic!("the handshake failed before the suite could be seen: {e}"),
+    }
+}

@@ -143,6 +143,8 @@ impl AtlsAcceptor {
             CertifiedKey::new(vec![certificate], self.signing_key.clone()),
         )));
         config.alpn_protocols = vec![ALPN_H2.to_vec()];
+        // The provider's order (TLS_AES_128_GCM_SHA256 first, `provider`), whatever the client's.
+        config.ignore_client_order = true;
         // A resumed session would skip the client's evidence check.
         config.session_storage = Arc::new(NoServerSessionStorage {});
         config.send_tls13_tickets = 0;
