@@ -64,14 +64,15 @@ struct P256Signer {
 }
 
 impl P256Signer {
-    /// The signer of `secret`, whose public key it derives (RustCrypto: one scalar multiplication,
-    /// about 0.12 ms here).
+    /// The signer of `secret`, whose public key it derives ([`public_key_of`]).
     fn new(secret: &p256::SecretKey) -> Result<Self, MeshCaError> {
-        Self::with_public(secret, &secret.public_key()).ok_or_else(|| {
+        let refused = || {
             MeshCaError::CertificateGeneration(
                 "AWS-LC refused a P-256 key that RustCrypto accepted".into(),
             )
-        })
+        };
+        let public = public_key_of(secret).ok_or_else(refused)?;
+        Self::with_public(secret, &public).ok_or_else(refused)
     }
 
     /// The signer of `secret`, whose public key a certificate says is `public`; None if it is not
@@ -138,7 +139,11 @@ impl MeshCaKey {
         rng: &mut R,
     ) -> Result<MeshCaKey, MeshCaError> {
         let secret = random_p256_key(rng)?;
-        let public = secret.public_key();
+        let public = public_key_of(&secret).ok_or_else(|| {
+            MeshCaError::CertificateGeneration(
+                "AWS-LC refused a freshly generated mesh CA key".into(),
+            )
+        })?;
         Ok(MeshCaKey { secret, public })
     }
 }
@@ -218,7 +223,7 @@ impl RootCa {
     /// certificate named "Concord root CA" for exactly this key.
     pub fn from_parts(cert_der: Vec<u8>, key: &p256::SecretKey) -> Result<RootCa, MeshCaError> {
         let signer = P256Signer::new(key)?;
-        let not_after = check_root_certificate(&cert_der, key, &signer)?;
+        let not_after = check_root_certificate(&cert_der, &signer)?;
         // The checks above made sure that the certificate's subject and key identifier are
         // what these parameters give, so certificates issued now chain to the stored one.
         let mut params = CertificateParams::default();
@@ -615,6 +620,20 @@ fn random_p256_key<R: RngCore + CryptoRng + ?Sized>(
     })
 }
 
+/// `secret`'s public key, computed by AWS-LC (assembly: about 20 µs here). RustCrypto's
+/// `SecretKey::public_key` takes about 0.12 ms, which each new mesh CA key paid (issue 11.3: on a
+/// leader under writes, a tenth of its CPU). None if AWS-LC refuses the scalar, which a valid
+/// `SecretKey` never is.
+fn public_key_of(secret: &p256::SecretKey) -> Option<p256::PublicKey> {
+    use aws_lc_rs::agreement::{ECDH_P256, PrivateKey};
+    let scalar = Zeroizing::new(secret.to_bytes());
+    let point = PrivateKey::from_private_key(&ECDH_P256, scalar.as_slice())
+        .ok()?
+        .compute_public_key()
+        .ok()?;
+    p256::PublicKey::from_sec1_bytes(point.as_ref()).ok()
+}
+
 /// A mesh CA key received as bytes: a P-256 scalar in `1..n`, big-endian.
 fn mesh_ca_key_from_bytes(key: &[u8; 32]) -> Result<p256::SecretKey, MeshCaError> {
     if key.iter().all(|&b| b == 0) {
@@ -641,10 +660,10 @@ fn pem_certificate(der: &[u8]) -> String {
     pem
 }
 
-/// Checks a stored root CA certificate against the seed-derived key and returns its expiry.
+/// Checks a stored root CA certificate against the seed-derived key (`signer`'s) and returns its
+/// expiry.
 fn check_root_certificate(
     der: &[u8],
-    key: &p256::SecretKey,
     signer: &P256Signer,
 ) -> Result<OffsetDateTime, MeshCaError> {
     let reject = |reason: String| MeshCaError::RootCertificateRejected { reason };
@@ -652,7 +671,7 @@ fn check_root_certificate(
     let cert = parse_whole_certificate(der).map_err(reject)?;
     check_certificate_key(
         &cert,
-        &key.public_key(),
+        &p256::PublicKey::from(&signer.verifying_key),
         "the root CA key derived from this seed",
     )
     .map_err(reject)?;
@@ -1079,6 +1098,28 @@ mod tests {
 
     fn write(dir: &Path, name: &str, pem: impl AsRef<str>) {
         std::fs::write(dir.join(name), pem.as_ref()).unwrap();
+    }
+
+    /// AWS-LC's public key of a scalar is RustCrypto's, for the smallest and largest scalars and
+    /// random ones.
+    #[test]
+    fn aws_lc_derives_the_public_key_rustcrypto_does() {
+        // n - 1, the largest valid P-256 scalar.
+        let largest: [u8; 32] =
+            hex::decode("ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632550")
+                .unwrap()
+                .try_into()
+                .unwrap();
+        let mut one = [0u8; 32];
+        one[31] = 1;
+        let mut keys = vec![
+            p256::SecretKey::from_bytes(&one.into()).unwrap(),
+            p256::SecretKey::from_bytes(&largest.into()).unwrap(),
+        ];
+        keys.extend((0..8).map(|_| random_p256_key(&mut OsRng).unwrap()));
+        for key in &keys {
+            assert_eq!(public_key_of(key), Some(key.public_key()));
+        }
     }
 
     /// A kept verdict holds only for the exact key, signed bytes and signature it was reached for,
