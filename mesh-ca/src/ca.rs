@@ -662,10 +662,7 @@ fn pem_certificate(der: &[u8]) -> String {
 
 /// Checks a stored root CA certificate against the seed-derived key (`signer`'s) and returns its
 /// expiry.
-fn check_root_certificate(
-    der: &[u8],
-    signer: &P256Signer,
-) -> Result<OffsetDateTime, MeshCaError> {
+fn check_root_certificate(der: &[u8], signer: &P256Signer) -> Result<OffsetDateTime, MeshCaError> {
     let reject = |reason: String| MeshCaError::RootCertificateRejected { reason };
 
     let cert = parse_whole_certificate(der).map_err(reject)?;

@@ -21,7 +21,7 @@ use concord_attestation::{
     AtlsClient, ClientIdentity, EvidenceIssuer, PlatformTrust, Verifier, atls::binding,
 };
 use concord_coordinator::manifest::Manifest;
-use concord_coordinator::transport::connect_from;
+use concord_coordinator::transport::{ConnectError, connect_from};
 use concord_mesh_ca::{MeshCa, RootCa, SeedEngine};
 use concord_proto::v1 as pb;
 use concord_proto::v1::mesh_api_client::MeshApiClient;
@@ -157,8 +157,10 @@ async fn workload(
         let channel = match connect_from(&addr, Some(source), client.clone()).await {
             Ok((channel, _)) => channel,
             // The gate closes a connection over the port's handshake rate at once, before a byte
-            // is read: the handshake meets the end of the stream.
-            Err(e) if e.to_string().contains("handshake eof") && refused < MAX_REFUSED => {
+            // is read: the handshake meets the end of the stream, or a reset when the ClientHello
+            // had arrived. Either is an outage to the client (`Unavailable`), never a verdict on
+            // evidence (`Attestation`), which ends the run.
+            Err(ConnectError::Unavailable { .. }) if refused < MAX_REFUSED => {
                 refused += 1;
                 tokio::time::sleep(REFUSED_PAUSE).await;
                 continue;
