@@ -53,8 +53,9 @@ pub fn version(binary: &Path) -> String {
 pub enum Timing {
     /// etcd's defaults: heartbeat 100 ms, election timeout 1000 ms (randomized up to 2000 ms).
     Default,
-    /// Concord's: elections after 150 to 300 ms (etcd randomizes between the timeout and twice it);
-    /// etcd wants the timeout at least 5 heartbeats, hence 30 ms heartbeats.
+    /// Concord's election timeout: 100 to 200 ms (etcd randomizes between the timeout and twice it;
+    /// Concord's followers wait openraft's leader lease, 200 ms, on top); etcd wants the timeout at
+    /// least 5 heartbeats, hence 20 ms heartbeats.
     LikeConcord,
 }
 
@@ -308,7 +309,7 @@ impl EtcdCluster {
             cmd.args(["--client-cert-auth", "--peer-client-cert-auth"]);
         }
         if let Timing::LikeConcord = self.timing {
-            cmd.args(["--heartbeat-interval", "30", "--election-timeout", "150"]);
+            cmd.args(["--heartbeat-interval", "20", "--election-timeout", "100"]);
         }
         let child = cmd
             .stdin(Stdio::null())

@@ -169,7 +169,7 @@ pub fn failover_rows(
     if let Some(like) = etcd_like_concord {
         let reference = match like {
             Ok(e) => format!(
-                "etcd (election 150-300 ms): {} / {}",
+                "etcd (election 100-200 ms): {} / {}",
                 ms(e.median()),
                 ms(e.max())
             ),

@@ -97,7 +97,7 @@ fn main() -> ExitCode {
     table::print(&rows);
     println!();
     println!(
-        "Targets are judged on the median (p50); p99 and max are shown for context. Raft timing: Concord heartbeats every 50 ms and elects after 150-300 ms; etcd's defaults are 100 ms and 1000-2000 ms."
+        "Targets are judged on the median (p50); p99 and max are shown for context. Raft timing: Concord heartbeats every 50 ms and a follower campaigns after 300-400 ms without one (openraft's 200 ms leader lease plus 100-200 ms); etcd's defaults are 100 ms and 1000-2000 ms."
     );
     println!("took {:.0} s", started.elapsed().as_secs_f64());
     if rows.iter().any(|r| r.verdict == Verdict::Error) {
