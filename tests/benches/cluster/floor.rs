@@ -243,11 +243,36 @@ pub fn bracketing(before: &Floor, after: &Floor) -> f64 {
     (before.per_cpu_second() + after.per_cpu_second()) / 2.0
 }
 
+/// The floor measured again during the replica rows: right before the judged (32-workload) row and
+/// right after it.
+pub struct Again {
+    pub between: Floor,
+    pub after: Floor,
+}
+
+/// The replica rows' references: the 8-workload row and the crypto pipeline's (run before the first
+/// measurement again) against the mean of the first two measurements, the judged row against the
+/// mean of the two right around it.
+#[derive(Debug, Clone, Copy)]
+pub struct References {
+    pub light: f64,
+    pub judged: f64,
+}
+
+impl Again {
+    pub fn references(&self, first: &Floor) -> References {
+        References {
+            light: bracketing(first, &self.between),
+            judged: bracketing(&self.between, &self.after),
+        }
+    }
+}
+
 /// The floor rows (the floor measured again after the replica rows, when it was), and the SNP
 /// pipeline against the first measurement, which it follows.
 pub fn rows(
     floor: &Floor,
-    after: Option<&Floor>,
+    again: Option<&Again>,
     openssl: &str,
     snp: Result<f64, String>,
 ) -> Vec<Row> {
@@ -275,13 +300,24 @@ pub fn rows(
             Verdict::Info,
         ),
     ];
-    if let Some(after) = after {
+    if let Some(again) = again {
+        let references = again.references(floor);
         rows.push(Row::new(
-            "NewMeshCert crypto floor, measured again after the replica rows",
-            format!("{:.0} per CPU second", after.per_cpu_second()),
+            "NewMeshCert crypto floor, measured again right before the 32-workload row",
+            format!("{:.0} per CPU second", again.between.per_cpu_second()),
             format!(
-                "the replica rows' reference: the mean of the two, {:.0}",
-                bracketing(floor, after)
+                "the 8-workload and pipeline rows' reference: the mean with the first, {:.0}",
+                references.light
+            ),
+            "-",
+            Verdict::Info,
+        ));
+        rows.push(Row::new(
+            "NewMeshCert crypto floor, measured again right after the 32-workload row",
+            format!("{:.0} per CPU second", again.after.per_cpu_second()),
+            format!(
+                "the 32-workload row's reference: the mean with the one before, {:.0}",
+                references.judged
             ),
             "-",
             Verdict::Info,
