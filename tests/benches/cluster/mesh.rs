@@ -49,7 +49,7 @@ pub struct Issued {
 
 /// Certificates per second one replica issued to `clients` concurrent workloads over `window`.
 pub async fn replica(env: &Env, clients: usize, window: Duration) -> Result<Issued, String> {
-    let node = env.start_coordinator("mesh-replica");
+    let mut node = env.start_coordinator("mesh-replica");
     let mut writer = Writer::new();
     let mut user = Dialer::new(env)?.user(node.user_addr).await?;
     writer.set(env, &mut user).await?;
@@ -90,6 +90,15 @@ pub async fn replica(env: &Env, clients: usize, window: Duration) -> Result<Issu
             .map_err(|e| format!("a workload failed: {e}"))??;
         issued += i;
         refused += r;
+    }
+    // The workloads retry a connection the port shed; a replica that died would shed them all, which
+    // must read as the error it is, not as a slow replica.
+    if !node.is_running() {
+        return Err(format!(
+            "the replica exited during the run ({issued} certificates, {refused} connections \
+             refused); see {}",
+            node.log.display()
+        ));
     }
     Ok(Issued {
         per_second: issued as f64 / window.as_secs_f64(),
@@ -139,7 +148,8 @@ fn clock_ticks() -> f64 {
 
 /// One workload's loop: a new attested connection and one NewMeshCert each time, until `close`;
 /// returns how many certificates arrived between `open` and `close`, and how many connections the
-/// port closed before the handshake (retried after `REFUSED_PAUSE`, at most `MAX_REFUSED` times). Each connection comes from
+/// port closed before the handshake (retried after `REFUSED_PAUSE`, at most `MAX_REFUSED` times;
+/// [`replica`] then checks that the replica still runs). Each connection comes from
 /// another loopback address (127.2.W.x), as new pods would: one source would meet the listener's
 /// per-source handshake rate (50/s), which is not what this measures.
 async fn workload(
