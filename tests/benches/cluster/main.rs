@@ -32,6 +32,7 @@ mod memory;
 mod mesh;
 mod mode;
 mod propagation;
+mod steady;
 mod storm;
 mod table;
 mod tlog;
@@ -383,6 +384,20 @@ fn cluster_rows(
     );
     push(
         rows,
+        "leader under a handshake flood",
+        concord.flood.as_ref().map(|f| {
+            steady::rows(
+                f,
+                concord
+                    .concurrent_reference
+                    .as_ref()
+                    .map(Samples::median)
+                    .map_err(String::as_str),
+            )
+        }),
+    );
+    push(
+        rows,
         "peer recovery",
         concord
             .rounds
@@ -449,6 +464,8 @@ struct ConcordCluster {
     /// Once more after every write of the run (and an idle pause), with the history's length then.
     rss_after_writes: Result<(Vec<u64>, u64), String>,
     rounds: Result<failover::ConcordRounds, String>,
+    /// Last: the leader under a flood of handshakes on its mesh port.
+    flood: Result<steady::Flood, String>,
 }
 
 impl ConcordCluster {
@@ -462,7 +479,8 @@ impl ConcordCluster {
             concurrent: Err(e.clone()),
             rss: Err(e.clone()),
             rss_after_writes: Err(e.clone()),
-            rounds: Err(e),
+            rounds: Err(e.clone()),
+            flood: Err(e),
         }
     }
 }
@@ -539,6 +557,8 @@ async fn concord_cluster(
         .map(|n| memory::rss(n.pid()))
         .collect::<Result<Vec<_>, _>>()
         .map(|rss| (rss, cluster.writer.transitions()));
+    // After everything else measured on this cluster: its writes lengthen the history too.
+    let flood = steady::flood(&mut cluster, mode.flood_clients, mode.flood_window).await;
     ConcordCluster {
         first: Ok(first),
         propagation: [short, long],
@@ -549,6 +569,7 @@ async fn concord_cluster(
         rss,
         rss_after_writes,
         rounds,
+        flood,
     }
 }
 

@@ -33,7 +33,7 @@ use crate::concord::{Dialer, Writer};
 use crate::table::{Row, Verdict};
 
 /// Issuances before the window opens are not counted (the first connections, the allocator).
-const WARMUP: Duration = Duration::from_secs(1);
+pub(crate) const WARMUP: Duration = Duration::from_secs(1);
 
 /// What the replica did in the window.
 pub struct Issued {
@@ -54,28 +54,12 @@ pub async fn replica(env: &Env, clients: usize, window: Duration) -> Result<Issu
     let mut user = Dialer::new(env)?.user(node.user_addr).await?;
     writer.set(env, &mut user).await?;
 
-    let manifest = Manifest::parse(&env.d.manifest(1)).map_err(|e| e.to_string())?;
-    let trust = PlatformTrust {
-        insecure_simulated_root: Some(env.d.root.hash()),
-    };
-    let policy = Arc::new(
-        concord_cli::remote::coordinator_policy(&manifest, trust).map_err(|e| e.to_string())?,
-    );
-    let issuer = workload_issuer(env);
     let start = Instant::now();
     let (open, close) = (start + WARMUP, start + WARMUP + window);
     let mut tasks = Vec::new();
-    for w in 0..clients {
-        let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
-        let identity = ClientIdentity {
-            issuer: issuer.clone(),
-            key: Arc::new(key),
-            deployment: Arc::new(concord_attestation::DeploymentId::UNPINNED),
-        };
-        let client =
-            Arc::new(AtlsClient::new(policy.clone(), Some(identity)).map_err(|e| e.to_string())?);
+    for (w, client) in workload_clients(env, clients)?.into_iter().enumerate() {
         let addr = node.mesh_addr.to_string();
-        tasks.push(tokio::spawn(workload(addr, w, client, open, close)));
+        tasks.push(tokio::spawn(workload(addr, w, client, open, close, false)));
     }
     let (replica_stat, clients_stat) = (format!("/proc/{}/stat", node.pid()), "/proc/self/stat");
     let cpu = || -> Result<_, String> { Ok((cpu_time(&replica_stat)?, cpu_time(clients_stat)?)) };
@@ -85,11 +69,11 @@ pub async fn replica(env: &Env, clients: usize, window: Duration) -> Result<Issu
     let (replica_at_close, clients_at_close) = cpu()?;
     let (mut issued, mut refused) = (0, 0);
     for task in tasks {
-        let (i, r) = task
+        let done = task
             .await
             .map_err(|e| format!("a workload failed: {e}"))??;
-        issued += i;
-        refused += r;
+        issued += done.issued;
+        refused += done.refused;
     }
     // The workloads retry a connection the port shed; a replica that died would shed them all, which
     // must read as the error it is, not as a slow replica.
@@ -106,6 +90,32 @@ pub async fn replica(env: &Env, clients: usize, window: Duration) -> Result<Issu
         client_cores: (clients_at_close - clients_at_open).as_secs_f64() / window.as_secs_f64(),
         refused,
     })
+}
+
+/// `n` workloads' aTLS clients, each with its own key, attesting with the fixture's workload policy
+/// and checking the coordinator against the first manifest's reference values.
+pub(crate) fn workload_clients(env: &Env, n: usize) -> Result<Vec<Arc<AtlsClient>>, String> {
+    let manifest = Manifest::parse(&env.d.manifest(1)).map_err(|e| e.to_string())?;
+    let trust = PlatformTrust {
+        insecure_simulated_root: Some(env.d.root.hash()),
+    };
+    let policy = Arc::new(
+        concord_cli::remote::coordinator_policy(&manifest, trust).map_err(|e| e.to_string())?,
+    );
+    let issuer = workload_issuer(env);
+    (0..n)
+        .map(|_| {
+            let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+            let identity = ClientIdentity {
+                issuer: issuer.clone(),
+                key: Arc::new(key),
+                deployment: Arc::new(concord_attestation::DeploymentId::UNPINNED),
+            };
+            AtlsClient::new(policy.clone(), Some(identity))
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
+        })
+        .collect()
 }
 
 /// What a workload attests with: TDX quotes on a TDX deployment, else simulated SNP reports.
@@ -146,20 +156,32 @@ fn clock_ticks() -> f64 {
         .unwrap_or(100.0)
 }
 
+/// What one workload's loop did.
+pub(crate) struct Done {
+    /// Certificates that arrived between `open` and `close`.
+    pub issued: u64,
+    /// Connections the port closed before the handshake.
+    pub refused: u64,
+    /// NewMeshCerts that failed on an established connection (only counted when asked to go on).
+    pub failed: u64,
+}
+
 /// One workload's loop: a new attested connection and one NewMeshCert each time, until `close`;
-/// returns how many certificates arrived between `open` and `close`, and how many connections the
-/// port closed before the handshake (retried after `REFUSED_PAUSE`, at most `MAX_REFUSED` times;
-/// [`replica`] then checks that the replica still runs). Each connection comes from
+/// returns what it did. A connection the port closed before the handshake is retried after
+/// `REFUSED_PAUSE`, at most `MAX_REFUSED` times ([`replica`] then checks that the replica still
+/// runs). A failed NewMeshCert ends the loop with its error, unless `go_on_after_failures` (a
+/// cluster whose manifest changes meanwhile), when it is counted and retried like a refusal. Each connection comes from
 /// another loopback address (127.2.W.x), as new pods would: one source would meet the listener's
 /// per-source handshake rate (50/s), which is not what this measures.
-async fn workload(
+pub(crate) async fn workload(
     addr: String,
     w: usize,
     client: Arc<AtlsClient>,
     open: Instant,
     close: Instant,
-) -> Result<(u64, u64), String> {
-    let (mut counted, mut refused) = (0, 0);
+    go_on_after_failures: bool,
+) -> Result<Done, String> {
+    let (mut counted, mut refused, mut failed) = (0, 0, 0);
     let mut n = 0usize;
     while Instant::now() < close {
         n += 1;
@@ -177,11 +199,24 @@ async fn workload(
             }
             Err(e) => return Err(e.to_string()),
         };
-        let answer = MeshApiClient::new(channel)
+        let answer = match MeshApiClient::new(channel)
             .new_mesh_cert(pb::NewMeshCertRequest {})
             .await
-            .map_err(|s| format!("NewMeshCert failed ({:?}): {}", s.code(), s.message()))?
-            .into_inner();
+        {
+            Ok(answer) => answer.into_inner(),
+            Err(_) if go_on_after_failures && failed < MAX_REFUSED => {
+                failed += 1;
+                tokio::time::sleep(REFUSED_PAUSE).await;
+                continue;
+            }
+            Err(s) => {
+                return Err(format!(
+                    "NewMeshCert failed ({:?}): {}",
+                    s.code(),
+                    s.message()
+                ));
+            }
+        };
         if answer.cert_chain.is_empty() {
             return Err("NewMeshCert answered without a certificate".into());
         }
@@ -190,7 +225,11 @@ async fn workload(
             counted += 1;
         }
     }
-    Ok((counted, refused))
+    Ok(Done {
+        issued: counted,
+        refused,
+        failed,
+    })
 }
 
 /// How long a workload waits after the port refused its connection.

@@ -31,6 +31,9 @@ pub struct Mode {
     /// CPU second are the ones judged against the floor.
     pub mesh_clients_saturating: usize,
     pub mesh_window: Duration,
+    /// Workloads flooding the cluster leader's mesh port, and for how long (`steady.rs`).
+    pub flood_clients: usize,
+    pub flood_window: Duration,
     pub crypto_window: Duration,
     /// CPU time per operation measured for the crypto floor.
     pub floor_window: Duration,
@@ -64,6 +67,8 @@ impl Mode {
             mesh_clients: 8,
             mesh_clients_saturating: 32,
             mesh_window: Duration::from_secs(10),
+            flood_clients: 32,
+            flood_window: Duration::from_secs(10),
             crypto_window: Duration::from_secs(3),
             floor_window: Duration::from_secs(1),
             evidence_initializers: 500,
@@ -91,6 +96,8 @@ impl Mode {
             mesh_clients: 8,
             mesh_clients_saturating: 32,
             mesh_window: Duration::from_secs(3),
+            flood_clients: 32,
+            flood_window: Duration::from_secs(3),
             crypto_window: Duration::from_secs(1),
             floor_window: Duration::from_millis(500),
             evidence_initializers: 500,
