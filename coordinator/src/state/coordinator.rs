@@ -76,7 +76,7 @@ pub struct PreparedSet {
     /// The public parts: what Raft replicates.
     pub new: NewTransition,
     pub hash: Hash,
-    mesh_ca: MeshCa,
+    mesh_ca: std::sync::Arc<MeshCa>,
     /// Encapsulations to seal `mesh_ca`'s key with, made ahead (`state::ahead`); used at most once.
     pub(super) seals_ahead: Vec<SealAhead>,
     genesis: Option<(SeedEngine, RootCa)>,
@@ -155,7 +155,17 @@ pub struct Coordinator<S> {
     /// background threads after each prepare (`state::ahead`, issue 11.3), so that the leader's
     /// prepare does not wait for them. Taken at most once; until made, the prepare makes its own.
     pub(super) ahead: super::ahead::Ahead,
+    /// The mesh CAs of this replica's own writes prepared and not yet adopted, by the transition
+    /// they were made for (at most [`PREPARED_KEPT`]): a reload that finds one of them committed
+    /// adopts it at once ([`Coordinator::adopt_prepared`]).
+    pub(super) prepared: std::sync::Mutex<Vec<(Hash, std::sync::Arc<MeshCa>)>>,
 }
+
+/// How many prepared writes' mesh CAs a replica keeps for [`Coordinator::adopt_prepared`]: one per
+/// concurrent write in flight on the leader; an older one is dropped (its write then adopts it in
+/// [`Coordinator::commit_set`], as before). A write that lost its race leaves its entry until newer
+/// ones push it out.
+const PREPARED_KEPT: usize = 4;
 
 impl<S: Store> Coordinator<S> {
     /// Opens the store and verifies everything in it. Refuses (an error) if the history does not verify.
@@ -171,6 +181,7 @@ impl<S: Store> Coordinator<S> {
             tree: Default::default(),
             feed: None,
             ahead: Default::default(),
+            prepared: Default::default(),
         })
     }
 
@@ -187,6 +198,7 @@ impl<S: Store> Coordinator<S> {
             tree: Default::default(),
             feed: None,
             ahead: Default::default(),
+            prepared: Default::default(),
         }
     }
 
@@ -510,7 +522,7 @@ impl<S: Store> Coordinator<S> {
         Ok(Prepared::Append(Box::new(PreparedSet {
             new,
             hash,
-            mesh_ca,
+            mesh_ca: std::sync::Arc::new(mesh_ca),
             seals_ahead: Vec::new(),
             genesis: Some((engine, root_ca)),
             seed_shares,
@@ -575,10 +587,12 @@ impl<S: Store> Coordinator<S> {
             mesh: mesh_certs(&next.mesh_ca),
             genesis: None,
         };
+        let mesh_ca = std::sync::Arc::new(next.mesh_ca);
+        self.keep_prepared(hash, &mesh_ca);
         Ok(Prepared::Append(Box::new(PreparedSet {
             new,
             hash,
-            mesh_ca: next.mesh_ca,
+            mesh_ca,
             seals_ahead: next.seals,
             genesis: None,
             seed_shares: Vec::new(),
@@ -611,6 +625,11 @@ impl<S: Store> Coordinator<S> {
     /// verified history and adopts the secrets that belong to the new transition. Fails (and adopts
     /// nothing) if the store's latest is not this transition: another write won the race.
     pub fn commit_set(&mut self, p: PreparedSet) -> Result<SetOutcome, CoordinatorError> {
+        // This write's mesh CA is adopted below, or never: no reload needs it kept.
+        self.prepared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|(hash, _)| *hash != p.hash);
         self.refresh()?;
         let chain = &self
             .history
@@ -728,8 +747,47 @@ impl<S: Store> Coordinator<S> {
     pub fn refresh(&mut self) -> Result<(), CoordinatorError> {
         if self.is_stale()? {
             self.catch_up()?;
+            self.adopt_prepared();
         }
         Ok(())
+    }
+
+    /// Keeps the mesh CA a write of this replica's prepared for transition `hash`, for
+    /// [`Coordinator::adopt_prepared`].
+    fn keep_prepared(&self, hash: Hash, mesh_ca: &std::sync::Arc<MeshCa>) {
+        let mut prepared = self
+            .prepared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if prepared.len() >= PREPARED_KEPT {
+            prepared.remove(0);
+        }
+        prepared.push((hash, mesh_ca.clone()));
+    }
+
+    /// A write of this replica's own (the leader's), seen committed by a reload before the write's
+    /// answer adopted its mesh CA (the state machine's catch-up often runs first): the mesh CA it
+    /// prepared is adopted now, if the committed transition records exactly its certificate. Until
+    /// the twenty-second pass on issue 11 the leader read as recovering in between and refused mesh
+    /// handshakes and NewMeshCerts ("not ready, retry later") on every manifest update.
+    fn adopt_prepared(&mut self) {
+        let (Some(h), Some(secrets)) = (&self.history, self.secrets.as_mut()) else {
+            return;
+        };
+        let latest = h.chain.latest_hash();
+        let mut prepared = self
+            .prepared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if secrets.mesh_for != latest
+            && let Some(i) = prepared.iter().position(|(hash, ca)| {
+                *hash == latest && ca.mesh_ca_der() == h.mesh.mesh_ca_der.as_slice()
+            })
+        {
+            let (hash, mesh_ca) = prepared.swap_remove(i);
+            secrets.mesh_ca = mesh_ca;
+            secrets.mesh_for = hash;
+        }
     }
 
     /// Brings the verified history up to the store: from the state machine's feed when it holds

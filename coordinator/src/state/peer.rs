@@ -157,7 +157,7 @@ impl<S: Store> Coordinator<S> {
             engine,
             signing_key,
             root_ca: std::sync::Arc::new(root_ca),
-            mesh_ca,
+            mesh_ca: std::sync::Arc::new(mesh_ca),
             mesh_for: latest,
         });
         Ok(())

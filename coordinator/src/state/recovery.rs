@@ -80,7 +80,7 @@ impl RecoveredSecrets {
                 engine,
                 signing_key,
                 root_ca: std::sync::Arc::new(root_ca),
-                mesh_ca,
+                mesh_ca: std::sync::Arc::new(mesh_ca),
                 mesh_for: latest,
             },
             mesh,

@@ -255,7 +255,7 @@ impl<S: Store> Coordinator<S> {
                 opened.latest
             )));
         }
-        secrets.mesh_ca = opened.mesh_ca;
+        secrets.mesh_ca = std::sync::Arc::new(opened.mesh_ca);
         secrets.mesh_for = opened.latest;
         Ok(())
     }

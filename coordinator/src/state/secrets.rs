@@ -9,7 +9,8 @@ pub(crate) struct Secrets {
     pub signing_key: SigningKey,
     /// Shared with the mesh CA openings under way (`state::sealed::SealedOpening`), which run unlocked.
     pub root_ca: std::sync::Arc<RootCa>,
-    pub mesh_ca: MeshCa,
+    /// Shared with the prepared write that made it (`Coordinator::adopt_prepared`).
+    pub mesh_ca: std::sync::Arc<MeshCa>,
     /// The transition `mesh_ca` belongs to: the replica is ready only while it is the latest.
     pub mesh_for: crate::hash::Hash,
 }

@@ -2099,3 +2099,50 @@ fn set_versions_after<S: Store>(
         .unwrap()
         .hash
 }
+
+/// The leader's own write, seen committed by a reload before its answer (the state machine's
+/// catch-up runs first): the reload adopts the mesh CA the write prepared, so the leader stays ready
+/// and keeps admitting workloads; a write that lost the race on the same predecessor is never
+/// adopted. Before, the leader read as recovering in between and refused every mesh handshake
+/// ("not ready, retry later"): the benchmark's flood row counted 22 to 37 refused NewMeshCerts in 3 s.
+#[test]
+fn a_reload_before_the_answer_adopts_the_mesh_ca_the_leader_prepared() {
+    let d = TestDeployment::new();
+    let (mut a, _) = ready(&d);
+    let base = a.chain().unwrap().latest_hash();
+    let prepare = |c: &Coordinator<MemoryStore>, version| match c
+        .prepare_set(d.set_request(d.manifest(version), base), now())
+        .unwrap()
+    {
+        Prepared::Append(p) => p,
+        Prepared::Unchanged(_) => panic!("expected a transition"),
+    };
+    let lost = prepare(&a, 3);
+    let mine = prepare(&a, 4);
+    // As the Raft state machine writes it.
+    a.ledger.append(&mine.new).unwrap();
+
+    a.refresh().unwrap();
+    assert_eq!(a.chain().unwrap().latest_hash(), mine.hash);
+    assert_eq!(a.state(), ReplicaState::Ready);
+    assert_eq!(
+        a.manifests().unwrap().mesh_ca_pem,
+        mine.mesh_ca().mesh_ca_pem(),
+        "the reload adopted the committed write's own mesh CA"
+    );
+    assert_ne!(
+        a.manifests().unwrap().mesh_ca_pem,
+        lost.mesh_ca().mesh_ca_pem()
+    );
+
+    // The write's answer then finds it adopted and answers as before.
+    let mine_hash = mine.hash;
+    let answered = a.commit_set(*mine).unwrap();
+    assert_eq!(answered.hash, mine_hash);
+    assert_eq!(a.state(), ReplicaState::Ready);
+    assert!(matches!(
+        a.commit_set(*lost),
+        Err(CoordinatorError::PreviousMismatch { latest, .. }) if latest == mine_hash
+    ));
+    assert_eq!(a.state(), ReplicaState::Ready);
+}

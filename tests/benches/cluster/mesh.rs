@@ -164,6 +164,8 @@ pub(crate) struct Done {
     pub refused: u64,
     /// NewMeshCerts that failed on an established connection (only counted when asked to go on).
     pub failed: u64,
+    /// The first of those failures, as the client saw it.
+    pub first_failure: Option<String>,
 }
 
 /// One workload's loop: a new attested connection and one NewMeshCert each time, until `close`;
@@ -182,6 +184,7 @@ pub(crate) async fn workload(
     go_on_after_failures: bool,
 ) -> Result<Done, String> {
     let (mut counted, mut refused, mut failed) = (0, 0, 0);
+    let mut first_failure = None;
     let mut n = 0usize;
     while Instant::now() < close {
         n += 1;
@@ -204,8 +207,9 @@ pub(crate) async fn workload(
             .await
         {
             Ok(answer) => answer.into_inner(),
-            Err(_) if go_on_after_failures && failed < MAX_REFUSED => {
+            Err(s) if go_on_after_failures && failed < MAX_REFUSED => {
                 failed += 1;
+                first_failure.get_or_insert_with(|| format!("{:?}: {}", s.code(), s.message()));
                 tokio::time::sleep(REFUSED_PAUSE).await;
                 continue;
             }
@@ -229,6 +233,7 @@ pub(crate) async fn workload(
         issued: counted,
         refused,
         failed,
+        first_failure,
     })
 }
 
