@@ -67,14 +67,9 @@ pub async fn replica(env: &Env, clients: usize, window: Duration) -> Result<Issu
     let (replica_at_open, clients_at_open) = cpu()?;
     tokio::time::sleep_until(close.into()).await;
     let (replica_at_close, clients_at_close) = cpu()?;
-    let (mut issued, mut refused) = (0, 0);
-    for task in tasks {
-        let done = task
-            .await
-            .map_err(|e| format!("a workload failed: {e}"))??;
-        issued += done.issued;
-        refused += done.refused;
-    }
+    let Done {
+        issued, refused, ..
+    } = join(tasks).await?;
     // The workloads retry a connection the port shed; a replica that died would shed them all, which
     // must read as the error it is, not as a slow replica.
     if !node.is_running() {
@@ -166,6 +161,28 @@ pub(crate) struct Done {
     pub failed: u64,
     /// The first of those failures, as the client saw it.
     pub first_failure: Option<String>,
+}
+
+/// What the workloads of `tasks` did together; the first failure they saw.
+pub(crate) async fn join(
+    tasks: Vec<tokio::task::JoinHandle<Result<Done, String>>>,
+) -> Result<Done, String> {
+    let mut all = Done {
+        issued: 0,
+        refused: 0,
+        failed: 0,
+        first_failure: None,
+    };
+    for task in tasks {
+        let done = task
+            .await
+            .map_err(|e| format!("a workload failed: {e}"))??;
+        all.issued += done.issued;
+        all.refused += done.refused;
+        all.failed += done.failed;
+        all.first_failure = all.first_failure.or(done.first_failure);
+    }
+    Ok(all)
 }
 
 /// One workload's loop: a new attested connection and one NewMeshCert each time, until `close`;

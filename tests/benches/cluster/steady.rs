@@ -71,17 +71,7 @@ pub async fn flood(
         tokio::time::sleep(WRITE_EVERY).await;
     }
     let cpu_at_close = mesh::cpu_time(&stat)?;
-    let (mut issued, mut refused, mut failed) = (0, 0, 0);
-    let mut first_failure = None;
-    for task in tasks {
-        let done = task
-            .await
-            .map_err(|e| format!("a workload failed: {e}"))??;
-        issued += done.issued;
-        refused += done.refused;
-        failed += done.failed;
-        first_failure = first_failure.or(done.first_failure);
-    }
+    let done = mesh::join(tasks).await?;
     let after = terms(cluster).await?;
     let leader_after = cluster.dialer.leader(&cluster.nodes).await?;
     Ok(Flood {
@@ -89,10 +79,10 @@ pub async fn flood(
         window,
         terms: before.into_iter().zip(after).collect(),
         leader: (leader, leader_after),
-        issued,
-        refused,
-        failed,
-        first_failure,
+        issued: done.issued,
+        refused: done.refused,
+        failed: done.failed,
+        first_failure: done.first_failure,
         leader_cores: (cpu_at_close - cpu_at_open).as_secs_f64() / window.as_secs_f64(),
         writes: Samples::new(writes),
         failed_writes,
