@@ -15,7 +15,7 @@ use concord_coordinator::server::{Config, run};
 /// thread caches gave 8 to 10 % more certificates per CPU second in alternating runs of the benchmark's
 /// mesh section (README, "the twenty-second pass"). Its options are set at build time in
 /// `.cargo/config.toml`: a background thread returns freed pages after 200 ms, so the idle replica's
-/// resident memory stays within its target (mimalloc, tried too, kept 90 to 140 MB resident).
+/// resident memory stays within its target (mimalloc, tried too, kept 90 to 145 MB resident).
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
