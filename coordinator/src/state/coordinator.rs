@@ -167,6 +167,15 @@ pub struct Coordinator<S> {
 /// ones push it out.
 const PREPARED_KEPT: usize = 4;
 
+/// Where a catch-up ([`Coordinator::catch_up`]) found the transitions it added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CaughtUp {
+    /// Every one from the state machine's feed: applied by Raft, so committed.
+    Applied,
+    /// From the store (verified, but the host's disk may hold what never committed).
+    Stored,
+}
+
 impl<S: Store> Coordinator<S> {
     /// Opens the store and verifies everything in it. Refuses (an error) if the history does not verify.
     pub fn open(store: S) -> Result<Coordinator<S>, CoordinatorError> {
@@ -745,8 +754,7 @@ impl<S: Store> Coordinator<S> {
     /// Reloads and verifies the history if the store moved on. A replica whose mesh CA belongs to an
     /// older transition is recovering until it gets the new one from a peer.
     pub fn refresh(&mut self) -> Result<(), CoordinatorError> {
-        if self.is_stale()? {
-            self.catch_up()?;
+        if self.is_stale()? && self.catch_up()? == CaughtUp::Applied {
             self.adopt_prepared();
         }
         Ok(())
@@ -770,6 +778,11 @@ impl<S: Store> Coordinator<S> {
     /// prepared is adopted now, if the committed transition records exactly its certificate. Until
     /// the twenty-second pass on issue 11 the leader read as recovering in between and refused mesh
     /// handshakes and NewMeshCerts ("not ready, retry later") on every manifest update.
+    ///
+    /// Called only after a catch-up that took every new transition from the state machine's feed
+    /// ([`CaughtUp::Applied`]): those were committed. A transition that reached only the store (the
+    /// host's disk, which can hold a write this leader signed that never committed) is not enough;
+    /// its write's answer ([`Coordinator::commit_set`], after Raft committed it) adopts it instead.
     fn adopt_prepared(&mut self) {
         let (Some(h), Some(secrets)) = (&self.history, self.secrets.as_mut()) else {
             return;
@@ -792,10 +805,10 @@ impl<S: Store> Coordinator<S> {
 
     /// Brings the verified history up to the store: from the state machine's feed when it holds
     /// the whole line (nothing read back, no signature verified twice), else by [`Self::reload`].
-    fn catch_up(&mut self) -> Result<(), CoordinatorError> {
+    fn catch_up(&mut self) -> Result<CaughtUp, CoordinatorError> {
         if let (Some(feed), Some(known)) = (&self.feed, self.history.as_mut()) {
             match self.ledger.extend_from_feed(known, feed) {
-                Ok(true) => return Ok(()),
+                Ok(true) => return Ok(CaughtUp::Applied),
                 Ok(false) => {}
                 // What was pushed is verified; the store path verifies the rest, or names the fault.
                 Err(e) => {
@@ -804,7 +817,7 @@ impl<S: Store> Coordinator<S> {
             }
         }
         self.history = self.reload()?;
-        Ok(())
+        Ok(CaughtUp::Stored)
     }
 
     /// The stored history, verified: only what was appended since the history this replica already

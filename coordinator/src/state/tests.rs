@@ -2119,8 +2119,11 @@ fn a_reload_before_the_answer_adopts_the_mesh_ca_the_leader_prepared() {
     };
     let lost = prepare(&a, 3);
     let mine = prepare(&a, 4);
-    // As the Raft state machine writes it.
+    // As the Raft state machine applies it: written, then published to the core's feed.
+    let feed = crate::history::feed::VerifiedFeed::default();
+    a.follow(feed.clone());
     a.ledger.append(&mine.new).unwrap();
+    publish_applied(&a, &feed, &mine.new.transition, &d.manifest(4));
 
     a.refresh().unwrap();
     assert_eq!(a.chain().unwrap().latest_hash(), mine.hash);
@@ -2144,5 +2147,62 @@ fn a_reload_before_the_answer_adopts_the_mesh_ca_the_leader_prepared() {
         a.commit_set(*lost),
         Err(CoordinatorError::PreviousMismatch { latest, .. }) if latest == mine_hash
     ));
+    assert_eq!(a.state(), ReplicaState::Ready);
+}
+
+/// What the Raft state machine does after writing an applied transition: checks it against the
+/// core's chain and publishes the verdict to the feed.
+fn publish_applied(
+    c: &Coordinator<MemoryStore>,
+    feed: &crate::history::feed::VerifiedFeed,
+    transition: &crate::history::Transition,
+    manifest: &[u8],
+) {
+    let manifest = crate::manifest::Manifest::parse(manifest).unwrap();
+    let checked = c
+        .chain()
+        .unwrap()
+        .check_next(transition, &manifest)
+        .unwrap();
+    feed.publish(crate::history::feed::Verified {
+        transition: transition.clone(),
+        manifest,
+        checked,
+        policies: Vec::new(),
+        bytes: 0,
+    });
+}
+
+/// The host's attack on the adoption above: the leader's prepared transition written into the store
+/// (its disk) but never applied by Raft (never committed). The reload verifies and loads it, but the
+/// leader does not adopt the mesh CA it prepared for it: it reads as recovering, as before the
+/// adoption existed, and issues nothing under a manifest that may never commit. Once Raft commits
+/// it, the write's answer adopts the CA.
+#[test]
+fn a_transition_only_in_the_store_does_not_adopt_the_prepared_mesh_ca() {
+    let d = TestDeployment::new();
+    let (mut a, _) = ready(&d);
+    a.follow(crate::history::feed::VerifiedFeed::default());
+    let base = a.chain().unwrap().latest_hash();
+    let Prepared::Append(mine) = a
+        .prepare_set(d.set_request(d.manifest(4), base), now())
+        .unwrap()
+    else {
+        panic!("expected a transition");
+    };
+    // The host writes it into the store; the state machine never applied it.
+    a.ledger.append(&mine.new).unwrap();
+
+    a.refresh().unwrap();
+    assert_eq!(a.chain().unwrap().latest_hash(), mine.hash);
+    assert_eq!(
+        a.state(),
+        ReplicaState::Recovering,
+        "a transition only the store holds is not taken as committed"
+    );
+
+    // Raft committed it after all: the write's answer adopts the CA, as before.
+    let mine_hash = mine.hash;
+    assert_eq!(a.commit_set(*mine).unwrap().hash, mine_hash);
     assert_eq!(a.state(), ReplicaState::Ready);
 }
