@@ -274,26 +274,20 @@ impl Drop for WitnessProcess {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts `concord witness` named `name` with key file `key` for `log` (ID=KEY), state in `state`.
+/// Starts `concord witness` named `name` with key file `key` for `log` (ID=KEY), state in `state`,
+/// listening on `listen` (`127.0.0.1:0` for a port of the kernel's choosing, which it prints: no
+/// port is chosen here and released for the witness to bind, where another process could take it).
 fn start_witness(
     env: &Env,
     name: &str,
     key: &str,
     log: &str,
     state: &str,
-    port: u16,
+    listen: &str,
 ) -> WitnessProcess {
     use std::io::BufRead;
-    let addr = format!("127.0.0.1:{port}");
-    let log_file = std::fs::File::create(env.path(&format!("{state}.log"))).unwrap();
+    let log_path = env.path(&format!("{state}.log"));
+    let log_file = std::fs::File::create(&log_path).unwrap();
     let mut child = Command::new(concord_cli::process::sibling_binary("concord"))
         .args([
             "witness",
@@ -306,7 +300,7 @@ fn start_witness(
             "--state-dir",
             state,
             "--listen",
-            &addr,
+            listen,
         ])
         .current_dir(env.dir.path())
         .stdout(std::process::Stdio::piped())
@@ -317,9 +311,21 @@ fn start_witness(
     std::io::BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    assert!(line.starts_with("listening on"), "witness said {line:?}");
-    WitnessProcess { child, addr }
+    let Some(addr) = line.trim().strip_prefix("listening on ") else {
+        let _ = child.wait();
+        panic!(
+            "witness said {line:?}; its log: {}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+    };
+    WitnessProcess {
+        child,
+        addr: addr.to_string(),
+    }
 }
+
+/// Any free loopback port, chosen by the kernel when the witness binds it.
+const ANY_PORT: &str = "127.0.0.1:0";
 
 /// Writes manifest `version` listing `witnesses` (name, public key hex, address) with `threshold`.
 fn write_manifest_with_witnesses(
@@ -363,9 +369,22 @@ async fn t132_two_witnesses_cosign_every_transition_of_a_three_replica_cluster()
     let log = format!("{id}={key}");
     let k1 = keygen_witness(&env, "w1.pem");
     let k2 = keygen_witness(&env, "w2.pem");
-    let (p1, p2) = (free_port(), free_port());
-    let w1 = start_witness(&env, "w1.test/witness", "w1.pem", &log, "w1-state", p1);
-    let w2 = start_witness(&env, "w2.test/witness", "w2.pem", &log, "w2-state", p2);
+    let w1 = start_witness(
+        &env,
+        "w1.test/witness",
+        "w1.pem",
+        &log,
+        "w1-state",
+        ANY_PORT,
+    );
+    let w2 = start_witness(
+        &env,
+        "w2.test/witness",
+        "w2.pem",
+        &log,
+        "w2-state",
+        ANY_PORT,
+    );
     let (a1, a2) = (w1.addr.clone(), w2.addr.clone());
     let listed = [
         ("w1.test/witness", k1.as_str(), a1.as_str()),
@@ -513,7 +532,6 @@ async fn t133_a_witness_refuses_a_second_root_for_a_size_and_remembers_across_a_
         hex::encode(log_key.verifying_key().as_bytes())
     );
     let wkey = keygen_witness(&env, "w.pem");
-    let port = free_port();
     let leaves = |salt: u8| -> Vec<concord_tests::Hash> {
         (0..8u8)
             .map(|i| concord_tests::Hash::of(&[i, salt]))
@@ -534,7 +552,7 @@ async fn t133_a_witness_refuses_a_second_root_for_a_size_and_remembers_across_a_
     let post =
         |addr: String, body: String| async move { post_add_checkpoint(&addr, body).await.unwrap() };
 
-    let w = start_witness(&env, "w.test", "w.pem", &log, "w-state", port);
+    let w = start_witness(&env, "w.test", "w.pem", &log, "w-state", ANY_PORT);
     let (status, body) = post(
         w.addr.clone(),
         AddCheckpoint::encode(0, &[], &note(&good, 3)),
@@ -559,9 +577,10 @@ async fn t133_a_witness_refuses_a_second_root_for_a_size_and_remembers_across_a_
     .await;
     assert_eq!((status, body.trim()), (409, "3"));
 
-    // Restart: the state is on disk.
+    // Restart, on the same address: the state is on disk.
+    let addr = w.addr.clone();
     drop(w);
-    let w = start_witness(&env, "w.test", "w.pem", &log, "w-state", port);
+    let w = start_witness(&env, "w.test", "w.pem", &log, "w-state", &addr);
     let (status, body) = post(
         w.addr.clone(),
         AddCheckpoint::encode(3, &[], &note(&forked, 3)),
@@ -645,8 +664,8 @@ async fn t134_old_disks_restored_on_a_witnessed_cluster_are_refused_even_by_a_ne
         keygen_witness(&env, "w1.pem"),
         keygen_witness(&env, "w2.pem"),
     );
-    let _w1 = start_witness(&env, "w1.test", "w1.pem", &log, "w1-state", free_port());
-    let _w2 = start_witness(&env, "w2.test", "w2.pem", &log, "w2-state", free_port());
+    let _w1 = start_witness(&env, "w1.test", "w1.pem", &log, "w1-state", ANY_PORT);
+    let _w2 = start_witness(&env, "w2.test", "w2.pem", &log, "w2-state", ANY_PORT);
     let listed = [
         ("w1.test", k1.as_str(), _w1.addr.as_str()),
         ("w2.test", k2.as_str(), _w2.addr.as_str()),
