@@ -41,12 +41,10 @@ struct Refresher<S> {
 }
 
 impl<S: Store> Refresher<S> {
-    /// Blocking: verifies what was appended since the last reload.
+    /// Blocking: verifies what was appended since the last reload, with this process's sealed copy
+    /// of the new mesh CA key opened first and installed in the same write (`reload_sealed`).
     fn run(&self) -> Result<(), CoordinatorError> {
-        if self.replica.read()?.is_stale()? {
-            self.replica.write()?.refresh()?;
-        }
-        adopt_sealed(&self.replica, self.id, &self.key, &self.inbox)
+        reload_sealed(&self.replica, self.id, &self.key, &self.inbox)
     }
 }
 
@@ -499,10 +497,7 @@ impl<S: Store> Node<S> {
     /// Reloads the core's view if Raft applied entries since, on the calling thread (the sampler's,
     /// which is off the runtime). Parses every manifest applied since the last reload.
     pub fn refresh_now(&self) -> Result<(), CoordinatorError> {
-        if self.replica.read()?.is_stale()? {
-            self.replica.write()?.refresh()?;
-        }
-        adopt_sealed(&self.replica, self.id, &self.seal_key, &self.sealed_inbox)
+        reload_sealed(&self.replica, self.id, &self.seal_key, &self.sealed_inbox)
     }
 
     /// [`Node::refresh_now`] off the runtime's threads: a replica that just caught up on many
@@ -528,6 +523,14 @@ impl<S: Store> Node<S> {
     /// on the cores that the leader's answer and the next request were waiting for. An opening that
     /// found no free core within [`IDLE_OPEN_WAIT`] is left to the next [`Node::refresh`], which opens
     /// it on the blocking pool.
+    ///
+    /// When the state machine applied a new transition with a copy sealed to this process, the copy
+    /// is opened first and the reload and its install then happen under one write lock
+    /// (`refresh_and_install`): until the twenty-third pass on issue 11 a follower read as recovering
+    /// from its reload until the install, and refused mesh handshakes and NewMeshCerts as "not
+    /// ready" after every manifest update. Meanwhile it serves the transition before, as it did
+    /// before the entry arrived. An opening not done on an idle core within [`IDLE_OPEN_WAIT`] is
+    /// done before the reload at normal priority.
     pub async fn catch_up(&self) -> Result<(), CoordinatorError> {
         let (replica, id, key, inbox) = (
             self.replica.clone(),
@@ -535,18 +538,41 @@ impl<S: Store> Node<S> {
             self.seal_key.clone(),
             self.sealed_inbox.clone(),
         );
-        let opening = tokio::task::spawn_blocking(move || {
+        let step = tokio::task::spawn_blocking(move || {
+            if let Some(ahead) = opening_ahead(&replica, id, &key, &inbox)? {
+                return Ok::<_, CoordinatorError>(CatchUp::OpenFirst(ahead));
+            }
             if replica.read()?.is_stale()? {
                 replica.write()?.refresh()?;
             }
-            sealed_opening(&replica, id, &key, &inbox)
+            Ok(CatchUp::Loaded(sealed_opening(&replica, id, &key, &inbox)?))
         })
         .await
         .map_err(|e| {
             CoordinatorError::Crypto(format!("internal error: the reload task failed: {e}"))
         })??;
-        let Some(opening) = opening else {
-            return Ok(());
+        let opening = match step {
+            CatchUp::OpenFirst(ahead) => {
+                let key = self.seal_key.clone();
+                let opened =
+                    crate::background::run_within(move || ahead.open(&key), IDLE_OPEN_WAIT).await;
+                let (replica, id, key, inbox) = (
+                    self.replica.clone(),
+                    self.id,
+                    self.seal_key.clone(),
+                    self.sealed_inbox.clone(),
+                );
+                return tokio::task::spawn_blocking(move || match opened {
+                    Some(opened) => refresh_and_install(&replica, Some(opened)),
+                    None => reload_sealed(&replica, id, &key, &inbox),
+                })
+                .await
+                .map_err(|e| {
+                    CoordinatorError::Crypto(format!("internal error: the reload task failed: {e}"))
+                })?;
+            }
+            CatchUp::Loaded(None) => return Ok(()),
+            CatchUp::Loaded(Some(opening)) => opening,
         };
         let key = self.seal_key.clone();
         let Some(opened) =
@@ -1308,6 +1334,69 @@ fn no_quorum_for_read(waited: Duration) -> String {
     )
 }
 
+/// What [`Node::catch_up`] found to do after its first look at the core.
+enum CatchUp {
+    /// A copy sealed to this process for a transition the core has not loaded yet: open it, then
+    /// reload and install together.
+    OpenFirst(SealedOpening),
+    /// The core is loaded; a copy for its latest transition to open and install, if any.
+    Loaded(Option<SealedOpening>),
+}
+
+/// Reloads the core if the store moved on, with this process's copy of the new transition's mesh CA
+/// key opened before the reload and installed with it (`refresh_and_install`); then adopts a copy
+/// for the loaded transition, as before, if one is still to be opened.
+fn reload_sealed<S: Store>(
+    replica: &Replica<S>,
+    own: NodeId,
+    key: &concord_mesh_ca::SealKey,
+    inbox: &crate::raft::SealedInbox,
+) -> Result<(), CoordinatorError> {
+    let opened = opening_ahead(replica, own, key, inbox)?.map(|o| o.open(key));
+    refresh_and_install(replica, opened)?;
+    adopt_sealed(replica, own, key, inbox)
+}
+
+/// The copy sealed to this process in the state machine's last delivery, if the core has not
+/// loaded its transition yet (`Coordinator::sealed_opening_ahead`).
+fn opening_ahead<S: Store>(
+    replica: &Replica<S>,
+    own: NodeId,
+    key: &concord_mesh_ca::SealKey,
+    inbox: &crate::raft::SealedInbox,
+) -> Result<Option<SealedOpening>, CoordinatorError> {
+    let Some(delivery) = inbox.latest() else {
+        return Ok(None);
+    };
+    let core = replica.read()?;
+    if !core.is_stale()? {
+        return Ok(None);
+    }
+    Ok(core.sealed_opening_ahead(own, &key.public_key(), &delivery))
+}
+
+/// Reloads the core if the store moved on and installs `opened` (a copy opened before the reload)
+/// under the same write lock: no reader sees the new transition without its mesh CA key.
+fn refresh_and_install<S: Store>(
+    replica: &Replica<S>,
+    opened: Option<Result<OpenedMeshCa, CoordinatorError>>,
+) -> Result<(), CoordinatorError> {
+    let installed = {
+        let mut core = replica.write()?;
+        core.refresh()?;
+        opened.map(|opened| {
+            opened.and_then(|o| {
+                let transition = o.transition();
+                core.install_opened(o).map(|()| transition)
+            })
+        })
+    };
+    if let Some(installed) = installed {
+        report_install(installed);
+    }
+    Ok(())
+}
+
 /// A recovering replica that holds the seed opens its copy of the latest transition's mesh CA key,
 /// if the state machine applied one sealed to this process (`Coordinator::adopt_sealed`). A copy
 /// that does not check out is ignored: the replica recovers from a peer as before.
@@ -1356,10 +1445,15 @@ fn install_opened<S: Store>(
     replica: &Replica<S>,
     opened: Result<OpenedMeshCa, CoordinatorError>,
 ) -> Result<(), CoordinatorError> {
-    let installed = opened.and_then(|o| {
+    report_install(opened.and_then(|o| {
         let transition = o.transition();
         replica.write()?.install_opened(o).map(|()| transition)
-    });
+    }));
+    Ok(())
+}
+
+/// Logs and counts the install of a mesh CA opened from a sealed copy, or why it was not adopted.
+fn report_install(installed: Result<crate::hash::Hash, CoordinatorError>) {
     match installed {
         Ok(transition) => {
             crate::observe::global().mesh_ca_handoff("sealed");
@@ -1369,7 +1463,6 @@ fn install_opened<S: Store>(
             debug!(error = %e, "a sealed mesh CA key was not adopted; recovering from a peer")
         }
     }
-    Ok(())
 }
 
 /// The checks of a Join request that need no state: not this replica, a host:port address.

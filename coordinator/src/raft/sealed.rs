@@ -39,6 +39,12 @@ impl SealedInbox {
             .cloned()
     }
 
+    /// The last delivery, whatever its transition: a core that has not loaded that transition yet
+    /// opens its copy ahead (`Coordinator::sealed_opening_ahead`).
+    pub fn latest(&self) -> Option<SealedDelivery> {
+        self.lock().clone()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<SealedDelivery>> {
         // A plain replace or clone: a panic while holding it cannot leave it inconsistent.
         self.0.lock().unwrap_or_else(PoisonError::into_inner)

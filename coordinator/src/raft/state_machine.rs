@@ -275,6 +275,17 @@ impl StateMachine {
             Ok(Verified::AlreadyLatest(hash)) => Ok(CommandResponse::Applied { hash }),
             Ok(Verified::New(verified)) => {
                 let (new, growth) = *verified;
+                // The copies sealed to the replicas are left before the store shows the transition,
+                // so that a reload that finds it can open this process's copy first and install it
+                // with the transition (`api::node`'s `reload_sealed`). The core checks them against
+                // its verified history before adopting anything.
+                if !cmd.sealed.is_empty() {
+                    self.inbox.put(super::SealedDelivery {
+                        transition: new.transition.hash(),
+                        mesh: new.mesh.clone(),
+                        copies: cmd.sealed.clone(),
+                    });
+                }
                 // Not flushed: see `apply`.
                 let writing = std::time::Instant::now();
                 self.ledger.append_unflushed(&new)?;

@@ -235,6 +235,49 @@ impl<S: Store> Coordinator<S> {
         })
     }
 
+    /// What opening this process's copy in `delivery` needs, before this core has loaded the
+    /// delivery's transition: the state machine applied it, and the node opens the copy first, then
+    /// reloads and installs it under one write lock (`api::node`'s `refresh_and_install`), so that
+    /// the replica never reads as recovering in between (mesh handshakes and NewMeshCerts refused as
+    /// "not ready"). Needs only the seed of this history; the checks that need the new transition
+    /// are [`Coordinator::install_opened`]'s, after the reload. None if there is nothing to open
+    /// ahead: the core is already at that transition, holds no seed, or no copy is this process's.
+    pub fn sealed_opening_ahead(
+        &self,
+        own: NodeId,
+        public: &[u8; 32],
+        delivery: &SealedDelivery,
+    ) -> Option<SealedOpening> {
+        let (Some(h), Some(secrets)) = (&self.history, &self.secrets) else {
+            return None;
+        };
+        if h.chain.latest_hash() == delivery.transition
+            || secrets.signing_key.verifying_key() != *h.chain.signing_key()
+        {
+            return None;
+        }
+        let copy = delivery
+            .copies
+            .iter()
+            .find(|c| c.recipient == own && c.recipient_key == *public)?;
+        Some(SealedOpening {
+            latest: delivery.transition,
+            context: SealContext {
+                deployment: h.chain.deployment_id().0,
+                transition: *delivery.transition.as_bytes(),
+                mesh_ca_der_sha256: SealContext::cert_hash(&delivery.mesh.mesh_ca_der),
+                recipient: own,
+            },
+            sealed: SealedKey {
+                encapsulated_key: copy.encapsulated_key.clone(),
+                ciphertext: copy.ciphertext.clone(),
+            },
+            mesh_ca_der: delivery.mesh.mesh_ca_der.clone(),
+            intermediate_der: delivery.mesh.intermediate_der.clone(),
+            root_ca: secrets.root_ca.clone(),
+        })
+    }
+
     /// Adopts a mesh CA opened from a sealed copy ([`SealedOpening::open`]) if this replica is still
     /// recovering at the transition it was opened for, with the same certificates and the seed it had
     /// then; otherwise nothing changes.

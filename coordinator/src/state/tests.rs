@@ -1766,6 +1766,127 @@ fn set_manifest_caps_are_enforced_with_their_numbers() {
 /// holds the seed, applies the entry (a store append, as through Raft) and opens its copy. Every copy
 /// that is not exactly `b`'s for this transition and this mesh CA is refused and changes nothing; a
 /// replica with the seed and the disk but another process's seal key cannot open it.
+/// A follower opens its sealed copy before its core loads the new transition (`api::node`'s
+/// `reload_sealed`), so that it never reads as recovering in between: the copy opened ahead installs
+/// after the reload; one whose delivery names other certificates than the entry recorded, or another
+/// transition than the one loaded, changes nothing.
+#[test]
+fn a_sealed_copy_opened_ahead_is_installed_only_with_its_own_transition() {
+    use crate::raft::SealedDelivery;
+    use concord_mesh_ca::SealKey;
+
+    let d = TestDeployment::new();
+    let (mut a, mut b, _dirs) = ready_and_recovering(&d);
+    b.adopt_from_peer(
+        a.secrets_for_peer(&coordinator_report(&d, &a, &d.coordinator_policy))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(b.state(), ReplicaState::Ready);
+    let (b_id, b_key) = (2, SealKey::generate().unwrap());
+    let deployment = a.deployment_id().0;
+    let prepare = |a: &Coordinator<SledStore>, version| {
+        let latest = a.chain().unwrap().latest_hash();
+        let Prepared::Append(p) = a
+            .prepare_set(d.set_request(d.manifest(version), latest), now())
+            .unwrap()
+        else {
+            panic!("expected a transition")
+        };
+        p
+    };
+    let mut p = prepare(&a, 3);
+    let sealed = p.seal_mesh_ca(
+        deployment,
+        &[crate::state::SealRecipient {
+            node: b_id,
+            seal_key: b_key.public_key(),
+        }],
+    );
+    let delivery = SealedDelivery {
+        transition: p.hash,
+        mesh: p.new.mesh.clone(),
+        copies: sealed,
+    };
+    // Before the store shows the transition: nothing to open ahead of.
+    assert!(
+        b.sealed_opening_ahead(b_id, &b_key.public_key(), &delivery)
+            .is_some(),
+        "b has not loaded the transition, so the copy opens ahead"
+    );
+    let opened = b
+        .sealed_opening_ahead(b_id, &b_key.public_key(), &delivery)
+        .unwrap()
+        .open(&b_key)
+        .unwrap();
+    // The delivery with the certificates swapped for another mesh CA's: the opening is bound to
+    // the certificate it was sealed for.
+    let other = prepare(&a, 4);
+    let mut swapped = delivery.clone();
+    swapped.mesh = other.new.mesh.clone();
+    assert!(
+        b.sealed_opening_ahead(b_id, &b_key.public_key(), &swapped)
+            .unwrap()
+            .open(&b_key)
+            .is_err()
+    );
+    // Not this process's key: nothing to open.
+    assert!(
+        b.sealed_opening_ahead(b_id, &SealKey::generate().unwrap().public_key(), &delivery)
+            .is_none()
+    );
+
+    crate::history::Ledger::new(b.store().clone())
+        .append(&p.new)
+        .unwrap();
+    b.refresh().unwrap();
+    assert_eq!(b.state(), ReplicaState::Recovering);
+    b.install_opened(opened).unwrap();
+    assert_eq!(b.state(), ReplicaState::Ready);
+    assert_eq!(b.chain().unwrap().latest_hash(), p.hash);
+    assert_eq!(
+        b.manifests().unwrap().mesh_ca_pem,
+        p.mesh_ca().mesh_ca_pem()
+    );
+    assert!(
+        b.sealed_opening_ahead(b_id, &b_key.public_key(), &delivery)
+            .is_none(),
+        "loaded: nothing to open ahead"
+    );
+
+    // A copy opened ahead for a transition the reload did not bring (another write on the same
+    // predecessor won): refused at the install, and the replica recovers as usual.
+    crate::history::Ledger::new(a.store().clone())
+        .append(&p.new)
+        .unwrap();
+    a.commit_set(*p).unwrap();
+    let mut q = prepare(&a, 5);
+    let sealed = q.seal_mesh_ca(
+        deployment,
+        &[crate::state::SealRecipient {
+            node: b_id,
+            seal_key: b_key.public_key(),
+        }],
+    );
+    let stale = SealedDelivery {
+        transition: q.hash,
+        mesh: q.new.mesh.clone(),
+        copies: sealed,
+    };
+    let opened = b
+        .sealed_opening_ahead(b_id, &b_key.public_key(), &stale)
+        .unwrap()
+        .open(&b_key)
+        .unwrap();
+    let r = prepare(&a, 6);
+    crate::history::Ledger::new(b.store().clone())
+        .append(&r.new)
+        .unwrap();
+    b.refresh().unwrap();
+    assert!(b.install_opened(opened).is_err());
+    assert_eq!(b.state(), ReplicaState::Recovering);
+}
+
 #[test]
 fn t115_a_sealed_mesh_ca_key_is_adopted_only_by_its_recipient_for_its_transition() {
     use crate::raft::SealedDelivery;

@@ -382,20 +382,25 @@ fn cluster_rows(
             )
         }),
     );
-    push(
-        rows,
-        "leader under a handshake flood",
-        concord.flood.as_ref().map(|f| {
-            steady::rows(
-                f,
-                concord
-                    .concurrent_reference
-                    .as_ref()
-                    .map(Samples::median)
-                    .map_err(String::as_str),
-            )
-        }),
-    );
+    for (name, flood) in [
+        ("leader under a handshake flood", &concord.flood),
+        ("follower under a handshake flood", &concord.follower_flood),
+    ] {
+        push(
+            rows,
+            name,
+            flood.as_ref().map(|f| {
+                steady::rows(
+                    f,
+                    concord
+                        .concurrent_reference
+                        .as_ref()
+                        .map(Samples::median)
+                        .map_err(String::as_str),
+                )
+            }),
+        );
+    }
     push(
         rows,
         "peer recovery",
@@ -464,8 +469,9 @@ struct ConcordCluster {
     /// Once more after every write of the run (and an idle pause), with the history's length then.
     rss_after_writes: Result<(Vec<u64>, u64), String>,
     rounds: Result<failover::ConcordRounds, String>,
-    /// Last: the leader under a flood of handshakes on its mesh port.
+    /// Last: the leader, then a follower, under a flood of handshakes on its mesh port.
     flood: Result<steady::Flood, String>,
+    follower_flood: Result<steady::Flood, String>,
 }
 
 impl ConcordCluster {
@@ -480,7 +486,8 @@ impl ConcordCluster {
             rss: Err(e.clone()),
             rss_after_writes: Err(e.clone()),
             rounds: Err(e.clone()),
-            flood: Err(e),
+            flood: Err(e.clone()),
+            follower_flood: Err(e),
         }
     }
 }
@@ -559,7 +566,20 @@ async fn concord_cluster(
         .collect::<Result<Vec<_>, _>>()
         .map(|rss| (rss, cluster.writer.transitions()));
     // After everything else measured on this cluster: its writes lengthen the history too.
-    let flood = steady::flood(&mut cluster, mode.flood_clients, mode.flood_window).await;
+    let flood = steady::flood(
+        &mut cluster,
+        mode.flood_clients,
+        mode.flood_window,
+        steady::Target::Leader,
+    )
+    .await;
+    let follower_flood = steady::flood(
+        &mut cluster,
+        mode.flood_clients,
+        mode.flood_window,
+        steady::Target::Follower,
+    )
+    .await;
     ConcordCluster {
         first: Ok(first),
         propagation: [short, long],
@@ -571,6 +591,7 @@ async fn concord_cluster(
         rss_after_writes,
         rounds,
         flood,
+        follower_flood,
     }
 }
 

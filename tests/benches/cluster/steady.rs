@@ -1,9 +1,11 @@
-//! The leader under a flood of handshakes on its mesh port. A follower campaigns after 300 to 400 ms
-//! without a heartbeat (the twenty-first pass on issue 11 shortened the election timeouts), so a
-//! leader whose runtime falls that far behind loses its term. Here workloads open attested connections
-//! to the leader's mesh port as fast as this machine drives them (each one a P-384 verification on a
-//! runtime worker of the leader) while a client writes to it: no term may change, the writes go on,
-//! and no workload's NewMeshCert is refused while the manifest changes under it.
+//! The leader, then a follower, under a flood of handshakes on its mesh port. A follower campaigns
+//! after 300 to 400 ms without a heartbeat (the twenty-first pass on issue 11 shortened the election
+//! timeouts), so a leader whose runtime falls that far behind loses its term. Here workloads open
+//! attested connections to one replica's mesh port as fast as this machine drives them (each one a
+//! P-384 verification on a runtime worker of that replica) while a client writes to the leader: no
+//! term may change, the writes go on, and no workload's NewMeshCert is refused while the manifest
+//! changes under it (a follower takes each new mesh CA key from its sealed copy, the leader from its
+//! own write).
 
 use std::time::{Duration, Instant};
 
@@ -14,8 +16,26 @@ use crate::table::{Row, Samples, Verdict, ms};
 /// The pause between two writes of the client beside the flood.
 const WRITE_EVERY: Duration = Duration::from_millis(50);
 
+/// Whose mesh port a flood is aimed at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Leader,
+    /// A follower (the one after the leader), while the client writes to the leader.
+    Follower,
+}
+
+impl Target {
+    fn name(self) -> &'static str {
+        match self {
+            Target::Leader => "leader",
+            Target::Follower => "follower",
+        }
+    }
+}
+
 /// What one flood did to the cluster.
 pub struct Flood {
+    pub target: Target,
     pub clients: usize,
     pub window: Duration,
     /// Each replica's Raft term right before and right after the flood.
@@ -30,24 +50,29 @@ pub struct Flood {
     pub failed: u64,
     /// The first of them, as a workload saw it.
     pub first_failure: Option<String>,
-    /// The leader's CPU time in the window, per second of it.
-    pub leader_cores: f64,
+    /// The flooded replica's CPU time in the window, per second of it.
+    pub target_cores: f64,
     /// Each acknowledged SetManifest on the leader during the window, and the ones refused.
     pub writes: Samples,
     pub failed_writes: usize,
 }
 
-/// Floods the leader's mesh port with `clients` workloads for `window` while writing to it.
+/// Floods `target`'s mesh port with `clients` workloads for `window` while writing to the leader.
 pub async fn flood(
     cluster: &mut Cluster,
     clients: usize,
     window: Duration,
+    target: Target,
 ) -> Result<Flood, String> {
     let leader = cluster.dialer.leader(&cluster.nodes).await?;
+    let flooded = match target {
+        Target::Leader => leader,
+        Target::Follower => (leader + 1) % cluster.nodes.len(),
+    };
     let before = terms(cluster).await?;
     let start = Instant::now();
     let (open, close) = (start + mesh::WARMUP, start + mesh::WARMUP + window);
-    let addr = cluster.nodes[leader].mesh_addr.to_string();
+    let addr = cluster.nodes[flooded].mesh_addr.to_string();
     let tasks: Vec<_> = mesh::workload_clients(&cluster.env, clients)?
         .into_iter()
         .enumerate()
@@ -56,7 +81,7 @@ pub async fn flood(
             tokio::spawn(mesh::workload(addr, w, client, open, close, true))
         })
         .collect();
-    let stat = format!("/proc/{}/stat", cluster.nodes[leader].pid());
+    let stat = format!("/proc/{}/stat", cluster.nodes[flooded].pid());
     let mut client = cluster.dialer.user(cluster.nodes[leader].user_addr).await?;
     tokio::time::sleep_until(open.into()).await;
     let cpu_at_open = mesh::cpu_time(&stat)?;
@@ -75,6 +100,7 @@ pub async fn flood(
     let after = terms(cluster).await?;
     let leader_after = cluster.dialer.leader(&cluster.nodes).await?;
     Ok(Flood {
+        target,
         clients,
         window,
         terms: before.into_iter().zip(after).collect(),
@@ -83,7 +109,7 @@ pub async fn flood(
         refused: done.refused,
         failed: done.failed,
         first_failure: done.first_failure,
-        leader_cores: (cpu_at_close - cpu_at_open).as_secs_f64() / window.as_secs_f64(),
+        target_cores: (cpu_at_close - cpu_at_open).as_secs_f64() / window.as_secs_f64(),
         writes: Samples::new(writes),
         failed_writes,
     })
@@ -98,8 +124,8 @@ async fn terms(cluster: &Cluster) -> Result<Vec<u64>, String> {
     Ok(terms)
 }
 
-/// The verdict (no term changed, one leader throughout, no NewMeshCert failed) and the writes beside the flood, against the
-/// sequential commit's p50 without it.
+/// The verdict (no term changed, one leader throughout, no NewMeshCert failed, no write refused)
+/// and the writes beside the flood, against the sequential commit's p50 without it.
 pub fn rows(flood: &Flood, sequential_p50: Result<Duration, &str>) -> Vec<Row> {
     let changed = flood.terms.iter().filter(|(b, a)| b != a).count();
     let terms: Vec<String> = flood
@@ -108,8 +134,12 @@ pub fn rows(flood: &Flood, sequential_p50: Result<Duration, &str>) -> Vec<Row> {
         .map(|(b, a)| format!("{b}->{a}"))
         .collect();
     // Each write changes the manifest under the workloads: the leader adopts the mesh CA it made as
-    // soon as a reload sees the write committed, so none of their calls is refused as "not ready".
-    let steady = changed == 0 && flood.leader.0 == flood.leader.1 && flood.failed == 0;
+    // soon as a reload sees the write committed, a follower opens its sealed copy before it loads
+    // the transition, so none of their calls is refused as "not ready".
+    let steady = changed == 0
+        && flood.leader.0 == flood.leader.1
+        && flood.failed == 0
+        && flood.failed_writes == 0;
     let writes = if flood.writes.len() == 0 {
         "none acknowledged".to_string()
     } else {
@@ -124,10 +154,12 @@ pub fn rows(flood: &Flood, sequential_p50: Result<Duration, &str>) -> Vec<Row> {
     vec![
         Row::new(
             format!(
-                "leader under a handshake flood on its mesh port ({} workloads, {} s; leader {:.2} cores): replicas whose term changed",
+                "{} under a handshake flood on its mesh port ({} workloads, {} s; {} {:.2} cores): replicas whose term changed",
+                flood.target.name(),
                 flood.clients,
                 flood.window.as_secs(),
-                flood.leader_cores
+                flood.target.name(),
+                flood.target_cores
             ),
             format!(
                 "{changed} of {} (terms {}; leader {} -> {}; {} certificates, {} connections shed, {} NewMeshCerts failed)",
@@ -145,12 +177,13 @@ pub fn rows(flood: &Flood, sequential_p50: Result<Duration, &str>) -> Vec<Row> {
                     "a follower campaigns after 300-400 ms without a heartbeat; the first failed NewMeshCert: {f}"
                 ),
             },
-            "0, same leader, no NewMeshCert failed",
+            "0, same leader, no NewMeshCert failed, no write refused",
             Verdict::of(steady),
         ),
         Row::new(
             format!(
-                "SetManifest on that leader during the flood (one every {} ms): p50 / p99",
+                "SetManifest on the leader during the {} flood (one every {} ms): p50 / p99",
+                flood.target.name(),
                 WRITE_EVERY.as_millis()
             ),
             writes,
