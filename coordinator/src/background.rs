@@ -101,13 +101,26 @@ fn lower_own_priority() -> std::io::Result<()> {
             tracing::debug!(error = ?e, "SCHED_IDLE refused; lowering the nice value instead")
         }
     }
-    // On Linux the nice value belongs to the thread, not the process. A process started at a lower
-    // priority than `NICE` keeps its own: raising it back would need a privilege.
+    lower_own_nice(NICE)
+}
+
+/// Lowers the calling thread's priority to nice value `nice` (on Linux the nice value belongs to the
+/// thread, not the process). A thread already at `nice` or lower keeps its own: raising it back
+/// would need a privilege.
+#[cfg(target_os = "linux")]
+pub fn lower_own_nice(nice: i32) -> std::io::Result<()> {
     let own = Some(rustix::thread::gettid());
-    if rustix::process::getpriority_process(own)? >= NICE {
+    if rustix::process::getpriority_process(own)? >= nice {
         return Ok(());
     }
-    rustix::process::setpriority_process(own, NICE).map_err(std::io::Error::from)
+    rustix::process::setpriority_process(own, nice).map_err(std::io::Error::from)
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn lower_own_nice(_nice: i32) -> std::io::Result<()> {
+    Err(std::io::Error::other(
+        "per-thread priority is set on Linux only",
+    ))
 }
 
 #[cfg(not(target_os = "linux"))]

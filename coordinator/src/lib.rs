@@ -34,6 +34,7 @@ pub mod testing;
 pub mod transit;
 pub mod transport;
 pub mod witness;
+pub mod workload_lane;
 
 pub use error::CoordinatorError;
 pub use hash::Hash;

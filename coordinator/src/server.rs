@@ -264,10 +264,23 @@ pub async fn run(
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({what}): {e}"))
     };
+    // The ports that face workloads run on their own runtime, at a lower CPU priority, so that a
+    // flood of attested handshakes does not queue Raft and the owner's calls behind it
+    // (`workload_lane`). Their listeners are bound there, so their connections' I/O is driven there.
+    let lane = crate::workload_lane::WorkloadLane::start()
+        .map_err(|e| anyhow::anyhow!("cannot start the workload ports' runtime: {e}"))?;
+    let on_lane = |addr: SocketAddr, what: &'static str| {
+        let bound = lane.handle().spawn(bind(addr, what));
+        async move {
+            bound
+                .await
+                .map_err(|e| anyhow::anyhow!("binding {addr} ({what}) did not finish: {e}"))?
+        }
+    };
     let user_listener = bind(config.user_listen, "user API").await?;
-    let mesh_listener = bind(config.mesh_listen, "mesh API").await?;
+    let mesh_listener = on_lane(config.mesh_listen, "mesh API").await?;
     let peer_listener = bind(config.peer_listen, "peer API").await?;
-    let transit_listener = bind(config.transit_listen, "transit API").await?;
+    let transit_listener = on_lane(config.transit_listen, "transit API").await?;
     info!(
         node_id = config.node_id,
         user_api = %user_listener.local_addr()?,
@@ -375,8 +388,8 @@ pub async fn run(
     // function's future) once per connection: that was a thread switch per NewMeshCert.
     // A server task ends with the future that waits for it: a stop that gives up on the grace
     // period leaves no server running.
-    let serving = |server: ServerFuture| {
-        let mut task = AbortOnDrop(tokio::spawn(server));
+    let serving = |server: ServerFuture, on: &tokio::runtime::Handle| {
+        let mut task = AbortOnDrop(on.spawn(server));
         async move {
             match (&mut task.0).await {
                 Ok(result) => result.map_err(anyhow::Error::from),
@@ -384,11 +397,12 @@ pub async fn run(
             }
         }
     };
+    let main = tokio::runtime::Handle::current();
     let (user, mesh, peer, transit) = (
-        serving(Box::pin(user)),
-        serving(Box::pin(mesh)),
-        serving(Box::pin(peer)),
-        serving(Box::pin(transit)),
+        serving(Box::pin(user), &main),
+        serving(Box::pin(mesh), lane.handle()),
+        serving(Box::pin(peer), &main),
+        serving(Box::pin(transit), lane.handle()),
     );
     let durable = store.durable().clone();
     let graceful = async {
