@@ -495,8 +495,8 @@ impl ConcordCluster {
 /// One 3-replica cluster for its first manifest, metrics 4, 1, 6, 4 again, then 2 and 3: the mesh
 /// CA propagation on a short history and on the long one the commit latency run leaves, the idle
 /// memory before any replica was restarted; then sequential calls and the concurrent writers
-/// judged beside them, the idle memory once more, and last the leader under a flood of handshakes
-/// on its mesh port (`steady.rs`). With `etcd`, a 3-member etcd cluster with TLS runs during the commit latency
+/// judged beside them, the idle memory once more, and last the leader, then a follower, under a
+/// flood of handshakes on its mesh port (`steady.rs`). With `etcd`, a 3-member etcd cluster with TLS runs during the commit latency
 /// run only, for the puts made between its calls.
 async fn concord_cluster(
     mode: &Mode,
