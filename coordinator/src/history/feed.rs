@@ -55,18 +55,32 @@ impl Default for VerifiedFeed {
 }
 
 impl VerifiedFeed {
-    /// Adds an applied transition, dropping the oldest beyond [`CAPACITY`] or [`CAPACITY_BYTES`],
-    /// and wakes the subscribers.
+    /// Adds an applied transition ([`VerifiedFeed::push`]) and wakes the subscribers
+    /// ([`VerifiedFeed::announce`]).
     pub fn publish(&self, verified: Verified) {
+        self.push(verified);
+        self.announce();
+    }
+
+    /// Adds a transition the state machine is applying, dropping the oldest beyond [`CAPACITY`] or
+    /// [`CAPACITY_BYTES`]. The state machine pushes it before it writes the transition to the store,
+    /// so that any catch-up that finds the store at that transition finds it here too: a core that
+    /// took it from the store instead could not tell it was applied (the leader then did not adopt
+    /// the mesh CA its own write prepared, `Coordinator::adopt_prepared`). A core only takes the
+    /// line up to the store's latest, so one pushed and not yet written is not taken.
+    pub fn push(&self, verified: Verified) {
+        let mut q = self.lock();
+        q.push_back(verified);
+        while q.len() > CAPACITY
+            || (q.len() > 1 && q.iter().map(|v| v.bytes).sum::<usize>() > CAPACITY_BYTES)
         {
-            let mut q = self.lock();
-            q.push_back(verified);
-            while q.len() > CAPACITY
-                || (q.len() > 1 && q.iter().map(|v| v.bytes).sum::<usize>() > CAPACITY_BYTES)
-            {
-                q.pop_front();
-            }
+            q.pop_front();
         }
+    }
+
+    /// Wakes the subscribers: after the state machine wrote what it pushed to the store, so a core
+    /// refreshed after the change sees it.
+    pub fn announce(&self) {
         self.published.send_modify(|n| *n += 1);
     }
 

@@ -286,6 +286,29 @@ impl StateMachine {
                         copies: cmd.sealed.clone(),
                     });
                 }
+                // Pushed to the core's feed before the store shows it (`VerifiedFeed::push`), and
+                // announced after.
+                let policy_hashes: Vec<Hash> = new.policies.iter().map(|d| Hash::of(d)).collect();
+                let pushed = match (&growth, self.history.is_some()) {
+                    (Growth::Append(manifest, checked), true) => {
+                        let policies: Vec<_> = policy_hashes
+                            .iter()
+                            .copied()
+                            .zip(new.policies.iter().cloned())
+                            .collect();
+                        let bytes = new.manifest_bytes.len()
+                            + policies.iter().map(|(_, d)| d.len()).sum::<usize>();
+                        self.feed.push(crate::history::feed::Verified {
+                            transition: new.transition.clone(),
+                            manifest: manifest.clone(),
+                            checked: checked.clone(),
+                            policies,
+                            bytes,
+                        });
+                        true
+                    }
+                    _ => false,
+                };
                 // Not flushed: see `apply`.
                 let writing = std::time::Instant::now();
                 self.ledger.append_unflushed(&new)?;
@@ -300,29 +323,15 @@ impl StateMachine {
                         // signatures are not verified twice.
                         history
                             .chain
-                            .push_checked(new.transition.clone(), manifest.clone(), &checked)
+                            .push_checked(new.transition.clone(), manifest, &checked)
                             .map_err(|e| RaftStoreError::Corrupt {
                                 what: "transition".into(),
                                 reason: e.to_string(),
                             })?;
                         history.mesh = new.mesh.clone();
-                        let policies: Vec<_> = new
-                            .policies
-                            .iter()
-                            .map(|d| (Hash::of(d), d.clone()))
-                            .collect();
-                        for (hash, doc) in &policies {
+                        for (hash, doc) in policy_hashes.iter().zip(&new.policies) {
                             history.policies.insert(*hash, doc.clone());
                         }
-                        let bytes = new.manifest_bytes.len()
-                            + policies.iter().map(|(_, d)| d.len()).sum::<usize>();
-                        self.feed.publish(crate::history::feed::Verified {
-                            transition: new.transition.clone(),
-                            manifest,
-                            checked,
-                            policies,
-                            bytes,
-                        });
                     }
                     (Growth::Append(..), None) => {
                         return Err(RaftStoreError::Corrupt {
@@ -331,6 +340,9 @@ impl StateMachine {
                                 .into(),
                         });
                     }
+                }
+                if pushed {
+                    self.feed.announce();
                 }
                 Ok(CommandResponse::Applied {
                     hash: new.transition.hash(),
