@@ -1381,6 +1381,10 @@ fn refresh_and_install<S: Store>(
     replica: &Replica<S>,
     opened: Option<Result<OpenedMeshCa, CoordinatorError>>,
 ) -> Result<(), CoordinatorError> {
+    // Nothing to install and nothing new: no write lock.
+    if opened.is_none() && !replica.read()?.is_stale()? {
+        return Ok(());
+    }
     let installed = {
         let mut core = replica.write()?;
         core.refresh()?;
