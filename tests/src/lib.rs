@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use concord_attestation::{AtlsClient, ClientIdentity};
 use concord_cli::process::{Addrs, CoordinatorProcess, SimulatedFlags, sibling_binary};
 use concord_coordinator::testing::TestDeployment;
-use concord_coordinator::transport::connect;
+use concord_coordinator::transport::connect_from;
 use concord_proto::v1::mesh_api_client::MeshApiClient;
 use concord_proto::v1::user_api_client::UserApiClient;
 use tempfile::TempDir;
@@ -434,6 +434,17 @@ impl Env {
         c: &CoordinatorProcess,
         policy: &[u8],
     ) -> Result<MeshApiClient<tonic::transport::Channel>, String> {
+        self.mesh_client_from(c, policy, None).await
+    }
+
+    /// [`Env::mesh_client`] from the local address `local` (a pod of its own on loopback: the mesh
+    /// port limits handshakes per source address).
+    pub async fn mesh_client_from(
+        &self,
+        c: &CoordinatorProcess,
+        policy: &[u8],
+        local: Option<std::net::IpAddr>,
+    ) -> Result<MeshApiClient<tonic::transport::Channel>, String> {
         let manifest = concord_coordinator::manifest::Manifest::parse(&self.d.manifest(1)).unwrap();
         let trust = concord_cli::remote::trust_for(&manifest, true).unwrap();
         let policy_check = concord_cli::remote::coordinator_policy(&manifest, trust).unwrap();
@@ -445,7 +456,7 @@ impl Env {
         let client = Arc::new(
             AtlsClient::new(Arc::new(policy_check), Some(identity)).map_err(|e| e.to_string())?,
         );
-        connect(&c.mesh_addr.to_string(), client)
+        connect_from(&c.mesh_addr.to_string(), local, client)
             .await
             .map(|(ch, _)| {
                 MeshApiClient::new(ch)

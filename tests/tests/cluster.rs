@@ -451,3 +451,101 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+/// One workload beside manifest updates, from loopback address `127.0.0.{host}`: dials
+/// `follower`'s mesh port and asks for a certificate every 25 ms (within the port's 50 handshakes
+/// per second per source) until `done`; the certificates it got and every failure as it saw it.
+async fn workload_until(
+    env: &Env,
+    follower: &concord_cli::process::CoordinatorProcess,
+    host: u8,
+    done: &std::sync::atomic::AtomicBool,
+) -> (u64, Vec<String>) {
+    let local = std::net::IpAddr::from([127, 0, 0, host]);
+    let (mut issued, mut failures) = (0, Vec::new());
+    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+        let next = tokio::time::Instant::now() + Duration::from_millis(25);
+        match env
+            .mesh_client_from(follower, &env.d.workload_policy, Some(local))
+            .await
+        {
+            Ok(mut mesh) => match mesh.new_mesh_cert(pb::NewMeshCertRequest::default()).await {
+                Ok(_) => issued += 1,
+                Err(s) => failures.push(format!("NewMeshCert: {:?}: {}", s.code(), s.message())),
+            },
+            Err(e) => failures.push(format!("connect: {e}")),
+        }
+        tokio::time::sleep_until(next).await;
+    }
+    (issued, failures)
+}
+
+/// Workloads calling a follower while the owner updates the manifest ten times are never refused:
+/// the follower opens its sealed copy of each new mesh CA key before it loads the transition, and
+/// installs both at once. Until the twenty-third pass on issue 11 it read as recovering in between
+/// and refused them ("this coordinator is not ready"), or dropped their calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workloads_on_a_follower_are_not_refused_across_manifest_updates() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let env = Env::new();
+    let cluster = env.start_cluster(3);
+    let l = leader(&env, &cluster).await;
+    let first = env.set(
+        &cluster[l],
+        "manifest-v1.json",
+        &["--owner-key", "owner.pem"],
+    );
+    assert!(first.status.success(), "{}", describe(&first));
+    let mut latest = concord_tests::Hash::from_hex(&stdout_line(&first)).unwrap();
+    all_ready(&env, &cluster.iter().collect::<Vec<_>>(), 1).await;
+    let follower = &cluster[(l + 1) % cluster.len()];
+
+    let done = AtomicBool::new(false);
+    let mut user = env.user_client(&cluster[l]).await;
+    let updates = async {
+        // Let the workloads get going first.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for version in 2..=11u32 {
+            let req = env.d.set_request(env.d.manifest(version), latest);
+            let (owner_key, owner_signature) = req
+                .owner
+                .map(|(k, s)| (k.to_bytes().to_vec(), s.to_bytes().to_vec()))
+                .unwrap();
+            let set = user
+                .set_manifest(pb::SetManifestRequest {
+                    manifest: req.manifest,
+                    policies: req.policies,
+                    expected_previous: latest.as_bytes().to_vec(),
+                    owner_key,
+                    owner_signature,
+                })
+                .await
+                .unwrap_or_else(|e| panic!("manifest v{version}: {e:?}"))
+                .into_inner();
+            latest = concord_tests::Hash::from_slice(&set.transition.unwrap().hash).unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        done.store(true, Ordering::Relaxed);
+    };
+    let (_, a, b, c, d) = tokio::join!(
+        updates,
+        workload_until(&env, follower, 11, &done),
+        workload_until(&env, follower, 12, &done),
+        workload_until(&env, follower, 13, &done),
+        workload_until(&env, follower, 14, &done),
+    );
+    let issued: u64 = [&a, &b, &c, &d].iter().map(|w| w.0).sum();
+    let failures: Vec<&String> = [&a, &b, &c, &d].iter().flat_map(|w| &w.1).collect();
+    eprintln!(
+        "{issued} certificates from the follower across 10 manifest updates, {} failures",
+        failures.len()
+    );
+    assert!(issued > 0, "no certificate was issued at all");
+    assert!(
+        failures.is_empty(),
+        "{} of {} NewMeshCerts on the follower failed across 10 manifest updates; the first: {}",
+        failures.len(),
+        issued as usize + failures.len(),
+        failures[0]
+    );
+}
