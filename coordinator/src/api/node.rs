@@ -563,7 +563,7 @@ impl<S: Store> Node<S> {
                     self.sealed_inbox.clone(),
                 );
                 return tokio::task::spawn_blocking(move || match opened {
-                    Some(opened) => refresh_and_install(&replica, Some(opened)),
+                    Some(opened) => refresh_and_install(&replica, id, &key, &inbox, Some(opened)),
                     None => reload_sealed(&replica, id, &key, &inbox),
                 })
                 .await
@@ -1353,7 +1353,7 @@ fn reload_sealed<S: Store>(
     inbox: &crate::raft::SealedInbox,
 ) -> Result<(), CoordinatorError> {
     let opened = opening_ahead(replica, own, key, inbox)?.map(|o| o.open(key));
-    refresh_and_install(replica, opened)?;
+    refresh_and_install(replica, own, key, inbox, opened)?;
     adopt_sealed(replica, own, key, inbox)
 }
 
@@ -1376,9 +1376,15 @@ fn opening_ahead<S: Store>(
 }
 
 /// Reloads the core if the store moved on and installs `opened` (a copy opened before the reload)
-/// under the same write lock: no reader sees the new transition without its mesh CA key.
+/// under the same write lock: no reader sees the new transition without its mesh CA key. If the
+/// reload went past the transition `opened` was for (the store moved on while it was opened), the
+/// copy for the transition loaded, if this process has one, is opened under the lock too: readers
+/// wait for that (about 0.2 ms) rather than find the replica recovering.
 fn refresh_and_install<S: Store>(
     replica: &Replica<S>,
+    own: NodeId,
+    key: &concord_mesh_ca::SealKey,
+    inbox: &crate::raft::SealedInbox,
     opened: Option<Result<OpenedMeshCa, CoordinatorError>>,
 ) -> Result<(), CoordinatorError> {
     // Nothing to install and nothing new: no write lock.
@@ -1388,12 +1394,24 @@ fn refresh_and_install<S: Store>(
     let installed = {
         let mut core = replica.write()?;
         core.refresh()?;
-        opened.map(|opened| {
+        let mut installed = opened.map(|opened| {
             opened.and_then(|o| {
                 let transition = o.transition();
                 core.install_opened(o).map(|()| transition)
             })
-        })
+        });
+        if installed.as_ref().is_some_and(Result::is_err)
+            && core.state() == ReplicaState::Recovering
+            && let Some(latest) = core.chain().map(|c| c.latest_hash())
+            && let Some(delivery) = inbox.for_transition(&latest)
+            && let Ok(opening) = core.sealed_opening(own, &key.public_key(), &delivery)
+        {
+            installed = Some(opening.open(key).and_then(|o| {
+                let transition = o.transition();
+                core.install_opened(o).map(|()| transition)
+            }));
+        }
+        installed
     };
     if let Some(installed) = installed {
         report_install(installed);
