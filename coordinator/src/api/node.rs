@@ -1365,14 +1365,15 @@ fn opening_ahead<S: Store>(
     key: &concord_mesh_ca::SealKey,
     inbox: &crate::raft::SealedInbox,
 ) -> Result<Option<SealedOpening>, CoordinatorError> {
-    let Some(delivery) = inbox.latest() else {
+    let public = key.public_key();
+    let Some(delivery) = inbox.latest_for(own, &public) else {
         return Ok(None);
     };
     let core = replica.read()?;
     if !core.is_stale()? {
         return Ok(None);
     }
-    Ok(core.sealed_opening_ahead(own, &key.public_key(), &delivery))
+    Ok(core.sealed_opening_ahead(own, &public, &delivery))
 }
 
 /// Reloads the core if the store moved on and installs `opened` (a copy opened before the reload)

@@ -7,6 +7,7 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
+use super::NodeId;
 use super::types::SealedMeshCaKey;
 use crate::hash::Hash;
 use crate::history::MeshCerts;
@@ -39,10 +40,18 @@ impl SealedInbox {
             .cloned()
     }
 
-    /// The last delivery, whatever its transition: a core that has not loaded that transition yet
-    /// opens its copy ahead (`Coordinator::sealed_opening_ahead`).
-    pub fn latest(&self) -> Option<SealedDelivery> {
-        self.lock().clone()
+    /// The last delivery, whatever its transition, if it holds a copy sealed to node `own`'s
+    /// process key `public`: a core that has not loaded that transition yet opens its copy ahead
+    /// (`Coordinator::sealed_opening_ahead`). None on a leader, whose own writes seal no copy to it.
+    pub fn latest_for(&self, own: NodeId, public: &[u8; 32]) -> Option<SealedDelivery> {
+        self.lock()
+            .as_ref()
+            .filter(|d| {
+                d.copies
+                    .iter()
+                    .any(|c| c.recipient == own && c.recipient_key == *public)
+            })
+            .cloned()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<SealedDelivery>> {
