@@ -506,19 +506,8 @@ async fn workloads_on_a_follower_are_not_refused_across_manifest_updates() {
         // Let the workloads get going first.
         tokio::time::sleep(Duration::from_millis(300)).await;
         for version in 2..=11u32 {
-            let req = env.d.set_request(env.d.manifest(version), latest);
-            let (owner_key, owner_signature) = req
-                .owner
-                .map(|(k, s)| (k.to_bytes().to_vec(), s.to_bytes().to_vec()))
-                .unwrap();
             let set = user
-                .set_manifest(pb::SetManifestRequest {
-                    manifest: req.manifest,
-                    policies: req.policies,
-                    expected_previous: latest.as_bytes().to_vec(),
-                    owner_key,
-                    owner_signature,
-                })
+                .set_manifest(env.set_manifest_request(version, latest))
                 .await
                 .unwrap_or_else(|e| panic!("manifest v{version}: {e:?}"))
                 .into_inner();
