@@ -1395,22 +1395,14 @@ fn refresh_and_install<S: Store>(
     let installed = {
         let mut core = replica.write()?;
         core.refresh()?;
-        let mut installed = opened.map(|opened| {
-            opened.and_then(|o| {
-                let transition = o.transition();
-                core.install_opened(o).map(|()| transition)
-            })
-        });
+        let mut installed = opened.map(|opened| opened.and_then(|o| install(&mut core, o)));
         if installed.as_ref().is_some_and(Result::is_err)
             && core.state() == ReplicaState::Recovering
             && let Some(latest) = core.chain().map(|c| c.latest_hash())
             && let Some(delivery) = inbox.for_transition(&latest)
             && let Ok(opening) = core.sealed_opening(own, &key.public_key(), &delivery)
         {
-            installed = Some(opening.open(key).and_then(|o| {
-                let transition = o.transition();
-                core.install_opened(o).map(|()| transition)
-            }));
+            installed = Some(opening.open(key).and_then(|o| install(&mut core, o)));
         }
         installed
     };
@@ -1468,11 +1460,17 @@ fn install_opened<S: Store>(
     replica: &Replica<S>,
     opened: Result<OpenedMeshCa, CoordinatorError>,
 ) -> Result<(), CoordinatorError> {
-    report_install(opened.and_then(|o| {
-        let transition = o.transition();
-        replica.write()?.install_opened(o).map(|()| transition)
-    }));
+    report_install(opened.and_then(|o| install(&mut *replica.write()?, o)));
     Ok(())
+}
+
+/// Installs `opened` in `core` (`Coordinator::install_opened`): the transition it is for, or why not.
+fn install<S: Store>(
+    core: &mut crate::state::Coordinator<S>,
+    opened: OpenedMeshCa,
+) -> Result<crate::hash::Hash, CoordinatorError> {
+    let transition = opened.transition();
+    core.install_opened(opened).map(|()| transition)
 }
 
 /// Logs and counts the install of a mesh CA opened from a sealed copy, or why it was not adopted.
