@@ -1395,10 +1395,16 @@ fn refresh_and_install<S: Store>(
     let installed = {
         let mut core = replica.write()?;
         core.refresh()?;
+        // The transition the copy was opened for; a copy that did not open is not opened again.
+        let opened_for = opened
+            .as_ref()
+            .and_then(|o| o.as_ref().ok())
+            .map(OpenedMeshCa::transition);
         let mut installed = opened.map(|opened| opened.and_then(|o| install(&mut core, o)));
         if installed.as_ref().is_some_and(Result::is_err)
             && core.state() == ReplicaState::Recovering
             && let Some(latest) = core.chain().map(|c| c.latest_hash())
+            && opened_for.is_some_and(|t| t != latest)
             && let Some(delivery) = inbox.for_transition(&latest)
             && let Ok(opening) = core.sealed_opening(own, &key.public_key(), &delivery)
         {
