@@ -19,6 +19,7 @@ pub mod batch;
 pub(crate) mod cert;
 mod client;
 mod deployment;
+mod kx;
 mod nonce;
 pub(crate) mod peer;
 mod policy;
@@ -139,7 +140,8 @@ impl VerifiedPeer {
     }
 }
 
-/// The one crypto provider of the tree: ring's, with TLS_AES_128_GCM_SHA256 preferred.
+/// The one crypto provider of the tree: ring's, with TLS_AES_128_GCM_SHA256 preferred and X25519
+/// computed by AWS-LC ([`kx`]: about 1.7 times as fast here, the same group on the wire).
 ///
 /// A connection's security is 128-bit whatever the suite: its key exchange is X25519 and its
 /// certificates' keys are P-256. AES-256 and SHA-384 (ring's default first choice) do not raise
@@ -153,6 +155,11 @@ pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     provider
         .cipher_suites
         .sort_by_key(|suite| suite.suite() != preferred.suite());
+    for group in &mut provider.kx_groups {
+        if group.name() == rustls::NamedGroup::X25519 {
+            *group = kx::X25519_AWS_LC;
+        }
+    }
     Arc::new(provider)
 }
 
