@@ -31,6 +31,9 @@ pub struct Ops {
     pub p384_verify: f64,
     pub p256_verify: f64,
     pub p256_sign: f64,
+    /// The server's side of one TLS 1.3 X25519 key exchange: an ephemeral key made, its public
+    /// value computed, the shared secret agreed with the client's.
+    pub x25519: f64,
 }
 
 /// Both implementations' rates, and the floor from the faster of each operation.
@@ -47,12 +50,20 @@ impl Floor {
             p384_verify: self.ring.p384_verify.max(self.aws_lc.p384_verify),
             p256_verify: self.ring.p256_verify.max(self.aws_lc.p256_verify),
             p256_sign: self.ring.p256_sign.max(self.aws_lc.p256_sign),
+            x25519: self.ring.x25519.max(self.aws_lc.x25519),
         }
     }
 
-    /// NewMeshCerts per CPU second if the replica did nothing but the signatures it needs, each
-    /// with the faster implementation.
+    /// NewMeshCerts per CPU second if the replica did nothing but the public-key operations it
+    /// needs, each with the faster implementation: the signatures, and the key exchange without
+    /// which TLS 1.3 has no handshake (the workload's secrets travel on that connection).
     pub fn per_cpu_second(&self) -> f64 {
+        let f = self.fastest();
+        1.0 / (1.0 / self.signatures_per_cpu_second() + 1.0 / f.x25519)
+    }
+
+    /// The floor of the signatures alone (issue 11's first definition), printed beside the floor.
+    pub fn signatures_per_cpu_second(&self) -> f64 {
         let f = self.fastest();
         1.0 / (1.0 / f.p384_verify + 1.0 / f.p256_verify + 2.0 / f.p256_sign)
     }
@@ -85,17 +96,19 @@ pub fn measure(window: Duration) -> Result<Floor, String> {
 /// A message the size of a report's signed part, give or take.
 const MESSAGE: [u8; 512] = [0x5a; 512];
 
-/// The rates of one implementation's three operations, each timed on its own.
+/// The rates of one implementation's four operations, each timed on its own.
 fn ops(
     window: Duration,
     p384_verify: impl FnMut() -> Result<(), String>,
     p256_verify: impl FnMut() -> Result<(), String>,
     p256_sign: impl FnMut() -> Result<(), String>,
+    x25519: impl FnMut() -> Result<(), String>,
 ) -> Result<Ops, String> {
     Ok(Ops {
         p384_verify: rate(window, p384_verify)?,
         p256_verify: rate(window, p256_verify)?,
         p256_sign: rate(window, p256_sign)?,
+        x25519: rate(window, x25519)?,
     })
 }
 
@@ -112,11 +125,23 @@ fn measure_ring(window: Duration) -> Result<Ops, String> {
     let v384 = UnparsedPublicKey::new(&signature::ECDSA_P384_SHA384_FIXED, p384.public_key());
     let v256 = UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_ASN1, p256.public_key());
     let bad = |e: ring::error::Unspecified| e.to_string();
+    use ring::agreement::{self, EphemeralPrivateKey, X25519};
+    let client = EphemeralPrivateKey::generate(&X25519, &rng).map_err(bad)?;
+    let client = client.compute_public_key().map_err(bad)?;
+    let client = agreement::UnparsedPublicKey::new(&X25519, client.as_ref().to_vec());
     ops(
         window,
         || v384.verify(&MESSAGE, sig384.as_ref()).map_err(bad),
         || v256.verify(&MESSAGE, sig256.as_ref()).map_err(bad),
         || p256.sign(&rng, &MESSAGE).map(drop).map_err(bad),
+        || {
+            let own = EphemeralPrivateKey::generate(&X25519, &rng).map_err(bad)?;
+            std::hint::black_box(own.compute_public_key().map_err(bad)?);
+            agreement::agree_ephemeral(own, &client, |secret| {
+                std::hint::black_box(secret.first().copied());
+            })
+            .map_err(bad)
+        },
     )
 }
 
@@ -134,11 +159,23 @@ fn measure_aws_lc(window: Duration) -> Result<Ops, String> {
     let v384 = lc::UnparsedPublicKey::new(&lc::ECDSA_P384_SHA384_FIXED, p384.public_key());
     let v256 = lc::UnparsedPublicKey::new(&lc::ECDSA_P256_SHA256_ASN1, p256.public_key());
     let bad = |e: aws_lc_rs::error::Unspecified| e.to_string();
+    use aws_lc_rs::agreement::{self, EphemeralPrivateKey, X25519};
+    let client = EphemeralPrivateKey::generate(&X25519, &rng).map_err(bad)?;
+    let client = client.compute_public_key().map_err(bad)?;
+    let client = agreement::UnparsedPublicKey::new(&X25519, client.as_ref().to_vec());
     ops(
         window,
         || v384.verify(&MESSAGE, sig384.as_ref()).map_err(bad),
         || v256.verify(&MESSAGE, sig256.as_ref()).map_err(bad),
         || p256.sign(&rng, &MESSAGE).map(drop).map_err(bad),
+        || {
+            let own = EphemeralPrivateKey::generate(&X25519, &rng).map_err(bad)?;
+            std::hint::black_box(own.compute_public_key().map_err(bad)?);
+            agreement::agree_ephemeral(own, &client, bad(aws_lc_rs::error::Unspecified), |s| {
+                std::hint::black_box(s.first().copied());
+                Ok(())
+            })
+        },
     )
 }
 
@@ -238,9 +275,23 @@ fn milan_vector() -> Result<(Evidence, ReferenceValues, [u8; 64]), String> {
 }
 
 /// The reference of rows measured between two floor measurements, `before` and `after`: the mean
-/// of the two (the machine's speed drifts; neither end is favoured).
-pub fn bracketing(before: &Floor, after: &Floor) -> f64 {
-    (before.per_cpu_second() + after.per_cpu_second()) / 2.0
+/// of the two (the machine's speed drifts; neither end is favoured), of the floor and of the
+/// signatures alone.
+pub fn bracketing(before: &Floor, after: &Floor) -> Reference {
+    Reference {
+        handshake: (before.per_cpu_second() + after.per_cpu_second()) / 2.0,
+        signatures: (before.signatures_per_cpu_second() + after.signatures_per_cpu_second()) / 2.0,
+    }
+}
+
+/// A row's reference, per CPU second: the floor of a NewMeshCert over its TLS 1.3 handshake
+/// (`handshake`: the signatures and the key exchange), what the replica rows are judged against,
+/// and the signatures alone (issue 11's first definition), what the crypto pipelines (no TLS) are
+/// judged against and what the replica rows print beside.
+#[derive(Debug, Clone, Copy)]
+pub struct Reference {
+    pub handshake: f64,
+    pub signatures: f64,
 }
 
 /// The floor measured again during the replica rows: right before the judged (32-workload) row and
@@ -255,8 +306,8 @@ pub struct Again {
 /// mean of the two right around it.
 #[derive(Debug, Clone, Copy)]
 pub struct References {
-    pub light: f64,
-    pub judged: f64,
+    pub light: Reference,
+    pub judged: Reference,
 }
 
 impl Again {
@@ -279,10 +330,10 @@ pub fn rows(
     let per_cpu = floor.per_cpu_second();
     let ops = |name: &str, o: &Ops| {
         Row::new(
-            format!("ECDSA with {name}, 1 thread, per CPU second"),
+            format!("ECDSA and X25519 with {name}, 1 thread, per CPU second"),
             format!(
-                "P-384 verify {:.0}, P-256 verify {:.0}, P-256 sign {:.0}",
-                o.p384_verify, o.p256_verify, o.p256_sign
+                "P-384 verify {:.0}, P-256 verify {:.0}, P-256 sign {:.0}, X25519 exchange {:.0}",
+                o.p384_verify, o.p256_verify, o.p256_sign, o.x25519
             ),
             openssl.to_string(),
             "-",
@@ -293,9 +344,12 @@ pub fn rows(
         ops("ring", &floor.ring),
         ops("AWS-LC (aws-lc-rs)", &floor.aws_lc),
         Row::new(
-            "NewMeshCert crypto floor (P-384 verify + P-256 verify + 2 P-256 sign)",
+            "NewMeshCert crypto floor (P-384 verify + P-256 verify + 2 P-256 sign + X25519 exchange)",
             format!("{per_cpu:.0} per CPU second"),
-            "the faster of the two rows above, for each operation",
+            format!(
+                "the faster of the two rows above, for each operation; the signatures alone: {:.0}",
+                floor.signatures_per_cpu_second()
+            ),
             "-",
             Verdict::Info,
         ),
@@ -306,8 +360,8 @@ pub fn rows(
             "NewMeshCert crypto floor, measured again right before the 32-workload row",
             format!("{:.0} per CPU second", again.between.per_cpu_second()),
             format!(
-                "the 8-workload and pipeline rows' reference: the mean with the first, {:.0}",
-                references.light
+                "the 8-workload and pipeline rows' reference: the mean with the first, {:.0} (signatures alone {:.0})",
+                references.light.handshake, references.light.signatures
             ),
             "-",
             Verdict::Info,
@@ -316,20 +370,22 @@ pub fn rows(
             "NewMeshCert crypto floor, measured again right after the 32-workload row",
             format!("{:.0} per CPU second", again.after.per_cpu_second()),
             format!(
-                "the 32-workload row's reference: the mean with the one before, {:.0}",
-                references.judged
+                "the 32-workload row's reference: the mean with the one before, {:.0} (signatures alone {:.0})",
+                references.judged.handshake, references.judged.signatures
             ),
             "-",
             Verdict::Info,
         ));
     }
+    // The pipeline makes no TLS handshake: judged against the signatures alone.
+    let signatures = floor.signatures_per_cpu_second();
     rows.push(match snp {
         Ok(snp) => Row::new(
             "NewMeshCert crypto, SNP evidence (real Milan report, pinned time, no CRL)",
-            format!("{snp:.0} per CPU second ({:.0}%)", 100.0 * snp / per_cpu),
-            format!("floor: {per_cpu:.0} per CPU second"),
+            format!("{snp:.0} per CPU second ({:.0}%)", 100.0 * snp / signatures),
+            format!("floor of the signatures alone: {signatures:.0} per CPU second"),
             ">= 50% of the floor",
-            Verdict::of(snp >= per_cpu / 2.0),
+            Verdict::of(snp >= signatures / 2.0),
         ),
         Err(e) => Row::error("NewMeshCert crypto, SNP evidence", &e),
     });

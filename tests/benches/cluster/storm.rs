@@ -245,7 +245,7 @@ pub fn storm_rows(storm: &Result<Storm, String>, floor_per_cpu_second: f64) -> V
     match storm {
         Ok(s) => {
             // What the floor allows for the whole storm on the 3 replicas' share of this machine's
-            // cores, if they did nothing but the signatures: a reference, not a target.
+            // cores, if they did nothing but the signatures and key exchanges: a reference, not a target.
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
             let floor_time = s.initializers as f64 / (floor_per_cpu_second * cores);
             vec![Row::new(
