@@ -1,7 +1,16 @@
-//! The aTLS certificate: self-signed by its key, short-lived, evidence and the deployment id in
-//! extensions.
+//! The aTLS certificate: its key, short-lived, evidence and the deployment id in extensions, and no
+//! signature (docs/PROTOCOL.md §8).
+//!
+//! Nothing relies on an aTLS certificate's signature: the evidence binds the key, and TLS 1.3's
+//! CertificateVerify proves the peer holds it. A self-signature cost every handshake one P-256
+//! signature on each side, about 3.5 % of a replica's CPU per NewMeshCert (issue 11.1), so the
+//! certificate's signature is an empty BIT STRING under the key's algorithm identifier. Verifiers
+//! accept a self-signed certificate alike (peers from before the change, a rolling upgrade).
 
-use rcgen::{CertificateParams, CustomExtension, DnType, KeyPair, PublicKeyData as _};
+use rcgen::{
+    CertificateParams, CustomExtension, DnType, KeyPair, PublicKeyData, SignatureAlgorithm,
+    SigningKey,
+};
 use rustls::pki_types::CertificateDer;
 use time::{Duration, OffsetDateTime};
 use x509_parser::certificate::X509Certificate;
@@ -64,9 +73,28 @@ pub(crate) fn certificate(
             ));
     }
     let cert = params
-        .self_signed(key)
+        .self_signed(&Unsigned(key))
         .map_err(|e| AttestationError::Issuer(format!("making the aTLS certificate: {e}")))?;
     Ok(cert.der().clone())
+}
+
+/// The certificate's key for rcgen, whose "signature" is empty.
+struct Unsigned<'a>(&'a KeyPair);
+
+impl PublicKeyData for Unsigned<'_> {
+    fn der_bytes(&self) -> &[u8] {
+        self.0.der_bytes()
+    }
+
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        self.0.algorithm()
+    }
+}
+
+impl SigningKey for Unsigned<'_> {
+    fn sign(&self, _: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        Ok(Vec::new())
+    }
 }
 
 fn is_oid(oid: &x509_parser::der_parser::oid::Oid<'_>, arcs: &[u64]) -> bool {
@@ -217,6 +245,17 @@ mod tests {
             .unwrap();
         assert!(!ext.critical);
         assert_eq!(ext.oid.to_id_string(), "1.3.6.1.4.1.58270.1.1");
+        // No signature: an empty BIT STRING under ecdsa-with-SHA256, the key's algorithm.
+        assert!(cert.signature_value.data.is_empty());
+        assert_eq!(cert.signature_value.unused_bits, 0);
+        assert_eq!(
+            cert.signature_algorithm.algorithm.to_id_string(),
+            "1.2.840.10045.4.3.2"
+        );
+        assert_eq!(
+            cert.signature_algorithm, cert.tbs_certificate.signature,
+            "the outer and inner algorithm identifiers agree"
+        );
     }
 
     #[test]
