@@ -771,3 +771,162 @@ async fn the_server_picks_aes_128_gcm_sha256_whatever_the_clients_order() {
         Err(e) => panic!("the handshake failed before the suite could be seen: {e}"),
     }
 }
+
+/// A relay between a client and a genuine coordinator: it reads the client's ClientHello, dials the
+/// coordinator with the client's own ALPN list (its nonce), and so obtains a genuine certificate
+/// whose evidence is bound to that nonce; it then presents that certificate to the client and signs
+/// the handshake with `key`. Only the holder of the attested key can finish the handshake.
+async fn relaying_server(genuine: SocketAddr, key: &KeyPair) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let signer = rustls::crypto::ring::sign::any_supported_type(&pkcs8(key)).unwrap();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
+            .await
+            .unwrap();
+        let alpn: Vec<Vec<u8>> = start
+            .client_hello()
+            .alpn()
+            .into_iter()
+            .flatten()
+            .map(<[u8]>::to_vec)
+            .collect();
+        let provider = ring();
+        let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
+            .with_no_client_auth();
+        config.alpn_protocols = alpn;
+        let upstream = TcpStream::connect(genuine).await.unwrap();
+        let upstream = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(server_name(), upstream)
+            .await
+            .unwrap();
+        let certificate = upstream.get_ref().1.peer_certificates().unwrap()[0]
+            .clone()
+            .into_owned();
+        let mut config = rustls::ServerConfig::builder_with_provider(ring())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(SingleCertAndKey::from(CertifiedKey::new(
+                vec![certificate],
+                signer,
+            ))));
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        if let Ok(mut tls) = start.into_stream(Arc::new(config)).await {
+            let mut buf = [0u8; 4];
+            if tls.read_exact(&mut buf).await.is_ok() {
+                let _ = tls.write_all(&buf).await;
+                let _ = tls.flush().await;
+            }
+        }
+    });
+    addr
+}
+
+/// aTLS certificates carry no signature (PROTOCOL.md §8): the handshake's CertificateVerify is the
+/// only proof that the peer holds the attested key. A relay that obtained a genuine certificate for
+/// the client's own nonce passes every evidence check and is refused on that signature alone.
+#[tokio::test]
+async fn client_refuses_a_relay_holding_a_certificate_for_its_nonce_but_not_the_key() {
+    let s = Setup::new();
+    let client = s.client(None);
+
+    // The relay with the attested key: the certificate it relays is accepted, so what follows
+    // is refused for its handshake signature and for nothing else.
+    let (genuine, _server) = serve_once(s.acceptor(ClientAuth::None)).await;
+    let addr = relaying_server(genuine, &s.server_key).await;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut tls, peer) = client
+        .connect(tcp, server_name())
+        .await
+        .expect("a relay holding the attested key is indistinguishable from the coordinator");
+    echo(&mut tls).await;
+    assert_eq!(peer.report().measurement(), &MEASUREMENT);
+
+    let (genuine, _server) = serve_once(s.acceptor(ClientAuth::None)).await;
+    let addr = relaying_server(genuine, &tls_key()).await;
+    let (config, cell) = client.handshake().unwrap();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let result = tokio_rustls::TlsConnector::from(config)
+        .connect(server_name(), tcp)
+        .await;
+    let err = result.map(|_| ()).unwrap_err();
+    assert!(
+        err.to_string().contains("BadSignature"),
+        "refused for the handshake signature, not for the evidence: {err}"
+    );
+    assert!(cell.get().is_none(), "no verified peer from a relay");
+}
+
+/// Resolves the genuine client certificate for the server's nonce, as a relay could obtain it from
+/// a genuine workload, but signs the handshake with another key.
+#[derive(Debug)]
+struct SwappedSigner {
+    genuine: Arc<dyn rustls::client::ResolvesClientCert>,
+    signer: Arc<dyn rustls::sign::SigningKey>,
+}
+
+impl rustls::client::ResolvesClientCert for SwappedSigner {
+    fn resolve(
+        &self,
+        root_hint_subjects: &[&[u8]],
+        sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        let genuine = self.genuine.resolve(root_hint_subjects, sigschemes)?;
+        Some(Arc::new(CertifiedKey::new(
+            genuine.cert.clone(),
+            self.signer.clone(),
+        )))
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+#[tokio::test]
+async fn server_refuses_a_client_certificate_for_its_nonce_signed_by_another_key() {
+    let s = Setup::new();
+    let (config, _) = s.mutual_client().handshake().unwrap();
+    let mut config = (*config).clone();
+    config.client_auth_cert_resolver = Arc::new(SwappedSigner {
+        genuine: config.client_auth_cert_resolver.clone(),
+        signer: rustls::crypto::ring::sign::any_supported_type(&pkcs8(&tls_key())).unwrap(),
+    });
+    let (addr, server) = serve_once(s.mutual_acceptor()).await;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let _client = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(server_name(), tcp)
+        .await;
+    let err = server.await.unwrap().map(|_| ()).unwrap_err();
+    assert!(
+        err.to_string().contains("BadSignature"),
+        "refused for the handshake signature, not for the evidence: {err}"
+    );
+
+    // The same resolver with the genuine key is accepted: the certificate was bound to the
+    // server's nonce, so the refusal above was the signature's alone.
+    let (config, _) = s.mutual_client().handshake().unwrap();
+    let mut config = (*config).clone();
+    config.client_auth_cert_resolver = Arc::new(SwappedSigner {
+        genuine: config.client_auth_cert_resolver.clone(),
+        signer: rustls::crypto::ring::sign::any_supported_type(&pkcs8(&s.client_key)).unwrap(),
+    });
+    let (addr, server) = serve_once(s.mutual_acceptor()).await;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(server_name(), tcp)
+        .await
+        .unwrap();
+    echo(&mut tls).await;
+    let served = server.await.unwrap().unwrap();
+    assert_eq!(
+        served.peer.unwrap().report().measurement(),
+        &CLIENT_MEASUREMENT
+    );
+}
