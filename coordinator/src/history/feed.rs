@@ -113,6 +113,12 @@ impl VerifiedFeed {
         Some(line)
     }
 
+    /// Whether the feed holds the transition `hash`, without taking it.
+    #[cfg(test)]
+    pub(crate) fn holds(&self, hash: Hash) -> bool {
+        self.lock().iter().any(|v| v.transition.hash() == hash)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Verified>> {
         // Pushes and pops only: a panic while holding it cannot leave it inconsistent.
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)

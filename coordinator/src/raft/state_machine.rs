@@ -71,6 +71,10 @@ pub struct StateMachine {
     /// This replica, once [`StateMachine::check_others_early`] was called: the entries others led
     /// are checked early when they are applied.
     own: Option<NodeId>,
+    /// For each transition written to the store: whether the feed held it at that moment (the
+    /// feed-before-store rule's test).
+    #[cfg(test)]
+    pub(crate) fed_before_written: Vec<(Hash, bool)>,
 }
 
 /// A command that passed every check.
@@ -143,6 +147,8 @@ impl StateMachine {
             early: EarlyChecks::default(),
             anchors: None,
             own: None,
+            #[cfg(test)]
+            fed_before_written: Vec::new(),
         };
         sm.refresh_anchors();
         Ok(sm)
@@ -313,6 +319,11 @@ impl StateMachine {
                 let writing = std::time::Instant::now();
                 self.ledger.append_unflushed(&new)?;
                 crate::observe::global().commit_phase("store_write", writing.elapsed());
+                #[cfg(test)]
+                {
+                    let hash = new.transition.hash();
+                    self.fed_before_written.push((hash, self.feed.holds(hash)));
+                }
                 match (growth, self.history.as_mut()) {
                     (Growth::Genesis(history), _) => {
                         self.history = Some(*history);

@@ -442,3 +442,21 @@ async fn an_early_verdict_never_lets_another_command_through() {
     assert_eq!(early.used(), 1);
     assert_eq!(disk.latest(), Some(history.hashes[1]));
 }
+
+/// The feed-before-store rule (`VerifiedFeed::push`): every appended transition is in the feed
+/// before the store shows it, so a catch-up that finds the store at a transition finds it in the
+/// feed too and knows it was applied. The genesis transition starts the history and is not fed.
+#[tokio::test]
+async fn an_appended_transition_is_in_the_feed_before_the_store_shows_it() {
+    let history = History::new(4);
+    let disk = Disk::new();
+    let (_log, mut sm) = disk.open();
+    apply_one(&mut sm, command_entry(1, history.command(0))).await;
+    apply_one(&mut sm, command_entry(2, history.command(1))).await;
+    sm.apply((2..4).map(|i| command_entry(i as u64 + 1, history.command(i))))
+        .await
+        .unwrap();
+    let expected: Vec<(Hash, bool)> = history.hashes[1..4].iter().map(|h| (*h, true)).collect();
+    assert_eq!(sm.fed_before_written[1..], expected[..]);
+    assert_eq!(sm.fed_before_written[0], (history.hashes[0], false));
+}
