@@ -338,6 +338,7 @@ pub async fn run(
     // what an unauthenticated caller can cost on each.
     let limits = |api: &str| crate::transport::ListenerLimits::for_api(api);
     let (user_limits, mesh_limits, peer_limits) = (limits("user"), limits("mesh"), limits("peer"));
+    let main = tokio::runtime::Handle::current();
     let user = user_limits
         .server()
         .layer(RpcTimingLayer)
@@ -347,7 +348,7 @@ pub async fn run(
                 .max_encoding_message_size(limits::USER_API_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(
-            crate::transport::incoming(user_listener, user_acceptor, "user", &user_limits),
+            crate::transport::incoming(user_listener, user_acceptor, "user", &user_limits, &main),
             stopped(stop_rx.clone()),
         );
     let mesh = mesh_limits
@@ -359,7 +360,13 @@ pub async fn run(
                 .max_encoding_message_size(limits::MESH_API_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(
-            crate::transport::incoming(mesh_listener, mesh_acceptor, "mesh", &mesh_limits),
+            crate::transport::incoming(
+                mesh_listener,
+                mesh_acceptor,
+                "mesh",
+                &mesh_limits,
+                lane.handle(),
+            ),
             stopped(stop_rx.clone()),
         );
     let peer = peer_limits
@@ -371,7 +378,7 @@ pub async fn run(
                 .max_encoding_message_size(limits::PEER_API_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(
-            crate::transport::incoming(peer_listener, peer_acceptor, "peer", &peer_limits),
+            crate::transport::incoming(peer_listener, peer_acceptor, "peer", &peer_limits, &main),
             stopped(stop_rx.clone()),
         );
     let transit = crate::transit::TransitServer::new(replica, config.transit).serve(
@@ -397,7 +404,6 @@ pub async fn run(
             }
         }
     };
-    let main = tokio::runtime::Handle::current();
     let (user, mesh, peer, transit) = (
         serving(Box::pin(user), &main),
         serving(Box::pin(mesh), lane.handle()),

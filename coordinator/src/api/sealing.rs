@@ -541,7 +541,13 @@ mod tests {
             asked: asked.clone(),
         };
         let limits = crate::transport::ListenerLimits::for_api("peer");
-        let incoming = crate::transport::incoming(listener, Arc::new(acceptor), "peer", &limits);
+        let incoming = crate::transport::incoming(
+            listener,
+            Arc::new(acceptor),
+            "peer",
+            &limits,
+            &tokio::runtime::Handle::current(),
+        );
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(pb::peer_api_server::PeerApiServer::new(service))

@@ -253,7 +253,7 @@ impl<S: Store> TransitServer<S> {
         stop: impl std::future::Future<Output = ()>,
     ) {
         let gate = Gate::new(limits.gate, std::time::Instant::now());
-        let log = FailureLog::start("transit");
+        let log = FailureLog::start("transit", &tokio::runtime::Handle::current());
         tokio::pin!(stop);
         loop {
             let (tcp, remote) = tokio::select! {

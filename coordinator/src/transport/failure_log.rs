@@ -87,15 +87,15 @@ pub struct FailureLog {
 }
 
 impl FailureLog {
-    /// A log for port `api`, with a task (on the current runtime) that writes each window's summary
-    /// when the window ends, even if no failure comes after it.
-    pub fn start(api: &'static str) -> FailureLog {
+    /// A log for port `api`, with a task (on `on`) that writes each window's summary when the window
+    /// ends, even if no failure comes after it.
+    pub fn start(api: &'static str, on: &tokio::runtime::Handle) -> FailureLog {
         let log = FailureLog {
             api,
             window: Arc::new(Mutex::new(Window::new(Instant::now()))),
         };
         let flusher = log.clone();
-        tokio::spawn(async move {
+        on.spawn(async move {
             let mut tick = tokio::time::interval(WINDOW);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {

@@ -240,18 +240,23 @@ fn failure_label(e: &AttestationError) -> &'static str {
 /// task within the handshake deadline (or until a newer connection evicts it), and only completed
 /// handshakes reach tonic, as [`AtlsIo`] with the idle timeout. Failures and refusals go to the
 /// port's [`FailureLog`], which bounds the log lines a flood can write.
+///
+/// The accept loop and every handshake task run on `on`, whatever runtime calls this: the ports
+/// that face workloads pass the workload lane (`workload_lane`), so that their handshakes, each a
+/// P-384 verification of the workload's evidence, run at its lower priority and not beside Raft.
 pub fn incoming(
     listener: TcpListener,
     acceptor: Arc<AtlsAcceptor>,
     api: &'static str,
     limits: &ListenerLimits,
+    on: &tokio::runtime::Handle,
 ) -> ReceiverStream<Result<AtlsIo, io::Error>> {
     let (tx, rx) = mpsc::channel(64);
     let gate = Gate::new(limits.gate, std::time::Instant::now());
     let deadline = limits.handshake_deadline;
     let idle_timeout = limits.idle_timeout;
-    let log = FailureLog::start(api);
-    tokio::spawn(async move {
+    let log = FailureLog::start(api, on);
+    on.spawn(async move {
         loop {
             let (tcp, remote) = match listener.accept().await {
                 Ok(c) => c,
@@ -278,6 +283,7 @@ pub fn incoming(
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             let log = log.clone();
+            // On `on`: this loop runs there.
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
                 let outcome = tokio::select! {
@@ -327,6 +333,90 @@ pub fn incoming(
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
+
+    /// Verifies with `inner` and records the name of each thread that verified.
+    #[derive(Debug)]
+    struct ThreadRecording {
+        inner: concord_attestation::StaticPolicy,
+        threads: std::sync::Mutex<Vec<Option<String>>>,
+    }
+
+    impl concord_attestation::AcceptPolicy for ThreadRecording {
+        fn verify(
+            &self,
+            evidence: &concord_attestation::Evidence,
+            expected_report_data: &[u8; 64],
+        ) -> Result<concord_attestation::VerifiedReport, AttestationError> {
+            let name = std::thread::current().name().map(str::to_owned);
+            self.threads.lock().unwrap().push(name);
+            self.inner.verify(evidence, expected_report_data)
+        }
+
+        fn deployment_pin(&self) -> concord_attestation::DeploymentPin {
+            self.inner.deployment_pin()
+        }
+    }
+
+    /// The ports that face workloads are served on the workload lane, but `incoming` is called
+    /// from the main runtime: a handshake (the workload's evidence verified inside it) must run on
+    /// the runtime it was given, not on its caller's, where it would compete with Raft at the same
+    /// priority (until the twenty-fourth pass on issue 11 every mesh handshake did).
+    #[test]
+    fn handshakes_run_on_the_runtime_given_not_on_the_callers() {
+        use concord_attestation::testing::{DEPLOYMENT, SimFixture, tls_key};
+        use tokio_stream::StreamExt as _;
+        let runtime = |name: &str| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name(name)
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        let (caller, lane) = (runtime("caller"), runtime("lane"));
+        let f = SimFixture::new();
+        let (measurement, host_data) = ([0x55; 48], [0x66; 32]);
+        let policy = Arc::new(ThreadRecording {
+            inner: f.policy_with(&[measurement], &[host_data]),
+            threads: Default::default(),
+        });
+        let acceptor = AtlsAcceptor::new(
+            f.issuer.clone(),
+            tls_key(),
+            Arc::new(DEPLOYMENT),
+            concord_attestation::ClientAuth::Required(policy.clone()),
+        )
+        .unwrap();
+        let client = concord_attestation::AtlsClient::new(
+            Arc::new(f.policy()),
+            Some(concord_attestation::ClientIdentity {
+                issuer: f.issuer_for(measurement, host_data),
+                key: tls_key(),
+                deployment: Arc::new(concord_attestation::DeploymentId::UNPINNED),
+            }),
+        )
+        .unwrap();
+        let on = lane.handle().clone();
+        caller.block_on(async move {
+            // Bound on the lane, as the server binds the workload ports.
+            let listener = on
+                .spawn(TcpListener::bind("127.0.0.1:0"))
+                .await
+                .unwrap()
+                .unwrap();
+            let addr = listener.local_addr().unwrap();
+            let limits = ListenerLimits::for_api("mesh");
+            let mut accepted = incoming(listener, Arc::new(acceptor), "mesh", &limits, &on);
+            for _ in 0..3 {
+                let tcp = TcpStream::connect(addr).await.unwrap();
+                let server_name = rustls::pki_types::ServerName::try_from("coordinator").unwrap();
+                let _tls = client.connect(tcp, server_name).await.unwrap();
+                accepted.next().await.unwrap().unwrap();
+            }
+        });
+        let threads = policy.threads.lock().unwrap().clone();
+        assert_eq!(threads, vec![Some("lane".to_string()); 3]);
+    }
 
     struct Pipe {
         inner: tokio::io::DuplexStream,
