@@ -369,16 +369,25 @@ fn pkcs8(key: &KeyPair) -> PrivateKeyDer<'static> {
     PrivateKeyDer::Pkcs8(key.serialize_der().into())
 }
 
-/// A plain rustls server that presents `cert` (an old aTLS certificate) with `key`.
-async fn replaying_server(cert: CertificateDer<'static>, key: &KeyPair) -> SocketAddr {
+/// A plain rustls server configuration that presents `cert` and signs the handshake with `key`,
+/// whether or not `key` is the certificate's.
+fn presenting(cert: CertificateDer<'static>, key: &KeyPair) -> Arc<rustls::ServerConfig> {
+    let signer = rustls::crypto::ring::sign::any_supported_type(&pkcs8(key)).unwrap();
     let mut config = rustls::ServerConfig::builder_with_provider(ring())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .with_no_client_auth()
-        .with_single_cert(vec![cert], pkcs8(key))
-        .unwrap();
+        .with_cert_resolver(Arc::new(SingleCertAndKey::from(CertifiedKey::new(
+            vec![cert],
+            signer,
+        ))));
     config.alpn_protocols = vec![b"h2".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    Arc::new(config)
+}
+
+/// A plain rustls server that presents `cert` with `key` to one client, for the handshake alone.
+async fn replaying_server(cert: CertificateDer<'static>, key: &KeyPair) -> SocketAddr {
+    let acceptor = tokio_rustls::TlsAcceptor::from(presenting(cert, key));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -386,6 +395,20 @@ async fn replaying_server(cert: CertificateDer<'static>, key: &KeyPair) -> Socke
         let _ = acceptor.accept(tcp).await;
     });
     addr
+}
+
+/// A plain rustls client that offers `alpn` and accepts any server certificate whose key signed the
+/// handshake: for tests about what a server does, not whom it is.
+fn any_server_client(alpn: Vec<Vec<u8>>) -> Arc<rustls::ClientConfig> {
+    let provider = ring();
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = alpn;
+    Arc::new(config)
 }
 
 #[tokio::test]
@@ -423,24 +446,7 @@ async fn client_rejects_a_server_whose_handshake_key_is_not_the_attested_one() {
     drop(tls);
 
     // The attested certificate, but the handshake signed by another key.
-    let other_key = tls_key();
-    let signer = rustls::crypto::ring::sign::any_supported_type(&pkcs8(&other_key)).unwrap();
-    let mut config = rustls::ServerConfig::builder_with_provider(ring())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SingleCertAndKey::from(CertifiedKey::new(
-            vec![old],
-            signer,
-        ))));
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap();
-        let _ = acceptor.accept(tcp).await;
-    });
+    let addr = replaying_server(old, &tls_key()).await;
     let (config, cell) = client.handshake().unwrap();
     let tcp = TcpStream::connect(addr).await.unwrap();
     let result = tokio_rustls::TlsConnector::from(config)
@@ -747,20 +753,14 @@ async fn the_server_picks_aes_128_gcm_sha256_whatever_the_clients_order() {
         rustls::CipherSuite::TLS13_AES_256_GCM_SHA384,
         "this test needs a client that prefers AES-256"
     );
-    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
-        .with_no_client_auth();
     // A nonce as PROTOCOL.md §8 carries it, in the ALPN list.
-    config.alpn_protocols = vec![
+    let config = any_server_client(vec![
         b"h2".to_vec(),
         format!("concord-atls-v1:{}", "07".repeat(32)).into_bytes(),
-    ];
+    ]);
     let (addr, _server) = serve_once(s.acceptor(ClientAuth::None)).await;
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    let tls = tokio_rustls::TlsConnector::from(config)
         .connect(server_name(), tcp)
         .await;
     match tls {
@@ -776,10 +776,9 @@ async fn the_server_picks_aes_128_gcm_sha256_whatever_the_clients_order() {
 /// coordinator with the client's own ALPN list (its nonce), and so obtains a genuine certificate
 /// whose evidence is bound to that nonce; it then presents that certificate to the client and signs
 /// the handshake with `key`. Only the holder of the attested key can finish the handshake.
-async fn relaying_server(genuine: SocketAddr, key: &KeyPair) -> SocketAddr {
+async fn relaying_server(genuine: SocketAddr, key: Arc<KeyPair>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let signer = rustls::crypto::ring::sign::any_supported_type(&pkcs8(key)).unwrap();
     tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
         let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
@@ -792,32 +791,15 @@ async fn relaying_server(genuine: SocketAddr, key: &KeyPair) -> SocketAddr {
             .flatten()
             .map(<[u8]>::to_vec)
             .collect();
-        let provider = ring();
-        let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
-            .with_no_client_auth();
-        config.alpn_protocols = alpn;
         let upstream = TcpStream::connect(genuine).await.unwrap();
-        let upstream = tokio_rustls::TlsConnector::from(Arc::new(config))
+        let upstream = tokio_rustls::TlsConnector::from(any_server_client(alpn))
             .connect(server_name(), upstream)
             .await
             .unwrap();
         let certificate = upstream.get_ref().1.peer_certificates().unwrap()[0]
             .clone()
             .into_owned();
-        let mut config = rustls::ServerConfig::builder_with_provider(ring())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::new(SingleCertAndKey::from(CertifiedKey::new(
-                vec![certificate],
-                signer,
-            ))));
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        if let Ok(mut tls) = start.into_stream(Arc::new(config)).await {
+        if let Ok(mut tls) = start.into_stream(presenting(certificate, &key)).await {
             let mut buf = [0u8; 4];
             if tls.read_exact(&mut buf).await.is_ok() {
                 let _ = tls.write_all(&buf).await;
@@ -839,7 +821,7 @@ async fn client_refuses_a_relay_holding_a_certificate_for_its_nonce_but_not_the_
     // The relay with the attested key: the certificate it relays is accepted, so what follows
     // is refused for its handshake signature and for nothing else.
     let (genuine, _server) = serve_once(s.acceptor(ClientAuth::None)).await;
-    let addr = relaying_server(genuine, &s.server_key).await;
+    let addr = relaying_server(genuine, s.server_key.clone()).await;
     let tcp = TcpStream::connect(addr).await.unwrap();
     let (mut tls, peer) = client
         .connect(tcp, server_name())
@@ -849,7 +831,7 @@ async fn client_refuses_a_relay_holding_a_certificate_for_its_nonce_but_not_the_
     assert_eq!(peer.report().measurement(), &MEASUREMENT);
 
     let (genuine, _server) = serve_once(s.acceptor(ClientAuth::None)).await;
-    let addr = relaying_server(genuine, &tls_key()).await;
+    let addr = relaying_server(genuine, tls_key()).await;
     let (config, cell) = client.handshake().unwrap();
     let tcp = TcpStream::connect(addr).await.unwrap();
     let result = tokio_rustls::TlsConnector::from(config)
